@@ -1,0 +1,40 @@
+"""ipychat: talk to LLMs from Jupyter.
+
+`%load_ext ipychat` registers the `%%chat`, `%chat` and `%%chatmap` magics. Importing
+this package is cheap: the magics, httpx, tiktoken and pandas load where first used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "get_session",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]
+
+if TYPE_CHECKING:
+    from ipychat.session import ChatSession
+
+
+def get_session() -> ChatSession:
+    """The one ChatSession of this kernel (created on first use)."""
+    from ipychat.session import get_session as _get
+
+    return _get()
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    from ipychat.magics import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    from ipychat.magics import unload
+
+    unload(ipython)
