@@ -28,6 +28,11 @@ Messages are one line: what happened and what to do. They never contain a creden
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ipychat.types import RateLimitInfo
+
 __all__ = [
     "APIConnectionError",
     "APIError",
@@ -85,7 +90,11 @@ class SecretInPromptError(ChatError):
 
 
 class Interrupted(ChatError):
-    """The user interrupted a request; whatever arrived is kept."""
+    """The user interrupted a request; `reply` holds whatever arrived (marked interrupted)."""
+
+    def __init__(self, message: str, *, reply: object | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply
 
 
 class APIError(ChatError):
@@ -139,9 +148,17 @@ class NotFoundError(APIStatusError):
 class RateLimitError(APIStatusError):
     """429: too many requests or tokens; `retry_after` is the server's demand in seconds."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        rate_limit: RateLimitInfo | None = None,
+        **kwargs: object,
+    ) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.retry_after = retry_after
+        self.rate_limit = rate_limit  # the x-ratelimit-* headers of the 429, when sent
 
 
 class ServerError(APIStatusError):

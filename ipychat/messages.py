@@ -1,0 +1,216 @@
+"""Prompts and conversation history: brace-safe interpolation, threads, trimming by tokens.
+
+Pure: no I/O and no third-party imports. DataFrames are recognised by duck typing so that
+pandas is never imported here.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ipychat.errors import ContextLengthError, TemplateError
+
+__all__ = [
+    "Interpolated",
+    "Thread",
+    "build_messages",
+    "interpolate",
+    "render_value",
+    "trim_history",
+]
+
+Message = dict[str, Any]
+
+# `{name}`, `{name.attr}`, `{name[0]}`, `{name["key"]}`, `{In[3]}`; nothing else is a placeholder,
+# so JSON (`{"a": 1}`), code (`{ return x; }`) and most LaTeX pass through untouched.
+_PLACEHOLDER = re.compile(
+    r"\{\{(?P<escaped>[^{}]*)\}\}|\{(?P<expr>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[(?:-?\d+|'[^'\]]*'|\"[^\"\]]*\")\])*)\}"
+)
+_NAME = re.compile(r"[A-Za-z_]\w*")
+# A `{word}` right after one of these is LaTeX or code (`\frac{a}`, `x^{n}`, `f{x}`), not a
+# placeholder the user meant, so an unknown name there is left alone instead of refused.
+_LITERAL_CONTEXT = set("\\^_$}") | set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_FENCE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.S)
+
+# Values longer than this (in characters, ~4 per token) are shortened when interpolated.
+DEFAULT_VALUE_CHARS = 8_000
+
+
+@dataclass(frozen=True)
+class Interpolated:
+    """A rendered prompt, the names substituted in it and where their values landed."""
+
+    text: str
+    names: tuple[str, ...] = ()
+    spans: tuple[tuple[int, int], ...] = ()  # (start, end) in `text` of each substituted value
+
+
+def _lookup(expr: str, namespace: Mapping[str, Any]) -> tuple[bool, Any]:
+    """Evaluate `name.attr[key]` against the namespace without `eval`; (found, value)."""
+    match = _NAME.match(expr)
+    assert match is not None
+    name = match.group(0)
+    if name not in namespace:
+        return False, None
+    value = namespace[name]
+    rest = expr[match.end() :]
+    for part in re.finditer(r"\.([A-Za-z_]\w*)|\[([^\]]*)\]", rest):
+        attr, key = part.group(1), part.group(2)
+        try:
+            value = getattr(value, attr) if attr is not None else value[ast.literal_eval(key)]
+        except Exception as exc:
+            raise TemplateError(
+                f"{{{expr}}}: {type(exc).__name__}: {exc}. Fix the expression, or use "
+                f"{{{{{expr}}}}} to send the braces as text."
+            ) from None
+    return True, value
+
+
+def _in_code(spans: list[tuple[int, int]], pos: int) -> bool:
+    return any(start <= pos < end for start, end in spans)
+
+
+def interpolate(
+    template: str,
+    namespace: Mapping[str, Any],
+    *,
+    max_value_chars: int = DEFAULT_VALUE_CHARS,
+) -> Interpolated:
+    """Replace `{name}` placeholders whose name exists in `namespace`; leave every other brace.
+
+    `{{text}}` becomes `{text}`; lone `{{` or `}}` (nested JSON) stay as written. A bare `{name}` outside code whose name does not exist
+    raises TemplateError (sending the literal "{df}" is never what the user wanted), with a
+    "did you mean" suggestion. Inside ``` fences or `inline code`, unknown names are left as
+    written because braces there are code.
+    """
+    code_spans = [m.span() for m in _FENCE.finditer(template)]
+    names: list[str] = []
+    spans: list[tuple[int, int]] = []
+    out: list[str] = []
+    size = 0  # length of "".join(out), kept to record spans without re-joining
+    last = 0
+    for m in _PLACEHOLDER.finditer(template):
+        out.append(template[last : m.start()])
+        size += m.start() - last
+        last = m.end()
+        token = m.group(0)
+        if m.group("escaped") is not None:
+            out.append("{" + m.group("escaped") + "}")
+            size += len(out[-1])
+            continue
+        expr = m.group("expr")
+        found, value = _lookup(expr, namespace)
+        if found:
+            names.append(expr)
+            out.append(render_value(value, max_chars=max_value_chars))
+            spans.append((size, size + len(out[-1])))
+            size += len(out[-1])
+            continue
+        before = template[m.start() - 1] if m.start() else ""
+        if before in _LITERAL_CONTEXT or _in_code(code_spans, m.start()):
+            out.append(token)
+            size += len(token)
+            continue
+        name = _NAME.match(expr).group(0)  # type: ignore[union-attr]
+        public = [n for n in namespace if not n.startswith("_")]
+        close = difflib.get_close_matches(name, public, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise TemplateError(
+            f"{{{name}}} is not defined in the notebook{hint}. "
+            f"Use {{{{{name}}}}} to send the braces as text."
+        )
+    out.append(template[last:])
+    return Interpolated("".join(out), tuple(names), tuple(spans))
+
+
+def _is_dataframe(value: Any) -> bool:
+    shape = getattr(value, "shape", None)
+    return isinstance(shape, tuple) and len(shape) == 2 and hasattr(value, "dtypes") and hasattr(value, "head")
+
+
+def _shorten(text: str, max_chars: int) -> str:
+    if len(text) <= max_chars:
+        return text
+    keep = max_chars // 2
+    return f"{text[:keep]}\n… [{len(text) - 2 * keep:,} characters left out] …\n{text[-keep:]}"
+
+
+def render_value(value: Any, *, max_chars: int = DEFAULT_VALUE_CHARS) -> str:
+    """The text a value becomes inside a prompt: strings as they are, DataFrames as a compact
+    summary (shape, dtypes, first rows as CSV), anything else as its repr; all capped."""
+    if isinstance(value, str):
+        return _shorten(value, max_chars)
+    if _is_dataframe(value):
+        rows, cols = value.shape
+        dtypes = ", ".join(f"{c}: {t}" for c, t in value.dtypes.astype(str).items())
+        head_rows = 10
+        head = value.head(head_rows).to_csv(index=True).strip()
+        more = f"\n(first {head_rows} of {rows:,} rows)" if rows > head_rows else ""
+        text = f"DataFrame with {rows:,} rows × {cols:,} columns ({dtypes})\n{head}{more}"
+        return _shorten(text, max_chars)
+    if hasattr(value, "dtype") and hasattr(value, "head") and hasattr(value, "to_string"):  # Series
+        head = value.head(20).to_string()
+        return _shorten(f"Series {getattr(value, 'name', '')!s} of length {len(value):,}\n{head}", max_chars)
+    return _shorten(repr(value), max_chars)
+
+
+@dataclass
+class Thread:
+    """One named conversation: the user/assistant messages exchanged so far."""
+
+    name: str
+    messages: list[Message] = field(default_factory=list)
+
+    @property
+    def turns(self) -> int:
+        return sum(1 for m in self.messages if m["role"] == "user")
+
+    def add_turn(self, prompt: str, reply: str) -> None:
+        self.messages.append({"role": "user", "content": prompt})
+        self.messages.append({"role": "assistant", "content": reply})
+
+    def clear(self) -> None:
+        self.messages.clear()
+
+
+def build_messages(system: str | None, history: Sequence[Message], prompt: str) -> list[Message]:
+    """The messages of a request: the system prompt, the thread's history, the new prompt."""
+    messages: list[Message] = [{"role": "system", "content": system}] if system else []
+    messages.extend(history)
+    messages.append({"role": "user", "content": prompt})
+    return messages
+
+
+def _turn_starts(messages: Sequence[Message]) -> list[int]:
+    return [i for i, m in enumerate(messages) if m["role"] == "user"]
+
+
+def trim_history(
+    messages: list[Message],
+    budget: int,
+    count: Callable[[Sequence[Message]], int],
+) -> tuple[list[Message], int]:
+    """Drop the oldest turns until `count(messages) <= budget`; (kept messages, turns dropped).
+
+    The system prompt and the new prompt (the last message) are always kept; if they alone
+    do not fit, ContextLengthError says by how much.
+    """
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    body = messages[len(system) :]
+    dropped = 0
+    while count(system + body) > budget:
+        starts = _turn_starts(body)
+        if len(starts) <= 1:  # only the new prompt is left
+            used = count(system + body)
+            raise ContextLengthError(
+                f"The prompt needs {used:,} tokens but only {budget:,} fit (context window minus "
+                f"max_tokens). Shorten it, lower --max-tokens, or use a model with a larger context."
+            )
+        body = body[starts[1] :]
+        dropped += 1
+    return system + body, dropped

@@ -1,0 +1,109 @@
+"""A private asyncio loop in a daemon thread, and waiting on it from sync code.
+
+ipykernel already runs a loop in the main thread, so `asyncio.run` cannot be used there and
+nest_asyncio is no answer. The session's client, its connections and its tasks all live on
+this loop; the main thread submits coroutines and waits, and a KeyboardInterrupt while it
+waits cancels the task and waits for its cleanup (so partial results are recorded and no
+connection leaks) before it propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["LoopThread"]
+
+T = TypeVar("T")
+
+# How long to wait for a cancelled task to clean up before giving up on it.
+_CANCEL_GRACE = 5.0
+
+
+class LoopThread:
+    """Owns one event loop running forever in a daemon thread."""
+
+    def __init__(self, name: str = "ipychat-loop") -> None:
+        self._name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._loop.is_closed():
+                self._start()
+            assert self._loop is not None
+            return self._loop
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _start(self) -> None:
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name=self._name, daemon=True)
+        self._thread.start()
+        ready.wait()
+        self._loop = loop
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the loop and wait for it; Ctrl-C cancels it cleanly, then re-raises."""
+        finished = threading.Event()
+
+        async def guarded() -> T:
+            try:
+                return await coro
+            finally:  # runs after the coroutine's own except/finally blocks
+                finished.set()
+
+        future = self.submit(guarded())
+        try:
+            # A timed wait keeps the main thread responsive to signals on every platform.
+            while True:
+                try:
+                    return future.result(timeout=0.1)
+                except concurrent.futures.TimeoutError:
+                    continue
+        except KeyboardInterrupt:
+            future.cancel()  # run_coroutine_threadsafe forwards this to the task
+            finished.wait(_CANCEL_GRACE)
+            raise
+
+    async def _drain(self) -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def stop(self) -> None:
+        """Cancel what runs on the loop, stop it and join the thread. Safe to call twice."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or loop.is_closed():
+            return
+        if thread is not None and thread.is_alive():
+            try:
+                asyncio.run_coroutine_threadsafe(self._drain(), loop).result(_CANCEL_GRACE)
+            except Exception:
+                pass
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(_CANCEL_GRACE)
+        if not loop.is_running():
+            loop.close()
+
