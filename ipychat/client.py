@@ -1,0 +1,1014 @@
+"""The async OpenAI-compatible chat client: the one network boundary of ipychat.
+
+This is the only module that imports httpx. Everything that crosses the wire goes
+through `ChatClient`, which takes an httpx transport as an argument: unit tests pass
+`httpx.MockTransport`, protocol tests talk to `ipychat.testing.FakeOpenAIServer` over
+real sockets.
+
+```
+ChatClient.chat(body)            one request, retried by the rules of ipychat.retry
+  └── _call(...)                 the retry loop: build → send → classify → wait → again
+        ├── _pool()              the lazily built httpx.AsyncClient of the running loop
+        ├── _read_json / _read_stream   a 2xx body → Completion (SSE via ipychat.sse)
+        └── _status_error / _connection_error   failures → ipychat.errors, one line each
+```
+
+Why the aiohttp transport by default: httpcore's async pool costs about 15 ms of CPU per
+request at 64 in flight on a 2-core machine, the aiohttp transport a fifth of that
+(DESIGN.md, "Measured facts"). httpx's API stays, so the transport remains injectable.
+
+Timeouts with that transport: httpx's `connect`/`read`/`pool` become aiohttp's
+`sock_connect`/`sock_read`/`connect`; `sock_read` restarts on every chunk received, so
+`read` is the longest silence between two chunks of a stream. `write` is not enforced by
+aiohttp (request bodies here are small JSON documents written at once).
+
+Credentials: keys live in `ipychat.keys.Secret`, are revealed only while building a
+request's headers, and every server message passes through `ipychat.keys.redact`
+before it reaches an exception or a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+
+from ipychat import retry as policy
+from ipychat.errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    ConfigError,
+    NoAPIKeyError,
+    RateLimitError,
+    StreamError,
+    status_error,
+)
+from ipychat.keys import Secret, redact, redact_headers
+from ipychat.sse import SSEDecoder
+from ipychat.types import Completion, RateLimitInfo, Usage
+
+__all__ = ["DEFAULT_BASE_URL", "ChatClient", "Timeouts"]
+
+log = logging.getLogger("ipychat")
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+OPENAI_HOST = "api.openai.com"
+USER_AGENT = "ipychat/0.1"
+
+_KEY_FIX = "check OPENAI_API_KEY or run %chat key"
+
+# Longest server message kept in an exception (one line; the rest is noise in a notebook).
+_MESSAGE_LIMIT = 300
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Network timeouts in seconds.
+
+    `read` is the longest silence between two chunks of a streamed reply. A non-streamed
+    reply arrives in one piece only when the model has finished, so its wait is `reply`
+    (the OpenAI SDK allows 600 s too); a 60 s cap there would kill long answers.
+    `pool` is the wait for a free connection (None: wait as long as it takes, the
+    concurrency limit upstream is what bounds it).
+    """
+
+    connect: float = 10.0
+    read: float = 60.0
+    write: float = 30.0
+    pool: float | None = None
+    reply: float = 600.0
+
+    def for_request(self, *, stream: bool) -> dict[str, float | None]:
+        """The per-request timeout dict httpx transports read from request.extensions."""
+        return {
+            "connect": self.connect,
+            "read": self.read if stream else max(self.read, self.reply),
+            "write": self.write,
+            "pool": self.pool,
+        }
+
+
+class _Pool:
+    """One httpx.AsyncClient, the loop it belongs to, and the requests using it.
+
+    A pool is retired (not closed) when the wanted connection limit changes; it closes
+    once its last in-flight request is done, so resizing never breaks a request.
+    """
+
+    __slots__ = ("http", "inflight", "limit", "loop", "retired")
+
+    def __init__(self, http: httpx.AsyncClient, loop: asyncio.AbstractEventLoop, limit: int):
+        self.http = http
+        self.loop = loop
+        self.limit = limit
+        self.inflight = 0
+        self.retired = False
+
+
+class _Dropped(Exception):
+    """Internal: the transport failed while reading a body, before any content was given out.
+
+    Raised inside an attempt so the retry loop treats it like a failed connection.
+    """
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(type(cause).__name__)
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """Internal: how one attempt failed, and what the retry policy says about it."""
+
+    error: APIError
+    decision: policy.RetryDecision
+
+
+@dataclass
+class _Attempt:
+    """What the body readers need to know about the attempt that produced a 2xx response."""
+
+    started: float
+    retries: int
+    model: str
+    request_id: str | None
+    rate_limit: RateLimitInfo | None
+
+
+class ChatClient:
+    """An async client for OpenAI-compatible `/chat/completions` and `/models`.
+
+    Create it anywhere; the underlying httpx.AsyncClient is built lazily on first use
+    inside the running event loop (and rebuilt if a later call runs in another loop).
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | Secret | None = None,
+        api_keys: Sequence[str | Secret] | None = None,
+        azure_api_version: str | None = None,
+        timeouts: Timeouts = Timeouts(),  # frozen, so safe to share
+        max_retries: int = policy.DEFAULT_MAX_RETRIES,
+        max_retry_wait: float = policy.DEFAULT_MAX_WAIT,
+        max_connections: int = 64,
+        transport: httpx.AsyncBaseTransport | None = None,
+        headers: Mapping[str, str] | None = None,
+        sleep: Sleep | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.base_url = _normalize_base_url(base_url)
+        url = httpx.URL(self.base_url)
+        self.host: str = url.netloc.decode("ascii")
+        self._is_openai = url.host == OPENAI_HOST
+        self._keys = _resolve_keys(api_key, api_keys)
+        self._key_index = 0
+        self.azure_api_version = azure_api_version or None
+        self.timeouts = timeouts
+        self._stream_timeout = timeouts.for_request(stream=True)
+        self._reply_timeout = timeouts.for_request(stream=False)
+        if max_retries < 0:
+            raise ConfigError(f"max_retries must be 0 or more, not {max_retries}")
+        self.max_retries = max_retries
+        self.max_retry_wait = max_retry_wait
+        self._max_connections = _check_connections(max_connections)
+        self._transport = transport
+        self._headers = {"User-Agent": USER_AGENT, **(headers or {})}
+        # Injected so tests can assert the waits the client asked for without waiting.
+        self._sleep: Sleep = sleep if sleep is not None else asyncio.sleep
+        self._rand = rand
+        self._query = {"api-version": self.azure_api_version} if self.azure_api_version else {}
+        self._pool_: _Pool | None = None
+        self._retired: list[_Pool] = []
+        self.last_rate_limit: RateLimitInfo | None = None
+
+    # ----- public API ---------------------------------------------------------------------
+
+    @property
+    def has_key(self) -> bool:
+        return bool(self._keys)
+
+    @property
+    def max_connections(self) -> int:
+        return self._max_connections
+
+    def __repr__(self) -> str:
+        keys = f"{len(self._keys)} keys" if len(self._keys) != 1 else "1 key"
+        azure = f", azure_api_version={self.azure_api_version!r}" if self.azure_api_version else ""
+        return f"ChatClient(base_url={self.base_url!r}, {keys}{azure})"
+
+    async def chat(
+        self,
+        body: Mapping[str, Any],
+        *,
+        stream: bool = False,
+        on_delta: Callable[[str], None] | None = None,
+        max_retries: int | None = None,
+    ) -> Completion:
+        """POST /chat/completions and return the whole reply.
+
+        `body` is the OpenAI request without `stream`. With `stream=True` the reply is
+        read as SSE, `on_delta(text)` is called on the loop for each content delta, and
+        the usage chunk is asked for (servers that ignore it give `usage=None`).
+        """
+        payload = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        if stream:
+            payload["stream"] = True
+            options = dict(body.get("stream_options") or {})
+            options["include_usage"] = True
+            payload["stream_options"] = options
+        content = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        model = str(payload.get("model") or "")
+
+        async def read(response: httpx.Response, attempt: _Attempt) -> Completion:
+            if stream and not _is_json(response):
+                return await self._read_stream(response, attempt, on_delta)
+            completion = await self._read_completion(response, attempt)
+            if stream and completion.text and on_delta is not None:
+                on_delta(completion.text)  # a server that ignored stream=true
+            return completion
+
+        return await self._call(
+            "POST",
+            "/chat/completions",
+            content,
+            stream=stream,
+            model=model,
+            read=read,
+            max_retries=max_retries,
+        )
+
+    async def models(self) -> list[str]:
+        """GET /models: the model ids the endpoint offers, sorted."""
+
+        async def read(response: httpx.Response, attempt: _Attempt) -> list[str]:
+            data = await self._read_json(response, attempt)
+            items = data.get("data") if isinstance(data, dict) else data
+            if not isinstance(items, list):
+                raise APIError(
+                    f"{self.host} answered /models without a model list; "
+                    "check that the base URL points at an OpenAI-compatible API",
+                    request_id=attempt.request_id,
+                )
+            ids = (item.get("id") if isinstance(item, dict) else item for item in items)
+            return sorted(str(i) for i in ids if i)
+
+        return await self._call(
+            "GET", "/models", None, stream=False, model="", read=read, max_retries=None
+        )
+
+    async def set_max_connections(self, n: int) -> None:
+        """Size the connection pool for `n` requests in flight (applied on the next request).
+
+        With the default transport, a pool of another size is built lazily and the old
+        one is closed when its last request finishes. An injected transport keeps its own
+        limits (the client cannot resize what it did not build).
+        """
+        self._max_connections = _check_connections(n)
+        pool = self._pool_
+        if pool is not None and self._transport is None and pool.limit != self._max_connections:
+            self._pool_ = None
+            await self._retire(pool)
+
+    async def aclose(self) -> None:
+        """Close every connection. The client can still be used: it reconnects lazily."""
+        pools = [p for p in (self._pool_, *self._retired) if p is not None]
+        self._pool_ = None
+        self._retired = []
+        for pool in pools:
+            await _close_pool(pool)
+
+    async def __aenter__(self) -> ChatClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ----- the retry loop -----------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        content: bytes | None,
+        *,
+        stream: bool,
+        model: str,
+        read: Callable[[httpx.Response, _Attempt], Awaitable[T]],
+        max_retries: int | None,
+    ) -> T:
+        limit = self.max_retries if max_retries is None else max_retries
+        self._check_key()
+        started = time.perf_counter()
+        url = self.base_url + path
+        timeout = self._stream_timeout if stream else self._reply_timeout
+        retries = 0
+        keys_tried: set[int] = set()
+        while True:
+            key_index = self._key_index
+            request = self._request(method, url, content, key_index, timeout)
+            pool = self._pool()
+            pool.inflight += 1
+            try:
+                outcome = await self._attempt(
+                    pool.http, request, path, model, started, retries, limit, read
+                )
+            finally:
+                pool.inflight -= 1
+                if pool.retired and pool.inflight == 0:
+                    await self._close_retired(pool)
+            if not isinstance(outcome, _Failed):
+                return outcome
+            error, decision = outcome.error, outcome.decision
+            if isinstance(error, RateLimitError) and self._next_key(
+                key_index, keys_tried, retries, limit
+            ):
+                retries += 1  # another key of the pool may have quota left: no wait
+                continue
+            if not decision.retry:
+                raise error
+            self._warn_retry(method, path, decision, retries, limit)
+            await self._sleep(decision.delay)
+            retries += 1
+
+    async def _attempt(
+        self,
+        http: httpx.AsyncClient,
+        request: httpx.Request,
+        path: str,
+        model: str,
+        started: float,
+        retries: int,
+        limit: int,
+        read: Callable[[httpx.Response, _Attempt], Awaitable[T]],
+    ) -> T | _Failed:
+        """One try: the result of `read`, or how it failed (for the retry loop to judge)."""
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "-> %s %s model=%s retries=%d headers=%s",
+                request.method,
+                request.url,
+                model or "-",
+                retries,
+                redact_headers(dict(request.headers)),
+            )
+        try:
+            response = await http.send(request, stream=True)
+        except Exception as exc:
+            if not _is_transport_error(exc):
+                raise
+            return self._transport_failure(exc, retries, limit)
+        try:
+            rate_limit = RateLimitInfo.from_headers(response.headers)
+            if rate_limit is not None:
+                self.last_rate_limit = rate_limit
+            request_id = response.headers.get("x-request-id")
+            status = response.status_code
+            if status >= 300:
+                return await self._failed_status(
+                    response, path, request_id, rate_limit, retries, limit
+                )
+            attempt = _Attempt(started, retries, model, request_id, rate_limit)
+            try:
+                result = await read(response, attempt)
+            except _Dropped as dropped:
+                return self._transport_failure(dropped.cause, retries, limit)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s %s model=%s status=%d request_id=%s latency=%.3fs retries=%d",
+                    request.method,
+                    path,
+                    model or "-",
+                    status,
+                    request_id,
+                    time.perf_counter() - started,
+                    retries,
+                )
+            return result
+        finally:
+            await _close_response(response)
+
+    def _transport_failure(self, exc: BaseException, retries: int, limit: int) -> _Failed:
+        error = self._connection_error(exc, retries)
+        error.__cause__ = _clean_cause(exc, self._keys)
+        decision = policy.decide_error(
+            _short_reason(error), retries_taken=retries, max_retries=limit, rand=self._rand
+        )
+        return _Failed(error, decision)
+
+    async def _failed_status(
+        self,
+        response: httpx.Response,
+        path: str,
+        request_id: str | None,
+        rate_limit: RateLimitInfo | None,
+        retries: int,
+        limit: int,
+    ) -> _Failed:
+        try:
+            body = await response.aread()
+        except Exception as exc:
+            if not _is_transport_error(exc):
+                raise
+            body = b""
+        decision = policy.decide_response(
+            response.status_code,
+            response.headers,
+            retries_taken=retries,
+            max_retries=limit,
+            max_wait=self.max_retry_wait,
+            rand=self._rand,
+        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s %s status=%d request_id=%s retries=%d",
+                response.request.method,
+                path,
+                response.status_code,
+                request_id,
+                retries,
+            )
+        error = self._status_error(response, path, body, request_id, rate_limit, decision, retries)
+        return _Failed(error, decision)
+
+    def _next_key(self, used: int, tried: set[int], retries: int, limit: int) -> bool:
+        """On a 429 with a key pool: move to a key not yet tried by this request.
+
+        The move is shared (the next requests start on the new key too), and only made if
+        no concurrent request has already moved on from `used`.
+        """
+        if len(self._keys) < 2 or retries >= limit:
+            return False
+        tried.add(used)
+        if self._key_index == used:
+            self._key_index = (used + 1) % len(self._keys)
+        if self._key_index in tried:
+            return False
+        log.warning(
+            "Rate limited by %s; moving to API key %d of %d",
+            self.host,
+            self._key_index + 1,
+            len(self._keys),
+        )
+        return True
+
+    def _warn_retry(
+        self, method: str, path: str, decision: policy.RetryDecision, retries: int, limit: int
+    ) -> None:
+        log.warning(
+            "Retrying %s %s on %s in %.2f s (retry %d of %d): %s",
+            method,
+            path,
+            self.host,
+            decision.delay,
+            retries + 1,
+            limit,
+            decision.reason,
+        )
+
+    # ----- requests ------------------------------------------------------------------------
+
+    def _check_key(self) -> None:
+        if not self._keys and self._is_openai:
+            raise NoAPIKeyError(
+                f"No API key for {self.base_url}. Set OPENAI_API_KEY, run %chat key, "
+                "or install ipychat[local] for the offline model."
+            )
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        content: bytes | None,
+        key_index: int,
+        timeout: dict[str, float | None],
+    ) -> httpx.Request:
+        headers = dict(self._headers)
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        if self._keys:
+            key = self._keys[key_index % len(self._keys)].reveal()
+            if self.azure_api_version:
+                headers["api-key"] = key
+            else:
+                headers["Authorization"] = f"Bearer {key}"
+        return httpx.Request(
+            method,
+            url,
+            params=self._query or None,
+            headers=headers,
+            content=content,
+            extensions={"timeout": timeout},
+        )
+
+    def _pool(self) -> _Pool:
+        """The pool of the running loop, built on first use (or after a resize or loop change)."""
+        loop = asyncio.get_running_loop()
+        pool = self._pool_
+        if pool is not None and pool.loop is loop:
+            return pool
+        if pool is not None:
+            # Another loop: the old pool's connections belong to it and cannot be used here.
+            self._pool_ = None
+            if not pool.loop.is_closed():
+                self._retired.append(pool)
+                pool.retired = True
+        transport = self._transport or _default_transport(self._max_connections)
+        http = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(
+                connect=self.timeouts.connect,
+                read=self.timeouts.read,
+                write=self.timeouts.write,
+                pool=self.timeouts.pool,
+            ),
+            follow_redirects=False,
+        )
+        self._pool_ = _Pool(http, loop, self._max_connections)
+        return self._pool_
+
+    async def _retire(self, pool: _Pool) -> None:
+        pool.retired = True
+        if pool.inflight == 0:
+            await _close_pool(pool)
+        else:
+            self._retired.append(pool)
+
+    async def _close_retired(self, pool: _Pool) -> None:
+        if pool in self._retired:
+            self._retired.remove(pool)
+        await _close_pool(pool)
+
+    # ----- reading replies -----------------------------------------------------------------
+
+    async def _read_json(self, response: httpx.Response, attempt: _Attempt) -> Any:
+        try:
+            body = await response.aread()
+        except Exception as exc:
+            if _is_transport_error(exc):
+                raise _Dropped(exc) from exc
+            raise
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise APIError(
+                f"{self.host} answered HTTP {response.status_code} with something that is not "
+                f"JSON ({_snippet(body, self._keys)}); check that the base URL "
+                f"({self.base_url}) points at an OpenAI-compatible API",
+                request_id=attempt.request_id,
+            ) from None
+        if isinstance(data, dict) and data.get("error"):
+            message = _server_message(body, self._keys)
+            raise APIError(
+                f"{self.host} reported an error: {message}", request_id=attempt.request_id
+            )
+        return data
+
+    async def _read_completion(self, response: httpx.Response, attempt: _Attempt) -> Completion:
+        data = await self._read_json(response, attempt)
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not isinstance(choices, list):
+            raise APIError(
+                f"{self.host} answered without `choices`; check that the base URL "
+                f"({self.base_url}) points at an OpenAI-compatible chat API",
+                request_id=attempt.request_id,
+            )
+        first = choices[0] if choices and isinstance(choices[0], dict) else {}
+        message = first.get("message") or {}
+        latency = time.perf_counter() - attempt.started
+        return Completion(
+            text=str(message.get("content") or ""),
+            model=str(data.get("model") or attempt.model),
+            finish_reason=first.get("finish_reason"),
+            usage=Usage.from_api(data.get("usage")),
+            request_id=attempt.request_id or data.get("id"),
+            retries=attempt.retries,
+            latency=latency,
+            rate_limit=attempt.rate_limit,
+        )
+
+    async def _read_stream(
+        self,
+        response: httpx.Response,
+        attempt: _Attempt,
+        on_delta: Callable[[str], None] | None,
+    ) -> Completion:
+        decoder = SSEDecoder()
+        stream = _StreamState(attempt.model)
+        chunks = response.aiter_bytes()
+        while True:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except Exception as exc:
+                if not _is_transport_error(exc):
+                    raise
+                if not stream.parts:
+                    raise _Dropped(exc) from exc  # nothing given out yet: safe to retry
+                raise self._stream_error(
+                    f"the connection broke ({_short_cause(exc, self._keys)})", stream, attempt
+                ) from _clean_cause(exc, self._keys)
+            for event in decoder.feed(chunk):
+                if self._on_event(event.data, stream, attempt, on_delta):
+                    return self._finish_stream(stream, attempt)
+        for event in decoder.flush():
+            if self._on_event(event.data, stream, attempt, on_delta):
+                return self._finish_stream(stream, attempt)
+        if not stream.parts and not stream.events:
+            # Cut before anything was said: as harmless to retry as a dropped connection.
+            raise _Dropped(httpx.RemoteProtocolError("the stream ended before [DONE]"))
+        raise self._stream_error("the stream ended before [DONE]", stream, attempt)
+
+    def _on_event(
+        self,
+        data: str,
+        stream: _StreamState,
+        attempt: _Attempt,
+        on_delta: Callable[[str], None] | None,
+    ) -> bool:
+        """Apply one SSE event to `stream`; True when it was the final `[DONE]`."""
+        if data == "[DONE]":
+            return True
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            snippet = _snippet(data.encode(), self._keys)
+            raise self._stream_error(
+                f"a malformed chunk arrived ({snippet})", stream, attempt
+            ) from None
+        if not isinstance(chunk, dict):
+            raise self._stream_error("a chunk that is not a JSON object arrived", stream, attempt)
+        if chunk.get("error"):
+            message = _server_message(data.encode(), self._keys)
+            raise self._stream_error(f"the server sent an error: {message}", stream, attempt)
+        stream.events += 1
+        if chunk.get("model"):
+            stream.model = str(chunk["model"])
+        if chunk.get("usage"):
+            stream.usage = Usage.from_api(chunk["usage"])
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue  # n > 1 is not supported: the text is choice 0's
+            if choice.get("finish_reason"):
+                stream.finish_reason = str(choice["finish_reason"])
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                if stream.first_token is None:
+                    stream.first_token = time.perf_counter() - attempt.started
+                stream.parts.append(text)
+                stream.chars += len(text)
+                if on_delta is not None:
+                    on_delta(text)
+        return False
+
+    def _finish_stream(self, stream: _StreamState, attempt: _Attempt) -> Completion:
+        return Completion(
+            text="".join(stream.parts),
+            model=stream.model,
+            finish_reason=stream.finish_reason,
+            usage=stream.usage,
+            request_id=attempt.request_id,
+            retries=attempt.retries,
+            latency=time.perf_counter() - attempt.started,
+            time_to_first_token=stream.first_token,
+            rate_limit=attempt.rate_limit,
+        )
+
+    def _stream_error(self, what: str, stream: _StreamState, attempt: _Attempt) -> StreamError:
+        return StreamError(
+            f"The stream from {self.host} broke: {what} after {stream.chars:,} characters; "
+            "the reply is incomplete, try again",
+            request_id=attempt.request_id,
+        )
+
+    # ----- errors --------------------------------------------------------------------------
+
+    def _status_error(
+        self,
+        response: httpx.Response,
+        path: str,
+        body: bytes,
+        request_id: str | None,
+        rate_limit: RateLimitInfo | None,
+        decision: policy.RetryDecision,
+        retries: int,
+    ) -> APIStatusError:
+        status = response.status_code
+        server = _server_message(body, self._keys)
+        said = f": {server}" if server else ""
+        after = f" after {retries} {'retry' if retries == 1 else 'retries'}" if retries else ""
+        if status == 429:
+            if decision.too_long and decision.server_wait is not None:
+                wait = decision.server_wait
+                message = (
+                    f"Rate limited by {self.host} and asked to wait {policy.format_wait(wait)}; "
+                    f"try again after {policy.format_retry_time(wait)}."
+                )
+            else:
+                message = (
+                    f"Rate limited by {self.host} (HTTP 429){after}{said}; lower the "
+                    "concurrency or the request rate, or try again in a minute"
+                )
+            return RateLimitError(
+                message,
+                status_code=status,
+                request_id=request_id,
+                server_message=server or None,
+                retry_after=decision.server_wait,
+                rate_limit=rate_limit,
+            )
+        message = self._status_message(response, path, status, said, after, decision)
+        return status_error(status, message, request_id=request_id, server_message=server or None)
+
+    def _status_message(
+        self,
+        response: httpx.Response,
+        path: str,
+        status: int,
+        said: str,
+        after: str,
+        decision: policy.RetryDecision,
+    ) -> str:
+        host = self.host
+        if status in (400, 422):
+            return f"{host} rejected the request (HTTP {status}){said}; fix the request and retry"
+        if status == 401:
+            if not self._keys:
+                return (
+                    f"{host} wants an API key (HTTP 401){said}: set OPENAI_API_KEY or run %chat key"
+                )
+            return f"{host} refused the API key (HTTP 401){said}: {_KEY_FIX}"
+        if status == 403:
+            return (
+                f"{host} denied access (HTTP 403){said}: check that this key may use this model "
+                "(project, organisation or region settings)"
+            )
+        if status == 404:
+            return (
+                f"{host} found nothing at {path} (HTTP 404){said}: check the model name "
+                f"(%chat models lists them) and the base URL ({self.base_url})"
+            )
+        if 300 <= status < 400:
+            location = response.headers.get("location", "another address")
+            return (
+                f"{host} redirected {path} (HTTP {status}) to {location}; "
+                "set the base URL to the final address"
+            )
+        if decision.too_long and decision.server_wait is not None:
+            wait = decision.server_wait
+            return (
+                f"{host} failed with HTTP {status}{said} and asked to wait "
+                f"{policy.format_wait(wait)}; try again after {policy.format_retry_time(wait)}."
+            )
+        if status >= 500:
+            return f"{host} failed with HTTP {status}{after}{said}; try again later"
+        return f"{host} answered HTTP {status}{after}{said}"
+
+    def _connection_error(self, exc: BaseException, retries: int) -> APIConnectionError:
+        after = f" (after {retries} {'retry' if retries == 1 else 'retries'})" if retries else ""
+        host = self.host
+        kind = _timeout_kind(exc)
+        if kind == "connect":
+            return APITimeoutError(
+                f"Timed out connecting to {host} after {self.timeouts.connect:g} s{after}; "
+                f"check the network and the base URL ({self.base_url})"
+            )
+        if kind == "read":
+            return APITimeoutError(
+                f"{host} sent nothing for {self.timeouts.read:g} s (read timeout){after}; the "
+                "server may be overloaded: try again, or raise the read timeout"
+            )
+        if kind is not None:
+            return APITimeoutError(f"Request to {host} timed out ({kind}){after}; try again")
+        detail = _short_cause(exc, self._keys)
+        if _is_connect_failure(exc):
+            return APIConnectionError(
+                f"Could not connect to {host} ({detail}){after}; check the base URL "
+                f"({self.base_url}) and that the server is running"
+            )
+        return APIConnectionError(f"The connection to {host} failed ({detail}){after}; try again")
+
+
+@dataclass
+class _StreamState:
+    """What a stream has told us so far."""
+
+    model: str
+    parts: list[str] = field(default_factory=list)
+    chars: int = 0
+    events: int = 0
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    first_token: float | None = None
+
+
+# ----- helpers ------------------------------------------------------------------------------
+
+
+def _normalize_base_url(base_url: str | None) -> str:
+    url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"The base URL {url!r} must start with http:// or https://")
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"The base URL {url!r} is not a valid URL ({exc})") from None
+    if not parsed.host:
+        raise ConfigError(f"The base URL {url!r} has no host")
+    return url
+
+
+def _as_secret(key: str | Secret) -> Secret | None:
+    if isinstance(key, Secret):
+        return key
+    return Secret(key) if key and key.strip() else None
+
+
+def _resolve_keys(
+    api_key: str | Secret | None, api_keys: Sequence[str | Secret] | None
+) -> tuple[Secret, ...]:
+    """Explicit key, else explicit pool, else OPENAI_API_KEY, else OPENAI_API_KEYS (k1,k2).
+
+    An empty string counts as not given, so an unset setting falls through to the env.
+    """
+    if api_key is not None and (single := _as_secret(api_key)) is not None:
+        return (single,)
+    if api_keys:
+        pool = tuple(s for s in (_as_secret(k) for k in api_keys) if s is not None)
+        if pool:
+            return pool
+    env = _as_secret(os.environ.get("OPENAI_API_KEY", ""))
+    if env is not None:
+        return (env,)
+    return tuple(
+        s for s in (_as_secret(k) for k in os.environ.get("OPENAI_API_KEYS", "").split(",")) if s
+    )
+
+
+def _check_connections(n: int) -> int:
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(f"max_connections must be a positive integer, not {n!r}")
+    return n
+
+
+def _default_transport(max_connections: int) -> httpx.AsyncBaseTransport:
+    # Imported here: aiohttp takes ~150 ms to import and unit tests never need it.
+    from httpx_aiohttp import AiohttpTransport
+
+    n = max_connections
+    return AiohttpTransport(limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
+
+
+async def _close_pool(pool: _Pool) -> None:
+    pool.retired = True
+    try:
+        await pool.http.aclose()
+    except Exception as exc:  # closing must not turn a finished reply into a failure
+        log.debug("closing the HTTP pool failed: %s", type(exc).__name__)
+
+
+async def _close_response(response: httpx.Response) -> None:
+    try:
+        await response.aclose()
+    except Exception as exc:  # a broken connection is discarded either way
+        log.debug("closing a response failed: %s", type(exc).__name__)
+
+
+def _is_json(response: httpx.Response) -> bool:
+    return response.headers.get("content-type", "").startswith("application/json")
+
+
+def _aiohttp_errors() -> tuple[type[BaseException], ...]:
+    # Only when aiohttp is loaded: if it is not, no exception can come from it.
+    module = sys.modules.get("aiohttp")
+    return (module.ClientError,) if module is not None else ()
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    """Network trouble (retryable), as opposed to a bug or a cancellation."""
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return False
+    return isinstance(exc, (httpx.TransportError, OSError, TimeoutError, *_aiohttp_errors()))
+
+
+def _from_aiohttp(exc: BaseException) -> bool:
+    return type(exc).__module__.startswith("aiohttp")
+
+
+def _root(exc: BaseException) -> BaseException:
+    """The aiohttp exception under httpx_aiohttp's mapped one, which is sometimes misleading
+    (it maps every aiohttp ClientConnectionError, e.g. a server disconnect, to ConnectTimeout)."""
+    cause = exc.__cause__
+    if cause is not None and _from_aiohttp(cause):
+        return cause
+    return exc
+
+
+def _timeout_kind(exc: BaseException) -> str | None:
+    root = _root(exc)
+    name = type(root).__name__
+    if _from_aiohttp(root):
+        if name == "ConnectionTimeoutError":
+            return "connect"
+        if name == "SocketTimeoutError":
+            return "read"
+        return "timeout" if isinstance(root, TimeoutError) else None
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        return "connect"
+    if isinstance(exc, httpx.ReadTimeout):
+        return "read"
+    if isinstance(exc, httpx.WriteTimeout):
+        return "write"
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return "timeout"
+    return None
+
+
+def _is_connect_failure(exc: BaseException) -> bool:
+    root = _root(exc)
+    if _from_aiohttp(root):
+        return type(root).__name__.startswith("ClientConnector")
+    return isinstance(exc, httpx.ConnectError | ConnectionRefusedError)
+
+
+def _short_reason(error: APIError) -> str:
+    if isinstance(error, APITimeoutError):
+        return "timeout"
+    return "connection error"
+
+
+def _one_line(text: str, limit: int = _MESSAGE_LIMIT) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _short_cause(exc: BaseException, keys: Sequence[Secret]) -> str:
+    root = _root(exc)
+    text = str(root) or type(root).__name__
+    return redact(_one_line(text, 160), keys)
+
+
+def _clean_cause(exc: BaseException, keys: Sequence[Secret]) -> BaseException:
+    """The original exception, kept as __cause__ for debugging, with its text redacted.
+
+    Transport errors do not contain keys in practice; this makes it a guarantee.
+    """
+    text = str(exc)
+    clean = redact(text, keys)
+    if clean == text:
+        return exc
+    return APIConnectionError(f"{type(exc).__name__}: {clean}")
+
+
+def _snippet(body: bytes, keys: Sequence[Secret]) -> str:
+    text = body[:200].decode("utf-8", "replace")
+    return redact(_one_line(text, 80), keys) or "an empty body"
+
+
+def _server_message(body: bytes, keys: Sequence[Secret]) -> str:
+    """The server's own explanation from an error body, one line, credentials masked.
+
+    OpenAI sends {"error": {"message": ...}}; others send {"error": "..."},
+    {"message": ...} or {"detail": ...}, or plain text.
+    """
+    if not body:
+        return ""
+    text: str
+    try:
+        data = json.loads(body)
+    except ValueError:
+        text = body.decode("utf-8", "replace")
+    else:
+        text = _message_of(data) or body.decode("utf-8", "replace")
+    return redact(_one_line(text), keys)
+
+
+def _message_of(data: Any) -> str | None:
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error")
+    if isinstance(error, dict):
+        message = error.get("message") or error.get("code") or error.get("type")
+        return str(message) if message else None
+    if isinstance(error, str) and error:
+        return error
+    for name in ("message", "detail"):
+        if data.get(name):
+            return str(data[name])
+    return None
