@@ -19,9 +19,7 @@ SECRET_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy-auth
 
 # Shapes of common credentials, so text from a server or a traceback is cleaned even of
 # keys this process never held (e.g. a key echoed back inside an error message).
-_KEY_SHAPES = re.compile(
-    r"(sk-(?:proj-|ant-)?[A-Za-z0-9_\-]{16,}|Bearer\s+[A-Za-z0-9_\-\.=]{8,})"
-)
+_KEY_SHAPES = re.compile(r"(sk-(?:proj-|ant-)?[A-Za-z0-9_\-]{16,}|Bearer\s+[A-Za-z0-9_\-\.=]{8,})")
 
 
 def mask(value: str) -> str:
@@ -70,7 +68,9 @@ def redact(text: str, secrets: Iterable[Secret | str | None] = ()) -> str:
         value = secret.reveal() if isinstance(secret, Secret) else secret
         if value:
             text = text.replace(value, mask(value))
-    return _KEY_SHAPES.sub(lambda m: mask(m.group(0)) if not m.group(0).startswith("Bearer") else "Bearer ***", text)
+    return _KEY_SHAPES.sub(
+        lambda m: mask(m.group(0)) if not m.group(0).startswith("Bearer") else "Bearer ***", text
+    )
 
 
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -80,7 +80,9 @@ def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 def canonical_json(value: Any) -> str:
     """Deterministic JSON: sorted keys, no whitespace, unicode kept, floats as JSON writes them."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
 
 
 def cache_key(endpoint: str, request: Mapping[str, Any]) -> str:

@@ -173,4 +173,3 @@ class Reply:
         from ipychat.format import footer  # local: keep types import-light
 
         return f"{self.text}\n\n{footer(self)}"
-

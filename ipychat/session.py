@@ -1,0 +1,752 @@
+"""The kernel-scoped ChatSession: settings, threads, client, cache, ledger, private loop.
+
+The magics, the panel and plain Python share the one session `get_session()` returns. This
+module imports neither IPython nor ipywidgets, so the whole engine runs in a script or CI.
+
+A request goes: prepare (render messages, trim history by tokens, estimate, budget check;
+nothing is sent if any of that fails) → cache → client → reconcile usage and cost → ledger,
+cache, thread history, listeners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+from ipychat import pricing, tokens
+from ipychat.errors import ChatError, ConfigError, ContextLengthError, Interrupted, OfflineCacheMiss
+from ipychat.keys import Secret, cache_key
+from ipychat.ledger import Ledger, LedgerRow
+from ipychat.messages import Thread, build_messages, trim_history
+from ipychat.runner import LoopThread
+from ipychat.types import Completion, Estimate, Reply, Usage
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ipychat.cache import ResponseCache
+    from ipychat.client import ChatClient
+
+__all__ = ["ChatSession", "Event", "Settings", "get_session", "reset_session"]
+
+CacheMode = Literal["use", "refresh", "off"]
+DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_MAX_TOKENS = 1024
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass
+class Settings:
+    """Everything that shapes a request. Validated on every change (`ChatSession.configure`)."""
+
+    model: str = field(default_factory=lambda: os.environ.get("IPYCHAT_MODEL") or DEFAULT_MODEL)
+    base_url: str | None = None  # None: OPENAI_BASE_URL, else OpenAI
+    api_key: Secret | None = None  # None: OPENAI_API_KEY
+    system: str | None = None
+    temperature: float | None = None  # None: the server's default
+    max_tokens: int | None = DEFAULT_MAX_TOKENS
+    max_input_tokens: int | None = None  # None: the model's context window
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    max_retries: int = 3
+    azure_api_version: str | None = None
+    cache: bool = True
+    offline: bool = field(default_factory=lambda: _env_flag("IPYCHAT_OFFLINE"))
+
+    def validate(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ConfigError("The model name is empty: pass a model such as gpt-4o-mini.")
+        if self.temperature is not None and not 0 <= self.temperature <= 2:
+            raise ConfigError(f"temperature must be between 0 and 2, not {self.temperature}.")
+        for name in ("max_tokens", "max_input_tokens"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a positive whole number, not {value!r}.")
+        for name in ("connect_timeout", "read_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be a positive number of seconds.")
+        if not isinstance(self.max_retries, int) or not 0 <= self.max_retries <= 20:
+            raise ConfigError(
+                f"max_retries must be a whole number from 0 to 20, not {self.max_retries!r}."
+            )
+        if self.base_url is not None:
+            parts = urlsplit(self.base_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ConfigError(
+                    f"{self.base_url!r} is not an endpoint URL: use one like "
+                    "https://api.openai.com/v1 or http://localhost:8000/v1."
+                )
+
+
+@dataclass(frozen=True)
+class Event:
+    """What listeners (the panel) hear: kind is start | delta | reply | error | settings | threads."""
+
+    kind: str
+    thread: str = ""
+    text: str = ""
+    reply: Reply | None = None
+
+
+@dataclass
+class Prepared:
+    """A request ready to send: nothing has left the kernel yet."""
+
+    prompt: str
+    thread: Thread
+    body: dict[str, Any]
+    estimate: Estimate
+    dropped_turns: int
+    max_cost: float | None
+
+
+@dataclass
+class _Progress:
+    """Mutable state of one request, readable from the main thread after a cancel."""
+
+    parts: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    first_token: float | None = None
+    reply: Reply | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class ChatSession:
+    """The one conversation engine of a kernel (see module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        cache: ResponseCache | bool | None = True,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.settings.validate()
+        self.threads: dict[str, Thread] = {"main": Thread("main")}
+        self.current_thread = "main"
+        self.usage = Ledger()
+        self.prices = pricing.PriceTable()
+        self.last_reply: Reply | None = None
+        self._transport = transport
+        self._cache_arg = cache
+        self._cache: ResponseCache | None = None
+        self._cache_opened = False
+        self._client: ChatClient | None = None
+        self._runner = LoopThread()
+        self._listeners: list[Callable[[Event], None]] = []
+        self._lock = threading.RLock()
+
+    # ----- settings, threads, listeners -------------------------------------------------
+
+    def configure(self, **changes: Any) -> None:
+        """Change settings (validated as a whole first: a bad value changes nothing)."""
+        unknown = set(changes) - set(Settings.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(
+                f"Unknown setting {sorted(unknown)[0]!r}: see %chat? for the settings."
+            )
+        if isinstance(changes.get("api_key"), str):
+            changes["api_key"] = Secret(changes["api_key"])
+        candidate = replace(self.settings, **changes)
+        candidate.validate()
+        connection = {
+            "base_url",
+            "api_key",
+            "connect_timeout",
+            "read_timeout",
+            "max_retries",
+            "azure_api_version",
+        }
+        with self._lock:
+            self.settings = candidate
+            if connection & set(changes):
+                self._drop_client()
+        self._emit(Event("settings"))
+
+    def subscribe(self, listener: Callable[[Event], None]) -> Callable[[], None]:
+        """Call `listener(event)` on every request event and change; returns an unsubscribe."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def _emit(self, event: Event) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # a broken view must not break the request
+                import logging
+
+                logging.getLogger("ipychat").exception("listener failed on %s", event.kind)
+
+    def thread(self, name: str | None = None, *, create: bool = True) -> Thread:
+        name = name or self.current_thread
+        if name not in self.threads:
+            if not create:
+                known = ", ".join(sorted(self.threads))
+                raise ConfigError(
+                    f"No thread named {name!r}; threads: {known}. Start it with --thread {name}."
+                )
+            self.threads[name] = Thread(name)
+            self._emit(Event("threads", thread=name))
+        return self.threads[name]
+
+    def switch_thread(self, name: str) -> Thread:
+        thread = self.thread(name)
+        self.current_thread = name
+        self._emit(Event("threads", thread=name))
+        return thread
+
+    def reset(self, name: str | None = None) -> None:
+        """Forget the messages of a thread (the current one by default)."""
+        self.thread(name, create=False).clear()
+        self._emit(Event("threads", thread=name or self.current_thread))
+
+    # ----- endpoint, client, cache ---------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        url = (
+            self.settings.base_url
+            or os.environ.get("OPENAI_BASE_URL")
+            or "https://api.openai.com/v1"
+        )
+        return url.rstrip("/")
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.base_url).netloc
+
+    def _get_client(self) -> ChatClient:
+        with self._lock:
+            if self._client is None:
+                from ipychat.client import ChatClient, Timeouts
+
+                s = self.settings
+                self._client = ChatClient(
+                    self.base_url,
+                    api_key=s.api_key,
+                    azure_api_version=s.azure_api_version,
+                    timeouts=Timeouts(connect=s.connect_timeout, read=s.read_timeout),
+                    max_retries=s.max_retries,
+                    transport=self._transport,
+                )
+            return self._client
+
+    def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and self._runner.running:
+            self._runner.submit(client.aclose())
+
+    @property
+    def cache(self) -> ResponseCache | None:
+        """The response cache, opened on first use; None when disabled or unusable."""
+        if not self._cache_opened:
+            self._cache_opened = True
+            if isinstance(self._cache_arg, bool):
+                if self._cache_arg:
+                    from ipychat.cache import ResponseCache
+
+                    self._cache = ResponseCache()
+            else:
+                self._cache = self._cache_arg
+        return self._cache
+
+    # ----- estimates -------------------------------------------------------------------------
+
+    def _price(self, model: str) -> pricing.ModelPrice | None:
+        return self.prices.lookup(model)
+
+    def count(
+        self, messages: Sequence[dict[str, Any]], model: str | None = None
+    ) -> tokens.TokenCount:
+        return tokens.count_messages(messages, model or self.settings.model)
+
+    def estimate(
+        self,
+        prompt_or_messages: str | Sequence[dict[str, Any]],
+        *,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        thread: str | None = None,
+        system: str | None = None,
+    ) -> Estimate:
+        """What sending would cost: a prompt is estimated with the thread's history and the
+        system prompt, as it would be sent; a message list as it is."""
+        model = model or self.settings.model
+        if isinstance(prompt_or_messages, str):
+            history = (
+                self.threads[thread or self.current_thread].messages
+                if (thread or self.current_thread) in self.threads
+                else []
+            )
+            messages = build_messages(
+                system if system is not None else self.settings.system, history, prompt_or_messages
+            )
+        else:
+            messages = list(prompt_or_messages)
+        return self._estimate(messages, model, self._max_tokens(model, max_tokens))
+
+    def _max_tokens(self, model: str, max_tokens: int | None) -> int:
+        if max_tokens is not None:
+            return max_tokens
+        return self.settings.max_tokens or self.prices.max_output_tokens(model)
+
+    def _estimate(
+        self, messages: Sequence[dict[str, Any]], model: str, max_tokens: int
+    ) -> Estimate:
+        counted = self.count(messages, model)
+        price = self._price(model)
+        low, high, batch = pricing.estimate_cost_range(counted.tokens, max_tokens, price)
+        return Estimate(
+            model=model,
+            messages=len(messages),
+            prompt_tokens=counted.tokens,
+            max_completion_tokens=max_tokens,
+            approximate=counted.approximate,
+            cost_low=low,
+            cost_high=high,
+            cost_batch=batch,
+            context_window=self.prices.context_window(model),
+        )
+
+    # ----- preparing a request --------------------------------------------------------------
+
+    def prepare(
+        self,
+        prompt: str,
+        *,
+        thread: str | None = None,
+        model: str | None = None,
+        system: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        max_cost: float | None = None,
+        new: bool = False,
+    ) -> Prepared:
+        """Build, trim and estimate a request without sending it (what --dry-run shows)."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ChatError("The prompt is empty: write something in the cell below %%chat.")
+        model = model or self.settings.model
+        if temperature is not None and not 0 <= temperature <= 2:
+            raise ConfigError(f"temperature must be between 0 and 2, not {temperature}.")
+        if max_tokens is not None and max_tokens < 1:
+            raise ConfigError(f"max_tokens must be a positive whole number, not {max_tokens}.")
+        if max_cost is not None and not max_cost >= 0:
+            raise ConfigError(f"max cost must be a number of dollars ≥ 0, not {max_cost}.")
+        the_thread = self.thread(thread)
+        history = [] if new else the_thread.messages
+        wanted = self._max_tokens(model, max_tokens)
+        window = self.prices.context_window(model)
+        messages = build_messages(
+            system if system is not None else self.settings.system, history, prompt
+        )
+        limit = self.settings.max_input_tokens
+        if limit is not None:
+            own = self.count(build_messages(None, [], prompt), model).tokens
+            if own > limit:
+                raise ContextLengthError(
+                    f"The prompt has {own:,} tokens, over max_input_tokens {limit:,}. Shorten it "
+                    "or raise the limit with %config ChatMagics.max_input_tokens."
+                )
+        budget = min(window - wanted, limit) if limit is not None else window - wanted
+        if budget <= 0:
+            raise ContextLengthError(
+                f"max_tokens {wanted:,} leaves no room for the prompt in the {window:,}-token "
+                f"context of {model}. Lower --max-tokens."
+            )
+        messages, dropped = trim_history(messages, budget, lambda m: self.count(m, model).tokens)
+        body: dict[str, Any] = {"model": model, "messages": messages}
+        temp = temperature if temperature is not None else self.settings.temperature
+        if temp is not None:
+            body["temperature"] = temp
+        body["max_tokens"] = wanted
+        return Prepared(
+            prompt=prompt,
+            thread=the_thread,
+            body=body,
+            estimate=self._estimate(messages, model, wanted),
+            dropped_turns=dropped,
+            max_cost=max_cost,
+        )
+
+    # ----- sending ------------------------------------------------------------------------------
+
+    async def _send(
+        self,
+        prepared: Prepared,
+        progress: _Progress,
+        *,
+        stream: bool,
+        cache: CacheMode,
+        on_delta: Callable[[str], None] | None,
+        new: bool,
+    ) -> Reply:
+        body, thread, model = prepared.body, prepared.thread, prepared.body["model"]
+        key = cache_key(self.base_url, body)
+        store = self.cache if cache != "off" and self.settings.cache else None
+        self._emit(Event("start", thread=thread.name, text=prepared.prompt))
+        if store is not None and cache == "use":
+            hit = store.get(key)
+            if hit is not None:
+                return self._finish_cached(prepared, hit, progress, new)
+        if self.settings.offline:
+            raise OfflineCacheMiss(
+                "Offline mode: this request is not in the cache. Run it once online, or turn "
+                "offline mode off with %chat offline off (or unset IPYCHAT_OFFLINE)."
+            )
+        held = self.usage.reserve(prepared.estimate.cost_high, max_cost=prepared.max_cost)
+
+        def delta(text: str) -> None:
+            if progress.first_token is None:
+                progress.first_token = time.monotonic() - progress.started
+            progress.parts.append(text)
+            if on_delta is not None:
+                on_delta(text)
+            self._emit(Event("delta", thread=thread.name, text=text))
+
+        try:
+            completion = await self._get_client().chat(body, stream=stream, on_delta=delta)
+        except asyncio.CancelledError:
+            reply = self._reply(
+                prepared, Completion(progress.text, model), progress, interrupted=True
+            )
+            self.usage.settle(held, self._row(prepared, reply, outcome="interrupted"))
+            self._remember(thread, prepared.prompt, reply, new)
+            progress.reply = reply
+            raise
+        except ChatError as exc:
+            failed = Reply(text="", model=model, thread=thread.name)
+            self.usage.settle(held, self._row(prepared, failed, outcome="error", error=str(exc)))
+            self._emit(Event("error", thread=thread.name, text=str(exc)))
+            raise
+        reply = self._reply(prepared, completion, progress)
+        self.usage.settle(held, self._row(prepared, reply))
+        if store is not None and reply.finish_reason != "error":
+            store.set(key, _cache_value(reply, self.host))
+        self._remember(thread, prepared.prompt, reply, new)
+        return reply
+
+    def _reply(
+        self,
+        prepared: Prepared,
+        completion: Completion,
+        progress: _Progress,
+        *,
+        interrupted: bool = False,
+    ) -> Reply:
+        model = prepared.body["model"]
+        usage = completion.usage
+        if usage is None:  # llama.cpp streams, interrupted requests: count it ourselves
+            usage = Usage(
+                prompt_tokens=prepared.estimate.prompt_tokens,
+                completion_tokens=tokens.count_text(completion.text, model),
+                estimated=True,
+            )
+        return Reply(
+            text=completion.text,
+            model=completion.model or model,
+            usage=usage,
+            cost=pricing.cost(usage, self._price(model)),
+            latency=completion.latency or (time.monotonic() - progress.started),
+            finish_reason=completion.finish_reason,
+            thread=prepared.thread.name,
+            interrupted=interrupted,
+            dropped_turns=prepared.dropped_turns,
+            time_to_first_token=completion.time_to_first_token or progress.first_token,
+            retries=completion.retries,
+        )
+
+    def _finish_cached(
+        self, prepared: Prepared, hit: dict[str, Any], progress: _Progress, new: bool
+    ) -> Reply:
+        model = prepared.body["model"]
+        usage = Usage(**hit["usage"]) if hit.get("usage") else None
+        saved = pricing.cost(usage, self._price(model)) if usage else None
+        reply = Reply(
+            text=hit["text"],
+            model=hit.get("model") or model,
+            usage=usage,
+            cost=0.0,
+            cached=True,
+            saved=saved,
+            latency=time.monotonic() - progress.started,
+            finish_reason=hit.get("finish_reason"),
+            thread=prepared.thread.name,
+            dropped_turns=prepared.dropped_turns,
+        )
+        if self.cache is not None:
+            self.cache.record_hit(saved)
+        self.usage.record(self._row(prepared, reply))
+        self._remember(prepared.thread, prepared.prompt, reply, new)
+        return reply
+
+    def _row(
+        self, prepared: Prepared, reply: Reply, *, outcome: str = "ok", error: str | None = None
+    ) -> LedgerRow:
+        usage = reply.usage or Usage(prompt_tokens=prepared.estimate.prompt_tokens, estimated=True)
+        return LedgerRow(
+            time=time.time(),
+            thread=prepared.thread.name,
+            model=prepared.body["model"],
+            host=self.host,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            cost=reply.cost if outcome != "error" else 0.0,
+            saved=reply.saved,
+            cached=reply.cached,
+            estimated=usage.estimated,
+            latency=reply.latency,
+            time_to_first_token=reply.time_to_first_token,
+            retries=reply.retries,
+            outcome=outcome,
+            error=error,
+        )
+
+    def _remember(self, thread: Thread, prompt: str, reply: Reply, new: bool) -> None:
+        with self._lock:
+            if new:
+                thread.clear()
+            thread.add_turn(prompt, reply.text)
+            self.last_reply = reply
+        self._emit(Event("reply", thread=thread.name, text=reply.text, reply=reply))
+
+    # ----- public request API ------------------------------------------------------------------
+
+    async def _ask(
+        self,
+        prompt: str,
+        progress: _Progress,
+        *,
+        stream: bool,
+        cache: CacheMode | bool,
+        on_delta: Callable[[str], None] | None,
+        new: bool,
+        **options: Any,
+    ) -> Reply:
+        prepared = self.prepare(prompt, new=new, **options)
+        mode: CacheMode = "use" if cache is True else "off" if cache is False else cache
+        return await self._send(
+            prepared, progress, stream=stream, cache=mode, on_delta=on_delta, new=new
+        )
+
+    def ask(
+        self,
+        prompt: str,
+        *,
+        thread: str | None = None,
+        model: str | None = None,
+        system: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        stream: bool = False,
+        cache: CacheMode | bool = True,
+        max_cost: float | None = None,
+        new: bool = False,
+        on_delta: Callable[[str], None] | None = None,
+    ) -> Reply:
+        """Send `prompt` on a thread and wait for the reply. `cache`: True/"use", "refresh"
+        (skip the read, store the new reply) or False/"off". Ctrl-C raises Interrupted, whose
+        `.reply` holds what arrived."""
+        progress = _Progress()
+        coro = self._ask(
+            prompt,
+            progress,
+            stream=stream,
+            cache=cache,
+            on_delta=on_delta,
+            new=new,
+            thread=thread,
+            model=model,
+            system=system,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            max_cost=max_cost,
+        )
+        try:
+            return self._runner.run(coro)
+        except KeyboardInterrupt:
+            raise _interrupted(progress) from None
+
+    async def aask(self, prompt: str, **options: Any) -> Reply:
+        """`ask` for code that awaits; the request still runs on the session's own loop."""
+        progress = _Progress()
+        stream = options.pop("stream", False)
+        cache = options.pop("cache", True)
+        on_delta = options.pop("on_delta", None)
+        new = options.pop("new", False)
+        future = self._runner.submit(
+            self._ask(
+                prompt, progress, stream=stream, cache=cache, on_delta=on_delta, new=new, **options
+            )
+        )
+        return await asyncio.wrap_future(future)
+
+    def stream(self, prompt: str, **options: Any) -> ReplyStream:
+        """Iterate over the text deltas of a streamed reply; `.reply` is the Reply afterwards."""
+        return ReplyStream(self, prompt, options)
+
+    def models(self) -> list[str]:
+        """The model ids the endpoint lists."""
+        return self._runner.run(self._get_client().models())
+
+    def close(self) -> None:
+        """Release connections and the loop thread (the session is usable again afterwards)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None and self._runner.running:
+            try:
+                self._runner.submit(client.aclose()).result(5)
+            except Exception:
+                pass
+        self._runner.stop()
+        if self._cache is not None:
+            self._cache.close()
+        self._cache, self._cache_opened = None, False
+
+
+class ReplyStream:
+    """Deltas of one streamed request, consumed in the calling thread.
+
+    Ctrl-C while iterating raises Interrupted (partial reply in `.reply`). Used as a context
+    manager it also converts a Ctrl-C that lands in the caller's own loop body, and leaving
+    the block early cancels the request.
+    """
+
+    def __init__(self, session: ChatSession, prompt: str, options: dict[str, Any]) -> None:
+        self._session = session
+        self._prompt = prompt
+        self._options = options
+        self._progress = _Progress()
+        self._finished = threading.Event()
+        self._future: concurrent.futures.Future[Reply] | None = None
+        self.reply: Reply | None = None
+
+    def __enter__(self) -> ReplyStream:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            raise self.cancel() from None
+        if self._future is not None and not self._future.done():
+            self.cancel()
+
+    def __iter__(self) -> Iterator[str]:
+        deltas: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        options = dict(self._options)
+        cache = options.pop("cache", True)
+        new = options.pop("new", False)
+        session, progress, finished = self._session, self._progress, self._finished
+
+        async def run() -> Reply:
+            try:
+                return await session._ask(
+                    self._prompt,
+                    progress,
+                    stream=True,
+                    cache=cache,
+                    on_delta=deltas.put,
+                    new=new,
+                    **options,
+                )
+            finally:
+                deltas.put(None)
+                finished.set()
+
+        self._future = future = session._runner.submit(run())
+        try:
+            while (item := _get(deltas)) is not None:
+                yield item
+            self.reply = future.result()
+            if self.reply.cached:  # a cache hit has no deltas: hand over the whole text
+                yield self.reply.text
+        except KeyboardInterrupt:
+            raise self.cancel() from None
+        finally:
+            if not future.done():  # the caller stopped iterating early
+                self.cancel()
+
+    def cancel(self) -> Interrupted:
+        """Stop the request and wait until what arrived is recorded; returns the error to raise."""
+        if self._future is not None:
+            self._future.cancel()
+            self._finished.wait(5)
+        self.reply = self._progress.reply
+        return _interrupted(self._progress)
+
+
+def _get(deltas: queue.SimpleQueue[str | None]) -> str | None:
+    # A timed wait keeps the main thread responsive to Ctrl-C.
+    while True:
+        try:
+            return deltas.get(timeout=0.1)
+        except queue.Empty:
+            continue
+
+
+def _interrupted(progress: _Progress) -> Interrupted:
+    return Interrupted(
+        f"Interrupted after {len(progress.text):,} characters; the partial reply is kept."
+        if progress.text
+        else "Interrupted before the reply started; nothing was received.",
+        reply=progress.reply,
+    )
+
+
+def _cache_value(reply: Reply, host: str) -> dict[str, Any]:
+    usage = reply.usage
+    return {
+        "text": reply.text,
+        "model": reply.model,
+        "finish_reason": reply.finish_reason,
+        "usage": None
+        if usage is None
+        else {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "cached_tokens": usage.cached_tokens,
+            "estimated": usage.estimated,
+        },
+        "cost": reply.cost,
+        "created": time.time(),
+        "host": host,
+    }
+
+
+_session: ChatSession | None = None
+_session_lock = threading.Lock()
+
+
+def get_session() -> ChatSession:
+    """The one ChatSession of this kernel."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            _session = ChatSession()
+        return _session
+
+
+def reset_session(session: ChatSession | None = None) -> ChatSession | None:
+    """Close the kernel session and install `session` (tests, `%unload_ext`)."""
+    global _session
+    with _session_lock:
+        old, _session = _session, session
+    if old is not None and old is not session:
+        old.close()
+    return session

@@ -1,0 +1,294 @@
+"""The kernel session against a real loopback server: ask, stream, threads, context, cache,
+estimates, budgets, interrupts."""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from ipychat import pricing, tokens
+from ipychat.errors import (
+    BudgetExceeded,
+    ChatError,
+    ConfigError,
+    ContextLengthError,
+    Interrupted,
+    OfflineCacheMiss,
+)
+from ipychat.session import ChatSession, Settings
+from ipychat.testing import FakeOpenAIServer
+from ipychat.types import Usage
+
+
+def sent_messages(server: FakeOpenAIServer, index: int = -1) -> list[dict]:
+    return server.chat_requests[index].body["messages"]
+
+
+def test_ask_returns_a_reply_with_usage_and_cost(
+    session: ChatSession, fake: FakeOpenAIServer
+) -> None:
+    reply = session.ask("What is 2+2?")
+    assert reply.text == "Echo: What is 2+2?"
+    assert str(reply) == reply.text
+    assert reply.model and reply.finish_reason == "stop" and not reply.cached
+    assert reply.usage is not None and not reply.usage.estimated
+    # the server's own usage wins over our estimate, and the cost follows the price table
+    assert reply.cost == pytest.approx(
+        pricing.cost(reply.usage, pricing.default_table().lookup("gpt-4o-mini"))
+    )
+    assert reply.latency > 0
+    assert (
+        "Echo: What is 2+2?" in reply._repr_markdown_() and "thread main" in reply._repr_markdown_()
+    )
+    body = fake.chat_requests[0].body
+    assert body["model"] == "gpt-4o-mini" and body["max_tokens"] == 1024
+    assert "stream" not in body or body["stream"] is False
+
+
+def test_threads_keep_their_own_context(session: ChatSession, fake: FakeOpenAIServer) -> None:
+    session.ask("first")
+    session.ask("second")
+    assert [m["content"] for m in sent_messages(fake)] == ["first", "Echo: first", "second"]
+    session.ask("elsewhere", thread="other")
+    assert [m["content"] for m in sent_messages(fake)] == ["elsewhere"]
+    session.ask("third", new=True)
+    assert [m["content"] for m in sent_messages(fake)] == ["third"]
+    assert session.threads["main"].turns == 1 and session.threads["other"].turns == 1
+
+
+def test_system_prompt_is_sent_first(session: ChatSession, fake: FakeOpenAIServer) -> None:
+    session.configure(system="Be brief.")
+    session.ask("hi")
+    assert sent_messages(fake)[0] == {"role": "system", "content": "Be brief."}
+    session.ask("again", system="Be long.")
+    assert sent_messages(fake)[0]["content"] == "Be long."
+
+
+def test_stream_yields_deltas_and_then_the_reply(
+    session: ChatSession, fake: FakeOpenAIServer
+) -> None:
+    stream = session.stream("tell me a story about streams")
+    deltas = list(stream)
+    assert len(deltas) > 3
+    assert "".join(deltas) == "Echo: tell me a story about streams"
+    assert stream.reply is not None and stream.reply.text == "".join(deltas)
+    assert stream.reply.usage is not None and not stream.reply.usage.estimated
+    assert fake.chat_requests[0].body["stream"] is True
+    assert fake.chat_requests[0].body["stream_options"] == {"include_usage": True}
+
+
+def test_stream_without_server_usage_counts_locally() -> None:
+    with FakeOpenAIServer(include_usage_chunk=False) as server:
+        s = ChatSession(Settings(base_url=server.base_url, model="gpt-4o-mini"), cache=False)
+        try:
+            stream = s.stream("count me")
+            text = "".join(stream)
+            reply = stream.reply
+            assert reply is not None and reply.usage is not None and reply.usage.estimated
+            assert reply.usage.completion_tokens == tokens.count_text(text, "gpt-4o-mini")
+            assert (
+                reply.usage.prompt_tokens
+                == s.count([{"role": "user", "content": "count me"}]).tokens
+            )
+            assert s.usage.rows[-1].estimated
+        finally:
+            s.close()
+
+
+def test_cache_hit_is_free_and_sends_nothing(session: ChatSession, fake: FakeOpenAIServer) -> None:
+    first = session.ask("cache me", thread="a")
+    second = session.ask("cache me", thread="b")  # same messages on a fresh thread: same key
+    assert len(fake.chat_requests) == 1
+    assert second.cached and second.cost == 0 and second.text == first.text
+    assert second.saved == pytest.approx(first.cost)
+    assert session.usage.rows[-1].cached and session.usage.saved == pytest.approx(first.cost)
+    session.ask("cache me", thread="c", cache="refresh")
+    session.ask("cache me", thread="d", cache=False)
+    assert len(fake.chat_requests) == 3
+
+
+def test_offline_mode_serves_from_cache_and_refuses_misses(
+    session: ChatSession, fake: FakeOpenAIServer
+) -> None:
+    session.ask("known", thread="a")
+    session.configure(offline=True)
+    assert session.ask("known", thread="b").cached
+    with pytest.raises(OfflineCacheMiss, match="not in the cache"):
+        session.ask("unknown", thread="c")
+    assert len(fake.chat_requests) == 1
+
+
+def test_estimate_matches_the_token_counter(session: ChatSession) -> None:
+    session.ask("earlier turn")
+    est = session.estimate("What next?")
+    messages = [
+        {"role": "user", "content": "earlier turn"},
+        {"role": "assistant", "content": "Echo: earlier turn"},
+        {"role": "user", "content": "What next?"},
+    ]
+    assert est.prompt_tokens == tokens.count_messages(messages, "gpt-4o-mini").tokens
+    assert est.messages == 3 and not est.approximate and est.max_completion_tokens == 1024
+    price = pricing.default_table().lookup("gpt-4o-mini")
+    assert est.cost_high == pytest.approx(
+        (est.prompt_tokens * price.input + 1024 * price.output) / 1e6
+    )
+    assert 0 < est.cost_low < est.cost_high
+    unknown = session.estimate("hi", model="my-llama")
+    assert unknown.approximate and unknown.cost_high is None
+
+
+def test_history_is_trimmed_by_tokens_to_fit_the_context(
+    session: ChatSession, fake: FakeOpenAIServer
+) -> None:
+    session.prices.override("tiny", input=1.0, output=1.0, context_window=300)
+    session.configure(system="sys")
+    for i in range(6):
+        session.ask(f"turn {i} " + "word " * 30, model="tiny", max_tokens=50)
+    reply = session.ask("last", model="tiny", max_tokens=50)
+    sent = sent_messages(fake)
+    assert sent[0]["content"] == "sys" and sent[-1]["content"] == "last"
+    assert reply.dropped_turns > 0
+    assert session.count(sent, "tiny").tokens <= 300 - 50
+    assert "left out to fit" in reply._repr_markdown_()
+
+
+def test_oversized_prompt_is_refused_before_sending(
+    session: ChatSession, fake: FakeOpenAIServer
+) -> None:
+    session.configure(max_input_tokens=20)
+    with pytest.raises(ContextLengthError, match="over max_input_tokens 20"):
+        session.ask("word " * 100)
+    session.prices.override("small", input=1.0, output=1.0, context_window=100)
+    session.configure(max_input_tokens=None)
+    with pytest.raises(ContextLengthError, match="needs"):
+        session.ask("word " * 200, model="small", max_tokens=10)
+    assert fake.chat_requests == []
+
+
+def test_budget_refuses_before_anything_is_sent(
+    session: ChatSession, fake: FakeOpenAIServer
+) -> None:
+    session.usage.budget = 0.0001
+    with pytest.raises(BudgetExceeded, match=r"Budget: spent \$0 of \$0.0001"):
+        session.ask("hello", max_tokens=1000)
+    with pytest.raises(BudgetExceeded, match="max-cost"):
+        session.ask("hello", max_tokens=10, max_cost=0.0)
+    assert fake.chat_requests == []
+    assert session.threads["main"].turns == 0
+
+
+def test_errors_are_recorded_in_the_ledger() -> None:
+    with FakeOpenAIServer(require_key="sk-right-key-000000000000") as server:
+        s = ChatSession(
+            Settings(base_url=server.base_url, api_key="sk-wrong-key-00000000000"), cache=False
+        )
+        try:
+            with pytest.raises(ChatError, match="401|key"):
+                s.ask("hi")
+            assert s.usage.rows[-1].outcome == "error"
+            assert s.threads["main"].turns == 0
+        finally:
+            s.close()
+
+
+def test_bad_settings_change_nothing(session: ChatSession) -> None:
+    for bad in (
+        {"temperature": 5},
+        {"max_tokens": 0},
+        {"base_url": "ftp://x"},
+        {"base_url": "nonsense"},
+        {"model": " "},
+        {"nope": 1},
+    ):
+        with pytest.raises(ConfigError):
+            session.configure(**bad)
+    assert session.settings.temperature is None and session.settings.max_tokens == 1024
+    with pytest.raises(ChatError, match="empty"):
+        session.ask("   ")
+    with pytest.raises(ConfigError, match="No thread named"):
+        session.reset("ghost")
+
+
+def test_aask_works_from_a_running_loop(session: ChatSession) -> None:
+    async def main() -> str:
+        replies = await asyncio.gather(session.aask("a", thread="x"), session.aask("b", thread="y"))
+        return " | ".join(r.text for r in replies)
+
+    assert asyncio.run(main()) == "Echo: a | Echo: b"
+
+
+def test_interrupt_mid_stream_keeps_the_partial_reply() -> None:
+    with FakeOpenAIServer(tokens_per_second=20) as server:
+        s = ChatSession(Settings(base_url=server.base_url), cache=False)
+        try:
+            prompt = "slow " * 40
+            got: list[str] = []
+            with pytest.raises(Interrupted) as info, s.stream(prompt) as stream:
+                for delta in stream:
+                    got.append(delta)
+                    if len(got) == 2:  # Ctrl-C lands mid-stream, wherever the main thread is
+                        threading.Timer(0.05, _thread.interrupt_main).start()
+            reply = info.value.reply
+            assert reply is not None and reply.interrupted
+            # everything that reached the kernel is kept, even deltas not yet consumed
+            assert reply.text.startswith("".join(got))
+            assert len("".join(got)) > 0 and len(reply.text) < len("Echo: " + prompt)
+            assert s.threads["main"].messages[-1]["content"] == reply.text
+            assert s.usage.rows[-1].outcome == "interrupted"
+            # the loop is healthy: the next request works
+            assert s.ask("after").text == "Echo: after"
+        finally:
+            s.close()
+
+
+def test_interrupt_while_waiting_for_a_non_streamed_reply() -> None:
+    with FakeOpenAIServer(latency=5) as server:
+        s = ChatSession(Settings(base_url=server.base_url), cache=False)
+        try:
+            threading.Timer(0.3, _thread.interrupt_main).start()
+            with pytest.raises(Interrupted, match="before the reply started"):
+                s.ask("wait")
+            assert s.usage.rows[-1].outcome == "interrupted"
+        finally:
+            s.close()
+
+
+def test_close_releases_the_loop_thread(session: ChatSession) -> None:
+    session.ask("hi")
+    session.close()
+    assert not any(t.name == "ipychat-loop" and t.is_alive() for t in threading.enumerate())
+    assert session.ask("again", thread="t2").text == "Echo: again"  # usable again
+
+
+def test_usage_rows_reconcile_with_server_usage(session: ChatSession) -> None:
+    reply = session.ask("reconcile")
+    row = session.usage.rows[-1]
+    assert (row.prompt_tokens, row.completion_tokens) == (
+        reply.usage.prompt_tokens,
+        reply.usage.completion_tokens,
+    )
+    assert row.cost == pytest.approx(reply.cost)
+    frame = session.usage.to_frame()
+    assert frame["cost"].sum() == pytest.approx(reply.cost)
+
+
+def test_cost_with_cached_prompt_tokens() -> None:
+    price = pricing.default_table().lookup("gpt-4o-mini")
+    usage = Usage(prompt_tokens=1000, completion_tokens=100, cached_tokens=400)
+    expected = (600 * price.input + 400 * price.cached_input + 100 * price.output) / 1e6
+    assert pricing.cost(usage, price) == pytest.approx(expected)
+
+
+def test_engine_imports_no_front_end() -> None:
+    code = (
+        "import sys, ipychat.session; print('IPython' in sys.modules, 'ipywidgets' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split() == ["False", "False"]
