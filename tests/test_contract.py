@@ -1,0 +1,217 @@
+"""One protocol contract, checked against FakeOpenAIServer and the real llama.cpp server.
+
+If the fake passes a check the real server fails (or the other way round), the fake is
+lying to every other test, or ipychat relies on something real servers do not do. Where
+they legitimately differ, the difference is a parameter of `Backend`, stated once:
+
+- `usage_chunk`: llama.cpp sends no usage chunk in streams even when asked
+  (`stream_options.include_usage`), OpenAI and the fake do;
+- `capital`: what the temperature-0 answer to the France question must contain
+  (the real model says "Paris"; the fake echoes the prompt).
+
+The wire-level checks use plain httpx; the rest go through `ipychat.client.ChatClient`,
+so the contract covers our client too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from ipychat import local
+from ipychat.client import ChatClient
+from ipychat.testing import FakeOpenAIServer
+from ipychat.types import Completion
+
+FRANCE = "What is the capital of France? Answer in one word."
+LONG = "Tell me a long story about a dragon who lived in the mountains of the north."
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    base_url: str
+    model: str
+    usage_chunk: bool  # does a stream end with a usage chunk when include_usage is asked?
+    capital: str  # the temperature-0 answer to FRANCE mentions this
+
+
+_LLAMA_READY = local._server_installed() and local._bundled_model() is not None
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        "fake",
+        pytest.param(
+            "llama",
+            marks=[
+                pytest.mark.local_model,
+                pytest.mark.skipif(not _LLAMA_READY, reason='needs pip install "ipychat[local]"'),
+            ],
+        ),
+    ],
+)
+def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Backend]:
+    if request.param == "fake":
+        with FakeOpenAIServer(include_usage_chunk=True) as fake:
+            yield Backend("fake", fake.base_url, "fake-model", usage_chunk=True, capital="France")
+        return
+    # One real server for the whole module (starting it takes a second or two).
+    server = local.LocalServer(local._bundled_model(), log_dir=tmp_path_factory.mktemp("llama"))
+    server.start()
+    try:
+        yield Backend(
+            "llama", server.base_url, local.MODEL_ALIAS, usage_chunk=False, capital="Paris"
+        )
+    finally:
+        server.stop()
+
+
+def _body(backend: Backend, content: str = FRANCE, **extra: Any) -> dict[str, Any]:
+    return {
+        "model": backend.model,
+        "messages": [{"role": "user", "content": content}],
+        "temperature": 0,
+        "max_tokens": 40,
+        **extra,
+    }
+
+
+def _chat(
+    backend: Backend, body: dict[str, Any], *, stream: bool = False
+) -> tuple[Completion, list[str]]:
+    deltas: list[str] = []
+
+    async def run() -> Completion:
+        async with ChatClient(backend.base_url) as client:
+            return await client.chat(body, stream=stream, on_delta=deltas.append)
+
+    return asyncio.run(run()), deltas
+
+
+def _post(backend: Backend, body: dict[str, Any]) -> httpx.Response:
+    # trust_env=False: loopback must never go through a proxy from the environment.
+    with httpx.Client(timeout=60, trust_env=False) as http:
+        return http.post(backend.base_url + "/chat/completions", json=body)
+
+
+# ----- the wire ---------------------------------------------------------------------------
+
+
+def test_reply_shape(backend: Backend) -> None:
+    response = _post(backend, _body(backend))
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    data = response.json()
+    assert data["object"] == "chat.completion"
+    choice = data["choices"][0]
+    assert choice["message"]["role"] == "assistant"
+    assert isinstance(choice["message"]["content"], str) and choice["message"]["content"].strip()
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = data["usage"]  # both report usage outside streams
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_stream_wire(backend: Backend) -> None:
+    body = _body(backend, stream=True, stream_options={"include_usage": True})
+    with (
+        httpx.Client(timeout=60, trust_env=False) as http,
+        http.stream("POST", backend.base_url + "/chat/completions", json=body) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [
+            line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")
+        ]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    usage_chunks = [c for c in chunks if not c["choices"]]
+    assert bool(usage_chunks) is backend.usage_chunk
+    if usage_chunks:  # last, after the finish_reason, as OpenAI sends it
+        assert chunks[-1] is usage_chunks[0] and chunks[-1]["usage"]["completion_tokens"] > 0
+    choices = [c["choices"][0] for c in chunks if c["choices"]]
+    assert choices[-1]["finish_reason"] in ("stop", "length")
+    text = "".join(ch["delta"].get("content") or "" for ch in choices)
+    assert text.strip()
+
+
+def test_models_lists_something(backend: Backend) -> None:
+    async def run() -> list[str]:
+        async with ChatClient(backend.base_url) as client:
+            return await client.models()
+
+    models = asyncio.run(run())
+    assert backend.model in models
+
+
+# ----- through ChatClient -----------------------------------------------------------------
+
+
+def test_reply_through_client(backend: Backend) -> None:
+    completion, _ = _chat(backend, _body(backend))
+    assert completion.text.strip()
+    assert completion.finish_reason in ("stop", "length")
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+
+
+def test_stream_through_client(backend: Backend) -> None:
+    completion, deltas = _chat(backend, _body(backend), stream=True)
+    assert len(deltas) > 1 and "".join(deltas) == completion.text
+    assert completion.finish_reason in ("stop", "length")
+    assert completion.time_to_first_token is not None
+    # ChatClient always asks for the usage chunk; llama.cpp ignores the request.
+    assert (completion.usage is not None) is backend.usage_chunk
+
+
+def test_multi_turn(backend: Backend) -> None:
+    body = _body(backend)
+    body["messages"] = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "Nice to meet you, Ada."},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    completion, _ = _chat(backend, body)
+    assert completion.text.strip()
+    assert completion.finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_max_tokens_honoured(backend: Backend, stream: bool) -> None:
+    completion, _ = _chat(backend, _body(backend, LONG, max_tokens=5), stream=stream)
+    assert completion.finish_reason == "length"
+    assert 0 < len(completion.text) < 60
+    if completion.usage is not None:
+        assert completion.usage.completion_tokens <= 5
+
+
+def test_deterministic_answer_at_temperature_0(backend: Backend) -> None:
+    first, _ = _chat(backend, _body(backend))
+    again, _ = _chat(backend, _body(backend))
+    assert backend.capital in first.text
+    assert again.text == first.text
+
+
+def test_concurrent_streams_both_finish(backend: Backend) -> None:
+    """The local server handles one request at a time: a second must queue, not cut the first
+    (llama.cpp's default `interrupt_requests` ends the running stream without a finish_reason)."""
+
+    async def run() -> list[Completion]:
+        async with ChatClient(backend.base_url) as client:
+            body = _body(backend, LONG, max_tokens=24)
+            return list(await asyncio.gather(*(client.chat(body, stream=True) for _ in range(2))))
+
+    for completion in asyncio.run(run()):
+        assert completion.finish_reason in ("stop", "length")
+        assert completion.text.strip()
