@@ -58,6 +58,7 @@ def ip(session: ChatSession) -> Iterator[object]:
     shell.run_line_magic("load_ext", "ipychat")
     yield shell
     shell.run_line_magic("unload_ext", "ipychat")
+    shell.config.pop("ChatMagics", None)  # %config lands in the shared shell's config
     for name in [
         n
         for n in shell.user_ns

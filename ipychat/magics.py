@@ -1,0 +1,471 @@
+"""`%%chat` and `%chat`: thin views over the kernel session.
+
+They parse arguments, call the session, and show the result; every ChatError becomes a
+one-line UsageError (no traceback). Settings are traitlets on ChatMagics, so
+`%config ChatMagics.model = "gpt-4o"` and `ipython_config.py` work.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import re
+import shlex
+from dataclasses import replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+from traitlets import Bool, CaselessStrEnum, Float, Int, TraitError, Unicode, observe, validate
+
+from ipychat import format as fmt
+from ipychat.errors import ChatError, Interrupted
+from ipychat.messages import interpolate
+from ipychat.pricing import format_usd
+from ipychat.session import ChatSession, Event, get_session, reset_session
+from ipychat.types import Reply
+
+__all__ = ["ChatMagics", "load", "unload"]
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_]\w*$")
+_CODE_BLOCK = re.compile(r"```[\w+-]*\n(.*?)```", re.S)
+# Settings that mirror ChatMagics traits one to one.
+_MIRRORED = (
+    "model",
+    "base_url",
+    "system",
+    "temperature",
+    "max_tokens",
+    "max_input_tokens",
+    "connect_timeout",
+    "read_timeout",
+    "max_retries",
+    "azure_api_version",
+)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """ipychat's own errors are the user's to fix: show them as one line, never a traceback."""
+    try:
+        yield
+    except ChatError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _float(text: str, what: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"{what} must be a number, not {text!r}.") from None
+
+
+@magics_class
+class ChatMagics(Magics):
+    """Chat with an OpenAI-compatible model from the notebook."""
+
+    model = Unicode(None, allow_none=True, help="Default model, e.g. gpt-4o-mini.").tag(config=True)
+    base_url = Unicode(
+        None, allow_none=True, help="OpenAI-compatible endpoint; default OPENAI_BASE_URL or OpenAI."
+    ).tag(config=True)
+    system = Unicode(None, allow_none=True, help="System prompt sent first on every thread.").tag(
+        config=True
+    )
+    temperature = Float(None, allow_none=True, help="Sampling temperature (0–2).").tag(config=True)
+    max_tokens = Int(None, allow_none=True, help="Most reply tokens per request.").tag(config=True)
+    max_input_tokens = Int(
+        None, allow_none=True, help="Refuse prompts larger than this (default: the context window)."
+    ).tag(config=True)
+    connect_timeout = Float(None, allow_none=True, help="Seconds to wait for a connection.").tag(
+        config=True
+    )
+    read_timeout = Float(
+        None, allow_none=True, help="Seconds to wait between chunks of a reply."
+    ).tag(config=True)
+    max_retries = Int(None, allow_none=True, help="Retries on 429, 5xx and network errors.").tag(
+        config=True
+    )
+    azure_api_version = Unicode(
+        None, allow_none=True, help="Azure OpenAI api-version; switches to the api-key header."
+    ).tag(config=True)
+    display_mode = CaselessStrEnum(
+        ["auto", "notebook", "terminal"],
+        "auto",
+        help="How replies are shown: live Markdown or text.",
+    ).tag(config=True)
+    stream = Bool(
+        True, help="Stream replies as they are written (False: wait for the whole reply)."
+    ).tag(config=True)
+
+    def __init__(
+        self, shell: Any = None, session: ChatSession | None = None, **kwargs: Any
+    ) -> None:
+        self.session = session or get_session()
+        super().__init__(shell=shell, **kwargs)
+        with _user_errors():
+            configured = {k: getattr(self, k) for k in _MIRRORED if getattr(self, k) is not None}
+            if configured:
+                self.session.configure(**configured)
+
+    @validate(*_MIRRORED)
+    def _check_setting(self, proposal: dict[str, Any]) -> Any:
+        """Refuse a bad value before it is stored, with the session's own message."""
+        value, name = proposal["value"], proposal["trait"].name
+        if value is not None:
+            try:
+                replace(self.session.settings, **{name: value}).validate()
+            except ChatError as exc:
+                raise TraitError(str(exc)) from None
+        return value
+
+    @observe(*_MIRRORED)
+    def _push_setting(self, change: dict[str, Any]) -> None:
+        if change["new"] is not None:
+            with _user_errors():
+                self.session.configure(**{change["name"]: change["new"]})
+
+    @property
+    def notebook(self) -> bool:
+        if self.display_mode == "auto":
+            from ipychat.display import in_notebook
+
+            return in_notebook(self.shell)
+        return self.display_mode == "notebook"
+
+    # ----- %%chat ------------------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("-m", "--model", help="Model for this request (default: %%chat model).")
+    @argument("-s", "--system", help="System prompt for this request.")
+    @argument("-t", "--temperature", type=float, help="Sampling temperature, 0–2.")
+    @argument("--max-tokens", type=int, help="Most reply tokens.")
+    @argument("--thread", help="Conversation to continue (default: the current thread).")
+    @argument("--new", action="store_true", help="Start the thread afresh.")
+    @argument("-o", "--output", metavar="VAR", help="Store the Reply (or parsed JSON) in VAR.")
+    @argument(
+        "-f",
+        "--format",
+        choices=["markdown", "text", "code", "json"],
+        default="markdown",
+        help="markdown (default); text; code: first code block into the next cell; json: parse.",
+    )
+    @argument("--no-stream", action="store_true", help="Wait for the whole reply.")
+    @argument("--no-cache", action="store_true", help="Neither read nor write the response cache.")
+    @argument("--refresh", action="store_true", help="Skip the cache read; store the new reply.")
+    @argument("--max-cost", type=float, metavar="USD", help="Refuse if it may cost more than USD.")
+    @argument(
+        "--dry-run", action="store_true", help="Show the prompt and its estimate; send nothing."
+    )
+    @argument("--no-interpolate", action="store_true", help="Send {braces} exactly as written.")
+    @cell_magic("chat")
+    def chat_cell(self, line: str, cell: str) -> Reply | None:
+        """Send the cell to the model and stream the reply as Markdown.
+
+        {name}, {name.attr} and {name[key]} are replaced by notebook variables (DataFrames as a
+        compact summary); every other brace is sent as written; {{name}} sends {name}.
+        Each %%chat continues its thread; --new starts it afresh.
+        """
+        try:
+            # shlex, not IPython's arg_split: quotes must group words and then disappear
+            args = self.chat_cell.parser.parse_args(shlex.split(line))
+        except ValueError as exc:  # shlex: unbalanced quotes
+            raise UsageError(f"%%chat: {exc}.") from None
+        except SystemExit:  # argparse on --help inside a magic
+            return None
+        if args.no_cache and args.refresh:
+            raise UsageError("--no-cache and --refresh contradict each other: pick one.")
+        if args.output is not None and not _IDENTIFIER.match(args.output):
+            raise UsageError(f"-o needs a Python variable name, not {args.output!r}.")
+        with _user_errors():
+            return self._chat(args, cell)
+
+    def _render(self, cell: str, raw: bool) -> tuple[str, tuple[tuple[int, int], ...]]:
+        if not cell.strip():
+            raise UsageError("The cell is empty: write your prompt below %%chat.")
+        if raw:
+            return cell.strip(), ()
+        rendered = interpolate(cell.strip(), self.shell.user_ns if self.shell else {})
+        return rendered.text, rendered.spans
+
+    def _chat(self, args: Any, cell: str) -> Reply | None:
+        prompt, spans = self._render(cell, args.no_interpolate)
+        options = {
+            "thread": args.thread,
+            "model": args.model,
+            "system": args.system,
+            "temperature": args.temperature,
+            "max_tokens": args.max_tokens,
+            "max_cost": args.max_cost,
+        }
+        from ipychat.display import LiveReply, show_prompt
+
+        if args.dry_run:
+            prepared = self.session.prepare(prompt, new=args.new, **options)
+            extra = (
+                f" · {prepared.dropped_turns} early turns left out"
+                if prepared.dropped_turns
+                else ""
+            )
+            show_prompt(
+                prompt, spans, fmt.estimate_line(prepared.estimate) + extra, notebook=self.notebook
+            )
+            return None
+        cache = "off" if args.no_cache else "refresh" if args.refresh else "use"
+        live = LiveReply(notebook=self.notebook, code=args.format == "text")
+        reply = self._stream(prompt, options, cache, args, live)
+        turns = self.session.threads[reply.thread].turns
+        live.finish(reply.text, fmt.footer(reply, turns=turns))
+        self._alerts()
+        return self._deliver(reply, args)
+
+    def _stream(
+        self, prompt: str, options: dict[str, Any], cache: str, args: Any, live: Any
+    ) -> Reply:
+        session = self.session
+        if args.no_stream or not self.stream:
+            return session.ask(prompt, cache=cache, new=args.new, **options)
+        prepared = session.prepare(prompt, new=args.new, **options)  # fail before showing anything
+        stream = session.stream(prompt, cache=cache, new=args.new, **options)
+        text = ""
+        model = options["model"] or session.settings.model
+        from ipychat import tokens
+
+        try:
+            for delta in stream:
+                text += delta
+                counted = tokens.count_text(text, model)
+                live.update(text, fmt.streaming_footer(model, prepared.estimate, counted))
+        except Interrupted as exc:
+            if exc.reply is not None:
+                reply = exc.reply
+                assert isinstance(reply, Reply)
+                live.finish(
+                    reply.text, fmt.footer(reply, turns=session.threads[reply.thread].turns)
+                )
+                if args.output:
+                    self.shell.user_ns[args.output] = reply
+            raise
+        assert stream.reply is not None
+        return stream.reply
+
+    def _deliver(self, reply: Reply, args: Any) -> Any:
+        value: Any = reply
+        if args.format == "json":
+            value = _parse_json(reply.text)
+        elif args.format == "code":
+            blocks = _CODE_BLOCK.findall(reply.text)
+            if not blocks:
+                raise UsageError(
+                    "-f code: the reply has no ``` code block to put in the next cell."
+                )
+            self.shell.set_next_input(blocks[0].rstrip("\n"), replace=False)
+        if args.output:
+            self.shell.user_ns[args.output] = value
+        return None
+
+    def _alerts(self) -> None:
+        from ipychat.display import show_markdown
+
+        for alert in self.session.usage.alerts():
+            show_markdown(f"**⚠ ipychat:** {alert}", notebook=self.notebook)
+
+    # ----- %chat ---------------------------------------------------------------------------------
+
+    @line_magic("chat")
+    def chat_line(self, line: str) -> Any:
+        """%chat [SUBCOMMAND ARGS]: show the status, or change settings and threads.
+
+        model [NAME]          show or set the default model
+        endpoint URL          use an OpenAI-compatible endpoint (https://…/v1)
+        key                   ask for the API key (never type it into a cell)
+        system [TEXT|off]     show or set the system prompt
+        threads               list conversation threads
+        thread NAME           switch to (or create) a thread
+        history [NAME]        show a thread's messages
+        reset [NAME]          forget a thread's messages
+        models                list the endpoint's models
+        usage                 spend, tokens and latency per model
+        budget [USD|off]      show or set the spend budget of this session
+        price MODEL IN OUT    set a model's price in USD per 1M input/output tokens
+        cache [clear]         response cache statistics, or clear it
+        offline [on|off]      serve only from the cache, never the network
+        panel                 the chat panel
+        """
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%chat: {exc}.") from None
+        if not words:
+            return self._status()
+        command, rest = words[0].lower(), words[1:]
+        handler: Callable[[list[str]], Any] | None = getattr(self, f"_cmd_{command}", None)
+        if handler is None:
+            raise UsageError(f"%chat {command}: unknown subcommand. %chat? lists them.")
+        with _user_errors():
+            return handler(rest)
+
+    def _show(self, text: str) -> None:
+        from ipychat.display import show_markdown
+
+        show_markdown(text, notebook=self.notebook)
+
+    def _status(self) -> None:
+        s, session = self.session.settings, self.session
+        thread = session.threads[session.current_thread]
+        budget = (
+            f" of {format_usd(session.usage.budget)}" if session.usage.budget is not None else ""
+        )
+        flags = " · offline" if s.offline else ""
+        self._show(
+            f"ipychat · endpoint {session.host} · model {s.model} · thread {thread.name} "
+            f"({thread.turns} turns) · spent {format_usd(session.usage.spent)}{budget}{flags}"
+        )
+
+    def _cmd_model(self, rest: list[str]) -> None:
+        if rest:
+            self.session.configure(model=rest[0])
+        self._show(f"model: {self.session.settings.model}")
+
+    def _cmd_endpoint(self, rest: list[str]) -> None:
+        if not rest:
+            self._show(f"endpoint: {self.session.base_url}")
+            return
+        self.session.configure(base_url=rest[0])
+        self._show(f"endpoint: {self.session.base_url}")
+
+    def _cmd_key(self, rest: list[str]) -> None:
+        if rest:
+            raise UsageError(
+                "Never put an API key in a cell (it would be saved in the notebook): run %chat key "
+                "alone and paste the key at the prompt, or set OPENAI_API_KEY."
+            )
+        key = getpass.getpass("API key (not shown, not saved in the notebook): ")
+        if not key.strip():
+            raise UsageError("No key entered; nothing changed.")
+        self.session.configure(api_key=key.strip())
+        self._show("API key set for this session.")
+
+    def _cmd_system(self, rest: list[str]) -> None:
+        if rest:
+            text = " ".join(rest)
+            self.session.configure(system=None if text.lower() == "off" else text)
+        self._show(f"system prompt: {self.session.settings.system or '(none)'}")
+
+    def _cmd_threads(self, rest: list[str]) -> None:
+        lines = [
+            f"{'*' if name == self.session.current_thread else '-'} {name} ({t.turns} turns)"
+            for name, t in self.session.threads.items()
+        ]
+        self._show("\n".join(lines))
+
+    def _cmd_thread(self, rest: list[str]) -> None:
+        if not rest:
+            raise UsageError("%chat thread NAME: name the thread to switch to.")
+        thread = self.session.switch_thread(rest[0])
+        self._show(f"thread: {thread.name} ({thread.turns} turns)")
+
+    def _cmd_history(self, rest: list[str]) -> None:
+        thread = self.session.thread(rest[0] if rest else None, create=False)
+        if not thread.messages:
+            self._show(f"thread {thread.name} is empty.")
+            return
+        self._show("\n\n".join(f"**{m['role']}:** {m['content']}" for m in thread.messages))
+
+    def _cmd_reset(self, rest: list[str]) -> None:
+        self.session.reset(rest[0] if rest else None)
+        self._show(f"thread {rest[0] if rest else self.session.current_thread} cleared.")
+
+    def _cmd_models(self, rest: list[str]) -> None:
+        self._show("\n".join(f"- {m}" for m in self.session.models()))
+
+    def _cmd_usage(self, rest: list[str]) -> None:
+        self._show(fmt.usage_markdown(self.session.usage))
+
+    def _cmd_budget(self, rest: list[str]) -> None:
+        if rest:
+            if rest[0].lower() in ("off", "none"):
+                self.session.usage.budget = None
+            else:
+                value = _float(rest[0].lstrip("$"), "The budget")
+                if not value > 0:
+                    raise UsageError(
+                        "The budget must be a positive number of dollars, e.g. %chat budget 5."
+                    )
+                self.session.usage.budget = value
+        ledger = self.session.usage
+        budget = format_usd(ledger.budget) if ledger.budget is not None else "no budget"
+        self._show(f"spent {format_usd(ledger.spent)} of {budget}")
+
+    def _cmd_price(self, rest: list[str]) -> None:
+        if len(rest) != 3:
+            raise UsageError("%chat price MODEL INPUT OUTPUT: USD per 1M input and output tokens.")
+        model, price_in, price_out = rest[0], _float(rest[1], "INPUT"), _float(rest[2], "OUTPUT")
+        self.session.prices.override(model, input=price_in, output=price_out)
+        self._show(
+            f"{model}: ${price_in:g} per 1M input tokens, ${price_out:g} per 1M output tokens"
+        )
+
+    def _cmd_offline(self, rest: list[str]) -> None:
+        if rest:
+            if rest[0].lower() not in ("on", "off"):
+                raise UsageError("%chat offline on|off")
+            self.session.configure(offline=rest[0].lower() == "on")
+        self._show(f"offline mode: {'on' if self.session.settings.offline else 'off'}")
+
+    def _cmd_cache(self, rest: list[str]) -> None:
+        raise UsageError("%chat cache is not available yet.")
+
+    def _cmd_panel(self, rest: list[str]) -> None:
+        raise UsageError("%chat panel is not available yet.")
+
+    def _on_event(self, event: Event) -> None:
+        if event.kind == "settings":  # keep %config in step with changes made elsewhere
+            for name in ("model", "system"):
+                value = getattr(self.session.settings, name)
+                if getattr(self, name) is not None and getattr(self, name) != value:
+                    setattr(self, name, value)
+
+
+def _parse_json(text: str) -> Any:
+    candidate = text.strip()
+    fenced = re.match(r"^```(?:json)?\s*\n(.*?)\n?```$", candidate, re.S)
+    if fenced:
+        candidate = fenced.group(1)
+    try:
+        return json.loads(candidate)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"-f json: the reply is not JSON ({exc.msg} at line {exc.lineno}); ask for JSON only, "
+            "or drop -f json."
+        ) from None
+
+
+_loaded: ChatMagics | None = None
+
+
+def load(ipython: Any) -> None:
+    """`%load_ext ipychat`: register the magics once (loading twice is harmless)."""
+    global _loaded
+    if _loaded is not None and _loaded.shell is ipython:
+        return
+    magics = ChatMagics(shell=ipython)
+    ipython.register_magics(magics)
+    if magics not in ipython.configurables:
+        ipython.configurables.append(magics)  # so %config ChatMagics.x works
+    magics.session.subscribe(magics._on_event)
+    _loaded = magics
+
+
+def unload(ipython: Any) -> None:
+    """`%unload_ext ipychat`: release the loop thread and the connections."""
+    global _loaded
+    if _loaded is not None:
+        if _loaded in ipython.configurables:
+            ipython.configurables.remove(_loaded)
+        for kind in ("line", "cell"):
+            ipython.magics_manager.magics[kind].pop("chat", None)
+        _loaded = None
+    reset_session(None)
