@@ -104,11 +104,12 @@ class Prepared:
     """A request ready to send: nothing has left the kernel yet."""
 
     prompt: str
-    thread: Thread
+    thread: Thread | None  # None: a one-off request (a %%chatmap row) outside any thread
     body: dict[str, Any]
     estimate: Estimate
-    dropped_turns: int
-    max_cost: float | None
+    dropped_turns: int = 0
+    max_cost: float | None = None
+    label: str = "main"  # the ledger's thread column
 
 
 @dataclass
@@ -381,24 +382,71 @@ class ChatSession:
             estimate=self._estimate(messages, model, wanted),
             dropped_turns=dropped,
             max_cost=max_cost,
+            label=the_thread.name,
         )
+
+    def prepare_one(
+        self,
+        prompt: str,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        label: str = "map",
+        extra: dict[str, Any] | None = None,
+    ) -> Prepared:
+        """A request outside any thread (no history), e.g. one row of %%chatmap.
+
+        `extra` adds body fields such as `response_format`. No trimming: a prompt that does
+        not fit the context window raises ContextLengthError.
+        """
+        model = model or self.settings.model
+        wanted = self._max_tokens(model, max_tokens)
+        messages = build_messages(
+            system if system is not None else self.settings.system, [], prompt
+        )
+        estimate = self._estimate(messages, model, wanted)
+        window = self.prices.context_window(model)
+        if estimate.prompt_tokens + wanted > window:
+            raise ContextLengthError(
+                f"A prompt of {estimate.prompt_tokens:,} tokens plus {wanted:,} reply tokens does "
+                f"not fit the {window:,}-token context of {model}. Shorten it or lower max_tokens."
+            )
+        body: dict[str, Any] = {"model": model, "messages": messages}
+        temp = temperature if temperature is not None else self.settings.temperature
+        if temp is not None:
+            body["temperature"] = temp
+        body["max_tokens"] = wanted
+        body.update(extra or {})
+        return Prepared(prompt=prompt, thread=None, body=body, estimate=estimate, label=label)
 
     # ----- sending ------------------------------------------------------------------------------
 
-    async def _send(
+    async def request(
         self,
         prepared: Prepared,
-        progress: _Progress,
+        progress: _Progress | None = None,
         *,
-        stream: bool,
-        cache: CacheMode,
-        on_delta: Callable[[str], None] | None,
-        new: bool,
+        stream: bool = False,
+        cache: CacheMode = "use",
+        on_delta: Callable[[str], None] | None = None,
+        new: bool = False,
+        reserve: bool = True,
+        max_retries: int | None = None,
     ) -> Reply:
+        """Send a prepared request through cache, budget, client and ledger; runs on the loop.
+
+        A threaded request is remembered in its thread (interrupted ones too, with what
+        arrived). `reserve=False` is for callers that reserved the budget of a whole batch
+        up front (%%chatmap); `max_retries` overrides the client's (0: the caller retries).
+        """
+        progress = progress or _Progress()
         body, thread, model = prepared.body, prepared.thread, prepared.body["model"]
         key = cache_key(self.base_url, body)
         store = self.cache if cache != "off" and self.settings.cache else None
-        self._emit(Event("start", thread=thread.name, text=prepared.prompt))
+        if thread is not None:
+            self._emit(Event("start", thread=thread.name, text=prepared.prompt))
         if store is not None and cache == "use":
             hit = store.get(key)
             if hit is not None:
@@ -408,7 +456,11 @@ class ChatSession:
                 "Offline mode: this request is not in the cache. Run it once online, or turn "
                 "offline mode off with %chat offline off (or unset IPYCHAT_OFFLINE)."
             )
-        held = self.usage.reserve(prepared.estimate.cost_high, max_cost=prepared.max_cost)
+        held = (
+            self.usage.reserve(prepared.estimate.cost_high, max_cost=prepared.max_cost)
+            if reserve
+            else 0.0
+        )
 
         def delta(text: str) -> None:
             if progress.first_token is None:
@@ -416,28 +468,32 @@ class ChatSession:
             progress.parts.append(text)
             if on_delta is not None:
                 on_delta(text)
-            self._emit(Event("delta", thread=thread.name, text=text))
+            if thread is not None:
+                self._emit(Event("delta", thread=thread.name, text=text))
 
         try:
-            completion = await self._get_client().chat(body, stream=stream, on_delta=delta)
+            completion = await self._get_client().chat(
+                body, stream=stream, on_delta=delta, max_retries=max_retries
+            )
         except asyncio.CancelledError:
             reply = self._reply(
                 prepared, Completion(progress.text, model), progress, interrupted=True
             )
             self.usage.settle(held, self._row(prepared, reply, outcome="interrupted"))
-            self._remember(thread, prepared.prompt, reply, new)
+            self._remember(prepared, reply, new)
             progress.reply = reply
             raise
         except ChatError as exc:
-            failed = Reply(text="", model=model, thread=thread.name)
+            failed = Reply(text="", model=model, thread=prepared.label)
             self.usage.settle(held, self._row(prepared, failed, outcome="error", error=str(exc)))
-            self._emit(Event("error", thread=thread.name, text=str(exc)))
+            if thread is not None:
+                self._emit(Event("error", thread=thread.name, text=str(exc)))
             raise
         reply = self._reply(prepared, completion, progress)
         self.usage.settle(held, self._row(prepared, reply))
-        if store is not None and reply.finish_reason != "error":
+        if store is not None:
             store.set(key, _cache_value(reply, self.host))
-        self._remember(thread, prepared.prompt, reply, new)
+        self._remember(prepared, reply, new)
         return reply
 
     def _reply(
@@ -463,7 +519,7 @@ class ChatSession:
             cost=pricing.cost(usage, self._price(model)),
             latency=completion.latency or (time.monotonic() - progress.started),
             finish_reason=completion.finish_reason,
-            thread=prepared.thread.name,
+            thread=prepared.label,
             interrupted=interrupted,
             dropped_turns=prepared.dropped_turns,
             time_to_first_token=completion.time_to_first_token or progress.first_token,
@@ -485,13 +541,13 @@ class ChatSession:
             saved=saved,
             latency=time.monotonic() - progress.started,
             finish_reason=hit.get("finish_reason"),
-            thread=prepared.thread.name,
+            thread=prepared.label,
             dropped_turns=prepared.dropped_turns,
         )
         if self.cache is not None:
             self.cache.record_hit(saved)
         self.usage.record(self._row(prepared, reply))
-        self._remember(prepared.thread, prepared.prompt, reply, new)
+        self._remember(prepared, reply, new)
         return reply
 
     def _row(
@@ -500,7 +556,7 @@ class ChatSession:
         usage = reply.usage or Usage(prompt_tokens=prepared.estimate.prompt_tokens, estimated=True)
         return LedgerRow(
             time=time.time(),
-            thread=prepared.thread.name,
+            thread=prepared.label,
             model=prepared.body["model"],
             host=self.host,
             prompt_tokens=usage.prompt_tokens,
@@ -517,11 +573,14 @@ class ChatSession:
             error=error,
         )
 
-    def _remember(self, thread: Thread, prompt: str, reply: Reply, new: bool) -> None:
+    def _remember(self, prepared: Prepared, reply: Reply, new: bool) -> None:
+        thread = prepared.thread
+        if thread is None:  # one-off requests leave no history
+            return
         with self._lock:
             if new:
                 thread.clear()
-            thread.add_turn(prompt, reply.text)
+            thread.add_turn(prepared.prompt, reply.text)
             self.last_reply = reply
         self._emit(Event("reply", thread=thread.name, text=reply.text, reply=reply))
 
@@ -540,7 +599,7 @@ class ChatSession:
     ) -> Reply:
         prepared = self.prepare(prompt, new=new, **options)
         mode: CacheMode = "use" if cache is True else "off" if cache is False else cache
-        return await self._send(
+        return await self.request(
             prepared, progress, stream=stream, cache=mode, on_delta=on_delta, new=new
         )
 
