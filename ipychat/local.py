@@ -261,11 +261,16 @@ class LocalServer:
                     self._wait_ready(deadline, timeout)
                     return
                 except ConfigError:
-                    last = attempt == _PORT_ATTEMPTS - 1 or self._fixed_port
-                    if last or not self._lost_port_race():
-                        self.stop()
-                        raise
+                    retry = not self._fixed_port and attempt < _PORT_ATTEMPTS - 1
+                    retry = retry and self._lost_port_race()
                     self.stop()
+                    if not retry:
+                        raise
+                except BaseException:
+                    # Ctrl-C while the model loads: a half-started server must not stay
+                    # behind, or the next start() would take it as running and ready.
+                    self.stop()
+                    raise
 
     def _spawn(self, model: Path, port: int) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

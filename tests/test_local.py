@@ -194,6 +194,50 @@ def test_port_in_use_fails(tmp_path: Path) -> None:
 
 @needs_server
 @pytest.mark.local_model
+def test_lost_port_race_retries_on_a_fresh_port(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    real_free_port = local._free_port
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1]])
+        monkeypatch.setattr(local, "_free_port", lambda: next(ports, None) or real_free_port())
+        srv = local.LocalServer(local._bundled_model(), log_dir=tmp_path)
+        try:
+            srv.start(timeout=30)
+            assert srv.running and srv.port != taken.getsockname()[1]
+        finally:
+            srv.stop()
+    assert "address already in use" in srv.log_path.read_text().lower()
+
+
+@needs_server
+def test_interrupted_start_leaves_no_process(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def interrupt(self: local.LocalServer, deadline: float, timeout: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(local.LocalServer, "_wait_ready", interrupt)
+    srv = local.LocalServer(local._bundled_model(), log_dir=tmp_path)
+    spawned: list[subprocess.Popen[bytes]] = []
+    real_spawn = local.LocalServer._spawn
+
+    def spawn(self: local.LocalServer, model: Path, port: int) -> None:
+        real_spawn(self, model, port)
+        assert self._proc is not None
+        spawned.append(self._proc)
+
+    monkeypatch.setattr(local.LocalServer, "_spawn", spawn)
+    with pytest.raises(KeyboardInterrupt):
+        srv.start()
+    assert not srv.running
+    assert spawned and spawned[0].poll() is not None
+
+
+@needs_server
+@pytest.mark.local_model
 def test_no_orphan_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
     """The kernel dies without atexit: the server must follow it within seconds."""
     code = textwrap.dedent(
