@@ -230,7 +230,7 @@ class ChatMagics(Magics):
         prepared = session.prepare(prompt, new=args.new, **options)  # fail before showing anything
         stream = session.stream(prompt, cache=cache, new=args.new, **options)
         text = ""
-        model = options["model"] or session.settings.model
+        model = options["model"] or session.model
         from ipychat import tokens
 
         try:
@@ -279,7 +279,9 @@ class ChatMagics(Magics):
         """%chat [SUBCOMMAND ARGS]: show the status, or change settings and threads.
 
         model [NAME]          show or set the default model
-        endpoint URL          use an OpenAI-compatible endpoint (https://…/v1)
+        endpoint URL|local    use an OpenAI-compatible endpoint (https://…/v1), or the
+                              embedded local model
+        local log             the local model server's log
         key                   ask for the API key (never type it into a cell)
         system [TEXT|off]     show or set the system prompt
         threads               list conversation threads
@@ -319,15 +321,17 @@ class ChatMagics(Magics):
             f" of {format_usd(session.usage.budget)}" if session.usage.budget is not None else ""
         )
         flags = " · offline" if s.offline else ""
+        if session.endpoint().kind == "none":
+            flags += " · not configured: set OPENAI_API_KEY or %chat endpoint URL"
         self._show(
-            f"ipychat · endpoint {session.host} · model {s.model} · thread {thread.name} "
+            f"ipychat · endpoint {session.host} · model {session.model} · thread {thread.name} "
             f"({thread.turns} turns) · spent {format_usd(session.usage.spent)}{budget}{flags}"
         )
 
     def _cmd_model(self, rest: list[str]) -> None:
         if rest:
             self.session.configure(model=rest[0])
-        self._show(f"model: {self.session.settings.model}")
+        self._show(f"model: {self.session.model}")
 
     def _cmd_endpoint(self, rest: list[str]) -> None:
         if not rest:
@@ -416,10 +420,42 @@ class ChatMagics(Magics):
         self._show(f"offline mode: {'on' if self.session.settings.offline else 'off'}")
 
     def _cmd_cache(self, rest: list[str]) -> None:
-        raise UsageError("%chat cache is not available yet.")
+        cache = self.session.cache
+        if cache is None:
+            raise UsageError("The response cache is off for this session.")
+        if rest and rest[0] == "clear":
+            older, model = _clear_options(rest[1:])
+            removed = cache.clear(older_than_days=older, model=model)
+            self._show(f"removed {removed:,} cached repl{'y' if removed == 1 else 'ies'}")
+            return
+        if rest:
+            raise UsageError("%chat cache [clear [--older-than DAYS] [--model MODEL]]")
+        st = cache.stats()
+        state = " (disabled: see the warning above)" if st.disabled else ""
+        self._show(
+            f"cache {st.directory}{state} · {st.entries:,} entries · {st.size_bytes / 1e6:.1f} MB"
+            f" · this session: {st.hits:,} hits, {st.misses:,} misses, saved {format_usd(st.saved)}"
+        )
+
+    def _cmd_local(self, rest: list[str]) -> None:
+        from ipychat import local
+
+        if rest != ["log"]:
+            raise UsageError("%chat local log: show the end of the local model server's log.")
+        server = local.current_server()
+        if server is None:
+            self._show("The local model server has not been started in this kernel.")
+            return
+        self._show(f"{server.log_path}:\n\n```\n{server.log_tail(40)}\n```")
 
     def _cmd_panel(self, rest: list[str]) -> None:
-        raise UsageError("%chat panel is not available yet.")
+        if not self.notebook:
+            raise UsageError("%chat panel needs a notebook front end (JupyterLab, Notebook 7).")
+        from IPython.display import display
+
+        from ipychat.widget import panel
+
+        display(panel(self.session))
 
     def _on_event(self, event: Event) -> None:
         if event.kind == "settings":  # keep %config in step with changes made elsewhere
@@ -427,6 +463,23 @@ class ChatMagics(Magics):
                 value = getattr(self.session.settings, name)
                 if getattr(self, name) is not None and getattr(self, name) != value:
                     setattr(self, name, value)
+
+
+def _clear_options(words: list[str]) -> tuple[float | None, str | None]:
+    older: float | None = None
+    model: str | None = None
+    pairs = iter(words)
+    for word in pairs:
+        value = next(pairs, None)
+        if value is None or word not in ("--older-than", "--model"):
+            raise UsageError("%chat cache clear [--older-than DAYS] [--model MODEL]")
+        if word == "--model":
+            model = value
+        else:
+            older = _float(value, "--older-than")
+            if older < 0:
+                raise UsageError("--older-than takes a number of days ≥ 0.")
+    return older, model
 
 
 def _parse_json(text: str) -> Any:

@@ -39,6 +39,10 @@ __all__ = ["ChatSession", "Event", "Settings", "get_session", "reset_session"]
 
 CacheMode = Literal["use", "refresh", "off"]
 DEFAULT_MODEL = "gpt-4o-mini"
+LOCAL = "local"  # the endpoint name (and model name) of the embedded llama.cpp server
+LOCAL_MODEL = "local"
+LOCAL_CONTEXT_WINDOW = 2048  # the n_ctx the embedded server is started with (local.py)
+OPENAI_URL = "https://api.openai.com/v1"
 DEFAULT_MAX_TOKENS = 1024
 
 
@@ -50,8 +54,8 @@ def _env_flag(name: str) -> bool:
 class Settings:
     """Everything that shapes a request. Validated on every change (`ChatSession.configure`)."""
 
-    model: str = field(default_factory=lambda: os.environ.get("IPYCHAT_MODEL") or DEFAULT_MODEL)
-    base_url: str | None = None  # None: OPENAI_BASE_URL, else OpenAI
+    model: str | None = field(default_factory=lambda: os.environ.get("IPYCHAT_MODEL") or None)
+    base_url: str | None = None  # None: OPENAI_BASE_URL, else OpenAI or local; "local"
     api_key: Secret | None = None  # None: OPENAI_API_KEY
     system: str | None = None
     temperature: float | None = None  # None: the server's default
@@ -65,7 +69,7 @@ class Settings:
     offline: bool = field(default_factory=lambda: _env_flag("IPYCHAT_OFFLINE"))
 
     def validate(self) -> None:
-        if not isinstance(self.model, str) or not self.model.strip():
+        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
             raise ConfigError("The model name is empty: pass a model such as gpt-4o-mini.")
         if self.temperature is not None and not 0 <= self.temperature <= 2:
             raise ConfigError(f"temperature must be between 0 and 2, not {self.temperature}.")
@@ -80,13 +84,29 @@ class Settings:
             raise ConfigError(
                 f"max_retries must be a whole number from 0 to 20, not {self.max_retries!r}."
             )
-        if self.base_url is not None:
+        if self.base_url is not None and self.base_url != LOCAL:
             parts = urlsplit(self.base_url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise ConfigError(
                     f"{self.base_url!r} is not an endpoint URL: use one like "
                     "https://api.openai.com/v1 or http://localhost:8000/v1."
                 )
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A resolved endpoint. kind: custom | openai | local | none. For the local server `url`
+    is a stable name, not its port, so its cache entries survive a kernel restart."""
+
+    kind: str
+    url: str
+
+
+def _local_endpoint() -> Endpoint:
+    from ipychat import local
+
+    path = local.model_path()
+    return Endpoint("local", f"local://{path.name if path else 'model'}")
 
 
 @dataclass(frozen=True)
@@ -148,6 +168,7 @@ class ChatSession:
         self._cache: ResponseCache | None = None
         self._cache_opened = False
         self._client: ChatClient | None = None
+        self._local_available: bool | None = None
         self._runner = LoopThread()
         self._listeners: list[Callable[[Event], None]] = []
         self._lock = threading.RLock()
@@ -218,27 +239,69 @@ class ChatSession:
 
     # ----- endpoint, client, cache ---------------------------------------------------------
 
+    def endpoint(self) -> Endpoint:
+        """Where requests go, resolved in this order: an explicit endpoint (`%chat endpoint`,
+        "local" included), OPENAI_BASE_URL, OpenAI when a key is set, the embedded local
+        model when its extra is installed, else nothing (a request then says how to fix it)."""
+        url = self.settings.base_url or os.environ.get("OPENAI_BASE_URL")
+        if url == LOCAL:
+            return _local_endpoint()
+        if url:
+            return Endpoint("custom", url.rstrip("/"))
+        has_key = self.settings.api_key is not None or any(
+            os.environ.get(name) for name in ("OPENAI_API_KEY", "OPENAI_API_KEYS")
+        )
+        if has_key:
+            return Endpoint("openai", OPENAI_URL)
+        if self._local_available is None:
+            from ipychat import local
+
+            self._local_available = local.available()
+        return _local_endpoint() if self._local_available else Endpoint("none", OPENAI_URL)
+
+    @property
+    def is_local(self) -> bool:
+        """True when requests go to the embedded llama.cpp server (free, one at a time)."""
+        return self.endpoint().kind == "local"
+
     @property
     def base_url(self) -> str:
-        url = (
-            self.settings.base_url
-            or os.environ.get("OPENAI_BASE_URL")
-            or "https://api.openai.com/v1"
-        )
-        return url.rstrip("/")
+        """The endpoint's URL as the cache and the ledger know it (stable across kernels)."""
+        return self.endpoint().url
 
     @property
     def host(self) -> str:
-        return urlsplit(self.base_url).netloc
+        endpoint = self.endpoint()
+        return "local model" if endpoint.kind == "local" else urlsplit(endpoint.url).netloc
 
-    def _get_client(self) -> ChatClient:
+    @property
+    def model(self) -> str:
+        """The default model: the setting, else the endpoint's own default."""
+        if self.settings.model:
+            return self.settings.model
+        return LOCAL_MODEL if self.is_local else DEFAULT_MODEL
+
+    async def _get_client(self) -> ChatClient:
+        """The client for the current endpoint, starting the local server if it is the one."""
+        endpoint = self.endpoint()
+        if endpoint.kind == "none":
+            from ipychat.local import NOT_CONFIGURED
+
+            raise ConfigError(NOT_CONFIGURED)
+        url = endpoint.url
+        if endpoint.kind == "local":
+            from ipychat import local
+
+            # Starting takes seconds: do it off the loop so other tasks keep running.
+            url = (await asyncio.to_thread(local.get_server)).base_url
         with self._lock:
-            if self._client is None:
+            if self._client is None or self._client.base_url != url:
                 from ipychat.client import ChatClient, Timeouts
 
+                self._drop_client()
                 s = self.settings
                 self._client = ChatClient(
-                    self.base_url,
+                    url,
                     api_key=s.api_key,
                     azure_api_version=s.azure_api_version,
                     timeouts=Timeouts(connect=s.connect_timeout, read=s.read_timeout),
@@ -269,12 +332,17 @@ class ChatSession:
     # ----- estimates -------------------------------------------------------------------------
 
     def _price(self, model: str) -> pricing.ModelPrice | None:
-        return self.prices.lookup(model)
+        return self.prices.lookup(model, is_local=self.is_local)
+
+    def _context_window(self, model: str) -> int:
+        if self.is_local:
+            return LOCAL_CONTEXT_WINDOW
+        return self.prices.context_window(model)
 
     def count(
         self, messages: Sequence[dict[str, Any]], model: str | None = None
     ) -> tokens.TokenCount:
-        return tokens.count_messages(messages, model or self.settings.model)
+        return tokens.count_messages(messages, model or self.model)
 
     def estimate(
         self,
@@ -287,7 +355,7 @@ class ChatSession:
     ) -> Estimate:
         """What sending would cost: a prompt is estimated with the thread's history and the
         system prompt, as it would be sent; a message list as it is."""
-        model = model or self.settings.model
+        model = model or self.model
         if isinstance(prompt_or_messages, str):
             history = (
                 self.threads[thread or self.current_thread].messages
@@ -304,7 +372,7 @@ class ChatSession:
     def _max_tokens(self, model: str, max_tokens: int | None) -> int:
         if max_tokens is not None:
             return max_tokens
-        return self.settings.max_tokens or self.prices.max_output_tokens(model)
+        return self.settings.max_tokens or min(self.prices.max_output_tokens(model), self._context_window(model) // 2)
 
     def _estimate(
         self, messages: Sequence[dict[str, Any]], model: str, max_tokens: int
@@ -321,7 +389,7 @@ class ChatSession:
             cost_low=low,
             cost_high=high,
             cost_batch=batch,
-            context_window=self.prices.context_window(model),
+            context_window=self._context_window(model),
         )
 
     # ----- preparing a request --------------------------------------------------------------
@@ -341,7 +409,7 @@ class ChatSession:
         """Build, trim and estimate a request without sending it (what --dry-run shows)."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ChatError("The prompt is empty: write something in the cell below %%chat.")
-        model = model or self.settings.model
+        model = model or self.model
         if temperature is not None and not 0 <= temperature <= 2:
             raise ConfigError(f"temperature must be between 0 and 2, not {temperature}.")
         if max_tokens is not None and max_tokens < 1:
@@ -351,7 +419,7 @@ class ChatSession:
         the_thread = self.thread(thread)
         history = [] if new else the_thread.messages
         wanted = self._max_tokens(model, max_tokens)
-        window = self.prices.context_window(model)
+        window = self._context_window(model)
         messages = build_messages(
             system if system is not None else self.settings.system, history, prompt
         )
@@ -401,13 +469,13 @@ class ChatSession:
         `extra` adds body fields such as `response_format`. No trimming: a prompt that does
         not fit the context window raises ContextLengthError.
         """
-        model = model or self.settings.model
+        model = model or self.model
         wanted = self._max_tokens(model, max_tokens)
         messages = build_messages(
             system if system is not None else self.settings.system, [], prompt
         )
         estimate = self._estimate(messages, model, wanted)
-        window = self.prices.context_window(model)
+        window = self._context_window(model)
         if estimate.prompt_tokens + wanted > window:
             raise ContextLengthError(
                 f"A prompt of {estimate.prompt_tokens:,} tokens plus {wanted:,} reply tokens does "
@@ -472,7 +540,7 @@ class ChatSession:
                 self._emit(Event("delta", thread=thread.name, text=text))
 
         try:
-            completion = await self._get_client().chat(
+            completion = await (await self._get_client()).chat(
                 body, stream=stream, on_delta=delta, max_retries=max_retries
             )
         except asyncio.CancelledError:
@@ -661,7 +729,10 @@ class ChatSession:
 
     def models(self) -> list[str]:
         """The model ids the endpoint lists."""
-        return self._runner.run(self._get_client().models())
+        async def fetch() -> list[str]:
+            return await (await self._get_client()).models()
+
+        return self._runner.run(fetch())
 
     def close(self) -> None:
         """Release connections and the loop thread (the session is usable again afterwards)."""
