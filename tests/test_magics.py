@@ -257,8 +257,9 @@ def test_load_twice_is_harmless_and_unload_releases(ip, fake: FakeOpenAIServer) 
     assert get_session() is not first
     ip.run_line_magic("chat", f"endpoint {fake.base_url}")
     run(ip, "", "still works")
+    second = get_session()
     ip.run_line_magic("unload_ext", "ipychat")
-    assert not any(t.name == "ipychat-loop" and t.is_alive() for t in threading.enumerate())
+    assert not second._runner.running and not first._runner.running
     assert ip.find_cell_magic("chat") is None
     ip.run_line_magic("load_ext", "ipychat")
 
@@ -276,3 +277,42 @@ def test_import_and_load_are_fast() -> None:
     t_import, t_load = map(float, out.split())
     # The design asks for < 150 ms each; the bound here is loose so a busy CI machine does not flake.
     assert t_import < 0.15 and t_load < 0.5, (t_import, t_load)
+
+
+def test_cache_subcommands(ip, fake: FakeOpenAIServer) -> None:
+    run(ip, "--thread a", "cached question")
+    run(ip, "--thread b", "cached question")
+    with capture_output() as out:
+        ip.run_line_magic("chat", "cache")
+    assert "1 entries" in out.stdout and "1 hits" in out.stdout and "saved $" in out.stdout
+    with capture_output() as out:
+        ip.run_line_magic("chat", "cache clear --model other-model")
+    assert "removed 0 cached replies" in out.stdout
+    with capture_output() as out:
+        ip.run_line_magic("chat", "cache clear")
+    assert "removed 1 cached reply" in out.stdout
+    run(ip, "--thread c", "cached question")
+    assert len(fake.chat_requests) == 2
+    for bad in (
+        "cache clear --older-than soon",
+        "cache clear --older-than -1",
+        "cache frob",
+        "cache clear --model",
+    ):
+        with pytest.raises(UsageError):
+            ip.run_line_magic("chat", bad)
+
+
+def test_offline_subcommand(ip, fake: FakeOpenAIServer) -> None:
+    run(ip, "--thread a", "known")
+    ip.run_line_magic("chat", "offline on")
+    assert "cached" in shown(run(ip, "--thread b", "known"))
+    with pytest.raises(UsageError, match="Offline mode"):
+        run(ip, "--thread c", "unknown")
+    ip.run_line_magic("chat", "offline off")
+    assert len(fake.chat_requests) == 1
+
+
+def test_panel_needs_a_notebook(ip) -> None:
+    with pytest.raises(UsageError, match="needs a notebook front end"):
+        ip.run_line_magic("chat", "panel")

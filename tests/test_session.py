@@ -261,7 +261,7 @@ def test_interrupt_while_waiting_for_a_non_streamed_reply() -> None:
 def test_close_releases_the_loop_thread(session: ChatSession) -> None:
     session.ask("hi")
     session.close()
-    assert not any(t.name == "ipychat-loop" and t.is_alive() for t in threading.enumerate())
+    assert not session._runner.running
     assert session.ask("again", thread="t2").text == "Echo: again"  # usable again
 
 
@@ -292,3 +292,36 @@ def test_engine_imports_no_front_end() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_endpoint_resolution_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipychat import local
+
+    s = ChatSession(Settings(), cache=False)
+    monkeypatch.setattr(local, "available", lambda: False)
+    assert s.endpoint().kind == "none" and s.model == "gpt-4o-mini"
+    with pytest.raises(ConfigError, match="No API key and no endpoint.*ipychat\\[local\\]"):
+        s.ask("hi")
+    s.close()
+    s._local_available = None
+    monkeypatch.setattr(local, "available", lambda: True)
+    assert s.endpoint().kind == "local" and s.is_local and s.model == "local"
+    assert s.host == "local model" and s.base_url.startswith("local://")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env-key-000000000000000")
+    assert s.endpoint().kind == "openai" and s.base_url == "https://api.openai.com/v1"
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1234/v1/")
+    assert s.endpoint().kind == "custom" and s.base_url == "http://127.0.0.1:1234/v1"
+    s.configure(base_url="local")
+    assert s.is_local
+    s.configure(base_url="http://example.test/v1", model="m")
+    assert s.base_url == "http://example.test/v1" and s.model == "m"
+
+
+def test_local_endpoint_is_free_and_approximate(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipychat import local
+
+    monkeypatch.setattr(local, "available", lambda: True)
+    s = ChatSession(Settings(), cache=False)
+    est = s.estimate("How much?")
+    assert est.model == "local" and est.approximate and est.cost_high == 0
+    assert est.context_window == 2048 and est.max_completion_tokens == 1024
