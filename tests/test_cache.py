@@ -1,0 +1,569 @@
+"""ipychat.cache: JSON-only storage, pickle refusal, LRU, clearing, sharing, and failing safe.
+
+Every test uses its own tmp_path directory, never the user's ~/.cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import sqlite3
+import stat
+import threading
+import time
+import warnings
+import zlib
+from pathlib import Path
+from typing import Any
+
+import diskcache
+import pytest
+
+from ipychat.cache import (
+    CacheStats,
+    CacheWarning,
+    JSONOnlyDisk,
+    ResponseCache,
+    default_cache_dir,
+)
+
+MODE_RAW, MODE_BINARY, MODE_PICKLE = 1, 2, 4  # diskcache.core's storage modes
+
+
+def key(name: object) -> str:
+    return hashlib.sha256(str(name).encode()).hexdigest()
+
+
+def reply(text: str = "hello", **fields: Any) -> dict[str, Any]:
+    value: dict[str, Any] = {
+        "text": text,
+        "model": "gpt-4o-mini-2024-07-18",
+        "request_model": "gpt-4o-mini",
+        "finish_reason": "stop",
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3, "cached_tokens": 0},
+        "cost": 0.000012,
+        "host": "api.openai.com",
+    }
+    value.update(fields)
+    return value
+
+
+def rows(directory: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(directory / "cache.db") as con:
+        return con.execute(
+            "SELECT key, raw, mode, filename, value, tag, store_time FROM Cache ORDER BY rowid"
+        ).fetchall()
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> ResponseCache:
+    rc = ResponseCache(tmp_path / "cache")
+    yield rc
+    rc.close()
+
+
+# ----- the basics --------------------------------------------------------------------------
+
+
+def test_miss_set_hit_round_trip(cache: ResponseCache) -> None:
+    assert cache.get(key(1)) is None
+    cache.set(key(1), reply("Bonjour ☀ {braces}"))
+    hit = cache.get(key(1))
+    assert hit is not None
+    assert hit["text"] == "Bonjour ☀ {braces}"
+    assert hit["usage"] == {"prompt_tokens": 12, "completion_tokens": 3, "cached_tokens": 0}
+    assert abs(hit["created"] - time.time()) < 60  # filled in by set
+    assert cache.get(key(2)) is None
+    cache.set(key(1), reply("replaced"))
+    assert cache.get(key(1))["text"] == "replaced"  # type: ignore[index]
+
+
+def test_get_many_returns_only_hits_and_counts_every_row(cache: ResponseCache) -> None:
+    for i in range(1200):  # more than one SELECT chunk
+        cache.set(key(i), reply(f"r{i}"))
+    wanted = [key(i) for i in range(1100, 1300)] + [key(1100)]  # a duplicate row
+    found = cache.get_many(wanted)
+    assert set(found) == {key(i) for i in range(1100, 1200)}
+    assert found[key(1150)]["text"] == "r1150"
+    stats = cache.stats()
+    assert (stats.hits, stats.misses) == (101, 100)
+
+
+def test_default_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("IPYCHAT_CACHE_DIR", str(tmp_path / "from-env"))
+    assert ResponseCache().directory == tmp_path / "from-env"
+    monkeypatch.delenv("IPYCHAT_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / ".cache" / "ipychat"
+
+
+def test_keys_and_values_are_checked(cache: ResponseCache) -> None:
+    with pytest.raises(TypeError):
+        cache.get(("not", "a", "str"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        cache.set(key(1), {"no": "text"})
+    with pytest.raises(TypeError):
+        cache.set(b"bytes key", reply())  # type: ignore[arg-type]
+    # A value JSON cannot encode is a bug upstream; it must not cost the user the reply.
+    with pytest.warns(CacheWarning, match="not plain JSON"):
+        cache.set(key(2), reply(extra=object()))
+    assert cache.get(key(2)) is None
+    assert not cache.disabled
+
+
+# ----- JSON only, never pickle -------------------------------------------------------------
+
+
+def test_values_are_stored_as_json(cache: ResponseCache) -> None:
+    small = reply("short")
+    large = reply("".join(f"{i:x}" for i in range(40_000)))  # > 32 KiB even compressed
+    cache.set(key("small"), small)
+    cache.set(key("large"), large)
+    stored = {row[0]: row for row in rows(cache.directory)}
+    assert set(stored) == {key("small"), key("large")}
+    for k, raw, mode, _filename, _value, tag, _ in stored.values():
+        assert isinstance(k, str) and raw == 1  # the key is native text, not a pickle
+        assert mode in (MODE_RAW, MODE_BINARY)
+        assert tag == "gpt-4o-mini"  # the requested model, for clear(model=)
+
+    _, _, mode, filename, value, _, _ = stored[key("small")]
+    assert mode == MODE_RAW and filename is None
+    assert value.startswith(b"{")  # readable JSON right in the row
+    assert json.loads(value)["text"] == "short"
+
+    _, _, mode, filename, value, _, _ = stored[key("large")]
+    assert mode == MODE_BINARY and value is None
+    data = (cache.directory / filename).read_bytes()
+    assert not data.startswith(b"\x80")  # no pickle protocol header
+    assert json.loads(zlib.decompress(data))["text"] == large["text"]
+    assert cache.get(key("large"))["text"] == large["text"]  # type: ignore[index]
+
+
+def test_the_disk_refuses_to_pickle(tmp_path: Path) -> None:
+    disk = JSONOnlyDisk(str(tmp_path))
+    with pytest.raises(TypeError):
+        disk.put(("tuple", "key"))  # diskcache would pickle it
+    with pytest.raises(TypeError):
+        disk.store({1, 2}, False)  # so would this
+
+
+class Exploit:
+    """Unpickling this runs code: it creates `marker` (padded to land in a file if asked)."""
+
+    def __init__(self, marker: Path, pad: int = 0) -> None:
+        self.marker, self.pad = marker, pad
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()  # {'x' * self.pad}",))
+
+
+@pytest.mark.parametrize("pad", [0, 100_000], ids=["in-database", "in-file"])
+def test_a_planted_pickle_is_refused_and_never_run(tmp_path: Path, pad: int) -> None:
+    directory, marker = tmp_path / "cache", tmp_path / "pwned"
+    with diskcache.Cache(str(directory)) as plain:  # default Disk: pickles
+        plain.set(key("evil"), Exploit(marker, pad))
+    assert [row[2] for row in rows(directory)] == [MODE_PICKLE]
+
+    cache = ResponseCache(directory)
+    with pytest.warns(CacheWarning, match="did not write") as caught:
+        assert cache.get(key("evil")) is None
+        assert cache.get_many([key("evil")]) == {}
+        assert cache.get(key("evil")) is None
+    assert len(caught) == 1
+    assert not marker.exists()
+    assert not cache.disabled
+
+    cache.set(key("evil"), reply("clean"))  # the next reply replaces the planted row
+    assert cache.get(key("evil"))["text"] == "clean"  # type: ignore[index]
+    assert [row[2] for row in rows(directory)] == [MODE_RAW]
+    cache.close()
+
+    # Control: the payload was live; plain diskcache would have run it.
+    with diskcache.Cache(str(tmp_path / "control")) as plain:
+        plain.set("k", Exploit(marker, pad))
+        plain.get("k")
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [b"\x78\x9c garbage", b"{not json", b'{"no_text": 1}', b"[1, 2]", 42, "plain text"],
+)
+def test_foreign_values_are_misses(tmp_path: Path, planted: object) -> None:
+    directory = tmp_path / "cache"
+    with diskcache.Cache(str(directory)) as plain:
+        plain.set(key("x"), planted)
+    cache = ResponseCache(directory)
+    with pytest.warns(CacheWarning, match="did not write"):
+        assert cache.get(key("x")) is None
+    assert not cache.disabled
+    cache.close()
+
+
+def test_a_decompression_bomb_is_a_miss(tmp_path: Path) -> None:
+    directory = tmp_path / "cache"
+    with diskcache.Cache(str(directory)) as plain:
+        plain.set(key("bomb"), zlib.compress(b" " * (65 << 20), 9))  # ~65 KB -> 65 MiB
+    cache = ResponseCache(directory)
+    with pytest.warns(CacheWarning, match="larger than any reply"):
+        assert cache.get(key("bomb")) is None
+    cache.close()
+
+
+def test_pickled_keys_of_others_are_ignored(tmp_path: Path) -> None:
+    directory = tmp_path / "cache"
+    with diskcache.Cache(str(directory)) as plain:
+        plain.set(("tuple", "key"), "x")  # raw = 0: the key is a pickle
+    cache = ResponseCache(directory)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cache.get(key("x")) is None
+        assert cache.stats().entries == 1
+        assert cache.clear() == 1
+    cache.close()
+
+
+# ----- the directory -----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_a_new_directory_is_private(tmp_path: Path) -> None:
+    old = os.umask(0)  # even a permissive umask must not widen it
+    try:
+        cache = ResponseCache(tmp_path / "a" / "cache")
+        cache.set(key(1), reply())
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a" / "cache").stat().st_mode) == 0o700
+    cache.close()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_an_open_existing_directory_is_tightened(tmp_path: Path) -> None:
+    directory = tmp_path / "cache"
+    directory.mkdir()
+    directory.chmod(0o755)
+    cache = ResponseCache(directory)
+    assert not cache.disabled
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    cache.close()
+
+
+# ----- eviction and clearing ---------------------------------------------------------------
+
+
+def test_least_recently_used_entries_are_evicted(tmp_path: Path) -> None:
+    # Random hex compresses to ~half: each entry is a ~50 KB file; 3 MB holds ~60 of them.
+    cache = ResponseCache(tmp_path / "cache", size_limit=3_000_000)
+
+    def big(i: int) -> dict[str, Any]:
+        return reply(os.urandom(50_000).hex())
+
+    for i in range(40):
+        cache.set(key(i), big(i))
+    assert cache.stats().entries == 40  # below the limit: nothing evicted yet
+    for i in (0, 5):  # read two old entries: now they are recently used
+        assert cache.get(key(i)) is not None
+    for i in range(40, 75):
+        cache.set(key(i), big(i))
+
+    stats = cache.stats()
+    assert stats.entries < 75  # something went
+    assert stats.size_bytes <= 3_000_000 + 60_000  # at most one write over the limit
+    present = {i for i in range(75) if cache.get(key(i)) is not None}
+    assert {0, 5} <= present  # read recently: kept
+    assert 1 not in present  # oldest untouched: gone first
+    assert set(range(60, 75)) <= present  # newest: kept
+    evicted = set(range(75)) - present
+    assert max(evicted) < min(present - {0, 5})  # strictly oldest-first among untouched
+    cache.close()
+
+
+def test_clear_all_by_age_by_model(cache: ResponseCache) -> None:
+    day = 86400.0
+    now = time.time()
+    cache.set(key("old-a"), reply(created=now - 10 * day, request_model="a"))
+    cache.set(key("old-b"), reply(created=now - 10 * day, request_model="b"))
+    cache.set(key("mid-a"), reply(created=now - 3 * day, request_model="a"))
+    cache.set(key("new-a"), reply(request_model="a"))
+    cache.set(key("new-m"), {"text": "t", "model": "m"})  # no request_model: model is the tag
+    with pytest.raises(ValueError):
+        cache.clear(older_than_days=-1)
+
+    assert cache.clear(older_than_days=5, model="b") == 1
+    assert cache.get(key("old-b")) is None and cache.get(key("old-a")) is not None
+    assert cache.clear(older_than_days=5) == 1  # old-a
+    assert cache.clear(older_than_days=5) == 0
+    assert cache.clear(model="m") == 1
+    assert cache.clear(model="a") == 2
+    assert cache.stats().entries == 0
+
+    for i in range(250):  # more than one delete batch
+        cache.set(key(i), reply(created=now - 2 * day))
+    assert cache.clear(older_than_days=1) == 250
+    for i in range(5):
+        cache.set(key(i), reply())
+    assert cache.clear() == 5
+    assert cache.stats().entries == 0
+
+
+def test_clear_removes_files_of_large_entries(cache: ResponseCache) -> None:
+    cache.set(key("large"), reply(os.urandom(60_000).hex(), created=time.time() - 86400 * 9))
+    files = [p for p in cache.directory.rglob("*.val")]
+    assert len(files) == 1
+    assert cache.clear(older_than_days=7) == 1
+    assert not files[0].exists()
+
+
+def test_stats_count_this_process(cache: ResponseCache) -> None:
+    empty = cache.stats()
+    assert isinstance(empty, CacheStats)
+    assert (empty.entries, empty.hits, empty.misses, empty.writes, empty.saved) == (0, 0, 0, 0, 0)
+    cache.set(key(1), reply())
+    cache.set(key(2), reply())
+    cache.get(key(1))
+    cache.get(key(1))
+    cache.get(key(3))
+    cache.record_hit(0.25)
+    cache.record_hit(None)  # unknown price: counts nothing
+    cache.record_hit(0.5)
+    stats = cache.stats()
+    assert (stats.entries, stats.hits, stats.misses, stats.writes) == (2, 2, 1, 2)
+    assert stats.saved == pytest.approx(0.75)
+    assert stats.size_bytes > 0
+    assert stats.directory == str(cache.directory) and not stats.disabled
+    # Another process's view (a second handle) shares entries, not counters.
+    other = ResponseCache(cache.directory)
+    assert other.stats().entries == 2 and other.stats().hits == 0
+    other.close()
+
+
+def test_close_then_use_again(cache: ResponseCache) -> None:
+    cache.set(key(1), reply())
+    cache.close()
+    cache.close()
+    assert cache.get(key(1)) is not None
+
+
+# ----- sharing: processes, threads, fork -----------------------------------------------------
+
+
+def _process_worker(directory: str, me: int, other: int, barrier: Any, results: Any) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            cache = ResponseCache(directory)
+            barrier.wait(60)
+            seen = 0
+            for i in range(500):
+                cache.set(key((me, i)), reply(f"{me}/{i}"))
+                seen += cache.get(key((other, i))) is not None
+            barrier.wait(60)  # both have written everything
+            found = cache.get_many([key((w, i)) for w in (me, other) for i in range(500)])
+            right = all(
+                found[key((w, i))]["text"] == f"{w}/{i}" for (w, i) in [(me, 7), (other, 9)]
+            )
+            cache.close()
+            results.put((me, "ok", len(found), right, seen, [str(w.message) for w in caught]))
+        except BaseException as exc:
+            results.put((me, "error", repr(exc), False, 0, []))
+
+
+@pytest.mark.slow
+def test_two_processes_write_and_read_at_once(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    directory = str(tmp_path / "cache")
+    procs = [
+        ctx.Process(target=_process_worker, args=(directory, me, 1 - me, barrier, results))
+        for me in (0, 1)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        outcomes = sorted(results.get(timeout=180) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+    for me, status, found, right, _seen, caught in outcomes:
+        assert status == "ok", (me, found)
+        assert (found, right, caught) == (1000, True, [])
+    cache = ResponseCache(directory)
+    assert cache.stats().entries == 1000
+    cache.close()
+
+
+def test_many_threads_share_one_cache(cache: ResponseCache) -> None:
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def work(t: int) -> None:
+        try:
+            start.wait()
+            for i in range(150):
+                cache.set(key((t, i)), reply(f"{t}/{i}"))
+                assert cache.get(key((t, i)))["text"] == f"{t}/{i}"  # type: ignore[index]
+                cache.get(key(((t + 1) % 8, i)))  # maybe not written yet: either is fine
+            cache.get_many([key((t, i)) for i in range(150)])
+        except BaseException as exc:
+            errors.append(exc)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    assert errors == []
+    assert not cache.disabled
+    stats = cache.stats()
+    assert stats.entries == 8 * 150 and stats.writes == 8 * 150
+    assert stats.hits >= 8 * 150 * 2
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_opens_its_own_connection(cache: ResponseCache) -> None:
+    cache.set(key("parent"), reply("from parent"))
+    ctx = multiprocessing.get_context("fork")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads alive
+        child = ctx.Process(target=_forked_child, args=(cache,))
+        child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert cache.get(key("child"))["text"] == "from child"  # type: ignore[index]
+
+
+def _forked_child(cache: ResponseCache) -> None:
+    assert cache.get(key("parent"))["text"] == "from parent"  # type: ignore[index]
+    cache.set(key("child"), reply("from child"))
+    assert not cache.disabled
+
+
+def test_lock_contention_skips_a_write_and_keeps_the_cache(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path / "cache", timeout=0.05)
+    cache.set(key(1), reply("before"))
+    other = sqlite3.connect(tmp_path / "cache" / "cache.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another kernel holds the write lock
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            cache.set(key(2), reply("skipped"))  # gives up after the timeout, quietly
+            assert cache.get(key(1))["text"] == "before"  # type: ignore[index]  # WAL: reads go on
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert not cache.disabled
+    assert cache.get(key(2)) is None
+    cache.set(key(2), reply("after"))
+    assert cache.get(key(2))["text"] == "after"  # type: ignore[index]
+    cache.close()
+
+
+# ----- failing safe ------------------------------------------------------------------------
+
+
+def exercise(cache: ResponseCache) -> None:
+    """Everything a session does; none of it may raise."""
+    assert cache.get(key(1)) is None
+    assert cache.get_many([key(1), key(2)]) == {}
+    cache.set(key(1), reply())
+    assert cache.get(key(1)) is None
+    cache.record_hit(0.1)
+    assert cache.clear() == 0
+    assert cache.clear(older_than_days=1, model="m") == 0
+    stats = cache.stats()
+    assert stats.disabled and stats.entries == 0
+    cache.close()
+
+
+def one_warning(caught: list[warnings.WarningMessage], directory: Path) -> str:
+    messages = [str(w.message) for w in caught if issubclass(w.category, CacheWarning)]
+    assert len(messages) == 1, messages
+    message = messages[0]
+    assert str(directory) in message and "\n" not in message
+    assert "without a cache" in message and "IPYCHAT_CACHE_DIR" in message
+    return message
+
+
+def test_garbage_in_a_fresh_database_file(tmp_path: Path) -> None:
+    directory = tmp_path / "cache"
+    directory.mkdir()
+    (directory / "cache.db").write_bytes(b"this is not a database " * 500)
+    cache = ResponseCache(directory)
+    with pytest.warns(CacheWarning) as caught:
+        assert cache.disabled
+        exercise(cache)
+        exercise(cache)
+    assert "not a database" in one_warning(caught.list, directory)
+
+
+def test_a_working_cache_whose_database_was_overwritten(tmp_path: Path) -> None:
+    directory = tmp_path / "cache"
+    good = ResponseCache(directory)
+    for i in range(50):
+        good.set(key(i), reply())
+    good.close()
+    with open(directory / "cache.db", "r+b") as db:
+        db.write(os.urandom(4096))  # the header and first page
+    for extra in ("cache.db-wal", "cache.db-shm"):
+        (directory / extra).unlink(missing_ok=True)
+    cache = ResponseCache(directory)
+    with pytest.warns(CacheWarning) as caught:
+        exercise(cache)
+    one_warning(caught.list, directory)
+
+
+def test_a_file_where_the_directory_should_be(tmp_path: Path) -> None:
+    path = tmp_path / "cache"
+    path.write_text("I am a file")
+    cache = ResponseCache(path)
+    with pytest.warns(CacheWarning) as caught:
+        exercise(cache)
+    one_warning(caught.list, path)
+    assert path.read_text() == "I am a file"
+
+
+def test_a_directory_below_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    path = tmp_path / "file" / "cache"
+    cache = ResponseCache(path)
+    with pytest.warns(CacheWarning) as caught:
+        exercise(cache)
+    one_warning(caught.list, path)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores chmod")
+def test_an_unwritable_directory(tmp_path: Path) -> None:
+    parent = tmp_path / "locked"
+    parent.mkdir()
+    parent.chmod(0o500)
+    try:
+        cache = ResponseCache(parent / "cache")
+        with pytest.warns(CacheWarning) as caught:
+            exercise(cache)
+        one_warning(caught.list, parent / "cache")
+    finally:
+        parent.chmod(0o700)
+
+
+def test_a_database_error_at_run_time_disables_once(
+    cache: ResponseCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache.set(key(1), reply())
+    assert cache.get(key(1)) is not None
+
+    def broken(self: object) -> Any:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    monkeypatch.setattr(diskcache.Cache, "_sql", property(broken))
+    with pytest.warns(CacheWarning) as caught:
+        assert cache.get(key(1)) is None
+        assert cache.disabled
+        exercise(cache)
+    assert "malformed" in one_warning(caught.list, cache.directory)
