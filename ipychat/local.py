@@ -50,6 +50,7 @@ __all__ = [
     "NOT_CONFIGURED",
     "LocalServer",
     "available",
+    "current_server",
     "get_server",
     "model_path",
     "stop_server",
@@ -374,6 +375,11 @@ def get_server() -> LocalServer:
             atexit.register(stop_server)
         _server.start()
         return _server
+
+
+def current_server() -> LocalServer | None:
+    """This process's local server if one was ever started (for `%chat local log`)."""
+    return _server
 
 
 def stop_server() -> None:

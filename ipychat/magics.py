@@ -7,10 +7,13 @@ one-line UsageError (no traceback). Settings are traitlets on ChatMagics, so
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import re
 import shlex
+import sys
+import threading
 from dataclasses import replace
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -510,6 +513,24 @@ def load(ipython: Any) -> None:
         ipython.configurables.append(magics)  # so %config ChatMagics.x works
     magics.session.subscribe(magics._on_event)
     _loaded = magics
+    _prestart_local(magics.session)
+
+
+def _prestart_local(session: ChatSession) -> None:
+    """Start the embedded model's server in the background if it is the endpoint, so the
+    first %%chat does not wait for it (a failure is reported by that first request)."""
+    try:
+        if not session.is_local:
+            return
+    except ChatError:
+        return
+    from ipychat import local
+
+    def start() -> None:
+        with contextlib.suppress(Exception):
+            local.get_server()
+
+    threading.Thread(target=start, name="ipychat-local-start", daemon=True).start()
 
 
 def unload(ipython: Any) -> None:
@@ -522,3 +543,5 @@ def unload(ipython: Any) -> None:
             ipython.magics_manager.magics[kind].pop("chat", None)
         _loaded = None
     reset_session(None)
+    if "ipychat.local" in sys.modules:  # never import it just to stop nothing
+        sys.modules["ipychat.local"].stop_server()

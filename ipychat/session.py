@@ -11,6 +11,7 @@ cache, thread history, listeners.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import os
 import queue
@@ -869,7 +870,16 @@ def get_session() -> ChatSession:
     with _session_lock:
         if _session is None:
             _session = ChatSession()
+            atexit.register(_close_at_exit)
         return _session
+
+
+def _close_at_exit() -> None:
+    # Close connections while the loop still runs, or aiohttp warns about unclosed sessions.
+    with _session_lock:
+        session = _session
+    if session is not None:
+        session.close()
 
 
 def reset_session(session: ChatSession | None = None) -> ChatSession | None:

@@ -42,19 +42,13 @@ class Backend:
     capital: str  # the temperature-0 answer to FRANCE mentions this
 
 
-_LLAMA_READY = local._server_installed() and local._bundled_model() is not None
-
-
 @pytest.fixture(
     scope="module",
     params=[
         "fake",
         pytest.param(
             "llama",
-            marks=[
-                pytest.mark.local_model,
-                pytest.mark.skipif(not _LLAMA_READY, reason='needs pip install "ipychat[local]"'),
-            ],
+            marks=[pytest.mark.local_model],
         ),
     ],
 )
