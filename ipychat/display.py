@@ -44,6 +44,10 @@ class LiveReply:
             )
         return Markdown(text + _footer_md(footer))
 
+    def due(self) -> bool:
+        """Whether the next update would be shown (a terminal shows every one)."""
+        return not self.notebook or time.monotonic() - self._last >= 1 / REFRESH_HZ
+
     def update(self, text: str, footer: str, *, force: bool = False) -> None:
         if not self.notebook:
             sys.stdout.write(text[self._printed :])  # a terminal shows the deltas as they come

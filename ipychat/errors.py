@@ -174,9 +174,19 @@ def status_error(
     retry_after: float | None = None,
 ) -> APIStatusError:
     """The APIStatusError subclass that fits an HTTP status code."""
-    kwargs = {"status_code": status_code, "request_id": request_id, "server_message": server_message}
+    kwargs = {
+        "status_code": status_code,
+        "request_id": request_id,
+        "server_message": server_message,
+    }
     if status_code == 429:
-        return RateLimitError(message, retry_after=retry_after, **kwargs)
+        return RateLimitError(
+            message,
+            retry_after=retry_after,
+            status_code=status_code,
+            request_id=request_id,
+            server_message=server_message,
+        )
     cls: type[APIStatusError]
     if status_code in (400, 422):
         cls = BadRequestError

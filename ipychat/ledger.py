@@ -193,7 +193,9 @@ class Ledger:
         """Every row as a pandas DataFrame (time as datetimes)."""
         import pandas as pd
 
-        frame = pd.DataFrame([asdict(r) for r in list(self.rows)], columns=list(LedgerRow.__dataclass_fields__))
+        frame = pd.DataFrame(
+            [asdict(r) for r in list(self.rows)], columns=list(LedgerRow.__dataclass_fields__)
+        )
         frame["time"] = pd.to_datetime(frame["time"], unit="s")
         return frame
 

@@ -14,10 +14,10 @@ import re
 import shlex
 import sys
 import threading
-from dataclasses import replace
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -28,8 +28,11 @@ from ipychat import format as fmt
 from ipychat.errors import ChatError, Interrupted
 from ipychat.messages import interpolate
 from ipychat.pricing import format_usd
-from ipychat.session import ChatSession, Event, get_session, reset_session
+from ipychat.session import CacheMode, ChatSession, Event, get_session, reset_session
 from ipychat.types import Reply
+
+if TYPE_CHECKING:
+    from ipychat.display import LiveReply
 
 __all__ = ["ChatMagics", "load", "unload"]
 
@@ -131,6 +134,15 @@ class ChatMagics(Magics):
                 self.session.configure(**{change["name"]: change["new"]})
 
     @property
+    def _ipython(self) -> Any:
+        assert self.shell is not None, "ChatMagics needs a shell"
+        return self.shell
+
+    @property
+    def _user_ns(self) -> dict[str, Any]:
+        return self._ipython.user_ns
+
+    @property
     def notebook(self) -> bool:
         if self.display_mode == "auto":
             from ipychat.display import in_notebook
@@ -190,7 +202,7 @@ class ChatMagics(Magics):
             raise UsageError("The cell is empty: write your prompt below %%chat.")
         if raw:
             return cell.strip(), ()
-        rendered = interpolate(cell.strip(), self.shell.user_ns if self.shell else {})
+        rendered = interpolate(cell.strip(), self._user_ns)
         return rendered.text, rendered.spans
 
     def _chat(self, args: Any, cell: str) -> Reply | None:
@@ -216,7 +228,7 @@ class ChatMagics(Magics):
                 prompt, spans, fmt.estimate_line(prepared.estimate) + extra, notebook=self.notebook
             )
             return None
-        cache = "off" if args.no_cache else "refresh" if args.refresh else "use"
+        cache: CacheMode = "off" if args.no_cache else "refresh" if args.refresh else "use"
         live = LiveReply(notebook=self.notebook, code=args.format == "text")
         reply = self._stream(prompt, options, cache, args, live)
         turns = self.session.threads[reply.thread].turns
@@ -225,22 +237,25 @@ class ChatMagics(Magics):
         return self._deliver(reply, args)
 
     def _stream(
-        self, prompt: str, options: dict[str, Any], cache: str, args: Any, live: Any
+        self, prompt: str, options: dict[str, Any], cache: CacheMode, args: Any, live: LiveReply
     ) -> Reply:
         session = self.session
         if args.no_stream or not self.stream:
             return session.ask(prompt, cache=cache, new=args.new, **options)
         prepared = session.prepare(prompt, new=args.new, **options)  # fail before showing anything
-        stream = session.stream(prompt, cache=cache, new=args.new, **options)
         text = ""
         model = options["model"] or session.model
         from ipychat import tokens
 
         try:
-            for delta in stream:
-                text += delta
-                counted = tokens.count_text(text, model)
-                live.update(text, fmt.streaming_footer(model, prepared.estimate, counted))
+            # `with`: a Ctrl-C that lands in this loop's body (not inside the stream's own
+            # wait) still cancels the request and keeps the partial reply.
+            with session.stream(prompt, cache=cache, new=args.new, **options) as stream:
+                for delta in stream:
+                    text += delta
+                    if live.due():  # count tokens only for the frames that are shown
+                        counted = tokens.count_text(text, model)
+                        live.update(text, fmt.streaming_footer(model, prepared.estimate, counted))
         except Interrupted as exc:
             if exc.reply is not None:
                 reply = exc.reply
@@ -249,7 +264,7 @@ class ChatMagics(Magics):
                     reply.text, fmt.footer(reply, turns=session.threads[reply.thread].turns)
                 )
                 if args.output:
-                    self.shell.user_ns[args.output] = reply
+                    self._user_ns[args.output] = reply
             raise
         assert stream.reply is not None
         return stream.reply
@@ -264,9 +279,9 @@ class ChatMagics(Magics):
                 raise UsageError(
                     "-f code: the reply has no ``` code block to put in the next cell."
                 )
-            self.shell.set_next_input(blocks[0].rstrip("\n"), replace=False)
+            self._ipython.set_next_input(blocks[0].rstrip("\n"), replace=False)
         if args.output:
-            self.shell.user_ns[args.output] = value
+            self._user_ns[args.output] = value
         return None
 
     def _alerts(self) -> None:

@@ -34,7 +34,9 @@ _PLACEHOLDER = re.compile(
 _NAME = re.compile(r"[A-Za-z_]\w*")
 # A `{word}` right after one of these is LaTeX or code (`\frac{a}`, `x^{n}`, `f{x}`), not a
 # placeholder the user meant, so an unknown name there is left alone instead of refused.
-_LITERAL_CONTEXT = set("\\^_$}") | set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_LITERAL_CONTEXT = set("\\^_$}") | set(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+)
 _FENCE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.S)
 
 # Values longer than this (in characters, ~4 per token) are shortened when interpolated.
@@ -130,7 +132,12 @@ def interpolate(
 
 def _is_dataframe(value: Any) -> bool:
     shape = getattr(value, "shape", None)
-    return isinstance(shape, tuple) and len(shape) == 2 and hasattr(value, "dtypes") and hasattr(value, "head")
+    return (
+        isinstance(shape, tuple)
+        and len(shape) == 2
+        and hasattr(value, "dtypes")
+        and hasattr(value, "head")
+    )
 
 
 def _shorten(text: str, max_chars: int) -> str:
@@ -155,7 +162,9 @@ def render_value(value: Any, *, max_chars: int = DEFAULT_VALUE_CHARS) -> str:
         return _shorten(text, max_chars)
     if hasattr(value, "dtype") and hasattr(value, "head") and hasattr(value, "to_string"):  # Series
         head = value.head(20).to_string()
-        return _shorten(f"Series {getattr(value, 'name', '')!s} of length {len(value):,}\n{head}", max_chars)
+        return _shorten(
+            f"Series {getattr(value, 'name', '')!s} of length {len(value):,}\n{head}", max_chars
+        )
     return _shorten(repr(value), max_chars)
 
 

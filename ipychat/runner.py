@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -98,12 +99,9 @@ class LoopThread:
         if loop is None or loop.is_closed():
             return
         if thread is not None and thread.is_alive():
-            try:
+            with contextlib.suppress(Exception):
                 asyncio.run_coroutine_threadsafe(self._drain(), loop).result(_CANCEL_GRACE)
-            except Exception:
-                pass
             loop.call_soon_threadsafe(loop.stop)
             thread.join(_CANCEL_GRACE)
         if not loop.is_running():
             loop.close()
-

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import os
 import queue
 import threading
@@ -373,7 +374,9 @@ class ChatSession:
     def _max_tokens(self, model: str, max_tokens: int | None) -> int:
         if max_tokens is not None:
             return max_tokens
-        return self.settings.max_tokens or min(self.prices.max_output_tokens(model), self._context_window(model) // 2)
+        return self.settings.max_tokens or min(
+            self.prices.max_output_tokens(model), self._context_window(model) // 2
+        )
 
     def _estimate(
         self, messages: Sequence[dict[str, Any]], model: str, max_tokens: int
@@ -730,6 +733,7 @@ class ChatSession:
 
     def models(self) -> list[str]:
         """The model ids the endpoint lists."""
+
         async def fetch() -> list[str]:
             return await (await self._get_client()).models()
 
@@ -740,10 +744,8 @@ class ChatSession:
         with self._lock:
             client, self._client = self._client, None
         if client is not None and self._runner.running:
-            try:
+            with contextlib.suppress(Exception):
                 self._runner.submit(client.aclose()).result(5)
-            except Exception:
-                pass
         self._runner.stop()
         if self._cache is not None:
             self._cache.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import pytest
@@ -20,7 +21,10 @@ def test_reserve_refuses_past_the_budget_and_counts_money_in_flight() -> None:
     ledger = Ledger(budget=1.0)
     ledger.record(row(cost=0.5))
     held = ledger.reserve(0.3)
-    with pytest.raises(BudgetExceeded, match=r"spent \$0.5 of \$1 \(\$0.3 in flight\); this request may cost up to \$0.3"):
+    with pytest.raises(
+        BudgetExceeded,
+        match=r"spent \$0.5 of \$1 \(\$0.3 in flight\); this request may cost up to \$0.3",
+    ):
         ledger.reserve(0.3)
     ledger.settle(held, row(cost=0.1))
     assert ledger.spent == pytest.approx(0.6)
@@ -41,10 +45,8 @@ def test_parallel_reservations_never_overrun() -> None:
 
     def worker() -> None:
         for _ in range(50):
-            try:
+            with contextlib.suppress(BudgetExceeded):
                 granted.append(ledger.reserve(0.01))
-            except BudgetExceeded:
-                pass
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
     for t in threads:

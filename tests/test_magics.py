@@ -62,7 +62,7 @@ def test_multi_turn_threads_and_new(ip, fake: FakeOpenAIServer) -> None:
     assert len(fake.chat_requests[-1].body["messages"]) == 1
     ip.run_line_magic("chat", "thread side")
     run(ip, "", "back on side")
-    assert [m["content"] for m in fake.chat_requests[-1].body["messages"]][0] == "aside"
+    assert next(m["content"] for m in fake.chat_requests[-1].body["messages"]) == "aside"
 
 
 def test_every_request_option_reaches_the_server(ip, fake: FakeOpenAIServer) -> None:
@@ -154,7 +154,7 @@ def test_no_key_for_openai_is_a_clear_error(ip, session: ChatSession) -> None:
 def test_unreachable_endpoint_is_a_clear_error(ip, session: ChatSession) -> None:
     ip.run_line_magic("chat", "endpoint http://127.0.0.1:9/v1")
     session.configure(max_retries=0)
-    with pytest.raises(UsageError, match="127.0.0.1:9"):
+    with pytest.raises(UsageError, match=r"127\.0\.0\.1:9"):
         run(ip, "", "hi")
 
 

@@ -15,7 +15,14 @@ class Obj:
     name = "widget"
 
 
-NS = {"x": "XX", "n": 3, "obj": Obj(), "d": {"k": "v", 1: "one"}, "items": ["a", "b"], "In": ["", "print(1)"]}
+NS = {
+    "x": "XX",
+    "n": 3,
+    "obj": Obj(),
+    "d": {"k": "v", 1: "one"},
+    "items": ["a", "b"],
+    "In": ["", "print(1)"],
+}
 
 
 @pytest.mark.parametrize(
@@ -43,7 +50,9 @@ def test_interpolation_replaces_only_known_names(template: str, expected: str) -
 
 
 def test_unknown_name_is_refused_with_a_suggestion() -> None:
-    with pytest.raises(TemplateError, match=r"\{dff\} is not defined .*did you mean df\?.*\{\{dff\}\}"):
+    with pytest.raises(
+        TemplateError, match=r"\{dff\} is not defined .*did you mean df\?.*\{\{dff\}\}"
+    ):
         interpolate("Summarise {dff}", {"df": 1})
 
 
@@ -92,7 +101,7 @@ def test_trim_drops_oldest_turns_and_keeps_system_and_prompt() -> None:
 
 
 def test_prompt_that_cannot_fit_is_refused() -> None:
-    with pytest.raises(ContextLengthError, match="needs .* tokens but only 5 fit"):
+    with pytest.raises(ContextLengthError, match=r"needs .* tokens but only 5 fit"):
         trim_history(build_messages(None, [], "one two three four five six"), 5, _count)
 
 

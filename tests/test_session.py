@@ -188,7 +188,7 @@ def test_errors_are_recorded_in_the_ledger() -> None:
             Settings(base_url=server.base_url, api_key="sk-wrong-key-00000000000"), cache=False
         )
         try:
-            with pytest.raises(ChatError, match="401|key"):
+            with pytest.raises(ChatError, match=r"401|key"):
                 s.ask("hi")
             assert s.usage.rows[-1].outcome == "error"
             assert s.threads["main"].turns == 0
@@ -300,7 +300,7 @@ def test_endpoint_resolution_order(monkeypatch: pytest.MonkeyPatch) -> None:
     s = ChatSession(Settings(), cache=False)
     monkeypatch.setattr(local, "available", lambda: False)
     assert s.endpoint().kind == "none" and s.model == "gpt-4o-mini"
-    with pytest.raises(ConfigError, match="No API key and no endpoint.*ipychat\\[local\\]"):
+    with pytest.raises(ConfigError, match=r"No API key and no endpoint.*ipychat\[local\]"):
         s.ask("hi")
     s.close()
     s._local_available = None
