@@ -316,3 +316,36 @@ def test_offline_subcommand(ip, fake: FakeOpenAIServer) -> None:
 def test_panel_needs_a_notebook(ip) -> None:
     with pytest.raises(UsageError, match="needs a notebook front end"):
         ip.run_line_magic("chat", "panel")
+
+
+def test_key_is_asked_for_and_never_shown(
+    ip, fake: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "sk-typed-" + "Q7" * 20
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": secret)
+    with capture_output() as out:
+        ip.run_line_magic("chat", "key")
+        run_out = run(ip, "", "hi")
+        ip.run_line_magic("chat", "")
+    assert get_session().settings.api_key.reveal() == secret
+    assert fake.chat_requests[-1].headers.get("authorization") == f"Bearer {secret}"
+    for text in (out.stdout, shown(run_out), repr(get_session().settings), repr(get_session())):
+        assert secret not in text
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": "  ")
+    with pytest.raises(UsageError, match="No key entered"):
+        ip.run_line_magic("chat", "key")
+
+
+def test_unknown_model_shows_approximate_counts_and_unknown_cost(
+    ip, fake: FakeOpenAIServer
+) -> None:
+    text = shown(run(ip, "-m my-llama-3", "hello unknown"))
+    assert "· unknown ·" in text  # the server counted the tokens; nobody knows the price
+    out = shown(run(ip, "-m my-llama-3 --dry-run", "estimate me"))
+    assert "cost unknown" in out and "≈" in out  # our count with a tokenizer that is not its own
+    ip.run_line_magic("chat", "price my-llama-3 1 2")
+    assert "$" in shown(run(ip, "-m my-llama-3 --dry-run", "estimate me"))
+    ip.run_line_magic("chat", "budget 1")
+    ip.run_line_magic("chat", "model other-unknown")
+    with pytest.raises(UsageError, match="cost of this model is unknown"):
+        run(ip, "", "refused under a budget")
