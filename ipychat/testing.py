@@ -45,6 +45,11 @@ limit/60 per second. A request is charged when it arrives, before any work: 1 re
 request that sets neither is charged `assumed_max_tokens`, default 16). A request that
 does not fit gets a 429 whose `retry-after-ms` is the exact time until it would fit; a
 request larger than the whole tpm limit gets a 429 with `x-should-retry: false`.
+
+Faults apply to chat requests that got past auth, validation and the rate limiter (so a
+limiter 429 does not use up a scripted fault): first the `script()` queue, one entry per
+request, then a seeded draw with probability `fault_rate`. `latency` delays every chat
+answer, faults included, but not 400/401/429 rejections, which OpenAI also sends at once.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, TypeAlias
@@ -381,11 +386,32 @@ class _Bucket:
         ]
 
 
-@dataclass
-class _Refusal:
-    kind: str  # "requests" or "tokens": OpenAI's error type for a rate-limit 429
-    message: str
-    headers: list[tuple[str, str]]
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _error_body(
+    message: str, type_: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class _Reject(Exception):
+    """An OpenAI-shaped error answer, raised wherever a request is found wanting."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = _error_body(message, type_, code, param)
+        self.headers = list(headers)
 
 
 class _RateLimiter:
@@ -405,19 +431,23 @@ class _RateLimiter:
             out += self.tokens.headers("tokens")
         return out
 
-    def take(self, tokens: int, model: str) -> _Refusal | None:
-        """Charge one request of `tokens` tokens, or say why it does not fit now."""
+    def take(self, tokens: int, model: str) -> list[tuple[str, str]]:
+        """Charge one request of `tokens` tokens and return the `x-ratelimit-*` headers;
+        raise a 429 when it does not fit now (a refused request is not charged)."""
         now = self.clock()
         for bucket in (self.requests, self.tokens):
             if bucket:
                 bucket.refill(now)
-        if self.tokens and tokens > self.tokens.limit:
+        if self.tokens and tokens > self.tokens.limit:  # waiting cannot help
             message = (
                 f"Request too large for {model} in organization org-fake on tokens per min "
                 f"(TPM): Limit {self.tokens.limit}, Requested {tokens}. The input or output "
                 f"tokens must be reduced in order to run successfully. {_LIMITS_URL}"
             )
-            return _Refusal("tokens", message, [("x-should-retry", "false")])
+            extra = [("x-should-retry", "false")]
+            raise _Reject(
+                429, message, "tokens", "rate_limit_exceeded", None, self.headers() + extra
+            )
         wait_r = self.requests.wait_for(1) if self.requests else 0.0
         wait_t = self.tokens.wait_for(tokens) if self.tokens else 0.0
         if wait_r or wait_t:
@@ -425,23 +455,23 @@ class _RateLimiter:
                 ("requests", self.requests, 1) if wait_r else ("tokens", self.tokens, tokens)
             )
             assert bucket is not None
-            wait = max(wait_r, wait_t)
+            wait = max(wait_r, wait_t)  # until both fit
             message = (
                 f"Rate limit reached for {model} in organization org-fake on {kind} per min "
                 f"({'RPM' if kind == 'requests' else 'TPM'}): Limit {bucket.limit}, "
                 f"Used {round(bucket.limit - bucket.level)}, Requested {asked}. "
                 f"Please try again in {_format_duration(wait)}. {_LIMITS_URL}"
             )
-            retry = [
+            extra = [
                 ("retry-after-ms", str(math.ceil(wait * 1000))),
                 ("retry-after", str(math.ceil(wait))),
             ]
-            return _Refusal(kind, message, retry)
+            raise _Reject(429, message, kind, "rate_limit_exceeded", None, self.headers() + extra)
         if self.requests:
             self.requests.level -= 1
         if self.tokens:
             self.tokens.level -= tokens
-        return None
+        return self.headers()
 
 
 @dataclass(frozen=True)
@@ -464,14 +494,34 @@ class _Options:
     port: int
 
 
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+@dataclass
+class _Turn:
+    """One chat request on its way to an answer."""
 
+    ex: Exchange
+    rec: RecordedRequest
+    body: dict[str, Any]
+    model: str
+    headers: list[tuple[str, str]]  # x-ratelimit-*, sent with every answer
+    fault: Fault | None = None
+    text: str = ""
+    finish: str = "stop"
+    usage: dict[str, Any] = field(default_factory=dict)
 
-def _error_body(
-    message: str, type_: str, code: str | None = None, param: str | None = None
-) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    @property
+    def kind(self) -> str | None:
+        return self.fault.kind if self.fault else None
+
+    @property
+    def error_message(self) -> str:
+        return (self.fault.message if self.fault else None) or _ERROR_MESSAGES[500]
+
+    def cut_at(self, n_pieces: int) -> int:
+        """How many content pieces go out before the fault strikes."""
+        if self.fault is None or self.fault.kind == "empty_reply":
+            return n_pieces
+        after = self.fault.after
+        return min(n_pieces, after if after is not None else max(1, n_pieces // 2))
 
 
 class _Engine:
@@ -490,13 +540,12 @@ class _Engine:
         # Separate generators, so turning on random latency does not change the faults drawn.
         self._fault_rng = random.Random(options.seed)
         self._latency_rng = random.Random(f"latency:{options.seed}")
-        self._limiter = (
-            _RateLimiter(options.rpm, options.tpm, time.monotonic)
-            if options.rpm or options.tpm
-            else None
-        )
+        self._limiter = None
+        if options.rpm or options.tpm:
+            self._limiter = _RateLimiter(options.rpm, options.tpm, time.monotonic)
         self._counts: Counter[str] = Counter()
         self._by_status: Counter[int] = Counter()
+        self._connections_before = 0
         self._in_flight = 0
         self._max_in_flight = 0
 
@@ -514,6 +563,7 @@ class _Engine:
             self._log.clear()
             self._counts.clear()
             self._by_status.clear()
+            self._connections_before = self.core.connections
             self._max_in_flight = self._in_flight
 
     def stats(self) -> ServerStats:
@@ -526,7 +576,7 @@ class _Engine:
                 rate_limited=c["rate_limited"],
                 faults=c["faults"],
                 no_response=c["no_response"],
-                connections=self.core.connections,
+                connections=self.core.connections - self._connections_before,
                 max_in_flight=self._max_in_flight,
             )
 
@@ -542,7 +592,6 @@ class _Engine:
             else:
                 self._by_status[status] += 1
 
-    # ---- responses ---------------------------------------------------------------------
     async def _json(
         self,
         ex: Exchange,
@@ -556,94 +605,64 @@ class _Engine:
         head = [("content-type", "application/json"), ("x-request-id", ex.request_id), *headers]
         await ex.respond(status, head, _dumps(obj))
 
-    async def _error(
-        self,
-        ex: Exchange,
-        rec: RecordedRequest,
-        status: int,
-        message: str,
-        type_: str,
-        code: str | None = None,
-        param: str | None = None,
-        headers: Sequence[tuple[str, str]] = (),
-    ) -> None:
-        await self._json(ex, rec, status, _error_body(message, type_, code, param), headers)
-
     # ---- routing -----------------------------------------------------------------------
     async def handle(self, request: Request, ex: Exchange) -> None:
         if request.path.startswith("/_fake/"):
             await self._admin(request, ex)
             return
-        body: Any = None
-        body_ok = True
-        if request.body:
-            try:
-                body = json.loads(request.body)
-            except ValueError:
-                body_ok = False
+        try:
+            body = json.loads(request.body) if request.body else None
+        except ValueError:
+            body = None
         rec = RecordedRequest(
-            request.method,
-            request.path,
-            dict(request.headers),
-            body,
-            time.monotonic(),
-            ex.request_id,
-            request.query,
-        )
+            request.method, request.path, request.headers, body, time.monotonic(),
+            ex.request_id, request.query,
+        )  # fmt: skip
         with self._lock:
             self._log.append(rec)
             self._counts["total"] += 1
+        try:
+            await self._route(request, ex, rec)
+        except _Reject as reject:
+            await self._json(ex, rec, reject.status, reject.body, reject.headers)
+
+    async def _route(self, request: Request, ex: Exchange, rec: RecordedRequest) -> None:
         azure = _AZURE_CHAT.fullmatch(request.path)
         if request.path == "/v1/chat/completions" or azure:
             if request.method != "POST":
-                await self._error(
-                    ex,
-                    rec,
-                    405,
-                    f"Method {request.method} not allowed; use POST.",
-                    "invalid_request_error",
-                )
-                return
+                raise _Reject(405, f"Method {request.method} not allowed; use POST.")
             self._count("chat")
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
             try:
-                await self._chat(request, ex, rec, body_ok, azure.group(1) if azure else None)
+                await self._chat(request, ex, rec, azure.group(1) if azure else None)
             finally:
                 self._in_flight -= 1
         elif request.path == "/v1/models" and request.method == "GET":
-            denied = self._auth_error(request.headers)
-            if denied:
-                await self._error(ex, rec, 401, denied[0], "invalid_request_error", denied[1])
-                return
-            models = [
-                {"id": m, "object": "model", "created": 0, "owned_by": "fake"}
-                for m in self.o.models
-            ]
+            self._check_key(request.headers)
+            models = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"}
+                      for m in self.o.models]  # fmt: skip
             await self._json(ex, rec, 200, {"object": "list", "data": models})
         else:
-            message = f"Invalid URL ({request.method} {request.path})"
-            await self._error(ex, rec, 404, message, "invalid_request_error")
+            raise _Reject(404, f"Invalid URL ({request.method} {request.path})")
 
-    def _auth_error(self, headers: Mapping[str, str]) -> tuple[str, str | None] | None:
-        """OpenAI's 401 message and code when `require_key` is set and not presented."""
+    def _check_key(self, headers: Mapping[str, str]) -> None:
+        """OpenAI's 401 when `require_key` is set and neither header presents it."""
         if self.o.require_key is None:
-            return None
+            return
         scheme, _, token = headers.get("authorization", "").partition(" ")
-        given = [
-            token.strip() if scheme.lower() == "bearer" else "",
-            headers.get("api-key", "").strip(),
-        ]
+        bearer = token.strip() if scheme.lower() == "bearer" else ""
+        given = [bearer, headers.get("api-key", "").strip()]
         if self.o.require_key in given:
-            return None
+            return
         key = next((g for g in given if g), None)
         if key is None:
-            return _NO_KEY, None
-        return (
+            raise _Reject(401, _NO_KEY)
+        message = (
             f"Incorrect API key provided: {mask(key)}. You can find your API key at "
-            "https://platform.openai.com/account/api-keys.",
-            "invalid_api_key",
+            "https://platform.openai.com/account/api-keys."
         )
+        raise _Reject(401, message, code="invalid_api_key")
 
     async def _admin(self, request: Request, ex: Exchange) -> None:
         """The control API a spawned server is driven through (and handy from curl)."""
@@ -656,15 +675,35 @@ class _Engine:
             self.reset_log()
             await self._json(ex, None, 200, {"ok": True})
         elif route == ("POST", "/_fake/script"):
-            specs = json.loads(request.body or b"[]")
-            self.enqueue([Fault.parse(s) for s in specs])
+            self.enqueue([Fault.parse(s) for s in json.loads(request.body or b"[]")])
             await self._json(ex, None, 200, {"ok": True})
         else:
-            await self._json(
-                ex, None, 404, _error_body("unknown admin endpoint", "invalid_request_error")
-            )
+            await self._json(ex, None, 404, _error_body("unknown admin endpoint", "not_found"))
 
     # ---- chat completions --------------------------------------------------------------
+    @staticmethod
+    def _validate(body: dict[str, Any], deployment: str | None) -> tuple[str, int | None]:
+        """The model and max_tokens of a request, or OpenAI's 400."""
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            message = (
+                "Missing required parameter: 'messages'." if not messages else "Invalid 'messages'."
+            )
+            raise _Reject(400, message, code="invalid_value", param="messages")
+        model = body.get("model") or deployment  # Azure names the model in the path
+        if not isinstance(model, str):
+            raise _Reject(400, "You must provide a model parameter.")
+        param = (
+            "max_completion_tokens"
+            if body.get("max_completion_tokens") is not None
+            else "max_tokens"
+        )
+        max_tokens = body.get(param)
+        if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
+            message = f"Invalid '{param}': expected an integer >= 1, got {max_tokens!r}."
+            raise _Reject(400, message, code="invalid_value", param=param)
+        return model, max_tokens
+
     def _next_fault(self) -> Fault | None:
         with self._lock:
             if self._script:
@@ -675,197 +714,127 @@ class _Engine:
 
     def _latency(self) -> float:
         latency = self.o.latency
-        if isinstance(latency, tuple):
-            return self._latency_rng.uniform(*latency)
-        return latency
+        return self._latency_rng.uniform(*latency) if isinstance(latency, tuple) else latency
 
-    async def _reply(self, body: dict[str, Any]) -> str | Fault:
+    async def _reply(self, turn: _Turn) -> str | Fault:
         reply = self.o.reply
         if reply is None:
-            return _echo(body)
+            return _echo(turn.body)
         if isinstance(reply, str):
             return reply
-        result = reply(body)
-        if inspect.isawaitable(result):
-            result = await result
-        if not isinstance(result, (str, Fault)):
-            raise TypeError(
-                f"the reply callable returned {type(result).__name__}, not str or Fault"
-            )
+        try:
+            result = reply(turn.body)
+            if inspect.isawaitable(result):
+                result = await result
+            if not isinstance(result, (str, Fault)):
+                raise TypeError(f"it returned {type(result).__name__}, not str or Fault")
+        except Exception as exc:
+            message = f"The fake server's reply callable failed: {type(exc).__name__}: {exc}"
+            raise _Reject(500, message, "server_error", headers=turn.headers) from exc
         return result
 
     async def _chat(
-        self,
-        request: Request,
-        ex: Exchange,
-        rec: RecordedRequest,
-        body_ok: bool,
-        deployment: str | None,
+        self, request: Request, ex: Exchange, rec: RecordedRequest, deployment: str | None
     ) -> None:
         o = self.o
-        denied = self._auth_error(request.headers)
-        if denied:
-            await self._error(ex, rec, 401, denied[0], "invalid_request_error", denied[1])
-            return
+        self._check_key(request.headers)
         body = rec.body
-        if not body_ok or not isinstance(body, dict):
-            await self._error(ex, rec, 400, _BAD_JSON, "invalid_request_error")
-            return
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            message = (
-                "Missing required parameter: 'messages'." if not messages else "Invalid 'messages'."
-            )
-            await self._error(
-                ex, rec, 400, message, "invalid_request_error", "invalid_value", "messages"
-            )
-            return
-        model = body.get("model") or deployment
-        if not isinstance(model, str):
-            await self._error(
-                ex, rec, 400, "You must provide a model parameter.", "invalid_request_error"
-            )
-            return
-        max_tokens = body.get("max_completion_tokens")
-        param = "max_completion_tokens"
-        if max_tokens is None:
-            max_tokens, param = body.get("max_tokens"), "max_tokens"
-        if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
-            message = f"Invalid '{param}': expected an integer >= 1, got {max_tokens!r}."
-            await self._error(
-                ex, rec, 400, message, "invalid_request_error", "invalid_value", param
-            )
-            return
-        prompt_tokens = _prompt_tokens(messages, o.count_tokens)
-
-        limit_headers: list[tuple[str, str]] = []
+        if not isinstance(body, dict):
+            raise _Reject(400, _BAD_JSON)
+        model, max_tokens = self._validate(body, deployment)
+        prompt_tokens = _prompt_tokens(body["messages"], o.count_tokens)
+        headers: list[tuple[str, str]] = []
         if self._limiter is not None:
             charge = prompt_tokens + (
                 max_tokens if max_tokens is not None else o.assumed_max_tokens
             )
-            refusal = self._limiter.take(charge, model)
-            limit_headers = self._limiter.headers()
-            if refusal is not None:
-                self._count("rate_limited")
-                await self._error(
-                    ex,
-                    rec,
-                    429,
-                    refusal.message,
-                    refusal.kind,
-                    "rate_limit_exceeded",
-                    headers=limit_headers + refusal.headers,
-                )
-                return
-
-        fault = self._next_fault()
-        text = ""
-        if fault is None or fault.kind in _CONTENT_KINDS:
             try:
-                produced = await self._reply(body)
-            except Exception as exc:
-                message = f"The fake server's reply callable raised {type(exc).__name__}: {exc}"
-                await self._error(ex, rec, 500, message, "server_error", headers=limit_headers)
-                return
+                headers = self._limiter.take(charge, model)
+            except _Reject:
+                self._count("rate_limited")
+                raise
+
+        turn = _Turn(ex, rec, body, model, headers, fault=self._next_fault())
+        if turn.fault is None or turn.fault.kind in _CONTENT_KINDS:
+            produced = await self._reply(turn)
             if isinstance(produced, Fault):
-                fault = fault or produced
+                turn.fault = turn.fault or produced
             else:
-                text = produced
+                turn.text = produced
+        fault = rec.fault = turn.fault
         if fault is not None:
-            rec.fault = fault
             self._count("faults")
 
         delay = self._latency()
         if delay > 0:
             await asyncio.sleep(delay)
-        kind = fault.kind if fault else None
-        if fault is not None and kind == "status":
-            await self._status_fault(ex, rec, fault, limit_headers)
+        if fault is not None and fault.kind == "status":
+            await self._status_fault(turn, fault)
             return
-        if kind == "reset":
+        if fault is not None and fault.kind == "reset":
             self._record(rec, None)
             ex.abort(reset=True)
             return
-        if fault is not None and kind == "hang" and fault.after is None:
+        if fault is not None and fault.kind == "hang" and fault.after is None:
             self._record(rec, None)
             await ex.hold()
             return
-        if kind == "empty_reply":
-            text = ""
-        finish = "stop"
+        if turn.kind == "empty_reply":
+            turn.text = ""
         if max_tokens is not None:
-            text, cut = _truncate(text, max_tokens, o.count_tokens)
-            finish = "length" if cut else finish
-        completion_tokens = o.count_tokens(text) if text else 0
-        usage = {
+            turn.text, cut = _truncate(turn.text, max_tokens, o.count_tokens)
+            turn.finish = "length" if cut else "stop"
+        completion_tokens = o.count_tokens(turn.text) if turn.text else 0
+        turn.usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
             "prompt_tokens_details": {"cached_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": 0},
         }
-        send = self._stream if body.get("stream") is True else self._complete
-        await send(ex, rec, body, model, text, finish, usage, fault, limit_headers)
+        await (self._stream(turn) if body.get("stream") is True else self._complete(turn))
 
-    async def _status_fault(
-        self, ex: Exchange, rec: RecordedRequest, fault: Fault, limit_headers: list[tuple[str, str]]
-    ) -> None:
+    async def _status_fault(self, turn: _Turn, fault: Fault) -> None:
         code = fault.code or 500
-        headers = [*limit_headers, *fault.headers.items()]
+        headers = [*turn.headers, *fault.headers.items()]
         if isinstance(fault.body, str):
-            self._record(rec, code)
-            head = [("content-type", "text/plain"), ("x-request-id", ex.request_id), *headers]
-            await ex.respond(code, head, fault.body.encode())
+            self._record(turn.rec, code)
+            head = [("content-type", "text/plain"), ("x-request-id", turn.ex.request_id), *headers]
+            await turn.ex.respond(code, head, fault.body.encode())
             return
-        if fault.body is not None:
-            await self._json(ex, rec, code, fault.body, headers)
-            return
-        message = (
-            fault.message
-            or _ERROR_MESSAGES.get(code)
-            or f"Injected HTTP {code} from the fake server."
-        )
-        type_ = _ERROR_TYPES.get(code, "server_error" if code >= 500 else "invalid_request_error")
-        error_code = "rate_limit_exceeded" if code == 429 else None
-        await self._error(ex, rec, code, message, type_, error_code, headers=headers)
+        body: dict[str, Any] | None = fault.body
+        if body is None:
+            message = fault.message or _ERROR_MESSAGES.get(code) or f"Injected HTTP {code}."
+            type_ = _ERROR_TYPES.get(
+                code, "server_error" if code >= 500 else "invalid_request_error"
+            )
+            body = _error_body(message, type_, "rate_limit_exceeded" if code == 429 else None)
+        await self._json(turn.ex, turn.rec, code, body, headers)
 
-    async def _complete(
-        self,
-        ex: Exchange,
-        rec: RecordedRequest,
-        body: dict[str, Any],
-        model: str,
-        text: str,
-        finish: str,
-        usage: dict[str, Any],
-        fault: Fault | None,
-        headers: list[tuple[str, str]],
-    ) -> None:
-        """A non-streamed reply; partial fault kinds cut the JSON body in half."""
-        kind = fault.kind if fault else None
-        if kind == "error_mid_stream":
-            message = (fault.message if fault else None) or _ERROR_MESSAGES[500]
-            await self._error(ex, rec, 500, message, "server_error", headers=headers)
+    async def _complete(self, turn: _Turn) -> None:
+        """A non-streamed reply; the partial fault kinds cut the JSON body in half."""
+        ex, kind = turn.ex, turn.kind
+        if kind == "error_mid_stream":  # nothing is "mid" here: a plain 500
+            error = _error_body(turn.error_message, "server_error")
+            await self._json(ex, turn.rec, 500, error, turn.headers)
             return
-        reply = {
-            "id": f"chatcmpl-{ex.request_id[4:]}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": finish,
-                }
-            ],
-            "usage": usage,
-            "system_fingerprint": "fp_fake",
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": turn.text, "refusal": None},
+            "logprobs": None,
+            "finish_reason": turn.finish,
         }
-        data = _dumps(reply)
-        head = [("content-type", "application/json"), ("x-request-id", ex.request_id), *headers]
-        self._record(rec, 200)
+        data = _dumps({
+            "id": f"chatcmpl-{ex.request_id[4:]}", "object": "chat.completion",
+            "created": int(time.time()), "model": turn.model, "choices": [choice],
+            "usage": turn.usage, "system_fingerprint": "fp_fake",
+        })  # fmt: skip
+        head = [
+            ("content-type", "application/json"),
+            ("x-request-id", ex.request_id),
+            *turn.headers,
+        ]
+        self._record(turn.rec, 200)
         if kind == "truncate":  # a well-framed body that is cut JSON, then a clean close
             ex.keep_alive = False
             await ex.respond(200, head, data[: len(data) // 2])
@@ -882,35 +851,16 @@ class _Engine:
         else:
             await ex.respond(200, head, data)
 
-    async def _stream(
-        self,
-        ex: Exchange,
-        rec: RecordedRequest,
-        body: dict[str, Any],
-        model: str,
-        text: str,
-        finish: str,
-        usage: dict[str, Any],
-        fault: Fault | None,
-        headers: list[tuple[str, str]],
-    ) -> None:
+    async def _stream(self, turn: _Turn) -> None:
         """An SSE reply: a role chunk, content deltas (paced by tokens_per_second), a
         finish_reason chunk, the usage chunk if asked for and enabled, then [DONE]."""
-        o = self.o
-        options = body.get("stream_options")
-        with_usage = (
-            o.include_usage_chunk
-            and isinstance(options, dict)
-            and options.get("include_usage") is True
-        )
+        o, ex, kind = self.o, turn.ex, turn.kind
+        asked = turn.body.get("stream_options")
+        with_usage = isinstance(asked, dict) and asked.get("include_usage") is True
+        with_usage = with_usage and o.include_usage_chunk
         cid = f"chatcmpl-{ex.request_id[4:]}"
-        base: dict[str, Any] = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": model,
-            "system_fingerprint": "fp_fake",
-        }
+        base = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": turn.model, "system_fingerprint": "fp_fake"}  # fmt: skip
 
         def event(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
@@ -919,40 +869,28 @@ class _Engine:
                 chunk["usage"] = None
             return b"data: " + _dumps(chunk) + b"\n\n"
 
-        self._record(rec, 200)
-        ex.start_stream(
-            200,
-            [
-                ("content-type", "text/event-stream; charset=utf-8"),
-                ("cache-control", "no-cache"),
-                ("x-request-id", ex.request_id),
-                *headers,
-            ],
-        )
-        ex.write(event({"role": "assistant", "content": "", "refusal": None}))
-        pieces = _split(text, o.chunk_chars)
-        kind = fault.kind if fault else None
-        cut = len(pieces)
-        if fault is not None and kind != "empty_reply":
-            cut = min(
-                len(pieces), fault.after if fault.after is not None else max(1, len(pieces) // 2)
-            )
-
         loop = asyncio.get_running_loop()
         due = loop.time()
 
-        async def send(some: list[str]) -> None:
+        async def send(pieces: list[str]) -> None:
             nonlocal due
-            for piece in some:
-                if o.tokens_per_second:
+            for piece in pieces:
+                if o.tokens_per_second:  # flush what is written, then wait for the next token
                     await ex.drain()
                     due += max(1, o.count_tokens(piece)) / o.tokens_per_second
                     if due > loop.time():
                         await asyncio.sleep(due - loop.time())
                 ex.write(event({"content": piece}))
 
+        self._record(turn.rec, 200)
+        head = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"),
+                ("x-request-id", ex.request_id), *turn.headers]  # fmt: skip
+        ex.start_stream(200, head)
+        ex.write(event({"role": "assistant", "content": "", "refusal": None}))
+        pieces = _split(turn.text, o.chunk_chars)
+        cut = turn.cut_at(len(pieces))
         await send(pieces[:cut])
-        if kind == "malformed_json":
+        if kind == "malformed_json":  # one broken line, then the stream goes on
             ex.write(b'data: {"id": "%b", "choices": [{"delta": {"con\n\n' % cid.encode())
             await send(pieces[cut:])
         elif kind == "reset_mid_stream":
@@ -967,13 +905,12 @@ class _Engine:
             await ex.end_stream()
             return
         elif kind == "error_mid_stream":
-            message = (fault.message if fault else None) or _ERROR_MESSAGES[500]
-            ex.write(b"data: " + _dumps(_error_body(message, "server_error")) + b"\n\n")
+            ex.write(b"data: " + _dumps(_error_body(turn.error_message, "server_error")) + b"\n\n")
             await ex.end_stream()
             return
-        ex.write(event({}, finish))
+        ex.write(event({}, turn.finish))
         if with_usage:
-            ex.write(b"data: " + _dumps({**base, "choices": [], "usage": usage}) + b"\n\n")
+            ex.write(b"data: " + _dumps({**base, "choices": [], "usage": turn.usage}) + b"\n\n")
         ex.write(b"data: [DONE]\n\n")
         await ex.end_stream()
 
@@ -990,21 +927,19 @@ class _ThreadBackend:
         self._thread: threading.Thread | None = None
 
     def start(self) -> int:
+        o = self._options
         loop = asyncio.new_event_loop()
         ready: concurrent.futures.Future[int] = concurrent.futures.Future()
 
         def run() -> None:
             asyncio.set_event_loop(loop)
             try:
-                ready.set_result(
-                    loop.run_until_complete(
-                        self.engine.core.open(self._options.host, self._options.port)
-                    )
-                )
-            except BaseException as exc:
+                port = loop.run_until_complete(self.engine.core.open(o.host, o.port))
+            except BaseException as exc:  # e.g. the port is taken: the caller raises it
                 ready.set_exception(exc)
                 loop.close()
                 return
+            ready.set_result(port)
             try:
                 loop.run_forever()
             finally:
@@ -1073,7 +1008,8 @@ class _ProcessBackend:
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._url = ""
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy
+        self._final: tuple[list[RecordedRequest], ServerStats] | None = None
         self.pid: int | None = None
 
     def start(self) -> int:
@@ -1088,7 +1024,11 @@ class _ProcessBackend:
         if not parent.poll(60):
             self.stop()
             raise RuntimeError("the spawned FakeOpenAIServer did not start within 60 s")
-        what, value = parent.recv()
+        try:
+            what, value = parent.recv()
+        except EOFError:  # the child died before it could report
+            process.join(5)
+            what, value = "error", f"the child exited with code {process.exitcode}"
         if what != "port":
             self.stop()
             raise RuntimeError(f"the spawned FakeOpenAIServer failed to start: {value}")
@@ -1099,6 +1039,8 @@ class _ProcessBackend:
         process, conn = self._process, self._conn
         if process is None or conn is None:
             return
+        with contextlib.suppress(OSError):  # keep the log readable after stop, as in-process
+            self._final = (self.requests(), self.stats())
         with contextlib.suppress(OSError):
             conn.send("stop")
         process.join(5)
@@ -1109,6 +1051,8 @@ class _ProcessBackend:
         self._process = self._conn = None
 
     def _call(self, method: str, path: str, payload: Any = None) -> Any:
+        if self._process is None:
+            raise RuntimeError("the spawned FakeOpenAIServer is not running")
         data = None if payload is None else json.dumps(payload).encode()
         request = urllib.request.Request(
             self._url + path, data=data, method=method, headers={"content-type": "application/json"}
@@ -1120,12 +1064,16 @@ class _ProcessBackend:
         self._call("POST", "/_fake/script", [f.to_dict() if f else None for f in faults])
 
     def requests(self) -> list[RecordedRequest]:
+        if self._final is not None:
+            return list(self._final[0])
         return [RecordedRequest.from_dict(d) for d in self._call("GET", "/_fake/requests")]
 
     def reset_log(self) -> None:
         self._call("POST", "/_fake/reset", {})
 
     def stats(self) -> ServerStats:
+        if self._final is not None:
+            return self._final[1]
         return ServerStats.from_dict(self._call("GET", "/_fake/stats"))
 
 
@@ -1307,6 +1255,7 @@ class FakeOpenAIServer:
 
     @property
     def chat_requests(self) -> list[RecordedRequest]:
+        """The requests to a chat completions path (OpenAI's or Azure's)."""
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
 
     def reset_log(self) -> None:
@@ -1326,12 +1275,6 @@ class FakeOpenAIServer:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(seen)} of {count} requests arrived within {timeout} s")
             time.sleep(0.005)
-
-
-def _iter_faults(text: str) -> Iterator[FaultSpec]:
-    for item in text.split(","):
-        if item.strip():
-            yield item.strip()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1358,7 +1301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tpm=args.tpm,
         require_key=args.require_key,
         fault_rate=args.fault_rate,
-        faults=list(_iter_faults(args.faults)),
+        faults=[f.strip() for f in args.faults.split(",") if f.strip()],
         seed=args.seed,
         include_usage_chunk=not args.no_usage_chunk,
         host=args.host,

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 import ipychat
-from ipychat.testing import FakeOpenAIServer, Fault, RecordedRequest, approx_tokens
+from ipychat.testing import FakeOpenAIServer, Fault, RecordedRequest, ServerStats, approx_tokens
 from ipychat.types import RateLimitInfo, _duration
 
 BODY: dict[str, Any] = {
@@ -444,6 +444,19 @@ def test_hang_never_answers_and_stop_is_quick() -> None:
     assert server.stats().no_response == 2
 
 
+def test_stop_interrupts_requests_waiting_out_their_latency() -> None:
+    before = server_threads()
+    server = FakeOpenAIServer(latency=30).start()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(raw_request())
+        server.wait_for_requests(1)
+        started = time.perf_counter()
+        server.stop()
+        assert time.perf_counter() - started < 1.0
+        assert sock.recv(1024) == b""
+    assert server_threads() == before
+
+
 def test_hang_after_some_chunks(server: FakeOpenAIServer) -> None:
     server.script(Fault.hang(after=2))
     with socket.create_connection(("127.0.0.1", server.port), timeout=0.3) as sock:
@@ -696,7 +709,7 @@ def test_request_log(server: FakeOpenAIServer) -> None:
     stats = server.stats()
     assert (stats.total, stats.chat, stats.by_status) == (3, 2, {200: 2, 500: 1})
     server.reset_log()
-    assert server.requests == [] and server.stats().total == 0
+    assert server.requests == [] and server.stats() == ServerStats()
 
 
 def test_log_is_consistent_under_concurrency() -> None:
@@ -796,11 +809,13 @@ def test_spawned_server_has_the_same_api_and_goes_away() -> None:
         assert stats.by_status == {200: 1, 503: 1} and stats.faults == 2 and stats.no_response == 1
         server.reset_log()
         assert server.requests == [] and server.stats().total == 0
+        post(server)
     finally:
         pid, port = server.pid, server.port
         started = time.perf_counter()
         server.stop()
     assert time.perf_counter() - started < 3
+    assert len(server.requests) == 1 and server.stats().total == 1  # the log outlives the child
     server.stop()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
@@ -823,19 +838,18 @@ def project_env() -> dict[str, str]:
 
 def test_command_line_server() -> None:
     command = [sys.executable, "-m", "ipychat.testing", "--port", "0", "--reply", "pong"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=project_env())
-    try:
-        assert proc.stdout is not None
-        base_url = proc.stdout.readline().strip()
-        assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/v1")
-        r = httpx.post(base_url + "/chat/completions", json=BODY, timeout=5)
-        assert r.json()["choices"][0]["message"]["content"] == "pong"
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=project_env()) as proc:
+        try:
+            assert proc.stdout is not None
+            base_url = proc.stdout.readline().strip()
+            assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/v1")
+            r = HTTP.post(base_url + "/chat/completions", json=BODY)
+            assert r.json()["choices"][0]["message"]["content"] == "pong"
+            proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop, exit code 0
+            assert proc.wait(timeout=10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 def test_pytest_plugin(tmp_path: Path) -> None:
