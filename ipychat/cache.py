@@ -284,7 +284,7 @@ class ResponseCache:
             return
         value = dict(value)
         created = value.get("created")
-        if not isinstance(created, (int, float)) or isinstance(created, bool):
+        if not isinstance(created, (int, float)) or not 0 <= created < 1e11:  # NaN, 10**400...
             created = value["created"] = time.time()
         tag = value.get("request_model") or value.get("model")
         tag = tag if isinstance(tag, str) else None
