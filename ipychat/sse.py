@@ -22,7 +22,7 @@ that a terse server did not terminate, and decides itself what a cut stream mean
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["SSEDecoder", "ServerSentEvent"]
 
@@ -30,9 +30,12 @@ _LINE_ENDS = (b"\n", b"\r")
 _BOM = "\ufeff"
 
 
-@dataclass(frozen=True, slots=True)
-class ServerSentEvent:
-    """One dispatched event. `data` is the joined `data:` lines of the event."""
+class ServerSentEvent(NamedTuple):
+    """One dispatched event. `data` is the joined `data:` lines of the event.
+
+    A NamedTuple, not a frozen dataclass: a streamed reply makes one per token, and a
+    tuple is several times cheaper to create.
+    """
 
     data: str
     event: str | None = None
@@ -107,6 +110,11 @@ class SSEDecoder:
         return events
 
     def _line(self, raw: bytes) -> ServerSentEvent | None:
+        # Fast path for the line nearly every event consists of.
+        if raw[:5] == b"data:" and not self._first_line:
+            data = raw[6:] if raw[5:6] == b" " else raw[5:]
+            self._data.append(data.decode("utf-8", "replace"))
+            return None
         # "replace" is what the spec's UTF-8 decode does with invalid bytes.
         line = raw.decode("utf-8", "replace")
         if self._first_line:

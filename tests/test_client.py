@@ -488,7 +488,7 @@ def test_retryable_statuses_are_retried(status: int) -> None:
     [
         (httpx.ConnectError("refused"), APIConnectionError, "Could not connect to llm.test"),
         (httpx.ConnectTimeout("slow"), APITimeoutError, "Timed out connecting to llm.test"),
-        (httpx.ReadTimeout("slow"), APITimeoutError, "llm.test sent nothing for 60 s"),
+        (httpx.ReadTimeout("slow"), APITimeoutError, "llm.test sent nothing for 600 s"),
         (httpx.RemoteProtocolError("bad"), APIConnectionError, "connection to llm.test failed"),
         (httpx.ReadError("reset"), APIConnectionError, "connection to llm.test failed"),
     ],
@@ -742,3 +742,24 @@ def test_concurrent_requests_share_one_pool() -> None:
         await client.aclose()
 
     run(many())
+
+
+def test_gzip_body_is_decoded() -> None:
+    import gzip
+
+    raw = gzip.compress(json.dumps(completion_json("zipped")).encode())
+    headers = {"content-encoding": "gzip", "content-type": "application/json"}
+    script = Script(httpx.Response(200, content=raw, headers=headers))
+    client, _ = make(script)
+    assert run(client.chat(BODY)).text == "zipped"
+    assert script.requests[0].headers["accept-encoding"] == "gzip, deflate"
+
+
+def test_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipychat.client import _env_proxy
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.test:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    assert _env_proxy("https://api.openai.com/v1") == "http://proxy.test:3128"
+    assert _env_proxy("http://127.0.0.1:8080/v1") is None
+    assert _env_proxy("http://llm.test/v1") is None  # no HTTP_PROXY for plain http
