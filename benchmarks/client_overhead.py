@@ -11,8 +11,8 @@ All clients talk, in one run, to the same FakeOpenAIServer spawned in a child pr
   transport, see ipychat/client.py).
 
 For each it prints the wall time, the client process's CPU time per request
-(`time.process_time`), and both as ratios to raw aiohttp. At 64 in flight the clients
-run `--rounds` times, interleaved, and the table shows medians: the machine is shared,
+(`time.process_time`), and both as ratios to raw aiohttp. The clients run `--rounds`
+times, interleaved, and the table shows medians: the machine is shared,
 and one burst of load elsewhere should not decide a ratio. Plain httpx runs once (it is
 several times off, and slow), and so does httpx-aio.
 
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency1", type=float, default=0.005, help="server latency, 1 in flight")
     parser.add_argument("--latency64", type=float, default=0.2, help="server latency, many")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds at many in flight (medians are shown)"
+        "--rounds", type=int, default=3, help="rounds per case (the table shows medians)"
     )
     parser.add_argument("--clients", default="ipychat,aiohttp,httpx,httpx-aio")
     parser.add_argument("--modes", default="whole,stream")
@@ -266,18 +266,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := set(kinds) - set(CLIENTS):
         parser.error(f"unknown clients: {sorted(unknown)}")
 
-    cases = [
-        (1, args.n1, args.latency1, 1),
-        (args.concurrency, args.n64, args.latency64, args.rounds),
-    ]
+    cases = [(1, args.n1, args.latency1), (args.concurrency, args.n64, args.latency64)]
     results: list[Result] = []
     started = time.perf_counter()
-    for concurrency, n, latency, rounds in cases:
+    for concurrency, n, latency in cases:
         server = FakeOpenAIServer.spawn(reply=REPLY, latency=latency)
         try:
             # Rounds interleave the clients, so a burst of load elsewhere on the machine
             # hits all of them alike; the references far off the mark run once.
-            for round_ in range(rounds):
+            for round_ in range(args.rounds):
                 for stream in modes:
                     for kind in kinds:
                         if round_ and kind in ONCE:

@@ -51,6 +51,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from ipychat import __version__
 from ipychat import retry as policy
 from ipychat.errors import (
     APIConnectionError,
@@ -73,7 +74,7 @@ log = logging.getLogger("ipychat")
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 OPENAI_HOST = "api.openai.com"
-USER_AGENT = "ipychat/0.1"
+USER_AGENT = f"ipychat/{__version__}"
 
 _KEY_FIX = "check OPENAI_API_KEY or run %chat key"
 
@@ -201,7 +202,9 @@ class ChatClient:
         self._key_index = 0
         self.azure_api_version = azure_api_version or None
         self.timeouts = timeouts
-        self._stream_timeout = timeouts.for_request(stream=True)
+        # Two timeout sets: `read` between chunks (streams, /models), `reply` for a whole
+        # non-streamed completion. Built once: transports read them per request.
+        self._chunk_timeout = timeouts.for_request(stream=True)
         self._reply_timeout = timeouts.for_request(stream=False)
         if max_retries < 0:
             raise ConfigError(f"max_retries must be 0 or more, not {max_retries}")
@@ -270,7 +273,7 @@ class ChatClient:
             "POST",
             "/chat/completions",
             content,
-            stream=stream,
+            timeout=self._chunk_timeout if stream else self._reply_timeout,
             model=model,
             read=read,
             max_retries=max_retries,
@@ -292,7 +295,13 @@ class ChatClient:
             return sorted(str(i) for i in ids if i)
 
         return await self._call(
-            "GET", "/models", None, stream=False, model="", read=read, max_retries=None
+            "GET",
+            "/models",
+            None,
+            timeout=self._chunk_timeout,
+            model="",
+            read=read,
+            max_retries=None,
         )
 
     async def set_max_connections(self, n: int) -> None:
@@ -330,7 +339,7 @@ class ChatClient:
         path: str,
         content: bytes | None,
         *,
-        stream: bool,
+        timeout: dict[str, float | None],
         model: str,
         read: Callable[[httpx.Response, _Attempt], Awaitable[T]],
         max_retries: int | None,
@@ -339,7 +348,6 @@ class ChatClient:
         self._check_key()
         started = time.perf_counter()
         url = self._url(path)
-        timeout = self._stream_timeout if stream else self._reply_timeout
         retries = 0
         keys_tried: set[int] = set()
         while True:

@@ -449,3 +449,32 @@ def test_canary_key_never_leaks_over_the_wire(caplog: pytest.LogCaptureFixture) 
     for text in (all_text(info.value), all_text(dropped.value), caplog.text):
         assert CANARY not in text
         assert "sk-the-right-one-000000000000" not in text
+
+
+def test_cancelling_a_stream_closes_it_cleanly() -> None:
+    # What a kernel interrupt does: cancel the task mid-stream. The connection is dropped
+    # (not returned to the pool half-read) and the client keeps working.
+    words = " ".join(f"w{i}" for i in range(40))
+    with FakeOpenAIServer(reply=words, tokens_per_second=40) as server:
+        client = ChatClient(server.base_url)
+
+        async def main() -> tuple[list[str], str]:
+            seen: list[str] = []
+            first = asyncio.Event()
+
+            def on_delta(text: str) -> None:
+                seen.append(text)
+                first.set()
+
+            task = asyncio.create_task(client.chat(BODY, stream=True, on_delta=on_delta))
+            await first.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            after = await client.chat(BODY)
+            await client.aclose()
+            return seen, after.text
+
+        seen, text = run(main())
+    assert 1 <= len(seen) < 40
+    assert text == words
