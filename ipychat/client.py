@@ -951,7 +951,10 @@ def _default_transport(max_connections: int, base_url: str) -> httpx.AsyncBaseTr
     n = max_connections
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=n, keepalive_expiry=15.0)
     proxy = _env_proxy(base_url)
-    transport_class = _lean_aiohttp_transport()
+    try:
+        transport_class = _lean_aiohttp_transport()
+    except (ImportError, AttributeError):  # an httpx_aiohttp whose insides have moved
+        from httpx_aiohttp import AiohttpTransport as transport_class
     return transport_class(limits=limits, proxy=httpx.Proxy(proxy) if proxy else None)
 
 
@@ -972,6 +975,9 @@ def _lean_aiohttp_transport() -> Callable[..., httpx.AsyncBaseTransport]:
     import aiohttp
     from httpx_aiohttp import AiohttpTransport
     from httpx_aiohttp.transport import AIOHTTP_EXC_MAP
+
+    # What the override relies on; checked so a changed library falls back, not breaks.
+    AiohttpTransport.get_client  # noqa: B018
 
     def to_httpx(exc: Exception) -> Exception:
         """httpx_aiohttp's mapping: the most specific httpx exception for an aiohttp one."""
