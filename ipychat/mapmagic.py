@@ -1,0 +1,229 @@
+"""`%%chatmap`: a thin view over `ipychat.chatmap` (parse, call, show).
+
+Same conventions as `ipychat.magics`: `@magic_arguments` (so `%%chatmap?` prints real help),
+shlex parsing, every ChatError shown as a one-line UsageError. ipywidgets is imported only
+when a notebook shows the progress bar; a terminal gets a text line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import shlex
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+
+from ipychat.errors import ChatError
+
+__all__ = ["ChatMapMagics"]
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_]\w*$")
+# A terminal progress line is rewritten at most this often (a notebook widget every tick).
+_TEXT_EVERY = 1.0
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    try:
+        yield
+    except ChatError as exc:
+        raise UsageError(str(exc)) from None
+
+
+class _ProgressView:
+    """`612/788 · 41 rows/s · ETA 4 s · 0 errors · $0.0071`: a widget bar, or a text line."""
+
+    def __init__(self, *, notebook: bool) -> None:
+        self.notebook = notebook
+        self._bar: Any = None
+        self._label: Any = None
+        self._last = 0.0
+        self._shown = False
+
+    def plan(self, plan: Any) -> None:
+        from ipychat.display import show_markdown
+
+        show_markdown(f"`{plan.line()}`" if self.notebook else plan.line(), notebook=self.notebook)
+
+    def update(self, progress: Any) -> None:
+        if progress.total == 0:
+            return
+        if self.notebook and self._widget(progress.total):
+            self._bar.value = progress.done
+            self._label.value = f"<code>{progress.line()}</code>"
+            return
+        now = time.monotonic()
+        if now - self._last >= _TEXT_EVERY or progress.done == progress.total:
+            self._last = now
+            sys.stdout.write(f"\r{progress.line()}   ")
+            sys.stdout.flush()
+            self._shown = True
+
+    def _widget(self, total: int) -> bool:
+        if self._bar is None:
+            try:
+                import ipywidgets as widgets
+                from IPython.display import display
+            except ImportError:
+                self.notebook = False
+                return False
+            self._bar = widgets.IntProgress(min=0, max=total, bar_style="info")
+            self._label = widgets.HTML()
+            display(widgets.HBox([self._bar, self._label]))
+        self._bar.max = total
+        return True
+
+    def finish(self, ok: bool) -> None:
+        if self._bar is not None:
+            self._bar.bar_style = "success" if ok else "warning"
+        if self._shown:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+
+
+@magics_class
+class ChatMapMagics(Magics):
+    """`%%chatmap`: one prompt per DataFrame row, in parallel, at the server's pace."""
+
+    @magic_arguments()
+    @argument("df", metavar="DF", help="The DataFrame (a notebook variable) whose rows are mapped.")
+    @argument(
+        "-o",
+        "--output",
+        nargs="+",
+        required=True,
+        metavar="COL",
+        help="Column for the replies; with --json one column per key of the reply.",
+    )
+    @argument(
+        "--json", action="store_true", help="The reply is a JSON object filling the -o columns."
+    )
+    @argument("--into", metavar="VAR", help="Write a new DataFrame to VAR and leave DF untouched.")
+    @argument("-m", "--model", help="Model (default: %%chat model).")
+    @argument("-s", "--system", help="System prompt for every row.")
+    @argument("-t", "--temperature", type=float, help="Sampling temperature, 0–2.")
+    @argument("--max-tokens", type=int, help="Most reply tokens per row.")
+    @argument(
+        "--concurrency", type=int, help="Requests in flight (default: from limits and latency)."
+    )
+    @argument("--rpm", type=float, help="Requests per minute (default: from the server's headers).")
+    @argument("--tpm", type=float, help="Tokens per minute (default: from the server's headers).")
+    @argument("--retries", type=int, help="Retries per row on 5xx and network errors.")
+    @argument("--max-cost", type=float, metavar="USD", help="Refuse if it may cost more than USD.")
+    @argument(
+        "--dry-run",
+        action="store_true",
+        help="Show rows, cache hits, tokens and cost; send nothing.",
+    )
+    @argument("--no-cache", action="store_true", help="Neither read nor write the response cache.")
+    @argument("--refresh", action="store_true", help="Skip the cache read; store the new replies.")
+    @argument("--limit", type=int, metavar="N", help="Only the first N rows.")
+    @argument(
+        "--fill-null", metavar="TEXT", help="Send TEXT for null values (default: skip those rows)."
+    )
+    @cell_magic("chatmap")
+    def chatmap(self, line: str, cell: str) -> None:
+        """Send the cell, filled from each row of DF ({column} placeholders), and write each
+        reply into a column of DF.
+
+            %%chatmap reviews -o sentiment --max-tokens 5
+            Classify the sentiment of this review as positive, negative or neutral: {text}
+
+        Cached rows are free and instant, so re-running the cell resumes: only missing and
+        failed rows are sent. Row failures go to DF["_error"]. {{x}} sends {x}.
+        """
+        try:
+            args = self.chatmap.parser.parse_args(shlex.split(line))
+        except ValueError as exc:  # shlex: unbalanced quotes
+            raise UsageError(f"%%chatmap: {exc}.") from None
+        except SystemExit:  # argparse on --help inside a magic
+            return None
+        if args.no_cache and args.refresh:
+            raise UsageError("--no-cache and --refresh contradict each other: pick one.")
+        if args.into is not None and not _IDENTIFIER.match(args.into):
+            raise UsageError(f"--into needs a Python variable name, not {args.into!r}.")
+        df = self._frame(args.df)
+        with _user_errors():
+            self._map(args, df, cell)
+        return None
+
+    def _frame(self, name: str) -> Any:
+        namespace = self.shell.user_ns if self.shell is not None else {}
+        if name not in namespace:
+            public = [n for n in namespace if not n.startswith("_")]
+            close = difflib.get_close_matches(name, public, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UsageError(f"{name} is not defined in the notebook{hint}: name a DataFrame.")
+        return namespace[name]
+
+    def _map(self, args: Any, df: Any, cell: str) -> None:
+        from ipychat import chatmap
+        from ipychat.display import in_notebook, show_markdown
+        from ipychat.session import get_session
+
+        session = get_session()
+        notebook = in_notebook(self.shell)
+        options: dict[str, Any] = {
+            "json": args.json,
+            "model": args.model,
+            "system": args.system,
+            "temperature": args.temperature,
+            "max_tokens": args.max_tokens,
+            "concurrency": args.concurrency,
+            "rpm": args.rpm,
+            "tpm": args.tpm,
+            "retries": args.retries,
+            "max_cost": args.max_cost,
+            "cache": "off" if args.no_cache else "refresh" if args.refresh else "use",
+            "limit": args.limit,
+            "fill_null": args.fill_null,
+            "name": args.df,
+        }
+        view = _ProgressView(notebook=notebook)
+        if args.dry_run:
+            plan = chatmap.plan(session, df, cell, args.output, **options)
+            view.plan(plan)
+            if plan.first_prompt is not None:
+                show_markdown(
+                    f"First prompt:\n\n```\n{plan.first_prompt}\n```"
+                    if notebook
+                    else f"First prompt:\n{plan.first_prompt}",
+                    notebook=notebook,
+                )
+            return
+        # pandas frames are written in place; a polars frame is immutable, so the variable
+        # is rebound to the new one (the same thing, seen from the notebook).
+        inplace = args.into is None and type(df).__module__.startswith("pandas")
+        try:
+            result = chatmap.run(
+                session,
+                df,
+                cell,
+                args.output,
+                inplace=inplace,
+                progress=view.update,
+                on_plan=view.plan,
+                **options,
+            )
+        except (chatmap.MapInterrupted, chatmap.MapAborted) as exc:
+            view.finish(False)
+            self._store(args, exc.result.frame)
+            raise
+        view.finish(result.summary.failed == 0)
+        self._store(args, result.frame)
+        added = f"written to {args.into}" if args.into else None
+        show_markdown(result.summary.line(args.df, added=added), notebook=notebook)
+        from IPython.display import display
+
+        display(result.frame.head())
+
+    def _store(self, args: Any, frame: Any) -> None:
+        if self.shell is not None:
+            self.shell.user_ns[args.into or args.df] = frame
