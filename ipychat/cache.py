@@ -14,6 +14,11 @@ Layout of a row (diskcache's `Cache` table): `key` = sha256 hex, `value` = JSON 
 (zlib-compressed above 4 KiB; files above 32 KiB), `tag` = the model name `clear(model=)`
 matches, `store_time` = the entry's `created` time (so age is a column, not a decode),
 `access_time` = last read, which drives least-recently-used eviction.
+
+Reads bypass `Cache.get`: under LRU it opens a write transaction per hit (3-5x the cost of
+a read, and it makes readers in every kernel queue for the write lock). We SELECT directly
+and write read times in batches, or with the next write. That uses diskcache's `_sql` and
+`_con` (the per-thread connection), unchanged since diskcache 4; the schema is its own.
 """
 
 from __future__ import annotations
@@ -180,8 +185,11 @@ _SET_CREATED = "UPDATE Cache SET store_time = ? WHERE key = ? AND raw = 1"
 class ResponseCache:
     """A process's handle on the on-disk reply cache (see the module docstring).
 
-    Opened lazily on first use. Thread-safe. diskcache connections do not survive `fork`:
-    a forked child notices the new pid and opens its own.
+    Opened lazily on first use (so creating one costs nothing). The directory is created
+    0700; an existing one that group or others can read is tightened to 0700 if it is ours
+    (replies can be private), and only warned about if it belongs to another user.
+    Thread-safe. diskcache connections do not survive `fork`: a forked child notices the
+    new pid and opens its own.
     """
 
     def __init__(
@@ -395,6 +403,23 @@ class ResponseCache:
             return self._cache
 
     def _open(self) -> diskcache.Cache:
+        """Open, waiting out other processes that are opening (creating) it at the same time.
+
+        diskcache's set-up runs some statements without its lock retry (tag index, pragmas),
+        so two kernels starting on a fresh directory can see "database is locked".
+        """
+        deadline = time.monotonic() + max(self._timeout, 1.0)
+        pause = 0.005
+        while True:
+            try:
+                return self._open_once()
+            except Exception as exc:
+                if not _transient(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+    def _open_once(self) -> diskcache.Cache:
         path = self._directory
         path.mkdir(mode=0o700, parents=True, exist_ok=True)  # FileExistsError if a file
         if os.name == "posix":
