@@ -110,6 +110,7 @@ class ChatMagics(Magics):
         self, shell: Any = None, session: ChatSession | None = None, **kwargs: Any
     ) -> None:
         self.session = session or get_session()
+        self._panel: Any = None  # the ChatPanel that %chat panel showed last
         super().__init__(shell=shell, **kwargs)
         with _user_errors():
             configured = {k: getattr(self, k) for k in _MIRRORED if getattr(self, k) is not None}
@@ -408,15 +409,8 @@ class ChatMagics(Magics):
 
     def _cmd_budget(self, rest: list[str]) -> None:
         if rest:
-            if rest[0].lower() in ("off", "none"):
-                self.session.usage.budget = None
-            else:
-                value = _float(rest[0].lstrip("$"), "The budget")
-                if not value > 0:
-                    raise UsageError(
-                        "The budget must be a positive number of dollars, e.g. %chat budget 5."
-                    )
-                self.session.usage.budget = value
+            off = rest[0].lower() in ("off", "none")
+            self.session.set_budget(None if off else _float(rest[0].lstrip("$"), "The budget"))
         ledger = self.session.usage
         budget = format_usd(ledger.budget) if ledger.budget is not None else "no budget"
         self._show(f"spent {format_usd(ledger.spent)} of {budget}")
@@ -473,7 +467,10 @@ class ChatMagics(Magics):
 
         from ipychat.widget import panel
 
-        display(panel(self.session))
+        if self._panel is not None:  # re-running the cell replaces the panel, not adds one
+            self._panel.close()
+        self._panel = panel(self.session)
+        display(self._panel)
 
     def _on_event(self, event: Event) -> None:
         if event.kind == "settings":  # keep %config in step with changes made elsewhere

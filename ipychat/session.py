@@ -18,9 +18,9 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from ipychat import pricing, tokens
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ChatSession", "Event", "Settings", "get_session", "reset_session"]
 
+T = TypeVar("T")
 CacheMode = Literal["use", "refresh", "off"]
 DEFAULT_MODEL = "gpt-4o-mini"
 LOCAL = "local"  # the endpoint name (and model name) of the embedded llama.cpp server
@@ -283,7 +284,7 @@ class ChatSession:
             return self.settings.model
         return LOCAL_MODEL if self.is_local else DEFAULT_MODEL
 
-    async def _get_client(self) -> ChatClient:
+    async def client(self) -> ChatClient:
         """The client for the current endpoint, starting the local server if it is the one."""
         endpoint = self.endpoint()
         if endpoint.kind == "none":
@@ -513,12 +514,35 @@ class ChatSession:
         arrived). `reserve=False` is for callers that reserved the budget of a whole batch
         up front (%%chatmap); `max_retries` overrides the client's (0: the caller retries).
         """
+        thread = prepared.thread
+        if thread is None:
+            return await self._request(
+                prepared, progress, stream, cache, on_delta, new, reserve, max_retries
+            )
+        self._emit(Event("start", thread=thread.name, text=prepared.prompt))
+        try:
+            return await self._request(
+                prepared, progress, stream, cache, on_delta, new, reserve, max_retries
+            )
+        except ChatError as exc:  # every view that saw "start" hears how it ended
+            self._emit(Event("error", thread=thread.name, text=str(exc)))
+            raise
+
+    async def _request(
+        self,
+        prepared: Prepared,
+        progress: _Progress | None,
+        stream: bool,
+        cache: CacheMode,
+        on_delta: Callable[[str], None] | None,
+        new: bool,
+        reserve: bool,
+        max_retries: int | None,
+    ) -> Reply:
         progress = progress or _Progress()
         body, thread, model = prepared.body, prepared.thread, prepared.body["model"]
         key = cache_key(self.base_url, body)
         store = self.cache if cache != "off" and self.settings.cache else None
-        if thread is not None:
-            self._emit(Event("start", thread=thread.name, text=prepared.prompt))
         if store is not None and cache == "use":
             hit = store.get(key)
             if hit is not None:
@@ -544,7 +568,7 @@ class ChatSession:
                 self._emit(Event("delta", thread=thread.name, text=text))
 
         try:
-            completion = await (await self._get_client()).chat(
+            completion = await (await self.client()).chat(
                 body, stream=stream, on_delta=delta, max_retries=max_retries
             )
         except asyncio.CancelledError:
@@ -558,8 +582,6 @@ class ChatSession:
         except ChatError as exc:
             failed = Reply(text="", model=model, thread=prepared.label)
             self.usage.settle(held, self._row(prepared, failed, outcome="error", error=str(exc)))
-            if thread is not None:
-                self._emit(Event("error", thread=thread.name, text=str(exc)))
             raise
         reply = self._reply(prepared, completion, progress)
         self.usage.settle(held, self._row(prepared, reply))
@@ -733,11 +755,36 @@ class ChatSession:
 
     def models(self) -> list[str]:
         """The model ids the endpoint lists."""
+        return self._runner.run(self.amodels())
 
-        async def fetch() -> list[str]:
-            return await (await self._get_client()).models()
+    _get_client = client  # TODO(chatmap): remove once chatmap.py calls client()
 
-        return self._runner.run(fetch())
+    async def amodels(self) -> list[str]:
+        return await (await self.client()).models()
+
+    # ----- the private loop, for views that must not block the kernel ------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The session's own event loop (running in its daemon thread)."""
+        return self._runner.loop
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run `coro` on the session's loop without waiting (the panel, %%chatmap)."""
+        return self._runner.submit(coro)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the session's loop and wait; Ctrl-C cancels it, then re-raises."""
+        return self._runner.run(coro)
+
+    def set_budget(self, usd: float | None) -> None:
+        """Set (or with None remove) the spend budget of this session."""
+        if usd is not None and not usd > 0:
+            raise ConfigError(
+                "The budget must be a positive number of dollars, e.g. %chat budget 5."
+            )
+        self.usage.budget = usd
+        self._emit(Event("settings"))
 
     def close(self) -> None:
         """Release connections and the loop thread (the session is usable again afterwards)."""
@@ -750,6 +797,25 @@ class ChatSession:
         if self._cache is not None:
             self._cache.close()
         self._cache, self._cache_opened = None, False
+
+    def map(
+        self, df: Any, template: str, output: str | Sequence[str] = "col", **options: Any
+    ) -> Any:
+        """Fill `template`'s {column} placeholders from each row of `df`, send the prompts in
+        parallel at the server's pace, and return the DataFrame (pandas or polars, as given)
+        with each reply in `output`, failures in `_error`; `dry_run=True` returns the plan.
+        Options and behaviour: `ipychat.chatmap` (the same as %%chatmap's flags)."""
+        from ipychat import chatmap
+
+        return chatmap.map_frame(self, df, template, output, **options)
+
+    async def amap(
+        self, df: Any, template: str, output: str | Sequence[str] = "col", **options: Any
+    ) -> Any:
+        """`map` for code that awaits; the requests still go from the session's own loop."""
+        from ipychat import chatmap
+
+        return await chatmap.amap_frame(self, df, template, output, **options)
 
 
 class ReplyStream:

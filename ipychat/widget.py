@@ -233,7 +233,7 @@ class ChatPanel(w.VBox):
 
     def _post(self, func: Callable[[], object]) -> None:
         """Run `func` on the session's loop thread, where every display change happens."""
-        self.session._runner.loop.call_soon_threadsafe(self._guard, func)
+        self.session.loop.call_soon_threadsafe(self._guard, func)
 
     def _guard(self, func: Callable[[], object]) -> None:
         try:
@@ -318,9 +318,7 @@ class ChatPanel(w.VBox):
         if wait <= 0:
             self._render_live()
         elif self._render_handle is None:  # a trailing update, so the last delta shows too
-            self._render_handle = self.session._runner.loop.call_later(
-                wait, self._guard, self._render_live
-            )
+            self._render_handle = self.session.loop.call_later(wait, self._guard, self._render_live)
 
     def _render_transcript(self) -> None:
         _show_markdown(self.history, self._history_markdown())
@@ -374,7 +372,7 @@ class ChatPanel(w.VBox):
     def _schedule_estimate(self) -> None:
         if self._estimate_handle is not None:
             self._estimate_handle.cancel()
-        self._estimate_handle = self.session._runner.loop.call_later(
+        self._estimate_handle = self.session.loop.call_later(
             DEBOUNCE, self._guard, self._update_estimate
         )
 
@@ -396,14 +394,14 @@ class ChatPanel(w.VBox):
             return  # opening a panel must not start the embedded model's server
 
         async def fetch() -> list[str]:
-            return await (await self.session._get_client()).models()
+            return await self.session.amodels()
 
         def done(future: concurrent.futures.Future[list[str]]) -> None:
             if not future.cancelled() and future.exception() is None:
                 self._models = future.result()
                 self._post(self._refresh_controls)
 
-        self.session._runner.submit(fetch()).add_done_callback(done)
+        self.session.submit(fetch()).add_done_callback(done)
 
     # ----- panel → session ---------------------------------------------------------------
 
@@ -425,7 +423,7 @@ class ChatPanel(w.VBox):
 
         self.prompt.value = ""
         self.send.disabled, self.stop.disabled = True, False
-        self._future = future = session._runner.submit(run())
+        self._future = future = session.submit(run())
         future.add_done_callback(lambda f: self._post(lambda: self._finished(f, prompt, thread)))
 
     def _finished(self, future: concurrent.futures.Future[Reply], prompt: str, thread: str) -> None:

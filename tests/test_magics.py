@@ -349,3 +349,18 @@ def test_unknown_model_shows_approximate_counts_and_unknown_cost(
     ip.run_line_magic("chat", "model other-unknown")
     with pytest.raises(UsageError, match="cost of this model is unknown"):
         run(ip, "", "refused under a budget")
+
+
+def test_panel_is_displayed_and_replaced_in_a_notebook(ip, fake: FakeOpenAIServer) -> None:
+    ip.run_line_magic("config", "ChatMagics.display_mode = 'notebook'")
+    with capture_output() as out:
+        ip.run_line_magic("chat", "panel")
+    assert any("application/vnd.jupyter.widget-view+json" in o.data for o in out.outputs)
+    first = ip.magics_manager.registry["ChatMagics"]._panel
+    with capture_output():
+        ip.run_line_magic("chat", "panel")
+    assert ip.magics_manager.registry["ChatMagics"]._panel is not first
+    run(ip, "", "seen by the panel")
+    assert (
+        "seen by the panel" in ip.magics_manager.registry["ChatMagics"]._panel.transcript_markdown()
+    )
