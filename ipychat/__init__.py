@@ -14,11 +14,13 @@ __all__ = [
     "__version__",
     "get_session",
     "load_ipython_extension",
+    "panel",
     "unload_ipython_extension",
 ]
 
 if TYPE_CHECKING:
     from ipychat.session import ChatSession
+    from ipychat.widget import ChatPanel
 
 
 def get_session() -> ChatSession:
@@ -26,6 +28,14 @@ def get_session() -> ChatSession:
     from ipychat.session import get_session as _get
 
     return _get()
+
+
+def panel() -> ChatPanel:
+    """The chat panel: an ipywidgets view of the kernel session (display it, or leave it as
+    the last expression of a cell)."""
+    from ipychat.widget import panel as _panel
+
+    return _panel(get_session())
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -1,0 +1,38 @@
+"""The public surface is deliberate: this pins it."""
+
+from __future__ import annotations
+
+import ipychat
+import ipychat.errors
+import ipychat.testing
+
+
+def test_top_level_all_is_pinned() -> None:
+    assert sorted(ipychat.__all__) == [
+        "__version__",
+        "get_session",
+        "load_ipython_extension",
+        "panel",
+        "unload_ipython_extension",
+    ]
+    for name in ipychat.__all__:
+        assert hasattr(ipychat, name)
+
+
+def test_error_tree_roots_in_chat_error() -> None:
+    for name in ipychat.errors.__all__:
+        obj = getattr(ipychat.errors, name)
+        if isinstance(obj, type):
+            assert issubclass(obj, ipychat.errors.ChatError), name
+
+
+def test_testing_exports() -> None:
+    assert {"FakeOpenAIServer", "Fault"} <= set(ipychat.testing.__all__)
+
+
+def test_panel_is_a_view_of_the_kernel_session(session) -> None:
+    view = ipychat.panel()
+    try:
+        assert view.session is ipychat.get_session() is session
+    finally:
+        view.close()
