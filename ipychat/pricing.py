@@ -209,6 +209,12 @@ class PriceTable:
     def __init__(self, data: Mapping[str, Any] | None = None) -> None:
         self._data = _package_data() if data is None else _parse(data)
         self._overrides: Mapping[str, ModelPrice] = MappingProxyType({})
+        # Lookups memoised per overrides mapping: %%chatmap looks up the same model for
+        # every row, and an override replaces the mapping, which retires the memo with it.
+        self._memo: tuple[Mapping[str, ModelPrice], dict[tuple[str, bool], ModelPrice | None]] = (
+            self._overrides,
+            {},
+        )
 
     def __repr__(self) -> str:
         return (
@@ -238,6 +244,18 @@ class PriceTable:
         Order: a user override (exact or dated snapshot); then 0 for a local model (`is_local`
         or the name "local"); then the table (exact, alias, or dated snapshot).
         """
+        overrides, memo = self._memo
+        if overrides is not self._overrides:
+            overrides, memo = self._memo = (self._overrides, {})
+        if isinstance(model, str):
+            try:
+                return memo[(model, is_local)]
+            except KeyError:
+                price = memo[(model, is_local)] = self._lookup(model, is_local)
+                return price
+        return self._lookup(model, is_local)
+
+    def _lookup(self, model: str, is_local: bool) -> ModelPrice | None:
         if not isinstance(model, str) or not model.strip():
             return LOCAL_PRICE if is_local else None
         keys = _keys(model.strip().lower())

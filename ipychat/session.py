@@ -105,13 +105,6 @@ class Endpoint:
     url: str
 
 
-def _local_endpoint() -> Endpoint:
-    from ipychat import local
-
-    path = local.model_path()
-    return Endpoint("local", f"local://{path.name if path else 'model'}")
-
-
 @dataclass(frozen=True)
 class Event:
     """What listeners (the panel) hear: kind is start | delta | reply | error | settings | threads."""
@@ -172,6 +165,7 @@ class ChatSession:
         self._cache_opened = False
         self._client: ChatClient | None = None
         self._local_available: bool | None = None
+        self._local_memo: tuple[str | None, Endpoint] | None = None
         self._runner = LoopThread()
         self._listeners: list[Callable[[Event], None]] = []
         self._lock = threading.RLock()
@@ -248,7 +242,7 @@ class ChatSession:
         model when its extra is installed, else nothing (a request then says how to fix it)."""
         url = self.settings.base_url or os.environ.get("OPENAI_BASE_URL")
         if url == LOCAL:
-            return _local_endpoint()
+            return self._local_endpoint()
         if url:
             return Endpoint("custom", url.rstrip("/"))
         has_key = self.settings.api_key is not None or any(
@@ -260,7 +254,20 @@ class ChatSession:
             from ipychat import local
 
             self._local_available = local.available()
-        return _local_endpoint() if self._local_available else Endpoint("none", OPENAI_URL)
+        return self._local_endpoint() if self._local_available else Endpoint("none", OPENAI_URL)
+
+    def _local_endpoint(self) -> Endpoint:
+        # Finding the model file reads package metadata: remember it per model setting.
+        chosen = os.environ.get("IPYCHAT_LOCAL_MODEL")
+        if self._local_memo is None or self._local_memo[0] != chosen:
+            from ipychat import local
+
+            path = local.model_path()
+            self._local_memo = (
+                chosen,
+                Endpoint("local", f"local://{path.name if path else 'model'}"),
+            )
+        return self._local_memo[1]
 
     @property
     def is_local(self) -> bool:
