@@ -279,10 +279,20 @@ class ChatSession:
         """The endpoint's URL as the cache and the ledger know it (stable across kernels)."""
         return self.endpoint().url
 
+    def cache_key(self, body: dict[str, Any]) -> str:
+        """The cache key of a request body on this endpoint. The endpoint is its URL plus
+        Azure's api-version (a query parameter the body does not carry; it can change replies)."""
+        version = self.settings.azure_api_version
+        endpoint = f"{self.base_url}?api-version={version}" if version else self.base_url
+        return cache_key(endpoint, body)
+
     @property
     def host(self) -> str:
         endpoint = self.endpoint()
-        return "local model" if endpoint.kind == "local" else urlsplit(endpoint.url).netloc
+        if endpoint.kind == "local":
+            return "local model"
+        parts = urlsplit(endpoint.url)  # hostname and port only: never user:password@
+        return f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname or endpoint.url
 
     @property
     def model(self) -> str:
@@ -548,7 +558,7 @@ class ChatSession:
     ) -> Reply:
         progress = progress or _Progress()
         body, thread, model = prepared.body, prepared.thread, prepared.body["model"]
-        key = cache_key(self.base_url, body)
+        key = self.cache_key(body)
         store = self.cache if cache != "off" and self.settings.cache else None
         if store is not None and cache == "use":
             hit = store.get(key)
@@ -593,7 +603,7 @@ class ChatSession:
         reply = self._reply(prepared, completion, progress)
         self.usage.settle(held, self._row(prepared, reply))
         if store is not None:
-            store.set(key, _cache_value(reply, self.host))
+            store.set(key, _cache_value(reply, self.host, model))
         self._remember(prepared, reply, new)
         return reply
 
@@ -915,11 +925,12 @@ def _interrupted(progress: _Progress) -> Interrupted:
     )
 
 
-def _cache_value(reply: Reply, host: str) -> dict[str, Any]:
+def _cache_value(reply: Reply, host: str, request_model: str) -> dict[str, Any]:
     usage = reply.usage
     return {
         "text": reply.text,
         "model": reply.model,
+        "request_model": request_model,  # what `%chat cache clear --model` matches
         "finish_reason": reply.finish_reason,
         "usage": None
         if usage is None

@@ -569,20 +569,6 @@ def test_a_directory_below_a_file(tmp_path: Path) -> None:
     one_warning(caught.list, path)
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores chmod")
-def test_an_unwritable_directory(tmp_path: Path) -> None:
-    parent = tmp_path / "locked"
-    parent.mkdir()
-    parent.chmod(0o500)
-    try:
-        cache = ResponseCache(parent / "cache")
-        with pytest.warns(CacheWarning) as caught:
-            exercise(cache)
-        one_warning(caught.list, parent / "cache")
-    finally:
-        parent.chmod(0o700)
-
-
 def test_a_database_error_at_run_time_disables_once(
     cache: ResponseCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -168,7 +168,8 @@ REPLY = {
 
 def sent_by_client(api_key: str, *, stream: bool = False) -> httpx.Request:
     """The request a real ChatClient puts on the wire (captured by a mock transport)."""
-    client_module = pytest.importorskip("ipychat.client")
+    import ipychat.client as client_module
+
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
