@@ -41,6 +41,10 @@ _MAX_TICKETS = 4096
 _SCALE_DECAY = 0.8
 _SCALE_RANGE = (0.2, 5.0)
 _SCALE_MIN_TOKENS = 200.0
+# The server charged a request when it arrived, a little after we sent it; counting the
+# refill from our send time would be optimistic by that much (at 200k TPM, 5 ms is 17
+# tokens: enough for a 429 when pacing at the edge). Anchors assume it arrived this late.
+ARRIVAL_SKEW = 0.010
 
 
 @dataclass
@@ -270,7 +274,8 @@ def _anchored(
     bucket = _capped(bucket, limit, now)
     assert bucket is not None
     if remaining is not None and math.isfinite(remaining):
-        level = min(bucket.limit, remaining + max(0.0, now - sent) * bucket.rate)
+        refill = max(0.0, now - sent - ARRIVAL_SKEW) * bucket.rate
+        level = min(bucket.limit, remaining + refill)
         bucket.level = level - spent_since
         bucket.stamp = now
     return bucket
