@@ -85,7 +85,7 @@ DEFAULT_CONCURRENCY = 64
 MAX_CONCURRENCY = 256
 # Before the first answer nothing is known about limits: a few requests probe, so that a
 # drained quota costs a handful of 429s, not a whole window of them.
-SLOW_START = 8
+SLOW_START = 4
 # In flight under known limits: the rate they allow × latency, with headroom for jitter.
 LATENCY_HEADROOM = 1.5
 # 429s one row may meet before it is given up (they say nothing about the row itself).
@@ -487,6 +487,13 @@ def _install_tap(client: Any) -> None:
     client._ipychat_map_tap = True
 
 
+async def _client_of(session: ChatSession) -> Any:
+    """The session's ChatClient (`await session.client()`; older sessions: `_get_client()`)."""
+    getter: Any = getattr(session, "client", None) or getattr(session, "_get_client", None)
+    got = getter() if callable(getter) else getter
+    return await got if inspect.isawaitable(got) else got
+
+
 def _classify(exc: ChatError) -> str:
     """limit (a 429) | retry (may work next time) | row (this row is wrong) | fatal (all are)."""
     if isinstance(exc, RateLimitError):
@@ -752,25 +759,21 @@ class _Mapper:
         if self.local:
             return 1  # the embedded llama.cpp server answers one request at a time
         if self.concurrency is not None:
-            window = self.concurrency
-        else:
-            rate = self.limiter.max_rate(self._mean_tokens)
-            if rate is None:
-                window = DEFAULT_CONCURRENCY
-            else:
-                needed = math.ceil(rate * self._latency * LATENCY_HEADROOM) + 2
-                window = max(4, min(MAX_CONCURRENCY, needed))
+            return self.concurrency  # the user's window, from the first request on
         if not self.limiter.answered and not self.limiter.limited:
-            window = min(window, SLOW_START)
-        return window
+            return SLOW_START
+        rate = self.limiter.max_rate(self._mean_tokens)
+        if rate is None:
+            return DEFAULT_CONCURRENCY
+        needed = math.ceil(rate * self._latency * LATENCY_HEADROOM) + 2
+        return max(4, min(MAX_CONCURRENCY, needed))
 
     async def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
         self.limiter = self._limiter()
         self._latency = 1.0 if self.limiter.max_rate(1) is None else 0.5
         self._mean_tokens = sum(j.tokens for j in self.to_send) / max(1, len(self.to_send))
-        got: Any = self.session._get_client()
-        client: Any = await got if inspect.isawaitable(got) else got
+        client = await _client_of(self.session)
         _install_tap(client)
         pool = self.concurrency or (1 if self.local else MAX_CONCURRENCY)
         if getattr(client, "max_connections", None) != pool:

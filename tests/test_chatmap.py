@@ -1,0 +1,334 @@
+"""The %%chatmap engine (ipychat.chatmap) against FakeOpenAIServer over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from ipychat import chatmap
+from ipychat.cache import ResponseCache
+from ipychat.chatmap import MapAborted, MapInterrupted, MapPlan, compile_template
+from ipychat.errors import BudgetExceeded, ConfigError, TemplateError
+from ipychat.session import ChatSession, Settings, reset_session
+from ipychat.testing import FakeOpenAIServer, Fault
+
+KEY = "sk-test-" + "k" * 20
+
+
+@pytest.fixture
+def make_session(tmp_path) -> Iterator[Any]:
+    """A session on a given server, with a fresh cache (closed after the test)."""
+    made: list[ChatSession] = []
+
+    def make(server: FakeOpenAIServer, **settings: Any) -> ChatSession:
+        s = ChatSession(
+            Settings(base_url=server.base_url, api_key=KEY, model="gpt-4o-mini", **settings),
+            cache=ResponseCache(tmp_path / f"cache{len(made)}"),
+        )
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+    reset_session(None)
+
+
+def frame(n: int, **extra: list[Any]) -> pd.DataFrame:
+    return pd.DataFrame({"text": [f"item {i}" for i in range(n)], **extra})
+
+
+def user_text(body: dict[str, Any]) -> str:
+    return next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
+
+
+# ----- results ---------------------------------------------------------------------------
+
+
+def test_order_and_index_are_kept_under_random_latency(make_session) -> None:
+    with FakeOpenAIServer(latency=(0.0, 0.05), seed=3) as server:
+        session = make_session(server)
+        df = frame(120)
+        df.index = pd.Index([f"r{(i * 37) % 120}" for i in range(120)], name="key")
+        out = session.map(df, "Say {text}", "reply", concurrency=16)
+        assert list(out.index) == list(df.index)
+        assert out["reply"].tolist() == [f"Echo: Say item {i}" for i in range(120)]
+        assert "_error" not in out.columns and "reply" not in df.columns  # a copy
+        assert server.stats().max_in_flight > 1
+
+
+def test_inplace_writes_into_the_frame(session: ChatSession, fake: FakeOpenAIServer) -> None:
+    df = frame(5)
+    result = chatmap.run(session, df, "{text}", "out", inplace=True)
+    assert result.frame is df and df["out"].tolist() == [f"Echo: item {i}" for i in range(5)]
+    assert result.summary.sent == 5 and result.summary.failed == 0
+    line = result.summary.line("df")
+    assert line.startswith("Done: 5 rows in ") and "(5 sent, 0 cached, 0 failed)" in line
+    assert "column out added to df" in line
+
+
+def test_json_fills_several_columns_and_reports_missing_keys(make_session) -> None:
+    def reply(body: dict[str, Any]) -> str:
+        text = user_text(body)
+        if "item 1" in text:
+            return json.dumps({"label": "b"})  # no score
+        return "```json\n" + json.dumps({"label": "a", "score": len(text), "extra": 1}) + "\n```"
+
+    with FakeOpenAIServer(reply=reply) as server:
+        session = make_session(server)
+        out = session.map(frame(3), "Rate {text}", ["label", "score"], json=True)
+        assert out["label"].tolist() == ["a", "b", "a"]
+        assert out["score"][0] == len("Rate item 0") and pd.isna(out["score"][1])
+        assert pd.isna(out["_error"][0]) and "no 'score' key" in out["_error"][1]
+        body = server.chat_requests[0].body
+        assert body["response_format"] == {"type": "json_object"}
+        assert "label, score" in body["messages"][0]["content"]  # the keys are asked for
+
+
+def test_invalid_json_is_asked_again_once_then_recorded(make_session) -> None:
+    def reply(body: dict[str, Any]) -> str:
+        text = user_text(body)
+        if any("item 0" in m["content"] for m in body["messages"]):
+            return "not json at all"  # never valid
+        if text.startswith("That is not a valid JSON object"):
+            return '{"label": "fixed"}'
+        return "sure! label=x"  # item 1: invalid, then fixed when asked again
+
+    with FakeOpenAIServer(reply=reply) as server:
+        session = make_session(server)
+        out = session.map(frame(2), "Rate {text}", "label", json=True)
+        assert pd.isna(out["label"][0]) and "not a JSON object" in out["_error"][0]
+        assert "even when asked again" in out["_error"][0]
+        assert out["label"][1] == "fixed" and pd.isna(out["_error"][1])
+        assert len(server.chat_requests) == 4  # two rows, each asked twice
+        again = server.chat_requests[-1].body["messages"]
+        assert [m["role"] for m in again][-3:] == ["user", "assistant", "user"]
+
+
+def test_identical_prompts_are_sent_once(session: ChatSession, fake: FakeOpenAIServer) -> None:
+    df = pd.DataFrame({"text": ["a", "b", "a", "a", "b", "c"]})
+    out = session.map(df, "Say {text}", "out")
+    assert out["out"].tolist() == [f"Echo: Say {t}" for t in df["text"]]
+    assert len(fake.chat_requests) == 3
+    plan = session.map(df, "Say {text}", "out", dry_run=True, cache="off")
+    assert plan.send == 3 and plan.duplicates == 3
+
+
+def test_polars_frames_come_back_as_polars(make_session) -> None:
+    pl = pytest.importorskip("polars")
+    with FakeOpenAIServer(latency=(0.0, 0.02)) as server:
+        session = make_session(server)
+        df = pl.DataFrame({"text": [f"item {i}" for i in range(20)], "n": list(range(20))})
+        out = session.map(df, "{text} #{n}", "out")
+        assert isinstance(out, pl.DataFrame) and "out" not in df.columns
+        assert out.get_column("out").to_list() == [f"Echo: item {i} #{i}" for i in range(20)]
+
+
+# ----- bad input: refused before anything is sent ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("Classify {txt}", "{txt} is not a column of the DataFrame (did you mean {text}?)"),
+        ("{a} and {b}", "{a}, {b} are not columns"),
+        ("   ", "The template is empty"),
+        ("No placeholder here", "no {column} placeholder"),
+    ],
+)
+def test_bad_templates_name_the_columns(
+    session: ChatSession, fake: FakeOpenAIServer, template: str, expected: str
+) -> None:
+    with pytest.raises(TemplateError) as info:
+        session.map(frame(3, stars=[1, 2, 3]), template, "out")
+    assert expected in str(info.value)
+    if "column" in expected and "placeholder" not in expected:
+        assert "Its columns: text, stars" in str(info.value)
+    assert fake.chat_requests == []
+
+
+def test_templates_are_brace_safe() -> None:
+    t = compile_template(
+        'JSON like {"a": 1}, {{text}}, `{code}`, x^{n} and {review text}: {text}',
+        ["text", "review text"],
+    )
+    assert t.columns == ("review text", "text")
+    assert t.render(["R", "T"]) == 'JSON like {"a": 1}, {text}, `{code}`, x^{n} and R: T'
+
+
+def test_a_non_dataframe_is_refused(session: ChatSession, fake: FakeOpenAIServer) -> None:
+    with pytest.raises(TemplateError, match="is a list, not a DataFrame"):
+        session.map(["a", "b"], "{text}", "out")
+    with pytest.raises(ConfigError, match="need --json"):
+        session.map(frame(2), "{text}", ["a", "b"])
+    assert fake.chat_requests == []
+
+
+def test_nulls_are_skipped_and_reported_or_filled(
+    session: ChatSession, fake: FakeOpenAIServer
+) -> None:
+    df = pd.DataFrame({"text": ["a", None, "c", float("nan")], "k": [1, 2, None, 4]})
+    plan = session.map(df, "{text} {k}", "out", dry_run=True)
+    assert plan.skipped == 3 and plan.send == 1
+    assert "3 skipped (null in text, k; --fill-null TEXT sends them)" in plan.line()
+    out = session.map(df, "{text} {k}", "out")
+    assert out["out"][0] == "Echo: a 1.0" and pd.isna(out["out"][1])
+    assert out["_error"][1].startswith("skipped: null in text")
+    filled = session.map(df, "{text} {k}", "out", fill_null="?")
+    assert filled["out"].tolist()[1:] == ["Echo: ? 2.0", "Echo: c ?", "Echo: ? 4.0"]
+
+
+# ----- cost ------------------------------------------------------------------------------
+
+
+def test_the_plan_counts_tokens_cache_and_cost(
+    session: ChatSession, fake: FakeOpenAIServer
+) -> None:
+    df = frame(10)
+    session.map(df.head(4), "Say {text}", "out", max_tokens=5)
+    plan = session.map(df, "Say {text}", "out", max_tokens=5, dry_run=True)
+    assert isinstance(plan, MapPlan)
+    assert (plan.rows, plan.cached, plan.send) == (10, 4, 6)
+    assert plan.completion_tokens == 30 and plan.prompt_tokens > 6 * 3
+    assert plan.cost_low is not None and plan.cost_high is not None and plan.cost_batch
+    assert plan.cost_low < plan.cost_high
+    line = plan.line()
+    assert line.startswith("10 rows · 4 cached · 6 to send · ") and "(batch: $" in line
+    assert "up to 30 reply tokens · " in line
+    assert len(fake.chat_requests) == 4  # the dry run sent nothing
+
+
+def test_budget_and_max_cost_refuse_before_any_request(
+    session: ChatSession, fake: FakeOpenAIServer
+) -> None:
+    with pytest.raises(BudgetExceeded, match="over --max-cost"):
+        session.map(frame(50), "Say {text}", "out", max_cost=0.000001)
+    session.usage.budget = 0.000001
+    with pytest.raises(BudgetExceeded, match="Budget"):
+        session.map(frame(50), "Say {text}", "out")
+    assert fake.chat_requests == []
+
+
+# ----- resume, faults, limits ------------------------------------------------------------
+
+
+def test_an_interrupted_map_resumes_with_only_the_missing_rows(make_session) -> None:
+    with FakeOpenAIServer(latency=0.05) as server:
+        session = make_session(server)
+        df = frame(60)
+
+        def stop(progress: chatmap.MapProgress) -> None:
+            if progress.done >= 10:
+                raise KeyboardInterrupt
+
+        with pytest.raises(MapInterrupted) as info:
+            chatmap.run(session, df, "{text}", "out", concurrency=4, progress=stop)
+        result = info.value.result
+        done = result.frame["out"].notna().sum()
+        assert 10 <= done < 60
+        assert str(info.value).startswith(f"Interrupted: {done} of 60 rows written;")
+        assert "re-run the cell to finish (finished rows are cached)" in str(info.value)
+        written = set(df["text"][result.frame["out"].notna()])
+        first = len(server.chat_requests)
+        assert first - done <= 4  # the rest were in flight and cancelled
+        assert Counter(row.outcome for row in session.usage)["interrupted"] == first - done
+        server.reset_log()
+        again = chatmap.run(session, df, "{text}", "out")
+        assert again.summary.cached == done and again.summary.sent == 60 - done
+        assert again.frame["out"].tolist() == [f"Echo: item {i}" for i in range(60)]
+        resent = [user_text(r.body) for r in server.chat_requests]
+        assert len(resent) == 60 - done and not written & set(resent)
+
+
+def test_injected_faults_end_with_every_row_done_or_recorded(make_session) -> None:
+    faults = [
+        Fault.status(429, headers={"retry-after-ms": "20"}),
+        Fault.status(500),
+        Fault.status(503),
+        "reset",
+        "malformed_json",
+    ]
+    with FakeOpenAIServer(fault_rate=0.1, faults=faults, latency=(0.0, 0.02), seed=11) as server:
+        session = make_session(server)
+        n = 300
+        out = session.map(frame(n), "{text}", "out", retries=2)
+        answered = out["out"].notna()
+        errors = out["_error"].notna() if "_error" in out else pd.Series(False, index=out.index)
+        assert (answered ^ errors).all()  # each row: a reply or an error, never both/none
+        assert answered.sum() >= n * 0.95
+        good = Counter(
+            user_text(r.body) for r in server.chat_requests if r.status == 200 and r.fault is None
+        )
+        assert max(good.values()) == 1 and len(good) == answered.sum()
+        assert server.stats().faults > 20
+
+
+def test_a_429_pauses_everyone_and_the_row_goes_first(make_session) -> None:
+    with FakeOpenAIServer(latency=0.01) as server:
+        session = make_session(server)
+        server.script(Fault.status(429, headers={"retry-after-ms": "300"}))
+        result = chatmap.run(session, frame(6), "{text}", "out", concurrency=1)
+        times = [r.time for r in server.chat_requests]
+        assert times[1] - times[0] >= 0.29  # nothing sent during the pause
+        assert [user_text(r.body) for r in server.chat_requests][:2] == ["item 0", "item 0"]
+        assert result.summary.rate_limited == 1 and result.summary.failed == 0
+
+
+def test_rpm_limits_are_learnt_from_headers_and_paced(make_session) -> None:
+    with FakeOpenAIServer(rpm=120, latency=0.01) as server:  # 2 requests per second
+        session = make_session(server)
+        # The bucket starts full: 120 rows go at once, and the limit is learnt.
+        first = chatmap.run(session, frame(120), "{text}", "out")
+        assert first.summary.failed == 0 and first.summary.elapsed < 2
+        limiter = chatmap._LIMITERS[session][(session.base_url, "gpt-4o-mini")]
+        assert limiter.requests is not None and limiter.requests.limit == 120
+        # Now the bucket is empty: the next rows are paced, not thrown at a wall of 429s.
+        server.reset_log()
+        df = pd.DataFrame({"text": [f"more {i}" for i in range(4)]})
+        second = chatmap.run(session, df, "{text}", "out")
+        assert second.summary.failed == 0 and server.stats().rate_limited == 0
+        times = [r.time for r in server.chat_requests]
+        assert times[-1] - times[0] >= 1.4  # 2 per second
+
+
+def test_a_wrong_key_stops_the_map_at_once(make_session) -> None:
+    with FakeOpenAIServer(require_key="sk-right") as server:
+        session = make_session(server)
+        with pytest.raises(MapAborted, match="refused the API key") as info:
+            session.map(frame(200), "{text}", "out")
+        assert len(server.chat_requests) <= chatmap.SLOW_START
+        assert "re-run to finish" in str(info.value)
+
+
+def test_the_local_model_gets_one_request_at_a_time(make_session, monkeypatch) -> None:
+    with FakeOpenAIServer(latency=0.01) as server:
+        session = make_session(server)
+        monkeypatch.setattr(ChatSession, "is_local", property(lambda self: True))
+        out = session.map(frame(12), "{text}", "out")
+        assert out["out"].notna().all() and server.stats().max_in_flight == 1
+
+
+def test_amap_for_code_that_awaits(session: ChatSession, fake: FakeOpenAIServer) -> None:
+    async def main() -> Any:
+        return await session.amap(frame(5), "{text}", "out")
+
+    out = asyncio.run(main())
+    assert out["out"].tolist() == [f"Echo: item {i}" for i in range(5)]
+
+
+def test_cached_rows_are_free_and_in_the_ledger(
+    session: ChatSession, fake: FakeOpenAIServer
+) -> None:
+    session.map(frame(8), "{text}", "out")
+    spent = session.usage.spent
+    result = chatmap.run(session, frame(8), "{text}", "out")
+    assert result.summary.cached == 8 and result.summary.sent == 0
+    assert len(fake.chat_requests) == 8 and session.usage.spent == spent
+    assert sum(row.cached for row in session.usage) == 8
+    assert session.usage.saved > 0
