@@ -653,8 +653,13 @@ class _Mapper:
             first_prompt=next(iter(by_prompt), None),
         )
 
+    def _key(self, body: dict[str, Any]) -> str:
+        # The session's own key when it has one (it knows the endpoint's every part).
+        own = getattr(self.session, "cache_key", None)
+        return own(body) if callable(own) else cache_key(self.session.base_url, body)
+
     def _prepare(self, by_prompt: dict[str, list[int]]) -> tuple[list[_Job], int]:
-        session, base_url = self.session, self.session.base_url
+        session = self.session
         jobs: list[_Job] = []
         invalid = 0
         for prompt, rows in by_prompt.items():
@@ -677,7 +682,7 @@ class _Mapper:
             estimate = prepared.estimate
             jobs.append(
                 _Job(
-                    cache_key(base_url, prepared.body),
+                    self._key(prepared.body),
                     prepared,
                     rows,
                     estimate.prompt_tokens + estimate.max_completion_tokens,
@@ -960,7 +965,7 @@ class _Mapper:
         )
         prepared = Prepared(job.prepared.prompt, None, body, estimate, label="map")
         again = _Job(
-            cache_key(self.session.base_url, body),
+            self._key(body),
             prepared,
             job.rows,
             estimate.prompt_tokens + estimate.max_completion_tokens,
