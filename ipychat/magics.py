@@ -519,8 +519,11 @@ def load(ipython: Any) -> None:
     global _loaded
     if _loaded is not None and _loaded.shell is ipython:
         return
+    from ipychat.mapmagic import ChatMapMagics
+
     magics = ChatMagics(shell=ipython)
     ipython.register_magics(magics)
+    ipython.register_magics(ChatMapMagics)
     if magics not in ipython.configurables:
         ipython.configurables.append(magics)  # so %config ChatMagics.x works
     magics.session.subscribe(magics._on_event)
@@ -553,6 +556,7 @@ def unload(ipython: Any) -> None:
             ipython.configurables.remove(_loaded)
         for kind in ("line", "cell"):
             ipython.magics_manager.magics[kind].pop("chat", None)
+        ipython.magics_manager.magics["cell"].pop("chatmap", None)
         _loaded = None
     reset_session(None)
     if "ipychat.local" in sys.modules:  # never import it just to stop nothing

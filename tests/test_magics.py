@@ -251,6 +251,7 @@ def test_help_is_real(ip) -> None:
 
 def test_load_twice_is_harmless_and_unload_releases(ip, fake: FakeOpenAIServer) -> None:
     first = get_session()
+    assert ip.find_cell_magic("chatmap") is not None
     ip.run_line_magic("load_ext", "ipychat")  # a second load changes nothing
     assert get_session() is first
     ip.run_line_magic("reload_ext", "ipychat")  # unload released the session; load made a new one
@@ -260,7 +261,7 @@ def test_load_twice_is_harmless_and_unload_releases(ip, fake: FakeOpenAIServer) 
     second = get_session()
     ip.run_line_magic("unload_ext", "ipychat")
     assert not second._runner.running and not first._runner.running
-    assert ip.find_cell_magic("chat") is None
+    assert ip.find_cell_magic("chat") is None and ip.find_cell_magic("chatmap") is None
     ip.run_line_magic("load_ext", "ipychat")
 
 
