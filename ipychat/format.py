@@ -37,6 +37,8 @@ def footer(reply: Reply, *, turns: int | None = None) -> str:
     if reply.dropped_turns:
         n = reply.dropped_turns
         parts.append(f"{n} early turn{'s' if n != 1 else ''} left out to fit the context")
+    if reply.extra.get("masked"):  # the redact setting: say what never left the kernel
+        parts.append(str(reply.extra["masked"]))
     if reply.interrupted:
         parts.append("interrupted")
     elif reply.finish_reason == "length":

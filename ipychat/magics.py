@@ -50,6 +50,7 @@ _MIRRORED = (
     "read_timeout",
     "max_retries",
     "azure_api_version",
+    "redact",
 )
 
 
@@ -104,6 +105,11 @@ class ChatMagics(Magics):
     ).tag(config=True)
     stream = Bool(
         True, help="Stream replies as they are written (False: wait for the whole reply)."
+    ).tag(config=True)
+    redact = Bool(
+        None,
+        allow_none=True,
+        help="Mask e-mail addresses, phone and card numbers in prompts before they are sent.",
     ).tag(config=True)
 
     def __init__(
@@ -176,6 +182,11 @@ class ChatMagics(Magics):
         "--dry-run", action="store_true", help="Show the prompt and its estimate; send nothing."
     )
     @argument("--no-interpolate", action="store_true", help="Send {braces} exactly as written.")
+    @argument(
+        "--allow-secrets",
+        action="store_true",
+        help="Send the prompt even if it holds something shaped like an API key or private key.",
+    )
     @cell_magic("chat")
     def chat_cell(self, line: str, cell: str) -> Reply | None:
         """Send the cell to the model and stream the reply as Markdown.
@@ -215,6 +226,7 @@ class ChatMagics(Magics):
             "temperature": args.temperature,
             "max_tokens": args.max_tokens,
             "max_cost": args.max_cost,
+            "allow_secrets": args.allow_secrets,
         }
         from ipychat.display import LiveReply, show_prompt
 
@@ -225,6 +237,8 @@ class ChatMagics(Magics):
                 if prepared.dropped_turns
                 else ""
             )
+            if prepared.masked:
+                extra += f" · {prepared.masked}"
             show_prompt(
                 prompt, spans, fmt.estimate_line(prepared.estimate) + extra, notebook=self.notebook
             )

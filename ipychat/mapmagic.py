@@ -128,6 +128,11 @@ class ChatMapMagics(Magics):
     @argument(
         "--fill-null", metavar="TEXT", help="Send TEXT for null values (default: skip those rows)."
     )
+    @argument(
+        "--allow-secrets",
+        action="store_true",
+        help="Send rows even if they hold something shaped like an API key or private key.",
+    )
     @cell_magic("chatmap")
     def chatmap(self, line: str, cell: str) -> None:
         """Send the cell, filled from each row of DF ({column} placeholders), and write each
@@ -150,9 +155,28 @@ class ChatMapMagics(Magics):
         if args.into is not None and not _IDENTIFIER.match(args.into):
             raise UsageError(f"--into needs a Python variable name, not {args.into!r}.")
         df = self._frame(args.df)
-        with _user_errors():
-            self._map(args, df, cell)
+        from ipychat.session import get_session
+
+        session = get_session()
+        before = session.redactions.copy()
+        try:
+            with _user_errors(), session.allowing_secrets(args.allow_secrets):
+                self._map(args, df, cell)
+        finally:
+            self._say_masked(session.redactions - before)
         return None
+
+    def _say_masked(self, counts: Any) -> None:
+        """What the redact setting masked in this map's prompts, in one line."""
+        if not counts:
+            return
+        from ipychat.display import in_notebook, show_markdown
+        from ipychat.hygiene import Redaction
+
+        note = Redaction("", dict(counts)).note
+        show_markdown(
+            f"ipychat {note} in the prompts before sending.", notebook=in_notebook(self.shell)
+        )
 
     def _frame(self, name: str) -> Any:
         namespace = self.shell.user_ns if self.shell is not None else {}

@@ -14,10 +14,12 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import contextvars
 import os
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -25,6 +27,7 @@ from urllib.parse import urlsplit
 
 from ipychat import pricing, tokens
 from ipychat.errors import ChatError, ConfigError, ContextLengthError, Interrupted, OfflineCacheMiss
+from ipychat.hygiene import check_secrets, redact_pii
 from ipychat.keys import Secret, cache_key
 from ipychat.ledger import Ledger, LedgerRow
 from ipychat.messages import Thread, build_messages, trim_history
@@ -47,6 +50,11 @@ LOCAL_MODEL = "local"
 LOCAL_CONTEXT_WINDOW = 2048  # the n_ctx the embedded server is started with (local.py)
 OPENAI_URL = "https://api.openai.com/v1"
 DEFAULT_MAX_TOKENS = 1024
+# Set by `ChatSession.allowing_secrets()` (e.g. %%chatmap --allow-secrets): prompts that hold
+# something shaped like a credential are sent anyway.
+_ALLOW_SECRETS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "ipychat_allow_secrets", default=False
+)
 
 
 def _env_flag(name: str) -> bool:
@@ -70,6 +78,7 @@ class Settings:
     azure_api_version: str | None = None
     cache: bool = True
     offline: bool = field(default_factory=lambda: _env_flag("IPYCHAT_OFFLINE"))
+    redact: bool = False  # mask e-mail addresses, phone and card numbers in prompts
 
     def validate(self) -> None:
         if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
@@ -83,6 +92,8 @@ class Settings:
         for name in ("connect_timeout", "read_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be a positive number of seconds.")
+        if not isinstance(self.redact, bool):
+            raise ConfigError(f"redact is True or False, not {self.redact!r}.")
         if not isinstance(self.max_retries, int) or not 0 <= self.max_retries <= 20:
             raise ConfigError(
                 f"max_retries must be a whole number from 0 to 20, not {self.max_retries!r}."
@@ -126,6 +137,7 @@ class Prepared:
     dropped_turns: int = 0
     max_cost: float | None = None
     label: str = "main"  # the ledger's thread column
+    masked: str = ""  # what the redact setting masked in the prompt ("" when nothing)
 
 
 @dataclass
@@ -169,6 +181,7 @@ class ChatSession:
         self._runner = LoopThread()
         self._listeners: list[Callable[[Event], None]] = []
         self._lock = threading.RLock()
+        self.redactions: Counter[str] = Counter()  # what `redact` masked, by kind, so far
 
     # ----- settings, threads, listeners -------------------------------------------------
 
@@ -427,10 +440,16 @@ class ChatSession:
         max_tokens: int | None = None,
         max_cost: float | None = None,
         new: bool = False,
+        allow_secrets: bool = False,
     ) -> Prepared:
-        """Build, trim and estimate a request without sending it (what --dry-run shows)."""
+        """Build, trim and estimate a request without sending it (what --dry-run shows).
+
+        A prompt holding something shaped like a credential is refused (SecretInPromptError)
+        unless `allow_secrets`; with the `redact` setting, personal data is masked first.
+        """
         if not isinstance(prompt, str) or not prompt.strip():
             raise ChatError("The prompt is empty: write something in the cell below %%chat.")
+        prompt, masked = self._clean(prompt, allow_secrets)
         model = model or self.model
         if temperature is not None and not 0 <= temperature <= 2:
             raise ConfigError(f"temperature must be between 0 and 2, not {temperature}.")
@@ -473,7 +492,28 @@ class ChatSession:
             dropped_turns=dropped,
             max_cost=max_cost,
             label=the_thread.name,
+            masked=masked,
         )
+
+    def _clean(self, prompt: str, allow_secrets: bool) -> tuple[str, str]:
+        """The prompt as it may leave the kernel, and what was masked in it (ipychat.hygiene)."""
+        check_secrets(prompt, allow=allow_secrets or _ALLOW_SECRETS.get())
+        if not self.settings.redact:
+            return prompt, ""
+        redaction = redact_pii(prompt)
+        if redaction.counts:
+            with self._lock:
+                self.redactions.update(redaction.counts)
+        return redaction.text, redaction.note
+
+    @contextlib.contextmanager
+    def allowing_secrets(self, allow: bool = True) -> Iterator[None]:
+        """Within the block, prompts shaped like credentials are sent (%%chatmap --allow-secrets)."""
+        token = _ALLOW_SECRETS.set(allow)
+        try:
+            yield
+        finally:
+            _ALLOW_SECRETS.reset(token)
 
     def prepare_one(
         self,
@@ -485,12 +525,15 @@ class ChatSession:
         max_tokens: int | None = None,
         label: str = "map",
         extra: dict[str, Any] | None = None,
+        allow_secrets: bool = False,
     ) -> Prepared:
         """A request outside any thread (no history), e.g. one row of %%chatmap.
 
         `extra` adds body fields such as `response_format`. No trimming: a prompt that does
-        not fit the context window raises ContextLengthError.
+        not fit the context window raises ContextLengthError. Secrets and redaction as in
+        `prepare`.
         """
+        prompt, masked = self._clean(prompt, allow_secrets)
         model = model or self.model
         wanted = self._max_tokens(model, max_tokens)
         messages = build_messages(
@@ -509,7 +552,9 @@ class ChatSession:
             body["temperature"] = temp
         body["max_tokens"] = wanted
         body.update(extra or {})
-        return Prepared(prompt=prompt, thread=None, body=body, estimate=estimate, label=label)
+        return Prepared(
+            prompt=prompt, thread=None, body=body, estimate=estimate, label=label, masked=masked
+        )
 
     # ----- sending ------------------------------------------------------------------------------
 
@@ -635,6 +680,7 @@ class ChatSession:
             dropped_turns=prepared.dropped_turns,
             time_to_first_token=completion.time_to_first_token or progress.first_token,
             retries=completion.retries,
+            extra={"masked": prepared.masked} if prepared.masked else {},
         )
 
     def _finish_cached(
@@ -654,6 +700,7 @@ class ChatSession:
             finish_reason=hit.get("finish_reason"),
             thread=prepared.label,
             dropped_turns=prepared.dropped_turns,
+            extra={"masked": prepared.masked} if prepared.masked else {},
         )
         if self.cache is not None:
             self.cache.record_hit(saved)
@@ -728,10 +775,12 @@ class ChatSession:
         max_cost: float | None = None,
         new: bool = False,
         on_delta: Callable[[str], None] | None = None,
+        allow_secrets: bool = False,
     ) -> Reply:
         """Send `prompt` on a thread and wait for the reply. `cache`: True/"use", "refresh"
         (skip the read, store the new reply) or False/"off". Ctrl-C raises Interrupted, whose
-        `.reply` holds what arrived."""
+        `.reply` holds what arrived. A prompt shaped like a credential is refused unless
+        `allow_secrets`."""
         progress = _Progress()
         coro = self._ask(
             prompt,
@@ -746,6 +795,7 @@ class ChatSession:
             temperature=temperature,
             max_tokens=max_tokens,
             max_cost=max_cost,
+            allow_secrets=allow_secrets,
         )
         try:
             return self._runner.run(coro)
@@ -816,7 +866,13 @@ class ChatSession:
         self._cache, self._cache_opened = None, False
 
     def map(
-        self, df: Any, template: str, output: str | Sequence[str] = "col", **options: Any
+        self,
+        df: Any,
+        template: str,
+        output: str | Sequence[str] = "col",
+        *,
+        allow_secrets: bool = False,
+        **options: Any,
     ) -> Any:
         """Fill `template`'s {column} placeholders from each row of `df`, send the prompts in
         parallel at the server's pace, and return the DataFrame (pandas or polars, as given)
@@ -824,15 +880,23 @@ class ChatSession:
         Options and behaviour: `ipychat.chatmap` (the same as %%chatmap's flags)."""
         from ipychat import chatmap
 
-        return chatmap.map_frame(self, df, template, output, **options)
+        with self.allowing_secrets(allow_secrets):
+            return chatmap.map_frame(self, df, template, output, **options)
 
     async def amap(
-        self, df: Any, template: str, output: str | Sequence[str] = "col", **options: Any
+        self,
+        df: Any,
+        template: str,
+        output: str | Sequence[str] = "col",
+        *,
+        allow_secrets: bool = False,
+        **options: Any,
     ) -> Any:
         """`map` for code that awaits; the requests still go from the session's own loop."""
         from ipychat import chatmap
 
-        return await chatmap.amap_frame(self, df, template, output, **options)
+        with self.allowing_secrets(allow_secrets):
+            return await chatmap.amap_frame(self, df, template, output, **options)
 
 
 class ReplyStream:
