@@ -4,7 +4,8 @@ Why a real server and not a mock transport: it exercises everything between your
 the wire (sockets, connection pools, HTTP framing, SSE parsing, timeouts, retries), and it
 works with any client (ipychat, the openai SDK, httpx, aiohttp, curl). It speaks the
 protocol of `POST /v1/chat/completions` (streaming and not, with `usage` and the
-`stream_options.include_usage` chunk) and `GET /v1/models`, and can misbehave on purpose:
+`stream_options.include_usage` chunk), `GET /v1/models` and the Files and Batch API
+(`ipychat._fakebatch`), and can misbehave on purpose:
 latency and token pacing, OpenAI-style rpm/tpm limits with `x-ratelimit-*` headers and
 429s, and scripted or random faults (any status, connection reset, hang, truncated or
 malformed streams, an error payload mid-stream). It records every request it receives.
@@ -74,10 +75,12 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, TypeAlias
 
+from ipychat._fakebatch import BatchAPI, BatchOptions
 from ipychat._fakehttp import Exchange, HTTPServerCore, Request
 from ipychat.keys import mask, redact_headers
 
 __all__ = [
+    "BatchOptions",
     "FakeOpenAIServer",
     "Fault",
     "FaultSpec",
@@ -492,6 +495,7 @@ class _Options:
     seed: int | None
     host: str
     port: int
+    batch: BatchOptions = field(default_factory=BatchOptions)
 
 
 @dataclass
@@ -548,6 +552,7 @@ class _Engine:
         self._connections_before = 0
         self._in_flight = 0
         self._max_in_flight = 0
+        self.batch = BatchAPI(self, options.batch)  # /v1/files and /v1/batches (_fakebatch)
 
     # ---- state shared with the controlling thread -------------------------------------
     def enqueue(self, faults: Sequence[Fault | None]) -> None:
@@ -643,6 +648,20 @@ class _Engine:
             models = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"}
                       for m in self.o.models]  # fmt: skip
             await self._json(ex, rec, 200, {"object": "list", "data": models})
+        elif self.batch.handles(request.path):
+            self._check_key(request.headers)
+            status, out = await self.batch.handle(
+                request.method, request.path, request.body, request.headers
+            )
+            if isinstance(out, bytes):  # a file's content
+                self._record(rec, status)
+                head = [
+                    ("content-type", "application/octet-stream"),
+                    ("x-request-id", ex.request_id),
+                ]
+                await ex.respond(status, head, out)
+            else:
+                await self._json(ex, rec, status, out)
         else:
             raise _Reject(404, f"Invalid URL ({request.method} {request.path})")
 
@@ -1103,6 +1122,8 @@ class FakeOpenAIServer:
       the draws (and random latency) reproducible. `script()` queues faults in order.
     - `host`, `port`: where to listen (default 127.0.0.1 and a free port).
     - `process`: serve from a child process (see `spawn`).
+    - `batch`: the Files and Batch API's behaviour, a `BatchOptions` or its fields as a dict
+      (processing delay, shuffled output, per-line errors, expiry; see `ipychat._fakebatch`).
     """
 
     def __init__(
@@ -1125,6 +1146,7 @@ class FakeOpenAIServer:
         host: str = "127.0.0.1",
         port: int = 0,
         process: bool = False,
+        batch: BatchOptions | Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(latency, (tuple, list)):
             low, high = latency
@@ -1160,6 +1182,7 @@ class FakeOpenAIServer:
             seed=seed,
             host=host,
             port=port,
+            batch=BatchOptions.of(batch),
         )
         self._backend: _ThreadBackend | _ProcessBackend = (
             _ProcessBackend(self._options) if process else _ThreadBackend(self._options)
@@ -1264,6 +1287,13 @@ class FakeOpenAIServer:
 
     def stats(self) -> ServerStats:
         return self._backend.stats()
+
+    @property
+    def batch_api(self) -> BatchAPI:
+        """The fake Files and Batch API's state (files, batches); in-process servers only."""
+        if not isinstance(self._backend, _ThreadBackend):
+            raise RuntimeError("batch_api is not available on a spawned server")
+        return self._backend.engine.batch
 
     def wait_for_requests(self, count: int, timeout: float = 5.0) -> list[RecordedRequest]:
         """Block until `count` requests were received (e.g. before stopping a hung one)."""
