@@ -170,7 +170,8 @@ class _Attempt:
 
 
 class ChatClient:
-    """An async client for OpenAI-compatible `/chat/completions` and `/models`.
+    """An async client for OpenAI-compatible `/chat/completions` and `/models`, plus the
+    few `/files` and `/batches` calls of batch mode (`ipychat.batch`).
 
     Create it anywhere; the connection pool (an httpx transport, by default httpx_aiohttp's)
     is built lazily on first use inside the running event loop, and rebuilt if a later
@@ -304,6 +305,83 @@ class ChatClient:
             max_retries=None,
         )
 
+    # ----- Files and Batch API (ipychat.batch): thin calls through the same retry loop ------
+
+    async def upload_file(
+        self, content: bytes, *, filename: str, purpose: str = "batch"
+    ) -> dict[str, Any]:
+        """POST /files (multipart): upload `content`; returns the file object (`id`, `bytes`)."""
+        boundary = f"ipychat-{os.urandom(12).hex()}"
+        body = _multipart(boundary, {"purpose": purpose}, ("file", filename, content))
+        return await self._call_json(
+            "POST", "/files", body, content_type=f"multipart/form-data; boundary={boundary}"
+        )
+
+    async def create_batch(
+        self,
+        input_file_id: str,
+        *,
+        endpoint: str = "/v1/chat/completions",
+        completion_window: str = "24h",
+        metadata: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """POST /batches: start a batch over an uploaded JSONL file; returns the batch object."""
+        payload: dict[str, Any] = {
+            "input_file_id": input_file_id,
+            "endpoint": endpoint,
+            "completion_window": completion_window,
+        }
+        if metadata:
+            payload["metadata"] = dict(metadata)
+        return await self._call_json("POST", "/batches", json.dumps(payload).encode())
+
+    async def get_batch(self, batch_id: str) -> dict[str, Any]:
+        """GET /batches/{id}: the batch object (status, request_counts, output files)."""
+        return await self._call_json("GET", f"/batches/{_path_id(batch_id)}", None)
+
+    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        """POST /batches/{id}/cancel: returns the batch object (status `cancelling`)."""
+        return await self._call_json("POST", f"/batches/{_path_id(batch_id)}/cancel", b"{}")
+
+    async def file_content(self, file_id: str) -> bytes:
+        """GET /files/{id}/content: the raw bytes of a file (a batch's output or error JSONL)."""
+
+        async def read(response: httpx.Response, attempt: _Attempt) -> bytes:
+            try:
+                return await _read_body(response, attempt.headers)
+            except Exception as exc:
+                if _is_transport_error(exc):
+                    raise _Dropped(exc) from exc
+                raise
+
+        path = f"/files/{_path_id(file_id)}/content"
+        return await self._call(
+            "GET", path, None, timeout=self._reply_timeout, model="", read=read, max_retries=None
+        )
+
+    async def _call_json(
+        self, method: str, path: str, content: bytes | None, *, content_type: str | None = None
+    ) -> dict[str, Any]:
+        async def read(response: httpx.Response, attempt: _Attempt) -> dict[str, Any]:
+            data = await self._read_json(response, attempt)
+            if not isinstance(data, dict):
+                raise APIError(
+                    f"{self.host} answered {path} with something that is not a JSON object",
+                    request_id=attempt.request_id,
+                )
+            return data
+
+        return await self._call(
+            method,
+            path,
+            content,
+            timeout=self._reply_timeout,
+            model="",
+            read=read,
+            max_retries=None,
+            content_type=content_type,
+        )
+
     async def set_max_connections(self, n: int) -> None:
         """Size the connection pool for `n` requests in flight (applied on the next request).
 
@@ -343,6 +421,7 @@ class ChatClient:
         model: str,
         read: Callable[[httpx.Response, _Attempt], Awaitable[T]],
         max_retries: int | None,
+        content_type: str | None = None,
     ) -> T:
         limit = self.max_retries if max_retries is None else max_retries
         self._check_key()
@@ -352,7 +431,7 @@ class ChatClient:
         keys_tried: set[int] = set()
         while True:
             key_index = self._key_index
-            request = self._request(method, url, content, key_index, timeout)
+            request = self._request(method, url, content, key_index, timeout, content_type)
             pool = self._pool()
             pool.inflight += 1
             try:
@@ -570,9 +649,12 @@ class ChatClient:
         content: bytes | None,
         key_index: int,
         timeout: dict[str, float | None],
+        content_type: str | None = None,
     ) -> httpx.Request:
         base = self._request_headers(key_index, url, content is not None)
         headers = httpx.Headers(base, encoding=base.encoding)
+        if content_type is not None:  # a file upload (multipart); JSON is the cached default
+            headers["Content-Type"] = content_type
         extensions = {"timeout": timeout}
         if content is None:
             return httpx.Request(method, url, headers=headers, extensions=extensions)
@@ -933,6 +1015,29 @@ def _resolve_keys(
     return tuple(
         s for s in (_as_secret(k) for k in os.environ.get("OPENAI_API_KEYS", "").split(",")) if s
     )
+
+
+def _path_id(value: str) -> str:
+    """An id from a server or a user, safe as one path segment (no `/`, `?`, `..`)."""
+    if not value or not all(c.isalnum() or c in "-_" for c in value):
+        raise ConfigError(f"{value!r} is not a file or batch id.")
+    return value
+
+
+def _multipart(boundary: str, fields: Mapping[str, str], file: tuple[str, str, bytes]) -> bytes:
+    """A multipart/form-data body (RFC 7578) with text fields and one file."""
+    out = bytearray()
+    for name, value in fields.items():
+        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+        out += value.encode() + b"\r\n"
+    field, filename, content = file
+    safe = filename.replace('"', "_").replace("\r", "_").replace("\n", "_")
+    out += (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{safe}"\r\n'
+        "Content-Type: application/jsonl\r\n\r\n"
+    ).encode()
+    out += content + f"\r\n--{boundary}--\r\n".encode()
+    return bytes(out)
 
 
 def _check_connections(n: int) -> int:
