@@ -1210,14 +1210,12 @@ async def arun(
         on_plan(mapper.plan)
     finished = threading.Event()
     future = session._runner.submit(_guarded(mapper.execute(), finished))
+    wrapped = asyncio.wrap_future(future)
     try:
-        while True:
-            try:
-                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), TICK)
-                break
-            except TimeoutError:
-                if progress is not None:
-                    progress(mapper.progress())
+        while not (await asyncio.wait({wrapped}, timeout=TICK))[0]:
+            if progress is not None:
+                progress(mapper.progress())
+        wrapped.result()
     except asyncio.CancelledError:
         future.cancel()
         await asyncio.to_thread(finished.wait, 5.0)

@@ -332,3 +332,23 @@ def test_cached_rows_are_free_and_in_the_ledger(
     assert len(fake.chat_requests) == 8 and session.usage.spent == spent
     assert sum(row.cached for row in session.usage) == 8
     assert session.usage.saved > 0
+
+
+def test_limit_maps_the_first_rows_and_keeps_the_rest(
+    session: ChatSession, fake: FakeOpenAIServer
+) -> None:
+    df = frame(6, out=["old"] * 6)
+    out = session.map(df, "{text}", "out", limit=2)
+    assert out["out"].tolist() == ["Echo: item 0", "Echo: item 1", "old", "old", "old", "old"]
+    assert len(fake.chat_requests) == 2
+
+
+def test_offline_serves_cached_rows_and_records_the_rest(
+    session: ChatSession, fake: FakeOpenAIServer
+) -> None:
+    session.map(frame(2), "{text}", "out")
+    session.configure(offline=True)
+    out = session.map(frame(4), "{text}", "out")
+    assert out["out"].tolist()[:2] == ["Echo: item 0", "Echo: item 1"]
+    assert out["_error"][2].startswith("Offline mode") and pd.isna(out["out"][3])
+    assert len(fake.chat_requests) == 2

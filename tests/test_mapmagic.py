@@ -145,3 +145,14 @@ def test_interrupt_keeps_finished_rows_and_says_how_to_resume(
 
 def test_help_is_real(shell: Any) -> None:
     assert "--fill-null" in ChatMapMagics.chatmap.__doc__  # from @magic_arguments
+
+
+def test_the_notebook_progress_bar_is_a_widget() -> None:
+    from ipychat.chatmap import MapProgress
+
+    view = mapmagic._ProgressView(notebook=True)
+    with capture_output():
+        view.update(MapProgress(3, 8, 1, 0.0012, 2.0, 1.5, 3.3))
+        view.finish(False)
+    assert view._bar.value == 3 and view._bar.max == 8 and view._bar.bar_style == "warning"
+    assert "3/8 · 2 rows/s · ETA 3 s · 1 error · $0.0012" in view._label.value
