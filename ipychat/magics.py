@@ -48,6 +48,7 @@ _MIRRORED = (
     "max_input_tokens",
     "connect_timeout",
     "read_timeout",
+    "reply_timeout",
     "max_retries",
     "azure_api_version",
     "redact",
@@ -91,6 +92,11 @@ class ChatMagics(Magics):
     )
     read_timeout = Float(
         None, allow_none=True, help="Seconds to wait between chunks of a reply."
+    ).tag(config=True)
+    reply_timeout = Float(
+        None,
+        allow_none=True,
+        help="Seconds to wait for a whole reply that is not streamed (%%chatmap rows, --no-stream).",
     ).tag(config=True)
     max_retries = Int(None, allow_none=True, help="Retries on 429, 5xx and network errors.").tag(
         config=True

@@ -73,7 +73,8 @@ class Settings:
     max_tokens: int | None = DEFAULT_MAX_TOKENS
     max_input_tokens: int | None = None  # None: the model's context window
     connect_timeout: float = 10.0
-    read_timeout: float = 60.0
+    read_timeout: float = 60.0  # the longest silence within a streamed reply
+    reply_timeout: float = 600.0  # a whole non-streamed reply (%%chatmap rows, --no-stream)
     max_retries: int = 3
     azure_api_version: str | None = None
     cache: bool = True
@@ -89,7 +90,7 @@ class Settings:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive whole number, not {value!r}.")
-        for name in ("connect_timeout", "read_timeout"):
+        for name in ("connect_timeout", "read_timeout", "reply_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be a positive number of seconds.")
         if not isinstance(self.redact, bool):
@@ -201,6 +202,7 @@ class ChatSession:
             "api_key",
             "connect_timeout",
             "read_timeout",
+            "reply_timeout",
             "max_retries",
             "azure_api_version",
         }
@@ -337,7 +339,9 @@ class ChatSession:
                     url,
                     api_key=s.api_key,
                     azure_api_version=s.azure_api_version,
-                    timeouts=Timeouts(connect=s.connect_timeout, read=s.read_timeout),
+                    timeouts=Timeouts(
+                        connect=s.connect_timeout, read=s.read_timeout, reply=s.reply_timeout
+                    ),
                     max_retries=s.max_retries,
                     transport=self._transport,
                 )

@@ -325,3 +325,24 @@ def test_local_endpoint_is_free_and_approximate(monkeypatch: pytest.MonkeyPatch)
     est = s.estimate("How much?")
     assert est.model == "local" and est.approximate and est.cost_high == 0
     assert est.context_window == 2048 and est.max_completion_tokens == 1024
+
+
+def test_reply_timeout_bounds_a_silent_non_streamed_reply(
+    session: ChatSession, fake: FakeOpenAIServer
+) -> None:
+    # A non-streamed reply waits for the whole answer, so read_timeout alone never ended it:
+    # a server that went silent held the request (every %%chatmap row) for 600 s.
+    import time
+
+    from ipychat.errors import APITimeoutError
+    from ipychat.testing import Fault
+
+    session.configure(read_timeout=0.3, reply_timeout=0.5, max_retries=0)
+    fake.script(Fault.hang())
+    started = time.monotonic()
+    with pytest.raises(APITimeoutError, match=r"sent nothing for 0\.5 s"):
+        session.ask("anyone there?", cache=False)
+    assert time.monotonic() - started < 5
+    assert session.ask("and now?", cache=False).text == "Echo: and now?"
+    with pytest.raises(ConfigError, match="reply_timeout"):
+        session.configure(reply_timeout=0)
