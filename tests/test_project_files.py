@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,8 +18,14 @@ def _readme_commands() -> list[str]:
 
 def test_readme_quickstart_has_exactly_two_commands() -> None:
     install_and_run, install_and_test = _readme_commands()
-    assert 'pip install -e ".[local]"' in install_and_run and "notebooks/quickstart.ipynb" in install_and_run
-    assert 'pip install -e ".[test,local]"' in install_and_test and "python -m pytest" in install_and_test
+    assert (
+        'pip install -e ".[local]"' in install_and_run
+        and "notebooks/quickstart.ipynb" in install_and_run
+    )
+    assert (
+        'pip install -e ".[test,local]"' in install_and_test
+        and "python -m pytest" in install_and_test
+    )
 
 
 def test_binder_installs_the_package_and_extra_the_readme_names() -> None:
@@ -27,7 +34,9 @@ def test_binder_installs_the_package_and_extra_the_readme_names() -> None:
     post_build = (ROOT / "binder" / "postBuild").read_text()
     assert f'pip install --no-cache-dir -e "{extra}"' in post_build
     assert (ROOT / "binder" / "postBuild").stat().st_mode & 0o111, "postBuild must be executable"
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
     for name in extra.strip(".[]").split(","):
         assert name in extras
 
