@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.small:
         args.rows_a, args.rows_b, args.rows_c = 200, 600, 60
-        args.rpm, args.tpm, args.sequential_sample = 6000, 60_000, 5
+        args.sequential_sample = 5
     args.mappers = args.mappers.split(",")
     rng = random.Random(6)
     latency = args.latency
@@ -492,6 +492,10 @@ def main(argv: list[str] | None = None) -> int:
         sc = Scenario("c", title, df, server, latency, "tpm", args.tpm, charges)
         results["c"] = scenario(sc, args)
     print("\nGoals:")
+    defaults = p.parse_args([])
+    if any(getattr(args, k) != getattr(defaults, k) for k in ("rows_a", "rows_b", "rows_c")):
+        # Fixed costs (one probe round trip, a few probe 429s) weigh more in small runs.
+        print("  (smaller sizes than the issue's: the goals are checked at its sizes only)")
     for line in verdict(results):
         print("  " + line)
     print("\n" + json.dumps({k: [o.__dict__ for o in v] for k, v in results.items()}))
