@@ -756,7 +756,7 @@ class _Mapper:
         limiter = per_session.get(key)
         if limiter is None:
             limiter = per_session[key] = RateLimiter(self.rpm, self.tpm, now)
-        elif self.rpm is not None or self.tpm is not None:
+        else:  # this run's caps (none: the server's own limits, as learnt)
             limiter.set_limits(self.rpm, self.tpm, now)
         return limiter
 
@@ -1172,11 +1172,22 @@ def run(
     on_plan: Callable[[MapPlan], None] | None = None,
     **options: Any,
 ) -> MapResult:
-    """Map `template` over the rows of `df` and wait; see `ChatSession.map` for the options.
+    """Map `template` over the rows of `df` and wait; `ChatSession.map` is this, `.frame`.
+
+    `output`: the column for the replies, or with `json=True` a list of columns, one per
+    key of the JSON object each reply must be. Options (None: the session's setting):
+    `model`, `system`, `temperature`, `max_tokens`; `concurrency` (requests in flight;
+    default: a few until the server answers, then what its limits and the latency call
+    for), `rpm`/`tpm` (caps; default: learnt from the x-ratelimit-* headers), `retries`
+    (per row, on 5xx and network errors), `max_cost` (USD: refuse before sending if the
+    upper bound is above), `cache` ("use" | "refresh" | "off"), `limit` (first N rows),
+    `fill_null` (text sent for nulls; default: skip those rows), `inplace` (write into a
+    pandas `df`), `error_column` ("_error"), `name` (the frame's name in messages).
 
     `on_plan(plan)` is called after the check and before anything is sent; `progress` is
     called from this thread about four times a second. Ctrl-C raises MapInterrupted with
-    the rows finished so far in `.result`.
+    the rows finished so far in `.result`; a global failure (key, model, a long wait
+    demanded by the server) raises MapAborted, also with `.result`.
     """
     mapper = _Mapper(session, df, template, output, **options)
     mapper.check_budget()
@@ -1245,7 +1256,7 @@ def _wait(session: ChatSession, coro: Coroutine[Any, Any, T], tick: Callable[[],
                 return future.result(timeout=TICK)
             except concurrent.futures.TimeoutError:
                 tick()
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, or a failing progress display: stop the work too
         future.cancel()
         finished.wait(5.0)
         raise
