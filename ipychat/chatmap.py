@@ -51,6 +51,7 @@ from ipychat.errors import (
     NotFoundError,
     OfflineCacheMiss,
     RateLimitError,
+    SecretInPromptError,
     TemplateError,
 )
 from ipychat.keys import cache_key
@@ -547,8 +548,10 @@ class _Mapper:
         inplace: bool = False,
         error_column: str = "_error",
         name: str | None = None,
+        allow_secrets: bool = False,
     ) -> None:
         self.session = session
+        self.allow_secrets = allow_secrets
         self.outputs = _outputs(output, json)
         self.json = json
         self.error_column = error_column
@@ -663,6 +666,7 @@ class _Mapper:
         jobs: list[_Job] = []
         invalid = 0
         for prompt, rows in by_prompt.items():
+            options: dict[str, Any] = {"allow_secrets": True} if self.allow_secrets else {}
             try:
                 prepared = session.prepare_one(
                     prompt,
@@ -672,8 +676,9 @@ class _Mapper:
                     max_tokens=self.max_tokens,
                     label="map",
                     extra=self.extra,
+                    **options,
                 )
-            except ContextLengthError as exc:
+            except (ContextLengthError, SecretInPromptError) as exc:  # this row only
                 invalid += len(rows)
                 for i in rows:
                     self.errors[i] = str(exc)
@@ -1182,7 +1187,8 @@ def run(
     (per row, on 5xx and network errors), `max_cost` (USD: refuse before sending if the
     upper bound is above), `cache` ("use" | "refresh" | "off"), `limit` (first N rows),
     `fill_null` (text sent for nulls; default: skip those rows), `inplace` (write into a
-    pandas `df`), `error_column` ("_error"), `name` (the frame's name in messages).
+    pandas `df`), `error_column` ("_error"), `name` (the frame's name in messages),
+    `allow_secrets` (send rows holding credential-shaped text; default: such a row fails).
 
     `on_plan(plan)` is called after the check and before anything is sent; `progress` is
     called from this thread about four times a second. Ctrl-C raises MapInterrupted with
