@@ -760,18 +760,16 @@ def plan(
     options, run_options = _split_options(dict(options))
     for name in ("progress", "on_plan", "on_submit", "wait"):
         options.pop(name, None)
-    mapper = _mapper(session, df, template, output, options)
+    return _plan(_mapper(session, df, template, output, options), run_options)
+
+
+def _plan(mapper: _Mapper, run_options: dict[str, Any]) -> BatchPlan:
     sizes = [
         (f"row-{mjob.rows[0]}", len(_line(f"row-{mjob.rows[0]}", mjob.prepared.body)) + 1)
         for mjob in mapper.to_send
     ]
-    groups = list(
-        _split(
-            sizes,
-            run_options.get("max_requests", MAX_REQUESTS),
-            run_options.get("max_bytes", MAX_BYTES),
-        )
-    )
+    max_requests = run_options.get("max_requests", MAX_REQUESTS)
+    groups = list(_split(sizes, max_requests, run_options.get("max_bytes", MAX_BYTES)))
     return BatchPlan(mapper.plan, len(groups), sum(n for _, n in sizes))
 
 
@@ -783,7 +781,7 @@ def run(
     *,
     wait: bool = True,
     progress: Callable[[BatchProgress], None] | None = None,
-    on_plan: Callable[[MapPlan], None] | None = None,
+    on_plan: Callable[[BatchPlan], None] | None = None,
     on_submit: Callable[[BatchJob, bool], None] | None = None,
     **options: Any,
 ) -> BatchResult:
@@ -799,7 +797,7 @@ def run(
     mapper = _mapper(session, df, template, output, options)
     _check_budget(mapper)
     if on_plan is not None:
-        on_plan(mapper.plan)
+        on_plan(_plan(mapper, run_options))
     batch_run = _BatchRun(session, mapper, **run_options)
     _drive(session, batch_run, batch_run.execute(wait=wait), progress, on_submit)
     return _result(batch_run)
@@ -903,7 +901,7 @@ async def arun(
     *,
     wait: bool = True,
     progress: Callable[[BatchProgress], None] | None = None,
-    on_plan: Callable[[MapPlan], None] | None = None,
+    on_plan: Callable[[BatchPlan], None] | None = None,
     **options: Any,
 ) -> BatchResult:
     """`run` for code that awaits; the batch is still driven from the session's own loop."""
@@ -911,7 +909,7 @@ async def arun(
     mapper = _mapper(session, df, template, output, options)
     _check_budget(mapper)
     if on_plan is not None:
-        on_plan(mapper.plan)
+        on_plan(_plan(mapper, run_options))
     batch_run = _BatchRun(session, mapper, **run_options)
     finished = threading.Event()
     future = session.submit(_guarded(batch_run.execute(wait=wait), finished))

@@ -876,16 +876,21 @@ class ChatSession:
         output: str | Sequence[str] = "col",
         *,
         allow_secrets: bool = False,
+        batch: bool = False,
         **options: Any,
     ) -> Any:
         """Fill `template`'s {column} placeholders from each row of `df`, send the prompts in
         parallel at the server's pace, and return the DataFrame (pandas or polars, as given)
         with each reply in `output`, failures in `_error`; `dry_run=True` returns the plan.
-        Options and behaviour: `ipychat.chatmap` (the same as %%chatmap's flags)."""
+        Options and behaviour: `ipychat.chatmap` (the same as %%chatmap's flags).
+        `batch=True` sends the rows through the provider's Batch API: `ipychat.batch`."""
         from ipychat import chatmap
 
+        engine: Any = chatmap
+        if batch:
+            from ipychat import batch as engine
         with self.allowing_secrets(allow_secrets):
-            return chatmap.map_frame(self, df, template, output, **options)
+            return engine.map_frame(self, df, template, output, **options)
 
     async def amap(
         self,
@@ -894,13 +899,17 @@ class ChatSession:
         output: str | Sequence[str] = "col",
         *,
         allow_secrets: bool = False,
+        batch: bool = False,
         **options: Any,
     ) -> Any:
         """`map` for code that awaits; the requests still go from the session's own loop."""
         from ipychat import chatmap
 
+        engine: Any = chatmap
+        if batch:
+            from ipychat import batch as engine
         with self.allowing_secrets(allow_secrets):
-            return await chatmap.amap_frame(self, df, template, output, **options)
+            return await engine.amap_frame(self, df, template, output, **options)
 
 
 class ReplyStream:
