@@ -334,6 +334,10 @@ class ChatMagics(Magics):
         cache [clear]         response cache statistics, or clear it
         offline [on|off]      serve only from the cache, never the network
         panel                 the chat panel
+        batches               %%chatmap --batch jobs of this cache, with their status
+        batch resume ID [DF]  wait for a batch (after a restart too) and fill DF from it;
+                              without DF its replies go to the cache
+        batch cancel ID       cancel a batch (what finished is kept)
         """
         try:
             words = shlex.split(line)
@@ -479,6 +483,58 @@ class ChatMagics(Magics):
             self._show("The local model server has not been started in this kernel.")
             return
         self._show(f"{server.log_path}:\n\n```\n{server.log_tail(40)}\n```")
+
+    def _cmd_batches(self, rest: list[str]) -> None:
+        from ipychat import batch
+
+        found = batch.jobs(self.session)
+        if not found:
+            where = batch.Registry.of(self.session).directory
+            self._show(f"No batches in {where}: %%chatmap DF -o COL --batch submits one.")
+            return
+        self._show("\n".join(f"- {job.line()}" for job in found))
+
+    def _cmd_batch(self, rest: list[str]) -> None:
+        from ipychat import batch, chatmap
+        from ipychat.mapmagic import _ProgressView
+
+        usage = "%chat batch resume ID [DF] | %chat batch cancel ID"
+        if len(rest) < 2 or rest[0] not in ("resume", "cancel"):
+            raise UsageError(usage)
+        action, ident, frame = rest[0], rest[1], rest[2] if len(rest) > 2 else None
+        if action == "cancel":
+            if frame is not None:
+                raise UsageError(usage)
+            job = batch.cancel(self.session, ident)
+            self._show(
+                f"Cancelling {job.id} ({job.status}): what finished is kept; "
+                f"%chat batch resume {job.id} DF collects it."
+            )
+            return
+        view = _ProgressView(notebook=self.notebook)
+        if frame is None:
+            job = batch.collect(self.session, ident, progress=view.update)
+            view.finish(job.failed == 0)
+            self._show(
+                f"Collected {job.id}: {job.answered:,} replies in the cache, {job.failed:,} "
+                "failed. Re-run its %%chatmap cell to write them into the frame."
+            )
+            return
+        if frame not in self._user_ns:
+            raise UsageError(f"{frame} is not defined in the notebook: name a DataFrame.")
+        df = self._user_ns[frame]
+        inplace = type(df).__module__.startswith("pandas")
+        try:
+            result = batch.resume(
+                self.session, ident, df, inplace=inplace, name=frame, progress=view.update
+            )
+        except (chatmap.MapInterrupted, chatmap.MapAborted) as exc:
+            view.finish(False)
+            self._user_ns[frame] = exc.result.frame
+            raise
+        view.finish(result.summary.failed == 0)
+        self._user_ns[frame] = result.frame
+        self._show(result.summary.line(frame) + f" · from batch {ident}")
 
     def _cmd_panel(self, rest: list[str]) -> None:
         if not self.notebook:
