@@ -496,3 +496,90 @@ def test_jobs_lists_newest_first_with_a_line_each(make_session) -> None:
         line = listed[0].line()
         assert line.startswith(f"{b.id} · validating · 0/3 requests · 0 failed · batch_")
         assert "gpt-4o-mini" in line and "s ago" in line
+
+
+# ----- the magics ------------------------------------------------------------------------
+
+
+def shown(shell: Any, kind: str, line: str, cell: str | None = None) -> str:
+    from IPython.utils.capture import capture_output
+
+    with capture_output() as out:
+        if kind == "cell":
+            shell.run_cell_magic("chatmap", line, cell)
+        else:
+            shell.run_line_magic("chat", line)
+    parts = [out.stdout]
+    for o in out.outputs:
+        parts.extend(str(v) for v in o.data.values())
+    return "\n".join(parts)
+
+
+def test_chatmap_batch_magic_fills_in_place_and_says_how_to_attach(
+    ip: Any, fake: FakeOpenAIServer
+) -> None:
+    df = ip.user_ns["reviews"] = frame(5)
+    out = shown(ip, "cell", "reviews -o reply --batch --poll 0.01", "Say {text}")
+    assert ip.user_ns["reviews"] is df and df["reply"].tolist() == echoes(5)
+    assert "5 rows · 0 cached · 5 to send" in out and "Batch API: 5 requests in 1 file" in out
+    (job,) = batch.jobs(batch_session(ip), refresh=False)
+    assert f"Submitted batch {job.id} (batch_" in out
+    assert f"%chat batch resume {job.id} reviews" in out
+    assert "(5 sent, 0 cached, 0 failed)" in out and f"via batch {job.id}" in out
+    assert fake.chat_requests == []
+
+
+def batch_session(ip: Any) -> ChatSession:
+    """The kernel session the magics of `ip` use."""
+    from ipychat.session import get_session
+
+    return get_session()
+
+
+def test_chatmap_batch_dry_run_sends_nothing(ip: Any, fake: FakeOpenAIServer) -> None:
+    ip.user_ns["reviews"] = frame(3)
+    out = shown(ip, "cell", "reviews -o reply --batch --dry-run", "Say {text}")
+    assert "(batch: $" in out and "Batch API: 3 requests in 1 file" in out
+    assert fake.requests == [] and "reply" not in ip.user_ns["reviews"].columns
+
+
+def test_no_wait_then_list_resume_and_cancel_from_the_magics(
+    ip: Any, fake: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from IPython.core.error import UsageError
+
+    monkeypatch.setattr(batch, "FIRST_POLL", 0.01)  # %chat batch resume has no --poll
+
+    ip.user_ns["reviews"] = frame(4)
+    out = shown(ip, "cell", "reviews -o reply --batch --no-wait", "Say {text}")
+    (job,) = batch.jobs(batch_session(ip), refresh=False)
+    assert f"Submitted batch {job.id}" in out and "Done:" not in out
+    assert ip.user_ns["reviews"]["reply"].isna().all()
+    listed = shown(ip, "line", "batches")
+    assert f"- {job.id} · " in listed and "/4 requests" in listed
+
+    out = shown(ip, "line", f"batch resume {job.id} reviews")
+    assert ip.user_ns["reviews"]["reply"].tolist() == echoes(4)
+    assert "(4 sent, 0 cached, 0 failed)" in out and f"from batch {job.id}" in out
+    assert "collected (completed) · 4 answered" in shown(ip, "line", "batches")
+
+    ip.user_ns["more"] = frame(6)
+    shown(ip, "cell", "more -o reply --batch --no-wait", "Other {text}")
+    second = batch.jobs(batch_session(ip), refresh=False)[0]
+    cancelled = shown(ip, "line", f"batch cancel {second.id}")
+    assert f"Cancelling {second.id} (cancelling)" in cancelled
+    collected = shown(ip, "line", f"batch resume {second.id}")
+    assert f"Collected {second.id}: 0 replies in the cache, 6 failed" in collected
+
+    with pytest.raises(UsageError, match="go with --batch"):
+        ip.run_cell_magic("chatmap", "reviews -o x --no-wait", "{text}")
+    with pytest.raises(UsageError, match="resume ID"):
+        ip.run_line_magic("chat", "batch frobnicate x")
+    with pytest.raises(UsageError, match="No batch 'bm_nope'"):
+        ip.run_line_magic("chat", "batch cancel bm_nope")
+    with pytest.raises(UsageError, match="nothere is not defined"):
+        ip.run_line_magic("chat", f"batch resume {job.id} nothere")
+
+
+def test_batches_when_there_are_none(ip: Any) -> None:
+    assert "No batches in " in shown(ip, "line", "batches")
