@@ -51,7 +51,6 @@ from ipychat.errors import (
     NotFoundError,
     OfflineCacheMiss,
     RateLimitError,
-    SecretInPromptError,
     TemplateError,
 )
 from ipychat.keys import cache_key
@@ -678,7 +677,7 @@ class _Mapper:
                     extra=self.extra,
                     **options,
                 )
-            except (ContextLengthError, SecretInPromptError) as exc:  # this row only
+            except ContextLengthError as exc:  # this row only (a credential refuses the map)
                 invalid += len(rows)
                 for i in rows:
                     self.errors[i] = str(exc)
@@ -1188,7 +1187,8 @@ def run(
     upper bound is above), `cache` ("use" | "refresh" | "off"), `limit` (first N rows),
     `fill_null` (text sent for nulls; default: skip those rows), `inplace` (write into a
     pandas `df`), `error_column` ("_error"), `name` (the frame's name in messages),
-    `allow_secrets` (send rows holding credential-shaped text; default: such a row fails).
+    `allow_secrets` (send rows holding credential-shaped text; default: the map is
+    refused before anything is sent).
 
     `on_plan(plan)` is called after the check and before anything is sent; `progress` is
     called from this thread about four times a second. Ctrl-C raises MapInterrupted with
