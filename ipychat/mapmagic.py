@@ -295,7 +295,7 @@ class ChatMapMagics(Magics):
                 args.output,
                 wait=not args.no_wait,
                 inplace=inplace,
-                progress=view.update,
+                progress=None if args.no_wait else view.update,
                 on_plan=view.plan,
                 on_submit=submitted,
                 **options,
