@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextvars
 import difflib
 import heapq
-import inspect
 import json
 import math
 import re
@@ -58,7 +56,7 @@ from ipychat.ledger import LedgerRow
 from ipychat.pricing import format_tokens, format_usd
 from ipychat.ratelimit import RateLimiter, Ticket
 from ipychat.retry import DEFAULT_MAX_WAIT, backoff_delay
-from ipychat.types import RateLimitInfo, Reply, Usage
+from ipychat.types import Reply, Usage
 
 if TYPE_CHECKING:
     from ipychat.session import ChatSession, Prepared
@@ -458,40 +456,11 @@ class _Counters:
     first_send: float | None = None
 
 
-# The response's x-ratelimit-* headers, per request: session.request returns a Reply, which
-# does not carry them, so a transparent wrapper on the client's `chat` drops them into the
-# slot of the task that asked (a contextvar: concurrent tasks never see each other's).
-_TAP: contextvars.ContextVar[list[RateLimitInfo | None] | None] = contextvars.ContextVar(
-    "ipychat_map_tap", default=None
-)
 # Pacing state per session and endpoint survives between maps: a second map starts at the
 # pace the first one learnt, instead of probing again.
 _LIMITERS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], RateLimiter]] = (
     weakref.WeakKeyDictionary()
 )
-
-
-def _install_tap(client: Any) -> None:
-    if getattr(client, "_ipychat_map_tap", False):
-        return
-    original = client.chat
-
-    async def chat(body: Any, **options: Any) -> Any:
-        completion = await original(body, **options)
-        slot = _TAP.get()
-        if slot is not None:
-            slot.append(getattr(completion, "rate_limit", None))
-        return completion
-
-    client.chat = chat  # an instance attribute: transparent to everyone else
-    client._ipychat_map_tap = True
-
-
-async def _client_of(session: ChatSession) -> Any:
-    """The session's ChatClient (`await session.client()`; older sessions: `_get_client()`)."""
-    getter: Any = getattr(session, "client", None) or getattr(session, "_get_client", None)
-    got = getter() if callable(getter) else getter
-    return await got if inspect.isawaitable(got) else got
 
 
 def _classify(exc: ChatError) -> str:
@@ -782,8 +751,7 @@ class _Mapper:
         self.limiter = self._limiter()
         self._latency = 1.0 if self.limiter.max_rate(1) is None else 0.5
         self._mean_tokens = sum(j.tokens for j in self.to_send) / max(1, len(self.to_send))
-        client = await _client_of(self.session)
-        _install_tap(client)
+        client = await self.session.client()
         pool = self.concurrency or (1 if self.local else MAX_CONCURRENCY)
         if getattr(client, "max_connections", None) != pool:
             await client.set_max_connections(pool)
@@ -851,8 +819,6 @@ class _Mapper:
         counters.requests += 1
         if counters.first_send is None:
             counters.first_send = time.monotonic()
-        slot: list[RateLimitInfo | None] = []
-        token = _TAP.set(slot)
         mode: CacheMode = "off" if self.cache_mode == "off" else "refresh"
         if job.reask and self.cache_mode == "use":
             mode = "use"  # a re-ask may have been answered by an earlier run
@@ -869,14 +835,12 @@ class _Mapper:
             self.limiter.observe(ticket, None, time.monotonic())
             self._failed(job, exc)
         else:
-            info = slot[-1] if slot else reply.extra.get("rate_limit")
-            self.limiter.observe(ticket, info, time.monotonic())
+            # the x-ratelimit-* headers of this very response calibrate the limiter
+            self.limiter.observe(ticket, reply.extra.get("rate_limit"), time.monotonic())
             if not reply.cached:
                 self._latency = 0.8 * self._latency + 0.2 * reply.latency
             self._spent(reply)
             self._answered(job, reply.text, cached=False)
-        finally:
-            _TAP.reset(token)
 
     def _spent(self, reply: Reply) -> None:
         if reply.cost is None:
@@ -1226,7 +1190,7 @@ async def arun(
     if on_plan is not None:
         on_plan(mapper.plan)
     finished = threading.Event()
-    future = session._runner.submit(_guarded(mapper.execute(), finished))
+    future = session.submit(_guarded(mapper.execute(), finished))
     wrapped = asyncio.wrap_future(future)
     try:
         while not (await asyncio.wait({wrapped}, timeout=TICK))[0]:
@@ -1255,7 +1219,7 @@ def _wait(session: ChatSession, coro: Coroutine[Any, Any, T], tick: Callable[[],
     """Like LoopThread.run (Ctrl-C cancels the work and waits for its cleanup), with a tick
     in the waiting thread for the progress display."""
     finished = threading.Event()
-    future = session._runner.submit(_guarded(coro, finished))
+    future = session.submit(_guarded(coro, finished))
     try:
         while True:
             try:

@@ -684,7 +684,7 @@ class ChatSession:
             dropped_turns=prepared.dropped_turns,
             time_to_first_token=completion.time_to_first_token or progress.first_token,
             retries=completion.retries,
-            extra={"masked": prepared.masked} if prepared.masked else {},
+            extra=_extra(prepared, completion),
         )
 
     def _finish_cached(
@@ -827,8 +827,6 @@ class ChatSession:
     def models(self) -> list[str]:
         """The model ids the endpoint lists."""
         return self._runner.run(self.amodels())
-
-    _get_client = client  # TODO(chatmap): remove once chatmap.py calls client()
 
     async def amodels(self) -> list[str]:
         return await (await self.client()).models()
@@ -991,6 +989,17 @@ def _get(deltas: queue.SimpleQueue[str | None]) -> str | None:
             return deltas.get(timeout=0.1)
         except queue.Empty:
             continue
+
+
+def _extra(prepared: Prepared, completion: Completion) -> dict[str, Any]:
+    """What a Reply carries beyond the basics: what the redact setting masked, and the
+    response's x-ratelimit-* headers (which calibrate %%chatmap's limiter)."""
+    extra: dict[str, Any] = {}
+    if prepared.masked:
+        extra["masked"] = prepared.masked
+    if completion.rate_limit is not None:
+        extra["rate_limit"] = completion.rate_limit
+    return extra
 
 
 def _interrupted(progress: _Progress) -> Interrupted:
