@@ -233,9 +233,10 @@ class Registry:
             json.dump(job.to_dict(), out, ensure_ascii=False, separators=(",", ":"))
         os.replace(temp, path)  # a reader (another kernel) never sees half a file
 
-    def all(self) -> list[BatchJob]:
+    def all(self, prefix: str = "") -> list[BatchJob]:
         found: list[BatchJob] = []
-        for path in self.directory.glob("*.json") if self.directory.is_dir() else ():
+        paths = self.directory.glob(f"{prefix}*.json") if self.directory.is_dir() else ()
+        for path in paths:
             with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
                 found.append(BatchJob.from_dict(json.loads(path.read_text("utf-8"))))
         return sorted(found, key=lambda job: job.created, reverse=True)
@@ -253,8 +254,9 @@ class Registry:
 
     def attachable(self, fingerprint: str) -> BatchJob | None:
         """The newest uncollected job that sends exactly these requests."""
+        candidates = self.all(f"bm_{fingerprint[:8]}")
         return next(
-            (j for j in self.all() if j.fingerprint == fingerprint and j.state != "collected"),
+            (j for j in candidates if j.fingerprint == fingerprint and j.state != "collected"),
             None,
         )
 
@@ -432,9 +434,12 @@ class _BatchRun:
                 requests[cid] = RequestRef(list(lines[cid].rows), lines[cid].key, len(parts))
             parts.append(Part(requests=len(cids), bytes=sum(sizes[c] for c in cids)))
         first = mapper.to_send[0].prepared.body
+        fingerprint = _fingerprint(self._by_key)
         job = BatchJob(
-            id=f"bm_{secrets.token_hex(5)}",
-            fingerprint=_fingerprint(self._by_key),
+            # The fingerprint's start in the id (and file name): finding the job to attach
+            # to reads only its own file, not every job's mapping.
+            id=f"bm_{fingerprint[:8]}{secrets.token_hex(2)}",
+            fingerprint=fingerprint,
             created=time.time(),
             endpoint=session.base_url,
             host=session.host,
