@@ -365,3 +365,24 @@ def test_panel_is_displayed_and_replaced_in_a_notebook(ip, fake: FakeOpenAIServe
     assert (
         "seen by the panel" in ip.magics_manager.registry["ChatMagics"]._panel.transcript_markdown()
     )
+
+
+def test_streaming_footer_shows_the_estimate_live(ip, session: ChatSession) -> None:
+    with FakeOpenAIServer(tokens_per_second=40) as slow:
+        ip.run_line_magic("chat", f"endpoint {slow.base_url}")
+        ip.run_line_magic("config", "ChatMagics.display_mode = 'notebook'")
+        out = run(ip, "", "word " * 30)
+    frames = [o.data["text/markdown"] for o in out.outputs if "text/markdown" in o.data]
+    live = [f for f in frames if "streaming" in f]
+    assert live, "the footer showed the estimate while the reply streamed"
+    assert "≤ $" in live[0] and "… tokens" in live[0]
+    assert "streaming" not in frames[-1] and "thread main" in frames[-1]
+
+
+def test_alerts_are_shown_as_a_visible_line(ip, fake: FakeOpenAIServer) -> None:
+    run(ip, "--max-tokens 1", "spend a little " * 100)
+    spent = get_session().usage.spent
+    ip.run_line_magic("chat", f"budget {spent / 0.85}")  # past 80% already
+    text = shown(run(ip, "--max-tokens 1 --thread other", "hi"))  # fits the rest of it
+    assert "⚠ ipychat:" in text and "budget" in text
+    assert "⚠ ipychat:" not in shown(run(ip, "--max-tokens 1 --thread third", "hi"))  # once
