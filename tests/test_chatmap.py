@@ -122,6 +122,7 @@ def test_identical_prompts_are_sent_once(session: ChatSession, fake: FakeOpenAIS
 
 def test_polars_frames_come_back_as_polars(make_session) -> None:
     import polars as pl
+
     with FakeOpenAIServer(latency=(0.0, 0.02)) as server:
         session = make_session(server)
         df = pl.DataFrame({"text": [f"item {i}" for i in range(20)], "n": list(range(20))})
