@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from ipychat.errors import SecretInPromptError
 from ipychat.keys import mask
 
-__all__ = ["Redaction", "check_secrets", "find_secrets", "redact_pii"]
+__all__ = ["Redaction", "check_magic_line", "check_secrets", "find_secrets", "redact_pii"]
 
 # (what it is, its shape). Shapes are the documented formats of each issuer's credentials,
 # long enough that prose does not match them by chance.
@@ -67,6 +67,22 @@ def check_secrets(text: str, *, allow: bool = False, flag: str = "--allow-secret
         f"The prompt contains what looks like {kind} ({shown}){more}; nothing was sent. "
         f"Remove it, or add {flag} if it is not a real secret."
     )
+
+
+def check_magic_line(line: str) -> None:
+    """Refuse a magic's argument line that holds something shaped like a credential.
+
+    A key is never a magic argument: the line is saved in the notebook, and parse errors
+    would echo it into the output too. The message shows the key masked only.
+    """
+    found = find_secrets(line)
+    if found:
+        kind, shown = found[0]
+        raise SecretInPromptError(
+            f"The magic's arguments hold what looks like {kind} ({shown}); a key never goes in "
+            "a cell (the notebook would keep it). Run %chat key alone and paste it at the "
+            "prompt, or set OPENAI_API_KEY."
+        )
 
 
 # ----- personal data ---------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Int, TraitError, Unicode, ob
 
 from ipychat import format as fmt
 from ipychat.errors import ChatError, Interrupted
+from ipychat.hygiene import check_magic_line
 from ipychat.messages import interpolate
 from ipychat.pricing import format_usd
 from ipychat.session import CacheMode, ChatSession, Event, get_session, reset_session
@@ -201,6 +202,8 @@ class ChatMagics(Magics):
         compact summary); every other brace is sent as written; {{name}} sends {name}.
         Each %%chat continues its thread; --new starts it afresh.
         """
+        with _user_errors():
+            check_magic_line(line)  # before argparse, whose errors would echo it
         try:
             # shlex, not IPython's arg_split: quotes must group words and then disappear
             args = self.chat_cell.parser.parse_args(shlex.split(line))
@@ -339,6 +342,8 @@ class ChatMagics(Magics):
                               without DF its replies go to the cache
         batch cancel ID       cancel a batch (what finished is kept)
         """
+        with _user_errors():
+            check_magic_line(line)
         try:
             words = shlex.split(line)
         except ValueError as exc:

@@ -21,6 +21,7 @@ from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from ipychat.errors import ChatError
+from ipychat.hygiene import check_magic_line
 
 __all__ = ["ChatMapMagics"]
 
@@ -162,6 +163,8 @@ class ChatMapMagics(Magics):
         failed rows are sent. Row failures go to DF["_error"]. {{x}} sends {x}. With --batch
         the rows go through the provider's Batch API (half the price, within 24 h).
         """
+        with _user_errors():
+            check_magic_line(line)  # before argparse, whose errors would echo it
         try:
             args = self.chatmap.parser.parse_args(shlex.split(line))
         except ValueError as exc:  # shlex: unbalanced quotes

@@ -207,3 +207,27 @@ def test_the_panel_shows_the_refusal(session: ChatSession, fake: FakeOpenAIServe
         assert fake.chat_requests == []
     finally:
         p.close()
+
+
+@pytest.mark.parametrize(
+    ("magic", "line", "body"),
+    [
+        ("chat", f"key {OPENAI_KEY}", None),
+        ("chat", f"--api-key {OPENAI_KEY}", "hi"),  # argparse would echo the unknown option
+        ("chat", f"-m {OPENAI_KEY}", "hi"),
+        ("chat", f"endpoint http://user:{OPENAI_KEY}@127.0.0.1:9/v1", None),
+        ("chatmap", f"rows -o out --api-key={OPENAI_KEY}", "{t}"),
+    ],
+)
+def test_a_key_on_a_magic_line_is_refused_and_never_echoed(
+    ip: Any, fake: FakeOpenAIServer, magic: str, line: str, body: str | None
+) -> None:
+    ip.user_ns["rows"] = pd.DataFrame({"t": ["a"]})  # type: ignore[attr-defined]
+    with pytest.raises(UsageError) as info:
+        if body is None:
+            ip.run_line_magic(magic, line)  # type: ignore[attr-defined]
+        else:
+            _cell(ip, magic, line, body)
+    message = str(info.value)
+    assert OPENAI_KEY not in message and "a key never goes in a cell" in message
+    assert fake.chat_requests == []
