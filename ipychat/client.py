@@ -981,6 +981,11 @@ def _normalize_base_url(base_url: str | None) -> str:
     url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).strip().rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"The base URL {url!r} must start with http:// or https://")
+    if "@" in url.split("://", 1)[1].split("/", 1)[0]:  # never echo it: it holds a password
+        raise ConfigError(
+            "The base URL holds a user name or password (user:secret@host): leave it out, and "
+            "give the key with %chat key or OPENAI_API_KEY."
+        )
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:

@@ -50,6 +50,10 @@ LOCAL_MODEL = "local"
 LOCAL_CONTEXT_WINDOW = 2048  # the n_ctx the embedded server is started with (local.py)
 OPENAI_URL = "https://api.openai.com/v1"
 DEFAULT_MAX_TOKENS = 1024
+_USERINFO = (
+    "The endpoint URL holds a user name or password (user:secret@host): leave it out, and give "
+    "the key with %chat key or OPENAI_API_KEY."
+)
 # Set by `ChatSession.allowing_secrets()` (e.g. %%chatmap --allow-secrets): prompts that hold
 # something shaped like a credential are sent anyway.
 _ALLOW_SECRETS: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -101,6 +105,8 @@ class Settings:
             )
         if self.base_url is not None and self.base_url != LOCAL:
             parts = urlsplit(self.base_url)
+            if "@" in parts.netloc:  # said without the URL: it holds a password
+                raise ConfigError(_USERINFO)
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise ConfigError(
                     f"{self.base_url!r} is not an endpoint URL: use one like "

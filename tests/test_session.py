@@ -346,3 +346,23 @@ def test_reply_timeout_bounds_a_silent_non_streamed_reply(
     assert session.ask("and now?", cache=False).text == "Echo: and now?"
     with pytest.raises(ConfigError, match="reply_timeout"):
         session.configure(reply_timeout=0)
+
+
+def test_an_endpoint_with_a_password_in_it_is_refused_without_echoing_it(
+    session: ChatSession, fake: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It used to be accepted, shown back by %chat endpoint, and every request then failed
+    # with aiohttp's raw ValueError (an Authorization header plus URL credentials).
+    url = f"http://user:hunter2@127.0.0.1:{fake.port}/v1"
+    with pytest.raises(ConfigError, match="user name or password") as info:
+        session.configure(base_url=url)
+    assert "hunter2" not in str(info.value)
+    bare = ChatSession(Settings(api_key="sk-x", model="gpt-4o-mini"), cache=False)
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    try:
+        with pytest.raises(ConfigError, match="user name or password") as info:
+            bare.ask("hi")
+        assert "hunter2" not in str(info.value)
+    finally:
+        bare.close()
+    assert fake.chat_requests == []
