@@ -85,6 +85,10 @@ class Settings:
     offline: bool = field(default_factory=lambda: _env_flag("IPYCHAT_OFFLINE"))
     redact: bool = False  # mask e-mail addresses, phone and card numbers in prompts
 
+    def __post_init__(self) -> None:
+        if isinstance(self.api_key, str):  # a plain str would show in every repr
+            self.api_key = Secret(self.api_key)
+
     def validate(self) -> None:
         if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
             raise ConfigError("The model name is empty: pass a model such as gpt-4o-mini.")

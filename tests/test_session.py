@@ -366,3 +366,20 @@ def test_an_endpoint_with_a_password_in_it_is_refused_without_echoing_it(
     finally:
         bare.close()
     assert fake.chat_requests == []
+
+
+def test_a_key_given_to_settings_as_a_str_is_masked_like_any_other() -> None:
+    # Settings(api_key="sk-…") kept the plain str: repr(settings) (and every traceback that
+    # shows it) printed the key, and the settings could be pickled with it.
+    import pickle
+
+    from ipychat.keys import Secret
+
+    key = "sk-plain-" + "k" * 30
+    settings = Settings(api_key=key)
+    assert isinstance(settings.api_key, Secret) and settings.api_key.reveal() == key
+    assert key not in repr(settings) and key not in repr(
+        ChatSession(settings, cache=False).settings
+    )
+    with pytest.raises(TypeError):
+        pickle.dumps(settings)
