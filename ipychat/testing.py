@@ -66,6 +66,7 @@ import multiprocessing
 import pickle
 import random
 import re
+import signal
 import threading
 import time
 import urllib.request
@@ -1337,11 +1338,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         host=args.host,
         port=args.port,
     ).start()
+    # Handlers set before the URL is printed: whoever reads it may signal us at once.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     print(server.base_url, flush=True)
     try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
+        while not stop.wait(0.2):  # a timed wait: signal handlers run between waits
+            pass
     finally:
         server.stop()
     return 0
