@@ -356,7 +356,7 @@ def test_collect_without_a_frame_fills_the_cache(make_session) -> None:
 
 
 def test_cancel_keeps_what_finished(make_session) -> None:
-    with FakeOpenAIServer(batch={"delay": 0.01, "processing_time": 0.4}) as server:
+    with FakeOpenAIServer(batch={"delay": 0.01, "processing_time": 1.0}) as server:
         session = make_session(server)
         job = batch.run(session, frame(40), "{text}", "out", wait=False, **FAST).job
         assert job is not None
@@ -378,7 +378,7 @@ def test_cancel_keeps_what_finished(make_session) -> None:
 
 
 def test_an_interrupt_stops_waiting_not_the_batch(make_session) -> None:
-    with FakeOpenAIServer(batch={"delay": 0.05, "processing_time": 0.3}) as server:
+    with FakeOpenAIServer(batch={"delay": 0.05, "processing_time": 1.0}) as server:
         session = make_session(server)
 
         def interrupt(progress: BatchProgress) -> None:
@@ -487,7 +487,7 @@ def test_a_failed_upload_leaves_a_job_to_attach_to(make_session) -> None:
 
 
 def test_jobs_lists_newest_first_with_a_line_each(make_session) -> None:
-    with FakeOpenAIServer(batch={"delay": 0.3}) as server:
+    with FakeOpenAIServer(batch={"delay": 5.0}) as server:  # still validating when listed
         session = make_session(server)
         a = batch.run(session, frame(2), "A {text}", "out", wait=False, **FAST).job
         b = batch.run(session, frame(3), "B {text}", "out", wait=False, **FAST).job

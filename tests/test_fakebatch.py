@@ -88,18 +88,18 @@ def test_upload_retrieve_list_delete() -> None:
 
 
 def test_status_progression_counts_and_output() -> None:
-    with FakeOpenAIServer(batch=BatchOptions(delay=0.03, processing_time=0.1)) as server:
+    with FakeOpenAIServer(batch=BatchOptions(delay=0.03, processing_time=0.3)) as server:
         batch = create(server, upload(server, jsonl(20))["id"], metadata={"k": "v"}).json()
         assert batch["status"] == "validating" and batch["completion_window"] == "24h"
         assert (
             batch["metadata"] == {"k": "v"} and batch["expires_at"] - batch["created_at"] == 86400
         )
         seen = wait(server, batch["id"])
-        statuses = [b["status"] for b in seen]
-        assert statuses[0] == "validating" and statuses[-1] == "completed"
-        assert statuses.index("in_progress") < statuses.index("finalizing")
+        order = ["validating", "in_progress", "finalizing", "completed"]
+        ranks = [order.index(b["status"]) for b in seen]
+        assert ranks == sorted(ranks) and ranks[-1] == 3 and 1 in ranks
         counts = [b["request_counts"]["completed"] for b in seen if b["status"] == "in_progress"]
-        assert counts == sorted(counts) and len(set(counts)) > 2  # it grows while we look
+        assert counts == sorted(counts) and any(0 < c < 20 for c in counts)  # it grows
         final = seen[-1]
         assert final["request_counts"] == {"total": 20, "completed": 20, "failed": 0}
         assert final["completed_at"] and final["in_progress_at"] and final["error_file_id"] is None
@@ -157,9 +157,9 @@ def test_expiry_keeps_partial_results() -> None:
 
 
 def test_cancel_keeps_what_was_done() -> None:
-    with FakeOpenAIServer(batch={"delay": 0.01, "processing_time": 0.3}) as server:
+    with FakeOpenAIServer(batch={"delay": 0.01, "processing_time": 0.6}) as server:
         batch = create(server, upload(server, jsonl(30))["id"]).json()
-        time.sleep(0.12)
+        time.sleep(0.15)
         cancelled = httpx.post(f"{server.base_url}/batches/{batch['id']}/cancel").json()
         assert cancelled["status"] == "cancelling" and cancelled["cancelling_at"]
         final = wait(server, batch["id"])[-1]
