@@ -80,7 +80,7 @@ class Tally:
             shown = " · ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
             out.append(f"outcomes                 {shown} · unexpected {unexpected}")
             out.append("")
-            out.append(f"  {'fault':<{width}}  " + "  ".join(f"{p:<38}" for p in paths))
+            out.append(f"  {'fault':<{width}}  " + "  ".join(f"{p:<42}" for p in paths))
             for fault in faults:
                 cells = []
                 for path in paths:
@@ -92,7 +92,7 @@ class Tally:
                         if case is None
                         else f"{case.observed} ({case.requests} req, {case.seconds:.1f} s)"
                     )
-                out.append(f"  {fault:<{width}}  " + "  ".join(f"{c:<38}" for c in cells))
+                out.append(f"  {fault:<{width}}  " + "  ".join(f"{c:<42}" for c in cells))
             out.append("")
         out.append(f"rows lost                {self.rows_lost} (of {self.rows_checked:,} checked)")
         out.append(f"duplicates after success {self.duplicates}")
@@ -116,7 +116,7 @@ class Tally:
             out.append(
                 f"secrets                  canary hits {s.get('hits', 0)} in "
                 f"{s.get('artefacts', 0)} artefacts ({s.get('bytes', 0):,} bytes searched); "
-                f"key refused as magic argument: {s.get('refused', 0)} ways"
+                f"key refused {s.get('refused', 0)} times (magic arguments, a prompt), never echoed"
             )
         for line in self.kernel:
             out.append(f"kernel reality           {line}")

@@ -182,6 +182,11 @@ CASES: dict[str, tuple[Act, str]] = {
     "%chat endpoint ftp://": (line("endpoint ftp://example.com/v1"), "is not an endpoint URL"),
     "%chat endpoint without host": (line("endpoint http://"), "is not an endpoint URL"),
     "%chat endpoint not a URL": (line("endpoint localhost:8000"), "is not an endpoint URL"),
+    "%chat endpoint with a password": (
+        line("endpoint http://me:hunter2@127.0.0.1:9/v1"),
+        "holds a user name or password",
+    ),
+    "%%chat key as an option": (cell(f"--api-key {CANARY}"), "a key never goes in a cell"),
     "%chat price not a number": (line("price my-model abc 1"), "INPUT must be a number"),
     "%chat price negative": (line("price my-model -1 2"), "my-model"),
     "%chat price absurd": (line("price my-model 1e12 1"), "my-model"),

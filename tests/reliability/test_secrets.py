@@ -1,0 +1,294 @@
+"""Secrets: a canary API key drives a whole run of every feature (magics, map, panel, cache,
+ledger, errors including a 401 that echoes the key, DEBUG logging), then every place it
+could leak is searched for it: cell outputs, exception texts and tracebacks, reprs, the
+DEBUG log, the cache files on disk, the ledger, the panel's widget state, and the notebook
+an nbclient run saves. The key must be found nowhere (the server's request headers are the
+one place it belongs, and the test checks it really was sent there)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pandas as pd
+import pytest
+from _support import (
+    CANARY,
+    Tally,
+    error_texts,
+    make_session,
+    run_cell,
+    shell_on,
+    wait_for,
+)
+from nbclient import NotebookClient
+
+from ipychat.errors import ChatError
+from ipychat.session import reset_session
+from ipychat.testing import FakeOpenAIServer, Fault
+
+# Found even if the key leaked without its prefix or cut short (the mask keeps 3 + 4 chars).
+NEEDLES = (CANARY, CANARY[10:30])
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Artefacts:
+    """Everything that might hold the key, by name, as bytes."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, bytes] = {}
+
+    def add(self, name: str, content: str | bytes) -> None:
+        data = content.encode("utf-8", "replace") if isinstance(content, str) else content
+        self.items[name] = self.items.get(name, b"") + data
+
+    def add_files(self, prefix: str, root: Path) -> None:
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            self.add(f"{prefix}/{path.relative_to(root)}", path.read_bytes())
+
+    def hits(self) -> dict[str, int]:
+        found = {}
+        for name, data in self.items.items():
+            n = sum(data.count(needle.encode()) for needle in NEEDLES)
+            if n:
+                found[name] = n
+        return found
+
+    def record(self, tally: Tally, refused: int = 0) -> None:
+        s = tally.secrets
+        s["hits"] = s.get("hits", 0) + sum(self.hits().values())
+        s["artefacts"] = s.get("artefacts", 0) + len(self.items)
+        s["bytes"] = s.get("bytes", 0) + sum(len(v) for v in self.items.values())
+        s["refused"] = s.get("refused", 0) + refused
+
+
+@pytest.fixture
+def debug_log(tmp_path: Path) -> Iterator[Path]:
+    """Every logger of the process at DEBUG, into a file."""
+    path = tmp_path / "debug.log"
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    handler.setLevel(logging.DEBUG)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.DEBUG)
+    root.addHandler(handler)
+    try:
+        yield path
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
+
+
+def _widget_states(widget: Any) -> str:
+    states = [json.dumps(widget.get_state(), default=str)]
+    for child in getattr(widget, "children", ()):
+        states.append(_widget_states(child))
+    return "\n".join(states)
+
+
+def _echoing_faults() -> dict[str, Fault]:
+    """Servers that put the key into their error texts (a proxy, a bad gateway, OpenAI's 401
+    before it learnt to mask)."""
+    return {
+        "401": Fault.status(401, message=f"Incorrect API key provided: {CANARY}."),
+        "500": Fault.status(
+            500, body=f"upstream failed; request had Authorization: Bearer {CANARY}"
+        ),
+        "stream": Fault.error_mid_stream(message=f"key {CANARY} was revoked mid-reply"),
+    }
+
+
+def test_the_canary_key_leaks_nowhere_in_process(
+    tmp_path: Path, debug_log: Path, tally: Tally
+) -> None:
+    found = Artefacts()
+    refused = 0
+    with FakeOpenAIServer(require_key=CANARY, models=("gpt-4o-mini", "gpt-4o")) as server:
+        session = make_session(server.base_url, tmp_path / "cache", max_retries=1)
+        try:
+            with shell_on(session) as shell, warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                shell.user_ns["df"] = pd.DataFrame({"text": ["good", "bad", "fine"]})
+
+                def cell(name: str, magic: str, line: str, body: str | None = None) -> None:
+                    try:
+                        found.add(f"cell {name}", run_cell(shell, magic, line, body))
+                    except Exception as exc:
+                        found.add(f"cell {name} (error)", error_texts(exc))
+
+                cell("status", "chat", "")
+                cell("chat", "chat", "--max-tokens 40 -o first", "Summarise {df}")
+                cell("chat again, cached", "chat", "--max-tokens 40", "Summarise {df}")
+                cell("chat no-stream", "chat", "--no-stream --thread side", "hello")
+                cell("dry run", "chat", "--dry-run", "what would {df} cost?")
+                cell("models", "chat", "models")
+                cell("threads", "chat", "threads")
+                cell("history", "chat", "history")
+                cell("chatmap", "chatmap", "df -o out", "Classify {text}")
+                cell("chatmap cached", "chatmap", "df -o out2", "Classify {text}")
+                cell("usage", "chat", "usage")
+                cell("cache", "chat", "cache")
+                cell("budget", "chat", "budget 5")
+                # Errors that echo the key, through the magics and the Python API.
+                faults = _echoing_faults()
+                server.script(faults["401"])
+                cell("401", "chat", "--no-cache", "who am I?")
+                server.script(faults["500"], faults["500"])
+                cell("500", "chat", "--no-cache --no-stream", "again")
+                server.script(faults["stream"])
+                cell("stream error", "chat", "--no-cache", "once more")
+                server.script(faults["401"])
+                cell("chatmap 401", "chatmap", "df -o out3 --no-cache", "Rate {text}")
+                for name, fault in faults.items():
+                    server.script(*[fault] * (2 if name == "500" else 1))  # 500 is retried
+                    try:
+                        session.ask(f"api {name}", cache=False, stream=name == "stream")
+                    except ChatError as exc:
+                        found.add(f"exception {name}", error_texts(exc))
+                        found.add(f"exception vars {name}", repr(vars(exc)))
+                # The key is refused as a magic argument, and as a prompt.
+                for name, magic, line, body in [
+                    ("%chat key", "chat", f"key {CANARY}", None),
+                    ("%%chat --api-key", "chat", f"--api-key {CANARY}", "hi"),
+                    ("%%chatmap --key", "chatmap", f"df -o x --key={CANARY}", "{text}"),
+                    ("endpoint URL", "chat", f"endpoint http://k:{CANARY}@127.0.0.1:9/v1", None),
+                    ("prompt", "chat", "", f"my key is {CANARY}, is it valid?"),
+                ]:
+                    before = len(server.chat_requests)
+                    cell(f"refused {name}", magic, line, body)
+                    assert "(error)" in list(found.items)[-1]
+                    assert len(server.chat_requests) == before
+                    refused += 1
+                # The panel: a streamed reply, then an error that echoes the key.
+                from ipychat.widget import ChatPanel
+
+                p = ChatPanel(session)
+                try:
+                    p.prompt.value = "hello panel"
+                    p.send.click()
+                    ok = wait_for(lambda: "Echo: hello panel" in p.transcript_markdown())
+                    assert ok, (p.error.value, p.transcript_markdown()[-500:])
+                    wait_for(lambda: not p.send.disabled)
+                    server.script(faults["401"])
+                    p.prompt.value = "panel 401"
+                    p.send.click()
+                    assert wait_for(lambda: "refused the API key" in p.error.value)
+                    found.add("panel transcript", p.transcript_markdown())
+                    found.add("panel widget state", _widget_states(p))
+                    found.add("panel repr", repr(p))
+                finally:
+                    p.close()
+                for w in caught:
+                    found.add("warnings", f"{w.category.__name__}: {w.message}\n")
+            # Reprs of everything that holds or touched the key.
+            client = session.run(session.client())
+            for name, obj in {
+                "session": session,
+                "settings": session.settings,
+                "api_key": session.settings.api_key,
+                "client": client,
+                "cache": session.cache,
+                "ledger": session.usage,
+                "threads": session.threads,
+                "last reply": session.last_reply,
+                "prepared": session.prepare("a prepared request"),
+                "session vars": vars(session),
+                "client vars": vars(client),
+                "recorded request": server.chat_requests[0],
+            }.items():
+                found.add(f"repr {name}", f"{obj!r}\n{obj}\n{obj!s:>10}")
+            with pytest.raises(TypeError):
+                pickle.dumps(session.settings)  # a Secret cannot be pickled into a file
+            found.add("ledger frame", session.usage.to_frame().to_csv())
+            found.add("ledger rows", "\n".join(map(repr, session.usage.rows)))
+            assert server.chat_requests[0].headers["authorization"] == f"Bearer {CANARY}"
+        finally:
+            session.close()
+            reset_session(None)
+    found.add_files("cache", tmp_path / "cache")
+    found.add("debug log", debug_log.read_bytes())
+    assert b"DEBUG ipychat" in found.items["debug log"]  # the log really was at DEBUG
+    assert any(name.startswith("cache/") for name in found.items)
+    found.record(tally, refused)
+    assert found.hits() == {}
+
+
+@pytest.mark.slow
+def test_the_canary_key_leaks_nowhere_in_a_saved_notebook(
+    tmp_path: Path, tally: Tally, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real kernel with the key in its environment, DEBUG logs printed into the cells,
+    errors with tracebacks; the notebook nbclient saves and the cache are then searched."""
+    cache = tmp_path / "kernel-cache"
+    with FakeOpenAIServer(require_key=CANARY) as server:
+        monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("IPYCHAT_CACHE_DIR", str(cache))
+        monkeypatch.setenv(
+            "PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        )
+        cells = [
+            "import logging, sys\n"
+            "logging.basicConfig(level=logging.DEBUG, stream=sys.stdout, force=True)\n"
+            "for name in ('asyncio', 'traitlets', 'tornado'): logging.getLogger(name).setLevel(logging.INFO)",
+            "%load_ext ipychat",
+            "%chat",
+            "%%chat --max-tokens 30\nhello from the kernel",
+            "import pandas as pd\ndf = pd.DataFrame({'text': ['a', 'b', 'c']})",
+            "%%chatmap df -o out\nSay {text}",
+            "%chat usage",
+            "%%chat --no-cache\nthe server will echo the key",  # a 401 that echoes it
+            "import ipychat\ns = ipychat.get_session()\ns.ask('raise it', cache=False)",  # traceback
+            f"%chat key {CANARY}",
+            "print(repr(s), repr(s.settings), s.settings.api_key)\ns.usage.to_frame()",
+        ]
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {
+            "name": "python3",
+            "display_name": "Python 3",
+            "language": "python",
+        }
+        nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+        client = NotebookClient(
+            nb,
+            timeout=60,
+            kernel_name="python3",
+            allow_errors=True,
+            resources={"metadata": {"path": str(tmp_path)}},
+        )
+        echo = Fault.status(401, message=f"Incorrect API key provided: {CANARY}.")
+        with client.setup_kernel():
+            for index, c in enumerate(nb.cells):
+                if index in (7, 8):
+                    server.script(echo, echo)
+                client.execute_cell(c, index)
+        assert server.chat_requests[0].headers["authorization"] == f"Bearer {CANARY}"
+    # The one cell where the user typed the key keeps it in its source, as typed: what is
+    # searched is everything ipychat and the kernel wrote.
+    refused = next(c for c in nb.cells if c.source.startswith("%chat key "))
+    refused.source = "%chat key <the key, as the user typed it>"
+    saved = tmp_path / "run.ipynb"
+    nbformat.write(nb, saved)
+    found = Artefacts()
+    found.add("saved notebook", saved.read_bytes())
+    found.add_files("kernel cache", cache)
+    text = saved.read_text()
+    # The run really exercised what it claims: replies, the map, DEBUG lines, both errors.
+    assert "Echo: hello from the kernel" in text and "Done: 3 rows" in text
+    assert "DEBUG:ipychat" in text
+    assert "refused the API key (HTTP 401)" in text and "AuthError" in text
+    assert "a key never goes in a cell" in text
+    found.record(tally, refused=1)
+    tally.kernel.append(
+        f"secrets: notebook of {len(cells)} cells saved, canary hits {sum(found.hits().values())}"
+    )
+    assert found.hits() == {}
