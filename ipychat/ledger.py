@@ -139,7 +139,12 @@ class Ledger:
             by_model.setdefault(row.model, []).append(row)
         out = []
         for model, rows in by_model.items():
-            latencies = sorted(r.latency for r in rows if not r.cached and r.outcome == "ok")
+            # Batch API rows have no request latency of their own: they would drag p50/p95 to 0.
+            latencies = sorted(
+                r.latency
+                for r in rows
+                if not r.cached and r.outcome == "ok" and r.thread != "batch"
+            )
             costs = [r.cost for r in rows]
             out.append(
                 ModelSummary(

@@ -14,8 +14,7 @@ import re
 import shlex
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Int, TraitError, Unicode, ob
 from ipychat import format as fmt
 from ipychat.errors import ChatError, Interrupted
 from ipychat.hygiene import check_magic_line
+from ipychat.magicargs import check_variable, parse_line, user_errors
 from ipychat.messages import interpolate
 from ipychat.pricing import format_usd
 from ipychat.session import CacheMode, ChatSession, Event, get_session, reset_session
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ChatMagics", "load", "unload"]
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_]\w*$")
 _CODE_BLOCK = re.compile(r"```[\w+-]*\n(.*?)```", re.S)
 # Settings that mirror ChatMagics traits one to one.
 _MIRRORED = (
@@ -54,15 +53,6 @@ _MIRRORED = (
     "azure_api_version",
     "redact",
 )
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """ipychat's own errors are the user's to fix: show them as one line, never a traceback."""
-    try:
-        yield
-    except ChatError as exc:
-        raise UsageError(str(exc)) from None
 
 
 def _float(text: str, what: str) -> float:
@@ -125,7 +115,7 @@ class ChatMagics(Magics):
         self.session = session or get_session()
         self._panel: Any = None  # the ChatPanel that %chat panel showed last
         super().__init__(shell=shell, **kwargs)
-        with _user_errors():
+        with user_errors():
             configured = {k: getattr(self, k) for k in _MIRRORED if getattr(self, k) is not None}
             if configured:
                 self.session.configure(**configured)
@@ -144,7 +134,7 @@ class ChatMagics(Magics):
     @observe(*_MIRRORED)
     def _push_setting(self, change: dict[str, Any]) -> None:
         if change["new"] is not None:
-            with _user_errors():
+            with user_errors():
                 self.session.configure(**{change["name"]: change["new"]})
 
     @property
@@ -202,20 +192,11 @@ class ChatMagics(Magics):
         compact summary); every other brace is sent as written; {{name}} sends {name}.
         Each %%chat continues its thread; --new starts it afresh.
         """
-        with _user_errors():
-            check_magic_line(line)  # before argparse, whose errors would echo it
-        try:
-            # shlex, not IPython's arg_split: quotes must group words and then disappear
-            args = self.chat_cell.parser.parse_args(shlex.split(line))
-        except ValueError as exc:  # shlex: unbalanced quotes
-            raise UsageError(f"%%chat: {exc}.") from None
-        except SystemExit:  # argparse on --help inside a magic
+        args = parse_line(self.chat_cell, line, "%%chat")
+        if args is None:
             return None
-        if args.no_cache and args.refresh:
-            raise UsageError("--no-cache and --refresh contradict each other: pick one.")
-        if args.output is not None and not _IDENTIFIER.match(args.output):
-            raise UsageError(f"-o needs a Python variable name, not {args.output!r}.")
-        with _user_errors():
+        check_variable(args.output, "-o")
+        with user_errors():
             return self._chat(args, cell)
 
     def _render(self, cell: str, raw: bool) -> tuple[str, tuple[tuple[int, int], ...]]:
@@ -342,7 +323,7 @@ class ChatMagics(Magics):
                               without DF its replies go to the cache
         batch cancel ID       cancel a batch (what finished is kept)
         """
-        with _user_errors():
+        with user_errors():
             check_magic_line(line)
         try:
             words = shlex.split(line)
@@ -354,7 +335,7 @@ class ChatMagics(Magics):
         handler: Callable[[list[str]], Any] | None = getattr(self, f"_cmd_{command}", None)
         if handler is None:
             raise UsageError(f"%chat {command}: unknown subcommand. %chat? lists them.")
-        with _user_errors():
+        with user_errors():
             return handler(rest)
 
     def _show(self, text: str) -> None:

@@ -8,34 +8,20 @@ when a notebook shows the progress bar; a terminal gets a text line.
 from __future__ import annotations
 
 import difflib
-import re
-import shlex
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from ipychat.errors import ChatError
-from ipychat.hygiene import check_magic_line
+from ipychat.magicargs import check_variable, parse_line, user_errors
 
 __all__ = ["ChatMapMagics"]
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_]\w*$")
 # A terminal progress line is rewritten at most this often (a notebook widget every tick).
 _TEXT_EVERY = 1.0
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    try:
-        yield
-    except ChatError as exc:
-        raise UsageError(str(exc)) from None
 
 
 class _ProgressView:
@@ -163,18 +149,10 @@ class ChatMapMagics(Magics):
         failed rows are sent. Row failures go to DF["_error"]. {{x}} sends {x}. With --batch
         the rows go through the provider's Batch API (half the price, within 24 h).
         """
-        with _user_errors():
-            check_magic_line(line)  # before argparse, whose errors would echo it
-        try:
-            args = self.chatmap.parser.parse_args(shlex.split(line))
-        except ValueError as exc:  # shlex: unbalanced quotes
-            raise UsageError(f"%%chatmap: {exc}.") from None
-        except SystemExit:  # argparse on --help inside a magic
+        args = parse_line(self.chatmap, line, "%%chatmap")
+        if args is None:
             return None
-        if args.no_cache and args.refresh:
-            raise UsageError("--no-cache and --refresh contradict each other: pick one.")
-        if args.into is not None and not _IDENTIFIER.match(args.into):
-            raise UsageError(f"--into needs a Python variable name, not {args.into!r}.")
+        check_variable(args.into, "--into")
         if (args.no_wait or args.poll is not None) and not args.batch:
             raise UsageError("--no-wait and --poll go with --batch.")
         df = self._frame(args.df)
@@ -183,7 +161,7 @@ class ChatMapMagics(Magics):
         session = get_session()
         before = session.redactions.copy()
         try:
-            with _user_errors(), session.allowing_secrets(args.allow_secrets):
+            with user_errors(), session.allowing_secrets(args.allow_secrets):
                 self._map(args, df, cell)
         finally:
             self._say_masked(session.redactions - before)
