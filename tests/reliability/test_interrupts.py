@@ -68,14 +68,21 @@ def interrupt_after(delay: float, op: Callable[[], Any]) -> tuple[str, Any]:
         return "keyboard", exc
 
 
-def check_clean(session: ChatSession, server: FakeOpenAIServer, tally: Tally, where: str) -> int:
+def loops() -> int:
+    """Loop threads of ipychat sessions in this process (other tests' sessions included)."""
+    return ipychat_threads().count("ipychat-loop")
+
+
+def check_clean(
+    session: ChatSession, server: FakeOpenAIServer, tally: Tally, where: str, baseline: int
+) -> int:
     """The invariants after a round; returns the open connections (for the record)."""
     tally.leak_checks += 1
     problems = []
     if not loop_responsive(session):
         problems.append("loop thread does not answer")
-    if ipychat_threads().count("ipychat-loop") != 1:
-        problems.append(f"loop threads {ipychat_threads()}")
+    if loops() != baseline:  # an interrupt must never start (or strand) another loop thread
+        problems.append(f"{loops()} loop threads, not {baseline}")
     if not wait_for(lambda: not loop_tasks(session), timeout=3):
         problems.append(f"tasks left {loop_tasks(session)}")
     connections = open_connections(server.port)
@@ -100,6 +107,8 @@ def test_interrupt_a_stream_at_random_points(
     session = make_session(server.base_url, tmp_path / "cache", read_timeout=5.0)
     rng = random.Random(SEED)
     outcomes: list[str] = []
+    assert loop_responsive(session)
+    baseline = loops()
     connections: list[int] = []
     try:
         with shell_on(session) as shell:
@@ -137,13 +146,15 @@ def test_interrupt_a_stream_at_random_points(
                     assert f"Echo: {prompt}".startswith(last["content"])
                 elif how == "completed":
                     assert session.threads["main"].messages[-1]["content"] == f"Echo: {prompt}"
-                connections.append(check_clean(session, server, tally, f"stream round {i}"))
+                connections.append(
+                    check_clean(session, server, tally, f"stream round {i}", baseline)
+                )
                 assert session.ask(f"ping {i}", cache=False).text == f"Echo: ping {i}"
     finally:
         session.close()
         reset_session(None)
     closed = wait_for(lambda: open_connections(server.port) == 0, timeout=3)
-    gone = wait_for(lambda: "ipychat-loop" not in ipychat_threads(), timeout=3)
+    gone = wait_for(lambda: loops() == baseline - 1, timeout=3)
     tally.leak_checks += 1
     if not (closed and gone):
         tally.leaks.append(f"stream: after close connections={not closed} thread={not gone}")
@@ -163,6 +174,7 @@ def test_interrupt_a_map_at_random_points(tmp_path: Path, tally: Tally) -> None:
                 started = time.monotonic()
                 session.map(pd.DataFrame({"text": range(MAP_ROWS)}), "Warm {text}", "out")
                 duration = time.monotonic() - started
+                baseline = loops()
                 for i in range(ROUNDS):
                     frame = pd.DataFrame({"text": [f"r{i}-{j}" for j in range(MAP_ROWS)]})
                     via_magic = i % 2 == 1
@@ -199,7 +211,9 @@ def test_interrupt_a_map_at_random_points(tmp_path: Path, tally: Tally) -> None:
                         ):
                             assert out == f"Echo: Label {text}"
                             kept.add(f"Label {text}")
-                    connections.append(check_clean(session, server, tally, f"map round {i}"))
+                    connections.append(
+                        check_clean(session, server, tally, f"map round {i}", baseline)
+                    )
                     # Re-running finishes the map and sends only what was not kept.
                     first = len(server.chat_requests)
                     final = session.map(frame, "Label {text}", "out")
@@ -217,9 +231,10 @@ def test_interrupt_a_map_at_random_points(tmp_path: Path, tally: Tally) -> None:
             session.close()
             reset_session(None)
         closed = wait_for(lambda: open_connections(server.port) == 0, timeout=3)
+        gone = wait_for(lambda: loops() == baseline - 1, timeout=3)
     tally.leak_checks += 1
-    if not closed:
-        tally.leaks.append("map: connections left after close")
+    if not (closed and gone):
+        tally.leaks.append(f"map: after close connections={not closed} thread={not gone}")
     tally.interrupts["map connections max"] = max(connections)
-    assert closed
+    assert closed and gone
     assert tally.interrupts["map interrupted"] >= ROUNDS // 3
