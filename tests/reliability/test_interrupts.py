@@ -36,7 +36,7 @@ from _support import (
 )
 from IPython.core.error import UsageError
 
-from ipychat.chatmap import MapInterrupted
+from ipychat.chatmap import MAX_CONCURRENCY, MapInterrupted
 from ipychat.errors import Interrupted
 from ipychat.session import ChatSession, reset_session
 from ipychat.testing import FakeOpenAIServer
@@ -86,7 +86,7 @@ def check_clean(
     if not wait_for(lambda: not loop_tasks(session), timeout=3):
         problems.append(f"tasks left {loop_tasks(session)}")
     connections = open_connections(server.port)
-    if connections > 64:  # the pool's own bound: more would be a leak
+    if connections > MAX_CONCURRENCY:  # the pool's own bound (a map's): more would be a leak
         problems.append(f"{connections} connections")
     if problems:
         tally.leaks.append(f"{where}: {'; '.join(problems)}")
@@ -235,6 +235,6 @@ def test_interrupt_a_map_at_random_points(tmp_path: Path, tally: Tally) -> None:
     tally.leak_checks += 1
     if not (closed and gone):
         tally.leaks.append(f"map: after close connections={not closed} thread={not gone}")
-    tally.interrupts["map connections max"] = max(connections)
+    tally.interrupts["map connections max"] = max(connections)  # keep-alive, pool of 256
     assert closed and gone
     assert tally.interrupts["map interrupted"] >= ROUNDS // 3
