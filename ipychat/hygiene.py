@@ -91,7 +91,7 @@ _EMAIL = re.compile(
     r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"
 )
 # 13-19 digits, optionally in groups split by single spaces or hyphens.
-_CARD = re.compile(r"(?<![\w.])\d(?:[ -]?\d){12,18}(?![\w.])")
+_CARD = re.compile(r"(?<!\w)(?<!\d\.)\d(?:[ -]?\d){12,18}(?!\w|\.\d)")  # not in a decimal
 # An optional +country code, an optional (area), then groups of digits split by a space, a
 # hyphen or a dot; 9 to 15 digits in all (E.164 allows 15; dates and years have fewer).
 _PHONE = re.compile(

@@ -76,6 +76,7 @@ PII = [
     ("call 020-7946-0958", "call [phone]", {"phone": 1}),
     ("card 4111 1111 1111 1111 exp 12/27", "card [card] exp 12/27", {"card": 1}),
     ("card 5500-0000-0000-0004", "card [card]", {"card": 1}),
+    ("Pay with 4111 1111 1111 1111.", "Pay with [card].", {"card": 1}),  # end of a sentence
     ("+15551234567", "[phone]", {"phone": 1}),
 ]
 UNTOUCHED = [
@@ -84,6 +85,7 @@ UNTOUCHED = [
     "the year 2024, 3.14159, 42",
     "version 1.2.3.4567",
     "4111 1111 1111 1112",  # fails Luhn; four groups of four is no phone either
+    "ratio 0.4111111111111111 and 4111111111111111.5",  # decimals, not cards
 ]
 
 
