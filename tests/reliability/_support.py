@@ -118,6 +118,13 @@ class Tally:
                 f"{s.get('artefacts', 0)} artefacts ({s.get('bytes', 0):,} bytes searched); "
                 f"key refused {s.get('refused', 0)} times (magic arguments, a prompt), never echoed"
             )
+        if "hygiene refused" in self.secrets:
+            s = self.secrets
+            out.append(
+                f"data hygiene             {s['hygiene refused']} credential-shaped prompts refused "
+                f"before sending (magics, panel, API); {s['hygiene masked requests']} requests "
+                "sent with redact on: 0 e-mails, phones or cards reached the server"
+            )
         for line in self.kernel:
             out.append(f"kernel reality           {line}")
         return out

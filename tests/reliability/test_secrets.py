@@ -31,7 +31,7 @@ from _support import (
 from nbclient import NotebookClient
 
 from ipychat.errors import ChatError
-from ipychat.session import reset_session
+from ipychat.session import ChatSession, reset_session
 from ipychat.testing import FakeOpenAIServer, Fault
 
 # Found even if the key leaked without its prefix or cut short (the mask keeps 3 + 4 chars).
@@ -292,3 +292,87 @@ def test_the_canary_key_leaks_nowhere_in_a_saved_notebook(
         f"secrets: notebook of {len(cells)} cells saved, canary hits {sum(found.hits().values())}"
     )
     assert found.hits() == {}
+
+
+# ----- data hygiene, end to end ----------------------------------------------------------------
+
+PRIVATE = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----"
+PII = {
+    "email": "jane.roe@example.org",
+    "phone": "+44 20 7946 0958",
+    "card": "4111 1111 1111 1111",
+}
+
+
+def test_data_hygiene_through_every_entry_point(
+    server: FakeOpenAIServer, rsession: ChatSession, tally: Tally
+) -> None:
+    """Credential-shaped prompts are refused by %%chat, %%chatmap, the panel, ask, stream and
+    map before anything is sent; with `redact` on, no e-mail, phone or card number reaches
+    the server from any of them, and each says what it masked."""
+    from IPython.core.error import UsageError
+
+    from ipychat.errors import SecretInPromptError
+    from ipychat.widget import ChatPanel
+
+    session = rsession
+    leaked_key = f"here is {CANARY}"
+    refusals = 0
+    with shell_on(session) as shell:
+        shell.user_ns["rows"] = pd.DataFrame({"t": ["fine", leaked_key]})
+        for magic, line, body in [
+            ("chat", "", leaked_key),
+            ("chat", "--no-stream", PRIVATE),
+            ("chatmap", "rows -o out", "{t}"),
+        ]:
+            with pytest.raises(UsageError, match="nothing was sent"):
+                run_cell(shell, magic, line, body)
+            refusals += 1
+        for call in (
+            lambda: session.ask(leaked_key),
+            lambda: list(session.stream(PRIVATE)),
+            lambda: session.map(pd.DataFrame({"t": [leaked_key]}), "{t}", "out"),
+        ):
+            with pytest.raises(SecretInPromptError):
+                call()
+            refusals += 1
+        p = ChatPanel(session)
+        try:
+            p.prompt.value = leaked_key
+            p.send.click()
+            assert wait_for(lambda: "nothing was sent" in p.error.value)
+            refusals += 1
+        finally:
+            p.close()
+        assert server.chat_requests == []
+
+        run_cell(shell, "config", "ChatMagics.redact = True")
+        personal = "Contact {email}, {phone}, card {card}.".format(**PII)
+        said = [
+            run_cell(shell, "chat", "--no-cache", personal),
+            run_cell(shell, "chat", "--no-cache --no-stream --thread b", personal),
+        ]
+        shell.user_ns["people"] = pd.DataFrame({"who": [PII["email"], PII["phone"]]})
+        said.append(run_cell(shell, "chatmap", "people -o out --no-cache", "Greet {who}"))
+        said.append(str(session.ask(personal + " (api)", cache=False).extra["masked"]))
+        with session.stream(personal + " (stream)", cache=False) as stream:
+            list(stream)
+        assert stream.reply is not None
+        said.append(str(stream.reply.extra["masked"]))
+        frame = session.map(pd.DataFrame({"x": [PII["card"]]}), "Pay {x}", "out", cache=False)
+        assert frame["out"].iloc[0] == "Echo: Pay [card]"
+        p = ChatPanel(session)
+        try:
+            p.prompt.value = personal + " (panel)"
+            p.send.click()
+            assert wait_for(lambda: "(panel)" in p.transcript_markdown())
+            assert wait_for(lambda: "masked 1 e-mail address" in p.transcript_markdown())
+        finally:
+            p.close()
+    sent = "\n".join(json.dumps(r.body) for r in server.chat_requests)
+    assert len(server.chat_requests) >= 8
+    for kind, value in PII.items():
+        assert value not in sent, kind
+    assert all("masked" in text for text in said), said
+    tally.secrets["hygiene refused"] = refusals
+    tally.secrets["hygiene masked requests"] = len(server.chat_requests)
