@@ -16,17 +16,16 @@ import concurrent.futures
 import contextlib
 import contextvars
 import os
-import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from ipychat import pricing, tokens
-from ipychat.errors import ChatError, ConfigError, ContextLengthError, Interrupted, OfflineCacheMiss
+from ipychat.errors import ChatError, ConfigError, ContextLengthError, OfflineCacheMiss
 from ipychat.hygiene import check_secrets, redact_pii
 from ipychat.keys import Secret, cache_key
 from ipychat.ledger import Ledger, LedgerRow
@@ -41,6 +40,7 @@ from ipychat.settings import (
     Endpoint,
     Settings,
 )
+from ipychat.streaming import Progress, ReplyStream, interrupted
 from ipychat.types import Completion, Estimate, Reply, Usage
 
 if TYPE_CHECKING:
@@ -82,20 +82,6 @@ class Prepared:
     max_cost: float | None = None
     label: str = "main"  # the ledger's thread column
     masked: str = ""  # what the redact setting masked in the prompt ("" when nothing)
-
-
-@dataclass
-class _Progress:
-    """Mutable state of one request, readable from the main thread after a cancel."""
-
-    parts: list[str] = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
-    first_token: float | None = None
-    reply: Reply | None = None
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
 
 
 class ChatSession:
@@ -508,7 +494,7 @@ class ChatSession:
     async def request(
         self,
         prepared: Prepared,
-        progress: _Progress | None = None,
+        progress: Progress | None = None,
         *,
         stream: bool = False,
         cache: CacheMode = "use",
@@ -540,7 +526,7 @@ class ChatSession:
     async def _request(
         self,
         prepared: Prepared,
-        progress: _Progress | None,
+        progress: Progress | None,
         stream: bool,
         cache: CacheMode,
         on_delta: Callable[[str], None] | None,
@@ -548,7 +534,7 @@ class ChatSession:
         reserve: bool,
         max_retries: int | None,
     ) -> Reply:
-        progress = progress or _Progress()
+        progress = progress or Progress()
         body, thread, model = prepared.body, prepared.thread, prepared.body["model"]
         key = self.cache_key(body)
         store = self.cache if cache != "off" and self.settings.cache else None
@@ -603,7 +589,7 @@ class ChatSession:
         self,
         prepared: Prepared,
         completion: Completion,
-        progress: _Progress,
+        progress: Progress,
         *,
         interrupted: bool = False,
     ) -> Reply:
@@ -631,7 +617,7 @@ class ChatSession:
         )
 
     def _finish_cached(
-        self, prepared: Prepared, hit: dict[str, Any], progress: _Progress, new: bool
+        self, prepared: Prepared, hit: dict[str, Any], progress: Progress, new: bool
     ) -> Reply:
         model = prepared.body["model"]
         usage = Usage(**hit["usage"]) if hit.get("usage") else None
@@ -694,7 +680,7 @@ class ChatSession:
     async def _ask(
         self,
         prompt: str,
-        progress: _Progress,
+        progress: Progress,
         *,
         stream: bool,
         cache: CacheMode | bool,
@@ -728,7 +714,7 @@ class ChatSession:
         (skip the read, store the new reply) or False/"off". Ctrl-C raises Interrupted, whose
         `.reply` holds what arrived. A prompt shaped like a credential is refused unless
         `allow_secrets`."""
-        progress = _Progress()
+        progress = Progress()
         coro = self._ask(
             prompt,
             progress,
@@ -747,11 +733,11 @@ class ChatSession:
         try:
             return self._runner.run(coro)
         except KeyboardInterrupt:
-            raise _interrupted(progress) from None
+            raise interrupted(progress) from None
 
     async def aask(self, prompt: str, **options: Any) -> Reply:
         """`ask` for code that awaits; the request still runs on the session's own loop."""
-        progress = _Progress()
+        progress = Progress()
         stream = options.pop("stream", False)
         cache = options.pop("cache", True)
         on_delta = options.pop("on_delta", None)
@@ -853,87 +839,6 @@ class ChatSession:
             return await engine.amap_frame(self, df, template, output, **options)
 
 
-class ReplyStream:
-    """Deltas of one streamed request, consumed in the calling thread.
-
-    Ctrl-C while iterating raises Interrupted (partial reply in `.reply`). Used as a context
-    manager it also converts a Ctrl-C that lands in the caller's own loop body, and leaving
-    the block early cancels the request.
-    """
-
-    def __init__(self, session: ChatSession, prompt: str, options: dict[str, Any]) -> None:
-        self._session = session
-        self._prompt = prompt
-        self._options = options
-        self._progress = _Progress()
-        self._finished = threading.Event()
-        self._future: concurrent.futures.Future[Reply] | None = None
-        self.reply: Reply | None = None
-
-    def __enter__(self) -> ReplyStream:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
-    ) -> None:
-        if kind is not None and issubclass(kind, KeyboardInterrupt):
-            raise self.cancel() from None
-        if self._future is not None and not self._future.done():
-            self.cancel()
-
-    def __iter__(self) -> Iterator[str]:
-        deltas: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        options = dict(self._options)
-        cache = options.pop("cache", True)
-        new = options.pop("new", False)
-        session, progress, finished = self._session, self._progress, self._finished
-
-        async def run() -> Reply:
-            try:
-                return await session._ask(
-                    self._prompt,
-                    progress,
-                    stream=True,
-                    cache=cache,
-                    on_delta=deltas.put,
-                    new=new,
-                    **options,
-                )
-            finally:
-                deltas.put(None)
-                finished.set()
-
-        self._future = future = session._runner.submit(run())
-        try:
-            while (item := _get(deltas)) is not None:
-                yield item
-            self.reply = future.result()
-            if self.reply.cached:  # a cache hit has no deltas: hand over the whole text
-                yield self.reply.text
-        except KeyboardInterrupt:
-            raise self.cancel() from None
-        finally:
-            if not future.done():  # the caller stopped iterating early
-                self.cancel()
-
-    def cancel(self) -> Interrupted:
-        """Stop the request and wait until what arrived is recorded; returns the error to raise."""
-        if self._future is not None:
-            self._future.cancel()
-            self._finished.wait(5)
-        self.reply = self._progress.reply
-        return _interrupted(self._progress)
-
-
-def _get(deltas: queue.SimpleQueue[str | None]) -> str | None:
-    # A timed wait keeps the main thread responsive to Ctrl-C.
-    while True:
-        try:
-            return deltas.get(timeout=0.1)
-        except queue.Empty:
-            continue
-
-
 def _extra(prepared: Prepared, completion: Completion) -> dict[str, Any]:
     """What a Reply carries beyond the basics: what the redact setting masked, and the
     response's x-ratelimit-* headers (which calibrate %%chatmap's limiter)."""
@@ -943,15 +848,6 @@ def _extra(prepared: Prepared, completion: Completion) -> dict[str, Any]:
     if completion.rate_limit is not None:
         extra["rate_limit"] = completion.rate_limit
     return extra
-
-
-def _interrupted(progress: _Progress) -> Interrupted:
-    return Interrupted(
-        f"Interrupted after {len(progress.text):,} characters; the partial reply is kept."
-        if progress.text
-        else "Interrupted before the reply started; nothing was received.",
-        reply=progress.reply,
-    )
 
 
 def _cache_value(reply: Reply, host: str, request_model: str) -> dict[str, Any]:
