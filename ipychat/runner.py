@@ -32,11 +32,16 @@ class LoopThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._stopping: asyncio.AbstractEventLoop | None = None  # the loop `stop` is draining
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None or self._loop.is_closed():
+                if self._stopping is not None and _running_loop() is self._stopping:
+                    # Code draining on the loop that is shutting down (a view's callback):
+                    # it gets that loop, not a new thread that nobody would ever stop.
+                    return self._stopping
                 self._start()
             assert self._loop is not None
             return self._loop
@@ -96,6 +101,16 @@ class LoopThread:
         with self._lock:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
+            self._stopping = loop
+        try:
+            self._stop(loop, thread)
+        finally:
+            with self._lock:
+                self._stopping = None
+
+    def _stop(
+        self, loop: asyncio.AbstractEventLoop | None, thread: threading.Thread | None
+    ) -> None:
         if loop is None or loop.is_closed():
             return
         if thread is not None and thread.is_alive():
@@ -105,3 +120,10 @@ class LoopThread:
             thread.join(_CANCEL_GRACE)
         if not loop.is_running():
             loop.close()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

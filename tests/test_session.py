@@ -383,3 +383,29 @@ def test_a_key_given_to_settings_as_a_str_is_masked_like_any_other() -> None:
     )
     with pytest.raises(TypeError):
         pickle.dumps(settings)
+
+
+def test_code_draining_on_a_closing_loop_never_starts_another_loop_thread() -> None:
+    # A panel callback that ran while its session closed asked for `session.loop` and got a
+    # brand-new loop thread that nobody would ever stop (one leaked thread per closed panel).
+    import time
+
+    from ipychat.runner import LoopThread
+
+    runner = LoopThread(name="test-draining-loop")
+    seen: list[asyncio.AbstractEventLoop] = []
+
+    async def busy() -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            seen.append(runner.loop)  # cleanup that touches the loop during the drain
+
+    old = runner.loop
+    runner.submit(busy())
+    time.sleep(0.05)
+    runner.stop()
+    assert seen == [old]
+    assert not [t for t in threading.enumerate() if t.name == "test-draining-loop"]
+    assert runner.loop is not old  # used again afterwards: a fresh loop, as documented
+    runner.stop()
