@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _support import TALLY, Tally, make_session
+from _support import TALLY, Tally, ipychat_threads, make_session, wait_for
 
 from ipychat.session import ChatSession, reset_session
 from ipychat.testing import FakeOpenAIServer
@@ -19,6 +19,21 @@ from ipychat.testing import FakeOpenAIServer
 @pytest.fixture(scope="session")
 def tally() -> Tally:
     return TALLY
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_loop_threads(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test leaves no session loop thread behind (a closed session's loop must stay shut)."""
+
+    def loops() -> int:
+        return ipychat_threads().count("ipychat-loop")
+
+    before = loops()
+    yield
+    TALLY.leak_checks += 1
+    if not wait_for(lambda: loops() <= before, timeout=3):
+        TALLY.leaks.append(f"{request.node.name}: {loops() - before} loop thread(s) left")
+        pytest.fail(f"{loops() - before} ipychat loop thread(s) left running after the test")
 
 
 @pytest.fixture
