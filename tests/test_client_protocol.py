@@ -190,7 +190,9 @@ def test_rpm_limit_429_with_retry_after_ms_is_obeyed() -> None:
 def test_retry_after_too_long_fails_at_once(server: FakeOpenAIServer) -> None:
     server.script(Fault.status(429, headers={"retry-after": "7200"}))
     client, sleeps = client_for(server)
-    with pytest.raises(RateLimitError, match=r"asked to wait 2 h; try again after (\d{4}-\d\d-\d\d )?\d\d:\d\d"):
+    with pytest.raises(
+        RateLimitError, match=r"asked to wait 2 h; try again after (\d{4}-\d\d-\d\d )?\d\d:\d\d"
+    ):
         chat(client)
     assert len(server.chat_requests) == 1 and sleeps.delays == []
 
