@@ -16,20 +16,22 @@ from ipychat.session import ChatSession
 from ipychat.testing import FakeOpenAIServer
 
 OPENAI_KEY = "sk-proj-" + "Ab3dE5gH7jK9mN1pQ3sT5vX7" * 2
-PRIVATE_KEY = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7\n-----END RSA PRIVATE KEY-----"
+PRIVATE_KEY = (
+    "-----BEGIN RSA " + "PRIVATE KEY-----\nMIIEowIBAAKCAQEA7\n-----END RSA " + "PRIVATE KEY-----"
+)
 
 SECRETS = {
     "openai": f"use {OPENAI_KEY} please",
     "openai-plain": "key=sk-" + "a1B2c3D4e5F6g7H8i9J0k1L2",
     "anthropic": "sk-ant-api03-" + "x" * 40,
-    "aws": "AKIAIOSFODNN7EXAMPLE is the id",
+    "aws": "AKIA" + "IOSFODNN7EXAMPLE is the id",
     "github": "token ghp_" + "A" * 36,
     "google": "AIza" + "S" * 35,
     "slack": "xoxb-123456789012-abcdefghij",
     "huggingface": "hf_" + "a" * 34,
     "bearer": "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.payload",
     "private-key": f"here:\n{PRIVATE_KEY}",
-    "openssh": "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk=",
+    "openssh": "-----BEGIN OPENSSH " + "PRIVATE KEY-----\nb3BlbnNzaC1rZXk=",
 }
 HARMLESS = {
     "prose": "Ask the sk- team about skiing and risk-free tasks.",
@@ -61,7 +63,7 @@ def test_the_refusal_never_repeats_the_secret() -> None:
     with pytest.raises(SecretInPromptError) as info:
         check_secrets(SECRETS["openai"] + " and " + SECRETS["aws"])
     message = str(info.value)
-    assert OPENAI_KEY not in message and "AKIAIOSFODNN7EXAMPLE" not in message
+    assert OPENAI_KEY not in message and "AKIA" + "IOSFODNN7EXAMPLE" not in message
     assert "sk-...X7" in message or "sk-..." in message
     assert "(and 1 more)" in message
 

