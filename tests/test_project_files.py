@@ -47,3 +47,17 @@ def test_ci_runs_the_readme_test_command() -> None:
     install, test = (part.strip() for part in install_and_test.split("&&"))
     assert install.replace("pip install", "python -m pip install -q") in ci
     assert re.search(rf"^{re.escape(test)}\b", ci, re.M), "CI must call the README's test command"
+
+
+def test_readme_testing_example_runs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Testing your own notebooks", 1)[1].split("\n## ", 1)[0]
+    (example,) = re.findall(r"```python\n(.*?)\n```", section, re.S)
+    env = {"PATH": "/usr/bin:/bin", "IPYCHAT_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", example], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
