@@ -1,9 +1,11 @@
 """The async OpenAI-compatible chat client: the one network boundary of ipychat.
 
-This is the only module that imports httpx. Everything that crosses the wire goes
-through `ChatClient`, which takes an httpx transport as an argument: unit tests pass
-`httpx.MockTransport`, protocol tests talk to `ipychat.testing.FakeOpenAIServer` over
-real sockets.
+Everything that crosses the wire goes through `ChatClient`, which takes an httpx
+transport as an argument: unit tests pass `httpx.MockTransport`, protocol tests talk to
+`ipychat.testing.FakeOpenAIServer` over real sockets. httpx is imported here and in the
+client's private helper modules, which are part of the same boundary and used by
+nothing else: `ipychat._transport` (the default aiohttp transport, body reading,
+network-failure classification).
 
 ```
 ChatClient.chat(body)            one request, retried by the rules of ipychat.retry
@@ -23,7 +25,7 @@ benchmarks/client_overhead.py): requests go straight to `transport.handle_async_
 rather than through httpx.AsyncClient.send (its cookie jar, auth flow and redirect
 machinery are unused here and cost more than the rest of the client together), and
 the default transport is a subclass of httpx_aiohttp's with its per-request work
-streamlined (`_lean_aiohttp_transport`). Request headers and URLs are built once.
+streamlined (`ipychat._transport._lean_aiohttp_transport`). Request headers and URLs are built once.
 
 Timeouts with that transport: httpx's `connect`/`read`/`pool` become aiohttp's
 `sock_connect`/`sock_read`/`connect`; `sock_read` restarts on every chunk received, so
@@ -38,14 +40,12 @@ before it reaches an exception or a log line.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import os
 import random
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -53,6 +53,19 @@ import httpx
 
 from ipychat import __version__
 from ipychat import retry as policy
+from ipychat._transport import (
+    _aclose_iterator,
+    _body_chunks,
+    _close_response,
+    _default_transport,
+    _header_dict,
+    _is_connect_failure,
+    _is_json,
+    _is_transport_error,
+    _read_body,
+    _root,
+    _timeout_kind,
+)
 from ipychat.errors import (
     APIConnectionError,
     APIError,
@@ -887,7 +900,13 @@ class ChatClient:
                 rate_limit=rate_limit,
             )
         message = self._status_message(response, path, status, said, after, decision)
-        return status_error(status, message, request_id=request_id, server_message=server or None)
+        return status_error(
+            status,
+            message,
+            request_id=request_id,
+            server_message=server or None,
+            retry_after=decision.server_wait,
+        )
 
     def _status_message(
         self,
@@ -1051,140 +1070,6 @@ def _check_connections(n: int) -> int:
     return n
 
 
-def _default_transport(max_connections: int, base_url: str) -> httpx.AsyncBaseTransport:
-    """httpx_aiohttp's transport with `max_connections` connections to the endpoint.
-
-    The transport maps httpx's connect/read/pool timeouts of each request to aiohttp's
-    sock_connect/sock_read/connect. It ignores the environment, so the proxy httpx would
-    take from HTTP(S)_PROXY/NO_PROXY is looked up here, once, for our one host.
-    """
-    n = max_connections
-    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n, keepalive_expiry=15.0)
-    proxy = _env_proxy(base_url)
-    try:
-        transport_class = _lean_aiohttp_transport()
-    except (ImportError, AttributeError):  # an httpx_aiohttp whose insides have moved
-        from httpx_aiohttp import AiohttpTransport as transport_class
-    return transport_class(limits=limits, proxy=httpx.Proxy(proxy) if proxy else None)
-
-
-@functools.cache
-def _lean_aiohttp_transport() -> Callable[..., httpx.AsyncBaseTransport]:
-    """httpx_aiohttp's AiohttpTransport with its per-request work trimmed.
-
-    Same connection pool, limits, TLS, proxy and timeout mapping (connect → sock_connect,
-    read → sock_read between chunks, pool → connect), but measured at 64 requests in
-    flight its handle_async_request costs ~40 µs of CPU more than plain aiohttp, a third
-    of aiohttp's own cost. So this override reuses one ClientTimeout per timeout
-    setting, maps exceptions only when one is raised (no context manager per call and
-    per body), streams the body with `iter_any` (whatever arrived, no re-chunking) and
-    lets the client read a whole body with one `read()` (`_LeanBody.read_all`).
-
-    Built on first use: importing aiohttp costs ~150 ms, and unit tests never need it.
-    """
-    import aiohttp
-    from httpx_aiohttp import AiohttpTransport
-    from httpx_aiohttp.transport import AIOHTTP_EXC_MAP
-
-    # What the override relies on; checked so a changed library falls back, not breaks.
-    AiohttpTransport.get_client  # noqa: B018
-
-    def to_httpx(exc: Exception) -> Exception:
-        """httpx_aiohttp's mapping: the most specific httpx exception for an aiohttp one."""
-        mapped: type[Exception] | None = None
-        for source, target in AIOHTTP_EXC_MAP.items():
-            if isinstance(exc, source) and (mapped is None or issubclass(target, mapped)):
-                mapped = target
-        return exc if mapped is None else mapped(str(exc))
-
-    class LeanBody(httpx.AsyncByteStream):
-        __slots__ = ("_response",)
-
-        def __init__(self, response: aiohttp.ClientResponse) -> None:
-            self._response = response
-
-        async def __aiter__(self) -> AsyncIterator[bytes]:
-            try:
-                async for chunk in self._response.content.iter_any():
-                    yield chunk
-            except Exception as exc:
-                raise to_httpx(exc) from exc
-
-        async def read_all(self) -> bytes:
-            try:
-                return await self._response.read()
-            except Exception as exc:
-                raise to_httpx(exc) from exc
-
-        async def aclose(self) -> None:
-            self._response.release()
-
-    class LeanAiohttpTransport(AiohttpTransport):
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self._timeouts: dict[tuple[Any, ...], aiohttp.ClientTimeout] = {}
-
-        def _timeout(self, request: httpx.Request) -> aiohttp.ClientTimeout:
-            wanted = request.extensions.get("timeout") or {}
-            key = (wanted.get("connect"), wanted.get("read"), wanted.get("pool"))
-            timeout = self._timeouts.get(key)
-            if timeout is None:
-                timeout = aiohttp.ClientTimeout(
-                    sock_connect=key[0], sock_read=key[1], connect=key[2]
-                )
-                self._timeouts[key] = timeout
-            return timeout
-
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            try:
-                data: bytes | None = request.content or None
-            except httpx.RequestNotRead:  # a streamed upload: the general path
-                return await super().handle_async_request(request)
-            if not isinstance(self.client, aiohttp.ClientSession):
-                self.client = self.get_client()
-            proxy = self.proxy
-            try:
-                response = await self.client.request(
-                    request.method,
-                    str(request.url),
-                    headers=request.headers,
-                    data=data,
-                    allow_redirects=False,
-                    auto_decompress=False,  # httpx decodes, as with the original transport
-                    compress=False,
-                    timeout=self._timeout(request),
-                    server_hostname=request.extensions.get("sni_hostname"),
-                    proxy=str(proxy.url) if proxy else None,
-                    proxy_auth=aiohttp.BasicAuth(*proxy.auth) if proxy and proxy.auth else None,
-                    proxy_headers=proxy.headers if proxy else None,
-                ).__aenter__()
-            except Exception as exc:
-                raise to_httpx(exc) from exc
-            extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
-            if response.reason:
-                extensions["reason_phrase"] = response.reason.encode()
-            return httpx.Response(
-                status_code=response.status,
-                headers=response.raw_headers,
-                stream=LeanBody(response),
-                request=request,
-                extensions=extensions,
-            )
-
-    return LeanAiohttpTransport
-
-
-def _env_proxy(base_url: str) -> str | None:
-    """The proxy the environment sets for `base_url` (HTTP_PROXY, HTTPS_PROXY, NO_PROXY)."""
-    import urllib.request
-
-    url = httpx.URL(base_url)
-    proxies = urllib.request.getproxies_environment()
-    if not proxies or urllib.request.proxy_bypass(url.host):
-        return None
-    return proxies.get(url.scheme)
-
-
 async def _close_pool(pool: _Pool) -> None:
     pool.retired = True
     if not pool.owned:
@@ -1200,107 +1085,6 @@ def _rate_limit(headers: Mapping[str, str]) -> RateLimitInfo | None:
     if any(name.startswith("x-ratelimit-") for name in headers):
         return RateLimitInfo.from_headers(headers)
     return None
-
-
-def _body_chunks(response: httpx.Response, headers: Mapping[str, str]) -> AsyncIterator[bytes]:
-    """The body as it arrives. Without a Content-Encoding, straight from the transport's
-    stream: httpx's decoding and re-chunking layers cost CPU on every chunk for nothing."""
-    raw = response.stream
-    if headers.get("content-encoding", "identity") in ("", "identity") and isinstance(
-        raw, httpx.AsyncByteStream
-    ):
-        return aiter(raw)
-    return response.aiter_bytes()
-
-
-async def _read_body(response: httpx.Response, headers: Mapping[str, str]) -> bytes:
-    read_all = getattr(response.stream, "read_all", None)  # the lean aiohttp transport's
-    if read_all is not None and headers.get("content-encoding", "identity") in ("", "identity"):
-        body: bytes = await read_all()
-        return body
-    return b"".join([chunk async for chunk in _body_chunks(response, headers)])
-
-
-async def _aclose_iterator(chunks: AsyncIterator[bytes]) -> None:
-    aclose = getattr(chunks, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception as exc:  # the response is closed next anyway
-            log.debug("closing a body iterator failed: %s", type(exc).__name__)
-
-
-def _header_dict(response: httpx.Response) -> dict[str, str]:
-    """The response headers as one plain dict with lower-case names, decoded once.
-
-    httpx.Headers decodes and scans its whole list on every lookup; the client reads
-    a dozen of them per response.
-    """
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers.raw}
-
-
-async def _close_response(response: httpx.Response) -> None:
-    try:
-        await response.aclose()
-    except Exception as exc:  # a broken connection is discarded either way
-        log.debug("closing a response failed: %s", type(exc).__name__)
-
-
-def _is_json(headers: Mapping[str, str]) -> bool:
-    return headers.get("content-type", "").startswith("application/json")
-
-
-def _aiohttp_errors() -> tuple[type[BaseException], ...]:
-    # Only when aiohttp is loaded: if it is not, no exception can come from it.
-    module = sys.modules.get("aiohttp")
-    return (module.ClientError,) if module is not None else ()
-
-
-def _is_transport_error(exc: BaseException) -> bool:
-    """Network trouble (retryable), as opposed to a bug or a cancellation."""
-    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
-        return False
-    return isinstance(exc, (httpx.TransportError, OSError, TimeoutError, *_aiohttp_errors()))
-
-
-def _from_aiohttp(exc: BaseException) -> bool:
-    return type(exc).__module__.startswith("aiohttp")
-
-
-def _root(exc: BaseException) -> BaseException:
-    """The aiohttp exception under httpx_aiohttp's mapped one, which is sometimes misleading
-    (it maps every aiohttp ClientConnectionError, e.g. a server disconnect, to ConnectTimeout)."""
-    cause = exc.__cause__
-    if cause is not None and _from_aiohttp(cause):
-        return cause
-    return exc
-
-
-def _timeout_kind(exc: BaseException) -> str | None:
-    root = _root(exc)
-    name = type(root).__name__
-    if _from_aiohttp(root):
-        if name == "ConnectionTimeoutError":
-            return "connect"
-        if name == "SocketTimeoutError":
-            return "read"
-        return "timeout" if isinstance(root, TimeoutError) else None
-    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
-        return "connect"
-    if isinstance(exc, httpx.ReadTimeout):
-        return "read"
-    if isinstance(exc, httpx.WriteTimeout):
-        return "write"
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return "timeout"
-    return None
-
-
-def _is_connect_failure(exc: BaseException) -> bool:
-    root = _root(exc)
-    if _from_aiohttp(root):
-        return type(root).__name__.startswith("ClientConnector")
-    return isinstance(exc, httpx.ConnectError | ConnectionRefusedError)
 
 
 def _short_reason(error: APIError) -> str:

@@ -756,7 +756,7 @@ def test_gzip_body_is_decoded() -> None:
 
 
 def test_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ipychat.client import _env_proxy
+    from ipychat._transport import _env_proxy
 
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.test:3128")
     monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
