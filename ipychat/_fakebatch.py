@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ipychat.testing import _Engine
+    from ipychat._fakeopenai import _Engine
 
 __all__ = ["BatchAPI", "BatchOptions"]
 
@@ -360,29 +360,33 @@ class BatchAPI:
 
     async def _complete(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """What POST /v1/chat/completions would answer for one line (no faults, no limits)."""
-        from ipychat import testing as t
+        from ipychat import _fakerules as rules
+        from ipychat._fakeopenai import _Engine
+        from ipychat.testing import Fault
 
         o = self.engine.o
         try:
-            model, max_tokens = t._Engine._validate(body, None)
-        except t._Reject as reject:
+            model, max_tokens = _Engine._validate(body, None)
+        except rules._Reject as reject:
             return reject.status, reject.body
         produced: Any = o.reply
         if produced is None:
-            produced = t._echo(body)
+            produced = rules._echo(body)
         elif not isinstance(produced, str):
             produced = produced(body)
             if inspect.isawaitable(produced):
                 produced = await produced
-        if isinstance(produced, t.Fault):
+        if isinstance(produced, Fault):
             code = produced.code if produced.kind == "status" and produced.code else 500
-            message = produced.message or t._ERROR_MESSAGES.get(code) or f"Injected HTTP {code}."
+            message = (
+                produced.message or rules._ERROR_MESSAGES.get(code) or f"Injected HTTP {code}."
+            )
             return code, _error(message)
         text, finish = str(produced), "stop"
         if max_tokens is not None:
-            text, cut = t._truncate(text, max_tokens, o.count_tokens)
+            text, cut = rules._truncate(text, max_tokens, o.count_tokens)
             finish = "length" if cut else "stop"
-        prompt = t._prompt_tokens(body["messages"], o.count_tokens)
+        prompt = rules._prompt_tokens(body["messages"], o.count_tokens)
         completion = o.count_tokens(text) if text else 0
         choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
                   "logprobs": None, "finish_reason": finish}  # fmt: skip

@@ -641,7 +641,7 @@ def test_tpm_charge_without_max_tokens_and_too_large_requests() -> None:
      (61.5, "1m1.5s"), (3600, "1h0m0s")],
 )  # fmt: skip
 def test_reset_durations_use_openai_format(seconds: float, text: str) -> None:
-    from ipychat.testing import _format_duration
+    from ipychat._fakerules import _format_duration
 
     assert _format_duration(seconds) == text
     parsed = _duration(text)  # what ipychat.types reads back: rounded up, never early
