@@ -873,9 +873,15 @@ class _Mapper:
             self._stop(exc)
             self._ready.appendleft(job)
         elif kind == "retry" and job.failures < self.retries:
+            # The server's own demand (retry-after-ms / retry-after) wins over the backoff,
+            # as in the client; a demand above the cap is not retried (the message says when).
+            wait = getattr(exc, "retry_after", None)
+            if wait is not None and wait > DEFAULT_MAX_WAIT:
+                self._fail(job, exc)
+                return
             job.failures += 1
-            due = time.monotonic() + backoff_delay(job.failures - 1)
-            heapq.heappush(self._delayed, (due, id(job), job))
+            delay = wait if wait is not None and wait > 0 else backoff_delay(job.failures - 1)
+            heapq.heappush(self._delayed, (time.monotonic() + delay, id(job), job))
         else:
             self._fail(job, exc)
 

@@ -118,7 +118,8 @@ class StreamError(APIError):
 
 
 class APIStatusError(APIError):
-    """The server answered with an HTTP error status."""
+    """The server answered with an HTTP error status; `retry_after` is the wait (seconds) it
+    asked for in `retry-after-ms`/`retry-after`, if it said one."""
 
     def __init__(
         self,
@@ -127,10 +128,12 @@ class APIStatusError(APIError):
         status_code: int,
         request_id: str | None = None,
         server_message: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message, request_id=request_id)
         self.status_code = status_code
         self.server_message = server_message
+        self.retry_after = retry_after
 
 
 class BadRequestError(APIStatusError):
@@ -178,6 +181,7 @@ def status_error(
         "status_code": status_code,
         "request_id": request_id,
         "server_message": server_message,
+        "retry_after": retry_after,
     }
     if status_code == 429:
         return RateLimitError(
