@@ -5,7 +5,8 @@ transport as an argument: unit tests pass `httpx.MockTransport`, protocol tests 
 `ipychat.testing.FakeOpenAIServer` over real sockets. httpx is imported here and in the
 client's private helper modules, which are part of the same boundary and used by
 nothing else: `ipychat._transport` (the default aiohttp transport, body reading,
-network-failure classification).
+network-failure classification) and `ipychat._client_errors` (status and connection
+errors, server-message extraction, redaction).
 
 ```
 ChatClient.chat(body)            one request, retried by the rules of ipychat.retry
@@ -13,6 +14,7 @@ ChatClient.chat(body)            one request, retried by the rules of ipychat.re
         ├── _pool()              the lazily built transport (connection pool) of the loop
         ├── _read_json / _read_stream   a 2xx body → Completion (SSE via ipychat.sse)
         └── _status_error / _connection_error   failures → ipychat.errors, one line each
+                                         (ipychat._client_errors)
 ```
 
 Why the aiohttp transport by default: httpcore's async pool costs about 15 ms of CPU per
@@ -53,31 +55,33 @@ import httpx
 
 from ipychat import __version__
 from ipychat import retry as policy
+from ipychat._client_errors import (
+    _clean_cause,
+    _connection_error,
+    _server_message,
+    _short_cause,
+    _short_reason,
+    _snippet,
+    _status_error,
+)
 from ipychat._transport import (
     _aclose_iterator,
     _body_chunks,
     _close_response,
     _default_transport,
     _header_dict,
-    _is_connect_failure,
     _is_json,
     _is_transport_error,
     _read_body,
-    _root,
-    _timeout_kind,
 )
 from ipychat.errors import (
-    APIConnectionError,
     APIError,
-    APIStatusError,
-    APITimeoutError,
     ConfigError,
     NoAPIKeyError,
     RateLimitError,
     StreamError,
-    status_error,
 )
-from ipychat.keys import Secret, redact, redact_headers
+from ipychat.keys import Secret, redact_headers
 from ipychat.sse import SSEDecoder
 from ipychat.types import Completion, RateLimitInfo, Usage
 
@@ -88,11 +92,6 @@ log = logging.getLogger("ipychat")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 OPENAI_HOST = "api.openai.com"
 USER_AGENT = f"ipychat/{__version__}"
-
-_KEY_FIX = "check OPENAI_API_KEY or run %chat key"
-
-# Longest server message kept in an exception (one line; the rest is noise in a notebook).
-_MESSAGE_LIMIT = 300
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
@@ -535,7 +534,15 @@ class ChatClient:
         self, exc: BaseException, request: httpx.Request, retries: int, limit: int
     ) -> _Failed:
         read_timeout = (request.extensions.get("timeout") or {}).get("read")
-        error = self._connection_error(exc, retries, read_timeout)
+        error = _connection_error(
+            exc,
+            retries,
+            read_timeout,
+            host=self.host,
+            base_url=self.base_url,
+            keys=self._keys,
+            timeouts=self.timeouts,
+        )
         error.__cause__ = _clean_cause(exc, self._keys)
         decision = policy.decide_error(
             _short_reason(error), retries_taken=retries, max_retries=limit, rand=self._rand
@@ -575,7 +582,18 @@ class ChatClient:
                 request_id,
                 retries,
             )
-        error = self._status_error(response, path, body, request_id, rate_limit, decision, retries)
+        error = _status_error(
+            response,
+            path,
+            body,
+            request_id,
+            rate_limit,
+            decision,
+            retries,
+            host=self.host,
+            base_url=self.base_url,
+            keys=self._keys,
+        )
         return _Failed(error, decision)
 
     def _next_key(self, used: int, tried: set[int], retries: int, limit: int) -> bool:
@@ -863,121 +881,6 @@ class ChatClient:
             request_id=attempt.request_id,
         )
 
-    # ----- errors --------------------------------------------------------------------------
-
-    def _status_error(
-        self,
-        response: httpx.Response,
-        path: str,
-        body: bytes,
-        request_id: str | None,
-        rate_limit: RateLimitInfo | None,
-        decision: policy.RetryDecision,
-        retries: int,
-    ) -> APIStatusError:
-        status = response.status_code
-        server = _server_message(body, self._keys)
-        said = f": {server}" if server else ""
-        after = f" after {retries} {'retry' if retries == 1 else 'retries'}" if retries else ""
-        if status == 429:
-            if decision.too_long and decision.server_wait is not None:
-                wait = decision.server_wait
-                message = (
-                    f"Rate limited by {self.host} and asked to wait {policy.format_wait(wait)}; "
-                    f"try again after {policy.format_retry_time(wait)}."
-                )
-            else:
-                message = (
-                    f"Rate limited by {self.host} (HTTP 429){after}{said}; lower the "
-                    "concurrency or the request rate, or try again in a minute"
-                )
-            return RateLimitError(
-                message,
-                status_code=status,
-                request_id=request_id,
-                server_message=server or None,
-                retry_after=decision.server_wait,
-                rate_limit=rate_limit,
-            )
-        message = self._status_message(response, path, status, said, after, decision)
-        return status_error(
-            status,
-            message,
-            request_id=request_id,
-            server_message=server or None,
-            retry_after=decision.server_wait,
-        )
-
-    def _status_message(
-        self,
-        response: httpx.Response,
-        path: str,
-        status: int,
-        said: str,
-        after: str,
-        decision: policy.RetryDecision,
-    ) -> str:
-        host = self.host
-        if status in (400, 422):
-            return f"{host} rejected the request (HTTP {status}){said}; fix the request and retry"
-        if status == 401:
-            if not self._keys:
-                return (
-                    f"{host} wants an API key (HTTP 401){said}: set OPENAI_API_KEY or run %chat key"
-                )
-            return f"{host} refused the API key (HTTP 401){said}: {_KEY_FIX}"
-        if status == 403:
-            return (
-                f"{host} denied access (HTTP 403){said}: check that this key may use this model "
-                "(project, organisation or region settings)"
-            )
-        if status == 404:
-            return (
-                f"{host} found nothing at {path} (HTTP 404){said}: check the model name "
-                f"(%chat models lists them) and the base URL ({self.base_url})"
-            )
-        if 300 <= status < 400:
-            location = response.headers.get("location", "another address")
-            return (
-                f"{host} redirected {path} (HTTP {status}) to {location}; "
-                "set the base URL to the final address"
-            )
-        if decision.too_long and decision.server_wait is not None:
-            wait = decision.server_wait
-            return (
-                f"{host} failed with HTTP {status}{said} and asked to wait "
-                f"{policy.format_wait(wait)}; try again after {policy.format_retry_time(wait)}."
-            )
-        if status >= 500:
-            return f"{host} failed with HTTP {status}{after}{said}; try again later"
-        return f"{host} answered HTTP {status}{after}{said}"
-
-    def _connection_error(
-        self, exc: BaseException, retries: int, read_timeout: float | None = None
-    ) -> APIConnectionError:
-        after = f" (after {retries} {'retry' if retries == 1 else 'retries'})" if retries else ""
-        host = self.host
-        kind = _timeout_kind(exc)
-        if kind == "connect":
-            return APITimeoutError(
-                f"Timed out connecting to {host} after {self.timeouts.connect:g} s{after}; "
-                f"check the network and the base URL ({self.base_url})"
-            )
-        if kind == "read":
-            return APITimeoutError(
-                f"{host} sent nothing for {read_timeout or self.timeouts.read:g} s (read "
-                f"timeout){after}; the server may be overloaded: try again, or raise the timeout"
-            )
-        if kind is not None:
-            return APITimeoutError(f"Request to {host} timed out ({kind}){after}; try again")
-        detail = _short_cause(exc, self._keys)
-        if _is_connect_failure(exc):
-            return APIConnectionError(
-                f"Could not connect to {host} ({detail}){after}; check the base URL "
-                f"({self.base_url}) and that the server is running"
-            )
-        return APIConnectionError(f"The connection to {host} failed ({detail}){after}; try again")
-
 
 @dataclass
 class _StreamState:
@@ -1084,71 +987,4 @@ def _rate_limit(headers: Mapping[str, str]) -> RateLimitInfo | None:
     # Most local servers send no x-ratelimit-* headers: skip the parse for them.
     if any(name.startswith("x-ratelimit-") for name in headers):
         return RateLimitInfo.from_headers(headers)
-    return None
-
-
-def _short_reason(error: APIError) -> str:
-    if isinstance(error, APITimeoutError):
-        return "timeout"
-    return "connection error"
-
-
-def _one_line(text: str, limit: int = _MESSAGE_LIMIT) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _short_cause(exc: BaseException, keys: Sequence[Secret]) -> str:
-    root = _root(exc)
-    text = str(root) or type(root).__name__
-    return redact(_one_line(text, 160), keys)
-
-
-def _clean_cause(exc: BaseException, keys: Sequence[Secret]) -> BaseException:
-    """The original exception, kept as __cause__ for debugging, with its text redacted.
-
-    Transport errors do not contain keys in practice; this makes it a guarantee.
-    """
-    text = str(exc)
-    clean = redact(text, keys)
-    if clean == text:
-        return exc
-    return APIConnectionError(f"{type(exc).__name__}: {clean}")
-
-
-def _snippet(body: bytes, keys: Sequence[Secret]) -> str:
-    text = body[:200].decode("utf-8", "replace")
-    return redact(_one_line(text, 80), keys) or "an empty body"
-
-
-def _server_message(body: bytes, keys: Sequence[Secret]) -> str:
-    """The server's own explanation from an error body, one line, credentials masked.
-
-    OpenAI sends {"error": {"message": ...}}; others send {"error": "..."},
-    {"message": ...} or {"detail": ...}, or plain text.
-    """
-    if not body:
-        return ""
-    text: str
-    try:
-        data = json.loads(body)
-    except ValueError:
-        text = body.decode("utf-8", "replace")
-    else:
-        text = _message_of(data) or body.decode("utf-8", "replace")
-    return redact(_one_line(text), keys)
-
-
-def _message_of(data: Any) -> str | None:
-    if not isinstance(data, dict):
-        return None
-    error = data.get("error")
-    if isinstance(error, dict):
-        message = error.get("message") or error.get("code") or error.get("type")
-        return str(message) if message else None
-    if isinstance(error, str) and error:
-        return error
-    for name in ("message", "detail"):
-        if data.get(name):
-            return str(data[name])
     return None
