@@ -281,6 +281,33 @@ def test_a_429_pauses_everyone_and_the_row_goes_first(make_session) -> None:
         assert result.summary.rate_limited == 1 and result.summary.failed == 0
 
 
+@pytest.mark.parametrize(
+    ("code", "headers", "low", "high"),
+    [
+        # Shorter than the backoff's first step (0.375-0.5 s): obeyed, not the backoff.
+        (503, {"retry-after-ms": "100"}, 0.09, 0.35),
+        (408, {"retry-after": "1.2"}, 1.19, 3.0),  # longer than it: waited in full
+    ],
+)
+def test_a_row_retry_waits_what_the_server_asked(make_session, code, headers, low, high) -> None:
+    with FakeOpenAIServer(latency=0.01) as server:
+        session = make_session(server)
+        server.script(Fault.status(code, headers=headers))
+        result = chatmap.run(session, frame(1), "{text}", "out", concurrency=1, retries=2)
+        times = [r.time for r in server.chat_requests]
+        assert len(times) == 2 and low <= times[1] - times[0] < high
+        assert result.summary.failed == 0 and result.frame["out"].tolist() == ["Echo: item 0"]
+
+
+def test_a_row_retry_demanded_past_the_cap_fails_the_row(make_session) -> None:
+    with FakeOpenAIServer(latency=0.01) as server:
+        session = make_session(server)
+        server.script(Fault.status(503, headers={"retry-after": "3600"}))
+        result = chatmap.run(session, frame(2), "{text}", "out", concurrency=1, retries=2)
+        assert len(server.chat_requests) == 2  # not retried; the other row goes on
+        assert result.summary.failed == 1 and "asked to wait 1 h" in result.frame["_error"][0]
+
+
 def test_rpm_limits_are_learnt_from_headers_and_paced(make_session) -> None:
     with FakeOpenAIServer(rpm=120, latency=0.01) as server:  # 2 requests per second
         session = make_session(server)
