@@ -5,14 +5,16 @@ transport as an argument: unit tests pass `httpx.MockTransport`, protocol tests 
 `ipychat.testing.FakeOpenAIServer` over real sockets. httpx is imported here and in the
 client's private helper modules, which are part of the same boundary and used by
 nothing else: `ipychat._transport` (the default aiohttp transport, body reading,
-network-failure classification) and `ipychat._client_errors` (status and connection
-errors, server-message extraction, redaction).
+network-failure classification), `ipychat._client_errors` (status and connection
+errors, server-message extraction, redaction) and `ipychat._replies` (reading a 2xx
+body: JSON, completion, SSE stream).
 
 ```
 ChatClient.chat(body)            one request, retried by the rules of ipychat.retry
   └── _call(...)                 the retry loop: build → send → classify → wait → again
         ├── _pool()              the lazily built transport (connection pool) of the loop
-        ├── _read_json / _read_stream   a 2xx body → Completion (SSE via ipychat.sse)
+        ├── _replies.read_json / read_completion / read_stream
+        │                        a 2xx body → Completion (ipychat._replies; SSE via ipychat.sse)
         └── _status_error / _connection_error   failures → ipychat.errors, one line each
                                          (ipychat._client_errors)
 ```
@@ -48,7 +50,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
@@ -58,15 +60,11 @@ from ipychat import retry as policy
 from ipychat._client_errors import (
     _clean_cause,
     _connection_error,
-    _server_message,
-    _short_cause,
     _short_reason,
-    _snippet,
     _status_error,
 )
+from ipychat._replies import _Attempt, _Dropped, _Replies
 from ipychat._transport import (
-    _aclose_iterator,
-    _body_chunks,
     _close_response,
     _default_transport,
     _header_dict,
@@ -79,11 +77,9 @@ from ipychat.errors import (
     ConfigError,
     NoAPIKeyError,
     RateLimitError,
-    StreamError,
 )
 from ipychat.keys import Secret, redact_headers
-from ipychat.sse import SSEDecoder
-from ipychat.types import Completion, RateLimitInfo, Usage
+from ipychat.types import Completion, RateLimitInfo
 
 __all__ = ["DEFAULT_BASE_URL", "ChatClient", "Timeouts"]
 
@@ -150,35 +146,12 @@ class _Pool:
         self.retired = False
 
 
-class _Dropped(Exception):
-    """Internal: the transport failed while reading a body, before any content was given out.
-
-    Raised inside an attempt so the retry loop treats it like a failed connection.
-    """
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(type(cause).__name__)
-        self.cause = cause
-
-
 @dataclass(frozen=True)
 class _Failed:
     """Internal: how one attempt failed, and what the retry policy says about it."""
 
     error: APIError
     decision: policy.RetryDecision
-
-
-@dataclass
-class _Attempt:
-    """What the body readers need to know about the attempt that produced a 2xx response."""
-
-    started: float
-    retries: int
-    model: str
-    request_id: str | None
-    rate_limit: RateLimitInfo | None
-    headers: Mapping[str, str]
 
 
 class ChatClient:
@@ -212,6 +185,7 @@ class ChatClient:
         self.host: str = url.netloc.decode("ascii")
         self._is_openai = url.host == OPENAI_HOST
         self._keys = _resolve_keys(api_key, api_keys)
+        self._replies = _Replies(self.host, self.base_url, self._keys)
         self._key_index = 0
         self.azure_api_version = azure_api_version or None
         self.timeouts = timeouts
@@ -276,8 +250,8 @@ class ChatClient:
 
         async def read(response: httpx.Response, attempt: _Attempt) -> Completion:
             if stream and not _is_json(attempt.headers):
-                return await self._read_stream(response, attempt, on_delta)
-            completion = await self._read_completion(response, attempt)
+                return await self._replies.read_stream(response, attempt, on_delta)
+            completion = await self._replies.read_completion(response, attempt)
             if stream and completion.text and on_delta is not None:
                 on_delta(completion.text)  # a server that ignored stream=true
             return completion
@@ -296,7 +270,7 @@ class ChatClient:
         """GET /models: the model ids the endpoint offers, sorted."""
 
         async def read(response: httpx.Response, attempt: _Attempt) -> list[str]:
-            data = await self._read_json(response, attempt)
+            data = await self._replies.read_json(response, attempt)
             items = data.get("data") if isinstance(data, dict) else data
             if not isinstance(items, list):
                 raise APIError(
@@ -375,7 +349,7 @@ class ChatClient:
         self, method: str, path: str, content: bytes | None, *, content_type: str | None = None
     ) -> dict[str, Any]:
         async def read(response: httpx.Response, attempt: _Attempt) -> dict[str, Any]:
-            data = await self._read_json(response, attempt)
+            data = await self._replies.read_json(response, attempt)
             if not isinstance(data, dict):
                 raise APIError(
                     f"{self.host} answered {path} with something that is not a JSON object",
@@ -728,172 +702,6 @@ class ChatClient:
         if pool in self._retired:
             self._retired.remove(pool)
         await _close_pool(pool)
-
-    # ----- reading replies -----------------------------------------------------------------
-
-    async def _read_json(self, response: httpx.Response, attempt: _Attempt) -> Any:
-        try:
-            body = await _read_body(response, attempt.headers)
-        except Exception as exc:
-            if _is_transport_error(exc):
-                raise _Dropped(exc) from exc
-            raise
-        try:
-            data = json.loads(body)
-        except ValueError:
-            raise APIError(
-                f"{self.host} answered HTTP {response.status_code} with something that is not "
-                f"JSON ({_snippet(body, self._keys)}); check that the base URL "
-                f"({self.base_url}) points at an OpenAI-compatible API",
-                request_id=attempt.request_id,
-            ) from None
-        if isinstance(data, dict) and data.get("error"):
-            message = _server_message(body, self._keys)
-            raise APIError(
-                f"{self.host} reported an error: {message}", request_id=attempt.request_id
-            )
-        return data
-
-    async def _read_completion(self, response: httpx.Response, attempt: _Attempt) -> Completion:
-        data = await self._read_json(response, attempt)
-        choices = data.get("choices") if isinstance(data, dict) else None
-        if not isinstance(choices, list):
-            raise APIError(
-                f"{self.host} answered without `choices`; check that the base URL "
-                f"({self.base_url}) points at an OpenAI-compatible chat API",
-                request_id=attempt.request_id,
-            )
-        first = choices[0] if choices and isinstance(choices[0], dict) else {}
-        message = first.get("message") or {}
-        latency = time.perf_counter() - attempt.started
-        return Completion(
-            text=str(message.get("content") or ""),
-            model=str(data.get("model") or attempt.model),
-            finish_reason=first.get("finish_reason"),
-            usage=Usage.from_api(data.get("usage")),
-            request_id=attempt.request_id or data.get("id"),
-            retries=attempt.retries,
-            latency=latency,
-            rate_limit=attempt.rate_limit,
-        )
-
-    async def _read_stream(
-        self,
-        response: httpx.Response,
-        attempt: _Attempt,
-        on_delta: Callable[[str], None] | None,
-    ) -> Completion:
-        decoder = SSEDecoder()
-        stream = _StreamState(attempt.model)
-        chunks = _body_chunks(response, attempt.headers)
-        try:
-            while True:
-                try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    break
-                except Exception as exc:
-                    if not _is_transport_error(exc):
-                        raise
-                    if not stream.parts:
-                        raise _Dropped(exc) from exc  # nothing given out yet: safe to retry
-                    raise self._stream_error(
-                        f"the connection broke ({_short_cause(exc, self._keys)})", stream, attempt
-                    ) from _clean_cause(exc, self._keys)
-                for event in decoder.feed(chunk):
-                    if self._on_event(event.data, stream, attempt, on_delta):
-                        return self._finish_stream(stream, attempt)
-        finally:
-            # Closed here rather than by the garbage collector's async-generator hook,
-            # which would schedule a task per stream.
-            await _aclose_iterator(chunks)
-        for event in decoder.flush():
-            if self._on_event(event.data, stream, attempt, on_delta):
-                return self._finish_stream(stream, attempt)
-        if not stream.parts:
-            # Cut before any content was given out: as harmless to retry as a dropped
-            # connection (nothing reached the caller, so nothing is said twice).
-            raise _Dropped(httpx.RemoteProtocolError("the stream ended before [DONE]"))
-        raise self._stream_error("the stream ended before [DONE]", stream, attempt)
-
-    def _on_event(
-        self,
-        data: str,
-        stream: _StreamState,
-        attempt: _Attempt,
-        on_delta: Callable[[str], None] | None,
-    ) -> bool:
-        """Apply one SSE event to `stream`; True when it was the final `[DONE]`."""
-        if data == "[DONE]":
-            return True
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            snippet = _snippet(data.encode(), self._keys)
-            raise self._stream_error(
-                f"a malformed chunk arrived ({snippet})", stream, attempt
-            ) from None
-        if not isinstance(chunk, dict):
-            raise self._stream_error("a chunk that is not a JSON object arrived", stream, attempt)
-        if chunk.get("error"):
-            message = _server_message(data.encode(), self._keys)
-            raise self._stream_error(f"the server sent an error: {message}", stream, attempt)
-        # Runs once per token: plain lookups, nothing allocated that is not kept.
-        model = chunk.get("model")
-        if model and model != stream.model:
-            stream.model = str(model)
-        usage = chunk.get("usage")
-        if usage:
-            stream.usage = Usage.from_api(usage)
-        for choice in chunk.get("choices") or ():
-            if type(choice) is not dict or choice.get("index", 0):
-                continue  # n > 1 is not supported: the text is choice 0's
-            reason = choice.get("finish_reason")
-            if reason:
-                stream.finish_reason = str(reason)
-            delta = choice.get("delta")
-            text = delta.get("content") if type(delta) is dict else None
-            if text:
-                if stream.first_token is None:
-                    stream.first_token = time.perf_counter() - attempt.started
-                stream.parts.append(text)
-                if on_delta is not None:
-                    on_delta(text)
-        return False
-
-    def _finish_stream(self, stream: _StreamState, attempt: _Attempt) -> Completion:
-        return Completion(
-            text="".join(stream.parts),
-            model=stream.model,
-            finish_reason=stream.finish_reason,
-            usage=stream.usage,
-            request_id=attempt.request_id,
-            retries=attempt.retries,
-            latency=time.perf_counter() - attempt.started,
-            time_to_first_token=stream.first_token,
-            rate_limit=attempt.rate_limit,
-        )
-
-    def _stream_error(self, what: str, stream: _StreamState, attempt: _Attempt) -> StreamError:
-        return StreamError(
-            f"The stream from {self.host} broke: {what} after {stream.chars():,} characters; "
-            "the reply is incomplete, try again",
-            request_id=attempt.request_id,
-        )
-
-
-@dataclass
-class _StreamState:
-    """What a stream has told us so far."""
-
-    model: str
-    parts: list[str] = field(default_factory=list)
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    first_token: float | None = None
-
-    def chars(self) -> int:
-        return sum(len(part) for part in self.parts)
 
 
 # ----- helpers ------------------------------------------------------------------------------
