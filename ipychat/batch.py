@@ -2,7 +2,7 @@
 separate rate-limit pool, results within 24 h).
 
 ```
-run(session, df, template, output, ...)   plan with chatmap's _Mapper (template, nulls,
+run(session, df, template, output, ...)   plan with chatmap's MapJob (template, nulls,
   │                                       dedupe, cache hits), then on the session loop:
   └── _BatchRun.execute()
         ├── cache hits written, as in an online map
@@ -37,7 +37,6 @@ import os
 import secrets
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -47,14 +46,13 @@ from ipychat import pricing
 from ipychat.chatmap import (
     MapAborted,
     MapInterrupted,
+    MapJob,
     MapPlan,
+    MapRequest,
     MapResult,
-    _Counters,
-    _guarded,
-    _Job,
-    _Mapper,
-    _seconds,
-    _wait,
+    format_seconds,
+    guarded,
+    wait_on_loop,
 )
 from ipychat.errors import BudgetExceeded, ChatError, ConfigError, Interrupted, OfflineCacheMiss
 from ipychat.ledger import LedgerRow
@@ -309,7 +307,7 @@ class BatchProgress:
     def line(self) -> str:
         return (
             f"batch {self.job} · {self.status} · {self.done:,}/{self.total:,} requests · "
-            f"{self.failed:,} failed · {_seconds(self.elapsed)}"
+            f"{self.failed:,} failed · {format_seconds(self.elapsed)}"
         )
 
 
@@ -330,7 +328,7 @@ class _BatchRun:
     def __init__(
         self,
         session: ChatSession,
-        mapper: _Mapper | None,
+        mapper: MapJob | None,
         *,
         poll_interval: float | None = None,
         max_requests: int = MAX_REQUESTS,
@@ -351,7 +349,7 @@ class _BatchRun:
         self.job: BatchJob | None = None
         self.attached = False
         self.started = time.monotonic()
-        self._by_key: dict[str, _Job] = (
+        self._by_key: dict[str, MapRequest] = (
             {job.key: job for job in mapper.to_send} if mapper is not None else {}
         )
 
@@ -376,18 +374,14 @@ class _BatchRun:
     async def execute(self, job: BatchJob | None = None, *, wait: bool = True) -> None:
         session, mapper = self.session, self.mapper
         if mapper is not None:
-            mapper.counters = _Counters(total=sum(len(j.rows) for j in mapper.to_send))
-            # What chatmap's dispatcher expects: JSON re-asks are sent online afterwards.
-            mapper._ready, mapper._delayed, mapper._abort = deque(), [], None
-            for cached_job, hit in mapper.hits:
-                mapper._cached(cached_job, hit)
+            mapper.start()  # JSON re-asks are sent online afterwards (send_queued)
             if not mapper.to_send and job is None:
                 await self._reask()
                 return
         if session.settings.offline:
             if mapper is not None:
                 for mjob in mapper.to_send:
-                    mapper._fail(
+                    mapper.fail(
                         mjob, OfflineCacheMiss("Offline mode: this row is not in the cache.")
                     )
                 return
@@ -443,23 +437,23 @@ class _BatchRun:
             created=time.time(),
             endpoint=session.base_url,
             host=session.host,
-            frame=mapper.frame.name,
-            template=mapper.template.text,
+            frame=mapper.frame_name,
+            template=mapper.template_text,
             outputs=list(mapper.outputs),
             options={
                 "json": mapper.json,
                 "model": first["model"],
-                "system": _base_system(mapper),  # "": none, whatever the settings say then
+                "system": mapper.base_system,  # "": none, whatever the settings say then
                 "temperature": first.get("temperature"),
                 "max_tokens": first.get("max_tokens"),
                 "fill_null": mapper.fill_null,
-                "limit": mapper.n if mapper.n < len(mapper.frame) else None,
+                "limit": mapper.limit,
                 "error_column": mapper.error_column,
             },
             requests=requests,
             parts=parts,
         )
-        if getattr(mapper, "allow_secrets", False):  # the rows were sent on that say-so
+        if mapper.allow_secrets:  # the rows were sent on that say-so
             job.options["allow_secrets"] = True
         self.registry.save(job)  # before the upload: a crash leaves a job to attach to
         return job
@@ -541,7 +535,7 @@ class _BatchRun:
                         f"This row is not part of batch {job.id} (the frame or the options "
                         "changed since it was submitted); re-run the cell to send it."
                     )
-                    self.mapper._fail(mjob, ChatError(message))
+                    self.mapper.fail(mjob, ChatError(message))
         if first:
             job.state, job.answered, job.failed = "collected", answered, failed
             self.registry.save(job)
@@ -578,8 +572,8 @@ class _BatchRun:
         mjob = self._by_key.get(ref.key)
         if mapper is not None and mjob is not None:
             if first:
-                mapper._spent(reply)
-            mapper._answered(mjob, reply.text, cached=False)
+                mapper.spend(reply)
+            mapper.answer(mjob, reply.text)
         return True
 
     def _fail(self, job: BatchJob, ref: RequestRef, message: str, *, record: bool) -> None:
@@ -589,13 +583,13 @@ class _BatchRun:
             self.session.usage.record(replace(row, outcome="error", error=message, cost=0.0))
         mjob = self._by_key.get(ref.key)
         if self.mapper is not None and mjob is not None:
-            self.mapper._fail(mjob, ChatError(message))
+            self.mapper.fail(mjob, ChatError(message))
 
     async def _reask(self) -> None:
         """Replies that were not the JSON asked for are asked again online (few rows)."""
         mapper = self.mapper
-        if mapper is not None and mapper._ready:
-            await mapper._dispatch()
+        if mapper is not None:
+            await mapper.send_queued()
 
 
 # ----- helpers -------------------------------------------------------------------------------
@@ -623,15 +617,6 @@ def _split(sizes: list[tuple[str, int]], max_requests: int, max_bytes: int) -> I
 
 def _fingerprint(by_key: dict[str, Any]) -> str:
     return hashlib.sha256("\n".join(sorted(by_key)).encode()).hexdigest()
-
-
-def _base_system(mapper: _Mapper) -> str:
-    """The system prompt before --json appended its rule (what re-planning is given)."""
-    system = mapper.system or ""
-    if not mapper.json:
-        return system
-    rule = f"Reply with only a JSON object with the keys: {', '.join(mapper.outputs)}."
-    return system.removesuffix(rule).removesuffix("\n\n")
 
 
 def _json_line(raw: bytes) -> dict[str, Any] | None:
@@ -733,8 +718,8 @@ _RUN_OPTIONS = ("poll_interval", "max_requests", "max_bytes")
 
 def _mapper(
     session: ChatSession, df: Any, template: str, output: Any, options: dict[str, Any]
-) -> _Mapper:
-    return _Mapper(session, df, template, output, **options)
+) -> MapJob:
+    return MapJob(session, df, template, output, **options)
 
 
 def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -743,7 +728,7 @@ def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     return options, run_options
 
 
-def _check_budget(mapper: _Mapper) -> None:
+def _check_budget(mapper: MapJob) -> None:
     """--max-cost against the batch price (the price this run will pay)."""
     plan = mapper.plan
     high = (
@@ -768,7 +753,7 @@ def plan(
     return _plan(_mapper(session, df, template, output, options), run_options)
 
 
-def _plan(mapper: _Mapper, run_options: dict[str, Any]) -> BatchPlan:
+def _plan(mapper: MapJob, run_options: dict[str, Any]) -> BatchPlan:
     sizes = [
         (f"row-{mjob.rows[0]}", len(_line(f"row-{mjob.rows[0]}", mjob.prepared.body)) + 1)
         for mjob in mapper.to_send
@@ -917,7 +902,7 @@ async def arun(
         on_plan(_plan(mapper, run_options))
     batch_run = _BatchRun(session, mapper, **run_options)
     finished = threading.Event()
-    future = session.submit(_guarded(batch_run.execute(wait=wait), finished))
+    future = session.submit(guarded(batch_run.execute(wait=wait), finished))
     wrapped = asyncio.wrap_future(future)
     try:
         while not (await asyncio.wait({wrapped}, timeout=TICK))[0]:
@@ -974,7 +959,7 @@ def _drive(
         _tick(batch_run, progress)
 
     try:
-        _wait(session, coro, tick)
+        wait_on_loop(session, coro, tick)
     except KeyboardInterrupt:
         raise _interrupted(batch_run) from None
     except ChatError as exc:

@@ -5,12 +5,12 @@ is one). `ChatSession.map`/`amap` and the `%%chatmap` magic delegate here.
 
 ```
 run(session, df, template, ...)          sync: plan, then execute on the session's loop
-  ├── _Mapper.__init__                   plan (caller's thread, nothing sent): template
+  ├── MapJob.__init__                   plan (caller's thread, nothing sent): template
   │                                      compiled once, nulls, dedupe, prepare_one per
   │                                      unique prompt, one batched cache read (get_many)
-  ├── _Mapper.execute()                  on the loop: budget held for the whole run,
+  ├── MapJob.execute()                  on the loop: budget held for the whole run,
   │     └── _dispatch() → _send(job)     concurrency window + rate limiter + shared 429 pause
-  └── _Mapper.result()                   outputs written by row position (order, index kept)
+  └── MapJob.result()                   outputs written by row position (order, index kept)
 ```
 
 Rows never abort a run: a row's failure (after `retries`) lands in the `_error` column.
@@ -367,7 +367,7 @@ class MapProgress:
 
     def line(self) -> str:
         rate = f"{self.rate:,.0f} rows/s" if self.rate else "– rows/s"
-        eta = f"ETA {_seconds(self.eta)}" if self.eta is not None else "ETA –"
+        eta = f"ETA {format_seconds(self.eta)}" if self.eta is not None else "ETA –"
         errors = f"{self.errors:,} error{'s' if self.errors != 1 else ''}"
         return f"{self.done:,}/{self.total:,} · {rate} · {eta} · {errors} · {format_usd(self.cost)}"
 
@@ -416,7 +416,8 @@ class MapResult:
     plan: MapPlan
 
 
-def _seconds(value: float) -> str:
+def format_seconds(value: float) -> str:
+    """A duration as people say it: `42 s`, `3 min 05 s`, `2 h 07 min`."""
     if value < 60:
         return f"{value:.0f} s"
     minutes, seconds = divmod(int(value), 60)
@@ -431,8 +432,9 @@ def _seconds(value: float) -> str:
 
 
 @dataclass
-class _Job:
-    """One unique request and the rows it answers."""
+class MapRequest:
+    """One unique request of a map and the rows it answers: `key` is its cache key,
+    `prepared.body` the request body, `rows` the row positions its reply fills."""
 
     key: str
     prepared: Prepared
@@ -490,8 +492,22 @@ def _parse_object(text: str) -> tuple[dict[str, Any] | None, str]:
     return value, ""
 
 
-class _Mapper:
-    """One map: planned in the constructor (nothing sent), executed on the session loop."""
+class MapJob:
+    """One map: planned in the constructor (nothing sent), executed on the session loop.
+
+    `execute()` is the online run. Another engine (ipychat.batch sends the requests
+    through the Batch API) drives a job through this interface instead:
+
+    - what was asked: `plan`, `max_cost`, `outputs`, `json`, `base_system` (the system
+      prompt before --json added its rule), `fill_null`, `error_column`, `cache_mode`,
+      `allow_secrets`, `frame_name`, `template_text`, `limit` (None: every row);
+    - `to_send`: the MapRequests the cache does not answer;
+    - on the session loop: `start()` first (counters, queues, cache hits written), then
+      `spend(reply)` for a reply's cost, `answer(request, text)` for a reply's text,
+      `fail(request, error)` for a request given up, and `send_queued()` to send online
+      what is still queued (the JSON re-asks);
+    - from any thread: `progress()`, `result(interrupted=...)`.
+    """
 
     def __init__(
         self,
@@ -539,6 +555,7 @@ class _Mapper:
         self.max_tokens = max_tokens
         self.rpm, self.tpm = rpm, tpm
         base_system = system if system is not None else session.settings.system
+        self.base_system: str = base_system or ""
         self.extra: dict[str, Any] | None = None
         self.system = base_system
         if json:
@@ -629,9 +646,9 @@ class _Mapper:
         own = getattr(self.session, "cache_key", None)
         return own(body) if callable(own) else cache_key(self.session.base_url, body)
 
-    def _prepare(self, by_prompt: dict[str, list[int]]) -> tuple[list[_Job], int]:
+    def _prepare(self, by_prompt: dict[str, list[int]]) -> tuple[list[MapRequest], int]:
         session = self.session
-        jobs: list[_Job] = []
+        jobs: list[MapRequest] = []
         invalid = 0
         for prompt, rows in by_prompt.items():
             options: dict[str, Any] = {"allow_secrets": True} if self.allow_secrets else {}
@@ -654,7 +671,7 @@ class _Mapper:
                 continue
             estimate = prepared.estimate
             jobs.append(
-                _Job(
+                MapRequest(
                     self._key(prepared.body),
                     prepared,
                     rows,
@@ -676,17 +693,62 @@ class _Mapper:
 
     # ----- execution (session loop) ---------------------------------------------------------
 
+    @property
+    def frame_name(self) -> str:
+        return self.frame.name
+
+    @property
+    def template_text(self) -> str:
+        return self.template.text
+
+    @property
+    def limit(self) -> int | None:
+        return self.n if self.n < len(self.frame) else None
+
+    @property
+    def abort(self) -> ChatError | None:
+        """What stopped the run (key, model, a long wait), or None."""
+        return self._abort
+
+    def start(self) -> None:
+        """Ready to run (session loop): counters and queues reset, cache hits written."""
+        self._reset()
+        self._apply_hits()
+
+    def _reset(self) -> None:
+        self.counters = _Counters(total=sum(len(job.rows) for job in self.to_send))
+        self._ready: deque[MapRequest] = deque()
+        self._delayed: list[tuple[float, int, MapRequest]] = []
+        self._abort: ChatError | None = None
+
+    def _apply_hits(self) -> None:
+        for job, hit in self.hits:
+            self._cached(job, hit)
+
+    def spend(self, reply: Reply) -> None:
+        """Count a reply's cost in the progress and the summary."""
+        self._spent(reply)
+
+    def answer(self, request: MapRequest, text: str) -> None:
+        """A reply to `request` (not from the cache): its rows are written (or re-asked)."""
+        self._answered(request, text, cached=False)
+
+    def fail(self, request: MapRequest, error: ChatError) -> None:
+        """`request` is given up: `error` goes into its rows' error column."""
+        self._fail(request, error)
+
+    async def send_queued(self) -> None:
+        """Send online what is queued (session loop): the re-asks of invalid JSON replies."""
+        if self._ready:
+            await self._dispatch()
+
     async def execute(self) -> None:
         session = self.session
-        self.counters = _Counters(total=sum(len(job.rows) for job in self.to_send))
+        self._reset()
         high = self.plan.cost_high if self.to_send else 0.0
         held = session.usage.reserve(high) if self.to_send and not session.settings.offline else 0.0
         try:
-            for job, hit in self.hits:
-                self._cached(job, hit)
-            self._ready: deque[_Job] = deque()
-            self._delayed: list[tuple[float, int, _Job]] = []
-            self._abort: ChatError | None = None
+            self._apply_hits()
             if session.settings.offline:
                 for job in self.to_send:
                     self._fail(job, OfflineCacheMiss("Offline mode: this row is not in the cache."))
@@ -697,7 +759,7 @@ class _Mapper:
         finally:
             session.usage.settle(held, None)
 
-    def _cached(self, job: _Job, hit: dict[str, Any]) -> None:
+    def _cached(self, job: MapRequest, hit: dict[str, Any]) -> None:
         """A cache hit: its ledger row and the saving, then the same handling as a reply."""
         session, model = self.session, job.prepared.body["model"]
         usage = Usage(**hit["usage"]) if hit.get("usage") else None
@@ -814,7 +876,7 @@ class _Mapper:
         self._inflight.discard(task)
         self._wake()
 
-    async def _send(self, job: _Job, ticket: Ticket) -> None:
+    async def _send(self, job: MapRequest, ticket: Ticket) -> None:
         counters = self.counters
         counters.requests += 1
         if counters.first_send is None:
@@ -848,7 +910,7 @@ class _Mapper:
         else:
             self.counters.cost += reply.cost
 
-    def _rate_limited(self, job: _Job, exc: RateLimitError, now: float) -> None:
+    def _rate_limited(self, job: MapRequest, exc: RateLimitError, now: float) -> None:
         self.counters.rate_limited += 1
         job.limited += 1
         server = (exc.server_message or "").lower()
@@ -867,7 +929,7 @@ class _Mapper:
         self.limiter.pause(wait if wait is not None else backoff_delay(job.limited - 1), now)
         self._ready.appendleft(job)
 
-    def _failed(self, job: _Job, exc: ChatError) -> None:
+    def _failed(self, job: MapRequest, exc: ChatError) -> None:
         kind = _classify(exc)
         if kind == "fatal":
             self._stop(exc)
@@ -889,14 +951,14 @@ class _Mapper:
         if self._abort is None:
             self._abort = exc
 
-    def _fail(self, job: _Job, exc: ChatError) -> None:
+    def _fail(self, job: MapRequest, exc: ChatError) -> None:
         message = str(exc)
         if job.failures:
             message += f" (after {job.failures} {'retry' if job.failures == 1 else 'retries'})"
         for i in job.rows:
             self._finish(i, {}, message)
 
-    def _answered(self, job: _Job, text: str, *, cached: bool) -> None:
+    def _answered(self, job: MapRequest, text: str, *, cached: bool) -> None:
         if not self.json:
             for i in job.rows:
                 self._finish(i, {self.outputs[0]: text}, None, cached=cached)
@@ -919,7 +981,7 @@ class _Mapper:
         for i in job.rows:
             self._finish(i, values, error, cached=cached)
 
-    def _reask(self, job: _Job, text: str, problem: str, cached: bool) -> None:
+    def _reask(self, job: MapRequest, text: str, problem: str, cached: bool) -> None:
         """Invalid JSON is asked for once more, in the same conversation, first in line."""
         from ipychat.session import Prepared
 
@@ -938,7 +1000,7 @@ class _Mapper:
             body["messages"], model=body["model"], max_tokens=body.get("max_tokens")
         )
         prepared = Prepared(job.prepared.prompt, None, body, estimate, label="map")
-        again = _Job(
+        again = MapRequest(
             self._key(body),
             prepared,
             job.rows,
@@ -1013,7 +1075,7 @@ class _Mapper:
         return MapResult(frame, summary, self.plan)
 
 
-def _too_large(job: _Job, limiter: RateLimiter) -> str:
+def _too_large(job: MapRequest, limiter: RateLimiter) -> str:
     limit = limiter.tokens.limit if limiter.tokens is not None else 0
     return (
         f"This row needs {job.tokens:,} tokens (prompt + max_tokens), more than the whole "
@@ -1073,7 +1135,7 @@ def _check_options(
 # ----- entry points --------------------------------------------------------------------------
 
 
-def _interrupted(mapper: _Mapper) -> MapInterrupted:
+def _interrupted(mapper: MapJob) -> MapInterrupted:
     result = mapper.result(interrupted=True)
     c = mapper.counters
     message = (
@@ -1083,7 +1145,7 @@ def _interrupted(mapper: _Mapper) -> MapInterrupted:
     return MapInterrupted(message, result)
 
 
-def _aborted(mapper: _Mapper, cause: ChatError) -> MapAborted:
+def _aborted(mapper: MapJob, cause: ChatError) -> MapAborted:
     result = mapper.result()
     c = mapper.counters
     message = (
@@ -1103,7 +1165,7 @@ def plan(
     """The dry run: what `run` would send and what it may cost; nothing is sent."""
     options.pop("progress", None)
     options.pop("on_plan", None)
-    return _Mapper(session, df, template, output, **options).plan
+    return MapJob(session, df, template, output, **options).plan
 
 
 def map_frame(
@@ -1165,18 +1227,20 @@ def run(
     the rows finished so far in `.result`; a global failure (key, model, a long wait
     demanded by the server) raises MapAborted, also with `.result`.
     """
-    mapper = _Mapper(session, df, template, output, **options)
+    mapper = MapJob(session, df, template, output, **options)
     mapper.check_budget()
     if on_plan is not None:
         on_plan(mapper.plan)
     try:
-        _wait(session, mapper.execute(), lambda: progress(mapper.progress()) if progress else None)
+        wait_on_loop(
+            session, mapper.execute(), lambda: progress(mapper.progress()) if progress else None
+        )
     except KeyboardInterrupt:
         raise _interrupted(mapper) from None
     if progress is not None:
         progress(mapper.progress())
-    if mapper._abort is not None:
-        raise _aborted(mapper, mapper._abort)
+    if mapper.abort is not None:
+        raise _aborted(mapper, mapper.abort)
     return mapper.result()
 
 
@@ -1191,12 +1255,12 @@ async def arun(
     **options: Any,
 ) -> MapResult:
     """`run` for code that awaits; the requests still go from the session's own loop."""
-    mapper = _Mapper(session, df, template, output, **options)
+    mapper = MapJob(session, df, template, output, **options)
     mapper.check_budget()
     if on_plan is not None:
         on_plan(mapper.plan)
     finished = threading.Event()
-    future = session.submit(_guarded(mapper.execute(), finished))
+    future = session.submit(guarded(mapper.execute(), finished))
     wrapped = asyncio.wrap_future(future)
     try:
         while not (await asyncio.wait({wrapped}, timeout=TICK))[0]:
@@ -1209,23 +1273,24 @@ async def arun(
         raise _interrupted(mapper) from None
     if progress is not None:
         progress(mapper.progress())
-    if mapper._abort is not None:
-        raise _aborted(mapper, mapper._abort)
+    if mapper.abort is not None:
+        raise _aborted(mapper, mapper.abort)
     return mapper.result()
 
 
-async def _guarded(coro: Coroutine[Any, Any, T], finished: threading.Event) -> T:
+async def guarded(coro: Coroutine[Any, Any, T], finished: threading.Event) -> T:
+    """Run `coro` and set `finished` once it and its own cleanup are over."""
     try:
         return await coro
     finally:  # after the coroutine's own cleanup: the caller may read the state now
         finished.set()
 
 
-def _wait(session: ChatSession, coro: Coroutine[Any, Any, T], tick: Callable[[], None]) -> T:
+def wait_on_loop(session: ChatSession, coro: Coroutine[Any, Any, T], tick: Callable[[], None]) -> T:
     """Like LoopThread.run (Ctrl-C cancels the work and waits for its cleanup), with a tick
     in the waiting thread for the progress display."""
     finished = threading.Event()
-    future = session.submit(_guarded(coro, finished))
+    future = session.submit(guarded(coro, finished))
     try:
         while True:
             try:
