@@ -7,6 +7,8 @@
 
 A body that fails before anything was given out raises `_Dropped`, which the client's
 retry loop treats as a dropped connection (safe to retry: nothing reached the caller).
+So does a completion whose JSON breaks off or does not parse (`_meant_as_json`); only a
+body that is no JSON at all (an HTML page) gets the "check the base URL" error.
 Once text was given out, a failure is a `StreamError`: retrying would say it twice.
 
 Part of the client's network boundary (DESIGN.md): only `ipychat.client` uses it, and
@@ -65,7 +67,13 @@ class _Replies:
         self.base_url = base_url
         self._keys = keys
 
-    async def read_json(self, response: httpx.Response, attempt: _Attempt) -> Any:
+    async def read_json(
+        self, response: httpx.Response, attempt: _Attempt, *, retry_cut: bool = False
+    ) -> Any:
+        """The body as JSON. With `retry_cut`, a body that was meant to be JSON but does not
+        parse (it ended early, or broke off) raises `_Dropped`: the connection or a proxy
+        cut the reply, and nothing was given out, so it is retried like a dropped connection.
+        A body that is no JSON at all (an HTML page) is an error naming the base URL."""
         try:
             body = await _read_body(response, attempt.headers)
         except Exception as exc:
@@ -75,6 +83,9 @@ class _Replies:
         try:
             data = json.loads(body)
         except ValueError:
+            if retry_cut and _meant_as_json(body, attempt.headers):
+                cut = httpx.RemoteProtocolError("the reply ended early or is not valid JSON")
+                raise _Dropped(cut) from None
             raise APIError(
                 f"{self.host} answered HTTP {response.status_code} with something that is not "
                 f"JSON ({_snippet(body, self._keys)}); check that the base URL "
@@ -89,7 +100,7 @@ class _Replies:
         return data
 
     async def read_completion(self, response: httpx.Response, attempt: _Attempt) -> Completion:
-        data = await self.read_json(response, attempt)
+        data = await self.read_json(response, attempt, retry_cut=True)
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list):
             raise APIError(
@@ -214,6 +225,16 @@ class _Replies:
             "the reply is incomplete, try again",
             request_id=attempt.request_id,
         )
+
+
+def _meant_as_json(body: bytes, headers: Mapping[str, str]) -> bool:
+    """True when a body that does not parse was still meant to be JSON: it starts like
+    JSON, or is labelled JSON and is not a markup page (some proxies label those JSON)."""
+    start = body.lstrip()[:1]
+    if start in (b"{", b"["):
+        return True
+    mime = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return (mime == "application/json" or mime.endswith("+json")) and start != b"<"
 
 
 @dataclass

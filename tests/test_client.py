@@ -199,6 +199,30 @@ def test_non_json_success_is_a_clear_error() -> None:
         run(client.chat(BODY))
 
 
+def test_a_body_meant_as_json_that_does_not_parse_is_retried() -> None:
+    cut = json.dumps(completion_json())[:40].encode()
+    script = Script(
+        httpx.Response(200, content=cut, headers={"content-type": "text/plain"}),  # starts as JSON
+        httpx.Response(200, content=b"", headers={"content-type": "application/json"}),
+        httpx.Response(200, json=completion_json("whole")),
+    )
+    client, sleeps = make(script)
+    completion = run(client.chat(BODY))
+    assert completion.text == "whole" and completion.retries == 2
+    assert sleeps.delays == [0.5, 1.0]
+
+
+def test_a_page_labelled_json_is_not_retried() -> None:
+    page = httpx.Response(
+        200, text="<html>Sign in</html>", headers={"content-type": "application/json"}
+    )
+    script = Script(page)
+    client, _ = make(script)
+    with pytest.raises(APIError, match="check that the base URL"):
+        run(client.chat(BODY))
+    assert len(script.requests) == 1
+
+
 def test_error_object_in_a_200_body() -> None:
     client, _ = make(Script(httpx.Response(200, json={"error": {"message": "model overloaded"}})))
     with pytest.raises(APIError, match="model overloaded"):

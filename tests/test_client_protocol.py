@@ -258,11 +258,31 @@ def test_malformed_stream_chunk(server: FakeOpenAIServer) -> None:
         chat(client, stream=True)
 
 
-def test_malformed_json_body(server: FakeOpenAIServer) -> None:
-    server.script(Fault.malformed_json())
-    client, _ = client_for(server)
-    with pytest.raises(APIError, match="not JSON"):
+def test_a_malformed_or_cut_json_body_is_retried(server: FakeOpenAIServer) -> None:
+    # A 200 whose JSON breaks off is a dropped reply, not a wrong base URL: nothing was
+    # given out yet, so it is retried like a dropped connection.
+    server.script(Fault.malformed_json(), Fault.truncate())
+    client, sleeps = client_for(server)
+    completion = chat(client)
+    assert completion.text == ECHO and completion.retries == 2
+    assert len(server.chat_requests) == 3 and sleeps.delays == [0.5, 1.0]
+
+
+def test_cut_json_bodies_exhaust_the_retries(server: FakeOpenAIServer) -> None:
+    server.script("truncate", "truncate", "truncate")
+    client, _ = client_for(server, max_retries=2)
+    with pytest.raises(APIConnectionError, match=r"ended early .*after 2 retries") as info:
         chat(client)
+    assert "base URL" not in str(info.value)
+    assert len(server.chat_requests) == 3
+
+
+def test_a_web_page_in_a_200_names_the_base_url(server: FakeOpenAIServer) -> None:
+    server.script(Fault.status(200, body="<html><body>Welcome to nginx!</body></html>"))
+    client, sleeps = client_for(server)
+    with pytest.raises(APIError, match=r"not JSON \(<html>.*check that the base URL"):
+        chat(client)
+    assert len(server.chat_requests) == 1 and sleeps.delays == []
 
 
 def test_error_mid_stream(server: FakeOpenAIServer) -> None:
