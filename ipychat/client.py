@@ -6,12 +6,14 @@ transport as an argument: unit tests pass `httpx.MockTransport`, protocol tests 
 client's private helper modules, which are part of the same boundary and used by
 nothing else: `ipychat._transport` (the default aiohttp transport, body reading,
 network-failure classification), `ipychat._client_errors` (status and connection
-errors, server-message extraction, redaction) and `ipychat._replies` (reading a 2xx
-body: JSON, completion, SSE stream).
+errors, server-message extraction, redaction), `ipychat._replies` (reading a 2xx
+body: JSON, completion, SSE stream) and `ipychat._requests` (building each request;
+base URL and key settings).
 
 ```
 ChatClient.chat(body)            one request, retried by the rules of ipychat.retry
   └── _call(...)                 the retry loop: build → send → classify → wait → again
+        ├── _requests.build(...)  the httpx.Request (ipychat._requests)
         ├── _pool()              the lazily built transport (connection pool) of the loop
         ├── _replies.read_json / read_completion / read_stream
         │                        a 2xx body → Completion (ipychat._replies; SSE via ipychat.sse)
@@ -64,6 +66,14 @@ from ipychat._client_errors import (
     _status_error,
 )
 from ipychat._replies import _Attempt, _Dropped, _Replies
+from ipychat._requests import (
+    DEFAULT_BASE_URL,
+    _multipart,
+    _normalize_base_url,
+    _path_id,
+    _Requests,
+    _resolve_keys,
+)
 from ipychat._transport import (
     _close_response,
     _default_transport,
@@ -85,7 +95,6 @@ __all__ = ["DEFAULT_BASE_URL", "ChatClient", "Timeouts"]
 
 log = logging.getLogger("ipychat")
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 OPENAI_HOST = "api.openai.com"
 USER_AGENT = f"ipychat/{__version__}"
 
@@ -199,14 +208,16 @@ class ChatClient:
         self.max_retry_wait = max_retry_wait
         self._max_connections = _check_connections(max_connections)
         self._transport = transport
-        self._headers = {"User-Agent": USER_AGENT, **(headers or {})}
+        self._requests = _Requests(
+            self.base_url,
+            self._keys,
+            self.azure_api_version,
+            {"User-Agent": USER_AGENT, **(headers or {})},
+        )
         # Injected so tests can assert the waits the client asked for without waiting.
         self._sleep: Sleep = sleep if sleep is not None else asyncio.sleep
         self._rand = rand
-        self._query = {"api-version": self.azure_api_version} if self.azure_api_version else {}
         self._pool_: _Pool | None = None
-        self._urls: dict[str, httpx.URL] = {}
-        self._header_cache: dict[tuple[int, bool], httpx.Headers] = {}
         self._retired: list[_Pool] = []
         self.last_rate_limit: RateLimitInfo | None = None
 
@@ -412,12 +423,12 @@ class ChatClient:
         limit = self.max_retries if max_retries is None else max_retries
         self._check_key()
         started = time.perf_counter()
-        url = self._url(path)
+        url = self._requests.url(path)
         retries = 0
         keys_tried: set[int] = set()
         while True:
             key_index = self._key_index
-            request = self._request(method, url, content, key_index, timeout, content_type)
+            request = self._requests.build(method, url, content, key_index, timeout, content_type)
             pool = self._pool()
             pool.inflight += 1
             try:
@@ -614,64 +625,6 @@ class ChatClient:
                 "or install ipychat[local] for the offline model."
             )
 
-    def _url(self, path: str) -> httpx.URL:
-        # Parsed once per path: httpx.URL(str) costs more than the rest of a request build.
-        url = self._urls.get(path)
-        if url is None:
-            url = httpx.URL(self.base_url + path, params=self._query or None)
-            self._urls[path] = url
-        return url
-
-    def _request_headers(self, key_index: int, url: httpx.URL, body: bool) -> httpx.Headers:
-        # Built once per key: copying an httpx.Headers is cheap, building one is not.
-        # Secret.reveal() happens here only; the cache lives as long as the client.
-        headers = self._header_cache.get((key_index, body))
-        if headers is None:
-            values = {
-                "Host": url.netloc.decode("ascii"),
-                "Accept": "application/json",
-                # Said explicitly: left to aiohttp, it may offer codecs (br, zstd) that
-                # httpx, which decodes the body, cannot read in this environment.
-                "Accept-Encoding": "gzip, deflate",
-            }
-            if body:
-                values["Content-Type"] = "application/json"
-            values.update(self._headers)
-            if self._keys:
-                key = self._keys[key_index % len(self._keys)].reveal()
-                if self.azure_api_version:
-                    values["api-key"] = key
-                else:
-                    values["Authorization"] = f"Bearer {key}"
-            headers = self._header_cache[key_index, body] = httpx.Headers(values)
-            headers.encoding  # noqa: B018 - probed once here, then passed to every copy
-        return headers
-
-    def _request(
-        self,
-        method: str,
-        url: httpx.URL,
-        content: bytes | None,
-        key_index: int,
-        timeout: dict[str, float | None],
-        content_type: str | None = None,
-    ) -> httpx.Request:
-        base = self._request_headers(key_index, url, content is not None)
-        headers = httpx.Headers(base, encoding=base.encoding)
-        if content_type is not None:  # a file upload (multipart); JSON is the cached default
-            headers["Content-Type"] = content_type
-        extensions = {"timeout": timeout}
-        if content is None:
-            return httpx.Request(method, url, headers=headers, extensions=extensions)
-        # Content-Length is set here and the body given as a stream, so httpx does not
-        # re-normalise every header (Request(content=...) rebuilds them all).
-        headers["Content-Length"] = str(len(content))
-        request = httpx.Request(
-            method, url, headers=headers, stream=httpx.ByteStream(content), extensions=extensions
-        )
-        request.read()  # makes request.content available, as with content=...
-        return request
-
     def _pool(self) -> _Pool:
         """The pool of the running loop, built on first use (or after a resize or loop change)."""
         loop = asyncio.get_running_loop()
@@ -705,74 +658,6 @@ class ChatClient:
 
 
 # ----- helpers ------------------------------------------------------------------------------
-
-
-def _normalize_base_url(base_url: str | None) -> str:
-    url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).strip().rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"The base URL {url!r} must start with http:// or https://")
-    if "@" in url.split("://", 1)[1].split("/", 1)[0]:  # never echo it: it holds a password
-        raise ConfigError(
-            "The base URL holds a user name or password (user:secret@host): leave it out, and "
-            "give the key with %chat key or OPENAI_API_KEY."
-        )
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        raise ConfigError(f"The base URL {url!r} is not a valid URL ({exc})") from None
-    if not parsed.host:
-        raise ConfigError(f"The base URL {url!r} has no host")
-    return url
-
-
-def _as_secret(key: str | Secret) -> Secret | None:
-    if isinstance(key, Secret):
-        return key
-    return Secret(key) if key and key.strip() else None
-
-
-def _resolve_keys(
-    api_key: str | Secret | None, api_keys: Sequence[str | Secret] | None
-) -> tuple[Secret, ...]:
-    """Explicit key, else explicit pool, else OPENAI_API_KEY, else OPENAI_API_KEYS (k1,k2).
-
-    An empty string counts as not given, so an unset setting falls through to the env.
-    """
-    if api_key is not None and (single := _as_secret(api_key)) is not None:
-        return (single,)
-    if api_keys:
-        pool = tuple(s for s in (_as_secret(k) for k in api_keys) if s is not None)
-        if pool:
-            return pool
-    env = _as_secret(os.environ.get("OPENAI_API_KEY", ""))
-    if env is not None:
-        return (env,)
-    return tuple(
-        s for s in (_as_secret(k) for k in os.environ.get("OPENAI_API_KEYS", "").split(",")) if s
-    )
-
-
-def _path_id(value: str) -> str:
-    """An id from a server or a user, safe as one path segment (no `/`, `?`, `..`)."""
-    if not value or not all(c.isalnum() or c in "-_" for c in value):
-        raise ConfigError(f"{value!r} is not a file or batch id.")
-    return value
-
-
-def _multipart(boundary: str, fields: Mapping[str, str], file: tuple[str, str, bytes]) -> bytes:
-    """A multipart/form-data body (RFC 7578) with text fields and one file."""
-    out = bytearray()
-    for name, value in fields.items():
-        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
-        out += value.encode() + b"\r\n"
-    field, filename, content = file
-    safe = filename.replace('"', "_").replace("\r", "_").replace("\n", "_")
-    out += (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{safe}"\r\n'
-        "Content-Type: application/jsonl\r\n\r\n"
-    ).encode()
-    out += content + f"\r\n--{boundary}--\r\n".encode()
-    return bytes(out)
 
 
 def _check_connections(n: int) -> int:

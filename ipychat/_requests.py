@@ -1,0 +1,179 @@
+"""What `ipychat.client.ChatClient` puts on the wire, and the settings it is built from.
+
+- `_Requests`: builds each `httpx.Request` (URL, headers, body) with as little work per
+  request as possible: URLs are parsed once per path and headers built once per key.
+  API keys are revealed here only, while building those headers.
+- Settings: `_normalize_base_url` (refuses credentials in the URL), `_resolve_keys`
+  (explicit key, key pool, OPENAI_API_KEY, OPENAI_API_KEYS), `_path_id` (a server id as
+  one path segment) and `_multipart` (the body of a file upload).
+
+Part of the client's network boundary (DESIGN.md): only `ipychat.client` uses it, and
+like the client it imports httpx.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import httpx
+
+from ipychat.errors import ConfigError
+from ipychat.keys import Secret
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+class _Requests:
+    """The request builder of one client (its base URL, keys and extra headers)."""
+
+    __slots__ = (
+        "_extra",
+        "_header_cache",
+        "_keys",
+        "_query",
+        "_urls",
+        "azure_api_version",
+        "base_url",
+    )
+
+    def __init__(
+        self,
+        base_url: str,
+        keys: Sequence[Secret],
+        azure_api_version: str | None,
+        headers: Mapping[str, str],
+    ) -> None:
+        self.base_url = base_url
+        self._keys = keys
+        self.azure_api_version = azure_api_version
+        self._extra = dict(headers)
+        self._query = {"api-version": azure_api_version} if azure_api_version else {}
+        self._urls: dict[str, httpx.URL] = {}
+        self._header_cache: dict[tuple[int, bool], httpx.Headers] = {}
+
+    def url(self, path: str) -> httpx.URL:
+        # Parsed once per path: httpx.URL(str) costs more than the rest of a request build.
+        url = self._urls.get(path)
+        if url is None:
+            url = httpx.URL(self.base_url + path, params=self._query or None)
+            self._urls[path] = url
+        return url
+
+    def _base_headers(self, key_index: int, url: httpx.URL, body: bool) -> httpx.Headers:
+        # Built once per key: copying an httpx.Headers is cheap, building one is not.
+        # Secret.reveal() happens here only; the cache lives as long as the client.
+        headers = self._header_cache.get((key_index, body))
+        if headers is None:
+            values = {
+                "Host": url.netloc.decode("ascii"),
+                "Accept": "application/json",
+                # Said explicitly: left to aiohttp, it may offer codecs (br, zstd) that
+                # httpx, which decodes the body, cannot read in this environment.
+                "Accept-Encoding": "gzip, deflate",
+            }
+            if body:
+                values["Content-Type"] = "application/json"
+            values.update(self._extra)
+            if self._keys:
+                key = self._keys[key_index % len(self._keys)].reveal()
+                if self.azure_api_version:
+                    values["api-key"] = key
+                else:
+                    values["Authorization"] = f"Bearer {key}"
+            headers = self._header_cache[key_index, body] = httpx.Headers(values)
+            headers.encoding  # noqa: B018 - probed once here, then passed to every copy
+        return headers
+
+    def build(
+        self,
+        method: str,
+        url: httpx.URL,
+        content: bytes | None,
+        key_index: int,
+        timeout: dict[str, float | None],
+        content_type: str | None = None,
+    ) -> httpx.Request:
+        base = self._base_headers(key_index, url, content is not None)
+        headers = httpx.Headers(base, encoding=base.encoding)
+        if content_type is not None:  # a file upload (multipart); JSON is the cached default
+            headers["Content-Type"] = content_type
+        extensions = {"timeout": timeout}
+        if content is None:
+            return httpx.Request(method, url, headers=headers, extensions=extensions)
+        # Content-Length is set here and the body given as a stream, so httpx does not
+        # re-normalise every header (Request(content=...) rebuilds them all).
+        headers["Content-Length"] = str(len(content))
+        request = httpx.Request(
+            method, url, headers=headers, stream=httpx.ByteStream(content), extensions=extensions
+        )
+        request.read()  # makes request.content available, as with content=...
+        return request
+
+
+def _normalize_base_url(base_url: str | None) -> str:
+    url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"The base URL {url!r} must start with http:// or https://")
+    if "@" in url.split("://", 1)[1].split("/", 1)[0]:  # never echo it: it holds a password
+        raise ConfigError(
+            "The base URL holds a user name or password (user:secret@host): leave it out, and "
+            "give the key with %chat key or OPENAI_API_KEY."
+        )
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"The base URL {url!r} is not a valid URL ({exc})") from None
+    if not parsed.host:
+        raise ConfigError(f"The base URL {url!r} has no host")
+    return url
+
+
+def _as_secret(key: str | Secret) -> Secret | None:
+    if isinstance(key, Secret):
+        return key
+    return Secret(key) if key and key.strip() else None
+
+
+def _resolve_keys(
+    api_key: str | Secret | None, api_keys: Sequence[str | Secret] | None
+) -> tuple[Secret, ...]:
+    """Explicit key, else explicit pool, else OPENAI_API_KEY, else OPENAI_API_KEYS (k1,k2).
+
+    An empty string counts as not given, so an unset setting falls through to the env.
+    """
+    if api_key is not None and (single := _as_secret(api_key)) is not None:
+        return (single,)
+    if api_keys:
+        pool = tuple(s for s in (_as_secret(k) for k in api_keys) if s is not None)
+        if pool:
+            return pool
+    env = _as_secret(os.environ.get("OPENAI_API_KEY", ""))
+    if env is not None:
+        return (env,)
+    return tuple(
+        s for s in (_as_secret(k) for k in os.environ.get("OPENAI_API_KEYS", "").split(",")) if s
+    )
+
+
+def _path_id(value: str) -> str:
+    """An id from a server or a user, safe as one path segment (no `/`, `?`, `..`)."""
+    if not value or not all(c.isalnum() or c in "-_" for c in value):
+        raise ConfigError(f"{value!r} is not a file or batch id.")
+    return value
+
+
+def _multipart(boundary: str, fields: Mapping[str, str], file: tuple[str, str, bytes]) -> bytes:
+    """A multipart/form-data body (RFC 7578) with text fields and one file."""
+    out = bytearray()
+    for name, value in fields.items():
+        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+        out += value.encode() + b"\r\n"
+    field, filename, content = file
+    safe = filename.replace('"', "_").replace("\r", "_").replace("\n", "_")
+    out += (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{safe}"\r\n'
+        "Content-Type: application/jsonl\r\n\r\n"
+    ).encode()
+    out += content + f"\r\n--{boundary}--\r\n".encode()
+    return bytes(out)
