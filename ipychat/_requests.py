@@ -7,7 +7,7 @@
   (explicit key, key pool, OPENAI_API_KEY, OPENAI_API_KEYS), `_path_id` (a server id as
   one path segment) and `_multipart` (the body of a file upload).
 
-Part of the client's network boundary (DESIGN.md): only `ipychat.client` uses it, and
+Part of the client's network boundary (DESIGN.md): used only by `ipychat.client`, and
 like the client it imports httpx.
 """
 

@@ -1,10 +1,12 @@
 """The transport under `ipychat.client.ChatClient`: building it, reading bodies from it,
 and telling network trouble apart from bugs.
 
-Part of the client's network boundary (DESIGN.md, "One network boundary"): only
-`ipychat.client` imports this module, and like it, this module may import httpx (and,
-lazily, aiohttp and httpx_aiohttp). Nothing here sends a request on its own.
+Part of the client's network boundary (DESIGN.md, "One network boundary"): used only by
+`ipychat.client` and its other private modules, and like the client it imports httpx
+(and, lazily, aiohttp and httpx_aiohttp). Nothing here sends a request on its own.
 
+- `_Pool`: one transport (its connections) with the loop it belongs to and the requests
+  using it; `_close_pool` closes it when the client built it.
 - `_default_transport`: httpx_aiohttp's transport trimmed for CPU per request
   (`_lean_aiohttp_transport`), with the proxy the environment sets (`_env_proxy`).
 - Body helpers: `_header_dict`, `_body_chunks`, `_read_body`, `_aclose_iterator`,
@@ -16,6 +18,7 @@ lazily, aiohttp and httpx_aiohttp). Nothing here sends a request on its own.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import sys
@@ -25,6 +28,42 @@ from typing import Any
 import httpx
 
 log = logging.getLogger("ipychat")
+
+
+class _Pool:
+    """One transport (its connections), the loop it belongs to, and the requests using it.
+
+    A pool is retired (not closed) when the wanted connection limit changes; it closes
+    once its last in-flight request is done, so resizing never breaks a request. Only a
+    transport the client built itself (`owned`) is ever closed: an injected one belongs
+    to the caller.
+    """
+
+    __slots__ = ("inflight", "limit", "loop", "owned", "retired", "transport")
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        loop: asyncio.AbstractEventLoop,
+        limit: int,
+        owned: bool,
+    ) -> None:
+        self.transport = transport
+        self.loop = loop
+        self.limit = limit
+        self.owned = owned
+        self.inflight = 0
+        self.retired = False
+
+
+async def _close_pool(pool: _Pool) -> None:
+    pool.retired = True
+    if not pool.owned:
+        return
+    try:
+        await pool.transport.aclose()
+    except Exception as exc:  # closing must not turn a finished reply into a failure
+        log.debug("closing the HTTP pool failed: %s", type(exc).__name__)
 
 
 def _default_transport(max_connections: int, base_url: str) -> httpx.AsyncBaseTransport:

@@ -75,11 +75,13 @@ from ipychat._requests import (
     _resolve_keys,
 )
 from ipychat._transport import (
+    _close_pool,
     _close_response,
     _default_transport,
     _header_dict,
     _is_json,
     _is_transport_error,
+    _Pool,
     _read_body,
 )
 from ipychat.errors import (
@@ -127,32 +129,6 @@ class Timeouts:
             "write": self.write,
             "pool": self.pool,
         }
-
-
-class _Pool:
-    """One transport (its connections), the loop it belongs to, and the requests using it.
-
-    A pool is retired (not closed) when the wanted connection limit changes; it closes
-    once its last in-flight request is done, so resizing never breaks a request. Only a
-    transport the client built itself (`owned`) is ever closed: an injected one belongs
-    to the caller.
-    """
-
-    __slots__ = ("inflight", "limit", "loop", "owned", "retired", "transport")
-
-    def __init__(
-        self,
-        transport: httpx.AsyncBaseTransport,
-        loop: asyncio.AbstractEventLoop,
-        limit: int,
-        owned: bool,
-    ) -> None:
-        self.transport = transport
-        self.loop = loop
-        self.limit = limit
-        self.owned = owned
-        self.inflight = 0
-        self.retired = False
 
 
 @dataclass(frozen=True)
@@ -664,16 +640,6 @@ def _check_connections(n: int) -> int:
     if not isinstance(n, int) or n < 1:
         raise ConfigError(f"max_connections must be a positive integer, not {n!r}")
     return n
-
-
-async def _close_pool(pool: _Pool) -> None:
-    pool.retired = True
-    if not pool.owned:
-        return
-    try:
-        await pool.transport.aclose()
-    except Exception as exc:  # closing must not turn a finished reply into a failure
-        log.debug("closing the HTTP pool failed: %s", type(exc).__name__)
 
 
 def _rate_limit(headers: Mapping[str, str]) -> RateLimitInfo | None:
