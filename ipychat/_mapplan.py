@@ -1,0 +1,420 @@
+"""%%chatmap's planning: templates, nulls, dedupe, prepared requests, cached reads, MapPlan.
+
+Everything here runs in the caller's thread before anything is sent:
+
+```
+compile_template(text, columns)    {column} placeholders → one str.format per row
+plan_requests(session, frame, ...) → Planned
+  ├── render each row once; null placeholders skip the row (or --fill-null)
+  ├── identical prompts share one MapRequest (sent once, its reply fills every row)
+  ├── session.prepare_one per unique prompt (tokens, cost estimate; too long → row error)
+  └── one batched cache read (get_many): hits are free, the rest is `to_send`
+MapPlan                            the dry run and the check printed before every run
+```
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ipychat._mapdispatch import MAX_CONCURRENCY
+from ipychat.errors import ConfigError, ContextLengthError, TemplateError
+from ipychat.keys import cache_key
+from ipychat.pricing import format_tokens, format_usd
+
+if TYPE_CHECKING:
+    from ipychat._mapframe import Frame
+    from ipychat.session import ChatSession, Prepared
+
+__all__ = [
+    "MapPlan",
+    "MapRequest",
+    "Planned",
+    "RowTemplate",
+    "check_options",
+    "compile_template",
+    "output_columns",
+    "plan_requests",
+    "request_key",
+]
+
+_PLACEHOLDER = re.compile(r"\{\{(?P<escaped>[^{}]*)\}\}|\{(?P<name>[^{}\n]+)\}")
+_IDENT = re.compile(r"[A-Za-z_]\w*")
+# As in ipychat.messages: `\frac{x}`, `x^{n}`, `f{x}` are LaTeX or code, not placeholders.
+_LITERAL_CONTEXT = set("\\^_$}") | set(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+)
+_FENCE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.S)
+
+
+# ----- templates -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RowTemplate:
+    """A row template compiled once: `render(values)` is one `str.format` call per row."""
+
+    text: str
+    columns: tuple[Any, ...]  # the column labels used, in order of first use
+    format_string: str
+
+    def render(self, values: Sequence[str]) -> str:
+        return self.format_string.format(*values)
+
+
+def _escape(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _in_code(spans: list[tuple[int, int]], pos: int) -> bool:
+    return any(start <= pos < end for start, end in spans)
+
+
+def compile_template(
+    template: str, columns: Sequence[Any], frame: str = "the DataFrame"
+) -> RowTemplate:
+    """Compile `{column}` placeholders, brace-safe like `ipychat.messages.interpolate`.
+
+    `{{x}}` sends `{x}`; braces that cannot be a column (JSON, code, LaTeX) stay as written;
+    a `{name}` that looks like a placeholder but names no column is an error listing the
+    columns (checked before anything is sent). Column names need not be identifiers:
+    `{review text}` works when there is such a column.
+    """
+    text = template.strip() if isinstance(template, str) else ""
+    if not text:
+        raise TemplateError(
+            "The template is empty: write the prompt below %%chatmap, with {column} "
+            "placeholders such as {text}."
+        )
+    known = {str(c): c for c in columns}
+    code = [m.span() for m in _FENCE.finditer(text)]
+    parts: list[str] = []
+    used: list[Any] = []
+    index: dict[str, int] = {}
+    unknown: list[str] = []
+    last = 0
+    for m in _PLACEHOLDER.finditer(text):
+        parts.append(_escape(text[last : m.start()]))
+        last = m.end()
+        escaped, name = m.group("escaped"), m.group("name")
+        if escaped is not None:
+            parts.append(_escape("{" + escaped + "}"))
+            continue
+        if name in known:
+            if name not in index:
+                index[name] = len(used)
+                used.append(known[name])
+            parts.append(f"{{{index[name]}}}")
+            continue
+        before = text[m.start() - 1] if m.start() else ""
+        if (
+            _IDENT.fullmatch(name)
+            and before not in _LITERAL_CONTEXT
+            and not _in_code(code, m.start())
+            and name not in unknown
+        ):
+            unknown.append(name)
+        parts.append(_escape(m.group(0)))
+    parts.append(_escape(text[last:]))
+    listing = _list_columns(known)
+    if unknown:
+        names = ", ".join("{" + n + "}" for n in unknown)
+        close = difflib.get_close_matches(unknown[0], list(known), n=1)
+        hint = f" (did you mean {{{close[0]}}}?)" if close else ""
+        verb = "is not a column" if len(unknown) == 1 else "are not columns"
+        raise TemplateError(
+            f"{names} {verb} of {frame}{hint}. Its columns: {listing}. "
+            f"Use {{{{{unknown[0]}}}}} to send braces as text."
+        )
+    if not used:
+        raise TemplateError(
+            f"The template has no {{column}} placeholder, so every row would send the same "
+            f"prompt. Use the columns of {frame}: {listing}."
+        )
+    return RowTemplate(text, tuple(used), "".join(parts))
+
+
+def _list_columns(known: dict[str, Any], most: int = 30) -> str:
+    names = list(known)
+    shown = ", ".join(names[:most])
+    return shown + (f", … ({len(names) - most} more)" if len(names) > most else "") or "none"
+
+
+# ----- the plan ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MapPlan:
+    """What a map would do: the dry run, and the check printed before every real run."""
+
+    rows: int
+    cached: int  # rows answered from the cache
+    send: int  # requests to send
+    send_rows: int  # rows those requests answer
+    duplicates: int  # rows that share another row's prompt (sent once)
+    skipped: int  # rows with a null in a placeholder column
+    null_columns: tuple[str, ...]
+    invalid: int  # rows whose prompt does not fit the context window
+    prompt_tokens: int
+    completion_tokens: int  # upper bound: max_tokens per request
+    cost_low: float | None
+    cost_high: float | None
+    cost_batch: float | None
+    model: str
+    approximate: bool = False
+    offline: bool = False
+    first_prompt: str | None = None
+
+    def line(self) -> str:
+        """`1,000 rows · 212 cached · 788 to send · 61,203 prompt tokens · up to 3,940 reply
+        tokens · $0.0092–$0.0116 (batch: $0.0058)`"""
+        parts = [f"{self.rows:,} rows", f"{self.cached:,} cached", f"{self.send:,} to send"]
+        if self.duplicates:
+            parts.append(f"{self.duplicates:,} duplicate rows share a reply")
+        if self.skipped:
+            cols = ", ".join(self.null_columns)
+            parts.append(f"{self.skipped:,} skipped (null in {cols}; --fill-null TEXT sends them)")
+        if self.invalid:
+            parts.append(f"{self.invalid:,} too long for the context window")
+        parts.append(f"{format_tokens(self.prompt_tokens, self.approximate)} prompt tokens")
+        parts.append(f"up to {self.completion_tokens:,} reply tokens")
+        if self.send == 0:
+            parts.append("$0.00")
+        elif self.cost_high is None:
+            parts.append(f"cost unknown (no price for {self.model}: %chat price MODEL IN OUT)")
+        else:
+            cost = f"{format_usd(self.cost_low)}–{format_usd(self.cost_high)}"
+            if self.cost_batch is not None:
+                cost += f" (batch: {format_usd(self.cost_batch)})"
+            parts.append(cost)
+        if self.offline and self.send:
+            parts.append("offline: uncached rows will fail")
+        return " · ".join(parts)
+
+    def __str__(self) -> str:
+        return self.line()
+
+    def _repr_markdown_(self) -> str:
+        return f"`{self.line()}`"
+
+
+@dataclass
+class MapRequest:
+    """One unique request of a map and the rows it answers: `key` is its cache key,
+    `prepared.body` the request body, `rows` the row positions its reply fills."""
+
+    key: str
+    prepared: Prepared
+    rows: list[int]
+    tokens: int  # what the rate limiter charges: prompt tokens + max_tokens
+    reask: bool = False
+    failures: int = 0
+    limited: int = 0
+
+
+@dataclass
+class Planned:
+    """What planning found: the requests to send, the cache hits, the plan, and the rows
+    finished before anything is sent (skipped for a null, too long for the context)."""
+
+    plan: MapPlan
+    hits: list[tuple[MapRequest, dict[str, Any]]]
+    to_send: list[MapRequest]
+    skipped: int
+    row_errors: dict[int, str]
+
+
+def request_key(session: ChatSession, body: dict[str, Any]) -> str:
+    """The cache key of a request body."""
+    # The session's own key when it has one (it knows the endpoint's every part).
+    own = getattr(session, "cache_key", None)
+    return own(body) if callable(own) else cache_key(session.base_url, body)
+
+
+def plan_requests(
+    session: ChatSession,
+    frame: Frame,
+    template: RowTemplate,
+    n: int,
+    *,
+    fill_null: str | None,
+    cache_mode: str,
+    model: str,
+    system: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    extra: dict[str, Any] | None,
+    allow_secrets: bool,
+) -> Planned:
+    """Plan the first `n` rows of `frame` (caller's thread, nothing sent): render each row
+    once, skip or fill nulls, send identical prompts once, prepare each unique prompt and
+    read the cache for all of them in one batched read."""
+    row_errors: dict[int, str] = {}
+    columns = [[_text(v) for v in frame.values(c, n)] for c in template.columns]
+    null_masks = [frame.nulls(c, n) for c in template.columns]
+    null_cols: list[str] = []
+    skipped = 0
+    by_prompt: dict[str, list[int]] = {}
+    for i in range(n):
+        row = [col[i] for col in columns]
+        missing = [k for k, mask in enumerate(null_masks) if mask[i]]
+        if missing:
+            names = [str(template.columns[k]) for k in missing]
+            if fill_null is None:
+                skipped += 1
+                row_errors[i] = (
+                    f"skipped: null in {', '.join(names)} (use --fill-null TEXT to send it)"
+                )
+                null_cols.extend(c for c in names if c not in null_cols)
+                continue
+            for k in missing:
+                row[k] = fill_null
+        by_prompt.setdefault(template.render(row), []).append(i)
+    jobs, invalid = _prepare(
+        session,
+        by_prompt,
+        row_errors,
+        model=model,
+        system=system,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        extra=extra,
+        allow_secrets=allow_secrets,
+    )
+    found: dict[str, dict[str, Any]] = {}
+    store = session.cache if session.settings.cache else None
+    if store is not None and cache_mode == "use" and jobs:
+        found = store.get_many([job.key for job in jobs])
+    hits = [(job, found[job.key]) for job in jobs if job.key in found]
+    to_send = [job for job in jobs if job.key not in found]
+    processed = n - skipped
+    estimates = [job.prepared.estimate for job in to_send]
+    lows = [e.cost_low for e in estimates]
+    highs = [e.cost_high for e in estimates]
+    batches = [e.cost_batch for e in estimates]
+    plan = MapPlan(
+        rows=n,
+        cached=sum(len(job.rows) for job, _ in hits),
+        send=len(to_send),
+        send_rows=sum(len(job.rows) for job in to_send),
+        duplicates=processed - invalid - len(jobs) if processed else 0,
+        skipped=skipped,
+        null_columns=tuple(null_cols),
+        invalid=invalid,
+        prompt_tokens=sum(e.prompt_tokens for e in estimates),
+        completion_tokens=sum(e.max_completion_tokens for e in estimates),
+        cost_low=_total(lows),
+        cost_high=_total(highs),
+        cost_batch=_total(batches),
+        model=model,
+        approximate=any(e.approximate for e in estimates),
+        offline=session.settings.offline,
+        first_prompt=next(iter(by_prompt), None),
+    )
+    return Planned(plan, hits, to_send, skipped, row_errors)
+
+
+def _prepare(
+    session: ChatSession,
+    by_prompt: dict[str, list[int]],
+    row_errors: dict[int, str],
+    *,
+    model: str,
+    system: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    extra: dict[str, Any] | None,
+    allow_secrets: bool,
+) -> tuple[list[MapRequest], int]:
+    jobs: list[MapRequest] = []
+    invalid = 0
+    for prompt, rows in by_prompt.items():
+        options: dict[str, Any] = {"allow_secrets": True} if allow_secrets else {}
+        try:
+            prepared = session.prepare_one(
+                prompt,
+                model=model,
+                system=system,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                label="map",
+                extra=extra,
+                **options,
+            )
+        except ContextLengthError as exc:  # this row only (a credential refuses the map)
+            invalid += len(rows)
+            for i in rows:
+                row_errors[i] = str(exc)
+            continue
+        estimate = prepared.estimate
+        jobs.append(
+            MapRequest(
+                request_key(session, prepared.body),
+                prepared,
+                rows,
+                estimate.prompt_tokens + estimate.max_completion_tokens,
+            )
+        )
+    return jobs, invalid
+
+
+def _total(values: list[float | None]) -> float | None:
+    if any(v is None for v in values):
+        return None
+    return sum(v for v in values if v is not None)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else str(value)
+
+
+# ----- options -------------------------------------------------------------------------------
+
+
+def output_columns(output: str | Sequence[str], json: bool) -> list[str]:
+    """The -o column names, checked."""
+    names = [output] if isinstance(output, str) else list(output)
+    if not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ConfigError("Name the output column: -o COLUMN (with --json, one per key).")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"An output column is named twice: {', '.join(names)}.")
+    if len(names) > 1 and not json:
+        raise ConfigError(
+            "Several output columns need --json: the reply is then a JSON object whose keys "
+            "fill them."
+        )
+    return names
+
+
+def check_options(
+    concurrency: int | None,
+    rpm: float | None,
+    tpm: float | None,
+    retries: int | None,
+    max_cost: float | None,
+    limit: int | None,
+    max_tokens: int | None,
+    temperature: float | None,
+) -> None:
+    """The numeric options of a map, checked before anything else."""
+    whole = {"concurrency": concurrency, "max_tokens": max_tokens}
+    for name, value in whole.items():
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name} must be a positive whole number, not {value!r}.")
+    if concurrency is not None and concurrency > MAX_CONCURRENCY * 4:
+        raise ConfigError(f"concurrency {concurrency} is more than any server will welcome.")
+    for label, rate in {"rpm": rpm, "tpm": tpm}.items():
+        if rate is not None and not rate > 0:
+            raise ConfigError(f"{label} must be a positive number, not {rate!r}.")
+    if retries is not None and (not isinstance(retries, int) or not 0 <= retries <= 20):
+        raise ConfigError(f"retries must be a whole number from 0 to 20, not {retries!r}.")
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise ConfigError(f"limit must be a whole number ≥ 0, not {limit!r}.")
+    if max_cost is not None and not max_cost >= 0:
+        raise ConfigError(f"max cost must be a number of dollars ≥ 0, not {max_cost!r}.")
+    if temperature is not None and not 0 <= temperature <= 2:
+        raise ConfigError(f"temperature must be between 0 and 2, not {temperature}.")
