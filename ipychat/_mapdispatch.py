@@ -65,6 +65,10 @@ SLOW_START = 4
 LATENCY_HEADROOM = 1.5
 # 429s one row may meet before it is given up (they say nothing about the row itself).
 MAX_RATE_LIMITED = 20
+# Replies are cached in batches: one SQLite transaction per CACHE_BATCH rows, or at least
+# every CACHE_FLUSH_EVERY seconds, and always when the run ends (interrupts included).
+CACHE_BATCH = 64
+CACHE_FLUSH_EVERY = 1.0
 
 
 @dataclass
@@ -168,6 +172,8 @@ class Dispatcher:
             await client.set_max_connections(pool)
         self._waiter: asyncio.Future[None] = loop.create_future()
         self._inflight = inflight = set[asyncio.Task[None]]()
+        self._cache_writes: list[tuple[str, dict[str, Any]]] = []
+        self._flush_due = time.monotonic() + CACHE_FLUSH_EVERY
         try:
             while self.abort is None and (self.ready or self.delayed or inflight):
                 now = time.monotonic()
@@ -198,10 +204,16 @@ class Dispatcher:
             if inflight:  # aborted: let what is in flight finish and be written
                 await asyncio.gather(*inflight, return_exceptions=True)
         finally:
-            for task in inflight:
-                task.cancel()
-            if inflight:
-                await asyncio.gather(*inflight, return_exceptions=True)
+            # Finished rows are cached however the run ends: before anything below can be
+            # cancelled a second time, and again for rows that finish while we wait.
+            self._flush_cache()
+            try:
+                for task in inflight:
+                    task.cancel()
+                if inflight:
+                    await asyncio.gather(*inflight, return_exceptions=True)
+            finally:
+                self._flush_cache()
 
     async def _sleep(self, loop: asyncio.AbstractEventLoop, timeout: float | None) -> None:
         """Until a request finishes or `timeout` passes (the exact deficit: no polling)."""
@@ -235,7 +247,11 @@ class Dispatcher:
             mode = "use"  # a re-ask may have been answered by an earlier run
         try:
             reply = await self.session.request(
-                job.prepared, cache=mode, reserve=job.reask, max_retries=0
+                job.prepared,
+                cache=mode,
+                reserve=job.reask,
+                max_retries=0,
+                cache_writes=self._cache_writes,
             )
         except RateLimitError as exc:
             now = time.monotonic()
@@ -252,6 +268,18 @@ class Dispatcher:
                 self._latency = 0.8 * self._latency + 0.2 * reply.latency
             self.sink.spend(reply)
             self.sink.answer(job, reply.text)
+            if len(self._cache_writes) >= CACHE_BATCH or time.monotonic() > self._flush_due:
+                self._flush_cache()
+
+    def _flush_cache(self) -> None:
+        """Store the replies gathered since the last flush, in one write transaction."""
+        # Emptied in place: requests in flight hold this very list and append to it later.
+        writes = self._cache_writes[:]
+        self._cache_writes.clear()
+        self._flush_due = time.monotonic() + CACHE_FLUSH_EVERY
+        store = self.session.cache
+        if writes and store is not None:
+            store.set_many(writes)
 
     def _rate_limited(self, job: MapRequest, exc: RateLimitError, now: float) -> None:
         self.sink.counters.rate_limited += 1

@@ -502,23 +502,33 @@ class ChatSession:
         new: bool = False,
         reserve: bool = True,
         max_retries: int | None = None,
+        cache_writes: list[tuple[str, dict[str, Any]]] | None = None,
     ) -> Reply:
         """Send a prepared request through cache, budget, client and ledger; runs on the loop.
 
         A threaded request is remembered in its thread (interrupted ones too, with what
         arrived). `reserve=False` is for callers that reserved the budget of a whole batch
         up front (%%chatmap); `max_retries` overrides the client's (0: the caller retries).
+        With `cache_writes`, the reply's cache entry is appended there for the caller to
+        store in batches (`ResponseCache.set_many`) instead of being written at once.
         """
         thread = prepared.thread
+        args = (
+            prepared,
+            progress,
+            stream,
+            cache,
+            on_delta,
+            new,
+            reserve,
+            max_retries,
+            cache_writes,
+        )
         if thread is None:
-            return await self._request(
-                prepared, progress, stream, cache, on_delta, new, reserve, max_retries
-            )
+            return await self._request(*args)
         self._emit(Event("start", thread=thread.name, text=prepared.prompt))
         try:
-            return await self._request(
-                prepared, progress, stream, cache, on_delta, new, reserve, max_retries
-            )
+            return await self._request(*args)
         except ChatError as exc:  # every view that saw "start" hears how it ended
             self._emit(Event("error", thread=thread.name, text=str(exc)))
             raise
@@ -533,6 +543,7 @@ class ChatSession:
         new: bool,
         reserve: bool,
         max_retries: int | None,
+        cache_writes: list[tuple[str, dict[str, Any]]] | None,
     ) -> Reply:
         progress = progress or Progress()
         body, thread, model = prepared.body, prepared.thread, prepared.body["model"]
@@ -581,7 +592,11 @@ class ChatSession:
         reply = self._reply(prepared, completion, progress)
         self.usage.settle(held, self._row(prepared, reply))
         if store is not None:
-            store.set(key, _cache_value(reply, self.host, model))
+            entry = (key, _cache_value(reply, self.host, model))
+            if cache_writes is not None:
+                cache_writes.append(entry)
+            else:
+                store.set(*entry)
         self._remember(prepared, reply, new)
         return reply
 
