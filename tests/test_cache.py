@@ -584,3 +584,13 @@ def test_a_database_error_at_run_time_disables_once(
         assert cache.disabled
         exercise(cache)
     assert "malformed" in one_warning(caught.list, cache.directory)
+
+
+def test_set_many_writes_every_entry_in_one_go(cache: ResponseCache) -> None:
+    cache.set_many([(key(i), reply(f"r{i}", request_model="m")) for i in range(100)])
+    assert cache.stats().entries == 100 and cache.stats().writes == 100
+    assert cache.get(key(42))["text"] == "r42"
+    cache.set_many([])  # nothing to do is fine
+    with pytest.raises(TypeError):
+        cache.set_many([(key(1), {"no": "text"})])
+    assert cache.clear(model="m") == 100

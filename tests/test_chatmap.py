@@ -380,3 +380,14 @@ def test_offline_serves_cached_rows_and_records_the_rest(
     assert out["out"].tolist()[:2] == ["Echo: item 0", "Echo: item 1"]
     assert out["_error"][2].startswith("Offline mode") and pd.isna(out["out"][3])
     assert len(fake.chat_requests) == 2
+
+
+def test_every_answered_row_is_cached_when_the_map_ends(make_session) -> None:
+    # Replies are cached in batches while requests are still in flight: none may be lost.
+    with FakeOpenAIServer(latency=(0.01, 0.1)) as server:
+        s = make_session(server)
+        s.map(frame(300), "Echo {text}", "out", concurrency=32)
+        assert s.cache is not None and s.cache.stats().entries == 300
+        sent = len(server.chat_requests)
+        s.map(frame(300), "Echo {text}", "again", concurrency=32)
+        assert len(server.chat_requests) == sent  # the re-run is served from the cache
