@@ -18,6 +18,7 @@ import contextvars
 import os
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -109,6 +110,7 @@ class ChatSession:
         self._local_available: bool | None = None
         self._local_memo: tuple[str | None, Endpoint] | None = None
         self._runner = LoopThread()
+        _live.add(self)  # closed at exit, if the owner did not (see _close_at_exit)
         self._listeners: list[Callable[[Event], None]] = []
         self._lock = threading.RLock()
         self.redactions: Counter[str] = Counter()  # what `redact` masked, by kind, so far
@@ -896,16 +898,19 @@ def get_session() -> ChatSession:
     with _session_lock:
         if _session is None:
             _session = ChatSession()
-            atexit.register(_close_at_exit)
         return _session
 
 
+# Every session still alive at exit is closed while its loop still runs; otherwise aiohttp
+# warns about unclosed client sessions when they are collected after the loop is gone.
+_live: weakref.WeakSet[ChatSession] = weakref.WeakSet()
+
+
+@atexit.register
 def _close_at_exit() -> None:
-    # Close connections while the loop still runs, or aiohttp warns about unclosed sessions.
-    with _session_lock:
-        session = _session
-    if session is not None:
-        session.close()
+    for session in list(_live):
+        with contextlib.suppress(Exception):
+            session.close()
 
 
 def reset_session(session: ChatSession | None = None) -> ChatSession | None:

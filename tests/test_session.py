@@ -409,3 +409,16 @@ def test_code_draining_on_a_closing_loop_never_starts_another_loop_thread() -> N
     assert not [t for t in threading.enumerate() if t.name == "test-draining-loop"]
     assert runner.loop is not old  # used again afterwards: a fresh loop, as documented
     runner.stop()
+
+
+def test_sessions_left_open_are_closed_at_exit() -> None:
+    code = (
+        "from ipychat.session import ChatSession, Settings\n"
+        "from ipychat.testing import FakeOpenAIServer\n"
+        "server = FakeOpenAIServer().start()\n"
+        "s = ChatSession(Settings(base_url=server.base_url), cache=False)\n"
+        "print(s.ask('hi').text)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "Echo: hi"
+    assert "Unclosed" not in done.stderr, done.stderr  # aiohttp's warning at exit
