@@ -247,7 +247,6 @@ class ChatMagics(Magics):
         session = self.session
         if args.no_stream or not self.stream:
             return session.ask(prompt, cache=cache, new=args.new, **options)
-        prepared = session.prepare(prompt, new=args.new, **options)  # fail before showing anything
         text = ""
         model = options["model"] or session.model
         from ipychat import tokens
@@ -258,9 +257,11 @@ class ChatMagics(Magics):
             with session.stream(prompt, cache=cache, new=args.new, **options) as stream:
                 for delta in stream:
                     text += delta
-                    if live.due():  # count tokens only for the frames that are shown
+                    # Count tokens only for the frames that are shown. The estimate comes
+                    # from the stream's own preparation: the prompt is prepared once.
+                    if live.due() and stream.estimate is not None:
                         counted = tokens.count_text(text, model)
-                        live.update(text, fmt.streaming_footer(model, prepared.estimate, counted))
+                        live.update(text, fmt.streaming_footer(model, stream.estimate, counted))
         except Interrupted as exc:
             if exc.reply is not None:
                 reply = exc.reply

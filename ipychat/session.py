@@ -706,6 +706,7 @@ class ChatSession:
         **options: Any,
     ) -> Reply:
         prepared = self.prepare(prompt, new=new, **options)
+        progress.estimate = prepared.estimate
         mode: CacheMode = "use" if cache is True else "off" if cache is False else cache
         return await self.request(
             prepared, progress, stream=stream, cache=mode, on_delta=on_delta, new=new

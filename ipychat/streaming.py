@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ipychat.errors import Interrupted
-from ipychat.types import Reply
+from ipychat.types import Estimate, Reply
 
 if TYPE_CHECKING:
     from ipychat.session import ChatSession
@@ -32,6 +32,7 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
     first_token: float | None = None
     reply: Reply | None = None
+    estimate: Estimate | None = None  # set once the request is prepared, before it is sent
 
     @property
     def text(self) -> str:
@@ -54,6 +55,11 @@ class ReplyStream:
         self._finished = threading.Event()
         self._future: concurrent.futures.Future[Reply] | None = None
         self.reply: Reply | None = None
+
+    @property
+    def estimate(self) -> Estimate | None:
+        """The request's estimate (prompt tokens, cost range), known before the first delta."""
+        return self._progress.estimate
 
     def __enter__(self) -> ReplyStream:
         return self

@@ -77,6 +77,7 @@ def test_stream_yields_deltas_and_then_the_reply(
     assert len(deltas) > 3
     assert "".join(deltas) == "Echo: tell me a story about streams"
     assert stream.reply is not None and stream.reply.text == "".join(deltas)
+    assert stream.estimate is not None and stream.estimate.prompt_tokens > 0
     assert stream.reply.usage is not None and not stream.reply.usage.estimated
     assert fake.chat_requests[0].body["stream"] is True
     assert fake.chat_requests[0].body["stream_options"] == {"include_usage": True}
