@@ -97,17 +97,13 @@ class SSEDecoder:
 
     def flush(self) -> list[ServerSentEvent]:
         """At the end of the body: the last line and event, even if unterminated."""
-        events: list[ServerSentEvent] = []
         if self._pending:
             line = b"".join(self._pending)
             self._pending = []
-            event = self._line(line)
-            if event is not None:
-                events.append(event)
+            # A non-empty line never dispatches by itself: only the blank line does.
+            self._line(line)
         event = self._dispatch()
-        if event is not None:
-            events.append(event)
-        return events
+        return [] if event is None else [event]
 
     def _line(self, raw: bytes) -> ServerSentEvent | None:
         # Fast path for the line nearly every event consists of.
@@ -125,8 +121,8 @@ class SSEDecoder:
             return self._dispatch()
         if line[0] == ":":
             return None
-        name, colon, value = line.partition(":")
-        if colon and value[:1] == " ":
+        name, _, value = line.partition(":")
+        if value[:1] == " ":  # (a line without a colon has an empty value)
             value = value[1:]
         if name == "data":
             self._data.append(value)

@@ -59,7 +59,11 @@ def test_random_chunk_boundaries() -> None:
         b"data: second \xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\r\n\r\n"
         b"data: [DONE]\r\n\r\n"
     )
-    expected = decode(body)
+    expected = [
+        ServerSentEvent("first line\nsecond é€😀", event="message", id="7"),
+        ServerSentEvent("[DONE]", id="7"),
+    ]
+    assert decode(body) == expected
     rng = random.Random(7)
     for _ in range(200):
         cuts = sorted(rng.sample(range(1, len(body)), rng.randint(1, 12)))
@@ -156,3 +160,72 @@ def test_long_line_in_many_small_chunks() -> None:
 def test_many_events_in_one_chunk() -> None:
     body = b"".join(b"data: %d\n\n" % i for i in range(1000))
     assert datas(body) == [str(i) for i in range(1000)]
+
+
+# Pinned values: each test below fails on a specific change to the decoder that the
+# tests above did not notice (found by mutation testing, tools/mutation.py).
+
+
+def test_events_carry_none_for_fields_that_never_came() -> None:
+    assert decode(b"data: x\n\n") == [ServerSentEvent("x", None, None, None)]
+
+
+def test_an_event_without_data_resets_the_event_type() -> None:
+    [event] = decode(b"event: ping\n\ndata: x\n\n")
+    assert event == ServerSentEvent("x", None, None, None)
+
+
+def test_cr_then_a_chunk_of_only_lf_then_a_blank_line() -> None:
+    # The LF completes the CRLF; the next lone LF is a blank line that dispatches "a".
+    # Keeping the skip-LF state after the first LF would swallow that blank line and
+    # merge the two events.
+    assert datas(b"data: a\r", b"\n", b"\n", b"data: b\n\n") == ["a", "b"]
+
+
+def test_invalid_utf8_in_a_later_data_line_is_replaced() -> None:
+    # The first line of a stream takes the general path; later data lines the fast path.
+    assert datas(b"data: ok\ndata: \xff\xfeend\n\n") == ["ok\n\ufffd\ufffdend"]
+    assert datas(b"data: 1\n\ndata: a\xc3\n\n") == ["1", "a\ufffd"]
+
+
+def test_a_bom_counts_only_at_the_start_of_the_stream() -> None:
+    # Later, U+FEFF is part of the field name, so "\ufeffdata" is an unknown field.
+    assert datas(b"data: a\n\xef\xbb\xbfdata: b\n\n") == ["a"]
+    assert datas(b"event: e\n\xef\xbb\xbfdata: b\n\ndata: c\n\n") == ["c"]
+
+
+def test_a_bare_colon_line_is_a_comment() -> None:
+    assert datas(b":\ndata: x\n:\n\n") == ["x"]
+
+
+def test_an_id_holding_nul_is_ignored() -> None:
+    [first, second] = decode(b"id: 1\ndata: a\n\nid: 2\x003\ndata: b\n\n")
+    assert (first.id, second.id) == ("1", "1")  # the last valid id persists
+
+
+def test_retry_must_be_all_digits_and_only_from_the_retry_field() -> None:
+    [event] = decode(b"retry: abc\nfoo: 5\nretry: 12x\ndata: x\n\n")
+    assert event.retry is None
+    [event] = decode(b"retry: 7\ndata: x\n\n")
+    assert event.retry == 7
+
+
+def test_trailing_characters_of_a_data_line_are_kept_exactly() -> None:
+    # Only the line end is removed: not spaces, tabs or any other character.
+    assert datas(b"data: a  \t\r\ndata: XX\r\ndata: b \n\n") == ["a  \t\nXX\nb "]
+
+
+def test_an_unterminated_line_in_pieces_is_joined_when_flushed() -> None:
+    assert datas(b"data: a", b"b", b"c") == ["abc"]
+    decoder = SSEDecoder()
+    decoder.feed(b"data: x\n")
+    decoder.feed(b"data: y")
+    assert decoder.flush() == [ServerSentEvent("x\ny")]
+    assert not decoder.has_pending
+
+
+def test_a_leading_blank_line_is_a_line_of_its_own() -> None:
+    # Nothing came before it, so it is not the second half of a CRLF; after it, a BOM is
+    # no longer at the start of the stream and "\ufeffdata" is an unknown field.
+    assert datas(b"\n\xef\xbb\xbfdata: x\n\n") == []
+    assert datas(b"\n", b"data: y\n\n") == ["y"]

@@ -1,0 +1,125 @@
+"""Mutation score of one module against its own unit test file alone.
+
+    python tools/mutation.py sse                     # ipychat/sse.py vs tests/test_sse.py
+    python tools/mutation.py ratelimit --tests tests/test_ratelimit.py --show
+
+A test suite is only as strong as the changes it notices. This runs mutmut (PyPI `mutmut`,
+3.x) in a throw-away copy of the repository, so `mutants/` and mutmut's state never land
+in the working tree: only `MODULE` is mutated, only its own test file runs against each
+mutant (a mutant killed by some unrelated test does not count). It prints the score and,
+with `--show`, the diff of every surviving mutant, which is the part to read: each
+survivor is either behaviour no test pins (write the test) or an equivalent mutant (list
+it in tests/mutation/README.md with why).
+
+Needs `pip install mutmut`; takes from seconds to a few minutes per module on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _copy_repo(into: Path, test_file: Path) -> None:
+    """The package, the one test file with the shared conftest, and a config for mutmut."""
+    shutil.copytree(ROOT / "ipychat", into / "ipychat", ignore=shutil.ignore_patterns("__pycache__"))
+    (into / "tests").mkdir()
+    shutil.copy2(ROOT / "tests" / "conftest.py", into / "tests" / "conftest.py")
+    shutil.copy2(ROOT / test_file, into / "tests" / test_file.name)
+
+
+def _config(module: str, test_file: Path) -> str:
+    """pyproject.toml for the copy: pytest quiet, stop at the first failure, mutmut scoped."""
+    return f"""
+[tool.pytest.ini_options]
+addopts = "-x -q -p no:cacheprovider -p no:nbval"
+markers = ["browser", "local_model", "slow"]
+
+[tool.mutmut]
+source_paths = ["ipychat"]
+only_mutate = ["ipychat/{module}.py"]
+pytest_add_cli_args_test_selection = ["tests/{test_file.name}"]
+also_copy = ["tests"]
+"""
+
+
+def _results(work: Path) -> dict[str, str]:
+    """mutant name → status, from `mutmut results --all true`."""
+    out = subprocess.run(
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    statuses: dict[str, str] = {}
+    for line in out.splitlines():
+        match = re.match(r"\s*(\S+):\s*(.+)$", line)
+        if match:
+            statuses[match.group(1)] = match.group(2).strip()
+    return statuses
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("module", help="name of a module in ipychat/, e.g. sse")
+    parser.add_argument("--tests", type=Path, help="its test file (default tests/test_MODULE.py)")
+    parser.add_argument("--show", action="store_true", help="print every survivor's diff")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args(argv)
+    test_file = args.tests or Path("tests") / f"test_{args.module}.py"
+    if not (ROOT / "ipychat" / f"{args.module}.py").is_file():
+        parser.error(f"no module ipychat/{args.module}.py")
+    if not (ROOT / test_file).is_file():
+        parser.error(f"no test file {test_file}; pass one with --tests")
+
+    work = Path(tempfile.mkdtemp(prefix=f"ipychat-mutation-{args.module}-"))
+    try:
+        _copy_repo(work, test_file)
+        (work / "pyproject.toml").write_text(_config(args.module, test_file))
+        subprocess.run(
+            [sys.executable, "-m", "mutmut", "run"],
+            cwd=work,
+            check=False,
+            stdout=subprocess.DEVNULL,
+        )
+        statuses = _results(work)
+        killed = sum(1 for s in statuses.values() if s in ("killed", "timeout"))
+        survivors = sorted(n for n, s in statuses.items() if s == "survived")
+        other = {n: s for n, s in statuses.items() if s not in ("killed", "timeout", "survived")}
+        total = len(statuses)
+        score = 100.0 * killed / total if total else 0.0
+        print(
+            f"ipychat/{args.module}.py vs {test_file}: {total} mutants, {killed} killed, "
+            f"{len(survivors)} survived, score {score:.1f}%"
+        )
+        for name, status in sorted(other.items()):
+            print(f"  {name}: {status}")
+        for name in survivors:
+            print(f"  survived: {name}")
+            if args.show:
+                diff = subprocess.run(
+                    [sys.executable, "-m", "mutmut", "show", name],
+                    cwd=work,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                ).stdout
+                print("    " + diff.replace("\n", "\n    "))
+        return 0 if total else 1
+    finally:
+        if args.keep:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
