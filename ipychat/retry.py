@@ -157,10 +157,11 @@ def format_wait(seconds: float) -> str:
 def format_retry_time(seconds: float, *, now: float | None = None) -> str:
     """The local clock time `seconds` from now: '14:05', or '2025-03-02 14:05' if not today."""
     start = time.time() if now is None else now
-    when = time.localtime(start + max(seconds, 0))
+    target = start + max(seconds, 0.0)
+    when = time.localtime(target)
     # Round up to the next minute: "after 14:05" must not be a minute too early.
     if when.tm_sec:
-        when = time.localtime(start + max(seconds, 0) + 60 - when.tm_sec)
+        when = time.localtime(target + 60 - when.tm_sec)
     if time.strftime("%Y-%m-%d", when) == time.strftime("%Y-%m-%d", time.localtime(start)):
         return time.strftime("%H:%M", when)
     return time.strftime("%Y-%m-%d %H:%M", when)

@@ -143,7 +143,19 @@ def test_backoff_used_when_no_header() -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(5, "5 s"), (89, "89 s"), (120, "2 min"), (3600, "1 h"), (5400, "1.5 h"), (7200, "2 h")],
+    [
+        (-3, "0 s"),
+        (0, "0 s"),
+        (5, "5 s"),
+        (89, "89 s"),
+        (90, "2 min"),  # from 90 s on, minutes
+        (120, "2 min"),
+        (3000, "50 min"),
+        (3600, "1 h"),
+        (5400, "1.5 h"),
+        (7200, "2 h"),
+        (360_216, "100.1 h"),  # 100 h 3.6 min
+    ],
 )
 def test_format_wait(seconds: float, text: str) -> None:
     assert retry.format_wait(seconds) == text
@@ -153,3 +165,61 @@ def test_format_retry_time_rounds_up_to_the_minute() -> None:
     now = time.mktime((2025, 3, 2, 13, 4, 30, 0, 0, -1))
     assert retry.format_retry_time(3600, now=now) == "14:05"
     assert retry.format_retry_time(60 * 60 * 24, now=now) == "2025-03-03 13:05"
+
+
+def test_format_retry_time_at_an_exact_minute_is_that_minute() -> None:
+    now = time.mktime((2025, 3, 2, 13, 4, 0, 0, 0, -1))
+    assert retry.format_retry_time(0, now=now) == "13:04"
+    assert retry.format_retry_time(-30, now=now) == "13:04"  # never in the past
+    assert retry.format_retry_time(600, now=now) == "13:14"
+
+
+def test_format_retry_time_defaults_to_the_clock() -> None:
+    expected = time.strftime("%H:%M", time.localtime(time.time() + 120))
+    later = time.strftime("%H:%M", time.localtime(time.time() + 180))
+    assert retry.format_retry_time(120) in (expected, later)
+
+
+def test_retry_after_http_date_defaults_to_the_clock() -> None:
+    date = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert retry_after({"retry-after": date}) == pytest.approx(30.0, abs=2.0)
+
+
+def test_nan_retry_after_ms_falls_back_to_retry_after() -> None:
+    assert retry_after({"retry-after-ms": "nan", "retry-after": "3"}) == 3.0
+
+
+# ----- whole decisions: the fields callers read (delay to sleep, reason and the server's
+# demand for the error message), pinned ----------------------------------------------------
+
+
+def test_backoff_decision_in_full() -> None:
+    assert decide(503) == retry.RetryDecision(True, delay=0.5, reason="HTTP 503")
+    assert decide(503, rand=lambda: 0.5, retries_taken=1) == retry.RetryDecision(
+        True, delay=0.875, reason="HTTP 503"
+    )
+
+
+def test_refusal_decision_in_full() -> None:
+    assert decide(400) == retry.RetryDecision(False, reason="HTTP 400")
+    assert decide(429, {"retry-after": "2"}, retries_taken=3) == retry.RetryDecision(
+        False, reason="HTTP 429", server_wait=2.0
+    )
+
+
+def test_server_demand_decision_in_full() -> None:
+    assert decide(429, {"retry-after-ms": "250"}) == retry.RetryDecision(
+        True, delay=0.25, reason="HTTP 429", server_wait=0.25
+    )
+    assert decide(429, {"retry-after": "120"}) == retry.RetryDecision(
+        False, reason="HTTP 429", server_wait=120.0, too_long=True
+    )
+
+
+def test_decide_error_in_full() -> None:
+    assert decide_error("timeout", retries_taken=1, max_retries=3, rand=lambda: 0.5) == (
+        retry.RetryDecision(True, delay=0.875, reason="timeout")
+    )
+    assert decide_error("timeout", retries_taken=3, max_retries=3) == retry.RetryDecision(
+        False, reason="timeout"
+    )

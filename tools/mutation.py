@@ -29,7 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _copy_repo(into: Path, test_file: Path) -> None:
     """The package, the one test file with the shared conftest, and a config for mutmut."""
-    shutil.copytree(ROOT / "ipychat", into / "ipychat", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "ipychat", into / "ipychat", ignore=shutil.ignore_patterns("__pycache__")
+    )
     (into / "tests").mkdir()
     shutil.copy2(ROOT / "tests" / "conftest.py", into / "tests" / "conftest.py")
     shutil.copy2(ROOT / test_file, into / "tests" / test_file.name)
