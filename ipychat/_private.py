@@ -6,7 +6,10 @@ row or file planted by someone else could feed the user false replies or make ip
 read or delete files elsewhere. So, as ssh does with ~/.ssh:
 
 - `private_directory` uses a directory only when, after following symlinks, it belongs
-  to this user and neither its group nor others can write to it, and no folder above it
+  to this user and neither its group nor others can write to it (a group-writable one is
+  accepted when that group is the user's private group, i.e. its only member is the
+  user, as Debian's OpenSSH does: Ubuntu's default umask 002 makes every folder a user
+  creates group-writable that way), and no folder above it
   can be changed by another user (owned by someone other than this user or root, or
   writable by everyone without the sticky bit, as /tmp has). Group-writable folders
   *above* it are accepted: Jupyter's docker-stacks make every home group-writable, and
@@ -69,6 +72,25 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
+def _private_group(gid: int, uid: int) -> bool:
+    """True when `uid` is the only member of group `gid` (primary or supplementary), the
+    rule of Debian's OpenSSH `secure_permissions`."""
+    try:
+        import grp
+        import pwd
+
+        group = grp.getgrgid(gid)
+        me = pwd.getpwuid(uid)
+        primary = [p.pw_uid for p in pwd.getpwall() if p.pw_gid == gid]
+    except (ImportError, KeyError):
+        return False
+    if any(member != uid for member in primary):
+        return False
+    if any(member != me.pw_name for member in group.gr_mem):
+        return False
+    return bool(primary or group.gr_mem)
+
+
 def _unsafe_reason(real: Path, shown: str) -> str | None:
     """Why the existing directory `real` (no symlinks in it) cannot be trusted, or None."""
     st = os.stat(real)
@@ -82,7 +104,7 @@ def _unsafe_reason(real: Path, shown: str) -> str | None:
             f"{shown} belongs to {_user(st.st_uid)}, not to you ({_user(me)}); set "
             "IPYCHAT_CACHE_DIR to a folder of your own."
         )
-    if st.st_mode & 0o022:
+    if st.st_mode & 0o002 or (st.st_mode & 0o020 and not _private_group(st.st_gid, me)):
         who = "everyone" if st.st_mode & 0o002 else "its group"
         return (
             f"{shown} can be written by {who} (mode {stat.S_IMODE(st.st_mode):04o}); run "

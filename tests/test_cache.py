@@ -771,6 +771,41 @@ def _refused(cache: ResponseCache, *needles: str) -> str:
 needs_posix = pytest.mark.skipif(os.name != "posix", reason="POSIX owners and modes")
 
 
+def _shared_group() -> int:
+    """A group of ours that has other members too (root may use nobody's group)."""
+    import grp
+    import pwd
+
+    candidates = [NOBODY] if os.geteuid() == 0 else os.getgroups()
+    for gid in candidates:
+        members = {p.pw_uid for p in pwd.getpwall() if p.pw_gid == gid}
+        with contextlib.suppress(KeyError):
+            members |= {pwd.getpwnam(n).pw_uid for n in grp.getgrgid(gid).gr_mem}
+        if members - {os.geteuid()}:
+            return gid
+    pytest.fail("this test needs a group with other members (or root)")
+
+
+@needs_posix
+def test_group_writable_is_fine_when_the_group_is_only_us(tmp_path: Path) -> None:
+    # Ubuntu's default umask 002 with user private groups: every folder a user makes is
+    # group-writable, by a group whose only member is that user (Debian's OpenSSH allows it).
+    import grp
+    import pwd
+
+    gid = os.getegid()
+    others = {p.pw_uid for p in pwd.getpwall() if p.pw_gid == gid} - {os.geteuid()}
+    if others or set(grp.getgrgid(gid).gr_mem) - {pwd.getpwuid(os.geteuid()).pw_name}:
+        pytest.fail("this test needs our primary group to be private (root's is)")
+    path = tmp_path / "cache"
+    path.mkdir()
+    path.chmod(0o775)
+    cache = ResponseCache(path)
+    cache.set(key(1), reply())
+    assert not cache.disabled and cache.get(key(1)) is not None
+    cache.close()
+
+
 @needs_posix
 def test_a_directory_of_another_user_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
     other = _foreign(tmp_path / "theirs", 0o777)
@@ -795,6 +830,7 @@ def test_a_directory_of_another_user_is_refused_and_nothing_is_written(tmp_path:
 def test_a_directory_others_can_write_is_refused(tmp_path: Path, mode: int, who: str) -> None:
     path = tmp_path / "cache"
     path.mkdir()
+    os.chown(path, -1, _shared_group())
     path.chmod(mode)
     _refused(ResponseCache(path), str(path), who, f"chmod 700 {path}")
     assert stat.S_IMODE(path.stat().st_mode) == mode  # refused, not silently "fixed"

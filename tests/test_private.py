@@ -59,6 +59,8 @@ def test_jobs_are_saved_0600_in_a_0700_folder_whatever_the_umask(tmp_path: Path)
 def test_a_cache_folder_others_can_write_is_refused_for_batches(tmp_path: Path, mode: int) -> None:
     cache = tmp_path / "cache"
     cache.mkdir()
+    if os.geteuid() == 0:
+        os.chown(cache, -1, NOBODY)  # a group with other members: not a private group
     cache.chmod(mode)
     registry = Registry(cache / "batches")
     for action in (lambda: registry.save(job()), registry.all, lambda: registry.load("bm_x")):
