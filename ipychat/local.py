@@ -27,6 +27,8 @@ JupyterHub host included):
   answers 401 without it) that only the kernel knows. It travels as the first line of the
   child's stdin: not in the command line (`ps` shows that to every user), not in the
   environment (/proc/PID/environ). The port is not in the command line either.
+- The child inherits no credentials from the kernel's environment (cloud API keys,
+  JUPYTERHUB_API_TOKEN, ...): it needs none, and the session never sends it the user's.
 - Readiness is `GET /v1/models` with that key, on the kernel's own socket: only our child
   can answer it. A child that exits while starting fails the start with one line and the
   log; nothing else is probed, and there is no retry on another port.
@@ -67,6 +69,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -365,13 +368,16 @@ def endpoint_url(path: Path | None) -> str:
 # ----- the server --------------------------------------------------------------------------
 
 
+# Environment variables the server has no use for and must not hold: cloud keys, and
+# tokens such as JUPYTERHUB_API_TOKEN (the user's access to the hub's API).
+_CREDENTIAL_ENV = re.compile(
+    r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|^OPENAI_|^AWS_|^AZURE_", re.IGNORECASE
+)
+
+
 def _child_env() -> dict[str, str]:
     """The kernel's environment minus the credentials the server has no use for."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not (name.startswith("OPENAI_") or "API_KEY" in name.upper())
-    }
+    env = {n: v for n, v in os.environ.items() if not _CREDENTIAL_ENV.search(n)}
     env["PYTHONUNBUFFERED"] = "1"  # so the log is current for log_tail
     return env
 

@@ -492,13 +492,15 @@ def test_the_users_api_keys_are_not_handed_to_the_server(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     canary = "sk-canary-" + "Q7" * 20
-    monkeypatch.setenv("OPENAI_API_KEY", canary)
-    monkeypatch.setenv("ANTHROPIC_API_KEY", canary)
+    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "JUPYTERHUB_API_TOKEN", "HF_TOKEN"):
+        monkeypatch.setenv(name, canary)
+    monkeypatch.setenv("IPYCHAT_PLAIN_SETTING", "kept")
     srv = local.LocalServer(local._bundled_model(), log_dir=tmp_path)
     srv.start()
     try:
         assert srv.pid is not None
-        assert canary not in Path(f"/proc/{srv.pid}/environ").read_bytes().decode()
+        environ = Path(f"/proc/{srv.pid}/environ").read_bytes().decode()
+        assert canary not in environ and "IPYCHAT_PLAIN_SETTING=kept" in environ
     finally:
         srv.stop()
 
