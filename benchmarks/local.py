@@ -10,13 +10,13 @@ all counted) that creates an IPython shell, then times:
 - `2nd request TTFT`: a second streamed `ask` (another prompt, cache off) on the warm server.
 
 Baseline, measured in the same run: the bare minimum without ipychat, i.e. spawn
-`python -m llama_cpp.server` and stream the same prompt with http.client.
+`python -m llama_cpp.server` and stream the same prompt with http.client. (ipychat's
+server holds its own socket and demands a per-start key, see ipychat/local.py; the
+baseline has neither.)
 
-How the ipychat run reaches the model: "auto" when the session starts the local server by
-itself (no key, no endpoint); until the session does, "explicit": `local.get_server()`
-then `session.configure(base_url=..., model="local")`. The output says which was used.
-The run that finds this out is not counted; it also warms the OS page cache, so every
-figure is for a model file already in memory (a cold disk adds its read time once).
+The session starts the local server by itself (no key, no endpoint). A first run, not
+counted, warms the OS page cache, so every figure is for a model file already in memory
+(a cold disk adds its read time once).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ _IPYCHAT = textwrap.dedent(
     """
     import json, sys, time
     from IPython.core.interactiveshell import InteractiveShell
-    mode = sys.argv[1]
     shell = InteractiveShell.instance()
 
     def ask(session, prompt):
@@ -64,14 +63,7 @@ _IPYCHAT = textwrap.dedent(
         marks.setdefault("ready", time.perf_counter() - t0)
     local.LocalServer.start = start
     session = ipychat.get_session()
-    if mode == "explicit":
-        server = local.get_server()
-        session.configure(base_url=server.base_url, model=local.MODEL_ALIAS)
-    try:
-        first_at, _, _ = ask(session, %(first)r)
-    except Exception as exc:  # the session cannot reach the local model by itself yet
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
-        sys.exit(0)
+    first_at, _, _ = ask(session, %(first)r)
     _, ttft2, total2 = ask(session, %(second)r)
     local.stop_server()
     print(json.dumps({"first_token": first_at - t0, "ttft2": ttft2, "total2": total2,
@@ -164,25 +156,17 @@ def main() -> None:
     if model is None or not local.available():
         raise SystemExit(local.NOT_CONFIGURED)
 
-    mode = "auto"
-    if "error" in _run(_IPYCHAT, mode):
-        mode = "explicit"
+    _run(_IPYCHAT)  # warms the page cache; not counted
     raw, ours = [], []
     for _ in range(args.runs):  # interleaved, so machine load hits both alike
         raw.append(_run(_RAW, str(model)))
-        result = _run(_IPYCHAT, mode)
-        if "error" in result:
-            raise SystemExit(f"ipychat run failed: {result['error']}")
-        ours.append(result)
+        ours.append(_run(_IPYCHAT))
 
     print(f"model {model.name}, {args.runs} fresh interpreters each, median (min–max)")
     heads = ("server answers", "1st token", "2nd request TTFT")
     print(f"{'from start / load_ext to:':<38}", *(f"{h:<22}" for h in heads), "2nd request total")
     print(_row("baseline: bare llama_cpp.server", raw))
-    print(_row(f"ipychat: %load_ext → ask ({mode})", ours))
-    if mode == "explicit":
-        print("(the session does not start the local server by itself yet: measured with "
-              "local.get_server() + session.configure(base_url=...))")  # fmt: skip
+    print(_row("ipychat: %load_ext → ask", ours))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 import secrets
 import threading
 import time
@@ -207,7 +206,14 @@ class BatchJob:
 
 
 class Registry:
-    """The jobs of one cache directory: `<dir>/<job id>.json`, written atomically."""
+    """The jobs of one cache directory: `<dir>/<job id>.json`, written atomically.
+
+    Only in a directory nobody else can change (`ipychat._private`, as the cache): a job
+    file steers which batch is downloaded and which rows and cache keys its replies fill.
+    Files are read without following links and must be regular files (a FIFO would hang).
+    """
+
+    _MAX_JOB = 256 << 20  # bytes: a job file of 50,000 requests x several parts is ~10 MB
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -219,32 +225,51 @@ class Registry:
         cache = session.cache
         return cls((cache.directory if cache is not None else default_cache_dir()) / "batches")
 
+    def _root(self) -> Path:
+        """The checked folder (symlinks resolved); ConfigError in one line if not safe."""
+        from ipychat._private import UnsafeDirectory, private_directory, private_subdirectory
+
+        try:
+            return private_subdirectory(
+                private_directory(self.directory.parent), self.directory.name
+            )
+        except UnsafeDirectory as exc:
+            raise ConfigError(f"Batch jobs are kept with the cache, and {exc}") from None
+
+    def _read(self, root: Path, name: str) -> BatchJob:
+        from ipychat._private import read_private
+
+        return BatchJob.from_dict(json.loads(read_private(root, name, self._MAX_JOB)))
+
     def save(self, job: BatchJob) -> None:
-        # Batch ids and templates are private to the user, like the cached replies.
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with contextlib.suppress(OSError):
-            os.chmod(self.directory, 0o700)
-        path = self.directory / f"{job.id}.json"
-        temp = self.directory / f".{job.id}.{os.getpid()}.{threading.get_ident()}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(job.to_dict(), out, ensure_ascii=False, separators=(",", ":"))
-        os.replace(temp, path)  # a reader (another kernel) never sees half a file
+        from ipychat._private import write_replace
+
+        # Batch ids and templates are private to the user, like the cached replies; a
+        # reader (another kernel) never sees half a file.
+        data = json.dumps(job.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        write_replace(self._root(), f"{job.id}.json", data.encode("utf-8"))
 
     def all(self, prefix: str = "") -> list[BatchJob]:
+        root = self._root()
         found: list[BatchJob] = []
-        paths = self.directory.glob(f"{prefix}*.json") if self.directory.is_dir() else ()
-        for path in paths:
+        for path in root.glob(f"{prefix}*.json"):
             with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-                found.append(BatchJob.from_dict(json.loads(path.read_text("utf-8"))))
+                found.append(self._read(root, path.name))
         return sorted(found, key=lambda job: job.created, reverse=True)
 
     def load(self, ident: str) -> BatchJob:
         """A job by its id (bm_…) or by the id of one of its provider batches."""
         if ident and set(ident) <= _ID_CHARS:
-            path = self.directory / f"{ident}.json"
-            if path.is_file():
-                return BatchJob.from_dict(json.loads(path.read_text("utf-8")))
+            root = self._root()
+            try:
+                return self._read(root, f"{ident}.json")
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError, TypeError, KeyError) as exc:
+                raise ConfigError(
+                    f"Batch {ident} in {self.directory} cannot be read ({exc}); delete "
+                    f"{ident}.json there if you do not need it."
+                ) from None
             for job in self.all():
                 if ident in job.batch_ids:
                     return job

@@ -8,7 +8,16 @@ the locking between them.
 
 Nothing here raises into a cell. An unusable directory or database, or a storage error at
 run time, emits one `CacheWarning` and the cache becomes a no-op (`disabled`); a single
-unreadable entry is a miss.
+unreadable entry is a miss. So does a directory someone else could change (not ours,
+group/world-writable, or inside a folder another user controls; see `ipychat._private`):
+the cache is then off with a one-line warning saying why and how to fix it, and chats and
+maps run uncached. `cache.db` and value files are 0600, folders 0700, whatever the umask.
+
+What a row of `cache.db` names is not trusted either: a value file is read, and deleted
+by eviction or `clear`, only if its name is one diskcache generates (`ab/cd/<28 hex>.val`)
+and it is a regular file reached without following a link. Anything else is a miss that
+deletes nothing. Empty replies are never stored (an empty reply is a fault, and a cached
+one would be replayed forever), and one found in the cache counts as a miss.
 
 Layout of a row (diskcache's `Cache` table): `key` = sha256 hex, `value` = JSON bytes
 (zlib-compressed above 4 KiB; files above 32 KiB), `tag` = the model name `clear(model=)`
@@ -26,7 +35,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sqlite3
+import stat
 import sys
 import threading
 import time
@@ -40,6 +51,15 @@ from typing import Any, TypedDict
 import diskcache
 from diskcache.core import MODE_BINARY, MODE_RAW, MODE_TEXT, UNKNOWN
 
+from ipychat._private import (
+    UnsafeDirectory,
+    UnsafeEntry,
+    private_directory,
+    read_private,
+    remove_private,
+    write_new,
+)
+
 __all__ = [
     "DEFAULT_SIZE_LIMIT",
     "CacheStats",
@@ -47,6 +67,7 @@ __all__ = [
     "CachedReply",
     "JSONOnlyDisk",
     "ResponseCache",
+    "cacheable",
     "default_cache_dir",
 ]
 
@@ -58,6 +79,11 @@ _MAX_VALUE = 64 << 20  # a decompressed value larger than this is a zip bomb, no
 _TOUCH_BATCH = 512  # read-time updates are written in batches of this many...
 _TOUCH_EVERY = 5.0  # ...or after this many seconds, or with the next write
 _CHUNK = 500  # keys per SELECT in get_many (SQLite allows 32,766 parameters since 3.32)
+# The only value-file names diskcache's `Disk.filename` makes: 2 + 2 + 28 hex digits.
+_VALUE_FILE = re.compile(
+    r"[0-9a-f]{{2}}{0}[0-9a-f]{{2}}{0}[0-9a-f]{{28}}\.val".format(re.escape(os.sep))
+)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class CacheWarning(UserWarning):
@@ -131,15 +157,34 @@ class JSONOnlyDisk(diskcache.Disk):
         raw = data.encode("utf-8")
         if len(raw) >= _COMPRESS_FROM:
             raw = zlib.compress(raw, 1)  # level 1: most of the gain for text, little CPU
-        # bytes: MODE_RAW blob in SQLite, or MODE_BINARY file from `disk_min_file_size` up.
-        return super().store(raw, False, key=key)
+        # A MODE_RAW blob in SQLite, or a MODE_BINARY file from `disk_min_file_size` up, as
+        # `Disk.store` does for bytes, but written 0600 (folders 0700) whatever the umask.
+        if len(raw) < self.min_file_size:
+            return 0, MODE_RAW, None, sqlite3.Binary(raw)
+        filename, _ = self.filename(key, raw)
+        write_new(Path(self._directory), filename, raw)
+        return len(raw), MODE_BINARY, filename, None
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> dict[str, Any]:
         # Only the modes that cannot hold a pickle; everything else (MODE_PICKLE) is refused
         # here, so `Disk.fetch` never gets the chance to call pickle.load.
         if read or mode not in (MODE_RAW, MODE_BINARY, MODE_TEXT):
             raise UntrustedEntry(f"stored in diskcache mode {mode}, not JSON")
-        return decode(super().fetch(mode, filename, value, False))
+        if mode == MODE_RAW:  # in the row itself, no file
+            return decode(super().fetch(mode, filename, value, False))
+        if not isinstance(filename, str) or not _VALUE_FILE.fullmatch(filename):
+            raise UntrustedEntry("its file is not one the cache names")
+        try:  # no link, no FIFO, nothing outside the directory; size-capped
+            return decode(read_private(Path(self._directory), filename, _MAX_VALUE))
+        except UnsafeEntry as exc:
+            raise UntrustedEntry(str(exc)) from None
+
+    def remove(self, file_path: Any) -> None:
+        # diskcache calls this for every row it evicts, culls or clears. Its own version
+        # deletes `directory/filename` and then every emptied folder above it, whatever the
+        # row says; here only a value file the cache itself names, and its two folders.
+        if isinstance(file_path, str) and _VALUE_FILE.fullmatch(file_path):
+            remove_private(Path(self._directory), file_path, prune=2)
 
 
 def decode(data: Any) -> dict[str, Any]:
@@ -160,6 +205,18 @@ def decode(data: Any) -> dict[str, Any]:
     if not isinstance(value, dict) or not isinstance(value.get("text"), str):
         raise UntrustedEntry("not a reply object")
     return value
+
+
+def cacheable(value: dict[str, Any]) -> bool:
+    """Whether a reply may be stored (and served): not empty, not an error.
+
+    An empty reply is a fault (a provider hiccup, a filtered or cut reply), and once cached
+    it would be replayed forever instead of being asked again.
+    """
+    text = value.get("text")
+    if not isinstance(text, str) or not text.strip():
+        return False
+    return value.get("finish_reason") not in ("error", "content_filter")
 
 
 def _check_key(key: object) -> None:
@@ -186,8 +243,9 @@ class ResponseCache:
     """A process's handle on the on-disk reply cache (see the module docstring).
 
     Opened lazily on first use (so creating one costs nothing). The directory is created
-    0700; an existing one that group or others can read is tightened to 0700 if it is ours
-    (replies can be private), and only warned about if it belongs to another user.
+    0700; an existing one of ours that group or others can only read is tightened to 0700
+    (replies can be private); one that is not ours, or that others can write to, is not
+    used (one warning, then the cache is off; see the module docstring).
     Thread-safe. diskcache connections do not survive `fork`: a forked child notices the
     new pid and opens its own.
     """
@@ -294,6 +352,8 @@ class ResponseCache:
             _check_key(key)
             if not isinstance(value, dict) or not isinstance(value.get("text"), str):
                 raise TypeError("a cache value is a dict with a str 'text'")
+            if not cacheable(value):
+                continue
             value = dict(value)
             created = value.get("created")
             if not isinstance(created, (int, float)) or not 0 <= created < 1e11:  # NaN, 1e400…
@@ -406,6 +466,8 @@ class ResponseCache:
                 try:
                     self._cache = self._open()
                     self._pid = os.getpid()
+                except UnsafeDirectory as exc:
+                    self._refuse(str(exc))
                 except Exception as exc:
                     self._disable(exc)
             return self._cache
@@ -428,20 +490,12 @@ class ResponseCache:
             pause = min(pause * 2, 0.1)
 
     def _open_once(self) -> diskcache.Cache:
-        path = self._directory
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)  # FileExistsError if a file
-        if os.name == "posix":
-            status = path.stat()
-            if status.st_mode & 0o077:
-                # Replies can hold private data: the directory is ours alone, as DESIGN.md says.
-                if status.st_uid == os.geteuid():
-                    os.chmod(path, 0o700)
-                else:
-                    self._warn_once(
-                        "perms",
-                        f"ipychat: the cache directory {path} belongs to another user and others "
-                        "can read it; set IPYCHAT_CACHE_DIR to a directory of your own.",
-                    )
+        # Ours alone, nobody else can change it (UnsafeDirectory otherwise); from here on
+        # the resolved path, so a symlink swapped after the check changes nothing.
+        path = private_directory(self._directory)
+        if os.name == "posix" and os.stat(path).st_mode & 0o077:
+            os.chmod(path, 0o700)  # ours, only readable by others: replies can be private
+        _private_database(path)
         return diskcache.Cache(
             str(path),
             timeout=self._timeout,
@@ -454,7 +508,9 @@ class ResponseCache:
     def _decode(self, cache: diskcache.Cache, row: Any) -> dict[str, Any] | None:
         mode, filename, value = row
         try:
-            return cache.disk.fetch(mode, filename, value, False)
+            reply: dict[str, Any] = cache.disk.fetch(mode, filename, value, False)
+            # An empty reply an older version stored: a miss, so the next reply replaces it.
+            return reply if cacheable(reply) else None
         except UntrustedEntry as exc:
             self._warn_once(
                 "entry",
@@ -517,6 +573,14 @@ class ResponseCache:
         if not _transient(exc):
             self._disable(exc)
 
+    def _refuse(self, reason: str) -> None:
+        """The directory is not safe to use: off for this process, one line saying why."""
+        with self._lock:
+            if self._broken is not None:
+                return
+            self._broken = reason
+        _warn(f"ipychat: carrying on without a cache: {reason} Then restart the kernel.")
+
     def _disable(self, exc: BaseException) -> None:
         with self._lock:
             if self._broken is not None:
@@ -539,6 +603,38 @@ class ResponseCache:
                 return
             self._warned.add(what)
         _warn(message)
+
+
+def _private_database(directory: Path) -> None:
+    """Create `cache.db` 0600 before SQLite does (its -wal and -shm files then get the same
+    mode), and tighten the ones an older version left readable. A database that is a link,
+    not a file, or someone else's is refused: the rows it holds steer reads and deletes."""
+    me = os.geteuid() if os.name == "posix" else None
+    for name in ("cache.db", "cache.db-wal", "cache.db-shm"):
+        path = directory / name
+        flags = os.O_RDWR | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        if name == "cache.db":
+            flags |= os.O_CREAT
+        elif not os.path.lexists(path):
+            continue
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            if os.path.islink(path):
+                raise UnsafeDirectory(f"{path} is a symbolic link; delete it.") from None
+            raise exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise UnsafeDirectory(f"{path} is not a regular file; delete it.")
+            if me is not None and st.st_uid != me:
+                raise UnsafeDirectory(
+                    f"{path} belongs to another user (uid {st.st_uid}); delete it."
+                )
+            if me is not None and stat.S_IMODE(st.st_mode) != 0o600:
+                os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
 
 
 def _warn(message: str) -> None:

@@ -45,6 +45,8 @@ from ipychat.streaming import Progress, ReplyStream, interrupted
 from ipychat.types import Completion, Estimate, Reply, Usage
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import httpx
 
     from ipychat.cache import ResponseCache
@@ -107,8 +109,9 @@ class ChatSession:
         self._cache: ResponseCache | None = None
         self._cache_opened = False
         self._client: ChatClient | None = None
+        self._client_key: Secret | None = None  # the key the client was made with
         self._local_available: bool | None = None
-        self._local_memo: tuple[str | None, Endpoint] | None = None
+        self._local_memo: tuple[str | None, Path | None] | None = None
         self._runner = LoopThread()
         _live.add(self)  # closed at exit, if the owner did not (see _close_at_exit)
         self._listeners: list[Callable[[Event], None]] = []
@@ -203,17 +206,15 @@ class ChatSession:
         return self._local_endpoint() if self._local_available else Endpoint("none", OPENAI_URL)
 
     def _local_endpoint(self) -> Endpoint:
+        from ipychat import local
+
         # Finding the model file reads package metadata: remember it per model setting.
         chosen = os.environ.get("IPYCHAT_LOCAL_MODEL")
         if self._local_memo is None or self._local_memo[0] != chosen:
-            from ipychat import local
-
-            path = local.model_path()
-            self._local_memo = (
-                chosen,
-                Endpoint("local", f"local://{path.name if path else 'model'}"),
-            )
-        return self._local_memo[1]
+            self._local_memo = (chosen, local.model_path())
+        # Named by content (a remembered sha256), so another file with the same name never
+        # shares this one's cache entries.
+        return Endpoint("local", local.endpoint_url(self._local_memo[1]))
 
     @property
     def is_local(self) -> bool:
@@ -254,21 +255,24 @@ class ChatSession:
             from ipychat.local import NOT_CONFIGURED
 
             raise ConfigError(NOT_CONFIGURED)
-        url = endpoint.url
+        url, key = endpoint.url, self.settings.api_key
         if endpoint.kind == "local":
             from ipychat import local
 
             # Starting takes seconds: do it off the loop so other tasks keep running.
-            url = (await asyncio.to_thread(local.get_server)).base_url
+            server = await asyncio.to_thread(local.get_server)
+            # The server's own per-start key, never the user's (OPENAI_API_KEY is not for it).
+            url, key = server.base_url, server.api_key
         with self._lock:
-            if self._client is None or self._client.base_url != url:
+            if self._client is None or self._client.base_url != url or self._client_key != key:
                 from ipychat.client import ChatClient, Timeouts
 
                 self._drop_client()
                 s = self.settings
+                self._client_key = key
                 self._client = ChatClient(
                     url,
-                    api_key=s.api_key,
+                    api_key=key,
                     azure_api_version=s.azure_api_version,
                     timeouts=Timeouts(
                         connect=s.connect_timeout, read=s.read_timeout, reply=s.reply_timeout

@@ -5,6 +5,7 @@ Every test uses its own tmp_path directory, never the user's ~/.cache.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -594,3 +595,465 @@ def test_set_many_writes_every_entry_in_one_go(cache: ResponseCache) -> None:
     with pytest.raises(TypeError):
         cache.set_many([(key(1), {"no": "text"})])
     assert cache.clear(model="m") == 100
+
+
+# ----- rows naming files outside the cache (issue 15, item 2) ------------------------------
+
+
+def _big(text: str = "planted") -> dict[str, Any]:
+    """A reply large enough to be stored as a value file (diskcache: 32 KiB and up)."""
+    return reply(text + " " + os.urandom(40_000).hex())
+
+
+def _point_row_at(directory: Path, filename: str) -> None:
+    """What someone who could write cache.db would do: make a row name another file."""
+    with sqlite3.connect(directory / "cache.db") as con:
+        con.execute("UPDATE Cache SET filename = ?, mode = ?", (filename, MODE_BINARY))
+
+
+def _outside(tmp_path: Path) -> Path:
+    """A file outside the cache that holds a valid reply, in its own folder."""
+    folder = tmp_path / "elsewhere" / "private"
+    folder.mkdir(parents=True)
+    target = folder / "secret.val"
+    target.write_bytes(json.dumps({"text": "served from outside the cache"}).encode())
+    return target
+
+
+def _hostile_names(cache_dir: Path, target: Path) -> dict[str, str]:
+    """Row file names that lead out of the cache, planted next to a real entry's file."""
+    (real,) = [p for p in cache_dir.rglob("*.val")]
+    rel = real.relative_to(cache_dir)
+    link = rel.parent / ("0" * 28 + ".val")  # a valid-looking name that is a symlink
+    (cache_dir / link).symlink_to(target)
+    linked_dir = cache_dir / "ee"  # a valid-looking folder that is a symlink
+    linked_dir.symlink_to(target.parent, target_is_directory=True)
+    (target.parent / "ff").mkdir()
+    (target.parent / "ff" / ("1" * 28 + ".val")).write_bytes(target.read_bytes())
+    return {
+        "absolute": str(target),
+        "dotdot": os.path.join("..", "elsewhere", "private", "secret.val"),
+        "deep dotdot": os.path.join(
+            rel.parent, "..", "..", "..", "elsewhere", "private", "secret.val"
+        ),
+        "symlinked file": str(link),
+        "symlinked folder": os.path.join("ee", "ff", "1" * 28 + ".val"),
+    }
+
+
+@pytest.mark.parametrize(
+    "how", ["absolute", "dotdot", "deep dotdot", "symlinked file", "symlinked folder"]
+)
+def test_a_row_naming_a_file_outside_is_a_miss_and_clear_deletes_nothing_outside(
+    tmp_path: Path, how: str
+) -> None:
+    cache_dir = tmp_path / "cache"
+    cache = ResponseCache(cache_dir)
+    cache.set(key(1), _big())
+    target = _outside(tmp_path)
+    name = _hostile_names(cache_dir, target)[how]
+    before = {p: p.read_bytes() for p in (tmp_path / "elsewhere").rglob("*") if p.is_file()}
+    _point_row_at(cache_dir, name)
+    with pytest.warns(CacheWarning, match="did not write"):
+        assert cache.get(key(1)) is None  # a miss, not the planted text
+    assert cache.get_many([key(1)]) == {}
+    assert cache.clear() == 1  # the row goes; the file it named stays
+    after = {p: p.read_bytes() for p in (tmp_path / "elsewhere").rglob("*") if p.is_file()}
+    assert after == before and target.parent.is_dir()
+    cache.close()
+
+
+@pytest.mark.parametrize("clear", ["all", "older", "model", "evict"])
+def test_no_way_of_clearing_follows_a_planted_row_out(tmp_path: Path, clear: str) -> None:
+    cache_dir = tmp_path / "cache"
+    cache = ResponseCache(cache_dir, size_limit=200_000)
+    cache.set(key(1), _big() | {"created": time.time() - 10 * 86400, "request_model": "m"})
+    target = _outside(tmp_path)
+    _point_row_at(cache_dir, str(target))
+    if clear == "all":
+        assert cache.clear() == 1
+    elif clear == "older":
+        assert cache.clear(older_than_days=1) == 1
+    elif clear == "model":
+        assert cache.clear(model="m") == 1
+    else:  # eviction: writing past size_limit culls the least recently used row
+        for i in range(2, 12):
+            cache.set(key(i), _big(f"r{i}"))
+        assert cache.get(key(1)) is None
+    assert target.is_file() and target.parent.is_dir()
+    cache.close()
+
+
+def test_a_fifo_named_by_a_row_is_a_miss_not_a_hang(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    cache = ResponseCache(cache_dir)
+    cache.set(key(1), _big())
+    (real,) = [p for p in cache_dir.rglob("*.val")]
+    real.unlink()
+    os.mkfifo(real)  # a valid name, inside the cache: still not a file to read
+    outside_fifo = tmp_path / "fifo"
+    os.mkfifo(outside_fifo)
+    for name in (str(real.relative_to(cache_dir)), str(outside_fifo)):
+        _point_row_at(cache_dir, name)
+        result: list[Any] = []
+
+        def read(into: list[Any] = result) -> None:
+            into.append(cache.get(key(1)))
+
+        reader = threading.Thread(target=read, daemon=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CacheWarning)
+            reader.start()
+            reader.join(5)
+        if reader.is_alive():  # unblock the reader before failing
+            os.close(os.open(name if os.path.isabs(name) else cache_dir / name, os.O_WRONLY))
+            pytest.fail(f"reading a row naming the FIFO {name} hangs")
+        assert result == [None]
+    assert cache.clear() == 1
+    assert stat.S_ISFIFO(os.lstat(outside_fifo).st_mode)
+    cache.close()
+
+
+def test_a_value_file_too_large_for_any_reply_is_not_read(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    cache = ResponseCache(cache_dir)
+    cache.set(key(1), _big())
+    (real,) = [p for p in cache_dir.rglob("*.val")]
+    with open(real, "r+b") as f:
+        f.truncate(65 << 20)  # sparse: larger than the 64 MiB cap, costs no disk
+    with pytest.warns(CacheWarning, match="larger than"):
+        assert cache.get(key(1)) is None
+    cache.close()
+
+
+def test_large_entries_still_round_trip_and_clear_their_folders(cache: ResponseCache) -> None:
+    big = _big("mine")
+    cache.set(key(1), big)
+    assert cache.get(key(1)) == big | {"created": cache.get(key(1))["created"]}
+    (real,) = [p for p in cache.directory.rglob("*.val")]
+    assert cache.clear() == 1
+    assert not real.exists() and not real.parent.exists() and not real.parent.parent.exists()
+    assert cache.directory.is_dir()
+
+
+# ----- whose directory (issue 15, item 3) ----------------------------------------------------
+
+NOBODY = 65534
+
+
+def _foreign(path: Path, mode: int = 0o755) -> Path:
+    """A folder that belongs to another user (chown needs root; otherwise use `/`'s owner)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(path, NOBODY, NOBODY)
+    else:  # pragma: no cover - the suite runs as root in CI; a non-root run uses root's /
+        return Path("/")
+    path.chmod(mode)
+    return path
+
+
+def _refused(cache: ResponseCache, *needles: str) -> str:
+    with pytest.warns(CacheWarning) as caught:
+        assert cache.disabled
+        cache.set(key(1), reply())
+        assert cache.get(key(1)) is None and cache.get_many([key(1)]) == {}
+        assert cache.clear() == 0
+    messages = [str(w.message) for w in caught.list if issubclass(w.category, CacheWarning)]
+    assert len(messages) == 1, messages
+    (message,) = messages
+    assert "\n" not in message and "without a cache" in message
+    for needle in needles:
+        assert needle in message
+    assert cache.stats().disabled
+    return message
+
+
+needs_posix = pytest.mark.skipif(os.name != "posix", reason="POSIX owners and modes")
+
+
+def _shared_group() -> int:
+    """A group of ours that has other members too (root may use nobody's group)."""
+    import grp
+    import pwd
+
+    candidates = [NOBODY] if os.geteuid() == 0 else os.getgroups()
+    for gid in candidates:
+        members = {p.pw_uid for p in pwd.getpwall() if p.pw_gid == gid}
+        with contextlib.suppress(KeyError):
+            members |= {pwd.getpwnam(n).pw_uid for n in grp.getgrgid(gid).gr_mem}
+        if members - {os.geteuid()}:
+            return gid
+    pytest.fail("this test needs a group with other members (or root)")
+
+
+@needs_posix
+def test_group_writable_is_fine_when_the_group_is_only_us(tmp_path: Path) -> None:
+    # Ubuntu's default umask 002 with user private groups: every folder a user makes is
+    # group-writable, by a group whose only member is that user (Debian's OpenSSH allows it).
+    import grp
+    import pwd
+
+    gid = os.getegid()
+    others = {p.pw_uid for p in pwd.getpwall() if p.pw_gid == gid} - {os.geteuid()}
+    if others or set(grp.getgrgid(gid).gr_mem) - {pwd.getpwuid(os.geteuid()).pw_name}:
+        pytest.fail("this test needs our primary group to be private (root's is)")
+    path = tmp_path / "cache"
+    path.mkdir()
+    path.chmod(0o775)
+    cache = ResponseCache(path)
+    cache.set(key(1), reply())
+    assert not cache.disabled and cache.get(key(1)) is not None
+    cache.close()
+
+
+@needs_posix
+def test_a_directory_of_another_user_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    other = _foreign(tmp_path / "theirs", 0o777)
+    planted = ResponseCache(other)  # what they wrote there (as root we can, to plant)
+    if os.geteuid() == 0:
+        os.chown(other, os.geteuid(), os.geteuid())
+        other.chmod(0o700)
+        planted.set(key(1), reply("planted reply"))
+        planted.close()
+        os.chown(other, NOBODY, NOBODY)
+        other.chmod(0o777)
+    before = sorted(p.name for p in other.iterdir())
+    message = _refused(ResponseCache(other), str(other), "belongs to", "IPYCHAT_CACHE_DIR")
+    assert "chmod" not in message  # not ours: the fix is another folder
+    assert sorted(p.name for p in other.iterdir()) == before  # nothing written or read
+
+
+@needs_posix
+@pytest.mark.parametrize(
+    "mode, who", [(0o777, "everyone"), (0o770, "its group"), (0o720, "its group")]
+)
+def test_a_directory_others_can_write_is_refused(tmp_path: Path, mode: int, who: str) -> None:
+    path = tmp_path / "cache"
+    path.mkdir()
+    os.chown(path, -1, _shared_group())
+    path.chmod(mode)
+    _refused(ResponseCache(path), str(path), who, f"chmod 700 {path}")
+    assert stat.S_IMODE(path.stat().st_mode) == mode  # refused, not silently "fixed"
+    assert not (path / "cache.db").exists()
+
+
+@needs_posix
+def test_a_symlink_to_a_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    other = _foreign(tmp_path / "theirs", 0o777)
+    link = tmp_path / "home" / ".cache" / "ipychat"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(other, target_is_directory=True)
+    _refused(ResponseCache(link), str(link), str(other.resolve()), "belongs to")
+
+
+@needs_posix
+def test_ipychat_cache_dir_pointing_at_another_users_directory_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = _foreign(tmp_path / "theirs", 0o755)
+    monkeypatch.setenv("IPYCHAT_CACHE_DIR", str(other))
+    _refused(ResponseCache(), str(other), "belongs to")
+
+
+@needs_posix
+def test_a_directory_inside_a_folder_another_user_controls_is_refused(tmp_path: Path) -> None:
+    theirs = _foreign(tmp_path / "theirs", 0o755)
+    if theirs == Path("/"):  # pragma: no cover - not root: no folder of another user to test
+        pytest.fail("this test needs root to make a folder of another user")
+    mine = theirs / "mine"
+    mine.mkdir(mode=0o700)  # root made it; it stays ours, its parent is theirs
+    _refused(ResponseCache(mine), str(mine), f"inside {theirs}")
+
+
+@needs_posix
+def test_folders_above_everyone_can_write_are_refused_unless_sticky(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    _refused(ResponseCache(shared / "mine"), f"inside {shared}", "everyone can write")
+    shared.chmod(0o1777)  # sticky, like /tmp: nobody else can rename or delete our folder
+    cache = ResponseCache(shared / "mine")
+    cache.set(key(1), reply())
+    assert cache.get(key(1)) is not None
+    cache.close()
+
+
+@needs_posix
+def test_group_writable_folders_above_are_accepted(tmp_path: Path) -> None:
+    # Jupyter's docker-stacks images make $HOME group-writable (fix-permissions): refusing
+    # that would turn the cache off for most hosted notebooks.
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o2775)
+    cache = ResponseCache(home / ".cache" / "ipychat")
+    cache.set(key(1), reply())
+    assert not cache.disabled and cache.get(key(1)) is not None
+    cache.close()
+
+
+@needs_posix
+@pytest.mark.parametrize("what", ["symlink", "foreign"])
+def test_a_database_file_that_is_a_link_or_not_ours_is_refused(tmp_path: Path, what: str) -> None:
+    path = tmp_path / "cache"
+    path.mkdir(mode=0o700)
+    db = path / "cache.db"
+    elsewhere = tmp_path / "elsewhere.db"
+    elsewhere.write_bytes(b"")
+    if what == "symlink":
+        db.symlink_to(elsewhere)
+        _refused(ResponseCache(path), "symbolic link")
+    else:
+        if os.geteuid() != 0:  # pragma: no cover
+            pytest.fail("this test needs root to make a file of another user")
+        db.write_bytes(b"")
+        os.chown(db, NOBODY, NOBODY)
+        _refused(ResponseCache(path), "belongs to another user")
+    assert elsewhere.read_bytes() == b""
+
+
+@needs_posix
+@pytest.mark.parametrize("umask", [0, 0o022, 0o277])
+def test_everything_created_is_0600_and_folders_0700_whatever_the_umask(
+    tmp_path: Path, umask: int
+) -> None:
+    old = os.umask(umask)
+    try:
+        cache = ResponseCache(tmp_path / "new" / "cache")
+        cache.set(key(1), reply())
+        cache.set(key(2), _big())  # a value file, in two new folders
+        assert cache.get(key(2)) is not None
+        modes = {p: p.lstat().st_mode for p in (tmp_path / "new").rglob("*")}
+    finally:
+        os.umask(old)
+        with contextlib.suppress(NameError):
+            cache.close()
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o700
+    files = {p.name for p, mode in modes.items() if stat.S_ISREG(mode)}
+    assert {"cache.db", "cache.db-wal", "cache.db-shm"} <= files
+    assert any(name.endswith(".val") for name in files)
+    for path, mode in modes.items():
+        wanted = 0o700 if stat.S_ISDIR(mode) else 0o600
+        assert stat.S_IMODE(mode) == wanted, (path, oct(mode))
+
+
+@needs_posix
+def test_a_database_an_older_version_left_readable_is_tightened(tmp_path: Path) -> None:
+    path = tmp_path / "cache"
+    cache = ResponseCache(path)
+    cache.set(key(1), reply())
+    cache.close()
+    for name in ("cache.db", "cache.db-wal", "cache.db-shm"):
+        if (path / name).exists():
+            (path / name).chmod(0o644)
+    cache = ResponseCache(path)
+    assert cache.get(key(1)) is not None
+    assert stat.S_IMODE((path / "cache.db").stat().st_mode) == 0o600
+    cache.close()
+
+
+@needs_posix
+def test_chat_and_map_run_uncached_when_the_directory_is_refused(fake: Any, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from ipychat.session import ChatSession, Settings
+
+    path = tmp_path / "cache"
+    path.mkdir()
+    path.chmod(0o777)
+    session = ChatSession(
+        Settings(base_url=fake.base_url, api_key="sk-test-" + "c" * 20, model="gpt-4o-mini"),
+        cache=ResponseCache(path),
+    )
+    try:
+        with pytest.warns(CacheWarning, match="without a cache"):
+            first = session.ask("hello")
+        again = session.ask("hello")
+        assert first.text and again.text == first.text and not again.cached
+        frame = session.map(pd.DataFrame({"t": ["a", "b"]}), "Say {t}", "out")
+        assert frame["out"].notna().all()
+        assert len(fake.chat_requests) == 4  # nothing was cached, nothing was refused
+    finally:
+        session.close()
+    assert not (path / "cache.db").exists()
+
+
+# ----- what may be cached (issue 15, item 11) -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        reply(""),
+        reply("   \n"),
+        reply("partial", finish_reason="error"),
+        reply("", finish_reason="content_filter"),
+    ],
+)
+def test_empty_or_errored_replies_are_never_stored(
+    cache: ResponseCache, bad: dict[str, Any]
+) -> None:
+    cache.set(key("bad"), bad)
+    cache.set_many([(key("bad2"), bad), (key("good"), reply("fine"))])
+    assert cache.get(key("bad")) is None and cache.get(key("bad2")) is None
+    assert cache.stats().entries == 1 and cache.stats().writes == 1
+    assert cache.get(key("good"))["text"] == "fine"
+
+
+def test_a_stored_empty_reply_from_an_older_version_is_a_miss(tmp_path: Path) -> None:
+    path = tmp_path / "cache"
+    plain = diskcache.Cache(str(path), disk=JSONOnlyDisk)
+    plain.set(key("old"), {"text": "", "finish_reason": "stop"})  # as versions before this wrote
+    plain.close()
+    cache = ResponseCache(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not a foreign entry: no warning, just a miss
+        assert cache.get(key("old")) is None
+        assert cache.get_many([key("old")]) == {}
+    cache.set(key("old"), reply("now answered"))
+    assert cache.get(key("old"))["text"] == "now answered"
+    cache.close()
+
+
+def _empty_for(word: str) -> Any:
+    """A FakeOpenAIServer reply function: an empty reply for prompts holding `word`."""
+
+    def answer(body: dict[str, Any]) -> str:
+        prompt = str(body["messages"][-1]["content"])
+        return "" if word in prompt else f"Echo: {prompt}"
+
+    return answer
+
+
+@pytest.mark.parametrize("writer", ["chat", "stream", "map", "batch"])
+def test_no_writer_caches_an_empty_reply(tmp_path: Path, writer: str) -> None:
+    """An empty reply is sent again next time, on every path that writes the cache."""
+    import pandas as pd
+
+    from ipychat import batch
+    from ipychat.session import ChatSession, Settings, reset_session
+    from ipychat.testing import FakeOpenAIServer
+
+    frame = pd.DataFrame({"t": ["blank me", "fine"]})
+    with FakeOpenAIServer(reply=_empty_for("blank"), batch={"delay": 0.01}) as server:
+        session = ChatSession(
+            Settings(base_url=server.base_url, api_key="sk-test-" + "d" * 20, model="gpt-4o-mini"),
+            cache=ResponseCache(tmp_path / "cache"),
+        )
+        try:
+            for attempt in range(2):
+                server.reset_log()
+                if writer in ("chat", "stream"):
+                    for prompt in ("blank me", "fine"):
+                        session.ask(prompt, stream=writer == "stream", new=True)
+                elif writer == "map":
+                    session.map(frame, "{t}", "out")
+                elif attempt == 0:
+                    batch.run(session, frame, "{t}", "out", poll_interval=0.01)
+                else:  # after a batch, the same cell is answered from the cache where it can
+                    session.map(frame, "{t}", "out")
+                sent = [str(r.body["messages"][-1]["content"]) for r in server.chat_requests]
+                if attempt == 1:
+                    assert sent == ["blank me"], writer  # asked again; "fine" came from the cache
+        finally:
+            session.close()
+            reset_session(None)

@@ -40,6 +40,11 @@ class Backend:
     model: str
     usage_chunk: bool  # does a stream end with a usage chunk when include_usage is asked?
     capital: str  # the temperature-0 answer to FRANCE mentions this
+    api_key: str | None = None  # the local server demands its per-start key
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
 @pytest.fixture(
@@ -63,8 +68,14 @@ def backend(
     server = local.LocalServer(local._bundled_model(), log_dir=tmp_path_factory.mktemp("llama"))
     server.start()
     try:
+        assert server.api_key is not None
         yield Backend(
-            "llama", server.base_url, local.MODEL_ALIAS, usage_chunk=False, capital="Paris"
+            "llama",
+            server.base_url,
+            local.MODEL_ALIAS,
+            usage_chunk=False,
+            capital="Paris",
+            api_key=server.api_key.reveal(),
         )
     finally:
         server.stop()
@@ -86,7 +97,7 @@ def _chat(
     deltas: list[str] = []
 
     async def run() -> Completion:
-        async with ChatClient(backend.base_url) as client:
+        async with ChatClient(backend.base_url, api_key=backend.api_key) as client:
             return await client.chat(body, stream=stream, on_delta=deltas.append)
 
     return asyncio.run(run()), deltas
@@ -95,7 +106,7 @@ def _chat(
 def _post(backend: Backend, body: dict[str, Any]) -> httpx.Response:
     # trust_env=False: loopback must never go through a proxy from the environment.
     with httpx.Client(timeout=60, trust_env=False) as http:
-        return http.post(backend.base_url + "/chat/completions", json=body)
+        return http.post(backend.base_url + "/chat/completions", json=body, headers=backend.headers)
 
 
 # ----- the wire ---------------------------------------------------------------------------
@@ -120,7 +131,9 @@ def test_stream_wire(backend: Backend) -> None:
     body = _body(backend, stream=True, stream_options={"include_usage": True})
     with (
         httpx.Client(timeout=60, trust_env=False) as http,
-        http.stream("POST", backend.base_url + "/chat/completions", json=body) as response,
+        http.stream(
+            "POST", backend.base_url + "/chat/completions", json=body, headers=backend.headers
+        ) as response,
     ):
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -142,7 +155,7 @@ def test_stream_wire(backend: Backend) -> None:
 
 def test_models_lists_something(backend: Backend) -> None:
     async def run() -> list[str]:
-        async with ChatClient(backend.base_url) as client:
+        async with ChatClient(backend.base_url, api_key=backend.api_key) as client:
             return await client.models()
 
     models = asyncio.run(run())
@@ -202,7 +215,7 @@ def test_concurrent_streams_both_finish(backend: Backend) -> None:
     (llama.cpp's default `interrupt_requests` ends the running stream without a finish_reason)."""
 
     async def run() -> list[Completion]:
-        async with ChatClient(backend.base_url) as client:
+        async with ChatClient(backend.base_url, api_key=backend.api_key) as client:
             body = _body(backend, LONG, max_tokens=24)
             return list(await asyncio.gather(*(client.chat(body, stream=True) for _ in range(2))))
 

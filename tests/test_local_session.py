@@ -67,3 +67,24 @@ def test_chat_magic_on_the_local_model(local_session: ChatSession) -> None:
         assert "llama-server.log" in out.stdout
     finally:
         ip.run_line_magic("unload_ext", "ipychat")
+
+
+def test_the_local_server_gets_its_own_key_never_the_users(
+    local_session: ChatSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With a cloud key in the environment and the local endpoint chosen explicitly, the
+    # request carries the server's per-start key (anything else is a 401 there).
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-canary-" + "L0" * 20)
+    local_session.configure(base_url="local")
+    assert local_session.endpoint().kind == "local"
+    reply = local_session.ask(FRANCE, max_tokens=20, cache=False)
+    assert "Paris" in reply.text
+
+
+def test_a_restarted_server_is_reached_with_its_new_key(local_session: ChatSession) -> None:
+    assert "Paris" in local_session.ask(FRANCE, max_tokens=20, cache=False).text
+    server = local.get_server()
+    old_key = server.api_key
+    server.stop()
+    reply = local_session.ask(FRANCE, max_tokens=20, cache=False)  # starts it again
+    assert "Paris" in reply.text and local.get_server().api_key != old_key
