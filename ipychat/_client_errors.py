@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from ipychat import retry as policy
-from ipychat._transport import _is_connect_failure, _root, _timeout_kind
+from ipychat._transport import _chain, _is_connect_failure, _root, _scrub, _timeout_kind
 from ipychat.errors import (
     APIConnectionError,
     APIError,
@@ -54,6 +54,7 @@ def _status_error(
     host: str,
     base_url: str,
     keys: Sequence[Secret],
+    withheld: bool = False,
 ) -> APIStatusError:
     status = response.status_code
     server = _server_message(body, keys)
@@ -80,7 +81,16 @@ def _status_error(
             rate_limit=rate_limit,
         )
     message = _status_message(
-        response, path, status, said, after, decision, host=host, base_url=base_url, keys=keys
+        response,
+        path,
+        status,
+        said,
+        after,
+        decision,
+        host=host,
+        base_url=base_url,
+        keys=keys,
+        withheld=withheld,
     )
     return status_error(
         status,
@@ -102,10 +112,17 @@ def _status_message(
     host: str,
     base_url: str,
     keys: Sequence[Secret],
+    withheld: bool = False,
 ) -> str:
     if status in (400, 422):
         return f"{host} rejected the request (HTTP {status}){said}; fix the request and retry"
     if status == 401:
+        if withheld:
+            return (
+                f"{host} wants an API key (HTTP 401){said}: OPENAI_API_KEY is for OpenAI (or "
+                f"OPENAI_BASE_URL) and is not sent to {host}; run %chat key to give this "
+                f"endpoint its own key, or %chat endpoint {base_url} --send-key to send it there"
+            )
         if not keys:
             return f"{host} wants an API key (HTTP 401){said}: set OPENAI_API_KEY or run %chat key"
         return f"{host} refused the API key (HTTP 401){said}: {_KEY_FIX}"
@@ -187,13 +204,17 @@ def _short_cause(exc: BaseException, keys: Sequence[Secret]) -> str:
 
 
 def _clean_cause(exc: BaseException, keys: Sequence[Secret]) -> BaseException:
-    """The original exception, kept as __cause__ for debugging, with its text redacted.
+    """The original exception, kept as __cause__ for debugging, with nothing secret in it.
 
-    Transport errors do not contain keys in practice; this makes it a guarantee.
+    Scrubbed in place first (`_scrub`: aiohttp's request_info headers masked, the library's
+    traceback frames dropped, the whole chain too), since the original is also the
+    `__context__` of an error raised while handling it. If its text still names a key, a
+    stand-in with the text redacted takes its place.
     """
+    _scrub(exc)
     text = str(exc)
     clean = redact(text, keys)
-    if clean == text:
+    if clean == text and all(redact(str(e), keys) == str(e) for e in _chain(exc)):
         return exc
     return APIConnectionError(f"{type(exc).__name__}: {clean}")
 
