@@ -15,6 +15,7 @@ other private modules, and like the client it imports httpx.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -177,6 +178,12 @@ def _connection_error(
         )
     if kind is not None:
         return APITimeoutError(f"Request to {host} timed out ({kind}){after}; try again")
+    limit = _header_limit(exc)
+    if limit is not None:
+        return APIConnectionError(
+            f"{host} sent a response header longer than the {limit:,} bytes the HTTP client "
+            f"accepts{after}; check the server (or the proxy in front of it)"
+        )
     detail = _short_cause(exc, keys)
     if _is_connect_failure(exc):
         return APIConnectionError(
@@ -184,6 +191,21 @@ def _connection_error(
             f"({base_url}) and that the server is running"
         )
     return APIConnectionError(f"The connection to {host} failed ({detail}){after}; try again")
+
+
+_TOO_LONG = re.compile(r"Got more than (\d+) bytes")
+
+
+def _header_limit(exc: BaseException) -> int | None:
+    """The limit aiohttp names when a response header line is too long (its LineTooLong,
+    wrapped in a ClientResponseError whose text quotes the header's start), else None."""
+    for e in _chain(exc):
+        m = _TOO_LONG.search(str(e))
+        if m is not None and (
+            "header" in str(e).lower() or any(type(c).__name__ == "LineTooLong" for c in _chain(e))
+        ):
+            return int(m.group(1))
+    return None
 
 
 def _short_reason(error: APIError) -> str:
