@@ -122,6 +122,9 @@ class _Requests:
 
 def _normalize_base_url(base_url: str | None) -> str:
     url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).strip().rstrip("/")
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        url = f"{scheme.lower()}://{rest}"  # HTTPS://host is a URL too
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"The base URL {url!r} must start with http:// or https://")
     if "@" in url.split("://", 1)[1].split("/", 1)[0]:  # never echo it: it holds a password

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["ChatMagics", "load", "unload"]
 
 _CODE_BLOCK = re.compile(r"```[\w+-]*\n(.*?)```", re.S)
+_BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")  # a job id (bm_...) or a provider's batch id
 # Settings that mirror ChatMagics traits one to one.
 _MIRRORED = (
     "model",
@@ -506,6 +507,8 @@ class ChatMagics(Magics):
         if len(rest) < 2 or rest[0] not in ("resume", "cancel"):
             raise UsageError(usage)
         action, ident, frame = rest[0], rest[1], rest[2] if len(rest) > 2 else None
+        if not _BATCH_ID.match(ident) or len(rest) > 3:
+            raise UsageError(f"{usage} (an ID as %chat batches lists it, such as bm_1a2b3c4d)")
         if action == "cancel":
             if frame is not None:
                 raise UsageError(usage)

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from ipychat import pricing, tokens
 from ipychat.errors import ChatError, ConfigError, ContextLengthError, OfflineCacheMiss
-from ipychat.hygiene import Cleaned, clean_messages
+from ipychat.hygiene import Cleaned, check_sendable, clean_messages
 from ipychat.keys import Secret, cache_key
 from ipychat.ledger import Ledger, LedgerRow
 from ipychat.messages import Thread, build_messages, trim_history
@@ -138,6 +138,8 @@ class ChatSession:
             changes["key_origins"] = tuple(changes["key_origins"])
         if isinstance(changes.get("model"), str):
             changes["model"] = check_model(changes["model"])
+        if isinstance(changes.get("system"), str):  # said now, not at every request after
+            check_sendable(changes["system"], "The system prompt")
         candidate = replace(self.settings, **changes)
         candidate.validate()
         connection = {
@@ -177,6 +179,7 @@ class ChatSession:
     def thread(self, name: str | None = None, *, create: bool = True) -> Thread:
         name = name or self.current_thread
         if name not in self.threads:
+            _check_thread_name(name)
             if not create:
                 known = ", ".join(sorted(self.threads))
                 raise ConfigError(
@@ -930,6 +933,20 @@ class ChatSession:
             from ipychat import batch as engine
         with self.allowing_secrets(allow_secrets):
             return await engine.amap_frame(self, df, template, output, **options)
+
+
+def _check_thread_name(name: Any) -> None:
+    """A thread's name is shown in cells, the panel and the ledger: printable text only."""
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or len(name) > 200
+        or not name.isprintable()
+        or any(0xD800 <= ord(c) <= 0xDFFF for c in name)
+    ):
+        raise ConfigError(
+            f"{name!r} cannot name a thread: use a short printable name such as 'draft'."
+        )
 
 
 def _extra(prepared: Prepared, completion: Completion) -> dict[str, Any]:

@@ -6,7 +6,9 @@ The session takes a `Settings`; the magics mirror its fields as traitlets. Pure:
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
+from math import inf
 from urllib.parse import urlsplit
 
 from ipychat.errors import ConfigError
@@ -31,6 +33,7 @@ LOCAL_MODEL = "local"
 LOCAL_CONTEXT_WINDOW = 2048  # the n_ctx the embedded server is started with (local.py)
 OPENAI_URL = "https://api.openai.com/v1"
 DEFAULT_MAX_TOKENS = 1024
+_API_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
 _USERINFO = (
     "The endpoint URL holds a user name or password (user:secret@host): leave it out, and give "
     "the key with %chat key or OPENAI_API_KEY."
@@ -74,6 +77,11 @@ def check_url(url: str, what: str = "endpoint") -> None:
         raise ConfigError(f"The {what} URL {url!r} holds spaces or control characters: {example}")
     if port == 0:
         raise ConfigError(f"{url!r} has port 0, which no server listens on: {example}")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ConfigError(
+            f"The {what} URL {url!r} has a ?query or #fragment: paths are added after it, so "
+            f"leave them out ({example[:-1]}; Azure's api-version is azure_api_version)."
+        )
 
 
 def origin(url: str) -> str:
@@ -154,11 +162,16 @@ class Settings:
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive whole number, not {value!r}.")
         for name in ("connect_timeout", "read_timeout", "reply_timeout"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be a positive number of seconds.")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < inf:
+                raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}.")
         if not isinstance(self.redact, bool):
             raise ConfigError(f"redact is True or False, not {self.redact!r}.")
-        if not isinstance(self.max_retries, int) or not 0 <= self.max_retries <= 20:
+        if (
+            isinstance(self.max_retries, bool)
+            or not isinstance(self.max_retries, int)
+            or not 0 <= self.max_retries <= 20
+        ):
             raise ConfigError(
                 f"max_retries must be a whole number from 0 to 20, not {self.max_retries!r}."
             )
@@ -166,6 +179,12 @@ class Settings:
             if not isinstance(self.base_url, str):
                 raise ConfigError(f"The endpoint is a URL, not {self.base_url!r}.")
             check_url(self.base_url)
+        version = self.azure_api_version
+        if version is not None and not (isinstance(version, str) and _API_VERSION.match(version)):
+            raise ConfigError(
+                f"azure_api_version is a version such as 2024-10-21 or 2024-08-01-preview, "
+                f"not {version!r}."
+            )
         if not isinstance(self.key_origins, tuple):
             raise ConfigError("key_origins is a tuple of endpoint URLs.")
         for url in self.key_origins:
