@@ -115,9 +115,15 @@ _EMAIL = re.compile(
 # A run of digits split by single separators (space, - . /) and (area) parentheses, maybe
 # after a +: the candidates for card and phone numbers. Not inside a word, a decimal, a
 # path, a date or a longer number (the look-behind); what it is decides `_classify`.
+_NOT_AFTER = r"[\w.,+/\\:-]"
+_GROUPS = r"(?:(?:[ .\-/]|\) ?| ?\()?\d++\)?)*+"
+# Each branch starts with its first character, then looks behind it: a pattern that opens
+# with a charset is scanned for that charset at C speed; one that opens with a look-behind
+# is tried at every position (3x slower on prose).
 _RUN = re.compile(
-    r"(?<![\w.,+/\\:-])(?:\+ ?)?\(?\d++(?:(?:[ .\-/]|\) ?| ?\()?\d++\)?)*+"
-    r"|(?<![\w.,+/\\:-])\(\d++\)(?: ?\d++(?:[ .\-/]\d++)*+)?"
+    rf"\+(?<!{_NOT_AFTER}\+) ?\(?\d++{_GROUPS}"
+    rf"|\((?<!{_NOT_AFTER}\()\d++\)?{_GROUPS}"
+    rf"|\d(?<!{_NOT_AFTER}\d)\d*+{_GROUPS}"
 )
 _PARTS = re.compile(r"\d+|[ .\-/]|[()]")
 # A phone keyword just before a number ("Tel. ", "phone: ", "mobile no. ", "電話 ").
@@ -345,6 +351,8 @@ def redact_pii(text: str) -> Redaction:
         after = masked[m.end() : m.end() + 2]
         if after[:1].isalnum() or (after[:1] in ".," and after[1:2].isdigit()):
             return found  # part of a word or a decimal: 12.5, 0412abc
+        if sum(c.isdigit() for c in core) < 6:
+            return found  # no phone or card is that short: years, counts, prices, times
         lead = ""
         if core.startswith("(") and core.find(")") == len(core) - 1:  # (020 7946 0958)
             lead, core, tail = "(", core[1:-1], ")" + tail
