@@ -15,13 +15,14 @@ other private modules, and like the client it imports httpx.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from ipychat import retry as policy
-from ipychat._transport import _is_connect_failure, _root, _timeout_kind
+from ipychat._transport import _chain, _is_connect_failure, _root, _scrub, _timeout_kind
 from ipychat.errors import (
     APIConnectionError,
     APIError,
@@ -54,6 +55,7 @@ def _status_error(
     host: str,
     base_url: str,
     keys: Sequence[Secret],
+    withheld: bool = False,
 ) -> APIStatusError:
     status = response.status_code
     server = _server_message(body, keys)
@@ -80,7 +82,16 @@ def _status_error(
             rate_limit=rate_limit,
         )
     message = _status_message(
-        response, path, status, said, after, decision, host=host, base_url=base_url, keys=keys
+        response,
+        path,
+        status,
+        said,
+        after,
+        decision,
+        host=host,
+        base_url=base_url,
+        keys=keys,
+        withheld=withheld,
     )
     return status_error(
         status,
@@ -102,10 +113,17 @@ def _status_message(
     host: str,
     base_url: str,
     keys: Sequence[Secret],
+    withheld: bool = False,
 ) -> str:
     if status in (400, 422):
         return f"{host} rejected the request (HTTP {status}){said}; fix the request and retry"
     if status == 401:
+        if withheld:
+            return (
+                f"{host} wants an API key (HTTP 401){said}: OPENAI_API_KEY is for OpenAI (or "
+                f"OPENAI_BASE_URL) and is not sent to {host}; run %chat key to give this "
+                f"endpoint its own key, or %chat endpoint {base_url} --send-key to send it there"
+            )
         if not keys:
             return f"{host} wants an API key (HTTP 401){said}: set OPENAI_API_KEY or run %chat key"
         return f"{host} refused the API key (HTTP 401){said}: {_KEY_FIX}"
@@ -160,6 +178,12 @@ def _connection_error(
         )
     if kind is not None:
         return APITimeoutError(f"Request to {host} timed out ({kind}){after}; try again")
+    limit = _header_limit(exc)
+    if limit is not None:
+        return APIConnectionError(
+            f"{host} sent a response header longer than the {limit:,} bytes the HTTP client "
+            f"accepts{after}; check the server (or the proxy in front of it)"
+        )
     detail = _short_cause(exc, keys)
     if _is_connect_failure(exc):
         return APIConnectionError(
@@ -167,6 +191,21 @@ def _connection_error(
             f"({base_url}) and that the server is running"
         )
     return APIConnectionError(f"The connection to {host} failed ({detail}){after}; try again")
+
+
+_TOO_LONG = re.compile(r"Got more than (\d+) bytes")
+
+
+def _header_limit(exc: BaseException) -> int | None:
+    """The limit aiohttp names when a response header line is too long (its LineTooLong,
+    wrapped in a ClientResponseError whose text quotes the header's start), else None."""
+    for e in _chain(exc):
+        m = _TOO_LONG.search(str(e))
+        if m is not None and (
+            "header" in str(e).lower() or any(type(c).__name__ == "LineTooLong" for c in _chain(e))
+        ):
+            return int(m.group(1))
+    return None
 
 
 def _short_reason(error: APIError) -> str:
@@ -187,13 +226,17 @@ def _short_cause(exc: BaseException, keys: Sequence[Secret]) -> str:
 
 
 def _clean_cause(exc: BaseException, keys: Sequence[Secret]) -> BaseException:
-    """The original exception, kept as __cause__ for debugging, with its text redacted.
+    """The original exception, kept as __cause__ for debugging, with nothing secret in it.
 
-    Transport errors do not contain keys in practice; this makes it a guarantee.
+    Scrubbed in place first (`_scrub`: aiohttp's request_info headers masked, the library's
+    traceback frames dropped, the whole chain too), since the original is also the
+    `__context__` of an error raised while handling it. If its text still names a key, a
+    stand-in with the text redacted takes its place.
     """
+    _scrub(exc)
     text = str(exc)
     clean = redact(text, keys)
-    if clean == text:
+    if clean == text and all(redact(str(e), keys) == str(e) for e in _chain(exc)):
         return exc
     return APIConnectionError(f"{type(exc).__name__}: {clean}")
 

@@ -254,7 +254,7 @@ def plan_requests(
     once, skip or fill nulls, send identical prompts once, prepare each unique prompt and
     read the cache for all of them in one batched read."""
     row_errors: dict[int, str] = {}
-    columns = [[_text(v) for v in frame.values(c, n)] for c in template.columns]
+    columns = [[_text(v, c) for v in frame.values(c, n)] for c in template.columns]
     null_masks = [frame.nulls(c, n) for c in template.columns]
     null_cols: list[str] = []
     skipped = 0
@@ -368,8 +368,17 @@ def _total(values: list[float | None]) -> float | None:
     return sum(v for v in values if v is not None)
 
 
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else str(value)
+def _text(value: Any, column: Any) -> str:
+    """A cell's text; a value whose str() raises (user code) refuses the map in one line."""
+    if isinstance(value, str):
+        return value
+    try:
+        return str(value)
+    except Exception as exc:
+        raise TemplateError(
+            f"A value in column {column!r} could not be turned into text "
+            f"({type(exc).__name__}): fix or drop it before mapping."
+        ) from None
 
 
 # ----- options -------------------------------------------------------------------------------

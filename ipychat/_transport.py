@@ -14,6 +14,11 @@ Part of the client's network boundary (DESIGN.md, "One network boundary"): used 
 - Failure classification: `_is_transport_error` (retryable network trouble), and
   `_root`, `_timeout_kind`, `_is_connect_failure`, which see through httpx_aiohttp's
   mapping of aiohttp exceptions to name the failure right in the error message.
+- `_scrub`: an exception from inside the HTTP library carries the request's headers, the
+  API key's among them: aiohttp's `request_info.headers` (also in its `args` and repr),
+  and the locals of aiohttp's frames in its traceback (what `%xmode Verbose` prints). Every
+  exception leaving the transport is scrubbed in place: headers masked, tracebacks of the
+  library's frames dropped, and the whole chain (`__cause__`, `__context__`) likewise.
 """
 
 from __future__ import annotations
@@ -23,11 +28,71 @@ import functools
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 
+from ipychat.keys import SECRET_HEADERS
+
 log = logging.getLogger("ipychat")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and every exception chained to it (causes and contexts), each once."""
+    seen: dict[int, BaseException] = {}
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen[id(e)] = e
+        todo += [e.__cause__, e.__context__]
+    return list(seen.values())
+
+
+def _masked_request_info(info: Any) -> Any:
+    """aiohttp's RequestInfo with its credential headers masked (same type, same fields)."""
+    headers = getattr(info, "headers", None)
+    if headers is None or not any(str(k).lower() in SECRET_HEADERS for k in headers):
+        return info
+    try:
+        from multidict import CIMultiDict, CIMultiDictProxy
+
+        masked = CIMultiDict(
+            (k, "***" if str(k).lower() in SECRET_HEADERS else v) for k, v in headers.items()
+        )
+        return type(info)(info.url, info.method, CIMultiDictProxy(masked), info.real_url)
+    except Exception:  # an aiohttp whose RequestInfo has changed: drop it rather than leak
+        return None
+
+
+def _scrub(exc: BaseException) -> BaseException:
+    """Make `exc` and its chain safe to keep and to print (see the module docstring).
+
+    In place, because the chain is shared: an error raised inside an `except` block gets
+    the original as `__context__` whatever its `__cause__` says.
+    """
+    for e in _chain(exc):
+        e.__traceback__ = None  # aiohttp's frames hold the headers in their locals
+        if e.__cause__ is e:  # `raise x from x` when a mapping returned the original
+            e.__cause__ = None
+        info = getattr(e, "request_info", None)
+        if info is not None:
+            clean = _masked_request_info(info)
+            if clean is not info:
+                try:
+                    e.request_info = clean  # type: ignore[attr-defined]
+                    e.args = tuple(clean if a is info else a for a in e.args)
+                except (AttributeError, TypeError):
+                    pass
+        history = getattr(e, "history", None)
+        if history:  # earlier responses, each with its own request_info
+            try:
+                e.history = ()  # type: ignore[attr-defined]
+                e.args = tuple(() if a is history else a for a in e.args)
+            except (AttributeError, TypeError):
+                pass
+    return exc
 
 
 class _Pool:
@@ -112,6 +177,14 @@ def _lean_aiohttp_transport() -> Callable[..., httpx.AsyncBaseTransport]:
                 mapped = target
         return exc if mapped is None else mapped(str(exc))
 
+    def raise_mapped(exc: Exception) -> NoReturn:
+        """Raise the httpx form of an aiohttp exception, scrubbed (`_scrub`)."""
+        _scrub(exc)
+        mapped = to_httpx(exc)
+        if mapped is exc:
+            raise exc
+        raise mapped from exc
+
     class LeanBody(httpx.AsyncByteStream):
         __slots__ = ("_response",)
 
@@ -123,13 +196,13 @@ def _lean_aiohttp_transport() -> Callable[..., httpx.AsyncBaseTransport]:
                 async for chunk in self._response.content.iter_any():
                     yield chunk
             except Exception as exc:
-                raise to_httpx(exc) from exc
+                raise_mapped(exc)
 
         async def read_all(self) -> bytes:
             try:
                 return await self._response.read()
             except Exception as exc:
-                raise to_httpx(exc) from exc
+                raise_mapped(exc)
 
         async def aclose(self) -> None:
             self._response.release()
@@ -174,7 +247,7 @@ def _lean_aiohttp_transport() -> Callable[..., httpx.AsyncBaseTransport]:
                     proxy_headers=proxy.headers if proxy else None,
                 ).__aenter__()
             except Exception as exc:
-                raise to_httpx(exc) from exc
+                raise_mapped(exc)
             extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
             if response.reason:
                 extensions["reason_phrase"] = response.reason.encode()

@@ -68,6 +68,7 @@ from ipychat._client_errors import (
 from ipychat._replies import _Attempt, _Dropped, _Replies
 from ipychat._requests import (
     DEFAULT_BASE_URL,
+    _check_plain_http,
     _multipart,
     _normalize_base_url,
     _path_id,
@@ -91,6 +92,7 @@ from ipychat.errors import (
     RateLimitError,
 )
 from ipychat.keys import Secret, redact_headers
+from ipychat.settings import _env_origins
 from ipychat.types import Completion, RateLimitInfo
 
 __all__ = ["DEFAULT_BASE_URL", "ChatClient", "Timeouts"]
@@ -155,6 +157,7 @@ class ChatClient:
         *,
         api_key: str | Secret | None = None,
         api_keys: Sequence[str | Secret] | None = None,
+        key_origins: Sequence[str] | None = None,
         azure_api_version: str | None = None,
         timeouts: Timeouts = Timeouts(),  # frozen, so safe to share
         max_retries: int = policy.DEFAULT_MAX_RETRIES,
@@ -169,7 +172,12 @@ class ChatClient:
         url = httpx.URL(self.base_url)
         self.host: str = url.netloc.decode("ascii")
         self._is_openai = url.host == OPENAI_HOST
-        self._keys = _resolve_keys(api_key, api_keys)
+        # Where keys may go: ipychat._requests (`key_origins`: endpoints the user allowed
+        # beyond a key's own; None reads IPYCHAT_KEY_ORIGINS).
+        trusted = tuple(key_origins) if key_origins is not None else _env_origins()
+        self._keys, self._withheld = _resolve_keys(api_key, api_keys, self.base_url, trusted)
+        if self._keys:
+            _check_plain_http(self.base_url, trusted)
         self._replies = _Replies(self.host, self.base_url, self._keys)
         self._key_index = 0
         self.azure_api_version = azure_api_version or None
@@ -554,6 +562,7 @@ class ChatClient:
             host=self.host,
             base_url=self.base_url,
             keys=self._keys,
+            withheld=self._withheld,
         )
         return _Failed(error, decision)
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["ChatMagics", "load", "unload"]
 
 _CODE_BLOCK = re.compile(r"```[\w+-]*\n(.*?)```", re.S)
+_BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")  # a job id (bm_...) or a provider's batch id
 # Settings that mirror ChatMagics traits one to one.
 _MIRRORED = (
     "model",
@@ -304,7 +305,9 @@ class ChatMagics(Magics):
 
         model [NAME]          show or set the default model
         endpoint URL|local    use an OpenAI-compatible endpoint (https://…/v1), or the
-                              embedded local model
+                              embedded local model; --send-key: send the API key
+                              there too (OPENAI_API_KEY goes only to OpenAI and
+                              OPENAI_BASE_URL; plain http to another machine needs it)
         local log             the local model server's log
         key                   ask for the API key (never type it into a cell)
         system [TEXT|off]     show or set the system prompt
@@ -367,8 +370,23 @@ class ChatMagics(Magics):
         if not rest:
             self._show(f"endpoint: {self.session.base_url}")
             return
-        self.session.configure(base_url=rest[0])
-        self._show(f"endpoint: {self.session.base_url}")
+        send_key = "--send-key" in rest
+        words = [w for w in rest if w != "--send-key"]
+        if len(words) != 1 or words[0].startswith("-"):
+            raise UsageError("%chat endpoint URL|local [--send-key]")
+        url = words[0]
+        changes: dict[str, Any] = {"base_url": url}
+        if send_key:
+            if url == "local":
+                raise UsageError("--send-key is for a URL: the local model needs no API key.")
+            from ipychat.settings import origin
+
+            trusted = origin(url)
+            known = self.session.settings.key_origins
+            changes["key_origins"] = known if trusted in known else (*known, trusted)
+        self.session.configure(**changes)
+        note = self.session.key_note()
+        self._show(f"endpoint: {self.session.base_url}" + (f" · {note}" if note else ""))
 
     def _cmd_key(self, rest: list[str]) -> None:
         if rest:
@@ -489,6 +507,8 @@ class ChatMagics(Magics):
         if len(rest) < 2 or rest[0] not in ("resume", "cancel"):
             raise UsageError(usage)
         action, ident, frame = rest[0], rest[1], rest[2] if len(rest) > 2 else None
+        if not _BATCH_ID.match(ident) or len(rest) > 3:
+            raise UsageError(f"{usage} (an ID as %chat batches lists it, such as bm_1a2b3c4d)")
         if action == "cancel":
             if frame is not None:
                 raise UsageError(usage)
@@ -555,8 +575,8 @@ def _clear_options(words: list[str]) -> tuple[float | None, str | None]:
             model = value
         else:
             older = _float(value, "--older-than")
-            if older < 0:
-                raise UsageError("--older-than takes a number of days ≥ 0.")
+            if not 0 <= older < float("inf"):  # nan and inf too: a age is a finite number
+                raise UsageError("--older-than takes a number of days ≥ 0, e.g. 30.")
     return older, model
 
 

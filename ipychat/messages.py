@@ -109,7 +109,7 @@ def interpolate(
         found, value = _lookup(expr, namespace)
         if found:
             names.append(expr)
-            out.append(render_value(value, max_chars=max_value_chars))
+            out.append(_rendered(expr, value, max_value_chars))
             spans.append((size, size + len(out[-1])))
             size += len(out[-1])
             continue
@@ -128,6 +128,31 @@ def interpolate(
         )
     out.append(template[last:])
     return Interpolated("".join(out), tuple(names), tuple(spans))
+
+
+def _describe(exc: BaseException) -> str:
+    """`Type: message` of an exception raised by user code, one short line, even when its
+    own `str` raises too."""
+    try:
+        text = " ".join(str(exc).split())
+    except Exception:
+        text = ""
+    text = text if len(text) <= 120 else text[:119] + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _rendered(expr: str, value: Any, max_chars: int) -> str:
+    """`render_value`, with a value whose repr/str raises (user code) said in one line."""
+    try:
+        text = render_value(value, max_chars=max_chars)
+    except Exception as exc:
+        raise TemplateError(
+            f"{{{expr}}} could not be turned into text ({_describe(exc)}). Interpolate "
+            f"something printable instead, or use {{{{{expr}}}}} to send the braces as text."
+        ) from None
+    if not isinstance(text, str):  # a __repr__ returning bytes or None is caught by repr()
+        raise TemplateError(f"{{{expr}}} did not turn into text.")
+    return text
 
 
 def _is_dataframe(value: Any) -> bool:

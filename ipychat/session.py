@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from ipychat import pricing, tokens
 from ipychat.errors import ChatError, ConfigError, ContextLengthError, OfflineCacheMiss
-from ipychat.hygiene import check_secrets, redact_pii
+from ipychat.hygiene import Cleaned, check_sendable, clean_messages
 from ipychat.keys import Secret, cache_key
 from ipychat.ledger import Ledger, LedgerRow
 from ipychat.messages import Thread, build_messages, trim_history
@@ -40,6 +40,8 @@ from ipychat.settings import (
     OPENAI_URL,
     Endpoint,
     Settings,
+    check_model,
+    origin,
 )
 from ipychat.streaming import Progress, ReplyStream, interrupted
 from ipychat.types import Completion, Estimate, Reply, Usage
@@ -117,6 +119,12 @@ class ChatSession:
         self._listeners: list[Callable[[Event], None]] = []
         self._lock = threading.RLock()
         self.redactions: Counter[str] = Counter()  # what `redact` masked, by kind, so far
+        # Texts sent on an explicit --allow-secrets: resent as history, they are not refused.
+        self._allowed_texts: set[str] = set()
+        # The endpoint (origin) the explicit key was given for: it is sent only there.
+        self._key_origin: str | None = (
+            self._endpoint_origin() if self.settings.api_key is not None else None
+        )
 
     # ----- settings, threads, listeners -------------------------------------------------
 
@@ -129,6 +137,12 @@ class ChatSession:
             )
         if isinstance(changes.get("api_key"), str):
             changes["api_key"] = Secret(changes["api_key"])
+        if isinstance(changes.get("key_origins"), list):
+            changes["key_origins"] = tuple(changes["key_origins"])
+        if isinstance(changes.get("model"), str):
+            changes["model"] = check_model(changes["model"])
+        if isinstance(changes.get("system"), str):  # said now, not at every request after
+            check_sendable(changes["system"], "The system prompt")
         candidate = replace(self.settings, **changes)
         candidate.validate()
         connection = {
@@ -140,8 +154,13 @@ class ChatSession:
             "max_retries",
             "azure_api_version",
         }
+        connection.add("key_origins")
         with self._lock:
             self.settings = candidate
+            if changes.get("api_key") is not None:
+                self._key_origin = self._endpoint_origin()
+            elif "api_key" in changes:
+                self._key_origin = None
             if connection & set(changes):
                 self._drop_client()
         self._emit(Event("settings"))
@@ -163,6 +182,7 @@ class ChatSession:
     def thread(self, name: str | None = None, *, create: bool = True) -> Thread:
         name = name or self.current_thread
         if name not in self.threads:
+            _check_thread_name(name)
             if not create:
                 known = ", ".join(sorted(self.threads))
                 raise ConfigError(
@@ -204,6 +224,35 @@ class ChatSession:
 
             self._local_available = local.available()
         return self._local_endpoint() if self._local_available else Endpoint("none", OPENAI_URL)
+
+    def _endpoint_origin(self) -> str | None:
+        """scheme://host:port of where requests go now (None: the local model, or none)."""
+        endpoint = self.endpoint()
+        return None if endpoint.kind == "local" else origin(endpoint.url)
+
+    def _explicit_key(self) -> Secret | None:
+        """The key set with %chat key / configure(api_key=...), if it may go where requests
+        go now: the endpoint it was given for, or one the user allowed (key_origins)."""
+        key = self.settings.api_key
+        if key is None:
+            return None
+        here = self._endpoint_origin()
+        if here is not None and (here == self._key_origin or here in self.settings.key_origins):
+            return key
+        return None
+
+    def key_note(self) -> str:
+        """One line when the key set with %chat key stays behind at this endpoint, else ""."""
+        if self.settings.api_key is None or self._key_origin is None:
+            return ""
+        here = self._endpoint_origin()
+        if here is None or self._explicit_key() is not None:
+            return ""
+        home = self._key_origin.split("://", 1)[1]
+        return (
+            f"the API key set with %chat key is for {home} and is not sent here: run "
+            "%chat key to give this endpoint its own, or add --send-key to send that one."
+        )
 
     def _local_endpoint(self) -> Endpoint:
         from ipychat import local
@@ -255,7 +304,7 @@ class ChatSession:
             from ipychat.local import NOT_CONFIGURED
 
             raise ConfigError(NOT_CONFIGURED)
-        url, key = endpoint.url, self.settings.api_key
+        url, key = endpoint.url, self._explicit_key()
         if endpoint.kind == "local":
             from ipychat import local
 
@@ -272,7 +321,10 @@ class ChatSession:
                 self._client_key = key
                 self._client = ChatClient(
                     url,
+                    # Only the key meant for this endpoint; without one, the client takes
+                    # OPENAI_API_KEY where that key is for (OpenAI, OPENAI_BASE_URL).
                     api_key=key,
+                    key_origins=s.key_origins,
                     azure_api_version=s.azure_api_version,
                     timeouts=Timeouts(
                         connect=s.connect_timeout, read=s.read_timeout, reply=s.reply_timeout
@@ -388,21 +440,25 @@ class ChatSession:
         """
         if not isinstance(prompt, str) or not prompt.strip():
             raise ChatError("The prompt is empty: write something in the cell below %%chat.")
-        prompt, masked = self._clean(prompt, allow_secrets)
-        model = model or self.model
+        model = check_model(model) or self.model
         if temperature is not None and not 0 <= temperature <= 2:
             raise ConfigError(f"temperature must be between 0 and 2, not {temperature}.")
         if max_tokens is not None and max_tokens < 1:
             raise ConfigError(f"max_tokens must be a positive whole number, not {max_tokens}.")
-        if max_cost is not None and not max_cost >= 0:
+        if max_cost is not None and not 0 <= max_cost < float("inf"):
             raise ConfigError(f"max cost must be a number of dollars ≥ 0, not {max_cost}.")
-        the_thread = self.thread(thread)
-        history = [] if new else the_thread.messages
+        name = thread or self.current_thread
+        existing = self.threads.get(name)
+        history = [] if new or existing is None else existing.messages
+        cleaned = self._outgoing(
+            build_messages(system if system is not None else self.settings.system, history, prompt),
+            allow_secrets,
+        )
+        messages = cleaned.messages
+        prompt = messages[-1]["content"]
+        the_thread = self.thread(name)  # created only once the prompt may leave
         wanted = self._max_tokens(model, max_tokens)
         window = self._context_window(model)
-        messages = build_messages(
-            system if system is not None else self.settings.system, history, prompt
-        )
         limit = self.settings.max_input_tokens
         if limit is not None:
             own = self.count(build_messages(None, [], prompt), model).tokens
@@ -431,19 +487,32 @@ class ChatSession:
             dropped_turns=dropped,
             max_cost=max_cost,
             label=the_thread.name,
-            masked=masked,
+            masked=cleaned.note,
         )
 
-    def _clean(self, prompt: str, allow_secrets: bool) -> tuple[str, str]:
-        """The prompt as it may leave the kernel, and what was masked in it (ipychat.hygiene)."""
-        check_secrets(prompt, allow=allow_secrets or _ALLOW_SECRETS.get())
-        if not self.settings.redact:
-            return prompt, ""
-        redaction = redact_pii(prompt)
-        if redaction.counts:
-            with self._lock:
-                self.redactions.update(redaction.counts)
-        return redaction.text, redaction.note
+    def _outgoing(
+        self, messages: list[dict[str, Any]], allow_secrets: bool, *, threaded: bool = True
+    ) -> Cleaned:
+        """The one place a request's messages are checked before they may leave the kernel:
+        every text the user wrote (system prompt, history, prompt; map rows and their
+        --fill-null values are prompts too) passes `ipychat.hygiene.clean_messages`."""
+        allow = allow_secrets or _ALLOW_SECRETS.get()
+        cleaned = clean_messages(
+            messages,
+            allow_secrets=allow,
+            redact=self.settings.redact,
+            allowed=self._allowed_texts,
+        )
+        with self._lock:
+            if cleaned.counts:
+                self.redactions.update(cleaned.counts)
+            if allow and threaded:  # vouched for by the user: later turns resend them
+                self._allowed_texts.update(
+                    m["content"]
+                    for m in cleaned.messages
+                    if m.get("role") in ("system", "user") and isinstance(m.get("content"), str)
+                )
+        return cleaned
 
     @contextlib.contextmanager
     def allowing_secrets(self, allow: bool = True) -> Iterator[None]:
@@ -472,12 +541,15 @@ class ChatSession:
         not fit the context window raises ContextLengthError. Secrets and redaction as in
         `prepare`.
         """
-        prompt, masked = self._clean(prompt, allow_secrets)
-        model = model or self.model
-        wanted = self._max_tokens(model, max_tokens)
-        messages = build_messages(
-            system if system is not None else self.settings.system, [], prompt
+        model = check_model(model) or self.model
+        cleaned = self._outgoing(
+            build_messages(system if system is not None else self.settings.system, [], prompt),
+            allow_secrets,
+            threaded=False,
         )
+        messages = cleaned.messages
+        prompt = messages[-1]["content"]
+        wanted = self._max_tokens(model, max_tokens)
         estimate = self._estimate(messages, model, wanted)
         window = self._context_window(model)
         if estimate.prompt_tokens + wanted > window:
@@ -492,7 +564,12 @@ class ChatSession:
         body["max_tokens"] = wanted
         body.update(extra or {})
         return Prepared(
-            prompt=prompt, thread=None, body=body, estimate=estimate, label=label, masked=masked
+            prompt=prompt,
+            thread=None,
+            body=body,
+            estimate=estimate,
+            label=label,
+            masked=cleaned.note,
         )
 
     # ----- sending ------------------------------------------------------------------------------
@@ -799,9 +876,10 @@ class ChatSession:
 
     def set_budget(self, usd: float | None) -> None:
         """Set (or with None remove) the spend budget of this session."""
-        if usd is not None and not usd > 0:
+        if usd is not None and not 0 < usd < float("inf"):
             raise ConfigError(
-                "The budget must be a positive number of dollars, e.g. %chat budget 5."
+                "The budget must be a positive number of dollars, e.g. %chat budget 5 "
+                "(%chat budget off removes it)."
             )
         self.usage.budget = usd
         self._emit(Event("settings"))
@@ -859,6 +937,20 @@ class ChatSession:
             from ipychat import batch as engine
         with self.allowing_secrets(allow_secrets):
             return await engine.amap_frame(self, df, template, output, **options)
+
+
+def _check_thread_name(name: Any) -> None:
+    """A thread's name is shown in cells, the panel and the ledger: printable text only."""
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or len(name) > 200
+        or not name.isprintable()
+        or any(0xD800 <= ord(c) <= 0xDFFF for c in name)
+    ):
+        raise ConfigError(
+            f"{name!r} cannot name a thread: use a short printable name such as 'draft'."
+        )
 
 
 def _extra(prepared: Prepared, completion: Completion) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from ipychat.keys import Secret
 from ipychat.types import RateLimitInfo, Usage
 
 T = TypeVar("T")
-BASE = "http://llm.test/v1"
+BASE = "https://llm.test/v1"  # https: a key never goes over plain http to another host
 CANARY = "sk-canary-" + "Q7x9" * 10
 BODY = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 Handler = Callable[[httpx.Request], Any]
@@ -279,6 +279,7 @@ def test_key_resolution_order(monkeypatch: pytest.MonkeyPatch) -> None:
         run(ChatClient(BASE, transport=httpx.MockTransport(script), **kw).chat(BODY))
         return script.requests[0].headers.get("authorization")
 
+    monkeypatch.setenv("OPENAI_BASE_URL", BASE)  # the environment's keys are for this host
     monkeypatch.setenv("OPENAI_API_KEYS", "sk-pool-a,sk-pool-b")
     assert sent() == "Bearer sk-pool-a"
     monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
@@ -653,6 +654,7 @@ def test_key_pool_all_limited_falls_back_to_waiting() -> None:
 
 
 def test_key_pool_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", BASE)  # the environment's keys are for this host
     monkeypatch.setenv("OPENAI_API_KEYS", " sk-one , sk-two ,")
     script = Script(error(429), ok())
     client = ChatClient(BASE, transport=httpx.MockTransport(script), sleep=Sleeps())

@@ -1,10 +1,17 @@
-"""Data hygiene: credential-shaped prompts are refused before sending (--allow-secrets
-overrides), and the opt-in `redact` setting masks personal data and says what it masked."""
+"""Data hygiene: credential-shaped text is refused before sending (--allow-secrets
+overrides), the opt-in `redact` setting masks personal data and says what it masked, every
+text that leaves the kernel passes both (system prompt, history, rows, fill values, batch
+files), and neither damages ordinary data: precision and recall measured on corpora
+(tests/hygiene_corpus.py; `python benchmarks/hygiene.py` prints the same figures)."""
 
 from __future__ import annotations
 
+import json
+import random
+from collections import Counter, defaultdict
 from typing import Any
 
+import hygiene_corpus as corpus
 import pandas as pd
 import pytest
 from IPython.core.error import UsageError
@@ -12,40 +19,26 @@ from IPython.utils.capture import capture_output
 
 from ipychat.errors import SecretInPromptError
 from ipychat.hygiene import Redaction, check_secrets, find_secrets, redact_pii
+from ipychat.keys import KEY_SHAPES, find_keys, redact
 from ipychat.session import ChatSession
 from ipychat.testing import FakeOpenAIServer
 
-OPENAI_KEY = "sk-proj-" + "Ab3dE5gH7jK9mN1pQ3sT5vX7" * 2
-PRIVATE_KEY = (
-    "-----BEGIN RSA " + "PRIVATE KEY-----\nMIIEowIBAAKCAQEA7\n-----END RSA " + "PRIVATE KEY-----"
-)
+RNG = random.Random(15)
+OPENAI_KEY = corpus.KEY_FORMATS["openai project"](RNG)
+AWS_KEY = corpus.KEY_FORMATS["aws access key id"](RNG)
+GITHUB_TOKEN = corpus.KEY_FORMATS["github classic"](RNG)
+SLACK_TOKEN = corpus.KEY_FORMATS["slack bot"](RNG)
+PRIVATE_KEY = corpus.KEY_FORMATS["pem rsa"](RNG)
 
 SECRETS = {
-    "openai": f"use {OPENAI_KEY} please",
-    "openai-plain": "key=sk-" + "a1B2c3D4e5F6g7H8i9J0k1L2",
-    "anthropic": "sk-ant-api03-" + "x" * 40,
-    "aws": "AKIA" + "IOSFODNN7EXAMPLE is the id",
-    "github": "token ghp_" + "A" * 36,
-    "google": "AIza" + "S" * 35,
-    "slack": "xoxb-123456789012-abcdefghij",
-    "huggingface": "hf_" + "a" * 34,
-    "bearer": "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.payload",
-    "private-key": f"here:\n{PRIVATE_KEY}",
-    "openssh": "-----BEGIN OPENSSH " + "PRIVATE KEY-----\nb3BlbnNzaC1rZXk=",
+    kind: f"use {make(random.Random(kind))} please" for kind, make in corpus.KEY_FORMATS.items()
 }
-HARMLESS = {
-    "prose": "Ask the sk- team about skiing and risk-free tasks.",
-    "short": "sk-1234",
-    "code": "df.groupby('sku').sum()  # akia is a word",
-    "public-key": "-----BEGIN PUBLIC KEY-----\nMFkw",
-    "bearer-word": "The Bearer of bad news",
-}
+SECRETS["openai"] = f"use {OPENAI_KEY} please"
 
 
 @pytest.mark.parametrize("text", SECRETS.values(), ids=SECRETS.keys())
 def test_credential_shapes_are_found(text: str) -> None:
-    found = find_secrets(text)
-    assert found, text
+    assert find_secrets(text), text
     with pytest.raises(SecretInPromptError) as info:
         check_secrets(text)
     message = str(info.value)
@@ -53,24 +46,82 @@ def test_credential_shapes_are_found(text: str) -> None:
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("text", HARMLESS.values(), ids=HARMLESS.keys())
-def test_ordinary_text_is_not_a_secret(text: str) -> None:
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sk-2024-01-15-quarterly-report.csv",
+        "sk-1029384756-blue-large-cotton",
+        "sk-learn-compatible-estimators-toolkit",
+        "Ask the sk- team about skiing and risk-free tasks.",
+        "The Bearer of bad news",
+        "-----BEGIN PUBLIC KEY-----\nMFkw",
+    ],
+)
+def test_ordinary_words_are_not_keys(text: str) -> None:
     assert find_secrets(text) == []
     check_secrets(text)
 
 
+def test_key_check_precision_is_total_on_words_file_names_and_placeholders() -> None:
+    """2,000 generated file names, slugs, identifiers and placeholders with key prefixes
+    (sk-2024-01-15-report.csv, hf_SalesReportDraft, Bearer your_token_here) plus the fixed
+    list in the corpus: not one is taken for a key."""
+    texts = corpus.not_keys(random.Random(6), 2000)
+    flagged = [(t, find_secrets(t)) for t in texts if find_keys(t)]
+    print(f"\nkey check precision: {len(texts) - len(flagged)}/{len(texts)} harmless texts pass")
+    assert flagged == []
+
+
+def test_key_check_recall_on_every_documented_format() -> None:
+    """200 generated keys of each of 33 formats, each inside a prompt: the recall of each
+    format is printed; a key with a distinctive prefix (sk-proj-, AKIA, ghp_, AIza, PEM, a
+    JWT) is always found, and even formats told apart from words by randomness alone
+    (hf_, Bearer) are found at least 99 % of the time."""
+    found: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    for kind, text in corpus.keys(random.Random(7), 200):
+        total[kind] += 1
+        found[kind] += bool(find_keys(text))
+    recall = {kind: found[kind] / total[kind] for kind in total}
+    print("\nkey check recall by format:")
+    for kind, value in recall.items():
+        print(f"  {kind:28} {value:7.2%}")
+    overall = sum(found.values()) / sum(total.values())
+    print(f"  {'all':28} {overall:7.2%} of {sum(total.values())}")
+    assert min(recall.values()) >= 0.99, recall
+    assert overall >= 0.998
+
+
+def test_one_list_of_key_shapes_for_the_check_and_the_scrubbing() -> None:
+    """The prompt check and the scrubbing of server and exception texts read the same list:
+    what one finds the other masks (AWS and GitHub keys were missed by one of them)."""
+    for kind, make in corpus.KEY_FORMATS.items():
+        key = make(random.Random(kind + "/scrub"))
+        text = f"upstream said: bad credential {key} (request 42)"
+        assert find_keys(text), kind
+        scrubbed = redact(text)
+        assert scrubbed != text, kind
+        middle = key[len(key) // 2 - 10 : len(key) // 2 + 10]  # the secret part of any format
+        assert middle not in scrubbed, (kind, scrubbed)
+    kinds = [shape.kind for shape in KEY_SHAPES]
+    assert len(kinds) == len(set(kinds))
+    assert {"an AWS access key", "a GitHub token"} <= set(kinds)
+
+
 def test_the_refusal_never_repeats_the_secret() -> None:
     with pytest.raises(SecretInPromptError) as info:
-        check_secrets(SECRETS["openai"] + " and " + SECRETS["aws"])
+        check_secrets(SECRETS["openai"] + " and " + AWS_KEY)
     message = str(info.value)
-    assert OPENAI_KEY not in message and "AKIA" + "IOSFODNN7EXAMPLE" not in message
-    assert "sk-...X7" in message or "sk-..." in message
+    assert OPENAI_KEY not in message and AWS_KEY not in message
+    assert f"sk-...{OPENAI_KEY[-4:]}" in message
     assert "(and 1 more)" in message
 
 
 def test_allow_overrides() -> None:
     check_secrets(SECRETS["openai"], allow=True)
 
+
+# ----- personal data ---------------------------------------------------------------------------
 
 PII = [
     ("write to jane.doe+news@example.co.uk today", "write to [email] today", {"email": 1}),
@@ -80,11 +131,19 @@ PII = [
     ("card 5500-0000-0000-0004", "card [card]", {"card": 1}),
     ("Pay with 4111 1111 1111 1111.", "Pay with [card].", {"card": 1}),  # end of a sentence
     ("+15551234567", "[phone]", {"phone": 1}),
+    ("(020 7946 0958)", "([phone])", {"phone": 1}),  # a number in brackets
+    ("tél. 01 23 45 67 89", "tél. [phone]", {"phone": 1}),
+    ("josé.müller@beispiel.de", "[email]", {"email": 1}),
 ]
+# The review's examples first: each was damaged before (`[phone]:30:45 UTC`, `1 [phone]`).
 UNTOUCHED = [
-    "order 1234567890123 shipped",  # 13 digits, not Luhn-valid, no separators: an id
+    "created 2024-01-15 10:30:45 UTC",
+    "ids 1001 1002 1003",
+    "between 2021 2022 2023",
+    "scores 88 92 75 64 99",
+    "Population 1 234 567 890",
+    "order 1234567890123 shipped",  # 13 digits, no separators: an id
     "on 2024-03-15 at 10.0.0.12",
-    "the year 2024, 3.14159, 42",
     "version 1.2.3.4567",
     "4111 1111 1111 1112",  # fails Luhn; four groups of four is no phone either
     "ratio 0.4111111111111111 and 4111111111111111.5",  # decimals, not cards
@@ -104,6 +163,53 @@ def test_numbers_that_are_not_personal_data_stay(text: str) -> None:
     assert result.text == text and result.masked == 0 and result.note == ""
 
 
+def test_redaction_precision_is_total_on_ordinary_data() -> None:
+    """Dates and times in 17 formats, ids, years, scores, populations, prices, coordinates,
+    versions, IP addresses, numeric table rows, ISBNs, order numbers, zero-padded id lists:
+    5,000 generated lines plus the fixed ones; redaction changes none of them."""
+    lines = corpus.keep(random.Random(8), 5000)
+    damaged = [(line, redact_pii(line).text) for line in lines if redact_pii(line).text != line]
+    print(f"\nredaction precision: {len(lines) - len(damaged)}/{len(lines)} lines unchanged")
+    assert damaged == []
+
+
+def test_redaction_recall_on_phone_card_and_email_formats_of_eight_countries() -> None:
+    """US, UK, DE, FR, IN, BR, JP and AU phone formats (national and +E.164, with and
+    without separators, after a keyword), Visa/Mastercard/Amex/Discover/JCB/Diners cards
+    (spaces, hyphens, none; Luhn-valid) and e-mail addresses, 60 of each, in sentences."""
+    total: Counter[str] = Counter()
+    masked: Counter[str] = Counter()
+    by_format: dict[str, list[bool]] = defaultdict(list)
+    for kind, label, text, expected in corpus.personal(random.Random(9), 60):
+        ok = redact_pii(text).text == expected
+        total[kind] += 1
+        masked[kind] += ok
+        by_format[label].append(ok)
+    print("\nredaction recall:")
+    for kind in total:
+        print(f"  {kind:6} {masked[kind] / total[kind]:7.2%} of {total[kind]}")
+    weakest = sorted((sum(v) / len(v), label) for label, v in by_format.items())[:4]
+    print("  weakest formats: " + ", ".join(f"{label} {r:.0%}" for r, label in weakest))
+    assert masked["email"] == total["email"]
+    assert masked["phone"] / total["phone"] >= 0.995
+    assert masked["card"] / total["card"] >= 0.95
+    # What stays unmasked by design: five spaced pairs that read as a list (all ≤ 31),
+    # unseparated Diners (14 digits) without a card word, grouped cards in ascending order.
+    assert all(
+        sum(v) / len(v) >= 0.95 for label, v in by_format.items() if "Diners no" not in label
+    )
+
+
+def test_every_card_with_a_card_word_is_masked() -> None:
+    rng = random.Random(10)
+    for issuer, prefixes, length, groups in corpus.CARD_FORMATS:
+        for sep in (" ", "-", ""):
+            for _ in range(40):
+                digits = corpus._luhn_complete(rng, rng.choice(prefixes), length)
+                shown = corpus._grouped(digits, groups, sep) if sep else digits
+                assert redact_pii(f"card {shown}").text == "card [card]", (issuer, shown)
+
+
 def test_the_note_says_what_was_masked() -> None:
     assert Redaction("", {"email": 2, "phone": 1}).note == (
         "masked 2 e-mail addresses and 1 phone number"
@@ -113,6 +219,114 @@ def test_the_note_says_what_was_masked() -> None:
     )
 
 
+# ----- every text that leaves the kernel --------------------------------------------------------
+
+
+def _sent(fake: FakeOpenAIServer) -> str:
+    """Everything the server received: request bodies and uploaded (batch) files."""
+    bodies = [json.dumps(r.body, ensure_ascii=False) for r in fake.requests if r.body]
+    files = [f.data.decode() for f in fake.batch_api.files.values() if f.purpose == "batch"]
+    return "\n".join(bodies + files)
+
+
+def _rows(*values: Any) -> pd.DataFrame:
+    return pd.DataFrame({"t": list(values)})
+
+
+def _with_system(session: ChatSession) -> None:
+    session.configure(system=f"Use the key {OPENAI_KEY} for the tool.")
+    session.ask("hello")
+
+
+def _tampered_history(session: ChatSession) -> None:
+    session.thread().add_turn(f"earlier: {AWS_KEY}", "ok")  # history built by user code
+    session.ask("and now?")
+
+
+REFUSED = {
+    "ask(system=)": lambda s: s.ask("hi", system=f"key {OPENAI_KEY}"),
+    "configure(system=)": _with_system,
+    "stream(system=)": lambda s: list(s.stream("hi", system=f"key {OPENAI_KEY}")),
+    "map(system=)": lambda s: s.map(_rows("a"), "{t}", "out", system=f"key {GITHUB_TOKEN}"),
+    "map row": lambda s: s.map(_rows("a", f"key {AWS_KEY}"), "{t}", "out"),
+    "map fill_null": lambda s: s.map(_rows("a", None), "{t}", "out", fill_null=AWS_KEY),
+    "batch map system": lambda s: s.map(
+        _rows("a"), "{t}", "out", system=f"key {SLACK_TOKEN}", batch=True, poll_interval=0.01
+    ),
+    "history": _tampered_history,
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_a_key_anywhere_in_a_request_is_refused_and_nothing_is_sent(
+    name: str, session: ChatSession, fake: FakeOpenAIServer
+) -> None:
+    with pytest.raises(SecretInPromptError) as info:
+        REFUSED[name](session)
+    message = str(info.value)
+    assert "nothing was sent" in message and "\n" not in message
+    for key in (OPENAI_KEY, AWS_KEY, GITHUB_TOKEN, SLACK_TOKEN):
+        assert key not in message
+    assert fake.requests == [], name
+
+
+def test_where_the_key_was_is_said(session: ChatSession) -> None:
+    with pytest.raises(SecretInPromptError, match=r"^The system prompt .*%chat system"):
+        session.ask("hi", system=f"key {OPENAI_KEY}")
+    with pytest.raises(SecretInPromptError, match=r"^An earlier prompt of this thread .*--new"):
+        _tampered_history(session)
+
+
+def test_a_turn_sent_with_allow_secrets_is_not_refused_again_as_history(
+    session: ChatSession, fake: FakeOpenAIServer
+) -> None:
+    session.ask(f"is {OPENAI_KEY} valid?", allow_secrets=True)
+    session.ask("thanks, and now?")  # the history resends the first turn
+    assert len(fake.chat_requests) == 2
+    assert OPENAI_KEY in json.dumps(fake.chat_requests[1].body)
+    session.configure(system=f"tool key {GITHUB_TOKEN}")
+    with pytest.raises(SecretInPromptError, match="system prompt"):
+        session.ask("one more")  # a new text still needs its own say-so
+
+
+EMAIL = "ann.lee@example.org"
+PHONE = "+44 20 7946 0958"
+
+
+def test_redact_masks_every_text_that_leaves(session: ChatSession, fake: FakeOpenAIServer) -> None:
+    """System prompt, history written before redact was on, prompts, map rows, fill values,
+    a map's system prompt and a batch file: none of them carries the e-mail or the phone."""
+    session.ask(f"my mail is {EMAIL}")  # redact off: sent as it is, and kept in history
+    assert EMAIL in _sent(fake)
+    fake.reset_log()
+    session.configure(redact=True, system=f"Escalate to {PHONE}.")
+    reply = session.ask("what is my mail?")
+    # the e-mail of the first turn, in the prompt and in the echoing reply; the system phone
+    assert reply.extra["masked"] == "masked 2 e-mail addresses and 1 phone number"
+    session.map(_rows("a", None), "{t}", "out", fill_null=EMAIL, system=f"cc {EMAIL}")
+    session.map(_rows(f"row {EMAIL}"), "{t}", "b", batch=True, poll_interval=0.01)
+    sent = _sent(fake)
+    assert len(fake.chat_requests) == 3 and "[email]" in sent and "[phone]" in sent
+    assert EMAIL not in sent and PHONE not in sent
+    assert any(f.purpose == "batch" for f in fake.batch_api.files.values())
+
+
+def test_a_lone_surrogate_anywhere_is_refused_in_one_line(
+    session: ChatSession, fake: FakeOpenAIServer
+) -> None:
+    from ipychat.errors import ChatError
+
+    for call in (
+        lambda: session.ask("bad \ud800 text"),
+        lambda: session.ask("hi", system="sys \udcff"),
+        lambda: session.map(_rows("a \ud83d b"), "{t}", "out"),
+    ):
+        with pytest.raises(ChatError, match="lone surrogate") as info:
+            call()
+        assert "\n" not in str(info.value)
+    assert fake.requests == []
+
+
 # ----- in the session, the magics and the panel ---------------------------------------------
 
 
@@ -120,14 +334,14 @@ def test_the_session_refuses_before_sending(session: ChatSession, fake: FakeOpen
     with pytest.raises(SecretInPromptError):
         session.ask(SECRETS["openai"])
     with pytest.raises(SecretInPromptError):
-        list(session.stream(SECRETS["private-key"]))
+        list(session.stream(PRIVATE_KEY))
     with pytest.raises(SecretInPromptError):
-        session.map(pd.DataFrame({"t": ["ok", SECRETS["aws"]]}), "{t}", "out")
+        session.map(pd.DataFrame({"t": ["ok", AWS_KEY]}), "{t}", "out")
     assert fake.chat_requests == []
     assert session.threads["main"].messages == []
     reply = session.ask(SECRETS["openai"], allow_secrets=True)
     assert OPENAI_KEY in reply.text  # the fake server echoes what it was sent
-    out = session.map(pd.DataFrame({"t": [SECRETS["aws"]]}), "{t}", "out", allow_secrets=True)
+    out = session.map(pd.DataFrame({"t": [AWS_KEY]}), "{t}", "out", allow_secrets=True)
     assert out["out"].iloc[0].startswith("Echo: AKIA")
 
 
@@ -138,7 +352,7 @@ def test_redact_masks_before_the_prompt_leaves(
     plain = session.ask(text, cache=False)
     assert "ann@example.org" in plain.text and "masked" not in plain.extra
     session.configure(redact=True)
-    reply = session.ask(text, cache=False)
+    reply = session.ask(text, cache=False, new=True)
     sent = fake.chat_requests[-1].body["messages"][-1]["content"]
     assert sent == "Reply to [email] or [phone] about card [card]"
     assert reply.extra["masked"] == "masked 1 e-mail address, 1 card number and 1 phone number"
@@ -158,13 +372,30 @@ def _cell(ip: Any, magic: str, line: str, cell: str) -> str:
 
 
 def test_chat_magic_refuses_and_allow_secrets_overrides(ip: Any, fake: FakeOpenAIServer) -> None:
-    with pytest.raises(UsageError, match="looks like an OpenAI-style API key"):
+    with pytest.raises(UsageError, match="looks like an OpenAI API key"):
         _cell(ip, "chat", "", f"debug this: {OPENAI_KEY}")
     with pytest.raises(UsageError, match="private key"):
         _cell(ip, "chat", "--dry-run", PRIVATE_KEY)
+    ip.user_ns["token"] = GITHUB_TOKEN  # type: ignore[attr-defined]
+    with pytest.raises(UsageError, match="GitHub token"):
+        _cell(ip, "chat", "", "is {token} still valid?")  # an interpolated value
     assert fake.chat_requests == []
     shown = _cell(ip, "chat", "--allow-secrets --no-stream", f"debug this: {OPENAI_KEY}")
     assert "Echo: debug this" in shown and len(fake.chat_requests) == 1
+
+
+def test_the_system_prompt_of_the_magics_is_checked(ip: Any, fake: FakeOpenAIServer) -> None:
+    ip.run_line_magic("config", f"ChatMagics.system = 'use {OPENAI_KEY}'")  # type: ignore[attr-defined]
+    with pytest.raises(UsageError, match="The system prompt contains what looks like"):
+        _cell(ip, "chat", "--no-stream", "hello")
+    ip.user_ns["rows"] = pd.DataFrame({"t": ["a"]})  # type: ignore[attr-defined]
+    with pytest.raises(UsageError, match="The system prompt contains"):
+        _cell(ip, "chatmap", "rows -o out", "{t}")
+    assert fake.requests == []
+    ip.run_line_magic("config", "ChatMagics.redact = True")  # type: ignore[attr-defined]
+    ip.run_line_magic("chat", f"system Write to {EMAIL} if unsure")  # type: ignore[attr-defined]
+    _cell(ip, "chat", "--no-stream", "hello")
+    assert fake.chat_requests[-1].body["messages"][0]["content"] == "Write to [email] if unsure"
 
 
 def test_redact_trait_and_what_the_cell_says(ip: Any, fake: FakeOpenAIServer) -> None:
@@ -177,7 +408,7 @@ def test_redact_trait_and_what_the_cell_says(ip: Any, fake: FakeOpenAIServer) ->
 
 
 def test_chatmap_magic_refuses_and_says_what_it_masked(ip: Any, fake: FakeOpenAIServer) -> None:
-    ip.user_ns["rows"] = pd.DataFrame({"t": ["fine", SECRETS["github"]]})  # type: ignore[attr-defined]
+    ip.user_ns["rows"] = pd.DataFrame({"t": ["fine", SECRETS["github classic"]]})  # type: ignore[attr-defined]
     with pytest.raises(UsageError, match="GitHub token"):
         _cell(ip, "chatmap", "rows -o out", "{t}")
     assert fake.chat_requests == []
@@ -201,13 +432,13 @@ def test_the_panel_shows_the_refusal(session: ChatSession, fake: FakeOpenAIServe
 
     p = panel(session)
     try:
-        p.prompt.value = SECRETS["slack"]
+        p.prompt.value = SECRETS["slack bot"]
         p.send.click()
         deadline = time.monotonic() + 5
         while "Slack token" not in p.error.value and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert "Slack token" in p.error.value and "xoxb-123456789012" not in p.error.value
-        assert p.prompt.value == SECRETS["slack"]  # given back, nothing lost
+        assert "Slack token" in p.error.value and "xoxb-" not in p.error.value
+        assert p.prompt.value == SECRETS["slack bot"]  # given back, nothing lost
         assert fake.chat_requests == []
     finally:
         p.close()
@@ -216,17 +447,21 @@ def test_the_panel_shows_the_refusal(session: ChatSession, fake: FakeOpenAIServe
 @pytest.mark.parametrize(
     ("magic", "line", "body"),
     [
-        ("chat", f"key {OPENAI_KEY}", None),
-        ("chat", f"--api-key {OPENAI_KEY}", "hi"),  # argparse would echo the unknown option
-        ("chat", f"-m {OPENAI_KEY}", "hi"),
-        ("chat", f"endpoint http://user:{OPENAI_KEY}@127.0.0.1:9/v1", None),
-        ("chatmap", f"rows -o out --api-key={OPENAI_KEY}", "{t}"),
+        ("chat", "key {key}", None),
+        ("chat", "--api-key {key}", "hi"),  # argparse would echo the unknown option
+        ("chat", "-m {key}", "hi"),
+        ("chat", "endpoint http://user:{key}@127.0.0.1:9/v1", None),
+        ("chat", "system use {key}", None),
+        ("chatmap", "rows -o out --api-key={key}", "{t}"),
+        ("chatmap", "rows -o out --fill-null {key}", "{t}"),
+        ("chatmap", "rows -o out -s 'use {key}'", "{t}"),
     ],
 )
 def test_a_key_on_a_magic_line_is_refused_and_never_echoed(
     ip: Any, fake: FakeOpenAIServer, magic: str, line: str, body: str | None
 ) -> None:
     ip.user_ns["rows"] = pd.DataFrame({"t": ["a"]})  # type: ignore[attr-defined]
+    line = line.format(key=OPENAI_KEY)
     with pytest.raises(UsageError) as info:
         if body is None:
             ip.run_line_magic(magic, line)  # type: ignore[attr-defined]

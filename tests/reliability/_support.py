@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import resource
 import socket
+import string
 import threading
 import time
 import traceback
@@ -20,8 +22,13 @@ from ipychat.cache import ResponseCache
 from ipychat.session import ChatSession, Settings, reset_session
 from ipychat.testing import RecordedRequest
 
-# Must never appear anywhere but in the request headers the fake server receives.
-CANARY = "sk-canary-" + "Qv7Rw3" * 8
+# Must never appear anywhere but in the request headers the fake server receives. Built at
+# run time (never a credential-shaped literal in the repo) and random like a real key, so
+# the credential check (ipychat.keys.KEY_SHAPES) knows it for what it is.
+_RNG = random.Random(20240115)
+CANARY = "sk-canary-" + "".join(
+    _RNG.choice(string.ascii_letters + string.digits) for _ in range(48)
+)
 MODEL = "gpt-4o-mini"
 
 

@@ -160,6 +160,15 @@ def offline_miss(session: ChatSession) -> object:
     return session.ask("never asked before")
 
 
+class Unprintable:
+    """A value whose repr and str raise, as a half-built object of user code may."""
+
+    def __repr__(self) -> str:
+        raise ValueError("half-built")
+
+    __str__ = __repr__
+
+
 CASES: dict[str, tuple[Act, str]] = {
     # %%chat
     "%%chat unknown option": (cell("--bogus"), "unrecognized arguments: --bogus"),
@@ -219,6 +228,51 @@ CASES: dict[str, tuple[Act, str]] = {
     "%%chatmap -o _error": (chatmap("df -o _error"), "is where row errors go"),
     "%%chatmap -t not a number": (chatmap("df -o out -t warm"), "invalid float value"),
     "%%chatmap huge rows": (huge_rows, "does not fit the 128,000-token context"),
+    # issue 15, item 12: each was a raw traceback (or was sent, or accepted)
+    "%%chat lone surrogate": (cell("", "hi \ud800 there"), "lone surrogate"),
+    "%%chat {value} whose repr raises": (
+        cell("", "look at {broken}"),
+        "{broken} could not be turned into text (ValueError: half-built)",
+    ),
+    "%chat endpoint http://[::1": (line("endpoint http://[::1"), "Invalid IPv6 URL"),
+    "%chat endpoint port 99999": (line("endpoint http://127.0.0.1:99999/v1"), "Port out of range"),
+    "%chat cache clear --older-than nan": (
+        line("cache clear --older-than nan"),
+        "--older-than takes a number of days",
+    ),
+    "%%chat -m ' '": (cell("-m ' '"), "The model name is empty"),
+    "%chat budget inf": (line("budget inf"), "positive number of dollars"),
+    "%chat budget nan": (line("budget nan"), "positive number of dollars"),
+    # their siblings, found by fuzzing the magics' arguments
+    "%chat cache clear --older-than inf": (
+        line("cache clear --older-than inf"),
+        "--older-than takes a number of days",
+    ),
+    "%chat endpoint with a ?query": (line("endpoint http://127.0.0.1:9/v1?x=1"), "?query"),
+    "%chat endpoint port 0": (line("endpoint http://127.0.0.1:0/v1"), "has port 0"),
+    "%chat system lone surrogate": (line("system 'be \udcff brief'"), "lone surrogate"),
+    "%chat thread control character": (line("thread 'a\x01b'"), "cannot name a thread"),
+    "%chat batch resume long id": (line("batch resume " + "x" * 300), "an ID as %chat batches"),
+    "%%chat -m with a control character": (cell("-m 'gpt\x01'"), "control characters"),
+    "%%chat --max-cost inf": (cell("--max-cost inf"), "max cost must be a number of dollars"),
+    "%%chatmap -m ' '": (chatmap("df -o out -m ' '"), "The model name is empty"),
+    "%%chatmap value whose str raises": (
+        chatmap("odd -o out"),
+        "A value in column 'text' could not be turned into text (ValueError)",
+    ),
+    "%config connect_timeout inf": (
+        config("connect_timeout = 1e309", "connect_timeout"),
+        "positive number of seconds",
+    ),
+    "%config azure_api_version with a space": (
+        config("azure_api_version = '2024 10'", "azure_api_version"),
+        "azure_api_version is a version",
+    ),
+    "configure system lone surrogate": (
+        api(lambda s: s.configure(system="\ud800")),
+        "lone surrogate",
+    ),
+    "ask model ' '": (api(lambda s: s.ask("hi", model=" ")), "The model name is empty"),
     # the panel
     "panel empty prompt": (panel(_send("   ")), "Write a prompt first"),
     "panel temperature not a number": (
@@ -264,6 +318,8 @@ def ctx(server: FakeOpenAIServer, rsession: ChatSession, tmp_path: Path) -> Iter
     with shell_on(rsession) as shell:
         shell.user_ns["df"] = pd.DataFrame({"text": ["great", "awful"]})
         shell.user_ns["items"] = [1, 2, 3]
+        shell.user_ns["broken"] = Unprintable()
+        shell.user_ns["odd"] = pd.DataFrame({"text": [Unprintable()]})
         yield Ctx(shell, rsession, server, tmp_path)
 
 

@@ -380,3 +380,89 @@ def test_data_hygiene_through_every_entry_point(
     assert all("masked" in text for text in said), said
     tally.secrets["hygiene refused"] = refusals
     tally.secrets["hygiene masked requests"] = len(server.chat_requests)
+
+
+# ----- keys in exception objects (issue 15, item 8) --------------------------------------------
+
+
+def _everything_an_exception_holds(exc: BaseException) -> str:
+    """What a user can reach from an exception: str, repr, args and attributes (aiohttp's
+    `request_info.headers` among them) of it and of every chained cause and context,
+    recursively, and the repr of every local of every frame of their tracebacks (what
+    `%xmode Verbose` prints, and more: all locals, not only those on the shown lines)."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        parts += [str(e), repr(e), *map(repr, e.args)]
+        for name, value in vars(e).items() if hasattr(e, "__dict__") else ():
+            parts.append(f"{name}={value!r}")
+            headers = getattr(value, "headers", None)
+            if headers is not None:
+                parts.append(repr(dict(headers)))
+        tb = e.__traceback__
+        while tb is not None:
+            for name, value in tb.tb_frame.f_locals.items():
+                try:
+                    parts.append(f"{name}={value!r}")
+                except Exception:  # a local whose repr fails shows nothing
+                    continue
+            tb = tb.tb_next
+        todo += [e.__cause__, e.__context__]
+    return "\n".join(parts)
+
+
+def _verbose_traceback(exc: BaseException) -> str:
+    """The traceback IPython prints in `%xmode Verbose` (chained exceptions included)."""
+    from IPython.core.ultratb import VerboseTB
+
+    return VerboseTB(color_scheme="NoColor").text(type(exc), exc, exc.__traceback__)
+
+
+def test_a_huge_response_header_leaves_no_key_in_the_exception(
+    server: FakeOpenAIServer, rsession: ChatSession, tally: Tally
+) -> None:
+    """A 20 kB response header makes aiohttp fail while reading the response: its exception
+    holds the request's headers (Authorization: Bearer <key>) in `request_info`, in its
+    args and in the locals of its frames. What ipychat raises must hold none of that."""
+    big = Fault.status(500, headers={"x-padding": "a" * 20_000})
+    server.script(big, big)  # the session retries once
+    with pytest.raises(ChatError) as info:
+        rsession.ask("hello", cache=False, max_tokens=5)
+    error = info.value
+    assert "\n" not in str(error) and "response header longer than" in str(error)
+    assert server.requests[0].headers["authorization"] == f"Bearer {CANARY}"  # it was sent
+    held = _everything_an_exception_holds(error)
+    shown = _verbose_traceback(error)
+    assert "request_info" in held  # the chain was searched, aiohttp's exception included
+    for needle in NEEDLES:
+        assert needle not in held
+        assert needle not in shown
+    tally.secrets["exception chains searched"] = (
+        tally.secrets.get("exception chains searched", 0) + 1
+    )
+
+
+def test_a_huge_response_header_through_the_magic_in_verbose_mode(
+    server: FakeOpenAIServer, rsession: ChatSession
+) -> None:
+    from IPython.core.error import UsageError
+
+    with shell_on(rsession) as shell:
+        shell.run_line_magic("xmode", "Verbose")
+        try:
+            big = Fault.status(500, headers={"x-padding": "b" * 20_000})
+            server.script(big, big)  # the session retries once
+            with pytest.raises(UsageError) as info:
+                run_cell(shell, "chat", "--no-cache --no-stream", "hello")
+            assert "\n" not in str(info.value)
+            held = _everything_an_exception_holds(info.value)  # the UsageError's context too
+            assert "ClientResponseError" in held
+            for needle in NEEDLES:
+                assert needle not in held
+        finally:
+            shell.run_line_magic("xmode", "Context")
