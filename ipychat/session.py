@@ -29,7 +29,7 @@ from ipychat import pricing, tokens
 from ipychat.errors import ChatError, ConfigError, ContextLengthError, OfflineCacheMiss
 from ipychat.hygiene import check_secrets, redact_pii
 from ipychat.keys import Secret, cache_key
-from ipychat.ledger import Ledger, LedgerRow
+from ipychat.ledger import Ledger, LedgerRow, max_tokens_within
 from ipychat.messages import Thread, build_messages, trim_history
 from ipychat.runner import LoopThread
 from ipychat.settings import (
@@ -561,7 +561,9 @@ class ChatSession:
                 "offline mode off with %chat offline off (or unset IPYCHAT_OFFLINE)."
             )
         held = (
-            self.usage.reserve(prepared.estimate.cost_high, max_cost=prepared.max_cost)
+            self.usage.reserve(
+                prepared.estimate.cost_high, max_cost=prepared.max_cost, fit=self._fit(prepared)
+            )
             if reserve
             else 0.0
         )
@@ -601,6 +603,19 @@ class ChatSession:
                 store.set(*entry)
         self._remember(prepared, reply, new)
         return reply
+
+    def _fit(self, prepared: Prepared) -> Callable[[float], str | None]:
+        """For a budget refusal: the --max-tokens that would bring this request under a limit."""
+
+        def fit(limit: float) -> str | None:
+            price = self._price(prepared.body["model"])
+            estimate = prepared.estimate
+            if price is None:
+                return None
+            n = max_tokens_within(limit, estimate.prompt_tokens, 1, price.input, price.output)
+            return f"--max-tokens {n}" if 1 <= n < estimate.max_completion_tokens else None
+
+        return fit
 
     def _reply(
         self,

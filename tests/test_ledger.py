@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from ipychat.errors import BudgetExceeded
-from ipychat.ledger import Ledger, LedgerRow
+from ipychat.ledger import Ledger, LedgerRow, max_tokens_within
+from ipychat.pricing import round_up_usd
 
 
 def row(cost: float | None = 0.01, **kw) -> LedgerRow:
@@ -23,7 +24,8 @@ def test_reserve_refuses_past_the_budget_and_counts_money_in_flight() -> None:
     held = ledger.reserve(0.3)
     with pytest.raises(
         BudgetExceeded,
-        match=r"spent \$0.5 of \$1 \(\$0.3 in flight\); this request may cost up to \$0.3",
+        match=r"spent \$0.50 of \$1.00 \(\$0.30 in flight\); this request may cost up to "
+        r"\$0.30\. Raise it with %chat budget 1.1\.$",
     ):
         ledger.reserve(0.3)
     ledger.settle(held, row(cost=0.1))
@@ -95,3 +97,63 @@ def test_to_frame_has_every_row_and_column() -> None:
     frame = ledger.to_frame()
     assert list(frame.columns) == list(LedgerRow.__dataclass_fields__)
     assert len(frame) == 1 and str(frame["time"].dt.year[0]) == "2023"
+
+
+def test_money_in_refusals_and_alerts_is_never_in_scientific_notation() -> None:
+    # `%chat budget 0.00005` used to answer "spent $0 of $5e-05"; "%chat budget 1" was the
+    # advice whatever the shortfall.
+    ledger = Ledger(budget=0.00005)
+    with pytest.raises(BudgetExceeded) as info:
+        ledger.reserve(0.0006156)
+    message = str(info.value)
+    assert "e-0" not in message
+    assert message == (
+        "Budget: spent $0.00 of $0.00005; this request may cost up to $0.00062. "
+        "Raise it with %chat budget 0.00062."
+    )
+    ledger.budget = 0.00002
+    ledger.record(row(cost=0.000019))
+    (alert,) = ledger.alerts()
+    assert "e-0" not in alert and "Spent $0.000019 of the $0.00002 budget (95%)" in alert
+    with pytest.raises(BudgetExceeded, match=r"over --max-cost \$0.00001: shorten the prompt, "):
+        Ledger().reserve(0.0000123, max_cost=0.00001)
+
+
+@pytest.mark.parametrize(
+    ("amount", "typed"),
+    [
+        (0.0125, "0.013"),
+        (0.013, "0.013"),
+        (0.0000123, "0.000013"),
+        (0.185, "0.19"),
+        (1.0, "1.0"),
+        (12.3, "13"),
+        (1234.0, "1300"),
+        (0.0, "0"),
+    ],
+)
+def test_round_up_usd_is_a_number_to_type(amount: float, typed: str) -> None:
+    assert round_up_usd(amount) == typed
+    assert float(typed) >= amount
+
+
+def test_refusals_name_the_max_tokens_that_fits_first() -> None:
+    # 300 requests of 21 prompt tokens at $0.15/$0.60 per 1M: under $0.01 the replies may
+    # hold 50 tokens each ((0.01e6 - 6300 * 0.15) / (300 * 0.6) = 50.3).
+    n = max_tokens_within(0.01, 6300, 300, 0.15, 0.60)
+    assert n == 50
+    assert 6300 * 0.15 + 300 * n * 0.60 <= 0.01e6 < 6300 * 0.15 + 300 * (n + 1) * 0.60
+    assert max_tokens_within(0.0001, 6300, 300, 0.15, 0.60) == 0  # prompts alone too dear
+    ledger = Ledger(budget=0.01)
+    with pytest.raises(BudgetExceeded) as info:
+        ledger.reserve(0.0125, what="This map", fit=lambda limit: f"--max-tokens {int(limit * 1e4)}")
+    assert str(info.value) == (
+        "Budget: spent $0.00 of $0.01; this map may cost up to $0.013. --max-tokens 100 fits, "
+        "or raise the budget with %chat budget 0.013."
+    )
+    with pytest.raises(BudgetExceeded) as info:
+        Ledger().reserve(0.02, max_cost=0.01, fit=lambda limit: "--max-tokens 7")
+    assert str(info.value) == (
+        "This request may cost up to $0.02, over --max-cost $0.01: --max-tokens 7 fits, or "
+        "raise it to --max-cost 0.020."
+    )

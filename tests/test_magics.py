@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import re
 import subprocess
 import sys
 import threading
@@ -386,3 +387,99 @@ def test_alerts_are_shown_as_a_visible_line(ip, fake: FakeOpenAIServer) -> None:
     text = shown(run(ip, "--max-tokens 1 --thread other", "hi"))  # fits the rest of it
     assert "⚠ ipychat:" in text and "budget" in text
     assert "⚠ ipychat:" not in shown(run(ip, "--max-tokens 1 --thread third", "hi"))  # once
+
+
+# ----- issue 21.3: a map's bound, and the lever a refusal names ---------------------------------
+
+
+def chatmap(ip, line: str, cell: str) -> str:
+    with capture_output() as out:
+        ip.run_cell_magic("chatmap", line, cell)
+    return shown(out)
+
+
+def labels_frame(n: int = 300) -> pd.DataFrame:
+    return pd.DataFrame({"text": [f"review number {i} was quite good overall" for i in range(n)]})
+
+
+LABEL = "One word sentiment label for: {text}"
+
+
+def test_a_map_without_max_tokens_is_bounded_by_the_map_default(ip, fake: FakeOpenAIServer) -> None:
+    # 300 one-word labels: bounded at 1,024 reply tokens a row, the map "might" cost $0.19
+    # and a $0.02 budget refused it; at the map's own cap of 64 the bound is $0.013.
+    from ipychat._mapplan import MAP_MAX_TOKENS
+
+    ip.user_ns["reviews"] = labels_frame()
+    plan = chatmap(ip, "reviews -o label --dry-run", LABEL)
+    assert f"up to {300 * MAP_MAX_TOKENS:,} reply tokens ({MAP_MAX_TOKENS} per reply by default; " in plan
+    assert "--max-tokens N for longer)" in plan and "$0.0011–$0.013" in plan
+    ip.run_line_magic("chat", "budget 0.02")
+    done = chatmap(ip, "reviews -o label", LABEL)
+    assert "Done: 300 rows" in done and "(300 sent, 0 cached, 0 failed)" in done
+    assert {r.body["max_tokens"] for r in fake.chat_requests} == {MAP_MAX_TOKENS}
+    assert "_error" not in ip.user_ns["reviews"].columns
+    # An explicit cap is the user's: the default applies to nothing else.
+    ip.user_ns["few"] = labels_frame(3)
+    chatmap(ip, "few -o label --max-tokens 500", LABEL)
+    assert {r.body["max_tokens"] for r in fake.chat_requests[-3:]} == {500}
+
+
+def test_a_map_over_the_budget_is_refused_with_the_max_tokens_that_fits(
+    ip, fake: FakeOpenAIServer
+) -> None:
+    ip.run_line_magic("chat", "budget 0.01")
+    ip.user_ns["reviews"] = labels_frame()
+    with pytest.raises(UsageError) as info:
+        chatmap(ip, "reviews -o label", LABEL)
+    message = str(info.value)
+    assert fake.chat_requests == [] and "\n" not in message
+    assert message.startswith("Budget: spent $0.00 of $0.01; this map may cost up to $0.013. ")
+    fits = re.search(r"--max-tokens (\d+) fits, or raise the budget with %chat budget ([\d.]+)\.$", message)
+    assert fits is not None, message
+    n, budget = int(fits.group(1)), fits.group(2)
+    # The figures are exact: one token more does not fit, the advice does, and so does the
+    # suggested budget without --max-tokens.
+    with pytest.raises(UsageError, match="Budget: spent"):
+        chatmap(ip, f"reviews -o label --max-tokens {n + 1}", LABEL)
+    assert "Done: 300 rows" in chatmap(ip, f"reviews -o label --max-tokens {n}", LABEL)
+    ip.user_ns["again"] = labels_frame()
+    ip.run_line_magic("chat", f"budget {budget}")
+    ip.run_line_magic("chat", "cache clear")
+    get_session().usage.rows.clear()  # the budget counts from zero again
+    assert "Done: 300 rows" in chatmap(ip, "again -o label", LABEL)
+    # --max-cost: the same lever, then the exact figure.
+    with pytest.raises(UsageError, match=r"over --max-cost \$0.003: --max-tokens 11 fits, or "
+                       r"raise it to --max-cost 0\.013\.$"):  # fmt: skip
+        chatmap(ip, "again -o label2 --max-cost 0.003 --no-cache", LABEL)
+    # When no reply cap fits (the prompts alone cost more), fewer rows: --limit N.
+    with pytest.raises(UsageError, match=r"over --max-cost \$0.0005: --limit (\d+) fits") as info:
+        chatmap(ip, "again -o label2 --max-cost 0.0005 --no-cache", LABEL)
+    rows = int(re.search(r"--limit (\d+)", str(info.value)).group(1))
+    with pytest.raises(UsageError, match="over --max-cost"):
+        chatmap(ip, f"again -o label2 --max-cost 0.0005 --no-cache --limit {rows + 1}", LABEL)
+    assert f"Done: {rows} rows" in chatmap(ip, f"again -o label2 --max-cost 0.0005 --no-cache --limit {rows}", LABEL)
+
+
+def test_a_reply_cut_at_the_map_default_keeps_its_text_and_says_so(ip) -> None:
+    from ipychat._mapplan import MAP_MAX_TOKENS
+
+    long = " ".join(f"word{i}" for i in range(400))
+    with FakeOpenAIServer(reply=lambda body: "positive" if "short" in str(body) else long) as srv:
+        ip.run_line_magic("chat", f"endpoint {srv.base_url}")
+        ip.user_ns["df"] = pd.DataFrame({"text": ["short one", "ramble on", "short two"]})
+        done = chatmap(ip, "df -o answer", "{text}")
+        df = ip.user_ns["df"]
+        assert df["answer"][0] == "positive" and df["answer"][1].startswith("word0 word1")
+        assert df["_error"][1].startswith("cut: the reply reached the map's default cap of 64")
+        assert pd.isna(df["_error"][0]) and pd.isna(df["_error"][2])
+        assert "(3 sent, 0 cached, 0 failed)" in done  # text is kept: not a failure
+        assert f"1 reply cut at the default cap of {MAP_MAX_TOKENS} tokens" in done
+        # From the cache the note is the same.
+        again = chatmap(ip, "df -o answer", "{text}")
+        assert "(0 sent, 3 cached, 0 failed)" in again and "1 reply cut" in again
+        assert ip.user_ns["df"]["_error"][1].startswith("cut:")
+        # A cap the user chose cuts as asked, without a note.
+        ip.user_ns["df2"] = pd.DataFrame({"text": ["ramble on"]})
+        chatmap(ip, "df2 -o answer --max-tokens 5", "{text}")
+        assert "_error" not in ip.user_ns["df2"].columns

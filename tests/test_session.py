@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import re
 import subprocess
 import sys
 import threading
@@ -175,12 +176,22 @@ def test_budget_refuses_before_anything_is_sent(
     session: ChatSession, fake: FakeOpenAIServer
 ) -> None:
     session.usage.budget = 0.0001
-    with pytest.raises(BudgetExceeded, match=r"Budget: spent \$0 of \$0.0001"):
+    with pytest.raises(BudgetExceeded, match=r"Budget: spent \$0.00 of \$0.0001; ") as info:
         session.ask("hello", max_tokens=1000)
     with pytest.raises(BudgetExceeded, match="max-cost"):
         session.ask("hello", max_tokens=10, max_cost=0.0)
     assert fake.chat_requests == []
     assert session.threads["main"].turns == 0
+    # The refusal names the levers, exactly: the largest --max-tokens that fits comes first
+    # (one more does not fit), then the budget that would let the request through as it is.
+    fits = re.search(r"--max-tokens (\d+) fits, or raise the budget with %chat budget ([\d.]+)\.$", str(info.value))
+    assert fits is not None, str(info.value)
+    n, budget = int(fits.group(1)), float(fits.group(2))
+    with pytest.raises(BudgetExceeded):
+        session.ask("hello", max_tokens=n + 1)
+    assert session.ask("hello", max_tokens=n).text == "Echo: hello"
+    session.usage.budget = budget
+    assert session.ask("hello", max_tokens=1000, new=True).text == "Echo: hello"
 
 
 def test_errors_are_recorded_in_the_ledger() -> None:
