@@ -181,6 +181,7 @@ class MapPlan:
     offline: bool = False
     first_prompt: str | None = None
     default_cap: int | None = None  # the map's own reply cap, when the user set none
+    note: str | None = None  # e.g. the local model answers a map naming another model
 
     def line(self) -> str:
         """`1,000 rows · 212 cached · 788 to send · 61,203 prompt tokens · up to 3,940 reply
@@ -211,6 +212,8 @@ class MapPlan:
             parts.append(cost)
         if self.offline and self.send:
             parts.append("offline: uncached rows will fail")
+        if self.note:
+            parts.append(self.note)
         return " · ".join(parts)
 
     def __str__(self) -> str:

@@ -26,6 +26,7 @@ same map again sends only what is missing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -213,6 +214,10 @@ class MapJob:
             self.errors[i] = error
             self.finished[i] = True
         self.plan, self.skipped = planned.plan, planned.skipped
+        # The local model answers whatever model a map names: its plan says so, once.
+        note = getattr(session, "local_note", lambda model: None)(self.model)
+        if note:
+            self.plan = dataclasses.replace(self.plan, note=note)
         self.hits, self.to_send = planned.hits, planned.to_send
         self._dispatcher = self._new_dispatcher()
 
@@ -346,7 +351,7 @@ class MapJob:
             LedgerRow(
                 time=time.time(),
                 thread="map",
-                model=model,
+                model=session.model_label(model, hit.get("model")),
                 host=session.host,
                 prompt_tokens=usage.prompt_tokens if usage else 0,
                 completion_tokens=usage.completion_tokens if usage else 0,

@@ -12,7 +12,12 @@ from ipychat.ledger import Ledger, ModelSummary
 from ipychat.pricing import format_tokens, format_usd
 from ipychat.types import Estimate, Reply, Usage
 
-__all__ = ["estimate_line", "footer", "streaming_footer", "usage_markdown"]
+__all__ = ["estimate_line", "footer", "plural", "streaming_footer", "usage_markdown"]
+
+
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """`1 turn`, `2 turns`, `1,200 replies` (with `nouns` for irregular plurals)."""
+    return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
 
 
 def _tokens(usage: Usage | None) -> str:
@@ -39,6 +44,8 @@ def footer(reply: Reply, *, turns: int | None = None) -> str:
         parts.append(f"{n} early turn{'s' if n != 1 else ''} left out to fit the context")
     if reply.extra.get("masked"):  # the redact setting: say what never left the kernel
         parts.append(str(reply.extra["masked"]))
+    if reply.extra.get("note"):  # e.g. the local model answered a request naming another
+        parts.append(str(reply.extra["note"]))
     if reply.interrupted:
         parts.append("interrupted")
     elif reply.finish_reason == "length":

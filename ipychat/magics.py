@@ -30,6 +30,7 @@ from ipychat.magicargs import check_variable, parse_line, user_errors
 from ipychat.messages import interpolate
 from ipychat.pricing import format_usd
 from ipychat.session import CacheMode, ChatSession, Event, get_session, reset_session
+from ipychat.settings import LOCAL_MODEL
 from ipychat.types import Reply
 
 if TYPE_CHECKING:
@@ -249,6 +250,7 @@ class ChatMagics(Magics):
             return session.ask(prompt, cache=cache, new=args.new, **options)
         text = ""
         model = options["model"] or session.model
+        label = session.model_label(model)  # the model that will answer (the local one?)
         from ipychat import tokens
 
         try:
@@ -261,7 +263,7 @@ class ChatMagics(Magics):
                     # from the stream's own preparation: the prompt is prepared once.
                     if live.due() and stream.estimate is not None:
                         counted = tokens.count_text(text, model)
-                        live.update(text, fmt.streaming_footer(model, stream.estimate, counted))
+                        live.update(text, fmt.streaming_footer(label, stream.estimate, counted))
         except Interrupted as exc:
             if exc.reply is not None:
                 reply = exc.reply
@@ -354,14 +356,23 @@ class ChatMagics(Magics):
         if session.endpoint().kind == "none":
             flags += " · not configured: set OPENAI_API_KEY or %chat endpoint URL"
         self._show(
-            f"ipychat · endpoint {session.host} · model {session.model} · thread {thread.name} "
-            f"({thread.turns} turns) · spent {format_usd(session.usage.spent)}{budget}{flags}"
+            f"ipychat · endpoint {session.host} · model {self._model_name()} · thread "
+            f"{thread.name} ({fmt.plural(thread.turns, 'turn')}) · spent "
+            f"{format_usd(session.usage.spent)}{budget}{flags}"
         )
+
+    def _model_name(self) -> str:
+        """The default model, and what answers instead of it when the endpoint is local."""
+        session = self.session
+        label = session.model_label(session.model)
+        if label == session.model or session.model == LOCAL_MODEL:
+            return label
+        return f"{label}, which answers every request ({session.model} is not used)"
 
     def _cmd_model(self, rest: list[str]) -> None:
         if rest:
             self.session.configure(model=rest[0])
-        self._show(f"model: {self.session.model}")
+        self._show(f"model: {self._model_name()}")
 
     def _cmd_endpoint(self, rest: list[str]) -> None:
         if not rest:
@@ -390,7 +401,8 @@ class ChatMagics(Magics):
 
     def _cmd_threads(self, rest: list[str]) -> None:
         lines = [
-            f"{'*' if name == self.session.current_thread else '-'} {name} ({t.turns} turns)"
+            f"{'*' if name == self.session.current_thread else '-'} {name} "
+            f"({fmt.plural(t.turns, 'turn')})"
             for name, t in self.session.threads.items()
         ]
         self._show("\n".join(lines))
@@ -399,7 +411,7 @@ class ChatMagics(Magics):
         if not rest:
             raise UsageError("%chat thread NAME: name the thread to switch to.")
         thread = self.session.switch_thread(rest[0])
-        self._show(f"thread: {thread.name} ({thread.turns} turns)")
+        self._show(f"thread: {thread.name} ({fmt.plural(thread.turns, 'turn')})")
 
     def _cmd_history(self, rest: list[str]) -> None:
         thread = self.session.thread(rest[0] if rest else None, create=False)

@@ -114,6 +114,7 @@ class ChatSession:
         self._listeners: list[Callable[[Event], None]] = []
         self._lock = threading.RLock()
         self.redactions: Counter[str] = Counter()  # what `redact` masked, by kind, so far
+        self._noted_models: set[str] = set()  # asked of the local model, said once (local_note)
 
     # ----- settings, threads, listeners -------------------------------------------------
 
@@ -246,6 +247,31 @@ class ChatSession:
         if self.settings.model:
             return self.settings.model
         return LOCAL_MODEL if self.is_local else DEFAULT_MODEL
+
+    def model_label(self, model: str | None = None, answered: str | None = None) -> str:
+        """The model that answers (or answered) a request for `model`, as footers, the
+        ledger and the cache name it: the embedded GGUF model whatever was asked (llama.cpp
+        answers every name with it and echoes the name back), else the server's own name
+        for it (`answered`, the response's `model`), else `model`."""
+        if self.is_local:
+            from ipychat import local
+
+            return local.model_label(self.endpoint().url.removeprefix("local://"))
+        return answered or model or self.model
+
+    def local_note(self, model: str) -> str | None:
+        """Once per session and model name: that the local model answers a request naming
+        another model (a footer or the map's plan says so; None otherwise)."""
+        if not self.is_local or model in (LOCAL_MODEL, self.model_label(model)):
+            return None
+        with self._lock:
+            if model in self._noted_models:
+                return None
+            self._noted_models.add(model)
+        return (
+            f"{model} was not used: the local model answers every request "
+            f"(set OPENAI_API_KEY or %chat endpoint URL to use {model})"
+        )
 
     async def client(self) -> ChatClient:
         """The client for the current endpoint, starting the local server if it is the one."""
@@ -590,7 +616,7 @@ class ChatSession:
             progress.reply = reply
             raise
         except ChatError as exc:
-            failed = Reply(text="", model=model, thread=prepared.label)
+            failed = Reply(text="", model=self.model_label(model), thread=prepared.label)
             self.usage.settle(held, self._row(prepared, failed, outcome="error", error=str(exc)))
             raise
         reply = self._reply(prepared, completion, progress)
@@ -633,11 +659,12 @@ class ChatSession:
                 completion_tokens=tokens.count_text(completion.text, model),
                 estimated=True,
             )
+        answered = self.model_label(model, completion.model)
         return Reply(
             text=completion.text,
-            model=completion.model or model,
+            model=answered,
             usage=usage,
-            cost=pricing.cost(usage, self._price(model)),
+            cost=pricing.cost(usage, self._price(answered) or self._price(model)),
             latency=completion.latency or (time.monotonic() - progress.started),
             finish_reason=completion.finish_reason,
             thread=prepared.label,
@@ -645,7 +672,7 @@ class ChatSession:
             dropped_turns=prepared.dropped_turns,
             time_to_first_token=completion.time_to_first_token or progress.first_token,
             retries=completion.retries,
-            extra=_extra(prepared, completion),
+            extra=_extra(prepared, completion, self.local_note(model)),
         )
 
     def _finish_cached(
@@ -656,7 +683,7 @@ class ChatSession:
         saved = pricing.cost(usage, self._price(model)) if usage else None
         reply = Reply(
             text=hit["text"],
-            model=hit.get("model") or model,
+            model=self.model_label(model, hit.get("model")),
             usage=usage,
             cost=0.0,
             cached=True,
@@ -680,7 +707,7 @@ class ChatSession:
         return LedgerRow(
             time=time.time(),
             thread=prepared.label,
-            model=prepared.body["model"],
+            model=reply.model,  # the model that answered (model_label), not the one named
             host=self.host,
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
@@ -872,12 +899,15 @@ class ChatSession:
             return await engine.amap_frame(self, df, template, output, **options)
 
 
-def _extra(prepared: Prepared, completion: Completion) -> dict[str, Any]:
-    """What a Reply carries beyond the basics: what the redact setting masked, and the
-    response's x-ratelimit-* headers (which calibrate %%chatmap's limiter)."""
+def _extra(prepared: Prepared, completion: Completion, note: str | None) -> dict[str, Any]:
+    """What a Reply carries beyond the basics: what the redact setting masked, the response's
+    x-ratelimit-* headers (which calibrate %%chatmap's limiter), and a note for the footer
+    (the local model answered a request naming another model)."""
     extra: dict[str, Any] = {}
     if prepared.masked:
         extra["masked"] = prepared.masked
+    if note:
+        extra["note"] = note
     if completion.rate_limit is not None:
         extra["rate_limit"] = completion.rate_limit
     return extra

@@ -215,7 +215,7 @@ def test_line_magic_status_and_subcommands(ip, fake: FakeOpenAIServer) -> None:
         ip.run_line_magic("chat", "threads")
         ip.run_line_magic("chat", "models")
         ip.run_line_magic("chat", "usage")
-    assert "remember me" in out.stdout and "* main (1 turns)" in out.stdout
+    assert "remember me" in out.stdout and "* main (1 turn)" in out.stdout
     assert "fake-model" in out.stdout and "| gpt-4o |" in out.stdout and "spent $" in out.stdout
     ip.run_line_magic("chat", "reset")
     assert get_session().threads["main"].turns == 0

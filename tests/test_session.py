@@ -434,3 +434,49 @@ def test_sessions_left_open_are_closed_at_exit() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "Echo: hi"
     assert "Unclosed" not in done.stderr, done.stderr  # aiohttp's warning at exit
+
+
+def test_the_ledger_and_the_cost_name_the_model_that_answered() -> None:
+    # OpenAI answers a request for an alias with the snapshot that served it: "model: The
+    # model used for the chat completion" (https://platform.openai.com/docs/api-reference/
+    # chat/object), e.g. gpt-4o-2024-05-13 for gpt-4o. The footer, the ledger and the cost
+    # are that model's, not the alias's.
+    import json as _json
+
+    import httpx
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = _json.loads(request.content)
+        assert body["model"] == "gpt-4o"
+        return httpx.Response(
+            200,
+            json={
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "gpt-4o-2024-05-13",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "Paris."},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 1_000_000, "completion_tokens": 0, "total_tokens": 1},
+            },
+        )
+
+    s = ChatSession(
+        Settings(base_url="https://llm.test/v1", api_key="sk-test-" + "m" * 24),
+        transport=httpx.MockTransport(handler),
+        cache=False,
+    )
+    try:
+        s.prices.override("gpt-4o", input=2.5, output=10)
+        s.prices.override("gpt-4o-2024-05-13", input=5, output=15)
+        reply = s.ask("Capital of France?", model="gpt-4o")
+        assert reply.model == "gpt-4o-2024-05-13" and reply.cost == pytest.approx(5.0)
+        (row,) = s.usage.rows
+        assert row.model == "gpt-4o-2024-05-13" and row.cost == pytest.approx(5.0)
+    finally:
+        s.close()
