@@ -375,7 +375,10 @@ class MapJob:
     def _fail(self, job: MapRequest, exc: ChatError) -> None:
         message = str(exc)
         if job.failures:
-            message += f" (after {job.failures} {'retry' if job.failures == 1 else 'retries'})"
+            after = f" (after {job.failures} {'retry' if job.failures == 1 else 'retries'})"
+            # Inside the sentence: "… try again later (after 2 retries)." not "later. (after"
+            stop = message[-1:] if message.endswith((".", "!", "?")) else ""
+            message = message.removesuffix(stop) + after + stop
         for i in job.rows:
             self._finish(i, {}, message)
 
@@ -515,6 +518,11 @@ class MapJob:
         return MapResult(frame, summary, self.plan)
 
 
+def _sentence(text: str) -> str:
+    """`text` ending as a sentence, so that another can follow it ("… %chat key. Stopped")."""
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
 CUT = "cut:"  # the error column's mark of a reply cut at the map's default cap
 
 
@@ -532,7 +540,8 @@ def _interrupted(mapper: MapJob) -> MapInterrupted:
     result = mapper.result(interrupted=True)
     c = mapper.counters
     message = (
-        f"Interrupted: {c.done:,} of {c.total:,} rows written; re-run the cell to finish "
+        f"Interrupted: {c.done:,} of {c.total:,} row{'' if c.total == 1 else 's'} written; "
+        "re-run the cell to finish "
         "(finished rows are cached)."
     )
     return MapInterrupted(message, result)
@@ -542,7 +551,8 @@ def _aborted(mapper: MapJob, cause: ChatError) -> MapAborted:
     result = mapper.result()
     c = mapper.counters
     message = (
-        f"{cause} Stopped after {c.done:,} of {c.total:,} rows; the finished ones are written "
+        f"{_sentence(str(cause))} Stopped after {c.done:,} of {c.total:,} "
+        f"row{'' if c.total == 1 else 's'}; the finished ones are written "
         "and cached, re-run to finish."
     )
     return MapAborted(message, result, cause)

@@ -106,15 +106,27 @@ class ChatSession:
         self._cache_arg = cache
         self._cache: ResponseCache | None = None
         self._cache_opened = False
-        self._client: ChatClient | None = None
+        # The loop thread and the client, released when the session is collected unclosed
+        # (a session made in a function): else aiohttp warns "Unclosed client session" and
+        # the loop thread runs on with nobody to stop it.
+        self._owned = _Owned()
+        weakref.finalize(self, self._owned.release)
         self._local_available: bool | None = None
         self._local_memo: tuple[str | None, Endpoint] | None = None
-        self._runner = LoopThread()
+        self._runner = self._owned.runner
         _live.add(self)  # closed at exit, if the owner did not (see _close_at_exit)
         self._listeners: list[Callable[[Event], None]] = []
         self._lock = threading.RLock()
         self.redactions: Counter[str] = Counter()  # what `redact` masked, by kind, so far
         self._noted_models: set[str] = set()  # asked of the local model, said once (local_note)
+
+    @property
+    def _client(self) -> ChatClient | None:
+        return self._owned.client
+
+    @_client.setter
+    def _client(self, client: ChatClient | None) -> None:
+        self._owned.client = client
 
     # ----- settings, threads, listeners -------------------------------------------------
 
@@ -897,6 +909,27 @@ class ChatSession:
             from ipychat import batch as engine
         with self.allowing_secrets(allow_secrets):
             return await engine.amap_frame(self, df, template, output, **options)
+
+
+class _Owned:
+    """What a session owns and must release even when nobody closes it: its loop thread and
+    its client. It holds nothing of the session, so the session's finalizer can use it."""
+
+    def __init__(self) -> None:
+        self.runner = LoopThread()
+        self.client: ChatClient | None = None
+
+    def release(self) -> None:
+        """Close the client on its loop, then stop the loop (from any thread)."""
+        if self.runner.in_loop_thread:
+            # Collected on the loop's own thread: it cannot wait for itself.
+            threading.Thread(target=self.release, name="ipychat-release").start()
+            return
+        client, self.client = self.client, None
+        if client is not None and self.runner.running:
+            with contextlib.suppress(Exception):
+                self.runner.submit(client.aclose()).result(5)
+        self.runner.stop()
 
 
 def _extra(prepared: Prepared, completion: Completion, note: str | None) -> dict[str, Any]:

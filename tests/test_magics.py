@@ -124,7 +124,11 @@ def test_dry_run_sends_nothing_and_shows_the_estimate(ip, fake: FakeOpenAIServer
     ("line", "cell", "message"),
     [
         ("", "   ", "cell is empty"),
-        ("--bogus", "hi", "unrecognized arguments"),
+        ("--bogus", "hi", r"^%%chat: unknown option --bogus\. %%chat\? lists the options\.$"),
+        ("--temprature 0.3", "hi", r"unknown option --temprature \(did you mean --temperature\?\)"),
+        ("--max-tokns=5", "hi", r"unknown option --max-tokns \(did you mean --max-tokens\?\)"),
+        ("--no-cahce", "hi", r"unknown option --no-cahce \(did you mean --no-cache\?\)"),
+        ("Summarise this", "hi", r"unexpected 'Summarise' on the magic line: .*the cell below"),
         ("-t hot", "hi", "invalid float"),
         ("-t 7", "hi", "temperature"),
         ("--max-tokens 0", "hi", "max_tokens"),
@@ -286,7 +290,7 @@ def test_cache_subcommands(ip, fake: FakeOpenAIServer) -> None:
     run(ip, "--thread b", "cached question")
     with capture_output() as out:
         ip.run_line_magic("chat", "cache")
-    assert "1 entries" in out.stdout and "1 hits" in out.stdout and "saved $" in out.stdout
+    assert " · 1 entry · " in out.stdout and "this session: 1 hit, 1 miss, saved $" in out.stdout
     with capture_output() as out:
         ip.run_line_magic("chat", "cache clear --model other-model")
     assert "removed 0 cached replies" in out.stdout
@@ -303,6 +307,8 @@ def test_cache_subcommands(ip, fake: FakeOpenAIServer) -> None:
     ):
         with pytest.raises(UsageError):
             ip.run_line_magic("chat", bad)
+    with pytest.raises(UsageError, match=r"unknown option --older-then \(did you mean --older-than"):
+        ip.run_line_magic("chat", "cache clear --older-then 3")
 
 
 def test_offline_subcommand(ip, fake: FakeOpenAIServer) -> None:
@@ -483,3 +489,153 @@ def test_a_reply_cut_at_the_map_default_keeps_its_text_and_says_so(ip) -> None:
         ip.user_ns["df2"] = pd.DataFrame({"text": ["ramble on"]})
         chatmap(ip, "df2 -o answer --max-tokens 5", "{text}")
         assert "_error" not in ip.user_ns["df2"].columns
+
+
+# ----- issue 21.8: help, errors, numbers and plurals -----------------------------------------
+
+
+def help_of(ip, cell: str) -> str:
+    """What `%%chat?` (IPython's own help) prints."""
+    with capture_output() as out:
+        ip.run_cell(cell)
+    return out.stdout
+
+
+@pytest.mark.parametrize(
+    ("asked", "usage", "groups", "example"),
+    [
+        (
+            "%%chat?\n",
+            "Usage: %%chat [OPTIONS]  (the prompt is the rest of the cell)",
+            ("Request:", "Conversation:", "Output:", "Cache:", "Cost and safety:"),
+            "  %%chat -m gpt-4o -t 0 --max-tokens 200 -o answer\n",
+        ),
+        (
+            "%%chatmap?\n",
+            "Usage: %%chatmap DF -o COL [COL ...] [OPTIONS]",
+            ("What to map:", "Request:", "Pace:", "Cache and cost:", "Batch API:"),
+            "  %%chatmap reviews -o sentiment --max-tokens 5\n",
+        ),
+        (
+            "%chat?",
+            "Usage: %chat [SUBCOMMAND ARGS]",
+            ("Settings:", "Conversations:", "Spend and cache:", "Batch API:"),
+            "  %chat usage --plot\n",
+        ),
+    ],
+)
+def test_help_shows_the_magic_as_typed_grouped_with_examples(
+    ip, asked: str, usage: str, groups: tuple[str, ...], example: str
+) -> None:
+    text = help_of(ip, asked)
+    assert usage in text and "Examples:" in text and example in text
+    assert "chat_cell" not in text and "::" not in text and "<COL" not in text
+    positions = [text.index(f"\n{group}\n") for group in groups]
+    assert positions == sorted(positions)
+    assert "options:" not in text  # every option is in a group
+
+
+def test_help_flag_and_per_subcommand_help(ip, fake: FakeOpenAIServer) -> None:
+    with capture_output() as out:
+        ip.run_cell_magic("chat", "--help", "not sent")
+        ip.run_line_magic("chat", "budget --help")
+        ip.run_line_magic("chat", "--help")
+    assert out.stdout.startswith("Usage: %%chat [OPTIONS]")
+    assert "`%chat budget [USD|off]`: show or set the spend budget of this session" in out.stdout
+    assert "Usage: %chat [SUBCOMMAND ARGS]" in out.stdout
+    assert fake.chat_requests == []
+
+
+@pytest.mark.parametrize(
+    ("magic", "line", "message"),
+    [
+        ("chat", "usgae", r"^%chat usgae: unknown subcommand \(did you mean %chat usage\?\)\. "),
+        ("chat", "bugdet 5", r"did you mean %chat budget\?"),
+        ("chat", "usage --plto", r"^%chat usage: unknown option --plto \(did you mean --plot\?\)"),
+        ("chatmap", "df -o out --concurency 4", r"unknown option --concurency \(did you mean "
+         r"--concurrency\?\)\. %%chatmap\? lists the options\.$"),  # fmt: skip
+        ("chatmap", "df -o out --max-cots 1", r"did you mean --max-cost\?"),
+    ],
+)
+def test_unknown_flags_and_subcommands_get_the_nearest_known_one(
+    ip, fake: FakeOpenAIServer, magic: str, line: str, message: str
+) -> None:
+    ip.user_ns["df"] = pd.DataFrame({"text": ["a"]})
+    with pytest.raises(UsageError, match=message):
+        if magic == "chat":
+            ip.run_line_magic(magic, line)
+        else:
+            ip.run_cell_magic(magic, line, "{text}")
+    assert fake.chat_requests == []
+
+
+# A join of two clauses with both their marks: "…Bearer ***).: set", "later.; try" ("sk-...9Zx9",
+# OpenAI's masked key, is no join).
+DOUBLED = re.compile(r"[.;:,]\s*[;:,]|[;:,]\s*\.")
+
+
+def test_a_401_reads_as_one_sentence(ip, session: ChatSession) -> None:
+    with FakeOpenAIServer(require_key="sk-right-" + "r" * 24) as guarded:
+        ip.run_line_magic("chat", f"endpoint {guarded.base_url}")
+        session.configure(max_retries=0)
+        with pytest.raises(UsageError) as wrong:
+            run(ip, "", "hi")
+        session.configure(api_key=None)
+        with pytest.raises(UsageError) as missing:
+            run(ip, "", "hi")
+    host = guarded.base_url.split("//")[1].removesuffix("/v1")
+    assert str(missing.value) == (
+        f"{host} wants an API key (HTTP 401): You didn't provide an API key. You need to "
+        "provide your API key in an Authorization header using Bearer auth (i.e. "
+        "Authorization: Bearer ***); set OPENAI_API_KEY or run %chat key"
+    )
+    assert str(wrong.value).startswith(f"{host} refused the API key (HTTP 401): Incorrect API")
+    assert str(wrong.value).endswith("/account/api-keys; check OPENAI_API_KEY or run %chat key")
+    for error in (wrong, missing):
+        assert not DOUBLED.search(str(error.value).replace("://", "")), str(error.value)
+
+
+def test_a_refused_connection_is_one_line_without_retry_chatter(
+    ip, session: ChatSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        ip.run_line_magic("chat", f"endpoint {url}")
+        session.configure(max_retries=2)
+        with caplog.at_level(logging.INFO, logger="ipychat"), pytest.raises(UsageError) as info:
+            run(ip, "", "hi")
+    assert str(info.value) == (
+        f"The server at {url} is not reachable (connection refused, after 2 retries): check "
+        "that it is running and the network, or set another URL with %chat endpoint URL"
+    )
+    retries = [r for r in caplog.records if r.getMessage().startswith("Retrying")]
+    assert len(retries) == 2 and all(r.levelno < logging.WARNING for r in retries)
+
+
+def test_money_and_counts_read_as_written(ip, fake: FakeOpenAIServer) -> None:
+    with capture_output() as out:
+        ip.run_line_magic("chat", "")
+        ip.run_line_magic("chat", "budget 0.00005")
+        ip.run_line_magic("chat", "price tiny-model 0.00001 0.5")
+    assert "thread main (0 turns)" in out.stdout
+    assert "spent $0.00 of $0.00005" in out.stdout
+    assert "tiny-model: $0.00001 per 1M input tokens, $0.5 per 1M output tokens" in out.stdout
+    with pytest.raises(UsageError) as info:
+        run(ip, "", "refused under the budget")
+    assert "Budget: spent $0.00 of $0.00005; this request may cost up to $0.0" in str(info.value)
+    ip.run_line_magic("chat", "budget off")
+    run(ip, "", "one turn")
+    ip.user_ns["one"] = pd.DataFrame({"text": ["a"]})
+    with capture_output() as out:
+        ip.run_line_magic("chat", "")
+        ip.run_line_magic("chat", "threads")
+        ip.run_line_magic("chat", "thread main")
+        ip.run_cell_magic("chatmap", "one -o out", "{text}")
+    for text in ("thread main (1 turn) · spent", "* main (1 turn)", "thread: main (1 turn)"):
+        assert text in out.stdout
+    assert "1 row · 0 cached · 1 to send" in out.stdout and "Done: 1 row in " in out.stdout
+    assert not re.search(r"\d(\.\d+)?e-\d", out.stdout)

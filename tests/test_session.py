@@ -480,3 +480,53 @@ def test_the_ledger_and_the_cost_name_the_model_that_answered() -> None:
         assert row.model == "gpt-4o-2024-05-13" and row.cost == pytest.approx(5.0)
     finally:
         s.close()
+
+
+def test_a_script_using_the_panel_and_sessions_exits_without_aiohttp_warnings() -> None:
+    # A session used in a function and dropped unclosed (its panel closed) was collected
+    # with its aiohttp session open: "Unclosed client session" on stderr, and its loop
+    # thread ran on. The kernel's session and a panel left open at exit must be quiet too.
+    code = """
+import gc, threading, time
+from ipychat.session import ChatSession, Settings, get_session
+from ipychat.testing import FakeOpenAIServer
+from ipychat.widget import ChatPanel
+
+server = FakeOpenAIServer().start()
+KEY = "sk-test-" + "x" * 24
+
+def ask_in_panel(session, prompt):
+    panel = ChatPanel(session)
+    panel.prompt.value = prompt
+    panel.send.click()
+    deadline = time.monotonic() + 20
+    while len(session.threads["main"].messages) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    print(session.threads["main"].messages[-1]["content"])
+    return panel
+
+def used_and_dropped():
+    s = ChatSession(Settings(base_url=server.base_url, api_key=KEY), cache=False)
+    ask_in_panel(s, "from the panel").close()
+    return s.ask("from code", thread="code").text
+
+print(used_and_dropped())
+gc.collect()
+time.sleep(0.2)
+print("loops", sum(t.name == "ipychat-loop" for t in threading.enumerate()))
+kept = get_session()
+kept.configure(base_url=server.base_url, api_key=KEY)
+left_open = ask_in_panel(kept, "open at exit")
+"""
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:4] == [
+        "Echo: from the panel",
+        "Echo: from code",
+        "loops 0",
+        "Echo: open at exit",
+    ], done.stdout
+    assert "Unclosed" not in done.stderr, done.stderr
+    assert "ResourceWarning" not in done.stderr, done.stderr
