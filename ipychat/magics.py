@@ -445,7 +445,25 @@ class ChatMagics(Magics):
         self._show("\n".join(f"- {m}" for m in self.session.models()))
 
     def _cmd_usage(self, rest: list[str]) -> None:
-        self._show(fmt.usage_markdown(self.session.usage))
+        if [w for w in rest if w != "--plot"]:
+            raise UsageError("%chat usage [--plot]")
+        if not rest:
+            self._show(fmt.usage_markdown(self.session.usage))
+            return
+        figure = self.session.usage.plot()
+        import io
+
+        from IPython.display import display
+
+        png = io.BytesIO()
+        figure.savefig(png, format="png", dpi=100)
+        summary = fmt.usage_markdown(self.session.usage).rsplit("\n", 1)[-1]
+        # PNG with a text line beside it: a saved notebook's text views (nbconvert --to
+        # markdown, a terminal) still say what the chart showed.
+        display(
+            {"image/png": png.getvalue(), "text/plain": f"<chart: spend and latency; {summary}>"},
+            raw=True,
+        )
 
     def _cmd_budget(self, rest: list[str]) -> None:
         if rest:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -157,3 +159,63 @@ def test_refusals_name_the_max_tokens_that_fits_first() -> None:
         "This request may cost up to $0.02, over --max-cost $0.01: --max-tokens 7 fits, or "
         "raise it to --max-cost 0.020."
     )
+
+
+# ----- issue 21.9: the usage chart ---------------------------------------------------------------
+
+
+def test_plot_shows_cumulative_spend_against_the_budget_and_latency_per_model() -> None:
+    from datetime import datetime
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    ledger = Ledger(budget=0.05)
+    start = 1_700_000_000.0
+    for offset, model, cost, latency, extra in [
+        (0, "gpt-4o-mini", 0.01, 1.0, {}),
+        (30, "gpt-4o", 0.02, 2.5, {}),
+        (60, "gpt-4o-mini", 0.0, 0.01, {"cached": True}),  # a hit: no latency of its own
+        (90, "gpt-4o-mini", 0.004, 1.5, {}),
+        (120, "gpt-4o", 0.0, 9.0, {"outcome": "error"}),  # failed: not a latency
+    ]:
+        ledger.record(row(cost=cost, time=start + offset, model=model, latency=latency, **extra))
+    figure = ledger.plot()
+    assert isinstance(figure.canvas, FigureCanvasAgg)  # its own Agg canvas, not pyplot's
+    spend, latency = figure.axes
+    figure.canvas.draw()
+    step, budget = spend.get_lines()
+    assert list(step.get_ydata()) == pytest.approx([0.0, 0.01, 0.03, 0.03, 0.034, 0.034])
+    assert [d.timestamp() for d in step.get_xdata()][1:] == [
+        datetime.fromtimestamp(start + s).timestamp() for s in (0, 30, 60, 90, 120)
+    ]
+    assert list(budget.get_ydata()) == [0.05, 0.05] and budget.get_linestyle() == "--"
+    assert spend.get_title() == r"Spent \$0.03 of \$0.05"
+    ticks = [t.get_text() for t in spend.get_yticklabels()]
+    assert ticks and all(t.startswith(r"\$") and "e-" not in t for t in ticks)
+    assert [t.get_text() for t in latency.get_yticklabels()] == ["gpt-4o-mini", "gpt-4o"]
+    points = [sorted(c.get_offsets()[:, 0].tolist()) for c in latency.collections]
+    assert points == [[1.0, 1.5], [2.5]]
+
+
+def test_plot_without_requests_or_matplotlib_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipychat.errors import ChatError
+
+    with pytest.raises(ChatError, match="No requests yet"):
+        Ledger().plot()
+    ledger = Ledger()
+    ledger.record(row())
+    for name in ["matplotlib", *(m for m in sys.modules if m.startswith("matplotlib."))]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed: import fails
+    with pytest.raises(ChatError) as info:
+        ledger.plot()
+    assert str(info.value) == "Charts need matplotlib, which is not installed: pip install matplotlib"
+
+
+def test_importing_ipychat_does_not_import_matplotlib() -> None:
+    code = (
+        "import sys, ipychat, ipychat.magics, ipychat.mapmagic, ipychat.session, ipychat.ledger\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

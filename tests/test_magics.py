@@ -639,3 +639,24 @@ def test_money_and_counts_read_as_written(ip, fake: FakeOpenAIServer) -> None:
         assert text in out.stdout
     assert "1 row · 0 cached · 1 to send" in out.stdout and "Done: 1 row in " in out.stdout
     assert not re.search(r"\d(\.\d+)?e-\d", out.stdout)
+
+
+def test_usage_plot_through_the_magic(ip, fake: FakeOpenAIServer, monkeypatch) -> None:
+    with pytest.raises(UsageError, match="No requests yet in this session: nothing to plot"):
+        ip.run_line_magic("chat", "usage --plot")
+    ip.run_line_magic("chat", "budget 1")
+    run(ip, "", "one")
+    run(ip, "-m gpt-4o", "two")
+    with capture_output() as out:
+        ip.run_line_magic("chat", "usage --plot")
+    (shown_plot,) = [o.data for o in out.outputs if "image/png" in o.data]
+    assert shown_plot["image/png"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert shown_plot["text/plain"].startswith("<chart: spend and latency; spent $0.0")
+    figure = get_session().usage.plot()  # the same chart from Python
+    assert [t.get_text() for t in figure.axes[1].get_yticklabels()] == ["gpt-4o-mini", "gpt-4o"]
+    for name in [m for m in sys.modules if m.split(".")[0] == "matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed: import fails
+    with pytest.raises(UsageError, match=r"^Charts need matplotlib, which is not installed: pip"):
+        ip.run_line_magic("chat", "usage --plot")
+    with pytest.raises(UsageError, match=r"%chat usage \[--plot\]"):
+        ip.run_line_magic("chat", "usage plot")
