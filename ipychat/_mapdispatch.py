@@ -98,9 +98,7 @@ class Sink(Protocol):
 
     counters: Counters
 
-    def answer(
-        self, request: MapRequest, text: str, finish_reason: str | None = None
-    ) -> None: ...
+    def answer(self, request: MapRequest, text: str, finish_reason: str | None = None) -> None: ...
 
     def fail(self, request: MapRequest, error: ChatError) -> None: ...
 

@@ -67,7 +67,6 @@ from ipychat._mapplan import (
     request_key,
 )
 from ipychat.errors import (
-    BudgetExceeded,
     ChatError,
     ConfigError,
     OfflineCacheMiss,

@@ -178,7 +178,9 @@ class ChatMagics(Magics):
         """,
     )
     @argument_group("Request")
-    @argument("-m", "--model", help="Model for this request (default: the session's, %%chat model).")
+    @argument(
+        "-m", "--model", help="Model for this request (default: the session's, %%chat model)."
+    )
     @argument("-s", "--system", help="System prompt for this request.")
     @argument("-t", "--temperature", type=float, metavar="T", help="Sampling temperature, 0–2.")
     @argument("--max-tokens", type=int, metavar="N", help="Most reply tokens.")

@@ -129,9 +129,7 @@ class ChatMapMagics(Magics):
         metavar="N",
         help="Requests in flight (default: from limits and latency).",
     )
-    @argument(
-        "--rpm", type=float, metavar="N", help="Requests per minute (default: the server's)."
-    )
+    @argument("--rpm", type=float, metavar="N", help="Requests per minute (default: the server's).")
     @argument("--tpm", type=float, metavar="N", help="Tokens per minute (default: the server's).")
     @argument("--retries", type=int, metavar="N", help="Retries per row on 5xx and network errors.")
     @argument_group("Cache and cost")

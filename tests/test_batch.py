@@ -11,8 +11,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from ipychat._mapplan import MAP_MAX_TOKENS
 from ipychat import batch, chatmap
+from ipychat._mapplan import MAP_MAX_TOKENS
 from ipychat.batch import BatchJob, BatchProgress
 from ipychat.cache import ResponseCache
 from ipychat.chatmap import MapAborted, MapInterrupted

@@ -11,7 +11,7 @@ import pytest
 
 from ipychat.errors import BudgetExceeded
 from ipychat.ledger import Ledger, LedgerRow, max_tokens_within
-from ipychat.pricing import round_up_usd
+from ipychat.pricing import format_usd, format_usd_bound, round_up_usd
 
 
 def row(cost: float | None = 0.01, **kw) -> LedgerRow:
@@ -139,6 +139,28 @@ def test_round_up_usd_is_a_number_to_type(amount: float, typed: str) -> None:
     assert float(typed) >= amount
 
 
+def test_upper_bounds_are_rounded_up_not_to_the_cent() -> None:
+    # "$0.0011–$0.01" for a bound of $0.0125 read as if it fitted a $0.01 budget.
+    from ipychat.format import estimate_line
+    from ipychat.types import Estimate
+
+    assert format_usd_bound(0.0125) == "$0.013" and format_usd(0.0125) == "$0.01"
+    assert format_usd_bound(0.3) == "$0.30" and format_usd_bound(2.345) == "$2.35"
+    assert format_usd_bound(None) == "unknown"
+    line = estimate_line(
+        Estimate(
+            model="m",
+            messages=1,
+            prompt_tokens=10,
+            max_completion_tokens=100,
+            approximate=False,
+            cost_low=0.0011,
+            cost_high=0.0125,
+        )
+    )
+    assert line.endswith("· $0.0011–$0.013")
+
+
 def test_refusals_name_the_max_tokens_that_fits_first() -> None:
     # 300 requests of 21 prompt tokens at $0.15/$0.60 per 1M: under $0.01 the replies may
     # hold 50 tokens each ((0.01e6 - 6300 * 0.15) / (300 * 0.6) = 50.3).
@@ -148,7 +170,9 @@ def test_refusals_name_the_max_tokens_that_fits_first() -> None:
     assert max_tokens_within(0.0001, 6300, 300, 0.15, 0.60) == 0  # prompts alone too dear
     ledger = Ledger(budget=0.01)
     with pytest.raises(BudgetExceeded) as info:
-        ledger.reserve(0.0125, what="This map", fit=lambda limit: f"--max-tokens {int(limit * 1e4)}")
+        ledger.reserve(
+            0.0125, what="This map", fit=lambda limit: f"--max-tokens {int(limit * 1e4)}"
+        )
     assert str(info.value) == (
         "Budget: spent $0.00 of $0.01; this map may cost up to $0.013. --max-tokens 100 fits, "
         "or raise the budget with %chat budget 0.013."
@@ -208,7 +232,9 @@ def test_plot_without_requests_or_matplotlib_is_one_line(monkeypatch: pytest.Mon
         monkeypatch.setitem(sys.modules, name, None)  # as if not installed: import fails
     with pytest.raises(ChatError) as info:
         ledger.plot()
-    assert str(info.value) == "Charts need matplotlib, which is not installed: pip install matplotlib"
+    assert (
+        str(info.value) == "Charts need matplotlib, which is not installed: pip install matplotlib"
+    )
 
 
 def test_importing_ipychat_does_not_import_matplotlib() -> None:

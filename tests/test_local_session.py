@@ -104,8 +104,9 @@ def test_the_local_model_is_named_for_what_it_is_whatever_m_says(
     rows = local_session.usage.rows
     assert [r.model for r in rows] == [label] * 3 and all(r.cost == 0 for r in rows)
     assert all(r.thread == "map" for r in rows[2:])
-    body = local_session.prepare(FRANCE, model="gpt-4o", temperature=0.0, max_tokens=20,
-                                 thread="empty").body  # fmt: skip
+    body = local_session.prepare(
+        FRANCE, model="gpt-4o", temperature=0.0, max_tokens=20, thread="empty"
+    ).body
     assert local_session.cache is not None
     entry = local_session.cache.get(local_session.cache_key(body))
     assert entry is not None and entry["model"] == label and entry["request_model"] == "gpt-4o"

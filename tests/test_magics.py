@@ -307,7 +307,9 @@ def test_cache_subcommands(ip, fake: FakeOpenAIServer) -> None:
     ):
         with pytest.raises(UsageError):
             ip.run_line_magic("chat", bad)
-    with pytest.raises(UsageError, match=r"unknown option --older-then \(did you mean --older-than"):
+    with pytest.raises(
+        UsageError, match=r"unknown option --older-then \(did you mean --older-than"
+    ):
         ip.run_line_magic("chat", "cache clear --older-then 3")
 
 
@@ -418,7 +420,10 @@ def test_a_map_without_max_tokens_is_bounded_by_the_map_default(ip, fake: FakeOp
 
     ip.user_ns["reviews"] = labels_frame()
     plan = chatmap(ip, "reviews -o label --dry-run", LABEL)
-    assert f"up to {300 * MAP_MAX_TOKENS:,} reply tokens ({MAP_MAX_TOKENS} per reply by default; " in plan
+    assert (
+        f"up to {300 * MAP_MAX_TOKENS:,} reply tokens ({MAP_MAX_TOKENS} per reply by default; "
+        in plan
+    )
     assert "--max-tokens N for longer)" in plan and "$0.0011–$0.013" in plan
     ip.run_line_magic("chat", "budget 0.02")
     done = chatmap(ip, "reviews -o label", LABEL)
@@ -441,7 +446,9 @@ def test_a_map_over_the_budget_is_refused_with_the_max_tokens_that_fits(
     message = str(info.value)
     assert fake.chat_requests == [] and "\n" not in message
     assert message.startswith("Budget: spent $0.00 of $0.01; this map may cost up to $0.013. ")
-    fits = re.search(r"--max-tokens (\d+) fits, or raise the budget with %chat budget ([\d.]+)\.$", message)
+    fits = re.search(
+        r"--max-tokens (\d+) fits, or raise the budget with %chat budget ([\d.]+)\.$", message
+    )
     assert fits is not None, message
     n, budget = int(fits.group(1)), fits.group(2)
     # The figures are exact: one token more does not fit, the advice does, and so does the
@@ -455,8 +462,11 @@ def test_a_map_over_the_budget_is_refused_with_the_max_tokens_that_fits(
     get_session().usage.rows.clear()  # the budget counts from zero again
     assert "Done: 300 rows" in chatmap(ip, "again -o label", LABEL)
     # --max-cost: the same lever, then the exact figure.
-    with pytest.raises(UsageError, match=r"over --max-cost \$0.003: --max-tokens 11 fits, or "
-                       r"raise it to --max-cost 0\.013\.$"):  # fmt: skip
+    with pytest.raises(
+        UsageError,
+        match=r"over --max-cost \$0.003: --max-tokens 11 fits, or "
+        r"raise it to --max-cost 0\.013\.$",
+    ):
         chatmap(ip, "again -o label2 --max-cost 0.003 --no-cache", LABEL)
     # When no reply cap fits (the prompts alone cost more), fewer rows: --limit N.
     with pytest.raises(UsageError, match=r"over --max-cost \$0.0005: --limit (\d+) fits") as info:
@@ -464,7 +474,9 @@ def test_a_map_over_the_budget_is_refused_with_the_max_tokens_that_fits(
     rows = int(re.search(r"--limit (\d+)", str(info.value)).group(1))
     with pytest.raises(UsageError, match="over --max-cost"):
         chatmap(ip, f"again -o label2 --max-cost 0.0005 --no-cache --limit {rows + 1}", LABEL)
-    assert f"Done: {rows} rows" in chatmap(ip, f"again -o label2 --max-cost 0.0005 --no-cache --limit {rows}", LABEL)
+    assert f"Done: {rows} rows" in chatmap(
+        ip, f"again -o label2 --max-cost 0.0005 --no-cache --limit {rows}", LABEL
+    )
 
 
 def test_a_reply_cut_at_the_map_default_keeps_its_text_and_says_so(ip) -> None:
@@ -552,8 +564,12 @@ def test_help_flag_and_per_subcommand_help(ip, fake: FakeOpenAIServer) -> None:
         ("chat", "usgae", r"^%chat usgae: unknown subcommand \(did you mean %chat usage\?\)\. "),
         ("chat", "bugdet 5", r"did you mean %chat budget\?"),
         ("chat", "usage --plto", r"^%chat usage: unknown option --plto \(did you mean --plot\?\)"),
-        ("chatmap", "df -o out --concurency 4", r"unknown option --concurency \(did you mean "
-         r"--concurrency\?\)\. %%chatmap\? lists the options\.$"),  # fmt: skip
+        (
+            "chatmap",
+            "df -o out --concurency 4",
+            r"unknown option --concurency \(did you mean "
+            r"--concurrency\?\)\. %%chatmap\? lists the options\.$",
+        ),
         ("chatmap", "df -o out --max-cots 1", r"did you mean --max-cost\?"),
     ],
 )

@@ -184,7 +184,10 @@ def test_budget_refuses_before_anything_is_sent(
     assert session.threads["main"].turns == 0
     # The refusal names the levers, exactly: the largest --max-tokens that fits comes first
     # (one more does not fit), then the budget that would let the request through as it is.
-    fits = re.search(r"--max-tokens (\d+) fits, or raise the budget with %chat budget ([\d.]+)\.$", str(info.value))
+    fits = re.search(
+        r"--max-tokens (\d+) fits, or raise the budget with %chat budget ([\d.]+)\.$",
+        str(info.value),
+    )
     assert fits is not None, str(info.value)
     n, budget = int(fits.group(1)), float(fits.group(2))
     with pytest.raises(BudgetExceeded):
