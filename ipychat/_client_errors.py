@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from ipychat.client import Timeouts
 
 _KEY_FIX = "check OPENAI_API_KEY or run %chat key"
+# The retry reason of a connection nobody accepted: retried quietly (the final error says it).
+UNREACHABLE = "server not reachable"
 
 # Longest server message kept in an exception (one line; the rest is noise in a notebook).
 _MESSAGE_LIMIT = 300
@@ -59,7 +62,7 @@ def _status_error(
 ) -> APIStatusError:
     status = response.status_code
     server = _server_message(body, keys)
-    said = f": {server}" if server else ""
+    said = _said(server)
     after = f" after {retries} {'retry' if retries == 1 else 'retries'}" if retries else ""
     if status == 429:
         if decision.too_long and decision.server_wait is not None:
@@ -125,8 +128,8 @@ def _status_message(
                 f"endpoint its own key, or %chat endpoint {base_url} --send-key to send it there"
             )
         if not keys:
-            return f"{host} wants an API key (HTTP 401){said}: set OPENAI_API_KEY or run %chat key"
-        return f"{host} refused the API key (HTTP 401){said}: {_KEY_FIX}"
+            return f"{host} wants an API key (HTTP 401){said}; set OPENAI_API_KEY or run %chat key"
+        return f"{host} refused the API key (HTTP 401){said}; {_KEY_FIX}"
     if status == 403:
         return (
             f"{host} denied access (HTTP 403){said}: check that this key may use this model "
@@ -184,12 +187,15 @@ def _connection_error(
             f"{host} sent a response header longer than the {limit:,} bytes the HTTP client "
             f"accepts{after}; check the server (or the proxy in front of it)"
         )
-    detail = _short_cause(exc, keys)
     if _is_connect_failure(exc):
+        # One line in our words: aiohttp's own ("Cannot connect to host …
+        # ssl:default [Connect call failed (…)]") stays in __cause__ for debugging.
+        tried = f", after {retries} {'retry' if retries == 1 else 'retries'}" if retries else ""
         return APIConnectionError(
-            f"Could not connect to {host} ({detail}){after}; check the base URL "
-            f"({base_url}) and that the server is running"
+            f"The server at {base_url} is not reachable ({_unreachable(exc)}{tried}): check "
+            "that it is running and the network, or set another URL with %chat endpoint URL"
         )
+    detail = _short_cause(exc, keys)
     return APIConnectionError(f"The connection to {host} failed ({detail}){after}; try again")
 
 
@@ -206,6 +212,28 @@ def _header_limit(exc: BaseException) -> int | None:
         ):
             return int(m.group(1))
     return None
+def _unreachable(exc: BaseException) -> str:
+    """Why nothing answered, in a few words: refused, unknown host name, or neither."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc, _root(exc)]
+    while todo:
+        item = todo.pop()
+        if item is None or any(item is s for s in seen):
+            continue
+        seen.append(item)
+        todo += [getattr(item, "os_error", None), item.__cause__, item.__context__]
+    if any(isinstance(e, socket.gaierror) or "DNS" in type(e).__name__ for e in seen):
+        return "host name not found"
+    if any(isinstance(e, ConnectionRefusedError) for e in seen):
+        return "connection refused"
+    return "no connection"
+
+
+def _said(server: str) -> str:
+    """The server's own words inside our sentence: without its closing punctuation, so that
+    what follows ("; set OPENAI_API_KEY…") does not read "…Bearer ***).; set"."""
+    text = server.rstrip(" .;:,")
+    return f": {text}" if text else ""
 
 
 def _short_reason(error: APIError) -> str:

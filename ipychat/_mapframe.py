@@ -163,12 +163,14 @@ class MapSummary:
     error_column: str
     interrupted: bool = False
     pending: int = 0  # rows not done when the run stopped
+    cut: int = 0  # replies cut at the map's default cap (text kept, noted in error_column)
+    default_cap: int | None = None
 
     def line(self, frame: str = "the DataFrame", *, added: str | None = None) -> str:
         cols = ", ".join(self.outputs)
         noun = "column" if len(self.outputs) == 1 else "columns"
         text = (
-            f"Done: {self.rows:,} rows in {self.elapsed:.1f} s ({self.sent:,} sent, "
+            f"Done: {self.rows:,} row{'' if self.rows == 1 else 's'} in {self.elapsed:.1f} s ({self.sent:,} sent, "
             f"{self.cached:,} cached, {self.failed:,} failed"
             + (f", {self.skipped:,} skipped" if self.skipped else "")
             + f") · {format_usd(self.cost)} · {noun} {cols} "
@@ -178,6 +180,13 @@ class MapSummary:
             text += (
                 f" · {self.failed:,} failed: see {frame}[{self.error_column!r}]; re-run the cell "
                 "to retry only those rows."
+            )
+        if self.cut:
+            replies = "reply" if self.cut == 1 else "replies"
+            text += (
+                f" · {self.cut:,} {replies} cut at the default cap of {self.default_cap or 0:,} "
+                f"tokens (marked in {frame}[{self.error_column!r}]): add --max-tokens N for "
+                "longer replies."
             )
         return text
 

@@ -24,19 +24,21 @@ from typing import TYPE_CHECKING, Any
 from ipychat._mapdispatch import MAX_CONCURRENCY
 from ipychat.errors import ConfigError, ContextLengthError, TemplateError
 from ipychat.keys import cache_key
-from ipychat.pricing import format_tokens, format_usd
+from ipychat.pricing import format_tokens, format_usd, format_usd_bound
 
 if TYPE_CHECKING:
     from ipychat._mapframe import Frame
     from ipychat.session import ChatSession, Prepared
 
 __all__ = [
+    "MAP_MAX_TOKENS",
     "MapPlan",
     "MapRequest",
     "Planned",
     "RowTemplate",
     "check_options",
     "compile_template",
+    "default_reply_cap",
     "output_columns",
     "plan_requests",
     "request_key",
@@ -49,6 +51,12 @@ _LITERAL_CONTEXT = set("\\^_$}") | set(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 )
 _FENCE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.S)
+
+# The reply cap of a map whose user set none (per output column with --json). A map's
+# budget check holds the worst case of every row, and the session default (1,024) made a
+# 300-row map of one-word labels cost "up to" 100 times what it does. 64 tokens hold a
+# label, a number, a name or a sentence; a reply cut there says so in the error column.
+MAP_MAX_TOKENS = 64
 
 
 # ----- templates -----------------------------------------------------------------------------
@@ -138,6 +146,10 @@ def compile_template(
     return RowTemplate(text, tuple(used), "".join(parts))
 
 
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
+
+
 def _list_columns(known: dict[str, Any], most: int = 30) -> str:
     names = list(known)
     shown = ", ".join(names[:most])
@@ -168,31 +180,40 @@ class MapPlan:
     approximate: bool = False
     offline: bool = False
     first_prompt: str | None = None
+    default_cap: int | None = None  # the map's own reply cap, when the user set none
+    note: str | None = None  # e.g. the local model answers a map naming another model
 
     def line(self) -> str:
         """`1,000 rows · 212 cached · 788 to send · 61,203 prompt tokens · up to 3,940 reply
         tokens · $0.0092–$0.0116 (batch: $0.0058)`"""
-        parts = [f"{self.rows:,} rows", f"{self.cached:,} cached", f"{self.send:,} to send"]
+        parts = [f"{self.rows:,} row{_s(self.rows)}", f"{self.cached:,} cached"]
+        parts.append(f"{self.send:,} to send")
         if self.duplicates:
-            parts.append(f"{self.duplicates:,} duplicate rows share a reply")
+            n = self.duplicates
+            parts.append(f"{n:,} duplicate row{_s(n)} share{'s' if n == 1 else ''} a reply")
         if self.skipped:
             cols = ", ".join(self.null_columns)
             parts.append(f"{self.skipped:,} skipped (null in {cols}; --fill-null TEXT sends them)")
         if self.invalid:
             parts.append(f"{self.invalid:,} too long for the context window")
         parts.append(f"{format_tokens(self.prompt_tokens, self.approximate)} prompt tokens")
-        parts.append(f"up to {self.completion_tokens:,} reply tokens")
+        reply = f"up to {self.completion_tokens:,} reply tokens"
+        if self.default_cap is not None and self.send:
+            reply += f" ({self.default_cap:,} per reply by default; --max-tokens N for longer)"
+        parts.append(reply)
         if self.send == 0:
             parts.append("$0.00")
         elif self.cost_high is None:
             parts.append(f"cost unknown (no price for {self.model}: %chat price MODEL IN OUT)")
         else:
-            cost = f"{format_usd(self.cost_low)}–{format_usd(self.cost_high)}"
+            cost = f"{format_usd(self.cost_low)}–{format_usd_bound(self.cost_high)}"
             if self.cost_batch is not None:
                 cost += f" (batch: {format_usd(self.cost_batch)})"
             parts.append(cost)
         if self.offline and self.send:
             parts.append("offline: uncached rows will fail")
+        if self.note:
+            parts.append(self.note)
         return " · ".join(parts)
 
     def __str__(self) -> str:
@@ -249,6 +270,7 @@ def plan_requests(
     max_tokens: int | None,
     extra: dict[str, Any] | None,
     allow_secrets: bool,
+    default_cap: int | None = None,
 ) -> Planned:
     """Plan the first `n` rows of `frame` (caller's thread, nothing sent): render each row
     once, skip or fill nulls, send identical prompts once, prepare each unique prompt and
@@ -314,6 +336,7 @@ def plan_requests(
         approximate=any(e.approximate for e in estimates),
         offline=session.settings.offline,
         first_prompt=next(iter(by_prompt), None),
+        default_cap=default_cap,
     )
     return Planned(plan, hits, to_send, skipped, row_errors)
 
@@ -360,6 +383,16 @@ def _prepare(
             )
         )
     return jobs, invalid
+
+
+def default_reply_cap(session: ChatSession, max_tokens: int | None, columns: int) -> int | None:
+    """The map's own reply cap (MAP_MAX_TOKENS per output column), or None when the user
+    chose one: `max_tokens` here, or a max_tokens setting other than the default."""
+    from ipychat.settings import DEFAULT_MAX_TOKENS
+
+    if max_tokens is not None or session.settings.max_tokens not in (None, DEFAULT_MAX_TOKENS):
+        return None
+    return MAP_MAX_TOKENS * max(columns, 1)
 
 
 def _total(values: list[float | None]) -> float | None:

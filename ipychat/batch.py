@@ -598,7 +598,7 @@ class _BatchRun:
         if mapper is not None and mjob is not None:
             if first:
                 mapper.spend(reply)
-            mapper.answer(mjob, reply.text)
+            mapper.answer(mjob, reply.text, reply.finish_reason)
         return True
 
     def _fail(self, job: BatchJob, ref: RequestRef, message: str, *, record: bool) -> None:

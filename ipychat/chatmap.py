@@ -26,6 +26,7 @@ same map again sends only what is missing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -60,18 +61,17 @@ from ipychat._mapplan import (
     RowTemplate,
     check_options,
     compile_template,
+    default_reply_cap,
     output_columns,
     plan_requests,
     request_key,
 )
 from ipychat.errors import (
-    BudgetExceeded,
     ChatError,
     ConfigError,
     OfflineCacheMiss,
 )
-from ipychat.ledger import LedgerRow
-from ipychat.pricing import format_usd
+from ipychat.ledger import LedgerRow, max_tokens_within
 from ipychat.types import Reply, Usage
 
 if TYPE_CHECKING:
@@ -162,7 +162,10 @@ class MapJob:
         self.retries = session.settings.max_retries if retries is None else retries
         self.max_cost = max_cost
         self.model: str = model or getattr(session, "model", None) or session.settings.model or ""
-        self.max_tokens = max_tokens
+        # No cap chosen: the map's own small one (see MAP_MAX_TOKENS), so that its bound
+        # is near what it will cost; a reply cut there is marked in the error column.
+        self.default_cap = default_reply_cap(session, max_tokens, len(self.outputs) if json else 1)
+        self.max_tokens = max_tokens if max_tokens is not None else self.default_cap
         self.rpm, self.tpm = rpm, tpm
         base_system = system if system is not None else session.settings.system
         self.base_system: str = base_system or ""
@@ -201,27 +204,54 @@ class MapJob:
             model=self.model,
             system=self.system,
             temperature=temperature,
-            max_tokens=max_tokens,
+            max_tokens=self.max_tokens,
             extra=self.extra,
             allow_secrets=allow_secrets,
+            default_cap=self.default_cap,
         )
         for i, error in planned.row_errors.items():
             self.errors[i] = error
             self.finished[i] = True
         self.plan, self.skipped = planned.plan, planned.skipped
+        # The local model answers whatever model a map names: its plan says so, once.
+        note = getattr(session, "local_note", lambda model: None)(self.model)
+        if note:
+            self.plan = dataclasses.replace(self.plan, note=note)
         self.hits, self.to_send = planned.hits, planned.to_send
         self._dispatcher = self._new_dispatcher()
 
     def check_budget(self) -> None:
-        """Refuse a run whose upper bound exceeds --max-cost, before anything is sent."""
-        high = self.plan.cost_high if self.plan.send else 0.0
-        if self.max_cost is not None and (high is None or high > self.max_cost + 1e-12):
-            shown = "an unknown amount" if high is None else format_usd(high)
-            raise BudgetExceeded(
-                f"This map may cost up to {shown} ({self.plan.send:,} requests), over --max-cost "
-                f"{format_usd(self.max_cost)}. Lower --max-tokens, use --limit N, or raise "
-                "--max-cost."
-            )
+        """Refuse a run whose upper bound exceeds --max-cost or the session budget, before
+        anything is sent; the refusal names the lever that fits (--max-tokens N first)."""
+        if not self.to_send or self.session.settings.offline:
+            return  # nothing will be sent, nothing spent
+        self.session.usage.check(
+            self.plan.cost_high, max_cost=self.max_cost, what="This map", fit=self._fit
+        )
+
+    def _fit(self, limit: float) -> str | None:
+        """What brings the map's bound under `limit` dollars: `--max-tokens N` (the largest
+        reply cap that does), else `--limit N` (the most rows that do at this cap)."""
+        price = self.session.prices.lookup(self.model, is_local=self.local)
+        if price is None or not self.to_send:
+            return None
+        wanted = max(job.prepared.estimate.max_completion_tokens for job in self.to_send)
+        prompts = sum(job.prepared.estimate.prompt_tokens for job in self.to_send)
+        n = max_tokens_within(limit, prompts, len(self.to_send), price.input, price.output)
+        if 1 <= n < wanted:
+            return f"--max-tokens {n}"
+        by_row = {i: job for job in self.to_send for i in job.rows}
+        seen: set[int] = set()
+        total = 0.0
+        for i in range(self.n):  # --limit N keeps the first N rows
+            job = by_row.get(i)
+            if job is None or id(job) in seen:
+                continue  # cached, skipped, or a duplicate of a row before it: free
+            seen.add(id(job))
+            total += job.prepared.estimate.cost_high or 0.0
+            if total > limit + 1e-12:
+                return f"--limit {i}" if i >= 1 else None
+        return None
 
     # ----- the interface (see the class docstring) ------------------------------------------
 
@@ -273,9 +303,10 @@ class MapJob:
         """Count a reply's cost in the progress and the summary."""
         self._spent(reply)
 
-    def answer(self, request: MapRequest, text: str) -> None:
-        """A reply to `request` (not from the cache): its rows are written (or re-asked)."""
-        self._answered(request, text, cached=False)
+    def answer(self, request: MapRequest, text: str, finish_reason: str | None = None) -> None:
+        """A reply to `request` (not from the cache): its rows are written (or re-asked).
+        `finish_reason` "length" marks a reply cut at the map's default cap."""
+        self._answered(request, text, cached=False, finish_reason=finish_reason)
 
     def fail(self, request: MapRequest, error: ChatError) -> None:
         """`request` is given up: `error` goes into its rows' error column."""
@@ -290,7 +321,11 @@ class MapJob:
         session = self.session
         self._reset()
         high = self.plan.cost_high if self.to_send else 0.0
-        held = session.usage.reserve(high) if self.to_send and not session.settings.offline else 0.0
+        held = (
+            session.usage.reserve(high, what="This map", fit=self._fit)
+            if self.to_send and not session.settings.offline
+            else 0.0
+        )
         try:
             self._apply_hits()
             if session.settings.offline:
@@ -315,7 +350,7 @@ class MapJob:
             LedgerRow(
                 time=time.time(),
                 thread="map",
-                model=model,
+                model=session.model_label(model, hit.get("model")),
                 host=session.host,
                 prompt_tokens=usage.prompt_tokens if usage else 0,
                 completion_tokens=usage.completion_tokens if usage else 0,
@@ -326,7 +361,9 @@ class MapJob:
                 estimated=usage.estimated if usage else True,
             )
         )
-        self._answered(job, str(hit.get("text", "")), cached=True)
+        self._answered(
+            job, str(hit.get("text", "")), cached=True, finish_reason=hit.get("finish_reason")
+        )
 
     def _spent(self, reply: Reply) -> None:
         if reply.cost is None:
@@ -337,18 +374,31 @@ class MapJob:
     def _fail(self, job: MapRequest, exc: ChatError) -> None:
         message = str(exc)
         if job.failures:
-            message += f" (after {job.failures} {'retry' if job.failures == 1 else 'retries'})"
+            after = f" (after {job.failures} {'retry' if job.failures == 1 else 'retries'})"
+            # Inside the sentence: "… try again later (after 2 retries)." not "later. (after"
+            stop = message[-1:] if message.endswith((".", "!", "?")) else ""
+            message = message.removesuffix(stop) + after + stop
         for i in job.rows:
             self._finish(i, {}, message)
 
-    def _answered(self, job: MapRequest, text: str, *, cached: bool) -> None:
+    def _answered(
+        self, job: MapRequest, text: str, *, cached: bool, finish_reason: str | None = None
+    ) -> None:
+        # A reply cut at the cap the user never chose must not lose text silently: the text
+        # is kept and the row says so in the error column (a note, not a failure).
+        cut = self.default_cap is not None and finish_reason == "length"
+        note = _cut_note(self.default_cap) if cut and self.default_cap is not None else None
         if not self.json:
             for i in job.rows:
-                self._finish(i, {self.outputs[0]: text}, None, cached=cached)
+                self._finish(i, {self.outputs[0]: text}, note, cached=cached, failed=False)
             return
         parsed, problem = parse_object(text)
         if parsed is None:
-            if job.reask:
+            if cut:  # asking again would be cut at the same place
+                again = f"The reply is not a JSON object ({problem}): {note}"
+                for i in job.rows:
+                    self._finish(i, {}, again)
+            elif job.reask:
                 again = f"The reply is not a JSON object ({problem}), even when asked again."
                 for i in job.rows:
                     self._finish(i, {}, again)
@@ -362,7 +412,7 @@ class MapJob:
             error = f"The reply has no {keys} key{'s' if len(missing) > 1 else ''}."
         values = {col: parsed.get(col) for col in self.outputs}
         for i in job.rows:
-            self._finish(i, values, error, cached=cached)
+            self._finish(i, values, error or note, cached=cached, failed=error is not None)
 
     def _reask(self, job: MapRequest, text: str, problem: str, cached: bool) -> None:
         """Invalid JSON is asked for once more, in the same conversation, first in line."""
@@ -395,8 +445,15 @@ class MapJob:
         self._dispatcher.ready.appendleft(again)
 
     def _finish(
-        self, i: int, values: dict[str, Any], error: str | None, *, cached: bool = False
+        self,
+        i: int,
+        values: dict[str, Any],
+        error: str | None,
+        *,
+        cached: bool = False,
+        failed: bool | None = None,
     ) -> None:
+        """Row `i` is done: its values, and its error column (`failed` False: a note)."""
         for col, value in values.items():
             self.values[col][i] = value
         self.errors[i] = error
@@ -404,7 +461,7 @@ class MapJob:
             self.finished[i] = True
             if not cached:
                 self.counters.done += 1
-                if error is not None:
+                if error is not None if failed is None else failed:
                     self.counters.errors += 1
 
     # ----- reading the state (any thread) ---------------------------------------------------
@@ -429,10 +486,10 @@ class MapJob:
 
     def result(self, *, interrupted: bool = False) -> MapResult:
         columns = dict(self.values)
-        failed = sum(
-            1 for error in self.errors[: self.n] if error and not error.startswith("skipped:")
-        )
-        if failed or self.skipped or self.had_error_column:
+        notes = ("skipped:", CUT)
+        failed = sum(1 for error in self.errors[: self.n] if error and not error.startswith(notes))
+        cut = sum(1 for error in self.errors[: self.n] if error and error.startswith(CUT))
+        if failed or cut or self.skipped or self.had_error_column:
             columns[self.error_column] = self.errors
         frame = self.frame.write(
             columns, inplace=self.inplace, json_columns=set(self.outputs) if self.json else set()
@@ -454,8 +511,25 @@ class MapJob:
             error_column=self.error_column,
             interrupted=interrupted,
             pending=pending,
+            cut=cut,
+            default_cap=self.default_cap,
         )
         return MapResult(frame, summary, self.plan)
+
+
+def _sentence(text: str) -> str:
+    """`text` ending as a sentence, so that another can follow it ("… %chat key. Stopped")."""
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+CUT = "cut:"  # the error column's mark of a reply cut at the map's default cap
+
+
+def _cut_note(cap: int) -> str:
+    return (
+        f"{CUT} the reply reached the map's default cap of {cap:,} tokens; re-run with "
+        "--max-tokens N for the whole reply."
+    )
 
 
 # ----- entry points --------------------------------------------------------------------------
@@ -465,7 +539,8 @@ def _interrupted(mapper: MapJob) -> MapInterrupted:
     result = mapper.result(interrupted=True)
     c = mapper.counters
     message = (
-        f"Interrupted: {c.done:,} of {c.total:,} rows written; re-run the cell to finish "
+        f"Interrupted: {c.done:,} of {c.total:,} row{'' if c.total == 1 else 's'} written; "
+        "re-run the cell to finish "
         "(finished rows are cached)."
     )
     return MapInterrupted(message, result)
@@ -475,7 +550,8 @@ def _aborted(mapper: MapJob, cause: ChatError) -> MapAborted:
     result = mapper.result()
     c = mapper.counters
     message = (
-        f"{cause} Stopped after {c.done:,} of {c.total:,} rows; the finished ones are written "
+        f"{_sentence(str(cause))} Stopped after {c.done:,} of {c.total:,} "
+        f"row{'' if c.total == 1 else 's'}; the finished ones are written "
         "and cached, re-run to finish."
     )
     return MapAborted(message, result, cause)

@@ -60,6 +60,7 @@ import httpx
 from ipychat import __version__
 from ipychat import retry as policy
 from ipychat._client_errors import (
+    UNREACHABLE,
     _clean_cause,
     _connection_error,
     _short_reason,
@@ -80,10 +81,12 @@ from ipychat._transport import (
     _close_response,
     _default_transport,
     _header_dict,
+    _is_connect_failure,
     _is_json,
     _is_transport_error,
     _Pool,
     _read_body,
+    _timeout_kind,
 )
 from ipychat.errors import (
     APIError,
@@ -513,8 +516,13 @@ class ChatClient:
             timeouts=self.timeouts,
         )
         error.__cause__ = _clean_cause(exc, self._keys)
+        reason = (
+            UNREACHABLE
+            if _is_connect_failure(exc) and _timeout_kind(exc) is None
+            else _short_reason(error)
+        )
         decision = policy.decide_error(
-            _short_reason(error), retries_taken=retries, max_retries=limit, rand=self._rand
+            reason, retries_taken=retries, max_retries=limit, rand=self._rand
         )
         return _Failed(error, decision)
 
@@ -590,7 +598,10 @@ class ChatClient:
     def _warn_retry(
         self, method: str, path: str, decision: policy.RetryDecision, retries: int, limit: int
     ) -> None:
-        log.warning(
+        # Nobody accepting the connection is retried quietly: the one error line at the end
+        # says the server is not reachable (three retry lines said nothing more).
+        log.log(
+            logging.INFO if decision.reason == UNREACHABLE else logging.WARNING,
             "Retrying %s %s on %s in %.2f s (retry %d of %d): %s",
             method,
             path,

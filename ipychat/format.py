@@ -9,10 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ipychat.ledger import Ledger, ModelSummary
-from ipychat.pricing import format_tokens, format_usd
+from ipychat.pricing import format_tokens, format_usd, format_usd_bound
 from ipychat.types import Estimate, Reply, Usage
 
-__all__ = ["estimate_line", "footer", "streaming_footer", "usage_markdown"]
+__all__ = ["estimate_line", "footer", "plural", "streaming_footer", "usage_markdown"]
+
+
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """`1 turn`, `2 turns`, `1,200 replies` (with `nouns` for irregular plurals)."""
+    return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
 
 
 def _tokens(usage: Usage | None) -> str:
@@ -39,6 +44,8 @@ def footer(reply: Reply, *, turns: int | None = None) -> str:
         parts.append(f"{n} early turn{'s' if n != 1 else ''} left out to fit the context")
     if reply.extra.get("masked"):  # the redact setting: say what never left the kernel
         parts.append(str(reply.extra["masked"]))
+    if reply.extra.get("note"):  # e.g. the local model answered a request naming another
+        parts.append(str(reply.extra["note"]))
     if reply.interrupted:
         parts.append("interrupted")
     elif reply.finish_reason == "length":
@@ -49,7 +56,7 @@ def footer(reply: Reply, *, turns: int | None = None) -> str:
 def streaming_footer(model: str, estimate: Estimate, completion_tokens: int) -> str:
     """`gpt-4o-mini · 412 → 31… tokens · ≤ $0.00037 · streaming`"""
     approx = estimate.approximate
-    high = format_usd(estimate.cost_high)
+    high = format_usd_bound(estimate.cost_high)
     return (
         f"{model} · {format_tokens(estimate.prompt_tokens, approx)} → "
         f"{format_tokens(completion_tokens, approx)}… tokens · ≤ {high} · streaming"
@@ -60,7 +67,7 @@ def estimate_line(estimate: Estimate) -> str:
     """`would send 3 messages · 412 tokens · up to 1,024 reply tokens · $0.00006–$0.00068`"""
     n = estimate.messages
     cost = (
-        f"{format_usd(estimate.cost_low)}–{format_usd(estimate.cost_high)}"
+        f"{format_usd(estimate.cost_low)}–{format_usd_bound(estimate.cost_high)}"
         if estimate.cost_high is not None
         else "cost unknown (no price for this model: %chat price MODEL INPUT OUTPUT)"
     )

@@ -6,16 +6,25 @@ notebook's main thread. pandas is imported only by `to_frame`.
 
 from __future__ import annotations
 
+import math
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ipychat.errors import BudgetExceeded
+from ipychat.errors import BudgetExceeded, ChatError
+from ipychat.pricing import format_usd, format_usd_bound, round_up_usd
 
-__all__ = ["Ledger", "LedgerRow", "ModelSummary"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["Fit", "Ledger", "LedgerRow", "ModelSummary", "max_tokens_within"]
+
+# `fit(limit)`: the smaller request that would cost at most `limit` dollars, as the flag that
+# asks for it ("--max-tokens 40"), or None when there is none.
+Fit = Callable[[float], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -88,40 +97,83 @@ class Ledger:
     def saved(self) -> float:
         return sum(r.saved for r in self.rows if r.cached and r.saved)
 
-    def reserve(self, upper_bound: float | None, *, max_cost: float | None = None) -> float:
+    def reserve(
+        self,
+        upper_bound: float | None,
+        *,
+        max_cost: float | None = None,
+        what: str = "This request",
+        fit: Fit | None = None,
+    ) -> float:
         """Hold `upper_bound` dollars against the budget before sending, or refuse.
 
         Holding the worst case for every request in flight is what keeps a budget from being
         overrun by parallel or streaming requests. Returns the amount held (release it with
         `settle`). An unknown cost (None) under a budget is refused: it cannot be bounded.
+        `what` names the work in the refusal; `fit(limit)` names the smaller request that
+        would fit under `limit` dollars (e.g. "--max-tokens 40"), when there is one.
         """
-        if max_cost is not None and (upper_bound is None or upper_bound > max_cost):
-            shown = "unknown" if upper_bound is None else f"${upper_bound:.6g}"
-            raise BudgetExceeded(
-                f"This request may cost up to {shown}, over --max-cost ${max_cost:.6g}. "
-                "Lower --max-tokens, shorten the prompt, or raise --max-cost."
-            )
         with self._lock:
-            if self.budget is None:
-                hold = upper_bound or 0.0
-            elif upper_bound is None:
-                raise BudgetExceeded(
-                    "Budget: the cost of this model is unknown, so it cannot be kept under the "
-                    "budget. Set its price with %chat price MODEL INPUT OUTPUT, or remove the "
-                    "budget with %chat budget off."
-                )
-            else:
-                spent = self.spent
-                if spent + self._reserved + upper_bound > self.budget + 1e-12:
-                    in_flight = f" (${self._reserved:.4g} in flight)" if self._reserved else ""
-                    raise BudgetExceeded(
-                        f"Budget: spent ${spent:.4g} of ${self.budget:.4g}{in_flight}; this "
-                        f"request may cost up to ${upper_bound:.4g}. Raise it with "
-                        f"%chat budget {max(self.budget * 2, 1):g}."
-                    )
-                hold = upper_bound
+            refused = self._refusal(upper_bound, max_cost, what, fit)
+            if refused is not None:
+                raise BudgetExceeded(refused)
+            hold = upper_bound or 0.0
             self._reserved += hold
             return hold
+
+    def check(
+        self,
+        upper_bound: float | None,
+        *,
+        max_cost: float | None = None,
+        what: str = "This request",
+        fit: Fit | None = None,
+    ) -> None:
+        """Refuse as `reserve` would, without holding anything (a map's check before its
+        plan is shown)."""
+        with self._lock:
+            refused = self._refusal(upper_bound, max_cost, what, fit)
+        if refused is not None:
+            raise BudgetExceeded(refused)
+
+    def _refusal(
+        self, upper_bound: float | None, max_cost: float | None, what: str, fit: Fit | None
+    ) -> str | None:
+        """Why `upper_bound` may not be spent, with the lever that fits, or None."""
+        if max_cost is not None and (upper_bound is None or upper_bound > max_cost + 1e-12):
+            if upper_bound is None:
+                return (
+                    f"{what} has no known price, so it cannot be kept under --max-cost. Set "
+                    "its price with %chat price MODEL INPUT OUTPUT, or drop --max-cost."
+                )
+            lever = fit(max_cost) if fit is not None else None
+            fix = f"{lever} fits" if lever else "shorten the prompt"
+            return (
+                f"{what} may cost up to {format_usd_bound(upper_bound)}, over --max-cost "
+                f"{format_usd(max_cost)}: {fix}, or raise it to --max-cost "
+                f"{round_up_usd(upper_bound)}."
+            )
+        if self.budget is None:
+            return None
+        if upper_bound is None:
+            return (
+                "Budget: the cost of this model is unknown, so it cannot be kept under the "
+                "budget. Set its price with %chat price MODEL INPUT OUTPUT, or remove the "
+                "budget with %chat budget off."
+            )
+        spent = self.spent
+        if spent + self._reserved + upper_bound <= self.budget + 1e-12:
+            return None
+        in_flight = f" ({format_usd(self._reserved)} in flight)" if self._reserved else ""
+        room = self.budget - spent - self._reserved
+        lever = fit(room) if fit is not None and room > 0 else None
+        need = round_up_usd(spent + self._reserved + upper_bound)
+        fix = f"{lever} fits, or raise the budget" if lever else "Raise it"
+        return (
+            f"Budget: spent {format_usd(spent)} of {format_usd(self.budget)}{in_flight}; "
+            f"{what[:1].lower()}{what[1:]} may cost up to {format_usd_bound(upper_bound)}. "
+            f"{fix[:1].upper()}{fix[1:]} with %chat budget {need}."
+        )
 
     def settle(self, held: float, row: LedgerRow | None) -> None:
         """Release a reservation and record what the request really cost."""
@@ -187,12 +239,17 @@ class Ledger:
             spent = self.spent
             if spent >= 0.8 * self.budget:
                 found["budget"] = (
-                    f"Spent ${spent:.4g} of the ${self.budget:.4g} budget "
+                    f"Spent {format_usd(spent)} of the {format_usd(self.budget)} budget "
                     f"({spent / self.budget:.0%}); raise it with %chat budget USD."
                 )
         new = [msg for key, msg in found.items() if key not in self._alerted]
         self._alerted = set(found)  # an alert shows again only after its condition cleared
         return new
+
+    def plot(self) -> Figure:
+        """`%chat usage --plot`: cumulative spend over time against the budget, and the
+        latency of each model's requests, as a matplotlib Figure (imported only here)."""
+        return _plot(list(self.rows), self.budget)
 
     def to_frame(self) -> Any:
         """Every row as a pandas DataFrame (time as datetimes)."""
@@ -203,6 +260,95 @@ class Ledger:
         )
         frame["time"] = pd.to_datetime(frame["time"], unit="s")
         return frame
+
+
+def _plot(rows: list[LedgerRow], budget: float | None) -> Figure:
+    if not rows:
+        raise ChatError("No requests yet in this session: nothing to plot.")
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import FuncFormatter
+    except ImportError:
+        raise ChatError(
+            "Charts need matplotlib, which is not installed: pip install matplotlib"
+        ) from None
+    from datetime import datetime
+
+    # A Figure of its own with the Agg canvas: no pyplot, so no global figure state and
+    # no backend switch in the user's session.
+    figure = Figure(figsize=(10, 3.6), layout="constrained")
+    FigureCanvasAgg(figure)
+    spend, latency = figure.subplots(1, 2, width_ratios=(3, 2))
+    ordered = sorted(rows, key=lambda r: r.time)
+    # From nothing spent at the first request, one step up at each request's cost.
+    times = [datetime.fromtimestamp(ordered[0].time)]
+    total, cumulative = 0.0, [0.0]
+    for r in ordered:
+        total += r.cost or 0.0
+        times.append(datetime.fromtimestamp(r.time))
+        cumulative.append(total)
+    spend.step(times, cumulative, where="post", label="spent")
+    title = f"Spent {format_usd(total)}"
+    if budget is not None:
+        spend.axhline(budget, color="tab:red", linestyle="--", label=f"budget {_tex(budget)}")
+        title += f" of {format_usd(budget)}"
+    if any(r.cost is None for r in ordered):
+        title += " (some costs unknown)"
+    spend.set_title(title.replace("$", r"\$"))  # two "$" would be typeset as math
+    spend.set_ylim(bottom=0)
+    spend.yaxis.set_major_formatter(FuncFormatter(lambda y, _: _tex(y)))  # never 1e-05
+    locator = AutoDateLocator()
+    spend.xaxis.set_major_locator(locator)
+    spend.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    spend.legend(loc="lower right")
+    # Latency: requests that went out and came back (not cache hits, not Batch API rows).
+    by_model: dict[str, list[float]] = {}
+    for r in ordered:
+        if not r.cached and r.outcome == "ok" and r.thread != "batch":
+            by_model.setdefault(r.model, []).append(r.latency)
+    latency.set_title("Latency per model")
+    if by_model:
+        models = list(by_model)
+        data = [by_model[m] for m in models]
+        try:
+            latency.boxplot(data, orientation="horizontal", widths=0.5)
+        except TypeError:  # matplotlib < 3.10 says it with `vert` (deprecated since)
+            latency.boxplot(data, vert=False, widths=0.5)
+        for i, model in enumerate(models, start=1):
+            latency.scatter(by_model[model], [i] * len(by_model[model]), s=12, alpha=0.6)
+        latency.set_yticks(range(1, len(models) + 1), models)
+        latency.set_xlabel("seconds")
+    else:
+        latency.text(0.5, 0.5, "no requests sent yet", ha="center", va="center")
+        latency.set_axis_off()
+    return figure
+
+
+def _tex(amount: float) -> str:
+    """Money in a matplotlib text: "$" escaped, or a pair of them is typeset as math."""
+    return format_usd(amount).replace("$", r"\$")
+
+
+def max_tokens_within(
+    limit: float, prompt_tokens: int, requests: int, input_price: float, output_price: float
+) -> int:
+    """The largest max_tokens per request that keeps the upper bound of `requests` requests
+    holding `prompt_tokens` in all under `limit` dollars (prices in USD per 1M tokens, as
+    `pricing.estimate_cost_range` bounds them); 0 when even the prompts alone do not fit."""
+    if requests < 1:
+        return 0
+    room = limit * 1_000_000 - prompt_tokens * input_price
+    if room <= 0:
+        return 0
+    if output_price <= 0:
+        return 1_000_000_000  # free replies: any size fits
+    n = math.floor(room / (requests * output_price))
+    # Floating-point noise must never suggest a bound that does not fit.
+    while n > 0 and prompt_tokens * input_price + requests * n * output_price > limit * 1e6:
+        n -= 1
+    return max(n, 0)
 
 
 def now() -> float:

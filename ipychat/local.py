@@ -101,6 +101,7 @@ __all__ = [
     "current_server",
     "get_server",
     "model_digest",
+    "model_label",
     "model_path",
     "stop_server",
 ]
@@ -222,6 +223,20 @@ def model_path() -> Path | None:
             )
         return path
     return _bundled_model()
+
+
+# A GGUF file name ends with its quantisation: SmolLM2-135M-Instruct.Q4_1, model-Q8_0,
+# mistral.IQ3_XS, llama-f16. The model's name is what comes before it.
+_QUANTISATION = re.compile(r"[.\-_](?:I?Q\d\w*|[Ff](?:16|32)|BF16)$", re.I)
+
+
+def model_label(file_name: str | Path | None) -> str:
+    """How footers, the ledger and the cache name the embedded model, which answers every
+    request whatever model it names: the GGUF's name without its quantisation, e.g.
+    "SmolLM2-135M-Instruct (local)"."""
+    stem = Path(str(file_name or "")).name.removesuffix(".gguf")
+    name = _QUANTISATION.sub("", stem) or stem or "model"
+    return f"{name} (local)"
 
 
 def _bundled_model() -> Path | None:

@@ -8,28 +8,32 @@ one-line UsageError (no traceback). Settings are traitlets on ChatMagics, so
 from __future__ import annotations
 
 import contextlib
+import difflib
 import getpass
 import json
 import re
 import shlex
 import sys
+import textwrap
 import threading
 from collections.abc import Callable
 from dataclasses import replace
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.core.magic_arguments import argument, argument_group, magic_arguments
 from traitlets import Bool, CaselessStrEnum, Float, Int, TraitError, Unicode, observe, validate
 
 from ipychat import format as fmt
 from ipychat.errors import ChatError, Interrupted
 from ipychat.hygiene import check_magic_line
-from ipychat.magicargs import check_variable, parse_line, user_errors
+from ipychat.magicargs import check_variable, help_layout, parse_line, unknown_word, user_errors
 from ipychat.messages import interpolate
 from ipychat.pricing import format_usd
 from ipychat.session import CacheMode, ChatSession, Event, get_session, reset_session
+from ipychat.settings import LOCAL_MODEL
 from ipychat.types import Reply
 
 if TYPE_CHECKING:
@@ -157,24 +161,51 @@ class ChatMagics(Magics):
 
     # ----- %%chat ------------------------------------------------------------------------------
 
-    @magic_arguments()
-    @argument("-m", "--model", help="Model for this request (default: %%chat model).")
+    @magic_arguments(name="%%chat")
+    @help_layout(
+        "%(prog)s [OPTIONS]  (the prompt is the rest of the cell)",
+        """
+        %%chat
+        Explain this error: {err}
+
+        %%chat -m gpt-4o -t 0 --max-tokens 200 -o answer
+        Summarise {df} in three bullet points.
+
+        %%chat -f code
+        Write a function that parses ISO dates.
+
+        %%chat --dry-run
+        How many tokens is {notes}?
+        """,
+    )
+    @argument_group("Request")
+    @argument(
+        "-m", "--model", help="Model for this request (default: the session's, %%chat model)."
+    )
     @argument("-s", "--system", help="System prompt for this request.")
-    @argument("-t", "--temperature", type=float, help="Sampling temperature, 0–2.")
-    @argument("--max-tokens", type=int, help="Most reply tokens.")
-    @argument("--thread", help="Conversation to continue (default: the current thread).")
+    @argument("-t", "--temperature", type=float, metavar="T", help="Sampling temperature, 0–2.")
+    @argument("--max-tokens", type=int, metavar="N", help="Most reply tokens.")
+    @argument_group("Conversation")
+    @argument(
+        "--thread", metavar="NAME", help="Conversation to continue (default: the current one)."
+    )
     @argument("--new", action="store_true", help="Start the thread afresh.")
+    @argument_group("Output")
     @argument("-o", "--output", metavar="VAR", help="Store the Reply (or parsed JSON) in VAR.")
     @argument(
         "-f",
         "--format",
         choices=["markdown", "text", "code", "json"],
         default="markdown",
-        help="markdown (default); text; code: first code block into the next cell; json: parse.",
+        metavar="FORMAT",
+        help="markdown (default); text; code: the first code block goes into the next cell; "
+        "json: parse the reply (with -o VAR, the object).",
     )
     @argument("--no-stream", action="store_true", help="Wait for the whole reply.")
+    @argument_group("Cache")
     @argument("--no-cache", action="store_true", help="Neither read nor write the response cache.")
     @argument("--refresh", action="store_true", help="Skip the cache read; store the new reply.")
+    @argument_group("Cost and safety")
     @argument("--max-cost", type=float, metavar="USD", help="Refuse if it may cost more than USD.")
     @argument(
         "--dry-run", action="store_true", help="Show the prompt and its estimate; send nothing."
@@ -187,11 +218,13 @@ class ChatMagics(Magics):
     )
     @cell_magic("chat")
     def chat_cell(self, line: str, cell: str) -> Reply | None:
-        """Send the cell to the model and stream the reply as Markdown.
+        """Send the cell to the model and stream the reply as Markdown, with a footer: the
+        model that answered, tokens, cost, time, thread.
 
         {name}, {name.attr} and {name[key]} are replaced by notebook variables (DataFrames as a
         compact summary); every other brace is sent as written; {{name}} sends {name}.
-        Each %%chat continues its thread; --new starts it afresh.
+        Each %%chat continues its thread; --new starts it afresh. %chat? lists the line
+        commands (model, budget, usage, history, ...).
         """
         args = parse_line(self.chat_cell, line, "%%chat")
         if args is None:
@@ -224,7 +257,7 @@ class ChatMagics(Magics):
         if args.dry_run:
             prepared = self.session.prepare(prompt, new=args.new, **options)
             extra = (
-                f" · {prepared.dropped_turns} early turns left out"
+                f" · {fmt.plural(prepared.dropped_turns, 'early turn')} left out"
                 if prepared.dropped_turns
                 else ""
             )
@@ -250,6 +283,7 @@ class ChatMagics(Magics):
             return session.ask(prompt, cache=cache, new=args.new, **options)
         text = ""
         model = options["model"] or session.model
+        label = session.model_label(model)  # the model that will answer (the local one?)
         from ipychat import tokens
 
         try:
@@ -262,7 +296,7 @@ class ChatMagics(Magics):
                     # from the stream's own preparation: the prompt is prepared once.
                     if live.due() and stream.estimate is not None:
                         counted = tokens.count_text(text, model)
-                        live.update(text, fmt.streaming_footer(model, stream.estimate, counted))
+                        live.update(text, fmt.streaming_footer(label, stream.estimate, counted))
         except Interrupted as exc:
             if exc.reply is not None:
                 reply = exc.reply
@@ -301,32 +335,7 @@ class ChatMagics(Magics):
 
     @line_magic("chat")
     def chat_line(self, line: str) -> Any:
-        """%chat [SUBCOMMAND ARGS]: show the status, or change settings and threads.
-
-        model [NAME]          show or set the default model
-        endpoint URL|local    use an OpenAI-compatible endpoint (https://…/v1), or the
-                              embedded local model; --send-key: send the API key
-                              there too (OPENAI_API_KEY goes only to OpenAI and
-                              OPENAI_BASE_URL; plain http to another machine needs it)
-        local log             the local model server's log
-        key                   ask for the API key (never type it into a cell)
-        system [TEXT|off]     show or set the system prompt
-        threads               list conversation threads
-        thread NAME           switch to (or create) a thread
-        history [NAME]        show a thread's messages
-        reset [NAME]          forget a thread's messages
-        models                list the endpoint's models
-        usage                 spend, tokens and latency per model
-        budget [USD|off]      show or set the spend budget of this session
-        price MODEL IN OUT    set a model's price in USD per 1M input/output tokens
-        cache [clear]         response cache statistics, or clear it
-        offline [on|off]      serve only from the cache, never the network
-        panel                 the chat panel
-        batches               %%chatmap --batch jobs of this cache, with their status
-        batch resume ID [DF]  wait for a batch (after a restart too) and fill DF from it;
-                              without DF its replies go to the cache
-        batch cancel ID       cancel a batch (what finished is kept)
-        """
+        # The docstring (what %chat? prints) is built from _SUBCOMMANDS below the class.
         with user_errors():
             check_magic_line(line)
         try:
@@ -336,9 +345,19 @@ class ChatMagics(Magics):
         if not words:
             return self._status()
         command, rest = words[0].lower(), words[1:]
+        if command in ("-h", "--help"):
+            print(_chat_help())
+            return None
         handler: Callable[[list[str]], Any] | None = getattr(self, f"_cmd_{command}", None)
-        if handler is None:
-            raise UsageError(f"%chat {command}: unknown subcommand. %chat? lists them.")
+        if handler is None or command not in _USAGE:
+            close = difflib.get_close_matches(command, list(_USAGE), n=1)
+            hint = f" (did you mean %chat {close[0]}?)" if close else ""
+            raise UsageError(f"%chat {command}: unknown subcommand{hint}. %chat? lists them.")
+        if "-h" in rest or "--help" in rest:
+            usage, text = _USAGE[command]
+            self._show(f"`%chat {usage}`: {text}")
+            return None
+        _check_flags(command, rest)
         with user_errors():
             return handler(rest)
 
@@ -357,14 +376,23 @@ class ChatMagics(Magics):
         if session.endpoint().kind == "none":
             flags += " · not configured: set OPENAI_API_KEY or %chat endpoint URL"
         self._show(
-            f"ipychat · endpoint {session.host} · model {session.model} · thread {thread.name} "
-            f"({thread.turns} turns) · spent {format_usd(session.usage.spent)}{budget}{flags}"
+            f"ipychat · endpoint {session.host} · model {self._model_name()} · thread "
+            f"{thread.name} ({fmt.plural(thread.turns, 'turn')}) · spent "
+            f"{format_usd(session.usage.spent)}{budget}{flags}"
         )
+
+    def _model_name(self) -> str:
+        """The default model, and what answers instead of it when the endpoint is local."""
+        session = self.session
+        label = session.model_label(session.model)
+        if label == session.model or session.model == LOCAL_MODEL:
+            return label
+        return f"{label}, which answers every request ({session.model} is not used)"
 
     def _cmd_model(self, rest: list[str]) -> None:
         if rest:
             self.session.configure(model=rest[0])
-        self._show(f"model: {self.session.model}")
+        self._show(f"model: {self._model_name()}")
 
     def _cmd_endpoint(self, rest: list[str]) -> None:
         if not rest:
@@ -408,7 +436,8 @@ class ChatMagics(Magics):
 
     def _cmd_threads(self, rest: list[str]) -> None:
         lines = [
-            f"{'*' if name == self.session.current_thread else '-'} {name} ({t.turns} turns)"
+            f"{'*' if name == self.session.current_thread else '-'} {name} "
+            f"({fmt.plural(t.turns, 'turn')})"
             for name, t in self.session.threads.items()
         ]
         self._show("\n".join(lines))
@@ -417,7 +446,7 @@ class ChatMagics(Magics):
         if not rest:
             raise UsageError("%chat thread NAME: name the thread to switch to.")
         thread = self.session.switch_thread(rest[0])
-        self._show(f"thread: {thread.name} ({thread.turns} turns)")
+        self._show(f"thread: {thread.name} ({fmt.plural(thread.turns, 'turn')})")
 
     def _cmd_history(self, rest: list[str]) -> None:
         thread = self.session.thread(rest[0] if rest else None, create=False)
@@ -434,7 +463,25 @@ class ChatMagics(Magics):
         self._show("\n".join(f"- {m}" for m in self.session.models()))
 
     def _cmd_usage(self, rest: list[str]) -> None:
-        self._show(fmt.usage_markdown(self.session.usage))
+        if [w for w in rest if w != "--plot"]:
+            raise UsageError("%chat usage [--plot]")
+        if not rest:
+            self._show(fmt.usage_markdown(self.session.usage))
+            return
+        figure = self.session.usage.plot()
+        import io
+
+        from IPython.display import display
+
+        png = io.BytesIO()
+        figure.savefig(png, format="png", dpi=100)
+        summary = fmt.usage_markdown(self.session.usage).rsplit("\n", 1)[-1]
+        # PNG with a text line beside it: a saved notebook's text views (nbconvert --to
+        # markdown, a terminal) still say what the chart showed.
+        display(
+            {"image/png": png.getvalue(), "text/plain": f"<chart: spend and latency; {summary}>"},
+            raw=True,
+        )
 
     def _cmd_budget(self, rest: list[str]) -> None:
         if rest:
@@ -450,7 +497,8 @@ class ChatMagics(Magics):
         model, price_in, price_out = rest[0], _float(rest[1], "INPUT"), _float(rest[2], "OUTPUT")
         self.session.prices.override(model, input=price_in, output=price_out)
         self._show(
-            f"{model}: ${price_in:g} per 1M input tokens, ${price_out:g} per 1M output tokens"
+            f"{model}: ${_plain(price_in)} per 1M input tokens, ${_plain(price_out)} per 1M "
+            "output tokens"
         )
 
     def _cmd_offline(self, rest: list[str]) -> None:
@@ -467,15 +515,16 @@ class ChatMagics(Magics):
         if rest and rest[0] == "clear":
             older, model = _clear_options(rest[1:])
             removed = cache.clear(older_than_days=older, model=model)
-            self._show(f"removed {removed:,} cached repl{'y' if removed == 1 else 'ies'}")
+            self._show(f"removed {fmt.plural(removed, 'cached reply', 'cached replies')}")
             return
         if rest:
             raise UsageError("%chat cache [clear [--older-than DAYS] [--model MODEL]]")
         st = cache.stats()
         state = " (disabled: see the warning above)" if st.disabled else ""
         self._show(
-            f"cache {st.directory}{state} · {st.entries:,} entries · {st.size_bytes / 1e6:.1f} MB"
-            f" · this session: {st.hits:,} hits, {st.misses:,} misses, saved {format_usd(st.saved)}"
+            f"cache {st.directory}{state} · {fmt.plural(st.entries, 'entry', 'entries')} · "
+            f"{st.size_bytes / 1e6:.1f} MB · this session: {fmt.plural(st.hits, 'hit')}, "
+            f"{fmt.plural(st.misses, 'miss', 'misses')}, saved {format_usd(st.saved)}"
         )
 
     def _cmd_local(self, rest: list[str]) -> None:
@@ -523,8 +572,9 @@ class ChatMagics(Magics):
             job = batch.collect(self.session, ident, progress=view.update)
             view.finish(job.failed == 0)
             self._show(
-                f"Collected {job.id}: {job.answered:,} replies in the cache, {job.failed:,} "
-                "failed. Re-run its %%chatmap cell to write them into the frame."
+                f"Collected {job.id}: {fmt.plural(job.answered, 'reply', 'replies')} in the "
+                f"cache, {job.failed:,} failed. Re-run its %%chatmap cell to write them into "
+                "the frame."
             )
             return
         if frame not in self._user_ns:
@@ -563,6 +613,115 @@ class ChatMagics(Magics):
                     setattr(self, name, value)
 
 
+# %chat's subcommands, in groups: (usage, what it does). %chat? prints them, %chat NAME
+# --help prints one, and an unknown name or flag gets the nearest known one.
+_SUBCOMMANDS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    (
+        "Settings",
+        (
+            ("model [NAME]", "show or set the default model"),
+            (
+                "endpoint [URL|local] [--send-key]",
+                "show or set the endpoint: an OpenAI-compatible URL (https://…/v1), or the "
+                "embedded local model; --send-key sends the API key there too "
+                "(OPENAI_API_KEY goes only to OpenAI and OPENAI_BASE_URL; plain http to "
+                "another machine needs it)",
+            ),
+            ("key", "ask for the API key (never type it into a cell)"),
+            ("system [TEXT|off]", "show or set the system prompt"),
+            ("models", "list the endpoint's models"),
+            ("offline [on|off]", "serve only from the cache, never the network"),
+            ("local log", "the end of the local model server's log"),
+        ),
+    ),
+    (
+        "Conversations",
+        (
+            ("threads", "list conversation threads"),
+            ("thread NAME", "switch to (or create) a thread"),
+            ("history [NAME]", "show a thread's messages"),
+            ("reset [NAME]", "forget a thread's messages"),
+            ("panel", "the chat panel"),
+        ),
+    ),
+    (
+        "Spend and cache",
+        (
+            (
+                "usage [--plot]",
+                "spend, tokens and latency per model; --plot: spend against the budget over "
+                "time, and latency per model (matplotlib)",
+            ),
+            ("budget [USD|off]", "show or set the spend budget of this session"),
+            ("price MODEL IN OUT", "set a model's price in USD per 1M input/output tokens"),
+            (
+                "cache [clear [--older-than DAYS] [--model MODEL]]",
+                "response cache statistics, or clear it (all, or old entries, or one model's)",
+            ),
+        ),
+    ),
+    (
+        "Batch API",
+        (
+            ("batches", "%%chatmap --batch jobs of this cache, with their status"),
+            (
+                "batch resume ID [DF]",
+                "wait for a batch (after a restart too) and fill DF from it; without DF its "
+                "replies go to the cache",
+            ),
+            ("batch cancel ID", "cancel a batch (what finished is kept)"),
+        ),
+    ),
+)
+_USAGE: dict[str, tuple[str, str]] = {}
+for _group, _entries in _SUBCOMMANDS:
+    for _usage, _text in _entries:
+        _USAGE.setdefault(_usage.split()[0], (_usage, _text))
+# Subcommands that take flags, and their flags (an unknown one gets "did you mean").
+_FLAGS = {"usage": ("--plot",), "cache": ("--older-than", "--model")}
+_CHAT_EXAMPLES = """\
+  %chat                          the status: endpoint, model, thread, spend
+  %chat model gpt-4o-mini
+  %chat budget 5
+  %chat usage --plot
+  %chat cache clear --older-than 30
+  %chat budget --help            one subcommand's help"""
+
+
+def _chat_help() -> str:
+    lines = [
+        "Usage: %chat [SUBCOMMAND ARGS]",
+        "",
+        "Without a subcommand: the status. With one: change settings and threads, see spend.",
+    ]
+    for group, entries in _SUBCOMMANDS:
+        lines += ["", f"{group}:"]
+        for usage, text in entries:
+            wrapped = textwrap.wrap(text, 56) or [""]
+            if len(usage) > 24:
+                lines.append(f"  {usage}")
+                lines += [f"  {'':24}  {part}" for part in wrapped]
+            else:
+                lines.append(f"  {usage:24}  {wrapped[0]}")
+                lines += [f"  {'':24}  {part}" for part in wrapped[1:]]
+    lines += ["", "Examples:", "", _CHAT_EXAMPLES]
+    return "\n".join(lines)
+
+
+def _check_flags(command: str, rest: list[str]) -> None:
+    """An unknown --flag of a subcommand that takes flags: say which one was meant."""
+    known = _FLAGS.get(command)
+    if known is None:
+        return
+    for word in rest:
+        flag = word.split("=", 1)[0]
+        if flag.startswith("--") and flag not in known:
+            raise UsageError(unknown_word(f"%chat {command}", flag, known))
+
+
+ChatMagics.chat_line.__doc__ = _chat_help()
+
+
 def _clear_options(words: list[str]) -> tuple[float | None, str | None]:
     older: float | None = None
     model: str | None = None
@@ -578,6 +737,12 @@ def _clear_options(words: list[str]) -> tuple[float | None, str | None]:
             if not 0 <= older < float("inf"):  # nan and inf too: a age is a finite number
                 raise UsageError("--older-than takes a number of days ≥ 0, e.g. 30.")
     return older, model
+
+
+def _plain(number: float) -> str:
+    """A number as typed, never in scientific notation: 0.00001, not 1e-05."""
+    text = format(Decimal(repr(number)), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _parse_json(text: str) -> Any:

@@ -14,9 +14,9 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.core.magic_arguments import argument, argument_group, magic_arguments
 
-from ipychat.magicargs import check_variable, parse_line, user_errors
+from ipychat.magicargs import check_variable, help_layout, parse_line, user_errors
 
 __all__ = ["ChatMapMagics"]
 
@@ -79,7 +79,21 @@ class _ProgressView:
 class ChatMapMagics(Magics):
     """`%%chatmap`: one prompt per DataFrame row, in parallel, at the server's pace."""
 
-    @magic_arguments()
+    @magic_arguments(name="%%chatmap")
+    @help_layout(
+        "%(prog)s DF -o COL [COL ...] [OPTIONS]  (the template is the rest of the cell)",
+        """
+        %%chatmap reviews -o sentiment --max-tokens 5
+        Classify the sentiment of this review as positive, negative or neutral: {text}
+
+        %%chatmap reviews -o product price --json
+        From this review, extract the product and its price: {text}
+
+        %%chatmap reviews -o summary --limit 20 --dry-run
+        Summarise in one sentence: {text}
+        """,
+    )
+    @argument_group("What to map")
     @argument("df", metavar="DF", help="The DataFrame (a notebook variable) whose rows are mapped.")
     @argument(
         "-o",
@@ -93,16 +107,32 @@ class ChatMapMagics(Magics):
         "--json", action="store_true", help="The reply is a JSON object filling the -o columns."
     )
     @argument("--into", metavar="VAR", help="Write a new DataFrame to VAR and leave DF untouched.")
-    @argument("-m", "--model", help="Model (default: %%chat model).")
-    @argument("-s", "--system", help="System prompt for every row.")
-    @argument("-t", "--temperature", type=float, help="Sampling temperature, 0–2.")
-    @argument("--max-tokens", type=int, help="Most reply tokens per row.")
+    @argument("--limit", type=int, metavar="N", help="Only the first N rows.")
     @argument(
-        "--concurrency", type=int, help="Requests in flight (default: from limits and latency)."
+        "--fill-null", metavar="TEXT", help="Send TEXT for null values (default: skip those rows)."
     )
-    @argument("--rpm", type=float, help="Requests per minute (default: from the server's headers).")
-    @argument("--tpm", type=float, help="Tokens per minute (default: from the server's headers).")
-    @argument("--retries", type=int, help="Retries per row on 5xx and network errors.")
+    @argument_group("Request")
+    @argument("-m", "--model", help="Model (default: the session's, %%chat model).")
+    @argument("-s", "--system", help="System prompt for every row.")
+    @argument("-t", "--temperature", type=float, metavar="T", help="Sampling temperature, 0–2.")
+    @argument(
+        "--max-tokens",
+        type=int,
+        metavar="N",
+        help="Most reply tokens per row (default: 64, per column with --json; a reply cut "
+        "there is marked in _error).",
+    )
+    @argument_group("Pace")
+    @argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="Requests in flight (default: from limits and latency).",
+    )
+    @argument("--rpm", type=float, metavar="N", help="Requests per minute (default: the server's).")
+    @argument("--tpm", type=float, metavar="N", help="Tokens per minute (default: the server's).")
+    @argument("--retries", type=int, metavar="N", help="Retries per row on 5xx and network errors.")
+    @argument_group("Cache and cost")
     @argument("--max-cost", type=float, metavar="USD", help="Refuse if it may cost more than USD.")
     @argument(
         "--dry-run",
@@ -111,10 +141,12 @@ class ChatMapMagics(Magics):
     )
     @argument("--no-cache", action="store_true", help="Neither read nor write the response cache.")
     @argument("--refresh", action="store_true", help="Skip the cache read; store the new replies.")
-    @argument("--limit", type=int, metavar="N", help="Only the first N rows.")
     @argument(
-        "--fill-null", metavar="TEXT", help="Send TEXT for null values (default: skip those rows)."
+        "--allow-secrets",
+        action="store_true",
+        help="Send rows even if they hold something shaped like an API key or private key.",
     )
+    @argument_group("Batch API")
     @argument(
         "--batch",
         action="store_true",
@@ -132,22 +164,15 @@ class ChatMapMagics(Magics):
         metavar="SECONDS",
         help="With --batch: seconds between status checks (default: 1, growing to 30).",
     )
-    @argument(
-        "--allow-secrets",
-        action="store_true",
-        help="Send rows even if they hold something shaped like an API key or private key.",
-    )
     @cell_magic("chatmap")
     def chatmap(self, line: str, cell: str) -> None:
         """Send the cell, filled from each row of DF ({column} placeholders), and write each
         reply into a column of DF.
 
-            %%chatmap reviews -o sentiment --max-tokens 5
-            Classify the sentiment of this review as positive, negative or neutral: {text}
-
-        Cached rows are free and instant, so re-running the cell resumes: only missing and
-        failed rows are sent. Row failures go to DF["_error"]. {{x}} sends {x}. With --batch
-        the rows go through the provider's Batch API (half the price, within 24 h).
+        Before sending it shows the plan (rows, cached rows, tokens, cost) and refuses a run
+        over --max-cost or the budget. Cached rows are free and instant, so re-running the
+        cell resumes: only missing and failed rows are sent. Row failures go to DF["_error"].
+        {{x}} sends {x}.
         """
         args = parse_line(self.chatmap, line, "%%chatmap")
         if args is None:

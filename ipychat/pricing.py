@@ -41,7 +41,9 @@ __all__ = [
     "estimate_cost_range",
     "format_tokens",
     "format_usd",
+    "format_usd_bound",
     "max_output_tokens",
+    "round_up_usd",
 ]
 
 # For models we know nothing about: the smallest window any current chat model has, so that
@@ -416,6 +418,27 @@ def format_usd(amount: float | None) -> str:
     text = f"{x:.{decimals}f}".rstrip("0")
     whole, _, frac = text.partition(".")
     return f"{sign}${whole}.{frac.ljust(2, '0')}"
+
+
+def round_up_usd(amount: float) -> str:
+    """An amount as a number to type after `%chat budget` or `--max-cost`: rounded up to two
+    significant digits, written out in full (0.014, 0.19, 13, 1300), never 1.4e-05."""
+    if not math.isfinite(amount) or amount <= 0:
+        return "0"
+    decimals = 1 - math.floor(math.log10(amount))  # two significant digits
+    step = 10.0**-decimals
+    # A hair below the multiple: 0.013 stays 0.013 despite floating-point noise.
+    value = math.ceil(amount / step - 1e-9) * step
+    return f"{value:.{max(decimals, 0)}f}"
+
+
+def format_usd_bound(amount: float | None) -> str:
+    """An upper bound: like format_usd, but under $1 two significant digits rounded up, so
+    that "$0.013" does not read "$0.01" (as if it fitted a $0.01 budget)."""
+    if amount is None or not math.isfinite(amount) or not 0.000001 <= amount < 1:
+        return format_usd(amount)
+    whole, _, frac = round_up_usd(amount).partition(".")
+    return f"${whole}.{frac.rstrip('0').ljust(2, '0')}"
 
 
 def _compact(n: int) -> str:

@@ -50,6 +50,11 @@ class LoopThread:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def in_loop_thread(self) -> bool:
+        """True when called from the loop's own thread (which must never wait for it)."""
+        return self._thread is not None and threading.current_thread() is self._thread
+
     def _start(self) -> None:
         loop = asyncio.new_event_loop()
         ready = threading.Event()

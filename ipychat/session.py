@@ -29,7 +29,7 @@ from ipychat import pricing, tokens
 from ipychat.errors import ChatError, ConfigError, ContextLengthError, OfflineCacheMiss
 from ipychat.hygiene import Cleaned, check_sendable, clean_messages
 from ipychat.keys import Secret, cache_key
-from ipychat.ledger import Ledger, LedgerRow
+from ipychat.ledger import Ledger, LedgerRow, max_tokens_within
 from ipychat.messages import Thread, build_messages, trim_history
 from ipychat.runner import LoopThread
 from ipychat.settings import (
@@ -110,11 +110,15 @@ class ChatSession:
         self._cache_arg = cache
         self._cache: ResponseCache | None = None
         self._cache_opened = False
-        self._client: ChatClient | None = None
         self._client_key: Secret | None = None  # the key the client was made with
+        # The loop thread and the client, released when the session is collected unclosed
+        # (a session made in a function): else aiohttp warns "Unclosed client session" and
+        # the loop thread runs on with nobody to stop it.
+        self._owned = _Owned()
+        weakref.finalize(self, self._owned.release)
         self._local_available: bool | None = None
         self._local_memo: tuple[str | None, Path | None] | None = None
-        self._runner = LoopThread()
+        self._runner = self._owned.runner
         _live.add(self)  # closed at exit, if the owner did not (see _close_at_exit)
         self._listeners: list[Callable[[Event], None]] = []
         self._lock = threading.RLock()
@@ -125,6 +129,15 @@ class ChatSession:
         self._key_origin: str | None = (
             self._endpoint_origin() if self.settings.api_key is not None else None
         )
+        self._noted_models: set[str] = set()  # asked of the local model, said once (local_note)
+
+    @property
+    def _client(self) -> ChatClient | None:
+        return self._owned.client
+
+    @_client.setter
+    def _client(self, client: ChatClient | None) -> None:
+        self._owned.client = client
 
     # ----- settings, threads, listeners -------------------------------------------------
 
@@ -296,6 +309,32 @@ class ChatSession:
         if self.settings.model:
             return self.settings.model
         return LOCAL_MODEL if self.is_local else DEFAULT_MODEL
+
+    def model_label(self, model: str | None = None, answered: str | None = None) -> str:
+        """The model that answers (or answered) a request for `model`, as footers, the
+        ledger and the cache name it: the embedded GGUF model whatever was asked (llama.cpp
+        answers every name with it and echoes the name back), else the server's own name
+        for it (`answered`, the response's `model`), else `model`."""
+        if self.is_local:
+            from ipychat import local
+
+            # local://NAME.gguf#sha256=…: the file name, without the content digest.
+            return local.model_label(self.endpoint().url.removeprefix("local://").split("#")[0])
+        return answered or model or self.model
+
+    def local_note(self, model: str) -> str | None:
+        """Once per session and model name: that the local model answers a request naming
+        another model (a footer or the map's plan says so; None otherwise)."""
+        if not self.is_local or model in (LOCAL_MODEL, self.model_label(model)):
+            return None
+        with self._lock:
+            if model in self._noted_models:
+                return None
+            self._noted_models.add(model)
+        return (
+            f"{model} was not used: the local model answers every request "
+            f"(set OPENAI_API_KEY or %chat endpoint URL to use {model})"
+        )
 
     async def client(self) -> ChatClient:
         """The client for the current endpoint, starting the local server if it is the one."""
@@ -642,7 +681,9 @@ class ChatSession:
                 "offline mode off with %chat offline off (or unset IPYCHAT_OFFLINE)."
             )
         held = (
-            self.usage.reserve(prepared.estimate.cost_high, max_cost=prepared.max_cost)
+            self.usage.reserve(
+                prepared.estimate.cost_high, max_cost=prepared.max_cost, fit=self._fit(prepared)
+            )
             if reserve
             else 0.0
         )
@@ -669,7 +710,7 @@ class ChatSession:
             progress.reply = reply
             raise
         except ChatError as exc:
-            failed = Reply(text="", model=model, thread=prepared.label)
+            failed = Reply(text="", model=self.model_label(model), thread=prepared.label)
             self.usage.settle(held, self._row(prepared, failed, outcome="error", error=str(exc)))
             raise
         reply = self._reply(prepared, completion, progress)
@@ -682,6 +723,19 @@ class ChatSession:
                 store.set(*entry)
         self._remember(prepared, reply, new)
         return reply
+
+    def _fit(self, prepared: Prepared) -> Callable[[float], str | None]:
+        """For a budget refusal: the --max-tokens that would bring this request under a limit."""
+
+        def fit(limit: float) -> str | None:
+            price = self._price(prepared.body["model"])
+            estimate = prepared.estimate
+            if price is None:
+                return None
+            n = max_tokens_within(limit, estimate.prompt_tokens, 1, price.input, price.output)
+            return f"--max-tokens {n}" if 1 <= n < estimate.max_completion_tokens else None
+
+        return fit
 
     def _reply(
         self,
@@ -699,11 +753,12 @@ class ChatSession:
                 completion_tokens=tokens.count_text(completion.text, model),
                 estimated=True,
             )
+        answered = self.model_label(model, completion.model)
         return Reply(
             text=completion.text,
-            model=completion.model or model,
+            model=answered,
             usage=usage,
-            cost=pricing.cost(usage, self._price(model)),
+            cost=pricing.cost(usage, self._price(answered) or self._price(model)),
             latency=completion.latency or (time.monotonic() - progress.started),
             finish_reason=completion.finish_reason,
             thread=prepared.label,
@@ -711,7 +766,7 @@ class ChatSession:
             dropped_turns=prepared.dropped_turns,
             time_to_first_token=completion.time_to_first_token or progress.first_token,
             retries=completion.retries,
-            extra=_extra(prepared, completion),
+            extra=_extra(prepared, completion, self.local_note(model)),
         )
 
     def _finish_cached(
@@ -722,7 +777,7 @@ class ChatSession:
         saved = pricing.cost(usage, self._price(model)) if usage else None
         reply = Reply(
             text=hit["text"],
-            model=hit.get("model") or model,
+            model=self.model_label(model, hit.get("model")),
             usage=usage,
             cost=0.0,
             cached=True,
@@ -746,7 +801,7 @@ class ChatSession:
         return LedgerRow(
             time=time.time(),
             thread=prepared.label,
-            model=prepared.body["model"],
+            model=reply.model,  # the model that answered (model_label), not the one named
             host=self.host,
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
@@ -953,12 +1008,36 @@ def _check_thread_name(name: Any) -> None:
         )
 
 
-def _extra(prepared: Prepared, completion: Completion) -> dict[str, Any]:
-    """What a Reply carries beyond the basics: what the redact setting masked, and the
-    response's x-ratelimit-* headers (which calibrate %%chatmap's limiter)."""
+class _Owned:
+    """What a session owns and must release even when nobody closes it: its loop thread and
+    its client. It holds nothing of the session, so the session's finalizer can use it."""
+
+    def __init__(self) -> None:
+        self.runner = LoopThread()
+        self.client: ChatClient | None = None
+
+    def release(self) -> None:
+        """Close the client on its loop, then stop the loop (from any thread)."""
+        if self.runner.in_loop_thread:
+            # Collected on the loop's own thread: it cannot wait for itself.
+            threading.Thread(target=self.release, name="ipychat-release").start()
+            return
+        client, self.client = self.client, None
+        if client is not None and self.runner.running:
+            with contextlib.suppress(Exception):
+                self.runner.submit(client.aclose()).result(5)
+        self.runner.stop()
+
+
+def _extra(prepared: Prepared, completion: Completion, note: str | None) -> dict[str, Any]:
+    """What a Reply carries beyond the basics: what the redact setting masked, the response's
+    x-ratelimit-* headers (which calibrate %%chatmap's limiter), and a note for the footer
+    (the local model answered a request naming another model)."""
     extra: dict[str, Any] = {}
     if prepared.masked:
         extra["masked"] = prepared.masked
+    if note:
+        extra["note"] = note
     if completion.rate_limit is not None:
         extra["rate_limit"] = completion.rate_limit
     return extra

@@ -365,7 +365,9 @@ class ChatPanel(w.VBox):
             (
                 _quote(pending.prompt),
                 _close_fences(pending.text) or "*…*",
-                _footer_md(fmt.streaming_footer(model, pending.estimate, done)),
+                _footer_md(
+                    fmt.streaming_footer(self.session.model_label(model), pending.estimate, done)
+                ),
             )
         )
 

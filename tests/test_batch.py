@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from ipychat import batch, chatmap
+from ipychat._mapplan import MAP_MAX_TOKENS
 from ipychat.batch import BatchJob, BatchProgress
 from ipychat.cache import ResponseCache
 from ipychat.chatmap import MapAborted, MapInterrupted
@@ -132,7 +133,7 @@ def test_the_registry_is_private_and_maps_custom_ids_to_rows_and_keys(
             "row-3": [3],
         }
         body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a"}],
-                "max_tokens": 1024}  # fmt: skip
+                "max_tokens": MAP_MAX_TOKENS}  # fmt: skip
         assert saved["requests"]["row-0"]["key"] == session.cache_key(body)
         assert saved["parts"][0]["batch_id"] == result.job.batch_ids[0]
         assert KEY not in path.read_text()
@@ -155,7 +156,7 @@ def test_large_maps_are_split_into_several_files(make_session) -> None:
         # By size too: every file under the byte limit.
         server.batch_api.files.clear()
         line = len(batch._line("row-10", {"model": "gpt-4o-mini", "messages": [
-            {"role": "user", "content": "Again item 10"}], "max_tokens": 1024})) + 1  # fmt: skip
+            {"role": "user", "content": "Again item 10"}], "max_tokens": MAP_MAX_TOKENS})) + 1  # fmt: skip
         again = batch.run(session, frame(12), "Again {text}", "r", max_bytes=line * 3 + 10, **FAST)
         assert again.frame["r"].tolist() == echoes(12, "Again {}")
         sizes = [len(lines) for lines in uploaded(server)]

@@ -216,6 +216,23 @@ def test_budget_and_max_cost_refuse_before_any_request(
     assert fake.chat_requests == []
 
 
+def test_a_json_reply_cut_at_the_map_default_is_not_asked_again(make_session) -> None:
+    # Asked again, it would be cut at the same place: the row says why instead.
+    long = '{"label": "' + " ".join(f"w{i}" for i in range(300)) + '"}'
+    with FakeOpenAIServer(reply=long) as server:
+        session = make_session(server)
+        out = session.map(frame(2), "Label {text}", ["label"], json=True)
+        assert len(server.chat_requests) == 2  # no re-ask
+        assert {r.body["max_tokens"] for r in server.chat_requests} == {64}
+        assert out["label"].isna().all()
+        for error in out["_error"]:
+            assert error.startswith("The reply is not a JSON object (")
+            assert "cut: the reply reached the map's default cap of 64 tokens" in error
+        # Several -o columns with --json: the default cap is per column.
+        session.map(frame(1), "Two {text}", ["a", "b"], json=True)
+        assert server.chat_requests[-1].body["max_tokens"] == 128
+
+
 # ----- resume, faults, limits ------------------------------------------------------------
 
 

@@ -511,7 +511,11 @@ def test_retryable_statuses_are_retried(status: int) -> None:
 @pytest.mark.parametrize(
     ("exc", "cls", "text"),
     [
-        (httpx.ConnectError("refused"), APIConnectionError, "Could not connect to llm.test"),
+        (
+            httpx.ConnectError("refused"),
+            APIConnectionError,
+            "The server at http://llm.test/v1 is not reachable",
+        ),
         (httpx.ConnectTimeout("slow"), APITimeoutError, "Timed out connecting to llm.test"),
         (httpx.ReadTimeout("slow"), APITimeoutError, "llm.test sent nothing for 600 s"),
         (httpx.RemoteProtocolError("bad"), APIConnectionError, "connection to llm.test failed"),

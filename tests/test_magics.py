@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import re
 import subprocess
 import sys
 import threading
@@ -123,7 +124,11 @@ def test_dry_run_sends_nothing_and_shows_the_estimate(ip, fake: FakeOpenAIServer
     ("line", "cell", "message"),
     [
         ("", "   ", "cell is empty"),
-        ("--bogus", "hi", "unrecognized arguments"),
+        ("--bogus", "hi", r"^%%chat: unknown option --bogus\. %%chat\? lists the options\.$"),
+        ("--temprature 0.3", "hi", r"unknown option --temprature \(did you mean --temperature\?\)"),
+        ("--max-tokns=5", "hi", r"unknown option --max-tokns \(did you mean --max-tokens\?\)"),
+        ("--no-cahce", "hi", r"unknown option --no-cahce \(did you mean --no-cache\?\)"),
+        ("Summarise this", "hi", r"unexpected 'Summarise' on the magic line: .*the cell below"),
         ("-t hot", "hi", "invalid float"),
         ("-t 7", "hi", "temperature"),
         ("--max-tokens 0", "hi", "max_tokens"),
@@ -214,7 +219,7 @@ def test_line_magic_status_and_subcommands(ip, fake: FakeOpenAIServer) -> None:
         ip.run_line_magic("chat", "threads")
         ip.run_line_magic("chat", "models")
         ip.run_line_magic("chat", "usage")
-    assert "remember me" in out.stdout and "* main (1 turns)" in out.stdout
+    assert "remember me" in out.stdout and "* main (1 turn)" in out.stdout
     assert "fake-model" in out.stdout and "| gpt-4o |" in out.stdout and "spent $" in out.stdout
     ip.run_line_magic("chat", "reset")
     assert get_session().threads["main"].turns == 0
@@ -285,7 +290,7 @@ def test_cache_subcommands(ip, fake: FakeOpenAIServer) -> None:
     run(ip, "--thread b", "cached question")
     with capture_output() as out:
         ip.run_line_magic("chat", "cache")
-    assert "1 entries" in out.stdout and "1 hits" in out.stdout and "saved $" in out.stdout
+    assert " · 1 entry · " in out.stdout and "this session: 1 hit, 1 miss, saved $" in out.stdout
     with capture_output() as out:
         ip.run_line_magic("chat", "cache clear --model other-model")
     assert "removed 0 cached replies" in out.stdout
@@ -302,6 +307,10 @@ def test_cache_subcommands(ip, fake: FakeOpenAIServer) -> None:
     ):
         with pytest.raises(UsageError):
             ip.run_line_magic("chat", bad)
+    with pytest.raises(
+        UsageError, match=r"unknown option --older-then \(did you mean --older-than"
+    ):
+        ip.run_line_magic("chat", "cache clear --older-then 3")
 
 
 def test_offline_subcommand(ip, fake: FakeOpenAIServer) -> None:
@@ -386,3 +395,284 @@ def test_alerts_are_shown_as_a_visible_line(ip, fake: FakeOpenAIServer) -> None:
     text = shown(run(ip, "--max-tokens 1 --thread other", "hi"))  # fits the rest of it
     assert "⚠ ipychat:" in text and "budget" in text
     assert "⚠ ipychat:" not in shown(run(ip, "--max-tokens 1 --thread third", "hi"))  # once
+
+
+# ----- issue 21.3: a map's bound, and the lever a refusal names ---------------------------------
+
+
+def chatmap(ip, line: str, cell: str) -> str:
+    with capture_output() as out:
+        ip.run_cell_magic("chatmap", line, cell)
+    return shown(out)
+
+
+def labels_frame(n: int = 300) -> pd.DataFrame:
+    return pd.DataFrame({"text": [f"review number {i} was quite good overall" for i in range(n)]})
+
+
+LABEL = "One word sentiment label for: {text}"
+
+
+def test_a_map_without_max_tokens_is_bounded_by_the_map_default(ip, fake: FakeOpenAIServer) -> None:
+    # 300 one-word labels: bounded at 1,024 reply tokens a row, the map "might" cost $0.19
+    # and a $0.02 budget refused it; at the map's own cap of 64 the bound is $0.013.
+    from ipychat._mapplan import MAP_MAX_TOKENS
+
+    ip.user_ns["reviews"] = labels_frame()
+    plan = chatmap(ip, "reviews -o label --dry-run", LABEL)
+    assert (
+        f"up to {300 * MAP_MAX_TOKENS:,} reply tokens ({MAP_MAX_TOKENS} per reply by default; "
+        in plan
+    )
+    assert "--max-tokens N for longer)" in plan and "$0.0011–$0.013" in plan
+    ip.run_line_magic("chat", "budget 0.02")
+    done = chatmap(ip, "reviews -o label", LABEL)
+    assert "Done: 300 rows" in done and "(300 sent, 0 cached, 0 failed)" in done
+    assert {r.body["max_tokens"] for r in fake.chat_requests} == {MAP_MAX_TOKENS}
+    assert "_error" not in ip.user_ns["reviews"].columns
+    # An explicit cap is the user's: the default applies to nothing else.
+    ip.user_ns["few"] = labels_frame(3)
+    chatmap(ip, "few -o label --max-tokens 500", LABEL)
+    assert {r.body["max_tokens"] for r in fake.chat_requests[-3:]} == {500}
+
+
+def test_a_map_over_the_budget_is_refused_with_the_max_tokens_that_fits(
+    ip, fake: FakeOpenAIServer
+) -> None:
+    ip.run_line_magic("chat", "budget 0.01")
+    ip.user_ns["reviews"] = labels_frame()
+    with pytest.raises(UsageError) as info:
+        chatmap(ip, "reviews -o label", LABEL)
+    message = str(info.value)
+    assert fake.chat_requests == [] and "\n" not in message
+    assert message.startswith("Budget: spent $0.00 of $0.01; this map may cost up to $0.013. ")
+    fits = re.search(
+        r"--max-tokens (\d+) fits, or raise the budget with %chat budget ([\d.]+)\.$", message
+    )
+    assert fits is not None, message
+    n, budget = int(fits.group(1)), fits.group(2)
+    # The figures are exact: one token more does not fit, the advice does, and so does the
+    # suggested budget without --max-tokens.
+    with pytest.raises(UsageError, match="Budget: spent"):
+        chatmap(ip, f"reviews -o label --max-tokens {n + 1}", LABEL)
+    assert "Done: 300 rows" in chatmap(ip, f"reviews -o label --max-tokens {n}", LABEL)
+    ip.user_ns["again"] = labels_frame()
+    ip.run_line_magic("chat", f"budget {budget}")
+    ip.run_line_magic("chat", "cache clear")
+    get_session().usage.rows.clear()  # the budget counts from zero again
+    assert "Done: 300 rows" in chatmap(ip, "again -o label", LABEL)
+    # --max-cost: the same lever, then the exact figure.
+    with pytest.raises(
+        UsageError,
+        match=r"over --max-cost \$0.003: --max-tokens 11 fits, or "
+        r"raise it to --max-cost 0\.013\.$",
+    ):
+        chatmap(ip, "again -o label2 --max-cost 0.003 --no-cache", LABEL)
+    # When no reply cap fits (the prompts alone cost more), fewer rows: --limit N.
+    with pytest.raises(UsageError, match=r"over --max-cost \$0.0005: --limit (\d+) fits") as info:
+        chatmap(ip, "again -o label2 --max-cost 0.0005 --no-cache", LABEL)
+    rows = int(re.search(r"--limit (\d+)", str(info.value)).group(1))
+    with pytest.raises(UsageError, match="over --max-cost"):
+        chatmap(ip, f"again -o label2 --max-cost 0.0005 --no-cache --limit {rows + 1}", LABEL)
+    assert f"Done: {rows} rows" in chatmap(
+        ip, f"again -o label2 --max-cost 0.0005 --no-cache --limit {rows}", LABEL
+    )
+
+
+def test_a_reply_cut_at_the_map_default_keeps_its_text_and_says_so(ip) -> None:
+    from ipychat._mapplan import MAP_MAX_TOKENS
+
+    long = " ".join(f"word{i}" for i in range(400))
+    with FakeOpenAIServer(reply=lambda body: "positive" if "short" in str(body) else long) as srv:
+        ip.run_line_magic("chat", f"endpoint {srv.base_url}")
+        ip.user_ns["df"] = pd.DataFrame({"text": ["short one", "ramble on", "short two"]})
+        done = chatmap(ip, "df -o answer", "{text}")
+        df = ip.user_ns["df"]
+        assert df["answer"][0] == "positive" and df["answer"][1].startswith("word0 word1")
+        assert df["_error"][1].startswith("cut: the reply reached the map's default cap of 64")
+        assert pd.isna(df["_error"][0]) and pd.isna(df["_error"][2])
+        assert "(3 sent, 0 cached, 0 failed)" in done  # text is kept: not a failure
+        assert f"1 reply cut at the default cap of {MAP_MAX_TOKENS} tokens" in done
+        # From the cache the note is the same.
+        again = chatmap(ip, "df -o answer", "{text}")
+        assert "(0 sent, 3 cached, 0 failed)" in again and "1 reply cut" in again
+        assert ip.user_ns["df"]["_error"][1].startswith("cut:")
+        # A cap the user chose cuts as asked, without a note.
+        ip.user_ns["df2"] = pd.DataFrame({"text": ["ramble on"]})
+        chatmap(ip, "df2 -o answer --max-tokens 5", "{text}")
+        assert "_error" not in ip.user_ns["df2"].columns
+
+
+# ----- issue 21.8: help, errors, numbers and plurals -----------------------------------------
+
+
+def help_of(ip, cell: str) -> str:
+    """What `%%chat?` (IPython's own help) prints."""
+    with capture_output() as out:
+        ip.run_cell(cell)
+    return out.stdout
+
+
+@pytest.mark.parametrize(
+    ("asked", "usage", "groups", "example"),
+    [
+        (
+            "%%chat?\n",
+            "Usage: %%chat [OPTIONS]  (the prompt is the rest of the cell)",
+            ("Request:", "Conversation:", "Output:", "Cache:", "Cost and safety:"),
+            "  %%chat -m gpt-4o -t 0 --max-tokens 200 -o answer\n",
+        ),
+        (
+            "%%chatmap?\n",
+            "Usage: %%chatmap DF -o COL [COL ...] [OPTIONS]",
+            ("What to map:", "Request:", "Pace:", "Cache and cost:", "Batch API:"),
+            "  %%chatmap reviews -o sentiment --max-tokens 5\n",
+        ),
+        (
+            "%chat?",
+            "Usage: %chat [SUBCOMMAND ARGS]",
+            ("Settings:", "Conversations:", "Spend and cache:", "Batch API:"),
+            "  %chat usage --plot\n",
+        ),
+    ],
+)
+def test_help_shows_the_magic_as_typed_grouped_with_examples(
+    ip, asked: str, usage: str, groups: tuple[str, ...], example: str
+) -> None:
+    text = help_of(ip, asked)
+    assert usage in text and "Examples:" in text and example in text
+    assert "chat_cell" not in text and "::" not in text and "<COL" not in text
+    positions = [text.index(f"\n{group}\n") for group in groups]
+    assert positions == sorted(positions)
+    assert "options:" not in text  # every option is in a group
+
+
+def test_help_flag_and_per_subcommand_help(ip, fake: FakeOpenAIServer) -> None:
+    with capture_output() as out:
+        ip.run_cell_magic("chat", "--help", "not sent")
+        ip.run_line_magic("chat", "budget --help")
+        ip.run_line_magic("chat", "--help")
+    assert out.stdout.startswith("Usage: %%chat [OPTIONS]")
+    assert "`%chat budget [USD|off]`: show or set the spend budget of this session" in out.stdout
+    assert "Usage: %chat [SUBCOMMAND ARGS]" in out.stdout
+    assert fake.chat_requests == []
+
+
+@pytest.mark.parametrize(
+    ("magic", "line", "message"),
+    [
+        ("chat", "usgae", r"^%chat usgae: unknown subcommand \(did you mean %chat usage\?\)\. "),
+        ("chat", "bugdet 5", r"did you mean %chat budget\?"),
+        ("chat", "usage --plto", r"^%chat usage: unknown option --plto \(did you mean --plot\?\)"),
+        (
+            "chatmap",
+            "df -o out --concurency 4",
+            r"unknown option --concurency \(did you mean "
+            r"--concurrency\?\)\. %%chatmap\? lists the options\.$",
+        ),
+        ("chatmap", "df -o out --max-cots 1", r"did you mean --max-cost\?"),
+    ],
+)
+def test_unknown_flags_and_subcommands_get_the_nearest_known_one(
+    ip, fake: FakeOpenAIServer, magic: str, line: str, message: str
+) -> None:
+    ip.user_ns["df"] = pd.DataFrame({"text": ["a"]})
+    with pytest.raises(UsageError, match=message):
+        if magic == "chat":
+            ip.run_line_magic(magic, line)
+        else:
+            ip.run_cell_magic(magic, line, "{text}")
+    assert fake.chat_requests == []
+
+
+# A join of two clauses with both their marks: "…Bearer ***).: set", "later.; try" ("sk-...9Zx9",
+# OpenAI's masked key, is no join).
+DOUBLED = re.compile(r"[.;:,]\s*[;:,]|[;:,]\s*\.")
+
+
+def test_a_401_reads_as_one_sentence(ip, session: ChatSession) -> None:
+    with FakeOpenAIServer(require_key="sk-right-" + "r" * 24) as guarded:
+        ip.run_line_magic("chat", f"endpoint {guarded.base_url}")
+        session.configure(max_retries=0)
+        with pytest.raises(UsageError) as wrong:
+            run(ip, "", "hi")
+        session.configure(api_key=None)
+        with pytest.raises(UsageError) as missing:
+            run(ip, "", "hi")
+    host = guarded.base_url.split("//")[1].removesuffix("/v1")
+    assert str(missing.value) == (
+        f"{host} wants an API key (HTTP 401): You didn't provide an API key. You need to "
+        "provide your API key in an Authorization header using Bearer auth (i.e. "
+        "Authorization: Bearer ***); set OPENAI_API_KEY or run %chat key"
+    )
+    assert str(wrong.value).startswith(f"{host} refused the API key (HTTP 401): Incorrect API")
+    assert str(wrong.value).endswith("/account/api-keys; check OPENAI_API_KEY or run %chat key")
+    for error in (wrong, missing):
+        assert not DOUBLED.search(str(error.value).replace("://", "")), str(error.value)
+
+
+def test_a_refused_connection_is_one_line_without_retry_chatter(
+    ip, session: ChatSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        ip.run_line_magic("chat", f"endpoint {url}")
+        session.configure(max_retries=2)
+        with caplog.at_level(logging.INFO, logger="ipychat"), pytest.raises(UsageError) as info:
+            run(ip, "", "hi")
+    assert str(info.value) == (
+        f"The server at {url} is not reachable (connection refused, after 2 retries): check "
+        "that it is running and the network, or set another URL with %chat endpoint URL"
+    )
+    retries = [r for r in caplog.records if r.getMessage().startswith("Retrying")]
+    assert len(retries) == 2 and all(r.levelno < logging.WARNING for r in retries)
+
+
+def test_money_and_counts_read_as_written(ip, fake: FakeOpenAIServer) -> None:
+    with capture_output() as out:
+        ip.run_line_magic("chat", "")
+        ip.run_line_magic("chat", "budget 0.00005")
+        ip.run_line_magic("chat", "price tiny-model 0.00001 0.5")
+    assert "thread main (0 turns)" in out.stdout
+    assert "spent $0.00 of $0.00005" in out.stdout
+    assert "tiny-model: $0.00001 per 1M input tokens, $0.5 per 1M output tokens" in out.stdout
+    with pytest.raises(UsageError) as info:
+        run(ip, "", "refused under the budget")
+    assert "Budget: spent $0.00 of $0.00005; this request may cost up to $0.0" in str(info.value)
+    ip.run_line_magic("chat", "budget off")
+    run(ip, "", "one turn")
+    ip.user_ns["one"] = pd.DataFrame({"text": ["a"]})
+    with capture_output() as out:
+        ip.run_line_magic("chat", "")
+        ip.run_line_magic("chat", "threads")
+        ip.run_line_magic("chat", "thread main")
+        ip.run_cell_magic("chatmap", "one -o out", "{text}")
+    for text in ("thread main (1 turn) · spent", "* main (1 turn)", "thread: main (1 turn)"):
+        assert text in out.stdout
+    assert "1 row · 0 cached · 1 to send" in out.stdout and "Done: 1 row in " in out.stdout
+    assert not re.search(r"\d(\.\d+)?e-\d", out.stdout)
+
+
+def test_usage_plot_through_the_magic(ip, fake: FakeOpenAIServer, monkeypatch) -> None:
+    with pytest.raises(UsageError, match="No requests yet in this session: nothing to plot"):
+        ip.run_line_magic("chat", "usage --plot")
+    ip.run_line_magic("chat", "budget 1")
+    run(ip, "", "one")
+    run(ip, "-m gpt-4o", "two")
+    with capture_output() as out:
+        ip.run_line_magic("chat", "usage --plot")
+    (shown_plot,) = [o.data for o in out.outputs if "image/png" in o.data]
+    assert shown_plot["image/png"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert shown_plot["text/plain"].startswith("<chart: spend and latency; spent $0.0")
+    figure = get_session().usage.plot()  # the same chart from Python
+    assert [t.get_text() for t in figure.axes[1].get_yticklabels()] == ["gpt-4o-mini", "gpt-4o"]
+    for name in [m for m in sys.modules if m.split(".")[0] == "matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed: import fails
+    with pytest.raises(UsageError, match=r"^Charts need matplotlib, which is not installed: pip"):
+        ip.run_line_magic("chat", "usage --plot")
+    with pytest.raises(UsageError, match=r"%chat usage \[--plot\]"):
+        ip.run_line_magic("chat", "usage plot")

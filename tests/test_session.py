@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import re
 import subprocess
 import sys
 import threading
@@ -175,12 +176,25 @@ def test_budget_refuses_before_anything_is_sent(
     session: ChatSession, fake: FakeOpenAIServer
 ) -> None:
     session.usage.budget = 0.0001
-    with pytest.raises(BudgetExceeded, match=r"Budget: spent \$0 of \$0.0001"):
+    with pytest.raises(BudgetExceeded, match=r"Budget: spent \$0.00 of \$0.0001; ") as info:
         session.ask("hello", max_tokens=1000)
     with pytest.raises(BudgetExceeded, match="max-cost"):
         session.ask("hello", max_tokens=10, max_cost=0.0)
     assert fake.chat_requests == []
     assert session.threads["main"].turns == 0
+    # The refusal names the levers, exactly: the largest --max-tokens that fits comes first
+    # (one more does not fit), then the budget that would let the request through as it is.
+    fits = re.search(
+        r"--max-tokens (\d+) fits, or raise the budget with %chat budget ([\d.]+)\.$",
+        str(info.value),
+    )
+    assert fits is not None, str(info.value)
+    n, budget = int(fits.group(1)), float(fits.group(2))
+    with pytest.raises(BudgetExceeded):
+        session.ask("hello", max_tokens=n + 1)
+    assert session.ask("hello", max_tokens=n).text == "Echo: hello"
+    session.usage.budget = budget
+    assert session.ask("hello", max_tokens=1000, new=True).text == "Echo: hello"
 
 
 def test_errors_are_recorded_in_the_ledger() -> None:
@@ -423,3 +437,99 @@ def test_sessions_left_open_are_closed_at_exit() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "Echo: hi"
     assert "Unclosed" not in done.stderr, done.stderr  # aiohttp's warning at exit
+
+
+def test_the_ledger_and_the_cost_name_the_model_that_answered() -> None:
+    # OpenAI answers a request for an alias with the snapshot that served it: "model: The
+    # model used for the chat completion" (https://platform.openai.com/docs/api-reference/
+    # chat/object), e.g. gpt-4o-2024-05-13 for gpt-4o. The footer, the ledger and the cost
+    # are that model's, not the alias's.
+    import json as _json
+
+    import httpx
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = _json.loads(request.content)
+        assert body["model"] == "gpt-4o"
+        return httpx.Response(
+            200,
+            json={
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "gpt-4o-2024-05-13",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "Paris."},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 1_000_000, "completion_tokens": 0, "total_tokens": 1},
+            },
+        )
+
+    s = ChatSession(
+        Settings(base_url="https://llm.test/v1", api_key="sk-test-" + "m" * 24),
+        transport=httpx.MockTransport(handler),
+        cache=False,
+    )
+    try:
+        s.prices.override("gpt-4o", input=2.5, output=10)
+        s.prices.override("gpt-4o-2024-05-13", input=5, output=15)
+        reply = s.ask("Capital of France?", model="gpt-4o")
+        assert reply.model == "gpt-4o-2024-05-13" and reply.cost == pytest.approx(5.0)
+        (row,) = s.usage.rows
+        assert row.model == "gpt-4o-2024-05-13" and row.cost == pytest.approx(5.0)
+    finally:
+        s.close()
+
+
+def test_a_script_using_the_panel_and_sessions_exits_without_aiohttp_warnings() -> None:
+    # A session used in a function and dropped unclosed (its panel closed) was collected
+    # with its aiohttp session open: "Unclosed client session" on stderr, and its loop
+    # thread ran on. The kernel's session and a panel left open at exit must be quiet too.
+    code = """
+import gc, threading, time
+from ipychat.session import ChatSession, Settings, get_session
+from ipychat.testing import FakeOpenAIServer
+from ipychat.widget import ChatPanel
+
+server = FakeOpenAIServer().start()
+KEY = "sk-test-" + "x" * 24
+
+def ask_in_panel(session, prompt):
+    panel = ChatPanel(session)
+    panel.prompt.value = prompt
+    panel.send.click()
+    deadline = time.monotonic() + 20
+    while len(session.threads["main"].messages) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    print(session.threads["main"].messages[-1]["content"])
+    return panel
+
+def used_and_dropped():
+    s = ChatSession(Settings(base_url=server.base_url, api_key=KEY), cache=False)
+    ask_in_panel(s, "from the panel").close()
+    return s.ask("from code", thread="code").text
+
+print(used_and_dropped())
+gc.collect()
+time.sleep(0.2)
+print("loops", sum(t.name == "ipychat-loop" for t in threading.enumerate()))
+kept = get_session()
+kept.configure(base_url=server.base_url, api_key=KEY)
+left_open = ask_in_panel(kept, "open at exit")
+"""
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:4] == [
+        "Echo: from the panel",
+        "Echo: from code",
+        "loops 0",
+        "Echo: open at exit",
+    ], done.stdout
+    assert "Unclosed" not in done.stderr, done.stderr
+    assert "ResourceWarning" not in done.stderr, done.stderr

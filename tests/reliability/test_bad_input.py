@@ -171,7 +171,7 @@ class Unprintable:
 
 CASES: dict[str, tuple[Act, str]] = {
     # %%chat
-    "%%chat unknown option": (cell("--bogus"), "unrecognized arguments: --bogus"),
+    "%%chat unknown option": (cell("--bogus"), "unknown option --bogus"),
     "%%chat -t not a number": (cell("-t hot"), "invalid float value: 'hot'"),
     "%%chat -t out of range": (cell("-t 5"), "temperature must be between 0 and 2"),
     "%%chat --max-tokens negative": (cell("--max-tokens -5"), "max_tokens must be a positive"),
@@ -185,7 +185,7 @@ CASES: dict[str, tuple[Act, str]] = {
     "%%chat --no-cache --refresh": (cell("--no-cache --refresh"), "contradict each other"),
     "%%chat -f unknown": (cell("-f yaml"), "invalid choice: 'yaml'"),
     "%%chat unbalanced quote": (cell('-s "oops'), "No closing quotation"),
-    "%%chat unreachable endpoint": (unreachable, "Could not connect to 127.0.0.1"),
+    "%%chat unreachable endpoint": (unreachable, "The server at http://127.0.0.1"),
     # %chat
     "%chat unknown subcommand": (line("frobnicate"), "unknown subcommand"),
     "%chat endpoint ftp://": (line("endpoint ftp://example.com/v1"), "is not an endpoint URL"),

@@ -100,7 +100,7 @@ CASES = [
         "error:APIConnectionError",
         "error:APIConnectionError",
         "rows-failed",
-        phrase={p: "Could not connect to 127.0.0.1" for p in ("ask", "stream", "chatmap")},
+        phrase={p: "is not reachable (connection refused" for p in ("ask", "stream", "chatmap")},
     ),
     Case("reset mid-request", lambda: [Fault.reset()], R, R, R),
     Case(
