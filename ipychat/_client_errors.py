@@ -212,6 +212,8 @@ def _header_limit(exc: BaseException) -> int | None:
         ):
             return int(m.group(1))
     return None
+
+
 def _unreachable(exc: BaseException) -> str:
     """Why nothing answered, in a few words: refused, unknown host name, or neither."""
     seen: list[BaseException] = []

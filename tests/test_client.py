@@ -514,7 +514,7 @@ def test_retryable_statuses_are_retried(status: int) -> None:
         (
             httpx.ConnectError("refused"),
             APIConnectionError,
-            "The server at http://llm.test/v1 is not reachable",
+            "The server at https://llm.test/v1 is not reachable",
         ),
         (httpx.ConnectTimeout("slow"), APITimeoutError, "Timed out connecting to llm.test"),
         (httpx.ReadTimeout("slow"), APITimeoutError, "llm.test sent nothing for 600 s"),

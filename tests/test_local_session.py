@@ -88,6 +88,8 @@ def test_a_restarted_server_is_reached_with_its_new_key(local_session: ChatSessi
     server.stop()
     reply = local_session.ask(FRANCE, max_tokens=20, cache=False)  # starts it again
     assert "Paris" in reply.text and local.get_server().api_key != old_key
+
+
 def test_the_local_model_is_named_for_what_it_is_whatever_m_says(
     local_session: ChatSession,
 ) -> None:

@@ -592,7 +592,7 @@ DOUBLED = re.compile(r"[.;:,]\s*[;:,]|[;:,]\s*\.")
 
 def test_a_401_reads_as_one_sentence(ip, session: ChatSession) -> None:
     with FakeOpenAIServer(require_key="sk-right-" + "r" * 24) as guarded:
-        ip.run_line_magic("chat", f"endpoint {guarded.base_url}")
+        ip.run_line_magic("chat", f"endpoint {guarded.base_url} --send-key")
         session.configure(max_retries=0)
         with pytest.raises(UsageError) as wrong:
             run(ip, "", "hi")
@@ -603,7 +603,7 @@ def test_a_401_reads_as_one_sentence(ip, session: ChatSession) -> None:
     assert str(missing.value) == (
         f"{host} wants an API key (HTTP 401): You didn't provide an API key. You need to "
         "provide your API key in an Authorization header using Bearer auth (i.e. "
-        "Authorization: Bearer ***); set OPENAI_API_KEY or run %chat key"
+        "Authorization: Bearer YOUR_KEY); set OPENAI_API_KEY or run %chat key"
     )
     assert str(wrong.value).startswith(f"{host} refused the API key (HTTP 401): Incorrect API")
     assert str(wrong.value).endswith("/account/api-keys; check OPENAI_API_KEY or run %chat key")
