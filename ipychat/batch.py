@@ -1021,5 +1021,8 @@ def _aborted(batch_run: _BatchRun, cause: ChatError) -> ChatError:
     job = batch_run.job
     if batch_run.mapper is None or isinstance(cause, MapAborted) or not (job and job.batch_ids):
         return cause  # nothing at the provider yet: the error as it is
-    message = f"{cause} {_still_running(batch_run)}"
+    text = str(cause)  # client errors end without a full stop: give it one before the next
+    message = (
+        f"{text if text.endswith(('.', '!', '?')) else text + '.'} {_still_running(batch_run)}"
+    )
     return MapAborted(message, batch_run.mapper.result(), cause)

@@ -349,6 +349,10 @@ def test_a_wrong_key_stops_the_map_at_once(make_session) -> None:
             session.map(frame(200), "{text}", "out")
         assert len(server.chat_requests) <= chatmap.SLOW_START
         assert "re-run to finish" in str(info.value)
+        # The client's sentence ends before the map's begins ("…%chat key Stopped" ran on).
+        assert "check OPENAI_API_KEY or run %chat key. Stopped after 0 of 200 rows;" in str(
+            info.value
+        )
 
 
 def test_the_local_model_gets_one_request_at_a_time(make_session, monkeypatch) -> None:
