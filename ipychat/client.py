@@ -95,7 +95,7 @@ from ipychat.errors import (
     RateLimitError,
 )
 from ipychat.keys import Secret, redact_headers
-from ipychat.settings import _env_origins
+from ipychat.settings import key_origins_from_env
 from ipychat.types import Completion, RateLimitInfo
 
 __all__ = ["DEFAULT_BASE_URL", "ChatClient", "Timeouts"]
@@ -177,7 +177,7 @@ class ChatClient:
         self._is_openai = url.host == OPENAI_HOST
         # Where keys may go: ipychat._requests (`key_origins`: endpoints the user allowed
         # beyond a key's own; None reads IPYCHAT_KEY_ORIGINS).
-        trusted = tuple(key_origins) if key_origins is not None else _env_origins()
+        trusted = tuple(key_origins) if key_origins is not None else key_origins_from_env()
         self._keys, self._withheld = _resolve_keys(api_key, api_keys, self.base_url, trusted)
         if self._keys:
             _check_plain_http(self.base_url, trusted)

@@ -17,7 +17,7 @@ are only checked for sendability and, with `redact`, masked too):
   (`Redaction.note`: "masked 2 e-mail addresses and 1 phone number").
 
 Redaction must not damage ordinary data (dates, ids, years, prices, tables), so numbers are
-masked only when they have the structure of a phone or card number; see `_classify`.
+masked only when they have the structure of a phone or card number; see `_card` and `_phone`.
 Precision and recall of both checks are measured in tests/test_hygiene.py.
 """
 
@@ -114,7 +114,7 @@ _EMAIL = re.compile(
 )
 # A run of digits split by single separators (space, - . /) and (area) parentheses, maybe
 # after a +: the candidates for card and phone numbers. Not inside a word, a decimal, a
-# path, a date or a longer number (the look-behind); what it is decides `_classify`.
+# path, a date or a longer number (the look-behinds); `_card` and `_phone` decide what it is.
 _NOT_AFTER = r"[\w.,+/\\:-]"
 _GROUPS = r"(?:(?:[ .\-/]|\) ?| ?\()?\d++\)?)*+"
 # Each branch starts with its first character, then looks behind it: a pattern that opens

@@ -127,7 +127,7 @@ class ChatSession:
         self._allowed_texts: set[str] = set()
         # The endpoint (origin) the explicit key was given for: it is sent only there.
         self._key_origin: str | None = (
-            self._endpoint_origin() if self.settings.api_key is not None else None
+            self._safe_origin() if self.settings.api_key is not None else None
         )
         self._noted_models: set[str] = set()  # asked of the local model, said once (local_note)
 
@@ -166,12 +166,12 @@ class ChatSession:
             "reply_timeout",
             "max_retries",
             "azure_api_version",
+            "key_origins",
         }
-        connection.add("key_origins")
         with self._lock:
             self.settings = candidate
             if changes.get("api_key") is not None:
-                self._key_origin = self._endpoint_origin()
+                self._key_origin = self._safe_origin()
             elif "api_key" in changes:
                 self._key_origin = None
             if connection & set(changes):
@@ -242,6 +242,14 @@ class ChatSession:
         """scheme://host:port of where requests go now (None: the local model, or none)."""
         endpoint = self.endpoint()
         return None if endpoint.kind == "local" else origin(endpoint.url)
+
+    def _safe_origin(self) -> str | None:
+        """`_endpoint_origin`, or None while the endpoint is unusable (OPENAI_BASE_URL that
+        is not a URL): a key set then goes nowhere, and the request says what is wrong."""
+        try:
+            return self._endpoint_origin()
+        except ConfigError:
+            return None
 
     def _explicit_key(self) -> Secret | None:
         """The key set with %chat key / configure(api_key=...), if it may go where requests

@@ -12,7 +12,7 @@ from math import inf
 from urllib.parse import urlsplit
 
 from ipychat.errors import ConfigError
-from ipychat.keys import Secret
+from ipychat.keys import Secret, find_keys
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -24,6 +24,7 @@ __all__ = [
     "check_model",
     "check_url",
     "is_loopback",
+    "key_origins_from_env",
     "origin",
 ]
 
@@ -44,7 +45,7 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _env_origins() -> tuple[str, ...]:
+def key_origins_from_env() -> tuple[str, ...]:
     """IPYCHAT_KEY_ORIGINS: comma-separated endpoint URLs the user allows the key to go to."""
     found: list[str] = []
     for item in os.environ.get("IPYCHAT_KEY_ORIGINS", "").split(","):
@@ -53,7 +54,7 @@ def _env_origins() -> tuple[str, ...]:
             try:
                 found.append(origin(item))
             except ConfigError:
-                continue  # a typo there must not break every request; the check says it
+                continue  # a typo must not break every request; a refusal names the origin
     return tuple(found)
 
 
@@ -116,6 +117,12 @@ def check_model(model: str | None) -> str | None:
     if not isinstance(model, str) or not model.strip():
         raise ConfigError("The model name is empty: pass a model such as gpt-4o-mini.")
     name = model.strip()
+    found = find_keys(name)
+    if found:  # the model name is sent in every request body, and shown in every footer
+        raise ConfigError(
+            f"The model name looks like {found[0].kind} ({found[0].shown}): a key goes in "
+            "%chat key, not in the model name."
+        )
     if any(c.isspace() or not c.isprintable() for c in name):
         raise ConfigError(
             f"The model name {name!r} holds spaces or control characters: pass a model id such "
@@ -147,7 +154,7 @@ class Settings:
     # OPENAI_API_KEY goes only to OpenAI or OPENAI_BASE_URL, a %chat key only to the
     # endpoint it was given for, and a key never crosses plain http to another machine
     # unless its endpoint is listed here (%chat endpoint URL --send-key, IPYCHAT_KEY_ORIGINS).
-    key_origins: tuple[str, ...] = field(default_factory=_env_origins)
+    key_origins: tuple[str, ...] = field(default_factory=key_origins_from_env)
 
     def __post_init__(self) -> None:
         if isinstance(self.api_key, str):  # a plain str would show in every repr

@@ -270,6 +270,22 @@ def test_a_key_anywhere_in_a_request_is_refused_and_nothing_is_sent(
     assert fake.requests == [], name
 
 
+def test_a_key_given_as_the_model_name_is_refused(
+    session: ChatSession, fake: FakeOpenAIServer
+) -> None:
+    from ipychat.errors import ConfigError
+
+    for call in (
+        lambda: session.ask("hi", model=OPENAI_KEY),  # the request body carries the model
+        lambda: session.configure(model=AWS_KEY),
+        lambda: session.map(_rows("a"), "{t}", "out", model=GITHUB_TOKEN),
+    ):
+        with pytest.raises(ConfigError, match="a key goes in %chat key") as info:
+            call()
+        assert all(k not in str(info.value) for k in (OPENAI_KEY, AWS_KEY, GITHUB_TOKEN))
+    assert fake.requests == []
+
+
 def test_where_the_key_was_is_said(session: ChatSession) -> None:
     with pytest.raises(SecretInPromptError, match=r"^The system prompt .*%chat system"):
         session.ask("hi", system=f"key {OPENAI_KEY}")
