@@ -32,6 +32,7 @@ import ipywidgets as w
 from ipychat import format as fmt
 from ipychat import tokens
 from ipychat.errors import ChatError
+from ipychat.markdown import escape_dollars, prompt_markdown, reply_markdown
 from ipychat.pricing import format_tokens, format_usd
 from ipychat.session import ChatSession, Event, get_session
 from ipychat.types import Estimate, Reply
@@ -95,22 +96,16 @@ class _Footers:
         return (entry[1], entry[2]) if entry is not None and entry[0] is message else None
 
 
-def _quote(text: str) -> str:
-    return "\n".join("> " + line for line in text.splitlines() or [""])
-
-
-def _close_fences(text: str) -> str:
-    # A half-streamed ``` block would swallow the footer and everything after it.
-    return text + "\n```" if text.count("```") % 2 else text
-
-
 def _footer_md(footer: str) -> str:
+    # In a code span: JupyterLab neither typesets its dollars nor parses it.
     return f"<sub>`{footer}`</sub>"
 
 
-def _show_markdown(output: w.Output, markdown: str) -> None:
-    # Markdown rendered by the front end (its sanitizer included), like a %%chat cell's.
-    data = {"text/markdown": markdown, "text/plain": markdown}
+def _show_markdown(output: w.Output, markdown: str, plain: str) -> None:
+    # Markdown rendered by the front end, like a %%chat cell's. Outputs of an Output widget
+    # are trusted (raw HTML renders, images load), so every reply and prompt in `markdown`
+    # went through ipychat.markdown first.
+    data = {"text/markdown": markdown, "text/plain": plain}
     output.outputs = (
         ({"output_type": "display_data", "data": data, "metadata": {}},) if markdown else ()
     )
@@ -169,6 +164,21 @@ class ChatPanel(w.VBox):
         self._render_transcript()
         self._post(self._update_estimate)
         self._fetch_models()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
+        """The widget view, and a text/plain that reads well where widgets do not render
+        (`jupyter nbconvert --to markdown`, a saved notebook opened without its kernel)."""
+        data = super()._repr_mimebundle_(**kwargs)
+        if data is not None:
+            name = self.session.current_thread
+            thread = self.session.threads.get(name)
+            turns = thread.turns if thread is not None else 0
+            data["text/plain"] = (
+                f"ipychat chat panel · thread {name} ({turns} turn{'s' if turns != 1 else ''}) "
+                f"· {self.spend.value and html.unescape(self.spend.value)} "
+                "(interactive: shown with a running kernel)"
+            )
+        return data
 
     # ----- building ------------------------------------------------------------------------
 
@@ -321,7 +331,10 @@ class ChatPanel(w.VBox):
             self._render_handle = self.session.loop.call_later(wait, self._guard, self._render_live)
 
     def _render_transcript(self) -> None:
-        _show_markdown(self.history, self._history_markdown())
+        history = self._history()
+        _show_markdown(
+            self.history, "\n\n".join(md for md, _ in history), "\n\n".join(p for _, p in history)
+        )
         self._render_live()
 
     def _render_live(self) -> None:
@@ -329,45 +342,53 @@ class ChatPanel(w.VBox):
             self._render_handle.cancel()
             self._render_handle = None
         self._last_render = time.monotonic()
-        _show_markdown(self.live, self._live_markdown())
+        live = self._live()
+        _show_markdown(
+            self.live, "\n\n".join(md for md, _ in live), "\n\n".join(p for _, p in live)
+        )
 
     def transcript_markdown(self) -> str:
         """The current thread as Markdown: prompts quoted, each reply followed by its footer."""
-        return "\n\n".join(filter(None, (self._history_markdown(), self._live_markdown())))
+        return "\n\n".join(md for md, _ in (*self._history(), *self._live()))
 
-    def _history_markdown(self) -> str:
+    def transcript_text(self) -> str:
+        """The current thread as plain text (the panel's text/plain)."""
+        return "\n\n".join(plain for _, plain in (*self._history(), *self._live()))
+
+    def _history(self) -> list[tuple[str, str]]:
+        """(Markdown, plain text) blocks of the current thread's messages and footers."""
         name = self.session.current_thread
         thread = self.session.threads.get(name)
-        parts: list[str] = []
+        parts: list[tuple[str, str]] = []
         for message in list(thread.messages) if thread else []:
             content = str(message.get("content") or "")
             if message["role"] == "user":
-                parts.append(_quote(content))
+                parts.append((prompt_markdown(content), "> " + content))
             elif message["role"] == "assistant":
                 known = self._footers.get(message)
-                parts.append(_close_fences(content) or "*(no text)*")
+                parts.append((reply_markdown(content) or "*(no text)*", content))
                 if known is not None:
                     reply, footer = known
                     if reply.interrupted:
-                        parts.append("*⏹ stopped: partial reply*")
-                    parts.append(_footer_md(footer))
+                        parts.append(("*⏹ stopped: partial reply*", "(stopped: partial reply)"))
+                    parts.append((_footer_md(footer), f"[{footer}]"))
         if not parts and name not in self._pending:
-            return f"*Thread {name} is empty: write a prompt below, or run a %%chat cell.*"
-        return "\n\n".join(parts)
+            empty = f"Thread {name} is empty: write a prompt below, or run a %%chat cell."
+            return [(f"*{escape_dollars(empty)}*", empty)]
+        return parts
 
-    def _live_markdown(self) -> str:
+    def _live(self) -> list[tuple[str, str]]:
         pending = self._pending.get(self.session.current_thread)
         if pending is None:
-            return ""
+            return []
         model = pending.estimate.model
         done = tokens.count_text(pending.text, model)
-        return "\n\n".join(
-            (
-                _quote(pending.prompt),
-                _close_fences(pending.text) or "*…*",
-                _footer_md(fmt.streaming_footer(model, pending.estimate, done)),
-            )
-        )
+        footer = fmt.streaming_footer(model, pending.estimate, done)
+        return [
+            (prompt_markdown(pending.prompt), "> " + pending.prompt),
+            (reply_markdown(pending.text) or "*…*", pending.text or "…"),
+            (_footer_md(footer), f"[{footer}]"),
+        ]
 
     def _schedule_estimate(self) -> None:
         if self._estimate_handle is not None:
