@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import html
+import re
 import sys
 import time
 from typing import Any
@@ -96,7 +97,8 @@ class _ProgressView:
         """The finished bar as HTML (a native <progress>, amounts in <code> so they are
         never typeset) and as text."""
         p = self._progress
-        line = f"{'map finished' if ok else 'map stopped'}: {p.line()}"
+        done = re.sub(r" · ETA [^·]*·", " ·", p.line())  # no ETA once it has ended
+        line = f"{'map finished' if ok else 'map stopped'}: {done}"
         color = "var(--jp-success-color1, #388e3c)" if ok else "var(--jp-warn-color1, #f57c00)"
         return {
             "text/html": (

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 __all__ = [
+    "LITERAL_DOLLAR",
     "allow_remote_images",
     "close_fences",
     "code_regions",
@@ -194,27 +195,33 @@ def fenced(text: str, info: str = "") -> str:
 # ----- dollar signs ---------------------------------------------------------------------------
 
 
+# How a `$` is shown as written. JupyterLab 4 renders Markdown output in three steps: it
+# sets `$…$` aside from the Markdown parser (its own splitter, which skips `\$`), parses the
+# rest (which turns `\$` into `$`), then MathJax typesets the page's text, pairing any two
+# `$` it finds. So a plain `\$` is typeset anyway (seen in the browser test); a `\$` inside
+# its own element is not: MathJax does not pair a `$` across element boundaries. Other
+# CommonMark renderers (nbconvert, GitHub) show the same thing: a `$`.
+LITERAL_DOLLAR = "<span>\\$</span>"
+
+
 def escape_dollars(text: str) -> str:
-    """ipychat's own Markdown: every `$` outside code is escaped, so amounts show as written."""
+    """ipychat's own Markdown: every `$` outside code is shown as written."""
     code = _Code(text)
-    return _escape_at(
-        text,
-        [
-            i
-            for i, c in enumerate(text)
-            if c == "$" and not code.contains(i) and not _escaped(text, i)
-        ],
+    return _literal_dollars(
+        text, [i for i, c in enumerate(text) if c == "$" and not code.contains(i)]
     )
 
 
-def _escape_at(text: str, positions: list[int]) -> str:
+def _literal_dollars(text: str, positions: list[int]) -> str:
+    """`text` with the `$` (or `\\$`) at each position replaced by LITERAL_DOLLAR."""
     if not positions:
         return text
     out, last = [], 0
     for pos in positions:
-        out.append(text[last:pos])
-        out.append("\\")
-        last = pos
+        start = pos - 1 if _escaped(text, pos) else pos
+        out.append(text[last:start])
+        out.append(LITERAL_DOLLAR)
+        last = pos + 1
     out.append(text[last:])
     return "".join(out)
 
@@ -223,19 +230,20 @@ _CURRENCY = re.compile(r"\$(?=\.?\d)")
 
 
 def _currency(text: str) -> str:
-    """Escape the `$` of currency; keep LaTeX.
+    """Show the `$` of currency as written; keep LaTeX.
 
     A `$` before a digit ("$1,200", "$.50") is currency unless it opens inline math that
     closes on a `$` which, as in Pandoc's rule, follows a non-space character, is not
     followed by a digit and comes before the paragraph ends with no other `$` between:
     `$2^n$` stays math; "$1,200 in January to $1,850" does not pair (the second `$` follows a
-    space), so both show as written. `$$…$$` display math is kept whole.
+    space), so both show as written. `$$…$$` display math is kept whole. A `\\$` the model
+    escaped itself is meant as text, and shown as such.
     """
     code = _Code(text)
-    dollars = [
-        i for i, c in enumerate(text) if c == "$" and not code.contains(i) and not _escaped(text, i)
-    ]
-    escape: list[int] = []
+    every = [i for i, c in enumerate(text) if c == "$" and not code.contains(i)]
+    dollars = [i for i in every if not _escaped(text, i)]
+    literal: list[int] = []
+    math: list[tuple[int, int]] = []
     i = 0
     while i < len(dollars):
         pos = dollars[i]
@@ -244,16 +252,19 @@ def _currency(text: str) -> str:
             while j + 1 < len(dollars) and dollars[j + 1] != dollars[j] + 1:
                 j += 1
             closed = j + 1 < len(dollars) and not _BLANK_LINE.search(text, pos, dollars[j])
+            if closed:
+                math.append((pos, dollars[j + 1]))
             i = j + 2 if closed else i + 2  # the whole block, or just an unclosed `$$`
             continue
-        closes = i + 1 < len(dollars) and _closes(text, pos, dollars[i + 1], dollars)
-        if closes:
+        if i + 1 < len(dollars) and _closes(text, pos, dollars[i + 1], dollars):
+            math.append((pos, dollars[i + 1]))
             i += 2  # a math span (whatever its first character): both dollars stay
             continue
         if _CURRENCY.match(text, pos):
-            escape.append(pos)
+            literal.append(pos)
         i += 1
-    return _escape_at(text, escape)
+    escaped = [i for i in every if _escaped(text, i) and not any(a < i < b for a, b in math)]
+    return _literal_dollars(text, sorted(literal + escaped))
 
 
 def _closes(text: str, start: int, end: int, dollars: list[int]) -> bool:
@@ -318,7 +329,7 @@ def _link_label(alt: str, url: str) -> str:
     host = _host(url)
     alt = alt.strip()
     label = f"image: {alt}" if alt else "image"
-    return f"{label} · {host}" if host else label
+    return f"{label} ({host})" if host else label
 
 
 def _html(text: str, allow_images: bool) -> str:

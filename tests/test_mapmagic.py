@@ -163,7 +163,7 @@ def test_the_notebook_progress_bar_is_a_widget_replaced_by_a_static_summary() ->
     # The same output (same display id), now static: what a saved notebook keeps.
     assert final.update and final.transient == live.transient
     assert set(final.data) == {"text/html", "text/plain"}
-    assert final.data["text/plain"] == ("map stopped: 3/8 · 2 rows/s · ETA 3 s · 1 error · $0.0012")
+    assert final.data["text/plain"] == ("map stopped: 3/8 · 2 rows/s · 1 error · $0.0012")
     assert "<progress value='3' max='8'" in final.data["text/html"]
     assert "<code>map stopped: 3/8" in final.data["text/html"]  # amounts never typeset
     assert bar.comm is None and label.comm is None  # the widgets are closed

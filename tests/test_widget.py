@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from ipychat import tokens
+from ipychat.markdown import LITERAL_DOLLAR
 from ipychat.session import ChatSession, Settings, reset_session
 from ipychat.testing import FakeOpenAIServer
 from ipychat.types import Estimate
@@ -65,8 +66,12 @@ def slow_session(server: FakeOpenAIServer, tmp_path: Any, **settings: Any) -> Ch
 
 def transcript(p: ChatPanel) -> str:
     """The Markdown the front end is given (the thread's history, then the reply in flight)."""
-    parts = [o["data"]["text/markdown"] for out in (p.history, p.live) for o in out.outputs]
-    return "\n\n".join(parts)
+    return "\n\n".join(_data(p, "text/markdown"))
+
+
+def _data(p: ChatPanel, mime: str) -> list[str]:
+    boxes = (p.history, p.live)
+    return [o["data"][mime] for box in boxes for out in box.children for o in out.outputs]
 
 
 def error(p: ChatPanel) -> str:
@@ -195,15 +200,16 @@ def test_replies_in_the_panel_show_amounts_as_written_and_fetch_nothing(tmp_path
             text = wait_for(
                 lambda: "thread main (1 turn)" in transcript(p) and transcript(p), "the reply"
             )
-            assert "from \\$1,200 in January to \\$1,850 in March" in text
+            dollar = LITERAL_DOLLAR
+            assert f"from {dollar}1,200 in January to {dollar}1,850 in March" in text
             assert "$x^2$ stays math" in text
-            assert "> Sales cost \\$5 and \\$7?" in text
+            assert f"> Sales cost {dollar}5 and {dollar}7?" in text
             assert "![" not in text and "<img" not in text
             assert (
-                "[image: chart · attacker.example](https://attacker.example/c.png?d=secret)" in text
+                "[image: chart (attacker.example)](https://attacker.example/c.png?d=secret)" in text
             )
             # The widget's text/plain is what was written, for exports.
-            plain = p.history.outputs[0]["data"]["text/plain"]
+            plain = "\n".join(_data(p, "text/plain"))
             assert "from $1,200 in January to $1,850 in March" in plain
         finally:
             p.close()
