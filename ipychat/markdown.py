@@ -204,12 +204,29 @@ def fenced(text: str, info: str = "") -> str:
 LITERAL_DOLLAR = "<span>\\$</span>"
 
 
+# An amount as ipychat writes it (pricing.format_usd): `$0.00028`, `$1,234.50`, `$5e-05`.
+_AMOUNT = re.compile(r"\$\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
 def escape_dollars(text: str) -> str:
-    """ipychat's own Markdown: every `$` outside code is shown as written."""
+    """ipychat's own Markdown: every `$` outside code is shown as written.
+
+    Amounts go into code spans, like the footers: they read the same in JupyterLab and in a
+    Markdown export read as text (`jupyter nbconvert --to markdown`). Any other `$` (a system
+    prompt shown back, say) becomes LITERAL_DOLLAR.
+    """
     code = _Code(text)
-    return _literal_dollars(
-        text, [i for i, c in enumerate(text) if c == "$" and not code.contains(i)]
-    )
+    out, last = [], 0
+    for m in _AMOUNT.finditer(text):
+        if code.contains(m.start()) or _escaped(text, m.start()):
+            continue
+        out.append(text[last : m.start()])
+        out.append(f"`{m.group()}`")
+        last = m.end()
+    out.append(text[last:])
+    text = "".join(out)
+    code = _Code(text)
+    return _literal_dollars(text, [i for i, c in enumerate(text) if c == "$" and not code.contains(i)])
 
 
 def _literal_dollars(text: str, positions: list[int]) -> str:

@@ -128,12 +128,13 @@ def test_a_list_continuation_is_not_code() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("spent $0.00028 of $0.01", "spent \\$0.00028 of \\$0.01"),
-        ("| gpt-4o | $0.00028 | $0.00 |", "| gpt-4o | \\$0.00028 | \\$0.00 |"),
+        ("spent $0.00028 of $0.01", "spent `$0.00028` of `$0.01`"),
+        ("| gpt-4o | $0.00028 | $5e-05 |", "| gpt-4o | `$0.00028` | `$5e-05` |"),
+        ("$0.0002–$0.0008 (batch: $1,234.50)", "`$0.0002`–`$0.0008` (batch: `$1,234.50`)"),
         ("`$0.0002–$0.0008` in code", "`$0.0002–$0.0008` in code"),
         ("<sub>`model · $0.01`</sub>", "<sub>`model · $0.01`</sub>"),
         ("already \\$5", "already \\$5"),
-        ("$x", "\\$x"),  # ipychat writes no math: every dollar is text
+        ("system prompt: say $x and $HOME", "system prompt: say \\$x and \\$HOME"),
     ],
 )
 def test_own_lines_escape_every_dollar(text: str, expected: str) -> None:
@@ -230,9 +231,9 @@ def test_usage_and_budget_escape_their_dollars(
         ip.run_line_magic("chat", "")
     shown = _markdown_of(out)
     assert "$" in shown
-    unescaped = [i for i, c in enumerate(shown) if c == "$" and shown[i - 1] != "\\"]
-    assert not unescaped, shown
-    assert f"of {D}0.01" in shown
+    # Every amount in a code span (never typeset), no other dollar left.
+    assert "$" not in re.sub(r"`\$[\d.,e-]+`", "", shown), shown
+    assert re.search(r"spent `\$[\d.]+` of `\$0\.01`", shown)
     plain = "\n".join(o.data["text/plain"] for o in out.outputs)
     assert "of $0.01" in plain and "<span>" not in plain  # exports read as written
 
