@@ -455,9 +455,11 @@ PANEL = _notebook("%load_ext ipychat", "%chat panel", f"%%chat\n{MONEY_PROMPT}")
 SCROLL_GEOMETRY = """(needle) => {
     const scroller = document.querySelector('.ipychat-scroller');
     const view = scroller.getBoundingClientRect();
-    const blocks = [...scroller.querySelectorAll('.jp-OutputArea-output')]
-        .filter((e) => e.innerText.includes(needle));
-    const block = blocks[blocks.length - 1].getBoundingClientRect();
+    // The innermost element showing the needle (a paragraph, a footer), the last one.
+    const holders = [...scroller.querySelectorAll('*')].filter((e) =>
+        e.textContent.includes(needle)
+        && ![...e.children].some((c) => c.textContent.includes(needle)));
+    const block = holders[holders.length - 1].getBoundingClientRect();
     return {
         above: block.top - view.top,  // >= 0: the block's top is in view
         below: view.bottom - block.bottom,  // >= 0: its bottom too
