@@ -29,6 +29,7 @@ __all__ = ["FRAME_MODES", "FrameText", "frame_text", "is_frame", "is_series", "p
 
 # A frame whose whole CSV is at most this long is sent whole by `{df}`.
 WHOLE_CHARS = 1_500
+WHOLE_ROWS = 100  # and has at most this many rows
 # The summary's budget in characters (≈ 500 tokens).
 SUMMARY_CHARS = 2_000
 SIGNIFICANT = 4  # digits of floats in summaries
@@ -247,7 +248,7 @@ def frame_text(value: Any, mode: tuple[str, int] | None, name: str) -> FrameText
     choose = f"{{{name}:head=N}}, {{{name}:describe}} or {{{name}:csv}} choose"
     if mode is None:
         whole = table.csv()
-        if len(whole) <= WHOLE_CHARS:
+        if table.rows <= WHOLE_ROWS and len(whole) <= WHOLE_CHARS:
             return FrameText(_whole(value, table, series, whole), f"{size} {kind}, sent whole")
         mode = ("summary", 0)
     what, n = mode

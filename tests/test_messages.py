@@ -170,6 +170,13 @@ def test_a_small_frame_is_sent_whole_at_full_precision() -> None:
     assert result.notes == ("{sales}: 2 × 2 DataFrame, sent whole",)
 
 
+def test_many_short_rows_are_summarised_not_listed() -> None:
+    flags = pd.DataFrame({"churned": [0, 1, 1, 0, 1] * 100})  # 500 rows, 1,000 characters
+    result = interpolate("{flags}", {"flags": flags})
+    assert "as a summary" in result.notes[0]
+    assert re.search(r"^churned,500,0\.6,", result.text, re.M)
+
+
 def test_a_wide_frame_stays_within_budget_and_says_what_it_left_out() -> None:
     df = _floats(50, 400)
     text = render_value(df)
