@@ -226,7 +226,9 @@ def escape_dollars(text: str) -> str:
     out.append(text[last:])
     text = "".join(out)
     code = _Code(text)
-    return _literal_dollars(text, [i for i, c in enumerate(text) if c == "$" and not code.contains(i)])
+    return _literal_dollars(
+        text, [i for i, c in enumerate(text) if c == "$" and not code.contains(i)]
+    )
 
 
 def _literal_dollars(text: str, positions: list[int]) -> str:
