@@ -304,7 +304,9 @@ def _closes(text: str, start: int, end: int, dollars: list[int]) -> bool:
 _ATTRIBUTE = r"""\s+[A-Za-z_:][\w.:-]*(?:\s*=\s*(?:[^\s"'=<>`]+|'[^']*'|"[^"]*"))?"""
 _HTML = re.compile(
     rf"<!--.*?-->|<\?.*?\?>|<![A-Za-z][^>]*>|<!\[CDATA\[.*?\]\]>"
-    rf"|<(?P<close>/)?(?P<tag>[A-Za-z][A-Za-z0-9-]*)(?P<attrs>(?:{_ATTRIBUTE})*)\s*/?>",
+    rf"|<(?P<close>/)?(?P<tag>[A-Za-z][A-Za-z0-9-]*)(?P<attrs>(?:{_ATTRIBUTE})*)\s*/?>"
+    # Not CommonMark HTML, but a browser's: `<img/src=…>`, `<svg/onload=…>`.
+    r"|<[A-Za-z][A-Za-z0-9-]*/[^<>]+>",
     re.S,
 )
 _ATTR_VALUE = re.compile(r"""([A-Za-z_:][\w.:-]*)(?:\s*=\s*([^\s"'=<>`]+|'[^']*'|"[^"]*"))?""")

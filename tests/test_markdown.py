@@ -309,6 +309,8 @@ BLOCKED = [
     ("![x](//attacker.example/a.png)", "[image: x (attacker.example)](//attacker.example/a.png)"),
     ("![x](HTTPS://ATTACKER.EXAMPLE/a)", None),
     ("![x](&#104;ttps://attacker.example/a)", None),
+    ("![x](http&#58;//attacker.example/a)", None),
+    ("![x]( https://attacker.example/a )", None),
     ("![x](\\\\\\\\attacker.example/a)", None),  # `\\` in Markdown: a browser's `//`
     (
         "![a [b] c](https://attacker.example/a)",
@@ -387,6 +389,8 @@ ESCAPED_HTML = [
     '<a href="javascript:alert(1)">click</a>',
     "<!-- hidden instructions -->",
     '<b onmouseover="alert(1)">bold</b>',
+    "<img/src=https://attacker.example/a>",
+    "<svg/onload=alert(1)>",
 ]
 
 
