@@ -258,6 +258,8 @@ def _replies(attacker: str) -> Callable[[dict[str, Any]], str]:
             return _money_reply(attacker)
         if prompt.startswith("Is this review"):
             return "positive" if "lovely" in prompt else "negative"
+        if prompt == PANEL_PROMPT:  # long enough to be seen while it streams (about 1.5 s)
+            return f"Echo: {prompt}. " + " ".join(f"word{i}" for i in range(40))
         if prompt.startswith("Message"):  # tall replies, so the panel has to scroll
             return f"Echo: {prompt}\n\n" + "\n\n".join(f"Point {i}." for i in range(1, 5))
         return f"Echo: {prompt}"
@@ -470,9 +472,8 @@ SCROLL_GEOMETRY = """(needle) => {
 
 
 def test_panel_in_jupyterlab(tmp_path: Path, shots: Callable[[str], str]) -> None:
-    # Slow enough that the reply is seen while it streams (about 1.5 s for the first one).
     with (
-        _lab(tmp_path, {"panel.ipynb": PANEL}, tokens_per_second=8) as (lab, fake, attacker),
+        _lab(tmp_path, {"panel.ipynb": PANEL}, tokens_per_second=30) as (lab, fake, attacker),
         _browser(lab) as (page, _),
     ):
         try:
