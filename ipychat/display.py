@@ -1,5 +1,10 @@
 """Showing replies in a cell: live Markdown in a notebook, plain text in a terminal.
 
+Every output carries a readable text/plain next to its Markdown or HTML, so exported
+notebooks (`jupyter nbconvert --to markdown`, text viewers) read well. The Markdown itself
+goes through ipychat.markdown: ipychat's own lines with every `$` shown as written, replies
+with currency shown as written, LaTeX kept and nothing remote fetched.
+
 One of the two modules (with magics.py) that import IPython.
 """
 
@@ -10,9 +15,11 @@ import sys
 import time
 from typing import Any
 
-from IPython.display import HTML, Markdown, display
+from IPython.display import display
 
-__all__ = ["LiveReply", "in_notebook", "show_markdown", "show_prompt"]
+from ipychat.markdown import escape_dollars, reply_markdown
+
+__all__ = ["LiveReply", "in_notebook", "show_markdown", "show_prompt", "show_rendered"]
 
 # At most this many display updates a second while streaming: more only costs the front end.
 REFRESH_HZ = 20
@@ -24,7 +31,12 @@ def in_notebook(shell: Any) -> bool:
 
 
 def _footer_md(footer: str) -> str:
+    # In a code span: JupyterLab neither typesets its dollars nor parses it.
     return f"\n\n<sub>`{footer}`</sub>" if footer else ""
+
+
+def _footer_text(footer: str) -> str:
+    return f"\n\n[{footer}]" if footer else ""
 
 
 class LiveReply:
@@ -37,12 +49,12 @@ class LiveReply:
         self._last = 0.0
         self._printed = 0
 
-    def _body(self, text: str, footer: str) -> Any:
+    def _body(self, text: str, footer: str) -> dict[str, str]:
+        plain = text + _footer_text(footer)
         if self.code:
-            return HTML(
-                f"<pre>{html.escape(text)}</pre><sub><code>{html.escape(footer)}</code></sub>"
-            )
-        return Markdown(text + _footer_md(footer))
+            body = f"<pre>{html.escape(text)}</pre><sub><code>{html.escape(footer)}</code></sub>"
+            return {"text/html": body, "text/plain": plain}
+        return {"text/markdown": reply_markdown(text) + _footer_md(footer), "text/plain": plain}
 
     def due(self) -> bool:
         """Whether the next update would be shown (a terminal shows every one)."""
@@ -59,9 +71,9 @@ class LiveReply:
             return
         self._last = now
         if self._handle is None:
-            self._handle = display(self._body(text, footer), display_id=True)
+            self._handle = display(self._body(text, footer), raw=True, display_id=True)
         else:
-            self._handle.update(self._body(text, footer))
+            self._handle.update(self._body(text, footer), raw=True)
 
     def finish(self, text: str, footer: str) -> None:
         if not self.notebook:
@@ -73,20 +85,34 @@ class LiveReply:
         self.update(text, footer, force=True)
 
 
-def show_markdown(text: str, *, notebook: bool) -> None:
+def show_markdown(text: str, *, notebook: bool, plain: str | None = None) -> None:
+    """ipychat's own text (usage, budgets, summaries, notes): every `$` shown as written."""
     if notebook:
-        display(Markdown(text))
+        show_rendered(escape_dollars(text), plain if plain is not None else text)
     else:
-        print(text)
+        print(plain if plain is not None else text)
+
+
+def show_rendered(markdown: str, plain: str) -> None:
+    """Markdown already made safe (ipychat.markdown), with its text/plain."""
+    display({"text/markdown": markdown, "text/plain": plain}, raw=True)
 
 
 def show_prompt(
-    text: str, spans: tuple[tuple[int, int], ...], summary: str, *, notebook: bool
+    text: str,
+    spans: tuple[tuple[int, int], ...],
+    summary: str,
+    *,
+    notebook: bool,
+    notes: tuple[str, ...] = (),
 ) -> None:
-    """--dry-run: the rendered prompt with interpolated values highlighted, and its estimate."""
+    """--dry-run: the rendered prompt with interpolated values highlighted, its estimate, and
+    what was sent for each DataFrame (`{big}: 1,000 × 8 DataFrame as a summary; …`)."""
     if not notebook:
         print(text)
         print(f"\n[{summary}]")
+        for note in notes:
+            print(note)
         return
     pieces, last = [], 0
     for start, end in spans:
@@ -95,8 +121,14 @@ def show_prompt(
         last = end
     pieces.append(html.escape(text[last:]))
     body = "".join(pieces)
+    # Amounts inside <code>/<pre>: MathJax skips those when it typesets HTML output.
+    lines = "".join(f"<br><sub><code>{html.escape(note)}</code></sub>" for note in notes)
+    plain = "\n".join([text, "", f"[{summary}]", *notes])
     display(
-        HTML(
-            f"<pre style='white-space: pre-wrap'>{body}</pre><sub><code>{html.escape(summary)}</code></sub>"
-        )
+        {
+            "text/html": f"<pre style='white-space: pre-wrap'>{body}</pre>"
+            f"<sub><code>{html.escape(summary)}</code></sub>{lines}",
+            "text/plain": plain,
+        },
+        raw=True,
     )

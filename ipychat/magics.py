@@ -30,7 +30,7 @@ from ipychat import format as fmt
 from ipychat.errors import ChatError, Interrupted
 from ipychat.hygiene import check_magic_line
 from ipychat.magicargs import check_variable, help_layout, parse_line, unknown_word, user_errors
-from ipychat.messages import interpolate
+from ipychat.messages import Interpolated, interpolate
 from ipychat.pricing import format_usd
 from ipychat.session import CacheMode, ChatSession, Event, get_session, reset_session
 from ipychat.settings import LOCAL_MODEL
@@ -113,6 +113,11 @@ class ChatMagics(Magics):
         allow_none=True,
         help="Mask e-mail addresses, phone and card numbers in prompts before they are sent.",
     ).tag(config=True)
+    allow_remote_images = Bool(
+        False,
+        help="Show images a reply links from other hosts. Off: they show as links, since "
+        "fetching one can carry data out (a prompt injection's favourite trick).",
+    ).tag(config=True)
 
     def __init__(
         self, shell: Any = None, session: ChatSession | None = None, **kwargs: Any
@@ -135,6 +140,12 @@ class ChatMagics(Magics):
             except ChatError as exc:
                 raise TraitError(str(exc)) from None
         return value
+
+    @observe("allow_remote_images")
+    def _push_images(self, change: dict[str, Any]) -> None:
+        from ipychat.markdown import allow_remote_images
+
+        allow_remote_images(change["new"])
 
     @observe(*_MIRRORED)
     def _push_setting(self, change: dict[str, Any]) -> None:
@@ -233,16 +244,16 @@ class ChatMagics(Magics):
         with user_errors():
             return self._chat(args, cell)
 
-    def _render(self, cell: str, raw: bool) -> tuple[str, tuple[tuple[int, int], ...]]:
+    def _render(self, cell: str, raw: bool) -> Interpolated:
         if not cell.strip():
             raise UsageError("The cell is empty: write your prompt below %%chat.")
         if raw:
-            return cell.strip(), ()
-        rendered = interpolate(cell.strip(), self._user_ns)
-        return rendered.text, rendered.spans
+            return Interpolated(cell.strip())
+        return interpolate(cell.strip(), self._user_ns)
 
     def _chat(self, args: Any, cell: str) -> Reply | None:
-        prompt, spans = self._render(cell, args.no_interpolate)
+        rendered = self._render(cell, args.no_interpolate)
+        prompt = rendered.text
         options = {
             "thread": args.thread,
             "model": args.model,
@@ -264,7 +275,11 @@ class ChatMagics(Magics):
             if prepared.masked:
                 extra += f" · {prepared.masked}"
             show_prompt(
-                prompt, spans, fmt.estimate_line(prepared.estimate) + extra, notebook=self.notebook
+                prompt,
+                rendered.spans,
+                fmt.estimate_line(prepared.estimate) + extra,
+                notebook=self.notebook,
+                notes=rendered.notes,
             )
             return None
         cache: CacheMode = "off" if args.no_cache else "refresh" if args.refresh else "use"
@@ -453,7 +468,14 @@ class ChatMagics(Magics):
         if not thread.messages:
             self._show(f"thread {thread.name} is empty.")
             return
-        self._show("\n\n".join(f"**{m['role']}:** {m['content']}" for m in thread.messages))
+        from ipychat.display import show_rendered
+        from ipychat.markdown import history_markdown
+
+        plain = "\n\n".join(f"{m['role']}: {m.get('content') or ''}" for m in thread.messages)
+        if self.notebook:
+            show_rendered(history_markdown(thread.messages), plain)
+        else:
+            print(plain)
 
     def _cmd_reset(self, rest: list[str]) -> None:
         self.session.reset(rest[0] if rest else None)
@@ -536,7 +558,9 @@ class ChatMagics(Magics):
         if server is None:
             self._show("The local model server has not been started in this kernel.")
             return
-        self._show(f"{server.log_path}:\n\n```\n{server.log_tail(40)}\n```")
+        from ipychat.markdown import fenced
+
+        self._show(f"{server.log_path}:\n\n{fenced(server.log_tail(40))}")
 
     def _cmd_batches(self, rest: list[str]) -> None:
         from ipychat import batch
@@ -770,6 +794,9 @@ def load(ipython: Any) -> None:
     from ipychat.mapmagic import ChatMapMagics
 
     magics = ChatMagics(shell=ipython)
+    from ipychat.markdown import allow_remote_images
+
+    allow_remote_images(magics.allow_remote_images)  # the configured value, or off
     ipython.register_magics(magics)
     ipython.register_magics(ChatMapMagics)
     if magics not in ipython.configurables:
@@ -807,5 +834,8 @@ def unload(ipython: Any) -> None:
         ipython.magics_manager.magics["cell"].pop("chatmap", None)
         _loaded = None
     reset_session(None)
+    from ipychat.markdown import allow_remote_images
+
+    allow_remote_images(False)
     if "ipychat.local" in sys.modules:  # never import it just to stop nothing
         sys.modules["ipychat.local"].stop_server()

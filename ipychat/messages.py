@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ipychat._frametext import frame_text, is_frame, is_series, parse_mode
 from ipychat.errors import ContextLengthError, TemplateError
 
 __all__ = [
@@ -28,9 +29,14 @@ Message = dict[str, Any]
 
 # `{name}`, `{name.attr}`, `{name[0]}`, `{name["key"]}`, `{In[3]}`; nothing else is a placeholder,
 # so JSON (`{"a": 1}`), code (`{ return x; }`) and most LaTeX pass through untouched.
+# `{name:spec}` formats the value: a DataFrame/Series view (`{df:head=20}`, `{df:describe}`,
+# `{df:csv}`; see ipychat._frametext) or a Python format spec (`{price:.2f}`, `{n:,}`). A spec
+# has no spaces and is never only digits, so `{name: "x"}` and `{a:1}` stay text.
 _PLACEHOLDER = re.compile(
-    r"\{\{(?P<escaped>[^{}]*)\}\}|\{(?P<expr>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[(?:-?\d+|'[^'\]]*'|\"[^\"\]]*\")\])*)\}"
+    r"\{\{(?P<escaped>[^{}]*)\}\}|\{(?P<expr>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[(?:-?\d+|'[^'\]]*'|\"[^\"\]]*\")\])*)(?::(?P<spec>[^{}\s]+))?\}"
 )
+# Python's format-spec mini-language: [[fill]align][sign][z][#][0][width][grouping][.precision][type]
+_FORMAT_SPEC = re.compile(r"(?:[^{}]?[<>=^])?[-+ ]?z?#?0?\d*[,_]?(?:\.\d+)?[bcdeEfFgGnosxX%]?")
 _NAME = re.compile(r"[A-Za-z_]\w*")
 # A `{word}` right after one of these is LaTeX or code (`\frac{a}`, `x^{n}`, `f{x}`), not a
 # placeholder the user meant, so an unknown name there is left alone instead of refused.
@@ -50,6 +56,8 @@ class Interpolated:
     text: str
     names: tuple[str, ...] = ()
     spans: tuple[tuple[int, int], ...] = ()  # (start, end) in `text` of each substituted value
+    # What was sent for each DataFrame/Series (`{big}: 1,000 × 8 DataFrame as a summary; …`)
+    notes: tuple[str, ...] = ()
 
 
 def _lookup(expr: str, namespace: Mapping[str, Any]) -> tuple[bool, Any]:
@@ -89,10 +97,16 @@ def interpolate(
     raises TemplateError (sending the literal "{df}" is never what the user wanted), with a
     "did you mean" suggestion. Inside ``` fences or `inline code`, unknown names are left as
     written because braces there are code.
+
+    `{name:spec}` chooses how a value is written: for a DataFrame or Series `summary`,
+    `head=N`, `tail=N`, `describe` or `csv` (ipychat._frametext); for anything else a Python
+    format spec (`{price:.2f}`, `{n:,}`). A spec has no spaces and is not only digits, so
+    `{name: string}` and `{a:1}` are text; an unknown name with a spec is left as written.
     """
     code_spans = [m.span() for m in _FENCE.finditer(template)]
     names: list[str] = []
     spans: list[tuple[int, int]] = []
+    notes: list[str] = []
     out: list[str] = []
     size = 0  # length of "".join(out), kept to record spans without re-joining
     last = 0
@@ -105,16 +119,25 @@ def interpolate(
             out.append("{" + m.group("escaped") + "}")
             size += len(out[-1])
             continue
-        expr = m.group("expr")
+        expr, spec = m.group("expr"), m.group("spec")
+        if spec is not None and not _is_spec(spec):  # `{key:value}` text, not a placeholder
+            out.append(token)
+            size += len(token)
+            continue
         found, value = _lookup(expr, namespace)
         if found:
             names.append(expr)
-            out.append(_rendered(expr, value, max_value_chars))
+            text, note = _value_text(token, expr, spec, value, max_value_chars)
+            out.append(text)
+            if note:
+                notes.append(f"{token}: {note}")
             spans.append((size, size + len(out[-1])))
             size += len(out[-1])
             continue
         before = template[m.start() - 1] if m.start() else ""
-        if before in _LITERAL_CONTEXT or _in_code(code_spans, m.start()):
+        # With a spec, an unknown name is left alone: `{x:.2f}` is as likely an f-string
+        # being discussed as a placeholder.
+        if spec is not None or before in _LITERAL_CONTEXT or _in_code(code_spans, m.start()):
             out.append(token)
             size += len(token)
             continue
@@ -127,7 +150,7 @@ def interpolate(
             f"Use {{{{{name}}}}} to send the braces as text."
         )
     out.append(template[last:])
-    return Interpolated("".join(out), tuple(names), tuple(spans))
+    return Interpolated("".join(out), tuple(names), tuple(spans), tuple(notes))
 
 
 def _describe(exc: BaseException) -> str:
@@ -155,14 +178,43 @@ def _rendered(expr: str, value: Any, max_chars: int) -> str:
     return text
 
 
-def _is_dataframe(value: Any) -> bool:
-    shape = getattr(value, "shape", None)
-    return (
-        isinstance(shape, tuple)
-        and len(shape) == 2
-        and hasattr(value, "dtypes")
-        and hasattr(value, "head")
-    )
+def _is_spec(spec: str) -> bool:
+    if parse_mode(spec) is not None:
+        return True
+    return _FORMAT_SPEC.fullmatch(spec) is not None and not spec.isdigit()
+
+
+def _value_text(
+    token: str, expr: str, spec: str | None, value: Any, max_chars: int
+) -> tuple[str, str]:
+    """The text `{expr}` or `{expr:spec}` becomes, and a note for --dry-run (frames only)."""
+    frame = is_frame(value) or is_series(value)
+    if spec is None:
+        if frame:
+            shown = frame_text(value, None, expr)
+            return _shorten(shown.text, max_chars), shown.note
+        return _rendered(expr, value, max_chars), ""
+    mode = parse_mode(spec)
+    if frame:
+        if mode is None:
+            raise TemplateError(
+                f"{token}: a DataFrame or Series takes :summary, :head=N, :tail=N, :describe or "
+                f":csv, not a format spec. Use {{{{{expr}:{spec}}}}} to send the braces as text."
+            )
+        shown = frame_text(value, mode, expr)
+        return shown.text, shown.note
+    if mode is not None:
+        raise TemplateError(
+            f"{token}: :{spec} is for DataFrames and Series, and {expr} is a "
+            f"{type(value).__name__}. Drop :{spec}, or use {{{{{expr}:{spec}}}}} for the text."
+        )
+    try:
+        return format(value, spec), ""
+    except Exception as exc:  # user code: a __format__ may raise anything
+        raise TemplateError(
+            f"{token}: {exc} ({expr} is a {type(value).__name__}). Fix the format spec, or use "
+            f"{{{{{expr}:{spec}}}}} to send the braces as text."
+        ) from None
 
 
 def _shorten(text: str, max_chars: int) -> str:
@@ -173,23 +225,13 @@ def _shorten(text: str, max_chars: int) -> str:
 
 
 def render_value(value: Any, *, max_chars: int = DEFAULT_VALUE_CHARS) -> str:
-    """The text a value becomes inside a prompt: strings as they are, DataFrames as a compact
-    summary (shape, dtypes, first rows as CSV), anything else as its repr; all capped."""
+    """The text a value becomes inside a prompt: strings as they are, DataFrames and Series
+    whole if small, else as a summary (ipychat._frametext), anything else as its repr; all
+    capped."""
     if isinstance(value, str):
         return _shorten(value, max_chars)
-    if _is_dataframe(value):
-        rows, cols = value.shape
-        dtypes = ", ".join(f"{c}: {t}" for c, t in value.dtypes.astype(str).items())
-        head_rows = 10
-        head = value.head(head_rows).to_csv(index=True).strip()
-        more = f"\n(first {head_rows} of {rows:,} rows)" if rows > head_rows else ""
-        text = f"DataFrame with {rows:,} rows × {cols:,} columns ({dtypes})\n{head}{more}"
-        return _shorten(text, max_chars)
-    if hasattr(value, "dtype") and hasattr(value, "head") and hasattr(value, "to_string"):  # Series
-        head = value.head(20).to_string()
-        return _shorten(
-            f"Series {getattr(value, 'name', '')!s} of length {len(value):,}\n{head}", max_chars
-        )
+    if is_frame(value) or is_series(value):  # pandas or polars, read by duck typing
+        return _shorten(frame_text(value, None, "value").text, max_chars)
     return _shorten(repr(value), max_chars)
 
 

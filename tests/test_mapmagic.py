@@ -147,12 +147,75 @@ def test_help_is_real(shell: Any) -> None:
     assert "--fill-null" in ChatMapMagics.chatmap.__doc__  # from @magic_arguments
 
 
-def test_the_notebook_progress_bar_is_a_widget() -> None:
+def test_the_notebook_progress_bar_is_a_widget_replaced_by_a_static_summary() -> None:
     from ipychat.chatmap import MapProgress
 
     view = mapmagic._ProgressView(notebook=True)
-    with capture_output():
+    with capture_output() as out:
         view.update(MapProgress(3, 8, 1, 0.0012, 2.0, 1.5, 3.3))
+        bar, label = view._bar, view._label
+        assert bar.value == 3 and bar.max == 8
+        assert "3/8 · 2 rows/s · ETA 3 s · 1 error · $0.0012" in label.value
         view.finish(False)
-    assert view._bar.value == 3 and view._bar.max == 8 and view._bar.bar_style == "warning"
-    assert "3/8 · 2 rows/s · ETA 3 s · 1 error · $0.0012" in view._label.value
+    live, final = out.outputs
+    assert "application/vnd.jupyter.widget-view+json" in live.data
+    assert live.data["text/plain"] == "map in progress: 0/8"  # not HBox(children=(IntProgress…
+    # The same output (same display id), now static: what a saved notebook keeps.
+    assert final.update and final.transient == live.transient
+    assert set(final.data) == {"text/html", "text/plain"}
+    assert final.data["text/plain"] == ("map stopped: 3/8 · 2 rows/s · 1 error · $0.0012")
+    assert "<progress value='3' max='8'" in final.data["text/html"]
+    assert "<code>map stopped: 3/8" in final.data["text/html"]  # amounts never typeset
+    assert bar.comm is None and label.comm is None  # the widgets are closed
+
+
+def test_a_terminal_gets_a_text_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from ipychat.chatmap import MapProgress
+
+    view = mapmagic._ProgressView(notebook=False)
+    view.update(MapProgress(8, 8, 0, 0.0012, 2.0, 4.0, 0.0))
+    view.finish(True)
+    assert "8/8 · 4 rows/s" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_an_executed_notebook_keeps_summaries_not_widgets(
+    fake: FakeOpenAIServer, tmp_path: Any
+) -> None:
+    """What `jupyter nbconvert --execute` saves: the finished map as a static summary, the
+    panel with a readable text/plain, and no widget repr in the Markdown export."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbconvert import MarkdownExporter
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.cells = [
+        nbformat.v4.new_code_cell(c)
+        for c in (
+            "%load_ext ipychat",
+            f"%chat endpoint {fake.base_url}",
+            "import pandas as pd\nreviews = pd.DataFrame({'text': [f'review {i}' for i in range(6)]})",
+            "%%chatmap reviews -o label --max-tokens 3\nLabel: {text}",
+            "%chat panel",
+        )
+    ]
+    NotebookClient(nb, timeout=60, kernel_name="python3").execute()
+    outputs = nb.cells[3].outputs
+    kinds = [set(o.get("data", {})) for o in outputs]
+    assert not any("application/vnd.jupyter.widget-view+json" in k for k in kinds), kinds
+    static = [o for o in outputs if "<progress" in o.get("data", {}).get("text/html", "")]
+    assert len(static) == 1
+    assert static[0].data["text/plain"].startswith("map finished: 6/6 · ")
+    panel = nb.cells[4].outputs[0].data["text/plain"]
+    assert panel.startswith("ipychat chat panel · thread main (0 turns) · spent $")
+
+    exported, _ = MarkdownExporter().from_notebook_node(nb)
+    for widget_repr in ("HBox(", "IntProgress(", "ChatPanel(", "VBox("):
+        assert widget_repr not in exported
+    assert "map finished: 6/6" in exported
+    assert "Done: 6 rows in" in exported

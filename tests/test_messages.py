@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import re
 
+import numpy as np
 import pandas as pd
+import polars as pl
 import pytest
 
+from ipychat import tokens
 from ipychat.errors import ContextLengthError, TemplateError
 from ipychat.messages import Thread, build_messages, interpolate, render_value, trim_history
 
@@ -67,12 +71,7 @@ def test_spans_mark_substituted_values() -> None:
     assert result.names == ("x", "n")
 
 
-def test_dataframe_renders_compactly_with_a_cap() -> None:
-    df = pd.DataFrame({"a": range(100_000), "b": ["text"] * 100_000})
-    text = render_value(df)
-    assert re.match(r"DataFrame with 100,000 rows × 2 columns \(a: int64, b: (object|str)\)", text)
-    assert "first 10 of 100,000 rows" in text
-    assert len(text) < 2_000
+def test_long_strings_are_capped() -> None:
     huge = render_value("y" * 50_000, max_chars=1_000)
     assert len(huge) < 1_100 and "characters left out" in huge
 
@@ -80,6 +79,181 @@ def test_dataframe_renders_compactly_with_a_cap() -> None:
 def test_series_and_objects_render() -> None:
     assert "Series s of length 3" in render_value(pd.Series([1, 2, 3], name="s"))
     assert render_value([1, 2]) == "[1, 2]"
+
+
+# ----- DataFrames and Series in prompts (issue: 1,000 × 8 floats went out as 10 raw CSV rows) --
+
+
+def _floats(rows: int = 1_000, cols: int = 8) -> pd.DataFrame:
+    rng = np.random.default_rng(7)
+    return pd.DataFrame(
+        rng.normal(size=(rows, cols)) * 1_000, columns=[f"x{i}" for i in range(cols)]
+    )
+
+
+def _polars(df: pd.DataFrame) -> pl.DataFrame:
+    return pl.DataFrame({str(c): df[c].tolist() for c in df.columns})
+
+
+def _numbers(line: str) -> list[str]:
+    return re.findall(r"-?\d[\d.]*(?:e[-+]\d+)?", line)
+
+
+def _significant(number: str) -> int:
+    mantissa = number.lstrip("-").split("e")[0].replace(".", "").lstrip("0")
+    return len(mantissa.rstrip("0")) if "." not in number.split("e")[0] else len(mantissa)
+
+
+@pytest.mark.parametrize("kind", ["pandas", "polars"])
+def test_a_large_frame_goes_out_as_a_summary_within_its_token_budget(kind: str) -> None:
+    df = _floats()
+    value = df if kind == "pandas" else _polars(df)
+    text = interpolate("Describe {big}", {"big": value}).text
+    sent = tokens.count_text(text, "gpt-4o-mini")
+    # Before: ten CSV rows at 17 digits, no statistics (864 tokens for this frame's shape).
+    raw = tokens.count_text(df.head(10).to_csv(), "gpt-4o-mini")
+    assert sent <= 600 < raw, (sent, raw)
+    assert "DataFrame with 1,000 rows × 8 columns" in text
+    for column in df.columns:
+        assert re.search(rf"\b{column}: (f|F)loat64\b", text)  # every column with its dtype
+        assert re.search(rf"^{column},1000,", text, re.M)  # and its describe() row
+    assert "first 5 rows" in text
+    # No float carries more than 4 significant digits (the count column is an integer).
+    body = text.split("first 5 rows", 1)[1]
+    floats = [n for n in _numbers(body) if "." in n or "e" in n]
+    assert floats and max(_significant(n) for n in floats) <= 4
+
+
+@pytest.mark.parametrize("kind", ["pandas", "polars"])
+def test_summary_numbers_are_the_frames_to_four_significant_digits(kind: str) -> None:
+    df = _floats(200, 3)
+    value = df if kind == "pandas" else _polars(df)
+    text = render_value(value)
+    lines = text.splitlines()
+    start = lines.index("x0,x1,x2")
+    for row, line in zip(
+        df.head(5).itertuples(index=False), lines[start + 1 : start + 6], strict=True
+    ):
+        for cell, exact in zip(line.split(","), row, strict=True):
+            assert math.isclose(float(cell), exact, rel_tol=5e-4), (cell, exact)
+    means = {
+        line.split(",")[0]: float(line.split(",")[2])
+        for line in lines
+        if re.match(r"x\d,200,", line)
+    }
+    for column in df.columns:
+        assert math.isclose(means[column], df[column].mean(), rel_tol=5e-4)
+
+
+def test_rounding_keeps_integers_and_whole_parts_exact() -> None:
+    df = pd.DataFrame(
+        {
+            "customer_id": [123_456_789_012 + i for i in range(300)],
+            "revenue": [1_234_567.891] * 300,
+            "rate": [0.000012345] * 300,
+            "price": [19.99] * 300,
+        }
+    )
+    text = render_value(df)
+    head = text.split("first 5 rows", 1)[1].splitlines()[2]
+    assert head == "123456789012,1234568,1.234e-05,19.99"
+
+
+def test_a_small_frame_is_sent_whole_at_full_precision() -> None:
+    df = pd.DataFrame({"month": ["Jan", "Feb"], "share": [0.1234567891, 0.25]})
+    result = interpolate("{sales}", {"sales": df})
+    assert re.fullmatch(
+        r"DataFrame with 2 rows × 2 columns \(month: (str|object), share: float64\)\n"
+        r"month,share\nJan,0.1234567891\nFeb,0.25",
+        result.text,
+    )
+    assert result.notes == ("{sales}: 2 × 2 DataFrame, sent whole",)
+
+
+def test_many_short_rows_are_summarised_not_listed() -> None:
+    flags = pd.DataFrame({"churned": [0, 1, 1, 0, 1] * 100})  # 500 rows, 1,000 characters
+    result = interpolate("{flags}", {"flags": flags})
+    assert "as a summary" in result.notes[0]
+    assert re.search(r"^churned,500,0\.6,", result.text, re.M)
+
+
+def test_a_wide_frame_stays_within_budget_and_says_what_it_left_out() -> None:
+    df = _floats(50, 400)
+    text = render_value(df)
+    assert len(text) <= 2_000
+    assert "more numeric columns" in text and "… " in text.splitlines()[1]
+
+
+@pytest.mark.parametrize("kind", ["pandas", "polars"])
+def test_the_spec_chooses_the_view(kind: str) -> None:
+    df = _floats(100, 3)
+    df["city"] = ["Paris", "Lyon", "Nice", "Paris"] * 25
+    value = df if kind == "pandas" else _polars(df)
+    ns = {"big": value}
+
+    head = interpolate("{big:head=20}", ns)
+    rows = head.text.split("first 20 rows:\n", 1)[1].splitlines()
+    assert len(rows) == 21 and rows[0] == "x0,x1,x2,city"
+    assert float(rows[1].split(",")[0]) == df["x0"].iloc[0]  # full precision
+    assert head.notes == ("{big:head=20}: head 20 of 100 rows (100 × 4)",)
+
+    tail = interpolate("{big:tail=2}", ns).text.splitlines()
+    assert float(tail[-1].split(",")[0]) == df["x0"].iloc[-1]
+
+    described = interpolate("{big:describe}", ns).text
+    assert "first" not in described and re.search(r"^x2,100,", described, re.M)
+    assert "city: Paris 50, Lyon 25, Nice 25" in described
+
+    whole = interpolate("{big:csv}", ns).text.split("\n", 1)[1]
+    assert whole.splitlines()[0] == "x0,x1,x2,city" and len(whole.splitlines()) == 101
+    assert float(whole.splitlines()[100].split(",")[1]) == df["x1"].iloc[99]
+
+    summary = interpolate("{big:summary}", {"big": value.head(3)})
+    assert "as a summary" in summary.notes[0] and "describe()" in summary.text
+
+
+@pytest.mark.parametrize("kind", ["pandas", "polars"])
+def test_series_are_summarised_too(kind: str) -> None:
+    values = [float(i) / 7 for i in range(1_000)]
+    series = pd.Series(values, name="ratio") if kind == "pandas" else pl.Series("ratio", values)
+    text = interpolate("{s}", {"s": series}).text
+    assert text.startswith("Series ratio of length 1,000")
+    assert re.search(r"^ratio,1000,71\.36,", text, re.M)  # describe: count and mean
+    assert len(text) < 600
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("{price:.2f}", "3.14"),
+        ("{n:,} rows", "1,000 rows"),
+        ("{share:.1%}", "12.5%"),
+        ("{name:>6}|", "   Ada|"),
+        ("{a:1} stays", "{a:1} stays"),  # only digits: not a spec
+        ("{name: string}", "{name: string}"),  # a space: not a spec
+        ('{"name": "x"}', '{"name": "x"}'),
+        ("{unknown:.2f} is an f-string", "{unknown:.2f} is an f-string"),
+        ("{{price:.2f}}", "{price:.2f}"),
+        ("\\frac{p}{q} and x^{k:2}", "\\frac{p}{q} and x^{k:2}"),
+    ],
+)
+def test_format_specs(template: str, expected: str) -> None:
+    ns = {"price": 3.14159, "n": 1000, "share": 0.125, "name": "Ada", "a": 5}
+    assert interpolate(template, ns).text == expected
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("{df:.2f}", r"\{df:.2f\}: a DataFrame or Series takes :summary, :head=N"),
+        ("{name:csv}", r"\{name:csv\}: :csv is for DataFrames and Series, and name is a str"),
+        ("{name:.2f}", r"\{name:.2f\}: Unknown format code 'f'.*\{\{name:.2f\}\}"),
+    ],
+)
+def test_wrong_specs_are_one_line_errors(template: str, message: str) -> None:
+    ns = {"df": pd.DataFrame({"a": [1]}), "name": "Ada"}
+    with pytest.raises(TemplateError, match=message):
+        interpolate(template, ns)
 
 
 def _count(messages) -> int:  # one token per word plus 3 per message: easy to reason about

