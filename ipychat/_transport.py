@@ -9,6 +9,10 @@ Part of the client's network boundary (DESIGN.md, "One network boundary"): used 
   using it; `_close_pool` closes it when the client built it.
 - `_default_transport`: httpx_aiohttp's transport trimmed for CPU per request
   (`_lean_aiohttp_transport`), with the proxy the environment sets (`_env_proxy`).
+  The trimmed transport leans on httpx_aiohttp's private names; if they are not what it
+  expects when a request is made, it warns once (`TransportWarning`) and serves that
+  request and every later one with the stock `AiohttpTransport` (see `_shape_problem`).
+  `IPYCHAT_STOCK_TRANSPORT=1` chooses the stock transport from the start.
 - Body helpers: `_header_dict`, `_body_chunks`, `_read_body`, `_aclose_iterator`,
   `_close_response`, `_is_json`.
 - Failure classification: `_is_transport_error` (retryable network trouble), and
@@ -26,7 +30,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import sys
+import warnings
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, NoReturn
 
@@ -131,6 +137,40 @@ async def _close_pool(pool: _Pool) -> None:
         log.debug("closing the HTTP pool failed: %s", type(exc).__name__)
 
 
+# The environment switch for httpx_aiohttp's own transport (CI runs the protocol tests
+# with it, so the stock transport the fallback relies on is known to work).
+STOCK_TRANSPORT_ENV = "IPYCHAT_STOCK_TRANSPORT"
+_ON = frozenset({"1", "true", "yes", "on"})
+_OFF = frozenset({"", "0", "false", "no", "off"})
+
+# Warnings already given in this process: each is worth saying once, not per pool.
+_warned: set[str] = set()
+
+
+class TransportWarning(RuntimeWarning):
+    """ipychat's faster transport could not be used; the stock one serves instead."""
+
+
+def _warn_once(message: str) -> None:
+    if message in _warned:
+        return
+    _warned.add(message)
+    log.debug("%s", message)
+    warnings.warn(message, TransportWarning, stacklevel=2)
+
+
+def _stock_wanted() -> bool:
+    """Whether IPYCHAT_STOCK_TRANSPORT asks for httpx_aiohttp's stock transport."""
+    value = os.environ.get(STOCK_TRANSPORT_ENV, "").strip().lower()
+    if value in _ON:
+        return True
+    if value not in _OFF:
+        _warn_once(
+            f"{STOCK_TRANSPORT_ENV}={value!r} is neither 1 nor 0: using ipychat's transport."
+        )
+    return False
+
+
 def _default_transport(max_connections: int, base_url: str) -> httpx.AsyncBaseTransport:
     """httpx_aiohttp's transport with `max_connections` connections to the endpoint.
 
@@ -141,11 +181,51 @@ def _default_transport(max_connections: int, base_url: str) -> httpx.AsyncBaseTr
     n = max_connections
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=n, keepalive_expiry=15.0)
     proxy = _env_proxy(base_url)
-    try:
-        transport_class = _lean_aiohttp_transport()
-    except (ImportError, AttributeError):  # an httpx_aiohttp whose insides have moved
+    transport_class: Callable[..., httpx.AsyncBaseTransport]
+    if _stock_wanted():
         from httpx_aiohttp import AiohttpTransport as transport_class
+    else:
+        transport_class = _lean_aiohttp_transport()
     return transport_class(limits=limits, proxy=httpx.Proxy(proxy) if proxy else None)
+
+
+def _exception_map(module: Any) -> Mapping[type[BaseException], type[Exception]] | None:
+    """httpx_aiohttp's aiohttp → httpx exception mapping, if it still has the known shape."""
+    exc_map = getattr(module, "AIOHTTP_EXC_MAP", None)
+    if not isinstance(exc_map, Mapping) or not exc_map:
+        return None
+    for source, target in exc_map.items():
+        if not (isinstance(source, type) and issubclass(source, BaseException)):
+            return None
+        if not (isinstance(target, type) and issubclass(target, Exception)):
+            return None
+    return exc_map
+
+
+def _shape_problem(transport: Any, module: Any) -> str | None:
+    """What the trimmed transport needs from httpx_aiohttp (`module` is its transport
+    module) and does not find on `transport`, a constructed AiohttpTransport, or None.
+
+    These are private names (httpx_aiohttp 0.1.8 to 0.2.x): a release may rename them at
+    any time, and the pin in pyproject.toml only holds for installs that respect it.
+    """
+    if _exception_map(module) is None:
+        return "httpx_aiohttp.transport.AIOHTTP_EXC_MAP is missing or changed"
+    if not callable(getattr(transport, "get_client", None)):
+        return "AiohttpTransport.get_client is missing"
+    for name in ("client", "proxy"):
+        if not hasattr(transport, name):
+            return f"AiohttpTransport has no .{name}"
+    return None
+
+
+def _httpx_aiohttp_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("httpx-aiohttp")
+    except metadata.PackageNotFoundError:
+        return "(version unknown)"
 
 
 @functools.cache
@@ -160,49 +240,55 @@ def _lean_aiohttp_transport() -> Callable[..., httpx.AsyncBaseTransport]:
     per body), streams the body with `iter_any` (whatever arrived, no re-chunking) and
     lets the client read a whole body with one `read()` (`_LeanBody.read_all`).
 
+    It relies on httpx_aiohttp's private names (`AIOHTTP_EXC_MAP`, `self.client`,
+    `get_client`, `self.proxy`). They are checked at the first request of each transport
+    (`_shape_problem`), and a TypeError or AttributeError while preparing a request (before
+    anything is sent) counts as a changed shape too: either way the transport warns once
+    and hands that request and all later ones to the stock `handle_async_request`, which
+    matches whatever its own release looks like.
+
     Built on first use: importing aiohttp costs ~150 ms, and unit tests never need it.
     """
     import aiohttp
     from httpx_aiohttp import AiohttpTransport
-    from httpx_aiohttp.transport import AIOHTTP_EXC_MAP
 
-    # What the override relies on; checked so a changed library falls back, not breaks.
-    AiohttpTransport.get_client  # noqa: B018
+    ExcMap = Mapping[type[BaseException], type[Exception]]
 
-    def to_httpx(exc: Exception) -> Exception:
+    def to_httpx(exc: Exception, exc_map: ExcMap) -> Exception:
         """httpx_aiohttp's mapping: the most specific httpx exception for an aiohttp one."""
         mapped: type[Exception] | None = None
-        for source, target in AIOHTTP_EXC_MAP.items():
+        for source, target in exc_map.items():
             if isinstance(exc, source) and (mapped is None or issubclass(target, mapped)):
                 mapped = target
         return exc if mapped is None else mapped(str(exc))
 
-    def raise_mapped(exc: Exception) -> NoReturn:
+    def raise_mapped(exc: Exception, exc_map: ExcMap) -> NoReturn:
         """Raise the httpx form of an aiohttp exception, scrubbed (`_scrub`)."""
         _scrub(exc)
-        mapped = to_httpx(exc)
+        mapped = to_httpx(exc, exc_map)
         if mapped is exc:
             raise exc
         raise mapped from exc
 
     class LeanBody(httpx.AsyncByteStream):
-        __slots__ = ("_response",)
+        __slots__ = ("_exc_map", "_response")
 
-        def __init__(self, response: aiohttp.ClientResponse) -> None:
+        def __init__(self, response: aiohttp.ClientResponse, exc_map: ExcMap) -> None:
             self._response = response
+            self._exc_map = exc_map
 
         async def __aiter__(self) -> AsyncIterator[bytes]:
             try:
                 async for chunk in self._response.content.iter_any():
                     yield chunk
             except Exception as exc:
-                raise_mapped(exc)
+                raise_mapped(exc, self._exc_map)
 
         async def read_all(self) -> bytes:
             try:
                 return await self._response.read()
             except Exception as exc:
-                raise_mapped(exc)
+                raise_mapped(exc, self._exc_map)
 
         async def aclose(self) -> None:
             self._response.release()
@@ -211,6 +297,17 @@ def _lean_aiohttp_transport() -> Callable[..., httpx.AsyncBaseTransport]:
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self._timeouts: dict[tuple[Any, ...], aiohttp.ClientTimeout] = {}
+            self._exc_map: ExcMap | None = None  # set by the first request's shape check
+            self._stock = False  # True once the shape was not the known one
+
+        def _use_stock(self, problem: str) -> None:
+            self._stock = True
+            _warn_once(
+                f"httpx-aiohttp {_httpx_aiohttp_version()} has changed inside ({problem}): "
+                "ipychat uses its stock AiohttpTransport instead (more CPU per request). "
+                f'Install "httpx-aiohttp<0.3", or set {STOCK_TRANSPORT_ENV}=1 to choose it '
+                "without this warning."
+            )
 
         def _timeout(self, request: httpx.Request) -> aiohttp.ClientTimeout:
             wanted = request.extensions.get("timeout") or {}
@@ -224,15 +321,26 @@ def _lean_aiohttp_transport() -> Callable[..., httpx.AsyncBaseTransport]:
             return timeout
 
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if self._exc_map is None and not self._stock:
+                module = sys.modules[AiohttpTransport.__module__]
+                problem = _shape_problem(self, module)
+                if problem is None:
+                    self._exc_map = _exception_map(module)
+                else:
+                    self._use_stock(problem)
+            exc_map = self._exc_map
+            if self._stock or exc_map is None:
+                return await super().handle_async_request(request)
             try:
                 data: bytes | None = request.content or None
             except httpx.RequestNotRead:  # a streamed upload: the general path
                 return await super().handle_async_request(request)
-            if not isinstance(self.client, aiohttp.ClientSession):
-                self.client = self.get_client()
-            proxy = self.proxy
             try:
-                response = await self.client.request(
+                if not isinstance(self.client, aiohttp.ClientSession):
+                    self.client = self.get_client()
+                proxy = self.proxy
+                # Calling request() sends nothing: its coroutine starts at __aenter__.
+                pending = self.client.request(
                     request.method,
                     str(request.url),
                     headers=request.headers,
@@ -245,16 +353,21 @@ def _lean_aiohttp_transport() -> Callable[..., httpx.AsyncBaseTransport]:
                     proxy=str(proxy.url) if proxy else None,
                     proxy_auth=aiohttp.BasicAuth(*proxy.auth) if proxy and proxy.auth else None,
                     proxy_headers=proxy.headers if proxy else None,
-                ).__aenter__()
+                )
+            except (AttributeError, TypeError) as exc:  # a shape the check did not foresee
+                self._use_stock(f"{type(exc).__name__}: {exc}")
+                return await super().handle_async_request(request)
+            try:
+                response = await pending.__aenter__()
             except Exception as exc:
-                raise_mapped(exc)
+                raise_mapped(exc, exc_map)
             extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
             if response.reason:
                 extensions["reason_phrase"] = response.reason.encode()
             return httpx.Response(
                 status_code=response.status,
                 headers=response.raw_headers,
-                stream=LeanBody(response),
+                stream=LeanBody(response, exc_map),
                 request=request,
                 extensions=extensions,
             )

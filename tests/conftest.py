@@ -1,8 +1,15 @@
-"""Shared fixtures: an isolated environment, a real loopback server, a session, a shell."""
+"""Shared fixtures: an isolated environment, a real loopback server, a session, a shell.
+
+And the rule CI runs under (`.ci/run` sets IPYCHAT_REQUIRE_ALL=1): a test that needs a real
+component (the markers in REQUIRED_MARKERS) must run. Its skip is reported as a failure,
+and so is a test module skipped whole at import, whose tests cannot be seen at all, so a
+missing browser, model or server can never turn CI green by skipping.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Generator, Iterator
 
 import pytest
 
@@ -12,6 +19,60 @@ from ipychat.testing import FakeOpenAIServer
 
 # A key that must never show up anywhere: tests search outputs and logs for it.
 CANARY_KEY = "sk-canary-" + "Zx9" * 14
+
+REQUIRE_ALL_ENV = "IPYCHAT_REQUIRE_ALL"
+# Markers of tests that need a real component (registered in pyproject.toml).
+REQUIRED_MARKERS = ("browser", "local_model", "redis", "dask")
+
+
+def _require_all() -> bool:
+    return os.environ.get(REQUIRE_ALL_ENV, "").strip() not in ("", "0")
+
+
+def _skip_reason(longrepr: object) -> str:
+    # A skip's longrepr is (path, line, "Skipped: reason").
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if _require_all():
+        return f"{REQUIRE_ALL_ENV}=1: a skipped {'/'.join(REQUIRED_MARKERS)} test fails"
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if not report.skipped or hasattr(report, "wasxfail") or not _require_all():
+        return report  # an expected failure (xfail) is not a skip
+    needs = [name for name in REQUIRED_MARKERS if item.get_closest_marker(name)]
+    if needs:
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{item.nodeid} needs {', '.join(needs)} and was skipped "
+            f"({_skip_reason(report.longrepr)}); under {REQUIRE_ALL_ENV}=1 that is a "
+            "failure: install what it needs (.ci/run does) or fix the test."
+        )
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    report = yield
+    if report.skipped and isinstance(collector, pytest.Module) and _require_all():
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{collector.nodeid} was skipped whole at import "
+            f"({_skip_reason(report.longrepr)}); under {REQUIRE_ALL_ENV}=1 that is a "
+            "failure, since the tests inside (browser, local model...) cannot be seen."
+        )
+    return report
 
 
 @pytest.fixture(autouse=True)
