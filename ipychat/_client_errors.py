@@ -8,7 +8,7 @@
   (`_short_cause`, `_clean_cause`, `_snippet`, `_server_message`) before it reaches an
   exception or a log line, and is cut to one line.
 
-Part of the client's network boundary (DESIGN.md): used only by `ipychat.client` and its
+Part of the client's network boundary (docs/architecture.md): used only by `ipychat.client` and its
 other private modules, and like the client it imports httpx.
 """
 

@@ -11,7 +11,7 @@ So does a completion whose JSON breaks off or does not parse (`_meant_as_json`);
 body that is no JSON at all (an HTML page) gets the "check the base URL" error.
 Once text was given out, a failure is a `StreamError`: retrying would say it twice.
 
-Part of the client's network boundary (DESIGN.md): used only by `ipychat.client`, and
+Part of the client's network boundary (docs/architecture.md): used only by `ipychat.client`, and
 like the client it imports httpx.
 """
 

@@ -14,7 +14,7 @@ api.openai.com and to OPENAI_BASE_URL's host, or to an endpoint the user lists i
 `key_origins` (`%chat endpoint URL --send-key`, IPYCHAT_KEY_ORIGINS). Any key over plain
 http to a host that is not this machine is refused unless that endpoint is listed.
 
-Part of the client's network boundary (DESIGN.md): used only by `ipychat.client`, and
+Part of the client's network boundary (docs/architecture.md): used only by `ipychat.client`, and
 like the client it imports httpx.
 """
 

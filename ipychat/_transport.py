@@ -1,7 +1,7 @@
 """The transport under `ipychat.client.ChatClient`: building it, reading bodies from it,
 and telling network trouble apart from bugs.
 
-Part of the client's network boundary (DESIGN.md, "One network boundary"): used only by
+Part of the client's network boundary (docs/architecture.md): used only by
 `ipychat.client` and its other private modules, and like the client it imports httpx
 (and, lazily, aiohttp and httpx_aiohttp). Nothing here sends a request on its own.
 

@@ -23,7 +23,7 @@ ChatClient.chat(body)            one request, retried by the rules of ipychat.re
 
 Why the aiohttp transport by default: httpcore's async pool costs about 15 ms of CPU per
 request at 64 in flight on a 2-core machine, httpx_aiohttp's transport a fifth of that
-(DESIGN.md, "Measured facts"). httpx's types stay (httpx.Request/Response, any
+(measured by benchmarks/client_overhead.py). httpx's types stay (httpx.Request/Response, any
 httpx.AsyncBaseTransport), so the transport remains injectable.
 
 Two trims keep the client within 1.5x of raw aiohttp's CPU per request (measured by

@@ -1,7 +1,7 @@
 """The one-line texts every view shows: reply footers, estimates, usage tables.
 
 Pure string building, shared by the magics, the panel and `Reply._repr_markdown_`, so the
-same facts read the same way everywhere (../shared/UX.md).
+same facts read the same way everywhere.
 """
 
 from __future__ import annotations
