@@ -7,9 +7,9 @@ delegate here; `ipychat.batch` drives a `MapJob` through its documented interfac
 ```
 run(session, df, template, ...)          sync: plan, then execute on the session's loop
   ├── MapJob.__init__                    plan (caller's thread, nothing sent):
-  │     └── _mapplan.plan_requests       template compiled once, nulls, dedupe,
-  │                                      prepare_one per unique prompt, one batched
-  │                                      cache read (get_many) → MapPlan
+  │     └── _mapplan.plan_requests       template compiled once, nulls, dedupe, checks
+  │                                      per unique prompt, one batched cache read
+  │                                      (get_many), estimates for the misses → MapPlan
   ├── MapJob.execute()                   on the loop: budget held for the whole run,
   │     └── _mapdispatch.Dispatcher      concurrency window + rate limiter + shared 429
   │                                      pause + row retries; replies come back to the job
@@ -55,6 +55,7 @@ from ipychat._mapframe import (
     parse_object,
 )
 from ipychat._mapplan import (
+    CachedRequest,
     MapPlan,
     MapRequest,
     RowTemplate,
@@ -71,7 +72,7 @@ from ipychat.errors import (
     OfflineCacheMiss,
 )
 from ipychat.ledger import LedgerRow
-from ipychat.pricing import format_usd
+from ipychat.pricing import ModelPrice, format_usd
 from ipychat.types import Reply, Usage
 
 if TYPE_CHECKING:
@@ -266,8 +267,49 @@ class MapJob:
         )
 
     def _apply_hits(self) -> None:
+        """The cache hits: their ledger rows and savings, in bulk, then their rows written."""
+        if not self.hits:
+            return
+        session = self.session
+        prices: dict[str, ModelPrice | None] = {}
+        ledger: list[dict[str, Any]] = []
+        saved_total: list[float | None] = []
         for job, hit in self.hits:
-            self._cached(job, hit)
+            model = job.model
+            if model not in prices:
+                prices[model] = session.prices.lookup(model, is_local=self.local)
+            usage = Usage(**hit["usage"]) if hit.get("usage") else None
+            saved = pricing.cost(usage, prices[model]) if usage else None
+            saved_total.append(saved)
+            ledger.append(
+                {
+                    "time": time.time(),
+                    "model": model,
+                    "prompt_tokens": usage.prompt_tokens if usage else 0,
+                    "completion_tokens": usage.completion_tokens if usage else 0,
+                    "cached_tokens": usage.cached_tokens if usage else 0,
+                    "saved": saved,
+                    "estimated": usage.estimated if usage else True,
+                }
+            )
+        if session.cache is not None:
+            for saved in saved_total:
+                session.cache.record_hit(saved)
+        common = {"thread": "map", "host": session.host, "cost": 0.0, "cached": True}
+        session.usage.record_many(LedgerRow.many(common, ledger))
+        if self.json:
+            for job, hit in self.hits:
+                self._answered(job, str(hit.get("text", "")), cached=True)
+            return
+        # Plain text: each row gets the reply (what `_answered` does, without its per-row
+        # calls: a cached map of 10,000 rows spends its time here).
+        values, errors, finished = self.values[self.outputs[0]], self.errors, self.finished
+        for job, hit in self.hits:
+            text = str(hit.get("text", ""))
+            for i in job.rows:
+                values[i] = text
+                errors[i] = None
+                finished[i] = True
 
     def spend(self, reply: Reply) -> None:
         """Count a reply's cost in the progress and the summary."""
@@ -303,31 +345,6 @@ class MapJob:
         finally:
             session.usage.settle(held, None)
 
-    def _cached(self, job: MapRequest, hit: dict[str, Any]) -> None:
-        """A cache hit: its ledger row and the saving, then the same handling as a reply."""
-        session, model = self.session, job.prepared.body["model"]
-        usage = Usage(**hit["usage"]) if hit.get("usage") else None
-        price = session.prices.lookup(model, is_local=self.local)
-        saved = pricing.cost(usage, price) if usage else None
-        if session.cache is not None:
-            session.cache.record_hit(saved)
-        session.usage.record(
-            LedgerRow(
-                time=time.time(),
-                thread="map",
-                model=model,
-                host=session.host,
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-                cached_tokens=usage.cached_tokens if usage else 0,
-                cost=0.0,
-                saved=saved,
-                cached=True,
-                estimated=usage.estimated if usage else True,
-            )
-        )
-        self._answered(job, str(hit.get("text", "")), cached=True)
-
     def _spent(self, reply: Reply) -> None:
         if reply.cost is None:
             self.counters.cost_known = False
@@ -341,7 +358,7 @@ class MapJob:
         for i in job.rows:
             self._finish(i, {}, message)
 
-    def _answered(self, job: MapRequest, text: str, *, cached: bool) -> None:
+    def _answered(self, job: MapRequest | CachedRequest, text: str, *, cached: bool) -> None:
         if not self.json:
             for i in job.rows:
                 self._finish(i, {self.outputs[0]: text}, None, cached=cached)
@@ -364,11 +381,13 @@ class MapJob:
         for i in job.rows:
             self._finish(i, values, error, cached=cached)
 
-    def _reask(self, job: MapRequest, text: str, problem: str, cached: bool) -> None:
+    def _reask(
+        self, job: MapRequest | CachedRequest, text: str, problem: str, cached: bool
+    ) -> None:
         """Invalid JSON is asked for once more, in the same conversation, first in line."""
         from ipychat.session import Prepared
 
-        body = dict(job.prepared.body)
+        body = dict(job.body)
         keys = ", ".join(self.outputs)
         body["messages"] = [
             *body["messages"],
@@ -382,7 +401,7 @@ class MapJob:
         estimate = self.session.estimate(
             body["messages"], model=body["model"], max_tokens=body.get("max_tokens")
         )
-        prepared = Prepared(job.prepared.prompt, None, body, estimate, label="map")
+        prepared = Prepared(job.prompt, None, body, estimate, label="map")
         again = MapRequest(
             request_key(self.session, body),
             prepared,

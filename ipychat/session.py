@@ -469,24 +469,53 @@ class ChatSession:
         `prepare`.
         """
         prompt, masked = self._clean(prompt, allow_secrets)
+        body = self.one_body(
+            prompt,
+            model=model,
+            system=system,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            extra=extra,
+        )
+        return self.prepare_body(prompt, body, label=label, masked=masked)
+
+    def one_body(
+        self,
+        prompt: str,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The body `prepare_one` sends for a prompt already cleaned: nothing is checked or
+        counted (%%chatmap builds one, then its rows' bodies from it)."""
         model = model or self.model
-        wanted = self._max_tokens(model, max_tokens)
         messages = build_messages(
             system if system is not None else self.settings.system, [], prompt
         )
-        estimate = self._estimate(messages, model, wanted)
+        body: dict[str, Any] = {"model": model, "messages": messages}
+        temp = temperature if temperature is not None else self.settings.temperature
+        if temp is not None:
+            body["temperature"] = temp
+        body["max_tokens"] = self._max_tokens(model, max_tokens)
+        body.update(extra or {})
+        return body
+
+    def prepare_body(
+        self, prompt: str, body: dict[str, Any], *, label: str = "map", masked: str = ""
+    ) -> Prepared:
+        """`prepare_one` for a body built around the cleaned `prompt` (`one_body`):
+        estimated, and checked to fit the context window (ContextLengthError if not)."""
+        model, wanted = body["model"], body["max_tokens"]
+        estimate = self._estimate(body["messages"], model, wanted)
         window = self._context_window(model)
         if estimate.prompt_tokens + wanted > window:
             raise ContextLengthError(
                 f"A prompt of {estimate.prompt_tokens:,} tokens plus {wanted:,} reply tokens does "
                 f"not fit the {window:,}-token context of {model}. Shorten it or lower max_tokens."
             )
-        body: dict[str, Any] = {"model": model, "messages": messages}
-        temp = temperature if temperature is not None else self.settings.temperature
-        if temp is not None:
-            body["temperature"] = temp
-        body["max_tokens"] = wanted
-        body.update(extra or {})
         return Prepared(
             prompt=prompt, thread=None, body=body, estimate=estimate, label=label, masked=masked
         )

@@ -46,6 +46,7 @@ __all__ = [
     "clear_cache",
     "count_batch",
     "count_messages",
+    "count_messages_bound",
     "count_text",
     "encoding_for",
     "encoding_name_for",
@@ -406,6 +407,28 @@ def count_messages(messages: Sequence[Mapping[str, Any]], model: str) -> TokenCo
             if key == "name":
                 total += NAME_OVERHEAD
     return TokenCount(total, approximate)
+
+
+def count_messages_bound(messages: Sequence[Mapping[str, Any]]) -> int | None:
+    """An upper bound of `count_messages(messages, model)` for every model, found without
+    loading an encoding; None when a field is not a string (images are billed by size).
+
+    The same sum as `count_messages`, with each string's UTF-8 length for its tokens: a BPE
+    token stands for at least one byte. %%chatmap uses it to serve a cached row without
+    counting it, when even this bound fits the context window.
+    """
+    total = REPLY_PRIMING
+    for message in messages:
+        total += MESSAGE_OVERHEAD
+        for key, value in message.items():
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                return None
+            total += len(value.encode("utf-8"))
+            if key == "name":
+                total += NAME_OVERHEAD
+    return total
 
 
 def truncate(text: str, max_tokens: int, model: str) -> str:
