@@ -72,7 +72,7 @@ from ipychat.errors import (
     OfflineCacheMiss,
 )
 from ipychat.ledger import LedgerRow
-from ipychat.pricing import ModelPrice, format_usd
+from ipychat.pricing import format_usd
 from ipychat.types import Reply, Usage
 
 if TYPE_CHECKING:
@@ -271,30 +271,24 @@ class MapJob:
         if not self.hits:
             return
         session = self.session
-        prices: dict[str, ModelPrice | None] = {}
+        # The rows of a map share a model and mostly a few token counts: each distinct
+        # (model, usage) is priced once.
+        priced: dict[tuple[Any, ...], tuple[dict[str, Any], float | None]] = {}
         ledger: list[dict[str, Any]] = []
-        saved_total: list[float | None] = []
+        savings: list[float | None] = []
         for job, hit in self.hits:
-            model = job.model
-            if model not in prices:
-                prices[model] = session.prices.lookup(model, is_local=self.local)
-            usage = Usage(**hit["usage"]) if hit.get("usage") else None
-            saved = pricing.cost(usage, prices[model]) if usage else None
-            saved_total.append(saved)
-            ledger.append(
-                {
-                    "time": time.time(),
-                    "model": model,
-                    "prompt_tokens": usage.prompt_tokens if usage else 0,
-                    "completion_tokens": usage.completion_tokens if usage else 0,
-                    "cached_tokens": usage.cached_tokens if usage else 0,
-                    "saved": saved,
-                    "estimated": usage.estimated if usage else True,
-                }
-            )
+            raw = hit.get("usage")
+            seen = (job.model, *raw.items()) if isinstance(raw, dict) else None
+            try:
+                fields, saved = priced[seen] if seen is not None else self._priced(job, hit)
+            except KeyError:
+                fields, saved = priced[seen] = self._priced(job, hit)
+            except TypeError:  # an unhashable value in a usage: price it on its own
+                fields, saved = self._priced(job, hit)
+            savings.append(saved)
+            ledger.append({"time": time.time(), **fields})
         if session.cache is not None:
-            for saved in saved_total:
-                session.cache.record_hit(saved)
+            session.cache.record_hits(savings)
         common = {"thread": "map", "host": session.host, "cost": 0.0, "cached": True}
         session.usage.record_many(LedgerRow.many(common, ledger))
         if self.json:
@@ -310,6 +304,24 @@ class MapJob:
                 values[i] = text
                 errors[i] = None
                 finished[i] = True
+
+    def _priced(
+        self, job: MapRequest | CachedRequest, hit: dict[str, Any]
+    ) -> tuple[dict[str, Any], float | None]:
+        """A cache hit's ledger fields (but its time) and what it saved."""
+        model = job.model
+        usage = Usage(**hit["usage"]) if hit.get("usage") else None
+        price = self.session.prices.lookup(model, is_local=self.local)
+        saved = pricing.cost(usage, price) if usage else None
+        fields = {
+            "model": model,
+            "prompt_tokens": usage.prompt_tokens if usage else 0,
+            "completion_tokens": usage.completion_tokens if usage else 0,
+            "cached_tokens": usage.cached_tokens if usage else 0,
+            "saved": saved,
+            "estimated": usage.estimated if usage else True,
+        }
+        return fields, saved
 
     def spend(self, reply: Reply) -> None:
         """Count a reply's cost in the progress and the summary."""
