@@ -278,13 +278,16 @@ class MapJob:
         savings: list[float | None] = []
         for job, hit in self.hits:
             raw = hit.get("usage")
-            seen = (job.model, *raw.items()) if isinstance(raw, dict) else None
-            try:
-                fields, saved = priced[seen] if seen is not None else self._priced(job, hit)
-            except KeyError:
-                fields, saved = priced[seen] = self._priced(job, hit)
-            except TypeError:  # an unhashable value in a usage: price it on its own
+            if not isinstance(raw, dict):
                 fields, saved = self._priced(job, hit)
+            else:
+                seen: tuple[Any, ...] = (job.model, *raw.items())
+                try:
+                    fields, saved = priced[seen]
+                except KeyError:
+                    fields, saved = priced[seen] = self._priced(job, hit)
+                except TypeError:  # an unhashable value in a usage: priced on its own
+                    fields, saved = self._priced(job, hit)
             savings.append(saved)
             ledger.append({"time": time.time(), **fields})
         if session.cache is not None:
