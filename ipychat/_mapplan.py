@@ -239,7 +239,7 @@ class MapRequest:
         return str(self.prepared.body["model"])
 
 
-@dataclass
+@dataclass(slots=True)
 class CachedRequest:
     """A unique request of a map that the cache answers: nothing is sent, so nothing is
     estimated (its reply's recorded usage is what the ledger shows)."""

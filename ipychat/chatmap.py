@@ -100,6 +100,10 @@ __all__ = [
 ]
 
 
+# What a cached reply's `usage` may hold (the fields of Usage).
+_USAGE_FIELDS = frozenset(Usage.__dataclass_fields__)
+
+
 # ----- the job ------------------------------------------------------------------------------
 
 
@@ -278,10 +282,17 @@ class MapJob:
         savings: list[float | None] = []
         for job, hit in self.hits:
             raw = hit.get("usage")
-            if not isinstance(raw, dict):
-                fields, saved = self._priced(job, hit)
+            if not isinstance(raw, dict) or not raw.keys() <= _USAGE_FIELDS:
+                fields, saved = self._priced(job, hit)  # no usage, or one Usage(**) refuses
             else:
-                seen: tuple[Any, ...] = (job.model, *raw.items())
+                get = raw.get  # one tuple a hit, not one per item
+                seen = (
+                    job.model,
+                    get("prompt_tokens"),
+                    get("completion_tokens"),
+                    get("cached_tokens"),
+                    get("estimated"),
+                )
                 try:
                     fields, saved = priced[seen]
                 except KeyError:
