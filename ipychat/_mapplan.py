@@ -344,7 +344,12 @@ class RowShape:
 
     def fits(self, prompt: str) -> bool:
         fixed = self._fixed
-        return fixed is not None and fixed + len(prompt.encode("utf-8")) <= self._room
+        if fixed is None:
+            return False
+        # A character is at most 4 UTF-8 bytes: most prompts fit without being encoded.
+        return fixed + 4 * len(prompt) <= self._room or (
+            fixed + len(prompt.encode("utf-8")) <= self._room
+        )
 
     def prepare(self, prompt: str, masked: str) -> Prepared:
         """The row's request, estimated exactly (ContextLengthError if it does not fit)."""
