@@ -17,7 +17,8 @@ One run:
 Times are wall-clock seconds of `session.map`, median and best of the repeats, with the
 process CPU time beside them: on a shared machine the CPU time is the steadier figure.
 Goal (issue 14): the warm replay of 10,000 rows above 20,000 rows/s, same session and fresh
-session (median wall time); the aim is 50,000.
+session; the aim is 50,000. The verdict is on the median wall time; the rate by CPU time
+(what an idle core would give) is printed beside it.
 """
 
 from __future__ import annotations
@@ -149,18 +150,17 @@ def main() -> None:
     print(f"{n:,} rows, {args.latency * 1000:.0f} ms latency, concurrency {args.concurrency}")
     print(f"{'run':<38}{'wall s':>9}{'rows/s':>13}{'best rows/s':>13}{'CPU µs/row':>12}")
 
-    def line(name: str, walls: list[float], cpus: list[float | None]) -> float:
-        mid = statistics.median(walls)
-        known = [c for c in cpus if c is not None]
-        cpu = f"{statistics.median(known) / n * 1e6:>12.1f}" if known else f"{'':>12}"
-        print(f"{name:<38}{mid:>9.4f}{n / mid:>13,.0f}{n / min(walls):>13,.0f}{cpu}")
-        return n / mid
+    def line(name: str, runs: list[tuple[float, float]]) -> tuple[float, float]:
+        """Prints a row; returns (rows/s by median wall time, rows/s by median CPU time)."""
+        wall = statistics.median(w for w, _ in runs)
+        cpu = statistics.median(c for _, c in runs)
+        best = n / min(w for w, _ in runs)
+        print(f"{name:<38}{wall:>9.4f}{n / wall:>13,.0f}{best:>13,.0f}{cpu / n * 1e6:>12.1f}")
+        return n / wall, n / cpu
 
-    line("cold (FakeOpenAIServer)", [cold], [cold_cpu])
-    same_rate = line("warm replay, same session", [w for w, _ in same], [c for _, c in same])
-    fresh_rate = line(
-        "warm replay, fresh session (process)", [w for w, _ in fresh], [c for _, c in fresh]
-    )
+    line("cold (FakeOpenAIServer)", [(cold, cold_cpu)])
+    same_rate = line("warm replay, same session", same)
+    fresh_rate = line("warm replay, fresh session (process)", fresh)
     print(f"{'baselines, same keys:':<38}")
     for name, (mid, top) in (
         ("  dict lookup per key", dict_lookup),
@@ -174,10 +174,13 @@ def main() -> None:
         f"{repeat} runs each; the machine may be shared: compare the CPU column and the "
         "baselines of this same run."
     )
-    for name, rate in (("same session", same_rate), ("fresh session", fresh_rate)):
+    for name, (rate, cpu_rate) in (("same session", same_rate), ("fresh session", fresh_rate)):
         verdict = "met" if rate > GOAL else "MISSED"
         aim = "; aim 50,000: met" if rate > AIM else ""
-        print(f"warm replay, {name}: {rate:,.0f} rows/s; goal > {GOAL:,} rows/s: {verdict}{aim}")
+        print(
+            f"warm replay, {name}: {rate:,.0f} rows/s; goal > {GOAL:,} rows/s: {verdict}{aim} "
+            f"(by CPU time, i.e. on an idle core: {cpu_rate:,.0f} rows/s)"
+        )
 
 
 if __name__ == "__main__":
