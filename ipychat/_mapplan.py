@@ -5,26 +5,35 @@ Everything here runs in the caller's thread before anything is sent:
 ```
 compile_template(text, columns)    {column} placeholders → one str.format per row
 plan_requests(session, frame, ...) → Planned
-  ├── render each row once; null placeholders skip the row (or --fill-null)
-  ├── identical prompts share one MapRequest (sent once, its reply fills every row)
-  ├── session.prepare_one per unique prompt (tokens, cost estimate; too long → row error)
-  └── one batched cache read (get_many): hits are free, the rest is `to_send`
+  ├── render the rows column by column; null placeholders skip the row (or --fill-null)
+  ├── identical prompts share one request (sent once, its reply fills every row)
+  ├── RowShape: what every row's request shares, worked out once (body, key, room)
+  ├── per unique prompt: secret check and redaction, body, cache key
+  ├── one batched cache read (get_many): hits are free and need no token count
+  └── the rest is estimated exactly (tokens, cost; too long → row error): `to_send`
 MapPlan                            the dry run and the check printed before every run
 ```
-"""
+
+A cached re-run of a map costs per row the secret check, a sha256 and its share of one
+SELECT; `python benchmarks/cache.py` measures it."""
 
 from __future__ import annotations
 
 import difflib
+import hashlib
+import itertools
 import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any
 
 from ipychat._mapdispatch import MAX_CONCURRENCY
 from ipychat.errors import ConfigError, ContextLengthError, TemplateError
-from ipychat.keys import cache_key
+from ipychat.keys import cache_key, canonical_json
 from ipychat.pricing import format_tokens, format_usd, format_usd_bound
+from ipychat.tokens import count_messages_bound
 
 if TYPE_CHECKING:
     from ipychat._mapframe import Frame
@@ -32,9 +41,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAP_MAX_TOKENS",
+    "CachedRequest",
     "MapPlan",
     "MapRequest",
     "Planned",
+    "RowShape",
     "RowTemplate",
     "check_options",
     "compile_template",
@@ -236,6 +247,38 @@ class MapRequest:
     failures: int = 0
     limited: int = 0
 
+    @property
+    def prompt(self) -> str:
+        return self.prepared.prompt
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.prepared.body
+
+    @property
+    def model(self) -> str:
+        return str(self.prepared.body["model"])
+
+
+@dataclass(slots=True)
+class CachedRequest:
+    """A unique request of a map that the cache answers: nothing is sent, so nothing is
+    estimated (its reply's recorded usage is what the ledger shows)."""
+
+    key: str
+    prompt: str  # as it would be sent (after redaction)
+    rows: list[int]
+    shape: RowShape
+    reask: bool = False  # a cache hit is never a re-ask
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.shape.body(self.prompt)
+
+    @property
+    def model(self) -> str:
+        return self.shape.model
+
 
 @dataclass
 class Planned:
@@ -243,7 +286,7 @@ class Planned:
     finished before anything is sent (skipped for a null, too long for the context)."""
 
     plan: MapPlan
-    hits: list[tuple[MapRequest, dict[str, Any]]]
+    hits: list[tuple[CachedRequest | MapRequest, dict[str, Any]]]
     to_send: list[MapRequest]
     skipped: int
     row_errors: dict[int, str]
@@ -254,6 +297,120 @@ def request_key(session: ChatSession, body: dict[str, Any]) -> str:
     # The session's own key when it has one (it knows the endpoint's every part).
     own = getattr(session, "cache_key", None)
     return own(body) if callable(own) else cache_key(session.base_url, body)
+
+
+# ----- what every row of a map shares ----------------------------------------------------------
+
+# Stands in for a row's prompt while the shared parts are worked out (unique per process, so
+# no system prompt or endpoint can hold it).
+_MARK = f"\x00ipychat-row-prompt-{uuid.uuid4().hex}\x00"
+# Sampled rows whose fast key is checked against `request_key` (the first always is).
+_KEY_CHECK_EVERY = 4096
+
+
+class RowShape:
+    """The parts of a map's requests that are the same for every row, worked out once from
+    the body `session.one_body` builds for an empty prompt (nothing is counted or sent):
+
+    - `body(prompt)`: that body with the prompt as its last message, which is what
+      `prepare_one(prompt)` builds (same keys, same order);
+    - `keys(prompts)`: the cache keys, as the JSON text `request_key` hashes around each
+      prompt's own JSON string (one sha256 a row, not one canonical JSON dump); checked to
+      equal `request_key` on the first, the last and every 4,096th row, else every row goes
+      through `request_key`;
+    - `fits(prompt)`: True when the prompt surely fits the context window, from
+      `tokens.count_messages_bound` (no tokenizer needed). Only cache hits use it: a hit
+      that does not surely fit is counted exactly, and refused if it does not fit, as it
+      would be if it were not cached.
+    """
+
+    def __init__(self, session: ChatSession, base: dict[str, Any], window: int) -> None:
+        self.session = session
+        self._base = base
+        self.model = str(base["model"])
+        self._head = base["messages"][:-1]
+        self._fixed = count_messages_bound(base["messages"])
+        self._room = window - int(base["max_tokens"])
+        self._key_parts = self._key_template()
+
+    @classmethod
+    def probe(
+        cls,
+        session: ChatSession,
+        *,
+        model: str,
+        system: str | None,
+        temperature: float | None,
+        max_tokens: int | None,
+        extra: dict[str, Any] | None,
+        allow_secrets: bool = False,
+    ) -> RowShape | None:
+        """The shape of the rows `session.prepare_one` would prepare with these options, or
+        None when the body is not the prompt as its last message (each row then goes
+        through `prepare_one`)."""
+        base = session.one_body(
+            "",
+            model=model,
+            system=system,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            extra=extra,
+            allow_secrets=allow_secrets,
+        )
+        messages = base.get("messages")
+        if not messages or messages[-1] != {"role": "user", "content": ""}:
+            return None
+        return cls(session, base, session._context_window(base["model"]))
+
+    def body(self, prompt: str) -> dict[str, Any]:
+        return {**self._base, "messages": [*self._head, {"role": "user", "content": prompt}]}
+
+    def fits(self, prompt: str) -> bool:
+        fixed = self._fixed
+        if fixed is None:
+            return False
+        # A character is at most 4 UTF-8 bytes: most prompts fit without being encoded.
+        return fixed + 4 * len(prompt) <= self._room or (
+            fixed + len(prompt.encode("utf-8")) <= self._room
+        )
+
+    def prepare(self, prompt: str, masked: str) -> Prepared:
+        """The row's request, estimated exactly (ContextLengthError if it does not fit)."""
+        return self.session.prepare_body(prompt, self.body(prompt), label="map", masked=masked)
+
+    def keys(self, prompts: Sequence[str]) -> list[str]:
+        """The cache key of each prompt's request, as `request_key` gives it."""
+        parts = self._key_parts
+        if parts is None:
+            return [request_key(self.session, self.body(p)) for p in prompts]
+        prefix, suffix = parts
+        sha256 = hashlib.sha256
+        keys = [
+            sha256((prefix + encode_basestring(p) + suffix).encode("utf-8")).hexdigest()
+            for p in prompts
+        ]
+        sample = {*range(0, len(keys), _KEY_CHECK_EVERY), len(keys) - 1} if keys else set()
+        if any(keys[i] != request_key(self.session, self.body(prompts[i])) for i in sample):
+            self._key_parts = None  # not the session's key after all: the slow, sure way
+            return self.keys(prompts)
+        return keys
+
+    def _key_template(self) -> tuple[str, str] | None:
+        """The canonical JSON `keys.cache_key` hashes, split around the prompt."""
+        session = self.session
+        endpoint = session.base_url
+        version = getattr(session.settings, "azure_api_version", None)
+        if version:  # as ChatSession.cache_key: the api-version is part of the endpoint
+            endpoint = f"{endpoint}?api-version={version}"
+        marked = canonical_json({"endpoint": endpoint.rstrip("/"), "request": self.body(_MARK)})
+        mark = encode_basestring(_MARK)
+        if marked.count(mark) != 1:
+            return None
+        prefix, suffix = marked.split(mark)
+        return prefix, suffix  # `keys` checks what it gives against `request_key`
+
+
+# ----- planning ------------------------------------------------------------------------------
 
 
 def plan_requests(
@@ -273,46 +430,52 @@ def plan_requests(
     default_cap: int | None = None,
 ) -> Planned:
     """Plan the first `n` rows of `frame` (caller's thread, nothing sent): render each row
-    once, skip or fill nulls, send identical prompts once, prepare each unique prompt and
-    read the cache for all of them in one batched read."""
+    once, skip or fill nulls, send identical prompts once, check and clean each unique
+    prompt, read the cache for all of them in one batched read, and estimate what is sent.
+
+    What all rows share is worked out once (`RowShape`); per unique prompt there is the
+    secret check and redaction (`ChatSession.clean_prompt`, as `prepare_one` does), a body, a key,
+    and, only for the prompts to send, the token count.
+    """
     row_errors: dict[int, str] = {}
-    columns = [[_text(v, c) for v in frame.values(c, n)] for c in template.columns]
-    null_masks = [frame.nulls(c, n) for c in template.columns]
-    null_cols: list[str] = []
-    skipped = 0
-    by_prompt: dict[str, list[int]] = {}
-    for i in range(n):
-        row = [col[i] for col in columns]
-        missing = [k for k, mask in enumerate(null_masks) if mask[i]]
-        if missing:
-            names = [str(template.columns[k]) for k in missing]
-            if fill_null is None:
-                skipped += 1
-                row_errors[i] = (
-                    f"skipped: null in {', '.join(names)} (use --fill-null TEXT to send it)"
-                )
-                null_cols.extend(c for c in names if c not in null_cols)
-                continue
-            for k in missing:
-                row[k] = fill_null
-        by_prompt.setdefault(template.render(row), []).append(i)
-    jobs, invalid = _prepare(
-        session,
-        by_prompt,
-        row_errors,
-        model=model,
-        system=system,
-        temperature=temperature,
-        max_tokens=max_tokens,
-        extra=extra,
-        allow_secrets=allow_secrets,
-    )
+    by_prompt, skipped, null_cols = _render(frame, template, n, fill_null, row_errors)
+    options: dict[str, Any] = {
+        "model": model,
+        "system": system,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "extra": extra,
+    }
+    shape = RowShape.probe(session, **options, allow_secrets=allow_secrets) if by_prompt else None
+    store = session.cache if session.settings.cache and cache_mode == "use" else None
+    jobs: list[MapRequest | CachedRequest] = []
     found: dict[str, dict[str, Any]] = {}
-    store = session.cache if session.settings.cache else None
-    if store is not None and cache_mode == "use" and jobs:
-        found = store.get_many([job.key for job in jobs])
+    invalid = 0
+    if shape is None:
+        if allow_secrets:
+            options["allow_secrets"] = True
+        invalid = _prepare(session, by_prompt, row_errors, options, jobs)
+        if store is not None and jobs:
+            found = store.get_many([job.key for job in jobs])
+    else:
+        # Every prompt is checked (and cleaned) before anything else, in row order: the
+        # first one holding a credential refuses the map, whatever the cache holds.
+        cleaned = [session.clean_prompt(prompt, allow_secrets) for prompt in by_prompt]
+        keys = shape.keys([text for text, _ in cleaned])
+        if store is not None:
+            found = store.get_many(keys)
+        for (text, masked), key, rows in zip(cleaned, keys, by_prompt.values(), strict=True):
+            if key in found and shape.fits(text):
+                jobs.append(CachedRequest(key, text, rows, shape))
+                continue
+            try:
+                prepared = shape.prepare(text, masked)
+            except ContextLengthError as exc:  # this row only (a credential refuses the map)
+                invalid += _too_long(row_errors, rows, exc)
+                continue
+            jobs.append(_request(key, prepared, rows))
     hits = [(job, found[job.key]) for job in jobs if job.key in found]
-    to_send = [job for job in jobs if job.key not in found]
+    to_send = [job for job in jobs if job.key not in found and isinstance(job, MapRequest)]
     processed = n - skipped
     estimates = [job.prepared.estimate for job in to_send]
     lows = [e.cost_low for e in estimates]
@@ -341,48 +504,83 @@ def plan_requests(
     return Planned(plan, hits, to_send, skipped, row_errors)
 
 
+def _render(
+    frame: Frame,
+    template: RowTemplate,
+    n: int,
+    fill_null: str | None,
+    row_errors: dict[int, str],
+) -> tuple[dict[str, list[int]], int, list[str]]:
+    """Each row's prompt, rendered once: {prompt: its rows}, rows skipped, null columns.
+
+    Column by column (one list per column, one `str.format` per row); only the rows with a
+    null in a placeholder column go one by one.
+    """
+    columns = [
+        [v if type(v) is str else _text(v, c) for v in frame.values(c, n)] for c in template.columns
+    ]
+    nulls: dict[int, list[int]] = {}  # row → its placeholder columns that are null
+    for k, column in enumerate(template.columns):
+        mask = frame.nulls(column, n)
+        if any(mask):
+            for i in itertools.compress(range(n), mask):
+                nulls.setdefault(i, []).append(k)
+    render = template.format_string.format
+    prompts = [render(*row) for row in zip(*columns, strict=True)]
+    skipped = 0
+    null_cols: list[str] = []
+    for i in sorted(nulls):
+        names = [str(template.columns[k]) for k in nulls[i]]
+        if fill_null is None:
+            skipped += 1
+            row_errors[i] = f"skipped: null in {', '.join(names)} (use --fill-null TEXT to send it)"
+            null_cols.extend(c for c in names if c not in null_cols)
+            continue
+        row = [column[i] for column in columns]
+        for k in nulls[i]:
+            row[k] = fill_null
+        prompts[i] = render(*row)
+    by_prompt: dict[str, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        rows = by_prompt.get(prompt)
+        if rows is None:
+            if i in row_errors:
+                continue
+            by_prompt[prompt] = [i]
+        elif i not in row_errors:
+            rows.append(i)
+    return by_prompt, skipped, null_cols
+
+
+def _request(key: str, prepared: Prepared, rows: list[int]) -> MapRequest:
+    estimate = prepared.estimate
+    return MapRequest(key, prepared, rows, estimate.prompt_tokens + estimate.max_completion_tokens)
+
+
+def _too_long(row_errors: dict[int, str], rows: list[int], exc: ContextLengthError) -> int:
+    for i in rows:
+        row_errors[i] = str(exc)
+    return len(rows)
+
+
 def _prepare(
     session: ChatSession,
     by_prompt: dict[str, list[int]],
     row_errors: dict[int, str],
-    *,
-    model: str,
-    system: str | None,
-    temperature: float | None,
-    max_tokens: int | None,
-    extra: dict[str, Any] | None,
-    allow_secrets: bool,
-) -> tuple[list[MapRequest], int]:
-    jobs: list[MapRequest] = []
+    options: dict[str, Any],
+    jobs: list[MapRequest | CachedRequest],
+) -> int:
+    """Each unique prompt through `session.prepare_one`, into `jobs` (when no `RowShape`
+    could be had); returns the rows too long for the context window."""
     invalid = 0
     for prompt, rows in by_prompt.items():
-        options: dict[str, Any] = {"allow_secrets": True} if allow_secrets else {}
         try:
-            prepared = session.prepare_one(
-                prompt,
-                model=model,
-                system=system,
-                temperature=temperature,
-                max_tokens=max_tokens,
-                label="map",
-                extra=extra,
-                **options,
-            )
+            prepared = session.prepare_one(prompt, label="map", **options)
         except ContextLengthError as exc:  # this row only (a credential refuses the map)
-            invalid += len(rows)
-            for i in rows:
-                row_errors[i] = str(exc)
+            invalid += _too_long(row_errors, rows, exc)
             continue
-        estimate = prepared.estimate
-        jobs.append(
-            MapRequest(
-                request_key(session, prepared.body),
-                prepared,
-                rows,
-                estimate.prompt_tokens + estimate.max_completion_tokens,
-            )
-        )
-    return jobs, invalid
+        jobs.append(_request(request_key(session, prepared.body), prepared, rows))
+    return invalid
 
 
 def default_reply_cap(session: ChatSession, max_tokens: int | None, columns: int) -> int | None:

@@ -7,9 +7,9 @@ delegate here; `ipychat.batch` drives a `MapJob` through its documented interfac
 ```
 run(session, df, template, ...)          sync: plan, then execute on the session's loop
   ├── MapJob.__init__                    plan (caller's thread, nothing sent):
-  │     └── _mapplan.plan_requests       template compiled once, nulls, dedupe,
-  │                                      prepare_one per unique prompt, one batched
-  │                                      cache read (get_many) → MapPlan
+  │     └── _mapplan.plan_requests       template compiled once, nulls, dedupe, checks
+  │                                      per unique prompt, one batched cache read
+  │                                      (get_many), estimates for the misses → MapPlan
   ├── MapJob.execute()                   on the loop: budget held for the whole run,
   │     └── _mapdispatch.Dispatcher      concurrency window + rate limiter + shared 429
   │                                      pause + row retries; replies come back to the job
@@ -56,6 +56,7 @@ from ipychat._mapframe import (
     parse_object,
 )
 from ipychat._mapplan import (
+    CachedRequest,
     MapPlan,
     MapRequest,
     RowTemplate,
@@ -97,6 +98,10 @@ __all__ = [
     "run",
     "wait_on_loop",
 ]
+
+
+# What a cached reply's `usage` may hold (the fields of Usage).
+_USAGE_FIELDS = frozenset(Usage.__dataclass_fields__)
 
 
 # ----- the job ------------------------------------------------------------------------------
@@ -296,8 +301,77 @@ class MapJob:
         )
 
     def _apply_hits(self) -> None:
+        """The cache hits: their ledger rows and savings, in bulk, then their rows written."""
+        if not self.hits:
+            return
+        session = self.session
+        # The rows of a map share a model and mostly a few token counts: each distinct
+        # (model, usage) is priced once.
+        priced: dict[tuple[Any, ...], tuple[dict[str, Any], float | None]] = {}
+        ledger: list[dict[str, Any]] = []
+        savings: list[float | None] = []
         for job, hit in self.hits:
-            self._cached(job, hit)
+            raw = hit.get("usage")
+            if not isinstance(raw, dict) or not raw.keys() <= _USAGE_FIELDS:
+                fields, saved = self._priced(job, hit)  # no usage, or one Usage(**) refuses
+            else:
+                get = raw.get  # one tuple a hit, not one per item
+                seen = (
+                    job.model,
+                    hit.get("model"),
+                    get("prompt_tokens"),
+                    get("completion_tokens"),
+                    get("cached_tokens"),
+                    get("estimated"),
+                )
+                try:
+                    fields, saved = priced[seen]
+                except KeyError:
+                    fields, saved = priced[seen] = self._priced(job, hit)
+                except TypeError:  # an unhashable value in a usage: priced on its own
+                    fields, saved = self._priced(job, hit)
+            savings.append(saved)
+            ledger.append({"time": time.time(), **fields})
+        if session.cache is not None:
+            session.cache.record_hits(savings)
+        common = {"thread": "map", "host": session.host, "cost": 0.0, "cached": True}
+        session.usage.record_many(LedgerRow.many(common, ledger))
+        if self.json:
+            for job, hit in self.hits:
+                text, reason = str(hit.get("text", "")), hit.get("finish_reason")
+                self._answered(job, text, cached=True, finish_reason=reason)
+            return
+        # Plain text: each row gets the reply (what `_answered` does, without its per-row
+        # calls: a cached map of 10,000 rows spends its time here).
+        values, errors, finished = self.values[self.outputs[0]], self.errors, self.finished
+        for job, hit in self.hits:
+            text = str(hit.get("text", ""))
+            if self.default_cap is not None and hit.get("finish_reason") == "length":
+                # Cut at the map's own cap: the note goes with it (the slow path knows how).
+                self._answered(job, text, cached=True, finish_reason="length")
+                continue
+            for i in job.rows:
+                values[i] = text
+                errors[i] = None
+                finished[i] = True
+
+    def _priced(
+        self, job: MapRequest | CachedRequest, hit: dict[str, Any]
+    ) -> tuple[dict[str, Any], float | None]:
+        """A cache hit's ledger fields (but its time) and what it saved."""
+        model = job.model
+        usage = Usage(**hit["usage"]) if hit.get("usage") else None
+        price = self.session.prices.lookup(model, is_local=self.local)
+        saved = pricing.cost(usage, price) if usage else None
+        fields = {
+            "model": self.session.model_label(model, hit.get("model")),
+            "prompt_tokens": usage.prompt_tokens if usage else 0,
+            "completion_tokens": usage.completion_tokens if usage else 0,
+            "cached_tokens": usage.cached_tokens if usage else 0,
+            "saved": saved,
+            "estimated": usage.estimated if usage else True,
+        }
+        return fields, saved
 
     def spend(self, reply: Reply) -> None:
         """Count a reply's cost in the progress and the summary."""
@@ -338,33 +412,6 @@ class MapJob:
         finally:
             session.usage.settle(held, None)
 
-    def _cached(self, job: MapRequest, hit: dict[str, Any]) -> None:
-        """A cache hit: its ledger row and the saving, then the same handling as a reply."""
-        session, model = self.session, job.prepared.body["model"]
-        usage = Usage(**hit["usage"]) if hit.get("usage") else None
-        price = session.prices.lookup(model, is_local=self.local)
-        saved = pricing.cost(usage, price) if usage else None
-        if session.cache is not None:
-            session.cache.record_hit(saved)
-        session.usage.record(
-            LedgerRow(
-                time=time.time(),
-                thread="map",
-                model=session.model_label(model, hit.get("model")),
-                host=session.host,
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-                cached_tokens=usage.cached_tokens if usage else 0,
-                cost=0.0,
-                saved=saved,
-                cached=True,
-                estimated=usage.estimated if usage else True,
-            )
-        )
-        self._answered(
-            job, str(hit.get("text", "")), cached=True, finish_reason=hit.get("finish_reason")
-        )
-
     def _spent(self, reply: Reply) -> None:
         if reply.cost is None:
             self.counters.cost_known = False
@@ -382,7 +429,12 @@ class MapJob:
             self._finish(i, {}, message)
 
     def _answered(
-        self, job: MapRequest, text: str, *, cached: bool, finish_reason: str | None = None
+        self,
+        job: MapRequest | CachedRequest,
+        text: str,
+        *,
+        cached: bool,
+        finish_reason: str | None = None,
     ) -> None:
         # A reply cut at the cap the user never chose must not lose text silently: the text
         # is kept and the row says so in the error column (a note, not a failure).
@@ -414,11 +466,13 @@ class MapJob:
         for i in job.rows:
             self._finish(i, values, error or note, cached=cached, failed=error is not None)
 
-    def _reask(self, job: MapRequest, text: str, problem: str, cached: bool) -> None:
+    def _reask(
+        self, job: MapRequest | CachedRequest, text: str, problem: str, cached: bool
+    ) -> None:
         """Invalid JSON is asked for once more, in the same conversation, first in line."""
         from ipychat.session import Prepared
 
-        body = dict(job.prepared.body)
+        body = dict(job.body)
         keys = ", ".join(self.outputs)
         body["messages"] = [
             *body["messages"],
@@ -432,7 +486,7 @@ class MapJob:
         estimate = self.session.estimate(
             body["messages"], model=body["model"], max_tokens=body.get("max_tokens")
         )
-        prepared = Prepared(job.prepared.prompt, None, body, estimate, label="map")
+        prepared = Prepared(job.prompt, None, body, estimate, label="map")
         again = MapRequest(
             request_key(self.session, body),
             prepared,

@@ -804,6 +804,9 @@ def load(ipython: Any) -> None:
     magics.session.subscribe(magics._on_event)
     _loaded = magics
     _prestart_local(magics.session)
+    from ipychat import _warmup
+
+    _warmup.start(magics.session)  # the first map as quick as a later one (never blocks)
 
 
 def _prestart_local(session: ChatSession) -> None:

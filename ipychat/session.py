@@ -594,29 +594,70 @@ class ChatSession:
             allow_secrets,
             threaded=False,
         )
-        messages = cleaned.messages
-        prompt = messages[-1]["content"]
-        wanted = self._max_tokens(model, max_tokens)
-        estimate = self._estimate(messages, model, wanted)
+        body = self._body(cleaned.messages, model, temperature, max_tokens, extra)
+        return self.prepare_body(
+            cleaned.messages[-1]["content"], body, label=label, masked=cleaned.note
+        )
+
+    def one_body(
+        self,
+        prompt: str,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        extra: dict[str, Any] | None = None,
+        allow_secrets: bool = False,
+    ) -> dict[str, Any]:
+        """The body `prepare_one` sends for a prompt already cleaned (`clean_prompt`); the
+        system prompt is checked and cleaned here, nothing is counted (%%chatmap builds one,
+        then its rows' bodies from it)."""
+        model = check_model(model) or self.model
+        messages = build_messages(system if system is not None else self.settings.system, [], "")
+        head = self._outgoing(messages[:-1], allow_secrets, threaded=False).messages
+        return self._body(
+            [*head, {"role": "user", "content": prompt}], model, temperature, max_tokens, extra
+        )
+
+    def clean_prompt(self, prompt: str, allow_secrets: bool) -> tuple[str, str]:
+        """A map row's prompt as it may leave the kernel (`_outgoing`), and what was masked."""
+        cleaned = self._outgoing(
+            [{"role": "user", "content": prompt}], allow_secrets, threaded=False
+        )
+        return cleaned.messages[0]["content"], cleaned.note
+
+    def _body(
+        self,
+        messages: list[dict[str, Any]],
+        model: str,
+        temperature: float | None,
+        max_tokens: int | None,
+        extra: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "messages": messages}
+        temp = temperature if temperature is not None else self.settings.temperature
+        if temp is not None:
+            body["temperature"] = temp
+        body["max_tokens"] = self._max_tokens(model, max_tokens)
+        body.update(extra or {})
+        return body
+
+    def prepare_body(
+        self, prompt: str, body: dict[str, Any], *, label: str = "map", masked: str = ""
+    ) -> Prepared:
+        """`prepare_one` for a body built around the cleaned `prompt` (`one_body`):
+        estimated, and checked to fit the context window (ContextLengthError if not)."""
+        model, wanted = body["model"], body["max_tokens"]
+        estimate = self._estimate(body["messages"], model, wanted)
         window = self._context_window(model)
         if estimate.prompt_tokens + wanted > window:
             raise ContextLengthError(
                 f"A prompt of {estimate.prompt_tokens:,} tokens plus {wanted:,} reply tokens does "
                 f"not fit the {window:,}-token context of {model}. Shorten it or lower max_tokens."
             )
-        body: dict[str, Any] = {"model": model, "messages": messages}
-        temp = temperature if temperature is not None else self.settings.temperature
-        if temp is not None:
-            body["temperature"] = temp
-        body["max_tokens"] = wanted
-        body.update(extra or {})
         return Prepared(
-            prompt=prompt,
-            thread=None,
-            body=body,
-            estimate=estimate,
-            label=label,
-            masked=cleaned.note,
+            prompt=prompt, thread=None, body=body, estimate=estimate, label=label, masked=masked
         )
 
     # ----- sending ------------------------------------------------------------------------------

@@ -1,0 +1,124 @@
+"""`%load_ext ipychat` warms up in the background (ipychat._warmup): the tokenizer and the
+first-use imports are loaded by a daemon thread; the shell never waits for it nor hears
+of its failures. Real IPython InteractiveShell; timings are for benchmarks/coldstart.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+from ipychat import _warmup, tokens
+from ipychat.session import ChatSession
+from ipychat.testing import FakeOpenAIServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _warm_up_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == _warmup.THREAD_NAME]
+
+
+@pytest.fixture
+def shell(session: ChatSession) -> Any:
+    """The shared InteractiveShell, ipychat unloaded after the test (loading is the test)."""
+    for thread in _warm_up_threads():  # one a previous test's shell may have left
+        thread.join(30)
+    ip = InteractiveShell.instance()
+    yield ip
+    ip.run_line_magic("unload_ext", "ipychat")
+    for thread in _warm_up_threads():
+        thread.join(30)
+
+
+def test_load_ext_loads_the_tokenizer_in_a_background_thread(
+    shell: Any, session: ChatSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tokens, "_encodings", {})  # as in a fresh kernel: nothing loaded
+    started: list[threading.Thread] = []
+    real_start = _warmup.start
+    monkeypatch.setattr(_warmup, "start", lambda s: started.append(real_start(s)) or started[-1])
+    shell.run_line_magic("load_ext", "ipychat")
+    assert len(started) == 1
+    thread = started[0]
+    assert thread.name == _warmup.THREAD_NAME and thread.daemon
+    assert thread is not threading.current_thread()
+    thread.join(60)
+    assert not thread.is_alive()
+    name, _ = tokens.encoding_name_for(session.model)
+    assert name in tokens._encodings  # loaded by the thread: the first map will not wait
+    for module in ("ipychat.chatmap", "ipychat.client", "ipychat.cache", "aiohttp"):
+        assert module in sys.modules
+    # Nothing the user may still change was turned into state: no client, no cache opened.
+    assert session._client is None and not session._cache_opened
+
+
+def test_load_ext_returns_while_the_warm_up_is_still_working(
+    shell: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release, entered = threading.Event(), threading.Event()
+
+    def slow_warm(session: ChatSession) -> None:
+        entered.set()
+        release.wait(30)
+
+    monkeypatch.setattr(_warmup, "warm", slow_warm)
+    shell.run_line_magic("load_ext", "ipychat")
+    # load_ext is back, the magics work, and the warm-up has not finished (it cannot yet).
+    assert entered.wait(10)
+    [thread] = _warm_up_threads()
+    assert thread.is_alive() and not release.is_set()
+    assert "chatmap" in shell.magics_manager.magics["cell"]
+    release.set()
+    thread.join(30)
+    assert not thread.is_alive()
+
+
+def test_a_failing_warm_up_never_reaches_the_shell(
+    shell: Any,
+    fake: FakeOpenAIServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(models: Any) -> None:
+        raise RuntimeError("the tokenizer file is unreadable")
+
+    uncaught: list[Any] = []
+    monkeypatch.setattr(threading, "excepthook", uncaught.append)
+    monkeypatch.setattr(tokens, "warm", broken)
+    with caplog.at_level(logging.DEBUG, logger="ipychat"), capture_output() as out:
+        shell.run_line_magic("load_ext", "ipychat")
+        for thread in _warm_up_threads():
+            thread.join(30)
+    assert uncaught == [] and out.stdout == "" and out.stderr == ""
+    assert "warm-up failed" in caplog.text and "tokenizer file is unreadable" in caplog.text
+    # The first map loads what it needs itself.
+    shell.user_ns["df"] = pd.DataFrame({"text": ["a", "b"]})
+    with capture_output():
+        shell.run_cell_magic("chatmap", "df -o out", "{text}")
+    assert shell.user_ns["df"]["out"].tolist() == ["Echo: a", "Echo: b"]
+
+
+def test_import_ipychat_loads_none_of_what_the_warm_up_loads() -> None:
+    code = (
+        "import json, sys, threading, ipychat; "
+        "print(json.dumps([sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'tiktoken', 'aiohttp', 'httpx', 'diskcache', 'pandas', 'IPython'}), "
+        "[t.name for t in threading.enumerate()]]))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    modules, threads = json.loads(out.stdout)
+    assert modules == [] and threads == ["MainThread"]  # only %load_ext starts the warm-up
