@@ -368,7 +368,7 @@ class Secret:
         return isinstance(other, Secret) and other._value == self._value
 
     def __hash__(self) -> int:
-        return hash(("Secret", self._value))
+        return hash(self._value)
 
     def __reduce__(self) -> Any:  # never pickle a key into a cache or a notebook
         raise TypeError("a Secret cannot be pickled")

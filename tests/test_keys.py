@@ -39,6 +39,7 @@ from ipychat.keys import (
     FoundKey,
     Secret,
     _in_words,
+    _tail_random,
     cache_key,
     canonical_json,
     find_keys,
@@ -310,6 +311,7 @@ def test_a_stretch_claimed_by_one_shape_is_not_found_again() -> None:
     pem = corpus.KEY_FORMATS["pem rsa"](random.Random(5))
     aws = corpus.KEY_FORMATS["aws access key id"](random.Random(6))
     assert [f.kind for f in find_keys(pem + aws)] == ["a private key", "an AWS access key"]
+    assert [f.kind for f in find_keys(aws + pem)] == ["an AWS access key", "a private key"]
 
 
 def test_a_text_without_any_shape_s_needle_is_passed_over() -> None:
@@ -389,6 +391,7 @@ def test_redact_headers_hides_credential_headers_whatever_their_case() -> None:
 # (token, min_run, max_words, looks random): one case on each side of each limit.
 RANDOMNESS = {
     "empty": ("", 16, 0.75, False),
+    "one character": ("a", 1, None, False),  # one kind of character is no key
     "separators only": ("----____", 1, None, False),
     "16 random characters": ("X8pPd5khxE3pyIgK", 16, 0.75, True),
     "15 random characters": ("NqVwYS81VP7Hb1D", 16, 0.75, False),
@@ -399,6 +402,7 @@ RANDOMNESS = {
     "24 upper-case hex": ("A1B2C3D4E5F6A7B8C9D0E1F2", 16, 0.75, True),
     "23 hex": ("a1b2c3d4e5f6a7b8c9d0e1f", 16, 0.75, False),
     "24 hex, one letter": ("12345678901234567890123a", 16, 0.75, True),
+    "24 hex, one digit": ("abcdefabcdefabcdefabcde1", 16, 0.75, True),
     "24 digits": ("123456789012345678901234", 16, 0.75, False),
     "24 hex letters": ("abcdefabcdefabcdefabcdef", 16, 0.75, False),
     "lower case only": ("qwrtzpsdfghjklmnbvcx", 16, None, False),
@@ -411,6 +415,8 @@ RANDOMNESS = {
     "low entropy": ("aA1aA1aA1aA1aA1aA1aA1aA1", 16, None, False),
     "short, entropy under log2(n) - 0.7": ("aB3aB3cD4cD4", 8, None, False),
     "short, entropy over log2(n) - 0.7": ("aB3cD4eF5aB3", 8, None, True),
+    "three quarters in words": ("ReportModelsX7q2", 16, 0.75, True),
+    "over three quarters in words": ("ReportModelsXyz7", 16, 0.75, False),
     "words and digits": ("Report2North5Sales9Data3Final7Summary1", 16, 0.75, False),
     "words and digits, no word test": ("Report2North5Sales9Data3Final7Summary1", 16, None, True),
 }
@@ -439,6 +445,7 @@ def test_looks_random_defaults_to_runs_of_16_and_the_word_test() -> None:
         ("Brnd1234", 0.0),  # a cluster of four consonants
         ("idea123456", 4 / 10),  # three vowels in four: still a word
         ("aeio123456", 0.0),  # all vowels
+        ("Xaei123456", 4 / 10),  # X is no vowel
         ("strength12", 0.0),  # n-g-t-h
         ("NORTH12345", 5 / 10),  # capitals
         ("ReportNorth", 1.0),
@@ -461,6 +468,21 @@ def test_the_share_of_word_like_stretches(body: str, share: float) -> None:
 )
 def test_aws_key_ids_against_words_in_capitals(text: str, found: bool) -> None:
     assert bool(find_keys(f"id {text} here")) is found
+
+
+def test_a_shape_check_reads_its_group_with_its_limits() -> None:
+    """`_tail_random` builds the checks of KEY_SHAPES (at import: called here so that a
+    change to it is seen): it reads its named group, runs of 16 and no word test unless
+    told otherwise."""
+    split = re.match(r"x(?P<t>.*)", "xX8pPd5kh-xE3pyIgK")
+    assert split is not None
+    assert _tail_random("t", 8)(split) is True and _tail_random("t")(split) is False
+    sixteen = re.match(r"(?P<t>.*)", "X8pPd5khxE3pyIgK")
+    assert sixteen is not None and _tail_random("t")(sixteen) is True
+    words = re.match(r"(?P<t>.*)", "Report2North5Sales9Data3Final7Summary1")
+    assert words is not None
+    assert _tail_random("t")(words) is True
+    assert _tail_random("t", max_words=0.75)(words) is False
 
 
 def test_the_run_lengths_each_shape_asks_for() -> None:
@@ -741,11 +763,11 @@ def test_a_secret_never_shows_itself() -> None:
     shown = "Secret('sk-...A1b2')"
     assert repr(secret) == str(secret) == f"{secret}" == f"{secret:>80}" == shown
     assert secret == Secret(key) and secret != Secret(key + "x") and secret != key
-    assert hash(secret) == hash(Secret(key)) != hash(key)
+    assert hash(secret) == hash(Secret(key)) != hash(Secret(key + "x"))
     assert len({secret, Secret(key), Secret(key + "x")}) == 2
-    with pytest.raises(TypeError, match="cannot be pickled"):
+    with pytest.raises(TypeError, match=r"^a Secret cannot be pickled$"):
         pickle.dumps(secret)
-    with pytest.raises(TypeError, match="cannot be pickled"):
+    with pytest.raises(TypeError, match=r"^a Secret cannot be pickled$"):
         copy.copy(secret)
 
 
