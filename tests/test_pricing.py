@@ -533,6 +533,7 @@ def test_round_up_usd(amount: float, text: str) -> None:
         (0.000001, "$0.000001"),
         (5e-7, "<$0.000001"),  # under the smallest shown amount: as format_usd
         (1.5, "$1.50"),  # from $1 on, as format_usd
+        (1.234, "$1.23"),
         (1234.561, "$1,234.56"),
         (0, "$0.00"),
         (None, "unknown"),

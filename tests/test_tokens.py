@@ -217,7 +217,10 @@ def test_missing_file_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> No
 
 @pytest.mark.parametrize(
     ("data", "why"),
-    [(b"YQ== 0 Yg==", "odd number of fields"), (b"YQ== zero", "invalid literal")],
+    [
+        (b"YQ== 0 Yg==", "odd number of fields"),
+        (b"YQ== zero", "invalid literal for int() with base 10: b'zero'"),
+    ],
 )
 def test_an_unreadable_file_is_a_one_line_error(
     data: bytes, why: str, monkeypatch: pytest.MonkeyPatch
@@ -231,9 +234,9 @@ def test_an_unreadable_file_is_a_one_line_error(
     monkeypatch.setattr(tokens, "_read_bundled", lambda file: data)
     with pytest.raises(ChatError) as info:
         tokens.get_encoding("cl100k_base")
-    message = str(info.value)
-    assert message.startswith("ipychat/data/cl100k_base.tiktoken is unreadable (")
-    assert why in message and message.endswith("): reinstall ipychat") and "\n" not in message
+    assert str(info.value) == (
+        f"ipychat/data/cl100k_base.tiktoken is unreadable ({why}): reinstall ipychat"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,14 +501,21 @@ def test_each_kind_of_content_part(reference: Mapping[str, tiktoken.Encoding]) -
     assert _content(["just a string"]) == (n("just a string"), False)
     assert _content([{"type": "refusal", "refusal": "I can't help"}]) == (n("I can't help"), False)
     assert _content(["one", "two"]) == (n("one") + n("two"), True)  # parts counted apart
+    two_texts = [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]
+    assert _content(two_texts) == (n("one") + n("two"), True)
+    refusals = [{"type": "refusal", "refusal": "no"}, {"type": "refusal", "refusal": "never"}]
+    assert _content(["first", *refusals]) == (n("first") + n("no") + n("never"), True)
     image = {"type": "input_image", "image_url": "https://x/y.png", "detail": "low"}
     assert _content([image]) == (tokens.IMAGE_TOKENS_LOW, True)
     assert _content([{**image, "detail": "high"}]) == (tokens.IMAGE_TOKENS_HIGH, True)
     audio = {"type": "input_audio", "input_audio": {"data": "UklGR", "format": "wav"}}
     other = {"type": "file", "file": {"file_id": "f-1"}, "text": "not a text part"}
-    for part in (audio, other, 42, ["nested"]):
+    not_a_refusal = {"type": "refusal", "refusal": None}
+    for part in (audio, other, not_a_refusal, 42, ["nested"]):
         text = json.dumps(part, separators=(",", ":"))
-        assert _content([part, "after it"]) == (n(text) + n("after it"), True), part
+        assert _content([part]) == (n(text), True), part  # alone: approximate all the same
+        expected = n("before") + n(text) + n("after")
+        assert _content(["before", part, "after"]) == (expected, True), part
     assert _content({"type": "text", "text": "a dict, not a list"}) == (
         n('{"type":"text","text":"a dict, not a list"}'),
         True,
