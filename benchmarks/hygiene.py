@@ -14,7 +14,8 @@ table, code; tests/hygiene_corpus.py) cut into rows, for:
   every request does anyway), and the token count of the row (what `prepare_one` also
   spends per row; its cache bypassed, as for a map's distinct rows).
 
-Then the precision and recall figures of tests/test_hygiene.py, on the same corpora.
+Then the precision and recall figures of tests/test_keys.py (the key check) and
+tests/test_hygiene.py (redaction), on the same corpora.
 Timings on a shared machine are noisy: compare the figures of one run with each other.
 """
 
@@ -99,7 +100,7 @@ def main() -> None:
         f"redact on (system + row, cold) {count / both:.2f}x a token count"
     )
 
-    print("precision and recall (tests/test_hygiene.py):")
+    print("precision and recall (tests/test_keys.py, tests/test_hygiene.py):")
     harmless = corpus.not_keys(random.Random(6), 2000)
     flagged = sum(bool(find_keys(t)) for t in harmless)
     print(

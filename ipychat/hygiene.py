@@ -18,7 +18,8 @@ are only checked for sendability and, with `redact`, masked too):
 
 Redaction must not damage ordinary data (dates, ids, years, prices, tables), so numbers are
 masked only when they have the structure of a phone or card number; see `_card` and `_phone`.
-Precision and recall of both checks are measured in tests/test_hygiene.py.
+Precision and recall are measured in tests/test_hygiene.py (redaction) and
+tests/test_keys.py (the key shapes).
 """
 
 from __future__ import annotations
@@ -174,15 +175,15 @@ class _Run:
 def _parse(text: str) -> _Run | None:
     """Split a `_RUN` match; None when its parentheses or separators are not well formed."""
     plus = text.startswith("+")
-    parts = _PARTS.findall(text.lstrip("+ "))
     groups: list[str] = []
     seps: list[str] = []
     paren: list[bool] = []
     sep = ""
     open_paren = False
-    for part in parts:
+    # A separator before the first group (the space of "+ 44") is dropped with `sep = ""`.
+    for part in _PARTS.findall(text):
         if part.isdigit():
-            if groups and len(seps) < len(groups):
+            if groups:
                 seps.append(sep)
             groups.append(part)
             paren.append(open_paren)
@@ -195,11 +196,10 @@ def _parse(text: str) -> _Run | None:
             if not open_paren:
                 return None
             open_paren = False
-            sep = sep or " "
         elif sep.strip():
-            return None  # two separators in a row
+            return None  # two separators in a row (a space before one is allowed: "(212) -")
         else:
-            sep = part if part != " " or not sep else sep
+            sep = part
     if open_paren or not groups:
         return None
     return _Run(plus, groups, seps, paren)
@@ -226,16 +226,12 @@ def _card(run: _Run, keyword: bool) -> bool:
 
 
 def _number_list(pairs: list[int]) -> bool:
-    """Zero-padded pairs that read as a list, not as a phone number's random digits: a
-    constant small step (01 02 03 04 05, 05 10 15 20 25), days of a month (all ≤ 31), or
-    ascending draws (04 11 23 38 45, lottery numbers)."""
-    steps = {b - a for a, b in pairwise(pairs)}
+    """Zero-padded pairs that read as a list, not as a phone number's random digits: days
+    of a month or other small numbers (all ≤ 31: 01 02 03 04 05, 05 10 15 20 25), or
+    ascending draws (04 11 23 38 45, lottery numbers). The first pair is 01-09 (`_phone`),
+    so a constant step of at most 10 is always one of these two."""
     ascending = all(a < b for a, b in pairwise(pairs))
-    return (
-        (len(steps) == 1 and 0 < abs(next(iter(steps))) <= 10)
-        or max(pairs) <= 31
-        or (ascending and max(pairs) <= 59)
-    )
+    return max(pairs) <= 31 or (ascending and max(pairs) <= 59)
 
 
 def _phone(run: _Run, keyword: bool) -> bool:
@@ -289,7 +285,6 @@ def _phone(run: _Run, keyword: bool) -> bool:
         and widths[-1] >= 3
         and len(set(widths)) > 1
         and (len(groups) > 2 or widths[1] >= 6)
-        and kinds <= {" ", "-", ".", "/"}
         and ("/" not in kinds or len(groups) == 2)
     )
 
@@ -316,7 +311,7 @@ def _note(counts: dict[str, int]) -> str:
     parts = [
         f"{n} {names[kind]}{'es' if kind == 'email' and n != 1 else 's' if n != 1 else ''}"
         for kind in names  # always in this order, whatever order they were found in
-        if (n := counts.get(kind, 0))
+        if (n := counts.get(kind))
     ]
     if not parts:
         return ""
@@ -342,15 +337,15 @@ def redact_pii(text: str) -> Redaction:
         return Redaction(masked, {k: v for k, v in counts.items() if v})
 
     def number(m: re.Match[str]) -> str:
-        found = m.group(0)
-        # A sentence's full stop or a closing bracket is not part of the number.
-        core = found.rstrip(" .-/")
-        tail = found[len(core) :]
-        if core.count("(") < core.count(")"):
-            core, tail = core[:-1], core[-1] + tail
+        found = m.group(0)  # ends with a digit or ")": a sentence's full stop is not in it
+        core, tail = found, ""
+        if core.count("(") < core.count(")"):  # a closing bracket is not part of the number
+            core, tail = core[:-1], ")"
         after = masked[m.end() : m.end() + 2]
-        if after[:1].isalnum() or (after[:1] in ".," and after[1:2].isdigit()):
-            return found  # part of a word or a decimal: 12.5, 0412abc
+        # Part of a word (0412abc) or of a decimal with a comma (1234567,89); a decimal
+        # point followed by a digit is always inside the run (`.` is a separator).
+        if after[:1].isalnum() or (after[:1] == "," and after[1:2].isdigit()):
+            return found
         if sum(c.isdigit() for c in core) < 6:
             return found  # no phone or card is that short: years, counts, prices, times
         lead = ""
@@ -361,12 +356,14 @@ def redact_pii(text: str) -> Redaction:
         run = _parse(core)
         if run is None:
             return found
-        before = masked[max(0, m.start() - 24) : m.start()]
-        card_word = _CARD_WORD.search(before) or _CARD_AFTER.match(masked, m.end())
-        if _card(run, bool(card_word)):
+        # Keywords in the 24 characters before the number, searched in place: a slice
+        # would cut a word and make the "tel" of "hotel" a keyword.
+        window = max(0, m.start() - 24)
+        card_word = _CARD_WORD.search(masked, window, m.start())
+        if _card(run, bool(card_word or _CARD_AFTER.match(masked, m.end()))):
             counts["card"] += 1
             return f"{lead}[card]{tail}"
-        if _phone(run, bool(_PHONE_WORD.search(before))):
+        if _phone(run, bool(_PHONE_WORD.search(masked, window, m.start()))):
             counts["phone"] += 1
             return f"{lead}[phone]{tail}"
         return found
@@ -400,27 +397,28 @@ def _scan(text: str, redact: bool) -> tuple[tuple[FoundKey, ...], Redaction | No
     return tuple(find_keys(text)), redact_pii(text) if redact else None
 
 
+def _is_text_part(part: Any) -> bool:
+    """A part of a list content that carries text: {"type": "text", "text": "..."}."""
+    return (
+        isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+    )
+
+
 def _texts(content: Any) -> list[str]:
     """The text parts of a message's content (a string, or a list of typed parts)."""
     if isinstance(content, str):
         return [content]
     if isinstance(content, list):
-        return [
-            p["text"]
-            for p in content
-            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-        ]
+        return [p["text"] for p in content if _is_text_part(p)]
     return []
 
 
 def _replace_texts(content: Any, replacements: dict[str, str]) -> Any:
-    """`content` with each text part replaced by its redacted form."""
+    """`content` with each text that has a redacted form replaced by it."""
     if isinstance(content, str):
-        return replacements.get(content, content)
+        return replacements[content]  # called only when its one text was redacted
     return [
-        {**p, "text": replacements.get(p["text"], p["text"])}
-        if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-        else p
+        {**p, "text": replacements.get(p["text"], p["text"])} if _is_text_part(p) else p
         for p in content
     ]
 

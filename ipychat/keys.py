@@ -87,7 +87,7 @@ def looks_random(token: str, *, min_run: int = 16, max_words: float | None = 0.7
     case and digits, switching between those classes on at least a quarter of neighbours
     (random base62: ~62 %), 3.3+ bits of entropy per character, and, unless `max_words` is
     None, at most that share of the characters inside word-like stretches (`_in_words`).
-    Thresholds were set on generated keys and on words: tests/test_hygiene.py measures both.
+    Thresholds were set on generated keys and on words: tests/test_keys.py measures both.
     """
     runs = _RUNS.findall(token)
     if not runs or max(map(len, runs)) < min_run:
@@ -326,7 +326,7 @@ def _check_key(value: str) -> None:
                 else "a control character"
                 if ord(ch) < 32 or ord(ch) == 127
                 else f"the non-ASCII character {ch!r}"
-                if ch.isprintable() and not 0xD800 <= ord(ch) <= 0xDFFF
+                if ch.isprintable()  # never a lone surrogate, which cannot be shown
                 else f"the character U+{ord(ch):04X}"
             )
             raise ConfigError(
@@ -368,7 +368,7 @@ class Secret:
         return isinstance(other, Secret) and other._value == self._value
 
     def __hash__(self) -> int:
-        return hash(("Secret", self._value))
+        return hash(self._value)
 
     def __reduce__(self) -> Any:  # never pickle a key into a cache or a notebook
         raise TypeError("a Secret cannot be pickled")

@@ -116,8 +116,10 @@ def _window(value: Any, what: str, model: str) -> int | None:
         number = value
     elif isinstance(value, float) and value.is_integer():
         number = int(value)
-    elif isinstance(value, str) and value.strip().replace(",", "").replace("_", "").isdigit():
-        number = int(value.strip().replace(",", "").replace("_", ""))
+    elif isinstance(value, str):
+        digits = value.strip().replace(",", "").replace("_", "")  # 128,000 or 128_000
+        if digits.isdigit():
+            number = int(digits)
     if number is None or not 0 < number <= MAX_WINDOW:
         raise ConfigError(
             f"Invalid {what} for {model}: {value!r}; pass a whole number of tokens "
@@ -132,7 +134,8 @@ def _normalize(model: Any) -> str:
     return model.strip().lower()
 
 
-def _from_entry(model: str, entry: Mapping[str, Any], source: str) -> ModelPrice:
+def _from_entry(model: str, entry: Mapping[str, Any]) -> ModelPrice:
+    """A model of the table file (`source` "table")."""
     return ModelPrice(
         model=model,
         input=_price(entry.get("input"), "input", model),
@@ -142,7 +145,6 @@ def _from_entry(model: str, entry: Mapping[str, Any], source: str) -> ModelPrice
         batch_output=_optional_price(entry.get("batch_output"), "batch output", model),
         context_window=_window(entry.get("context_window"), "context window", model),
         max_output_tokens=_window(entry.get("max_output_tokens"), "max output tokens", model),
-        source=source,
     )
 
 
@@ -155,14 +157,13 @@ def _from_entry(model: str, entry: Mapping[str, Any], source: str) -> ModelPrice
 class _Data:
     as_of: str
     currency: str
-    unit: str
     models: Mapping[str, ModelPrice]
     aliases: Mapping[str, str]
 
 
 def _parse(data: Mapping[str, Any]) -> _Data:
     models = {
-        _normalize(name): _from_entry(_normalize(name), entry, "table")
+        _normalize(name): _from_entry(_normalize(name), entry)
         for name, entry in (data.get("models") or {}).items()
     }
     aliases = {_normalize(k): _normalize(v) for k, v in (data.get("aliases") or {}).items()}
@@ -172,7 +173,6 @@ def _parse(data: Mapping[str, Any]) -> _Data:
     return _Data(
         as_of=str(data.get("as_of", "")),
         currency=str(data.get("currency", "USD")),
-        unit=str(data.get("unit", "per 1M tokens")),
         models=MappingProxyType(models),
         aliases=MappingProxyType(aliases),
     )
@@ -415,9 +415,8 @@ def format_usd(amount: float | None) -> str:
     if x < 0.000001:
         return f"{sign}<$0.000001"
     decimals = 1 - math.floor(math.log10(x))  # two significant digits
-    text = f"{x:.{decimals}f}".rstrip("0")
-    whole, _, frac = text.partition(".")
-    return f"{sign}${whole}.{frac.ljust(2, '0')}"
+    # Under a cent at least two decimals stay after the zeros go: 0.00012, 0.005, 0.01.
+    return f"{sign}${x:.{decimals}f}".rstrip("0")
 
 
 def round_up_usd(amount: float) -> str:

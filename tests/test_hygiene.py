@@ -17,9 +17,16 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
-from ipychat.errors import SecretInPromptError
-from ipychat.hygiene import Redaction, check_secrets, find_secrets, redact_pii
-from ipychat.keys import KEY_SHAPES, find_keys, redact
+from ipychat.errors import ChatError, SecretInPromptError
+from ipychat.hygiene import (
+    Redaction,
+    check_magic_line,
+    check_secrets,
+    check_sendable,
+    clean_messages,
+    find_secrets,
+    redact_pii,
+)
 from ipychat.session import ChatSession
 from ipychat.testing import FakeOpenAIServer
 
@@ -34,6 +41,8 @@ SECRETS = {
     kind: f"use {make(random.Random(kind))} please" for kind, make in corpus.KEY_FORMATS.items()
 }
 SECRETS["openai"] = f"use {OPENAI_KEY} please"
+EMAIL = "ann.lee@example.org"
+PHONE = "+44 20 7946 0958"
 
 
 @pytest.mark.parametrize("text", SECRETS.values(), ids=SECRETS.keys())
@@ -62,52 +71,6 @@ def test_ordinary_words_are_not_keys(text: str) -> None:
     check_secrets(text)
 
 
-def test_key_check_precision_is_total_on_words_file_names_and_placeholders() -> None:
-    """2,000 generated file names, slugs, identifiers and placeholders with key prefixes
-    (sk-2024-01-15-report.csv, hf_SalesReportDraft, Bearer your_token_here) plus the fixed
-    list in the corpus: not one is taken for a key."""
-    texts = corpus.not_keys(random.Random(6), 2000)
-    flagged = [(t, find_secrets(t)) for t in texts if find_keys(t)]
-    print(f"\nkey check precision: {len(texts) - len(flagged)}/{len(texts)} harmless texts pass")
-    assert flagged == []
-
-
-def test_key_check_recall_on_every_documented_format() -> None:
-    """200 generated keys of each of 33 formats, each inside a prompt: the recall of each
-    format is printed; a key with a distinctive prefix (sk-proj-, AKIA, ghp_, AIza, PEM, a
-    JWT) is always found, and even formats told apart from words by randomness alone
-    (hf_, Bearer) are found at least 99 % of the time."""
-    found: Counter[str] = Counter()
-    total: Counter[str] = Counter()
-    for kind, text in corpus.keys(random.Random(7), 200):
-        total[kind] += 1
-        found[kind] += bool(find_keys(text))
-    recall = {kind: found[kind] / total[kind] for kind in total}
-    print("\nkey check recall by format:")
-    for kind, value in recall.items():
-        print(f"  {kind:28} {value:7.2%}")
-    overall = sum(found.values()) / sum(total.values())
-    print(f"  {'all':28} {overall:7.2%} of {sum(total.values())}")
-    assert min(recall.values()) >= 0.99, recall
-    assert overall >= 0.998
-
-
-def test_one_list_of_key_shapes_for_the_check_and_the_scrubbing() -> None:
-    """The prompt check and the scrubbing of server and exception texts read the same list:
-    what one finds the other masks (AWS and GitHub keys were missed by one of them)."""
-    for kind, make in corpus.KEY_FORMATS.items():
-        key = make(random.Random(kind + "/scrub"))
-        text = f"upstream said: bad credential {key} (request 42)"
-        assert find_keys(text), kind
-        scrubbed = redact(text)
-        assert scrubbed != text, kind
-        middle = key[len(key) // 2 - 10 : len(key) // 2 + 10]  # the secret part of any format
-        assert middle not in scrubbed, (kind, scrubbed)
-    kinds = [shape.kind for shape in KEY_SHAPES]
-    assert len(kinds) == len(set(kinds))
-    assert {"an AWS access key", "a GitHub token"} <= set(kinds)
-
-
 def test_the_refusal_never_repeats_the_secret() -> None:
     with pytest.raises(SecretInPromptError) as info:
         check_secrets(SECRETS["openai"] + " and " + AWS_KEY)
@@ -117,8 +80,46 @@ def test_the_refusal_never_repeats_the_secret() -> None:
     assert "(and 1 more)" in message
 
 
-def test_allow_overrides() -> None:
-    check_secrets(SECRETS["openai"], allow=True)
+def test_allow_overrides_only_what_it_is_given_for() -> None:
+    assert find_secrets(SECRETS["openai"])  # a key, refused without the override...
+    assert check_secrets(SECRETS["openai"], allow=True) is None  # ...passed with it
+    cleaned = clean_messages([{"role": "user", "content": SECRETS["openai"]}], allow_secrets=True)
+    assert cleaned.messages == [{"role": "user", "content": SECRETS["openai"]}]
+    with pytest.raises(SecretInPromptError):
+        clean_messages([{"role": "user", "content": SECRETS["openai"]}])  # off by default
+
+
+def test_the_refusal_of_one_key_says_what_to_do() -> None:
+    assert find_secrets(SECRETS["openai"]) == [("an OpenAI API key", f"sk-...{OPENAI_KEY[-4:]}")]
+    with pytest.raises(SecretInPromptError) as info:
+        check_secrets(SECRETS["openai"])
+    assert str(info.value) == (
+        f"The prompt contains what looks like an OpenAI API key (sk-...{OPENAI_KEY[-4:]}); "
+        "nothing was sent. Remove it, or add --allow-secrets if it is not a real secret."
+    )
+
+
+def test_a_key_on_a_magic_line_is_refused_with_where_keys_go() -> None:
+    with pytest.raises(SecretInPromptError) as info:
+        check_magic_line(f"--api-key {OPENAI_KEY}")
+    assert str(info.value) == (
+        f"The magic's arguments hold what looks like an OpenAI API key (sk-...{OPENAI_KEY[-4:]}); "
+        "a key never goes in a cell (the notebook would keep it). Run %chat key alone and "
+        "paste it at the prompt, or set OPENAI_API_KEY."
+    )
+    check_magic_line("-m gpt-4o-mini --no-stream")
+
+
+def test_an_unsendable_character_is_named_with_its_position() -> None:
+    check_sendable("plain ascii")
+    check_sendable("Grüße, 東京, emoji \U0001f600")  # any encodable text passes
+    with pytest.raises(ChatError) as info:
+        check_sendable("ab\ud800c")
+    assert str(info.value) == (
+        "The prompt holds a character that cannot be sent (U+D800, a lone surrogate, at "
+        "character 3): it comes from a broken paste or decoding; remove it or decode the "
+        "text with errors='replace'."
+    )
 
 
 # ----- personal data ---------------------------------------------------------------------------
@@ -219,6 +220,258 @@ def test_the_note_says_what_was_masked() -> None:
     )
 
 
+# Where each rule of `_phone` and `_card` stops, one text on each side of each bound (the
+# corpora above measure the formats; these pin the limits, which random data rarely hits).
+# Card numbers here are Luhn-valid unless said otherwise.
+PHONE_BOUNDS = {
+    # after a + country code: 8-15 digits, 10-15 without separators
+    "+ 9 digits unseparated": ("+123456789", False),
+    "+ 10 digits unseparated": ("+1234567890", True),
+    "+ 15 digits unseparated": ("+123456789012345", True),
+    "+ 16 digits unseparated": ("+1234567890123456", False),
+    "+ 7 digits": ("+44 123 45", False),
+    "+ 8 digits": ("+44 123 456", True),
+    "+ 15 digits": ("+49 1234 5678 90123", True),
+    "+ 16 digits": ("+49 1234 5678 901234", False),
+    "+ country code of 3": ("+353 1 234 5678", True),
+    "+ country code of 4": ("+1234 567 890", False),
+    "+ a block of 10": ("+1 2125550147", True),
+    "+ a block of 11": ("+1 21255501470", False),
+    "+ (0) is not counted": ("+49 (0)3012 3456 78901", True),  # 16 digits, 15 without it
+    "+ other brackets are": ("+44 (20) 1234", True),  # 8 digits
+    "+ an unclosed bracket": ("+44 (20 7946 0958", False),
+    "+ and a space": ("+ 44 20 7946 0958", True),
+    # after a phone keyword: 6-15 digits
+    "keyword, 6 digits": ("tel 123456", True),
+    "keyword, 15 digits": ("tel 123456789012345", True),
+    "keyword, 16 digits": ("tel 1234567890123456", False),
+    "keyword 24 characters before": ("tel" + " " * 21 + "123456", True),
+    "keyword 25 characters before": ("tel" + " " * 22 + "123456", False),
+    "a word ending in a keyword": ("hotel" + " " * 21 + "123456", False),
+    # an (area) code: 2-3 digits or 0 + up to 4, then 6-10 digits
+    "(area of 4 with 0)": ("(0161) 496 0123", True),
+    "(area of 5 with 0)": ("(01632) 960123", True),
+    "(area of 6 with 0)": ("(016320) 960123", False),
+    "(area) + 5": ("(212) 12345", False),
+    "(area) + 6": ("(212) 123456", True),
+    "(area) + 10": ("(11) 12345 67890", True),
+    "(area) + 11": ("(11) 12345 678901", False),
+    "(area) one group": ("(212) 5550147", True),
+    "(area) dots": ("(212) 555.0147", True),
+    "(area) mixed separators": ("(02) 9-374.4000", True),
+    "(area) slash": ("(212) 555/0147", False),
+    "(area) (exchange)": ("(212) (555) 0147", False),
+    "(a year) among years": ("years 2021 (2022) 2023", False),
+    # North American 3-3-4 and 1-3-3-4
+    "NA area code from 2": ("212-456-7890", True),
+    "NA area code from 1": ("123-456-7890", False),
+    "NA 1-800": ("1-800-555-0199", True),
+    "NA 2-800": ("2-800-555-0199", False),
+    # five pairs
+    "pairs from 00": ("00 12 34 56 78", False),
+    "pairs, largest 31": ("01 31 05 07 09", False),
+    "pairs, largest 32": ("01 32 05 07 09", True),
+    "pairs ascending to 59": ("01 12 23 45 59", False),
+    "pairs ascending to 60": ("01 12 23 45 60", True),
+    "pairs with a repeat": ("01 12 45 45 50", True),
+    "pairs with dots": ("01.31.05.07.09", True),
+    # national numbers with a trunk 0
+    "national, 9 digits": ("02 123 4567", True),
+    "national, 8 digits": ("02 123 456", False),
+    "national, 12 digits": ("020 7946 09581", True),
+    "national, 13 digits": ("020 7946 095812", False),
+    "national, 4 groups": ("0171 12 34 567", True),
+    "national, 5 groups": ("01 2 3 45 678", False),
+    "national, first group of 5": ("01632 960 123", True),
+    "national, first group of 6": ("012345 678 901", False),
+    "national from 00": ("0012 3456 789", False),
+    "national ending in 2 digits": ("020 7946 09", False),
+    "national, two groups, second of 5": ("0201 23456", False),
+    "national, two kinds of separator": ("020-7946 0958", False),
+    "national, slash between two groups": ("089/1234567", True),
+    "national, slash between three": ("089/123/4567", False),
+    # what follows the number
+    "followed by a letter": ("call 020 7946 0958x today", False),
+    "followed by a decimal comma": ("020 7946 0958,5", False),
+    "followed by a comma": ("020 7946 0958, 5", True),
+}
+CARD_BOUNDS = {
+    "13 digits": ("card 4222222222222", True),
+    "12 digits": ("card 422222222222", False),
+    "19 digits": ("card 4123456789012345677", True),
+    "20 digits": ("card 41234567890123456787", False),
+    "15 digits, not Amex, no card word": ("ref 412345678901233", False),
+    "15 digits, not Amex, card word": ("card 412345678901233", True),
+    "after a +": ("ref +4111 1111 1111 1111", False),
+    "in brackets": ("ref (4111) 1111 1111 1111", False),
+    "Diners 4-6-4 ascending": ("3612 004000 5674", True),  # unequal widths: not a list
+    "Diners unseparated, no card word": ("ref 36123456789013", False),
+    "Diners unseparated, exp after": ("36123456789013 exp 12/27", True),
+    "Luhn fails": ("card 4111111111111112", False),
+}
+
+
+def _masked_as(text: str, kind: str) -> bool:
+    result = redact_pii(text)
+    if result.text == text:
+        assert result.counts == {}, text
+        return False
+    assert result.counts == {kind: 1}, (text, result)
+    return True
+
+
+@pytest.mark.parametrize(("text", "masked"), PHONE_BOUNDS.values(), ids=PHONE_BOUNDS.keys())
+def test_the_bounds_of_phone_numbers(text: str, masked: bool) -> None:
+    assert _masked_as(text, "phone") is masked
+
+
+@pytest.mark.parametrize(("text", "masked"), CARD_BOUNDS.values(), ids=CARD_BOUNDS.keys())
+def test_the_bounds_of_card_numbers(text: str, masked: bool) -> None:
+    assert _masked_as(text, "card") is masked
+
+
+def test_every_item_is_masked_and_counted() -> None:
+    """Each e-mail, card and phone number, not only the first of its kind."""
+    text = (
+        "ann@example.org, bob@example.org; cards 4111 1111 1111 1111 and "
+        "5500-0000-0000-0004; call +44 20 7946 0958 or (212) 555-0147 or 020 7946 0123"
+    )
+    result = redact_pii(text)
+    assert result.text == (
+        "[email], [email]; cards [card] and [card]; call [phone] or [phone] or [phone]"
+    )
+    assert result.counts == {"email": 2, "card": 2, "phone": 3}
+    assert result.note == "masked 2 e-mail addresses, 2 card numbers and 3 phone numbers"
+
+
+def test_brackets_around_a_number_stay_around_its_mask() -> None:
+    assert redact_pii("(call (020) 7946 0958)").text == "(call [phone])"
+    assert redact_pii("(020 7946 0958 and more").text == "([phone] and more"
+    assert redact_pii("(4111 1111 1111 1111)").text == "([card])"
+
+
+def test_the_note_of_one_of_a_kind() -> None:
+    assert Redaction("", {"card": 1}).note == "masked 1 card number"
+    assert Redaction("", {"email": 1}).note == "masked 1 e-mail address"
+    assert Redaction("", {}).note == "" and Redaction("x").masked == 0
+
+
+# ----- clean_messages: which message is checked, and how it is said ---------------------------
+
+
+def _refusal(messages: list[dict[str, Any]]) -> str:
+    with pytest.raises(ChatError) as info:
+        clean_messages(messages)
+    return str(info.value)
+
+
+SHOWN = f"an OpenAI API key (sk-...{OPENAI_KEY[-4:]})"
+
+
+def test_each_message_the_user_wrote_is_refused_with_where_it_is() -> None:
+    key = SECRETS["openai"]
+    assert _refusal([{"role": "system", "content": key}]) == (
+        f"The system prompt contains what looks like {SHOWN}; nothing was sent. Change it "
+        "(%chat system), or add --allow-secrets if it is not a real secret."
+    )
+    assert _refusal([{"role": "developer", "content": key}]).startswith("The system prompt ")
+    earlier = [
+        {"role": "user", "content": key},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "and now?"},
+    ]
+    assert _refusal(earlier) == (
+        f"An earlier prompt of this thread contains what looks like {SHOWN}; nothing was "
+        "sent. Start afresh with --new (or %chat reset), or add --allow-secrets if it is not "
+        "a real secret."
+    )
+    earlier[0], earlier[2] = earlier[2], earlier[0]  # the key in the prompt being sent
+    assert _refusal(earlier) == (
+        f"The prompt contains what looks like {SHOWN}; nothing was sent. Remove it, or add "
+        "--allow-secrets if it is not a real secret."
+    )
+
+
+def test_replies_are_not_refused_but_must_be_sendable() -> None:
+    """A reply came from the server: a key in it was not the user's to leak. It is still
+    sent back as history, so it must encode, and its error says it is a reply."""
+    replies = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": SECRETS["openai"]},
+        {"role": "tool", "content": SECRETS["github classic"]},
+        {"role": "user", "content": "thanks"},
+    ]
+    assert clean_messages(replies).messages == replies
+    no_prompt = [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a\udc80"}]
+    assert _refusal(no_prompt).startswith("An earlier reply of this thread holds a character")
+    parts = [{"type": "text", "text": "fine"}, {"type": "text", "text": "bad \ud800"}]
+    assert _refusal([{"role": "assistant", "content": parts}]).startswith(
+        "An earlier reply of this thread holds"
+    )
+
+
+def test_the_prompt_being_sent_is_named_so_when_it_cannot_be_encoded() -> None:
+    messages = [{"role": "user", "content": "a"}, {"role": "user", "content": "b \ud800"}]
+    assert _refusal(messages).startswith("The prompt holds a character that cannot be sent")
+    messages.reverse()
+    assert _refusal(messages).startswith("An earlier prompt of this thread holds a character")
+
+
+def test_allowed_texts_pass_and_others_do_not() -> None:
+    key = SECRETS["openai"]
+    messages = [{"role": "user", "content": key}, {"role": "user", "content": "more"}]
+    assert clean_messages(messages, allowed={key}).messages == messages
+    with pytest.raises(SecretInPromptError):
+        clean_messages(messages, allowed={"another text"})
+
+
+def test_redaction_is_off_unless_asked_and_then_covers_replies_too() -> None:
+    messages = [
+        {"role": "user", "content": f"I am {EMAIL}"},
+        {"role": "assistant", "content": f"Hello {EMAIL}"},
+        {"role": "user", "content": "and my number is +44 20 7946 0958"},
+    ]
+    plain = clean_messages(messages)
+    assert plain.messages == messages and plain.counts == {} and plain.note == ""
+    cleaned = clean_messages(messages, redact=True)
+    assert [m["content"] for m in cleaned.messages] == [
+        "I am [email]",
+        "Hello [email]",
+        "and my number is [phone]",
+    ]
+    assert cleaned.counts == {"email": 2, "phone": 1}
+    assert cleaned.note == "masked 2 e-mail addresses and 1 phone number"
+    assert messages[0]["content"] == f"I am {EMAIL}"  # the given messages are not changed
+
+
+def test_only_the_text_parts_of_a_list_content_are_read_and_masked() -> None:
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    other = {"type": "file", "text": f"not a text part: {EMAIL}"}
+    content = [
+        {"type": "text", "text": f"mail {EMAIL}"},
+        image,
+        other,
+        {"type": "text", "text": "no personal data"},
+    ]
+    cleaned = clean_messages([{"role": "user", "content": content}], redact=True)
+    assert cleaned.messages == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "mail [email]"},
+                image,
+                other,
+                {"type": "text", "text": "no personal data"},
+            ],
+        }
+    ]
+    assert cleaned.counts == {"email": 1}
+    assert content[0] == {"type": "text", "text": f"mail {EMAIL}"}
+    keyed = [{"type": "text", "text": "hi"}, {"type": "text", "text": SECRETS["openai"]}]
+    with pytest.raises(SecretInPromptError, match=r"^The prompt contains"):
+        clean_messages([{"role": "user", "content": keyed}])
+
+
 # ----- every text that leaves the kernel --------------------------------------------------------
 
 
@@ -305,10 +558,6 @@ def test_a_turn_sent_with_allow_secrets_is_not_refused_again_as_history(
         session.ask("one more")  # a new text still needs its own say-so
 
 
-EMAIL = "ann.lee@example.org"
-PHONE = "+44 20 7946 0958"
-
-
 def test_redact_masks_every_text_that_leaves(session: ChatSession, fake: FakeOpenAIServer) -> None:
     """System prompt, history written before redact was on, prompts, map rows, fill values,
     a map's system prompt and a batch file: none of them carries the e-mail or the phone."""
@@ -330,8 +579,6 @@ def test_redact_masks_every_text_that_leaves(session: ChatSession, fake: FakeOpe
 def test_a_lone_surrogate_anywhere_is_refused_in_one_line(
     session: ChatSession, fake: FakeOpenAIServer
 ) -> None:
-    from ipychat.errors import ChatError
-
     for call in (
         lambda: session.ask("bad \ud800 text"),
         lambda: session.ask("hi", system="sys \udcff"),

@@ -105,6 +105,102 @@ def test_a_broken_table_is_refused() -> None:
         PriceTable({"models": {"a": {"input": -1, "output": 2}}})
 
 
+FULL_ENTRY = {
+    "input": 1,
+    "output": "2.5",
+    "cached_input": 0.5,
+    "batch_input": 0.25,
+    "batch_output": 1.25,
+    "context_window": 100_000,
+    "max_output_tokens": "8,192",
+}
+
+
+def test_a_table_is_read_as_written() -> None:
+    """Every field of an entry, the header and the aliases (the shipped table is read once
+    per process: this reads one built here)."""
+    table = PriceTable(
+        {
+            "as_of": "2025-01-31",
+            "currency": "EUR",
+            "models": {"Model-A": FULL_ENTRY, "model-b": {"input": 3, "output": 4}},
+            "aliases": {"A-Alias": "MODEL-A"},
+        }
+    )
+    full = ModelPrice("model-a", 1.0, 2.5, 0.5, 0.25, 1.25, 100_000, 8_192, source="table")
+    assert table.lookup("model-a") == table.lookup("a-alias") == full
+    assert table.lookup("model-b") == ModelPrice("model-b", 3.0, 4.0)
+    assert (table.as_of, table.currency, table.models()) == (
+        "2025-01-31",
+        "EUR",
+        ["model-a", "model-b"],
+    )
+    assert repr(table) == "<PriceTable as of 2025-01-31: 2 models, 0 overrides>"
+    table.override("model-b", 1, 1)
+    assert repr(table) == "<PriceTable as of 2025-01-31: 2 models, 1 overrides>"
+
+
+def test_an_empty_table_has_defaults_and_knows_no_model() -> None:
+    table = PriceTable({})
+    assert (table.as_of, table.currency, table.models()) == ("", "USD", [])
+    assert table.lookup("gpt-4o") is None and table.lookup("local") == pricing.LOCAL_PRICE
+
+
+@pytest.mark.parametrize(
+    ("field", "said"),
+    [
+        ("input", "input price"),
+        ("output", "output price"),
+        ("cached_input", "cached input price"),
+        ("batch_input", "batch input price"),
+        ("batch_output", "batch output price"),
+        ("context_window", "context window"),
+        ("max_output_tokens", "max output tokens"),
+    ],
+)
+def test_a_bad_field_in_the_table_is_named(field: str, said: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        PriceTable({"models": {"Model-A": {**FULL_ENTRY, field: "oops"}}})
+    assert str(info.value).startswith(f"Invalid {said} for model-a: 'oops'; pass ")
+
+
+@pytest.mark.parametrize(
+    ("value", "price"),
+    [("$1,234.50", 1234.5), (" 2.50 ", 2.5), (0, 0.0), (10_000, 10_000.0), ("10,000", 10_000.0)],
+)
+def test_prices_as_typed(value: Any, price: float, table: PriceTable) -> None:
+    assert table.override("m", value, 1).input == price
+
+
+@pytest.mark.parametrize("value", [10_000.01, "10,000.01", "1.2.3"])
+def test_prices_over_the_limit_or_not_numbers_are_refused(value: Any, table: PriceTable) -> None:
+    with pytest.raises(ConfigError, match=r"a number from 0 to 10,000 \(e\.g\. 2\.50\)$"):
+        table.override("m", value, 1)
+
+
+@pytest.mark.parametrize(
+    ("value", "window"),
+    [
+        (1, 1),
+        (8192.0, 8192),
+        ("128,000", 128_000),
+        ("1_000_000", 1_000_000),
+        (" 4096 ", 4096),
+        (100_000_000, 100_000_000),
+    ],
+)
+def test_windows_as_typed(value: Any, window: int, table: PriceTable) -> None:
+    assert table.override("m", 1, 1, context_window=value).context_window == window
+
+
+@pytest.mark.parametrize("value", [100_000_001, "12k", "", True])
+def test_windows_out_of_range_or_not_whole_numbers_are_refused(
+    value: Any, table: PriceTable
+) -> None:
+    with pytest.raises(ConfigError, match=r"from 1 to 100,000,000 \(e\.g\. 128000\)$"):
+        table.override("m", 1, 1, max_output_tokens=value)
+
+
 # ---------------------------------------------------------------------------------------------
 # Name resolution
 # ---------------------------------------------------------------------------------------------
@@ -211,6 +307,12 @@ def test_override_makes_an_unknown_model_known(table: PriceTable) -> None:
     assert table.max_output_tokens("together/llama-3-70b") == 2048
 
 
+def test_a_name_that_is_not_a_string_is_unknown_or_local(table: PriceTable) -> None:
+    assert table.lookup(None) is None  # type: ignore[arg-type]
+    assert table.lookup(None, is_local=True) == pricing.LOCAL_PRICE  # type: ignore[arg-type]
+    assert table.lookup("   ") is None
+
+
 def test_override_wins_over_local(table: PriceTable) -> None:
     table.override("llama3", input=0.1, output=0.2)
     assert table.lookup("llama3", is_local=True).source == "override"  # type: ignore[union-attr]
@@ -234,6 +336,7 @@ def test_overrides_stay_in_their_table() -> None:
         ({"input": None, "output": 1}, "input price"),
         ({"input": 1e9, "output": 1}, "input price"),
         ({"input": 1, "output": 1, "cached_input": -1}, "cached input price"),
+        ({"input": 1, "output": 1, "batch_input": "x"}, "batch input price"),
         ({"input": 1, "output": 1, "batch_output": "x"}, "batch output price"),
         ({"input": 1, "output": 1, "context_window": 0}, "context window"),
         ({"input": 1, "output": 1, "context_window": -5}, "context window"),
@@ -286,9 +389,15 @@ def test_estimate_cost_range(table: PriceTable) -> None:
     assert low == pytest.approx((1000 * 0.15 + 1 * 0.60) / 1e6)
     assert high == pytest.approx((1000 * 0.15 + 500 * 0.60) / 1e6)
     assert batch == pytest.approx((1000 * 0.075 + 500 * 0.30) / 1e6)
-    assert estimate_cost_range(1000, 0, price)[0] == estimate_cost_range(1000, 0, price)[1]
+    assert estimate_cost_range(1000, 0, price) == pytest.approx(
+        (1000 * 0.15 / 1e6, 1000 * 0.15 / 1e6, 1000 * 0.075 / 1e6)
+    )  # no reply tokens allowed: not even the one of the low bound
+    assert estimate_cost_range(0, 0, price) == (0.0, 0.0, 0.0)
+    assert estimate_cost_range(-5, -5, price) == (0.0, 0.0, 0.0)
     no_batch = table.lookup("chatgpt-4o-latest")
     assert estimate_cost_range(1000, 500, no_batch)[2] is None
+    half = ModelPrice("half", 1.0, 2.0, batch_input=0.5)  # a batch price for input only
+    assert estimate_cost_range(1000, 500, half)[2] is None
 
 
 def test_high_estimate_bounds_every_actual_cost(table: PriceTable) -> None:
@@ -313,6 +422,22 @@ def test_context_window_and_max_output(table: PriceTable) -> None:
     assert table.max_output_tokens("tiny") == 2048  # never more than the window
 
 
+def test_a_local_endpoint_has_the_default_window_whatever_the_name() -> None:
+    """A model served locally is not the listed model of the same name: its window is
+    unknown (8,192), so history is trimmed to fit a small local context."""
+    table = PriceTable()
+    assert table.context_window("gpt-4o") == 128_000
+    assert table.context_window("gpt-4o", is_local=True) == 8_192
+    assert table.max_output_tokens("gpt-4o", is_local=True) == 4_096
+    table.override("gpt-4o", 1, 1, context_window=2048)
+    assert table.max_output_tokens("gpt-4o", is_local=True) == 2048  # the override's window
+    small = PriceTable({"models": {"tiny": {"input": 1, "output": 1, "context_window": 2048}}})
+    assert small.max_output_tokens("tiny") == 2048
+    assert small.max_output_tokens("tiny", is_local=True) == 4_096  # of 8,192, not 2,048
+    assert pricing.context_window("gpt-5", is_local=True) == 8_192
+    assert pricing.max_output_tokens("gpt-5", is_local=True) == 4_096
+
+
 # ---------------------------------------------------------------------------------------------
 # Formatting
 # ---------------------------------------------------------------------------------------------
@@ -330,6 +455,9 @@ def test_context_window_and_max_output(table: PriceTable) -> None:
         (0.005, "$0.005"),
         (0.00999, "$0.01"),
         (0.01, "$0.01"),
+        (0.0456, "$0.05"),  # from a cent: two decimals
+        (0.000001, "$0.000001"),
+        (-0.00012, "-$0.00012"),
         (1.234, "$1.23"),
         (1.235001, "$1.24"),
         (1234.5, "$1,234.50"),
@@ -349,6 +477,12 @@ def test_format_usd(amount: float | None, text: str) -> None:
         (0, False, False, "0"),
         (12_345, False, False, "12,345"),
         (999, False, True, "999"),
+        (1_000, False, True, "1k"),
+        (10_400, False, True, "10k"),
+        (999_499, False, True, "999k"),
+        (999_500, False, True, "1M"),  # would be "1000k"
+        (1_048_576, False, True, "1M"),  # 2**20
+        (2_097_152, False, True, "2M"),
         (2_500, False, True, "2.5k"),
         (8_192, False, True, "8k"),
         (16_385, False, True, "16k"),
@@ -363,3 +497,52 @@ def test_format_usd(amount: float | None, text: str) -> None:
 )
 def test_format_tokens(n: int, approximate: bool, compact: bool, text: str) -> None:
     assert pricing.format_tokens(n, approximate, compact=compact) == text
+
+
+@pytest.mark.parametrize(
+    ("amount", "text"),
+    [
+        (0.0134, "0.014"),  # up, to two significant digits
+        (0.013, "0.013"),  # exact: floating-point noise does not round it up
+        (0.181, "0.19"),
+        (0.1, "0.10"),
+        (1, "1.0"),
+        (12.1, "13"),
+        (99.5, "100"),
+        (1234, "1300"),
+        (1.4e-5, "0.000014"),  # written out, never 1.4e-05
+        (0, "0"),
+        (-1, "0"),
+        (math.nan, "0"),
+        (math.inf, "0"),
+    ],
+)
+def test_round_up_usd(amount: float, text: str) -> None:
+    assert pricing.round_up_usd(amount) == text
+
+
+@pytest.mark.parametrize(
+    ("amount", "text"),
+    [
+        (0.013, "$0.013"),  # not "$0.01", as if it fitted a $0.01 budget
+        (0.0134, "$0.014"),
+        (0.123, "$0.13"),
+        (0.5, "$0.50"),
+        (0.1, "$0.10"),
+        (0.9999, "$1.00"),
+        (0.000001, "$0.000001"),
+        (5e-7, "<$0.000001"),  # under the smallest shown amount: as format_usd
+        (1.5, "$1.50"),  # from $1 on, as format_usd
+        (1.234, "$1.23"),
+        (1234.561, "$1,234.56"),
+        (0, "$0.00"),
+        (None, "unknown"),
+        (math.nan, "unknown"),
+    ],
+)
+def test_format_usd_bound(amount: float | None, text: str) -> None:
+    assert pricing.format_usd_bound(amount) == text
+
+
+def test_format_tokens_is_exact_and_in_full_by_default() -> None:
+    assert pricing.format_tokens(128_000) == "128,000"

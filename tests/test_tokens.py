@@ -8,6 +8,7 @@ Every test here runs with socket connections patched to fail.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,13 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(socket.socket, name, _refuse)
     monkeypatch.setattr(socket, "create_connection", _refuse)
     monkeypatch.setattr(socket, "getaddrinfo", _refuse)
+
+
+@pytest.fixture(autouse=True)
+def fresh_lookups() -> None:
+    """Each test resolves model names afresh: `encoding_name_for` is memoised per process,
+    and an answer remembered from another test would hide what this one checks."""
+    tokens.encoding_name_for.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -164,13 +173,32 @@ def test_concurrent_first_use_loads_once(monkeypatch: pytest.MonkeyPatch) -> Non
         t.join()
     assert calls == ["cl100k_base"]
     assert len(results) == 8 and all(r is results[0] for r in results)
+    assert results[0].name == "cl100k_base"
+
+
+def test_an_unknown_encoding_names_the_bundled_ones() -> None:
+    with pytest.raises(ValueError) as info:
+        tokens.get_encoding("p50k_base")
+    assert str(info.value) == "unknown encoding 'p50k_base'; bundled: cl100k_base, o200k_base"
+
+
+def test_warm_loads_the_encodings_of_the_given_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tokens, "_encodings", {})
+    tokens.warm(["gpt-4", "llama3"])  # cl100k, and o200k for a model tiktoken does not know
+    assert sorted(tokens._encodings) == ["cl100k_base", "o200k_base"]
+    monkeypatch.setattr(tokens, "_encodings", {})
+    tokens.warm()
+    assert list(tokens._encodings) == ["o200k_base"]  # gpt-4o by default
 
 
 def test_corrupted_file_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tokens, "_encodings", {})
     monkeypatch.setattr(tokens, "_read_bundled", lambda file: b"not the real file")
-    with pytest.raises(ChatError, match=r"corrupted .*reinstall ipychat"):
+    with pytest.raises(ChatError) as info:
         tokens.get_encoding("o200k_base")
+    assert str(info.value) == (
+        "ipychat/data/o200k_base.tiktoken is corrupted (sha256 mismatch): reinstall ipychat"
+    )
 
 
 def test_missing_file_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -179,8 +207,36 @@ def test_missing_file_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(tokens, "_encodings", {})
     monkeypatch.setattr(tokens, "_read_bundled", missing)
-    with pytest.raises(ChatError, match=r"missing .*reinstall ipychat"):
+    with pytest.raises(ChatError) as info:
         tokens.get_encoding("cl100k_base")
+    assert str(info.value) == (
+        "ipychat/data/cl100k_base.tiktoken is missing (No such file or directory): "
+        "reinstall ipychat"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"YQ== 0 Yg==", "odd number of fields"),
+        (b"YQ== zero", "invalid literal for int() with base 10: b'zero'"),
+    ],
+)
+def test_an_unreadable_file_is_a_one_line_error(
+    data: bytes, why: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file whose hash matches but whose lines are not `<base64> <rank>` (a spec and a file
+    updated out of step)."""
+    spec = tokens._SPECS["cl100k_base"]
+    specs = {**tokens._SPECS, "cl100k_base": replace(spec, sha256=hashlib.sha256(data).hexdigest())}
+    monkeypatch.setattr(tokens, "_SPECS", specs)
+    monkeypatch.setattr(tokens, "_encodings", {})
+    monkeypatch.setattr(tokens, "_read_bundled", lambda file: data)
+    with pytest.raises(ChatError) as info:
+        tokens.get_encoding("cl100k_base")
+    assert str(info.value) == (
+        f"ipychat/data/cl100k_base.tiktoken is unreadable ({why}): reinstall ipychat"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,8 +471,69 @@ def test_unknown_model_is_approximate_o200k(reference: Mapping[str, tiktoken.Enc
 
 
 def test_count_messages_rejects_a_string() -> None:
-    with pytest.raises(TypeError, match="count_text"):
-        tokens.count_messages("hello", "gpt-4o")  # type: ignore[arg-type]
+    for wrong in ("hello", b"hello"):
+        with pytest.raises(TypeError) as info:
+            tokens.count_messages(wrong, "gpt-4o")  # type: ignore[arg-type]
+        assert str(info.value) == (
+            "count_messages takes a list of message dicts; use count_text for a string"
+        )
+
+
+def _content(content: Any) -> tuple[int, bool]:
+    """(tokens, approximate) of `content` alone: a user message's count less the message
+    around it."""
+    around = tokens.count_messages([user("")], "gpt-4o").tokens
+    counted = tokens.count_messages([user(content)], "gpt-4o")
+    return counted.tokens - around, counted.approximate
+
+
+def test_each_kind_of_content_part(reference: Mapping[str, tiktoken.Encoding]) -> None:
+    """Text parts of every name are counted as text; a refusal as its text; images at a
+    flat rate by detail; anything else (a part that is not a dict, audio, a file, a part of
+    an unknown type even with a "text" field) as its JSON text, approximately."""
+    enc = reference["o200k_base"]
+
+    def n(text: str) -> int:
+        return len(enc.encode_ordinary(text))
+
+    for kind in ("text", "input_text", "output_text"):
+        assert _content([{"type": kind, "text": "naïve café"}]) == (n("naïve café"), False)
+    assert _content(["just a string"]) == (n("just a string"), False)
+    assert _content([{"type": "refusal", "refusal": "I can't help"}]) == (n("I can't help"), False)
+    assert _content(["one", "two"]) == (n("one") + n("two"), True)  # parts counted apart
+    two_texts = [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]
+    assert _content(two_texts) == (n("one") + n("two"), True)
+    refusals = [{"type": "refusal", "refusal": "no"}, {"type": "refusal", "refusal": "never"}]
+    assert _content(["first", *refusals]) == (n("first") + n("no") + n("never"), True)
+    image = {"type": "input_image", "image_url": "https://x/y.png", "detail": "low"}
+    assert _content([image]) == (tokens.IMAGE_TOKENS_LOW, True)
+    assert _content([{**image, "detail": "high"}]) == (tokens.IMAGE_TOKENS_HIGH, True)
+    audio = {"type": "input_audio", "input_audio": {"data": "UklGR", "format": "wav"}}
+    other = {"type": "file", "file": {"file_id": "f-1"}, "text": "not a text part"}
+    not_a_refusal = {"type": "refusal", "refusal": None}
+    for part in (audio, other, not_a_refusal, 42, ["nested"]):
+        text = json.dumps(part, separators=(",", ":"))
+        assert _content([part]) == (n(text), True), part  # alone: approximate all the same
+        expected = n("before") + n(text) + n("after")
+        assert _content(["before", part, "after"]) == (expected, True), part
+    assert _content({"type": "text", "text": "a dict, not a list"}) == (
+        n('{"type":"text","text":"a dict, not a list"}'),
+        True,
+    )
+
+
+def test_fields_that_are_not_json_count_as_their_text(
+    reference: Mapping[str, tiktoken.Encoding],
+) -> None:
+    """A value JSON cannot hold (a datetime) is written as its str(); non-ASCII stays as it
+    is (not \\u escapes, which would count several tokens a character)."""
+    enc = reference["o200k_base"]
+    meta = {"when": dt.datetime(2024, 1, 15, 10, 30), "city": "Zürich 東京"}
+    counted = tokens.count_messages([{"role": "user", "metadata": meta}], "gpt-4o")
+    text = '{"when":"2024-01-15 10:30:00","city":"Zürich 東京"}'
+    assert counted == tokens.TokenCount(
+        3 + len(enc.encode("user")) + len(enc.encode(text)) + 3, True
+    )
 
 
 def test_token_count_is_an_int_when_asked() -> None:
@@ -443,6 +560,26 @@ def test_repeated_history_is_served_from_the_cache(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(enc, "encode_ordinary", spy)
     assert tokens.count_messages(history, "gpt-4o") == first
     assert all(len(t) < tokens._CACHE_MIN_CHARS for t in calls)  # only roles were re-encoded
+
+
+def test_texts_from_64_characters_are_cached() -> None:
+    tokens.clear_cache()
+    tokens.count_text("a" * 63, "gpt-4o")
+    assert len(tokens._cache) == 0  # encoding a short text costs about a lookup
+    tokens.count_text("a" * 64, "gpt-4o")
+    assert len(tokens._cache) == 1
+
+
+def test_the_cache_holds_exactly_its_limit() -> None:
+    cache = tokens._CountCache(max_chars=10)
+    cache.put(("e", "x" * 10), 1)  # as large as the whole cache: kept
+    assert cache.get(("e", "x" * 10)) == 1
+    cache.clear()
+    for text in ("aaaa", "bbb", "ccc"):  # 10 characters in all
+        cache.put(("e", text), len(text))
+    assert len(cache) == 3
+    cache.put(("e", "d"), 1)  # 11: the oldest goes
+    assert cache.get(("e", "aaaa")) is None and len(cache) == 3
 
 
 def test_cache_is_bounded_by_characters() -> None:
@@ -473,8 +610,36 @@ def test_truncate(text: str, model: str, limit: int) -> None:
 
 def test_truncate_edges() -> None:
     assert tokens.truncate("hello world", 0, "gpt-4o") == ""
+    assert tokens.truncate("hello world", -1, "gpt-4o") == ""
+    assert tokens.truncate("hello world", 1, "gpt-4o") == "hello"
+    assert tokens.truncate("hello world", 2, "gpt-4o") == "hello world"
     assert tokens.truncate("hello world", 100, "gpt-4o") == "hello world"
     assert tokens.truncate("🙂🙂🙂", 1, "gpt-4o") in ("", "🙂")
+    # A text that fits is returned as it is, even one that would not survive a round trip
+    # through the tokens (a lone surrogate is encoded as U+FFFD).
+    odd = "lone surrogate \ud800 here"
+    assert tokens.truncate(odd, tokens.count_text(odd, "gpt-4o"), "gpt-4o") == odd
+
+
+class _MergingEncoding:
+    """A toy tokenizer with the methods truncate uses (tiktoken.Encoding.encode_ordinary and
+    decode_bytes: https://github.com/openai/tiktoken/blob/main/tiktoken/core.py): one token
+    per character, and one more when the text ends in "x", so a cut just after an "x"
+    re-encodes longer than the tokens it was cut from. No text and bundled encoding found
+    to do this (fuzzed), but BPE does not promise it cannot: truncate re-checks."""
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return [ord(c) for c in text] + ([0] if text.endswith("x") else [])
+
+    def decode_bytes(self, tokens: Sequence[int]) -> bytes:
+        return "".join(chr(t) for t in tokens if t).encode()
+
+
+def test_truncate_shortens_a_cut_until_it_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tokens, "encoding_for", lambda model: (_MergingEncoding(), True))
+    assert tokens.truncate("abxxcd", 3, "toy") == "ab"  # "abx" is 4 tokens
+    assert tokens.truncate("abxxcd", 4, "toy") == "abx"  # "abxx" is 5
+    assert tokens.truncate("xxxxy", 1, "toy") == ""  # even "x" is 2 tokens
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,12 +28,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _copy_repo(into: Path, test_file: Path) -> None:
-    """The package, the one test file with the shared conftest, and a config for mutmut."""
+    """The package and the one test file, with the modules of tests/ that are not test
+    files: the shared conftest and helpers a test file imports (tests/hygiene_corpus.py)."""
     shutil.copytree(
         ROOT / "ipychat", into / "ipychat", ignore=shutil.ignore_patterns("__pycache__")
     )
     (into / "tests").mkdir()
-    shutil.copy2(ROOT / "tests" / "conftest.py", into / "tests" / "conftest.py")
+    for helper in (ROOT / "tests").glob("*.py"):
+        if not helper.name.startswith("test_"):
+            shutil.copy2(helper, into / "tests" / helper.name)
     shutil.copy2(ROOT / test_file, into / "tests" / test_file.name)
 
 

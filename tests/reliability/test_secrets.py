@@ -28,6 +28,7 @@ from _support import (
     shell_on,
     wait_for,
 )
+from IPython.core.error import UsageError
 from nbclient import NotebookClient
 
 from ipychat.errors import ChatError
@@ -119,42 +120,57 @@ def test_the_canary_key_leaks_nowhere_in_process(
                 warnings.simplefilter("always")
                 shell.user_ns["df"] = pd.DataFrame({"text": ["good", "bad", "fine"]})
 
-                def cell(name: str, magic: str, line: str, body: str | None = None) -> None:
-                    try:
-                        found.add(f"cell {name}", run_cell(shell, magic, line, body))
-                    except Exception as exc:
-                        found.add(f"cell {name} (error)", error_texts(exc))
+                def cell(name: str, magic: str, line: str, body: str | None, shows: str) -> None:
+                    """A cell that must succeed and show `shows`: an error fails the test
+                    here, so a regression that stops ordinary cells early cannot pass as
+                    "nothing leaked"."""
+                    out = run_cell(shell, magic, line, body)
+                    assert shows in out, (name, out[-500:])
+                    found.add(f"cell {name}", out)
 
-                cell("status", "chat", "")
-                cell("chat", "chat", "--max-tokens 40 -o first", "Summarise {df}")
-                cell("chat again, cached", "chat", "--max-tokens 40", "Summarise {df}")
-                cell("chat no-stream", "chat", "--no-stream --thread side", "hello")
-                cell("dry run", "chat", "--dry-run", "what would {df} cost?")
-                cell("models", "chat", "models")
-                cell("threads", "chat", "threads")
-                cell("history", "chat", "history")
-                cell("chatmap", "chatmap", "df -o out", "Classify {text}")
-                cell("chatmap cached", "chatmap", "df -o out2", "Classify {text}")
-                cell("usage", "chat", "usage")
-                cell("cache", "chat", "cache")
-                cell("budget", "chat", "budget 5")
+                def failing_cell(name: str, magic: str, line: str, body: str | None) -> str:
+                    """A cell that must fail the way magics fail: a UsageError."""
+                    with pytest.raises(UsageError) as info:
+                        run_cell(shell, magic, line, body)
+                    found.add(f"cell {name} (error)", error_texts(info.value))
+                    return str(info.value)
+
+                cell("status", "chat", "", None, "ipychat · endpoint")
+                summarise = "Echo: Summarise DataFrame"
+                cell("chat", "chat", "--max-tokens 40 -o first", "Summarise {df}", summarise)
+                cell("chat again", "chat", "--max-tokens 40", "Summarise {df}", summarise)
+                cell("chat no-stream", "chat", "--no-stream --thread side", "hello", "Echo: hello")
+                cell("dry run", "chat", "--dry-run", "what would {df} cost?", "would send")
+                cell("models", "chat", "models", None, "gpt-4o-mini")
+                cell("threads", "chat", "threads", None, "side (1 turn)")
+                cell("history", "chat", "history", None, "**assistant:** Echo:")
+                cell("chatmap", "chatmap", "df -o out", "Classify {text}", "Done: 3 rows")
+                cell("chatmap cached", "chatmap", "df -o out2", "Classify {text}", "3 cached")
+                cell("usage", "chat", "usage", None, "| gpt-4o-mini |")
+                cell("cache", "chat", "cache", None, "6 entries")
+                cell("budget", "chat", "budget 5", None, "of $5.00")
                 # Errors that echo the key, through the magics and the Python API.
                 faults = _echoing_faults()
                 server.script(faults["401"])
-                cell("401", "chat", "--no-cache", "who am I?")
+                said = failing_cell("401", "chat", "--no-cache", "who am I?")
+                assert "refused the API key (HTTP 401)" in said
                 server.script(faults["500"], faults["500"])
-                cell("500", "chat", "--no-cache --no-stream", "again")
+                said = failing_cell("500", "chat", "--no-cache --no-stream", "again")
+                assert "failed with HTTP 500 after 1 retry" in said
                 server.script(faults["stream"])
-                cell("stream error", "chat", "--no-cache", "once more")
+                said = failing_cell("stream error", "chat", "--no-cache", "once more")
+                assert "broke: the server sent an error" in said
                 server.script(faults["401"])
-                cell("chatmap 401", "chatmap", "df -o out3 --no-cache", "Rate {text}")
+                said = failing_cell(
+                    "chatmap 401", "chatmap", "df -o out3 --no-cache", "Rate {text}"
+                )
+                assert "(HTTP 401)" in said and "Stopped after" in said
                 for name, fault in faults.items():
                     server.script(*[fault] * (2 if name == "500" else 1))  # 500 is retried
-                    try:
+                    with pytest.raises(ChatError) as info:
                         session.ask(f"api {name}", cache=False, stream=name == "stream")
-                    except ChatError as exc:
-                        found.add(f"exception {name}", error_texts(exc))
-                        found.add(f"exception vars {name}", repr(vars(exc)))
+                    found.add(f"exception {name}", error_texts(info.value))
+                    found.add(f"exception vars {name}", repr(vars(info.value)))
                 # The key is refused as a magic argument, and as a prompt.
                 for name, magic, line, body in [
                     ("%chat key", "chat", f"key {CANARY}", None),
@@ -164,8 +180,8 @@ def test_the_canary_key_leaks_nowhere_in_process(
                     ("prompt", "chat", "", f"my key is {CANARY}, is it valid?"),
                 ]:
                     before = len(server.chat_requests)
-                    cell(f"refused {name}", magic, line, body)
-                    assert "(error)" in list(found.items)[-1]
+                    said = failing_cell(f"refused {name}", magic, line, body)
+                    assert "a key never goes in a cell" in said or "nothing was sent" in said
                     assert len(server.chat_requests) == before
                     refused += 1
                 # The panel: a streamed reply, then an error that echoes the key.
