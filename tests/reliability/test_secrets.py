@@ -143,7 +143,7 @@ def test_the_canary_key_leaks_nowhere_in_process(
                 cell("dry run", "chat", "--dry-run", "what would {df} cost?", "would send")
                 cell("models", "chat", "models", None, "gpt-4o-mini")
                 cell("threads", "chat", "threads", None, "side (1 turn)")
-                cell("history", "chat", "history", None, "**assistant:** Echo:")
+                cell("history", "chat", "history", None, "assistant: Echo:")
                 cell("chatmap", "chatmap", "df -o out", "Classify {text}", "Done: 3 rows")
                 cell("chatmap cached", "chatmap", "df -o out2", "Classify {text}", "3 cached")
                 cell("usage", "chat", "usage", None, "| gpt-4o-mini |")
