@@ -292,8 +292,18 @@ class FoundKey:
         return "Bearer ***" if self.kind == "a bearer token" else mask(self.text)
 
 
+# Every shape's needles in one tuple: most texts (each row of a map) hold none of them, and
+# one pass of `in` over these costs a fifth of asking each shape in turn.
+_NEEDLES = tuple(sorted({needle for shape in KEY_SHAPES for needle in shape.needles}))
+
+
 def find_keys(text: str) -> list[FoundKey]:
     """Every credential-shaped stretch of `text`, in order, one finding per stretch."""
+    for needle in _NEEDLES:
+        if needle in text:
+            break
+    else:
+        return []
     found: list[FoundKey] = []
     for shape in KEY_SHAPES:
         if not any(needle in text for needle in shape.needles):
