@@ -727,3 +727,38 @@ def test_encoding_files_are_read_from_the_package(probe: dict[str, Any]) -> None
     assert sorted(bpe_files) == sorted(DATA_DIR / f"{name}.tiktoken" for name in ENCODINGS)
     cache_dir = Path(probe["cache_dir"]).resolve()
     assert not [p for p in opened if cache_dir in p.parents or "shared" in p.parts]
+
+
+# ----- count_messages_bound: an upper bound without an encoding -----------------------------
+
+
+def test_messages_bound_is_the_exact_sum_of_bytes_and_overheads() -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "héllo", "name": "ann"},
+        {"role": "assistant", "content": None},
+    ]
+    expected = (
+        tokens.REPLY_PRIMING
+        + 3 * tokens.MESSAGE_OVERHEAD
+        + len(b"system") + len(b"Be brief.")
+        + len(b"user") + len("héllo".encode()) + len(b"ann") + tokens.NAME_OVERHEAD
+        + len(b"assistant")
+    )  # fmt: skip
+    assert tokens.count_messages_bound(messages) == expected
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-4", "some-unknown-model"])
+def test_messages_bound_never_undercounts(model: str) -> None:
+    messages = [
+        {"role": "system", "content": "Réponds en français. 数字 1234567 ✓"},
+        {"role": "user", "content": "x " * 300 + "🙂" * 20, "name": "bob"},
+    ]
+    bound = tokens.count_messages_bound(messages)
+    assert bound is not None and bound >= tokens.count_messages(messages, model).tokens
+
+
+def test_messages_bound_gives_up_on_content_parts() -> None:
+    parts = [{"type": "text", "text": "hi"}]
+    assert tokens.count_messages_bound([{"role": "user", "content": parts}]) is None
+    assert tokens.count_messages_bound([]) == tokens.REPLY_PRIMING
