@@ -65,9 +65,11 @@ _FENCE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.S)
 
 # The reply cap of a map whose user set none (per output column with --json). A map's
 # budget check holds the worst case of every row, and the session default (1,024) made a
-# 300-row map of one-word labels cost "up to" 100 times what it does. 64 tokens hold a
-# label, a number, a name or a sentence; a reply cut there says so in the error column.
-MAP_MAX_TOKENS = 64
+# 300-row map of one-word labels cost "up to" 100 times what it does (and a $0.01 budget
+# refused it). 32 tokens hold a label, a number, a name or a short sentence; a reply cut
+# there keeps its text and says so in the error column and the summary, so a longer
+# answer is one `--max-tokens N` away, never lost.
+MAP_MAX_TOKENS = 32
 
 
 # ----- templates -----------------------------------------------------------------------------

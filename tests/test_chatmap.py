@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from ipychat import chatmap
+from ipychat._mapplan import MAP_MAX_TOKENS
 from ipychat.cache import ResponseCache
 from ipychat.chatmap import MapAborted, MapInterrupted, MapPlan, compile_template
 from ipychat.errors import BudgetExceeded, ConfigError, TemplateError
@@ -223,14 +224,16 @@ def test_a_json_reply_cut_at_the_map_default_is_not_asked_again(make_session) ->
         session = make_session(server)
         out = session.map(frame(2), "Label {text}", ["label"], json=True)
         assert len(server.chat_requests) == 2  # no re-ask
-        assert {r.body["max_tokens"] for r in server.chat_requests} == {64}
+        assert {r.body["max_tokens"] for r in server.chat_requests} == {MAP_MAX_TOKENS}
         assert out["label"].isna().all()
         for error in out["_error"]:
             assert error.startswith("The reply is not a JSON object (")
-            assert "cut: the reply reached the map's default cap of 64 tokens" in error
+            assert (
+                f"cut: the reply reached the map's default cap of {MAP_MAX_TOKENS} tokens" in error
+            )
         # Several -o columns with --json: the default cap is per column.
         session.map(frame(1), "Two {text}", ["a", "b"], json=True)
-        assert server.chat_requests[-1].body["max_tokens"] == 128
+        assert server.chat_requests[-1].body["max_tokens"] == 2 * MAP_MAX_TOKENS
 
 
 # ----- resume, faults, limits ------------------------------------------------------------

@@ -415,7 +415,7 @@ LABEL = "One word sentiment label for: {text}"
 
 def test_a_map_without_max_tokens_is_bounded_by_the_map_default(ip, fake: FakeOpenAIServer) -> None:
     # 300 one-word labels: bounded at 1,024 reply tokens a row, the map "might" cost $0.19
-    # and a $0.02 budget refused it; at the map's own cap of 64 the bound is $0.013.
+    # and a $0.01 budget refused it; at the map's own cap of 32 the bound is $0.0068.
     from ipychat._mapplan import MAP_MAX_TOKENS
 
     ip.user_ns["reviews"] = labels_frame()
@@ -424,8 +424,8 @@ def test_a_map_without_max_tokens_is_bounded_by_the_map_default(ip, fake: FakeOp
         f"up to {300 * MAP_MAX_TOKENS:,} reply tokens ({MAP_MAX_TOKENS} per reply by default; "
         in plan
     )
-    assert "--max-tokens N for longer)" in plan and "$0.0011–$0.013" in plan
-    ip.run_line_magic("chat", "budget 0.02")
+    assert "--max-tokens N for longer)" in plan and "$0.0011–$0.0068" in plan
+    ip.run_line_magic("chat", "budget 0.01")
     done = chatmap(ip, "reviews -o label", LABEL)
     assert "Done: 300 rows" in done and "(300 sent, 0 cached, 0 failed)" in done
     assert {r.body["max_tokens"] for r in fake.chat_requests} == {MAP_MAX_TOKENS}
@@ -439,13 +439,13 @@ def test_a_map_without_max_tokens_is_bounded_by_the_map_default(ip, fake: FakeOp
 def test_a_map_over_the_budget_is_refused_with_the_max_tokens_that_fits(
     ip, fake: FakeOpenAIServer
 ) -> None:
-    ip.run_line_magic("chat", "budget 0.01")
+    ip.run_line_magic("chat", "budget 0.005")
     ip.user_ns["reviews"] = labels_frame()
     with pytest.raises(UsageError) as info:
         chatmap(ip, "reviews -o label", LABEL)
     message = str(info.value)
     assert fake.chat_requests == [] and "\n" not in message
-    assert message.startswith("Budget: spent $0.00 of $0.01; this map may cost up to $0.013. ")
+    assert message.startswith("Budget: spent $0.00 of $0.005; this map may cost up to $0.0068. ")
     fits = re.search(
         r"--max-tokens (\d+) fits, or raise the budget with %chat budget ([\d.]+)\.$", message
     )
@@ -465,7 +465,7 @@ def test_a_map_over_the_budget_is_refused_with_the_max_tokens_that_fits(
     with pytest.raises(
         UsageError,
         match=r"over --max-cost \$0.003: --max-tokens 11 fits, or "
-        r"raise it to --max-cost 0\.013\.$",
+        r"raise it to --max-cost 0\.0068\.$",
     ):
         chatmap(ip, "again -o label2 --max-cost 0.003 --no-cache", LABEL)
     # When no reply cap fits (the prompts alone cost more), fewer rows: --limit N.
@@ -489,7 +489,9 @@ def test_a_reply_cut_at_the_map_default_keeps_its_text_and_says_so(ip) -> None:
         done = chatmap(ip, "df -o answer", "{text}")
         df = ip.user_ns["df"]
         assert df["answer"][0] == "positive" and df["answer"][1].startswith("word0 word1")
-        assert df["_error"][1].startswith("cut: the reply reached the map's default cap of 64")
+        assert df["_error"][1].startswith(
+            f"cut: the reply reached the map's default cap of {MAP_MAX_TOKENS}"
+        )
         assert pd.isna(df["_error"][0]) and pd.isna(df["_error"][2])
         assert "(3 sent, 0 cached, 0 failed)" in done  # text is kept: not a failure
         assert f"1 reply cut at the default cap of {MAP_MAX_TOKENS} tokens" in done

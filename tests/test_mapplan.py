@@ -4,6 +4,8 @@ cached re-run is served without counting its rows, with the same results as the 
 
 from __future__ import annotations
 
+import random
+import string
 from collections.abc import Iterator
 from typing import Any
 
@@ -210,7 +212,7 @@ def test_every_prompt_is_checked_for_secrets_whatever_the_cache_holds(
         with pytest.raises(SecretInPromptError, match="AWS access key"):
             chatmap.run(session, frame(texts), "{text}", "out")
         # Nor can a key hide across the template and a value: the whole prompt is checked.
-        token = "abcdefghij" * 3
+        token = "".join(random.Random(7).choices(string.ascii_letters + string.digits, k=30))
         with pytest.raises(SecretInPromptError, match="bearer token"):
             chatmap.run(session, frame(["fine", token]), "Authorization: Bearer {text}", "out")
         assert server.chat_requests == []
