@@ -285,3 +285,55 @@ def test_thread_turns() -> None:
     assert thread.turns == 1 and len(thread.messages) == 2
     thread.clear()
     assert thread.turns == 0
+
+
+# ----- values whose own code fails: one line, never a traceback ------------------------------
+
+
+class _BadRepr:
+    def __repr__(self) -> str:
+        raise ValueError("  no\n  repr here  ")
+
+    __str__ = __repr__
+
+
+class _Unsayable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("nor this")
+
+
+class _WorseRepr:
+    def __repr__(self) -> str:
+        raise _Unsayable()
+
+    __str__ = __repr__
+
+
+class _LongRepr:
+    def __repr__(self) -> str:
+        raise KeyError("x" * 300)
+
+    __str__ = __repr__
+
+
+def test_a_value_whose_repr_raises_is_one_line_naming_the_error() -> None:
+    with pytest.raises(TemplateError) as info:
+        interpolate("look at {obj}", {"obj": _BadRepr()})
+    assert str(info.value) == (
+        "{obj} could not be turned into text (ValueError: no repr here). Interpolate "
+        "something printable instead, or use {{obj}} to send the braces as text."
+    )
+
+
+def test_an_error_that_cannot_be_said_is_named_by_its_type() -> None:
+    with pytest.raises(TemplateError, match=r"\(_Unsayable\)\. Interpolate"):
+        interpolate("{obj}", {"obj": _WorseRepr()})
+
+
+def test_a_long_error_is_cut_to_one_short_line() -> None:
+    with pytest.raises(TemplateError) as info:
+        interpolate("{obj}", {"obj": _LongRepr()})
+    said = re.search(r"\(KeyError: (.*)\)\. Interpolate", str(info.value))
+    assert said is not None
+    assert len(said.group(1)) == 120 and said.group(1).endswith("x…")  # 119 + the ellipsis
+    assert said.group(1).startswith("'xxx")
