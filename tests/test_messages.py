@@ -337,3 +337,27 @@ def test_a_long_error_is_cut_to_one_short_line() -> None:
     assert said is not None
     assert len(said.group(1)) == 120 and said.group(1).endswith("x…")  # 119 + the ellipsis
     assert said.group(1).startswith("'xxx")
+
+
+def test_build_messages_in_full() -> None:
+    history = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    assert build_messages(None, [], "hi") == [{"role": "user", "content": "hi"}]
+    assert build_messages("", history, "hi") == [*history, {"role": "user", "content": "hi"}]
+    assert build_messages("Be brief.", history, "hi") == [
+        {"role": "system", "content": "Be brief."},
+        *history,
+        {"role": "user", "content": "hi"},
+    ]
+
+
+def test_a_turn_is_a_user_message_then_an_assistant_message() -> None:
+    thread = Thread("t")
+    thread.add_turn("q1", "a1")
+    thread.add_turn("q2", "a2")
+    assert thread.messages == [
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": "a2"},
+    ]
+    assert thread.turns == 2
