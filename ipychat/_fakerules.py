@@ -6,8 +6,9 @@ What `ipychat.testing.FakeOpenAIServer` (through `ipychat._fakeopenai`) and its 
 - OpenAI's error bodies and messages (`_error_body`, `_Reject`, `_ERROR_MESSAGES`, ...);
 - token accounting: the prompt tokens of a chat request (`_prompt_tokens`), a reply cut
   at `max_tokens` (`_truncate`), the default echo reply and the stream's deltas (`_split`);
-- the rpm/tpm rate limiter (`_RateLimiter`, two `_Bucket`s) with its `x-ratelimit-*`
-  headers and 429s, whose behaviour the `ipychat.testing` docstring describes.
+- the rpm/tpm rate limiter (`_RateLimiter`: a sliding `_Window` per limit that decides,
+  a per-minute `_Bucket` per limit that the `x-ratelimit-*` headers report) and its 429s;
+  the comment above `_Bucket` says which documented behaviour each option models.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -125,32 +127,6 @@ def _split(text: str, chunk_chars: int | None) -> list[str]:
     return pieces or [text]
 
 
-@dataclass
-class _Bucket:
-    """A continuously refilling budget: holds up to `limit`, gains limit/60 per second."""
-
-    limit: int
-    level: float
-    stamp: float
-
-    def refill(self, now: float) -> None:
-        self.level = min(float(self.limit), self.level + (now - self.stamp) * self.limit / 60.0)
-        self.stamp = now
-
-    def wait_for(self, amount: float) -> float:
-        """Seconds until `amount` is available (0 when it is now)."""
-        deficit = amount - self.level
-        return 0.0 if deficit <= 1e-9 else deficit * 60.0 / self.limit
-
-    def headers(self, name: str) -> list[tuple[str, str]]:
-        until_full = (self.limit - self.level) * 60.0 / self.limit
-        return [
-            (f"x-ratelimit-limit-{name}", str(self.limit)),
-            (f"x-ratelimit-remaining-{name}", str(max(0, int(self.level + 1e-9)))),
-            (f"x-ratelimit-reset-{name}", _format_duration(until_full)),
-        ]
-
-
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -179,61 +155,221 @@ class _Reject(Exception):
         self.headers = list(headers)
 
 
-class _RateLimiter:
-    """OpenAI-style rpm/tpm limits, charged on arrival; runs on the server's loop only."""
+# ----- rate limits ---------------------------------------------------------------------------
+#
+# What providers document, and which option of the fake models it (`ipychat.testing`
+# names the options; their defaults are the strictest documented behaviour):
+#
+# - Per-minute limits enforced over short windows. OpenAI's rate-limit guide
+#   (https://platform.openai.com/docs/guides/rate-limits): limits "can be quantized,
+#   meaning they are enforced over shorter periods of time (e.g. 60,000 requests/minute may
+#   be enforced as 1,000 requests/second)", so short bursts get 429s "even when you are
+#   technically below the rate limit per minute"; its help article on 429s
+#   (https://help.openai.com/en/articles/5955604) gives "1 request per second for a 60 RPM
+#   limit". Azure OpenAI (https://learn.microsoft.com/azure/ai-services/openai/how-to/quota)
+#   evaluates the rate "over a small period of time, typically 1 or 10 seconds": a 600-RPM
+#   deployment watched per second refuses the 11th request within a second.
+#   → `window` (1, 10 or 60 s; default 1 s, the worst case documented): within any `window`
+#   seconds at most limit × window / 60 is accepted (a sliding window, stricter than fixed
+#   ones: pacing that passes it passes those too). A request larger than that fits in a
+#   window as long as the time the limit needs to allow it (e.g. 20 s for 1 of 3 RPM).
+# - Refused requests are charged. OpenAI's help article: "As unsuccessful requests
+#   contribute to your per-minute limit, continuously resending a request won't work."
+#   → `charge_refused` (default on): a 429 is charged like an accepted request.
+# - The charge is made on arrival: 1 request, and the prompt's tokens plus `max_tokens`
+#   (OpenAI's guide: prompt + max_tokens; Azure: an estimate of the prompt's tokens plus
+#   max_tokens, added when the request is received).
+# - The headers. OpenAI sends `x-ratelimit-limit-*` (the per-minute limit),
+#   `x-ratelimit-remaining-*` (what is left of it) and `x-ratelimit-reset-*` (the time
+#   until it is whole again, as a duration: "1s", "6m0s", "20ms"): a bucket of one minute's
+#   capacity refilling at limit/60 per second, which never shows a shorter window it
+#   enforces (with a 60 s window, what the window leaves, when that is less).
+#   A 429 says which limit it hit (`type` "requests" or "tokens", `code`
+#   "rate_limit_exceeded", the limit in the message) and when to come back
+#   (`retry-after-ms`, `retry-after`). → `ratelimit_headers`, `retry_after` (both on).
+# - Servers without those headers (vLLM, llama.cpp's server, LiteLLM proxies, gateways)
+#   answer a bare 429, with or without retry-after → `ratelimit_headers=False`, and
+#   `retry_after` on or off.
 
-    def __init__(self, rpm: int | None, tpm: int | None, clock: Callable[[], float]) -> None:
+
+@dataclass
+class _Bucket:
+    """The per-minute view the headers report: holds up to `limit`, gains limit/60 per
+    second, is charged for every request the server counts (never below empty)."""
+
+    limit: int
+    level: float
+    stamp: float
+
+    def refill(self, now: float) -> None:
+        self.level = min(float(self.limit), self.level + (now - self.stamp) * self.limit / 60.0)
+        self.stamp = now
+
+    def charge(self, amount: float) -> None:
+        self.level = max(0.0, self.level - amount)
+
+    def headers(self, name: str, left: float) -> list[tuple[str, str]]:
+        until_full = (self.limit - self.level) * 60.0 / self.limit
+        return [
+            (f"x-ratelimit-limit-{name}", str(self.limit)),
+            (f"x-ratelimit-remaining-{name}", str(max(0, int(left + 1e-9)))),
+            (f"x-ratelimit-reset-{name}", _format_duration(until_full)),
+        ]
+
+
+class _Window:
+    """What the server enforces: the charges of the last seconds, against a sliding window.
+
+    A charge of `amount` fits when the charges within the last `span` seconds plus it stay
+    within limit × span / 60, where span is the window, or the time the limit needs to
+    allow that amount if longer (so a request above the window's capacity can still pass,
+    as often as the per-minute limit allows).
+    """
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        # The charges of the last minute (the longest span a check may need), and those of
+        # the window with their sum (the common check), oldest first: (time, amount).
+        self.log: deque[tuple[float, float]] = deque()
+        self.recent: deque[tuple[float, float]] = deque()
+        self.in_window = 0.0
+        self.in_minute = 0.0  # the sum of `log`
+
+    def _span(self, amount: float) -> float:
+        return max(self.window, amount * 60.0 / self.limit)
+
+    def _expire(self, now: float) -> None:
+        while self.recent and self.recent[0][0] <= now - self.window:
+            self.in_window -= self.recent.popleft()[1]
+        keep = max(self.window, 60.0)
+        while self.log and self.log[0][0] <= now - keep:
+            self.in_minute -= self.log.popleft()[1]
+
+    def _inside(self, now: float, span: float) -> list[tuple[float, float]]:
+        return [(t, a) for t, a in self.log if t > now - span]
+
+    def fits(self, amount: float, now: float) -> bool:
+        self._expire(now)
+        span = self._span(amount)
+        inside = self._inside(now, span) if span != self.window else ()
+        used = sum(a for _, a in inside) if span != self.window else self.in_window
+        return used + amount <= self.limit * span / 60.0 + 1e-9
+
+    def wait_for(self, amount: float, now: float) -> float:
+        """Seconds until `amount` fits: until enough of the oldest charges leave the span."""
+        span = self._span(amount)
+        room = self.limit * span / 60.0 - amount  # >= 0: the span holds the amount
+        inside = self._inside(now, span)
+        used = sum(a for _, a in inside)
+        wait = 0.0
+        for when, charged in inside:
+            if used <= room + 1e-9:
+                break
+            used -= charged
+            wait = when + span - now  # when that charge leaves the span
+        return max(0.0, wait)
+
+    def charge(self, amount: float, now: float) -> None:
+        self._expire(now)
+        self.log.append((now, amount))
+        self.recent.append((now, amount))
+        self.in_window += amount
+        self.in_minute += amount
+
+    def minute_left(self, now: float) -> float:
+        """The limit less what was charged within the last minute."""
+        self._expire(now)
+        return self.limit - self.in_minute
+
+
+class _RateLimiter:
+    """OpenAI-style rpm/tpm limits, charged on arrival; runs on the server's loop only.
+
+    `window`, `charge_refused`, `headers` and `retry_after` are the options of
+    `ipychat.testing.FakeOpenAIServer`; the comment above says what each one models.
+    """
+
+    def __init__(
+        self,
+        rpm: int | None,
+        tpm: int | None,
+        clock: Callable[[], float],
+        *,
+        window: float = 1.0,
+        charge_refused: bool = True,
+        headers: bool = True,
+        retry_after: bool = True,
+    ) -> None:
         now = clock()
         self.clock = clock
-        self.requests = _Bucket(rpm, rpm, now) if rpm else None
-        self.tokens = _Bucket(tpm, tpm, now) if tpm else None
+        self.charge_refused = charge_refused
+        self.send_headers = headers
+        self.send_retry_after = retry_after
+        self.limits = {"requests": rpm, "tokens": tpm}
+        self.minute = {k: _Bucket(v, v, now) for k, v in self.limits.items() if v}
+        self.windows = {k: _Window(v, window) for k, v in self.limits.items() if v}
 
     def headers(self) -> list[tuple[str, str]]:
+        if not self.send_headers:
+            return []
         out: list[tuple[str, str]] = []
-        if self.requests:
-            out += self.requests.headers("requests")
-        if self.tokens:
-            out += self.tokens.headers("tokens")
+        for name, bucket in self.minute.items():
+            left = bucket.level
+            window = self.windows[name]
+            if window.window >= 60:  # the minute's own window decides: it is what is left
+                left = min(left, window.minute_left(self.clock()))
+            out += bucket.headers(name, left)
         return out
 
+    def _charge(self, amounts: Mapping[str, float], now: float) -> None:
+        for name, amount in amounts.items():
+            if name in self.windows:
+                self.windows[name].charge(amount, now)
+                self.minute[name].charge(amount)
+
     def take(self, tokens: int, model: str) -> list[tuple[str, str]]:
-        """Charge one request of `tokens` tokens and return the `x-ratelimit-*` headers;
-        raise a 429 when it does not fit now (a refused request is not charged)."""
+        """Charge one request of `tokens` tokens and return the headers for its answer;
+        raise a 429 when it does not fit now (charged all the same, if `charge_refused`)."""
         now = self.clock()
-        for bucket in (self.requests, self.tokens):
-            if bucket:
-                bucket.refill(now)
-        if self.tokens and tokens > self.tokens.limit:  # waiting cannot help
+        for bucket in self.minute.values():
+            bucket.refill(now)
+        tpm = self.limits["tokens"]
+        if tpm and tokens > tpm:  # waiting cannot help: refused before any accounting
             message = (
                 f"Request too large for {model} in organization org-fake on tokens per min "
-                f"(TPM): Limit {self.tokens.limit}, Requested {tokens}. The input or output "
-                f"tokens must be reduced in order to run successfully. {_LIMITS_URL}"
+                f"(TPM): Limit {tpm}, Requested {tokens}. The input or output tokens must be "
+                f"reduced in order to run successfully. {_LIMITS_URL}"
             )
             extra = [("x-should-retry", "false")]
             raise _Reject(
                 429, message, "tokens", "rate_limit_exceeded", None, self.headers() + extra
             )
-        wait_r = self.requests.wait_for(1) if self.requests else 0.0
-        wait_t = self.tokens.wait_for(tokens) if self.tokens else 0.0
-        if wait_r or wait_t:
-            kind, bucket, asked = (
-                ("requests", self.requests, 1) if wait_r else ("tokens", self.tokens, tokens)
-            )
-            assert bucket is not None
-            wait = max(wait_r, wait_t)  # until both fit
-            message = (
-                f"Rate limit reached for {model} in organization org-fake on {kind} per min "
-                f"({'RPM' if kind == 'requests' else 'TPM'}): Limit {bucket.limit}, "
-                f"Used {round(bucket.limit - bucket.level)}, Requested {asked}. "
-                f"Please try again in {_format_duration(wait)}. {_LIMITS_URL}"
-            )
+        amounts = {"requests": 1.0, "tokens": float(tokens)}
+        over = [n for n, w in self.windows.items() if not w.fits(amounts[n], now)]
+        if not over:
+            self._charge(amounts, now)
+            return self.headers()
+        if self.charge_refused:
+            self._charge(amounts, now)
+        wait = max(w.wait_for(amounts[n], now) for n, w in self.windows.items())
+        raise self._refusal(over[0], amounts[over[0]], wait, model)
+
+    def _refusal(self, kind: str, asked: float, wait: float, model: str) -> _Reject:
+        limit = self.limits[kind]
+        assert limit is not None
+        used = round(limit - self.minute[kind].level)
+        unit = "RPM" if kind == "requests" else "TPM"
+        message = (
+            f"Rate limit reached for {model} in organization org-fake on {kind} per min "
+            f"({unit}): Limit {limit}, Used {used}, Requested {asked:.0f}."
+        )
+        extra: list[tuple[str, str]] = []
+        if self.send_retry_after:
+            message += f" Please try again in {_format_duration(wait)}."
             extra = [
                 ("retry-after-ms", str(math.ceil(wait * 1000))),
                 ("retry-after", str(math.ceil(wait))),
             ]
-            raise _Reject(429, message, kind, "rate_limit_exceeded", None, self.headers() + extra)
-        if self.requests:
-            self.requests.level -= 1
-        if self.tokens:
-            self.tokens.level -= tokens
-        return self.headers()
+        message += f" {_LIMITS_URL}"
+        return _Reject(429, message, kind, "rate_limit_exceeded", None, self.headers() + extra)

@@ -3,13 +3,16 @@
 ```
 Dispatcher.run()                 until the queue is empty or something global stops it
   ├── window                     requests in flight: a few until the server answers, then
-  │                              what its limits × latency call for (--concurrency wins)
-  ├── RateLimiter (shared)       rpm/tpm buckets: wait for the exact deficit, no polling;
-  │                              calibrated from the x-ratelimit-* headers of each answer
+  │                              what its limits × latency call for (--concurrency wins);
+  │                              one at a time while a bare 429 says the way is shut
+  ├── RateLimiter (per endpoint  the steady pace under the limits, a burst only as the
+  │   and model, ratelimit.py)   server proves it; wait for the exact time, no polling
   └── _send(request)             session.request(max_retries=0): retries are decided here
-        ├── 429                  one shared pause for every sender, the row back in front
+        ├── 429                  never fails the row: it goes back in front, every sender
+        │                        waits (retry-after, else a backoff), the pace slows down
         ├── 408/409/5xx/network  the row retried after the server's retry-after, else backoff
-        └── key / model wrong    the whole run stops (`abort`)
+        └── key / model / quota  the whole run stops (`abort`), as does an outage: nothing
+                                 but 429s and failures for MAX_OUTAGE seconds
 ```
 
 Replies, failures and costs go to the `sink` (the MapJob), which writes the rows.
@@ -39,7 +42,7 @@ from ipychat.errors import (
     RateLimitError,
 )
 from ipychat.ratelimit import RateLimiter, Ticket
-from ipychat.retry import DEFAULT_MAX_WAIT, backoff_delay
+from ipychat.retry import DEFAULT_MAX_WAIT, backoff_delay, format_wait
 
 if TYPE_CHECKING:
     from ipychat._mapplan import MapRequest
@@ -55,16 +58,18 @@ TICK = 0.25
 CacheMode = Literal["use", "refresh", "off"]
 
 # Requests in flight when no limit is known (a latency-bound server: more is faster, and 64
-# is where raw aiohttp on 2 cores reaches E = 0.93, DESIGN.md), and the most ever.
+# is where raw aiohttp on 2 cores reaches E = 0.93 in benchmarks/chatmap.py), and the most ever.
 DEFAULT_CONCURRENCY = 64
 MAX_CONCURRENCY = 256
 # Before the first answer nothing is known about limits: a few requests probe, so that a
 # drained quota costs a handful of 429s, not a whole window of them.
 SLOW_START = 4
 # In flight under known limits: the rate they allow × latency, with headroom for jitter.
-LATENCY_HEADROOM = 1.5
-# 429s one row may meet before it is given up (they say nothing about the row itself).
-MAX_RATE_LIMITED = 20
+LATENCY_HEADROOM = 2.0
+# A 429 never fails a row: being told to slow down means waiting, however often. What
+# stops a run is an outage: no request answered for this many seconds while the server
+# keeps refusing (429) or failing (5xx, network). The rows finished by then are kept.
+MAX_OUTAGE = 600.0
 # Replies are cached in batches: one SQLite transaction per CACHE_BATCH rows, or at least
 # every CACHE_FLUSH_EVERY seconds, and always when the run ends (interrupts included).
 CACHE_BATCH = 64
@@ -86,8 +91,9 @@ class Counters:
     first_send: float | None = None
 
 
-# Pacing state per session and endpoint survives between maps: a second map starts at the
-# pace the first one learnt, instead of probing again.
+# Pacing state per session, endpoint and model survives between maps: a second map starts
+# at the pace the first one learnt (the server's limits, its window, the quota left)
+# instead of probing again. A map's own --rpm/--tpm apply to that map only (`begin`).
 _LIMITERS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], RateLimiter]] = (
     weakref.WeakKeyDictionary()
 )
@@ -143,13 +149,15 @@ class Dispatcher:
         limiter = per_session.get(key)
         if limiter is None:
             limiter = per_session[key] = RateLimiter(self.rpm, self.tpm, now)
-        else:  # this run's caps (none: the server's own limits, as learnt)
-            limiter.set_limits(self.rpm, self.tpm, now)
+        else:  # this run's caps replace the last run's (none: the server's own limits)
+            limiter.begin(self.rpm, self.tpm, now)
         return limiter
 
     def _window(self) -> int:
         if self.local:
             return 1  # the embedded llama.cpp server answers one request at a time
+        if self.limiter.blocked:
+            return 1  # a bare 429: one request sees whether the way is open again
         if self.concurrency is not None:
             return self.concurrency  # the user's window, from the first request on
         if not self.limiter.answered and not self.limiter.limited:
@@ -157,7 +165,7 @@ class Dispatcher:
         rate = self.limiter.max_rate(self._mean_tokens)
         if rate is None:
             return DEFAULT_CONCURRENCY
-        needed = math.ceil(rate * self._latency * LATENCY_HEADROOM) + 2
+        needed = math.ceil(rate * self._latency * LATENCY_HEADROOM) + 4
         return max(4, min(MAX_CONCURRENCY, needed))
 
     async def run(self) -> None:
@@ -174,6 +182,7 @@ class Dispatcher:
         self._inflight = inflight = set[asyncio.Task[None]]()
         self._cache_writes: list[tuple[str, dict[str, Any]]] = []
         self._flush_due = time.monotonic() + CACHE_FLUSH_EVERY
+        self._answered_at = time.monotonic()  # the last answer (or the start): outages
         try:
             while self.abort is None and (self.ready or self.delayed or inflight):
                 now = time.monotonic()
@@ -254,16 +263,16 @@ class Dispatcher:
                 cache_writes=self._cache_writes,
             )
         except RateLimitError as exc:
-            now = time.monotonic()
-            self.limiter.refund(ticket, now)
-            self.limiter.observe(ticket, exc.rate_limit, now)
-            self._rate_limited(job, exc, now)
+            self._rate_limited(job, ticket, exc, time.monotonic())
         except ChatError as exc:
-            self.limiter.observe(ticket, None, time.monotonic())
+            self.limiter.failed(ticket, time.monotonic())
             self._failed(job, exc)
         else:
             # the x-ratelimit-* headers of this very response calibrate the limiter
-            self.limiter.observe(ticket, reply.extra.get("rate_limit"), time.monotonic())
+            self._answered_at = now = time.monotonic()
+            self.limiter.accepted(
+                ticket, reply.extra.get("rate_limit"), now, _server_tokens(job, reply)
+            )
             if not reply.cached:
                 self._latency = 0.8 * self._latency + 0.2 * reply.latency
             self.sink.spend(reply)
@@ -281,42 +290,60 @@ class Dispatcher:
         if writes and store is not None:
             store.set_many(writes)
 
-    def _rate_limited(self, job: MapRequest, exc: RateLimitError, now: float) -> None:
+    def _rate_limited(
+        self, job: MapRequest, ticket: Ticket, exc: RateLimitError, now: float
+    ) -> None:
+        """A 429: the row waits its turn again, whatever it takes (see MAX_OUTAGE)."""
         self.sink.counters.rate_limited += 1
         job.limited += 1
         server = (exc.server_message or "").lower()
-        if "too large" in server:
+        if "too large" in server:  # more tokens than the whole limit: waiting cannot help
+            self.limiter.failed(ticket, now)
             self.sink.fail(job, exc)
+            return
+        self.ready.appendleft(job)  # first in line again
+        if any(words in server for words in _QUOTA_GONE):  # billing, not pace
+            self.limiter.failed(ticket, now)
+            self._stop(exc)
             return
         wait = exc.retry_after
         if wait is not None and wait > DEFAULT_MAX_WAIT:
             self._stop(exc)
-            self.ready.appendleft(job)
             return
-        if job.limited > MAX_RATE_LIMITED:
-            self.sink.fail(job, exc)
-            return
-        # One shared pause for every sender; the row goes back to the front of the queue.
-        self.limiter.pause(wait if wait is not None else backoff_delay(job.limited - 1), now)
-        self.ready.appendleft(job)
+        # Every sender waits (the server's retry-after, else a backoff) and the pace slows.
+        self.limiter.refused(ticket, exc.rate_limit, wait, now)
+        self._check_outage(exc, now)
+
+    def _check_outage(self, exc: ChatError, now: float) -> None:
+        """Stop the run when nothing but refusals and failures came for MAX_OUTAGE."""
+        limit = _outage_limit()
+        if now - self._answered_at > limit:
+            self._stop(_outage(exc, limit))
 
     def _failed(self, job: MapRequest, exc: ChatError) -> None:
         kind = _classify(exc)
         if kind == "fatal":
             self._stop(exc)
             self.ready.appendleft(job)
-        elif kind == "retry" and job.failures < self.retries:
-            # The server's own demand (retry-after-ms / retry-after) wins over the backoff,
-            # as in the client; a demand above the cap is not retried (the message says when).
-            wait = getattr(exc, "retry_after", None)
-            if wait is not None and wait > DEFAULT_MAX_WAIT:
-                self.sink.fail(job, exc)
+            return
+        if kind == "retry":
+            self._check_outage(exc, time.monotonic())
+            if self.abort is not None:  # the run stops: the row is left to a re-run
+                self.ready.appendleft(job)
                 return
-            job.failures += 1
-            delay = wait if wait is not None and wait > 0 else backoff_delay(job.failures - 1)
-            heapq.heappush(self.delayed, (time.monotonic() + delay, id(job), job))
-        else:
-            self.sink.fail(job, exc)
+            if job.failures < self.retries:
+                # The server's own demand (retry-after-ms / retry-after) wins over the
+                # backoff, as in the client; a demand above the cap is not retried (the
+                # message says when).
+                wait = getattr(exc, "retry_after", None)
+                if wait is None or wait <= DEFAULT_MAX_WAIT:
+                    job.failures += 1
+                    delay = (
+                        wait if wait is not None and wait > 0 else backoff_delay(job.failures - 1)
+                    )
+                    heapq.heappush(self.delayed, (time.monotonic() + delay, id(job), job))
+                    return
+        self.sink.fail(job, exc)
 
     def _stop(self, exc: ChatError) -> None:
         if self.abort is None:
@@ -336,8 +363,41 @@ def _classify(exc: ChatError) -> str:
     return "row"
 
 
+# A 429 that is about billing, not pace (OpenAI's `insufficient_quota`): waiting cannot help.
+_QUOTA_GONE = ("exceeded your current quota", "insufficient_quota")
+
+
+def _outage_limit() -> float:
+    """The outage limit: `ipychat.chatmap.MAX_OUTAGE`, the public setting (this module's
+    default until it is set there)."""
+    from ipychat import chatmap  # here: chatmap imports this module
+
+    return float(getattr(chatmap, "MAX_OUTAGE", MAX_OUTAGE))
+
+
+def _outage(last: ChatError, limit: float) -> ChatError:
+    """What stops a run after `limit` seconds without an answer."""
+    message = (
+        f"No request was answered for {format_wait(limit)} (the outage limit, "
+        f"ipychat.chatmap.MAX_OUTAGE): the server kept refusing or failing. The last "
+        f"answer: {last}"
+    )
+    if isinstance(last, RateLimitError):
+        return RateLimitError(message, status_code=429)
+    return APIError(message)
+
+
+def _server_tokens(job: MapRequest, reply: Reply) -> float | None:
+    """The request's charge as the server counts it: its prompt tokens (from the answer's
+    usage) instead of our estimate, plus max_tokens. None when it did not count."""
+    usage = reply.usage
+    if usage is None or usage.estimated or reply.cached:
+        return None
+    return job.tokens - job.prepared.estimate.prompt_tokens + usage.prompt_tokens
+
+
 def _too_large(job: MapRequest, limiter: RateLimiter) -> str:
-    limit = limiter.tokens.limit if limiter.tokens is not None else 0
+    limit = limiter.token_limit or 0
     return (
         f"This row needs {job.tokens:,} tokens (prompt + max_tokens), more than the whole "
         f"limit of {limit:,.0f} tokens per minute; shorten it or lower --max-tokens."

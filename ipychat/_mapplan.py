@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import itertools
+import math
 import re
 import uuid
 from collections.abc import Sequence
@@ -650,8 +651,13 @@ def check_options(
     if concurrency is not None and concurrency > MAX_CONCURRENCY * 4:
         raise ConfigError(f"concurrency {concurrency} is more than any server will welcome.")
     for label, rate in {"rpm": rpm, "tpm": tpm}.items():
-        if rate is not None and not rate > 0:
-            raise ConfigError(f"{label} must be a positive number, not {rate!r}.")
+        if rate is not None and not (rate > 0 and math.isfinite(rate)):  # nan, inf: no limit
+            unit = "requests" if label == "rpm" else "tokens"
+            raise ConfigError(
+                f"{label} must be a positive number of {unit} per minute, not {rate!r}: "
+                f"give the limit (e.g. --{label} {500 if label == 'rpm' else 200_000}), or "
+                "leave it out to use the server's own."
+            )
     if retries is not None and (not isinstance(retries, int) or not 0 <= retries <= 20):
         raise ConfigError(f"retries must be a whole number from 0 to 20, not {retries!r}.")
     if limit is not None and (not isinstance(limit, int) or limit < 0):

@@ -17,10 +17,13 @@ run(session, df, template, ...)          sync: plan, then execute on the session
                                          (order, index kept), `_error`, MapSummary
 ```
 
-Rows never abort a run: a row's failure (after `retries`) lands in the `_error` column.
-What stops a run is global: an interrupt, a wrong key or model, a server asking to wait
-longer than a minute; the rows finished by then are written and cached, so running the
-same map again sends only what is missing.
+Rows never abort a run: a row's failure (after `retries`) lands in the `_error` column,
+and a 429 is never a row's failure (the row waits its turn, however often it comes).
+What stops a run is global: an interrupt, a wrong key or model, an exhausted quota, a
+server asking to wait longer than a minute, or an outage: no answer for MAX_OUTAGE seconds
+(10 min; set `ipychat.chatmap.MAX_OUTAGE` to change it) while the server refuses or fails
+everything. The rows finished by then are written and cached, so running the same map
+again sends only what is missing.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from ipychat import pricing
 from ipychat._mapdispatch import _LIMITERS as _LIMITERS
 from ipychat._mapdispatch import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY
 from ipychat._mapdispatch import MAX_CONCURRENCY as MAX_CONCURRENCY
+from ipychat._mapdispatch import MAX_OUTAGE as MAX_OUTAGE
 from ipychat._mapdispatch import SLOW_START as SLOW_START
 from ipychat._mapdispatch import (
     TICK,

@@ -39,13 +39,24 @@ given to a spawned server (`reply`, `count_tokens`) must be picklable (module-le
 functions), and a script that spawns needs the usual `if __name__ == "__main__":` guard.
 From a shell: `python -m ipychat.testing --port 8000 --latency 0.2` prints its base URL.
 
-Rate limits follow OpenAI's published behaviour: a request-per-minute and a token-per-
-minute bucket, each holding up to its per-minute limit and refilling continuously at
-limit/60 per second. A request is charged when it arrives, before any work: 1 request and
-`prompt tokens + max_tokens` tokens (`max_completion_tokens` wins over `max_tokens`; a
-request that sets neither is charged `assumed_max_tokens`, default 16). A request that
-does not fit gets a 429 whose `retry-after-ms` is the exact time until it would fit; a
-request larger than the whole tpm limit gets a 429 with `x-should-retry: false`.
+Rate limits follow what OpenAI and Azure document (`ipychat._fakerules` cites the
+sources, option by option). `rpm` and `tpm` are per-minute limits enforced over a short
+`window`: within any `window` seconds (default 1, the worst case documented; 10 and 60
+are the others) at most limit × window / 60 is accepted, so a burst is refused even when
+the minute's total is far below the limit. A request is charged when it arrives, before
+any work: 1 request and `prompt tokens + max_tokens` tokens (`max_completion_tokens` wins
+over `max_tokens`; a request that sets neither is charged `assumed_max_tokens`, default
+16), and a refused request is charged too (`charge_refused=False` refunds it): hammering a
+full window keeps it full. Every answer carries OpenAI's `x-ratelimit-limit-*`,
+`-remaining-*` and `-reset-*` headers, which report the per-minute limit (a bucket of a
+minute's capacity refilling at limit/60 per second, reset as a duration like `20ms`,
+`1s`, `6m0s`), never the window. A refused request gets OpenAI's 429 (`code`
+`rate_limit_exceeded`, `type` `requests` or `tokens`, "Rate limit reached for MODEL in
+organization org-fake on requests per min (RPM): Limit 6000, Used 120, Requested 1.
+Please try again in 10ms. ...") with `retry-after-ms`/`retry-after`: the time until the
+window has room for it. `ratelimit_headers=False` sends no `x-ratelimit-*` header at all
+(vLLM, llama.cpp, many gateways), `retry_after=False` no retry-after and no "try again
+in". A request larger than the whole tpm limit gets a 429 with `x-should-retry: false`.
 
 Faults apply to chat requests that got past auth, validation and the rate limiter (so a
 limiter 429 does not use up a scripted fault): first the `script()` queue, one entry per
@@ -273,6 +284,10 @@ class _Options:
     host: str
     port: int
     batch: BatchOptions = field(default_factory=BatchOptions)
+    window: float = 1.0
+    charge_refused: bool = True
+    ratelimit_headers: bool = True
+    retry_after: bool = True
 
 
 _DEFAULT_FAULTS = (Fault.status(500), Fault.status(503), Fault.reset())
@@ -295,7 +310,12 @@ class FakeOpenAIServer:
       servers such as llama.cpp that never send the usage chunk).
     - `count_tokens`: token counter for `usage`, `max_tokens` and tpm (default `approx_tokens`).
     - `require_key`: answer 401 unless `Authorization: Bearer <key>` or `api-key: <key>`.
-    - `rpm`, `tpm`, `assumed_max_tokens`: rate limits, see the module docstring.
+    - `rpm`, `tpm`, `assumed_max_tokens`: rate limits, see the module docstring; how they
+      are enforced: `window` (seconds: 1, the default, 10 or 60), `charge_refused` (a 429
+      counts against the limit, default True), `ratelimit_headers` (OpenAI's
+      `x-ratelimit-*` on every answer, default True; False imitates vLLM, llama.cpp or a
+      gateway) and `retry_after` (`retry-after-ms`/`retry-after` on a limiter 429, default
+      True).
     - `faults`, `fault_rate`, `seed`: each chat request fails with probability
       `fault_rate` with a fault drawn from `faults` (default 500, 503, reset); `seed` makes
       the draws (and random latency) reproducible. `script()` queues faults in order.
@@ -319,6 +339,10 @@ class FakeOpenAIServer:
         rpm: int | None = None,
         tpm: int | None = None,
         assumed_max_tokens: int = 16,
+        window: float = 1.0,
+        charge_refused: bool = True,
+        ratelimit_headers: bool = True,
+        retry_after: bool = True,
         faults: Sequence[FaultSpec] = (),
         fault_rate: float = 0.0,
         seed: int | None = 0,
@@ -341,6 +365,10 @@ class FakeOpenAIServer:
         for name, limit in (("rpm", rpm), ("tpm", tpm)):
             if limit is not None and limit < 1:
                 raise ValueError(f"{name} must be >= 1 (or None for no limit)")
+        if not 0 < window <= 60:
+            raise ValueError(
+                f"window must be in seconds, more than 0 and at most 60, not {window!r}"
+            )
         if not 0.0 <= fault_rate <= 1.0:
             raise ValueError("fault_rate must be between 0 and 1")
         parsed = tuple(f for f in (Fault.parse(s) for s in faults) if f is not None)
@@ -362,6 +390,10 @@ class FakeOpenAIServer:
             host=host,
             port=port,
             batch=BatchOptions.of(batch),
+            window=float(window),
+            charge_refused=charge_refused,
+            ratelimit_headers=ratelimit_headers,
+            retry_after=retry_after,
         )
         # Imported here, not at the top: the engine's modules import this one's types.
         from ipychat._fakeprocess import _ProcessBackend, _ThreadBackend
@@ -501,6 +533,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tokens-per-second", type=float, default=None)
     parser.add_argument("--rpm", type=int, default=None)
     parser.add_argument("--tpm", type=int, default=None)
+    parser.add_argument("--window", type=float, default=1.0, help="seconds: 1, 10 or 60")
+    parser.add_argument("--refund-refused", action="store_true", help="429s are not charged")
+    parser.add_argument("--no-ratelimit-headers", action="store_true", help="like vLLM")
+    parser.add_argument("--no-retry-after", action="store_true")
     parser.add_argument("--require-key", default=None)
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--faults", default="", help="comma-separated, e.g. 500,503,reset,hang")
@@ -513,6 +549,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         tokens_per_second=args.tokens_per_second,
         rpm=args.rpm,
         tpm=args.tpm,
+        window=args.window,
+        charge_refused=not args.refund_refused,
+        ratelimit_headers=not args.no_ratelimit_headers,
+        retry_after=not args.no_retry_after,
         require_key=args.require_key,
         fault_rate=args.fault_rate,
         faults=[f.strip() for f in args.faults.split(",") if f.strip()],

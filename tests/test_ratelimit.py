@@ -1,11 +1,28 @@
-"""The pacing arithmetic of ipychat.ratelimit: exact waits, anchoring, scale, shared pause."""
+"""The pacing model of ipychat.ratelimit on a fake clock.
+
+First its rules one by one, then whole maps simulated against the fake server's own rate
+limiter (`ipychat._fakerules._RateLimiter`: OpenAI's and Azure's documented enforcement,
+written independently of the pacing) driven by the same fake clock: a dispatcher that
+sends whenever `wait()` says so, answers after a latency, refusals at once.
+"""
 
 from __future__ import annotations
 
+import heapq
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
 import pytest
 
-from ipychat.ratelimit import ARRIVAL_SKEW, Bucket, RateLimiter
+from ipychat._fakerules import _RateLimiter as ServerLimiter
+from ipychat._fakerules import _Reject
+from ipychat.ratelimit import ARRIVAL_SKEW, PACE, Bucket, RateLimiter
+from ipychat.retry import retry_after
 from ipychat.types import RateLimitInfo
+
+# ----- the rules -----------------------------------------------------------------------------
 
 
 def test_bucket_waits_for_the_exact_deficit() -> None:
@@ -21,32 +38,112 @@ def test_unknown_limits_never_wait() -> None:
     assert not limiter.limited
     assert limiter.wait(10_000, 0.0) == 0.0
     limiter.take(10_000, 0.0)
-    assert limiter.max_rate(100) is None
+    assert limiter.wait(10_000, 0.0) == 0.0 and limiter.max_rate(100) is None
 
 
-def test_given_limits_start_from_an_empty_bucket_and_pace_at_the_limit() -> None:
-    limiter = RateLimiter(rpm=60, tpm=6_000, now=0.0)  # 1 request/s, 100 tokens/s
-    assert limiter.wait(50, 0.0) == pytest.approx(1.0)  # the request bucket binds
-    assert limiter.wait(300, 0.0) == pytest.approx(3.0)  # the token bucket binds
-    limiter.take(300, 3.0)
-    assert limiter.wait(300, 3.0) == pytest.approx(3.0)
-    assert limiter.max_rate(300) == pytest.approx(1 / 3)
+def test_a_known_limit_is_paced_evenly_from_the_first_request() -> None:
+    # 6,000 RPM: 100 per second, paced at 98. No burst, however long nothing was sent.
+    limiter = RateLimiter(rpm=6000, now=0.0)
+    step = 1 / (100 * PACE)
+    now = 1000.0
+    for _ in range(50):
+        assert limiter.wait(1, now) == 0.0
+        limiter.take(1, now)
+        assert limiter.wait(1, now) == pytest.approx(step)
+        now += step
+    assert limiter.max_rate(1) == pytest.approx(100 * PACE)
 
 
-def test_a_request_larger_than_the_token_limit_is_flagged() -> None:
-    limiter = RateLimiter(tpm=1_000, now=0.0)
-    assert limiter.too_large(1_001) and not limiter.too_large(1_000)
+def test_the_token_limit_paces_by_each_requests_charge() -> None:
+    limiter = RateLimiter(tpm=6_000, now=0.0)  # 100 tokens per second
+    limiter.take(300, 0.0)
+    assert limiter.wait(50, 0.0) == pytest.approx(300 / (100 * PACE))
+    assert limiter.max_rate(300) == pytest.approx(100 * PACE / 300)
+    assert limiter.too_large(6_001) and not limiter.too_large(6_000)
 
 
-def test_pause_is_shared_and_does_not_add_up() -> None:
-    limiter = RateLimiter(now=0.0)
-    limiter.pause(2.0, now=1.0)
-    limiter.pause(0.5, now=1.2)  # a second 429 during the pause: no longer than the first
-    assert limiter.wait(1, 1.5) == pytest.approx(1.5)
-    assert limiter.wait(1, 3.0) == 0.0
+def test_a_maps_caps_apply_to_that_map_only() -> None:
+    limiter = RateLimiter(tpm=100, now=0.0)
+    assert limiter.too_large(1_000)
+    limiter.begin(None, None, 1.0)  # the next map gives no --tpm
+    assert not limiter.limited and not limiter.too_large(1_000)
+    # What the server told stays: its own limits are the server's, not the map's.
+    ticket = limiter.take(10, 1.0)
+    info = RateLimitInfo(limit_requests=600, remaining_requests=599)
+    limiter.accepted(ticket, info, 1.1)
+    limiter.begin(60, None, 2.0)
+    assert limiter.requests.limit == 60
+    limiter.begin(None, None, 3.0)
+    assert limiter.requests.limit == 600 and limiter.token_limit is None
 
 
-def test_headers_teach_the_limits_and_anchor_the_level() -> None:
+@pytest.mark.parametrize("value", [0, -1, math.inf, math.nan])
+def test_nonsense_caps_are_refused(value: float) -> None:
+    with pytest.raises(ValueError, match="positive finite"):
+        RateLimiter(rpm=value, now=0.0)
+
+
+def test_a_429_with_retry_after_pauses_every_sender_and_refunds_nothing() -> None:
+    limiter = RateLimiter(rpm=6000, now=0.0)
+    tickets = [limiter.take(1, 0.01 * i) for i in range(3)]
+    due = limiter.wait(1, 0.03)
+    limiter.refused(tickets[0], None, 0.5, 0.031)
+    assert limiter.wait(1, 0.031) == pytest.approx(0.5)  # everyone waits what was asked
+    # The refused request was charged by the server: the schedule does not move back.
+    assert limiter.requests.pace.due >= 0.03 + due
+    assert limiter.wait(1, 0.531) == 0.0
+    limiter.refused(tickets[1], None, 0.5, 0.032)  # sent before the first 429 was seen
+    assert limiter.wait(1, 0.032) == pytest.approx(0.5)  # pauses never add up
+    assert not limiter.blocked
+
+
+def test_a_bare_429_blocks_and_backs_off_until_a_request_gets_through() -> None:
+    limiter = RateLimiter(rpm=6000, now=0.0)
+    first = limiter.take(1, 0.0)
+    limiter.refused(first, None, None, 0.001)
+    assert limiter.blocked and limiter.wait(1, 0.001) == pytest.approx(0.1)
+    pauses = []
+    now = 0.101
+    for _ in range(4):  # the probes sent one at a time are refused too: wait longer
+        probe = limiter.take(1, now)
+        limiter.refused(probe, None, None, now)
+        pauses.append(limiter.wait(1, now))
+        now += pauses[-1]
+    assert pauses == pytest.approx([0.2, 0.4, 0.8, 1.6])
+    limiter.accepted(limiter.take(1, now), None, now + 0.1)
+    assert not limiter.blocked
+
+
+def test_stray_429s_do_not_slow_the_pace_a_share_of_them_does_once_per_episode() -> None:
+    # A cap below the server's limit: paced at the cap, no burst tested.
+    limiter = RateLimiter(rpm=6000, now=0.0)
+    server = RateLimitInfo(limit_requests=12_000, remaining_requests=11_000)
+    now = 0.0
+    for _ in range(60):  # a steady run
+        now += 0.011
+        limiter.accepted(limiter.take(1, now), server, now + 0.1)
+    limiter.refused(limiter.take(1, now), None, 0.0, now)  # one stray 429: no limit's doing
+    assert limiter.gain == 1.0
+    sent = [limiter.take(1, now) for _ in range(4)]
+    for ticket in sent:  # more of them: 5 of the last 50 answers, the pace is too high
+        limiter.refused(ticket, None, 0.0, now + 0.001)
+    slowed = limiter.gain
+    assert slowed < 1.0
+    again = limiter.take(1, now + 0.01)
+    limiter.refused(again, None, 0.0, now + 0.01)  # no answer since: the same episode
+    assert limiter.gain == slowed
+    now += 0.5
+    limiter.accepted(limiter.take(1, now), None, now + 0.1)
+    limiter.refused(limiter.take(1, now + 0.2), None, 0.0, now + 0.2)  # a new episode
+    assert limiter.gain < slowed * 0.9  # they go on: another client, a lower limit
+    low = limiter.gain
+    for _ in range(40):
+        now += 0.5
+        limiter.accepted(limiter.take(1, now), None, now + 0.1)
+    assert low < limiter.gain <= 1.0 and limiter.gain > 0.9
+
+
+def test_headers_teach_the_limits_and_anchor_the_minute() -> None:
     limiter = RateLimiter(now=0.0)
     first = limiter.take(100, 0.0)
     second = limiter.take(100, 0.0)
@@ -54,57 +151,279 @@ def test_headers_teach_the_limits_and_anchor_the_level() -> None:
     info = RateLimitInfo(
         limit_requests=600, remaining_requests=50, limit_tokens=60_000, remaining_tokens=5_000
     )
-    limiter.observe(first, info, now=1.0)
-    assert limiter.requests is not None and limiter.tokens is not None
+    limiter.accepted(first, info, now=1.0)
+    minute_r, minute_t = limiter.requests.minute, limiter.tokens.minute
+    assert minute_r is not None and minute_t is not None
     refill = 1.0 - ARRIVAL_SKEW
     # What remained after `first`, plus the refill since, minus what was sent after it.
-    assert limiter.requests.level == pytest.approx(50 + refill * 10 - 2)
-    assert limiter.tokens.level == pytest.approx(5_000 + refill * 1_000 - 200)
+    assert minute_r.level == pytest.approx(50 + refill * 10 - 2)
+    assert minute_t.level == pytest.approx(5_000 + refill * 1_000 - 200)
     assert limiter.answered and limiter.headers_seen
     # A reading older than the anchor changes nothing but the limits.
-    level = limiter.requests.level
-    limiter.observe(second, RateLimitInfo(limit_requests=300, remaining_requests=0), now=1.0)
-    assert limiter.requests.limit == 300 and limiter.requests.level <= level
-    limiter.observe(third, info, now=1.0)
-    assert limiter.requests.level == pytest.approx(min(300, 50 + refill * 10))
+    level = minute_r.level
+    limiter.accepted(second, RateLimitInfo(limit_requests=300, remaining_requests=0), now=1.0)
+    assert minute_r.limit == 300 and minute_r.level <= level
+    limiter.accepted(third, info, now=1.0)
+    assert minute_r.level == pytest.approx(min(300, 50 + refill * 10))
 
 
-def test_user_caps_apply_when_below_the_server_limits() -> None:
+def test_the_minutes_remainder_is_never_overdrawn() -> None:
+    # Another client used the minute: none of it is left right after our request.
+    limiter = RateLimiter(now=0.0)
+    ticket = limiter.take(1, 5.0)
+    limiter.accepted(ticket, RateLimitInfo(limit_requests=600, remaining_requests=0), 5.05)
+    refilled = (0.05 - ARRIVAL_SKEW) * 10  # 10 per second since the server charged it
+    assert limiter.wait(1, 5.05) == pytest.approx((1 / PACE - refilled) / 10)  # kept at PACE
+
+
+def test_a_user_cap_below_the_servers_limit_wins() -> None:
     limiter = RateLimiter(rpm=100, now=0.0)
     ticket = limiter.take(1, 0.0)
-    limiter.observe(ticket, RateLimitInfo(limit_requests=10_000, remaining_requests=9_999), 0.0)
-    assert limiter.requests is not None and limiter.requests.limit == 100
-    assert limiter.requests.level <= 100
+    limiter.accepted(ticket, RateLimitInfo(limit_requests=10_000, remaining_requests=9_999), 0.1)
+    assert limiter.max_rate(1) == pytest.approx(100 / 60 * PACE)
 
 
-def test_refund_gives_back_a_refused_request() -> None:
-    limiter = RateLimiter(rpm=60, tpm=6_000, now=0.0)
-    ticket = limiter.take(100, 10.0)
-    assert limiter.tokens is not None and limiter.requests is not None
-    before = (limiter.requests.level, limiter.tokens.level)
-    limiter.refund(ticket, 10.0)
-    limiter.refund(ticket, 10.0)  # twice is once
-    assert limiter.requests.level == pytest.approx(before[0] + 1)
-    assert limiter.tokens.level == pytest.approx(before[1] + 100)
-
-
-def test_token_scale_learns_the_servers_count() -> None:
-    """The server charges 1.25× our count: after a few anchors we charge the same."""
-    tpm, rate = 60_000.0, 1_000.0  # tokens per minute, per second
-    server = 20_000.0  # the server's bucket level, far from full
-    limiter = RateLimiter(now=0.0)
+def test_scale_learns_that_the_server_counts_more_tokens_than_we_do() -> None:
+    """The server's usage shows 1.25× our count: after a few answers we charge the same."""
+    limiter = RateLimiter(tpm=60_000, now=0.0)  # 1,000 tokens per second
     now = 0.0
     for _ in range(30):
+        now += limiter.wait(400, now)
         ticket = limiter.take(400, now)
-        server -= 400 * 1.25
-        info = RateLimitInfo(limit_tokens=int(tpm), remaining_tokens=int(server))
-        limiter.observe(ticket, info, now)
-        now += 0.3
-        server += 0.3 * rate
-    assert limiter.token_scale == pytest.approx(1.25, rel=0.02)
-    assert limiter.max_rate(400) == pytest.approx(rate / 500, rel=0.02)
+        limiter.accepted(ticket, None, now + 0.1, server_tokens=500)
+    assert limiter.tokens.scale == pytest.approx(1.25, rel=0.01)
+    paced = 1_000 * PACE * limiter.gain / 500  # 400 of ours cost 500 of the server's
+    assert limiter.max_rate(400) == pytest.approx(paced, rel=0.01)
+    assert limiter.too_large(49_000) and not limiter.too_large(47_000)
 
 
-def test_set_limits_rejects_nonsense() -> None:
-    with pytest.raises(ValueError):
-        RateLimiter(rpm=0, now=0.0)
+# ----- whole maps on a fake clock, against the fake server's enforcement ---------------------
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Run:
+    rows: int
+    finished: float = 0.0
+    sent: int = 0
+    refused: int = 0
+    done: int = 0
+    other_sent: int = 0
+    sends: list[float] = field(default_factory=list)
+
+    def most_in(self, seconds: float) -> int:
+        """The most requests sent within any span of `seconds`."""
+        most, first = 0, 0
+        for last, sent in enumerate(self.sends):
+            while self.sends[first] <= sent - seconds:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
+
+    @property
+    def share_429(self) -> float:
+        return self.refused / max(1, self.sent)
+
+
+def simulate(
+    rows: int,
+    *,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    tokens: int = 1,
+    window: float = 1.0,
+    headers: bool = True,
+    retry: bool = True,
+    charge_refused: bool = True,
+    caps: tuple[float | None, float | None] = (None, None),
+    latency: float = 0.1,
+    rtt: float = 0.03,
+    jitter: float = 0.003,
+    other_rate: float = 0.0,
+    limiter: RateLimiter | None = None,
+    server: tuple[ServerLimiter, Clock] | None = None,
+    start: float = 0.0,
+    seed: int = 1,
+) -> tuple[Run, RateLimiter]:
+    """`rows` requests through the pacing, as `_mapdispatch.Dispatcher` sends them, to a
+    server enforcing `rpm`/`tpm` over `window` (or the `server` of an earlier run) that
+    answers after `latency`, and refuses after `rtt` (a network's round trip: the time a
+    429 takes to be seen); `other_rate` requests per second from another client share the
+    quota."""
+    if server is None:
+        clock = Clock()
+        enforcer = ServerLimiter(
+            rpm, tpm, clock, window=window, charge_refused=charge_refused, headers=headers,
+            retry_after=retry,
+        )  # fmt: skip
+    else:
+        enforcer, clock = server
+    clock.now = start
+    lim = limiter or RateLimiter(now=start)
+    lim.begin(*caps, start)
+    rng = random.Random(seed)
+    run = Run(rows)
+    events: list[tuple[float, int, str, Any]] = []
+    order = 0
+
+    def push(when: float, kind: str, payload: Any = None) -> None:
+        nonlocal order
+        order += 1
+        heapq.heappush(events, (when, order, kind, payload))
+
+    def arrive(when: float, charge: int) -> tuple[bool, list[tuple[str, str]]]:
+        clock.now = when
+        try:
+            return True, enforcer.take(charge, "gpt-test")
+        except _Reject as reject:
+            return False, reject.headers
+
+    def window_size() -> int:  # Dispatcher._window
+        if lim.blocked:
+            return 1
+        if not lim.answered and not lim.limited:
+            return 4
+        rate = lim.max_rate(tokens)
+        return 64 if rate is None else max(4, min(256, math.ceil(rate * latency * 2) + 4))
+
+    queue, inflight = rows, 0
+    wake_at = start  # the one timer the dispatcher sleeps on
+    push(start, "wake")
+    if other_rate:
+        push(start, "other")
+    while events and (queue or inflight):
+        now, _, kind, payload = heapq.heappop(events)
+        assert now < start + 3600, "the map never ends"
+        if kind == "wake":
+            if now != wake_at:
+                continue  # superseded by an earlier wake
+            wake_at = math.inf
+        if kind == "other":
+            arrive(now, tokens)
+            run.other_sent += 1
+            push(now + 1 / other_rate, "other")
+            continue
+        if kind == "answer":
+            ticket, ok, answer_headers = payload
+            inflight -= 1
+            h = dict(answer_headers)
+            info = RateLimitInfo.from_headers(h)
+            if ok:
+                lim.accepted(ticket, info, now)
+                run.done += 1
+                run.finished = now
+            else:
+                queue += 1  # a 429 never fails a row
+                lim.refused(ticket, info, retry_after(h), now)
+        while queue and inflight < window_size():
+            wait = lim.wait(tokens, now)
+            if wait > 0:
+                if now + wait < wake_at:
+                    wake_at = now + wait
+                    push(wake_at, "wake")
+                break
+            ticket = lim.take(tokens, now)
+            queue, inflight, run.sent = queue - 1, inflight + 1, run.sent + 1
+            run.sends.append(now)
+            arrival = now + 0.0005 + rng.random() * jitter
+            ok, answer_headers = arrive(arrival, tokens)
+            run.refused += not ok
+            push(arrival + (latency if ok else rtt), "answer", (ticket, ok, answer_headers))
+    assert run.done == rows
+    return run, lim
+
+
+RPM_IDEAL = 1500 / 100 + 0.1  # 1,500 rows at 6,000 RPM (100/s), 100 ms latency
+
+
+@pytest.mark.parametrize("window", [1, 10, 60])
+def test_a_map_under_an_rpm_limit_with_headers(window: int) -> None:
+    run, limiter = simulate(1500, rpm=6000, window=window)
+    assert run.share_429 < 0.005  # a few at most: where a window test met the window
+    e = RPM_IDEAL / run.finished
+    assert e >= 0.97
+    # Never a minute's capacity at once: within any second, the 1 s window's share (100)
+    # and its test's allowance; more only where the server showed a longer window.
+    assert run.most_in(1.0) <= (125 if window == 1 else 1500)
+    assert run.most_in(10.0) <= (1250 if window <= 10 else 1500)
+    if window == 60:  # the server proved a minute's capacity: the burst used it
+        assert e > 3 and limiter.gain > 1
+
+
+@pytest.mark.parametrize("window", [1, 10, 60])
+@pytest.mark.parametrize("tokens", [82, 90])
+def test_a_map_under_a_tpm_limit_with_headers(window: int, tokens: int) -> None:
+    # 600 rows of 82 or 90 tokens (prompt + max_tokens) at 120,000 TPM: 2,000 tokens per
+    # second, so a 1 s window holds 24.4 or 22.2 of them: paced at 98% of the limit, a
+    # window may see a 25th or a 23rd (one request more than the pace's share), unless
+    # the window's share is kept too.
+    run, _ = simulate(600, tpm=120_000, tokens=tokens, window=window, jitter=0.01, seed=3)
+    assert run.share_429 < 0.005
+    assert (600 * tokens / 2000 + 0.1) / run.finished >= 0.96
+
+
+@pytest.mark.parametrize("window", [1, 10, 60])
+def test_a_map_without_headers_paced_by_the_limits_given(window: int) -> None:
+    # vLLM, llama.cpp, gateways: no x-ratelimit-*, a bare 429. --rpm tells the limit: the
+    # windows are tested under it as with headers, never past a minute's worth of it.
+    run, _ = simulate(1500, rpm=6000, window=window, headers=False, retry=False, caps=(6000, None))
+    assert run.share_429 < 0.005 and RPM_IDEAL / run.finished >= 0.97
+    assert run.most_in(60.0) <= 6000 * PACE
+    if window == 60:
+        assert RPM_IDEAL / run.finished > 3
+
+
+@pytest.mark.parametrize("retry", [True, False])
+def test_a_map_without_headers_nor_limits_finds_the_pace_from_429s(retry: bool) -> None:
+    run, limiter = simulate(1500, rpm=6000, headers=False, retry=retry)
+    # The first 429s come from the requests in flight when the window filled up; then the
+    # pace found from them holds (AIMD): no storm.
+    assert run.share_429 < 0.05 and RPM_IDEAL / run.finished > 0.75
+    assert limiter.requests.found is not None and limiter.requests.found < 6000
+
+
+def test_refused_requests_are_charged_and_a_429_storm_does_not_dig_deeper() -> None:
+    # Another client uses 40% of the quota: every request past what is left is refused and
+    # charged, keeping the window full. The pacing backs off instead of resending: the 429s
+    # stay few (the first burst test pays the most: what goes out in a 429's round trip)
+    # and the map ends near the pace of what is left.
+    for charged in (True, False):
+        limiter = RateLimiter(now=0.0)
+        run, _ = simulate(
+            1500, rpm=6000, charge_refused=charged, caps=(6000, None), other_rate=40,
+            limiter=limiter,
+        )  # fmt: skip
+        assert run.share_429 < 0.06  # unpaced, 40% would be
+        assert (1500 / 60 + 0.1) / run.finished > 0.8  # 60 per second are left to us
+
+
+@pytest.mark.parametrize(("headers", "retry"), [(True, True), (False, True), (False, False)])
+def test_another_client_sharing_the_quota(headers: bool, retry: bool) -> None:
+    # 30 requests per second of the 100 are another client's. No header shows what that
+    # does to a 1 s window: the 429s teach it (AIMD), once per event. A few, never a storm
+    # (each event costs what goes out in a 429's round trip, 30 ms here; without headers
+    # nor retry-after, a probe's too).
+    caps = (None, None) if headers else (6000, None)
+    run, limiter = simulate(3000, rpm=6000, headers=headers, retry=retry, caps=caps, other_rate=30)
+    assert run.share_429 < 0.03
+    assert limiter.gain < 0.85  # slowed down to what is left
+    assert (3000 / 70 + 0.1) / run.finished > 0.85
+
+
+def test_a_second_map_goes_on_at_the_pace_the_first_one_learnt() -> None:
+    # W = 60 s: the first map used a burst the server proved. The next one starts at that
+    # gain and finds the end of the minute's capacity (6,000): a 429 or two, then it waits
+    # for the window (retry-after) and goes on at the steady pace.
+    clock = Clock()
+    server = (ServerLimiter(6000, None, clock, window=60), clock)
+    first, limiter = simulate(3000, server=server)
+    assert limiter.gain > 1 and first.finished < 10
+    second, _ = simulate(4500, server=server, limiter=limiter, start=first.finished)
+    assert first.refused + second.refused <= 10  # where the minute ran out, mid-burst
+    assert 60 < second.finished < 60 + 1500 / (100 * PACE) + 2
