@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import diskcache
 import pandas as pd
 
-from ipychat.cache import JSONOnlyDisk, ResponseCache
+from ipychat.engine.cache import JSONOnlyDisk, ResponseCache
 from ipychat.session import ChatSession, Settings
 from ipychat.testing import FakeOpenAIServer
 

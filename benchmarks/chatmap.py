@@ -7,7 +7,7 @@ process's CPU time is the mapper's alone), a fresh server (a fresh quota) for ev
                   RPM-bound: 1,500 rows at 6,000 RPM, 100 ms latency
                   TPM-bound: 600 rows at 120,000 TPM, max_tokens 64, 100 ms latency
                   The server enforces its limits as OpenAI and Azure document them
-                  (ipychat._fakerules): limit × window / 60 within any `window` seconds,
+                  (ipychat.testing.rules): limit × window / 60 within any `window` seconds,
                   refused requests charged. "headers on": OpenAI's x-ratelimit-* headers
                   and retry-after on a 429; "headers off": neither (vLLM, llama.cpp,
                   gateways): a bare 429.
@@ -62,8 +62,8 @@ from typing import Any
 import aiohttp
 import pandas as pd
 
-from ipychat import tokens
-from ipychat.cache import ResponseCache
+from ipychat.core import tokens
+from ipychat.engine.cache import ResponseCache
 from ipychat.session import ChatSession, Settings
 from ipychat.testing import FakeOpenAIServer, approx_tokens
 

@@ -8,7 +8,7 @@ All clients talk, in one run, to the same FakeOpenAIServer spawned in a child pr
 - `httpx`: httpx.AsyncClient with its default (httpcore) transport;
 - `httpx-aio`: httpx.AsyncClient over httpx_aiohttp's transport, i.e. what ipychat
   would cost without its own trims (it bypasses AsyncClient.send and streamlines the
-  transport, see ipychat/client.py).
+  transport, see ipychat/net/client.py).
 
 For each it prints the wall time, the client process's CPU time per request
 (`time.process_time`), and both as ratios to raw aiohttp. The clients run `--rounds`
@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aiohttp
 import httpx
 
-from ipychat.client import ChatClient
+from ipychat.net.client import ChatClient
 from ipychat.testing import FakeOpenAIServer
 
 REPLY = " ".join(f"word{i}" for i in range(20))  # 20 deltas when streamed

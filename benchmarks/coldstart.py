@@ -9,7 +9,7 @@ then `%%chatmap df1 -o out --concurrency 64` and the same on `df2` (other prompt
 nothing is cached), each timed as the whole cell.
 
 - `ipychat`: as shipped (`%load_ext` warms the tokenizer and the first-use imports in a
-  background thread, ipychat._warmup);
+  background thread, ipychat.notebook.warmup);
 - `ipychat, no warm-up`: the same with that thread left out, for comparison;
 - `aiohttp gather+Semaphore(64)`: the same rows by hand, first batch with the
   ClientSession created inside the clock, second batch on the same session: the floor.
@@ -60,9 +60,9 @@ def ipychat_child(rows: int, gap: float, warm_up: bool) -> dict[str, float]:
     shell.user_ns["df1"] = pd.DataFrame({"text": texts("first", rows)})
     shell.user_ns["df2"] = pd.DataFrame({"text": texts("second", rows)})
     if not warm_up:
-        import ipychat._warmup
+        import ipychat.notebook.warmup
 
-        ipychat._warmup.start = lambda session: None  # type: ignore[assignment,return-value]
+        ipychat.notebook.warmup.start = lambda session: None  # type: ignore[assignment,return-value]
     start = time.perf_counter()
     shell.run_line_magic("load_ext", "ipychat")
     times = {"load_ext": time.perf_counter() - start}

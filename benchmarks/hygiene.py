@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import hygiene_corpus as corpus  # noqa: E402
 
-from ipychat import hygiene, tokens  # noqa: E402
-from ipychat.keys import find_keys  # noqa: E402
+from ipychat.core import hygiene, tokens  # noqa: E402
+from ipychat.core.keys import find_keys  # noqa: E402
 
 
 def throughput(label: str, work: Callable[[str], object], rows: list[str], runs: int = 3) -> float:

@@ -11,7 +11,7 @@ all counted) that creates an IPython shell, then times:
 
 Baseline, measured in the same run: the bare minimum without ipychat, i.e. spawn
 `python -m llama_cpp.server` and stream the same prompt with http.client. (ipychat's
-server holds its own socket and demands a per-start key, see ipychat/local.py; the
+server holds its own socket and demands a per-start key, see ipychat/engine/local.py; the
 baseline has neither.)
 
 The session starts the local server by itself (no key, no endpoint). A first run, not
@@ -55,7 +55,7 @@ _IPYCHAT = textwrap.dedent(
     t0 = time.perf_counter()
     shell.run_line_magic("load_ext", "ipychat")
     import ipychat
-    from ipychat import local
+    from ipychat.engine import local
     # Instrumentation only: note when the server first answers, whoever starts it.
     _start = local.LocalServer.start
     def start(self, *args, **kwargs):
@@ -150,7 +150,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    from ipychat import local
+    from ipychat.engine import local
 
     model = local.model_path()
     if model is None or not local.available():

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import tiktoken  # noqa: E402
 
-from ipychat import tokens  # noqa: E402
+from ipychat.core import tokens  # noqa: E402
 
 DATA = ROOT / "ipychat" / "data"
 URL = "https://openaipublic.blob.core.windows.net/encodings/{}.tiktoken"
@@ -141,10 +141,10 @@ def run(n_prompts: int, runs: int, env: dict[str, str]) -> None:
     prompts = make_prompts(n_prompts)
 
     print("\ncold load, first use in a fresh interpreter (median of 3)")
-    print(f"  {'encoding':<12} {'ipychat.tokens':>15} {'tiktoken.get_encoding':>22}")
+    print(f"  {'encoding':<12} {'ipychat.core.tokens':>15} {'tiktoken.get_encoding':>22}")
     for name in MODELS:
         ours = cold_load(
-            "from ipychat import tokens\nt = time.perf_counter()\n"
+            "from ipychat.core import tokens\nt = time.perf_counter()\n"
             f"tokens.get_encoding({name!r})\nprint(time.perf_counter() - t)",
             env,
         )

@@ -19,8 +19,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from ipychat.notebook.widget import ChatPanel
     from ipychat.session import ChatSession
-    from ipychat.widget import ChatPanel
 
 
 def get_session() -> ChatSession:
@@ -33,18 +33,18 @@ def get_session() -> ChatSession:
 def panel() -> ChatPanel:
     """The chat panel: an ipywidgets view of the kernel session (display it, or leave it as
     the last expression of a cell)."""
-    from ipychat.widget import panel as _panel
+    from ipychat.notebook.widget import panel as _panel
 
     return _panel(get_session())
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    from ipychat.magics import load
+    from ipychat.notebook.magics import load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    from ipychat.magics import unload
+    from ipychat.notebook.magics import unload
 
     unload(ipython)

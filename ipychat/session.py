@@ -25,14 +25,13 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from ipychat import pricing, tokens
-from ipychat.errors import ChatError, ConfigError, ContextLengthError, OfflineCacheMiss
-from ipychat.hygiene import Cleaned, check_sendable, clean_messages
-from ipychat.keys import Secret, cache_key
-from ipychat.ledger import Ledger, LedgerRow, max_tokens_within
-from ipychat.messages import Thread, build_messages, trim_history
-from ipychat.runner import LoopThread
-from ipychat.settings import (
+from ipychat.core import pricing, tokens
+from ipychat.core.errors import ChatError, ConfigError, ContextLengthError, OfflineCacheMiss
+from ipychat.core.hygiene import Cleaned, check_sendable, clean_messages
+from ipychat.core.keys import Secret, cache_key
+from ipychat.core.messages import Thread, build_messages, trim_history
+from ipychat.core.runner import LoopThread
+from ipychat.core.settings import (
     DEFAULT_MODEL,
     LOCAL,
     LOCAL_CONTEXT_WINDOW,
@@ -43,16 +42,17 @@ from ipychat.settings import (
     check_model,
     origin,
 )
+from ipychat.core.types import Completion, Estimate, Reply, Usage
+from ipychat.engine.ledger import Ledger, LedgerRow, max_tokens_within
 from ipychat.streaming import Progress, ReplyStream, interrupted
-from ipychat.types import Completion, Estimate, Reply, Usage
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     import httpx
 
-    from ipychat.cache import ResponseCache
-    from ipychat.client import ChatClient
+    from ipychat.engine.cache import ResponseCache
+    from ipychat.net.client import ChatClient
 
 __all__ = ["ChatSession", "Event", "Settings", "get_session", "reset_session"]
 
@@ -233,7 +233,7 @@ class ChatSession:
         if has_key:
             return Endpoint("openai", OPENAI_URL)
         if self._local_available is None:
-            from ipychat import local
+            from ipychat.engine import local
 
             self._local_available = local.available()
         return self._local_endpoint() if self._local_available else Endpoint("none", OPENAI_URL)
@@ -276,7 +276,7 @@ class ChatSession:
         )
 
     def _local_endpoint(self) -> Endpoint:
-        from ipychat import local
+        from ipychat.engine import local
 
         # Finding the model file reads package metadata: remember it per model setting.
         chosen = os.environ.get("IPYCHAT_LOCAL_MODEL")
@@ -324,7 +324,7 @@ class ChatSession:
         answers every name with it and echoes the name back), else the server's own name
         for it (`answered`, the response's `model`), else `model`."""
         if self.is_local:
-            from ipychat import local
+            from ipychat.engine import local
 
             # local://NAME.gguf#sha256=…: the file name, without the content digest.
             return local.model_label(self.endpoint().url.removeprefix("local://").split("#")[0])
@@ -348,12 +348,12 @@ class ChatSession:
         """The client for the current endpoint, starting the local server if it is the one."""
         endpoint = self.endpoint()
         if endpoint.kind == "none":
-            from ipychat.local import NOT_CONFIGURED
+            from ipychat.engine.local import NOT_CONFIGURED
 
             raise ConfigError(NOT_CONFIGURED)
         url, key = endpoint.url, self._explicit_key()
         if endpoint.kind == "local":
-            from ipychat import local
+            from ipychat.engine import local
 
             # Starting takes seconds: do it off the loop so other tasks keep running.
             server = await asyncio.to_thread(local.get_server)
@@ -361,7 +361,7 @@ class ChatSession:
             url, key = server.base_url, server.api_key
         with self._lock:
             if self._client is None or self._client.base_url != url or self._client_key != key:
-                from ipychat.client import ChatClient, Timeouts
+                from ipychat.net.client import ChatClient, Timeouts
 
                 self._drop_client()
                 s = self.settings
@@ -393,7 +393,7 @@ class ChatSession:
             self._cache_opened = True
             if isinstance(self._cache_arg, bool):
                 if self._cache_arg:
-                    from ipychat.cache import ResponseCache
+                    from ipychat.engine.cache import ResponseCache
 
                     self._cache = ResponseCache()
             else:
@@ -542,7 +542,7 @@ class ChatSession:
     ) -> Cleaned:
         """The one place a request's messages are checked before they may leave the kernel:
         every text the user wrote (system prompt, history, prompt; map rows and their
-        --fill-null values are prompts too) passes `ipychat.hygiene.clean_messages`."""
+        --fill-null values are prompts too) passes `ipychat.core.hygiene.clean_messages`."""
         allow = allow_secrets or _ALLOW_SECRETS.get()
         cleaned = clean_messages(
             messages,
@@ -1013,13 +1013,13 @@ class ChatSession:
         """Fill `template`'s {column} placeholders from each row of `df`, send the prompts in
         parallel at the server's pace, and return the DataFrame (pandas or polars, as given)
         with each reply in `output`, failures in `_error`; `dry_run=True` returns the plan.
-        Options and behaviour: `ipychat.chatmap` (the same as %%chatmap's flags).
-        `batch=True` sends the rows through the provider's Batch API: `ipychat.batch`."""
-        from ipychat import chatmap
+        Options and behaviour: `ipychat.map.job` (the same as %%chatmap's flags).
+        `batch=True` sends the rows through the provider's Batch API: `ipychat.map.batch`."""
+        from ipychat.map import job as chatmap
 
         engine: Any = chatmap
         if batch:
-            from ipychat import batch as engine
+            from ipychat.map import batch as engine
         with self.allowing_secrets(allow_secrets):
             return engine.map_frame(self, df, template, output, **options)
 
@@ -1034,11 +1034,11 @@ class ChatSession:
         **options: Any,
     ) -> Any:
         """`map` for code that awaits; the requests still go from the session's own loop."""
-        from ipychat import chatmap
+        from ipychat.map import job as chatmap
 
         engine: Any = chatmap
         if batch:
-            from ipychat import batch as engine
+            from ipychat.map import batch as engine
         with self.allowing_secrets(allow_secrets):
             return await engine.amap_frame(self, df, template, output, **options)
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ipychat.errors import Interrupted
-from ipychat.types import Estimate, Reply
+from ipychat.core.errors import Interrupted
+from ipychat.core.types import Estimate, Reply
 
 if TYPE_CHECKING:
     from ipychat.session import ChatSession

@@ -13,7 +13,7 @@ from collections.abc import Generator, Iterator
 
 import pytest
 
-from ipychat.cache import ResponseCache
+from ipychat.engine.cache import ResponseCache
 from ipychat.session import ChatSession, Settings, reset_session
 from ipychat.testing import FakeOpenAIServer
 

@@ -1,4 +1,4 @@
-"""Batch mode (ipychat.batch) against FakeOpenAIServer's Files and Batch API, over sockets."""
+"""Batch mode (ipychat.map.batch) against FakeOpenAIServer's Files and Batch API, over sockets."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from ipychat import batch, chatmap
-from ipychat._mapplan import MAP_MAX_TOKENS
-from ipychat.batch import BatchJob, BatchProgress
-from ipychat.cache import ResponseCache
-from ipychat.chatmap import MapAborted, MapInterrupted
-from ipychat.errors import BudgetExceeded, ConfigError
+from ipychat.core.errors import BudgetExceeded, ConfigError
+from ipychat.engine.cache import ResponseCache
+from ipychat.map import batch
+from ipychat.map import job as chatmap
+from ipychat.map.batch import BatchJob, BatchProgress
+from ipychat.map.job import MapAborted, MapInterrupted
+from ipychat.map.plan import MAP_MAX_TOKENS
 from ipychat.session import ChatSession, Settings, reset_session
 from ipychat.testing import FakeOpenAIServer, Fault
 

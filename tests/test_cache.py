@@ -1,4 +1,4 @@
-"""ipychat.cache: JSON-only storage, pickle refusal, LRU, clearing, sharing, and failing safe.
+"""ipychat.engine.cache: JSON-only storage, pickle refusal, LRU, clearing, sharing, and failing safe.
 
 Every test uses its own tmp_path directory, never the user's ~/.cache.
 """
@@ -22,7 +22,7 @@ from typing import Any
 import diskcache
 import pytest
 
-from ipychat.cache import (
+from ipychat.engine.cache import (
     CacheStats,
     CacheWarning,
     JSONOnlyDisk,
@@ -1029,7 +1029,7 @@ def test_no_writer_caches_an_empty_reply(tmp_path: Path, writer: str) -> None:
     """An empty reply is sent again next time, on every path that writes the cache."""
     import pandas as pd
 
-    from ipychat import batch
+    from ipychat.map import batch
     from ipychat.session import ChatSession, Settings, reset_session
     from ipychat.testing import FakeOpenAIServer
 

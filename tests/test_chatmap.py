@@ -1,4 +1,4 @@
-"""The %%chatmap engine (ipychat.chatmap) against FakeOpenAIServer over real sockets."""
+"""The %%chatmap engine (ipychat.map.job) against FakeOpenAIServer over real sockets."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from ipychat import chatmap
-from ipychat._mapplan import MAP_MAX_TOKENS
-from ipychat.cache import ResponseCache
-from ipychat.chatmap import MapAborted, MapInterrupted, MapPlan, compile_template
-from ipychat.errors import BudgetExceeded, ConfigError, TemplateError
+from ipychat.core.errors import BudgetExceeded, ConfigError, TemplateError
+from ipychat.engine.cache import ResponseCache
+from ipychat.map import job as chatmap
+from ipychat.map.job import MapAborted, MapInterrupted, MapPlan, compile_template
+from ipychat.map.plan import MAP_MAX_TOKENS
 from ipychat.session import ChatSession, Settings, reset_session
 from ipychat.testing import FakeOpenAIServer, Fault
 
@@ -328,7 +328,7 @@ def test_a_row_retry_demanded_past_the_cap_fails_the_row(make_session) -> None:
         assert result.summary.failed == 1 and "asked to wait 1 h" in result.frame["_error"][0]
 
 
-# ----- pacing under rate limits (ipychat.ratelimit; the model's own tests: test_ratelimit) --
+# ----- pacing under rate limits (ipychat.map.ratelimit; the model's own tests: test_ratelimit) --
 # 300 rows at 6,000 RPM (100 per second), against a server that enforces it over a window
 # of 1, 10 or 60 s as OpenAI and Azure document, refusing (and charging) what goes past.
 # Sending the rows as fast as the concurrency allows, as this module did before, had most
@@ -378,7 +378,7 @@ def test_an_outage_longer_than_the_limit_stops_the_map(make_session, monkeypatch
             chatmap.run(session, frame(3), "{text}", "out", concurrency=1)
         message = str(info.value)
         assert message.startswith("No request was answered for 1 s (the outage limit, ")
-        assert "ipychat.chatmap.MAX_OUTAGE" in message and "HTTP 429" in message
+        assert "ipychat.map.job.MAX_OUTAGE" in message and "HTTP 429" in message
         assert "Stopped after 0 of 3 rows" in message
         assert info.value.result.summary.failed == 0  # left to a re-run, not failed
         assert 10 <= len(server.chat_requests) <= 40
@@ -406,7 +406,7 @@ def test_an_exhausted_quota_stops_the_map_at_once(make_session) -> None:
 @pytest.fixture
 def shell(ip: Any) -> Iterator[Any]:
     """The test shell with %%chatmap registered (magics.load does it in the product)."""
-    from ipychat.mapmagic import ChatMapMagics
+    from ipychat.notebook.mapmagic import ChatMapMagics
 
     if "chatmap" not in ip.magics_manager.magics["cell"]:
         ip.register_magics(ChatMapMagics)

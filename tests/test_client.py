@@ -18,8 +18,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from ipychat.client import ChatClient, Timeouts
-from ipychat.errors import (
+from ipychat.core.errors import (
     APIConnectionError,
     APIError,
     APIStatusError,
@@ -33,8 +32,9 @@ from ipychat.errors import (
     ServerError,
     StreamError,
 )
-from ipychat.keys import Secret
-from ipychat.types import RateLimitInfo, Usage
+from ipychat.core.keys import Secret
+from ipychat.core.types import RateLimitInfo, Usage
+from ipychat.net.client import ChatClient, Timeouts
 
 T = TypeVar("T")
 BASE = "https://llm.test/v1"  # https: a key never goes over plain http to another host
@@ -786,7 +786,7 @@ def test_gzip_body_is_decoded() -> None:
 
 
 def test_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ipychat._transport import _env_proxy
+    from ipychat.net.transport import _env_proxy
 
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.test:3128")
     monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")

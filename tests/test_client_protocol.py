@@ -17,8 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from ipychat.client import ChatClient, Timeouts
-from ipychat.errors import (
+from ipychat.core.errors import (
     APIConnectionError,
     APIError,
     APITimeoutError,
@@ -29,7 +28,8 @@ from ipychat.errors import (
     ServerError,
     StreamError,
 )
-from ipychat.keys import mask
+from ipychat.core.keys import mask
+from ipychat.net.client import ChatClient, Timeouts
 from ipychat.testing import FakeOpenAIServer, Fault
 
 T = TypeVar("T")

@@ -9,7 +9,7 @@ they legitimately differ, the difference is a parameter of `Backend`, stated onc
 - `capital`: what the temperature-0 answer to the France question must contain
   (the real model says "Paris"; the fake echoes the prompt).
 
-The wire-level checks use plain httpx; the rest go through `ipychat.client.ChatClient`,
+The wire-level checks use plain httpx; the rest go through `ipychat.net.client.ChatClient`,
 so the contract covers our client too.
 """
 
@@ -24,10 +24,10 @@ from typing import Any
 import httpx
 import pytest
 
-from ipychat import local
-from ipychat.client import ChatClient
+from ipychat.core.types import Completion
+from ipychat.engine import local
+from ipychat.net.client import ChatClient
 from ipychat.testing import FakeOpenAIServer
-from ipychat.types import Completion
 
 FRANCE = "What is the capital of France? Answer in one word."
 LONG = "Tell me a long story about a dragon who lived in the mountains of the north."

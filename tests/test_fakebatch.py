@@ -1,4 +1,4 @@
-"""FakeOpenAIServer's Files and Batch API (ipychat._fakebatch), driven with plain httpx."""
+"""FakeOpenAIServer's Files and Batch API (ipychat.testing.batchapi), driven with plain httpx."""
 
 from __future__ import annotations
 

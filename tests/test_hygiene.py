@@ -17,8 +17,8 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
-from ipychat.errors import ChatError, SecretInPromptError
-from ipychat.hygiene import (
+from ipychat.core.errors import ChatError, SecretInPromptError
+from ipychat.core.hygiene import (
     Redaction,
     check_magic_line,
     check_secrets,
@@ -526,7 +526,7 @@ def test_a_key_anywhere_in_a_request_is_refused_and_nothing_is_sent(
 def test_a_key_given_as_the_model_name_is_refused(
     session: ChatSession, fake: FakeOpenAIServer
 ) -> None:
-    from ipychat.errors import ConfigError
+    from ipychat.core.errors import ConfigError
 
     for call in (
         lambda: session.ask("hi", model=OPENAI_KEY),  # the request body carries the model
@@ -620,7 +620,7 @@ def test_redact_masks_before_the_prompt_leaves(
     assert sent == "Reply to [email] or [phone] about card [card]"
     assert reply.extra["masked"] == "masked 1 e-mail address, 1 card number and 1 phone number"
     assert session.threads["main"].messages[-2]["content"] == sent  # history holds the mask
-    from ipychat.format import footer
+    from ipychat.core.format import footer
 
     assert footer(reply).endswith("masked 1 e-mail address, 1 card number and 1 phone number")
     frame = session.map(pd.DataFrame({"t": ["a@b.io", "none here"]}), "x {t}", "out")
@@ -691,7 +691,7 @@ def test_chatmap_magic_refuses_and_says_what_it_masked(ip: Any, fake: FakeOpenAI
 def test_the_panel_shows_the_refusal(session: ChatSession, fake: FakeOpenAIServer) -> None:
     import time
 
-    from ipychat.widget import panel
+    from ipychat.notebook.widget import panel
 
     p = panel(session)
     try:

@@ -1,7 +1,7 @@
-"""ipychat.keys: the key shapes, cache keys, API keys as they are set, and where API keys go.
+"""ipychat.core.keys: the key shapes, cache keys, API keys as they are set, and where API keys go.
 
 - KEY_SHAPES / find_keys / redact: the one list of what credentials look like, read by the
-  prompt check (ipychat.hygiene) and by the scrubbing of server and exception texts;
+  prompt check (ipychat.core.hygiene) and by the scrubbing of server and exception texts;
   precision and recall measured on the corpora of tests/hygiene_corpus.py, the limits of
   `looks_random` (what tells a key from a word) pinned one by one.
 - cache_key: a key changes with everything that changes the reply, and only that. Never
@@ -33,8 +33,8 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
-from ipychat.errors import ChatError, ConfigError
-from ipychat.keys import (
+from ipychat.core.errors import ChatError, ConfigError
+from ipychat.core.keys import (
     KEY_SHAPES,
     FoundKey,
     Secret,
@@ -529,7 +529,7 @@ REPLY = {
 
 def sent_by_client(api_key: str, *, stream: bool = False) -> httpx.Request:
     """The request a real ChatClient puts on the wire (captured by a mock transport)."""
-    import ipychat.client as client_module
+    import ipychat.net.client as client_module
 
     seen: list[httpx.Request] = []
 
@@ -679,7 +679,7 @@ def test_no_key_over_plain_http_to_another_machine(shell: Any, monkeypatch: Any)
 def test_plain_http_from_the_environment_needs_ipychat_key_origins(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from ipychat.client import ChatClient
+    from ipychat.net.client import ChatClient
 
     monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)
     monkeypatch.setenv("OPENAI_BASE_URL", "http://gateway.example:4000/v1")
@@ -692,7 +692,7 @@ def test_plain_http_from_the_environment_needs_ipychat_key_origins(
 
 
 def test_loopback_over_http_and_no_key_need_no_opt_in(fake: FakeOpenAIServer) -> None:
-    from ipychat.client import ChatClient
+    from ipychat.net.client import ChatClient
 
     assert ChatClient(fake.base_url, api_key=TYPED_KEY).has_key  # this machine
     assert not ChatClient("http://192.0.2.1:9/v1").has_key  # nothing secret to send
@@ -805,7 +805,7 @@ def test_an_environment_key_with_a_line_break_fails_in_one_line(
 
 
 def test_extra_headers_that_cannot_be_sent_are_refused_when_set() -> None:
-    from ipychat.client import ChatClient
+    from ipychat.net.client import ChatClient
 
     with pytest.raises(ConfigError, match="cannot be sent in HTTP"):
         ChatClient("https://api.example/v1", api_key=TYPED_KEY, headers={"X-Team": "Zürich"})

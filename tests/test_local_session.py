@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 from IPython.utils.capture import capture_output
 
-from ipychat import local
-from ipychat.cache import ResponseCache
+from ipychat.engine import local
+from ipychat.engine.cache import ResponseCache
 from ipychat.session import ChatSession, Settings, reset_session
 
 pytestmark = pytest.mark.local_model

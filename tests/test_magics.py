@@ -13,9 +13,9 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
+from ipychat.core.types import Reply
 from ipychat.session import ChatSession, get_session
 from ipychat.testing import FakeOpenAIServer
-from ipychat.types import Reply
 
 
 def run(ip, line: str, cell: str):
@@ -416,7 +416,7 @@ LABEL = "One word sentiment label for: {text}"
 def test_a_map_without_max_tokens_is_bounded_by_the_map_default(ip, fake: FakeOpenAIServer) -> None:
     # 300 one-word labels: bounded at 1,024 reply tokens a row, the map "might" cost $0.19
     # and a $0.01 budget refused it; at the map's own cap of 32 the bound is $0.0068.
-    from ipychat._mapplan import MAP_MAX_TOKENS
+    from ipychat.map.plan import MAP_MAX_TOKENS
 
     ip.user_ns["reviews"] = labels_frame()
     plan = chatmap(ip, "reviews -o label --dry-run", LABEL)
@@ -480,7 +480,7 @@ def test_a_map_over_the_budget_is_refused_with_the_max_tokens_that_fits(
 
 
 def test_a_reply_cut_at_the_map_default_keeps_its_text_and_says_so(ip) -> None:
-    from ipychat._mapplan import MAP_MAX_TOKENS
+    from ipychat.map.plan import MAP_MAX_TOKENS
 
     long = " ".join(f"word{i}" for i in range(400))
     with FakeOpenAIServer(reply=lambda body: "positive" if "short" in str(body) else long) as srv:

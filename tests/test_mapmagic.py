@@ -10,8 +10,8 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
-from ipychat import mapmagic
-from ipychat.mapmagic import ChatMapMagics
+from ipychat.notebook import mapmagic
+from ipychat.notebook.mapmagic import ChatMapMagics
 from ipychat.testing import FakeOpenAIServer
 
 
@@ -148,7 +148,7 @@ def test_help_is_real(shell: Any) -> None:
 
 
 def test_the_notebook_progress_bar_is_a_widget_replaced_by_a_static_summary() -> None:
-    from ipychat.chatmap import MapProgress
+    from ipychat.map.job import MapProgress
 
     view = mapmagic._ProgressView(notebook=True)
     with capture_output() as out:
@@ -170,7 +170,7 @@ def test_the_notebook_progress_bar_is_a_widget_replaced_by_a_static_summary() ->
 
 
 def test_a_terminal_gets_a_text_line(capsys: pytest.CaptureFixture[str]) -> None:
-    from ipychat.chatmap import MapProgress
+    from ipychat.map.job import MapProgress
 
     view = mapmagic._ProgressView(notebook=False)
     view.update(MapProgress(8, 8, 0, 0.0012, 2.0, 4.0, 0.0))

@@ -1,4 +1,4 @@
-"""Planning a %%chatmap (ipychat._mapplan): what every row shares is worked out once, and a
+"""Planning a %%chatmap (ipychat.map.plan): what every row shares is worked out once, and a
 cached re-run is served without counting its rows, with the same results as the per-row
 `ChatSession.prepare_one` it replaces (the reference the tests compare with)."""
 
@@ -12,11 +12,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from ipychat import chatmap, tokens
-from ipychat._mapplan import RowShape, request_key
-from ipychat.cache import ResponseCache
-from ipychat.errors import SecretInPromptError
-from ipychat.ledger import Ledger, LedgerRow
+from ipychat.core import tokens
+from ipychat.core.errors import SecretInPromptError
+from ipychat.engine.cache import ResponseCache
+from ipychat.engine.ledger import Ledger, LedgerRow
+from ipychat.map import job as chatmap
+from ipychat.map.plan import RowShape, request_key
 from ipychat.session import ChatSession, Settings, reset_session
 from ipychat.testing import FakeOpenAIServer
 

@@ -1,4 +1,4 @@
-"""What ipychat hands to the front end as Markdown (ipychat.markdown), and the magics using it.
+"""What ipychat hands to the front end as Markdown (ipychat.core.markdown), and the magics using it.
 
 JupyterLab typesets `$…$` as LaTeX (so "$1,200 … $1,850" lost its dollars and went italic),
 renders raw HTML of trusted outputs and fetches any image named in Markdown. Precision and
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from IPython.utils.capture import capture_output
 
-from ipychat import markdown as md
-from ipychat.markdown import (
+from ipychat.core import markdown as md
+from ipychat.core.markdown import (
     close_fences,
     escape_dollars,
     fenced,
@@ -23,11 +23,11 @@ from ipychat.markdown import (
     prompt_markdown,
     reply_markdown,
 )
+from ipychat.core.types import Reply
 from ipychat.session import ChatSession
 from ipychat.testing import FakeOpenAIServer
-from ipychat.types import Reply
 
-D = md.LITERAL_DOLLAR  # a `$` shown as written (see ipychat.markdown for why a span)
+D = md.LITERAL_DOLLAR  # a `$` shown as written (see ipychat.core.markdown for why a span)
 
 
 def lit(expected: str) -> str:

@@ -10,9 +10,9 @@ import pandas as pd
 import polars as pl
 import pytest
 
-from ipychat import tokens
-from ipychat.errors import ContextLengthError, TemplateError
-from ipychat.messages import Thread, build_messages, interpolate, render_value, trim_history
+from ipychat.core import tokens
+from ipychat.core.errors import ContextLengthError, TemplateError
+from ipychat.core.messages import Thread, build_messages, interpolate, render_value, trim_history
 
 
 class Obj:

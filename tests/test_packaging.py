@@ -139,7 +139,7 @@ def test_the_wheel_carries_the_data_the_types_and_the_licence(dists: tuple[Path,
     assert meta.get_all("Project-URL")
     [transport] = [r for r in meta.get_all("Requires-Dist") if r.startswith("httpx-aiohttp")]
     assert "<" in transport, "httpx-aiohttp needs an upper bound (_transport uses its privates)"
-    assert "ipychat = ipychat.pytest_plugin" in entry_points
+    assert "ipychat = ipychat.testing.pytest_plugin" in entry_points
 
 
 def test_the_wheel_holds_nothing_but_the_package(dists: tuple[Path, Path]) -> None:
@@ -189,8 +189,9 @@ OFFLINE_CHECK = textwrap.dedent(
 
     import importlib.metadata, importlib.resources
     import ipychat
-    from ipychat import pricing, tokens
+    from ipychat.core import pricing
 
+    from ipychat.core import tokens
     assert ipychat.__file__.startswith(sys.prefix), (ipychat.__file__, sys.prefix)
     assert importlib.metadata.version("ipychat") == ipychat.__version__
     assert importlib.resources.files("ipychat").joinpath("py.typed").is_file()
@@ -199,7 +200,7 @@ OFFLINE_CHECK = textwrap.dedent(
     messages = [{"role": "user", "content": "hello world"}]
     assert tokens.count_messages(messages, "gpt-4o-mini").tokens == 3 + 1 + 2 + 3
     assert pricing.default_table().lookup("gpt-4o-mini") is not None
-    import ipychat.magics, ipychat.session, ipychat.widget  # the extension's modules load
+    import ipychat.notebook.magics, ipychat.session, ipychat.notebook.widget  # the extension's modules load
     assert attempts == [], attempts
     assert os.listdir(os.environ["TIKTOKEN_CACHE_DIR"]) == []
     print("offline ok", ipychat.__version__)

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from ipychat import pricing
-from ipychat.errors import ConfigError
-from ipychat.pricing import ModelPrice, PriceTable, cost, estimate_cost_range
-from ipychat.types import Usage
+from ipychat.core import pricing
+from ipychat.core.errors import ConfigError
+from ipychat.core.pricing import ModelPrice, PriceTable, cost, estimate_cost_range
+from ipychat.core.types import Usage
 
 REQUIRED = [
     "gpt-4o",

@@ -1,4 +1,4 @@
-"""ipychat._private (the checks behind the cache directory) and the files that use it
+"""ipychat.core.files (the checks behind the cache directory) and the files that use it
 besides the cache: the batch registry. Issue 15's siblings of items 2 and 3."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from ipychat import _private, batch
-from ipychat.batch import BatchJob, Part, Registry, RequestRef
-from ipychat.errors import ConfigError
+from ipychat.core import files as _private
+from ipychat.core.errors import ConfigError
+from ipychat.map import batch
+from ipychat.map.batch import BatchJob, Part, Registry, RequestRef
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX owners, modes and FIFOs")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipychat
+import ipychat.core.errors
 import ipychat.errors
 import ipychat.testing
 
@@ -19,11 +20,17 @@ def test_top_level_all_is_pinned() -> None:
         assert hasattr(ipychat, name)
 
 
-def test_error_tree_roots_in_chat_error() -> None:
+def test_public_errors_module_is_the_core_one() -> None:
+    assert ipychat.errors.__all__ == ipychat.core.errors.__all__
     for name in ipychat.errors.__all__:
-        obj = getattr(ipychat.errors, name)
+        assert getattr(ipychat.errors, name) is getattr(ipychat.core.errors, name), name
+
+
+def test_error_tree_roots_in_chat_error() -> None:
+    for name in ipychat.core.errors.__all__:
+        obj = getattr(ipychat.core.errors, name)
         if isinstance(obj, type):
-            assert issubclass(obj, ipychat.errors.ChatError), name
+            assert issubclass(obj, ipychat.core.errors.ChatError), name
 
 
 def test_testing_exports() -> None:

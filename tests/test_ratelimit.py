@@ -1,7 +1,7 @@
-"""The pacing model of ipychat.ratelimit on a fake clock.
+"""The pacing model of ipychat.map.ratelimit on a fake clock.
 
 First its rules one by one, then whole maps simulated against the fake server's own rate
-limiter (`ipychat._fakerules._RateLimiter`: OpenAI's and Azure's documented enforcement,
+limiter (`ipychat.testing.rules._RateLimiter`: OpenAI's and Azure's documented enforcement,
 written independently of the pacing) driven by the same fake clock: a dispatcher that
 sends whenever `wait()` says so, answers after a latency, refusals at once.
 """
@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from ipychat._fakerules import _RateLimiter as ServerLimiter
-from ipychat._fakerules import _Reject
-from ipychat.ratelimit import ARRIVAL_SKEW, PACE, Bucket, RateLimiter
-from ipychat.retry import retry_after
-from ipychat.types import RateLimitInfo
+from ipychat.core.types import RateLimitInfo
+from ipychat.map.ratelimit import ARRIVAL_SKEW, PACE, Bucket, RateLimiter
+from ipychat.net.retry import retry_after
+from ipychat.testing.rules import _RateLimiter as ServerLimiter
+from ipychat.testing.rules import _Reject
 
 # ----- the rules -----------------------------------------------------------------------------
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from ipychat import retry
-from ipychat.retry import backoff_delay, decide_error, decide_response, retry_after
+from ipychat.net import retry
+from ipychat.net.retry import backoff_delay, decide_error, decide_response, retry_after
 
 NOW = 1_700_000_000.0
 

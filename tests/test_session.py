@@ -12,8 +12,8 @@ import threading
 
 import pytest
 
-from ipychat import pricing, tokens
-from ipychat.errors import (
+from ipychat.core import pricing, tokens
+from ipychat.core.errors import (
     BudgetExceeded,
     ChatError,
     ConfigError,
@@ -21,9 +21,9 @@ from ipychat.errors import (
     Interrupted,
     OfflineCacheMiss,
 )
+from ipychat.core.types import Usage
 from ipychat.session import ChatSession, Settings
 from ipychat.testing import FakeOpenAIServer
-from ipychat.types import Usage
 
 
 def sent_messages(server: FakeOpenAIServer, index: int = -1) -> list[dict]:
@@ -310,7 +310,7 @@ def test_engine_imports_no_front_end() -> None:
 
 
 def test_endpoint_resolution_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ipychat import local
+    from ipychat.engine import local
 
     s = ChatSession(Settings(), cache=False)
     monkeypatch.setattr(local, "available", lambda: False)
@@ -333,7 +333,7 @@ def test_endpoint_resolution_order(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_local_endpoint_is_free_and_approximate(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ipychat import local
+    from ipychat.engine import local
 
     monkeypatch.setattr(local, "available", lambda: True)
     s = ChatSession(Settings(), cache=False)
@@ -349,7 +349,7 @@ def test_reply_timeout_bounds_a_silent_non_streamed_reply(
     # a server that went silent held the request (every %%chatmap row) for 600 s.
     import time
 
-    from ipychat.errors import APITimeoutError
+    from ipychat.core.errors import APITimeoutError
     from ipychat.testing import Fault
 
     session.configure(read_timeout=0.3, reply_timeout=0.5, max_retries=0)
@@ -388,7 +388,7 @@ def test_a_key_given_to_settings_as_a_str_is_masked_like_any_other() -> None:
     # shows it) printed the key, and the settings could be pickled with it.
     import pickle
 
-    from ipychat.keys import Secret
+    from ipychat.core.keys import Secret
 
     key = "sk-plain-" + "k" * 30
     settings = Settings(api_key=key)
@@ -405,7 +405,7 @@ def test_code_draining_on_a_closing_loop_never_starts_another_loop_thread() -> N
     # brand-new loop thread that nobody would ever stop (one leaked thread per closed panel).
     import time
 
-    from ipychat.runner import LoopThread
+    from ipychat.core.runner import LoopThread
 
     runner = LoopThread(name="test-draining-loop")
     seen: list[asyncio.AbstractEventLoop] = []
@@ -493,7 +493,7 @@ def test_a_script_using_the_panel_and_sessions_exits_without_aiohttp_warnings() 
 import gc, threading, time
 from ipychat.session import ChatSession, Settings, get_session
 from ipychat.testing import FakeOpenAIServer
-from ipychat.widget import ChatPanel
+from ipychat.notebook.widget import ChatPanel
 
 server = FakeOpenAIServer().start()
 KEY = "sk-test-" + "x" * 24

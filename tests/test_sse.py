@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from ipychat.sse import ServerSentEvent, SSEDecoder
+from ipychat.net.sse import ServerSentEvent, SSEDecoder
 
 
 def decode(*chunks: bytes) -> list[ServerSentEvent]:

@@ -25,8 +25,8 @@ import httpx
 import pytest
 
 import ipychat
+from ipychat.core.types import RateLimitInfo, _duration
 from ipychat.testing import FakeOpenAIServer, Fault, RecordedRequest, ServerStats, approx_tokens
-from ipychat.types import RateLimitInfo, _duration
 
 BODY: dict[str, Any] = {
     "model": "gpt-test",
@@ -593,7 +593,7 @@ class Clock:
 
 
 def limiter(rpm: int | None = None, tpm: int | None = None, **options: Any) -> Any:
-    from ipychat._fakerules import _RateLimiter
+    from ipychat.testing.rules import _RateLimiter
 
     clock = Clock()
     return _RateLimiter(rpm, tpm, clock, **options), clock
@@ -601,7 +601,7 @@ def limiter(rpm: int | None = None, tpm: int | None = None, **options: Any) -> A
 
 def outcome(lim: Any, tokens: int = 10) -> int | float:
     """200, or the retry-after of the 429 in seconds."""
-    from ipychat._fakerules import _Reject
+    from ipychat.testing.rules import _Reject
 
     try:
         lim.take(tokens, "gpt-test")
@@ -780,10 +780,10 @@ def test_window_must_be_a_sensible_number_of_seconds() -> None:
      (61.5, "1m1.5s"), (3600, "1h0m0s")],
 )  # fmt: skip
 def test_reset_durations_use_openai_format(seconds: float, text: str) -> None:
-    from ipychat._fakerules import _format_duration
+    from ipychat.testing.rules import _format_duration
 
     assert _format_duration(seconds) == text
-    parsed = _duration(text)  # what ipychat.types reads back: rounded up, never early
+    parsed = _duration(text)  # what ipychat.core.types reads back: rounded up, never early
     assert parsed is not None and seconds - 1e-9 <= parsed < seconds + 0.001
 
 
@@ -1041,7 +1041,7 @@ def test_pytest_plugin(tmp_path: Path) -> None:
             "-p",
             "no:cacheprovider",
             "-p",
-            "ipychat.pytest_plugin",
+            "ipychat.testing.pytest_plugin",
         ],
         cwd=tmp_path,
         env=env,
@@ -1059,8 +1059,8 @@ def test_pytest_plugin_entry_point_is_declared() -> None:
     if not pyproject.exists():
         pytest.skip("not running from a source checkout")
     project = tomllib.loads(pyproject.read_text())["project"]
-    assert project["entry-points"]["pytest11"] == {"ipychat": "ipychat.pytest_plugin"}
+    assert project["entry-points"]["pytest11"] == {"ipychat": "ipychat.testing.pytest_plugin"}
     installed = [
         ep for ep in importlib.metadata.entry_points(group="pytest11") if ep.name == "ipychat"
     ]
-    assert all(ep.value == "ipychat.pytest_plugin" for ep in installed)
+    assert all(ep.value == "ipychat.testing.pytest_plugin" for ep in installed)

@@ -30,8 +30,8 @@ import tiktoken.model
 import tiktoken_ext.openai_public as openai_public
 
 import ipychat
-from ipychat import tokens
-from ipychat.errors import ChatError
+from ipychat.core import tokens
+from ipychat.core.errors import ChatError
 
 DATA_DIR = Path(ipychat.__file__).resolve().parent / "data"
 ROOT = DATA_DIR.parent.parent
@@ -333,7 +333,7 @@ def test_count_batch(model: str, reference: Mapping[str, tiktoken.Encoding]) -> 
 
 
 def cookbook_count(enc: tiktoken.Encoding, messages: Sequence[Mapping[str, Any]]) -> int:
-    """The OpenAI cookbook's formula, written independently of ipychat.tokens."""
+    """The OpenAI cookbook's formula, written independently of ipychat.core.tokens."""
     n = 3
     for message in messages:
         n += 3
@@ -667,7 +667,7 @@ socket.socket.connect_ex = refuse
 socket.create_connection = refuse
 socket.getaddrinfo = refuse
 
-from ipychat import tokens
+from ipychat.core import tokens
 
 messages = json.loads(sys.argv[1])
 counts = {

@@ -1,6 +1,6 @@
 """The trimmed aiohttp transport and its way out: the stock httpx_aiohttp transport.
 
-`ipychat._transport` subclasses httpx_aiohttp's `AiohttpTransport` and leans on its private
+`ipychat.net.transport` subclasses httpx_aiohttp's `AiohttpTransport` and leans on its private
 names (`AIOHTTP_EXC_MAP`, `self.client`, `get_client`). pyproject.toml bounds httpx-aiohttp
 below its next minor release, but an install may ignore that; a release that renames them
 must cost a warning and some CPU, never every request. These tests take the names away
@@ -24,9 +24,9 @@ import httpx_aiohttp
 import httpx_aiohttp.transport as stock_module
 import pytest
 
-from ipychat import _transport
-from ipychat.client import ChatClient
-from ipychat.errors import APIConnectionError
+from ipychat.core.errors import APIConnectionError
+from ipychat.net import transport as _transport
+from ipychat.net.client import ChatClient
 from ipychat.testing import FakeOpenAIServer
 
 BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "ping pong"}]}

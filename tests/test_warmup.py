@@ -1,4 +1,4 @@
-"""`%load_ext ipychat` warms up in the background (ipychat._warmup): the tokenizer and the
+"""`%load_ext ipychat` warms up in the background (ipychat.notebook.warmup): the tokenizer and the
 first-use imports are loaded by a daemon thread; the shell never waits for it nor hears
 of its failures. Real IPython InteractiveShell; timings are for benchmarks/coldstart.py."""
 
@@ -18,7 +18,8 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
-from ipychat import _warmup, tokens
+from ipychat.core import tokens
+from ipychat.notebook import warmup as _warmup
 from ipychat.session import ChatSession
 from ipychat.testing import FakeOpenAIServer
 
@@ -57,7 +58,7 @@ def test_load_ext_loads_the_tokenizer_in_a_background_thread(
     assert not thread.is_alive()
     name, _ = tokens.encoding_name_for(session.model)
     assert name in tokens._encodings  # loaded by the thread: the first map will not wait
-    for module in ("ipychat.chatmap", "ipychat.client", "ipychat.cache", "aiohttp"):
+    for module in ("ipychat.map.job", "ipychat.net.client", "ipychat.engine.cache", "aiohttp"):
         assert module in sys.modules
     # Nothing the user may still change was turned into state: no client, no cache opened.
     assert session._client is None and not session._cache_opened

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from ipychat import tokens
-from ipychat.markdown import LITERAL_DOLLAR
+from ipychat.core import tokens
+from ipychat.core.markdown import LITERAL_DOLLAR
+from ipychat.core.types import Estimate
+from ipychat.notebook.widget import ChatPanel, estimate_text, panel
 from ipychat.session import ChatSession, Settings, reset_session
 from ipychat.testing import FakeOpenAIServer
-from ipychat.types import Estimate
-from ipychat.widget import ChatPanel, estimate_text, panel
 
 LONG_REPLY = " ".join(f"word{i}" for i in range(60))
 

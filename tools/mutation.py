@@ -1,7 +1,7 @@
 """Mutation score of one module against its own unit test file alone.
 
-    python tools/mutation.py sse                     # ipychat/sse.py vs tests/test_sse.py
-    python tools/mutation.py ratelimit --tests tests/test_ratelimit.py --show
+    python tools/mutation.py net.sse                 # ipychat/net/sse.py vs tests/test_sse.py
+    python tools/mutation.py map.ratelimit --tests tests/test_ratelimit.py --show
 
 A test suite is only as strong as the changes it notices. This runs mutmut (PyPI `mutmut`,
 3.x) in a throw-away copy of the repository, so `mutants/` and mutmut's state never land
@@ -49,7 +49,7 @@ markers = ["browser", "local_model", "slow"]
 
 [tool.mutmut]
 source_paths = ["ipychat"]
-only_mutate = ["ipychat/{module}.py"]
+only_mutate = ["ipychat/{module.replace(".", "/")}.py"]
 pytest_add_cli_args_test_selection = ["tests/{test_file.name}"]
 also_copy = ["tests"]
 """
@@ -74,14 +74,15 @@ def _results(work: Path) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("module", help="name of a module in ipychat/, e.g. sse")
+    parser.add_argument("module", help="a module of ipychat, dotted, e.g. net.sse")
     parser.add_argument("--tests", type=Path, help="its test file (default tests/test_MODULE.py)")
     parser.add_argument("--show", action="store_true", help="print every survivor's diff")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
-    test_file = args.tests or Path("tests") / f"test_{args.module}.py"
-    if not (ROOT / "ipychat" / f"{args.module}.py").is_file():
-        parser.error(f"no module ipychat/{args.module}.py")
+    source = Path("ipychat", *args.module.split(".")).with_suffix(".py")
+    test_file = args.tests or Path("tests") / f"test_{source.stem}.py"
+    if not (ROOT / source).is_file():
+        parser.error(f"no module {source}")
     if not (ROOT / test_file).is_file():
         parser.error(f"no test file {test_file}; pass one with --tests")
 
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         total = len(statuses)
         score = 100.0 * killed / total if total else 0.0
         print(
-            f"ipychat/{args.module}.py vs {test_file}: {total} mutants, {killed} killed, "
+            f"{source} vs {test_file}: {total} mutants, {killed} killed, "
             f"{len(survivors)} survived, score {score:.1f}%"
         )
         for name, status in sorted(other.items()):

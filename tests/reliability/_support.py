@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ipychat.cache import ResponseCache
+from ipychat.engine.cache import ResponseCache
 from ipychat.session import ChatSession, Settings, reset_session
 from ipychat.testing import RecordedRequest
 
 # Must never appear anywhere but in the request headers the fake server receives. Built at
 # run time (never a credential-shaped literal in the repo) and random like a real key, so
-# the credential check (ipychat.keys.KEY_SHAPES) knows it for what it is.
+# the credential check (ipychat.core.keys.KEY_SHAPES) knows it for what it is.
 _RNG = random.Random(20240115)
 CANARY = "sk-canary-" + "".join(
     _RNG.choice(string.ascii_letters + string.digits) for _ in range(48)

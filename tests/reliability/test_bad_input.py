@@ -18,8 +18,8 @@ import pytest
 from _support import CANARY, Tally, closed_port, is_one_line, run_cell, shell_on, wait_for
 from IPython.core.error import UsageError
 
-from ipychat.cache import CacheWarning
-from ipychat.errors import ChatError
+from ipychat.core.errors import ChatError
+from ipychat.engine.cache import CacheWarning
 from ipychat.session import ChatSession
 from ipychat.testing import FakeOpenAIServer
 
@@ -91,7 +91,7 @@ def panel(setup: Callable[[Any], None]) -> Act:
     """Drive the panel's widgets; the refusal shows in its error line."""
 
     def act(ctx: Ctx) -> str:
-        from ipychat.widget import ChatPanel
+        from ipychat.notebook.widget import ChatPanel
 
         p = ChatPanel(ctx.session)
         try:

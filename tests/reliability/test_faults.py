@@ -42,7 +42,7 @@ from _support import (
 )
 from IPython.core.error import UsageError
 
-from ipychat.errors import ChatError
+from ipychat.core.errors import ChatError
 from ipychat.session import ChatSession, reset_session
 from ipychat.testing import FakeOpenAIServer, Fault
 

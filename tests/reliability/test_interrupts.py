@@ -36,11 +36,11 @@ from _support import (
 )
 from IPython.core.error import UsageError
 
-from ipychat.chatmap import MAX_CONCURRENCY, MapInterrupted
-from ipychat.errors import Interrupted
+from ipychat.core.errors import Interrupted
+from ipychat.core.types import Reply
+from ipychat.map.job import MAX_CONCURRENCY, MapInterrupted
 from ipychat.session import ChatSession, reset_session
 from ipychat.testing import FakeOpenAIServer
-from ipychat.types import Reply
 
 pytestmark = [
     pytest.mark.slow,

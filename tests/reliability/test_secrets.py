@@ -31,7 +31,7 @@ from _support import (
 from IPython.core.error import UsageError
 from nbclient import NotebookClient
 
-from ipychat.errors import ChatError
+from ipychat.core.errors import ChatError
 from ipychat.session import ChatSession, reset_session
 from ipychat.testing import FakeOpenAIServer, Fault
 
@@ -185,7 +185,7 @@ def test_the_canary_key_leaks_nowhere_in_process(
                     assert len(server.chat_requests) == before
                     refused += 1
                 # The panel: a streamed reply, then an error that echoes the key.
-                from ipychat.widget import ChatPanel
+                from ipychat.notebook.widget import ChatPanel
 
                 p = ChatPanel(session)
                 try:
@@ -332,8 +332,8 @@ def test_data_hygiene_through_every_entry_point(
     the server from any of them, and each says what it masked."""
     from IPython.core.error import UsageError
 
-    from ipychat.errors import SecretInPromptError
-    from ipychat.widget import ChatPanel
+    from ipychat.core.errors import SecretInPromptError
+    from ipychat.notebook.widget import ChatPanel
 
     session = rsession
     leaked_key = f"here is {CANARY}"

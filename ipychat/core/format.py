@@ -1,0 +1,114 @@
+"""The one-line texts every view shows: reply footers, estimates, usage tables.
+
+Pure string building, shared by the magics, the panel and `Reply._repr_markdown_`, so the
+same facts read the same way everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ipychat.core.pricing import format_tokens, format_usd, format_usd_bound
+from ipychat.core.types import Estimate, Reply, Usage
+from ipychat.engine.ledger import Ledger, ModelSummary
+
+__all__ = ["estimate_line", "footer", "plural", "streaming_footer", "usage_markdown"]
+
+
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """`1 turn`, `2 turns`, `1,200 replies` (with `nouns` for irregular plurals)."""
+    return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
+
+
+def _tokens(usage: Usage | None) -> str:
+    if usage is None:
+        return "? → ? tokens"
+    approx = usage.estimated
+    return f"{format_tokens(usage.prompt_tokens, approx)} → {format_tokens(usage.completion_tokens, approx)} tokens"
+
+
+def footer(reply: Reply, *, turns: int | None = None) -> str:
+    """`gpt-4o-mini · 412 → 96 tokens · $0.00012 · 1.8 s · thread main (4 turns)`"""
+    parts = [reply.model, _tokens(reply.usage)]
+    if reply.cached:
+        parts.append(f"cached (saved {format_usd(reply.saved)})")
+    else:
+        parts.append(format_usd(reply.cost))
+        parts.append(f"{reply.latency:.1f} s")
+    thread = f"thread {reply.thread}"
+    if turns is not None:
+        thread += f" ({turns} turn{'s' if turns != 1 else ''})"
+    parts.append(thread)
+    if reply.dropped_turns:
+        n = reply.dropped_turns
+        parts.append(f"{n} early turn{'s' if n != 1 else ''} left out to fit the context")
+    if reply.extra.get("masked"):  # the redact setting: say what never left the kernel
+        parts.append(str(reply.extra["masked"]))
+    if reply.extra.get("note"):  # e.g. the local model answered a request naming another
+        parts.append(str(reply.extra["note"]))
+    if reply.interrupted:
+        parts.append("interrupted")
+    elif reply.finish_reason == "length":
+        parts.append("cut at max tokens")
+    return " · ".join(parts)
+
+
+def streaming_footer(model: str, estimate: Estimate, completion_tokens: int) -> str:
+    """`gpt-4o-mini · 412 → 31… tokens · ≤ $0.00037 · streaming`"""
+    approx = estimate.approximate
+    high = format_usd_bound(estimate.cost_high)
+    return (
+        f"{model} · {format_tokens(estimate.prompt_tokens, approx)} → "
+        f"{format_tokens(completion_tokens, approx)}… tokens · ≤ {high} · streaming"
+    )
+
+
+def estimate_line(estimate: Estimate) -> str:
+    """`would send 3 messages · 412 tokens · up to 1,024 reply tokens · $0.00006–$0.00068`"""
+    n = estimate.messages
+    cost = (
+        f"{format_usd(estimate.cost_low)}–{format_usd_bound(estimate.cost_high)}"
+        if estimate.cost_high is not None
+        else "cost unknown (no price for this model: %chat price MODEL INPUT OUTPUT)"
+    )
+    share = ""
+    if estimate.context_share is not None and estimate.context_window:
+        share = f" ({estimate.context_share:.0%} of {format_tokens(estimate.context_window, compact=True)} context)"
+    return (
+        f"would send {n} message{'s' if n != 1 else ''} · "
+        f"{format_tokens(estimate.prompt_tokens, estimate.approximate)} tokens{share} · "
+        f"up to {estimate.max_completion_tokens:,} reply tokens · {cost}"
+    )
+
+
+def _latency(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f} s"
+
+
+def usage_markdown(ledger: Ledger, summaries: Sequence[ModelSummary] | None = None) -> str:
+    """`%chat usage`: a table per model and the totals, with the budget line."""
+    rows = list(summaries if summaries is not None else ledger.summary())
+    if not rows:
+        return "No requests yet in this session."
+    head = (
+        "| model | requests | cached | errors | prompt tokens | completion tokens | cost | "
+        "saved by cache | p50 latency | p95 latency |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [head]
+    for s in rows:
+        lines.append(
+            f"| {s.model} | {s.requests:,} | {s.cached:,} | {s.errors:,} | {s.prompt_tokens:,} | "
+            f"{s.completion_tokens:,} | {format_usd(s.cost)} | {format_usd(s.saved)} | "
+            f"{_latency(s.p50_latency)} | {_latency(s.p95_latency)} |"
+        )
+    costs = [s.cost for s in rows]
+    total = None if any(c is None for c in costs) else sum(c or 0.0 for c in costs)
+    lines.append(
+        f"| **total** | {sum(s.requests for s in rows):,} | {sum(s.cached for s in rows):,} | "
+        f"{sum(s.errors for s in rows):,} | {sum(s.prompt_tokens for s in rows):,} | "
+        f"{sum(s.completion_tokens for s in rows):,} | {format_usd(total)} | "
+        f"{format_usd(sum(s.saved for s in rows))} | | |"
+    )
+    budget = f"of {format_usd(ledger.budget)}" if ledger.budget is not None else "(no budget set)"
+    lines.append(f"\nspent {format_usd(ledger.spent)} {budget}")
+    return "\n".join(lines)

@@ -1,0 +1,292 @@
+"""Prompts and conversation history: brace-safe interpolation, threads, trimming by tokens.
+
+Pure: no I/O and no third-party imports. DataFrames are recognised by duck typing so that
+pandas is never imported here.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ipychat.core.errors import ContextLengthError, TemplateError
+from ipychat.core.frametext import frame_text, is_frame, is_series, parse_mode
+
+__all__ = [
+    "Interpolated",
+    "Thread",
+    "build_messages",
+    "interpolate",
+    "render_value",
+    "trim_history",
+]
+
+Message = dict[str, Any]
+
+# `{name}`, `{name.attr}`, `{name[0]}`, `{name["key"]}`, `{In[3]}`; nothing else is a placeholder,
+# so JSON (`{"a": 1}`), code (`{ return x; }`) and most LaTeX pass through untouched.
+# `{name:spec}` formats the value: a DataFrame/Series view (`{df:head=20}`, `{df:describe}`,
+# `{df:csv}`; see ipychat.core.frametext) or a Python format spec (`{price:.2f}`, `{n:,}`). A spec
+# has no spaces and is never only digits, so `{name: "x"}` and `{a:1}` stay text.
+_PLACEHOLDER = re.compile(
+    r"\{\{(?P<escaped>[^{}]*)\}\}|\{(?P<expr>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[(?:-?\d+|'[^'\]]*'|\"[^\"\]]*\")\])*)(?::(?P<spec>[^{}\s]+))?\}"
+)
+# Python's format-spec mini-language: [[fill]align][sign][z][#][0][width][grouping][.precision][type]
+_FORMAT_SPEC = re.compile(r"(?:[^{}]?[<>=^])?[-+ ]?z?#?0?\d*[,_]?(?:\.\d+)?[bcdeEfFgGnosxX%]?")
+_NAME = re.compile(r"[A-Za-z_]\w*")
+# A `{word}` right after one of these is LaTeX or code (`\frac{a}`, `x^{n}`, `f{x}`), not a
+# placeholder the user meant, so an unknown name there is left alone instead of refused.
+_LITERAL_CONTEXT = set("\\^_$}") | set(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+)
+_FENCE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.S)
+
+# Values longer than this (in characters, ~4 per token) are shortened when interpolated.
+DEFAULT_VALUE_CHARS = 8_000
+
+
+@dataclass(frozen=True)
+class Interpolated:
+    """A rendered prompt, the names substituted in it and where their values landed."""
+
+    text: str
+    names: tuple[str, ...] = ()
+    spans: tuple[tuple[int, int], ...] = ()  # (start, end) in `text` of each substituted value
+    # What was sent for each DataFrame/Series (`{big}: 1,000 × 8 DataFrame as a summary; …`)
+    notes: tuple[str, ...] = ()
+
+
+def _lookup(expr: str, namespace: Mapping[str, Any]) -> tuple[bool, Any]:
+    """Evaluate `name.attr[key]` against the namespace without `eval`; (found, value)."""
+    match = _NAME.match(expr)
+    assert match is not None
+    name = match.group(0)
+    if name not in namespace:
+        return False, None
+    value = namespace[name]
+    rest = expr[match.end() :]
+    for part in re.finditer(r"\.([A-Za-z_]\w*)|\[([^\]]*)\]", rest):
+        attr, key = part.group(1), part.group(2)
+        try:
+            value = getattr(value, attr) if attr is not None else value[ast.literal_eval(key)]
+        except Exception as exc:
+            raise TemplateError(
+                f"{{{expr}}}: {type(exc).__name__}: {exc}. Fix the expression, or use "
+                f"{{{{{expr}}}}} to send the braces as text."
+            ) from None
+    return True, value
+
+
+def _in_code(spans: list[tuple[int, int]], pos: int) -> bool:
+    return any(start <= pos < end for start, end in spans)
+
+
+def interpolate(
+    template: str,
+    namespace: Mapping[str, Any],
+    *,
+    max_value_chars: int = DEFAULT_VALUE_CHARS,
+) -> Interpolated:
+    """Replace `{name}` placeholders whose name exists in `namespace`; leave every other brace.
+
+    `{{text}}` becomes `{text}`; lone `{{` or `}}` (nested JSON) stay as written. A bare `{name}` outside code whose name does not exist
+    raises TemplateError (sending the literal "{df}" is never what the user wanted), with a
+    "did you mean" suggestion. Inside ``` fences or `inline code`, unknown names are left as
+    written because braces there are code.
+
+    `{name:spec}` chooses how a value is written: for a DataFrame or Series `summary`,
+    `head=N`, `tail=N`, `describe` or `csv` (ipychat.core.frametext); for anything else a Python
+    format spec (`{price:.2f}`, `{n:,}`). A spec has no spaces and is not only digits, so
+    `{name: string}` and `{a:1}` are text; an unknown name with a spec is left as written.
+    """
+    code_spans = [m.span() for m in _FENCE.finditer(template)]
+    names: list[str] = []
+    spans: list[tuple[int, int]] = []
+    notes: list[str] = []
+    out: list[str] = []
+    size = 0  # length of "".join(out), kept to record spans without re-joining
+    last = 0
+    for m in _PLACEHOLDER.finditer(template):
+        out.append(template[last : m.start()])
+        size += m.start() - last
+        last = m.end()
+        token = m.group(0)
+        if m.group("escaped") is not None:
+            out.append("{" + m.group("escaped") + "}")
+            size += len(out[-1])
+            continue
+        expr, spec = m.group("expr"), m.group("spec")
+        if spec is not None and not _is_spec(spec):  # `{key:value}` text, not a placeholder
+            out.append(token)
+            size += len(token)
+            continue
+        found, value = _lookup(expr, namespace)
+        if found:
+            names.append(expr)
+            text, note = _value_text(token, expr, spec, value, max_value_chars)
+            out.append(text)
+            if note:
+                notes.append(f"{token}: {note}")
+            spans.append((size, size + len(out[-1])))
+            size += len(out[-1])
+            continue
+        before = template[m.start() - 1] if m.start() else ""
+        # With a spec, an unknown name is left alone: `{x:.2f}` is as likely an f-string
+        # being discussed as a placeholder.
+        if spec is not None or before in _LITERAL_CONTEXT or _in_code(code_spans, m.start()):
+            out.append(token)
+            size += len(token)
+            continue
+        name = _NAME.match(expr).group(0)  # type: ignore[union-attr]
+        public = [n for n in namespace if not n.startswith("_")]
+        close = difflib.get_close_matches(name, public, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise TemplateError(
+            f"{{{name}}} is not defined in the notebook{hint}. "
+            f"Use {{{{{name}}}}} to send the braces as text."
+        )
+    out.append(template[last:])
+    return Interpolated("".join(out), tuple(names), tuple(spans), tuple(notes))
+
+
+def _describe(exc: BaseException) -> str:
+    """`Type: message` of an exception raised by user code, one short line, even when its
+    own `str` raises too."""
+    try:
+        text = " ".join(str(exc).split())
+    except Exception:
+        text = ""
+    text = text if len(text) <= 120 else text[:119] + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _rendered(expr: str, value: Any, max_chars: int) -> str:
+    """`render_value`, with a value whose repr/str raises (user code) said in one line."""
+    try:
+        text = render_value(value, max_chars=max_chars)
+    except Exception as exc:
+        raise TemplateError(
+            f"{{{expr}}} could not be turned into text ({_describe(exc)}). Interpolate "
+            f"something printable instead, or use {{{{{expr}}}}} to send the braces as text."
+        ) from None
+    if not isinstance(text, str):  # a __repr__ returning bytes or None is caught by repr()
+        raise TemplateError(f"{{{expr}}} did not turn into text.")
+    return text
+
+
+def _is_spec(spec: str) -> bool:
+    if parse_mode(spec) is not None:
+        return True
+    return _FORMAT_SPEC.fullmatch(spec) is not None and not spec.isdigit()
+
+
+def _value_text(
+    token: str, expr: str, spec: str | None, value: Any, max_chars: int
+) -> tuple[str, str]:
+    """The text `{expr}` or `{expr:spec}` becomes, and a note for --dry-run (frames only)."""
+    frame = is_frame(value) or is_series(value)
+    if spec is None:
+        if frame:
+            shown = frame_text(value, None, expr)
+            return _shorten(shown.text, max_chars), shown.note
+        return _rendered(expr, value, max_chars), ""
+    mode = parse_mode(spec)
+    if frame:
+        if mode is None:
+            raise TemplateError(
+                f"{token}: a DataFrame or Series takes :summary, :head=N, :tail=N, :describe or "
+                f":csv, not a format spec. Use {{{{{expr}:{spec}}}}} to send the braces as text."
+            )
+        shown = frame_text(value, mode, expr)
+        return shown.text, shown.note
+    if mode is not None:
+        raise TemplateError(
+            f"{token}: :{spec} is for DataFrames and Series, and {expr} is a "
+            f"{type(value).__name__}. Drop :{spec}, or use {{{{{expr}:{spec}}}}} for the text."
+        )
+    try:
+        return format(value, spec), ""
+    except Exception as exc:  # user code: a __format__ may raise anything
+        raise TemplateError(
+            f"{token}: {exc} ({expr} is a {type(value).__name__}). Fix the format spec, or use "
+            f"{{{{{expr}:{spec}}}}} to send the braces as text."
+        ) from None
+
+
+def _shorten(text: str, max_chars: int) -> str:
+    if len(text) <= max_chars:
+        return text
+    keep = max_chars // 2
+    return f"{text[:keep]}\n… [{len(text) - 2 * keep:,} characters left out] …\n{text[-keep:]}"
+
+
+def render_value(value: Any, *, max_chars: int = DEFAULT_VALUE_CHARS) -> str:
+    """The text a value becomes inside a prompt: strings as they are, DataFrames and Series
+    whole if small, else as a summary (ipychat.core.frametext), anything else as its repr; all
+    capped."""
+    if isinstance(value, str):
+        return _shorten(value, max_chars)
+    if is_frame(value) or is_series(value):  # pandas or polars, read by duck typing
+        return _shorten(frame_text(value, None, "value").text, max_chars)
+    return _shorten(repr(value), max_chars)
+
+
+@dataclass
+class Thread:
+    """One named conversation: the user/assistant messages exchanged so far."""
+
+    name: str
+    messages: list[Message] = field(default_factory=list)
+
+    @property
+    def turns(self) -> int:
+        return sum(1 for m in self.messages if m["role"] == "user")
+
+    def add_turn(self, prompt: str, reply: str) -> None:
+        self.messages.append({"role": "user", "content": prompt})
+        self.messages.append({"role": "assistant", "content": reply})
+
+    def clear(self) -> None:
+        self.messages.clear()
+
+
+def build_messages(system: str | None, history: Sequence[Message], prompt: str) -> list[Message]:
+    """The messages of a request: the system prompt, the thread's history, the new prompt."""
+    messages: list[Message] = [{"role": "system", "content": system}] if system else []
+    messages.extend(history)
+    messages.append({"role": "user", "content": prompt})
+    return messages
+
+
+def _turn_starts(messages: Sequence[Message]) -> list[int]:
+    return [i for i, m in enumerate(messages) if m["role"] == "user"]
+
+
+def trim_history(
+    messages: list[Message],
+    budget: int,
+    count: Callable[[Sequence[Message]], int],
+) -> tuple[list[Message], int]:
+    """Drop the oldest turns until `count(messages) <= budget`; (kept messages, turns dropped).
+
+    The system prompt and the new prompt (the last message) are always kept; if they alone
+    do not fit, ContextLengthError says by how much.
+    """
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    body = messages[len(system) :]
+    dropped = 0
+    while count(system + body) > budget:
+        starts = _turn_starts(body)
+        if len(starts) <= 1:  # only the new prompt is left
+            used = count(system + body)
+            raise ContextLengthError(
+                f"The prompt needs {used:,} tokens but only {budget:,} fit (context window minus "
+                f"max_tokens). Shorten it, lower --max-tokens, or use a model with a larger context."
+            )
+        body = body[starts[1] :]
+        dropped += 1
+    return system + body, dropped

@@ -1,0 +1,1 @@
+"""What every request shares: the response cache, the usage ledger, the embedded server."""

@@ -1,0 +1,668 @@
+"""%%chatmap's planning: templates, nulls, dedupe, prepared requests, cached reads, MapPlan.
+
+Everything here runs in the caller's thread before anything is sent:
+
+```
+compile_template(text, columns)    {column} placeholders → one str.format per row
+plan_requests(session, frame, ...) → Planned
+  ├── render the rows column by column; null placeholders skip the row (or --fill-null)
+  ├── identical prompts share one request (sent once, its reply fills every row)
+  ├── RowShape: what every row's request shares, worked out once (body, key, room)
+  ├── per unique prompt: secret check and redaction, body, cache key
+  ├── one batched cache read (get_many): hits are free and need no token count
+  └── the rest is estimated exactly (tokens, cost; too long → row error): `to_send`
+MapPlan                            the dry run and the check printed before every run
+```
+
+A cached re-run of a map costs per row the secret check, a sha256 and its share of one
+SELECT; `python benchmarks/cache.py` measures it."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import math
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from json.encoder import encode_basestring
+from typing import TYPE_CHECKING, Any
+
+from ipychat.core.errors import ConfigError, ContextLengthError, TemplateError
+from ipychat.core.keys import cache_key, canonical_json
+from ipychat.core.pricing import format_tokens, format_usd, format_usd_bound
+from ipychat.core.tokens import count_messages_bound
+from ipychat.map.dispatch import MAX_CONCURRENCY
+
+if TYPE_CHECKING:
+    from ipychat.map.frame import Frame
+    from ipychat.session import ChatSession, Prepared
+
+__all__ = [
+    "MAP_MAX_TOKENS",
+    "CachedRequest",
+    "MapPlan",
+    "MapRequest",
+    "Planned",
+    "RowShape",
+    "RowTemplate",
+    "check_options",
+    "compile_template",
+    "default_reply_cap",
+    "output_columns",
+    "plan_requests",
+    "request_key",
+]
+
+_PLACEHOLDER = re.compile(r"\{\{(?P<escaped>[^{}]*)\}\}|\{(?P<name>[^{}\n]+)\}")
+_IDENT = re.compile(r"[A-Za-z_]\w*")
+# As in ipychat.core.messages: `\frac{x}`, `x^{n}`, `f{x}` are LaTeX or code, not placeholders.
+_LITERAL_CONTEXT = set("\\^_$}") | set(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+)
+_FENCE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.S)
+
+# The reply cap of a map whose user set none (per output column with --json). A map's
+# budget check holds the worst case of every row, and the session default (1,024) made a
+# 300-row map of one-word labels cost "up to" 100 times what it does (and a $0.01 budget
+# refused it). 32 tokens hold a label, a number, a name or a short sentence; a reply cut
+# there keeps its text and says so in the error column and the summary, so a longer
+# answer is one `--max-tokens N` away, never lost.
+MAP_MAX_TOKENS = 32
+
+
+# ----- templates -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RowTemplate:
+    """A row template compiled once: `render(values)` is one `str.format` call per row."""
+
+    text: str
+    columns: tuple[Any, ...]  # the column labels used, in order of first use
+    format_string: str
+
+    def render(self, values: Sequence[str]) -> str:
+        return self.format_string.format(*values)
+
+
+def _escape(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _in_code(spans: list[tuple[int, int]], pos: int) -> bool:
+    return any(start <= pos < end for start, end in spans)
+
+
+def compile_template(
+    template: str, columns: Sequence[Any], frame: str = "the DataFrame"
+) -> RowTemplate:
+    """Compile `{column}` placeholders, brace-safe like `ipychat.core.messages.interpolate`.
+
+    `{{x}}` sends `{x}`; braces that cannot be a column (JSON, code, LaTeX) stay as written;
+    a `{name}` that looks like a placeholder but names no column is an error listing the
+    columns (checked before anything is sent). Column names need not be identifiers:
+    `{review text}` works when there is such a column.
+    """
+    text = template.strip() if isinstance(template, str) else ""
+    if not text:
+        raise TemplateError(
+            "The template is empty: write the prompt below %%chatmap, with {column} "
+            "placeholders such as {text}."
+        )
+    known = {str(c): c for c in columns}
+    code = [m.span() for m in _FENCE.finditer(text)]
+    parts: list[str] = []
+    used: list[Any] = []
+    index: dict[str, int] = {}
+    unknown: list[str] = []
+    last = 0
+    for m in _PLACEHOLDER.finditer(text):
+        parts.append(_escape(text[last : m.start()]))
+        last = m.end()
+        escaped, name = m.group("escaped"), m.group("name")
+        if escaped is not None:
+            parts.append(_escape("{" + escaped + "}"))
+            continue
+        if name in known:
+            if name not in index:
+                index[name] = len(used)
+                used.append(known[name])
+            parts.append(f"{{{index[name]}}}")
+            continue
+        before = text[m.start() - 1] if m.start() else ""
+        if (
+            _IDENT.fullmatch(name)
+            and before not in _LITERAL_CONTEXT
+            and not _in_code(code, m.start())
+            and name not in unknown
+        ):
+            unknown.append(name)
+        parts.append(_escape(m.group(0)))
+    parts.append(_escape(text[last:]))
+    listing = _list_columns(known)
+    if unknown:
+        names = ", ".join("{" + n + "}" for n in unknown)
+        close = difflib.get_close_matches(unknown[0], list(known), n=1)
+        hint = f" (did you mean {{{close[0]}}}?)" if close else ""
+        verb = "is not a column" if len(unknown) == 1 else "are not columns"
+        raise TemplateError(
+            f"{names} {verb} of {frame}{hint}. Its columns: {listing}. "
+            f"Use {{{{{unknown[0]}}}}} to send braces as text."
+        )
+    if not used:
+        raise TemplateError(
+            f"The template has no {{column}} placeholder, so every row would send the same "
+            f"prompt. Use the columns of {frame}: {listing}."
+        )
+    return RowTemplate(text, tuple(used), "".join(parts))
+
+
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
+
+
+def _list_columns(known: dict[str, Any], most: int = 30) -> str:
+    names = list(known)
+    shown = ", ".join(names[:most])
+    return shown + (f", … ({len(names) - most} more)" if len(names) > most else "") or "none"
+
+
+# ----- the plan ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MapPlan:
+    """What a map would do: the dry run, and the check printed before every real run."""
+
+    rows: int
+    cached: int  # rows answered from the cache
+    send: int  # requests to send
+    send_rows: int  # rows those requests answer
+    duplicates: int  # rows that share another row's prompt (sent once)
+    skipped: int  # rows with a null in a placeholder column
+    null_columns: tuple[str, ...]
+    invalid: int  # rows whose prompt does not fit the context window
+    prompt_tokens: int
+    completion_tokens: int  # upper bound: max_tokens per request
+    cost_low: float | None
+    cost_high: float | None
+    cost_batch: float | None
+    model: str
+    approximate: bool = False
+    offline: bool = False
+    first_prompt: str | None = None
+    default_cap: int | None = None  # the map's own reply cap, when the user set none
+    note: str | None = None  # e.g. the local model answers a map naming another model
+
+    def line(self) -> str:
+        """`1,000 rows · 212 cached · 788 to send · 61,203 prompt tokens · up to 3,940 reply
+        tokens · $0.0092–$0.0116 (batch: $0.0058)`"""
+        parts = [f"{self.rows:,} row{_s(self.rows)}", f"{self.cached:,} cached"]
+        parts.append(f"{self.send:,} to send")
+        if self.duplicates:
+            n = self.duplicates
+            parts.append(f"{n:,} duplicate row{_s(n)} share{'s' if n == 1 else ''} a reply")
+        if self.skipped:
+            cols = ", ".join(self.null_columns)
+            parts.append(f"{self.skipped:,} skipped (null in {cols}; --fill-null TEXT sends them)")
+        if self.invalid:
+            parts.append(f"{self.invalid:,} too long for the context window")
+        parts.append(f"{format_tokens(self.prompt_tokens, self.approximate)} prompt tokens")
+        reply = f"up to {self.completion_tokens:,} reply tokens"
+        if self.default_cap is not None and self.send:
+            reply += f" ({self.default_cap:,} per reply by default; --max-tokens N for longer)"
+        parts.append(reply)
+        if self.send == 0:
+            parts.append("$0.00")
+        elif self.cost_high is None:
+            parts.append(f"cost unknown (no price for {self.model}: %chat price MODEL IN OUT)")
+        else:
+            cost = f"{format_usd(self.cost_low)}–{format_usd_bound(self.cost_high)}"
+            if self.cost_batch is not None:
+                cost += f" (batch: {format_usd(self.cost_batch)})"
+            parts.append(cost)
+        if self.offline and self.send:
+            parts.append("offline: uncached rows will fail")
+        if self.note:
+            parts.append(self.note)
+        return " · ".join(parts)
+
+    def __str__(self) -> str:
+        return self.line()
+
+    def _repr_markdown_(self) -> str:
+        return f"`{self.line()}`"
+
+
+@dataclass
+class MapRequest:
+    """One unique request of a map and the rows it answers: `key` is its cache key,
+    `prepared.body` the request body, `rows` the row positions its reply fills."""
+
+    key: str
+    prepared: Prepared
+    rows: list[int]
+    tokens: int  # what the rate limiter charges: prompt tokens + max_tokens
+    reask: bool = False
+    failures: int = 0
+    limited: int = 0
+
+    @property
+    def prompt(self) -> str:
+        return self.prepared.prompt
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.prepared.body
+
+    @property
+    def model(self) -> str:
+        return str(self.prepared.body["model"])
+
+
+@dataclass(slots=True)
+class CachedRequest:
+    """A unique request of a map that the cache answers: nothing is sent, so nothing is
+    estimated (its reply's recorded usage is what the ledger shows)."""
+
+    key: str
+    prompt: str  # as it would be sent (after redaction)
+    rows: list[int]
+    shape: RowShape
+    reask: bool = False  # a cache hit is never a re-ask
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.shape.body(self.prompt)
+
+    @property
+    def model(self) -> str:
+        return self.shape.model
+
+
+@dataclass
+class Planned:
+    """What planning found: the requests to send, the cache hits, the plan, and the rows
+    finished before anything is sent (skipped for a null, too long for the context)."""
+
+    plan: MapPlan
+    hits: list[tuple[CachedRequest | MapRequest, dict[str, Any]]]
+    to_send: list[MapRequest]
+    skipped: int
+    row_errors: dict[int, str]
+
+
+def request_key(session: ChatSession, body: dict[str, Any]) -> str:
+    """The cache key of a request body."""
+    # The session's own key when it has one (it knows the endpoint's every part).
+    own = getattr(session, "cache_key", None)
+    return own(body) if callable(own) else cache_key(session.base_url, body)
+
+
+# ----- what every row of a map shares ----------------------------------------------------------
+
+# Stands in for a row's prompt while the shared parts are worked out (unique per process, so
+# no system prompt or endpoint can hold it).
+_MARK = f"\x00ipychat-row-prompt-{uuid.uuid4().hex}\x00"
+# Sampled rows whose fast key is checked against `request_key` (the first always is).
+_KEY_CHECK_EVERY = 4096
+
+
+class RowShape:
+    """The parts of a map's requests that are the same for every row, worked out once from
+    the body `session.one_body` builds for an empty prompt (nothing is counted or sent):
+
+    - `body(prompt)`: that body with the prompt as its last message, which is what
+      `prepare_one(prompt)` builds (same keys, same order);
+    - `keys(prompts)`: the cache keys, as the JSON text `request_key` hashes around each
+      prompt's own JSON string (one sha256 a row, not one canonical JSON dump); checked to
+      equal `request_key` on the first, the last and every 4,096th row, else every row goes
+      through `request_key`;
+    - `fits(prompt)`: True when the prompt surely fits the context window, from
+      `tokens.count_messages_bound` (no tokenizer needed). Only cache hits use it: a hit
+      that does not surely fit is counted exactly, and refused if it does not fit, as it
+      would be if it were not cached.
+    """
+
+    def __init__(self, session: ChatSession, base: dict[str, Any], window: int) -> None:
+        self.session = session
+        self._base = base
+        self.model = str(base["model"])
+        self._head = base["messages"][:-1]
+        self._fixed = count_messages_bound(base["messages"])
+        self._room = window - int(base["max_tokens"])
+        self._key_parts = self._key_template()
+
+    @classmethod
+    def probe(
+        cls,
+        session: ChatSession,
+        *,
+        model: str,
+        system: str | None,
+        temperature: float | None,
+        max_tokens: int | None,
+        extra: dict[str, Any] | None,
+        allow_secrets: bool = False,
+    ) -> RowShape | None:
+        """The shape of the rows `session.prepare_one` would prepare with these options, or
+        None when the body is not the prompt as its last message (each row then goes
+        through `prepare_one`)."""
+        base = session.one_body(
+            "",
+            model=model,
+            system=system,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            extra=extra,
+            allow_secrets=allow_secrets,
+        )
+        messages = base.get("messages")
+        if not messages or messages[-1] != {"role": "user", "content": ""}:
+            return None
+        return cls(session, base, session._context_window(base["model"]))
+
+    def body(self, prompt: str) -> dict[str, Any]:
+        return {**self._base, "messages": [*self._head, {"role": "user", "content": prompt}]}
+
+    def fits(self, prompt: str) -> bool:
+        fixed = self._fixed
+        if fixed is None:
+            return False
+        # A character is at most 4 UTF-8 bytes: most prompts fit without being encoded.
+        return fixed + 4 * len(prompt) <= self._room or (
+            fixed + len(prompt.encode("utf-8")) <= self._room
+        )
+
+    def prepare(self, prompt: str, masked: str) -> Prepared:
+        """The row's request, estimated exactly (ContextLengthError if it does not fit)."""
+        return self.session.prepare_body(prompt, self.body(prompt), label="map", masked=masked)
+
+    def keys(self, prompts: Sequence[str]) -> list[str]:
+        """The cache key of each prompt's request, as `request_key` gives it."""
+        parts = self._key_parts
+        if parts is None:
+            return [request_key(self.session, self.body(p)) for p in prompts]
+        prefix, suffix = parts
+        sha256 = hashlib.sha256
+        keys = [
+            sha256((prefix + encode_basestring(p) + suffix).encode("utf-8")).hexdigest()
+            for p in prompts
+        ]
+        sample = {*range(0, len(keys), _KEY_CHECK_EVERY), len(keys) - 1} if keys else set()
+        if any(keys[i] != request_key(self.session, self.body(prompts[i])) for i in sample):
+            self._key_parts = None  # not the session's key after all: the slow, sure way
+            return self.keys(prompts)
+        return keys
+
+    def _key_template(self) -> tuple[str, str] | None:
+        """The canonical JSON `keys.cache_key` hashes, split around the prompt."""
+        session = self.session
+        endpoint = session.base_url
+        version = getattr(session.settings, "azure_api_version", None)
+        if version:  # as ChatSession.cache_key: the api-version is part of the endpoint
+            endpoint = f"{endpoint}?api-version={version}"
+        marked = canonical_json({"endpoint": endpoint.rstrip("/"), "request": self.body(_MARK)})
+        mark = encode_basestring(_MARK)
+        if marked.count(mark) != 1:
+            return None
+        prefix, suffix = marked.split(mark)
+        return prefix, suffix  # `keys` checks what it gives against `request_key`
+
+
+# ----- planning ------------------------------------------------------------------------------
+
+
+def plan_requests(
+    session: ChatSession,
+    frame: Frame,
+    template: RowTemplate,
+    n: int,
+    *,
+    fill_null: str | None,
+    cache_mode: str,
+    model: str,
+    system: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    extra: dict[str, Any] | None,
+    allow_secrets: bool,
+    default_cap: int | None = None,
+) -> Planned:
+    """Plan the first `n` rows of `frame` (caller's thread, nothing sent): render each row
+    once, skip or fill nulls, send identical prompts once, check and clean each unique
+    prompt, read the cache for all of them in one batched read, and estimate what is sent.
+
+    What all rows share is worked out once (`RowShape`); per unique prompt there is the
+    secret check and redaction (`ChatSession.clean_prompt`, as `prepare_one` does), a body, a key,
+    and, only for the prompts to send, the token count.
+    """
+    row_errors: dict[int, str] = {}
+    by_prompt, skipped, null_cols = _render(frame, template, n, fill_null, row_errors)
+    options: dict[str, Any] = {
+        "model": model,
+        "system": system,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "extra": extra,
+    }
+    shape = RowShape.probe(session, **options, allow_secrets=allow_secrets) if by_prompt else None
+    store = session.cache if session.settings.cache and cache_mode == "use" else None
+    jobs: list[MapRequest | CachedRequest] = []
+    found: dict[str, dict[str, Any]] = {}
+    invalid = 0
+    if shape is None:
+        if allow_secrets:
+            options["allow_secrets"] = True
+        invalid = _prepare(session, by_prompt, row_errors, options, jobs)
+        if store is not None and jobs:
+            found = store.get_many([job.key for job in jobs])
+    else:
+        # Every prompt is checked (and cleaned) before anything else, in row order: the
+        # first one holding a credential refuses the map, whatever the cache holds.
+        cleaned = [session.clean_prompt(prompt, allow_secrets) for prompt in by_prompt]
+        keys = shape.keys([text for text, _ in cleaned])
+        if store is not None:
+            found = store.get_many(keys)
+        for (text, masked), key, rows in zip(cleaned, keys, by_prompt.values(), strict=True):
+            if key in found and shape.fits(text):
+                jobs.append(CachedRequest(key, text, rows, shape))
+                continue
+            try:
+                prepared = shape.prepare(text, masked)
+            except ContextLengthError as exc:  # this row only (a credential refuses the map)
+                invalid += _too_long(row_errors, rows, exc)
+                continue
+            jobs.append(_request(key, prepared, rows))
+    hits = [(job, found[job.key]) for job in jobs if job.key in found]
+    to_send = [job for job in jobs if job.key not in found and isinstance(job, MapRequest)]
+    processed = n - skipped
+    estimates = [job.prepared.estimate for job in to_send]
+    lows = [e.cost_low for e in estimates]
+    highs = [e.cost_high for e in estimates]
+    batches = [e.cost_batch for e in estimates]
+    plan = MapPlan(
+        rows=n,
+        cached=sum(len(job.rows) for job, _ in hits),
+        send=len(to_send),
+        send_rows=sum(len(job.rows) for job in to_send),
+        duplicates=processed - invalid - len(jobs) if processed else 0,
+        skipped=skipped,
+        null_columns=tuple(null_cols),
+        invalid=invalid,
+        prompt_tokens=sum(e.prompt_tokens for e in estimates),
+        completion_tokens=sum(e.max_completion_tokens for e in estimates),
+        cost_low=_total(lows),
+        cost_high=_total(highs),
+        cost_batch=_total(batches),
+        model=model,
+        approximate=any(e.approximate for e in estimates),
+        offline=session.settings.offline,
+        first_prompt=next(iter(by_prompt), None),
+        default_cap=default_cap,
+    )
+    return Planned(plan, hits, to_send, skipped, row_errors)
+
+
+def _render(
+    frame: Frame,
+    template: RowTemplate,
+    n: int,
+    fill_null: str | None,
+    row_errors: dict[int, str],
+) -> tuple[dict[str, list[int]], int, list[str]]:
+    """Each row's prompt, rendered once: {prompt: its rows}, rows skipped, null columns.
+
+    Column by column (one list per column, one `str.format` per row); only the rows with a
+    null in a placeholder column go one by one.
+    """
+    columns = [
+        [v if type(v) is str else _text(v, c) for v in frame.values(c, n)] for c in template.columns
+    ]
+    nulls: dict[int, list[int]] = {}  # row → its placeholder columns that are null
+    for k, column in enumerate(template.columns):
+        mask = frame.nulls(column, n)
+        if any(mask):
+            for i in itertools.compress(range(n), mask):
+                nulls.setdefault(i, []).append(k)
+    render = template.format_string.format
+    prompts = [render(*row) for row in zip(*columns, strict=True)]
+    skipped = 0
+    null_cols: list[str] = []
+    for i in sorted(nulls):
+        names = [str(template.columns[k]) for k in nulls[i]]
+        if fill_null is None:
+            skipped += 1
+            row_errors[i] = f"skipped: null in {', '.join(names)} (use --fill-null TEXT to send it)"
+            null_cols.extend(c for c in names if c not in null_cols)
+            continue
+        row = [column[i] for column in columns]
+        for k in nulls[i]:
+            row[k] = fill_null
+        prompts[i] = render(*row)
+    by_prompt: dict[str, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        rows = by_prompt.get(prompt)
+        if rows is None:
+            if i in row_errors:
+                continue
+            by_prompt[prompt] = [i]
+        elif i not in row_errors:
+            rows.append(i)
+    return by_prompt, skipped, null_cols
+
+
+def _request(key: str, prepared: Prepared, rows: list[int]) -> MapRequest:
+    estimate = prepared.estimate
+    return MapRequest(key, prepared, rows, estimate.prompt_tokens + estimate.max_completion_tokens)
+
+
+def _too_long(row_errors: dict[int, str], rows: list[int], exc: ContextLengthError) -> int:
+    for i in rows:
+        row_errors[i] = str(exc)
+    return len(rows)
+
+
+def _prepare(
+    session: ChatSession,
+    by_prompt: dict[str, list[int]],
+    row_errors: dict[int, str],
+    options: dict[str, Any],
+    jobs: list[MapRequest | CachedRequest],
+) -> int:
+    """Each unique prompt through `session.prepare_one`, into `jobs` (when no `RowShape`
+    could be had); returns the rows too long for the context window."""
+    invalid = 0
+    for prompt, rows in by_prompt.items():
+        try:
+            prepared = session.prepare_one(prompt, label="map", **options)
+        except ContextLengthError as exc:  # this row only (a credential refuses the map)
+            invalid += _too_long(row_errors, rows, exc)
+            continue
+        jobs.append(_request(request_key(session, prepared.body), prepared, rows))
+    return invalid
+
+
+def default_reply_cap(session: ChatSession, max_tokens: int | None, columns: int) -> int | None:
+    """The map's own reply cap (MAP_MAX_TOKENS per output column), or None when the user
+    chose one: `max_tokens` here, or a max_tokens setting other than the default."""
+    from ipychat.core.settings import DEFAULT_MAX_TOKENS
+
+    if max_tokens is not None or session.settings.max_tokens not in (None, DEFAULT_MAX_TOKENS):
+        return None
+    return MAP_MAX_TOKENS * max(columns, 1)
+
+
+def _total(values: list[float | None]) -> float | None:
+    if any(v is None for v in values):
+        return None
+    return sum(v for v in values if v is not None)
+
+
+def _text(value: Any, column: Any) -> str:
+    """A cell's text; a value whose str() raises (user code) refuses the map in one line."""
+    if isinstance(value, str):
+        return value
+    try:
+        return str(value)
+    except Exception as exc:
+        raise TemplateError(
+            f"A value in column {column!r} could not be turned into text "
+            f"({type(exc).__name__}): fix or drop it before mapping."
+        ) from None
+
+
+# ----- options -------------------------------------------------------------------------------
+
+
+def output_columns(output: str | Sequence[str], json: bool) -> list[str]:
+    """The -o column names, checked."""
+    names = [output] if isinstance(output, str) else list(output)
+    if not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ConfigError("Name the output column: -o COLUMN (with --json, one per key).")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"An output column is named twice: {', '.join(names)}.")
+    if len(names) > 1 and not json:
+        raise ConfigError(
+            "Several output columns need --json: the reply is then a JSON object whose keys "
+            "fill them."
+        )
+    return names
+
+
+def check_options(
+    concurrency: int | None,
+    rpm: float | None,
+    tpm: float | None,
+    retries: int | None,
+    max_cost: float | None,
+    limit: int | None,
+    max_tokens: int | None,
+    temperature: float | None,
+) -> None:
+    """The numeric options of a map, checked before anything else."""
+    whole = {"concurrency": concurrency, "max_tokens": max_tokens}
+    for name, value in whole.items():
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name} must be a positive whole number, not {value!r}.")
+    if concurrency is not None and concurrency > MAX_CONCURRENCY * 4:
+        raise ConfigError(f"concurrency {concurrency} is more than any server will welcome.")
+    for label, rate in {"rpm": rpm, "tpm": tpm}.items():
+        if rate is not None and not (rate > 0 and math.isfinite(rate)):  # nan, inf: no limit
+            unit = "requests" if label == "rpm" else "tokens"
+            raise ConfigError(
+                f"{label} must be a positive number of {unit} per minute, not {rate!r}: "
+                f"give the limit (e.g. --{label} {500 if label == 'rpm' else 200_000}), or "
+                "leave it out to use the server's own."
+            )
+    if retries is not None and (not isinstance(retries, int) or not 0 <= retries <= 20):
+        raise ConfigError(f"retries must be a whole number from 0 to 20, not {retries!r}.")
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise ConfigError(f"limit must be a whole number ≥ 0, not {limit!r}.")
+    if max_cost is not None and not max_cost >= 0:
+        raise ConfigError(f"max cost must be a number of dollars ≥ 0, not {max_cost!r}.")
+    if temperature is not None and not 0 <= temperature <= 2:
+        raise ConfigError(f"temperature must be between 0 and 2, not {temperature}.")

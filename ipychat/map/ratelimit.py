@@ -1,0 +1,668 @@
+"""Pacing parallel requests under per-minute limits that servers enforce over seconds.
+
+Pure: no I/O, no sleeping, no clock of its own (every method takes `now`), no third-party
+imports, so every rule is testable on a fake clock. `%%chatmap` asks `wait()` how long the
+next request must wait, sleeps that long, `take()`s it, and reports what the server said
+with `accepted()` or `refused()`.
+
+How servers enforce their limits (the facts this model is built on):
+
+- Limits are quoted per minute (requests, RPM; tokens, TPM) but enforced over much
+  shorter windows. OpenAI's rate-limit guide
+  (https://platform.openai.com/docs/guides/rate-limits): they "can be quantized, meaning
+  they are enforced over shorter periods of time (e.g. 60,000 requests/minute may be
+  enforced as 1,000 requests/second)"; short bursts get 429s "even when you are
+  technically below the rate limit per minute". Azure OpenAI
+  (https://learn.microsoft.com/azure/ai-services/openai/how-to/quota) evaluates the rate
+  "over a small period of time, typically 1 or 10 seconds". So a minute's capacity is
+  never available at once unless the server has shown it is.
+- Refused requests are charged: "unsuccessful requests contribute to your per-minute
+  limit, so continuously resending a request won't work" (OpenAI). A 429 storm digs the
+  hole deeper; the only way out is to send less.
+- A request is charged on arrival: 1 request and its prompt's tokens plus `max_tokens`.
+- The `x-ratelimit-limit-*` / `-remaining-*` / `-reset-*` headers, when a server sends
+  them, report the per-minute limit and what is left of it, never the window enforced: a
+  full "remaining" does not mean a burst is welcome. Many servers (vLLM, llama.cpp,
+  LiteLLM proxies, gateways) send no such header at all, only a 429, with or without
+  `retry-after`.
+
+The model, per dimension (requests, tokens), each with a per-minute limit that is the
+lowest of this map's `--rpm`/`--tpm` (caps for this map only), the server's
+`x-ratelimit-limit-*`, or, with neither, a rate found from 429s:
+
+1. A steady pace from the first request: requests are spaced evenly at `PACE` (a little
+   under the limit) × limit / 60 per second (a GCRA schedule, `_Pace`), so a window of
+   any length sees at most its share. No burst is assumed.
+2. `gain` multiplies that pace. 429s lower it (× `DECREASE`, or mildly for an isolated
+   episode) once they are a real share of the answers (`LOSS_TOLERANCE`: a flaky
+   server's stray 429s are no limit's doing), at once near a pace that met 429s before;
+   once per episode (429s with no answer in between: the way is still shut, which the
+   pauses handle); and success brings it back (`RECOVER`). So another client sharing the
+   quota, or a limit lower than told, costs a few 429s, not a storm. Without any known
+   limit, many 429s at once (`FOUND_LOSS`) set one (`found`): the rate at which the
+   server accepted what went out in the second before the first of them; it is lowered
+   on later episodes and raised slowly while none comes (AIMD).
+3. A burst is grown only as the server proves it, and only under a limit told (by the
+   headers, or a cap when there are none), never past a minute's worth of it (the
+   headers' bucket, and our own sends of the last minute), never above a cap, never under
+   a rate found from 429s (a guess). The documented windows (`WINDOWS`: 1 s, then 10 s)
+   are hypotheses, tested in turn: the share of the smallest window not yet disproved
+   (limit × window / 60) is never exceeded but by a gentle test (at most `TEST_ALLOW` of
+   it, at `TEST_GAIN` × the pace); a test accepted past `PROOF` of the share shows the
+   window is longer; a 429 ends testing for `PROBE_QUIET` seconds (no window is longer
+   than a minute), the sends meanwhile kept within the windows' shares. Below the share
+   the gain grows × `GROWTH` per accepted request sent at it, up to `MAX_GAIN`. So a 1 s
+   window costs one refused test a minute (what goes out during a 429's round trip at the
+   test's pace: one or two requests on a loopback, a dozen at 6,000 RPM 100 ms away), a
+   10 s window is filled, then tested, and a minute-long one is used as a minute's
+   capacity, bounded by what the headers say is left of it. (A server counting fixed
+   windows, not sliding ones, may let a test through across a window's boundary: the
+   burst that follows then meets a 429, and bursts stop for `PROBE_QUIET`.)
+4. A 429 is never refunded (the server charged it). Every sender waits: the server's
+   `retry-after` when given; after a burst met the window, until the windows' shares
+   have room again (the overshoot is ours: it leaves the window as it came); else a
+   backoff that doubles while 429s go on, one request at a time (`blocked`) until one
+   gets through.
+5. With headers, each answer re-anchors a per-minute bucket (`Bucket`) on what remained:
+   the remainder now is the reported one, plus the refill since that request was sent,
+   minus what we sent since (each `Ticket` keeps its charge). No send may overdraw it, so
+   another client's use of the quota, which the remainder shows, bounds ours; what its
+   use does to the short windows, which no header shows, the 429s teach (2). An answer's
+   `usage` shows how the server counts a prompt's tokens against our count: their ratio
+   (`scale`) scales our token charges.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from ipychat.core.types import RateLimitInfo
+
+__all__ = ["Bucket", "RateLimiter", "Ticket"]
+
+# The steady pace: this fraction of the per-minute limit. Evenly spaced at it, the requests
+# of any window of W seconds span W / PACE: arrivals may bunch by W × (1 / PACE - 1)
+# (20 ms in a 1 s window, at any rate) before a window holds more than its share.
+PACE = 0.98
+# On a 429 event at or below the limit, the gain is multiplied by DECREASE when the last
+# event was less than REPEATED seconds ago (another client, a lower limit: the 429s go on),
+# by DECREASE_ISOLATED otherwise (a stall bunched our requests: once is not a trend), never
+# below MIN_GAIN. Then it recovers: quickly (RECOVER: the share of the gap closed per
+# second, as e^-RECOVER·t) to CEILING_MARGIN × the gain the 429 came at, then by CREEP per
+# second up to 1.
+DECREASE = 0.8
+DECREASE_ISOLATED = 0.95
+REPEATED = 10.0
+MIN_GAIN = 0.02
+RECOVER = 1.0
+CEILING_MARGIN = 0.95
+CREEP = 0.01
+# Bursts (see the module docstring, 3): the documented windows tested in turn, the test's
+# allowance and pace, the proof, the growth below the share, and the quiet after a 429.
+WINDOWS = (1.0, 10.0)
+TEST_ALLOW = 1.25
+TEST_GAIN = 1.25
+PROOF = 1.03
+GROWTH = 2.0
+MAX_GAIN = 64.0
+PROBE_QUIET = 60.0
+# Without a retry-after, the shared pause after a 429: BACKOFF_FIRST, doubling while 429s
+# follow each other, up to BACKOFF_MAX.
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 8.0
+# A limit found from 429s (no headers, no caps): this fraction of the rate at which the
+# server accepted what went out in the FOUND_SPAN seconds before a refusal (if at least
+# FOUND_MIN did; see `_found_estimate`); on each later 429 event, the larger of that and
+# DECREASE × the last; raised by FOUND_RAISE per second of sending once FOUND_QUIET
+# passed since the last slow-down.
+FOUND_MARGIN = 0.9
+FOUND_SPAN = 1.0
+FOUND_MIN = 10
+FOUND_RAISE = 0.02
+FOUND_QUIET = 5.0
+# A 429 slows the pace only once 429s are more than LOSS_TOLERANCE of the last LOSS_SPAN
+# answers (or at once, past the pace): stray ones from a flaky server are not a limit.
+# With no limit known, a rate is found from 429s only past FOUND_LOSS: a server that says
+# nothing may be flaky (a few 429s) rather than limiting (many at once).
+LOSS_TOLERANCE = 0.05
+FOUND_LOSS = 0.15
+LOSS_SPAN = 50
+# A sender woken this late keeps to the schedule; later, the time is lost (never a burst).
+CATCH_UP = 0.010
+# The server charged a request when it arrived, a little after we sent it; counting the
+# refill from our send time would be optimistic by that much. Anchors assume this delay.
+ARRIVAL_SKEW = 0.010
+# Tickets kept for anchoring (bounded memory); learning `scale` (the server's token count
+# against ours): weight of the history, plausible range.
+_MAX_TICKETS = 4096
+_SCALE_DECAY = 0.8
+_SCALE_RANGE = (0.2, 5.0)
+
+
+@dataclass
+class Bucket:
+    """Holds up to `limit` units, refilling continuously at limit/60 per second: the
+    per-minute budget as the server's headers report it."""
+
+    limit: float
+    level: float
+    stamp: float
+
+    @property
+    def rate(self) -> float:
+        """Units per second."""
+        return self.limit / 60.0
+
+    def refill(self, now: float) -> None:
+        if now > self.stamp:
+            self.level = min(self.limit, self.level + (now - self.stamp) * self.rate)
+            self.stamp = now
+
+    def wait(self, amount: float, now: float) -> float:
+        """Seconds until `amount` is available (0: now). More than the whole bucket waits
+        for a full one (the caller decides whether such a request may go at all)."""
+        self.refill(now)
+        deficit = min(amount, self.limit) - self.level
+        return 0.0 if deficit <= 1e-9 else deficit / self.rate
+
+
+@dataclass
+class _Pace:
+    """An even schedule (GCRA): the next unit may go at `due`; each charge of `amount`
+    at `rate` units per second moves it on by amount / rate."""
+
+    due: float = -math.inf
+
+    def wait(self, now: float) -> float:
+        return max(0.0, self.due - now)
+
+    def busy(self, now: float) -> bool:
+        """Whether a send now follows the schedule (rather than an idle spell)."""
+        return now - self.due <= CATCH_UP
+
+    def take(self, amount: float, rate: float, now: float) -> None:
+        # A sender woken a little late keeps to the schedule; after an idle spell the
+        # schedule starts again from now (no credit: an idle spell is not a burst).
+        start = self.due if self.busy(now) else now
+        self.due = start + amount / rate
+
+
+@dataclass
+class _Sent:
+    """Our own charges within one of the documented windows, oldest first, and their sum."""
+
+    seconds: float
+    log: deque[tuple[float, float]] = field(default_factory=deque)
+    total: float = 0.0
+
+    # A charge leaves the server's window ARRIVAL_SKEW after it leaves ours: the server
+    # counted it when it arrived, a little after we sent it.
+
+    def expire(self, now: float) -> float:
+        # (a hair early: `frees_at` must not name a time at which nothing leaves)
+        while self.log and self.log[0][0] <= now - self.seconds - ARRIVAL_SKEW + 1e-9:
+            self.total -= self.log.popleft()[1]
+        if not self.log:
+            self.total = 0.0  # no drift from float sums
+        return self.total
+
+    def add(self, amount: float, now: float) -> None:
+        self.log.append((now, amount))
+        self.total += amount
+
+    def frees_at(self) -> float:
+        """When the oldest charge leaves the window."""
+        return self.log[0][0] + self.seconds + ARRIVAL_SKEW if self.log else -math.inf
+
+
+@dataclass
+class _Dim:
+    """One limited quantity: requests or tokens (see the module docstring)."""
+
+    name: str
+    cap: float | None = None  # this map's --rpm/--tpm
+    server: float | None = None  # x-ratelimit-limit-*
+    found: float | None = None  # a per-minute rate found from 429s (requests only)
+    scale: float = 1.0  # the server's units per unit of ours (tokens: another tokenizer)
+    pace: _Pace = field(default_factory=_Pace)
+    minute: Bucket | None = None  # anchored on x-ratelimit-remaining-*
+    sent: tuple[_Sent, ...] = field(default_factory=lambda: tuple(_Sent(w) for w in WINDOWS))
+    sent_minute: _Sent = field(default_factory=lambda: _Sent(60.0))
+    level: int = 0  # WINDOWS[level]: the smallest window not shown to be longer
+    quiet_until: float = -math.inf  # no window test before (a test met a 429)
+    bounded_until: float = -math.inf  # the shares bound the sends until (a burst met a 429)
+
+    @property
+    def limit(self) -> float | None:
+        known = [v for v in (self.cap, self.server, self.found) if v is not None]
+        return min(known) if known else None
+
+    @property
+    def may_burst(self) -> bool:
+        """Whether bursts may be tested: under a limit told (the server's, or a cap when the
+        server tells none; never past a cap it is below), not a rate guessed from 429s."""
+        if self.found is not None or self.limit is None:
+            return False
+        return self.server is None or self.cap is None or self.cap >= self.server
+
+    def testing(self, now: float) -> bool:
+        """Whether the window WINDOWS[level] may be tested now."""
+        return self.may_burst and self.level < len(WINDOWS) and now >= self.quiet_until
+
+    def share(self, i: int) -> float:
+        """What the server allows within WINDOWS[i] if that is its window."""
+        limit = self.limit
+        assert limit is not None
+        return limit * WINDOWS[i] / 60.0
+
+    def in_test(self, now: float) -> bool:
+        """Whether sending now goes past the tested window's share (gently)."""
+        if not self.testing(now):
+            return False
+        return self.sent[self.level].expire(now) >= PACE * self.share(self.level)
+
+    def rate(self, gain: float, now: float | None = None) -> float | None:
+        """Server units per second we pace at (now: within a window test, if one is on)."""
+        limit = self.limit
+        if limit is None:
+            return None
+        if not self.may_burst:
+            gain = min(gain, 1.0)
+        elif now is not None and self.in_test(now):
+            gain = min(gain, TEST_GAIN)
+        return limit / 60.0 * PACE * gain
+
+    def wait(self, amount: float, bursting: bool, now: float) -> float:
+        if self.limit is None:
+            return 0.0
+        charged = amount * self.scale
+        wait = self.pace.wait(now)
+        if self.minute is not None:
+            wait = max(wait, self.minute.wait(charged / PACE, now))
+        test = self.testing(now)
+        # Unproven windows: never past their share but by the test of the smallest. Even
+        # paced, a window may hold one request more than the pace's share (its charge can
+        # be a good part of a second's tokens). Less the pace's margin while bursting (no
+        # even spacing absorbs a stall then), and for a window's length after a burst met
+        # a 429 (its overshoot, the refused requests included, holds its place as long).
+        margin = PACE if bursting or now < self.bounded_until else 1.0
+        for i in range(self.level, len(WINDOWS)):
+            allowed = self.share(i) * (TEST_ALLOW if test and i == self.level else margin)
+            used = self.sent[i].expire(now)
+            if charged <= allowed and used + charged > allowed:
+                wait = max(wait, self.sent[i].frees_at() - now)
+        # And never past the minute's limit (the headers' bucket also counts others' use).
+        allowed = (self.limit or 0.0) * margin
+        if charged <= allowed and self.sent_minute.expire(now) + charged > allowed:
+            wait = max(wait, self.sent_minute.frees_at() - now)
+        return wait
+
+    def paced(self, now: float) -> bool:
+        """Whether this dimension's pace is what holds a send back now."""
+        return self.limit is not None and self.pace.busy(now)
+
+    def beyond(self, now: float) -> float:
+        """How far past the smallest unproven window's share our sends now are (× share)."""
+        if self.limit is None or self.level >= len(WINDOWS):
+            return 0.0
+        return self.sent[self.level].expire(now) / self.share(self.level)
+
+    def take(self, amount: float, gain: float, now: float) -> float:
+        """Charge `amount` of ours; returns what it is in the server's units."""
+        charged = amount * self.scale
+        rate = self.rate(gain, now)
+        if rate is not None:
+            self.pace.take(charged, rate, now)
+        if self.minute is not None:
+            self.minute.refill(now)
+            self.minute.level -= charged
+        for window in (*self.sent, self.sent_minute):
+            window.expire(now)
+            window.add(charged, now)
+        return charged
+
+
+@dataclass
+class Ticket:
+    """One request as charged: what `accepted()` and `refused()` need to know about it."""
+
+    seq: int
+    sent: float
+    tokens: float  # our count: prompt tokens + max_tokens
+    charged: dict[str, float]  # per dimension, in the server's units at the time
+    probe: bool = False  # sent alone after a bare 429, to see whether the way is open
+    paced: bool = False  # sent on the pace's schedule (not after an idle spell)
+    # Per dimension: the smallest unproven window then, and how far past its share our
+    # sends were with this one (see _Dim.beyond).
+    beyond: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+
+@dataclass
+class _Anchor:
+    seq: int
+    sent: float
+    left: dict[str, float]  # the server's remaining units right after that request
+
+
+@dataclass
+class RateLimiter:
+    """Pacing state for one endpoint and model (see the module docstring).
+
+    What the server taught (its limits, its windows, `scale`, the gain, the anchored
+    buckets) outlives a map; the caps given to a map (`begin`) apply to that map only.
+    """
+
+    rpm: float | None = None
+    tpm: float | None = None
+    now: float = 0.0
+    gain: float = field(init=False, default=1.0)
+    paused_until: float = field(init=False, default=0.0)
+    blocked: bool = field(init=False, default=False)  # after a bare 429: one at a time
+    answered: bool = field(init=False, default=False)  # any response seen, headers or not
+    headers_seen: bool = field(init=False, default=False)
+    requests: _Dim = field(init=False, default_factory=lambda: _Dim("requests"))
+    tokens: _Dim = field(init=False, default_factory=lambda: _Dim("tokens"))
+    _seq: int = field(init=False, default=0)
+    _tickets: deque[Ticket] = field(init=False, default_factory=deque)
+    _anchor: _Anchor | None = field(init=False, default=None)
+    _event_at: float = field(init=False, default=-math.inf)  # the last 429 event seen
+    _raised_at: float = field(init=False, default=-math.inf)  # the gain's last change
+    _gain_stamp: float = field(init=False, default=0.0)
+    _backoffs: int = field(init=False, default=0)  # 429 events since the last success
+    _ceiling: float = field(init=False, default=1.0)  # the gain the last 429 event came at
+    _decreased_at: float = field(init=False, default=-math.inf)
+    _settle_until: float = field(init=False, default=-math.inf)  # a burst's aftermath
+    _answered_since: bool = field(init=False, default=True)  # since the last 429 event
+    _slowed: bool = field(init=False, default=False)  # in this 429 episode
+    _slowed_at: float = field(init=False, default=-math.inf)
+    _episode: Ticket | None = field(init=False, default=None)  # its first refused request
+    _outcomes: deque[bool] = field(  # the last answers: accepted (True) or a 429
+        init=False, default_factory=lambda: deque(maxlen=LOSS_SPAN)
+    )
+
+    def __post_init__(self) -> None:
+        self.begin(self.rpm, self.tpm, self.now)
+        self._gain_stamp = self.now
+
+    @property
+    def _dims(self) -> tuple[_Dim, _Dim]:
+        return self.requests, self.tokens
+
+    # ----- limits ---------------------------------------------------------------------------
+
+    def begin(self, rpm: float | None, tpm: float | None, now: float) -> None:
+        """A map starts: its caps (None: none) replace the last map's; nothing else does."""
+        for value, name in ((rpm, "rpm"), (tpm, "tpm")):
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive finite number, not {value!r}")
+        self.rpm, self.tpm = rpm, tpm
+        self.requests.cap, self.tokens.cap = rpm, tpm
+        self.blocked = False
+
+    @property
+    def limited(self) -> bool:
+        """True when some limit is known (given, learnt from headers or found)."""
+        return self.requests.limit is not None or self.tokens.limit is not None
+
+    @property
+    def token_limit(self) -> float | None:
+        return self.tokens.limit
+
+    def max_rate(self, tokens_per_request: float) -> float | None:
+        """Requests per second the pacing may reach (None: no known limit)."""
+        rates = []
+        rate = self.requests.rate(self.gain)
+        if rate is not None:
+            rates.append(rate)
+        rate = self.tokens.rate(self.gain)
+        if rate is not None and tokens_per_request > 0:
+            rates.append(rate / (tokens_per_request * self.tokens.scale))
+        return min(rates) if rates else None
+
+    def too_large(self, tokens: float) -> bool:
+        """True when one request needs more tokens than the whole per-minute limit."""
+        limit = self.tokens.limit
+        return limit is not None and tokens * self.tokens.scale > limit
+
+    # ----- pacing ---------------------------------------------------------------------------
+
+    def wait(self, tokens: float, now: float) -> float:
+        """Seconds before a request of `tokens` (prompt + max_tokens) may be sent."""
+        # Past the pace, or right after a burst met a window's edge: the windows' shares
+        # bound what goes out (their charges leave as they came).
+        bursting = self.gain > 1.0 or now < self._settle_until
+        return max(
+            self.paused_until - now,
+            self.requests.wait(1.0, bursting, now),
+            self.tokens.wait(tokens, bursting, now),
+            0.0,
+        )
+
+    def take(self, tokens: float, now: float) -> Ticket:
+        """Charge a request that is being sent now."""
+        self._seq += 1
+        paced = self.requests.paced(now) or self.tokens.paced(now)
+        charged = {
+            "requests": self.requests.take(1.0, self.gain, now),
+            "tokens": self.tokens.take(tokens, self.gain, now),
+        }
+        beyond = {dim.name: (dim.level, dim.beyond(now)) for dim in self._dims}
+        ticket = Ticket(
+            self._seq,
+            now,
+            tokens,
+            charged,
+            probe=self.blocked,
+            paced=paced,
+            beyond=beyond,
+        )
+        self._tickets.append(ticket)
+        if len(self._tickets) > _MAX_TICKETS:
+            self._tickets.popleft()
+        return ticket
+
+    def pause(self, seconds: float, now: float) -> None:
+        """One shared pause: nothing is sent before `now + seconds` (pauses never add up)."""
+        self.paused_until = max(self.paused_until, now + max(0.0, seconds))
+
+    # ----- what the server said -------------------------------------------------------------
+
+    def accepted(
+        self,
+        ticket: Ticket,
+        info: RateLimitInfo | None,
+        now: float,
+        server_tokens: float | None = None,
+    ) -> None:
+        """The request of `ticket` was answered: its `x-ratelimit-*` headers (if any), and
+        `server_tokens`, its charge as the server counts (its prompt tokens, from `usage`,
+        plus max_tokens), when it told."""
+        self.answered = True
+        self._outcomes.append(True)
+        if ticket.sent >= self._event_at:
+            self._answered_since = True
+        self._learn(ticket, info, now)
+        if server_tokens is not None and ticket.tokens > 0 and server_tokens > 0:
+            low, high = _SCALE_RANGE
+            ratio = min(high, max(low, server_tokens / ticket.tokens))
+            self.tokens.scale += (ratio - self.tokens.scale) * (1.0 - _SCALE_DECAY)
+        for dim in self._dims:
+            # Accepted past the share of the window under test: the window is longer.
+            level, beyond = ticket.beyond[dim.name]
+            if level == dim.level and dim.testing(now) and beyond > PROOF:
+                dim.level += 1
+        if ticket.sent >= self._event_at:  # sent after the last 429: the way is open
+            self.blocked = False
+            self._backoffs = 0
+            self._recover(ticket, now)
+
+    def refused(
+        self,
+        ticket: Ticket,
+        info: RateLimitInfo | None,
+        retry_after: float | None,
+        now: float,
+    ) -> None:
+        """The request of `ticket` got a 429 (charged all the same: nothing is refunded)."""
+        self.answered = True
+        self._outcomes.append(False)
+        self._learn(ticket, info, now)
+        # A new congestion event: not an echo of the last one (sent before it was seen),
+        # not a probe of a blocked way. An episode: 429s with no answer in between (the
+        # way is still shut, which the pauses see to, not news about the pace).
+        event = ticket.sent >= self._event_at and not ticket.probe
+        if event:
+            self._event_at = now
+            if self._answered_since:  # a new episode; its first 429 tells the most
+                self._slowed = False
+                self._episode = ticket
+            self._answered_since = False
+        # One slow-down per episode (not in a burst's aftermath): at once when a burst or
+        # a test met the window's edge, or the pace is back where 429s came before; else
+        # once 429s are a real share of the answers (a few stray ones are no limit's doing:
+        # slowing down for each would spiral down).
+        near = self._ceiling < 1.0 and self.gain >= self._ceiling * CEILING_MARGIN
+        tolerance = LOSS_TOLERANCE if self.limited else FOUND_LOSS
+        sure = self._bursting(ticket, now) or near or self._loss() > tolerance
+        if sure and not self._slowed and now >= self._settle_until:
+            self._slow_down(ticket, retry_after, now)
+            self._slowed = True
+            self._slowed_at = now
+        if retry_after is not None and retry_after >= 0:
+            self.pause(retry_after, now)
+            return
+        if now < self._settle_until:
+            # A burst met the window's edge: what it overshot is ours, and leaves the window
+            # as it came; the windows' shares hold the sends back until then (`wait`).
+            return
+        self.blocked = True
+        if event or ticket.probe:  # the way is still shut: wait longer
+            self._backoffs += 1
+        self.pause(min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** max(0, self._backoffs - 1)), now)
+
+    def failed(self, ticket: Ticket, now: float) -> None:
+        """Another error: it says nothing about the limits."""
+        self.answered = True
+
+    def _bursting(self, ticket: Ticket, now: float) -> bool:
+        """Whether `ticket` went past the pace: a burst, or a window's test."""
+        return self.gain > 1.0 or any(
+            dim.testing(now) and ticket.beyond[dim.name][1] > PACE for dim in self._dims
+        )
+
+    def _loss(self) -> float:
+        """The share of 429s among the last LOSS_SPAN answers (fewer count as accepted)."""
+        return self._outcomes.count(False) / max(LOSS_SPAN, len(self._outcomes))
+
+    def _slow_down(self, ticket: Ticket, retry_after: float | None, now: float) -> None:
+        """One 429 episode: lower the pace (see the module docstring, 2 and 3)."""
+        found = self.requests.found
+        bursting = self._bursting(ticket, now)
+        first = self._episode or ticket  # what went out before it was all accepted
+        if not self.limited:
+            # No limit known: the first 429 sets one from what the server was accepting.
+            estimate = self._found_estimate(first, retry_after)
+            if estimate is not None:
+                self.requests.found = estimate
+        elif bursting:
+            # A test or a burst met the window's edge: no more of them for a while. Their
+            # charges leave the window as they came, the refused ones last: the 429s of
+            # that aftermath are not news.
+            for dim in self._dims:
+                dim.quiet_until = now + PROBE_QUIET
+                window = WINDOWS[dim.level] if dim.level < len(WINDOWS) else 60.0
+                dim.bounded_until = now + window + 1.0
+            self._set_gain(1.0, now)
+            self._settle_until = now + max(1.0, 2.0 * (retry_after or 0.0))
+        elif found is not None and self.requests.limit == found:
+            estimate = self._found_estimate(first, retry_after)
+            self.requests.found = max(found * DECREASE, estimate or 0.0)
+        else:
+            self._ceiling = self.gain
+            repeated = now - self._decreased_at < REPEATED
+            self._decreased_at = now
+            decrease = DECREASE if repeated else DECREASE_ISOLATED
+            self._set_gain(max(MIN_GAIN, self.gain * decrease), now)
+
+    def _found_estimate(self, ticket: Ticket, retry_after: float | None) -> float | None:
+        """A per-minute rate from a 429: what went out in the second before the refused
+        request (all accepted: the server refuses in order) over the time it covers until
+        the server has room again (its retry-after; without one, a whole second: no
+        documented window is shorter). None when too few went out to tell."""
+        since = ticket.sent - FOUND_SPAN
+        before = [t.sent for t in self._tickets if t.seq < ticket.seq and t.sent >= since]
+        if len(before) < FOUND_MIN:
+            return None
+        covered = ticket.sent - min(before)
+        span = covered + retry_after if retry_after is not None else max(covered, FOUND_SPAN)
+        return len(before) / max(span, 1e-3) * 60.0 * FOUND_MARGIN
+
+    def _set_gain(self, gain: float, now: float) -> None:
+        self.gain = gain
+        self._raised_at = now
+        self._gain_stamp = now
+
+    def _recover(self, ticket: Ticket, now: float) -> None:
+        """After a success: back towards the steady pace, or a step of a proven burst."""
+        elapsed = max(0.0, now - self._gain_stamp)
+        self._gain_stamp = now
+        if self.gain < 1.0:
+            # Quickly to just under the gain the last 429 came at, then slowly on.
+            target = min(1.0, self._ceiling * CEILING_MARGIN)
+            if self.gain < target:
+                self.gain = target - (target - self.gain) * math.exp(-RECOVER * elapsed)
+            self.gain = min(1.0, max(self.gain, min(1.0, self.gain + CREEP * elapsed)))
+            return
+        found = self.requests.found
+        quiet = now - self._slowed_at
+        if found is not None and self.requests.limit == found and quiet > FOUND_QUIET:
+            self.requests.found = found * (1.0 + FOUND_RAISE * min(elapsed, 1.0))
+        # A burst grows only on proof: a request sent on the pace's schedule at the
+        # current gain was accepted (a slow trickle proves nothing).
+        if ticket.paced and ticket.sent >= self._raised_at and self._may_burst(now):
+            self.gain = min(MAX_GAIN, self.gain * GROWTH)
+            self._raised_at = now
+
+    def _may_burst(self, now: float) -> bool:
+        """Whether the gain may grow past 1: only under the server's own limits, and while
+        testing the 1 s window or once it is shown to be longer (then the share of the
+        next unproven window bounds the burst; at 1 s, only the even pace has the margin
+        that timing jitter needs)."""
+        dims = [d for d in self._dims if d.limit is not None]
+        return bool(dims) and all(d.may_burst and (d.level or d.testing(now)) for d in dims)
+
+    # ----- learning from the headers --------------------------------------------------------
+
+    def _learn(self, ticket: Ticket, info: RateLimitInfo | None, now: float) -> None:
+        if info is None:
+            return
+        self.headers_seen = True
+        readings = {
+            "requests": (info.limit_requests, info.remaining_requests),
+            "tokens": (info.limit_tokens, info.remaining_tokens),
+        }
+        for dim in self._dims:
+            limit, _ = readings[dim.name]
+            if limit is not None and limit > 0:
+                dim.server = float(limit)
+                if dim.minute is None:
+                    dim.minute = Bucket(float(limit), float(limit), now)
+                dim.minute.limit = float(limit)
+        if self._anchor is not None and ticket.seq <= self._anchor.seq:
+            return  # older than what we already know: only its limits are news
+        later = [t for t in self._tickets if t.seq > ticket.seq]
+        left: dict[str, float] = {}
+        for dim in self._dims:
+            _, remaining = readings[dim.name]
+            if dim.minute is None or remaining is None:
+                continue
+            left[dim.name] = float(remaining)
+            refill = max(0.0, now - ticket.sent - ARRIVAL_SKEW) * dim.minute.rate
+            level = min(dim.minute.limit, remaining + refill)
+            dim.minute.level = level - sum(t.charged[dim.name] for t in later)
+            dim.minute.stamp = now
+        self._anchor = _Anchor(ticket.seq, ticket.sent, left)
+        while self._tickets and self._tickets[0].seq < ticket.seq:
+            self._tickets.popleft()

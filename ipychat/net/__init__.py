@@ -1,0 +1,1 @@
+"""The one network boundary: build a request, send it, retry it, decode replies and failures."""

@@ -1,0 +1,669 @@
+"""The async OpenAI-compatible chat client: the one network boundary of ipychat.
+
+Everything that crosses the wire goes through `ChatClient`, which takes an httpx
+transport as an argument: unit tests pass `httpx.MockTransport`, protocol tests talk to
+`ipychat.testing.FakeOpenAIServer` over real sockets. httpx is imported here and in the
+client's private helper modules, which are part of the same boundary and used by
+nothing else: `ipychat.net.transport` (the default aiohttp transport, body reading,
+network-failure classification), `ipychat.net.failures` (status and connection
+errors, server-message extraction, redaction), `ipychat.net.replies` (reading a 2xx
+body: JSON, completion, SSE stream) and `ipychat.net.requests` (building each request;
+base URL and key settings).
+
+```
+ChatClient.chat(body)            one request, retried by the rules of ipychat.net.retry
+  └── _call(...)                 the retry loop: build → send → classify → wait → again
+        ├── _requests.build(...)  the httpx.Request (ipychat.net.requests)
+        ├── _pool()              the lazily built transport (connection pool) of the loop
+        ├── _replies.read_json / read_completion / read_stream
+        │                        a 2xx body → Completion (ipychat.net.replies; SSE via ipychat.net.sse)
+        └── _status_error / _connection_error   failures → ipychat.core.errors, one line each
+                                         (ipychat.net.failures)
+```
+
+Why the aiohttp transport by default: httpcore's async pool costs about 15 ms of CPU per
+request at 64 in flight on a 2-core machine, httpx_aiohttp's transport a fifth of that
+(measured by benchmarks/client_overhead.py). httpx's types stay (httpx.Request/Response, any
+httpx.AsyncBaseTransport), so the transport remains injectable.
+
+Two trims keep the client within 1.5x of raw aiohttp's CPU per request (measured by
+benchmarks/client_overhead.py): requests go straight to `transport.handle_async_request`
+rather than through httpx.AsyncClient.send (its cookie jar, auth flow and redirect
+machinery are unused here and cost more than the rest of the client together), and
+the default transport is a subclass of httpx_aiohttp's with its per-request work
+streamlined (`ipychat.net.transport._lean_aiohttp_transport`). Request headers and URLs are built once.
+
+Timeouts with that transport: httpx's `connect`/`read`/`pool` become aiohttp's
+`sock_connect`/`sock_read`/`connect`; `sock_read` restarts on every chunk received, so
+`read` is the longest silence between two chunks of a stream. `write` is not enforced by
+aiohttp (request bodies here are small JSON documents written at once).
+
+Credentials: keys live in `ipychat.core.keys.Secret`, are revealed only while building a
+request's headers, and every server message passes through `ipychat.core.keys.redact`
+before it reaches an exception or a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+
+from ipychat import __version__
+from ipychat.core.errors import (
+    APIError,
+    ConfigError,
+    NoAPIKeyError,
+    RateLimitError,
+)
+from ipychat.core.keys import Secret, redact_headers
+from ipychat.core.settings import key_origins_from_env
+from ipychat.core.types import Completion, RateLimitInfo
+from ipychat.net import retry as policy
+from ipychat.net.failures import (
+    UNREACHABLE,
+    _clean_cause,
+    _connection_error,
+    _short_reason,
+    _status_error,
+)
+from ipychat.net.replies import _Attempt, _Dropped, _Replies
+from ipychat.net.requests import (
+    DEFAULT_BASE_URL,
+    _check_plain_http,
+    _multipart,
+    _normalize_base_url,
+    _path_id,
+    _Requests,
+    _resolve_keys,
+)
+from ipychat.net.transport import (
+    _close_pool,
+    _close_response,
+    _default_transport,
+    _header_dict,
+    _is_connect_failure,
+    _is_json,
+    _is_transport_error,
+    _Pool,
+    _read_body,
+    _timeout_kind,
+)
+
+__all__ = ["DEFAULT_BASE_URL", "ChatClient", "Timeouts"]
+
+log = logging.getLogger("ipychat")
+
+OPENAI_HOST = "api.openai.com"
+USER_AGENT = f"ipychat/{__version__}"
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Network timeouts in seconds.
+
+    `read` is the longest silence between two chunks of a streamed reply. A non-streamed
+    reply arrives in one piece only when the model has finished, so its wait is `reply`
+    (the OpenAI SDK allows 600 s too); a 60 s cap there would kill long answers.
+    `pool` is the wait for a free connection (None: wait as long as it takes, the
+    concurrency limit upstream is what bounds it).
+    """
+
+    connect: float = 10.0
+    read: float = 60.0
+    write: float = 30.0
+    pool: float | None = None
+    reply: float = 600.0
+
+    def for_request(self, *, stream: bool) -> dict[str, float | None]:
+        """The per-request timeout dict httpx transports read from request.extensions."""
+        return {
+            "connect": self.connect,
+            "read": self.read if stream else max(self.read, self.reply),
+            "write": self.write,
+            "pool": self.pool,
+        }
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """Internal: how one attempt failed, and what the retry policy says about it."""
+
+    error: APIError
+    decision: policy.RetryDecision
+
+
+class ChatClient:
+    """An async client for OpenAI-compatible `/chat/completions` and `/models`, plus the
+    few `/files` and `/batches` calls of batch mode (`ipychat.map.batch`).
+
+    Create it anywhere; the connection pool (an httpx transport, by default httpx_aiohttp's)
+    is built lazily on first use inside the running event loop, and rebuilt if a later
+    call runs in another loop. An injected `transport` is used as is and never closed
+    by the client: it belongs to the caller.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | Secret | None = None,
+        api_keys: Sequence[str | Secret] | None = None,
+        key_origins: Sequence[str] | None = None,
+        azure_api_version: str | None = None,
+        timeouts: Timeouts = Timeouts(),  # frozen, so safe to share
+        max_retries: int = policy.DEFAULT_MAX_RETRIES,
+        max_retry_wait: float = policy.DEFAULT_MAX_WAIT,
+        max_connections: int = 64,
+        transport: httpx.AsyncBaseTransport | None = None,
+        headers: Mapping[str, str] | None = None,
+        sleep: Sleep | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.base_url = _normalize_base_url(base_url)
+        url = httpx.URL(self.base_url)
+        self.host: str = url.netloc.decode("ascii")
+        self._is_openai = url.host == OPENAI_HOST
+        # Where keys may go: ipychat.net.requests (`key_origins`: endpoints the user allowed
+        # beyond a key's own; None reads IPYCHAT_KEY_ORIGINS).
+        trusted = tuple(key_origins) if key_origins is not None else key_origins_from_env()
+        self._keys, self._withheld = _resolve_keys(api_key, api_keys, self.base_url, trusted)
+        if self._keys:
+            _check_plain_http(self.base_url, trusted)
+        self._replies = _Replies(self.host, self.base_url, self._keys)
+        self._key_index = 0
+        self.azure_api_version = azure_api_version or None
+        self.timeouts = timeouts
+        # Two timeout sets: `read` between chunks (streams, /models), `reply` for a whole
+        # non-streamed completion. Built once: transports read them per request.
+        self._chunk_timeout = timeouts.for_request(stream=True)
+        self._reply_timeout = timeouts.for_request(stream=False)
+        if max_retries < 0:
+            raise ConfigError(f"max_retries must be 0 or more, not {max_retries}")
+        self.max_retries = max_retries
+        self.max_retry_wait = max_retry_wait
+        self._max_connections = _check_connections(max_connections)
+        self._transport = transport
+        self._requests = _Requests(
+            self.base_url,
+            self._keys,
+            self.azure_api_version,
+            {"User-Agent": USER_AGENT, **(headers or {})},
+        )
+        # Injected so tests can assert the waits the client asked for without waiting.
+        self._sleep: Sleep = sleep if sleep is not None else asyncio.sleep
+        self._rand = rand
+        self._pool_: _Pool | None = None
+        self._retired: list[_Pool] = []
+        self.last_rate_limit: RateLimitInfo | None = None
+
+    # ----- public API ---------------------------------------------------------------------
+
+    @property
+    def has_key(self) -> bool:
+        return bool(self._keys)
+
+    @property
+    def max_connections(self) -> int:
+        return self._max_connections
+
+    def __repr__(self) -> str:
+        keys = f"{len(self._keys)} keys" if len(self._keys) != 1 else "1 key"
+        azure = f", azure_api_version={self.azure_api_version!r}" if self.azure_api_version else ""
+        return f"ChatClient(base_url={self.base_url!r}, {keys}{azure})"
+
+    async def chat(
+        self,
+        body: Mapping[str, Any],
+        *,
+        stream: bool = False,
+        on_delta: Callable[[str], None] | None = None,
+        max_retries: int | None = None,
+    ) -> Completion:
+        """POST /chat/completions and return the whole reply.
+
+        `body` is the OpenAI request without `stream`. With `stream=True` the reply is
+        read as SSE, `on_delta(text)` is called on the loop for each content delta, and
+        the usage chunk is asked for (servers that ignore it give `usage=None`).
+        """
+        payload = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        if stream:
+            payload["stream"] = True
+            options = dict(body.get("stream_options") or {})
+            options["include_usage"] = True
+            payload["stream_options"] = options
+        content = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        model = str(payload.get("model") or "")
+
+        async def read(response: httpx.Response, attempt: _Attempt) -> Completion:
+            if stream and not _is_json(attempt.headers):
+                return await self._replies.read_stream(response, attempt, on_delta)
+            completion = await self._replies.read_completion(response, attempt)
+            if stream and completion.text and on_delta is not None:
+                on_delta(completion.text)  # a server that ignored stream=true
+            return completion
+
+        return await self._call(
+            "POST",
+            "/chat/completions",
+            content,
+            timeout=self._chunk_timeout if stream else self._reply_timeout,
+            model=model,
+            read=read,
+            max_retries=max_retries,
+        )
+
+    async def models(self) -> list[str]:
+        """GET /models: the model ids the endpoint offers, sorted."""
+
+        async def read(response: httpx.Response, attempt: _Attempt) -> list[str]:
+            data = await self._replies.read_json(response, attempt)
+            items = data.get("data") if isinstance(data, dict) else data
+            if not isinstance(items, list):
+                raise APIError(
+                    f"{self.host} answered /models without a model list; "
+                    "check that the base URL points at an OpenAI-compatible API",
+                    request_id=attempt.request_id,
+                )
+            ids = (item.get("id") if isinstance(item, dict) else item for item in items)
+            return sorted(str(i) for i in ids if i)
+
+        return await self._call(
+            "GET",
+            "/models",
+            None,
+            timeout=self._chunk_timeout,
+            model="",
+            read=read,
+            max_retries=None,
+        )
+
+    # ----- Files and Batch API (ipychat.map.batch): thin calls through the same retry loop ------
+
+    async def upload_file(
+        self, content: bytes, *, filename: str, purpose: str = "batch"
+    ) -> dict[str, Any]:
+        """POST /files (multipart): upload `content`; returns the file object (`id`, `bytes`)."""
+        boundary = f"ipychat-{os.urandom(12).hex()}"
+        body = _multipart(boundary, {"purpose": purpose}, ("file", filename, content))
+        return await self._call_json(
+            "POST", "/files", body, content_type=f"multipart/form-data; boundary={boundary}"
+        )
+
+    async def create_batch(
+        self,
+        input_file_id: str,
+        *,
+        endpoint: str = "/v1/chat/completions",
+        completion_window: str = "24h",
+        metadata: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """POST /batches: start a batch over an uploaded JSONL file; returns the batch object."""
+        payload: dict[str, Any] = {
+            "input_file_id": input_file_id,
+            "endpoint": endpoint,
+            "completion_window": completion_window,
+        }
+        if metadata:
+            payload["metadata"] = dict(metadata)
+        return await self._call_json("POST", "/batches", json.dumps(payload).encode())
+
+    async def get_batch(self, batch_id: str) -> dict[str, Any]:
+        """GET /batches/{id}: the batch object (status, request_counts, output files)."""
+        return await self._call_json("GET", f"/batches/{_path_id(batch_id)}", None)
+
+    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        """POST /batches/{id}/cancel: returns the batch object (status `cancelling`)."""
+        return await self._call_json("POST", f"/batches/{_path_id(batch_id)}/cancel", b"{}")
+
+    async def file_content(self, file_id: str) -> bytes:
+        """GET /files/{id}/content: the raw bytes of a file (a batch's output or error JSONL)."""
+
+        async def read(response: httpx.Response, attempt: _Attempt) -> bytes:
+            try:
+                return await _read_body(response, attempt.headers)
+            except Exception as exc:
+                if _is_transport_error(exc):
+                    raise _Dropped(exc) from exc
+                raise
+
+        path = f"/files/{_path_id(file_id)}/content"
+        return await self._call(
+            "GET", path, None, timeout=self._reply_timeout, model="", read=read, max_retries=None
+        )
+
+    async def _call_json(
+        self, method: str, path: str, content: bytes | None, *, content_type: str | None = None
+    ) -> dict[str, Any]:
+        async def read(response: httpx.Response, attempt: _Attempt) -> dict[str, Any]:
+            data = await self._replies.read_json(response, attempt)
+            if not isinstance(data, dict):
+                raise APIError(
+                    f"{self.host} answered {path} with something that is not a JSON object",
+                    request_id=attempt.request_id,
+                )
+            return data
+
+        return await self._call(
+            method,
+            path,
+            content,
+            timeout=self._reply_timeout,
+            model="",
+            read=read,
+            max_retries=None,
+            content_type=content_type,
+        )
+
+    async def set_max_connections(self, n: int) -> None:
+        """Size the connection pool for `n` requests in flight (applied on the next request).
+
+        With the default transport, a pool of another size is built lazily and the old
+        one is closed when its last request finishes. An injected transport keeps its own
+        limits (the client cannot resize what it did not build).
+        """
+        self._max_connections = _check_connections(n)
+        pool = self._pool_
+        if pool is not None and self._transport is None and pool.limit != self._max_connections:
+            self._pool_ = None
+            await self._retire(pool)
+
+    async def aclose(self) -> None:
+        """Close every connection. The client can still be used: it reconnects lazily."""
+        pools = [p for p in (self._pool_, *self._retired) if p is not None]
+        self._pool_ = None
+        self._retired = []
+        for pool in pools:
+            await _close_pool(pool)
+
+    async def __aenter__(self) -> ChatClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ----- the retry loop -----------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        content: bytes | None,
+        *,
+        timeout: dict[str, float | None],
+        model: str,
+        read: Callable[[httpx.Response, _Attempt], Awaitable[T]],
+        max_retries: int | None,
+        content_type: str | None = None,
+    ) -> T:
+        limit = self.max_retries if max_retries is None else max_retries
+        self._check_key()
+        started = time.perf_counter()
+        url = self._requests.url(path)
+        retries = 0
+        keys_tried: set[int] = set()
+        while True:
+            key_index = self._key_index
+            request = self._requests.build(method, url, content, key_index, timeout, content_type)
+            pool = self._pool()
+            pool.inflight += 1
+            try:
+                outcome = await self._attempt(
+                    pool.transport, request, path, model, started, retries, limit, read
+                )
+            finally:
+                pool.inflight -= 1
+                if pool.retired and pool.inflight == 0:
+                    await self._close_retired(pool)
+            if not isinstance(outcome, _Failed):
+                return outcome
+            error, decision = outcome.error, outcome.decision
+            if isinstance(error, RateLimitError) and self._next_key(
+                key_index, keys_tried, retries, limit
+            ):
+                retries += 1  # another key of the pool may have quota left: no wait
+                continue
+            if not decision.retry:
+                raise error
+            self._warn_retry(method, path, decision, retries, limit)
+            await self._sleep(decision.delay)
+            retries += 1
+
+    async def _attempt(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        request: httpx.Request,
+        path: str,
+        model: str,
+        started: float,
+        retries: int,
+        limit: int,
+        read: Callable[[httpx.Response, _Attempt], Awaitable[T]],
+    ) -> T | _Failed:
+        """One try: the result of `read`, or how it failed (for the retry loop to judge)."""
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "-> %s %s model=%s retries=%d headers=%s",
+                request.method,
+                request.url,
+                model or "-",
+                retries,
+                redact_headers(dict(request.headers)),
+            )
+        try:
+            # Straight to the transport, not through httpx.AsyncClient.send: its cookie jar,
+            # auth flow and redirect machinery are unused here and cost a third of the
+            # client's CPU per request at 64 in flight (benchmarks/client_overhead.py).
+            response = await transport.handle_async_request(request)
+        except Exception as exc:
+            if not _is_transport_error(exc):
+                raise
+            return self._transport_failure(exc, request, retries, limit)
+        response.request = request
+        try:
+            headers = _header_dict(response)
+            rate_limit = _rate_limit(headers)
+            if rate_limit is not None:
+                self.last_rate_limit = rate_limit
+            request_id = headers.get("x-request-id")
+            status = response.status_code
+            if status >= 300:
+                return await self._failed_status(
+                    response, headers, path, request_id, rate_limit, retries, limit
+                )
+            attempt = _Attempt(started, retries, model, request_id, rate_limit, headers)
+            try:
+                result = await read(response, attempt)
+            except _Dropped as dropped:
+                return self._transport_failure(dropped.cause, request, retries, limit)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s %s model=%s status=%d request_id=%s latency=%.3fs retries=%d",
+                    request.method,
+                    path,
+                    model or "-",
+                    status,
+                    request_id,
+                    time.perf_counter() - started,
+                    retries,
+                )
+            return result
+        finally:
+            await _close_response(response)
+
+    def _transport_failure(
+        self, exc: BaseException, request: httpx.Request, retries: int, limit: int
+    ) -> _Failed:
+        read_timeout = (request.extensions.get("timeout") or {}).get("read")
+        error = _connection_error(
+            exc,
+            retries,
+            read_timeout,
+            host=self.host,
+            base_url=self.base_url,
+            keys=self._keys,
+            timeouts=self.timeouts,
+        )
+        error.__cause__ = _clean_cause(exc, self._keys)
+        reason = (
+            UNREACHABLE
+            if _is_connect_failure(exc) and _timeout_kind(exc) is None
+            else _short_reason(error)
+        )
+        decision = policy.decide_error(
+            reason, retries_taken=retries, max_retries=limit, rand=self._rand
+        )
+        return _Failed(error, decision)
+
+    async def _failed_status(
+        self,
+        response: httpx.Response,
+        headers: Mapping[str, str],
+        path: str,
+        request_id: str | None,
+        rate_limit: RateLimitInfo | None,
+        retries: int,
+        limit: int,
+    ) -> _Failed:
+        try:
+            body = await response.aread()
+        except Exception as exc:
+            if not _is_transport_error(exc):
+                raise
+            body = b""
+        decision = policy.decide_response(
+            response.status_code,
+            headers,
+            retries_taken=retries,
+            max_retries=limit,
+            max_wait=self.max_retry_wait,
+            rand=self._rand,
+        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s %s status=%d request_id=%s retries=%d",
+                response.request.method,
+                path,
+                response.status_code,
+                request_id,
+                retries,
+            )
+        error = _status_error(
+            response,
+            path,
+            body,
+            request_id,
+            rate_limit,
+            decision,
+            retries,
+            host=self.host,
+            base_url=self.base_url,
+            keys=self._keys,
+            withheld=self._withheld,
+        )
+        return _Failed(error, decision)
+
+    def _next_key(self, used: int, tried: set[int], retries: int, limit: int) -> bool:
+        """On a 429 with a key pool: move to a key not yet tried by this request.
+
+        The move is shared (the next requests start on the new key too), and only made if
+        no concurrent request has already moved on from `used`.
+        """
+        if len(self._keys) < 2 or retries >= limit:
+            return False
+        tried.add(used)
+        if self._key_index == used:
+            self._key_index = (used + 1) % len(self._keys)
+        if self._key_index in tried:
+            return False
+        log.warning(
+            "Rate limited by %s; moving to API key %d of %d",
+            self.host,
+            self._key_index + 1,
+            len(self._keys),
+        )
+        return True
+
+    def _warn_retry(
+        self, method: str, path: str, decision: policy.RetryDecision, retries: int, limit: int
+    ) -> None:
+        # Nobody accepting the connection is retried quietly: the one error line at the end
+        # says the server is not reachable (three retry lines said nothing more).
+        log.log(
+            logging.INFO if decision.reason == UNREACHABLE else logging.WARNING,
+            "Retrying %s %s on %s in %.2f s (retry %d of %d): %s",
+            method,
+            path,
+            self.host,
+            decision.delay,
+            retries + 1,
+            limit,
+            decision.reason,
+        )
+
+    # ----- requests ------------------------------------------------------------------------
+
+    def _check_key(self) -> None:
+        if not self._keys and self._is_openai:
+            raise NoAPIKeyError(
+                f"No API key for {self.base_url}. Set OPENAI_API_KEY, run %chat key, "
+                "or install ipychat[local] for the offline model."
+            )
+
+    def _pool(self) -> _Pool:
+        """The pool of the running loop, built on first use (or after a resize or loop change)."""
+        loop = asyncio.get_running_loop()
+        pool = self._pool_
+        if pool is not None and pool.loop is loop:
+            return pool
+        if pool is not None:
+            # Another loop: the old pool's connections belong to it and cannot be used here.
+            self._pool_ = None
+            if pool.owned and not pool.loop.is_closed():
+                self._retired.append(pool)
+                pool.retired = True
+        if self._transport is not None:
+            self._pool_ = _Pool(self._transport, loop, self._max_connections, owned=False)
+        else:
+            transport = _default_transport(self._max_connections, self.base_url)
+            self._pool_ = _Pool(transport, loop, self._max_connections, owned=True)
+        return self._pool_
+
+    async def _retire(self, pool: _Pool) -> None:
+        pool.retired = True
+        if pool.inflight == 0:
+            await _close_pool(pool)
+        else:
+            self._retired.append(pool)
+
+    async def _close_retired(self, pool: _Pool) -> None:
+        if pool in self._retired:
+            self._retired.remove(pool)
+        await _close_pool(pool)
+
+
+# ----- helpers ------------------------------------------------------------------------------
+
+
+def _check_connections(n: int) -> int:
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(f"max_connections must be a positive integer, not {n!r}")
+    return n
+
+
+def _rate_limit(headers: Mapping[str, str]) -> RateLimitInfo | None:
+    # Most local servers send no x-ratelimit-* headers: skip the parse for them.
+    if any(name.startswith("x-ratelimit-") for name in headers):
+        return RateLimitInfo.from_headers(headers)
+    return None

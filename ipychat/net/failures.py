@@ -1,0 +1,309 @@
+"""The one-line errors of `ipychat.net.client.ChatClient`, built from what went wrong.
+
+- `_status_error`: an HTTP status ≥ 300 → the `ipychat.core.errors` class for it, with the
+  server's own explanation (`_server_message`) and what to do next.
+- `_connection_error`: a transport failure → `APIConnectionError` / `APITimeoutError`,
+  naming the timeout or the refused connection.
+- Redaction: every server text and exception text passes through `ipychat.core.keys.redact`
+  (`_short_cause`, `_clean_cause`, `_snippet`, `_server_message`) before it reaches an
+  exception or a log line, and is cut to one line.
+
+Part of the client's network boundary (docs/architecture.md): used only by `ipychat.net.client` and its
+other private modules, and like the client it imports httpx.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from ipychat.core.errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    RateLimitError,
+    status_error,
+)
+from ipychat.core.keys import Secret, redact
+from ipychat.core.types import RateLimitInfo
+from ipychat.net import retry as policy
+from ipychat.net.transport import _chain, _is_connect_failure, _root, _scrub, _timeout_kind
+
+if TYPE_CHECKING:
+    from ipychat.net.client import Timeouts
+
+_KEY_FIX = "check OPENAI_API_KEY or run %chat key"
+# The retry reason of a connection nobody accepted: retried quietly (the final error says it).
+UNREACHABLE = "server not reachable"
+
+# Longest server message kept in an exception (one line; the rest is noise in a notebook).
+_MESSAGE_LIMIT = 300
+
+
+def _status_error(
+    response: httpx.Response,
+    path: str,
+    body: bytes,
+    request_id: str | None,
+    rate_limit: RateLimitInfo | None,
+    decision: policy.RetryDecision,
+    retries: int,
+    *,
+    host: str,
+    base_url: str,
+    keys: Sequence[Secret],
+    withheld: bool = False,
+) -> APIStatusError:
+    status = response.status_code
+    server = _server_message(body, keys)
+    said = _said(server)
+    after = f" after {retries} {'retry' if retries == 1 else 'retries'}" if retries else ""
+    if status == 429:
+        if decision.too_long and decision.server_wait is not None:
+            wait = decision.server_wait
+            message = (
+                f"Rate limited by {host} and asked to wait {policy.format_wait(wait)}; "
+                f"try again after {policy.format_retry_time(wait)}."
+            )
+        else:
+            message = (
+                f"Rate limited by {host} (HTTP 429){after}{said}; lower the "
+                "concurrency or the request rate, or try again in a minute"
+            )
+        return RateLimitError(
+            message,
+            status_code=status,
+            request_id=request_id,
+            server_message=server or None,
+            retry_after=decision.server_wait,
+            rate_limit=rate_limit,
+        )
+    message = _status_message(
+        response,
+        path,
+        status,
+        said,
+        after,
+        decision,
+        host=host,
+        base_url=base_url,
+        keys=keys,
+        withheld=withheld,
+    )
+    return status_error(
+        status,
+        message,
+        request_id=request_id,
+        server_message=server or None,
+        retry_after=decision.server_wait,
+    )
+
+
+def _status_message(
+    response: httpx.Response,
+    path: str,
+    status: int,
+    said: str,
+    after: str,
+    decision: policy.RetryDecision,
+    *,
+    host: str,
+    base_url: str,
+    keys: Sequence[Secret],
+    withheld: bool = False,
+) -> str:
+    if status in (400, 422):
+        return f"{host} rejected the request (HTTP {status}){said}; fix the request and retry"
+    if status == 401:
+        if withheld:
+            return (
+                f"{host} wants an API key (HTTP 401){said}: OPENAI_API_KEY is for OpenAI (or "
+                f"OPENAI_BASE_URL) and is not sent to {host}; run %chat key to give this "
+                f"endpoint its own key, or %chat endpoint {base_url} --send-key to send it there"
+            )
+        if not keys:
+            return f"{host} wants an API key (HTTP 401){said}; set OPENAI_API_KEY or run %chat key"
+        return f"{host} refused the API key (HTTP 401){said}; {_KEY_FIX}"
+    if status == 403:
+        return (
+            f"{host} denied access (HTTP 403){said}: check that this key may use this model "
+            "(project, organisation or region settings)"
+        )
+    if status == 404:
+        return (
+            f"{host} found nothing at {path} (HTTP 404){said}: check the model name "
+            f"(%chat models lists them) and the base URL ({base_url})"
+        )
+    if 300 <= status < 400:
+        location = response.headers.get("location", "another address")
+        return (
+            f"{host} redirected {path} (HTTP {status}) to {location}; "
+            "set the base URL to the final address"
+        )
+    if decision.too_long and decision.server_wait is not None:
+        wait = decision.server_wait
+        return (
+            f"{host} failed with HTTP {status}{said} and asked to wait "
+            f"{policy.format_wait(wait)}; try again after {policy.format_retry_time(wait)}."
+        )
+    if status >= 500:
+        return f"{host} failed with HTTP {status}{after}{said}; try again later"
+    return f"{host} answered HTTP {status}{after}{said}"
+
+
+def _connection_error(
+    exc: BaseException,
+    retries: int,
+    read_timeout: float | None,
+    *,
+    host: str,
+    base_url: str,
+    keys: Sequence[Secret],
+    timeouts: Timeouts,
+) -> APIConnectionError:
+    after = f" (after {retries} {'retry' if retries == 1 else 'retries'})" if retries else ""
+    kind = _timeout_kind(exc)
+    if kind == "connect":
+        return APITimeoutError(
+            f"Timed out connecting to {host} after {timeouts.connect:g} s{after}; "
+            f"check the network and the base URL ({base_url})"
+        )
+    if kind == "read":
+        return APITimeoutError(
+            f"{host} sent nothing for {read_timeout or timeouts.read:g} s (read "
+            f"timeout){after}; the server may be overloaded: try again, or raise the timeout"
+        )
+    if kind is not None:
+        return APITimeoutError(f"Request to {host} timed out ({kind}){after}; try again")
+    limit = _header_limit(exc)
+    if limit is not None:
+        return APIConnectionError(
+            f"{host} sent a response header longer than the {limit:,} bytes the HTTP client "
+            f"accepts{after}; check the server (or the proxy in front of it)"
+        )
+    if _is_connect_failure(exc):
+        # One line in our words: aiohttp's own ("Cannot connect to host …
+        # ssl:default [Connect call failed (…)]") stays in __cause__ for debugging.
+        tried = f", after {retries} {'retry' if retries == 1 else 'retries'}" if retries else ""
+        return APIConnectionError(
+            f"The server at {base_url} is not reachable ({_unreachable(exc)}{tried}): check "
+            "that it is running and the network, or set another URL with %chat endpoint URL"
+        )
+    detail = _short_cause(exc, keys)
+    return APIConnectionError(f"The connection to {host} failed ({detail}){after}; try again")
+
+
+_TOO_LONG = re.compile(r"Got more than (\d+) bytes")
+
+
+def _header_limit(exc: BaseException) -> int | None:
+    """The limit aiohttp names when a response header line is too long (its LineTooLong,
+    wrapped in a ClientResponseError whose text quotes the header's start), else None."""
+    for e in _chain(exc):
+        m = _TOO_LONG.search(str(e))
+        if m is not None and (
+            "header" in str(e).lower() or any(type(c).__name__ == "LineTooLong" for c in _chain(e))
+        ):
+            return int(m.group(1))
+    return None
+
+
+def _unreachable(exc: BaseException) -> str:
+    """Why nothing answered, in a few words: refused, unknown host name, or neither."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc, _root(exc)]
+    while todo:
+        item = todo.pop()
+        if item is None or any(item is s for s in seen):
+            continue
+        seen.append(item)
+        todo += [getattr(item, "os_error", None), item.__cause__, item.__context__]
+    if any(isinstance(e, socket.gaierror) or "DNS" in type(e).__name__ for e in seen):
+        return "host name not found"
+    if any(isinstance(e, ConnectionRefusedError) for e in seen):
+        return "connection refused"
+    return "no connection"
+
+
+def _said(server: str) -> str:
+    """The server's own words inside our sentence: without its closing punctuation, so that
+    what follows ("; set OPENAI_API_KEY…") does not read "…Bearer ***).; set"."""
+    text = server.rstrip(" .;:,")
+    return f": {text}" if text else ""
+
+
+def _short_reason(error: APIError) -> str:
+    if isinstance(error, APITimeoutError):
+        return "timeout"
+    return "connection error"
+
+
+def _one_line(text: str, limit: int = _MESSAGE_LIMIT) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _short_cause(exc: BaseException, keys: Sequence[Secret]) -> str:
+    root = _root(exc)
+    text = str(root) or type(root).__name__
+    return redact(_one_line(text, 160), keys)
+
+
+def _clean_cause(exc: BaseException, keys: Sequence[Secret]) -> BaseException:
+    """The original exception, kept as __cause__ for debugging, with nothing secret in it.
+
+    Scrubbed in place first (`_scrub`: aiohttp's request_info headers masked, the library's
+    traceback frames dropped, the whole chain too), since the original is also the
+    `__context__` of an error raised while handling it. If its text still names a key, a
+    stand-in with the text redacted takes its place.
+    """
+    _scrub(exc)
+    text = str(exc)
+    clean = redact(text, keys)
+    if clean == text and all(redact(str(e), keys) == str(e) for e in _chain(exc)):
+        return exc
+    return APIConnectionError(f"{type(exc).__name__}: {clean}")
+
+
+def _snippet(body: bytes, keys: Sequence[Secret]) -> str:
+    text = body[:200].decode("utf-8", "replace")
+    return redact(_one_line(text, 80), keys) or "an empty body"
+
+
+def _server_message(body: bytes, keys: Sequence[Secret]) -> str:
+    """The server's own explanation from an error body, one line, credentials masked.
+
+    OpenAI sends {"error": {"message": ...}}; others send {"error": "..."},
+    {"message": ...} or {"detail": ...}, or plain text.
+    """
+    if not body:
+        return ""
+    text: str
+    try:
+        data = json.loads(body)
+    except ValueError:
+        text = body.decode("utf-8", "replace")
+    else:
+        text = _message_of(data) or body.decode("utf-8", "replace")
+    return redact(_one_line(text), keys)
+
+
+def _message_of(data: Any) -> str | None:
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error")
+    if isinstance(error, dict):
+        message = error.get("message") or error.get("code") or error.get("type")
+        return str(message) if message else None
+    if isinstance(error, str) and error:
+        return error
+    for name in ("message", "detail"):
+        if data.get(name):
+            return str(data[name])
+    return None

@@ -1,0 +1,1 @@
+"""The IPython and ipywidgets front ends: magics, progress, display, the panel."""

@@ -1,0 +1,378 @@
+"""`%%chatmap`: a thin view over `ipychat.map.job` (parse, call, show).
+
+Same conventions as `ipychat.notebook.magics`: `@magic_arguments` (so `%%chatmap?` prints real help),
+shlex parsing, every ChatError shown as a one-line UsageError. ipywidgets is imported only
+when a notebook shows the progress bar; a terminal gets a text line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import html
+import re
+import sys
+import time
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, magics_class
+from IPython.core.magic_arguments import argument, argument_group, magic_arguments
+
+from ipychat.notebook.magicargs import check_variable, help_layout, parse_line, user_errors
+
+__all__ = ["ChatMapMagics"]
+
+# A terminal progress line is rewritten at most this often (a notebook widget every tick).
+_TEXT_EVERY = 1.0
+
+
+class _ProgressView:
+    """`612/788 · 41 rows/s · ETA 4 s · 0 errors · $0.0071`: a widget bar, or a text line.
+
+    In a notebook the bar is a live widget while the map runs; when it ends the widget's
+    output is replaced (through its display id) by a static summary in HTML and text, so a
+    saved, exported or reopened notebook shows how the map went instead of "Error displaying
+    widget: model not found" or `HBox(children=(IntProgress(...`.
+    """
+
+    def __init__(self, *, notebook: bool) -> None:
+        self.notebook = notebook
+        self._bar: Any = None
+        self._label: Any = None
+        self._box: Any = None
+        self._handle: Any = None
+        self._progress: Any = None  # the last snapshot shown
+        self._last = 0.0
+        self._shown = False
+
+    def plan(self, plan: Any) -> None:
+        from ipychat.notebook.display import show_markdown
+
+        line = plan.line()
+        show_markdown(f"`{line}`" if self.notebook else line, notebook=self.notebook, plain=line)
+
+    def update(self, progress: Any) -> None:
+        if progress.total == 0:
+            return
+        self._progress = progress
+        if self.notebook and self._widget(progress.total):
+            self._bar.value = progress.done
+            self._label.value = f"<code>{html.escape(progress.line())}</code>"
+            return
+        now = time.monotonic()
+        if now - self._last >= _TEXT_EVERY or progress.done == progress.total:
+            self._last = now
+            sys.stdout.write(f"\r{progress.line()}   ")
+            sys.stdout.flush()
+            self._shown = True
+
+    def _widget(self, total: int) -> bool:
+        if self._bar is None:
+            try:
+                import ipywidgets as widgets
+                from IPython.display import display
+            except ImportError:
+                self.notebook = False
+                return False
+            self._bar = widgets.IntProgress(min=0, max=total, bar_style="info")
+            self._label = widgets.HTML()
+            self._box = widgets.HBox([self._bar, self._label])
+            bundle = self._box._repr_mimebundle_()
+            bundle["text/plain"] = f"map in progress: 0/{total:,}"
+            self._handle = display(bundle, raw=True, display_id=True)
+        self._bar.max = total
+        return True
+
+    def finish(self, ok: bool) -> None:
+        if self._handle is not None:
+            self._handle.update(self._static(ok), raw=True)
+            for widget in (self._bar, self._label, self._box):
+                widget.close()  # the output no longer shows them: free their comms
+            self._handle = self._bar = self._label = self._box = None
+        if self._shown:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+
+    def _static(self, ok: bool) -> dict[str, str]:
+        """The finished bar as HTML (a native <progress>, amounts in <code> so they are
+        never typeset) and as text."""
+        p = self._progress
+        done = re.sub(r" · ETA [^·]*·", " ·", p.line())  # no ETA once it has ended
+        line = f"{'map finished' if ok else 'map stopped'}: {done}"
+        color = "var(--jp-success-color1, #388e3c)" if ok else "var(--jp-warn-color1, #f57c00)"
+        return {
+            "text/html": (
+                f"<progress value='{p.done}' max='{p.total}' style='accent-color: {color}'>"
+                f"</progress> <code>{html.escape(line)}</code>"
+            ),
+            "text/plain": line,
+        }
+
+
+@magics_class
+class ChatMapMagics(Magics):
+    """`%%chatmap`: one prompt per DataFrame row, in parallel, at the server's pace."""
+
+    @magic_arguments(name="%%chatmap")
+    @help_layout(
+        "%(prog)s DF -o COL [COL ...] [OPTIONS]  (the template is the rest of the cell)",
+        """
+        %%chatmap reviews -o sentiment --max-tokens 5
+        Classify the sentiment of this review as positive, negative or neutral: {text}
+
+        %%chatmap reviews -o product price --json
+        From this review, extract the product and its price: {text}
+
+        %%chatmap reviews -o summary --limit 20 --dry-run
+        Summarise in one sentence: {text}
+        """,
+    )
+    @argument_group("What to map")
+    @argument("df", metavar="DF", help="The DataFrame (a notebook variable) whose rows are mapped.")
+    @argument(
+        "-o",
+        "--output",
+        nargs="+",
+        required=True,
+        metavar="COL",
+        help="Column for the replies; with --json one column per key of the reply.",
+    )
+    @argument(
+        "--json", action="store_true", help="The reply is a JSON object filling the -o columns."
+    )
+    @argument("--into", metavar="VAR", help="Write a new DataFrame to VAR and leave DF untouched.")
+    @argument("--limit", type=int, metavar="N", help="Only the first N rows.")
+    @argument(
+        "--fill-null", metavar="TEXT", help="Send TEXT for null values (default: skip those rows)."
+    )
+    @argument_group("Request")
+    @argument("-m", "--model", help="Model (default: the session's, %%chat model).")
+    @argument("-s", "--system", help="System prompt for every row.")
+    @argument("-t", "--temperature", type=float, metavar="T", help="Sampling temperature, 0–2.")
+    @argument(
+        "--max-tokens",
+        type=int,
+        metavar="N",
+        help="Most reply tokens per row (default: 64, per column with --json; a reply cut "
+        "there is marked in _error).",
+    )
+    @argument_group("Pace")
+    @argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="Requests in flight (default: from limits and latency).",
+    )
+    @argument("--rpm", type=float, metavar="N", help="Requests per minute (default: the server's).")
+    @argument("--tpm", type=float, metavar="N", help="Tokens per minute (default: the server's).")
+    @argument("--retries", type=int, metavar="N", help="Retries per row on 5xx and network errors.")
+    @argument_group("Cache and cost")
+    @argument("--max-cost", type=float, metavar="USD", help="Refuse if it may cost more than USD.")
+    @argument(
+        "--dry-run",
+        action="store_true",
+        help="Show rows, cache hits, tokens and cost; send nothing.",
+    )
+    @argument("--no-cache", action="store_true", help="Neither read nor write the response cache.")
+    @argument("--refresh", action="store_true", help="Skip the cache read; store the new replies.")
+    @argument(
+        "--allow-secrets",
+        action="store_true",
+        help="Send rows even if they hold something shaped like an API key or private key.",
+    )
+    @argument_group("Batch API")
+    @argument(
+        "--batch",
+        action="store_true",
+        help="Send through the provider's Batch API: half the price, results within 24 h. "
+        "The batch outlives the kernel; re-running the cell attaches to it.",
+    )
+    @argument(
+        "--no-wait",
+        action="store_true",
+        help="With --batch: submit and return; re-run the cell later to collect the replies.",
+    )
+    @argument(
+        "--poll",
+        type=float,
+        metavar="SECONDS",
+        help="With --batch: seconds between status checks (default: 1, growing to 30).",
+    )
+    @cell_magic("chatmap")
+    def chatmap(self, line: str, cell: str) -> None:
+        """Send the cell, filled from each row of DF ({column} placeholders), and write each
+        reply into a column of DF.
+
+        Before sending it shows the plan (rows, cached rows, tokens, cost) and refuses a run
+        over --max-cost or the budget. Cached rows are free and instant, so re-running the
+        cell resumes: only missing and failed rows are sent. Row failures go to DF["_error"].
+        {{x}} sends {x}.
+        """
+        args = parse_line(self.chatmap, line, "%%chatmap")
+        if args is None:
+            return None
+        check_variable(args.into, "--into")
+        if (args.no_wait or args.poll is not None) and not args.batch:
+            raise UsageError("--no-wait and --poll go with --batch.")
+        df = self._frame(args.df)
+        from ipychat.session import get_session
+
+        session = get_session()
+        before = session.redactions.copy()
+        try:
+            with user_errors(), session.allowing_secrets(args.allow_secrets):
+                self._map(args, df, cell)
+        finally:
+            self._say_masked(session.redactions - before)
+        return None
+
+    def _say_masked(self, counts: Any) -> None:
+        """What the redact setting masked in this map's prompts, in one line."""
+        if not counts:
+            return
+        from ipychat.core.hygiene import Redaction
+        from ipychat.notebook.display import in_notebook, show_markdown
+
+        note = Redaction("", dict(counts)).note
+        show_markdown(
+            f"ipychat {note} in the prompts before sending.", notebook=in_notebook(self.shell)
+        )
+
+    def _frame(self, name: str) -> Any:
+        namespace = self.shell.user_ns if self.shell is not None else {}
+        if name not in namespace:
+            public = [n for n in namespace if not n.startswith("_")]
+            close = difflib.get_close_matches(name, public, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UsageError(f"{name} is not defined in the notebook{hint}: name a DataFrame.")
+        return namespace[name]
+
+    def _map(self, args: Any, df: Any, cell: str) -> None:
+        from ipychat.map import job as chatmap
+        from ipychat.notebook.display import in_notebook, show_markdown
+        from ipychat.session import get_session
+
+        session = get_session()
+        notebook = in_notebook(self.shell)
+        options: dict[str, Any] = {
+            "json": args.json,
+            "model": args.model,
+            "system": args.system,
+            "temperature": args.temperature,
+            "max_tokens": args.max_tokens,
+            "concurrency": args.concurrency,
+            "rpm": args.rpm,
+            "tpm": args.tpm,
+            "retries": args.retries,
+            "max_cost": args.max_cost,
+            "cache": "off" if args.no_cache else "refresh" if args.refresh else "use",
+            "limit": args.limit,
+            "fill_null": args.fill_null,
+            "name": args.df,
+        }
+        view = _ProgressView(notebook=notebook)
+        if args.batch:
+            self._batch(args, df, cell, options, view)
+            return
+        if args.dry_run:
+            plan = chatmap.plan(session, df, cell, args.output, **options)
+            view.plan(plan)
+            if plan.first_prompt is not None:
+                from ipychat.core.markdown import fenced
+
+                show_markdown(
+                    f"First prompt:\n\n{fenced(plan.first_prompt)}",
+                    notebook=notebook,
+                    plain=f"First prompt:\n{plan.first_prompt}",
+                )
+            return
+        # pandas frames are written in place; a polars frame is immutable, so the variable
+        # is rebound to the new one (the same thing, seen from the notebook).
+        inplace = args.into is None and type(df).__module__.startswith("pandas")
+        try:
+            result = chatmap.run(
+                session,
+                df,
+                cell,
+                args.output,
+                inplace=inplace,
+                progress=view.update,
+                on_plan=view.plan,
+                **options,
+            )
+        except (chatmap.MapInterrupted, chatmap.MapAborted) as exc:
+            view.finish(False)
+            self._store(args, exc.result.frame)
+            raise
+        view.finish(result.summary.failed == 0)
+        self._store(args, result.frame)
+        added = f"written to {args.into}" if args.into else None
+        show_markdown(result.summary.line(args.df, added=added), notebook=notebook)
+        from IPython.display import display
+
+        display(result.frame.head())
+
+    def _batch(self, args: Any, df: Any, cell: str, options: dict[str, Any], view: Any) -> None:
+        """--batch: the same plan, sent through ipychat.map.batch (which see)."""
+        from ipychat.map import batch
+        from ipychat.map import job as chatmap
+        from ipychat.notebook.display import in_notebook, show_markdown
+        from ipychat.session import get_session
+
+        session, notebook = get_session(), in_notebook(self.shell)
+        options = {**options, "poll_interval": args.poll}
+        if args.dry_run:
+            view.plan(batch.plan(session, df, cell, args.output, **options))
+            return
+
+        def submitted(job: Any, attached: bool) -> None:
+            show_markdown(batch_note(job, attached, args.df), notebook=notebook)
+
+        inplace = args.into is None and type(df).__module__.startswith("pandas")
+        try:
+            result = batch.run(
+                session,
+                df,
+                cell,
+                args.output,
+                wait=not args.no_wait,
+                inplace=inplace,
+                progress=None if args.no_wait else view.update,
+                on_plan=view.plan,
+                on_submit=submitted,
+                **options,
+            )
+        except (chatmap.MapInterrupted, chatmap.MapAborted) as exc:
+            view.finish(False)
+            self._store(args, exc.result.frame)
+            raise
+        self._store(args, result.frame)
+        if args.no_wait and result.job is not None:
+            return  # the note said how to collect it
+        view.finish(result.summary.failed == 0)
+        added = f"written to {args.into}" if args.into else None
+        via = f" · via batch {result.job.id}" if result.job is not None else ""
+        show_markdown(result.summary.line(args.df, added=added) + via, notebook=notebook)
+        from IPython.display import display
+
+        display(result.frame.head())
+
+    def _store(self, args: Any, frame: Any) -> None:
+        if self.shell is not None:
+            self.shell.user_ns[args.into or args.df] = frame
+
+
+def batch_note(job: Any, attached: bool, frame: str) -> str:
+    """What a notebook is told once its batch job is known (submitted, or attached to)."""
+    ids = ", ".join(job.batch_ids) or "none yet"
+    if attached:
+        return (
+            f"Attached to batch {job.id} ({ids}, {job.status}) submitted earlier for these rows: "
+            "nothing is sent twice."
+        )
+    return (
+        f"Submitted batch {job.id} ({ids}): {len(job.requests):,} requests. It runs at the "
+        "provider even if this cell stops: re-run the cell to attach to it (or "
+        f"%chat batch resume {job.id} {frame} after a restart); %chat batch cancel {job.id} "
+        "stops it."
+    )
