@@ -36,7 +36,6 @@ ALLOWED: frozenset[str] = frozenset(
         # helper "core": left this round (ChatClient's keywords are its public API; the lean transport is one class built in a cached factory)
         "constructor ipychat/net/client.py:ChatClient.__init__",
         "function ipychat/core/hygiene.py:clean_messages",
-        "function ipychat/core/messages.py:interpolate",
         "function ipychat/net/transport.py:lean_aiohttp_transport",
         "module ipychat/core/markdown.py",
         # helper "engine" (the engine/session split)
@@ -50,7 +49,6 @@ ALLOWED: frozenset[str] = frozenset(
         "constructor ipychat/map/dispatch.py:Dispatcher.__init__",
         "constructor ipychat/map/job.py:MapJob.__init__",
         "function ipychat/map/job.py:MapJob.__init__",
-        "function ipychat/map/plan.py:compile_template",
         "function ipychat/map/plan.py:plan_requests",
         "module ipychat/map/batch.py",
         "module ipychat/map/job.py",
