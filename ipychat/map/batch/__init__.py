@@ -48,7 +48,14 @@ from ipychat.map.batch.api import (
 from ipychat.map.batch.jsonl import ENDPOINT, MAX_BYTES, MAX_REQUESTS, request_line
 from ipychat.map.batch.registry import ACTIVE, TERMINAL, BatchJob, Part, Registry, RequestRef
 from ipychat.map.batch.results import BatchPlan, BatchProgress, BatchResult
-from ipychat.map.batch.runner import COMPLETION_WINDOW, FIRST_POLL, MAX_POLL, THREAD, BatchRun
+from ipychat.map.batch.runner import (
+    COMPLETION_WINDOW,
+    FIRST_POLL,
+    MAX_POLL,
+    THREAD,
+    BatchOptions,
+    BatchRun,
+)
 
 __all__ = [
     "ACTIVE",
@@ -61,6 +68,7 @@ __all__ = [
     "TERMINAL",
     "THREAD",
     "BatchJob",
+    "BatchOptions",
     "BatchPlan",
     "BatchProgress",
     "BatchResult",

@@ -8,16 +8,18 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable, Coroutine
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 from ipychat.core.errors import BudgetExceeded, ChatError, ConfigError, Interrupted
 from ipychat.core.pricing import format_usd
-from ipychat.map.batch.jsonl import MAX_BYTES, MAX_REQUESTS, request_line, split_parts
+from ipychat.map.batch.jsonl import request_line, split_parts
 from ipychat.map.batch.registry import BatchJob, Registry
 from ipychat.map.batch.results import BatchPlan, BatchProgress, BatchResult
-from ipychat.map.batch.runner import BatchRun
+from ipychat.map.batch.runner import BatchOptions, BatchRun
 from ipychat.map.dispatch import TICK
 from ipychat.map.job import MapAborted, MapInterrupted, MapJob, guarded, wait_on_loop
+from ipychat.map.options import MapOptions
 
 if TYPE_CHECKING:
     from ipychat.session import ChatSession
@@ -43,19 +45,14 @@ def _check_endpoint(session: ChatSession, job: BatchJob) -> None:
         )
 
 
-_RUN_OPTIONS = ("poll_interval", "max_requests", "max_bytes")
+_BATCH_OPTIONS = frozenset(f.name for f in fields(BatchOptions))
 
 
-def _mapper(
-    session: ChatSession, df: Any, template: str, output: Any, options: dict[str, Any]
-) -> MapJob:
-    return MapJob(session, df, template, output, **options)
-
-
-def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    options.pop("batch", None)
-    run_options = {k: options.pop(k) for k in _RUN_OPTIONS if k in options}
-    return options, run_options
+def _options(output: Any, options: dict[str, Any]) -> tuple[MapOptions, BatchOptions]:
+    """The keyword arguments of a batch map: the map's own options and the batch's."""
+    own = {k: v for k, v in options.items() if k in _BATCH_OPTIONS}
+    rest = {k: v for k, v in options.items() if k not in _BATCH_OPTIONS and k != "batch"}
+    return MapOptions.of(output, **rest), BatchOptions(**own)
 
 
 def _check_budget(mapper: MapJob) -> None:
@@ -74,22 +71,30 @@ def _check_budget(mapper: MapJob) -> None:
 
 
 def plan(
-    session: ChatSession, df: Any, template: str, output: Any = "col", **options: Any
+    session: ChatSession,
+    df: Any,
+    template: str,
+    output: Any = "col",
+    *,
+    wait: bool = True,
+    progress: Callable[[BatchProgress], None] | None = None,
+    on_plan: Callable[[BatchPlan], None] | None = None,
+    on_submit: Callable[[BatchJob, bool], None] | None = None,
+    **options: Any,
 ) -> BatchPlan:
-    """The dry run of a batch map: the map's plan plus files, size and batch price."""
-    options, run_options = _split_options(dict(options))
-    for name in ("progress", "on_plan", "on_submit", "wait"):
-        options.pop(name, None)
-    return _plan(_mapper(session, df, template, output, options), run_options)
+    """The dry run of a batch map: the map's plan plus files, size and batch price (nothing
+    is sent, so the callbacks `run` takes are not called)."""
+    del wait, progress, on_plan, on_submit
+    map_options, batch_options = _options(output, options)
+    return _plan(MapJob(session, df, template, map_options), batch_options)
 
 
-def _plan(mapper: MapJob, run_options: dict[str, Any]) -> BatchPlan:
+def _plan(mapper: MapJob, options: BatchOptions) -> BatchPlan:
     sizes = [
         (f"row-{mjob.rows[0]}", len(request_line(f"row-{mjob.rows[0]}", mjob.prepared.body)) + 1)
         for mjob in mapper.to_send
     ]
-    max_requests = run_options.get("max_requests", MAX_REQUESTS)
-    groups = list(split_parts(sizes, max_requests, run_options.get("max_bytes", MAX_BYTES)))
+    groups = list(split_parts(sizes, options.max_requests, options.max_bytes))
     return BatchPlan(mapper.plan, len(groups), sum(n for _, n in sizes))
 
 
@@ -113,12 +118,12 @@ def run(
     attaches to it. `on_submit(job, attached)` is called from this thread once the job is
     known. Ctrl-C stops waiting, not the batch: MapInterrupted, with `.result`.
     """
-    options, run_options = _split_options(dict(options))
-    mapper = _mapper(session, df, template, output, options)
+    map_options, batch_options = _options(output, options)
+    mapper = MapJob(session, df, template, map_options)
     _check_budget(mapper)
     if on_plan is not None:
-        on_plan(_plan(mapper, run_options))
-    batch_run = BatchRun(session, mapper, **run_options)
+        on_plan(_plan(mapper, batch_options))
+    batch_run = BatchRun(session, mapper, batch_options)
     _drive(session, batch_run, batch_run.execute(wait=wait), progress, on_submit)
     return _result(batch_run)
 
@@ -138,15 +143,9 @@ def resume(
     the stored template and options are planned over `df` again and joined by cache key."""
     job = Registry.of(session).load(ident)
     _check_endpoint(session, job)
-    options = dict(job.options)
-    mapper = _mapper(
-        session,
-        df,
-        job.template,
-        job.outputs,
-        {**options, "inplace": inplace, "name": name or job.frame},
-    )
-    batch_run = BatchRun(session, mapper, **run_options)
+    stored = {**job.options, "inplace": inplace, "name": name or job.frame}
+    mapper = MapJob(session, df, job.template, MapOptions.of(job.outputs, **stored))
+    batch_run = BatchRun(session, mapper, BatchOptions(**run_options))
     _drive(session, batch_run, batch_run.execute(job), progress, on_submit)
     return _result(batch_run)
 
@@ -162,7 +161,7 @@ def collect(
     ledger; re-running its %%chatmap cell is then answered from the cache."""
     job = Registry.of(session).load(ident)
     _check_endpoint(session, job)
-    batch_run = BatchRun(session, None, **run_options)
+    batch_run = BatchRun(session, None, BatchOptions(**run_options))
     _drive(session, batch_run, batch_run.execute(job), progress, None)
     assert batch_run.job is not None
     return batch_run.job
@@ -225,12 +224,12 @@ async def arun(
     **options: Any,
 ) -> BatchResult:
     """`run` for code that awaits; the batch is still driven from the session's own loop."""
-    options, run_options = _split_options(dict(options))
-    mapper = _mapper(session, df, template, output, options)
+    map_options, batch_options = _options(output, options)
+    mapper = MapJob(session, df, template, map_options)
     _check_budget(mapper)
     if on_plan is not None:
-        on_plan(_plan(mapper, run_options))
-    batch_run = BatchRun(session, mapper, **run_options)
+        on_plan(_plan(mapper, batch_options))
+    batch_run = BatchRun(session, mapper, batch_options)
     finished = threading.Event()
     future = session.submit(guarded(batch_run.execute(wait=wait), finished))
     wrapped = asyncio.wrap_future(future)

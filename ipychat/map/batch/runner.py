@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ipychat.core import pricing
@@ -31,7 +31,7 @@ from ipychat.map.job import MapJob, MapRequest
 if TYPE_CHECKING:
     from ipychat.session import ChatSession
 
-__all__ = ["COMPLETION_WINDOW", "FIRST_POLL", "MAX_POLL", "THREAD", "BatchRun"]
+__all__ = ["COMPLETION_WINDOW", "FIRST_POLL", "MAX_POLL", "THREAD", "BatchOptions", "BatchRun"]
 
 COMPLETION_WINDOW = "24h"
 # Batches take minutes to hours: poll soon (small ones finish fast), then less and less often.
@@ -40,30 +40,36 @@ MAX_POLL = 30.0
 THREAD = "batch"  # the ledger's thread column for replies that came through a batch
 
 
+@dataclass(frozen=True)
+class BatchOptions:
+    """A batch run's own options: seconds between polls (None: FIRST_POLL growing to
+    MAX_POLL), and the most requests and bytes per input file (OpenAI's limits)."""
+
+    poll_interval: float | None = None
+    max_requests: int = MAX_REQUESTS
+    max_bytes: int = MAX_BYTES
+
+    def __post_init__(self) -> None:
+        poll = self.poll_interval
+        if poll is not None and not poll > 0:
+            raise ConfigError(f"poll_interval must be a positive number of seconds, not {poll!r}.")
+        if self.max_requests < 1 or self.max_bytes < 1:
+            raise ConfigError("max_requests and max_bytes must be positive.")
+
+
 class BatchRun:
     """One batch map (or a collection without a frame when `mapper` is None)."""
 
     def __init__(
-        self,
-        session: ChatSession,
-        mapper: MapJob | None,
-        *,
-        poll_interval: float | None = None,
-        max_requests: int = MAX_REQUESTS,
-        max_bytes: int = MAX_BYTES,
+        self, session: ChatSession, mapper: MapJob | None, options: BatchOptions | None = None
     ) -> None:
-        if poll_interval is not None and not poll_interval > 0:
-            raise ConfigError(
-                f"poll_interval must be a positive number of seconds, not {poll_interval!r}."
-            )
-        if max_requests < 1 or max_bytes < 1:
-            raise ConfigError("max_requests and max_bytes must be positive.")
+        options = options if options is not None else BatchOptions()
         self.session = session
         self.mapper = mapper
         self.registry = Registry.of(session)
-        self.poll_interval = poll_interval
-        self.max_requests = max_requests
-        self.max_bytes = max_bytes
+        self.poll_interval = options.poll_interval
+        self.max_requests = options.max_requests
+        self.max_bytes = options.max_bytes
         self.job: BatchJob | None = None
         self.attached = False
         self.started = time.monotonic()
