@@ -652,3 +652,113 @@ def test_the_azure_api_version_is_part_of_the_fast_key(offline_session: ChatSess
     prefix, suffix = shape._key_parts
     assert '"endpoint":"http://127.0.0.1:9/v1?api-version=2024-10-21"' in prefix
     assert suffix.endswith("}}") and shape.keys(["x"]) == [session.cache_key(shape.body("x"))]
+
+
+# ----- what the mutation run showed unpinned (tests/mutation/README.md, map.plan) ------------
+
+
+def test_allow_secrets_reaches_the_system_prompt_and_every_row(
+    offline_session: ChatSession,
+) -> None:
+    key = "AKIA" + "Q" * 16  # built at run time: never a secret in the repository
+    df = frame(["a", f"my key is {key}"])
+    with pytest.raises(SecretInPromptError, match="AWS access key"):
+        plan_rows(offline_session, frame(["a"]), system=f"use {key}")
+    with pytest.raises(SecretInPromptError, match="AWS access key"):
+        plan_rows(offline_session, df)
+    planned = plan_rows(offline_session, df, system=f"use {key}", allow_secrets=True)
+    assert [job.prompt for job in planned.to_send] == ["a", f"my key is {key}"]
+    assert planned.to_send[0].body["messages"][0] == {"role": "system", "content": f"use {key}"}
+    # No row to send (all skipped): the system prompt is not even looked at.
+    none = plan_rows(offline_session, frame([None]), system=f"use {key}")  # type: ignore[list-item]
+    assert none.to_send == [] and none.skipped == 1
+
+
+def test_what_redaction_masked_goes_with_each_request(tmp_path) -> None:
+    session = ChatSession(
+        Settings(base_url="http://127.0.0.1:9/v1", api_key=KEY, model="gpt-4o-mini", redact=True),
+        cache=False,
+    )
+    try:
+        planned = plan_rows(session, frame(["write to ann@example.com", "plain"]))
+        masked, plain = planned.to_send
+        assert "ann@example.com" not in masked.prompt and masked.prepared.masked
+        assert masked.prepared.label == "map" and plain.prepared.masked == ""
+        shape = RowShape.probe(
+            session, model="gpt-4o-mini", system=None, temperature=None, max_tokens=5, extra=None
+        )
+        assert shape is not None
+        prepared = shape.prepare("x", "masked 1 e-mail address")
+        assert (prepared.label, prepared.masked, prepared.prompt) == (
+            "map",
+            "masked 1 e-mail address",
+            "x",
+        )
+    finally:
+        session.close()
+
+
+def test_each_row_too_long_counts(offline_session: ChatSession, monkeypatch: Any) -> None:
+    longs = ["word " * 9000, "more " * 9000, "and more " * 5000]
+    for probe in (True, False):
+        if not probe:  # ... also when each row goes through prepare_one
+            monkeypatch.setattr(RowShape, "probe", classmethod(lambda cls, *a, **k: None))
+        planned = plan_rows(offline_session, frame([*longs, "ok"]), model="my-own-model")
+        assert planned.plan.invalid == 3 and sorted(planned.row_errors) == [0, 1, 2]
+        assert all("does not fit the 8,192-token" in e for e in planned.row_errors.values())
+        assert [job.prompt for job in planned.to_send] == ["ok"]
+
+
+def test_the_plan_carries_the_default_cap_and_what_is_approximate(
+    offline_session: ChatSession,
+) -> None:
+    plan = plan_rows(offline_session, frame(["a"]), default_cap=32).plan
+    assert plan.default_cap == 32 and plan.approximate is False
+    assert plan_rows(offline_session, frame(["a"]), model="my-own-model").plan.approximate
+    offline_session.settings.offline = True
+    assert plan_rows(offline_session, frame(["a"])).plan.offline is True
+
+
+def test_a_cache_that_is_off_is_not_read_without_a_row_shape(
+    offline_session: ChatSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(RowShape, "probe", classmethod(lambda cls, *a, **k: None))
+    planned = plan_rows(offline_session, frame(["a"]), cache_mode="off")
+    assert planned.hits == [] and [job.prompt for job in planned.to_send] == ["a"]
+
+
+def test_keys_check_a_sample_not_every_row(
+    offline_session: ChatSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The point of the fast keys: one sha256 a row, `request_key` on rows 0, 4,096 and last.
+    session = offline_session
+    shape = RowShape.probe(
+        session, model="gpt-4o-mini", system=None, temperature=None, max_tokens=5, extra=None
+    )
+    assert shape is not None and shape.keys([]) == []
+    checked: list[str] = []
+    real = session.cache_key
+
+    def key(body: dict[str, Any]) -> str:
+        checked.append(body["messages"][-1]["content"])
+        return real(body)
+
+    monkeypatch.setattr(session, "cache_key", key)
+    prompts = [f"row {i}" for i in range(5000)]
+    assert shape.keys(prompts) == [real(shape.body(p)) for p in prompts]
+    assert sorted(checked) == ["row 0", "row 4096", "row 4999"]
+
+
+def test_the_room_is_the_models_own_context_window(offline_session: ChatSession) -> None:
+    shape = RowShape.probe(
+        offline_session,
+        model="gpt-4o-mini",
+        system=None,
+        temperature=None,
+        max_tokens=10,
+        extra=None,
+    )
+    assert shape is not None
+    window = offline_session.prices.context_window("gpt-4o-mini")
+    assert window > 8192 and shape._room == window - 10
+    assert shape.fits("a" * 20_000)  # over an unknown model's 8,192 tokens
