@@ -666,6 +666,10 @@ def test_allow_secrets_reaches_the_system_prompt_and_every_row(
         plan_rows(offline_session, frame(["a"]), system=f"use {key}")
     with pytest.raises(SecretInPromptError, match="AWS access key"):
         plan_rows(offline_session, df)
+    with pytest.raises(SecretInPromptError, match="AWS access key"):  # the default: refused
+        RowShape.probe(
+            offline_session, model="m", system=key, temperature=None, max_tokens=5, extra=None
+        )
     planned = plan_rows(offline_session, df, system=f"use {key}", allow_secrets=True)
     assert [job.prompt for job in planned.to_send] == ["a", f"my key is {key}"]
     assert planned.to_send[0].body["messages"][0] == {"role": "system", "content": f"use {key}"}
