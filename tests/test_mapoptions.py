@@ -61,6 +61,58 @@ def test_each_bad_option_is_refused_in_one_line(
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
+def test_each_bound_is_where_the_messages_say() -> None:
+    from ipychat.map.dispatch import MAX_CONCURRENCY
+
+    most = MAX_CONCURRENCY * 4
+    fine: list[dict[str, Any]] = [
+        {"concurrency": 1, "max_tokens": 1},
+        {"concurrency": most},
+        {"rpm": 0.5, "tpm": 0.5},  # below one a minute is still a limit
+        {"retries": 0},
+        {"retries": 20},
+        {"limit": 0},
+        {"max_cost": 0},
+        {"max_cost": 0.5},
+        {"temperature": 0},
+        {"temperature": 0.5},
+        {"temperature": 2},
+    ]
+    for options in fine:
+        assert MapOptions.of("x", **options)
+    refused: list[tuple[dict[str, Any], str]] = [
+        (
+            {"concurrency": most + 1},
+            f"concurrency {most + 1} is more than any server will welcome.",
+        ),
+        (
+            {"rpm": 0},
+            "rpm must be a positive number of requests per minute, not 0: give the limit "
+            "(e.g. --rpm 500), or leave it out to use the server's own.",
+        ),
+        (
+            {"tpm": 0},
+            "tpm must be a positive number of tokens per minute, not 0: give the limit "
+            "(e.g. --tpm 200000), or leave it out to use the server's own.",
+        ),
+        ({"retries": 2.0}, "retries must be a whole number from 0 to 20, not 2.0."),
+        ({"retries": -1}, "retries must be a whole number from 0 to 20, not -1."),
+        ({"limit": 1.5}, "limit must be a whole number ≥ 0, not 1.5."),
+        ({"temperature": -0.1}, "temperature must be between 0 and 2, not -0.1."),
+        ({"temperature": 2.1}, "temperature must be between 0 and 2, not 2.1."),
+    ]
+    for options, message in refused:
+        with pytest.raises(ConfigError) as info:
+            MapOptions.of("x", **options)
+        assert str(info.value) == message
+    with pytest.raises(ConfigError) as info:
+        MapOptions.of(["a", "b"])
+    assert str(info.value) == (
+        "Several output columns need --json: the reply is then a JSON object whose keys fill them."
+    )
+    assert MapOptions.of().outputs == ("col",)
+
+
 def test_built_directly_it_is_checked_the_same() -> None:
     with pytest.raises(ConfigError, match="retries must be"):
         MapOptions(outputs=("x",), retries=-1)
@@ -68,7 +120,9 @@ def test_built_directly_it_is_checked_the_same() -> None:
 
 
 def test_an_unknown_option_is_a_type_error_naming_it() -> None:
-    with pytest.raises(TypeError, match="unexpected keyword argument 'concurency'"):
+    with pytest.raises(
+        TypeError, match=r"^map\(\) got an unexpected keyword argument 'concurency'$"
+    ):
         MapOptions.of("x", concurency=4)
     with pytest.raises(TypeError, match="'outputs'"):  # the column is the `output` argument
         MapOptions.of("x", outputs=("y",))
