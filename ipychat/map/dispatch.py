@@ -51,7 +51,15 @@ if TYPE_CHECKING:
     from ipychat.map.plan import MapRequest
     from ipychat.session import ChatSession
 
-__all__ = ["Counters", "Dispatcher", "Sink", "guarded", "wait_on_loop"]
+__all__ = [
+    "Counters",
+    "Dispatcher",
+    "SendOptions",
+    "Sink",
+    "guarded",
+    "session_limiter",
+    "wait_on_loop",
+]
 
 T = TypeVar("T")
 # Requests in flight when no limit is known (a latency-bound server: more is faster, and 64
@@ -96,6 +104,26 @@ _LIMITERS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], RateLimiter]] = 
 )
 
 
+@dataclass(frozen=True)
+class SendOptions:
+    """How a map run sends: the model (with the endpoint, the rate limiter's key), the
+    map's own caps and window (None: the server's limits decide), retries per row, and
+    what the cache is for ("refresh", "off")."""
+
+    model: str
+    rpm: float | None = None
+    tpm: float | None = None
+    concurrency: int | None = None
+    local: bool = False  # the embedded llama.cpp server: one request at a time
+    retries: int = 0
+    cache_mode: CacheMode = "use"
+
+
+def session_limiter(session: ChatSession, model: str) -> RateLimiter | None:
+    """The pacing a session has learnt for `model` on its endpoint (None: no map yet)."""
+    return _LIMITERS.get(session, {}).get((session.base_url, model))
+
+
 class Sink(Protocol):
     """Where the dispatcher reports (the MapJob)."""
 
@@ -117,24 +145,17 @@ class Dispatcher:
         sink: Sink,
         session: ChatSession,
         requests: list[MapRequest],
-        *,
-        model: str,
-        rpm: float | None,
-        tpm: float | None,
-        concurrency: int | None,
-        local: bool,
-        retries: int,
-        cache_mode: CacheMode,
+        sending: SendOptions,
     ) -> None:
         self.sink = sink
         self.session = session
         self.requests = requests  # all the run may send (their mean size sizes the window)
-        self.model = model
-        self.rpm, self.tpm = rpm, tpm
-        self.concurrency = concurrency
-        self.local = local
-        self.retries = retries
-        self.cache_mode: CacheMode = cache_mode
+        self.model = sending.model
+        self.rpm, self.tpm = sending.rpm, sending.tpm
+        self.concurrency = sending.concurrency
+        self.local = sending.local
+        self.retries = sending.retries
+        self.cache_mode: CacheMode = sending.cache_mode
         self.ready: deque[MapRequest] = deque()
         self.delayed: list[tuple[float, int, MapRequest]] = []
         self.abort: ChatError | None = None
