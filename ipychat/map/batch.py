@@ -597,9 +597,9 @@ class _BatchRun:
         store = session.cache if session.settings.cache else None
         mapper = self.mapper
         if store is not None and (mapper is None or mapper.cache_mode != "off"):
-            from ipychat.session import _cache_value
+            from ipychat.engine.exchange import Exchange
 
-            store.set(ref.key, _cache_value(reply, session.host, model))
+            store.set(ref.key, Exchange(reply, ref.key, model, session.host).to_cache())
         mjob = self._by_key.get(ref.key)
         if mapper is not None and mjob is not None:
             if first:
@@ -750,7 +750,7 @@ _RUN_OPTIONS = ("poll_interval", "max_requests", "max_bytes")
 def _mapper(
     session: ChatSession, df: Any, template: str, output: Any, options: dict[str, Any]
 ) -> MapJob:
-    return MapJob(session, df, template, output, **options)
+    return MapJob(session.engine, df, template, output, **options)
 
 
 def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -990,7 +990,7 @@ def _drive(
         _tick(batch_run, progress)
 
     try:
-        wait_on_loop(session, coro, tick)
+        wait_on_loop(session.runner, coro, tick)
     except KeyboardInterrupt:
         raise _interrupted(batch_run) from None
     except ChatError as exc:

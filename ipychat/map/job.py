@@ -6,6 +6,7 @@ delegate here; `ipychat.map.batch` drives a `MapJob` through its documented inte
 
 ```
 run(session, df, template, ...)          sync: plan, then execute on the session's loop
+                                         (any `Host`: its engine, and its loop thread)
   ├── MapJob.__init__                    plan (caller's thread, nothing sent):
   │     └── _mapplan.plan_requests       template compiled once, nulls, dedupe, checks
   │                                      per unique prompt, one batched cache read
@@ -30,19 +31,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ipychat.core import pricing
 from ipychat.core.errors import (
     ChatError,
     ConfigError,
     OfflineCacheMiss,
 )
+from ipychat.core.runner import wait_async
 from ipychat.core.types import Reply, Usage
 from ipychat.engine.ledger import LedgerRow, max_tokens_within
+from ipychat.engine.prepare import Prepared
 from ipychat.map.dispatch import _LIMITERS as _LIMITERS
 from ipychat.map.dispatch import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY
 from ipychat.map.dispatch import MAX_CONCURRENCY as MAX_CONCURRENCY
@@ -80,7 +81,8 @@ from ipychat.map.plan import (
 )
 
 if TYPE_CHECKING:
-    from ipychat.session import ChatSession
+    from ipychat.engine.engine import Engine
+    from ipychat.map.host import Host
 
 __all__ = [
     "MapAborted",
@@ -130,7 +132,7 @@ class MapJob:
 
     def __init__(
         self,
-        session: ChatSession,
+        engine: Engine,
         df: Any,
         template: str,
         output: str | Sequence[str] = "col",
@@ -153,7 +155,7 @@ class MapJob:
         name: str | None = None,
         allow_secrets: bool = False,
     ) -> None:
-        self.session = session
+        self.engine = engine
         self.allow_secrets = allow_secrets
         self.outputs = output_columns(output, json)
         self.json = json
@@ -167,16 +169,16 @@ class MapJob:
         if error_column in self.outputs:
             raise ConfigError(f"{error_column!r} is where row errors go: pick another -o name.")
         self.concurrency = concurrency
-        self.local = bool(getattr(session, "is_local", False))
-        self.retries = session.settings.max_retries if retries is None else retries
+        self.local = engine.is_local
+        self.retries = engine.settings.max_retries if retries is None else retries
         self.max_cost = max_cost
-        self.model: str = model or getattr(session, "model", None) or session.settings.model or ""
+        self.model: str = model or engine.model
         # No cap chosen: the map's own small one (see MAP_MAX_TOKENS), so that its bound
         # is near what it will cost; a reply cut there is marked in the error column.
-        self.default_cap = default_reply_cap(session, max_tokens, len(self.outputs) if json else 1)
+        self.default_cap = default_reply_cap(engine, max_tokens, len(self.outputs) if json else 1)
         self.max_tokens = max_tokens if max_tokens is not None else self.default_cap
         self.rpm, self.tpm = rpm, tpm
-        base_system = system if system is not None else session.settings.system
+        base_system = system if system is not None else engine.settings.system
         self.base_system: str = base_system or ""
         self.extra: dict[str, Any] | None = None
         self.system = base_system
@@ -204,7 +206,7 @@ class MapJob:
         self.finished = [False] * n
         self.counters = Counters()
         planned = plan_requests(
-            session,
+            engine,
             self.frame,
             self.template,
             n,
@@ -223,7 +225,7 @@ class MapJob:
             self.finished[i] = True
         self.plan, self.skipped = planned.plan, planned.skipped
         # The local model answers whatever model a map names: its plan says so, once.
-        note = getattr(session, "local_note", lambda model: None)(self.model)
+        note = engine.local_note(self.model)
         if note:
             self.plan = dataclasses.replace(self.plan, note=note)
         self.hits, self.to_send = planned.hits, planned.to_send
@@ -232,16 +234,16 @@ class MapJob:
     def check_budget(self) -> None:
         """Refuse a run whose upper bound exceeds --max-cost or the session budget, before
         anything is sent; the refusal names the lever that fits (--max-tokens N first)."""
-        if not self.to_send or self.session.settings.offline:
+        if not self.to_send or self.engine.settings.offline:
             return  # nothing will be sent, nothing spent
-        self.session.usage.check(
+        self.engine.usage.check(
             self.plan.cost_high, max_cost=self.max_cost, what="This map", fit=self._fit
         )
 
     def _fit(self, limit: float) -> str | None:
         """What brings the map's bound under `limit` dollars: `--max-tokens N` (the largest
         reply cap that does), else `--limit N` (the most rows that do at this cap)."""
-        price = self.session.prices.lookup(self.model, is_local=self.local)
+        price = self.engine.prices.lookup(self.model, is_local=self.local)
         if price is None or not self.to_send:
             return None
         wanted = max(job.prepared.estimate.max_completion_tokens for job in self.to_send)
@@ -293,7 +295,7 @@ class MapJob:
     def _new_dispatcher(self) -> Dispatcher:
         return Dispatcher(
             self,
-            self.session,
+            self.engine,
             self.to_send,
             model=self.model,
             rpm=self.rpm,
@@ -308,7 +310,7 @@ class MapJob:
         """The cache hits: their ledger rows and savings, in bulk, then their rows written."""
         if not self.hits:
             return
-        session = self.session
+        engine = self.engine
         # The rows of a map share a model and mostly a few token counts: each distinct
         # (model, usage) is priced once.
         priced: dict[tuple[Any, ...], tuple[dict[str, Any], float | None]] = {}
@@ -336,10 +338,9 @@ class MapJob:
                     fields, saved = self._priced(job, hit)
             savings.append(saved)
             ledger.append({"time": time.time(), **fields})
-        if session.cache is not None:
-            session.cache.record_hits(savings)
-        common = {"thread": "map", "host": session.host, "cost": 0.0, "cached": True}
-        session.usage.record_many(LedgerRow.many(common, ledger))
+        if engine.cache is not None:
+            engine.cache.record_hits(savings)
+        engine.usage.record_many(LedgerRow.many({}, ledger))
         if self.json:
             for job, hit in self.hits:
                 text, reason = str(hit.get("text", "")), hit.get("finish_reason")
@@ -363,19 +364,10 @@ class MapJob:
         self, job: MapRequest | CachedRequest, hit: dict[str, Any]
     ) -> tuple[dict[str, Any], float | None]:
         """A cache hit's ledger fields (but its time) and what it saved."""
-        model = job.model
-        usage = Usage(**hit["usage"]) if hit.get("usage") else None
-        price = self.session.prices.lookup(model, is_local=self.local)
-        saved = pricing.cost(usage, price) if usage else None
-        fields = {
-            "model": self.session.model_label(model, hit.get("model")),
-            "prompt_tokens": usage.prompt_tokens if usage else 0,
-            "completion_tokens": usage.completion_tokens if usage else 0,
-            "cached_tokens": usage.cached_tokens if usage else 0,
-            "saved": saved,
-            "estimated": usage.estimated if usage else True,
-        }
-        return fields, saved
+        exchange = self.engine.from_cache(hit, key=job.key, request_model=job.model, label="map")
+        fields = vars(exchange.ledger_row()).copy()
+        del fields["time"]
+        return fields, exchange.reply.saved
 
     def spend(self, reply: Reply) -> None:
         """Count a reply's cost in the progress and the summary."""
@@ -396,17 +388,17 @@ class MapJob:
             await self._dispatcher.run()
 
     async def execute(self) -> None:
-        session = self.session
+        engine = self.engine
         self._reset()
         high = self.plan.cost_high if self.to_send else 0.0
         held = (
-            session.usage.reserve(high, what="This map", fit=self._fit)
-            if self.to_send and not session.settings.offline
+            engine.usage.reserve(high, what="This map", fit=self._fit)
+            if self.to_send and not engine.settings.offline
             else 0.0
         )
         try:
             self._apply_hits()
-            if session.settings.offline:
+            if engine.settings.offline:
                 for job in self.to_send:
                     self._fail(job, OfflineCacheMiss("Offline mode: this row is not in the cache."))
             else:
@@ -414,7 +406,7 @@ class MapJob:
             if self._dispatcher.ready:
                 await self._dispatcher.run()
         finally:
-            session.usage.settle(held, None)
+            engine.usage.settle(held, None)
 
     def _spent(self, reply: Reply) -> None:
         if reply.cost is None:
@@ -474,8 +466,6 @@ class MapJob:
         self, job: MapRequest | CachedRequest, text: str, problem: str, cached: bool
     ) -> None:
         """Invalid JSON is asked for once more, in the same conversation, first in line."""
-        from ipychat.session import Prepared
-
         body = dict(job.body)
         keys = ", ".join(self.outputs)
         body["messages"] = [
@@ -487,12 +477,12 @@ class MapJob:
                 f"the JSON object, with the keys: {keys}.",
             },
         ]
-        estimate = self.session.estimate(
+        estimate = self.engine.estimate(
             body["messages"], model=body["model"], max_tokens=body.get("max_tokens")
         )
         prepared = Prepared(job.prompt, None, body, estimate, label="map")
         again = MapRequest(
-            request_key(self.session, body),
+            request_key(self.engine, body),
             prepared,
             job.rows,
             estimate.prompt_tokens + estimate.max_completion_tokens,
@@ -616,7 +606,7 @@ def _aborted(mapper: MapJob, cause: ChatError) -> MapAborted:
 
 
 def plan(
-    session: ChatSession,
+    session: Host,
     df: Any,
     template: str,
     output: str | Sequence[str] = "col",
@@ -625,11 +615,11 @@ def plan(
     """The dry run: what `run` would send and what it may cost; nothing is sent."""
     options.pop("progress", None)
     options.pop("on_plan", None)
-    return MapJob(session, df, template, output, **options).plan
+    return MapJob(session.engine, df, template, output, **options).plan
 
 
 def map_frame(
-    session: ChatSession,
+    session: Host,
     df: Any,
     template: str,
     output: str | Sequence[str] = "col",
@@ -644,7 +634,7 @@ def map_frame(
 
 
 async def amap_frame(
-    session: ChatSession,
+    session: Host,
     df: Any,
     template: str,
     output: str | Sequence[str] = "col",
@@ -659,7 +649,7 @@ async def amap_frame(
 
 
 def run(
-    session: ChatSession,
+    session: Host,
     df: Any,
     template: str,
     output: str | Sequence[str] = "col",
@@ -687,13 +677,15 @@ def run(
     the rows finished so far in `.result`; a global failure (key, model, a long wait
     demanded by the server) raises MapAborted, also with `.result`.
     """
-    mapper = MapJob(session, df, template, output, **options)
+    mapper = MapJob(session.engine, df, template, output, **options)
     mapper.check_budget()
     if on_plan is not None:
         on_plan(mapper.plan)
     try:
         wait_on_loop(
-            session, mapper.execute(), lambda: progress(mapper.progress()) if progress else None
+            session.runner,
+            mapper.execute(),
+            lambda: progress(mapper.progress()) if progress else None,
         )
     except KeyboardInterrupt:
         raise _interrupted(mapper) from None
@@ -705,7 +697,7 @@ def run(
 
 
 async def arun(
-    session: ChatSession,
+    session: Host,
     df: Any,
     template: str,
     output: str | Sequence[str] = "col",
@@ -715,21 +707,14 @@ async def arun(
     **options: Any,
 ) -> MapResult:
     """`run` for code that awaits; the requests still go from the session's own loop."""
-    mapper = MapJob(session, df, template, output, **options)
+    mapper = MapJob(session.engine, df, template, output, **options)
     mapper.check_budget()
     if on_plan is not None:
         on_plan(mapper.plan)
-    finished = threading.Event()
-    future = session.submit(guarded(mapper.execute(), finished))
-    wrapped = asyncio.wrap_future(future)
+    tick = (lambda: progress(mapper.progress())) if progress is not None else None
     try:
-        while not (await asyncio.wait({wrapped}, timeout=TICK))[0]:
-            if progress is not None:
-                progress(mapper.progress())
-        wrapped.result()
+        await wait_async(session.runner, mapper.execute(), tick=tick, every=TICK)
     except asyncio.CancelledError:
-        future.cancel()
-        await asyncio.to_thread(finished.wait, 5.0)
         raise _interrupted(mapper) from None
     if progress is not None:
         progress(mapper.progress())

@@ -4,7 +4,7 @@ Everything here runs in the caller's thread before anything is sent:
 
 ```
 compile_template(text, columns)    {column} placeholders → one str.format per row
-plan_requests(session, frame, ...) → Planned
+plan_requests(engine, frame, ...) → Planned
   ├── render the rows column by column; null placeholders skip the row (or --fill-null)
   ├── identical prompts share one request (sent once, its reply fills every row)
   ├── RowShape: what every row's request shares, worked out once (body, key, room)
@@ -31,14 +31,16 @@ from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any
 
 from ipychat.core.errors import ConfigError, ContextLengthError, TemplateError
-from ipychat.core.keys import cache_key, canonical_json
+from ipychat.core.keys import canonical_json
 from ipychat.core.pricing import format_tokens, format_usd, format_usd_bound
 from ipychat.core.tokens import count_messages_bound
+from ipychat.engine.prepare import RequestOptions
 from ipychat.map.dispatch import MAX_CONCURRENCY
 
 if TYPE_CHECKING:
+    from ipychat.engine.engine import Engine
+    from ipychat.engine.prepare import Prepared
     from ipychat.map.frame import Frame
-    from ipychat.session import ChatSession, Prepared
 
 __all__ = [
     "MAP_MAX_TOKENS",
@@ -295,11 +297,9 @@ class Planned:
     row_errors: dict[int, str]
 
 
-def request_key(session: ChatSession, body: dict[str, Any]) -> str:
-    """The cache key of a request body."""
-    # The session's own key when it has one (it knows the endpoint's every part).
-    own = getattr(session, "cache_key", None)
-    return own(body) if callable(own) else cache_key(session.base_url, body)
+def request_key(engine: Engine, body: dict[str, Any]) -> str:
+    """The cache key of a request body (the engine's: it knows the endpoint's every part)."""
+    return engine.cache_key(body)
 
 
 # ----- what every row of a map shares ----------------------------------------------------------
@@ -313,7 +313,7 @@ _KEY_CHECK_EVERY = 4096
 
 class RowShape:
     """The parts of a map's requests that are the same for every row, worked out once from
-    the body `session.one_body` builds for an empty prompt (nothing is counted or sent):
+    the body `Engine.one_body` builds for an empty prompt (nothing is counted or sent):
 
     - `body(prompt)`: that body with the prompt as its last message, which is what
       `prepare_one(prompt)` builds (same keys, same order);
@@ -327,8 +327,8 @@ class RowShape:
       would be if it were not cached.
     """
 
-    def __init__(self, session: ChatSession, base: dict[str, Any], window: int) -> None:
-        self.session = session
+    def __init__(self, engine: Engine, base: dict[str, Any], window: int) -> None:
+        self.engine = engine
         self._base = base
         self.model = str(base["model"])
         self._head = base["messages"][:-1]
@@ -337,33 +337,15 @@ class RowShape:
         self._key_parts = self._key_template()
 
     @classmethod
-    def probe(
-        cls,
-        session: ChatSession,
-        *,
-        model: str,
-        system: str | None,
-        temperature: float | None,
-        max_tokens: int | None,
-        extra: dict[str, Any] | None,
-        allow_secrets: bool = False,
-    ) -> RowShape | None:
-        """The shape of the rows `session.prepare_one` would prepare with these options, or
+    def probe(cls, engine: Engine, options: RequestOptions) -> RowShape | None:
+        """The shape of the rows `Engine.prepare_one` would prepare with these options, or
         None when the body is not the prompt as its last message (each row then goes
         through `prepare_one`)."""
-        base = session.one_body(
-            "",
-            model=model,
-            system=system,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            extra=extra,
-            allow_secrets=allow_secrets,
-        )
+        base = engine.one_body("", options)
         messages = base.get("messages")
         if not messages or messages[-1] != {"role": "user", "content": ""}:
             return None
-        return cls(session, base, session._context_window(base["model"]))
+        return cls(engine, base, engine.context_window(base["model"]))
 
     def body(self, prompt: str) -> dict[str, Any]:
         return {**self._base, "messages": [*self._head, {"role": "user", "content": prompt}]}
@@ -379,13 +361,13 @@ class RowShape:
 
     def prepare(self, prompt: str, masked: str) -> Prepared:
         """The row's request, estimated exactly (ContextLengthError if it does not fit)."""
-        return self.session.prepare_body(prompt, self.body(prompt), label="map", masked=masked)
+        return self.engine.prepare_body(prompt, self.body(prompt), label="map", masked=masked)
 
     def keys(self, prompts: Sequence[str]) -> list[str]:
         """The cache key of each prompt's request, as `request_key` gives it."""
         parts = self._key_parts
         if parts is None:
-            return [request_key(self.session, self.body(p)) for p in prompts]
+            return [request_key(self.engine, self.body(p)) for p in prompts]
         prefix, suffix = parts
         sha256 = hashlib.sha256
         keys = [
@@ -393,17 +375,17 @@ class RowShape:
             for p in prompts
         ]
         sample = {*range(0, len(keys), _KEY_CHECK_EVERY), len(keys) - 1} if keys else set()
-        if any(keys[i] != request_key(self.session, self.body(prompts[i])) for i in sample):
-            self._key_parts = None  # not the session's key after all: the slow, sure way
+        if any(keys[i] != request_key(self.engine, self.body(prompts[i])) for i in sample):
+            self._key_parts = None  # not the engine's key after all: the slow, sure way
             return self.keys(prompts)
         return keys
 
     def _key_template(self) -> tuple[str, str] | None:
         """The canonical JSON `keys.cache_key` hashes, split around the prompt."""
-        session = self.session
-        endpoint = session.base_url
-        version = getattr(session.settings, "azure_api_version", None)
-        if version:  # as ChatSession.cache_key: the api-version is part of the endpoint
+        engine = self.engine
+        endpoint = engine.base_url
+        version = engine.settings.azure_api_version
+        if version:  # as Engine.cache_key: the api-version is part of the endpoint
             endpoint = f"{endpoint}?api-version={version}"
         marked = canonical_json({"endpoint": endpoint.rstrip("/"), "request": self.body(_MARK)})
         mark = encode_basestring(_MARK)
@@ -417,7 +399,7 @@ class RowShape:
 
 
 def plan_requests(
-    session: ChatSession,
+    engine: Engine,
     frame: Frame,
     template: RowTemplate,
     n: int,
@@ -437,33 +419,25 @@ def plan_requests(
     prompt, read the cache for all of them in one batched read, and estimate what is sent.
 
     What all rows share is worked out once (`RowShape`); per unique prompt there is the
-    secret check and redaction (`ChatSession.clean_prompt`, as `prepare_one` does), a body, a key,
+    secret check and redaction (`Engine.clean_prompt`, as `prepare_one` does), a body, a key,
     and, only for the prompts to send, the token count.
     """
     row_errors: dict[int, str] = {}
     by_prompt, skipped, null_cols = _render(frame, template, n, fill_null, row_errors)
-    options: dict[str, Any] = {
-        "model": model,
-        "system": system,
-        "temperature": temperature,
-        "max_tokens": max_tokens,
-        "extra": extra,
-    }
-    shape = RowShape.probe(session, **options, allow_secrets=allow_secrets) if by_prompt else None
-    store = session.cache if session.settings.cache and cache_mode == "use" else None
+    options = RequestOptions(model, system, temperature, max_tokens, extra, allow_secrets)
+    shape = RowShape.probe(engine, options) if by_prompt else None
+    store = engine.cache if engine.settings.cache and cache_mode == "use" else None
     jobs: list[MapRequest | CachedRequest] = []
     found: dict[str, dict[str, Any]] = {}
     invalid = 0
     if shape is None:
-        if allow_secrets:
-            options["allow_secrets"] = True
-        invalid = _prepare(session, by_prompt, row_errors, options, jobs)
+        invalid = _prepare(engine, by_prompt, row_errors, options, jobs)
         if store is not None and jobs:
             found = store.get_many([job.key for job in jobs])
     else:
         # Every prompt is checked (and cleaned) before anything else, in row order: the
         # first one holding a credential refuses the map, whatever the cache holds.
-        cleaned = [session.clean_prompt(prompt, allow_secrets) for prompt in by_prompt]
+        cleaned = [engine.clean_prompt(prompt, allow_secrets) for prompt in by_prompt]
         keys = shape.keys([text for text, _ in cleaned])
         if store is not None:
             found = store.get_many(keys)
@@ -500,7 +474,7 @@ def plan_requests(
         cost_batch=_total(batches),
         model=model,
         approximate=any(e.approximate for e in estimates),
-        offline=session.settings.offline,
+        offline=engine.settings.offline,
         first_prompt=next(iter(by_prompt), None),
         default_cap=default_cap,
     )
@@ -567,31 +541,31 @@ def _too_long(row_errors: dict[int, str], rows: list[int], exc: ContextLengthErr
 
 
 def _prepare(
-    session: ChatSession,
+    engine: Engine,
     by_prompt: dict[str, list[int]],
     row_errors: dict[int, str],
-    options: dict[str, Any],
+    options: RequestOptions,
     jobs: list[MapRequest | CachedRequest],
 ) -> int:
-    """Each unique prompt through `session.prepare_one`, into `jobs` (when no `RowShape`
+    """Each unique prompt through `Engine.prepare_one`, into `jobs` (when no `RowShape`
     could be had); returns the rows too long for the context window."""
     invalid = 0
     for prompt, rows in by_prompt.items():
         try:
-            prepared = session.prepare_one(prompt, label="map", **options)
+            prepared = engine.prepare_one(prompt, options, label="map")
         except ContextLengthError as exc:  # this row only (a credential refuses the map)
             invalid += _too_long(row_errors, rows, exc)
             continue
-        jobs.append(_request(request_key(session, prepared.body), prepared, rows))
+        jobs.append(_request(request_key(engine, prepared.body), prepared, rows))
     return invalid
 
 
-def default_reply_cap(session: ChatSession, max_tokens: int | None, columns: int) -> int | None:
+def default_reply_cap(engine: Engine, max_tokens: int | None, columns: int) -> int | None:
     """The map's own reply cap (MAP_MAX_TOKENS per output column), or None when the user
     chose one: `max_tokens` here, or a max_tokens setting other than the default."""
     from ipychat.core.settings import DEFAULT_MAX_TOKENS
 
-    if max_tokens is not None or session.settings.max_tokens not in (None, DEFAULT_MAX_TOKENS):
+    if max_tokens is not None or engine.settings.max_tokens not in (None, DEFAULT_MAX_TOKENS):
         return None
     return MAP_MAX_TOKENS * max(columns, 1)
 
