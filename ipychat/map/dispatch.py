@@ -51,7 +51,15 @@ if TYPE_CHECKING:
     from ipychat.engine.exchange import CachedReply
     from ipychat.map.plan import MapRequest
 
-__all__ = ["Counters", "Dispatcher", "Sink", "guarded", "wait_on_loop"]
+__all__ = [
+    "Counters",
+    "Dispatcher",
+    "SendOptions",
+    "Sink",
+    "guarded",
+    "session_limiter",
+    "wait_on_loop",
+]
 
 T = TypeVar("T")
 # How often a waiting caller ticks (refreshes the progress display).
@@ -101,6 +109,27 @@ _LIMITERS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], RateLimiter]] = 
 )
 
 
+@dataclass(frozen=True)
+class SendOptions:
+    """How a map run sends: the model (with the endpoint, the rate limiter's key), the
+    map's own caps and window (None: the server's limits decide), retries per row, and
+    what the cache is for ("refresh", "off")."""
+
+    model: str
+    rpm: float | None = None
+    tpm: float | None = None
+    concurrency: int | None = None
+    local: bool = False  # the embedded llama.cpp server: one request at a time
+    retries: int = 0
+    cache_mode: CacheMode = "use"
+
+
+def session_limiter(engine: Engine, model: str) -> RateLimiter | None:
+    """The pacing a session's engine has learnt for `model` on its endpoint (None: no map
+    yet)."""
+    return _LIMITERS.get(engine, {}).get((engine.base_url, model))
+
+
 class Sink(Protocol):
     """Where the dispatcher reports (the MapJob)."""
 
@@ -122,24 +151,17 @@ class Dispatcher:
         sink: Sink,
         engine: Engine,
         requests: list[MapRequest],
-        *,
-        model: str,
-        rpm: float | None,
-        tpm: float | None,
-        concurrency: int | None,
-        local: bool,
-        retries: int,
-        cache_mode: CacheMode,
+        sending: SendOptions,
     ) -> None:
         self.sink = sink
         self.engine = engine
         self.requests = requests  # all the run may send (their mean size sizes the window)
-        self.model = model
-        self.rpm, self.tpm = rpm, tpm
-        self.concurrency = concurrency
-        self.local = local
-        self.retries = retries
-        self.cache_mode: CacheMode = cache_mode
+        self.model = sending.model
+        self.rpm, self.tpm = sending.rpm, sending.tpm
+        self.concurrency = sending.concurrency
+        self.local = sending.local
+        self.retries = sending.retries
+        self.cache_mode: CacheMode = sending.cache_mode
         self.ready: deque[MapRequest] = deque()
         self.delayed: list[tuple[float, int, MapRequest]] = []
         self.abort: ChatError | None = None
