@@ -264,7 +264,7 @@ def test_load_twice_is_harmless_and_unload_releases(ip, fake: FakeOpenAIServer) 
     run(ip, "", "still works")
     second = get_session()
     ip.run_line_magic("unload_ext", "ipychat")
-    assert not second._runner.running and not first._runner.running
+    assert not second.runner.running and not first.runner.running
     assert ip.find_cell_magic("chat") is None and ip.find_cell_magic("chatmap") is None
     ip.run_line_magic("load_ext", "ipychat")
 

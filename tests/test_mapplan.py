@@ -1,6 +1,6 @@
 """Planning a %%chatmap (ipychat.map.plan): what every row shares is worked out once, and a
 cached re-run is served without counting its rows, with the same results as the per-row
-`ChatSession.prepare_one` it replaces (the reference the tests compare with)."""
+`Engine.prepare_one` it replaces (the reference the tests compare with)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from ipychat.core.errors import SecretInPromptError, TemplateError
 from ipychat.core.keys import cache_key
 from ipychat.engine.cache import ResponseCache
 from ipychat.engine.ledger import Ledger, LedgerRow
+from ipychat.engine.prepare import RequestOptions
 from ipychat.map import job as chatmap
 from ipychat.map.frame import Frame
 from ipychat.map.plan import (
@@ -90,27 +91,25 @@ def test_row_bodies_and_keys_are_those_of_prepare_one(
 ) -> None:
     with FakeOpenAIServer() as server:
         session = make_session(server, azure_api_version=azure)
-        options = {"extra": None, **options}
-        shape = RowShape.probe(session, **options)
+        engine, request = session.engine, RequestOptions(**options)
+        shape = RowShape.probe(engine, request)
         assert shape is not None and shape._key_parts is not None  # the fast keys are in use
-        expected = [session.prepare_one(p, label="map", **options).body for p in TRICKY]
+        expected = [engine.prepare_one(p, request, label="map").body for p in TRICKY]
         bodies = [shape.body(p) for p in TRICKY]
         assert [list(b.items()) for b in bodies] == [list(b.items()) for b in expected]
-        assert shape.keys(TRICKY) == [request_key(session, body) for body in expected]
+        assert shape.keys(TRICKY) == [request_key(engine, body) for body in expected]
 
 
 def test_keys_that_are_not_the_sessions_fall_back_to_it(make_session: Any) -> None:
     # If the cache key ever stops being sha256 of that JSON, every row must get the real one.
     with FakeOpenAIServer() as server:
-        session = make_session(server)
-        real = session.cache_key
-        session.cache_key = lambda body: "other-" + real(body)  # type: ignore[method-assign]
-        shape = RowShape.probe(
-            session, model="gpt-4o-mini", system=None, temperature=None, max_tokens=5, extra=None
-        )
+        engine = make_session(server).engine
+        real = engine.cache_key
+        engine.cache_key = lambda body: "other-" + real(body)  # type: ignore[method-assign]
+        shape = RowShape.probe(engine, RequestOptions(model="gpt-4o-mini", max_tokens=5))
         assert shape is not None
         prompts = [f"row {i}" for i in range(10)]
-        assert shape.keys(prompts) == [session.cache_key(shape.body(p)) for p in prompts]
+        assert shape.keys(prompts) == [engine.cache_key(shape.body(p)) for p in prompts]
 
 
 def test_keys_checked_on_sampled_rows_fall_back_for_every_row(
@@ -119,8 +118,8 @@ def test_keys_checked_on_sampled_rows_fall_back_for_every_row(
     # A key function that agrees on the first row but not on the last (say it folded case):
     # the sampled rows catch it, and no row keeps a key the session would not use.
     with FakeOpenAIServer() as server:
-        session = make_session(server)
-        real = session.cache_key
+        engine = make_session(server).engine
+        real = engine.cache_key
 
         def folded(body: dict[str, Any]) -> str:
             folded_body = {
@@ -129,10 +128,8 @@ def test_keys_checked_on_sampled_rows_fall_back_for_every_row(
             }
             return real(folded_body)
 
-        session.cache_key = folded  # type: ignore[method-assign]
-        shape = RowShape.probe(
-            session, model="gpt-4o-mini", system=None, temperature=None, max_tokens=5, extra=None
-        )
+        engine.cache_key = folded  # type: ignore[method-assign]
+        shape = RowShape.probe(engine, RequestOptions(model="gpt-4o-mini", max_tokens=5))
         assert shape is not None and shape._key_parts is not None
         prompts = ["lower", "Upper"]
         assert shape.keys(prompts) == [folded(shape.body(p)) for p in prompts]
@@ -153,7 +150,7 @@ def test_the_bound_never_undercounts(model: str, text: str) -> None:
 def _cache_reply(session: ChatSession, body: dict[str, Any], text: str) -> None:
     assert session.cache is not None
     usage = {"prompt_tokens": 9, "completion_tokens": 2, "cached_tokens": 0}
-    session.cache.set(request_key(session, body), {"text": text, "usage": usage})
+    session.cache.set(request_key(session.engine, body), {"text": text, "usage": usage})
 
 
 def test_a_cached_row_too_long_for_the_context_is_refused_as_if_not_cached(
@@ -165,7 +162,7 @@ def test_a_cached_row_too_long_for_the_context_is_refused_as_if_not_cached(
         session = make_session(server, model="my-own-model")
         long, short = "word " * 9000, "short one"
         for prompt in (long, short):
-            body = session.one_body(prompt, model="my-own-model", max_tokens=10)
+            body = session.engine.one_body(prompt, RequestOptions("my-own-model", max_tokens=10))
             _cache_reply(session, body, f"cached: {prompt[:9]}")
         result = chatmap.run(session, frame([long, short]), "{text}", "out", max_tokens=10)
         assert "does not fit the 8,192-token context" in result.frame["_error"][0]
@@ -180,7 +177,7 @@ def test_a_cached_row_over_the_bound_but_within_the_window_is_served(make_sessio
     with FakeOpenAIServer() as server:
         session = make_session(server, model="my-own-model")
         prompt = "東京" * 2000
-        body = session.one_body(prompt, model="my-own-model", max_tokens=10)
+        body = session.engine.one_body(prompt, RequestOptions("my-own-model", max_tokens=10))
         _cache_reply(session, body, "cached")
         result = chatmap.run(session, frame([prompt]), "{text}", "out", max_tokens=10)
         assert result.frame["out"][0] == "cached" and result.plan.cached == 1

@@ -40,22 +40,12 @@ ALLOWED: frozenset[str] = frozenset(
         "module ipychat/core/markdown.py",
         # helper "engine" (the engine/session split)
         "function ipychat/engine/ledger.py:_plot",
-        "function ipychat/session.py:ChatSession._request",
-        "function ipychat/session.py:ChatSession.prepare",
         "module ipychat/engine/cache.py",
         "module ipychat/engine/local.py",
         "module ipychat/session.py",
         # helper "map" (MapOptions, job/plan/batch split)
-        "constructor ipychat/map/dispatch.py:Dispatcher.__init__",
-        "constructor ipychat/map/job.py:MapJob.__init__",
-        "function ipychat/map/job.py:MapJob.__init__",
-        "function ipychat/map/plan.py:plan_requests",
-        "module ipychat/map/batch.py",
-        "module ipychat/map/job.py",
         "module ipychat/map/plan.py",
         "module ipychat/map/ratelimit.py",
-        "private ipychat/map/batch.py:ipychat.session._cache_value",
-        "private ipychat/map/job.py:ipychat.map.dispatch._LIMITERS",
         # helper "notebook"
         "function ipychat/notebook/mapmagic.py:ChatMapMagics._map",
         "module ipychat/notebook/magics.py",
