@@ -17,6 +17,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ipychat.testing", description=main.__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--flavour", default="openai", help="a provider: groq, gemini, ...")
     parser.add_argument("--reply", default=None, help="fixed reply (default: echo the prompt)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before the first byte")
     parser.add_argument("--tokens-per-second", type=float, default=None)
@@ -33,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-usage-chunk", action="store_true", help="imitate llama.cpp")
     args = parser.parse_args(argv)
     server = FakeOpenAIServer(
+        flavour=args.flavour,
         reply=args.reply,
         latency=args.latency,
         tokens_per_second=args.tokens_per_second,
@@ -40,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tpm=args.tpm,
         window=args.window,
         charge_refused=not args.refund_refused,
-        ratelimit_headers=not args.no_ratelimit_headers,
+        ratelimit_headers=False if args.no_ratelimit_headers else None,
         retry_after=not args.no_retry_after,
         require_key=args.require_key,
         fault_rate=args.fault_rate,

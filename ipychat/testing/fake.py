@@ -16,6 +16,8 @@ from typing import Any
 
 from ipychat.testing.batchapi import BatchAPI
 from ipychat.testing.faults import Fault, FaultSpec
+from ipychat.testing.flavours import Flavour
+from ipychat.testing.flavours import flavour as find_flavour
 from ipychat.testing.options import BatchOptions, ReplyFunc, ServerOptions, approx_tokens
 from ipychat.testing.process import ProcessBackend, ThreadBackend
 from ipychat.testing.records import RecordedRequest, ServerStats
@@ -31,7 +33,12 @@ class FakeOpenAIServer:
     - `reply`: the reply text, or a callable `(request_body) -> str | Fault` (may be
       async; runs on the server's loop, so it must not block). Default: `"Echo: "` + the
       last user message.
-    - `models`: ids listed by `GET /v1/models`.
+    - `flavour`: a provider's OpenAI-compatible endpoint, with its documented differences
+      (`"openai"`, the default, `"anthropic"`, `"gemini"`, `"mistral"`, `"groq"`,
+      `"openrouter"`, `"together"`, `"azure"`, `"ollama"`, `"vllm"`; see
+      `ipychat.testing.flavours`): where it lives (`base_url`), its model names, error
+      shapes, rate-limit headers, stream usage. The options below override it.
+    - `models`: ids listed by `GET /v1/models` (default: the flavour's).
     - `latency`: seconds before the first byte of each chat reply, or `(low, high)` for a
       seeded uniform draw. Auth, validation and rate-limit rejections are immediate.
     - `tokens_per_second`: streaming pace (None: all chunks at once); `chunk_chars`:
@@ -43,7 +50,7 @@ class FakeOpenAIServer:
     - `rpm`, `tpm`, `assumed_max_tokens`: rate limits, see the module docstring; how they
       are enforced: `window` (seconds: 1, the default, 10 or 60), `charge_refused` (a 429
       counts against the limit, default True), `ratelimit_headers` (OpenAI's
-      `x-ratelimit-*` on every answer, default True; False imitates vLLM, llama.cpp or a
+      `x-ratelimit-*` on every answer, default the flavour's, True for OpenAI; False imitates vLLM, llama.cpp or a
       gateway) and `retry_after` (`retry-after-ms`/`retry-after` on a limiter 429, default
       True).
     - `faults`, `fault_rate`, `seed`: each chat request fails with probability
@@ -59,7 +66,8 @@ class FakeOpenAIServer:
         self,
         *,
         reply: str | ReplyFunc | None = None,
-        models: Sequence[str] = ("fake-model",),
+        flavour: str | Flavour = "openai",
+        models: Sequence[str] | None = None,
         latency: float | tuple[float, float] = 0.0,
         tokens_per_second: float | None = None,
         chunk_chars: int | None = None,
@@ -71,7 +79,7 @@ class FakeOpenAIServer:
         assumed_max_tokens: int = 16,
         window: float = 1.0,
         charge_refused: bool = True,
-        ratelimit_headers: bool = True,
+        ratelimit_headers: bool | None = None,
         retry_after: bool = True,
         faults: Sequence[FaultSpec] = (),
         fault_rate: float = 0.0,
@@ -81,15 +89,19 @@ class FakeOpenAIServer:
         process: bool = False,
         batch: BatchOptions | Mapping[str, Any] | None = None,
     ) -> None:
+        imitated = find_flavour(flavour)  # what it imitates, unless an option says otherwise
+        if ratelimit_headers is None:
+            ratelimit_headers = imitated.ratelimit_headers
         self._options = ServerOptions(
-            reply=reply, models=tuple(models), latency=latency,
-            tokens_per_second=tokens_per_second, chunk_chars=chunk_chars,
+            reply=reply, models=tuple(imitated.models if models is None else models),
+            latency=latency, tokens_per_second=tokens_per_second, chunk_chars=chunk_chars,
             include_usage_chunk=include_usage_chunk, count_tokens=count_tokens or approx_tokens,
             require_key=require_key, rpm=rpm, tpm=tpm, assumed_max_tokens=assumed_max_tokens,
             window=window, charge_refused=charge_refused, ratelimit_headers=ratelimit_headers,
             retry_after=retry_after,
             faults=tuple(f for f in (Fault.parse(s) for s in faults) if f is not None),
             fault_rate=fault_rate, seed=seed, host=host, port=port, batch=BatchOptions.of(batch),
+            flavour=imitated,
         )  # fmt: skip
         self._backend: ThreadBackend | ProcessBackend = (
             ProcessBackend(self._options) if process else ThreadBackend(self._options)
@@ -155,8 +167,9 @@ class FakeOpenAIServer:
 
     @property
     def base_url(self) -> str:
-        """What an OpenAI client wants as its base URL: `http://127.0.0.1:PORT/v1`."""
-        return self.url + "/v1"
+        """What an OpenAI client wants as its base URL: `http://127.0.0.1:PORT/v1` (the
+        flavour's prefix instead of /v1, e.g. Gemini's /v1beta/openai)."""
+        return self.url + self._options.flavour.prefix
 
     @property
     def api_key(self) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from ipychat.testing.faults import Fault
+from ipychat.testing.flavours import Flavour, flavour
 
 __all__ = ["DEFAULT_FAULTS", "BatchOptions", "ReplyFunc", "ServerOptions", "approx_tokens"]
 
@@ -70,6 +71,7 @@ class ServerOptions:
 
     reply: str | ReplyFunc | None = None
     models: tuple[str, ...] = ("fake-model",)
+
     latency: float | tuple[float, float] = 0.0
     tokens_per_second: float | None = None
     chunk_chars: int | None = None
@@ -89,6 +91,9 @@ class ServerOptions:
     host: str = "127.0.0.1"
     port: int = 0
     batch: BatchOptions = field(default_factory=BatchOptions)
+    # The provider imitated; FakeOpenAIServer fills `models` and `ratelimit_headers` from
+    # it unless given (ServerOptions itself takes them as they are).
+    flavour: Flavour = field(default_factory=lambda: flavour("openai"))
 
     def __post_init__(self) -> None:
         latency = self.latency
@@ -112,6 +117,7 @@ class ServerOptions:
             )
         if not 0.0 <= self.fault_rate <= 1.0:
             raise ValueError("fault_rate must be between 0 and 1")
+        object.__setattr__(self, "flavour", flavour(self.flavour))
         object.__setattr__(self, "models", tuple(self.models))
         object.__setattr__(self, "window", float(self.window))
         object.__setattr__(self, "faults", tuple(self.faults) or DEFAULT_FAULTS)

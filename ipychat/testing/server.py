@@ -169,8 +169,18 @@ class Engine:
     ) -> None:
         if rec is not None:
             self._record(rec, status)
-        head = [("content-type", "application/json"), ("x-request-id", ex.request_id), *headers]
-        await ex.respond(status, head, dumps(obj))
+        await ex.respond(status, self._head(ex, "application/json", headers), dumps(obj))
+
+    def _head(
+        self, ex: Exchange, content_type: str, extra: Sequence[tuple[str, str]] = ()
+    ) -> list[tuple[str, str]]:
+        """The headers of an answer: its type, its request id, the flavour's, `extra`."""
+        return [("content-type", content_type), ("x-request-id", ex.request_id),
+                *self.o.flavour.headers, *extra]  # fmt: skip
+
+    def _error(self, status: int, body: dict[str, Any]) -> Any:
+        """An OpenAI-shaped error body in the flavour's shape."""
+        return self.o.flavour.error(status, body["error"])
 
     # ---- routing -----------------------------------------------------------------------
     async def handle(self, request: Request, ex: Exchange) -> None:
@@ -191,11 +201,20 @@ class Engine:
         try:
             await self._route(request, ex, rec)
         except Reject as reject:
-            await self._json(ex, rec, reject.status, reject.body, reject.headers)
+            body = self._error(reject.status, reject.body)
+            await self._json(ex, rec, reject.status, body, reject.headers)
+
+    def _canonical(self, path: str) -> str:
+        """The path as OpenAI spells it: the flavour's prefix (e.g. /v1beta/openai) -> /v1."""
+        prefix = self.o.flavour.prefix
+        if prefix != "/v1" and (path == prefix or path.startswith(prefix + "/")):
+            return "/v1" + path[len(prefix) :]
+        return path
 
     async def _route(self, request: Request, ex: Exchange, rec: RecordedRequest) -> None:
-        azure = _AZURE_CHAT.fullmatch(request.path)
-        if request.path == "/v1/chat/completions" or azure:
+        path = self._canonical(request.path)
+        azure = _AZURE_CHAT.fullmatch(path)
+        if path == "/v1/chat/completions" or azure:
             if request.method != "POST":
                 raise Reject(405, f"Method {request.method} not allowed; use POST.")
             self._count("chat")
@@ -205,23 +224,19 @@ class Engine:
                 await self._chat(request, ex, rec, azure.group(1) if azure else None)
             finally:
                 self._in_flight -= 1
-        elif request.path == "/v1/models" and request.method == "GET":
+        elif path == "/v1/models" and request.method == "GET":
             self._check_key(request.headers)
             models = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"}
                       for m in self.o.models]  # fmt: skip
             await self._json(ex, rec, 200, {"object": "list", "data": models})
-        elif self.batch.handles(request.path):
+        elif self.batch.handles(path):
             self._check_key(request.headers)
             status, out = await self.batch.handle(
-                request.method, request.path, request.body, request.headers
+                request.method, path, request.body, request.headers
             )
             if isinstance(out, bytes):  # a file's content
                 self._record(rec, status)
-                head = [
-                    ("content-type", "application/octet-stream"),
-                    ("x-request-id", ex.request_id),
-                ]
-                await ex.respond(status, head, out)
+                await ex.respond(status, self._head(ex, "application/octet-stream"), out)
             else:
                 await self._json(ex, rec, status, out)
         else:
@@ -300,6 +315,7 @@ class Engine:
         if not isinstance(body, dict):
             raise Reject(400, BAD_JSON)
         model, max_tokens = validate_chat(body, deployment)
+        self._flavour_checks(body, model)
         prompt_tokens = count_prompt_tokens(body["messages"], o.count_tokens)
         headers: list[tuple[str, str]] = []
         if self._limiter is not None:
@@ -342,38 +358,63 @@ class Engine:
         if max_tokens is not None:
             turn.text, cut = truncate(turn.text, max_tokens, o.count_tokens)
             turn.finish = "length" if cut else "stop"
-        completion_tokens = o.count_tokens(turn.text) if turn.text else 0
-        turn.usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0},
-        }
+        turn.usage = self._usage(prompt_tokens, o.count_tokens(turn.text) if turn.text else 0)
         await (self._stream(turn) if body.get("stream") is True else self._complete(turn))
+
+    def _flavour_checks(self, body: dict[str, Any], model: str) -> None:
+        """What the flavour refuses that OpenAI accepts (see `ipychat.testing.flavours`)."""
+        flavour = self.o.flavour
+        for name in flavour.refused_params:
+            if name in body:  # pydantic's extra="forbid" answer, as Mistral sends it
+                raise Reject(422, f"Extra inputs are not permitted: body.{name}", param=name,
+                             code="extra_forbidden")  # fmt: skip
+        if flavour.n_must_be_1 and body.get("n", 1) != 1:
+            raise Reject(400, "n: Must be exactly 1.", param="n", code="invalid_value")
+        if flavour.unknown_model_404 and model not in self.o.models:
+            message = (
+                f"The model `{model}` does not exist."
+                if flavour.name == "vllm"
+                else f'model "{model}" not found, try pulling it first'
+            )
+            raise Reject(404, message, "not_found_error", "model_not_found", "model")
+
+    def _usage(self, prompt: int, completion: int) -> dict[str, Any]:
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        if self.o.flavour.usage_details:
+            usage["prompt_tokens_details"] = {"cached_tokens": 0}
+            usage["completion_tokens_details"] = {"reasoning_tokens": 0}
+        if self.o.flavour.usage_timing:  # Groq's seconds; the fake takes none
+            usage.update(queue_time=0.0, prompt_time=0.0, completion_time=0.0, total_time=0.0)
+        return usage
 
     async def _status_fault(self, turn: _Turn, fault: Fault) -> None:
         code = fault.code or 500
         headers = [*turn.headers, *fault.headers.items()]
         if isinstance(fault.body, str):
             self._record(turn.rec, code)
-            head = [("content-type", "text/plain"), ("x-request-id", turn.ex.request_id), *headers]
+            head = self._head(turn.ex, "text/plain", headers)
             await turn.ex.respond(code, head, fault.body.encode())
             return
-        body: dict[str, Any] | None = fault.body
+        body: Any = fault.body
         if body is None:
             message = fault.message or ERROR_MESSAGES.get(code) or f"Injected HTTP {code}."
             type_ = ERROR_TYPES.get(
                 code, "server_error" if code >= 500 else "invalid_request_error"
             )
-            body = error_body(message, type_, "rate_limit_exceeded" if code == 429 else None)
+            body = self._error(
+                code, error_body(message, type_, "rate_limit_exceeded" if code == 429 else None)
+            )
         await self._json(turn.ex, turn.rec, code, body, headers)
 
     async def _complete(self, turn: _Turn) -> None:
         """A non-streamed reply; the partial fault kinds cut the JSON body in half."""
         ex, kind = turn.ex, turn.kind
         if kind == "error_mid_stream":  # nothing is "mid" here: a plain 500
-            error = error_body(turn.error_message, "server_error")
+            error = self._error(500, error_body(turn.error_message, "server_error"))
             await self._json(ex, turn.rec, 500, error, turn.headers)
             return
         choice = {
@@ -387,11 +428,7 @@ class Engine:
             "created": int(time.time()), "model": turn.model, "choices": [choice],
             "usage": turn.usage, "system_fingerprint": "fp_fake",
         })  # fmt: skip
-        head = [
-            ("content-type", "application/json"),
-            ("x-request-id", ex.request_id),
-            *turn.headers,
-        ]
+        head = self._head(ex, "application/json", turn.headers)
         self._record(turn.rec, 200)
         if kind == "truncate":  # a well-framed body that is cut JSON, then a clean close
             ex.keep_alive = False
@@ -420,54 +457,81 @@ class Engine:
         base = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": turn.model, "system_fingerprint": "fp_fake"}  # fmt: skip
 
-        def event(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        def event(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> bytes:
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
             chunk: dict[str, Any] = {**base, "choices": [choice]}
             if with_usage:
                 chunk["usage"] = None
-            return b"data: " + dumps(chunk) + b"\n\n"
+            return b"data: " + dumps({**chunk, **extra}) + b"\n\n"
 
-        loop = asyncio.get_running_loop()
-        due = loop.time()
-
-        async def send(pieces: list[str]) -> None:
-            nonlocal due
-            for piece in pieces:
-                if o.tokens_per_second:  # flush what is written, then wait for the next token
-                    await ex.drain()
-                    due += max(1, o.count_tokens(piece)) / o.tokens_per_second
-                    if due > loop.time():
-                        await asyncio.sleep(due - loop.time())
-                ex.write(event({"content": piece}))
-
-        self._record(turn.rec, 200)
-        head = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"),
-                ("x-request-id", ex.request_id), *turn.headers]  # fmt: skip
-        ex.start_stream(200, head)
+        self._open_stream(turn)
         ex.write(event({"role": "assistant", "content": "", "refusal": None}))
         pieces = split_deltas(turn.text, o.chunk_chars)
         cut = turn.cut_at(len(pieces))
-        await send(pieces[:cut])
+        await self._send(ex, [event({"content": p}) for p in pieces[:cut]], pieces[:cut])
         if kind == "malformed_json":  # one broken line, then the stream goes on
             ex.write(b'data: {"id": "%b", "choices": [{"delta": {"con\n\n' % cid.encode())
-            await send(pieces[cut:])
-        elif kind == "reset_mid_stream":
-            await ex.drain()
-            ex.abort(reset=False)
+            await self._send(ex, [event({"content": p}) for p in pieces[cut:]], pieces[cut:])
+        elif kind is not None and kind != "empty_reply":
+            await self._break_stream(turn)
             return
-        elif kind == "hang":
-            await ex.hold()
-            return
-        elif kind == "truncate":
-            ex.keep_alive = False
-            await ex.end_stream()
-            return
-        elif kind == "error_mid_stream":
-            ex.write(b"data: " + dumps(error_body(turn.error_message, "server_error")) + b"\n\n")
-            await ex.end_stream()
-            return
-        ex.write(event({}, turn.finish))
+        ex.write(event({}, turn.finish, **self._finish_extras(turn)))
         if with_usage:
             ex.write(b"data: " + dumps({**base, "choices": [], "usage": turn.usage}) + b"\n\n")
         ex.write(b"data: [DONE]\n\n")
         await ex.end_stream()
+
+    def _open_stream(self, turn: _Turn) -> None:
+        """The head of an SSE answer, and what a flavour sends before the first chunk."""
+        ex, flavour = turn.ex, self.o.flavour
+        self._record(turn.rec, 200)
+        head = self._head(ex, "text/event-stream; charset=utf-8",
+                          [("cache-control", "no-cache"), *turn.headers])  # fmt: skip
+        ex.start_stream(200, head)
+        if flavour.keepalive_comment:  # an SSE comment line: clients must skip it
+            ex.write(flavour.keepalive_comment.encode() + b"\n\n")
+        if flavour.prompt_filter_chunk:  # Azure's content-filter verdict on the prompt
+            safe = {"filtered": False, "severity": "safe"}
+            results = {k: safe for k in ("hate", "self_harm", "sexual", "violence")}
+            chunk = {"choices": [], "created": 0, "id": "", "model": "", "object": "",
+                     "prompt_filter_results": [{"prompt_index": 0,
+                                                "content_filter_results": results}]}  # fmt: skip
+            ex.write(b"data: " + dumps(chunk) + b"\n\n")
+
+    def _finish_extras(self, turn: _Turn) -> dict[str, Any]:
+        """Fields a flavour adds to the finish_reason chunk (Mistral's usage, Groq's x_groq)."""
+        extras: dict[str, Any] = {}
+        if self.o.flavour.usage_on_finish_chunk:
+            extras["usage"] = turn.usage
+        if self.o.flavour.x_groq:
+            extras["x_groq"] = {"id": turn.ex.request_id, "usage": turn.usage}
+        return extras
+
+    async def _send(self, ex: Exchange, events: list[bytes], pieces: list[str]) -> None:
+        """Write content events, paced at tokens_per_second (each piece's tokens)."""
+        o = self.o
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        for data, piece in zip(events, pieces, strict=True):
+            if o.tokens_per_second:  # flush what is written, then wait for the next token
+                await ex.drain()
+                due += max(1, o.count_tokens(piece)) / o.tokens_per_second
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())
+            ex.write(data)
+
+    async def _break_stream(self, turn: _Turn) -> None:
+        """The end of a stream a fault breaks (after the pieces sent before it)."""
+        ex, kind = turn.ex, turn.kind
+        if kind == "reset_mid_stream":
+            await ex.drain()
+            ex.abort(reset=False)
+        elif kind == "hang":
+            await ex.hold()
+        elif kind == "truncate":
+            ex.keep_alive = False
+            await ex.end_stream()
+        elif kind == "error_mid_stream":
+            error = self._error(500, error_body(turn.error_message, "server_error"))
+            ex.write(b"data: " + dumps(error) + b"\n\n")
+            await ex.end_stream()

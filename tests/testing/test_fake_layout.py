@@ -19,6 +19,7 @@ ORDER = [
     "rules",
     "faults",
     "records",
+    "flavours",
     "options",
     "batchapi",
     "server",
