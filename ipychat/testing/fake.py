@@ -172,6 +172,11 @@ class FakeOpenAIServer:
         return self.url + self._options.flavour.prefix
 
     @property
+    def flavour(self) -> Flavour:
+        """The provider it imitates (`ipychat.testing.flavours`): name, models, quirks."""
+        return self._options.flavour
+
+    @property
     def api_key(self) -> str:
         """A key this server accepts (the required one, or a placeholder)."""
         return self._options.require_key or "sk-fake-key"
