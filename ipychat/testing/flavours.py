@@ -7,7 +7,7 @@ its provider documents (or, where the documentation is silent, that its users re
 wire); every quirk cites its source next to it. Anything a flavour does not name behaves as
 OpenAI's API does (the default flavour, "openai").
 
-Pure data and pure functions; the engine (`ipychat.testing.server`) applies them.
+Pure data and pure functions (no I/O); the engine (`ipychat.testing.server`) calls them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from ipychat.testing.rules import Reject, dumps
 
 __all__ = ["FLAVOURS", "Flavour", "flavour"]
 
@@ -56,6 +58,60 @@ class Flavour:
     prompt_filter_chunk: bool = False
     keepalive_comment: str | None = None
     usage_timing: bool = False  # Groq's queue_time, prompt_time, ... in `usage`
+
+    def check(self, body: Mapping[str, Any], model: str, models: tuple[str, ...]) -> None:
+        """Raise the `Reject` this provider answers a chat request OpenAI accepts with."""
+        for name in self.refused_params:
+            if name in body:  # pydantic's extra="forbid" answer, as Mistral sends it
+                raise Reject(422, f"Extra inputs are not permitted: body.{name}", param=name,
+                             code="extra_forbidden")  # fmt: skip
+        if self.n_must_be_1 and body.get("n", 1) != 1:
+            raise Reject(400, "n: Must be exactly 1.", param="n", code="invalid_value")
+        if self.unknown_model_404 and model not in models:
+            message = (
+                f"The model `{model}` does not exist."
+                if self.error_shape == "vllm"
+                else f'model "{model}" not found, try pulling it first'
+            )
+            raise Reject(404, message, "not_found_error", "model_not_found", "model")
+
+    def usage(self, prompt: int, completion: int) -> dict[str, Any]:
+        """A reply's `usage` object as this provider writes it."""
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        if self.usage_details:
+            usage["prompt_tokens_details"] = {"cached_tokens": 0}
+            usage["completion_tokens_details"] = {"reasoning_tokens": 0}
+        if self.usage_timing:  # Groq's seconds; the fake takes none
+            usage.update(queue_time=0.0, prompt_time=0.0, completion_time=0.0, total_time=0.0)
+        return usage
+
+    def stream_preamble(self) -> list[bytes]:
+        """What a stream sends before its first chunk: OpenRouter's keep-alive comment (a
+        line clients must skip), Azure's content-filter verdict on the prompt."""
+        blocks: list[bytes] = []
+        if self.keepalive_comment:
+            blocks.append(self.keepalive_comment.encode() + b"\n\n")
+        if self.prompt_filter_chunk:
+            safe = {"filtered": False, "severity": "safe"}
+            results = {k: safe for k in ("hate", "self_harm", "sexual", "violence")}
+            chunk = {"choices": [], "created": 0, "id": "", "model": "", "object": "",
+                     "prompt_filter_results": [{"prompt_index": 0,
+                                                "content_filter_results": results}]}  # fmt: skip
+            blocks.append(b"data: " + dumps(chunk) + b"\n\n")
+        return blocks
+
+    def finish_extras(self, usage: dict[str, Any], request_id: str) -> dict[str, Any]:
+        """Fields added to a stream's finish_reason chunk (Mistral's usage, Groq's x_groq)."""
+        extras: dict[str, Any] = {}
+        if self.usage_on_finish_chunk:
+            extras["usage"] = usage
+        if self.x_groq:
+            extras["x_groq"] = {"id": request_id, "usage": usage}
+        return extras
 
     def error(self, status: int, error: Mapping[str, Any]) -> Any:
         """OpenAI's error object (`{"message", "type", "param", "code"}`) in this shape."""

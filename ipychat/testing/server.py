@@ -315,7 +315,7 @@ class Engine:
         if not isinstance(body, dict):
             raise Reject(400, BAD_JSON)
         model, max_tokens = validate_chat(body, deployment)
-        self._flavour_checks(body, model)
+        o.flavour.check(body, model, o.models)
         prompt_tokens = count_prompt_tokens(body["messages"], o.count_tokens)
         headers: list[tuple[str, str]] = []
         if self._limiter is not None:
@@ -358,38 +358,8 @@ class Engine:
         if max_tokens is not None:
             turn.text, cut = truncate(turn.text, max_tokens, o.count_tokens)
             turn.finish = "length" if cut else "stop"
-        turn.usage = self._usage(prompt_tokens, o.count_tokens(turn.text) if turn.text else 0)
+        turn.usage = o.flavour.usage(prompt_tokens, o.count_tokens(turn.text) if turn.text else 0)
         await (self._stream(turn) if body.get("stream") is True else self._complete(turn))
-
-    def _flavour_checks(self, body: dict[str, Any], model: str) -> None:
-        """What the flavour refuses that OpenAI accepts (see `ipychat.testing.flavours`)."""
-        flavour = self.o.flavour
-        for name in flavour.refused_params:
-            if name in body:  # pydantic's extra="forbid" answer, as Mistral sends it
-                raise Reject(422, f"Extra inputs are not permitted: body.{name}", param=name,
-                             code="extra_forbidden")  # fmt: skip
-        if flavour.n_must_be_1 and body.get("n", 1) != 1:
-            raise Reject(400, "n: Must be exactly 1.", param="n", code="invalid_value")
-        if flavour.unknown_model_404 and model not in self.o.models:
-            message = (
-                f"The model `{model}` does not exist."
-                if flavour.name == "vllm"
-                else f'model "{model}" not found, try pulling it first'
-            )
-            raise Reject(404, message, "not_found_error", "model_not_found", "model")
-
-    def _usage(self, prompt: int, completion: int) -> dict[str, Any]:
-        usage: dict[str, Any] = {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
-        if self.o.flavour.usage_details:
-            usage["prompt_tokens_details"] = {"cached_tokens": 0}
-            usage["completion_tokens_details"] = {"reasoning_tokens": 0}
-        if self.o.flavour.usage_timing:  # Groq's seconds; the fake takes none
-            usage.update(queue_time=0.0, prompt_time=0.0, completion_time=0.0, total_time=0.0)
-        return usage
 
     async def _status_fault(self, turn: _Turn, fault: Fault) -> None:
         code = fault.code or 500
@@ -475,7 +445,7 @@ class Engine:
         elif kind is not None and kind != "empty_reply":
             await self._break_stream(turn)
             return
-        ex.write(event({}, turn.finish, **self._finish_extras(turn)))
+        ex.write(event({}, turn.finish, **o.flavour.finish_extras(turn.usage, ex.request_id)))
         if with_usage:
             ex.write(b"data: " + dumps({**base, "choices": [], "usage": turn.usage}) + b"\n\n")
         ex.write(b"data: [DONE]\n\n")
@@ -488,24 +458,8 @@ class Engine:
         head = self._head(ex, "text/event-stream; charset=utf-8",
                           [("cache-control", "no-cache"), *turn.headers])  # fmt: skip
         ex.start_stream(200, head)
-        if flavour.keepalive_comment:  # an SSE comment line: clients must skip it
-            ex.write(flavour.keepalive_comment.encode() + b"\n\n")
-        if flavour.prompt_filter_chunk:  # Azure's content-filter verdict on the prompt
-            safe = {"filtered": False, "severity": "safe"}
-            results = {k: safe for k in ("hate", "self_harm", "sexual", "violence")}
-            chunk = {"choices": [], "created": 0, "id": "", "model": "", "object": "",
-                     "prompt_filter_results": [{"prompt_index": 0,
-                                                "content_filter_results": results}]}  # fmt: skip
-            ex.write(b"data: " + dumps(chunk) + b"\n\n")
-
-    def _finish_extras(self, turn: _Turn) -> dict[str, Any]:
-        """Fields a flavour adds to the finish_reason chunk (Mistral's usage, Groq's x_groq)."""
-        extras: dict[str, Any] = {}
-        if self.o.flavour.usage_on_finish_chunk:
-            extras["usage"] = turn.usage
-        if self.o.flavour.x_groq:
-            extras["x_groq"] = {"id": turn.ex.request_id, "usage": turn.usage}
-        return extras
+        for block in flavour.stream_preamble():
+            ex.write(block)
 
     async def _send(self, ex: Exchange, events: list[bytes], pieces: list[str]) -> None:
         """Write content events, paced at tokens_per_second (each piece's tokens)."""
