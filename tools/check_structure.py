@@ -51,30 +51,9 @@ ALLOWED: frozenset[str] = frozenset(
         "module ipychat/notebook/magics.py",
         "module ipychat/notebook/widget.py",
         "private ipychat/notebook/magics.py:ipychat.notebook.mapmagic._ProgressView",
-        # helper "testing"
-        "constructor ipychat/testing/__init__.py:FakeOpenAIServer.__init__",
-        "function ipychat/testing/__init__.py:FakeOpenAIServer.__init__",
-        "function ipychat/testing/http.py:read_request",
-        "function ipychat/testing/server.py:_Engine._stream",
-        "module ipychat/testing/__init__.py",
-        "private ipychat/testing/__init__.py:ipychat.testing.process._ProcessBackend",
-        "private ipychat/testing/__init__.py:ipychat.testing.process._ThreadBackend",
-        "private ipychat/testing/batchapi.py:ipychat.testing.server._Engine",
-        "private ipychat/testing/process.py:ipychat.testing._Options",
-        "private ipychat/testing/process.py:ipychat.testing.server._Engine",
-        "private ipychat/testing/server.py:ipychat.testing._Options",
-        "private ipychat/testing/server.py:ipychat.testing.rules._BAD_JSON",
-        "private ipychat/testing/server.py:ipychat.testing.rules._ERROR_MESSAGES",
-        "private ipychat/testing/server.py:ipychat.testing.rules._ERROR_TYPES",
-        "private ipychat/testing/server.py:ipychat.testing.rules._NO_KEY",
-        "private ipychat/testing/server.py:ipychat.testing.rules._RateLimiter",
-        "private ipychat/testing/server.py:ipychat.testing.rules._Reject",
-        "private ipychat/testing/server.py:ipychat.testing.rules._dumps",
-        "private ipychat/testing/server.py:ipychat.testing.rules._echo",
-        "private ipychat/testing/server.py:ipychat.testing.rules._error_body",
-        "private ipychat/testing/server.py:ipychat.testing.rules._prompt_tokens",
-        "private ipychat/testing/server.py:ipychat.testing.rules._split",
-        "private ipychat/testing/server.py:ipychat.testing.rules._truncate",
+        # For good: FakeOpenAIServer's options are keyword arguments of a public API (as
+        # httpx.Client's are); the constructor checks them into one frozen ServerOptions.
+        "constructor ipychat/testing/fake.py:FakeOpenAIServer.__init__",
     }
 )
 
