@@ -17,11 +17,11 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from ipychat.core import pricing, tokens
 from ipychat.core.errors import ChatError, OfflineCacheMiss
-from ipychat.core.types import Completion, Reply, Usage
+from ipychat.core.types import CacheMode, Completion, Reply, Usage
 from ipychat.engine.exchange import Exchange, Progress
 from ipychat.engine.ledger import max_tokens_within
 from ipychat.engine.prepare import Prepared
