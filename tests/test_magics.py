@@ -366,13 +366,14 @@ def test_panel_is_displayed_and_replaced_in_a_notebook(ip, fake: FakeOpenAIServe
     with capture_output() as out:
         ip.run_line_magic("chat", "panel")
     assert any("application/vnd.jupyter.widget-view+json" in o.data for o in out.outputs)
-    first = ip.magics_manager.registry["ChatMagics"]._panel
+    first = ip.magics_manager.registry["ChatMagics"].commands.panel
     with capture_output():
         ip.run_line_magic("chat", "panel")
-    assert ip.magics_manager.registry["ChatMagics"]._panel is not first
+    assert ip.magics_manager.registry["ChatMagics"].commands.panel is not first
     run(ip, "", "seen by the panel")
     assert (
-        "seen by the panel" in ip.magics_manager.registry["ChatMagics"]._panel.transcript_markdown()
+        "seen by the panel"
+        in ip.magics_manager.registry["ChatMagics"].commands.panel.transcript_markdown()
     )
 
 

@@ -33,7 +33,7 @@ from ipychat.core import format as fmt
 from ipychat.core import tokens
 from ipychat.core.errors import ChatError
 from ipychat.core.markdown import escape_dollars, prompt_markdown, reply_markdown
-from ipychat.core.pricing import format_tokens, format_usd
+from ipychat.core.pricing import format_usd
 from ipychat.core.types import Estimate, Reply
 from ipychat.session import ChatSession, Event, get_session
 
@@ -96,11 +96,6 @@ class _Footers:
         return (entry[1], entry[2]) if entry is not None and entry[0] is message else None
 
 
-def _footer_md(footer: str) -> str:
-    # In a code span: JupyterLab neither typesets its dollars nor parses it.
-    return f"<sub>`{footer}`</sub>"
-
-
 def _show_markdown(output: w.Output, markdown: str, plain: str) -> None:
     # Markdown rendered by the front end, like a %%chat cell's. Outputs of an Output widget
     # are trusted (raw HTML renders, images load), so every reply and prompt in `markdown`
@@ -119,23 +114,6 @@ def _parse_number(text: str, kind: type[float] | type[int], what: str) -> float 
         return kind(text)
     except ValueError:
         raise ChatError(f"{what} must be a number, not {text!r}.") from None
-
-
-def estimate_text(estimate: Estimate, *, history: bool) -> str:
-    """`1,204 tokens with history · 1% of 128k · $0.0002–$0.0008`"""
-    parts = [
-        f"{format_tokens(estimate.prompt_tokens, estimate.approximate)} tokens"
-        + (" with history" if history else "")
-    ]
-    share = estimate.context_share
-    if share is not None and estimate.context_window:
-        window = format_tokens(estimate.context_window, compact=True)
-        parts.append(f"{'<1%' if share < 0.005 else f'{share:.0%}'} of {window}")
-    if estimate.cost_high is None:
-        parts.append("cost unknown (set it with %chat price MODEL INPUT OUTPUT)")
-    else:
-        parts.append(f"{format_usd(estimate.cost_low)}–{format_usd(estimate.cost_high)}")
-    return " · ".join(parts)
 
 
 class ChatPanel(w.VBox):
@@ -401,7 +379,7 @@ class ChatPanel(w.VBox):
                     reply, footer = known
                     if reply.interrupted:
                         parts.append(("*⏹ stopped: partial reply*", "(stopped: partial reply)"))
-                    parts.append((_footer_md(footer), f"[{footer}]"))
+                    parts.append((fmt.footer_markdown(footer), f"[{footer}]"))
                 blocks.append(("\n\n".join(m for m, _ in parts), "\n\n".join(t for _, t in parts)))
         if not blocks and name not in self._pending:
             empty = f"Thread {name} is empty: write a prompt below, or run a %%chat cell."
@@ -416,7 +394,7 @@ class ChatPanel(w.VBox):
         model = pending.estimate.model
         done = tokens.count_text(pending.text, model)
         footer = fmt.streaming_footer(self.session.model_label(model), pending.estimate, done)
-        reply = (reply_markdown(pending.text) or "*…*") + "\n\n" + _footer_md(footer)
+        reply = (reply_markdown(pending.text) or "*…*") + "\n\n" + fmt.footer_markdown(footer)
         return [
             (prompt_markdown(pending.prompt), "> " + pending.prompt),
             (reply, f"{pending.text or '…'}\n\n[{footer}]"),
@@ -437,7 +415,7 @@ class ChatPanel(w.VBox):
             return
         thread = self.session.threads.get(self.session.current_thread)
         estimate = self.session.estimate(prompt, thread=self.session.current_thread)
-        text = estimate_text(estimate, history=bool(thread and thread.messages))
+        text = fmt.estimate_text(estimate, history=bool(thread and thread.messages))
         self.estimate.value = html.escape(text)
 
     def _fetch_models(self) -> None:
@@ -469,14 +447,11 @@ class ChatPanel(w.VBox):
             return
         self.show_error("")
         session, thread = self.session, self.session.current_thread
-
-        async def run() -> Reply:
-            prepared = session.prepare(prompt, thread=thread)  # refusals end here
-            return await session.request(prepared, stream=True)
-
         self.prompt.value = ""
         self.send.disabled, self.stop.disabled = True, False
-        self._future = future = session.submit(run())
+        # The session's own `aask`, as `%%chat` uses `stream`: refusals are raised before
+        # anything is sent, and the reply streams into the panel through events.
+        self._future = future = session.submit(session.aask(prompt, thread=thread, stream=True))
         future.add_done_callback(lambda f: self._post(lambda: self._finished(f, prompt, thread)))
 
     def _finished(self, future: concurrent.futures.Future[Reply], prompt: str, thread: str) -> None:
