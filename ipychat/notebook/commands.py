@@ -47,6 +47,7 @@ class ChatCommands:
         self.shell = shell
         self._notebook = notebook
         self.panel: Any = None  # the ChatPanel that %chat panel showed last
+        self.sidebar: Any = None  # the Sidecar it is docked in (%chat panel --side)
 
     @property
     def notebook(self) -> bool:
@@ -225,6 +226,9 @@ class ChatCommands:
         self.show(f"thread {rest[0] if rest else self.session.current_thread} cleared.")
 
     def cmd_panel(self, rest: list[str]) -> None:
+        side = rest == ["--side"]
+        if rest and not side:
+            raise UsageError("%chat panel [--side]")
         if not self.notebook:
             raise UsageError("%chat panel needs a notebook front end (JupyterLab, Notebook 7).")
         from IPython.display import display
@@ -233,8 +237,23 @@ class ChatCommands:
 
         if self.panel is not None:  # re-running the cell replaces the panel, not adds one
             self.panel.close()
-        self.panel = panel(self.session)
-        display(self.panel)
+            self.panel = None
+        if self.sidebar is not None:
+            self.sidebar.close()  # and its sidebar
+            self.sidebar = None
+        shown = panel(self.session)
+        if side:
+            from ipychat.notebook.sidebar import dock
+
+            try:
+                self.sidebar = dock(shown)
+            except UsageError:
+                shown.close()
+                raise
+            self.show("The chat panel is in the right-hand sidebar.")
+        else:
+            display(shown)
+        self.panel = shown
 
     # ----- Spend and cache ---------------------------------------------------------------------
 

@@ -104,7 +104,13 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "forget a thread's messages",
         ("%chat reset", "%chat reset experiments"),
     ),
-    _one("Conversations", "panel", "the chat panel", ("%chat panel",)),
+    _one(
+        "Conversations",
+        "panel [--side]",
+        "the chat panel; --side docks it in JupyterLab's right-hand sidebar (pip install sidecar)",
+        ("%chat panel", "%chat panel --side"),
+        ("--side",),
+    ),
     _one(
         "Spend and cache",
         "usage [--plot]",

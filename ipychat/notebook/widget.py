@@ -209,7 +209,9 @@ class ChatPanel(w.VBox):
         self.max_tokens.observe(self._on_number, "value")
 
     def _layout(self) -> list[w.Widget]:
-        row = w.Layout(width="100%", align_items="center")
+        # Rows wrap where the panel is narrow (docked in JupyterLab's sidebar: %chat panel
+        # --side) instead of pushing the pickers and fields out of view.
+        row = w.Layout(width="100%", align_items="center", flex_flow="row wrap")
         spacer = w.Box(layout=w.Layout(flex="1"))
         header = w.HBox([self.title, spacer, self.model, self.thread, self.new_thread], layout=row)
         # column-reverse: browsers start such a scroll container at its end and keep it there
