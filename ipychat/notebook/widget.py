@@ -20,12 +20,10 @@ import asyncio
 import concurrent.futures
 import html
 import logging
-import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import ipywidgets as w
 
@@ -35,6 +33,7 @@ from ipychat.core.errors import ChatError
 from ipychat.core.markdown import escape_dollars, prompt_markdown, reply_markdown
 from ipychat.core.pricing import format_usd
 from ipychat.core.types import Estimate, Reply
+from ipychat.notebook.footers import ReplyFooters
 from ipychat.session import ChatSession, Event, get_session
 
 __all__ = ["ChatPanel", "panel"]
@@ -52,48 +51,6 @@ class _Pending:
     prompt: str
     estimate: Estimate
     text: str = ""
-
-
-class _Footers:
-    """Footers of the replies of one session, keyed by the assistant message they belong to.
-
-    Threads keep plain message dicts (they are sent to the API as they are), so the Reply of
-    each message is remembered here, once per session, for every panel, including later ones.
-    """
-
-    _by_session: ClassVar[weakref.WeakKeyDictionary[ChatSession, _Footers]] = (
-        weakref.WeakKeyDictionary()
-    )
-    _lock: ClassVar[threading.Lock] = threading.Lock()
-
-    def __init__(self, session: ChatSession) -> None:
-        # Weak: the session holds this object (as a listener), and this entry must not keep
-        # the session alive in the WeakKeyDictionary.
-        self._session = weakref.ref(session)
-        self._footers: dict[int, tuple[dict[str, Any], Reply, str]] = {}
-        session.subscribe(self._on_event)
-
-    @classmethod
-    def of(cls, session: ChatSession) -> _Footers:
-        with cls._lock:
-            if session not in cls._by_session:
-                cls._by_session[session] = cls(session)
-            return cls._by_session[session]
-
-    def _on_event(self, event: Event) -> None:
-        session = self._session()
-        thread = session.threads.get(event.thread) if session is not None else None
-        if event.kind != "reply" or event.reply is None or thread is None:
-            return
-        message = next((m for m in reversed(thread.messages) if m["role"] == "assistant"), None)
-        if message is not None:
-            footer = fmt.footer(event.reply, turns=thread.turns)
-            self._footers[id(message)] = (message, event.reply, footer)
-
-    def get(self, message: dict[str, Any]) -> tuple[Reply, str] | None:
-        entry = self._footers.get(id(message))
-        # id() values are reused once a message is gone: check it is still the same dict.
-        return (entry[1], entry[2]) if entry is not None and entry[0] is message else None
 
 
 def _show_markdown(output: w.Output, markdown: str, plain: str) -> None:
@@ -121,7 +78,7 @@ class ChatPanel(w.VBox):
 
     def __init__(self, session: ChatSession | None = None, **kwargs: Any) -> None:
         self.session = session or get_session()
-        self._footers = _Footers.of(self.session)
+        self._footers = ReplyFooters.of(self.session)
         self._pending: dict[str, _Pending] = {}
         self._future: concurrent.futures.Future[Reply] | None = None
         self._estimate_handle: asyncio.TimerHandle | None = None
