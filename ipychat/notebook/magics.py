@@ -19,7 +19,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Int, TraitError, Unicode, ob
 
 from ipychat.core import format as fmt
 from ipychat.core.errors import ChatError, Interrupted
-from ipychat.core.messages import Interpolated, interpolate
+from ipychat.core.messages import Interpolated, interpolate, unfenced_json
 from ipychat.core.types import Reply
 from ipychat.notebook.commands import ChatCommands
 from ipychat.notebook.magicargs import check_variable, help_layout, parse_line, user_errors
@@ -348,10 +348,7 @@ ChatMagics.chat_line.__doc__ = chat_help()
 
 
 def _parse_json(text: str) -> Any:
-    candidate = text.strip()
-    fenced = re.match(r"^```(?:json)?\s*\n(.*?)\n?```$", candidate, re.S)
-    if fenced:
-        candidate = fenced.group(1)
+    candidate = unfenced_json(text)
     try:
         return json.loads(candidate)
     except json.JSONDecodeError as exc:

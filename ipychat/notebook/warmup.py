@@ -35,16 +35,8 @@ __all__ = ["THREAD_NAME", "start", "warm"]
 
 THREAD_NAME = "ipychat-warm-up"
 
-# Imported by a first map or request, in this order (the cheap ones first); the last two are
-# what the client's transport imports on its first request (aiohttp builds its TLS contexts
-# on import).
-_MODULES = (
-    "ipychat.map.job",
-    "ipychat.engine.cache",
-    "ipychat.net.client",
-    "aiohttp",
-    "httpx_aiohttp",
-)
+# Imported by a first map or request, in this order (the cheap ones first).
+_MODULES = ("ipychat.map.job", "ipychat.engine.cache", "ipychat.net.client")
 
 _log = logging.getLogger("ipychat")
 
@@ -56,6 +48,9 @@ def warm(session: ChatSession) -> None:
     tokens.warm([session.model])
     for name in _MODULES:
         importlib.import_module(name)
+    from ipychat.net.transport import lean_aiohttp_transport
+
+    lean_aiohttp_transport()  # imports aiohttp (and its TLS contexts) and httpx_aiohttp
 
 
 def _run(session: ChatSession) -> None:
