@@ -23,7 +23,7 @@ from ipychat.notebook import warmup as _warmup
 from ipychat.session import ChatSession
 from ipychat.testing import FakeOpenAIServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _warm_up_threads() -> list[threading.Thread]:
