@@ -10,26 +10,26 @@ imported only when a frame is written.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from ipychat.core.errors import ChatError, Interrupted, TemplateError
+from ipychat.core.messages import unfenced_json
 from ipychat.core.pricing import format_usd
 from ipychat.map.plan import MapPlan
 
 __all__ = [
+    "CUT",
     "Frame",
     "MapAborted",
     "MapInterrupted",
     "MapProgress",
     "MapResult",
     "MapSummary",
+    "cut_note",
     "format_seconds",
     "parse_object",
 ]
-
-_JSON_FENCE = re.compile(r"^```(?:json)?\s*\n(.*?)\n?```$", re.S)
 
 
 # ----- DataFrames ----------------------------------------------------------------------------
@@ -110,10 +110,7 @@ def _polars_values(values: list[Any]) -> list[Any]:
 
 def parse_object(text: str) -> tuple[dict[str, Any] | None, str]:
     """A --json reply as a dict, or None and what is wrong with it."""
-    candidate = text.strip()
-    fenced = _JSON_FENCE.match(candidate)
-    if fenced:
-        candidate = fenced.group(1)
+    candidate = unfenced_json(text)
     try:
         value = json.loads(candidate)
     except json.JSONDecodeError as exc:
@@ -143,6 +140,17 @@ class MapProgress:
         eta = f"ETA {format_seconds(self.eta)}" if self.eta is not None else "ETA –"
         errors = f"{self.errors:,} error{'s' if self.errors != 1 else ''}"
         return f"{self.done:,}/{self.total:,} · {rate} · {eta} · {errors} · {format_usd(self.cost)}"
+
+
+CUT = "cut:"  # the error column's mark of a reply cut at the map's default cap
+
+
+def cut_note(cap: int) -> str:
+    """What a row's error column says of a reply cut at the map's default cap `cap`."""
+    return (
+        f"{CUT} the reply reached the map's default cap of {cap:,} tokens; re-run with "
+        "--max-tokens N for the whole reply."
+    )
 
 
 @dataclass(frozen=True)

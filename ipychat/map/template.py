@@ -11,16 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipychat.core.errors import TemplateError
+from ipychat.core.messages import literal_braces
 
 __all__ = ["RowTemplate", "compile_template"]
 
 _PLACEHOLDER = re.compile(r"\{\{(?P<escaped>[^{}]*)\}\}|\{(?P<name>[^{}\n]+)\}")
 _IDENT = re.compile(r"[A-Za-z_]\w*")
-# As in ipychat.core.messages: `\frac{x}`, `x^{n}`, `f{x}` are LaTeX or code, not placeholders.
-_LITERAL_CONTEXT = set("\\^_$}") | set(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-)
-_FENCE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.S)
 
 
 @dataclass(frozen=True)
@@ -37,10 +33,6 @@ class RowTemplate:
 
 def _escape(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")
-
-
-def _in_code(spans: list[tuple[int, int]], pos: int) -> bool:
-    return any(start <= pos < end for start, end in spans)
 
 
 def compile_template(
@@ -60,7 +52,7 @@ def compile_template(
             "placeholders such as {text}."
         )
     known = {str(c): c for c in columns}
-    code = [m.span() for m in _FENCE.finditer(text)]
+    is_literal = literal_braces(text)  # `\frac{x}`, `x^{n}`, code: not placeholders
     parts: list[str] = []
     used: list[Any] = []
     index: dict[str, int] = {}
@@ -79,13 +71,7 @@ def compile_template(
                 used.append(known[name])
             parts.append(f"{{{index[name]}}}")
             continue
-        before = text[m.start() - 1] if m.start() else ""
-        if (
-            _IDENT.fullmatch(name)
-            and before not in _LITERAL_CONTEXT
-            and not _in_code(code, m.start())
-            and name not in unknown
-        ):
+        if _IDENT.fullmatch(name) and not is_literal(m.start()) and name not in unknown:
             unknown.append(name)
         parts.append(_escape(m.group(0)))
     parts.append(_escape(text[last:]))

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from ipychat.core.errors import BudgetExceeded, ChatError, ConfigError, Interrupted
 from ipychat.core.pricing import format_usd
+from ipychat.core.settings import TICK
 from ipychat.map.batch.jsonl import request_line, split_parts
 from ipychat.map.batch.registry import BatchJob, Registry
 from ipychat.map.batch.results import BatchPlan, BatchProgress, BatchResult
 from ipychat.map.batch.runner import BatchOptions, BatchRun
-from ipychat.map.dispatch import TICK
 from ipychat.map.job import MapAborted, MapInterrupted, MapJob, guarded, wait_on_loop
 from ipychat.map.options import MapOptions
 
