@@ -6,6 +6,7 @@ delegate here; `ipychat.map.batch` drives a `MapJob` through its documented inte
 
 ```
 run(session, df, template, ...)          sync: plan, then execute on the session's loop
+                                         (any `map.host.Host`: an engine and its loop)
   ├── MapOptions.of(output, **options)   every option checked once (map/options.py)
   ├── MapJob.__init__ (map/mapper.py)    plan (caller's thread, nothing sent):
   │     └── plan.plan_requests           template compiled once, nulls, dedupe, checks
@@ -30,11 +31,11 @@ again sends only what is missing.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ipychat.core.errors import ChatError
+from ipychat.core.runner import wait_async
 from ipychat.core.settings import TICK
 from ipychat.map.dispatch import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY
 from ipychat.map.dispatch import MAX_CONCURRENCY as MAX_CONCURRENCY
@@ -55,7 +56,7 @@ from ipychat.map.plan import MapPlan, MapRequest
 from ipychat.map.template import RowTemplate, compile_template
 
 if TYPE_CHECKING:
-    from ipychat.session import ChatSession
+    from ipychat.map.host import Host
 
 __all__ = [
     "MapAborted",
@@ -111,7 +112,7 @@ def _aborted(mapper: MapJob, cause: ChatError) -> MapAborted:
 
 
 def plan(
-    session: ChatSession,
+    session: Host,
     df: Any,
     template: str,
     output: str | Sequence[str] = "col",
@@ -123,11 +124,11 @@ def plan(
     """The dry run: what `run` would send and what it may cost; nothing is sent (so
     `progress` and `on_plan`, which `run` takes, are not called)."""
     del progress, on_plan
-    return MapJob(session, df, template, MapOptions.of(output, **options)).plan
+    return MapJob(session.engine, df, template, MapOptions.of(output, **options)).plan
 
 
 def map_frame(
-    session: ChatSession,
+    session: Host,
     df: Any,
     template: str,
     output: str | Sequence[str] = "col",
@@ -142,7 +143,7 @@ def map_frame(
 
 
 async def amap_frame(
-    session: ChatSession,
+    session: Host,
     df: Any,
     template: str,
     output: str | Sequence[str] = "col",
@@ -157,7 +158,7 @@ async def amap_frame(
 
 
 def run(
-    session: ChatSession,
+    session: Host,
     df: Any,
     template: str,
     output: str | Sequence[str] = "col",
@@ -185,13 +186,15 @@ def run(
     the rows finished so far in `.result`; a global failure (key, model, a long wait
     demanded by the server) raises MapAborted, also with `.result`.
     """
-    mapper = MapJob(session, df, template, MapOptions.of(output, **options))
+    mapper = MapJob(session.engine, df, template, MapOptions.of(output, **options))
     mapper.check_budget()
     if on_plan is not None:
         on_plan(mapper.plan)
     try:
         wait_on_loop(
-            session, mapper.execute(), lambda: progress(mapper.progress()) if progress else None
+            session.runner,
+            mapper.execute(),
+            lambda: progress(mapper.progress()) if progress else None,
         )
     except KeyboardInterrupt:
         raise _interrupted(mapper) from None
@@ -203,7 +206,7 @@ def run(
 
 
 async def arun(
-    session: ChatSession,
+    session: Host,
     df: Any,
     template: str,
     output: str | Sequence[str] = "col",
@@ -213,21 +216,14 @@ async def arun(
     **options: Any,
 ) -> MapResult:
     """`run` for code that awaits; the requests still go from the session's own loop."""
-    mapper = MapJob(session, df, template, MapOptions.of(output, **options))
+    mapper = MapJob(session.engine, df, template, MapOptions.of(output, **options))
     mapper.check_budget()
     if on_plan is not None:
         on_plan(mapper.plan)
-    finished = threading.Event()
-    future = session.submit(guarded(mapper.execute(), finished))
-    wrapped = asyncio.wrap_future(future)
+    tick = (lambda: progress(mapper.progress())) if progress is not None else None
     try:
-        while not (await asyncio.wait({wrapped}, timeout=TICK))[0]:
-            if progress is not None:
-                progress(mapper.progress())
-        wrapped.result()
+        await wait_async(session.runner, mapper.execute(), tick=tick, every=TICK)
     except asyncio.CancelledError:
-        future.cancel()
-        await asyncio.to_thread(finished.wait, 5.0)
         raise _interrupted(mapper) from None
     if progress is not None:
         progress(mapper.progress())

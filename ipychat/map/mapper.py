@@ -8,10 +8,10 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
-from ipychat.core import pricing
 from ipychat.core.errors import ChatError, OfflineCacheMiss
 from ipychat.core.types import CacheMode, Reply, Usage
 from ipychat.engine.ledger import LedgerRow, max_tokens_within
+from ipychat.engine.prepare import Prepared
 from ipychat.map.dispatch import Counters, Dispatcher, SendOptions
 from ipychat.map.frame import (
     CUT,
@@ -34,7 +34,7 @@ from ipychat.map.plan import (
 from ipychat.map.template import compile_template
 
 if TYPE_CHECKING:
-    from ipychat.session import ChatSession
+    from ipychat.engine.engine import Engine
 
 __all__ = ["MapJob"]
 
@@ -53,7 +53,7 @@ class MapJob:
     through the Batch API) drives a job through this interface instead:
 
     - what was asked: `options` (the MapOptions it was built with), and resolved with the
-      session's settings: `plan`, `max_cost`, `outputs`, `json`, `base_system` (the system
+      engine's settings: `plan`, `max_cost`, `outputs`, `json`, `base_system` (the system
       prompt before --json added its rule), `fill_null`, `error_column`, `cache_mode`,
       `allow_secrets`, `frame_name`, `template_text`, `limit` (None: every row);
     - `to_send`: the MapRequests the cache does not answer;
@@ -64,10 +64,10 @@ class MapJob:
     - from any thread: `progress()`, `result(interrupted=...)`.
     """
 
-    def __init__(self, session: ChatSession, df: Any, template: str, options: MapOptions) -> None:
+    def __init__(self, engine: Engine, df: Any, template: str, options: MapOptions) -> None:
         """Plan the map of `template` over `df` with `options` (checked when they were
         built): nothing is sent; `plan` says what `execute()` would send."""
-        self.session = session
+        self.engine = engine
         self.options = options
         self.allow_secrets = options.allow_secrets
         self.outputs = list(options.outputs)
@@ -77,16 +77,14 @@ class MapJob:
         self.frame = Frame(df, options.name or "the DataFrame")
         self.cache_mode: CacheMode = options.cache
         self.concurrency = options.concurrency
-        self.local = bool(getattr(session, "is_local", False))
-        self.retries = session.settings.max_retries if options.retries is None else options.retries
+        self.local = engine.is_local
+        self.retries = engine.settings.max_retries if options.retries is None else options.retries
         self.max_cost = options.max_cost
-        self.model: str = (
-            options.model or getattr(session, "model", None) or session.settings.model or ""
-        )
+        self.model: str = options.model or engine.model
         # No cap chosen: the map's own small one (see MAP_MAX_TOKENS), so that its bound
         # is near what it will cost; a reply cut there is marked in the error column.
         columns = len(self.outputs) if self.json else 1
-        self.default_cap = default_reply_cap(session, options.max_tokens, columns)
+        self.default_cap = default_reply_cap(engine, options.max_tokens, columns)
         self.max_tokens = options.max_tokens if options.max_tokens is not None else self.default_cap
         self.rpm, self.tpm = options.rpm, options.tpm
         self._set_system(options.system)
@@ -102,7 +100,7 @@ class MapJob:
 
     def _set_system(self, system: str | None) -> None:
         """The system prompt (with --json, its rule added) and the body's extra fields."""
-        base_system = system if system is not None else self.session.settings.system
+        base_system = system if system is not None else self.engine.settings.system
         self.base_system: str = base_system or ""
         self.extra: dict[str, Any] | None = None
         self.system = base_system
@@ -129,7 +127,7 @@ class MapJob:
 
     def _set_plan(self) -> None:
         """Plan the rows (nothing sent): cache hits, requests to send, rows finished early."""
-        session = self.session
+        engine = self.engine
         request = RowRequest(
             model=self.model,
             system=self.system,
@@ -140,7 +138,7 @@ class MapJob:
             default_cap=self.default_cap,
         )
         planned = plan_requests(
-            session,
+            engine,
             self.frame,
             self.template,
             self.n,
@@ -153,7 +151,7 @@ class MapJob:
             self.finished[i] = True
         self.plan, self.skipped = planned.plan, planned.skipped
         # The local model answers whatever model a map names: its plan says so, once.
-        note = getattr(session, "local_note", lambda model: None)(self.model)
+        note = engine.local_note(self.model)
         if note:
             self.plan = dataclasses.replace(self.plan, note=note)
         self.hits, self.to_send = planned.hits, planned.to_send
@@ -161,16 +159,16 @@ class MapJob:
     def check_budget(self) -> None:
         """Refuse a run whose upper bound exceeds --max-cost or the session budget, before
         anything is sent; the refusal names the lever that fits (--max-tokens N first)."""
-        if not self.to_send or self.session.settings.offline:
+        if not self.to_send or self.engine.settings.offline:
             return  # nothing will be sent, nothing spent
-        self.session.usage.check(
+        self.engine.usage.check(
             self.plan.cost_high, max_cost=self.max_cost, what="This map", fit=self._fit
         )
 
     def _fit(self, limit: float) -> str | None:
         """What brings the map's bound under `limit` dollars: `--max-tokens N` (the largest
         reply cap that does), else `--limit N` (the most rows that do at this cap)."""
-        price = self.session.prices.lookup(self.model, is_local=self.local)
+        price = self.engine.prices.lookup(self.model, is_local=self.local)
         if price is None or not self.to_send:
             return None
         wanted = max(job.prepared.estimate.max_completion_tokens for job in self.to_send)
@@ -229,13 +227,13 @@ class MapJob:
             retries=self.retries,
             cache_mode=self.cache_mode,
         )
-        return Dispatcher(self, self.session, self.to_send, sending)
+        return Dispatcher(self, self.engine, self.to_send, sending)
 
     def _apply_hits(self) -> None:
         """The cache hits: their ledger rows and savings, in bulk, then their rows written."""
         if not self.hits:
             return
-        session = self.session
+        engine = self.engine
         # The rows of a map share a model and mostly a few token counts: each distinct
         # (model, usage) is priced once.
         priced: dict[tuple[Any, ...], tuple[dict[str, Any], float | None]] = {}
@@ -263,10 +261,9 @@ class MapJob:
                     fields, saved = self._priced(job, hit)
             savings.append(saved)
             ledger.append({"time": time.time(), **fields})
-        if session.cache is not None:
-            session.cache.record_hits(savings)
-        common = {"thread": "map", "host": session.host, "cost": 0.0, "cached": True}
-        session.usage.record_many(LedgerRow.many(common, ledger))
+        if engine.cache is not None:
+            engine.cache.record_hits(savings)
+        engine.usage.record_many(LedgerRow.many({}, ledger))
         if self.json:
             for job, hit in self.hits:
                 text, reason = str(hit.get("text", "")), hit.get("finish_reason")
@@ -289,20 +286,12 @@ class MapJob:
     def _priced(
         self, job: MapRequest | CachedRequest, hit: dict[str, Any]
     ) -> tuple[dict[str, Any], float | None]:
-        """A cache hit's ledger fields (but its time) and what it saved."""
-        model = job.model
-        usage = Usage(**hit["usage"]) if hit.get("usage") else None
-        price = self.session.prices.lookup(model, is_local=self.local)
-        saved = pricing.cost(usage, price) if usage else None
-        fields = {
-            "model": self.session.model_label(model, hit.get("model")),
-            "prompt_tokens": usage.prompt_tokens if usage else 0,
-            "completion_tokens": usage.completion_tokens if usage else 0,
-            "cached_tokens": usage.cached_tokens if usage else 0,
-            "saved": saved,
-            "estimated": usage.estimated if usage else True,
-        }
-        return fields, saved
+        """A cache hit's ledger fields (but its time) and what it saved: the Exchange the
+        engine makes of a cache entry (its one place), as the ledger records it."""
+        exchange = self.engine.from_cache(hit, key=job.key, request_model=job.model, label="map")
+        fields = vars(exchange.ledger_row()).copy()
+        del fields["time"]
+        return fields, exchange.reply.saved
 
     def spend(self, reply: Reply) -> None:
         """Count a reply's cost in the progress and the summary."""
@@ -326,17 +315,17 @@ class MapJob:
             await self._dispatcher.run()
 
     async def execute(self) -> None:
-        session = self.session
+        engine = self.engine
         self._reset()
         high = self.plan.cost_high if self.to_send else 0.0
         held = (
-            session.usage.reserve(high, what="This map", fit=self._fit)
-            if self.to_send and not session.settings.offline
+            engine.usage.reserve(high, what="This map", fit=self._fit)
+            if self.to_send and not engine.settings.offline
             else 0.0
         )
         try:
             self._apply_hits()
-            if session.settings.offline:
+            if engine.settings.offline:
                 for job in self.to_send:
                     self._fail(job, OfflineCacheMiss("Offline mode: this row is not in the cache."))
             else:
@@ -344,7 +333,7 @@ class MapJob:
             if self._dispatcher.ready:
                 await self._dispatcher.run()
         finally:
-            session.usage.settle(held, None)
+            engine.usage.settle(held, None)
 
     def _fail(self, job: MapRequest, exc: ChatError) -> None:
         message = str(exc)
@@ -398,8 +387,6 @@ class MapJob:
         self, job: MapRequest | CachedRequest, text: str, problem: str, cached: bool
     ) -> None:
         """Invalid JSON is asked for once more, in the same conversation, first in line."""
-        from ipychat.session import Prepared
-
         body = dict(job.body)
         keys = ", ".join(self.outputs)
         body["messages"] = [
@@ -411,12 +398,12 @@ class MapJob:
                 f"the JSON object, with the keys: {keys}.",
             },
         ]
-        estimate = self.session.estimate(
+        estimate = self.engine.estimate(
             body["messages"], model=body["model"], max_tokens=body.get("max_tokens")
         )
         prepared = Prepared(job.prompt, None, body, estimate, label="map")
         again = MapRequest(
-            request_key(self.session, body),
+            request_key(self.engine, body),
             prepared,
             job.rows,
             estimate.prompt_tokens + estimate.max_completion_tokens,

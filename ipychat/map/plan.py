@@ -5,7 +5,7 @@ Everything here runs in the caller's thread before anything is sent:
 ```
 compile_template(text, columns)    {column} placeholders → one str.format per row
                                    (ipychat.map.template)
-plan_requests(session, frame, ...) → Planned
+plan_requests(engine, frame, ...) → Planned
   ├── render the rows column by column; null placeholders skip the row (or --fill-null)
   ├── identical prompts share one request (sent once, its reply fills every row)
   ├── RowShape: what every row's request shares, worked out once (body, key, room)
@@ -29,14 +29,16 @@ from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any
 
 from ipychat.core.errors import ContextLengthError, TemplateError
-from ipychat.core.keys import cache_key, canonical_json
+from ipychat.core.keys import canonical_json
 from ipychat.core.pricing import format_tokens, format_usd, format_usd_bound
 from ipychat.core.tokens import count_messages_bound
+from ipychat.engine.prepare import RequestOptions
 
 if TYPE_CHECKING:
+    from ipychat.engine.engine import Engine
+    from ipychat.engine.prepare import Prepared
     from ipychat.map.frame import Frame
     from ipychat.map.template import RowTemplate
-    from ipychat.session import ChatSession, Prepared
 
 __all__ = [
     "MAP_MAX_TOKENS",
@@ -189,11 +191,9 @@ class Planned:
     row_errors: dict[int, str]
 
 
-def request_key(session: ChatSession, body: dict[str, Any]) -> str:
-    """The cache key of a request body."""
-    # The session's own key when it has one (it knows the endpoint's every part).
-    own = getattr(session, "cache_key", None)
-    return own(body) if callable(own) else cache_key(session.base_url, body)
+def request_key(engine: Engine, body: dict[str, Any]) -> str:
+    """The cache key of a request body (the engine's: it knows the endpoint's every part)."""
+    return engine.cache_key(body)
 
 
 # ----- what every row of a map shares ----------------------------------------------------------
@@ -207,7 +207,7 @@ _KEY_CHECK_EVERY = 4096
 
 class RowShape:
     """The parts of a map's requests that are the same for every row, worked out once from
-    the body `session.one_body` builds for an empty prompt (nothing is counted or sent):
+    the body `Engine.one_body` builds for an empty prompt (nothing is counted or sent):
 
     - `body(prompt)`: that body with the prompt as its last message, which is what
       `prepare_one(prompt)` builds (same keys, same order);
@@ -221,8 +221,8 @@ class RowShape:
       would be if it were not cached.
     """
 
-    def __init__(self, session: ChatSession, base: dict[str, Any], window: int) -> None:
-        self.session = session
+    def __init__(self, engine: Engine, base: dict[str, Any], window: int) -> None:
+        self.engine = engine
         self._base = base
         self.model = str(base["model"])
         self._head = base["messages"][:-1]
@@ -231,33 +231,15 @@ class RowShape:
         self._key_parts = self._key_template()
 
     @classmethod
-    def probe(
-        cls,
-        session: ChatSession,
-        *,
-        model: str,
-        system: str | None,
-        temperature: float | None,
-        max_tokens: int | None,
-        extra: dict[str, Any] | None,
-        allow_secrets: bool = False,
-    ) -> RowShape | None:
-        """The shape of the rows `session.prepare_one` would prepare with these options, or
+    def probe(cls, engine: Engine, options: RequestOptions) -> RowShape | None:
+        """The shape of the rows `Engine.prepare_one` would prepare with these options, or
         None when the body is not the prompt as its last message (each row then goes
         through `prepare_one`)."""
-        base = session.one_body(
-            "",
-            model=model,
-            system=system,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            extra=extra,
-            allow_secrets=allow_secrets,
-        )
+        base = engine.one_body("", options)
         messages = base.get("messages")
         if not messages or messages[-1] != {"role": "user", "content": ""}:
             return None
-        return cls(session, base, session._context_window(base["model"]))
+        return cls(engine, base, engine.context_window(base["model"]))
 
     def body(self, prompt: str) -> dict[str, Any]:
         return {**self._base, "messages": [*self._head, {"role": "user", "content": prompt}]}
@@ -273,13 +255,13 @@ class RowShape:
 
     def prepare(self, prompt: str, masked: str) -> Prepared:
         """The row's request, estimated exactly (ContextLengthError if it does not fit)."""
-        return self.session.prepare_body(prompt, self.body(prompt), label="map", masked=masked)
+        return self.engine.prepare_body(prompt, self.body(prompt), label="map", masked=masked)
 
     def keys(self, prompts: Sequence[str]) -> list[str]:
         """The cache key of each prompt's request, as `request_key` gives it."""
         parts = self._key_parts
         if parts is None:
-            return [request_key(self.session, self.body(p)) for p in prompts]
+            return [request_key(self.engine, self.body(p)) for p in prompts]
         prefix, suffix = parts
         sha256 = hashlib.sha256
         keys = [
@@ -287,17 +269,17 @@ class RowShape:
             for p in prompts
         ]
         sample = {*range(0, len(keys), _KEY_CHECK_EVERY), len(keys) - 1} if keys else set()
-        if any(keys[i] != request_key(self.session, self.body(prompts[i])) for i in sample):
-            self._key_parts = None  # not the session's key after all: the slow, sure way
+        if any(keys[i] != request_key(self.engine, self.body(prompts[i])) for i in sample):
+            self._key_parts = None  # not the engine's key after all: the slow, sure way
             return self.keys(prompts)
         return keys
 
     def _key_template(self) -> tuple[str, str] | None:
         """The canonical JSON `keys.cache_key` hashes, split around the prompt."""
-        session = self.session
-        endpoint = session.base_url
-        version = getattr(session.settings, "azure_api_version", None)
-        if version:  # as ChatSession.cache_key: the api-version is part of the endpoint
+        engine = self.engine
+        endpoint = engine.base_url
+        version = engine.settings.azure_api_version
+        if version:  # as Engine.cache_key: the api-version is part of the endpoint
             endpoint = f"{endpoint}?api-version={version}"
         marked = canonical_json({"endpoint": endpoint.rstrip("/"), "request": self.body(_MARK)})
         mark = encode_basestring(_MARK)
@@ -312,7 +294,7 @@ class RowShape:
 
 @dataclass(frozen=True)
 class RowRequest:
-    """What every request of a map is sent with, the session's defaults applied."""
+    """What every request of a map is sent with, the engine's defaults applied."""
 
     model: str
     system: str | None = None
@@ -322,19 +304,20 @@ class RowRequest:
     allow_secrets: bool = False
     default_cap: int | None = None  # the map's own reply cap, when the user set none
 
-    def body_options(self) -> dict[str, Any]:
-        """The keyword arguments of `session.one_body`/`prepare_one` but `allow_secrets`."""
-        return {
-            "model": self.model,
-            "system": self.system,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-            "extra": self.extra,
-        }
+    def options(self) -> RequestOptions:
+        """The options of `Engine.one_body`/`prepare_one` for every row."""
+        return RequestOptions(
+            self.model,
+            self.system,
+            self.temperature,
+            self.max_tokens,
+            self.extra,
+            self.allow_secrets,
+        )
 
 
 def plan_requests(
-    session: ChatSession,
+    engine: Engine,
     frame: Frame,
     template: RowTemplate,
     n: int,
@@ -348,13 +331,13 @@ def plan_requests(
     prompt, read the cache for all of them in one batched read, and estimate what is sent.
 
     What all rows share is worked out once (`RowShape`); per unique prompt there is the
-    secret check and redaction (`ChatSession.clean_prompt`, as `prepare_one` does), a body, a key,
+    secret check and redaction (`Engine.clean_prompt`, as `prepare_one` does), a body, a key,
     and, only for the prompts to send, the token count.
     """
     row_errors: dict[int, str] = {}
     by_prompt, skipped, null_cols = _render(frame, template, n, fill_null, row_errors)
-    store = session.cache if session.settings.cache and cache_mode == "use" else None
-    jobs, found, invalid = _lookup(session, by_prompt, row_errors, request, store)
+    store = engine.cache if engine.settings.cache and cache_mode == "use" else None
+    jobs, found, invalid = _lookup(engine, by_prompt, row_errors, request, store)
     hits = [(job, found[job.key]) for job in jobs if job.key in found]
     to_send = [job for job in jobs if job.key not in found and isinstance(job, MapRequest)]
     processed = n - skipped
@@ -378,7 +361,7 @@ def plan_requests(
         cost_batch=_total(batches),
         model=request.model,
         approximate=any(e.approximate for e in estimates),
-        offline=session.settings.offline,
+        offline=engine.settings.offline,
         first_prompt=next(iter(by_prompt), None),
         default_cap=request.default_cap,
     )
@@ -386,7 +369,7 @@ def plan_requests(
 
 
 def _lookup(
-    session: ChatSession,
+    engine: Engine,
     by_prompt: dict[str, list[int]],
     row_errors: dict[int, str],
     request: RowRequest,
@@ -394,22 +377,20 @@ def _lookup(
 ) -> tuple[list[MapRequest | CachedRequest], dict[str, dict[str, Any]], int]:
     """Each unique prompt's request and cache key, the cache read for all of them at once:
     (the requests, the cache entries found by key, the rows too long for the context)."""
-    options = request.body_options()
+    options = request.options()
     allow_secrets = request.allow_secrets
-    shape = RowShape.probe(session, **options, allow_secrets=allow_secrets) if by_prompt else None
+    shape = RowShape.probe(engine, options) if by_prompt else None
     jobs: list[MapRequest | CachedRequest] = []
     found: dict[str, dict[str, Any]] = {}
     invalid = 0
     if shape is None:
-        if allow_secrets:
-            options["allow_secrets"] = True
-        invalid = _prepare(session, by_prompt, row_errors, options, jobs)
+        invalid = _prepare(engine, by_prompt, row_errors, options, jobs)
         if store is not None and jobs:
             found = store.get_many([job.key for job in jobs])
         return jobs, found, invalid
     # Every prompt is checked (and cleaned) before anything else, in row order: the first
     # one holding a credential refuses the map, whatever the cache holds.
-    cleaned = [session.clean_prompt(prompt, allow_secrets) for prompt in by_prompt]
+    cleaned = [engine.clean_prompt(prompt, allow_secrets) for prompt in by_prompt]
     keys = shape.keys([text for text, _ in cleaned])
     if store is not None:
         found = store.get_many(keys)
@@ -486,31 +467,31 @@ def _too_long(row_errors: dict[int, str], rows: list[int], exc: ContextLengthErr
 
 
 def _prepare(
-    session: ChatSession,
+    engine: Engine,
     by_prompt: dict[str, list[int]],
     row_errors: dict[int, str],
-    options: dict[str, Any],
+    options: RequestOptions,
     jobs: list[MapRequest | CachedRequest],
 ) -> int:
-    """Each unique prompt through `session.prepare_one`, into `jobs` (when no `RowShape`
+    """Each unique prompt through `Engine.prepare_one`, into `jobs` (when no `RowShape`
     could be had); returns the rows too long for the context window."""
     invalid = 0
     for prompt, rows in by_prompt.items():
         try:
-            prepared = session.prepare_one(prompt, label="map", **options)
+            prepared = engine.prepare_one(prompt, options, label="map")
         except ContextLengthError as exc:  # this row only (a credential refuses the map)
             invalid += _too_long(row_errors, rows, exc)
             continue
-        jobs.append(_request(request_key(session, prepared.body), prepared, rows))
+        jobs.append(_request(request_key(engine, prepared.body), prepared, rows))
     return invalid
 
 
-def default_reply_cap(session: ChatSession, max_tokens: int | None, columns: int) -> int | None:
+def default_reply_cap(engine: Engine, max_tokens: int | None, columns: int) -> int | None:
     """The map's own reply cap (MAP_MAX_TOKENS per output column), or None when the user
     chose one: `max_tokens` here, or a max_tokens setting other than the default."""
     from ipychat.core.settings import DEFAULT_MAX_TOKENS
 
-    if max_tokens is not None or session.settings.max_tokens not in (None, DEFAULT_MAX_TOKENS):
+    if max_tokens is not None or engine.settings.max_tokens not in (None, DEFAULT_MAX_TOKENS):
         return None
     return MAP_MAX_TOKENS * max(columns, 1)
 

@@ -6,23 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 from ipychat.core.errors import BudgetExceeded, ChatError, ConfigError, Interrupted
 from ipychat.core.pricing import format_usd
+from ipychat.core.runner import wait, wait_async
 from ipychat.core.settings import TICK
 from ipychat.map.batch.jsonl import request_line, split_parts
 from ipychat.map.batch.registry import BatchJob, Registry
 from ipychat.map.batch.results import BatchPlan, BatchProgress, BatchResult
 from ipychat.map.batch.runner import BatchOptions, BatchRun
-from ipychat.map.job import MapAborted, MapInterrupted, MapJob, guarded, wait_on_loop
+from ipychat.map.job import MapAborted, MapInterrupted, MapJob, wait_on_loop
 from ipychat.map.options import MapOptions
 
 if TYPE_CHECKING:
-    from ipychat.session import ChatSession
+    from ipychat.engine.engine import Engine
+    from ipychat.map.host import Host
 
 __all__ = [
     "amap_frame",
@@ -37,10 +38,10 @@ __all__ = [
 ]
 
 
-def _check_endpoint(session: ChatSession, job: BatchJob) -> None:
-    if job.endpoint != session.base_url:
+def _check_endpoint(engine: Engine, job: BatchJob) -> None:
+    if job.endpoint != engine.base_url:
         raise ConfigError(
-            f"Batch {job.id} was submitted to {job.endpoint}, not {session.base_url}: switch "
+            f"Batch {job.id} was submitted to {job.endpoint}, not {engine.base_url}: switch "
             f"with %chat endpoint {job.endpoint} first."
         )
 
@@ -71,7 +72,7 @@ def _check_budget(mapper: MapJob) -> None:
 
 
 def plan(
-    session: ChatSession,
+    session: Host,
     df: Any,
     template: str,
     output: Any = "col",
@@ -86,7 +87,7 @@ def plan(
     is sent, so the callbacks `run` takes are not called)."""
     del wait, progress, on_plan, on_submit
     map_options, batch_options = _options(output, options)
-    return _plan(MapJob(session, df, template, map_options), batch_options)
+    return _plan(MapJob(session.engine, df, template, map_options), batch_options)
 
 
 def _plan(mapper: MapJob, options: BatchOptions) -> BatchPlan:
@@ -99,7 +100,7 @@ def _plan(mapper: MapJob, options: BatchOptions) -> BatchPlan:
 
 
 def run(
-    session: ChatSession,
+    session: Host,
     df: Any,
     template: str,
     output: Any = "col",
@@ -119,17 +120,17 @@ def run(
     known. Ctrl-C stops waiting, not the batch: MapInterrupted, with `.result`.
     """
     map_options, batch_options = _options(output, options)
-    mapper = MapJob(session, df, template, map_options)
+    mapper = MapJob(session.engine, df, template, map_options)
     _check_budget(mapper)
     if on_plan is not None:
         on_plan(_plan(mapper, batch_options))
-    batch_run = BatchRun(session, mapper, batch_options)
+    batch_run = BatchRun(session.engine, mapper, batch_options)
     _drive(session, batch_run, batch_run.execute(wait=wait), progress, on_submit)
     return _result(batch_run)
 
 
 def resume(
-    session: ChatSession,
+    session: Host,
     ident: str,
     df: Any,
     *,
@@ -141,17 +142,17 @@ def resume(
 ) -> BatchResult:
     """Attach to job `ident` (bm_… or a provider batch id), wait, and fill `df` from it:
     the stored template and options are planned over `df` again and joined by cache key."""
-    job = Registry.of(session).load(ident)
-    _check_endpoint(session, job)
+    job = Registry.of(session.engine).load(ident)
+    _check_endpoint(session.engine, job)
     stored = {**job.options, "inplace": inplace, "name": name or job.frame}
-    mapper = MapJob(session, df, job.template, MapOptions.of(job.outputs, **stored))
-    batch_run = BatchRun(session, mapper, BatchOptions(**run_options))
+    mapper = MapJob(session.engine, df, job.template, MapOptions.of(job.outputs, **stored))
+    batch_run = BatchRun(session.engine, mapper, BatchOptions(**run_options))
     _drive(session, batch_run, batch_run.execute(job), progress, on_submit)
     return _result(batch_run)
 
 
 def collect(
-    session: ChatSession,
+    session: Host,
     ident: str,
     *,
     progress: Callable[[BatchProgress], None] | None = None,
@@ -159,23 +160,23 @@ def collect(
 ) -> BatchJob:
     """Without a frame: wait for job `ident`, then put its replies in the cache and the
     ledger; re-running its %%chatmap cell is then answered from the cache."""
-    job = Registry.of(session).load(ident)
-    _check_endpoint(session, job)
-    batch_run = BatchRun(session, None, BatchOptions(**run_options))
+    job = Registry.of(session.engine).load(ident)
+    _check_endpoint(session.engine, job)
+    batch_run = BatchRun(session.engine, None, BatchOptions(**run_options))
     _drive(session, batch_run, batch_run.execute(job), progress, None)
     assert batch_run.job is not None
     return batch_run.job
 
 
-def cancel(session: ChatSession, ident: str) -> BatchJob:
+def cancel(session: Host, ident: str) -> BatchJob:
     """Ask the provider to cancel every part still running; what finished is kept (collect
     it with `resume` or by re-running the cell)."""
-    registry = Registry.of(session)
+    registry = Registry.of(session.engine)
     job = registry.load(ident)
-    _check_endpoint(session, job)
+    _check_endpoint(session.engine, job)
 
     async def go() -> None:
-        client = await session.client()
+        client = await session.engine.client()
         for part in job.parts:
             if part.batch_id is not None and not part.terminal:
                 part.update(await client.get_batch(part.batch_id))
@@ -183,23 +184,26 @@ def cancel(session: ChatSession, ident: str) -> BatchJob:
                     part.update(await client.cancel_batch(part.batch_id))
         registry.save(job)
 
-    session.run(go())
+    wait(session.runner, go())
     return job
 
 
-def jobs(session: ChatSession, *, refresh: bool = True) -> list[BatchJob]:
+def jobs(session: Host, *, refresh: bool = True) -> list[BatchJob]:
     """Every job of this cache directory, newest first; running ones on this endpoint are
     asked for their status first (one GET per part)."""
-    registry = Registry.of(session)
+    registry = Registry.of(session.engine)
     found = registry.all()
     live = [
         j
         for j in found
-        if refresh and j.state != "collected" and not j.finished and j.endpoint == session.base_url
+        if refresh
+        and j.state != "collected"
+        and not j.finished
+        and j.endpoint == session.engine.base_url
     ]
 
     async def go() -> None:
-        client = await session.client()
+        client = await session.engine.client()
         for job in live:
             for part in job.parts:
                 if part.batch_id is not None and not part.terminal:
@@ -207,13 +211,13 @@ def jobs(session: ChatSession, *, refresh: bool = True) -> list[BatchJob]:
                         part.update(await client.get_batch(part.batch_id))
             registry.save(job)
 
-    if live and not session.settings.offline:
-        session.run(go())
+    if live and not session.engine.settings.offline:
+        wait(session.runner, go())
     return found
 
 
 async def arun(
-    session: ChatSession,
+    session: Host,
     df: Any,
     template: str,
     output: Any = "col",
@@ -225,21 +229,19 @@ async def arun(
 ) -> BatchResult:
     """`run` for code that awaits; the batch is still driven from the session's own loop."""
     map_options, batch_options = _options(output, options)
-    mapper = MapJob(session, df, template, map_options)
+    mapper = MapJob(session.engine, df, template, map_options)
     _check_budget(mapper)
     if on_plan is not None:
         on_plan(_plan(mapper, batch_options))
-    batch_run = BatchRun(session, mapper, batch_options)
-    finished = threading.Event()
-    future = session.submit(guarded(batch_run.execute(wait=wait), finished))
-    wrapped = asyncio.wrap_future(future)
+    batch_run = BatchRun(session.engine, mapper, batch_options)
     try:
-        while not (await asyncio.wait({wrapped}, timeout=TICK))[0]:
-            _tick(batch_run, progress)
-        wrapped.result()
+        await wait_async(
+            session.runner,
+            batch_run.execute(wait=wait),
+            tick=lambda: _tick(batch_run, progress),
+            every=TICK,
+        )
     except asyncio.CancelledError:
-        future.cancel()
-        await asyncio.to_thread(finished.wait, 5.0)
         raise _interrupted(batch_run) from None
     except ChatError as exc:
         raise _aborted(batch_run, exc) from None
@@ -247,7 +249,7 @@ async def arun(
     return _result(batch_run)
 
 
-def map_frame(session: ChatSession, df: Any, template: str, output: Any = "col", *,
+def map_frame(session: Host, df: Any, template: str, output: Any = "col", *,
               dry_run: bool = False, **options: Any) -> Any:  # fmt: skip
     """`ChatSession.map(..., batch=True)`: the frame, or the BatchPlan of a dry run."""
     if dry_run:
@@ -255,7 +257,7 @@ def map_frame(session: ChatSession, df: Any, template: str, output: Any = "col",
     return run(session, df, template, output, **options).frame
 
 
-async def amap_frame(session: ChatSession, df: Any, template: str, output: Any = "col", *,
+async def amap_frame(session: Host, df: Any, template: str, output: Any = "col", *,
                      dry_run: bool = False, **options: Any) -> Any:  # fmt: skip
     """`ChatSession.amap(..., batch=True)`."""
     if dry_run:
@@ -270,7 +272,7 @@ def _tick(batch_run: BatchRun, progress: Callable[[BatchProgress], None] | None)
 
 
 def _drive(
-    session: ChatSession,
+    session: Host,
     batch_run: BatchRun,
     coro: Coroutine[Any, Any, None],
     progress: Callable[[BatchProgress], None] | None,
@@ -288,7 +290,7 @@ def _drive(
         _tick(batch_run, progress)
 
     try:
-        wait_on_loop(session, coro, tick)
+        wait_on_loop(session.runner, coro, tick)
     except KeyboardInterrupt:
         raise _interrupted(batch_run) from None
     except ChatError as exc:

@@ -13,12 +13,12 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ipychat.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ipychat.session import ChatSession
+    from ipychat.engine.cache import ResponseCache
 
 __all__ = ["ACTIVE", "TERMINAL", "BatchJob", "Part", "Registry", "RequestRef"]
 
@@ -139,6 +139,13 @@ class BatchJob:
         return cls(**data)
 
 
+class HasCache(Protocol):
+    """What `Registry.of` needs: where the response cache is."""
+
+    @property
+    def cache(self) -> ResponseCache | None: ...
+
+
 class Registry:
     """The jobs of one cache directory: `<dir>/<job id>.json`, written atomically.
 
@@ -153,10 +160,11 @@ class Registry:
         self.directory = directory
 
     @classmethod
-    def of(cls, session: ChatSession) -> Registry:
+    def of(cls, owner: HasCache) -> Registry:
+        """The registry beside `owner`'s cache (an Engine, or a ChatSession)."""
         from ipychat.engine.cache import default_cache_dir
 
-        cache = session.cache
+        cache = owner.cache
         return cls((cache.directory if cache is not None else default_cache_dir()) / "batches")
 
     def _root(self) -> Path:

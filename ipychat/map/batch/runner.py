@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ipychat.core import pricing
 from ipychat.core.errors import ChatError, ConfigError, OfflineCacheMiss
 from ipychat.core.types import Reply, Usage
-from ipychat.engine.ledger import LedgerRow
+from ipychat.engine.exchange import Exchange
 from ipychat.map.batch.jsonl import (
     ENDPOINT,
     MAX_BYTES,
@@ -29,7 +29,7 @@ from ipychat.map.batch.results import BatchProgress, line_error, missing_reason
 from ipychat.map.job import MapJob, MapRequest
 
 if TYPE_CHECKING:
-    from ipychat.session import ChatSession
+    from ipychat.engine.engine import Engine
 
 __all__ = ["COMPLETION_WINDOW", "FIRST_POLL", "MAX_POLL", "THREAD", "BatchOptions", "BatchRun"]
 
@@ -61,12 +61,12 @@ class BatchRun:
     """One batch map (or a collection without a frame when `mapper` is None)."""
 
     def __init__(
-        self, session: ChatSession, mapper: MapJob | None, options: BatchOptions | None = None
+        self, engine: Engine, mapper: MapJob | None, options: BatchOptions | None = None
     ) -> None:
         options = options if options is not None else BatchOptions()
-        self.session = session
+        self.engine = engine
         self.mapper = mapper
-        self.registry = Registry.of(session)
+        self.registry = Registry.of(engine)
         self.poll_interval = options.poll_interval
         self.max_requests = options.max_requests
         self.max_bytes = options.max_bytes
@@ -96,13 +96,13 @@ class BatchRun:
     # ----- the run (session loop) -----------------------------------------------------------
 
     async def execute(self, job: BatchJob | None = None, *, wait: bool = True) -> None:
-        session, mapper = self.session, self.mapper
+        engine, mapper = self.engine, self.mapper
         if mapper is not None:
             mapper.start()  # JSON re-asks are sent online afterwards (send_queued)
             if not mapper.to_send and job is None:
                 await self._reask()
                 return
-        if session.settings.offline:
+        if engine.settings.offline:
             if mapper is not None:
                 for mjob in mapper.to_send:
                     mapper.fail(
@@ -110,9 +110,9 @@ class BatchRun:
                     )
                 return
             raise OfflineCacheMiss("Offline mode: batches are not polled; %chat offline off first.")
-        if session.is_local:
+        if engine.is_local:
             raise ConfigError("The local model has no Batch API: run the map without --batch.")
-        client = await session.client()
+        client = await engine.client()
         if job is None:
             job = self.registry.attachable(fingerprint(self._by_key))
             self.attached = job is not None
@@ -130,19 +130,19 @@ class BatchRun:
             await self._poll(client, job)
             await self._collect(client, job)
         finally:
-            session.usage.settle(held, None)
+            engine.usage.settle(held, None)
         await self._reask()
 
     def _reserve(self) -> float:
         assert self.mapper is not None
         plan = self.mapper.plan
         high = plan.cost_batch if plan.cost_batch is not None else plan.cost_high
-        return self.session.usage.reserve(high)
+        return self.engine.usage.reserve(high)
 
     def _new_job(self) -> BatchJob:
         mapper = self.mapper
         assert mapper is not None
-        session = self.session
+        engine = self.engine
         lines = {f"row-{mjob.rows[0]}": mjob for mjob in mapper.to_send}
         sizes = {cid: len(request_line(cid, mjob.prepared.body)) + 1 for cid, mjob in lines.items()}
         requests: dict[str, RequestRef] = {}
@@ -159,8 +159,8 @@ class BatchRun:
             id=f"bm_{sent[:8]}{secrets.token_hex(2)}",
             fingerprint=sent,
             created=time.time(),
-            endpoint=session.base_url,
-            host=session.host,
+            endpoint=engine.base_url,
+            host=engine.host,
             frame=mapper.frame_name,
             template=mapper.template_text,
             outputs=list(mapper.outputs),
@@ -275,24 +275,24 @@ class BatchRun:
             return False
         assert isinstance(body, dict)
         message = (choices[0] or {}).get("message") or {}
-        session, model = self.session, job.model
+        engine, model = self.engine, job.model
         usage = Usage.from_api(body.get("usage"))
         reply = Reply(
             text=str(message.get("content") or ""),
             model=str(body.get("model") or model),
             usage=usage,
-            cost=pricing.cost(usage, _batch_price(session, model)),
+            cost=pricing.cost(usage, _batch_price(engine, model)),
             finish_reason=(choices[0] or {}).get("finish_reason"),
             thread=THREAD,
+            saved=0.0,  # nothing saved: sent (the ledger's 0.0)
         )
-        if first:
-            session.usage.record(_row(session, model, reply))
-        store = session.cache if session.settings.cache else None
+        exchange = Exchange(reply, ref.key, model, engine.host)
+        if first:  # the ledger names the model asked for, as the batch was priced for it
+            engine.usage.record(exchange.ledger_row(model=model))
+        store = engine.cache if engine.settings.cache else None
         mapper = self.mapper
         if store is not None and (mapper is None or mapper.cache_mode != "off"):
-            from ipychat.session import _cache_value
-
-            store.set(ref.key, _cache_value(reply, session.host, model))
+            store.set(ref.key, exchange.to_cache())
         mjob = self._by_key.get(ref.key)
         if mapper is not None and mjob is not None:
             if first:
@@ -302,9 +302,9 @@ class BatchRun:
 
     def _fail(self, job: BatchJob, ref: RequestRef, message: str, *, record: bool) -> None:
         if record:
-            empty = Reply(text="", model=job.model, thread=THREAD)
-            row = _row(self.session, job.model, empty)
-            self.session.usage.record(replace(row, outcome="error", error=message, cost=0.0))
+            empty = Reply(text="", model=job.model, thread=THREAD, saved=0.0)
+            failed = Exchange(empty, ref.key, job.model, self.engine.host, outcome="error")
+            self.engine.usage.record(replace(failed, error=message).ledger_row())
         mjob = self._by_key.get(ref.key)
         if self.mapper is not None and mjob is not None:
             self.mapper.fail(mjob, ChatError(message))
@@ -316,24 +316,9 @@ class BatchRun:
             await mapper.send_queued()
 
 
-def _batch_price(session: ChatSession, model: str) -> pricing.ModelPrice | None:
+def _batch_price(engine: Engine, model: str) -> pricing.ModelPrice | None:
     """The model's Batch API price; its normal price when the table has no batch price."""
-    price = session.prices.lookup(model, is_local=False)
+    price = engine.prices.lookup(model, is_local=False)
     if price is None or price.batch_input is None or price.batch_output is None:
         return price
     return replace(price, input=price.batch_input, output=price.batch_output, cached_input=None)
-
-
-def _row(session: ChatSession, model: str, reply: Reply) -> LedgerRow:
-    usage = reply.usage or Usage(estimated=True)
-    return LedgerRow(
-        time=time.time(),
-        thread=THREAD,
-        model=model,
-        host=session.host,
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        cached_tokens=usage.cached_tokens,
-        cost=reply.cost,
-        estimated=usage.estimated,
-    )
