@@ -372,7 +372,9 @@ def test_a_429_never_fails_a_row(make_session) -> None:
 
 
 def test_an_outage_longer_than_the_limit_stops_the_map(make_session, monkeypatch) -> None:
-    monkeypatch.setattr(chatmap, "MAX_OUTAGE", 1.0)  # the setting, 10 min by default
+    from ipychat.map import dispatch
+
+    monkeypatch.setattr(dispatch, "MAX_OUTAGE", 1.0)  # the setting, 10 min by default
     limited = Fault.status(429, headers={"retry-after-ms": "50"})
     with FakeOpenAIServer(latency=0.001, faults=[limited], fault_rate=1.0) as server:
         session = make_session(server)
@@ -380,7 +382,7 @@ def test_an_outage_longer_than_the_limit_stops_the_map(make_session, monkeypatch
             chatmap.run(session, frame(3), "{text}", "out", concurrency=1)
         message = str(info.value)
         assert message.startswith("No request was answered for 1 s (the outage limit, ")
-        assert "ipychat.map.job.MAX_OUTAGE" in message and "HTTP 429" in message
+        assert "ipychat.map.dispatch.MAX_OUTAGE" in message and "HTTP 429" in message
         assert "Stopped after 0 of 3 rows" in message
         assert info.value.result.summary.failed == 0  # left to a re-run, not failed
         assert 10 <= len(server.chat_requests) <= 40

@@ -335,7 +335,7 @@ class Dispatcher:
 
     def _check_outage(self, exc: ChatError, now: float) -> None:
         """Stop the run when nothing but refusals and failures came for MAX_OUTAGE."""
-        limit = _outage_limit()
+        limit = MAX_OUTAGE  # read at each check: a changed setting applies at once
         if now - self._answered_at > limit:
             self._stop(_outage(exc, limit))
 
@@ -386,19 +386,11 @@ def _classify(exc: ChatError) -> str:
 _QUOTA_GONE = ("exceeded your current quota", "insufficient_quota")
 
 
-def _outage_limit() -> float:
-    """The outage limit: `ipychat.map.job.MAX_OUTAGE`, the public setting (this module's
-    default until it is set there)."""
-    from ipychat.map import job as chatmap  # here: chatmap imports this module
-
-    return float(getattr(chatmap, "MAX_OUTAGE", MAX_OUTAGE))
-
-
 def _outage(last: ChatError, limit: float) -> ChatError:
     """What stops a run after `limit` seconds without an answer."""
     message = (
         f"No request was answered for {format_wait(limit)} (the outage limit, "
-        f"ipychat.map.job.MAX_OUTAGE): the server kept refusing or failing. The last "
+        f"ipychat.map.dispatch.MAX_OUTAGE): the server kept refusing or failing. The last "
         f"answer: {last}"
     )
     if isinstance(last, RateLimitError):

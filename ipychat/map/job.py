@@ -23,7 +23,7 @@ Rows never abort a run: a row's failure (after `retries`) lands in the `_error` 
 and a 429 is never a row's failure (the row waits its turn, however often it comes).
 What stops a run is global: an interrupt, a wrong key or model, an exhausted quota, a
 server asking to wait longer than a minute, or an outage: no answer for MAX_OUTAGE seconds
-(10 min; set `ipychat.map.job.MAX_OUTAGE` to change it) while the server refuses or fails
+(10 min; set `ipychat.map.dispatch.MAX_OUTAGE` to change it) while the server refuses or fails
 everything. The rows finished by then are written and cached, so running the same map
 again sends only what is missing.
 """
@@ -39,7 +39,6 @@ from ipychat.core.runner import wait_async
 from ipychat.core.settings import TICK
 from ipychat.map.dispatch import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY
 from ipychat.map.dispatch import MAX_CONCURRENCY as MAX_CONCURRENCY
-from ipychat.map.dispatch import MAX_OUTAGE as MAX_OUTAGE
 from ipychat.map.dispatch import SLOW_START as SLOW_START
 from ipychat.map.dispatch import guarded, wait_on_loop
 from ipychat.map.frame import (
