@@ -297,6 +297,7 @@ def test_prefix_namespaces_and_others_keys_are_left_alone(
         f"ipychat:{key(9)}:lock": b"1",
         f"ipychat:{key(9)[:63]}": b"{}",
         f"other:{key(9)}": b"{}",
+        "ipychat:" + "z" * 64: b"{}",  # our length, not our shape
     }
     raw.mset(foreign)
     ours.set_many([(key(1), reply("ours"))])
@@ -329,6 +330,7 @@ def test_a_value_ipychat_did_not_write_is_a_miss(redis_server: RedisServer, redi
         key("list"): b"[1, 2]",
         key("no text"): b'{"model": "x"}',
         key("bomb"): zlib.compress(b" " * (65 << 20), 9),
+        key("empty"): b'{"text": "  "}',  # an empty reply is a miss, and no warning
     }
     raw.mset({f"ipychat:{name}": value for name, value in planted.items()})
     store = RedisStore(redis_url)
@@ -496,3 +498,25 @@ def test_open_store_chooses_the_backend(tmp_path: Path, monkeypatch: pytest.Monk
     assert isinstance(open_store(tmp_path / "c"), DiskStore)  # given beats the environment
     monkeypatch.setenv("IPYCHAT_CACHE_URL", "   ")
     assert isinstance(open_store(), DiskStore)
+
+
+def test_a_password_in_a_server_error_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis's own error for a disabled command quotes its arguments ("ERR unknown command
+    'AUTH', with args beginning with: 'the password'", src/server.c processCommand), so
+    what a server answers is masked before it is shown."""
+    import redis
+
+    password = "quoted-" + "q" * 10
+
+    def ping(self: redis.Redis) -> bool:
+        raise redis.ResponseError(
+            f"unknown command 'AUTH', with args beginning with: '{password}' "
+        )
+
+    monkeypatch.setattr(redis.Redis, "ping", ping)
+    store = RedisStore(f"redis://:{password}@127.0.0.1:6379/0")
+    with pytest.warns(CacheWarning) as record:
+        assert store.get_many([key(1)]) == {}
+    (message,) = cache_warnings(record.list)
+    assert password not in message
+    assert "with args beginning with: '***'" in message
