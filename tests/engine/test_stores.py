@@ -520,3 +520,14 @@ def test_a_password_in_a_server_error_is_masked(monkeypatch: pytest.MonkeyPatch)
     (message,) = cache_warnings(record.list)
     assert password not in message
     assert "with args beginning with: '***'" in message
+
+
+def test_disk_size_limit_evicts(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "cache", size_limit=1_000_000)
+    for i in range(40):  # random hex compresses to ~half: ~50 KB files, 2 MB in all
+        store.set_many([(key(i), reply(os.urandom(50_000).hex()))])
+    stats = store.stats()
+    assert stats.entries < 40  # past the limit: the least recently used went
+    assert stats.size_bytes <= 1_000_000 + 60_000
+    assert key(39) in store.get_many([key(39)])
+    store.close()

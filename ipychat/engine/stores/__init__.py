@@ -25,14 +25,19 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def open_store(
-    target: str | os.PathLike[str] | None = None, *, timeout: float = 10.0
+    target: str | os.PathLike[str] | None = None,
+    *,
+    timeout: float = 10.0,
+    size_limit: int | None = None,
 ) -> DiskStore | RedisStore:
     """The store `target` names: a redis:// or rediss:// URL, a file:// URL or a directory.
 
     None: `$IPYCHAT_CACHE_URL` if set, else the default directory. Opening connects to
     nothing and creates nothing: a store does that on first use, and if it cannot, it
     warns once and runs as a no-op (see `base`). A URL that cannot be right raises
-    `CacheURLError` at once, in one line without its password.
+    `CacheURLError` at once, in one line without its password. `timeout`: seconds one
+    call may wait (for a lock, or the server). `size_limit`: bytes the disk store keeps
+    (default 1 GiB); a Redis server's size is its own `maxmemory`.
     """
     if target is None:
         target = os.environ.get(ENV_CACHE_URL, "").strip() or None
@@ -50,7 +55,9 @@ def open_store(
         target = target.strip()[len("file://") :]
     from ipychat.engine.stores.disk import DiskStore
 
-    return DiskStore(target, timeout=timeout)
+    if size_limit is None:
+        return DiskStore(target, timeout=timeout)
+    return DiskStore(target, timeout=timeout, size_limit=size_limit)
 
 
 def _redis_store(url: str, timeout: float) -> RedisStore:
