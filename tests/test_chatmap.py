@@ -13,7 +13,9 @@ import pytest
 
 from ipychat.core.errors import BudgetExceeded, ConfigError, TemplateError
 from ipychat.engine.cache import ResponseCache
+from ipychat.engine.engine import Engine
 from ipychat.map import job as chatmap
+from ipychat.map.dispatch import session_limiter
 from ipychat.map.job import MapAborted, MapInterrupted, MapPlan, compile_template
 from ipychat.map.plan import MAP_MAX_TOKENS
 from ipychat.session import ChatSession, Settings, reset_session
@@ -345,8 +347,8 @@ def test_a_map_paces_under_limits_enforced_per_window(make_session, window: int)
         assert summary.failed == 0 and result.frame["out"].notna().all()
         assert summary.rate_limited <= 9  # 3% of the requests; unpaced: 2/3 of them
         assert server.stats().rate_limited == summary.rate_limited
-        limiter = chatmap._LIMITERS[session][(session.base_url, "gpt-4o-mini")]
-        assert limiter.requests.limit == 6000  # learnt from the headers
+        limiter = session_limiter(session.engine, "gpt-4o-mini")
+        assert limiter is not None and limiter.requests.limit == 6000  # learnt from the headers
 
 
 def test_a_map_without_headers_is_paced_by_the_limit_given(make_session) -> None:
@@ -473,7 +475,7 @@ def test_a_wrong_key_stops_the_map_at_once(make_session) -> None:
 def test_the_local_model_gets_one_request_at_a_time(make_session, monkeypatch) -> None:
     with FakeOpenAIServer(latency=0.01) as server:
         session = make_session(server)
-        monkeypatch.setattr(ChatSession, "is_local", property(lambda self: True))
+        monkeypatch.setattr(Engine, "is_local", property(lambda self: True))
         out = session.map(frame(12), "{text}", "out")
         assert out["out"].notna().all() and server.stats().max_in_flight == 1
 

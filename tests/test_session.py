@@ -276,7 +276,7 @@ def test_interrupt_while_waiting_for_a_non_streamed_reply() -> None:
 def test_close_releases_the_loop_thread(session: ChatSession) -> None:
     session.ask("hi")
     session.close()
-    assert not session._runner.running
+    assert not session.runner.running
     assert session.ask("again", thread="t2").text == "Echo: again"  # usable again
 
 
@@ -318,7 +318,7 @@ def test_endpoint_resolution_order(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match=r"No API key and no endpoint.*ipychat\[local\]"):
         s.ask("hi")
     s.close()
-    s._local_available = None
+    s.engine.router.local_available = None
     monkeypatch.setattr(local, "available", lambda: True)
     assert s.endpoint().kind == "local" and s.is_local and s.model == "local"
     assert s.host == "local model" and s.base_url.startswith("local://")

@@ -13,15 +13,17 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["LoopThread"]
+__all__ = ["WAKE", "LoopThread", "guarded", "wait", "wait_async"]
 
 T = TypeVar("T")
 
 # How long to wait for a cancelled task to clean up before giving up on it.
 _CANCEL_GRACE = 5.0
+# How often a waiting thread wakes: for Ctrl-C on every platform, and for its `tick`.
+WAKE = 0.1
 
 
 class LoopThread:
@@ -74,26 +76,7 @@ class LoopThread:
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the loop and wait for it; Ctrl-C cancels it cleanly, then re-raises."""
-        finished = threading.Event()
-
-        async def guarded() -> T:
-            try:
-                return await coro
-            finally:  # runs after the coroutine's own except/finally blocks
-                finished.set()
-
-        future = self.submit(guarded())
-        try:
-            # A timed wait keeps the main thread responsive to signals on every platform.
-            while True:
-                try:
-                    return future.result(timeout=0.1)
-                except concurrent.futures.TimeoutError:
-                    continue
-        except KeyboardInterrupt:
-            future.cancel()  # run_coroutine_threadsafe forwards this to the task
-            finished.wait(_CANCEL_GRACE)
-            raise
+        return wait(self, coro)
 
     async def _drain(self) -> None:
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -125,6 +108,65 @@ class LoopThread:
             thread.join(_CANCEL_GRACE)
         if not loop.is_running():
             loop.close()
+
+
+async def guarded(coro: Coroutine[Any, Any, T], finished: threading.Event) -> T:
+    """Run `coro` and set `finished` once it and its own cleanup are over."""
+    try:
+        return await coro
+    finally:  # after the coroutine's own except/finally blocks: the state may be read now
+        finished.set()
+
+
+def wait(
+    runner: LoopThread,
+    coro: Coroutine[Any, Any, T],
+    *,
+    tick: Callable[[], None] | None = None,
+    every: float = WAKE,
+) -> T:
+    """Run `coro` on `runner`'s loop and wait for it in this thread, calling `tick` every
+    `every` seconds (a progress display). The one sync wait: a Ctrl-C (or a failing `tick`)
+    cancels the work and waits for its cleanup, so what it recorded is final, then re-raises.
+    """
+    finished = threading.Event()
+    future = runner.submit(guarded(coro, finished))
+    try:
+        # A timed wait keeps the waiting thread responsive to signals on every platform.
+        while True:
+            try:
+                return future.result(timeout=every)
+            except concurrent.futures.TimeoutError:
+                if tick is not None:
+                    tick()
+    except BaseException:
+        future.cancel()  # run_coroutine_threadsafe forwards this to the task
+        finished.wait(_CANCEL_GRACE)
+        raise
+
+
+async def wait_async(
+    runner: LoopThread,
+    coro: Coroutine[Any, Any, T],
+    *,
+    tick: Callable[[], None] | None = None,
+    every: float = WAKE,
+) -> T:
+    """`wait` for code that awaits on another loop (`aask`, `amap`): `coro` still runs on
+    `runner`'s loop; cancelling the caller cancels it and waits for its cleanup."""
+    finished = threading.Event()
+    future = runner.submit(guarded(coro, finished))
+    wrapped = asyncio.wrap_future(future)
+    try:
+        if tick is None:
+            return await wrapped
+        while not (await asyncio.wait({wrapped}, timeout=every))[0]:
+            tick()
+        return wrapped.result()
+    except asyncio.CancelledError:
+        future.cancel()
+        await asyncio.to_thread(finished.wait, _CANCEL_GRACE)
+        raise
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
