@@ -500,11 +500,14 @@ class _Owned:
             # Collected on the loop's own thread: it cannot wait for itself.
             threading.Thread(target=self.release, name="ipychat-release").start()
             return
+        # The client is taken only after the loop's tasks are cancelled and done: a request
+        # still making or using the client when close() began leaves it to be closed here.
+        self.runner.stop(last=self._close_client)
+
+    async def _close_client(self) -> None:
         client = self.engine.take_client() if self.engine is not None else None
-        if client is not None and self.runner.running:
-            with contextlib.suppress(Exception):
-                self.runner.submit(client.aclose()).result(5)
-        self.runner.stop()
+        if client is not None:
+            await client.aclose()
 
 
 _session: ChatSession | None = None

@@ -286,7 +286,7 @@ def plan_rows(
     table = Frame(df, "df")
     row_template = compile_template(template, table.columns, "df")
     return plan_requests(
-        session,
+        session.engine,
         table,
         row_template,
         len(df) if n is None else n,
@@ -297,7 +297,9 @@ def plan_rows(
 
 
 def reference(session: ChatSession, prompt: str, **options: Any) -> Any:
-    return session.prepare_one(prompt, label="map", model="gpt-4o-mini", max_tokens=10, **options)
+    """The request `Engine.prepare_one` prepares for one row (what planning must equal)."""
+    request = RequestOptions(**{"model": "gpt-4o-mini", "max_tokens": 10, **options})
+    return session.engine.prepare_one(prompt, request, label="map")
 
 
 def test_duplicates_share_a_request_and_the_plan_adds_up(offline_session: ChatSession) -> None:
@@ -312,7 +314,7 @@ def test_duplicates_share_a_request_and_the_plan_adds_up(offline_session: ChatSe
     refs = [reference(session, p) for p in ("a", "b", "c")]
     for job, ref in zip(planned.to_send, refs, strict=True):
         assert job.body == ref.body and job.model == "gpt-4o-mini"
-        assert job.key == request_key(session, ref.body)
+        assert job.key == request_key(session.engine, ref.body)
         assert job.tokens == ref.estimate.prompt_tokens + ref.estimate.max_completion_tokens
         assert (job.reask, job.failures, job.limited) == (False, 0, 0)
         assert job.prepared.estimate == ref.estimate
@@ -408,7 +410,7 @@ def test_cached_rows_are_hits_and_need_no_estimate(offline_session: ChatSession)
     ((job, entry),) = planned.hits
     assert isinstance(job, CachedRequest) and entry["text"] == "cached b"
     assert (job.key, job.prompt, job.rows, job.reask) == (
-        request_key(session, hit),
+        request_key(session.engine, hit),
         "b",
         [1, 2],
         False,
@@ -439,73 +441,71 @@ def test_without_a_row_shape_each_prompt_goes_through_prepare_one(
     offline_session: ChatSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     session = offline_session
-    seen: list[dict[str, Any]] = []
-    real = session.prepare_one
+    engine = session.engine
+    seen: list[tuple[RequestOptions, str]] = []  # (options, label) of each prepare_one
+    real = engine.prepare_one
 
-    def prepare_one(prompt: str, **options: Any) -> Any:
-        seen.append(options)
-        return real(prompt, **options)
+    def prepare_one(prompt: str, options: RequestOptions, *, label: str) -> Any:
+        seen.append((options, label))
+        return real(prompt, options, label=label)
 
     _cache_reply(session, reference(session, "b", system="S").body, "cached b")
     monkeypatch.setattr(RowShape, "probe", classmethod(lambda cls, *a, **k: None))
-    monkeypatch.setattr(session, "prepare_one", prepare_one)
+    monkeypatch.setattr(engine, "prepare_one", prepare_one)
     long = "word " * 9000
     planned = plan_rows(
         session, frame(["a", "b", long, "a"]), model="my-own-model", system="S", temperature=0.5
     )
-    assert seen[0] == {
-        "label": "map",
-        "model": "my-own-model",
-        "system": "S",
-        "temperature": 0.5,
-        "max_tokens": 10,
-        "extra": None,
-    }
+    assert seen[0] == (
+        RequestOptions(
+            model="my-own-model", system="S", temperature=0.5, max_tokens=10, extra=None
+        ),
+        "map",
+    )
     assert len(seen) == 3  # once per unique prompt
     assert planned.row_errors.keys() == {2} and planned.plan.invalid == 1
     assert [(j.prompt, j.rows) for j in planned.to_send] == [("a", [0, 3]), ("b", [1])]
     body = real(
-        "a", label="map", model="my-own-model", system="S", temperature=0.5, max_tokens=10
+        "a",
+        RequestOptions(model="my-own-model", system="S", temperature=0.5, max_tokens=10),
+        label="map",
     ).body
     assert planned.to_send[0].body == body
-    assert planned.to_send[0].key == request_key(session, body)
+    assert planned.to_send[0].key == request_key(engine, body)
     assert planned.plan.cached == 0  # "b" was cached for gpt-4o-mini, not my-own-model
     # The cache is read for them all at once, and allow_secrets goes along when given.
     again = plan_rows(session, frame(["b"]), system="S")
     assert [job.rows for job, _ in again.hits] == [[0]] and again.to_send == []
     seen.clear()
     plan_rows(session, frame(["c"]), allow_secrets=True)
-    assert seen[0]["allow_secrets"] is True
+    assert seen[0][0].allow_secrets is True
     seen.clear()
     plan_rows(session, frame(["d"]), allow_secrets=False)
-    assert "allow_secrets" not in seen[0]
+    assert seen[0][0].allow_secrets is False
 
 
 def test_the_default_reply_cap(offline_session: ChatSession) -> None:
-    session = offline_session
-    assert default_reply_cap(session, None, 1) == MAP_MAX_TOKENS == 32
-    assert default_reply_cap(session, None, 3) == 96
-    assert default_reply_cap(session, None, 0) == 32  # at least one column's worth
-    assert default_reply_cap(session, 5, 1) is None  # chosen for the map
-    session.settings.max_tokens = None
-    assert default_reply_cap(session, None, 2) == 64
-    session.settings.max_tokens = 200  # chosen for the session
-    assert default_reply_cap(session, None, 1) is None
+    engine = offline_session.engine
+    assert default_reply_cap(engine, None, 1) == MAP_MAX_TOKENS == 32
+    assert default_reply_cap(engine, None, 3) == 96
+    assert default_reply_cap(engine, None, 0) == 32  # at least one column's worth
+    assert default_reply_cap(engine, 5, 1) is None  # chosen for the map
+    engine.settings.max_tokens = None
+    assert default_reply_cap(engine, None, 2) == 64
+    engine.settings.max_tokens = 200  # chosen for the session
+    assert default_reply_cap(engine, None, 1) is None
 
 
-def test_request_key_without_the_sessions_own() -> None:
+def test_request_key_is_the_engines_own(
+    offline_session: ChatSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The key of the endpoint's URL and the body (core.keys.cache_key) ...
+    engine = offline_session.engine
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
-
-    class Bare:
-        base_url = "http://127.0.0.1:9/v1"
-
-    assert request_key(Bare(), body) == cache_key(Bare.base_url, body)  # type: ignore[arg-type]
-
-    class Own(Bare):
-        def cache_key(self, body: dict[str, Any]) -> str:
-            return "own:" + body["model"]
-
-    assert request_key(Own(), body) == "own:m"  # type: ignore[arg-type]
+    assert request_key(engine, body) == cache_key("http://127.0.0.1:9/v1", body)
+    # ... and whatever the engine's own cache_key says, when that differs.
+    monkeypatch.setattr(engine, "cache_key", lambda body: "own:" + body["model"])
+    assert request_key(engine, body) == "own:m"
 
 
 # ----- the plan line -------------------------------------------------------------------------
@@ -577,12 +577,10 @@ def test_the_plan_line_notes() -> None:
 
 def test_a_prompt_surely_fits_or_is_counted(offline_session: ChatSession) -> None:
     shape = RowShape.probe(
-        offline_session,
-        model="my-own-model",
-        system=None,
-        temperature=None,
-        max_tokens=10,
-        extra=None,
+        offline_session.engine,
+        RequestOptions(
+            model="my-own-model", system=None, temperature=None, max_tokens=10, extra=None
+        ),
     )
     assert shape is not None
     room = 8192 - 10
@@ -604,17 +602,18 @@ def test_a_prompt_surely_fits_or_is_counted(offline_session: ChatSession) -> Non
 def test_a_body_with_something_after_the_prompt_has_no_row_shape(
     offline_session: ChatSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = offline_session.one_body
+    engine = offline_session.engine
+    real = engine.one_body
 
-    def one_body(prompt: str, **options: Any) -> dict[str, Any]:
-        body = real(prompt, **options)
+    def one_body(prompt: str, options: RequestOptions) -> dict[str, Any]:
+        body = real(prompt, options)
         return {**body, "messages": [*body["messages"], {"role": "user", "content": "P.S."}]}
 
-    monkeypatch.setattr(offline_session, "one_body", one_body)
-    options: dict[str, Any] = {"model": "m", "system": None, "temperature": None, "max_tokens": 5}
-    assert RowShape.probe(offline_session, **options, extra=None) is None
-    monkeypatch.setattr(offline_session, "one_body", lambda prompt, **o: {"model": "m"})
-    assert RowShape.probe(offline_session, **options, extra=None) is None
+    monkeypatch.setattr(engine, "one_body", one_body)
+    options = RequestOptions(model="m", system=None, temperature=None, max_tokens=5, extra=None)
+    assert RowShape.probe(engine, options) is None
+    monkeypatch.setattr(engine, "one_body", lambda prompt, options: {"model": "m"})
+    assert RowShape.probe(engine, options) is None
 
 
 def test_keys_are_checked_on_every_4096th_row(
@@ -623,17 +622,20 @@ def test_keys_are_checked_on_every_4096th_row(
     # A key function that differs from the fast key only on row 4,096: the sample catches it.
     session = offline_session
     shape = RowShape.probe(
-        session, model="gpt-4o-mini", system=None, temperature=None, max_tokens=5, extra=None
+        session.engine,
+        RequestOptions(
+            model="gpt-4o-mini", system=None, temperature=None, max_tokens=5, extra=None
+        ),
     )
     assert shape is not None
     prompts = [f"row {i}" for i in range(5000)]
-    real = session.cache_key
+    real = session.engine.cache_key
     odd = shape.body("row 4096")
 
     def key(body: dict[str, Any]) -> str:
         return "odd" if body == odd else real(body)
 
-    monkeypatch.setattr(session, "cache_key", key)
+    monkeypatch.setattr(session.engine, "cache_key", key)
     keys = shape.keys(prompts)
     assert keys[4096] == "odd" and keys[0] == real(shape.body("row 0"))
     assert shape._key_parts is None  # the slow, sure way from then on
@@ -643,12 +645,17 @@ def test_the_azure_api_version_is_part_of_the_fast_key(offline_session: ChatSess
     session = offline_session
     session.settings.azure_api_version = "2024-10-21"
     shape = RowShape.probe(
-        session, model="gpt-4o-mini", system=None, temperature=None, max_tokens=5, extra=None
+        session.engine,
+        RequestOptions(
+            model="gpt-4o-mini", system=None, temperature=None, max_tokens=5, extra=None
+        ),
     )
     assert shape is not None and shape._key_parts is not None
     prefix, suffix = shape._key_parts
     assert '"endpoint":"http://127.0.0.1:9/v1?api-version=2024-10-21"' in prefix
-    assert suffix.endswith("}}") and shape.keys(["x"]) == [session.cache_key(shape.body("x"))]
+    assert suffix.endswith("}}") and shape.keys(["x"]) == [
+        session.engine.cache_key(shape.body("x"))
+    ]
 
 
 # ----- what the mutation run showed unpinned (tests/mutation/README.md, map.plan) ------------
@@ -665,7 +672,8 @@ def test_allow_secrets_reaches_the_system_prompt_and_every_row(
         plan_rows(offline_session, df)
     with pytest.raises(SecretInPromptError, match="AWS access key"):  # the default: refused
         RowShape.probe(
-            offline_session, model="m", system=key, temperature=None, max_tokens=5, extra=None
+            offline_session.engine,
+            RequestOptions(model="m", system=key, temperature=None, max_tokens=5, extra=None),
         )
     planned = plan_rows(offline_session, df, system=f"use {key}", allow_secrets=True)
     assert [job.prompt for job in planned.to_send] == ["a", f"my key is {key}"]
@@ -686,7 +694,10 @@ def test_what_redaction_masked_goes_with_each_request(tmp_path) -> None:
         assert "ann@example.com" not in masked.prompt and masked.prepared.masked
         assert masked.prepared.label == "map" and plain.prepared.masked == ""
         shape = RowShape.probe(
-            session, model="gpt-4o-mini", system=None, temperature=None, max_tokens=5, extra=None
+            session.engine,
+            RequestOptions(
+                model="gpt-4o-mini", system=None, temperature=None, max_tokens=5, extra=None
+            ),
         )
         assert shape is not None
         prepared = shape.prepare("x", "masked 1 e-mail address")
@@ -734,17 +745,20 @@ def test_keys_check_a_sample_not_every_row(
     # The point of the fast keys: one sha256 a row, `request_key` on rows 0, 4,096 and last.
     session = offline_session
     shape = RowShape.probe(
-        session, model="gpt-4o-mini", system=None, temperature=None, max_tokens=5, extra=None
+        session.engine,
+        RequestOptions(
+            model="gpt-4o-mini", system=None, temperature=None, max_tokens=5, extra=None
+        ),
     )
     assert shape is not None and shape.keys([]) == []
     checked: list[str] = []
-    real = session.cache_key
+    real = session.engine.cache_key
 
     def key(body: dict[str, Any]) -> str:
         checked.append(body["messages"][-1]["content"])
         return real(body)
 
-    monkeypatch.setattr(session, "cache_key", key)
+    monkeypatch.setattr(session.engine, "cache_key", key)
     prompts = [f"row {i}" for i in range(5000)]
     assert shape.keys(prompts) == [real(shape.body(p)) for p in prompts]
     assert sorted(checked) == ["row 0", "row 4096", "row 4999"]
@@ -752,14 +766,12 @@ def test_keys_check_a_sample_not_every_row(
 
 def test_the_room_is_the_models_own_context_window(offline_session: ChatSession) -> None:
     shape = RowShape.probe(
-        offline_session,
-        model="gpt-4o-mini",
-        system=None,
-        temperature=None,
-        max_tokens=10,
-        extra=None,
+        offline_session.engine,
+        RequestOptions(
+            model="gpt-4o-mini", system=None, temperature=None, max_tokens=10, extra=None
+        ),
     )
     assert shape is not None
-    window = offline_session.prices.context_window("gpt-4o-mini")
+    window = offline_session.engine.prices.context_window("gpt-4o-mini")
     assert window > 8192 and shape._room == window - 10
     assert shape.fits("a" * 20_000)  # over an unknown model's 8,192 tokens

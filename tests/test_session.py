@@ -533,3 +533,27 @@ left_open = ask_in_panel(kept, "open at exit")
     ], done.stdout
     assert "Unclosed" not in done.stderr, done.stderr
     assert "ResourceWarning" not in done.stderr, done.stderr
+
+
+def test_closing_while_a_request_makes_the_client_leaks_nothing() -> None:
+    # close() while a task on the loop is still making or using the client (the panel's
+    # model list fetched just before %unload_ext): the client that task makes must be closed
+    # too, not left for the garbage collector ("Unclosed client session").
+    code = """
+import gc
+from ipychat.session import ChatSession, Settings
+from ipychat.testing import FakeOpenAIServer
+
+server = FakeOpenAIServer(latency=0.05).start()
+for _ in range(20):
+    s = ChatSession(Settings(base_url=server.base_url, api_key="sk-test-" + "x" * 24), cache=False)
+    s.submit(s.amodels())
+    s.close()
+    gc.collect()
+print("done")
+"""
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr
+    assert "Unclosed" not in done.stderr, done.stderr

@@ -84,26 +84,34 @@ class LoopThread:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def stop(self) -> None:
-        """Cancel what runs on the loop, stop it and join the thread. Safe to call twice."""
+    def stop(self, last: Callable[[], Coroutine[Any, Any, None]] | None = None) -> None:
+        """Cancel what runs on the loop, then run `last()` on it (closing what those tasks
+        may have opened up to the moment they were cancelled), stop it and join the thread.
+        Safe to call twice."""
         with self._lock:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
             self._stopping = loop
         try:
-            self._stop(loop, thread)
+            self._stop(loop, thread, last)
         finally:
             with self._lock:
                 self._stopping = None
 
     def _stop(
-        self, loop: asyncio.AbstractEventLoop | None, thread: threading.Thread | None
+        self,
+        loop: asyncio.AbstractEventLoop | None,
+        thread: threading.Thread | None,
+        last: Callable[[], Coroutine[Any, Any, None]] | None,
     ) -> None:
         if loop is None or loop.is_closed():
             return
         if thread is not None and thread.is_alive():
             with contextlib.suppress(Exception):
                 asyncio.run_coroutine_threadsafe(self._drain(), loop).result(_CANCEL_GRACE)
+            if last is not None:
+                with contextlib.suppress(Exception):
+                    asyncio.run_coroutine_threadsafe(last(), loop).result(_CANCEL_GRACE)
             loop.call_soon_threadsafe(loop.stop)
             thread.join(_CANCEL_GRACE)
         if not loop.is_running():

@@ -36,11 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 from ipychat.core.errors import ChatError
 from ipychat.core.runner import wait_async
+from ipychat.core.settings import TICK
 from ipychat.map.dispatch import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY
 from ipychat.map.dispatch import MAX_CONCURRENCY as MAX_CONCURRENCY
 from ipychat.map.dispatch import MAX_OUTAGE as MAX_OUTAGE
 from ipychat.map.dispatch import SLOW_START as SLOW_START
-from ipychat.map.dispatch import TICK, guarded, wait_on_loop
+from ipychat.map.dispatch import guarded, wait_on_loop
 from ipychat.map.frame import (
     MapAborted,
     MapInterrupted,

@@ -9,11 +9,19 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ipychat.core.errors import ChatError, OfflineCacheMiss
-from ipychat.core.types import Reply, Usage
+from ipychat.core.types import CacheMode, Reply, Usage
 from ipychat.engine.ledger import LedgerRow, max_tokens_within
 from ipychat.engine.prepare import Prepared
-from ipychat.map.dispatch import CacheMode, Counters, Dispatcher, SendOptions
-from ipychat.map.frame import Frame, MapProgress, MapResult, MapSummary, parse_object
+from ipychat.map.dispatch import Counters, Dispatcher, SendOptions
+from ipychat.map.frame import (
+    CUT,
+    Frame,
+    MapProgress,
+    MapResult,
+    MapSummary,
+    cut_note,
+    parse_object,
+)
 from ipychat.map.options import MapOptions
 from ipychat.map.plan import (
     CachedRequest,
@@ -28,7 +36,7 @@ from ipychat.map.template import compile_template
 if TYPE_CHECKING:
     from ipychat.engine.engine import Engine
 
-__all__ = ["CUT", "MapJob"]
+__all__ = ["MapJob"]
 
 
 # What a cached reply's `usage` may hold (the fields of Usage).
@@ -287,7 +295,10 @@ class MapJob:
 
     def spend(self, reply: Reply) -> None:
         """Count a reply's cost in the progress and the summary."""
-        self._spent(reply)
+        if reply.cost is None:
+            self.counters.cost_known = False
+        else:
+            self.counters.cost += reply.cost
 
     def answer(self, request: MapRequest, text: str, finish_reason: str | None = None) -> None:
         """A reply to `request` (not from the cache): its rows are written (or re-asked).
@@ -324,12 +335,6 @@ class MapJob:
         finally:
             engine.usage.settle(held, None)
 
-    def _spent(self, reply: Reply) -> None:
-        if reply.cost is None:
-            self.counters.cost_known = False
-        else:
-            self.counters.cost += reply.cost
-
     def _fail(self, job: MapRequest, exc: ChatError) -> None:
         message = str(exc)
         if job.failures:
@@ -351,7 +356,7 @@ class MapJob:
         # A reply cut at the cap the user never chose must not lose text silently: the text
         # is kept and the row says so in the error column (a note, not a failure).
         cut = self.default_cap is not None and finish_reason == "length"
-        note = _cut_note(self.default_cap) if cut and self.default_cap is not None else None
+        note = cut_note(self.default_cap) if cut and self.default_cap is not None else None
         if not self.json:
             for i in job.rows:
                 self._finish(i, {self.outputs[0]: text}, note, cached=cached, failed=False)
@@ -479,13 +484,3 @@ class MapJob:
             default_cap=self.default_cap,
         )
         return MapResult(frame, summary, self.plan)
-
-
-CUT = "cut:"  # the error column's mark of a reply cut at the map's default cap
-
-
-def _cut_note(cap: int) -> str:
-    return (
-        f"{CUT} the reply reached the map's default cap of {cap:,} tokens; re-run with "
-        "--max-tokens N for the whole reply."
-    )

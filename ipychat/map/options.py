@@ -15,9 +15,10 @@ from dataclasses import dataclass, fields
 from typing import Any, cast
 
 from ipychat.core.errors import ConfigError
-from ipychat.map.dispatch import MAX_CONCURRENCY, CacheMode
+from ipychat.core.types import CacheMode
+from ipychat.map.dispatch import MAX_CONCURRENCY
 
-__all__ = ["CacheMode", "MapOptions", "check_options", "output_columns"]
+__all__ = ["MapOptions", "check_options", "output_columns"]
 
 
 @dataclass(frozen=True)
