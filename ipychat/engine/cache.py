@@ -429,6 +429,24 @@ class ResponseCache:
             self._failed(exc)
             return 0
 
+    def delete(self, keys: Iterable[str]) -> int:
+        """Remove the entries of `keys` (absent ones are ignored); returns how many went."""
+        unique = list(dict.fromkeys(keys))
+        for key in unique:
+            _check_key(key)
+        cache = self._db()
+        if cache is None:
+            return 0
+        removed = 0
+        try:
+            for start in range(0, len(unique), _CHUNK):
+                chunk = unique[start : start + _CHUNK]
+                where = "raw = 1 AND key IN ({})".format(",".join("?" * len(chunk)))
+                removed += self._delete_where(cache, where, chunk)
+        except Exception as exc:
+            self._failed(exc)
+        return removed
+
     def close(self) -> None:
         """Write pending read times and close this thread's connection. Reopens on next use."""
         with self._lock:
