@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 
 from ipychat.core.types import RateLimitInfo
-from ipychat.map.ratelimit import ARRIVAL_SKEW, PACE, TEST_GAIN, Bucket, RateLimiter
+from ipychat.map.ratelimit import (
+    ARRIVAL_SKEW,
+    FOUND_MARGIN,
+    PACE,
+    PROBE_QUIET,
+    TEST_GAIN,
+    Bucket,
+    RateLimiter,
+)
 from ipychat.net.retry import retry_after
 from ipychat.testing.rules import _RateLimiter as ServerLimiter
 from ipychat.testing.rules import _Reject
@@ -173,6 +181,50 @@ def test_a_window_is_proven_longer_by_what_is_accepted_past_its_share() -> None:
     assert limiter.requests.level == 1
     limiter.accepted(tickets[-1], None, 0.6)  # the 1,011th
     assert limiter.requests.level == 2
+
+
+@pytest.mark.parametrize(("level", "window"), [(0, 1.0), (1, 10.0), (2, 60.0)])
+def test_a_burst_that_meets_the_windows_edge_ends_bursts_and_keeps_to_the_shares(
+    level: int, window: float
+) -> None:
+    # Told 6,000 RPM: bursts are tested. One meets a 429: no burst nor test for a while,
+    # the sends kept within the shares for as long as its overshoot stays in the window
+    # (the window under test, or a minute once none is left), and the 429s of that
+    # aftermath (twice the retry-after, at least a second) are not news.
+    for retry in (2.0, None):
+        limiter = RateLimiter(rpm=6000, now=0.0)
+        limiter.requests.level = limiter.tokens.level = level
+        limiter.gain = 4.0
+        ticket = limiter.take(1, 7.0)
+        limiter.refused(ticket, None, retry, 7.01)
+        assert limiter.gain == 1.0
+        for dim in (limiter.requests, limiter.tokens):
+            assert dim.quiet_until == pytest.approx(7.01 + PROBE_QUIET)
+            assert dim.bounded_until == pytest.approx(7.01 + window + 1.0)
+        assert limiter._settle_until == pytest.approx(7.01 + (4.0 if retry else 1.0))
+
+
+def test_without_any_limit_many_429s_find_the_rate_the_server_was_accepting() -> None:
+    # No header, no cap: 10 requests went out in the second before the first 429 (the
+    # first exactly a second before it), then 8 more are refused: 16% of the answers, a
+    # limit's doing. The rate found: those 10 over the second they cover, or until the
+    # server has room again (retry-after), less a margin.
+    for retry, span in ((None, 1.0), (0.25, 1.25)):
+        limiter = RateLimiter(now=0.0)
+        for k in range(10):
+            limiter.take(1, 4.5 + k / 16)
+        refused = [limiter.take(1, 5.5) for _ in range(8)]
+        for ticket in refused:
+            assert limiter.requests.found is None  # a few 429s: maybe a flaky server
+            limiter.refused(ticket, None, retry, 5.5625)
+        assert limiter.requests.found == pytest.approx(10 / span * 60 * FOUND_MARGIN)
+    # Fewer than 10 in that second: too few to tell.
+    limiter = RateLimiter(now=0.0)
+    for k in range(1, 10):
+        limiter.take(1, 4.5 + k / 16)
+    for ticket in [limiter.take(1, 5.5) for _ in range(8)]:
+        limiter.refused(ticket, None, None, 5.5625)
+    assert limiter.requests.found is None
 
 
 def test_headers_teach_the_limits_and_anchor_the_minute() -> None:
