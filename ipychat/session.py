@@ -22,7 +22,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from ipychat.core import pricing, tokens
@@ -42,7 +42,7 @@ from ipychat.core.settings import (
     check_model,
     origin,
 )
-from ipychat.core.types import Completion, Estimate, Reply, Usage
+from ipychat.core.types import CacheMode, Completion, Estimate, Reply, Usage
 from ipychat.engine.ledger import Ledger, LedgerRow, max_tokens_within
 from ipychat.streaming import Progress, ReplyStream, interrupted
 
@@ -57,7 +57,6 @@ if TYPE_CHECKING:
 __all__ = ["ChatSession", "Event", "Settings", "get_session", "reset_session"]
 
 T = TypeVar("T")
-CacheMode = Literal["use", "refresh", "off"]
 # Set by `ChatSession.allowing_secrets()` (e.g. %%chatmap --allow-secrets): prompts that hold
 # something shaped like a credential are sent anyway.
 _ALLOW_SECRETS: contextvars.ContextVar[bool] = contextvars.ContextVar(

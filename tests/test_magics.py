@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import _thread
 import re
-import subprocess
 import sys
 import threading
 
@@ -268,21 +267,6 @@ def test_load_twice_is_harmless_and_unload_releases(ip, fake: FakeOpenAIServer) 
     assert not second._runner.running and not first._runner.running
     assert ip.find_cell_magic("chat") is None and ip.find_cell_magic("chatmap") is None
     ip.run_line_magic("load_ext", "ipychat")
-
-
-def test_import_and_load_are_fast() -> None:
-    code = (
-        "import time; t=time.perf_counter(); import ipychat; t1=time.perf_counter()-t;"
-        "from IPython.core.interactiveshell import InteractiveShell; ip=InteractiveShell.instance();"
-        "t=time.perf_counter(); ip.run_line_magic('load_ext','ipychat'); t2=time.perf_counter()-t;"
-        "print(t1, t2)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    t_import, t_load = map(float, out.split())
-    # The design asks for < 150 ms each; the bound here is loose so a busy CI machine does not flake.
-    assert t_import < 0.15 and t_load < 0.5, (t_import, t_load)
 
 
 def test_cache_subcommands(ip, fake: FakeOpenAIServer) -> None:

@@ -12,7 +12,15 @@ import pytest
 
 from ipychat.core import tokens
 from ipychat.core.errors import ContextLengthError, TemplateError
-from ipychat.core.messages import Thread, build_messages, interpolate, render_value, trim_history
+from ipychat.core.messages import (
+    Thread,
+    build_messages,
+    interpolate,
+    literal_braces,
+    render_value,
+    trim_history,
+    unfenced_json,
+)
 
 
 class Obj:
@@ -361,3 +369,22 @@ def test_a_turn_is_a_user_message_then_an_assistant_message() -> None:
         {"role": "assistant", "content": "a2"},
     ]
     assert thread.turns == 2
+
+
+# ----- the shared brace scanner and JSON-fence reader (used by %%chatmap and %chat -f json) ----
+
+
+def test_literal_braces_marks_code_and_latex_only() -> None:
+    text = "ask {q} about \\frac{a}, x^{n}, f{x} and `{code}`, then\n```\n{block}\n```\n{last}"
+    is_literal = literal_braces(text)
+    literal = [w for w in ("{a}", "{n}", "{x}", "{code}", "{block}") if is_literal(text.index(w))]
+    assert literal == ["{a}", "{n}", "{x}", "{code}", "{block}"]
+    assert not is_literal(text.index("{q}")) and not is_literal(text.index("{last}"))
+    assert not literal_braces("{q}")(0)  # a brace at the very start is a placeholder
+
+
+def test_unfenced_json_takes_the_json_out_of_its_fence_only() -> None:
+    assert unfenced_json(' \n```json\n{"a": 1}\n```\n') == '{"a": 1}'
+    assert unfenced_json("```\n[1, 2]```") == "[1, 2]"
+    assert unfenced_json(' {"a": "```"} ') == '{"a": "```"}'
+    assert unfenced_json("text ```json\n{}\n``` more") == "text ```json\n{}\n``` more"

@@ -121,7 +121,10 @@ def test_the_wheel_carries_the_data_the_types_and_the_licence(dists: tuple[Path,
     files = _wheel_files(wheel)
     version = _source_version()
     info = f"ipychat-{version}.dist-info"
-    for name in (*PACKAGE_DATA, "py.typed", "__init__.py", "pytest_plugin.py"):
+    # every module of the source tree, so a new subpackage cannot be left out of the wheel
+    modules = [p.relative_to(ROOT / "ipychat").as_posix() for p in (ROOT / "ipychat").rglob("*.py")]
+    assert "testing/pytest_plugin.py" in modules and "core/tokens.py" in modules
+    for name in (*PACKAGE_DATA, "py.typed", *modules):
         assert f"ipychat/{name}" in files, f"ipychat/{name} is missing from the wheel"
     assert f"{info}/licenses/LICENSE" in files
     with zipfile.ZipFile(wheel) as z:

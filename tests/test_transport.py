@@ -39,9 +39,9 @@ def _fresh_transport_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     httpx_aiohttp (it is cached, and some tests swap the library's module)."""
     monkeypatch.delenv(_transport.STOCK_TRANSPORT_ENV, raising=False)
     monkeypatch.setattr(_transport, "_warned", set())
-    _transport._lean_aiohttp_transport.cache_clear()
+    _transport.lean_aiohttp_transport.cache_clear()
     yield
-    _transport._lean_aiohttp_transport.cache_clear()
+    _transport.lean_aiohttp_transport.cache_clear()
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_the_trimmed_transport_serves_quietly(
         assert _ask(server.base_url) == [ECHO, ECHO]
     assert _transport_warnings(caught) == []
     assert served == []
-    transport = _transport._default_transport(4, server.base_url)
+    transport = _transport.default_transport(4, server.base_url)
     assert type(transport) is not stock_module.AiohttpTransport
 
 
@@ -219,7 +219,7 @@ def test_the_environment_switch_chooses_the_stock_transport(
     value: str, server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(_transport.STOCK_TRANSPORT_ENV, value)
-    transport = _transport._default_transport(4, server.base_url)
+    transport = _transport.default_transport(4, server.base_url)
     assert type(transport) is stock_module.AiohttpTransport
     assert transport.limits.max_connections == 4
     served = _count_stock_requests(stock_module.AiohttpTransport, monkeypatch)
@@ -237,18 +237,18 @@ def test_the_switch_off_keeps_the_trimmed_transport(
     monkeypatch.setenv(_transport.STOCK_TRANSPORT_ENV, value)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        transport = _transport._default_transport(4, "http://127.0.0.1:9/v1")
-    assert type(transport) is _transport._lean_aiohttp_transport()
+        transport = _transport.default_transport(4, "http://127.0.0.1:9/v1")
+    assert type(transport) is _transport.lean_aiohttp_transport()
     assert _transport_warnings(caught) == []
 
 
 def test_a_switch_value_not_understood_says_so_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(_transport.STOCK_TRANSPORT_ENV, "stock")
-    make: Callable[[], Any] = lambda: _transport._default_transport(4, "http://127.0.0.1:9/v1")  # noqa: E731
+    make: Callable[[], Any] = lambda: _transport.default_transport(4, "http://127.0.0.1:9/v1")  # noqa: E731
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         first, second = make(), make()
-    assert type(first) is type(second) is _transport._lean_aiohttp_transport()
+    assert type(first) is type(second) is _transport.lean_aiohttp_transport()
     assert _transport_warnings(caught) == [
         "IPYCHAT_STOCK_TRANSPORT='stock' is neither 1 nor 0: using ipychat's transport."
     ]

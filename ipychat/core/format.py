@@ -7,12 +7,58 @@ same facts read the same way everywhere.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from ipychat.core.pricing import format_tokens, format_usd, format_usd_bound
-from ipychat.core.types import Estimate, Reply, Usage
-from ipychat.engine.ledger import Ledger, ModelSummary
 
-__all__ = ["estimate_line", "footer", "plural", "streaming_footer", "usage_markdown"]
+if TYPE_CHECKING:  # annotations only: `Reply._repr_markdown_` imports this module
+    from ipychat.core.types import Estimate, Reply, Usage
+
+__all__ = [
+    "ModelUsage",
+    "UsageRecord",
+    "estimate_line",
+    "footer",
+    "plural",
+    "streaming_footer",
+    "usage_markdown",
+]
+
+
+class ModelUsage(Protocol):
+    """One model's row of `%chat usage` (`ipychat.engine.ledger.ModelSummary` is one)."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def requests(self) -> int: ...
+    @property
+    def cached(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+    @property
+    def cost(self) -> float | None: ...
+    @property
+    def saved(self) -> float: ...
+    @property
+    def p50_latency(self) -> float | None: ...
+    @property
+    def p95_latency(self) -> float | None: ...
+
+
+class UsageRecord(Protocol):
+    """What `%chat usage` reads of a ledger (`ipychat.engine.ledger.Ledger` is one): core
+    knows the shape, not the engine that keeps it."""
+
+    budget: float | None
+
+    @property
+    def spent(self) -> float: ...
+    def summary(self) -> Sequence[ModelUsage]: ...
 
 
 def plural(n: int, noun: str, nouns: str | None = None) -> str:
@@ -85,7 +131,7 @@ def _latency(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f} s"
 
 
-def usage_markdown(ledger: Ledger, summaries: Sequence[ModelSummary] | None = None) -> str:
+def usage_markdown(ledger: UsageRecord, summaries: Sequence[ModelUsage] | None = None) -> str:
     """`%chat usage`: a table per model and the totals, with the budget line."""
     rows = list(summaries if summaries is not None else ledger.summary())
     if not rows:

@@ -21,8 +21,10 @@ __all__ = [
     "Thread",
     "build_messages",
     "interpolate",
+    "literal_braces",
     "render_value",
     "trim_history",
+    "unfenced_json",
 ]
 
 Message = dict[str, Any]
@@ -81,8 +83,30 @@ def _lookup(expr: str, namespace: Mapping[str, Any]) -> tuple[bool, Any]:
     return True, value
 
 
-def _in_code(spans: list[tuple[int, int]], pos: int) -> bool:
-    return any(start <= pos < end for start, end in spans)
+def literal_braces(template: str) -> Callable[[int], bool]:
+    """The brace scanner of every template (`%%chat`'s and `%%chatmap`'s): for `template`, a
+    test of whether the `{` at a position is code or LaTeX rather than a placeholder the
+    user meant. It is inside ``` fences or `inline code`, or right after a letter, a digit,
+    `\\`, `^`, `_`, `$` or `}` (`\\frac{a}`, `x^{n}`, `f{x}`): an unknown name there is left
+    as written instead of refused."""
+    code = [m.span() for m in _FENCE.finditer(template)]
+
+    def is_literal(pos: int) -> bool:
+        before = template[pos - 1] if pos else ""
+        return before in _LITERAL_CONTEXT or any(start <= pos < end for start, end in code)
+
+    return is_literal
+
+
+# A reply asked for as JSON, which models often wrap in a ```json fence anyway.
+_JSON_FENCE = re.compile(r"^```(?:json)?\s*\n(.*?)\n?```$", re.S)
+
+
+def unfenced_json(reply: str) -> str:
+    """The JSON text of a reply: stripped, and out of its ``` / ```json fence if it has one."""
+    candidate = reply.strip()
+    fenced = _JSON_FENCE.match(candidate)
+    return fenced.group(1) if fenced else candidate
 
 
 def interpolate(
@@ -103,7 +127,7 @@ def interpolate(
     format spec (`{price:.2f}`, `{n:,}`). A spec has no spaces and is not only digits, so
     `{name: string}` and `{a:1}` are text; an unknown name with a spec is left as written.
     """
-    code_spans = [m.span() for m in _FENCE.finditer(template)]
+    is_literal = literal_braces(template)
     names: list[str] = []
     spans: list[tuple[int, int]] = []
     notes: list[str] = []
@@ -134,23 +158,25 @@ def interpolate(
             spans.append((size, size + len(out[-1])))
             size += len(out[-1])
             continue
-        before = template[m.start() - 1] if m.start() else ""
         # With a spec, an unknown name is left alone: `{x:.2f}` is as likely an f-string
         # being discussed as a placeholder.
-        if spec is not None or before in _LITERAL_CONTEXT or _in_code(code_spans, m.start()):
+        if spec is not None or is_literal(m.start()):
             out.append(token)
             size += len(token)
             continue
-        name = _NAME.match(expr).group(0)  # type: ignore[union-attr]
-        public = [n for n in namespace if not n.startswith("_")]
-        close = difflib.get_close_matches(name, public, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise TemplateError(
-            f"{{{name}}} is not defined in the notebook{hint}. "
-            f"Use {{{{{name}}}}} to send the braces as text."
-        )
+        raise _undefined(_NAME.match(expr).group(0), namespace)  # type: ignore[union-attr]
     out.append(template[last:])
     return Interpolated("".join(out), tuple(names), tuple(spans), tuple(notes))
+
+
+def _undefined(name: str, namespace: Mapping[str, Any]) -> TemplateError:
+    public = [n for n in namespace if not n.startswith("_")]
+    close = difflib.get_close_matches(name, public, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return TemplateError(
+        f"{{{name}}} is not defined in the notebook{hint}. "
+        f"Use {{{{{name}}}}} to send the braces as text."
+    )
 
 
 def _describe(exc: BaseException) -> str:

@@ -24,10 +24,12 @@ from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 from types import MappingProxyType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ipychat.core.errors import ConfigError
-from ipychat.core.types import Usage
+
+if TYPE_CHECKING:  # annotations only: core.types imports core.format, which imports this
+    from ipychat.core.types import Usage
 
 __all__ = [
     "DEFAULT_CONTEXT_WINDOW",

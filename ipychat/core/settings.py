@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "LOCAL",
     "OPENAI_URL",
+    "TICK",
     "Endpoint",
     "Settings",
     "check_model",
@@ -31,9 +32,11 @@ __all__ = [
 DEFAULT_MODEL = "gpt-4o-mini"
 LOCAL = "local"  # the endpoint name (and model name) of the embedded llama.cpp server
 LOCAL_MODEL = "local"
-LOCAL_CONTEXT_WINDOW = 2048  # the n_ctx the embedded server is started with (local.py)
+LOCAL_CONTEXT_WINDOW = 2048  # the n_ctx the embedded server starts with (engine/local.py)
 OPENAI_URL = "https://api.openai.com/v1"
 DEFAULT_MAX_TOKENS = 1024
+# How often a caller waiting on the loop thread ticks (refreshes the progress display), s.
+TICK = 0.25
 _API_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
 _USERINFO = (
     "The endpoint URL holds a user name or password (user:secret@host): leave it out, and give "

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["Completion", "Estimate", "RateLimitInfo", "Reply", "StreamEvent", "Usage"]
+__all__ = ["CacheMode", "Completion", "Estimate", "RateLimitInfo", "Reply", "Usage"]
+
+
+# How a request uses the response cache: read and write, write only, or neither.
+CacheMode = Literal["use", "refresh", "off"]
 
 
 @dataclass(frozen=True)
@@ -95,16 +99,6 @@ class RateLimitInfo:
             reset_tokens=_duration(h.get("x-ratelimit-reset-tokens")),
         )
         return None if info == cls() else info
-
-
-@dataclass(frozen=True)
-class StreamEvent:
-    """One parsed chunk of a streamed reply: a text delta and/or the closing facts."""
-
-    delta: str = ""
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    model: str | None = None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import statistics
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
@@ -381,7 +380,3 @@ def max_tokens_within(
     while n > 0 and prompt_tokens * input_price + requests * n * output_price > limit * 1e6:
         n -= 1
     return max(n, 0)
-
-
-def now() -> float:
-    return time.time()

@@ -91,6 +91,7 @@ from ipychat.core.files import (
     write_replace,
 )
 from ipychat.core.keys import Secret
+from ipychat.core.settings import LOCAL_CONTEXT_WINDOW
 
 __all__ = [
     "ENV_LOCAL_MODEL",
@@ -405,7 +406,7 @@ class LocalServer:
         model: Path | None = None,
         *,
         port: int | None = None,
-        n_ctx: int = 2048,
+        n_ctx: int = LOCAL_CONTEXT_WINDOW,
         log_dir: Path | None = None,
     ) -> None:
         self.model = Path(model) if model is not None else None  # None: model_path() at start

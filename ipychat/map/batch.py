@@ -50,6 +50,7 @@ from ipychat.core.errors import (
     OfflineCacheMiss,
 )
 from ipychat.core.pricing import format_usd
+from ipychat.core.settings import TICK
 from ipychat.core.types import Reply, Usage
 from ipychat.engine.ledger import LedgerRow
 from ipychat.map.job import (
@@ -89,7 +90,6 @@ MAX_BYTES = 200 * 1024 * 1024
 # Batches take minutes to hours: poll soon (small ones finish fast), then less and less often.
 FIRST_POLL = 1.0
 MAX_POLL = 30.0
-TICK = 0.25  # how often a waiting caller refreshes the progress display
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 THREAD = "batch"  # the ledger's thread column for replies that came through a batch

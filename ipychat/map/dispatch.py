@@ -30,7 +30,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ipychat.core.errors import (
     APIError,
@@ -41,6 +41,8 @@ from ipychat.core.errors import (
     NotFoundError,
     RateLimitError,
 )
+from ipychat.core.settings import TICK
+from ipychat.core.types import CacheMode
 from ipychat.map.ratelimit import RateLimiter, Ticket
 from ipychat.net.retry import DEFAULT_MAX_WAIT, backoff_delay, format_wait
 
@@ -52,11 +54,6 @@ if TYPE_CHECKING:
 __all__ = ["Counters", "Dispatcher", "Sink", "guarded", "wait_on_loop"]
 
 T = TypeVar("T")
-# How often a waiting caller ticks (refreshes the progress display).
-TICK = 0.25
-
-CacheMode = Literal["use", "refresh", "off"]
-
 # Requests in flight when no limit is known (a latency-bound server: more is faster, and 64
 # is where raw aiohttp on 2 cores reaches E = 0.93 in benchmarks/chatmap.py), and the most ever.
 DEFAULT_CONCURRENCY = 64

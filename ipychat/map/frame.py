@@ -10,11 +10,11 @@ imported only when a frame is written.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from ipychat.core.errors import ChatError, Interrupted, TemplateError
+from ipychat.core.messages import unfenced_json
 from ipychat.core.pricing import format_usd
 from ipychat.map.plan import MapPlan
 
@@ -28,8 +28,6 @@ __all__ = [
     "format_seconds",
     "parse_object",
 ]
-
-_JSON_FENCE = re.compile(r"^```(?:json)?\s*\n(.*?)\n?```$", re.S)
 
 
 # ----- DataFrames ----------------------------------------------------------------------------
@@ -110,10 +108,7 @@ def _polars_values(values: list[Any]) -> list[Any]:
 
 def parse_object(text: str) -> tuple[dict[str, Any] | None, str]:
     """A --json reply as a dict, or None and what is wrong with it."""
-    candidate = text.strip()
-    fenced = _JSON_FENCE.match(candidate)
-    if fenced:
-        candidate = fenced.group(1)
+    candidate = unfenced_json(text)
     try:
         value = json.loads(candidate)
     except json.JSONDecodeError as exc:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ipychat.core.errors import ConfigError, ContextLengthError, TemplateError
 from ipychat.core.keys import cache_key, canonical_json
+from ipychat.core.messages import literal_braces
 from ipychat.core.pricing import format_tokens, format_usd, format_usd_bound
 from ipychat.core.tokens import count_messages_bound
 from ipychat.map.dispatch import MAX_CONCURRENCY
@@ -58,11 +59,6 @@ __all__ = [
 
 _PLACEHOLDER = re.compile(r"\{\{(?P<escaped>[^{}]*)\}\}|\{(?P<name>[^{}\n]+)\}")
 _IDENT = re.compile(r"[A-Za-z_]\w*")
-# As in ipychat.core.messages: `\frac{x}`, `x^{n}`, `f{x}` are LaTeX or code, not placeholders.
-_LITERAL_CONTEXT = set("\\^_$}") | set(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-)
-_FENCE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.S)
 
 # The reply cap of a map whose user set none (per output column with --json). A map's
 # budget check holds the worst case of every row, and the session default (1,024) made a
@@ -92,10 +88,6 @@ def _escape(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")
 
 
-def _in_code(spans: list[tuple[int, int]], pos: int) -> bool:
-    return any(start <= pos < end for start, end in spans)
-
-
 def compile_template(
     template: str, columns: Sequence[Any], frame: str = "the DataFrame"
 ) -> RowTemplate:
@@ -113,7 +105,7 @@ def compile_template(
             "placeholders such as {text}."
         )
     known = {str(c): c for c in columns}
-    code = [m.span() for m in _FENCE.finditer(text)]
+    is_literal = literal_braces(text)  # `\frac{x}`, `x^{n}`, code: not placeholders
     parts: list[str] = []
     used: list[Any] = []
     index: dict[str, int] = {}
@@ -132,13 +124,7 @@ def compile_template(
                 used.append(known[name])
             parts.append(f"{{{index[name]}}}")
             continue
-        before = text[m.start() - 1] if m.start() else ""
-        if (
-            _IDENT.fullmatch(name)
-            and before not in _LITERAL_CONTEXT
-            and not _in_code(code, m.start())
-            and name not in unknown
-        ):
+        if _IDENT.fullmatch(name) and not is_literal(m.start()) and name not in unknown:
             unknown.append(name)
         parts.append(_escape(m.group(0)))
     parts.append(_escape(text[last:]))

@@ -14,10 +14,11 @@ base URL and key settings).
 ChatClient.chat(body)            one request, retried by the rules of ipychat.net.retry
   └── _call(...)                 the retry loop: build → send → classify → wait → again
         ├── _requests.build(...)  the httpx.Request (ipychat.net.requests)
-        ├── _pool()              the lazily built transport (connection pool) of the loop
+        ├── _pools.current()     the lazily built transport (connection pool) of the loop
+        │                        (ipychat.net.pool)
         ├── _replies.read_json / read_completion / read_stream
         │                        a 2xx body → Completion (ipychat.net.replies; SSE via ipychat.net.sse)
-        └── _status_error / _connection_error   failures → ipychat.core.errors, one line each
+        └── status_failure / transport_failure   failures → ipychat.core.errors, one line each
                                          (ipychat.net.failures)
 ```
 
@@ -52,7 +53,6 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
@@ -69,33 +69,30 @@ from ipychat.core.settings import key_origins_from_env
 from ipychat.core.types import Completion, RateLimitInfo
 from ipychat.net import retry as policy
 from ipychat.net.failures import (
-    UNREACHABLE,
-    _clean_cause,
-    _connection_error,
-    _short_reason,
-    _status_error,
+    Endpoint,
+    Failed,
+    status_failure,
+    transport_failure,
+    warn_retry,
 )
-from ipychat.net.replies import _Attempt, _Dropped, _Replies
+from ipychat.net.pool import Pools
+from ipychat.net.replies import Attempt, Dropped, ReplyReader, rate_limit_of
 from ipychat.net.requests import (
     DEFAULT_BASE_URL,
-    _check_plain_http,
-    _multipart,
-    _normalize_base_url,
-    _path_id,
-    _Requests,
-    _resolve_keys,
+    RequestBuilder,
+    Timeouts,
+    check_plain_http,
+    multipart_body,
+    normalize_base_url,
+    path_id,
+    resolve_keys,
 )
 from ipychat.net.transport import (
-    _close_pool,
-    _close_response,
-    _default_transport,
-    _header_dict,
-    _is_connect_failure,
-    _is_json,
-    _is_transport_error,
-    _Pool,
-    _read_body,
-    _timeout_kind,
+    close_response,
+    header_dict,
+    is_json,
+    is_transport_error,
+    read_body,
 )
 
 __all__ = ["DEFAULT_BASE_URL", "ChatClient", "Timeouts"]
@@ -103,45 +100,11 @@ __all__ = ["DEFAULT_BASE_URL", "ChatClient", "Timeouts"]
 log = logging.getLogger("ipychat")
 
 OPENAI_HOST = "api.openai.com"
+DEFAULT_TIMEOUTS = Timeouts()  # frozen, so safe to share
 USER_AGENT = f"ipychat/{__version__}"
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """Network timeouts in seconds.
-
-    `read` is the longest silence between two chunks of a streamed reply. A non-streamed
-    reply arrives in one piece only when the model has finished, so its wait is `reply`
-    (the OpenAI SDK allows 600 s too); a 60 s cap there would kill long answers.
-    `pool` is the wait for a free connection (None: wait as long as it takes, the
-    concurrency limit upstream is what bounds it).
-    """
-
-    connect: float = 10.0
-    read: float = 60.0
-    write: float = 30.0
-    pool: float | None = None
-    reply: float = 600.0
-
-    def for_request(self, *, stream: bool) -> dict[str, float | None]:
-        """The per-request timeout dict httpx transports read from request.extensions."""
-        return {
-            "connect": self.connect,
-            "read": self.read if stream else max(self.read, self.reply),
-            "write": self.write,
-            "pool": self.pool,
-        }
-
-
-@dataclass(frozen=True)
-class _Failed:
-    """Internal: how one attempt failed, and what the retry policy says about it."""
-
-    error: APIError
-    decision: policy.RetryDecision
 
 
 class ChatClient:
@@ -162,7 +125,7 @@ class ChatClient:
         api_keys: Sequence[str | Secret] | None = None,
         key_origins: Sequence[str] | None = None,
         azure_api_version: str | None = None,
-        timeouts: Timeouts = Timeouts(),  # frozen, so safe to share
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
         max_retries: int = policy.DEFAULT_MAX_RETRIES,
         max_retry_wait: float = policy.DEFAULT_MAX_WAIT,
         max_connections: int = 64,
@@ -171,17 +134,17 @@ class ChatClient:
         sleep: Sleep | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
-        self.base_url = _normalize_base_url(base_url)
+        self.base_url = normalize_base_url(base_url)
         url = httpx.URL(self.base_url)
         self.host: str = url.netloc.decode("ascii")
         self._is_openai = url.host == OPENAI_HOST
         # Where keys may go: ipychat.net.requests (`key_origins`: endpoints the user allowed
         # beyond a key's own; None reads IPYCHAT_KEY_ORIGINS).
         trusted = tuple(key_origins) if key_origins is not None else key_origins_from_env()
-        self._keys, self._withheld = _resolve_keys(api_key, api_keys, self.base_url, trusted)
+        self._keys, self._withheld = resolve_keys(api_key, api_keys, self.base_url, trusted)
         if self._keys:
-            _check_plain_http(self.base_url, trusted)
-        self._replies = _Replies(self.host, self.base_url, self._keys)
+            check_plain_http(self.base_url, trusted)
+        self._replies = ReplyReader(self.host, self.base_url, self._keys)
         self._key_index = 0
         self.azure_api_version = azure_api_version or None
         self.timeouts = timeouts
@@ -193,9 +156,8 @@ class ChatClient:
             raise ConfigError(f"max_retries must be 0 or more, not {max_retries}")
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
-        self._max_connections = _check_connections(max_connections)
-        self._transport = transport
-        self._requests = _Requests(
+        self._pools = Pools(transport, max_connections, self.base_url)
+        self._requests = RequestBuilder(
             self.base_url,
             self._keys,
             self.azure_api_version,
@@ -203,9 +165,9 @@ class ChatClient:
         )
         # Injected so tests can assert the waits the client asked for without waiting.
         self._sleep: Sleep = sleep if sleep is not None else asyncio.sleep
-        self._rand = rand
-        self._pool_: _Pool | None = None
-        self._retired: list[_Pool] = []
+        self._endpoint = Endpoint(
+            self.host, self.base_url, self._keys, self._withheld, timeouts, rand
+        )
         self.last_rate_limit: RateLimitInfo | None = None
 
     # ----- public API ---------------------------------------------------------------------
@@ -216,7 +178,7 @@ class ChatClient:
 
     @property
     def max_connections(self) -> int:
-        return self._max_connections
+        return self._pools.limit
 
     def __repr__(self) -> str:
         keys = f"{len(self._keys)} keys" if len(self._keys) != 1 else "1 key"
@@ -246,8 +208,8 @@ class ChatClient:
         content = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         model = str(payload.get("model") or "")
 
-        async def read(response: httpx.Response, attempt: _Attempt) -> Completion:
-            if stream and not _is_json(attempt.headers):
+        async def read(response: httpx.Response, attempt: Attempt) -> Completion:
+            if stream and not is_json(attempt.headers):
                 return await self._replies.read_stream(response, attempt, on_delta)
             completion = await self._replies.read_completion(response, attempt)
             if stream and completion.text and on_delta is not None:
@@ -267,7 +229,7 @@ class ChatClient:
     async def models(self) -> list[str]:
         """GET /models: the model ids the endpoint offers, sorted."""
 
-        async def read(response: httpx.Response, attempt: _Attempt) -> list[str]:
+        async def read(response: httpx.Response, attempt: Attempt) -> list[str]:
             data = await self._replies.read_json(response, attempt)
             items = data.get("data") if isinstance(data, dict) else data
             if not isinstance(items, list):
@@ -296,7 +258,7 @@ class ChatClient:
     ) -> dict[str, Any]:
         """POST /files (multipart): upload `content`; returns the file object (`id`, `bytes`)."""
         boundary = f"ipychat-{os.urandom(12).hex()}"
-        body = _multipart(boundary, {"purpose": purpose}, ("file", filename, content))
+        body = multipart_body(boundary, {"purpose": purpose}, ("file", filename, content))
         return await self._call_json(
             "POST", "/files", body, content_type=f"multipart/form-data; boundary={boundary}"
         )
@@ -321,24 +283,24 @@ class ChatClient:
 
     async def get_batch(self, batch_id: str) -> dict[str, Any]:
         """GET /batches/{id}: the batch object (status, request_counts, output files)."""
-        return await self._call_json("GET", f"/batches/{_path_id(batch_id)}", None)
+        return await self._call_json("GET", f"/batches/{path_id(batch_id)}", None)
 
     async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
         """POST /batches/{id}/cancel: returns the batch object (status `cancelling`)."""
-        return await self._call_json("POST", f"/batches/{_path_id(batch_id)}/cancel", b"{}")
+        return await self._call_json("POST", f"/batches/{path_id(batch_id)}/cancel", b"{}")
 
     async def file_content(self, file_id: str) -> bytes:
         """GET /files/{id}/content: the raw bytes of a file (a batch's output or error JSONL)."""
 
-        async def read(response: httpx.Response, attempt: _Attempt) -> bytes:
+        async def read(response: httpx.Response, attempt: Attempt) -> bytes:
             try:
-                return await _read_body(response, attempt.headers)
+                return await read_body(response, attempt.headers)
             except Exception as exc:
-                if _is_transport_error(exc):
-                    raise _Dropped(exc) from exc
+                if is_transport_error(exc):
+                    raise Dropped(exc) from exc
                 raise
 
-        path = f"/files/{_path_id(file_id)}/content"
+        path = f"/files/{path_id(file_id)}/content"
         return await self._call(
             "GET", path, None, timeout=self._reply_timeout, model="", read=read, max_retries=None
         )
@@ -346,7 +308,7 @@ class ChatClient:
     async def _call_json(
         self, method: str, path: str, content: bytes | None, *, content_type: str | None = None
     ) -> dict[str, Any]:
-        async def read(response: httpx.Response, attempt: _Attempt) -> dict[str, Any]:
+        async def read(response: httpx.Response, attempt: Attempt) -> dict[str, Any]:
             data = await self._replies.read_json(response, attempt)
             if not isinstance(data, dict):
                 raise APIError(
@@ -373,19 +335,11 @@ class ChatClient:
         one is closed when its last request finishes. An injected transport keeps its own
         limits (the client cannot resize what it did not build).
         """
-        self._max_connections = _check_connections(n)
-        pool = self._pool_
-        if pool is not None and self._transport is None and pool.limit != self._max_connections:
-            self._pool_ = None
-            await self._retire(pool)
+        await self._pools.resize(n)
 
     async def aclose(self) -> None:
         """Close every connection. The client can still be used: it reconnects lazily."""
-        pools = [p for p in (self._pool_, *self._retired) if p is not None]
-        self._pool_ = None
-        self._retired = []
-        for pool in pools:
-            await _close_pool(pool)
+        await self._pools.aclose()
 
     async def __aenter__(self) -> ChatClient:
         return self
@@ -403,7 +357,7 @@ class ChatClient:
         *,
         timeout: dict[str, float | None],
         model: str,
-        read: Callable[[httpx.Response, _Attempt], Awaitable[T]],
+        read: Callable[[httpx.Response, Attempt], Awaitable[T]],
         max_retries: int | None,
         content_type: str | None = None,
     ) -> T:
@@ -416,7 +370,7 @@ class ChatClient:
         while True:
             key_index = self._key_index
             request = self._requests.build(method, url, content, key_index, timeout, content_type)
-            pool = self._pool()
+            pool = self._pools.current()
             pool.inflight += 1
             try:
                 outcome = await self._attempt(
@@ -425,8 +379,8 @@ class ChatClient:
             finally:
                 pool.inflight -= 1
                 if pool.retired and pool.inflight == 0:
-                    await self._close_retired(pool)
-            if not isinstance(outcome, _Failed):
+                    await self._pools.close_retired(pool)
+            if not isinstance(outcome, Failed):
                 return outcome
             error, decision = outcome.error, outcome.decision
             if isinstance(error, RateLimitError) and self._next_key(
@@ -436,7 +390,7 @@ class ChatClient:
                 continue
             if not decision.retry:
                 raise error
-            self._warn_retry(method, path, decision, retries, limit)
+            warn_retry(self.host, f"{method} {path}", decision, retries, limit)
             await self._sleep(decision.delay)
             retries += 1
 
@@ -449,44 +403,43 @@ class ChatClient:
         started: float,
         retries: int,
         limit: int,
-        read: Callable[[httpx.Response, _Attempt], Awaitable[T]],
-    ) -> T | _Failed:
+        read: Callable[[httpx.Response, Attempt], Awaitable[T]],
+    ) -> T | Failed:
         """One try: the result of `read`, or how it failed (for the retry loop to judge)."""
         if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "-> %s %s model=%s retries=%d headers=%s",
-                request.method,
-                request.url,
-                model or "-",
-                retries,
-                redact_headers(dict(request.headers)),
-            )
+            _log_request(request, model, retries)
         try:
             # Straight to the transport, not through httpx.AsyncClient.send: its cookie jar,
             # auth flow and redirect machinery are unused here and cost a third of the
             # client's CPU per request at 64 in flight (benchmarks/client_overhead.py).
             response = await transport.handle_async_request(request)
         except Exception as exc:
-            if not _is_transport_error(exc):
+            if not is_transport_error(exc):
                 raise
-            return self._transport_failure(exc, request, retries, limit)
+            return transport_failure(exc, request, retries, limit, self._endpoint)
         response.request = request
         try:
-            headers = _header_dict(response)
-            rate_limit = _rate_limit(headers)
+            headers = header_dict(response)
+            rate_limit = rate_limit_of(headers)
             if rate_limit is not None:
                 self.last_rate_limit = rate_limit
             request_id = headers.get("x-request-id")
             status = response.status_code
             if status >= 300:
-                return await self._failed_status(
-                    response, headers, path, request_id, rate_limit, retries, limit
+                return await status_failure(
+                    response,
+                    headers,
+                    path,
+                    rate_limit,
+                    (retries, limit),
+                    self.max_retry_wait,
+                    self._endpoint,
                 )
-            attempt = _Attempt(started, retries, model, request_id, rate_limit, headers)
+            attempt = Attempt(started, retries, model, request_id, rate_limit, headers)
             try:
                 result = await read(response, attempt)
-            except _Dropped as dropped:
-                return self._transport_failure(dropped.cause, request, retries, limit)
+            except Dropped as dropped:
+                return transport_failure(dropped.cause, request, retries, limit, self._endpoint)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "%s %s model=%s status=%d request_id=%s latency=%.3fs retries=%d",
@@ -500,79 +453,7 @@ class ChatClient:
                 )
             return result
         finally:
-            await _close_response(response)
-
-    def _transport_failure(
-        self, exc: BaseException, request: httpx.Request, retries: int, limit: int
-    ) -> _Failed:
-        read_timeout = (request.extensions.get("timeout") or {}).get("read")
-        error = _connection_error(
-            exc,
-            retries,
-            read_timeout,
-            host=self.host,
-            base_url=self.base_url,
-            keys=self._keys,
-            timeouts=self.timeouts,
-        )
-        error.__cause__ = _clean_cause(exc, self._keys)
-        reason = (
-            UNREACHABLE
-            if _is_connect_failure(exc) and _timeout_kind(exc) is None
-            else _short_reason(error)
-        )
-        decision = policy.decide_error(
-            reason, retries_taken=retries, max_retries=limit, rand=self._rand
-        )
-        return _Failed(error, decision)
-
-    async def _failed_status(
-        self,
-        response: httpx.Response,
-        headers: Mapping[str, str],
-        path: str,
-        request_id: str | None,
-        rate_limit: RateLimitInfo | None,
-        retries: int,
-        limit: int,
-    ) -> _Failed:
-        try:
-            body = await response.aread()
-        except Exception as exc:
-            if not _is_transport_error(exc):
-                raise
-            body = b""
-        decision = policy.decide_response(
-            response.status_code,
-            headers,
-            retries_taken=retries,
-            max_retries=limit,
-            max_wait=self.max_retry_wait,
-            rand=self._rand,
-        )
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "%s %s status=%d request_id=%s retries=%d",
-                response.request.method,
-                path,
-                response.status_code,
-                request_id,
-                retries,
-            )
-        error = _status_error(
-            response,
-            path,
-            body,
-            request_id,
-            rate_limit,
-            decision,
-            retries,
-            host=self.host,
-            base_url=self.base_url,
-            keys=self._keys,
-            withheld=self._withheld,
-        )
-        return _Failed(error, decision)
+            await close_response(response)
 
     def _next_key(self, used: int, tried: set[int], retries: int, limit: int) -> bool:
         """On a 429 with a key pool: move to a key not yet tried by this request.
@@ -595,23 +476,6 @@ class ChatClient:
         )
         return True
 
-    def _warn_retry(
-        self, method: str, path: str, decision: policy.RetryDecision, retries: int, limit: int
-    ) -> None:
-        # Nobody accepting the connection is retried quietly: the one error line at the end
-        # says the server is not reachable (three retry lines said nothing more).
-        log.log(
-            logging.INFO if decision.reason == UNREACHABLE else logging.WARNING,
-            "Retrying %s %s on %s in %.2f s (retry %d of %d): %s",
-            method,
-            path,
-            self.host,
-            decision.delay,
-            retries + 1,
-            limit,
-            decision.reason,
-        )
-
     # ----- requests ------------------------------------------------------------------------
 
     def _check_key(self) -> None:
@@ -621,49 +485,16 @@ class ChatClient:
                 "or install ipychat[local] for the offline model."
             )
 
-    def _pool(self) -> _Pool:
-        """The pool of the running loop, built on first use (or after a resize or loop change)."""
-        loop = asyncio.get_running_loop()
-        pool = self._pool_
-        if pool is not None and pool.loop is loop:
-            return pool
-        if pool is not None:
-            # Another loop: the old pool's connections belong to it and cannot be used here.
-            self._pool_ = None
-            if pool.owned and not pool.loop.is_closed():
-                self._retired.append(pool)
-                pool.retired = True
-        if self._transport is not None:
-            self._pool_ = _Pool(self._transport, loop, self._max_connections, owned=False)
-        else:
-            transport = _default_transport(self._max_connections, self.base_url)
-            self._pool_ = _Pool(transport, loop, self._max_connections, owned=True)
-        return self._pool_
-
-    async def _retire(self, pool: _Pool) -> None:
-        pool.retired = True
-        if pool.inflight == 0:
-            await _close_pool(pool)
-        else:
-            self._retired.append(pool)
-
-    async def _close_retired(self, pool: _Pool) -> None:
-        if pool in self._retired:
-            self._retired.remove(pool)
-        await _close_pool(pool)
-
 
 # ----- helpers ------------------------------------------------------------------------------
 
 
-def _check_connections(n: int) -> int:
-    if not isinstance(n, int) or n < 1:
-        raise ConfigError(f"max_connections must be a positive integer, not {n!r}")
-    return n
-
-
-def _rate_limit(headers: Mapping[str, str]) -> RateLimitInfo | None:
-    # Most local servers send no x-ratelimit-* headers: skip the parse for them.
-    if any(name.startswith("x-ratelimit-") for name in headers):
-        return RateLimitInfo.from_headers(headers)
-    return None
+def _log_request(request: httpx.Request, model: str, retries: int) -> None:
+    log.debug(
+        "-> %s %s model=%s retries=%d headers=%s",
+        request.method,
+        request.url,
+        model or "-",
+        retries,
+        redact_headers(dict(request.headers)),
+    )

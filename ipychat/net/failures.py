@@ -1,11 +1,11 @@
 """The one-line errors of `ipychat.net.client.ChatClient`, built from what went wrong.
 
-- `_status_error`: an HTTP status ≥ 300 → the `ipychat.core.errors` class for it, with the
-  server's own explanation (`_server_message`) and what to do next.
-- `_connection_error`: a transport failure → `APIConnectionError` / `APITimeoutError`,
+- `error_from_status`: an HTTP status ≥ 300 → the `ipychat.core.errors` class for it, with the
+  server's own explanation (`server_message_of`) and what to do next.
+- `connection_error`: a transport failure → `APIConnectionError` / `APITimeoutError`,
   naming the timeout or the refused connection.
 - Redaction: every server text and exception text passes through `ipychat.core.keys.redact`
-  (`_short_cause`, `_clean_cause`, `_snippet`, `_server_message`) before it reaches an
+  (`short_cause`, `clean_cause`, `body_snippet`, `server_message_of`) before it reaches an
   exception or a log line, and is cut to one line.
 
 Part of the client's network boundary (docs/architecture.md): used only by `ipychat.net.client` and its
@@ -15,10 +15,12 @@ other private modules, and like the client it imports httpx.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -33,10 +35,17 @@ from ipychat.core.errors import (
 from ipychat.core.keys import Secret, redact
 from ipychat.core.types import RateLimitInfo
 from ipychat.net import retry as policy
-from ipychat.net.transport import _chain, _is_connect_failure, _root, _scrub, _timeout_kind
+from ipychat.net.requests import Timeouts
+from ipychat.net.transport import (
+    exception_chain,
+    is_connect_failure,
+    is_transport_error,
+    root_cause,
+    scrub,
+    timeout_kind,
+)
 
-if TYPE_CHECKING:
-    from ipychat.net.client import Timeouts
+log = logging.getLogger("ipychat")
 
 _KEY_FIX = "check OPENAI_API_KEY or run %chat key"
 # The retry reason of a connection nobody accepted: retried quietly (the final error says it).
@@ -46,7 +55,7 @@ UNREACHABLE = "server not reachable"
 _MESSAGE_LIMIT = 300
 
 
-def _status_error(
+def error_from_status(
     response: httpx.Response,
     path: str,
     body: bytes,
@@ -61,7 +70,7 @@ def _status_error(
     withheld: bool = False,
 ) -> APIStatusError:
     status = response.status_code
-    server = _server_message(body, keys)
+    server = server_message_of(body, keys)
     said = _said(server)
     after = f" after {retries} {'retry' if retries == 1 else 'retries'}" if retries else ""
     if status == 429:
@@ -157,7 +166,7 @@ def _status_message(
     return f"{host} answered HTTP {status}{after}{said}"
 
 
-def _connection_error(
+def connection_error(
     exc: BaseException,
     retries: int,
     read_timeout: float | None,
@@ -168,7 +177,7 @@ def _connection_error(
     timeouts: Timeouts,
 ) -> APIConnectionError:
     after = f" (after {retries} {'retry' if retries == 1 else 'retries'})" if retries else ""
-    kind = _timeout_kind(exc)
+    kind = timeout_kind(exc)
     if kind == "connect":
         return APITimeoutError(
             f"Timed out connecting to {host} after {timeouts.connect:g} s{after}; "
@@ -187,7 +196,7 @@ def _connection_error(
             f"{host} sent a response header longer than the {limit:,} bytes the HTTP client "
             f"accepts{after}; check the server (or the proxy in front of it)"
         )
-    if _is_connect_failure(exc):
+    if is_connect_failure(exc):
         # One line in our words: aiohttp's own ("Cannot connect to host …
         # ssl:default [Connect call failed (…)]") stays in __cause__ for debugging.
         tried = f", after {retries} {'retry' if retries == 1 else 'retries'}" if retries else ""
@@ -195,7 +204,7 @@ def _connection_error(
             f"The server at {base_url} is not reachable ({_unreachable(exc)}{tried}): check "
             "that it is running and the network, or set another URL with %chat endpoint URL"
         )
-    detail = _short_cause(exc, keys)
+    detail = short_cause(exc, keys)
     return APIConnectionError(f"The connection to {host} failed ({detail}){after}; try again")
 
 
@@ -205,10 +214,11 @@ _TOO_LONG = re.compile(r"Got more than (\d+) bytes")
 def _header_limit(exc: BaseException) -> int | None:
     """The limit aiohttp names when a response header line is too long (its LineTooLong,
     wrapped in a ClientResponseError whose text quotes the header's start), else None."""
-    for e in _chain(exc):
+    for e in exception_chain(exc):
         m = _TOO_LONG.search(str(e))
         if m is not None and (
-            "header" in str(e).lower() or any(type(c).__name__ == "LineTooLong" for c in _chain(e))
+            "header" in str(e).lower()
+            or any(type(c).__name__ == "LineTooLong" for c in exception_chain(e))
         ):
             return int(m.group(1))
     return None
@@ -217,7 +227,7 @@ def _header_limit(exc: BaseException) -> int | None:
 def _unreachable(exc: BaseException) -> str:
     """Why nothing answered, in a few words: refused, unknown host name, or neither."""
     seen: list[BaseException] = []
-    todo: list[BaseException | None] = [exc, _root(exc)]
+    todo: list[BaseException | None] = [exc, root_cause(exc)]
     while todo:
         item = todo.pop()
         if item is None or any(item is s for s in seen):
@@ -238,7 +248,7 @@ def _said(server: str) -> str:
     return f": {text}" if text else ""
 
 
-def _short_reason(error: APIError) -> str:
+def short_reason(error: APIError) -> str:
     if isinstance(error, APITimeoutError):
         return "timeout"
     return "connection error"
@@ -249,34 +259,34 @@ def _one_line(text: str, limit: int = _MESSAGE_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _short_cause(exc: BaseException, keys: Sequence[Secret]) -> str:
-    root = _root(exc)
+def short_cause(exc: BaseException, keys: Sequence[Secret]) -> str:
+    root = root_cause(exc)
     text = str(root) or type(root).__name__
     return redact(_one_line(text, 160), keys)
 
 
-def _clean_cause(exc: BaseException, keys: Sequence[Secret]) -> BaseException:
+def clean_cause(exc: BaseException, keys: Sequence[Secret]) -> BaseException:
     """The original exception, kept as __cause__ for debugging, with nothing secret in it.
 
-    Scrubbed in place first (`_scrub`: aiohttp's request_info headers masked, the library's
+    Scrubbed in place first (`scrub`: aiohttp's request_info headers masked, the library's
     traceback frames dropped, the whole chain too), since the original is also the
     `__context__` of an error raised while handling it. If its text still names a key, a
     stand-in with the text redacted takes its place.
     """
-    _scrub(exc)
+    scrub(exc)
     text = str(exc)
     clean = redact(text, keys)
-    if clean == text and all(redact(str(e), keys) == str(e) for e in _chain(exc)):
+    if clean == text and all(redact(str(e), keys) == str(e) for e in exception_chain(exc)):
         return exc
     return APIConnectionError(f"{type(exc).__name__}: {clean}")
 
 
-def _snippet(body: bytes, keys: Sequence[Secret]) -> str:
+def body_snippet(body: bytes, keys: Sequence[Secret]) -> str:
     text = body[:200].decode("utf-8", "replace")
     return redact(_one_line(text, 80), keys) or "an empty body"
 
 
-def _server_message(body: bytes, keys: Sequence[Secret]) -> str:
+def server_message_of(body: bytes, keys: Sequence[Secret]) -> str:
     """The server's own explanation from an error body, one line, credentials masked.
 
     OpenAI sends {"error": {"message": ...}}; others send {"error": "..."},
@@ -307,3 +317,125 @@ def _message_of(data: Any) -> str | None:
         if data.get(name):
             return str(data[name])
     return None
+
+
+# ----- one failed attempt, judged for the client's retry loop ---------------------------
+
+
+@dataclass(frozen=True)
+class Failed:
+    """How one attempt failed, and what the retry policy says about it."""
+
+    error: APIError
+    decision: policy.RetryDecision
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What a failure names and redacts: the server, its keys, the client's timeouts."""
+
+    host: str
+    base_url: str
+    keys: Sequence[Secret]
+    withheld: bool  # an environment key was set but not sent here (said in a 401)
+    timeouts: Timeouts
+    rand: Callable[[], float]  # the retry jitter (injected by tests)
+
+
+def transport_failure(
+    exc: BaseException, request: httpx.Request, retries: int, limit: int, endpoint: Endpoint
+) -> Failed:
+    """A transport error (no HTTP status) → its one-line error and the retry decision."""
+    read_timeout = (request.extensions.get("timeout") or {}).get("read")
+    error = connection_error(
+        exc,
+        retries,
+        read_timeout,
+        host=endpoint.host,
+        base_url=endpoint.base_url,
+        keys=endpoint.keys,
+        timeouts=endpoint.timeouts,
+    )
+    error.__cause__ = clean_cause(exc, endpoint.keys)
+    reason = (
+        UNREACHABLE
+        if is_connect_failure(exc) and timeout_kind(exc) is None
+        else short_reason(error)
+    )
+    decision = policy.decide_error(
+        reason, retries_taken=retries, max_retries=limit, rand=endpoint.rand
+    )
+    return Failed(error, decision)
+
+
+async def status_failure(
+    response: httpx.Response,
+    headers: Mapping[str, str],
+    path: str,
+    rate_limit: RateLimitInfo | None,
+    retries: tuple[int, int],
+    max_wait: float,
+    endpoint: Endpoint,
+) -> Failed:
+    """An HTTP status ≥ 300 → its one-line error and the retry decision.
+
+    `retries` is (retries taken, retries allowed); the body is read here (a body the
+    connection drops is read as empty: the status alone still says what happened).
+    """
+    taken, limit = retries
+    try:
+        body = await response.aread()
+    except Exception as exc:
+        if not is_transport_error(exc):
+            raise
+        body = b""
+    decision = policy.decide_response(
+        response.status_code,
+        headers,
+        retries_taken=taken,
+        max_retries=limit,
+        max_wait=max_wait,
+        rand=endpoint.rand,
+    )
+    request_id = headers.get("x-request-id")
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "%s %s status=%d request_id=%s retries=%d",
+            response.request.method,
+            path,
+            response.status_code,
+            request_id,
+            taken,
+        )
+    error = error_from_status(
+        response,
+        path,
+        body,
+        request_id,
+        rate_limit,
+        decision,
+        taken,
+        host=endpoint.host,
+        base_url=endpoint.base_url,
+        keys=endpoint.keys,
+        withheld=endpoint.withheld,
+    )
+    return Failed(error, decision)
+
+
+def warn_retry(
+    host: str, what: str, decision: policy.RetryDecision, retries: int, limit: int
+) -> None:
+    """Log the retry the client is about to make (`what`: `POST /chat/completions`)."""
+    # Nobody accepting the connection is retried quietly: the one error line at the end
+    # says the server is not reachable (three retry lines said nothing more).
+    log.log(
+        logging.INFO if decision.reason == UNREACHABLE else logging.WARNING,
+        "Retrying %s on %s in %.2f s (retry %d of %d): %s",
+        what,
+        host,
+        decision.delay,
+        retries + 1,
+        limit,
+        decision.reason,
+    )

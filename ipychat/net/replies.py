@@ -1,11 +1,11 @@
 """Reading the body of a 2xx reply for `ipychat.net.client.ChatClient`.
 
-- `_Replies.read_json`: a JSON document (an `error` object in a 200 becomes `APIError`).
-- `_Replies.read_completion`: a non-streamed chat completion → `Completion`.
-- `_Replies.read_stream`: an SSE stream (`ipychat.net.sse`) → `Completion`, calling
+- `ReplyReader.read_json`: a JSON document (an `error` object in a 200 becomes `APIError`).
+- `ReplyReader.read_completion`: a non-streamed chat completion → `Completion`.
+- `ReplyReader.read_stream`: an SSE stream (`ipychat.net.sse`) → `Completion`, calling
   `on_delta` for each piece of text as it arrives.
 
-A body that fails before anything was given out raises `_Dropped`, which the client's
+A body that fails before anything was given out raises `Dropped`, which the client's
 retry loop treats as a dropped connection (safe to retry: nothing reached the caller).
 So does a completion whose JSON breaks off or does not parse (`_meant_as_json`); only a
 body that is no JSON at all (an HTML page) gets the "check the base URL" error.
@@ -28,12 +28,12 @@ import httpx
 from ipychat.core.errors import APIError, StreamError
 from ipychat.core.keys import Secret
 from ipychat.core.types import Completion, RateLimitInfo, Usage
-from ipychat.net.failures import _clean_cause, _server_message, _short_cause, _snippet
+from ipychat.net.failures import body_snippet, clean_cause, server_message_of, short_cause
 from ipychat.net.sse import SSEDecoder
-from ipychat.net.transport import _aclose_iterator, _body_chunks, _is_transport_error, _read_body
+from ipychat.net.transport import aclose_iterator, body_chunks, is_transport_error, read_body
 
 
-class _Dropped(Exception):
+class Dropped(Exception):
     """Internal: the transport failed while reading a body, before any content was given out.
 
     Raised inside an attempt so the retry loop treats it like a failed connection.
@@ -45,7 +45,7 @@ class _Dropped(Exception):
 
 
 @dataclass
-class _Attempt:
+class Attempt:
     """What the body readers need to know about the attempt that produced a 2xx response."""
 
     started: float
@@ -56,7 +56,7 @@ class _Attempt:
     headers: Mapping[str, str]
 
 
-class _Replies:
+class ReplyReader:
     """The body readers of one client: they name its host and base URL in errors and
     redact its keys from anything a server sent."""
 
@@ -68,38 +68,38 @@ class _Replies:
         self._keys = keys
 
     async def read_json(
-        self, response: httpx.Response, attempt: _Attempt, *, retry_cut: bool = False
+        self, response: httpx.Response, attempt: Attempt, *, retry_cut: bool = False
     ) -> Any:
         """The body as JSON. With `retry_cut`, a body that was meant to be JSON but does not
-        parse (it ended early, or broke off) raises `_Dropped`: the connection or a proxy
+        parse (it ended early, or broke off) raises `Dropped`: the connection or a proxy
         cut the reply, and nothing was given out, so it is retried like a dropped connection.
         A body that is no JSON at all (an HTML page) is an error naming the base URL."""
         try:
-            body = await _read_body(response, attempt.headers)
+            body = await read_body(response, attempt.headers)
         except Exception as exc:
-            if _is_transport_error(exc):
-                raise _Dropped(exc) from exc
+            if is_transport_error(exc):
+                raise Dropped(exc) from exc
             raise
         try:
             data = json.loads(body)
         except ValueError:
             if retry_cut and _meant_as_json(body, attempt.headers):
                 cut = httpx.RemoteProtocolError("the reply ended early or is not valid JSON")
-                raise _Dropped(cut) from None
+                raise Dropped(cut) from None
             raise APIError(
                 f"{self.host} answered HTTP {response.status_code} with something that is not "
-                f"JSON ({_snippet(body, self._keys)}); check that the base URL "
+                f"JSON ({body_snippet(body, self._keys)}); check that the base URL "
                 f"({self.base_url}) points at an OpenAI-compatible API",
                 request_id=attempt.request_id,
             ) from None
         if isinstance(data, dict) and data.get("error"):
-            message = _server_message(body, self._keys)
+            message = server_message_of(body, self._keys)
             raise APIError(
                 f"{self.host} reported an error: {message}", request_id=attempt.request_id
             )
         return data
 
-    async def read_completion(self, response: httpx.Response, attempt: _Attempt) -> Completion:
+    async def read_completion(self, response: httpx.Response, attempt: Attempt) -> Completion:
         data = await self.read_json(response, attempt, retry_cut=True)
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list):
@@ -125,12 +125,12 @@ class _Replies:
     async def read_stream(
         self,
         response: httpx.Response,
-        attempt: _Attempt,
+        attempt: Attempt,
         on_delta: Callable[[str], None] | None,
     ) -> Completion:
         decoder = SSEDecoder()
         stream = _StreamState(attempt.model)
-        chunks = _body_chunks(response, attempt.headers)
+        chunks = body_chunks(response, attempt.headers)
         try:
             while True:
                 try:
@@ -138,34 +138,34 @@ class _Replies:
                 except StopAsyncIteration:
                     break
                 except Exception as exc:
-                    if not _is_transport_error(exc):
+                    if not is_transport_error(exc):
                         raise
                     if not stream.parts:
-                        raise _Dropped(exc) from exc  # nothing given out yet: safe to retry
+                        raise Dropped(exc) from exc  # nothing given out yet: safe to retry
                     raise self._stream_error(
-                        f"the connection broke ({_short_cause(exc, self._keys)})", stream, attempt
-                    ) from _clean_cause(exc, self._keys)
+                        f"the connection broke ({short_cause(exc, self._keys)})", stream, attempt
+                    ) from clean_cause(exc, self._keys)
                 for event in decoder.feed(chunk):
                     if self._on_event(event.data, stream, attempt, on_delta):
                         return self._finish_stream(stream, attempt)
         finally:
             # Closed here rather than by the garbage collector's async-generator hook,
             # which would schedule a task per stream.
-            await _aclose_iterator(chunks)
+            await aclose_iterator(chunks)
         for event in decoder.flush():
             if self._on_event(event.data, stream, attempt, on_delta):
                 return self._finish_stream(stream, attempt)
         if not stream.parts:
             # Cut before any content was given out: as harmless to retry as a dropped
             # connection (nothing reached the caller, so nothing is said twice).
-            raise _Dropped(httpx.RemoteProtocolError("the stream ended before [DONE]"))
+            raise Dropped(httpx.RemoteProtocolError("the stream ended before [DONE]"))
         raise self._stream_error("the stream ended before [DONE]", stream, attempt)
 
     def _on_event(
         self,
         data: str,
         stream: _StreamState,
-        attempt: _Attempt,
+        attempt: Attempt,
         on_delta: Callable[[str], None] | None,
     ) -> bool:
         """Apply one SSE event to `stream`; True when it was the final `[DONE]`."""
@@ -174,14 +174,14 @@ class _Replies:
         try:
             chunk = json.loads(data)
         except ValueError:
-            snippet = _snippet(data.encode(), self._keys)
+            snippet = body_snippet(data.encode(), self._keys)
             raise self._stream_error(
                 f"a malformed chunk arrived ({snippet})", stream, attempt
             ) from None
         if not isinstance(chunk, dict):
             raise self._stream_error("a chunk that is not a JSON object arrived", stream, attempt)
         if chunk.get("error"):
-            message = _server_message(data.encode(), self._keys)
+            message = server_message_of(data.encode(), self._keys)
             raise self._stream_error(f"the server sent an error: {message}", stream, attempt)
         # Runs once per token: plain lookups, nothing allocated that is not kept.
         model = chunk.get("model")
@@ -206,7 +206,7 @@ class _Replies:
                     on_delta(text)
         return False
 
-    def _finish_stream(self, stream: _StreamState, attempt: _Attempt) -> Completion:
+    def _finish_stream(self, stream: _StreamState, attempt: Attempt) -> Completion:
         return Completion(
             text="".join(stream.parts),
             model=stream.model,
@@ -219,7 +219,7 @@ class _Replies:
             rate_limit=attempt.rate_limit,
         )
 
-    def _stream_error(self, what: str, stream: _StreamState, attempt: _Attempt) -> StreamError:
+    def _stream_error(self, what: str, stream: _StreamState, attempt: Attempt) -> StreamError:
         return StreamError(
             f"The stream from {self.host} broke: {what} after {stream.chars():,} characters; "
             "the reply is incomplete, try again",
@@ -249,3 +249,11 @@ class _StreamState:
 
     def chars(self) -> int:
         return sum(len(part) for part in self.parts)
+
+
+def rate_limit_of(headers: Mapping[str, str]) -> RateLimitInfo | None:
+    """The x-ratelimit-* state of a response; None when it sent none."""
+    # Most local servers send no x-ratelimit-* headers: skip the parse for them.
+    if any(name.startswith("x-ratelimit-") for name in headers):
+        return RateLimitInfo.from_headers(headers)
+    return None

@@ -1,12 +1,13 @@
 """What `ipychat.net.client.ChatClient` puts on the wire, and the settings it is built from.
 
-- `_Requests`: builds each `httpx.Request` (URL, headers, body) with as little work per
+- `Timeouts`: the network timeouts, and the per-request dict transports read.
+- `RequestBuilder`: builds each `httpx.Request` (URL, headers, body) with as little work per
   request as possible: URLs are parsed once per path and headers built once per key.
   API keys are revealed here only, while building those headers.
-- Settings: `_normalize_base_url` (refuses credentials in the URL), `_resolve_keys`
+- Settings: `normalize_base_url` (refuses credentials in the URL), `resolve_keys`
   (explicit key, key pool, OPENAI_API_KEY, OPENAI_API_KEYS, each scoped to the hosts it
-  is for), `_check_plain_http` (no key over http to another machine unless allowed),
-  `_path_id` (a server id as one path segment) and `_multipart` (the body of a file upload).
+  is for), `check_plain_http` (no key over http to another machine unless allowed),
+  `path_id` (a server id as one path segment) and `multipart_body` (the body of a file upload).
 
 Where a key may go (like HTTP clients that drop Authorization on a redirect to another
 host): a key given to the client goes to the client's endpoint; OPENAI_API_KEY(S) only to
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import httpx
 
@@ -33,7 +35,34 @@ from ipychat.core.settings import is_loopback, origin
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
-class _Requests:
+@dataclass(frozen=True)
+class Timeouts:
+    """Network timeouts in seconds.
+
+    `read` is the longest silence between two chunks of a streamed reply. A non-streamed
+    reply arrives in one piece only when the model has finished, so its wait is `reply`
+    (the OpenAI SDK allows 600 s too); a 60 s cap there would kill long answers.
+    `pool` is the wait for a free connection (None: wait as long as it takes, the
+    concurrency limit upstream is what bounds it).
+    """
+
+    connect: float = 10.0
+    read: float = 60.0
+    write: float = 30.0
+    pool: float | None = None
+    reply: float = 600.0
+
+    def for_request(self, *, stream: bool) -> dict[str, float | None]:
+        """The per-request timeout dict httpx transports read from request.extensions."""
+        return {
+            "connect": self.connect,
+            "read": self.read if stream else max(self.read, self.reply),
+            "write": self.write,
+            "pool": self.pool,
+        }
+
+
+class RequestBuilder:
     """The request builder of one client (its base URL, keys and extra headers)."""
 
     __slots__ = (
@@ -120,7 +149,7 @@ class _Requests:
         return request
 
 
-def _normalize_base_url(base_url: str | None) -> str:
+def normalize_base_url(base_url: str | None) -> str:
     url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).strip().rstrip("/")
     scheme, sep, rest = url.partition("://")
     if sep and scheme.lower() in ("http", "https"):
@@ -175,7 +204,7 @@ def _same_host(a: str, b: str) -> bool:
     return a.split("://", 1)[1] == b.split("://", 1)[1]
 
 
-def _resolve_keys(
+def resolve_keys(
     api_key: str | Secret | None,
     api_keys: Sequence[str | Secret] | None,
     base_url: str = DEFAULT_BASE_URL,
@@ -211,7 +240,7 @@ def _resolve_keys(
     return (), True
 
 
-def _check_plain_http(base_url: str, key_origins: Sequence[str]) -> None:
+def check_plain_http(base_url: str, key_origins: Sequence[str]) -> None:
     """A key never crosses the network unencrypted unless the user allowed that endpoint."""
     parts = httpx.URL(base_url)
     if parts.scheme != "http" or is_loopback(parts.host):
@@ -226,14 +255,14 @@ def _check_plain_http(base_url: str, key_origins: Sequence[str]) -> None:
     )
 
 
-def _path_id(value: str) -> str:
+def path_id(value: str) -> str:
     """An id from a server or a user, safe as one path segment (no `/`, `?`, `..`)."""
     if not value or not all(c.isalnum() or c in "-_" for c in value):
         raise ConfigError(f"{value!r} is not a file or batch id.")
     return value
 
 
-def _multipart(boundary: str, fields: Mapping[str, str], file: tuple[str, str, bytes]) -> bytes:
+def multipart_body(boundary: str, fields: Mapping[str, str], file: tuple[str, str, bytes]) -> bytes:
     """A multipart/form-data body (RFC 7578) with text fields and one file."""
     out = bytearray()
     for name, value in fields.items():

@@ -5,20 +5,20 @@ Part of the client's network boundary (docs/architecture.md): used only by
 `ipychat.net.client` and its other private modules, and like the client it imports httpx
 (and, lazily, aiohttp and httpx_aiohttp). Nothing here sends a request on its own.
 
-- `_Pool`: one transport (its connections) with the loop it belongs to and the requests
-  using it; `_close_pool` closes it when the client built it.
-- `_default_transport`: httpx_aiohttp's transport trimmed for CPU per request
-  (`_lean_aiohttp_transport`), with the proxy the environment sets (`_env_proxy`).
+- `Pool`: one transport (its connections) with the loop it belongs to and the requests
+  using it; `close_pool` closes it when the client built it.
+- `default_transport`: httpx_aiohttp's transport trimmed for CPU per request
+  (`lean_aiohttp_transport`), with the proxy the environment sets (`_env_proxy`).
   The trimmed transport leans on httpx_aiohttp's private names; if they are not what it
   expects when a request is made, it warns once (`TransportWarning`) and serves that
   request and every later one with the stock `AiohttpTransport` (see `_shape_problem`).
   `IPYCHAT_STOCK_TRANSPORT=1` chooses the stock transport from the start.
-- Body helpers: `_header_dict`, `_body_chunks`, `_read_body`, `_aclose_iterator`,
-  `_close_response`, `_is_json`.
-- Failure classification: `_is_transport_error` (retryable network trouble), and
-  `_root`, `_timeout_kind`, `_is_connect_failure`, which see through httpx_aiohttp's
+- Body helpers: `header_dict`, `body_chunks`, `read_body`, `aclose_iterator`,
+  `close_response`, `is_json`.
+- Failure classification: `is_transport_error` (retryable network trouble), and
+  `root_cause`, `timeout_kind`, `is_connect_failure`, which see through httpx_aiohttp's
   mapping of aiohttp exceptions to name the failure right in the error message.
-- `_scrub`: an exception from inside the HTTP library carries the request's headers, the
+- `scrub`: an exception from inside the HTTP library carries the request's headers, the
   API key's among them: aiohttp's `request_info.headers` (also in its `args` and repr),
   and the locals of aiohttp's frames in its traceback (what `%xmode Verbose` prints). Every
   exception leaving the transport is scrubbed in place: headers masked, tracebacks of the
@@ -27,7 +27,6 @@ Part of the client's network boundary (docs/architecture.md): used only by
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import os
@@ -43,7 +42,7 @@ from ipychat.core.keys import SECRET_HEADERS
 log = logging.getLogger("ipychat")
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def exception_chain(exc: BaseException) -> list[BaseException]:
     """`exc` and every exception chained to it (causes and contexts), each once."""
     seen: dict[int, BaseException] = {}
     todo: list[BaseException | None] = [exc]
@@ -72,13 +71,13 @@ def _masked_request_info(info: Any) -> Any:
         return None
 
 
-def _scrub(exc: BaseException) -> BaseException:
+def scrub(exc: BaseException) -> BaseException:
     """Make `exc` and its chain safe to keep and to print (see the module docstring).
 
     In place, because the chain is shared: an error raised inside an `except` block gets
     the original as `__context__` whatever its `__cause__` says.
     """
-    for e in _chain(exc):
+    for e in exception_chain(exc):
         e.__traceback__ = None  # aiohttp's frames hold the headers in their locals
         if e.__cause__ is e:  # `raise x from x` when a mapping returned the original
             e.__cause__ = None
@@ -99,42 +98,6 @@ def _scrub(exc: BaseException) -> BaseException:
             except (AttributeError, TypeError):
                 pass
     return exc
-
-
-class _Pool:
-    """One transport (its connections), the loop it belongs to, and the requests using it.
-
-    A pool is retired (not closed) when the wanted connection limit changes; it closes
-    once its last in-flight request is done, so resizing never breaks a request. Only a
-    transport the client built itself (`owned`) is ever closed: an injected one belongs
-    to the caller.
-    """
-
-    __slots__ = ("inflight", "limit", "loop", "owned", "retired", "transport")
-
-    def __init__(
-        self,
-        transport: httpx.AsyncBaseTransport,
-        loop: asyncio.AbstractEventLoop,
-        limit: int,
-        owned: bool,
-    ) -> None:
-        self.transport = transport
-        self.loop = loop
-        self.limit = limit
-        self.owned = owned
-        self.inflight = 0
-        self.retired = False
-
-
-async def _close_pool(pool: _Pool) -> None:
-    pool.retired = True
-    if not pool.owned:
-        return
-    try:
-        await pool.transport.aclose()
-    except Exception as exc:  # closing must not turn a finished reply into a failure
-        log.debug("closing the HTTP pool failed: %s", type(exc).__name__)
 
 
 # The environment switch for httpx_aiohttp's own transport (CI runs the protocol tests
@@ -171,7 +134,7 @@ def _stock_wanted() -> bool:
     return False
 
 
-def _default_transport(max_connections: int, base_url: str) -> httpx.AsyncBaseTransport:
+def default_transport(max_connections: int, base_url: str) -> httpx.AsyncBaseTransport:
     """httpx_aiohttp's transport with `max_connections` connections to the endpoint.
 
     The transport maps httpx's connect/read/pool timeouts of each request to aiohttp's
@@ -185,7 +148,7 @@ def _default_transport(max_connections: int, base_url: str) -> httpx.AsyncBaseTr
     if _stock_wanted():
         from httpx_aiohttp import AiohttpTransport as transport_class
     else:
-        transport_class = _lean_aiohttp_transport()
+        transport_class = lean_aiohttp_transport()
     return transport_class(limits=limits, proxy=httpx.Proxy(proxy) if proxy else None)
 
 
@@ -229,7 +192,7 @@ def _httpx_aiohttp_version() -> str:
 
 
 @functools.cache
-def _lean_aiohttp_transport() -> Callable[..., httpx.AsyncBaseTransport]:
+def lean_aiohttp_transport() -> Callable[..., httpx.AsyncBaseTransport]:
     """httpx_aiohttp's AiohttpTransport with its per-request work trimmed.
 
     Same connection pool, limits, TLS, proxy and timeout mapping (connect → sock_connect,
@@ -263,8 +226,8 @@ def _lean_aiohttp_transport() -> Callable[..., httpx.AsyncBaseTransport]:
         return exc if mapped is None else mapped(str(exc))
 
     def raise_mapped(exc: Exception, exc_map: ExcMap) -> NoReturn:
-        """Raise the httpx form of an aiohttp exception, scrubbed (`_scrub`)."""
-        _scrub(exc)
+        """Raise the httpx form of an aiohttp exception, scrubbed (`scrub`)."""
+        scrub(exc)
         mapped = to_httpx(exc, exc_map)
         if mapped is exc:
             raise exc
@@ -386,7 +349,7 @@ def _env_proxy(base_url: str) -> str | None:
     return proxies.get(url.scheme)
 
 
-def _body_chunks(response: httpx.Response, headers: Mapping[str, str]) -> AsyncIterator[bytes]:
+def body_chunks(response: httpx.Response, headers: Mapping[str, str]) -> AsyncIterator[bytes]:
     """The body as it arrives. Without a Content-Encoding, straight from the transport's
     stream: httpx's decoding and re-chunking layers cost CPU on every chunk for nothing."""
     raw = response.stream
@@ -397,15 +360,15 @@ def _body_chunks(response: httpx.Response, headers: Mapping[str, str]) -> AsyncI
     return response.aiter_bytes()
 
 
-async def _read_body(response: httpx.Response, headers: Mapping[str, str]) -> bytes:
+async def read_body(response: httpx.Response, headers: Mapping[str, str]) -> bytes:
     read_all = getattr(response.stream, "read_all", None)  # the lean aiohttp transport's
     if read_all is not None and headers.get("content-encoding", "identity") in ("", "identity"):
         body: bytes = await read_all()
         return body
-    return b"".join([chunk async for chunk in _body_chunks(response, headers)])
+    return b"".join([chunk async for chunk in body_chunks(response, headers)])
 
 
-async def _aclose_iterator(chunks: AsyncIterator[bytes]) -> None:
+async def aclose_iterator(chunks: AsyncIterator[bytes]) -> None:
     aclose = getattr(chunks, "aclose", None)
     if aclose is not None:
         try:
@@ -414,7 +377,7 @@ async def _aclose_iterator(chunks: AsyncIterator[bytes]) -> None:
             log.debug("closing a body iterator failed: %s", type(exc).__name__)
 
 
-def _header_dict(response: httpx.Response) -> dict[str, str]:
+def header_dict(response: httpx.Response) -> dict[str, str]:
     """The response headers as one plain dict with lower-case names, decoded once.
 
     httpx.Headers decodes and scans its whole list on every lookup; the client reads
@@ -423,14 +386,14 @@ def _header_dict(response: httpx.Response) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers.raw}
 
 
-async def _close_response(response: httpx.Response) -> None:
+async def close_response(response: httpx.Response) -> None:
     try:
         await response.aclose()
     except Exception as exc:  # a broken connection is discarded either way
         log.debug("closing a response failed: %s", type(exc).__name__)
 
 
-def _is_json(headers: Mapping[str, str]) -> bool:
+def is_json(headers: Mapping[str, str]) -> bool:
     return headers.get("content-type", "").startswith("application/json")
 
 
@@ -440,7 +403,7 @@ def _aiohttp_errors() -> tuple[type[BaseException], ...]:
     return (module.ClientError,) if module is not None else ()
 
 
-def _is_transport_error(exc: BaseException) -> bool:
+def is_transport_error(exc: BaseException) -> bool:
     """Network trouble (retryable), as opposed to a bug or a cancellation."""
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
         return False
@@ -451,7 +414,7 @@ def _from_aiohttp(exc: BaseException) -> bool:
     return type(exc).__module__.startswith("aiohttp")
 
 
-def _root(exc: BaseException) -> BaseException:
+def root_cause(exc: BaseException) -> BaseException:
     """The aiohttp exception under httpx_aiohttp's mapped one, which is sometimes misleading
     (it maps every aiohttp ClientConnectionError, e.g. a server disconnect, to ConnectTimeout)."""
     cause = exc.__cause__
@@ -460,8 +423,8 @@ def _root(exc: BaseException) -> BaseException:
     return exc
 
 
-def _timeout_kind(exc: BaseException) -> str | None:
-    root = _root(exc)
+def timeout_kind(exc: BaseException) -> str | None:
+    root = root_cause(exc)
     name = type(root).__name__
     if _from_aiohttp(root):
         if name == "ConnectionTimeoutError":
@@ -480,8 +443,8 @@ def _timeout_kind(exc: BaseException) -> str | None:
     return None
 
 
-def _is_connect_failure(exc: BaseException) -> bool:
-    root = _root(exc)
+def is_connect_failure(exc: BaseException) -> bool:
+    root = root_cause(exc)
     if _from_aiohttp(root):
         return type(root).__name__.startswith("ClientConnector")
     return isinstance(exc, httpx.ConnectError | ConnectionRefusedError)

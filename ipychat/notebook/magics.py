@@ -29,7 +29,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Int, TraitError, Unicode, ob
 from ipychat.core import format as fmt
 from ipychat.core.errors import ChatError, Interrupted
 from ipychat.core.hygiene import check_magic_line
-from ipychat.core.messages import Interpolated, interpolate
+from ipychat.core.messages import Interpolated, interpolate, unfenced_json
 from ipychat.core.pricing import format_usd
 from ipychat.core.settings import LOCAL_MODEL
 from ipychat.core.types import Reply
@@ -777,10 +777,7 @@ def _plain(number: float) -> str:
 
 
 def _parse_json(text: str) -> Any:
-    candidate = text.strip()
-    fenced = re.match(r"^```(?:json)?\s*\n(.*?)\n?```$", candidate, re.S)
-    if fenced:
-        candidate = fenced.group(1)
+    candidate = unfenced_json(text)
     try:
         return json.loads(candidate)
     except json.JSONDecodeError as exc:

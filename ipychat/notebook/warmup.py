@@ -48,9 +48,9 @@ def warm(session: ChatSession) -> None:
     tokens.warm([session.model])
     for name in _MODULES:
         importlib.import_module(name)
-    from ipychat.net.transport import _lean_aiohttp_transport
+    from ipychat.net.transport import lean_aiohttp_transport
 
-    _lean_aiohttp_transport()  # imports aiohttp (and its TLS contexts) and httpx_aiohttp
+    lean_aiohttp_transport()  # imports aiohttp (and its TLS contexts) and httpx_aiohttp
 
 
 def _run(session: ChatSession) -> None:

@@ -572,11 +572,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         server.stop()
     return 0
-
-
-if __name__ == "__main__":
-    # Run the importable `ipychat.testing`, not this `__main__` copy of it: the engine's
-    # modules import that one, and its Fault and _Options must be the classes they check.
-    from ipychat.testing import main as _main
-
-    raise SystemExit(_main())

@@ -1,0 +1,5 @@
+"""`python -m ipychat.testing`: serve a FakeOpenAIServer until interrupted."""
+
+from ipychat.testing import main
+
+raise SystemExit(main())
