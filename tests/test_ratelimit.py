@@ -41,6 +41,27 @@ def test_bucket_waits_for_the_exact_deficit() -> None:
     assert bucket.wait(5, 100.0) == 0.0 and bucket.level == 600  # never above the limit
 
 
+def test_bucket_refills_from_its_stamp_on_any_clock() -> None:
+    bucket = Bucket(limit=600, level=0.0, stamp=100.0)  # a clock that did not start at 0
+    assert bucket.wait(1, 100.05) == pytest.approx(0.05)
+    assert bucket.level == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("gain", [1.5, 64.0])
+def test_a_proven_burst_never_goes_past_the_minutes_limit(gain: float) -> None:
+    # Both documented windows shown to be longer: a burst is bounded by the minute alone,
+    # less the pace's margin while bursting (600 RPM: 588 in any minute, our own count).
+    limiter = RateLimiter(rpm=600, now=100.0)
+    limiter.requests.level = limiter.tokens.level = 2
+    limiter.gain = gain
+    for _ in range(587):
+        limiter.take(1, 100.0)
+    assert limiter.wait(1, 100.0) < 60  # one more fits (the pace's step at this gain)
+    limiter.take(1, 100.0)
+    # The 589th waits for the first to leave the minute (as the server counts it).
+    assert limiter.wait(1, 100.0) == pytest.approx(60.0 + ARRIVAL_SKEW)
+
+
 def test_unknown_limits_never_wait() -> None:
     limiter = RateLimiter(now=0.0)
     assert not limiter.limited
