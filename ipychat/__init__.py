@@ -39,12 +39,12 @@ def panel() -> ChatPanel:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    from ipychat.notebook.magics import load
+    from ipychat.notebook.extension import load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    from ipychat.notebook.magics import unload
+    from ipychat.notebook.extension import unload
 
     unload(ipython)

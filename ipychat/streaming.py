@@ -1,8 +1,9 @@
 """Waiting on a request from the calling thread: its progress, streamed deltas, Ctrl-C.
 
-The request itself runs on the session's loop thread; `Progress` is what both threads can
-read (what arrived so far, the partial reply after a cancel), `ReplyStream` hands the deltas
-to the caller's thread and turns a Ctrl-C into `Interrupted` with the partial reply kept.
+The request itself runs on the session's loop thread (`ChatSession.ask_on_loop`);
+`Progress` (`ipychat.engine.exchange`) is what both threads can read (what arrived so far,
+the partial reply after a cancel), `ReplyStream` hands the deltas to the caller's thread
+and turns a Ctrl-C into `Interrupted` with the partial reply kept.
 """
 
 from __future__ import annotations
@@ -10,33 +11,17 @@ from __future__ import annotations
 import concurrent.futures
 import queue
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ipychat.core.errors import Interrupted
 from ipychat.core.types import Estimate, Reply
+from ipychat.engine.exchange import Progress
 
 if TYPE_CHECKING:
     from ipychat.session import ChatSession
 
-__all__ = ["ReplyStream"]
-
-
-@dataclass
-class Progress:
-    """Mutable state of one request, readable from the main thread after a cancel."""
-
-    parts: list[str] = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
-    first_token: float | None = None
-    reply: Reply | None = None
-    estimate: Estimate | None = None  # set once the request is prepared, before it is sent
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
+__all__ = ["Progress", "ReplyStream", "interrupted"]
 
 
 class ReplyStream:
@@ -81,7 +66,7 @@ class ReplyStream:
 
         async def run() -> Reply:
             try:
-                return await session._ask(
+                return await session.ask_on_loop(
                     self._prompt,
                     progress,
                     stream=True,
@@ -94,7 +79,7 @@ class ReplyStream:
                 deltas.put(None)
                 finished.set()
 
-        self._future = future = session._runner.submit(run())
+        self._future = future = session.runner.submit(run())
         try:
             while (item := _get(deltas)) is not None:
                 yield item

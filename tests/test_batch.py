@@ -16,6 +16,7 @@ from ipychat.engine.cache import ResponseCache
 from ipychat.map import batch
 from ipychat.map import job as chatmap
 from ipychat.map.batch import BatchJob, BatchProgress
+from ipychat.map.batch import runner as batch_runner
 from ipychat.map.job import MapAborted, MapInterrupted
 from ipychat.map.plan import MAP_MAX_TOKENS
 from ipychat.session import ChatSession, Settings, reset_session
@@ -156,7 +157,7 @@ def test_large_maps_are_split_into_several_files(make_session) -> None:
 
         # By size too: every file under the byte limit.
         server.batch_api.files.clear()
-        line = len(batch._line("row-10", {"model": "gpt-4o-mini", "messages": [
+        line = len(batch.request_line("row-10", {"model": "gpt-4o-mini", "messages": [
             {"role": "user", "content": "Again item 10"}], "max_tokens": MAP_MAX_TOKENS})) + 1  # fmt: skip
         again = batch.run(session, frame(12), "Again {text}", "r", max_bytes=line * 3 + 10, **FAST)
         assert again.frame["r"].tolist() == echoes(12, "Again {}")
@@ -550,7 +551,7 @@ def test_no_wait_then_list_resume_and_cancel_from_the_magics(
 ) -> None:
     from IPython.core.error import UsageError
 
-    monkeypatch.setattr(batch, "FIRST_POLL", 0.01)  # %chat batch resume has no --poll
+    monkeypatch.setattr(batch_runner, "FIRST_POLL", 0.01)  # %chat batch resume has no --poll
 
     ip.user_ns["reviews"] = frame(4)
     out = shown(ip, "cell", "reviews -o reply --batch --no-wait", "Say {text}")

@@ -13,7 +13,9 @@ import pytest
 
 from ipychat.core.errors import BudgetExceeded, ConfigError, TemplateError
 from ipychat.engine.cache import ResponseCache
+from ipychat.engine.engine import Engine
 from ipychat.map import job as chatmap
+from ipychat.map.dispatch import session_limiter
 from ipychat.map.job import MapAborted, MapInterrupted, MapPlan, compile_template
 from ipychat.map.plan import MAP_MAX_TOKENS
 from ipychat.session import ChatSession, Settings, reset_session
@@ -345,8 +347,8 @@ def test_a_map_paces_under_limits_enforced_per_window(make_session, window: int)
         assert summary.failed == 0 and result.frame["out"].notna().all()
         assert summary.rate_limited <= 9  # 3% of the requests; unpaced: 2/3 of them
         assert server.stats().rate_limited == summary.rate_limited
-        limiter = chatmap._LIMITERS[session][(session.base_url, "gpt-4o-mini")]
-        assert limiter.requests.limit == 6000  # learnt from the headers
+        limiter = session_limiter(session.engine, "gpt-4o-mini")
+        assert limiter is not None and limiter.requests.limit == 6000  # learnt from the headers
 
 
 def test_a_map_without_headers_is_paced_by_the_limit_given(make_session) -> None:
@@ -370,7 +372,9 @@ def test_a_429_never_fails_a_row(make_session) -> None:
 
 
 def test_an_outage_longer_than_the_limit_stops_the_map(make_session, monkeypatch) -> None:
-    monkeypatch.setattr(chatmap, "MAX_OUTAGE", 1.0)  # the setting, 10 min by default
+    from ipychat.map import dispatch
+
+    monkeypatch.setattr(dispatch, "MAX_OUTAGE", 1.0)  # the setting, 10 min by default
     limited = Fault.status(429, headers={"retry-after-ms": "50"})
     with FakeOpenAIServer(latency=0.001, faults=[limited], fault_rate=1.0) as server:
         session = make_session(server)
@@ -378,7 +382,7 @@ def test_an_outage_longer_than_the_limit_stops_the_map(make_session, monkeypatch
             chatmap.run(session, frame(3), "{text}", "out", concurrency=1)
         message = str(info.value)
         assert message.startswith("No request was answered for 1 s (the outage limit, ")
-        assert "ipychat.map.job.MAX_OUTAGE" in message and "HTTP 429" in message
+        assert "ipychat.map.dispatch.MAX_OUTAGE" in message and "HTTP 429" in message
         assert "Stopped after 0 of 3 rows" in message
         assert info.value.result.summary.failed == 0  # left to a re-run, not failed
         assert 10 <= len(server.chat_requests) <= 40
@@ -473,7 +477,7 @@ def test_a_wrong_key_stops_the_map_at_once(make_session) -> None:
 def test_the_local_model_gets_one_request_at_a_time(make_session, monkeypatch) -> None:
     with FakeOpenAIServer(latency=0.01) as server:
         session = make_session(server)
-        monkeypatch.setattr(ChatSession, "is_local", property(lambda self: True))
+        monkeypatch.setattr(Engine, "is_local", property(lambda self: True))
         out = session.map(frame(12), "{text}", "out")
         assert out["out"].notna().all() and server.stats().max_in_flight == 1
 

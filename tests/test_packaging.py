@@ -163,7 +163,9 @@ def test_the_sdist_carries_sources_tests_data_and_licence(dists: tuple[Path, Pat
     files = _sdist_files(sdist)
     for name in (*PACKAGE_DATA, "py.typed"):
         assert f"ipychat/{name}" in files, f"ipychat/{name} is missing from the sdist"
-    for name in ("LICENSE", "README.md", "CHANGELOG.md", "pyproject.toml", "tests/conftest.py"):
+    # tools/ too: the tests load tools/update_prices.py and tools/check_structure.py
+    for name in ("LICENSE", "README.md", "CHANGELOG.md", "pyproject.toml", "tests/conftest.py",
+                 "tools/update_prices.py", "tools/check_structure.py"):  # fmt: skip
         assert name in files, f"{name} is missing from the sdist"
     assert [f for f in files if LEFTOVERS.search(f)] == []
     with tarfile.open(sdist) as t:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
-from importlib import resources
+import sys
+from datetime import date, datetime, timezone
+from importlib import metadata, resources
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -14,6 +19,8 @@ from ipychat.core import pricing
 from ipychat.core.errors import ConfigError
 from ipychat.core.pricing import ModelPrice, PriceTable, cost, estimate_cost_range
 from ipychat.core.types import Usage
+
+ROOT = Path(__file__).resolve().parent.parent
 
 REQUIRED = [
     "gpt-4o",
@@ -226,17 +233,20 @@ def test_windows_out_of_range_or_not_whole_numbers_are_refused(
         ("  gpt-4o-mini ", "gpt-4o-mini"),
         ("openai/gpt-4o", "gpt-4o"),
         ("openai/gpt-4.1-2025-04-14", "gpt-4.1"),
-        ("openrouter/openai/o3-mini", "o3-mini"),
-        # unknown: never guessed from a prefix (these cost far more than their prefix)
-        ("o3-pro", None),
-        ("gpt-5-pro", None),
-        ("o1-pro-2025-03-19", None),
-        ("gpt-4o-realtime-preview", None),
-        ("gpt-4o-mini-tts", None),
+        ("openrouter/openai/o3-mini", "openai/o3-mini"),  # OpenRouter's own listing
+        ("azure/gpt-4o", "gpt-4o"),  # Azure OpenAI falls back to OpenAI's prices
+        # listed with their own prices, which are not their prefix's ("o3-pro" is not "o3")
+        ("o3-pro", "o3-pro"),
+        ("gpt-5-pro", "gpt-5-pro"),
+        ("o1-pro-2025-03-19", "o1-pro"),
+        ("gpt-4o-realtime-preview", "gpt-4o-realtime-preview"),
+        # unknown: never guessed from a prefix
+        ("o3-pro-max", None),
+        ("gpt-5-pro-ultra", None),
+        ("gpt-4o-mini-tts-hd", None),
         ("ft:gpt-4o-mini-2024-07-18:acme::abc", None),
-        ("azure/gpt-4o", None),
         ("llama3.2", None),
-        ("claude-3-5-sonnet-latest", None),
+        ("claude-3-5-sonnet-latest", None),  # genai-prices lists it by prefix only
         ("", None),
     ],
 )
@@ -245,8 +255,16 @@ def test_lookup_resolution(model: str, resolved: str | None, table: PriceTable) 
     assert (price.model if price else None) == resolved
 
 
-def test_unknown_model_costs_unknown_never_zero(table: PriceTable) -> None:
-    price = table.lookup("mistral-large-latest")
+@pytest.mark.parametrize(
+    "model",
+    [
+        "mistral-large-next",  # a Mistral name that is not listed
+        "llama-3.3-70b-versatile",  # Groq's name, but no provider said: served by hosts only
+        "together/llama-3-70b",  # a provider's name that it does not list
+    ],
+)
+def test_unknown_model_costs_unknown_never_zero(model: str, table: PriceTable) -> None:
+    price = table.lookup(model)
     assert price is None
     assert cost(Usage(1000, 100), price) is None
     assert estimate_cost_range(1000, 100, price) == (None, None, None)
@@ -263,6 +281,233 @@ def test_local_models_cost_zero(model: str, is_local: bool, table: PriceTable) -
     assert cost(Usage(10_000, 5_000, 1_000), price) == 0.0
     assert estimate_cost_range(10_000, 5_000, price) == (0.0, 0.0, 0.0)
     assert pricing.format_usd(cost(Usage(1, 1), price)) == "$0.00"
+
+
+# ---------------------------------------------------------------------------------------------
+# Providers, from the maintained data (genai-prices, through tools/update_prices.py)
+# ---------------------------------------------------------------------------------------------
+
+# One model per provider issue 20 names, as a user of that provider's endpoint writes it.
+PROVIDER_MODELS = [
+    ("openai", "gpt-4o-mini"),
+    ("anthropic", "claude-sonnet-4-5"),
+    ("anthropic", "claude-sonnet-4-5-20250929"),  # a dated snapshot
+    ("gemini", "gemini-2.5-pro"),
+    ("gemini", "gemini-2.5-flash"),
+    ("mistral", "mistral-large-latest"),
+    ("groq", "llama-3.3-70b-versatile"),
+    ("openrouter", "anthropic/claude-sonnet-4.5"),
+    ("openrouter", "openai/gpt-4o"),
+    ("together", "meta-llama/Llama-3.3-70B-Instruct-Turbo"),
+    ("azure", "gpt-4o"),  # Azure OpenAI: OpenAI's models at OpenAI's prices
+    ("azure", "gpt-35-turbo"),  # Azure's spelling
+]
+
+
+def genai_prices() -> ModuleType:
+    """The maintained source itself (a `test` extra). It needs Python 3.11: on 3.10 the tests
+    that compare with it cannot run, and say so; anywhere else a missing install fails."""
+    if sys.version_info < (3, 11):
+        pytest.skip("genai-prices needs Python 3.11 or later")
+    import genai_prices as module
+
+    return module
+
+
+def as_of(table: PriceTable) -> datetime:
+    day = date.fromisoformat(table.as_of)
+    return datetime(day.year, day.month, day.day, 12, tzinfo=timezone.utc)
+
+
+def test_a_claude_model_on_anthropic_has_anthropics_list_price(table: PriceTable) -> None:
+    """Anthropic's list price for Claude Sonnet 4.5 (https://www.anthropic.com/pricing#api):
+    $3 in, $15 out, $0.30 cache reads; the Batch API half; over 200k prompt tokens $6/$22.50."""
+    price = table.lookup("claude-sonnet-4-5", provider="anthropic")
+    assert price is not None and (price.provider, price.source) == ("anthropic", "table")
+    assert (price.input, price.output, price.cached_input) == (3.0, 15.0, 0.3)
+    assert (price.batch_input, price.batch_output) == (1.5, 7.5)
+    assert [(t.above, t.input, t.output) for t in price.tiers] == [(200_000, 6.0, 22.5)]
+    assert table.context_window("claude-sonnet-4-5", provider="anthropic") == 200_000
+    # the name alone is Anthropic's too: it makes the models named "claude-..."
+    assert table.lookup("claude-sonnet-4-5") == price
+
+
+@pytest.mark.parametrize("prompt", [1_000, 250_000])
+@pytest.mark.parametrize(("provider", "model"), PROVIDER_MODELS)
+def test_provider_prices_cost_what_genai_prices_says(
+    provider: str, model: str, prompt: int, table: PriceTable
+) -> None:
+    """ipychat's cost of a request equals genai-prices' own calculation for the same usage on
+    the same day: the prices, cache reads and long-context tiers came across intact."""
+    gp = genai_prices()
+    genai_id = {"gemini": "google"}.get(provider, provider)
+    price = table.lookup(model, provider=provider)
+    assert price is not None
+    usage = Usage(prompt_tokens=prompt, completion_tokens=700, cached_tokens=prompt // 4)
+    ours = cost(usage, price)
+    theirs = gp.calc_price(
+        gp.Usage(input_tokens=prompt, cache_read_tokens=prompt // 4, output_tokens=700),
+        model,
+        provider_id=genai_id,
+        genai_request_timestamp=as_of(table),
+    )
+    assert ours == pytest.approx(float(theirs.total_price), rel=1e-9)
+
+
+def test_every_listed_name_is_the_model_genai_prices_resolves_it_to(table: PriceTable) -> None:
+    """Precision of the names taken from genai-prices' matching rules: each listed name and
+    alias, asked of genai-prices on that provider, gives a model with the same prices."""
+    gp = genai_prices()
+    data = raw_data()
+    sections = {"openai": data, **data["providers"]}
+    checked = 0
+    for provider, section in sections.items():
+        genai_id = section.get("genai_prices_id", provider)
+        for name in [*section["models"], *section["aliases"]]:
+            ours = table.lookup(name, provider=provider)
+            theirs = gp.calc_price(
+                gp.Usage(input_tokens=1_000, cache_read_tokens=100, output_tokens=1_000),
+                name,
+                provider_id=genai_id,
+                genai_request_timestamp=as_of(table),
+            )
+            assert ours is not None, (provider, name)
+            mine = cost(Usage(1_000, 1_000, 100), ours)
+            assert mine == pytest.approx(float(theirs.total_price), rel=1e-9), (provider, name)
+            checked += 1
+    assert checked > 1000
+
+
+@pytest.mark.parametrize(
+    ("model", "provider", "resolved"),
+    [
+        ("claude-sonnet-4-5-20250929", None, ("anthropic", "claude-sonnet-4-5")),
+        ("claude-3-5-sonnet@20240620", "gemini", ("gemini", "claude-3-5-sonnet")),  # Vertex
+        ("claude-3-5-sonnet-20241022", None, ("anthropic", "claude-3-5-sonnet")),
+        ("gemini-2.5-pro", None, ("gemini", "gemini-2.5-pro")),
+        ("mistral-large-latest", None, ("mistral", "mistral-large")),
+        ("llama-3.3-70b-versatile", "groq", ("groq", "llama-3.3-70b-versatile")),
+        ("groq/llama-3.3-70b-versatile", None, ("groq", "llama-3.3-70b-versatile")),
+        ("gpt-4o", "azure", ("openai", "gpt-4o")),
+        ("gpt-4o", "ollama", ("openai", "gpt-4o")),  # a provider without prices: as if none
+        ("GPT-4o", "OpenRouter", None),  # OpenRouter's names have a path: openai/gpt-4o
+        ("openai/gpt-4o", "openrouter", ("openrouter", "openai/gpt-4o")),
+        ("openai/gpt-4o", None, ("openai", "gpt-4o")),
+        # no prefix matching, whichever the provider
+        ("claude-sonnet-4-5-thinking", None, None),
+        ("claude-sonnet-4-5-thinking", "anthropic", None),
+        ("gemini-2.5-pro-max", "gemini", None),
+        ("llama-3.3-70b-versatile", "together", None),  # Together lists it under another name
+    ],
+)
+def test_provider_resolution(
+    model: str, provider: str | None, resolved: tuple[str, str] | None, table: PriceTable
+) -> None:
+    price = table.lookup(model, provider=provider)
+    assert ((price.provider, price.model) if price else None) == resolved
+
+
+def test_the_same_name_costs_what_its_provider_charges(table: PriceTable) -> None:
+    """gpt-oss-120b is in OpenAI's listing and sold by Groq and Together: the provider picks
+    whose price, and each is that provider's own entry of the file."""
+    data = raw_data()
+    for provider in ("openai", "groq", "together"):
+        price = table.lookup("openai/gpt-oss-120b", provider=provider)
+        section = data if provider == "openai" else data["providers"][provider]
+        listed = section["models"][
+            "gpt-oss-120b" if provider == "openai" else "openai/gpt-oss-120b"
+        ]
+        assert price is not None and price.provider == provider
+        assert (price.input, price.output) == (listed["input"], listed["output"])
+    openai = table.lookup("gpt-oss-120b")
+    groq = table.lookup("openai/gpt-oss-120b", provider="groq")  # Groq's name for it
+    assert openai and groq and (openai.input, openai.output) != (groq.input, groq.output)
+    assert table.lookup("gpt-oss-120b", provider="groq") is None  # not a name Groq uses
+
+
+def test_providers_and_their_models(table: PriceTable) -> None:
+    names = ["openai", "anthropic", "gemini", "mistral", "groq", "openrouter", "together"]
+    assert table.providers()[: len(names)] == names and "azure" in table.providers()
+    assert "claude-sonnet-4-5" in table.models("anthropic")
+    assert "claude-sonnet-4-5" not in table.models()  # the default provider's: OpenAI's
+    assert table.models("no-such-provider") == []
+
+
+def test_long_context_tiers_price_every_token_of_a_long_request(table: PriceTable) -> None:
+    """Over 200k prompt tokens Gemini 2.5 Pro costs $2.50/$15 for every token of the request,
+    not just those past the threshold (genai-prices' threshold rule: more than `above`)."""
+    price = table.lookup("gemini-2.5-pro", provider="gemini")
+    assert price is not None and price.tiers
+    at, over = Usage(200_000, 1_000), Usage(200_001, 1_000)
+    assert cost(at, price) == pytest.approx((200_000 * 1.25 + 1_000 * 10) / 1e6)
+    assert cost(over, price) == pytest.approx((200_001 * 2.50 + 1_000 * 15) / 1e6)
+    low, high, batch = estimate_cost_range(300_000, 1_000, price)
+    assert low == pytest.approx((300_000 * 2.50 + 1 * 15) / 1e6)
+    assert high == pytest.approx((300_000 * 2.50 + 1_000 * 15) / 1e6)
+    assert batch == pytest.approx((300_000 * 1.25 + 1_000 * 7.5) / 1e6)
+    assert price.for_prompt(10) is price
+
+
+def test_a_provider_qualified_override_wins_on_that_provider_only(table: PriceTable) -> None:
+    table.override("anthropic/claude-sonnet-4-5", 1, 2)
+    assert table.lookup("claude-sonnet-4-5", provider="anthropic").source == "override"  # type: ignore[union-attr]
+    assert table.lookup("anthropic/claude-sonnet-4-5-20250929").input == 1  # type: ignore[union-attr]
+    on_vertex = table.lookup("claude-sonnet-4-5", provider="gemini")
+    assert on_vertex is not None and on_vertex.source == "table"
+    table.override("claude-sonnet-4-5", 5, 6)  # the plain name: on every provider
+    assert table.lookup("claude-sonnet-4-5", provider="gemini").input == 5  # type: ignore[union-attr]
+    assert table.lookup("claude-sonnet-4-5", provider="anthropic").input == 1  # type: ignore[union-attr]
+
+
+def test_the_as_of_date_and_source_are_shown(table: PriceTable) -> None:
+    line = table.describe("claude-sonnet-4-5", provider="anthropic")
+    assert line.startswith("claude-sonnet-4-5: $3 in, $15 out per 1M tokens, cached $0.3")
+    assert f"list price on anthropic as of {table.as_of}, genai-prices " in line
+    assert "over 200,000 prompt tokens $6 in, $22.5 out" in line
+    assert table.describe("no-such-model").startswith("no-such-model: price unknown (")
+    assert "%chat price MODEL INPUT OUTPUT" in table.describe("no-such-model")
+    table.override("gpt-4o", 1, 2)
+    assert table.describe("gpt-4o") == "gpt-4o: $1 in, $2 out per 1M tokens (your price)"
+    assert table.describe("anything", is_local=True) == "anything: local model, $0"
+
+
+# ---------------------------------------------------------------------------------------------
+# Freshness: the shipped file is what tools/update_prices.py makes from the installed data
+# ---------------------------------------------------------------------------------------------
+
+
+def update_prices() -> ModuleType:
+    genai_prices()  # the script imports it
+    spec = importlib.util.spec_from_file_location(
+        "update_prices", ROOT / "tools" / "update_prices.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_shipped_prices_are_what_the_script_makes_from_the_installed_genai_prices() -> None:
+    """Fails when genai-prices is updated (or the file edited by hand): then run
+    `python tools/update_prices.py` and commit ipychat/data/prices.json."""
+    script = update_prices()
+    shipped = (ROOT / "ipychat" / "data" / "prices.json").read_text(encoding="utf-8")
+    made = script.render(script.build(date.fromisoformat(json.loads(shipped)["as_of"])))
+    assert made == shipped, "ipychat/data/prices.json is stale: run python tools/update_prices.py"
+    assert f"genai-prices {metadata.version('genai-prices')} " in json.loads(shipped)["source"]
+
+
+def test_the_freshness_check_sees_a_changed_price(tmp_path: Path) -> None:
+    script = update_prices()
+    shipped = json.loads((ROOT / "ipychat" / "data" / "prices.json").read_text(encoding="utf-8"))
+    made = script.build(date.fromisoformat(shipped["as_of"]))
+    made["providers"]["anthropic"]["models"]["claude-sonnet-4-5"]["input"] = 2.99
+    edited = tmp_path / "prices.json"
+    edited.write_text(script.render(made), encoding="utf-8")
+    script.TARGET = edited
+    assert script.main(["--check"]) == 1
+    script.TARGET.write_text(script.render(script.build(date.fromisoformat(shipped["as_of"]))))
+    assert script.main(["--check"]) == 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The pacing model of ipychat.map.ratelimit on a fake clock.
 
 First its rules one by one, then whole maps simulated against the fake server's own rate
-limiter (`ipychat.testing.rules._RateLimiter`: OpenAI's and Azure's documented enforcement,
+limiter (`ipychat.testing.rules.RateLimiter`: OpenAI's and Azure's documented enforcement,
 written independently of the pacing) driven by the same fake clock: a dispatcher that
 sends whenever `wait()` says so, answers after a latency, refusals at once.
 """
@@ -27,8 +27,8 @@ from ipychat.map.ratelimit import (
     RateLimiter,
 )
 from ipychat.net.retry import retry_after
-from ipychat.testing.rules import _RateLimiter as ServerLimiter
-from ipychat.testing.rules import _Reject
+from ipychat.testing.rules import RateLimiter as ServerLimiter
+from ipychat.testing.rules import Reject
 
 # ----- the rules -----------------------------------------------------------------------------
 
@@ -386,7 +386,7 @@ def simulate(
         clock.now = when
         try:
             return True, enforcer.take(charge, "gpt-test")
-        except _Reject as reject:
+        except Reject as reject:
             return False, reject.headers
 
     def window_size() -> int:  # Dispatcher._window

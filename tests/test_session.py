@@ -276,7 +276,7 @@ def test_interrupt_while_waiting_for_a_non_streamed_reply() -> None:
 def test_close_releases_the_loop_thread(session: ChatSession) -> None:
     session.ask("hi")
     session.close()
-    assert not session._runner.running
+    assert not session.runner.running
     assert session.ask("again", thread="t2").text == "Echo: again"  # usable again
 
 
@@ -318,7 +318,7 @@ def test_endpoint_resolution_order(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match=r"No API key and no endpoint.*ipychat\[local\]"):
         s.ask("hi")
     s.close()
-    s._local_available = None
+    s.engine.router.local_available = None
     monkeypatch.setattr(local, "available", lambda: True)
     assert s.endpoint().kind == "local" and s.is_local and s.model == "local"
     assert s.host == "local model" and s.base_url.startswith("local://")
@@ -533,3 +533,27 @@ left_open = ask_in_panel(kept, "open at exit")
     ], done.stdout
     assert "Unclosed" not in done.stderr, done.stderr
     assert "ResourceWarning" not in done.stderr, done.stderr
+
+
+def test_closing_while_a_request_makes_the_client_leaks_nothing() -> None:
+    # close() while a task on the loop is still making or using the client (the panel's
+    # model list fetched just before %unload_ext): the client that task makes must be closed
+    # too, not left for the garbage collector ("Unclosed client session").
+    code = """
+import gc
+from ipychat.session import ChatSession, Settings
+from ipychat.testing import FakeOpenAIServer
+
+server = FakeOpenAIServer(latency=0.05).start()
+for _ in range(20):
+    s = ChatSession(Settings(base_url=server.base_url, api_key="sk-test-" + "x" * 24), cache=False)
+    s.submit(s.amodels())
+    s.close()
+    gc.collect()
+print("done")
+"""
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr
+    assert "Unclosed" not in done.stderr, done.stderr

@@ -28,63 +28,25 @@ MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 60
 MAX_INIT_PARAMETERS = 8
 
-# Known offences on the day the rules were written (issue 16, step 2), by the helper whose
-# files they are in; the lead deletes entries as the work lands. Keys are the exact text
-# check() reports before the colon.
+# Known offences, each with why it stands; an entry that stops offending is reported stale,
+# so the list only shrinks. Keys are the exact text check() reports before the colon.
 ALLOWED: frozenset[str] = frozenset(
     {
-        # helper "core": left this round (ChatClient's keywords are its public API; the lean transport is one class built in a cached factory)
+        # Public APIs whose keyword options are the interface (as httpx.Client's are); each
+        # constructor checks them into one frozen options object.
         "constructor ipychat/net/client.py:ChatClient.__init__",
-        "function ipychat/core/hygiene.py:clean_messages",
+        "constructor ipychat/testing/fake.py:FakeOpenAIServer.__init__",
+        # One class built in a cached factory (the trimmed aiohttp transport).
         "function ipychat/net/transport.py:lean_aiohttp_transport",
-        "module ipychat/core/markdown.py",
-        # helper "engine" (the engine/session split)
+        # Still to split (issue 16): each reads top to bottom as one concern today.
+        "function ipychat/core/hygiene.py:clean_messages",
         "function ipychat/engine/ledger.py:_plot",
-        "function ipychat/session.py:ChatSession._request",
-        "function ipychat/session.py:ChatSession.prepare",
+        "module ipychat/core/markdown.py",
         "module ipychat/engine/cache.py",
         "module ipychat/engine/local.py",
-        "module ipychat/session.py",
-        # helper "map" (MapOptions, job/plan/batch split)
-        "constructor ipychat/map/dispatch.py:Dispatcher.__init__",
-        "constructor ipychat/map/job.py:MapJob.__init__",
-        "function ipychat/map/job.py:MapJob.__init__",
-        "function ipychat/map/plan.py:plan_requests",
-        "module ipychat/map/batch.py",
-        "module ipychat/map/job.py",
         "module ipychat/map/plan.py",
         "module ipychat/map/ratelimit.py",
-        "private ipychat/map/batch.py:ipychat.session._cache_value",
-        "private ipychat/map/job.py:ipychat.map.dispatch._LIMITERS",
-        # helper "notebook"
-        "function ipychat/notebook/mapmagic.py:ChatMapMagics._map",
-        "module ipychat/notebook/magics.py",
-        "module ipychat/notebook/widget.py",
-        "private ipychat/notebook/magics.py:ipychat.notebook.mapmagic._ProgressView",
-        # helper "testing"
-        "constructor ipychat/testing/__init__.py:FakeOpenAIServer.__init__",
-        "function ipychat/testing/__init__.py:FakeOpenAIServer.__init__",
-        "function ipychat/testing/http.py:read_request",
-        "function ipychat/testing/server.py:_Engine._stream",
-        "module ipychat/testing/__init__.py",
-        "private ipychat/testing/__init__.py:ipychat.testing.process._ProcessBackend",
-        "private ipychat/testing/__init__.py:ipychat.testing.process._ThreadBackend",
-        "private ipychat/testing/batchapi.py:ipychat.testing.server._Engine",
-        "private ipychat/testing/process.py:ipychat.testing._Options",
-        "private ipychat/testing/process.py:ipychat.testing.server._Engine",
-        "private ipychat/testing/server.py:ipychat.testing._Options",
-        "private ipychat/testing/server.py:ipychat.testing.rules._BAD_JSON",
-        "private ipychat/testing/server.py:ipychat.testing.rules._ERROR_MESSAGES",
-        "private ipychat/testing/server.py:ipychat.testing.rules._ERROR_TYPES",
-        "private ipychat/testing/server.py:ipychat.testing.rules._NO_KEY",
-        "private ipychat/testing/server.py:ipychat.testing.rules._RateLimiter",
-        "private ipychat/testing/server.py:ipychat.testing.rules._Reject",
-        "private ipychat/testing/server.py:ipychat.testing.rules._dumps",
-        "private ipychat/testing/server.py:ipychat.testing.rules._echo",
-        "private ipychat/testing/server.py:ipychat.testing.rules._error_body",
-        "private ipychat/testing/server.py:ipychat.testing.rules._prompt_tokens",
-        "private ipychat/testing/server.py:ipychat.testing.rules._split",
-        "private ipychat/testing/server.py:ipychat.testing.rules._truncate",
+        "module ipychat/session.py",
     }
 )
 

@@ -18,7 +18,9 @@ __all__ = [
     "ModelUsage",
     "UsageRecord",
     "estimate_line",
+    "estimate_text",
     "footer",
+    "footer_markdown",
     "plural",
     "streaming_footer",
     "usage_markdown",
@@ -99,6 +101,12 @@ def footer(reply: Reply, *, turns: int | None = None) -> str:
     return " · ".join(parts)
 
 
+def footer_markdown(footer: str) -> str:
+    """A footer under a reply, in Markdown: in a code span, JupyterLab neither typesets its
+    dollars nor parses it."""
+    return f"<sub>`{footer}`</sub>"
+
+
 def streaming_footer(model: str, estimate: Estimate, completion_tokens: int) -> str:
     """`gpt-4o-mini · 412 → 31… tokens · ≤ $0.00037 · streaming`"""
     approx = estimate.approximate
@@ -125,6 +133,24 @@ def estimate_line(estimate: Estimate) -> str:
         f"{format_tokens(estimate.prompt_tokens, estimate.approximate)} tokens{share} · "
         f"up to {estimate.max_completion_tokens:,} reply tokens · {cost}"
     )
+
+
+def estimate_text(estimate: Estimate, *, history: bool) -> str:
+    """The panel's estimate of the prompt being typed:
+    `1,204 tokens with history · 1% of 128k · $0.0002–$0.0008`"""
+    parts = [
+        f"{format_tokens(estimate.prompt_tokens, estimate.approximate)} tokens"
+        + (" with history" if history else "")
+    ]
+    share = estimate.context_share
+    if share is not None and estimate.context_window:
+        window = format_tokens(estimate.context_window, compact=True)
+        parts.append(f"{'<1%' if share < 0.005 else f'{share:.0%}'} of {window}")
+    if estimate.cost_high is None:
+        parts.append("cost unknown (set it with %chat price MODEL INPUT OUTPUT)")
+    else:
+        parts.append(f"{format_usd(estimate.cost_low)}–{format_usd(estimate.cost_high)}")
+    return " · ".join(parts)
 
 
 def _latency(value: float | None) -> str:

@@ -1,15 +1,24 @@
 """Prices per model, the cost of a request, and how money and token counts are written.
 
-The table is `ipychat/data/prices.json` (USD per 1M tokens, with an as-of date). Users add or
-correct prices with `PriceTable.override` (`%chat price MODEL INPUT OUTPUT`); an override wins.
+The table is `ipychat/data/prices.json`: list prices (USD per 1M tokens, with an as-of date)
+for OpenAI and the other providers ipychat names, generated from the maintained `genai-prices`
+data by tools/update_prices.py (ipychat.core.pricedata reads it). Users add or correct prices
+with `PriceTable.override` (`%chat price MODEL INPUT OUTPUT`); an override wins.
 
 Three rules keep a budget honest:
 - an unknown model costs *unknown* (`None`), never 0, so a typo cannot make a request look free;
 - a local model (the name "local", or `is_local=True` for a local endpoint) costs 0;
 - a name resolves to a listed model only exactly, through an alias, or as a *dated snapshot*
-  of it ("gpt-4o-2024-08-06" → "gpt-4o", "gpt-3.5-turbo-0125" → "gpt-3.5-turbo"). Plain
-  longest-prefix matching would price "o3-pro" as "o3" and "gpt-5-pro" as "gpt-5", ten times
-  too cheap; those stay unknown until listed or overridden.
+  of it ("gpt-4o-2024-08-06" → "gpt-4o", "gpt-3.5-turbo-0125" → "gpt-3.5-turbo",
+  "claude-sonnet-4-5-20250929" → "claude-sonnet-4-5"). Plain longest-prefix matching would
+  price "o3-pro" as "o3" and "gpt-5-pro" as "gpt-5", ten times too cheap; a name not listed
+  stays unknown until listed or overridden.
+
+Which provider's price: the one asked for (`lookup(model, provider="anthropic")`, or the name
+"anthropic/claude-..."), then the providers it falls back to (Azure OpenAI: OpenAI's). A name
+without a provider is OpenAI's if OpenAI lists it, else that of the provider that makes models
+so named ("claude-..." Anthropic, "gemini-..." Google, "mistral-..." Mistral: genai-prices'
+rule); a model only hosts serve (Groq, Together, OpenRouter) needs its provider.
 
 Pure: no I/O beyond reading the package's own data file once.
 """
@@ -18,15 +27,27 @@ from __future__ import annotations
 
 import json
 import math
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from functools import cache
 from importlib import resources
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
-from ipychat.core.errors import ConfigError
+from ipychat.core.pricedata import (
+    MAX_PRICE,
+    MAX_WINDOW,
+    ModelPrice,
+    PriceTier,
+    ProviderPrices,
+    TableData,
+    normalize_model,
+    optional_price,
+    parse_table,
+    price_value,
+    snapshot_keys,
+    window_value,
+)
 
 if TYPE_CHECKING:  # annotations only: core.types imports core.format, which imports this
     from ipychat.core.types import Usage
@@ -35,8 +56,11 @@ __all__ = [
     "DEFAULT_CONTEXT_WINDOW",
     "DEFAULT_MAX_OUTPUT_TOKENS",
     "LOCAL_PRICE",
+    "MAX_PRICE",
+    "MAX_WINDOW",
     "ModelPrice",
     "PriceTable",
+    "PriceTier",
     "context_window",
     "cost",
     "default_table",
@@ -54,100 +78,8 @@ DEFAULT_CONTEXT_WINDOW: Final = 8_192
 DEFAULT_MAX_OUTPUT_TOKENS: Final = 4_096
 
 PER_TOKENS: Final = 1_000_000  # prices are per 1M tokens
-# Far above any list price (o1-pro output is 600). A larger number is a unit mistake
-# (per token, per 1K?) or a typo, and would silently wreck every estimate.
-MAX_PRICE: Final = 10_000.0
-MAX_WINDOW: Final = 100_000_000
-
-_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")  # -2024-08-06, -0125
-
-
-@dataclass(frozen=True)
-class ModelPrice:
-    """USD per 1M tokens for one model; `None` where the table has no such price.
-
-    `cached_input` None means no cache discount (cached tokens bill at `input`). `source` says
-    where it came from: "table", "override" or "local".
-    """
-
-    model: str
-    input: float
-    output: float
-    cached_input: float | None = None
-    batch_input: float | None = None
-    batch_output: float | None = None
-    context_window: int | None = None
-    max_output_tokens: int | None = None
-    source: str = "table"
-
 
 LOCAL_PRICE: Final = ModelPrice("local", 0.0, 0.0, 0.0, 0.0, 0.0, source="local")
-
-
-# --------------------------------------------------------------------------------------------
-# Validation (shared by the data file and user overrides)
-# --------------------------------------------------------------------------------------------
-
-
-def _price(value: Any, what: str, model: str) -> float:
-    number: float | None = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip().removeprefix("$").replace(",", ""))
-        except ValueError:
-            number = None
-    if number is None or not math.isfinite(number) or not 0 <= number <= MAX_PRICE:
-        raise ConfigError(
-            f"Invalid {what} price for {model}: {value!r}; pass USD per 1M tokens, "
-            f"a number from 0 to {MAX_PRICE:,.0f} (e.g. 2.50)"
-        )
-    return number
-
-
-def _optional_price(value: Any, what: str, model: str) -> float | None:
-    return None if value is None else _price(value, what, model)
-
-
-def _window(value: Any, what: str, model: str) -> int | None:
-    if value is None:
-        return None
-    number: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)
-    elif isinstance(value, str):
-        digits = value.strip().replace(",", "").replace("_", "")  # 128,000 or 128_000
-        if digits.isdigit():
-            number = int(digits)
-    if number is None or not 0 < number <= MAX_WINDOW:
-        raise ConfigError(
-            f"Invalid {what} for {model}: {value!r}; pass a whole number of tokens "
-            f"from 1 to {MAX_WINDOW:,} (e.g. 128000)"
-        )
-    return number
-
-
-def _normalize(model: Any) -> str:
-    if not isinstance(model, str) or not model.strip():
-        raise ConfigError(f"Invalid model name {model!r}; pass the model's name, e.g. gpt-4o-mini")
-    return model.strip().lower()
-
-
-def _from_entry(model: str, entry: Mapping[str, Any]) -> ModelPrice:
-    """A model of the table file (`source` "table")."""
-    return ModelPrice(
-        model=model,
-        input=_price(entry.get("input"), "input", model),
-        output=_price(entry.get("output"), "output", model),
-        cached_input=_optional_price(entry.get("cached_input"), "cached input", model),
-        batch_input=_optional_price(entry.get("batch_input"), "batch input", model),
-        batch_output=_optional_price(entry.get("batch_output"), "batch output", model),
-        context_window=_window(entry.get("context_window"), "context window", model),
-        max_output_tokens=_window(entry.get("max_output_tokens"), "max output tokens", model),
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,52 +87,23 @@ def _from_entry(model: str, entry: Mapping[str, Any]) -> ModelPrice:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Data:
-    as_of: str
-    currency: str
-    models: Mapping[str, ModelPrice]
-    aliases: Mapping[str, str]
-
-
-def _parse(data: Mapping[str, Any]) -> _Data:
-    models = {
-        _normalize(name): _from_entry(_normalize(name), entry)
-        for name, entry in (data.get("models") or {}).items()
-    }
-    aliases = {_normalize(k): _normalize(v) for k, v in (data.get("aliases") or {}).items()}
-    for alias, target in aliases.items():
-        if target not in models:
-            raise ConfigError(f"Price alias {alias} points to unlisted model {target}")
-    return _Data(
-        as_of=str(data.get("as_of", "")),
-        currency=str(data.get("currency", "USD")),
-        models=MappingProxyType(models),
-        aliases=MappingProxyType(aliases),
-    )
-
-
 @cache
-def _package_data() -> _Data:
+def _package_data() -> TableData:
     """The shipped table, read and validated once per process."""
     text = (resources.files("ipychat") / "data" / "prices.json").read_text(encoding="utf-8")
-    return _parse(json.loads(text))
+    return parse_table(json.loads(text))
 
 
-def _keys(model: str) -> list[str]:
-    """Names to try for `model`, most specific first: as given, then without a dated-snapshot
-    suffix, then the same for the name without an "openai/" provider path."""
-    names = [model]
-    parts = model.split("/")
-    if len(parts) > 1 and parts[-2] == "openai":  # openai/gpt-4o, openrouter/openai/gpt-4o
-        names.append(parts[-1])
-    keys: list[str] = []
-    for name in names:
-        keys.append(name)
-        base = _SNAPSHOT.sub("", name)
-        if base != name:
-            keys.append(base)
-    return keys
+def _override_keys(name: str, provider: str | None, known: Callable[[str], bool]) -> list[str]:
+    """Override names that apply to `name` (on `provider`), most specific first: the
+    provider-qualified name, the name, each without a dated-snapshot suffix; for a name with
+    a provider path ("openai/gpt-4o", "openrouter/openai/o3-mini"), the same for the rest."""
+    names = [f"{provider}/{name}", name] if provider else [name]
+    head, _, tail = name.partition("/")
+    while tail and known(head):
+        names.append(tail)
+        head, _, tail = tail.partition("/")
+    return [key for n in names for key in snapshot_keys(n)]
 
 
 class PriceTable:
@@ -211,24 +114,38 @@ class PriceTable:
     """
 
     def __init__(self, data: Mapping[str, Any] | None = None) -> None:
-        self._data = _package_data() if data is None else _parse(data)
+        # The shipped table is read on the first lookup, not here: a session is made when
+        # the extension loads, and most sessions price one or two models.
+        self._table = None if data is None else parse_table(data)
         self._overrides: Mapping[str, ModelPrice] = MappingProxyType({})
         # Lookups memoised per overrides mapping: %%chatmap looks up the same model for
         # every row, and an override replaces the mapping, which retires the memo with it.
-        self._memo: tuple[Mapping[str, ModelPrice], dict[tuple[str, bool], ModelPrice | None]] = (
-            self._overrides,
-            {},
-        )
+        self._memo: tuple[
+            Mapping[str, ModelPrice], dict[tuple[str, bool, str | None], ModelPrice | None]
+        ] = (self._overrides, {})
 
     def __repr__(self) -> str:
         return (
-            f"<PriceTable as of {self.as_of}: {len(self._data.models)} models, "
+            f"<PriceTable as of {self.as_of}: {len(self._default.models)} models, "
             f"{len(self._overrides)} overrides>"
         )
 
     @property
+    def _data(self) -> TableData:
+        table = self._table
+        if table is None:
+            table = self._table = _package_data()
+        return table
+
+    @property
     def as_of(self) -> str:
+        """The day the table's list prices were in force (YYYY-MM-DD)."""
         return self._data.as_of
+
+    @property
+    def source(self) -> str:
+        """Where the table's prices come from (genai-prices and its version)."""
+        return self._data.source
 
     @property
     def currency(self) -> str:
@@ -238,45 +155,82 @@ class PriceTable:
     def overrides(self) -> dict[str, ModelPrice]:
         return dict(self._overrides)
 
-    def models(self) -> list[str]:
-        """The listed model names (not aliases), sorted."""
-        return sorted(self._data.models)
+    @property
+    def _default(self) -> ProviderPrices:
+        return self._data.provider(self._data.default_provider)
 
-    def lookup(self, model: str, *, is_local: bool = False) -> ModelPrice | None:
-        """The price of `model`, or None when unknown (never a made-up 0).
+    def models(self, provider: str | None = None) -> list[str]:
+        """The listed model names (not aliases), sorted: the default provider's (OpenAI's), or
+        `provider`'s; [] for a provider the table does not know."""
+        if provider is None:
+            return sorted(self._default.models)
+        name = provider.strip().lower()
+        return sorted(self._data.provider(name).models) if self._data.knows(name) else []
 
-        Order: a user override (exact or dated snapshot); then 0 for a local model (`is_local`
-        or the name "local"); then the table (exact, alias, or dated snapshot).
+    def providers(self) -> list[str]:
+        """The providers with prices, the default one (OpenAI) first."""
+        return self._data.names
+
+    def lookup(
+        self, model: str, *, is_local: bool = False, provider: str | None = None
+    ) -> ModelPrice | None:
+        """The price of `model` (on `provider`), or None when unknown (never a made-up 0).
+
+        Order: a user override ("provider/model", then the name; exact or dated snapshot);
+        then 0 for a local model (`is_local` or the name "local"); then the table. `provider`
+        is a name of `providers()` ("anthropic", "azure"...); one the table does not know
+        (a local server's, say) is looked up as if none was given.
         """
         overrides, memo = self._memo
         if overrides is not self._overrides:
             overrides, memo = self._memo = (self._overrides, {})
-        if isinstance(model, str):
+        if isinstance(model, str) and (provider is None or isinstance(provider, str)):
+            key = (model, is_local, provider)
             try:
-                return memo[(model, is_local)]
+                return memo[key]
             except KeyError:
-                price = memo[(model, is_local)] = self._lookup(model, is_local)
+                price = memo[key] = self._lookup(model, is_local, provider)
                 return price
-        return self._lookup(model, is_local)
+        return self._lookup(model, is_local, provider)
 
-    def _lookup(self, model: str, is_local: bool) -> ModelPrice | None:
+    def _lookup(self, model: str, is_local: bool, provider: str | None) -> ModelPrice | None:
         if not isinstance(model, str) or not model.strip():
             return LOCAL_PRICE if is_local else None
-        keys = _keys(model.strip().lower())
+        name = model.strip().lower()
+        known = provider.strip().lower() if isinstance(provider, str) else ""
+        known = known if self._data.knows(known) else ""
         overrides = self._overrides  # one read: consistent even if overridden meanwhile
-        for key in keys:
+        for key in _override_keys(name, known or None, self._data.knows):
             if key in overrides:
                 return overrides[key]
-        if is_local or keys[0] == "local":
+        if is_local or name == "local":
             return LOCAL_PRICE
-        return self._table_entry(keys)
+        return self._on(known, name) if known else self._anywhere(name)
 
-    def _table_entry(self, keys: list[str]) -> ModelPrice | None:
-        for key in keys:
-            key = self._data.aliases.get(key, key)
-            if key in self._data.models:
-                return self._data.models[key]
+    def _on(self, provider: str, name: str) -> ModelPrice | None:
+        """`name` on `provider`: its table, the tables it falls back to, and for a name with a
+        provider path ("openai/o3-mini" on OpenRouter), that provider's."""
+        prices = self._data.provider(provider)
+        for table in (prices, *(self._data.provider(f) for f in prices.fallback)):
+            price = table.find(name)
+            if price is not None:
+                return price
+        head, _, tail = name.partition("/")
+        if tail and self._data.knows(head):
+            return self._on(head, tail)
         return None
+
+    def _anywhere(self, name: str) -> ModelPrice | None:
+        """A name without a provider: "provider/model", the default provider's, or the
+        provider that makes models so named."""
+        head, _, tail = name.partition("/")
+        if tail and self._data.knows(head):
+            return self._on(head, tail)
+        price = self._default.find(name)
+        if price is not None:
+            return price
+        maker = self._data.maker(name)
+        return self._on(maker, name) if maker else None
 
     def override(
         self,
@@ -291,23 +245,24 @@ class PriceTable:
     ) -> ModelPrice:
         """Set the price of `model` (USD per 1M tokens); wins over the table from now on.
 
-        Applies to the name and its dated snapshots. Prices left out are unknown for this
-        model (cached tokens bill at `input`, no batch estimate); a context window or max output
-        left out is kept from the table when the model is listed. Numbers may be given as
-        strings ("2.50", "$2.50"), as typed after `%chat price`. Raises ConfigError when a value
-        is negative, not a number, or absurdly large.
+        Applies to the name and its dated snapshots; "provider/model" applies to the model on
+        that provider only. Prices left out are unknown for this model (cached tokens bill at
+        `input`, no batch estimate); a context window or max output left out is kept from the
+        table when the model is listed. Numbers may be given as strings ("2.50", "$2.50"), as
+        typed after `%chat price`. Raises ConfigError when a value is negative, not a number,
+        or absurdly large.
         """
-        key = _normalize(model)
-        listed = self._table_entry(_keys(key))
+        key = normalize_model(model)
+        listed = self._anywhere(key)
         price = ModelPrice(
             model=key,
-            input=_price(input, "input", key),
-            output=_price(output, "output", key),
-            cached_input=_optional_price(cached_input, "cached input", key),
-            batch_input=_optional_price(batch_input, "batch input", key),
-            batch_output=_optional_price(batch_output, "batch output", key),
-            context_window=_window(context_window, "context window", key),
-            max_output_tokens=_window(max_output_tokens, "max output tokens", key),
+            input=price_value(input, "input", key),
+            output=price_value(output, "output", key),
+            cached_input=optional_price(cached_input, "cached input", key),
+            batch_input=optional_price(batch_input, "batch input", key),
+            batch_output=optional_price(batch_output, "batch output", key),
+            context_window=window_value(context_window, "context window", key),
+            max_output_tokens=window_value(max_output_tokens, "max output tokens", key),
             source="override",
         )
         if listed is not None:
@@ -321,23 +276,55 @@ class PriceTable:
 
     def remove_override(self, model: str) -> bool:
         """Drop the user's price for `model`; True if there was one."""
-        key = _normalize(model)
+        key = normalize_model(model)
         if key not in self._overrides:
             return False
         self._overrides = MappingProxyType({k: v for k, v in self._overrides.items() if k != key})
         return True
 
-    def context_window(self, model: str, *, is_local: bool = False) -> int:
+    def context_window(
+        self, model: str, *, is_local: bool = False, provider: str | None = None
+    ) -> int:
         """Context window in tokens; DEFAULT_CONTEXT_WINDOW (8,192) when not known."""
-        price = self.lookup(model, is_local=is_local)
+        price = self.lookup(model, is_local=is_local, provider=provider)
         return (price and price.context_window) or DEFAULT_CONTEXT_WINDOW
 
-    def max_output_tokens(self, model: str, *, is_local: bool = False) -> int:
+    def max_output_tokens(
+        self, model: str, *, is_local: bool = False, provider: str | None = None
+    ) -> int:
         """Largest reply in tokens; DEFAULT_MAX_OUTPUT_TOKENS (4,096) when not known, and never
         more than the context window."""
-        price = self.lookup(model, is_local=is_local)
+        price = self.lookup(model, is_local=is_local, provider=provider)
         limit = (price and price.max_output_tokens) or DEFAULT_MAX_OUTPUT_TOKENS
-        return min(limit, self.context_window(model, is_local=is_local))
+        return min(limit, self.context_window(model, is_local=is_local, provider=provider))
+
+    def describe(self, model: str, *, is_local: bool = False, provider: str | None = None) -> str:
+        """One line for people: the price of `model` and where it comes from, with the table's
+        as-of date, or that it is unknown and how to set it."""
+        price = self.lookup(model, is_local=is_local, provider=provider)
+        if price is None:
+            return (
+                f"{model}: price unknown (not in the price table of {self.as_of}); set it with "
+                "%chat price MODEL INPUT OUTPUT (USD per 1M tokens)"
+            )
+        if price.source == "local":
+            return f"{model}: local model, $0"
+        text = f"{model}: {_rates(price)}"
+        for tier in price.tiers:
+            text += f"; over {tier.above:,} prompt tokens {_rates(tier)}"
+        if price.source == "override":
+            return f"{text} (your price)"
+        on = f" on {price.provider}" if price.provider else ""
+        return f"{text} (list price{on} as of {self.as_of}, {self.source.split(' (')[0]})"
+
+
+def _rates(price: ModelPrice | PriceTier) -> str:
+    text = f"${price.input:g} in, ${price.output:g} out per 1M tokens"
+    if price.cached_input is not None:
+        text += f", cached ${price.cached_input:g}"
+    if price.batch_input is not None and price.batch_output is not None:
+        text += f", batch ${price.batch_input:g}/${price.batch_output:g}"
+    return text
 
 
 @cache
@@ -346,14 +333,14 @@ def default_table() -> PriceTable:
     return PriceTable()
 
 
-def context_window(model: str, *, is_local: bool = False) -> int:
+def context_window(model: str, *, is_local: bool = False, provider: str | None = None) -> int:
     """`default_table().context_window(model)`: 8,192 for unknown models."""
-    return default_table().context_window(model, is_local=is_local)
+    return default_table().context_window(model, is_local=is_local, provider=provider)
 
 
-def max_output_tokens(model: str, *, is_local: bool = False) -> int:
+def max_output_tokens(model: str, *, is_local: bool = False, provider: str | None = None) -> int:
     """`default_table().max_output_tokens(model)`: 4,096 for unknown models."""
-    return default_table().max_output_tokens(model, is_local=is_local)
+    return default_table().max_output_tokens(model, is_local=is_local, provider=provider)
 
 
 # --------------------------------------------------------------------------------------------
@@ -367,6 +354,7 @@ def cost(usage: Usage | None, price: ModelPrice | None) -> float | None:
     if usage is None or price is None:
         return None
     prompt = max(usage.prompt_tokens, 0)
+    price = price.for_prompt(prompt)  # a long-context tier, if the prompt is past one
     cached = min(max(usage.cached_tokens, 0), prompt)  # a server bug must not make money
     cached_rate = price.input if price.cached_input is None else price.cached_input
     return (
@@ -390,6 +378,7 @@ def estimate_cost_range(
         return None, None, None
     prompt = max(prompt_tokens, 0)
     completion = max(max_completion_tokens, 0)
+    price = price.for_prompt(prompt)  # a long-context tier, if the prompt is past one
     low = (prompt * price.input + min(1, completion) * price.output) / PER_TOKENS
     high = (prompt * price.input + completion * price.output) / PER_TOKENS
     batch = None

@@ -13,15 +13,17 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["LoopThread"]
+__all__ = ["WAKE", "LoopThread", "guarded", "wait", "wait_async"]
 
 T = TypeVar("T")
 
 # How long to wait for a cancelled task to clean up before giving up on it.
 _CANCEL_GRACE = 5.0
+# How often a waiting thread wakes: for Ctrl-C on every platform, and for its `tick`.
+WAKE = 0.1
 
 
 class LoopThread:
@@ -74,26 +76,7 @@ class LoopThread:
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the loop and wait for it; Ctrl-C cancels it cleanly, then re-raises."""
-        finished = threading.Event()
-
-        async def guarded() -> T:
-            try:
-                return await coro
-            finally:  # runs after the coroutine's own except/finally blocks
-                finished.set()
-
-        future = self.submit(guarded())
-        try:
-            # A timed wait keeps the main thread responsive to signals on every platform.
-            while True:
-                try:
-                    return future.result(timeout=0.1)
-                except concurrent.futures.TimeoutError:
-                    continue
-        except KeyboardInterrupt:
-            future.cancel()  # run_coroutine_threadsafe forwards this to the task
-            finished.wait(_CANCEL_GRACE)
-            raise
+        return wait(self, coro)
 
     async def _drain(self) -> None:
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -101,30 +84,97 @@ class LoopThread:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def stop(self) -> None:
-        """Cancel what runs on the loop, stop it and join the thread. Safe to call twice."""
+    def stop(self, last: Callable[[], Coroutine[Any, Any, None]] | None = None) -> None:
+        """Cancel what runs on the loop, then run `last()` on it (closing what those tasks
+        may have opened up to the moment they were cancelled), stop it and join the thread.
+        Safe to call twice."""
         with self._lock:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
             self._stopping = loop
         try:
-            self._stop(loop, thread)
+            self._stop(loop, thread, last)
         finally:
             with self._lock:
                 self._stopping = None
 
     def _stop(
-        self, loop: asyncio.AbstractEventLoop | None, thread: threading.Thread | None
+        self,
+        loop: asyncio.AbstractEventLoop | None,
+        thread: threading.Thread | None,
+        last: Callable[[], Coroutine[Any, Any, None]] | None,
     ) -> None:
         if loop is None or loop.is_closed():
             return
         if thread is not None and thread.is_alive():
             with contextlib.suppress(Exception):
                 asyncio.run_coroutine_threadsafe(self._drain(), loop).result(_CANCEL_GRACE)
+            if last is not None:
+                with contextlib.suppress(Exception):
+                    asyncio.run_coroutine_threadsafe(last(), loop).result(_CANCEL_GRACE)
             loop.call_soon_threadsafe(loop.stop)
             thread.join(_CANCEL_GRACE)
         if not loop.is_running():
             loop.close()
+
+
+async def guarded(coro: Coroutine[Any, Any, T], finished: threading.Event) -> T:
+    """Run `coro` and set `finished` once it and its own cleanup are over."""
+    try:
+        return await coro
+    finally:  # after the coroutine's own except/finally blocks: the state may be read now
+        finished.set()
+
+
+def wait(
+    runner: LoopThread,
+    coro: Coroutine[Any, Any, T],
+    *,
+    tick: Callable[[], None] | None = None,
+    every: float = WAKE,
+) -> T:
+    """Run `coro` on `runner`'s loop and wait for it in this thread, calling `tick` every
+    `every` seconds (a progress display). The one sync wait: a Ctrl-C (or a failing `tick`)
+    cancels the work and waits for its cleanup, so what it recorded is final, then re-raises.
+    """
+    finished = threading.Event()
+    future = runner.submit(guarded(coro, finished))
+    try:
+        # A timed wait keeps the waiting thread responsive to signals on every platform.
+        while True:
+            try:
+                return future.result(timeout=every)
+            except concurrent.futures.TimeoutError:
+                if tick is not None:
+                    tick()
+    except BaseException:
+        future.cancel()  # run_coroutine_threadsafe forwards this to the task
+        finished.wait(_CANCEL_GRACE)
+        raise
+
+
+async def wait_async(
+    runner: LoopThread,
+    coro: Coroutine[Any, Any, T],
+    *,
+    tick: Callable[[], None] | None = None,
+    every: float = WAKE,
+) -> T:
+    """`wait` for code that awaits on another loop (`aask`, `amap`): `coro` still runs on
+    `runner`'s loop; cancelling the caller cancels it and waits for its cleanup."""
+    finished = threading.Event()
+    future = runner.submit(guarded(coro, finished))
+    wrapped = asyncio.wrap_future(future)
+    try:
+        if tick is None:
+            return await wrapped
+        while not (await asyncio.wait({wrapped}, timeout=every))[0]:
+            tick()
+        return wrapped.result()
+    except asyncio.CancelledError:
+        future.cancel()
+        await asyncio.to_thread(finished.wait, _CANCEL_GRACE)
+        raise
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

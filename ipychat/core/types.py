@@ -164,7 +164,7 @@ class Reply:
         return self.text
 
     def _repr_markdown_(self) -> str:
-        from ipychat.core.format import footer  # local: keep types import-light
+        from ipychat.core.format import footer, footer_markdown  # local: keep types import-light
         from ipychat.core.markdown import reply_markdown
 
-        return f"{reply_markdown(self.text)}\n\n<sub>`{footer(self)}`</sub>"
+        return f"{reply_markdown(self.text)}\n\n{footer_markdown(footer(self))}"

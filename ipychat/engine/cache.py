@@ -43,10 +43,10 @@ import threading
 import time
 import warnings
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import diskcache
 from diskcache.core import MODE_BINARY, MODE_RAW, MODE_TEXT, UNKNOWN
@@ -59,6 +59,7 @@ from ipychat.core.files import (
     remove_private,
     write_new,
 )
+from ipychat.engine.exchange import CachedReply  # the schema of a value (re-exported)
 
 __all__ = [
     "DEFAULT_SIZE_LIMIT",
@@ -92,24 +93,6 @@ class CacheWarning(UserWarning):
 
 class UntrustedEntry(Exception):
     """A stored value ipychat will not decode: pickled, not JSON, or not a reply."""
-
-
-class CachedReply(TypedDict, total=False):
-    """The JSON object stored per key. Only `text` is required; more fields are kept as is.
-
-    `created` (epoch seconds) defaults to the time of `set` and is what
-    `clear(older_than_days=)` compares. `clear(model=)` matches `request_model` (the model
-    the request asked for) if present, else `model` (the model the server said answered).
-    """
-
-    text: str
-    model: str
-    request_model: str
-    finish_reason: str | None
-    usage: dict[str, Any] | None  # prompt_tokens, completion_tokens, cached_tokens
-    cost: float | None  # what the reply cost when it was paid for
-    created: float
-    host: str
 
 
 @dataclass(frozen=True)
@@ -207,7 +190,7 @@ def decode(data: Any) -> dict[str, Any]:
     return value
 
 
-def cacheable(value: dict[str, Any]) -> bool:
+def cacheable(value: Mapping[str, Any]) -> bool:
     """Whether a reply may be stored (and served): not empty, not an error.
 
     An empty reply is a fault (a provider hiccup, a filtered or cut reply), and once cached
@@ -337,7 +320,7 @@ class ResponseCache:
         self._touch(found)
         return found
 
-    def set(self, key: str, value: dict[str, Any]) -> None:
+    def set(self, key: str, value: Mapping[str, Any]) -> None:
         """Store `value` (a JSON object with a str `text`) under `key`, replacing any entry.
 
         Never raises for storage problems (they disable the cache with one warning) nor
@@ -346,7 +329,7 @@ class ResponseCache:
         """
         self.set_many([(key, value)])
 
-    def set_many(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
+    def set_many(self, items: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
         """`set` for many replies in one write transaction (a %%chatmap writes its rows in
         batches: one commit instead of one per row is most of a cached row's CPU)."""
         rows = []

@@ -7,7 +7,7 @@ Dispatcher.run()                 until the queue is empty or something global st
   │                              one at a time while a bare 429 says the way is shut
   ├── RateLimiter (per endpoint  the steady pace under the limits, a burst only as the
   │   and model, ratelimit.py)   server proves it; wait for the exact time, no polling
-  └── _send(request)             session.request(max_retries=0): retries are decided here
+  └── _send(request)             engine.request(max_retries=0): retries are decided here
         ├── 429                  never fails the row: it goes back in front, every sender
         │                        waits (retry-after, else a backoff), the pace slows down
         ├── 408/409/5xx/network  the row retried after the server's retry-after, else backoff
@@ -21,10 +21,8 @@ Replies, failures and costs go to the `sink` (the MapJob), which writes the rows
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import heapq
 import math
-import threading
 import time
 import weakref
 from collections import deque
@@ -41,17 +39,29 @@ from ipychat.core.errors import (
     NotFoundError,
     RateLimitError,
 )
+from ipychat.core.runner import guarded as guarded
+from ipychat.core.runner import wait
 from ipychat.core.settings import TICK
 from ipychat.core.types import CacheMode
 from ipychat.map.ratelimit import RateLimiter, Ticket
 from ipychat.net.retry import DEFAULT_MAX_WAIT, backoff_delay, format_wait
 
 if TYPE_CHECKING:
+    from ipychat.core.runner import LoopThread
     from ipychat.core.types import Reply
+    from ipychat.engine.engine import Engine
+    from ipychat.engine.exchange import CachedReply
     from ipychat.map.plan import MapRequest
-    from ipychat.session import ChatSession
 
-__all__ = ["Counters", "Dispatcher", "Sink", "guarded", "wait_on_loop"]
+__all__ = [
+    "Counters",
+    "Dispatcher",
+    "SendOptions",
+    "Sink",
+    "guarded",
+    "session_limiter",
+    "wait_on_loop",
+]
 
 T = TypeVar("T")
 # Requests in flight when no limit is known (a latency-bound server: more is faster, and 64
@@ -88,12 +98,33 @@ class Counters:
     first_send: float | None = None
 
 
-# Pacing state per session, endpoint and model survives between maps: a second map starts
+# Pacing state per engine, endpoint and model survives between maps: a second map starts
 # at the pace the first one learnt (the server's limits, its window, the quota left)
 # instead of probing again. A map's own --rpm/--tpm apply to that map only (`begin`).
 _LIMITERS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], RateLimiter]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+@dataclass(frozen=True)
+class SendOptions:
+    """How a map run sends: the model (with the endpoint, the rate limiter's key), the
+    map's own caps and window (None: the server's limits decide), retries per row, and
+    what the cache is for ("refresh", "off")."""
+
+    model: str
+    rpm: float | None = None
+    tpm: float | None = None
+    concurrency: int | None = None
+    local: bool = False  # the embedded llama.cpp server: one request at a time
+    retries: int = 0
+    cache_mode: CacheMode = "use"
+
+
+def session_limiter(engine: Engine, model: str) -> RateLimiter | None:
+    """The pacing a session's engine has learnt for `model` on its endpoint (None: no map
+    yet)."""
+    return _LIMITERS.get(engine, {}).get((engine.base_url, model))
 
 
 class Sink(Protocol):
@@ -115,34 +146,27 @@ class Dispatcher:
     def __init__(
         self,
         sink: Sink,
-        session: ChatSession,
+        engine: Engine,
         requests: list[MapRequest],
-        *,
-        model: str,
-        rpm: float | None,
-        tpm: float | None,
-        concurrency: int | None,
-        local: bool,
-        retries: int,
-        cache_mode: CacheMode,
+        sending: SendOptions,
     ) -> None:
         self.sink = sink
-        self.session = session
+        self.engine = engine
         self.requests = requests  # all the run may send (their mean size sizes the window)
-        self.model = model
-        self.rpm, self.tpm = rpm, tpm
-        self.concurrency = concurrency
-        self.local = local
-        self.retries = retries
-        self.cache_mode: CacheMode = cache_mode
+        self.model = sending.model
+        self.rpm, self.tpm = sending.rpm, sending.tpm
+        self.concurrency = sending.concurrency
+        self.local = sending.local
+        self.retries = sending.retries
+        self.cache_mode: CacheMode = sending.cache_mode
         self.ready: deque[MapRequest] = deque()
         self.delayed: list[tuple[float, int, MapRequest]] = []
         self.abort: ChatError | None = None
 
     def _limiter(self) -> RateLimiter:
         now = time.monotonic()
-        per_session = _LIMITERS.setdefault(self.session, {})
-        key = (self.session.base_url, self.model)
+        per_session = _LIMITERS.setdefault(self.engine, {})
+        key = (self.engine.base_url, self.model)
         limiter = per_session.get(key)
         if limiter is None:
             limiter = per_session[key] = RateLimiter(self.rpm, self.tpm, now)
@@ -171,13 +195,13 @@ class Dispatcher:
         self.limiter = self._limiter()
         self._latency = 1.0 if self.limiter.max_rate(1) is None else 0.5
         self._mean_tokens = sum(j.tokens for j in self.requests) / max(1, len(self.requests))
-        client = await self.session.client()
+        client = await self.engine.client()
         pool = self.concurrency or (1 if self.local else MAX_CONCURRENCY)
         if getattr(client, "max_connections", None) != pool:
             await client.set_max_connections(pool)
         self._waiter: asyncio.Future[None] = loop.create_future()
         self._inflight = inflight = set[asyncio.Task[None]]()
-        self._cache_writes: list[tuple[str, dict[str, Any]]] = []
+        self._cache_writes: list[tuple[str, CachedReply]] = []
         self._flush_due = time.monotonic() + CACHE_FLUSH_EVERY
         self._answered_at = time.monotonic()  # the last answer (or the start): outages
         try:
@@ -252,12 +276,8 @@ class Dispatcher:
         if job.reask and self.cache_mode == "use":
             mode = "use"  # a re-ask may have been answered by an earlier run
         try:
-            reply = await self.session.request(
-                job.prepared,
-                cache=mode,
-                reserve=job.reask,
-                max_retries=0,
-                cache_writes=self._cache_writes,
+            exchange = await self.engine.request(
+                job.prepared, cache=mode, reserve=job.reask, max_retries=0, write_cache=False
             )
         except RateLimitError as exc:
             self._rate_limited(job, ticket, exc, time.monotonic())
@@ -265,6 +285,9 @@ class Dispatcher:
             self.limiter.failed(ticket, time.monotonic())
             self._failed(job, exc)
         else:
+            reply = exchange.reply
+            if exchange.store:  # written in batches (`_flush_cache`)
+                self._cache_writes.append((exchange.key, exchange.to_cache()))
             # the x-ratelimit-* headers of this very response calibrate the limiter
             self._answered_at = now = time.monotonic()
             self.limiter.accepted(
@@ -279,11 +302,10 @@ class Dispatcher:
 
     def _flush_cache(self) -> None:
         """Store the replies gathered since the last flush, in one write transaction."""
-        # Emptied in place: requests in flight hold this very list and append to it later.
         writes = self._cache_writes[:]
         self._cache_writes.clear()
         self._flush_due = time.monotonic() + CACHE_FLUSH_EVERY
-        store = self.session.cache
+        store = self.engine.cache
         if writes and store is not None:
             store.set_many(writes)
 
@@ -313,7 +335,7 @@ class Dispatcher:
 
     def _check_outage(self, exc: ChatError, now: float) -> None:
         """Stop the run when nothing but refusals and failures came for MAX_OUTAGE."""
-        limit = _outage_limit()
+        limit = MAX_OUTAGE  # read at each check: a changed setting applies at once
         if now - self._answered_at > limit:
             self._stop(_outage(exc, limit))
 
@@ -364,19 +386,11 @@ def _classify(exc: ChatError) -> str:
 _QUOTA_GONE = ("exceeded your current quota", "insufficient_quota")
 
 
-def _outage_limit() -> float:
-    """The outage limit: `ipychat.map.job.MAX_OUTAGE`, the public setting (this module's
-    default until it is set there)."""
-    from ipychat.map import job as chatmap  # here: chatmap imports this module
-
-    return float(getattr(chatmap, "MAX_OUTAGE", MAX_OUTAGE))
-
-
 def _outage(last: ChatError, limit: float) -> ChatError:
     """What stops a run after `limit` seconds without an answer."""
     message = (
         f"No request was answered for {format_wait(limit)} (the outage limit, "
-        f"ipychat.map.job.MAX_OUTAGE): the server kept refusing or failing. The last "
+        f"ipychat.map.dispatch.MAX_OUTAGE): the server kept refusing or failing. The last "
         f"answer: {last}"
     )
     if isinstance(last, RateLimitError):
@@ -404,26 +418,7 @@ def _too_large(job: MapRequest, limiter: RateLimiter) -> str:
 # ----- waiting for the session loop ----------------------------------------------------------
 
 
-async def guarded(coro: Coroutine[Any, Any, T], finished: threading.Event) -> T:
-    """Run `coro` and set `finished` once it and its own cleanup are over."""
-    try:
-        return await coro
-    finally:  # after the coroutine's own cleanup: the caller may read the state now
-        finished.set()
-
-
-def wait_on_loop(session: ChatSession, coro: Coroutine[Any, Any, T], tick: Callable[[], None]) -> T:
-    """Like LoopThread.run (Ctrl-C cancels the work and waits for its cleanup), with a tick
-    in the waiting thread for the progress display."""
-    finished = threading.Event()
-    future = session.submit(guarded(coro, finished))
-    try:
-        while True:
-            try:
-                return future.result(timeout=TICK)
-            except concurrent.futures.TimeoutError:
-                tick()
-    except BaseException:  # Ctrl-C, or a failing progress display: stop the work too
-        future.cancel()
-        finished.wait(5.0)
-        raise
+def wait_on_loop(runner: LoopThread, coro: Coroutine[Any, Any, T], tick: Callable[[], None]) -> T:
+    """`ipychat.core.runner.wait` with a tick every TICK seconds for the progress display
+    (Ctrl-C, or a failing display, cancels the work and waits for its cleanup)."""
+    return wait(runner, coro, tick=tick, every=TICK)

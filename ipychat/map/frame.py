@@ -19,12 +19,14 @@ from ipychat.core.pricing import format_usd
 from ipychat.map.plan import MapPlan
 
 __all__ = [
+    "CUT",
     "Frame",
     "MapAborted",
     "MapInterrupted",
     "MapProgress",
     "MapResult",
     "MapSummary",
+    "cut_note",
     "format_seconds",
     "parse_object",
 ]
@@ -138,6 +140,17 @@ class MapProgress:
         eta = f"ETA {format_seconds(self.eta)}" if self.eta is not None else "ETA –"
         errors = f"{self.errors:,} error{'s' if self.errors != 1 else ''}"
         return f"{self.done:,}/{self.total:,} · {rate} · {eta} · {errors} · {format_usd(self.cost)}"
+
+
+CUT = "cut:"  # the error column's mark of a reply cut at the map's default cap
+
+
+def cut_note(cap: int) -> str:
+    """What a row's error column says of a reply cut at the map's default cap `cap`."""
+    return (
+        f"{CUT} the reply reached the map's default cap of {cap:,} tokens; re-run with "
+        "--max-tokens N for the whole reply."
+    )
 
 
 @dataclass(frozen=True)

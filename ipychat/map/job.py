@@ -6,14 +6,16 @@ delegate here; `ipychat.map.batch` drives a `MapJob` through its documented inte
 
 ```
 run(session, df, template, ...)          sync: plan, then execute on the session's loop
-  ├── MapJob.__init__                    plan (caller's thread, nothing sent):
-  │     └── _mapplan.plan_requests       template compiled once, nulls, dedupe, checks
+                                         (any `map.host.Host`: an engine and its loop)
+  ├── MapOptions.of(output, **options)   every option checked once (map/options.py)
+  ├── MapJob.__init__ (map/mapper.py)    plan (caller's thread, nothing sent):
+  │     └── plan.plan_requests           template compiled once, nulls, dedupe, checks
   │                                      per unique prompt, one batched cache read
   │                                      (get_many), estimates for the misses → MapPlan
   ├── MapJob.execute()                   on the loop: budget held for the whole run,
-  │     └── _mapdispatch.Dispatcher      concurrency window + rate limiter + shared 429
+  │     └── dispatch.Dispatcher          concurrency window + rate limiter + shared 429
   │                                      pause + row retries; replies come back to the job
-  └── MapJob.result()                    _mapframe.Frame.write: outputs by row position
+  └── MapJob.result()                    frame.Frame.write: outputs by row position
                                          (order, index kept), `_error`, MapSummary
 ```
 
@@ -21,7 +23,7 @@ Rows never abort a run: a row's failure (after `retries`) lands in the `_error` 
 and a 429 is never a row's failure (the row waits its turn, however often it comes).
 What stops a run is global: an interrupt, a wrong key or model, an exhausted quota, a
 server asking to wait longer than a minute, or an outage: no answer for MAX_OUTAGE seconds
-(10 min; set `ipychat.map.job.MAX_OUTAGE` to change it) while the server refuses or fails
+(10 min; set `ipychat.map.dispatch.MAX_OUTAGE` to change it) while the server refuses or fails
 everything. The rows finished by then are written and cached, so running the same map
 again sends only what is missing.
 """
@@ -29,63 +31,37 @@ again sends only what is missing.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ipychat.core import pricing
-from ipychat.core.errors import (
-    ChatError,
-    ConfigError,
-    OfflineCacheMiss,
-)
-from ipychat.core.types import Reply, Usage
-from ipychat.engine.ledger import LedgerRow, max_tokens_within
-from ipychat.map.dispatch import _LIMITERS as _LIMITERS
+from ipychat.core.errors import ChatError
+from ipychat.core.runner import wait_async
+from ipychat.core.settings import TICK
 from ipychat.map.dispatch import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY
 from ipychat.map.dispatch import MAX_CONCURRENCY as MAX_CONCURRENCY
-from ipychat.map.dispatch import MAX_OUTAGE as MAX_OUTAGE
 from ipychat.map.dispatch import SLOW_START as SLOW_START
-from ipychat.map.dispatch import (
-    TICK,
-    CacheMode,
-    Counters,
-    Dispatcher,
-    guarded,
-    wait_on_loop,
-)
+from ipychat.map.dispatch import guarded, wait_on_loop
 from ipychat.map.frame import (
-    Frame,
     MapAborted,
     MapInterrupted,
     MapProgress,
     MapResult,
     MapSummary,
     format_seconds,
-    parse_object,
 )
-from ipychat.map.plan import (
-    CachedRequest,
-    MapPlan,
-    MapRequest,
-    RowTemplate,
-    check_options,
-    compile_template,
-    default_reply_cap,
-    output_columns,
-    plan_requests,
-    request_key,
-)
+from ipychat.map.mapper import MapJob
+from ipychat.map.options import MapOptions
+from ipychat.map.plan import MapPlan, MapRequest
+from ipychat.map.template import RowTemplate, compile_template
 
 if TYPE_CHECKING:
-    from ipychat.session import ChatSession
+    from ipychat.map.host import Host
 
 __all__ = [
     "MapAborted",
     "MapInterrupted",
     "MapJob",
+    "MapOptions",
     "MapPlan",
     "MapProgress",
     "MapRequest",
@@ -104,490 +80,9 @@ __all__ = [
 ]
 
 
-# What a cached reply's `usage` may hold (the fields of Usage).
-_USAGE_FIELDS = frozenset(Usage.__dataclass_fields__)
-
-
-# ----- the job ------------------------------------------------------------------------------
-
-
-class MapJob:
-    """One map: planned in the constructor (nothing sent), executed on the session loop.
-
-    `execute()` is the online run. Another engine (ipychat.map.batch sends the requests
-    through the Batch API) drives a job through this interface instead:
-
-    - what was asked: `plan`, `max_cost`, `outputs`, `json`, `base_system` (the system
-      prompt before --json added its rule), `fill_null`, `error_column`, `cache_mode`,
-      `allow_secrets`, `frame_name`, `template_text`, `limit` (None: every row);
-    - `to_send`: the MapRequests the cache does not answer;
-    - on the session loop: `start()` first (counters, queues, cache hits written), then
-      `spend(reply)` for a reply's cost, `answer(request, text)` for a reply's text,
-      `fail(request, error)` for a request given up, and `send_queued()` to send online
-      what is still queued (the JSON re-asks);
-    - from any thread: `progress()`, `result(interrupted=...)`.
-    """
-
-    def __init__(
-        self,
-        session: ChatSession,
-        df: Any,
-        template: str,
-        output: str | Sequence[str] = "col",
-        *,
-        json: bool = False,
-        model: str | None = None,
-        system: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        concurrency: int | None = None,
-        rpm: float | None = None,
-        tpm: float | None = None,
-        retries: int | None = None,
-        max_cost: float | None = None,
-        cache: CacheMode | bool = "use",
-        limit: int | None = None,
-        fill_null: str | None = None,
-        inplace: bool = False,
-        error_column: str = "_error",
-        name: str | None = None,
-        allow_secrets: bool = False,
-    ) -> None:
-        self.session = session
-        self.allow_secrets = allow_secrets
-        self.outputs = output_columns(output, json)
-        self.json = json
-        self.error_column = error_column
-        self.inplace = inplace
-        self.frame = Frame(df, name or "the DataFrame")
-        self.cache_mode: CacheMode = "use" if cache is True else "off" if cache is False else cache
-        if self.cache_mode not in ("use", "refresh", "off"):
-            raise ConfigError(f"cache must be 'use', 'refresh' or 'off', not {cache!r}.")
-        check_options(concurrency, rpm, tpm, retries, max_cost, limit, max_tokens, temperature)
-        if error_column in self.outputs:
-            raise ConfigError(f"{error_column!r} is where row errors go: pick another -o name.")
-        self.concurrency = concurrency
-        self.local = bool(getattr(session, "is_local", False))
-        self.retries = session.settings.max_retries if retries is None else retries
-        self.max_cost = max_cost
-        self.model: str = model or getattr(session, "model", None) or session.settings.model or ""
-        # No cap chosen: the map's own small one (see MAP_MAX_TOKENS), so that its bound
-        # is near what it will cost; a reply cut there is marked in the error column.
-        self.default_cap = default_reply_cap(session, max_tokens, len(self.outputs) if json else 1)
-        self.max_tokens = max_tokens if max_tokens is not None else self.default_cap
-        self.rpm, self.tpm = rpm, tpm
-        base_system = system if system is not None else session.settings.system
-        self.base_system: str = base_system or ""
-        self.extra: dict[str, Any] | None = None
-        self.system = base_system
-        if json:
-            keys = ", ".join(self.outputs)
-            rule = f"Reply with only a JSON object with the keys: {keys}."
-            self.system = f"{base_system}\n\n{rule}" if base_system else rule
-            self.extra = {"response_format": {"type": "json_object"}}
-        self.temperature = temperature
-        self.fill_null = fill_null
-        self.template = compile_template(template, self.frame.columns, self.frame.name)
-        n = len(self.frame) if limit is None else min(limit, len(self.frame))
-        self.n = n
-        # Per row: values of each output, and the error (None: fine). Rows not processed
-        # (past --limit) keep what the frame had.
-        self.values: dict[str, list[Any]] = {
-            col: (self.frame.existing(col) or [None] * len(self.frame)) for col in self.outputs
-        }
-        for col in self.outputs:
-            self.values[col][:n] = [None] * n
-        previous = self.frame.existing(error_column)
-        self.had_error_column = previous is not None
-        self.errors: list[str | None] = previous or [None] * len(self.frame)
-        self.errors[:n] = [None] * n
-        self.finished = [False] * n
-        self.counters = Counters()
-        planned = plan_requests(
-            session,
-            self.frame,
-            self.template,
-            n,
-            fill_null=fill_null,
-            cache_mode=self.cache_mode,
-            model=self.model,
-            system=self.system,
-            temperature=temperature,
-            max_tokens=self.max_tokens,
-            extra=self.extra,
-            allow_secrets=allow_secrets,
-            default_cap=self.default_cap,
-        )
-        for i, error in planned.row_errors.items():
-            self.errors[i] = error
-            self.finished[i] = True
-        self.plan, self.skipped = planned.plan, planned.skipped
-        # The local model answers whatever model a map names: its plan says so, once.
-        note = getattr(session, "local_note", lambda model: None)(self.model)
-        if note:
-            self.plan = dataclasses.replace(self.plan, note=note)
-        self.hits, self.to_send = planned.hits, planned.to_send
-        self._dispatcher = self._new_dispatcher()
-
-    def check_budget(self) -> None:
-        """Refuse a run whose upper bound exceeds --max-cost or the session budget, before
-        anything is sent; the refusal names the lever that fits (--max-tokens N first)."""
-        if not self.to_send or self.session.settings.offline:
-            return  # nothing will be sent, nothing spent
-        self.session.usage.check(
-            self.plan.cost_high, max_cost=self.max_cost, what="This map", fit=self._fit
-        )
-
-    def _fit(self, limit: float) -> str | None:
-        """What brings the map's bound under `limit` dollars: `--max-tokens N` (the largest
-        reply cap that does), else `--limit N` (the most rows that do at this cap)."""
-        price = self.session.prices.lookup(self.model, is_local=self.local)
-        if price is None or not self.to_send:
-            return None
-        wanted = max(job.prepared.estimate.max_completion_tokens for job in self.to_send)
-        prompts = sum(job.prepared.estimate.prompt_tokens for job in self.to_send)
-        n = max_tokens_within(limit, prompts, len(self.to_send), price.input, price.output)
-        if 1 <= n < wanted:
-            return f"--max-tokens {n}"
-        by_row = {i: job for job in self.to_send for i in job.rows}
-        seen: set[int] = set()
-        total = 0.0
-        for i in range(self.n):  # --limit N keeps the first N rows
-            job = by_row.get(i)
-            if job is None or id(job) in seen:
-                continue  # cached, skipped, or a duplicate of a row before it: free
-            seen.add(id(job))
-            total += job.prepared.estimate.cost_high or 0.0
-            if total > limit + 1e-12:
-                return f"--limit {i}" if i >= 1 else None
-        return None
-
-    # ----- the interface (see the class docstring) ------------------------------------------
-
-    @property
-    def frame_name(self) -> str:
-        return self.frame.name
-
-    @property
-    def template_text(self) -> str:
-        return self.template.text
-
-    @property
-    def limit(self) -> int | None:
-        return self.n if self.n < len(self.frame) else None
-
-    @property
-    def abort(self) -> ChatError | None:
-        """What stopped the run (key, model, a long wait), or None."""
-        return self._dispatcher.abort
-
-    def start(self) -> None:
-        """Ready to run (session loop): counters and queues reset, cache hits written."""
-        self._reset()
-        self._apply_hits()
-
-    def _reset(self) -> None:
-        self.counters = Counters(total=sum(len(job.rows) for job in self.to_send))
-        self._dispatcher = self._new_dispatcher()
-
-    def _new_dispatcher(self) -> Dispatcher:
-        return Dispatcher(
-            self,
-            self.session,
-            self.to_send,
-            model=self.model,
-            rpm=self.rpm,
-            tpm=self.tpm,
-            concurrency=self.concurrency,
-            local=self.local,
-            retries=self.retries,
-            cache_mode=self.cache_mode,
-        )
-
-    def _apply_hits(self) -> None:
-        """The cache hits: their ledger rows and savings, in bulk, then their rows written."""
-        if not self.hits:
-            return
-        session = self.session
-        # The rows of a map share a model and mostly a few token counts: each distinct
-        # (model, usage) is priced once.
-        priced: dict[tuple[Any, ...], tuple[dict[str, Any], float | None]] = {}
-        ledger: list[dict[str, Any]] = []
-        savings: list[float | None] = []
-        for job, hit in self.hits:
-            raw = hit.get("usage")
-            if not isinstance(raw, dict) or not raw.keys() <= _USAGE_FIELDS:
-                fields, saved = self._priced(job, hit)  # no usage, or one Usage(**) refuses
-            else:
-                get = raw.get  # one tuple a hit, not one per item
-                seen = (
-                    job.model,
-                    hit.get("model"),
-                    get("prompt_tokens"),
-                    get("completion_tokens"),
-                    get("cached_tokens"),
-                    get("estimated"),
-                )
-                try:
-                    fields, saved = priced[seen]
-                except KeyError:
-                    fields, saved = priced[seen] = self._priced(job, hit)
-                except TypeError:  # an unhashable value in a usage: priced on its own
-                    fields, saved = self._priced(job, hit)
-            savings.append(saved)
-            ledger.append({"time": time.time(), **fields})
-        if session.cache is not None:
-            session.cache.record_hits(savings)
-        common = {"thread": "map", "host": session.host, "cost": 0.0, "cached": True}
-        session.usage.record_many(LedgerRow.many(common, ledger))
-        if self.json:
-            for job, hit in self.hits:
-                text, reason = str(hit.get("text", "")), hit.get("finish_reason")
-                self._answered(job, text, cached=True, finish_reason=reason)
-            return
-        # Plain text: each row gets the reply (what `_answered` does, without its per-row
-        # calls: a cached map of 10,000 rows spends its time here).
-        values, errors, finished = self.values[self.outputs[0]], self.errors, self.finished
-        for job, hit in self.hits:
-            text = str(hit.get("text", ""))
-            if self.default_cap is not None and hit.get("finish_reason") == "length":
-                # Cut at the map's own cap: the note goes with it (the slow path knows how).
-                self._answered(job, text, cached=True, finish_reason="length")
-                continue
-            for i in job.rows:
-                values[i] = text
-                errors[i] = None
-                finished[i] = True
-
-    def _priced(
-        self, job: MapRequest | CachedRequest, hit: dict[str, Any]
-    ) -> tuple[dict[str, Any], float | None]:
-        """A cache hit's ledger fields (but its time) and what it saved."""
-        model = job.model
-        usage = Usage(**hit["usage"]) if hit.get("usage") else None
-        price = self.session.prices.lookup(model, is_local=self.local)
-        saved = pricing.cost(usage, price) if usage else None
-        fields = {
-            "model": self.session.model_label(model, hit.get("model")),
-            "prompt_tokens": usage.prompt_tokens if usage else 0,
-            "completion_tokens": usage.completion_tokens if usage else 0,
-            "cached_tokens": usage.cached_tokens if usage else 0,
-            "saved": saved,
-            "estimated": usage.estimated if usage else True,
-        }
-        return fields, saved
-
-    def spend(self, reply: Reply) -> None:
-        """Count a reply's cost in the progress and the summary."""
-        self._spent(reply)
-
-    def answer(self, request: MapRequest, text: str, finish_reason: str | None = None) -> None:
-        """A reply to `request` (not from the cache): its rows are written (or re-asked).
-        `finish_reason` "length" marks a reply cut at the map's default cap."""
-        self._answered(request, text, cached=False, finish_reason=finish_reason)
-
-    def fail(self, request: MapRequest, error: ChatError) -> None:
-        """`request` is given up: `error` goes into its rows' error column."""
-        self._fail(request, error)
-
-    async def send_queued(self) -> None:
-        """Send online what is queued (session loop): the re-asks of invalid JSON replies."""
-        if self._dispatcher.ready:
-            await self._dispatcher.run()
-
-    async def execute(self) -> None:
-        session = self.session
-        self._reset()
-        high = self.plan.cost_high if self.to_send else 0.0
-        held = (
-            session.usage.reserve(high, what="This map", fit=self._fit)
-            if self.to_send and not session.settings.offline
-            else 0.0
-        )
-        try:
-            self._apply_hits()
-            if session.settings.offline:
-                for job in self.to_send:
-                    self._fail(job, OfflineCacheMiss("Offline mode: this row is not in the cache."))
-            else:
-                self._dispatcher.ready.extend(self.to_send)
-            if self._dispatcher.ready:
-                await self._dispatcher.run()
-        finally:
-            session.usage.settle(held, None)
-
-    def _spent(self, reply: Reply) -> None:
-        if reply.cost is None:
-            self.counters.cost_known = False
-        else:
-            self.counters.cost += reply.cost
-
-    def _fail(self, job: MapRequest, exc: ChatError) -> None:
-        message = str(exc)
-        if job.failures:
-            after = f" (after {job.failures} {'retry' if job.failures == 1 else 'retries'})"
-            # Inside the sentence: "… try again later (after 2 retries)." not "later. (after"
-            stop = message[-1:] if message.endswith((".", "!", "?")) else ""
-            message = message.removesuffix(stop) + after + stop
-        for i in job.rows:
-            self._finish(i, {}, message)
-
-    def _answered(
-        self,
-        job: MapRequest | CachedRequest,
-        text: str,
-        *,
-        cached: bool,
-        finish_reason: str | None = None,
-    ) -> None:
-        # A reply cut at the cap the user never chose must not lose text silently: the text
-        # is kept and the row says so in the error column (a note, not a failure).
-        cut = self.default_cap is not None and finish_reason == "length"
-        note = _cut_note(self.default_cap) if cut and self.default_cap is not None else None
-        if not self.json:
-            for i in job.rows:
-                self._finish(i, {self.outputs[0]: text}, note, cached=cached, failed=False)
-            return
-        parsed, problem = parse_object(text)
-        if parsed is None:
-            if cut:  # asking again would be cut at the same place
-                again = f"The reply is not a JSON object ({problem}): {note}"
-                for i in job.rows:
-                    self._finish(i, {}, again)
-            elif job.reask:
-                again = f"The reply is not a JSON object ({problem}), even when asked again."
-                for i in job.rows:
-                    self._finish(i, {}, again)
-            else:
-                self._reask(job, text, problem, cached)
-            return
-        missing = [col for col in self.outputs if col not in parsed]
-        error: str | None = None
-        if missing:
-            keys = ", ".join(repr(k) for k in missing)
-            error = f"The reply has no {keys} key{'s' if len(missing) > 1 else ''}."
-        values = {col: parsed.get(col) for col in self.outputs}
-        for i in job.rows:
-            self._finish(i, values, error or note, cached=cached, failed=error is not None)
-
-    def _reask(
-        self, job: MapRequest | CachedRequest, text: str, problem: str, cached: bool
-    ) -> None:
-        """Invalid JSON is asked for once more, in the same conversation, first in line."""
-        from ipychat.session import Prepared
-
-        body = dict(job.body)
-        keys = ", ".join(self.outputs)
-        body["messages"] = [
-            *body["messages"],
-            {"role": "assistant", "content": text},
-            {
-                "role": "user",
-                "content": f"That is not a valid JSON object ({problem}). Reply with only "
-                f"the JSON object, with the keys: {keys}.",
-            },
-        ]
-        estimate = self.session.estimate(
-            body["messages"], model=body["model"], max_tokens=body.get("max_tokens")
-        )
-        prepared = Prepared(job.prompt, None, body, estimate, label="map")
-        again = MapRequest(
-            request_key(self.session, body),
-            prepared,
-            job.rows,
-            estimate.prompt_tokens + estimate.max_completion_tokens,
-            reask=True,
-        )
-        if cached:  # its rows were counted as cached: now they are to send
-            self.counters.total += len(job.rows)
-        self._dispatcher.ready.appendleft(again)
-
-    def _finish(
-        self,
-        i: int,
-        values: dict[str, Any],
-        error: str | None,
-        *,
-        cached: bool = False,
-        failed: bool | None = None,
-    ) -> None:
-        """Row `i` is done: its values, and its error column (`failed` False: a note)."""
-        for col, value in values.items():
-            self.values[col][i] = value
-        self.errors[i] = error
-        if not self.finished[i]:
-            self.finished[i] = True
-            if not cached:
-                self.counters.done += 1
-                if error is not None if failed is None else failed:
-                    self.counters.errors += 1
-
-    # ----- reading the state (any thread) ---------------------------------------------------
-
-    def progress(self) -> MapProgress:
-        c = self.counters
-        now = time.monotonic()
-        rate = eta = None
-        if c.first_send is not None and c.done:
-            elapsed = max(1e-9, now - c.first_send)
-            rate = c.done / elapsed
-            eta = (c.total - c.done) / rate
-        return MapProgress(
-            done=c.done,
-            total=c.total,
-            errors=c.errors,
-            cost=c.cost if c.cost_known else None,
-            elapsed=now - c.started,
-            rate=rate,
-            eta=eta,
-        )
-
-    def result(self, *, interrupted: bool = False) -> MapResult:
-        columns = dict(self.values)
-        notes = ("skipped:", CUT)
-        failed = sum(1 for error in self.errors[: self.n] if error and not error.startswith(notes))
-        cut = sum(1 for error in self.errors[: self.n] if error and error.startswith(CUT))
-        if failed or cut or self.skipped or self.had_error_column:
-            columns[self.error_column] = self.errors
-        frame = self.frame.write(
-            columns, inplace=self.inplace, json_columns=set(self.outputs) if self.json else set()
-        )
-        c = self.counters
-        pending = self.n - sum(self.finished)
-        summary = MapSummary(
-            rows=self.n,
-            sent=c.done - c.errors,
-            cached=self.plan.cached,
-            failed=failed,
-            skipped=self.skipped,
-            duplicates=self.plan.duplicates,
-            cost=c.cost if c.cost_known else None,
-            elapsed=time.monotonic() - c.started,
-            requests=c.requests,
-            rate_limited=c.rate_limited,
-            outputs=tuple(self.outputs),
-            error_column=self.error_column,
-            interrupted=interrupted,
-            pending=pending,
-            cut=cut,
-            default_cap=self.default_cap,
-        )
-        return MapResult(frame, summary, self.plan)
-
-
 def _sentence(text: str) -> str:
     """`text` ending as a sentence, so that another can follow it ("… %chat key. Stopped")."""
     return text if text.endswith((".", "!", "?")) else text + "."
-
-
-CUT = "cut:"  # the error column's mark of a reply cut at the map's default cap
-
-
-def _cut_note(cap: int) -> str:
-    return (
-        f"{CUT} the reply reached the map's default cap of {cap:,} tokens; re-run with "
-        "--max-tokens N for the whole reply."
-    )
 
 
 # ----- entry points --------------------------------------------------------------------------
@@ -616,20 +111,23 @@ def _aborted(mapper: MapJob, cause: ChatError) -> MapAborted:
 
 
 def plan(
-    session: ChatSession,
+    session: Host,
     df: Any,
     template: str,
     output: str | Sequence[str] = "col",
+    *,
+    progress: Callable[[MapProgress], None] | None = None,
+    on_plan: Callable[[MapPlan], None] | None = None,
     **options: Any,
 ) -> MapPlan:
-    """The dry run: what `run` would send and what it may cost; nothing is sent."""
-    options.pop("progress", None)
-    options.pop("on_plan", None)
-    return MapJob(session, df, template, output, **options).plan
+    """The dry run: what `run` would send and what it may cost; nothing is sent (so
+    `progress` and `on_plan`, which `run` takes, are not called)."""
+    del progress, on_plan
+    return MapJob(session.engine, df, template, MapOptions.of(output, **options)).plan
 
 
 def map_frame(
-    session: ChatSession,
+    session: Host,
     df: Any,
     template: str,
     output: str | Sequence[str] = "col",
@@ -644,7 +142,7 @@ def map_frame(
 
 
 async def amap_frame(
-    session: ChatSession,
+    session: Host,
     df: Any,
     template: str,
     output: str | Sequence[str] = "col",
@@ -659,7 +157,7 @@ async def amap_frame(
 
 
 def run(
-    session: ChatSession,
+    session: Host,
     df: Any,
     template: str,
     output: str | Sequence[str] = "col",
@@ -687,13 +185,15 @@ def run(
     the rows finished so far in `.result`; a global failure (key, model, a long wait
     demanded by the server) raises MapAborted, also with `.result`.
     """
-    mapper = MapJob(session, df, template, output, **options)
+    mapper = MapJob(session.engine, df, template, MapOptions.of(output, **options))
     mapper.check_budget()
     if on_plan is not None:
         on_plan(mapper.plan)
     try:
         wait_on_loop(
-            session, mapper.execute(), lambda: progress(mapper.progress()) if progress else None
+            session.runner,
+            mapper.execute(),
+            lambda: progress(mapper.progress()) if progress else None,
         )
     except KeyboardInterrupt:
         raise _interrupted(mapper) from None
@@ -705,7 +205,7 @@ def run(
 
 
 async def arun(
-    session: ChatSession,
+    session: Host,
     df: Any,
     template: str,
     output: str | Sequence[str] = "col",
@@ -715,21 +215,14 @@ async def arun(
     **options: Any,
 ) -> MapResult:
     """`run` for code that awaits; the requests still go from the session's own loop."""
-    mapper = MapJob(session, df, template, output, **options)
+    mapper = MapJob(session.engine, df, template, MapOptions.of(output, **options))
     mapper.check_budget()
     if on_plan is not None:
         on_plan(mapper.plan)
-    finished = threading.Event()
-    future = session.submit(guarded(mapper.execute(), finished))
-    wrapped = asyncio.wrap_future(future)
+    tick = (lambda: progress(mapper.progress())) if progress is not None else None
     try:
-        while not (await asyncio.wait({wrapped}, timeout=TICK))[0]:
-            if progress is not None:
-                progress(mapper.progress())
-        wrapped.result()
+        await wait_async(session.runner, mapper.execute(), tick=tick, every=TICK)
     except asyncio.CancelledError:
-        future.cancel()
-        await asyncio.to_thread(finished.wait, 5.0)
         raise _interrupted(mapper) from None
     if progress is not None:
         progress(mapper.progress())

@@ -1,10 +1,11 @@
-"""%%chatmap's planning: templates, nulls, dedupe, prepared requests, cached reads, MapPlan.
+"""%%chatmap's planning: nulls, dedupe, prepared requests, cached reads, MapPlan.
 
 Everything here runs in the caller's thread before anything is sent:
 
 ```
 compile_template(text, columns)    {column} placeholders → one str.format per row
-plan_requests(session, frame, ...) → Planned
+                                   (ipychat.map.template)
+plan_requests(engine, frame, ...) → Planned
   ├── render the rows column by column; null placeholders skip the row (or --fill-null)
   ├── identical prompts share one request (sent once, its reply fills every row)
   ├── RowShape: what every row's request shares, worked out once (body, key, room)
@@ -19,27 +20,25 @@ SELECT; `python benchmarks/cache.py` measures it."""
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import itertools
-import math
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any
 
-from ipychat.core.errors import ConfigError, ContextLengthError, TemplateError
-from ipychat.core.keys import cache_key, canonical_json
-from ipychat.core.messages import literal_braces
+from ipychat.core.errors import ContextLengthError, TemplateError
+from ipychat.core.keys import canonical_json
 from ipychat.core.pricing import format_tokens, format_usd, format_usd_bound
 from ipychat.core.tokens import count_messages_bound
-from ipychat.map.dispatch import MAX_CONCURRENCY
+from ipychat.engine.prepare import RequestOptions
 
 if TYPE_CHECKING:
+    from ipychat.engine.engine import Engine
+    from ipychat.engine.prepare import Prepared
     from ipychat.map.frame import Frame
-    from ipychat.session import ChatSession, Prepared
+    from ipychat.map.template import RowTemplate
 
 __all__ = [
     "MAP_MAX_TOKENS",
@@ -47,18 +46,12 @@ __all__ = [
     "MapPlan",
     "MapRequest",
     "Planned",
+    "RowRequest",
     "RowShape",
-    "RowTemplate",
-    "check_options",
-    "compile_template",
     "default_reply_cap",
-    "output_columns",
     "plan_requests",
     "request_key",
 ]
-
-_PLACEHOLDER = re.compile(r"\{\{(?P<escaped>[^{}]*)\}\}|\{(?P<name>[^{}\n]+)\}")
-_IDENT = re.compile(r"[A-Za-z_]\w*")
 
 # The reply cap of a map whose user set none (per output column with --json). A map's
 # budget check holds the worst case of every row, and the session default (1,024) made a
@@ -69,91 +62,8 @@ _IDENT = re.compile(r"[A-Za-z_]\w*")
 MAP_MAX_TOKENS = 32
 
 
-# ----- templates -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RowTemplate:
-    """A row template compiled once: `render(values)` is one `str.format` call per row."""
-
-    text: str
-    columns: tuple[Any, ...]  # the column labels used, in order of first use
-    format_string: str
-
-    def render(self, values: Sequence[str]) -> str:
-        return self.format_string.format(*values)
-
-
-def _escape(text: str) -> str:
-    return text.replace("{", "{{").replace("}", "}}")
-
-
-def compile_template(
-    template: str, columns: Sequence[Any], frame: str = "the DataFrame"
-) -> RowTemplate:
-    """Compile `{column}` placeholders, brace-safe like `ipychat.core.messages.interpolate`.
-
-    `{{x}}` sends `{x}`; braces that cannot be a column (JSON, code, LaTeX) stay as written;
-    a `{name}` that looks like a placeholder but names no column is an error listing the
-    columns (checked before anything is sent). Column names need not be identifiers:
-    `{review text}` works when there is such a column.
-    """
-    text = template.strip() if isinstance(template, str) else ""
-    if not text:
-        raise TemplateError(
-            "The template is empty: write the prompt below %%chatmap, with {column} "
-            "placeholders such as {text}."
-        )
-    known = {str(c): c for c in columns}
-    is_literal = literal_braces(text)  # `\frac{x}`, `x^{n}`, code: not placeholders
-    parts: list[str] = []
-    used: list[Any] = []
-    index: dict[str, int] = {}
-    unknown: list[str] = []
-    last = 0
-    for m in _PLACEHOLDER.finditer(text):
-        parts.append(_escape(text[last : m.start()]))
-        last = m.end()
-        escaped, name = m.group("escaped"), m.group("name")
-        if escaped is not None:
-            parts.append(_escape("{" + escaped + "}"))
-            continue
-        if name in known:
-            if name not in index:
-                index[name] = len(used)
-                used.append(known[name])
-            parts.append(f"{{{index[name]}}}")
-            continue
-        if _IDENT.fullmatch(name) and not is_literal(m.start()) and name not in unknown:
-            unknown.append(name)
-        parts.append(_escape(m.group(0)))
-    parts.append(_escape(text[last:]))
-    listing = _list_columns(known)
-    if unknown:
-        names = ", ".join("{" + n + "}" for n in unknown)
-        close = difflib.get_close_matches(unknown[0], list(known), n=1)
-        hint = f" (did you mean {{{close[0]}}}?)" if close else ""
-        verb = "is not a column" if len(unknown) == 1 else "are not columns"
-        raise TemplateError(
-            f"{names} {verb} of {frame}{hint}. Its columns: {listing}. "
-            f"Use {{{{{unknown[0]}}}}} to send braces as text."
-        )
-    if not used:
-        raise TemplateError(
-            f"The template has no {{column}} placeholder, so every row would send the same "
-            f"prompt. Use the columns of {frame}: {listing}."
-        )
-    return RowTemplate(text, tuple(used), "".join(parts))
-
-
 def _s(n: int) -> str:
     return "" if n == 1 else "s"
-
-
-def _list_columns(known: dict[str, Any], most: int = 30) -> str:
-    names = list(known)
-    shown = ", ".join(names[:most])
-    return shown + (f", … ({len(names) - most} more)" if len(names) > most else "") or "none"
 
 
 # ----- the plan ------------------------------------------------------------------------------
@@ -281,11 +191,9 @@ class Planned:
     row_errors: dict[int, str]
 
 
-def request_key(session: ChatSession, body: dict[str, Any]) -> str:
-    """The cache key of a request body."""
-    # The session's own key when it has one (it knows the endpoint's every part).
-    own = getattr(session, "cache_key", None)
-    return own(body) if callable(own) else cache_key(session.base_url, body)
+def request_key(engine: Engine, body: dict[str, Any]) -> str:
+    """The cache key of a request body (the engine's: it knows the endpoint's every part)."""
+    return engine.cache_key(body)
 
 
 # ----- what every row of a map shares ----------------------------------------------------------
@@ -299,7 +207,7 @@ _KEY_CHECK_EVERY = 4096
 
 class RowShape:
     """The parts of a map's requests that are the same for every row, worked out once from
-    the body `session.one_body` builds for an empty prompt (nothing is counted or sent):
+    the body `Engine.one_body` builds for an empty prompt (nothing is counted or sent):
 
     - `body(prompt)`: that body with the prompt as its last message, which is what
       `prepare_one(prompt)` builds (same keys, same order);
@@ -313,8 +221,8 @@ class RowShape:
       would be if it were not cached.
     """
 
-    def __init__(self, session: ChatSession, base: dict[str, Any], window: int) -> None:
-        self.session = session
+    def __init__(self, engine: Engine, base: dict[str, Any], window: int) -> None:
+        self.engine = engine
         self._base = base
         self.model = str(base["model"])
         self._head = base["messages"][:-1]
@@ -323,33 +231,15 @@ class RowShape:
         self._key_parts = self._key_template()
 
     @classmethod
-    def probe(
-        cls,
-        session: ChatSession,
-        *,
-        model: str,
-        system: str | None,
-        temperature: float | None,
-        max_tokens: int | None,
-        extra: dict[str, Any] | None,
-        allow_secrets: bool = False,
-    ) -> RowShape | None:
-        """The shape of the rows `session.prepare_one` would prepare with these options, or
+    def probe(cls, engine: Engine, options: RequestOptions) -> RowShape | None:
+        """The shape of the rows `Engine.prepare_one` would prepare with these options, or
         None when the body is not the prompt as its last message (each row then goes
         through `prepare_one`)."""
-        base = session.one_body(
-            "",
-            model=model,
-            system=system,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            extra=extra,
-            allow_secrets=allow_secrets,
-        )
+        base = engine.one_body("", options)
         messages = base.get("messages")
         if not messages or messages[-1] != {"role": "user", "content": ""}:
             return None
-        return cls(session, base, session._context_window(base["model"]))
+        return cls(engine, base, engine.context_window(base["model"]))
 
     def body(self, prompt: str) -> dict[str, Any]:
         return {**self._base, "messages": [*self._head, {"role": "user", "content": prompt}]}
@@ -365,13 +255,13 @@ class RowShape:
 
     def prepare(self, prompt: str, masked: str) -> Prepared:
         """The row's request, estimated exactly (ContextLengthError if it does not fit)."""
-        return self.session.prepare_body(prompt, self.body(prompt), label="map", masked=masked)
+        return self.engine.prepare_body(prompt, self.body(prompt), label="map", masked=masked)
 
     def keys(self, prompts: Sequence[str]) -> list[str]:
         """The cache key of each prompt's request, as `request_key` gives it."""
         parts = self._key_parts
         if parts is None:
-            return [request_key(self.session, self.body(p)) for p in prompts]
+            return [request_key(self.engine, self.body(p)) for p in prompts]
         prefix, suffix = parts
         sha256 = hashlib.sha256
         keys = [
@@ -379,17 +269,17 @@ class RowShape:
             for p in prompts
         ]
         sample = {*range(0, len(keys), _KEY_CHECK_EVERY), len(keys) - 1} if keys else set()
-        if any(keys[i] != request_key(self.session, self.body(prompts[i])) for i in sample):
-            self._key_parts = None  # not the session's key after all: the slow, sure way
+        if any(keys[i] != request_key(self.engine, self.body(prompts[i])) for i in sample):
+            self._key_parts = None  # not the engine's key after all: the slow, sure way
             return self.keys(prompts)
         return keys
 
     def _key_template(self) -> tuple[str, str] | None:
         """The canonical JSON `keys.cache_key` hashes, split around the prompt."""
-        session = self.session
-        endpoint = session.base_url
-        version = getattr(session.settings, "azure_api_version", None)
-        if version:  # as ChatSession.cache_key: the api-version is part of the endpoint
+        engine = self.engine
+        endpoint = engine.base_url
+        version = engine.settings.azure_api_version
+        if version:  # as Engine.cache_key: the api-version is part of the endpoint
             endpoint = f"{endpoint}?api-version={version}"
         marked = canonical_json({"endpoint": endpoint.rstrip("/"), "request": self.body(_MARK)})
         mark = encode_basestring(_MARK)
@@ -402,67 +292,52 @@ class RowShape:
 # ----- planning ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RowRequest:
+    """What every request of a map is sent with, the engine's defaults applied."""
+
+    model: str
+    system: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    extra: dict[str, Any] | None = None  # e.g. --json's response_format
+    allow_secrets: bool = False
+    default_cap: int | None = None  # the map's own reply cap, when the user set none
+
+    def options(self) -> RequestOptions:
+        """The options of `Engine.one_body`/`prepare_one` for every row."""
+        return RequestOptions(
+            self.model,
+            self.system,
+            self.temperature,
+            self.max_tokens,
+            self.extra,
+            self.allow_secrets,
+        )
+
+
 def plan_requests(
-    session: ChatSession,
+    engine: Engine,
     frame: Frame,
     template: RowTemplate,
     n: int,
     *,
     fill_null: str | None,
     cache_mode: str,
-    model: str,
-    system: str | None,
-    temperature: float | None,
-    max_tokens: int | None,
-    extra: dict[str, Any] | None,
-    allow_secrets: bool,
-    default_cap: int | None = None,
+    request: RowRequest,
 ) -> Planned:
     """Plan the first `n` rows of `frame` (caller's thread, nothing sent): render each row
     once, skip or fill nulls, send identical prompts once, check and clean each unique
     prompt, read the cache for all of them in one batched read, and estimate what is sent.
 
     What all rows share is worked out once (`RowShape`); per unique prompt there is the
-    secret check and redaction (`ChatSession.clean_prompt`, as `prepare_one` does), a body, a key,
+    secret check and redaction (`Engine.clean_prompt`, as `prepare_one` does), a body, a key,
     and, only for the prompts to send, the token count.
     """
     row_errors: dict[int, str] = {}
     by_prompt, skipped, null_cols = _render(frame, template, n, fill_null, row_errors)
-    options: dict[str, Any] = {
-        "model": model,
-        "system": system,
-        "temperature": temperature,
-        "max_tokens": max_tokens,
-        "extra": extra,
-    }
-    shape = RowShape.probe(session, **options, allow_secrets=allow_secrets) if by_prompt else None
-    store = session.cache if session.settings.cache and cache_mode == "use" else None
-    jobs: list[MapRequest | CachedRequest] = []
-    found: dict[str, dict[str, Any]] = {}
-    invalid = 0
-    if shape is None:
-        if allow_secrets:
-            options["allow_secrets"] = True
-        invalid = _prepare(session, by_prompt, row_errors, options, jobs)
-        if store is not None and jobs:
-            found = store.get_many([job.key for job in jobs])
-    else:
-        # Every prompt is checked (and cleaned) before anything else, in row order: the
-        # first one holding a credential refuses the map, whatever the cache holds.
-        cleaned = [session.clean_prompt(prompt, allow_secrets) for prompt in by_prompt]
-        keys = shape.keys([text for text, _ in cleaned])
-        if store is not None:
-            found = store.get_many(keys)
-        for (text, masked), key, rows in zip(cleaned, keys, by_prompt.values(), strict=True):
-            if key in found and shape.fits(text):
-                jobs.append(CachedRequest(key, text, rows, shape))
-                continue
-            try:
-                prepared = shape.prepare(text, masked)
-            except ContextLengthError as exc:  # this row only (a credential refuses the map)
-                invalid += _too_long(row_errors, rows, exc)
-                continue
-            jobs.append(_request(key, prepared, rows))
+    store = engine.cache if engine.settings.cache and cache_mode == "use" else None
+    jobs, found, invalid = _lookup(engine, by_prompt, row_errors, request, store)
     hits = [(job, found[job.key]) for job in jobs if job.key in found]
     to_send = [job for job in jobs if job.key not in found and isinstance(job, MapRequest)]
     processed = n - skipped
@@ -484,13 +359,52 @@ def plan_requests(
         cost_low=_total(lows),
         cost_high=_total(highs),
         cost_batch=_total(batches),
-        model=model,
+        model=request.model,
         approximate=any(e.approximate for e in estimates),
-        offline=session.settings.offline,
+        offline=engine.settings.offline,
         first_prompt=next(iter(by_prompt), None),
-        default_cap=default_cap,
+        default_cap=request.default_cap,
     )
     return Planned(plan, hits, to_send, skipped, row_errors)
+
+
+def _lookup(
+    engine: Engine,
+    by_prompt: dict[str, list[int]],
+    row_errors: dict[int, str],
+    request: RowRequest,
+    store: Any,
+) -> tuple[list[MapRequest | CachedRequest], dict[str, dict[str, Any]], int]:
+    """Each unique prompt's request and cache key, the cache read for all of them at once:
+    (the requests, the cache entries found by key, the rows too long for the context)."""
+    options = request.options()
+    allow_secrets = request.allow_secrets
+    shape = RowShape.probe(engine, options) if by_prompt else None
+    jobs: list[MapRequest | CachedRequest] = []
+    found: dict[str, dict[str, Any]] = {}
+    invalid = 0
+    if shape is None:
+        invalid = _prepare(engine, by_prompt, row_errors, options, jobs)
+        if store is not None and jobs:
+            found = store.get_many([job.key for job in jobs])
+        return jobs, found, invalid
+    # Every prompt is checked (and cleaned) before anything else, in row order: the first
+    # one holding a credential refuses the map, whatever the cache holds.
+    cleaned = [engine.clean_prompt(prompt, allow_secrets) for prompt in by_prompt]
+    keys = shape.keys([text for text, _ in cleaned])
+    if store is not None:
+        found = store.get_many(keys)
+    for (text, masked), key, rows in zip(cleaned, keys, by_prompt.values(), strict=True):
+        if key in found and shape.fits(text):
+            jobs.append(CachedRequest(key, text, rows, shape))
+            continue
+        try:
+            prepared = shape.prepare(text, masked)
+        except ContextLengthError as exc:  # this row only (a credential refuses the map)
+            invalid += _too_long(row_errors, rows, exc)
+            continue
+        jobs.append(_request(key, prepared, rows))
+    return jobs, found, invalid
 
 
 def _render(
@@ -553,31 +467,31 @@ def _too_long(row_errors: dict[int, str], rows: list[int], exc: ContextLengthErr
 
 
 def _prepare(
-    session: ChatSession,
+    engine: Engine,
     by_prompt: dict[str, list[int]],
     row_errors: dict[int, str],
-    options: dict[str, Any],
+    options: RequestOptions,
     jobs: list[MapRequest | CachedRequest],
 ) -> int:
-    """Each unique prompt through `session.prepare_one`, into `jobs` (when no `RowShape`
+    """Each unique prompt through `Engine.prepare_one`, into `jobs` (when no `RowShape`
     could be had); returns the rows too long for the context window."""
     invalid = 0
     for prompt, rows in by_prompt.items():
         try:
-            prepared = session.prepare_one(prompt, label="map", **options)
+            prepared = engine.prepare_one(prompt, options, label="map")
         except ContextLengthError as exc:  # this row only (a credential refuses the map)
             invalid += _too_long(row_errors, rows, exc)
             continue
-        jobs.append(_request(request_key(session, prepared.body), prepared, rows))
+        jobs.append(_request(request_key(engine, prepared.body), prepared, rows))
     return invalid
 
 
-def default_reply_cap(session: ChatSession, max_tokens: int | None, columns: int) -> int | None:
+def default_reply_cap(engine: Engine, max_tokens: int | None, columns: int) -> int | None:
     """The map's own reply cap (MAP_MAX_TOKENS per output column), or None when the user
     chose one: `max_tokens` here, or a max_tokens setting other than the default."""
     from ipychat.core.settings import DEFAULT_MAX_TOKENS
 
-    if max_tokens is not None or session.settings.max_tokens not in (None, DEFAULT_MAX_TOKENS):
+    if max_tokens is not None or engine.settings.max_tokens not in (None, DEFAULT_MAX_TOKENS):
         return None
     return MAP_MAX_TOKENS * max(columns, 1)
 
@@ -599,56 +513,3 @@ def _text(value: Any, column: Any) -> str:
             f"A value in column {column!r} could not be turned into text "
             f"({type(exc).__name__}): fix or drop it before mapping."
         ) from None
-
-
-# ----- options -------------------------------------------------------------------------------
-
-
-def output_columns(output: str | Sequence[str], json: bool) -> list[str]:
-    """The -o column names, checked."""
-    names = [output] if isinstance(output, str) else list(output)
-    if not names or not all(isinstance(n, str) and n.strip() for n in names):
-        raise ConfigError("Name the output column: -o COLUMN (with --json, one per key).")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"An output column is named twice: {', '.join(names)}.")
-    if len(names) > 1 and not json:
-        raise ConfigError(
-            "Several output columns need --json: the reply is then a JSON object whose keys "
-            "fill them."
-        )
-    return names
-
-
-def check_options(
-    concurrency: int | None,
-    rpm: float | None,
-    tpm: float | None,
-    retries: int | None,
-    max_cost: float | None,
-    limit: int | None,
-    max_tokens: int | None,
-    temperature: float | None,
-) -> None:
-    """The numeric options of a map, checked before anything else."""
-    whole = {"concurrency": concurrency, "max_tokens": max_tokens}
-    for name, value in whole.items():
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ConfigError(f"{name} must be a positive whole number, not {value!r}.")
-    if concurrency is not None and concurrency > MAX_CONCURRENCY * 4:
-        raise ConfigError(f"concurrency {concurrency} is more than any server will welcome.")
-    for label, rate in {"rpm": rpm, "tpm": tpm}.items():
-        if rate is not None and not (rate > 0 and math.isfinite(rate)):  # nan, inf: no limit
-            unit = "requests" if label == "rpm" else "tokens"
-            raise ConfigError(
-                f"{label} must be a positive number of {unit} per minute, not {rate!r}: "
-                f"give the limit (e.g. --{label} {500 if label == 'rpm' else 200_000}), or "
-                "leave it out to use the server's own."
-            )
-    if retries is not None and (not isinstance(retries, int) or not 0 <= retries <= 20):
-        raise ConfigError(f"retries must be a whole number from 0 to 20, not {retries!r}.")
-    if limit is not None and (not isinstance(limit, int) or limit < 0):
-        raise ConfigError(f"limit must be a whole number ≥ 0, not {limit!r}.")
-    if max_cost is not None and not max_cost >= 0:
-        raise ConfigError(f"max cost must be a number of dollars ≥ 0, not {max_cost!r}.")
-    if temperature is not None and not 0 <= temperature <= 2:
-        raise ConfigError(f"temperature must be between 0 and 2, not {temperature}.")

@@ -17,6 +17,7 @@ from typing import Any
 
 from IPython.display import display
 
+from ipychat.core import format as fmt
 from ipychat.core.markdown import escape_dollars, reply_markdown
 
 __all__ = ["LiveReply", "in_notebook", "show_markdown", "show_prompt", "show_rendered"]
@@ -31,8 +32,7 @@ def in_notebook(shell: Any) -> bool:
 
 
 def _footer_md(footer: str) -> str:
-    # In a code span: JupyterLab neither typesets its dollars nor parses it.
-    return f"\n\n<sub>`{footer}`</sub>" if footer else ""
+    return f"\n\n{fmt.footer_markdown(footer)}" if footer else ""
 
 
 def _footer_text(footer: str) -> str:

@@ -1,117 +1,40 @@
 """`%%chatmap`: a thin view over `ipychat.map.job` (parse, call, show).
 
-Same conventions as `ipychat.notebook.magics`: `@magic_arguments` (so `%%chatmap?` prints real help),
-shlex parsing, every ChatError shown as a one-line UsageError. ipywidgets is imported only
-when a notebook shows the progress bar; a terminal gets a text line.
+Same conventions as `ipychat.notebook.magics`: `@magic_arguments` (so `%%chatmap?` prints
+real help), shlex parsing, every ChatError shown as a one-line UsageError. The progress is
+`ipychat.notebook.progress`.
 """
 
 from __future__ import annotations
 
 import difflib
-import html
-import re
-import sys
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, argument_group, magic_arguments
 
 from ipychat.notebook.magicargs import check_variable, help_layout, parse_line, user_errors
+from ipychat.notebook.progress import ProgressView
+
+if TYPE_CHECKING:
+    from ipychat.session import ChatSession
 
 __all__ = ["ChatMapMagics"]
-
-# A terminal progress line is rewritten at most this often (a notebook widget every tick).
-_TEXT_EVERY = 1.0
-
-
-class _ProgressView:
-    """`612/788 · 41 rows/s · ETA 4 s · 0 errors · $0.0071`: a widget bar, or a text line.
-
-    In a notebook the bar is a live widget while the map runs; when it ends the widget's
-    output is replaced (through its display id) by a static summary in HTML and text, so a
-    saved, exported or reopened notebook shows how the map went instead of "Error displaying
-    widget: model not found" or `HBox(children=(IntProgress(...`.
-    """
-
-    def __init__(self, *, notebook: bool) -> None:
-        self.notebook = notebook
-        self._bar: Any = None
-        self._label: Any = None
-        self._box: Any = None
-        self._handle: Any = None
-        self._progress: Any = None  # the last snapshot shown
-        self._last = 0.0
-        self._shown = False
-
-    def plan(self, plan: Any) -> None:
-        from ipychat.notebook.display import show_markdown
-
-        line = plan.line()
-        show_markdown(f"`{line}`" if self.notebook else line, notebook=self.notebook, plain=line)
-
-    def update(self, progress: Any) -> None:
-        if progress.total == 0:
-            return
-        self._progress = progress
-        if self.notebook and self._widget(progress.total):
-            self._bar.value = progress.done
-            self._label.value = f"<code>{html.escape(progress.line())}</code>"
-            return
-        now = time.monotonic()
-        if now - self._last >= _TEXT_EVERY or progress.done == progress.total:
-            self._last = now
-            sys.stdout.write(f"\r{progress.line()}   ")
-            sys.stdout.flush()
-            self._shown = True
-
-    def _widget(self, total: int) -> bool:
-        if self._bar is None:
-            try:
-                import ipywidgets as widgets
-                from IPython.display import display
-            except ImportError:
-                self.notebook = False
-                return False
-            self._bar = widgets.IntProgress(min=0, max=total, bar_style="info")
-            self._label = widgets.HTML()
-            self._box = widgets.HBox([self._bar, self._label])
-            bundle = self._box._repr_mimebundle_()
-            bundle["text/plain"] = f"map in progress: 0/{total:,}"
-            self._handle = display(bundle, raw=True, display_id=True)
-        self._bar.max = total
-        return True
-
-    def finish(self, ok: bool) -> None:
-        if self._handle is not None:
-            self._handle.update(self._static(ok), raw=True)
-            for widget in (self._bar, self._label, self._box):
-                widget.close()  # the output no longer shows them: free their comms
-            self._handle = self._bar = self._label = self._box = None
-        if self._shown:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-
-    def _static(self, ok: bool) -> dict[str, str]:
-        """The finished bar as HTML (a native <progress>, amounts in <code> so they are
-        never typeset) and as text."""
-        p = self._progress
-        done = re.sub(r" · ETA [^·]*·", " ·", p.line())  # no ETA once it has ended
-        line = f"{'map finished' if ok else 'map stopped'}: {done}"
-        color = "var(--jp-success-color1, #388e3c)" if ok else "var(--jp-warn-color1, #f57c00)"
-        return {
-            "text/html": (
-                f"<progress value='{p.done}' max='{p.total}' style='accent-color: {color}'>"
-                f"</progress> <code>{html.escape(line)}</code>"
-            ),
-            "text/plain": line,
-        }
 
 
 @magics_class
 class ChatMapMagics(Magics):
     """`%%chatmap`: one prompt per DataFrame row, in parallel, at the server's pace."""
+
+    def __init__(
+        self, shell: Any = None, session: ChatSession | None = None, **kwargs: Any
+    ) -> None:
+        from ipychat.session import get_session
+
+        # The session `%%chat` uses (`load` hands it over): both magics are views of one.
+        self.session = session or get_session()
+        super().__init__(shell=shell, **kwargs)
 
     @magic_arguments(name="%%chatmap")
     @help_layout(
@@ -215,9 +138,7 @@ class ChatMapMagics(Magics):
         if (args.no_wait or args.poll is not None) and not args.batch:
             raise UsageError("--no-wait and --poll go with --batch.")
         df = self._frame(args.df)
-        from ipychat.session import get_session
-
-        session = get_session()
+        session = self.session
         before = session.redactions.copy()
         try:
             with user_errors(), session.allowing_secrets(args.allow_secrets):
@@ -250,9 +171,8 @@ class ChatMapMagics(Magics):
     def _map(self, args: Any, df: Any, cell: str) -> None:
         from ipychat.map import job as chatmap
         from ipychat.notebook.display import in_notebook, show_markdown
-        from ipychat.session import get_session
 
-        session = get_session()
+        session = self.session
         notebook = in_notebook(self.shell)
         options: dict[str, Any] = {
             "json": args.json,
@@ -270,21 +190,12 @@ class ChatMapMagics(Magics):
             "fill_null": args.fill_null,
             "name": args.df,
         }
-        view = _ProgressView(notebook=notebook)
+        view = ProgressView(notebook=notebook)
         if args.batch:
             self._batch(args, df, cell, options, view)
             return
         if args.dry_run:
-            plan = chatmap.plan(session, df, cell, args.output, **options)
-            view.plan(plan)
-            if plan.first_prompt is not None:
-                from ipychat.core.markdown import fenced
-
-                show_markdown(
-                    f"First prompt:\n\n{fenced(plan.first_prompt)}",
-                    notebook=notebook,
-                    plain=f"First prompt:\n{plan.first_prompt}",
-                )
+            self._dry_run(args, df, cell, options, view)
             return
         # pandas frames are written in place; a polars frame is immutable, so the variable
         # is rebound to the new one (the same thing, seen from the notebook).
@@ -312,14 +223,33 @@ class ChatMapMagics(Magics):
 
         display(result.frame.head())
 
-    def _batch(self, args: Any, df: Any, cell: str, options: dict[str, Any], view: Any) -> None:
+    def _dry_run(
+        self, args: Any, df: Any, cell: str, options: dict[str, Any], view: ProgressView
+    ) -> None:
+        """--dry-run: the plan (rows, cached rows, tokens, cost) and the first prompt."""
+        from ipychat.map import job as chatmap
+        from ipychat.notebook.display import in_notebook, show_markdown
+
+        plan = chatmap.plan(self.session, df, cell, args.output, **options)
+        view.plan(plan)
+        if plan.first_prompt is not None:
+            from ipychat.core.markdown import fenced
+
+            show_markdown(
+                f"First prompt:\n\n{fenced(plan.first_prompt)}",
+                notebook=in_notebook(self.shell),
+                plain=f"First prompt:\n{plan.first_prompt}",
+            )
+
+    def _batch(
+        self, args: Any, df: Any, cell: str, options: dict[str, Any], view: ProgressView
+    ) -> None:
         """--batch: the same plan, sent through ipychat.map.batch (which see)."""
         from ipychat.map import batch
         from ipychat.map import job as chatmap
         from ipychat.notebook.display import in_notebook, show_markdown
-        from ipychat.session import get_session
 
-        session, notebook = get_session(), in_notebook(self.shell)
+        session, notebook = self.session, in_notebook(self.shell)
         options = {**options, "poll_interval": args.poll}
         if args.dry_run:
             view.plan(batch.plan(session, df, cell, args.output, **options))

@@ -20,12 +20,10 @@ import asyncio
 import concurrent.futures
 import html
 import logging
-import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import ipywidgets as w
 
@@ -33,8 +31,9 @@ from ipychat.core import format as fmt
 from ipychat.core import tokens
 from ipychat.core.errors import ChatError
 from ipychat.core.markdown import escape_dollars, prompt_markdown, reply_markdown
-from ipychat.core.pricing import format_tokens, format_usd
+from ipychat.core.pricing import format_usd
 from ipychat.core.types import Estimate, Reply
+from ipychat.notebook.footers import ReplyFooters
 from ipychat.session import ChatSession, Event, get_session
 
 __all__ = ["ChatPanel", "panel"]
@@ -52,53 +51,6 @@ class _Pending:
     prompt: str
     estimate: Estimate
     text: str = ""
-
-
-class _Footers:
-    """Footers of the replies of one session, keyed by the assistant message they belong to.
-
-    Threads keep plain message dicts (they are sent to the API as they are), so the Reply of
-    each message is remembered here, once per session, for every panel, including later ones.
-    """
-
-    _by_session: ClassVar[weakref.WeakKeyDictionary[ChatSession, _Footers]] = (
-        weakref.WeakKeyDictionary()
-    )
-    _lock: ClassVar[threading.Lock] = threading.Lock()
-
-    def __init__(self, session: ChatSession) -> None:
-        # Weak: the session holds this object (as a listener), and this entry must not keep
-        # the session alive in the WeakKeyDictionary.
-        self._session = weakref.ref(session)
-        self._footers: dict[int, tuple[dict[str, Any], Reply, str]] = {}
-        session.subscribe(self._on_event)
-
-    @classmethod
-    def of(cls, session: ChatSession) -> _Footers:
-        with cls._lock:
-            if session not in cls._by_session:
-                cls._by_session[session] = cls(session)
-            return cls._by_session[session]
-
-    def _on_event(self, event: Event) -> None:
-        session = self._session()
-        thread = session.threads.get(event.thread) if session is not None else None
-        if event.kind != "reply" or event.reply is None or thread is None:
-            return
-        message = next((m for m in reversed(thread.messages) if m["role"] == "assistant"), None)
-        if message is not None:
-            footer = fmt.footer(event.reply, turns=thread.turns)
-            self._footers[id(message)] = (message, event.reply, footer)
-
-    def get(self, message: dict[str, Any]) -> tuple[Reply, str] | None:
-        entry = self._footers.get(id(message))
-        # id() values are reused once a message is gone: check it is still the same dict.
-        return (entry[1], entry[2]) if entry is not None and entry[0] is message else None
-
-
-def _footer_md(footer: str) -> str:
-    # In a code span: JupyterLab neither typesets its dollars nor parses it.
-    return f"<sub>`{footer}`</sub>"
 
 
 def _show_markdown(output: w.Output, markdown: str, plain: str) -> None:
@@ -121,29 +73,12 @@ def _parse_number(text: str, kind: type[float] | type[int], what: str) -> float 
         raise ChatError(f"{what} must be a number, not {text!r}.") from None
 
 
-def estimate_text(estimate: Estimate, *, history: bool) -> str:
-    """`1,204 tokens with history · 1% of 128k · $0.0002–$0.0008`"""
-    parts = [
-        f"{format_tokens(estimate.prompt_tokens, estimate.approximate)} tokens"
-        + (" with history" if history else "")
-    ]
-    share = estimate.context_share
-    if share is not None and estimate.context_window:
-        window = format_tokens(estimate.context_window, compact=True)
-        parts.append(f"{'<1%' if share < 0.005 else f'{share:.0%}'} of {window}")
-    if estimate.cost_high is None:
-        parts.append("cost unknown (set it with %chat price MODEL INPUT OUTPUT)")
-    else:
-        parts.append(f"{format_usd(estimate.cost_low)}–{format_usd(estimate.cost_high)}")
-    return " · ".join(parts)
-
-
 class ChatPanel(w.VBox):
     """Transcript, prompt box, Send/Stop, model and thread pickers, settings, estimate, spend."""
 
     def __init__(self, session: ChatSession | None = None, **kwargs: Any) -> None:
         self.session = session or get_session()
-        self._footers = _Footers.of(self.session)
+        self._footers = ReplyFooters.of(self.session)
         self._pending: dict[str, _Pending] = {}
         self._future: concurrent.futures.Future[Reply] | None = None
         self._estimate_handle: asyncio.TimerHandle | None = None
@@ -231,7 +166,9 @@ class ChatPanel(w.VBox):
         self.max_tokens.observe(self._on_number, "value")
 
     def _layout(self) -> list[w.Widget]:
-        row = w.Layout(width="100%", align_items="center")
+        # Rows wrap where the panel is narrow (docked in JupyterLab's sidebar: %chat panel
+        # --side) instead of pushing the pickers and fields out of view.
+        row = w.Layout(width="100%", align_items="center", flex_flow="row wrap")
         spacer = w.Box(layout=w.Layout(flex="1"))
         header = w.HBox([self.title, spacer, self.model, self.thread, self.new_thread], layout=row)
         # column-reverse: browsers start such a scroll container at its end and keep it there
@@ -401,7 +338,7 @@ class ChatPanel(w.VBox):
                     reply, footer = known
                     if reply.interrupted:
                         parts.append(("*⏹ stopped: partial reply*", "(stopped: partial reply)"))
-                    parts.append((_footer_md(footer), f"[{footer}]"))
+                    parts.append((fmt.footer_markdown(footer), f"[{footer}]"))
                 blocks.append(("\n\n".join(m for m, _ in parts), "\n\n".join(t for _, t in parts)))
         if not blocks and name not in self._pending:
             empty = f"Thread {name} is empty: write a prompt below, or run a %%chat cell."
@@ -416,7 +353,7 @@ class ChatPanel(w.VBox):
         model = pending.estimate.model
         done = tokens.count_text(pending.text, model)
         footer = fmt.streaming_footer(self.session.model_label(model), pending.estimate, done)
-        reply = (reply_markdown(pending.text) or "*…*") + "\n\n" + _footer_md(footer)
+        reply = (reply_markdown(pending.text) or "*…*") + "\n\n" + fmt.footer_markdown(footer)
         return [
             (prompt_markdown(pending.prompt), "> " + pending.prompt),
             (reply, f"{pending.text or '…'}\n\n[{footer}]"),
@@ -437,7 +374,7 @@ class ChatPanel(w.VBox):
             return
         thread = self.session.threads.get(self.session.current_thread)
         estimate = self.session.estimate(prompt, thread=self.session.current_thread)
-        text = estimate_text(estimate, history=bool(thread and thread.messages))
+        text = fmt.estimate_text(estimate, history=bool(thread and thread.messages))
         self.estimate.value = html.escape(text)
 
     def _fetch_models(self) -> None:
@@ -469,14 +406,11 @@ class ChatPanel(w.VBox):
             return
         self.show_error("")
         session, thread = self.session, self.session.current_thread
-
-        async def run() -> Reply:
-            prepared = session.prepare(prompt, thread=thread)  # refusals end here
-            return await session.request(prepared, stream=True)
-
         self.prompt.value = ""
         self.send.disabled, self.stop.disabled = True, False
-        self._future = future = session.submit(run())
+        # The session's own `aask`, as `%%chat` uses `stream`: refusals are raised before
+        # anything is sent, and the reply streams into the panel through events.
+        self._future = future = session.submit(session.aask(prompt, thread=thread, stream=True))
         future.add_done_callback(lambda f: self._post(lambda: self._finished(f, prompt, thread)))
 
     def _finished(self, future: concurrent.futures.Future[Reply], prompt: str, thread: str) -> None:

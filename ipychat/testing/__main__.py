@@ -1,5 +1,6 @@
-"""`python -m ipychat.testing`: serve a FakeOpenAIServer until interrupted."""
+"""`python -m ipychat.testing --port 8000 --latency 0.2`: see `ipychat.testing.cli`."""
 
-from ipychat.testing import main
+from ipychat.testing.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -38,10 +38,11 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ipychat.testing.server import _Engine
+from ipychat.testing import rules
+from ipychat.testing.faults import Fault
+from ipychat.testing.options import BatchOptions, ServerOptions
 
 __all__ = ["BatchAPI", "BatchOptions"]
 
@@ -49,42 +50,6 @@ ENDPOINTS = ("/v1/chat/completions",)
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 _DAY = 24 * 3600
-
-
-@dataclass(frozen=True)
-class BatchOptions:
-    """How the fake Batch API behaves (`FakeOpenAIServer(batch=BatchOptions(...))`).
-
-    - `delay`: seconds in `validating`, and again in `finalizing` (and `cancelling`).
-    - `processing_time`: seconds `in_progress` for the whole file (None: `delay`).
-    - `shuffle`: process and write the output in a seeded random order.
-    - `error_rate`: the fraction of lines that fail with a 500 (seeded).
-    - `expire_after`: lines done before the batch expires (None: it never does).
-    - `max_requests`, `max_bytes`: OpenAI's limits per batch input file.
-    """
-
-    delay: float = 0.05
-    processing_time: float | None = None
-    shuffle: bool = False
-    error_rate: float = 0.0
-    expire_after: int | None = None
-    max_requests: int = 50_000
-    max_bytes: int = 200 * 1024 * 1024
-    seed: int | None = 0
-
-    def __post_init__(self) -> None:
-        if self.delay < 0 or (self.processing_time is not None and self.processing_time < 0):
-            raise ValueError("batch delays must be >= 0")
-        if not 0.0 <= self.error_rate <= 1.0:
-            raise ValueError("error_rate must be between 0 and 1")
-        if self.expire_after is not None and self.expire_after < 0:
-            raise ValueError("expire_after must be >= 0 (or None)")
-
-    @classmethod
-    def of(cls, value: BatchOptions | Mapping[str, Any] | None) -> BatchOptions:
-        if value is None:
-            return cls()
-        return value if isinstance(value, BatchOptions) else cls(**value)
 
 
 def _error(message: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
@@ -148,16 +113,14 @@ class _Batch:
 class BatchAPI:
     """The /v1/files and /v1/batches routes of one fake server (runs on its loop only)."""
 
-    def __init__(
-        self, engine: _Engine, options: BatchOptions, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.engine = engine
-        self.options = options
+    def __init__(self, server: ServerOptions, clock: Callable[[], float] = time.monotonic) -> None:
+        self.server = server  # the reply, token counter and models its lines are answered with
+        self.options: BatchOptions = server.batch
         self.clock = clock
         self.files: dict[str, _File] = {}
         self.batches: dict[str, _Batch] = {}
         self._ids = itertools.count(1)
-        self._rng = random.Random(f"batch:{options.seed}")
+        self._rng = random.Random(f"batch:{self.options.seed}")
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -360,32 +323,27 @@ class BatchAPI:
 
     async def _complete(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """What POST /v1/chat/completions would answer for one line (no faults, no limits)."""
-        from ipychat.testing import Fault, rules
-        from ipychat.testing.server import _Engine
-
-        o = self.engine.o
+        o = self.server
         try:
-            model, max_tokens = _Engine._validate(body, None)
-        except rules._Reject as reject:
+            model, max_tokens = rules.validate_chat(body, None)
+        except rules.Reject as reject:
             return reject.status, reject.body
         produced: Any = o.reply
         if produced is None:
-            produced = rules._echo(body)
+            produced = rules.echo(body)
         elif not isinstance(produced, str):
             produced = produced(body)
             if inspect.isawaitable(produced):
                 produced = await produced
         if isinstance(produced, Fault):
             code = produced.code if produced.kind == "status" and produced.code else 500
-            message = (
-                produced.message or rules._ERROR_MESSAGES.get(code) or f"Injected HTTP {code}."
-            )
+            message = produced.message or rules.ERROR_MESSAGES.get(code) or f"Injected HTTP {code}."
             return code, _error(message)
         text, finish = str(produced), "stop"
         if max_tokens is not None:
-            text, cut = rules._truncate(text, max_tokens, o.count_tokens)
+            text, cut = rules.truncate(text, max_tokens, o.count_tokens)
             finish = "length" if cut else "stop"
-        prompt = rules._prompt_tokens(body["messages"], o.count_tokens)
+        prompt = rules.count_prompt_tokens(body["messages"], o.count_tokens)
         completion = o.count_tokens(text) if text else 0
         choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
                   "logprobs": None, "finish_reason": finish}  # fmt: skip

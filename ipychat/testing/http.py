@@ -101,20 +101,7 @@ async def read_request(
         raise BadRequest(505, f"unsupported protocol version {version!r}")
     if not method.isalpha() or not target.startswith("/"):
         raise BadRequest(400, "malformed request line")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, raw = line.partition(b":")
-        if not sep or not name or name[:1] in b" \t" or name[-1:] in b" \t":
-            raise BadRequest(400, "malformed header line")
-        key = name.decode("latin-1").lower()
-        value = raw.strip(b" \t").decode("latin-1")
-        if key not in headers:
-            headers[key] = value
-        elif key == "content-length":
-            if headers[key] != value:
-                raise BadRequest(400, "conflicting Content-Length headers")
-        else:
-            headers[key] = f"{headers[key]}, {value}"
+    headers = _parse_headers(lines[1:])
     path, _, query = target.partition("?")
     request = Request(method.upper(), path, query, version, headers, b"")
 
@@ -136,6 +123,26 @@ async def read_request(
             _send_continue(request, writer)
             request.body = await reader.readexactly(length)
     return request
+
+
+def _parse_headers(lines: list[bytes]) -> dict[str, str]:
+    """Header lines as a dict: names lower-cased, repeats joined by ", " (a repeated
+    Content-Length must agree with itself; obsolete line folding is refused)."""
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, sep, raw = line.partition(b":")
+        if not sep or not name or name[:1] in b" \t" or name[-1:] in b" \t":
+            raise BadRequest(400, "malformed header line")
+        key = name.decode("latin-1").lower()
+        value = raw.strip(b" \t").decode("latin-1")
+        if key not in headers:
+            headers[key] = value
+        elif key == "content-length":
+            if headers[key] != value:
+                raise BadRequest(400, "conflicting Content-Length headers")
+        else:
+            headers[key] = f"{headers[key]}, {value}"
+    return headers
 
 
 def _send_continue(request: Request, writer: asyncio.StreamWriter) -> None:

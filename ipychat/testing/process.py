@@ -1,8 +1,8 @@
 """Where `ipychat.testing.FakeOpenAIServer` runs: a thread of this process, or a child.
 
-`_ThreadBackend` serves the engine (`ipychat.testing.server`) from a private event loop in a
-daemon thread. `_ProcessBackend` starts `_child_main` in a spawned child process (which runs
-a `_ThreadBackend` there) and drives it over the `/_fake/` control endpoints; the options
+`ThreadBackend` serves the engine (`ipychat.testing.server`) from a private event loop in a
+daemon thread. `ProcessBackend` starts `_child_main` in a spawned child process (which runs
+a `ThreadBackend` there) and drives it over the `/_fake/` control endpoints; the options
 go to the child by pickle, so `_child_main` and the user's callables must be module-level.
 """
 
@@ -20,17 +20,21 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ipychat.testing import Fault, RecordedRequest, ServerStats, _Options
-from ipychat.testing.server import _Engine
+from ipychat.testing.faults import Fault
+from ipychat.testing.options import ServerOptions
+from ipychat.testing.records import RecordedRequest, ServerStats
+from ipychat.testing.server import Engine
+
+__all__ = ["ProcessBackend", "ThreadBackend"]
 
 
-class _ThreadBackend:
+class ThreadBackend:
     """Serves from a private event loop in a daemon thread of this process."""
 
     pid: int | None = None
 
-    def __init__(self, options: _Options) -> None:
-        self.engine = _Engine(options)
+    def __init__(self, options: ServerOptions) -> None:
+        self.engine = Engine(options)
         self._options = options
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -85,9 +89,9 @@ class _ThreadBackend:
         return self.engine.stats()
 
 
-def _child_main(options: _Options, conn: Connection) -> None:
+def _child_main(options: ServerOptions, conn: Connection) -> None:
     """Entry point of a spawned server: serve until the parent says stop or goes away."""
-    backend = _ThreadBackend(options)
+    backend = ThreadBackend(options)
     try:
         port = backend.start()
     except BaseException as exc:
@@ -102,10 +106,10 @@ def _child_main(options: _Options, conn: Connection) -> None:
         backend.stop()
 
 
-class _ProcessBackend:
+class ProcessBackend:
     """Serves from a child process (multiprocessing, spawn); driven over /_fake/ endpoints."""
 
-    def __init__(self, options: _Options) -> None:
+    def __init__(self, options: ServerOptions) -> None:
         try:
             pickle.dumps(options)
         except Exception as exc:

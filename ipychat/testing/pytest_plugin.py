@@ -16,16 +16,21 @@ Installed with ipychat (entry point `pytest11: ipychat`), so any project's tests
         ...
 
 Every server a fixture starts is stopped at the end of the test, even when it fails.
+
+pytest imports this module in every run of every project where ipychat is installed, so it
+imports the server only when a fixture is used (`python -X importtime -c "import
+ipychat.testing.pytest_plugin"` shows no httpx, asyncio server or pandas).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ipychat.testing import FakeOpenAIServer
+if TYPE_CHECKING:
+    from ipychat.testing.fake import FakeOpenAIServer
 
 __all__ = ["fake_openai", "fake_openai_env", "fake_openai_factory"]
 
@@ -43,6 +48,8 @@ def fake_openai(request: pytest.FixtureRequest) -> Iterator[FakeOpenAIServer]:
     """A started FakeOpenAIServer; options come from `@pytest.mark.fake_openai(...)`."""
     marker = request.node.get_closest_marker("fake_openai")
     options: dict[str, Any] = dict(marker.kwargs) if marker else {}
+    from ipychat.testing.fake import FakeOpenAIServer
+
     with FakeOpenAIServer(**options) as server:
         yield server
 
@@ -50,6 +57,8 @@ def fake_openai(request: pytest.FixtureRequest) -> Iterator[FakeOpenAIServer]:
 @pytest.fixture
 def fake_openai_factory() -> Iterator[Callable[..., FakeOpenAIServer]]:
     """Call it with FakeOpenAIServer options to get more started servers."""
+    from ipychat.testing.fake import FakeOpenAIServer
+
     servers: list[FakeOpenAIServer] = []
 
     def make(**options: Any) -> FakeOpenAIServer:

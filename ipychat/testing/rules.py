@@ -3,10 +3,11 @@
 What `ipychat.testing.FakeOpenAIServer` (through `ipychat.testing.server`) and its Batch API
 (`ipychat.testing.batchapi`) both follow:
 
-- OpenAI's error bodies and messages (`_error_body`, `_Reject`, `_ERROR_MESSAGES`, ...);
-- token accounting: the prompt tokens of a chat request (`_prompt_tokens`), a reply cut
-  at `max_tokens` (`_truncate`), the default echo reply and the stream's deltas (`_split`);
-- the rpm/tpm rate limiter (`_RateLimiter`: a sliding `_Window` per limit that decides,
+- OpenAI's error bodies and messages (`error_body`, `Reject`, `ERROR_MESSAGES`, ...) and
+  what makes a chat request invalid (`validate_chat`);
+- token accounting: the prompt tokens of a chat request (`count_prompt_tokens`), a reply cut
+  at `max_tokens` (`truncate`), the default echo reply and the stream's deltas (`split_deltas`);
+- the rpm/tpm rate limiter (`RateLimiter`: a sliding `_Window` per limit that decides,
   a per-minute `_Bucket` per limit that the `x-ratelimit-*` headers report) and its 429s;
   the comment above `_Bucket` says which documented behaviour each option models.
 """
@@ -21,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-_ERROR_TYPES = {
+ERROR_TYPES = {
     400: "invalid_request_error",
     401: "invalid_request_error",
     403: "permission_error",
@@ -30,25 +31,25 @@ _ERROR_TYPES = {
     422: "invalid_request_error",
     429: "requests",
 }
-_ERROR_MESSAGES = {
+ERROR_MESSAGES = {
     429: "Rate limit reached (injected by the fake server). Please try again later.",
     500: "The server had an error while processing your request. Sorry about that!",
     502: "Bad gateway.",
     503: "The engine is currently overloaded, please try again later.",
 }
-_BAD_JSON = (
+BAD_JSON = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
     "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
     "sent was not valid JSON.)"
 )
-_NO_KEY = (
+NO_KEY = (
     "You didn't provide an API key. You need to provide your API key in an Authorization "
     "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
 )
 _LIMITS_URL = "Visit https://platform.openai.com/account/rate-limits to learn more."
 
 
-def _format_duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     """OpenAI's reset format: '20ms' under a second, else like '1s', '8.5s', '6m0s', '1h0m0s'."""
     ms = max(0, math.ceil(seconds * 1000 - 1e-6))
     if ms < 1000:
@@ -74,7 +75,7 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def _prompt_tokens(messages: list[Any], count: Callable[[str], int]) -> int:
+def count_prompt_tokens(messages: list[Any], count: Callable[[str], int]) -> int:
     """OpenAI's chat accounting (the cookbook's formula): 3 per message, the tokens of each
     string field (role, content, name), 1 more for a name, and 3 to prime the reply."""
     total = 3
@@ -91,7 +92,7 @@ def _prompt_tokens(messages: list[Any], count: Callable[[str], int]) -> int:
     return total
 
 
-def _echo(body: Mapping[str, Any]) -> str:
+def echo(body: Mapping[str, Any]) -> str:
     """The default reply: deterministic, derived from the prompt, easy to assert on."""
     for message in reversed(body.get("messages") or []):
         if isinstance(message, dict) and message.get("role") == "user":
@@ -99,7 +100,7 @@ def _echo(body: Mapping[str, Any]) -> str:
     return "Echo: "
 
 
-def _truncate(text: str, limit: int, count: Callable[[str], int]) -> tuple[str, bool]:
+def truncate(text: str, limit: int, count: Callable[[str], int]) -> tuple[str, bool]:
     """The longest prefix of `text` within `limit` tokens (binary search over characters,
     so it works with any counter), and whether anything was cut."""
     if count(text) <= limit:
@@ -114,7 +115,7 @@ def _truncate(text: str, limit: int, count: Callable[[str], int]) -> tuple[str, 
     return text[:low], True
 
 
-def _split(text: str, chunk_chars: int | None) -> list[str]:
+def split_deltas(text: str, chunk_chars: int | None) -> list[str]:
     """Stream deltas: fixed-size slices, or words with their leading whitespace."""
     if not text:
         return []
@@ -127,17 +128,17 @@ def _split(text: str, chunk_chars: int | None) -> list[str]:
     return pieces or [text]
 
 
-def _dumps(obj: Any) -> bytes:
+def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _error_body(
+def error_body(
     message: str, type_: str, code: str | None = None, param: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-class _Reject(Exception):
+class Reject(Exception):
     """An OpenAI-shaped error answer, raised wherever a request is found wanting."""
 
     def __init__(
@@ -151,8 +152,31 @@ class _Reject(Exception):
     ) -> None:
         super().__init__(message)
         self.status = status
-        self.body = _error_body(message, type_, code, param)
+        self.body = error_body(message, type_, code, param)
         self.headers = list(headers)
+
+
+def validate_chat(body: dict[str, Any], deployment: str | None) -> tuple[str, int | None]:
+    """The model and max_tokens of a chat request's JSON body, or OpenAI's 400 (`Reject`).
+
+    `deployment` is Azure's model, named in the path (`/openai/deployments/{name}/...`)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        message = (
+            "Missing required parameter: 'messages'." if not messages else "Invalid 'messages'."
+        )
+        raise Reject(400, message, code="invalid_value", param="messages")
+    model = body.get("model") or deployment
+    if not isinstance(model, str):
+        raise Reject(400, "You must provide a model parameter.")
+    param = (
+        "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    )
+    max_tokens = body.get(param)
+    if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
+        message = f"Invalid '{param}': expected an integer >= 1, got {max_tokens!r}."
+        raise Reject(400, message, code="invalid_value", param=param)
+    return model, max_tokens
 
 
 # ----- rate limits ---------------------------------------------------------------------------
@@ -213,7 +237,7 @@ class _Bucket:
         return [
             (f"x-ratelimit-limit-{name}", str(self.limit)),
             (f"x-ratelimit-remaining-{name}", str(max(0, int(left + 1e-9)))),
-            (f"x-ratelimit-reset-{name}", _format_duration(until_full)),
+            (f"x-ratelimit-reset-{name}", format_duration(until_full)),
         ]
 
 
@@ -283,7 +307,7 @@ class _Window:
         return self.limit - self.in_minute
 
 
-class _RateLimiter:
+class RateLimiter:
     """OpenAI-style rpm/tpm limits, charged on arrival; runs on the server's loop only.
 
     `window`, `charge_refused`, `headers` and `retry_after` are the options of
@@ -342,7 +366,7 @@ class _RateLimiter:
                 f"reduced in order to run successfully. {_LIMITS_URL}"
             )
             extra = [("x-should-retry", "false")]
-            raise _Reject(
+            raise Reject(
                 429, message, "tokens", "rate_limit_exceeded", None, self.headers() + extra
             )
         amounts = {"requests": 1.0, "tokens": float(tokens)}
@@ -355,7 +379,7 @@ class _RateLimiter:
         wait = max(w.wait_for(amounts[n], now) for n, w in self.windows.items())
         raise self._refusal(over[0], amounts[over[0]], wait, model)
 
-    def _refusal(self, kind: str, asked: float, wait: float, model: str) -> _Reject:
+    def _refusal(self, kind: str, asked: float, wait: float, model: str) -> Reject:
         limit = self.limits[kind]
         assert limit is not None
         used = round(limit - self.minute[kind].level)
@@ -366,10 +390,10 @@ class _RateLimiter:
         )
         extra: list[tuple[str, str]] = []
         if self.send_retry_after:
-            message += f" Please try again in {_format_duration(wait)}."
+            message += f" Please try again in {format_duration(wait)}."
             extra = [
                 ("retry-after-ms", str(math.ceil(wait * 1000))),
                 ("retry-after", str(math.ceil(wait))),
             ]
         message += f" {_LIMITS_URL}"
-        return _Reject(429, message, kind, "rate_limit_exceeded", None, self.headers() + extra)
+        return Reject(429, message, kind, "rate_limit_exceeded", None, self.headers() + extra)

@@ -1,6 +1,6 @@
 """The protocol engine of `ipychat.testing.FakeOpenAIServer`: the OpenAI imitation.
 
-`_Engine` receives every parsed request from the HTTP core (`ipychat.testing.http`), routes it
+`Engine` receives every parsed request from the HTTP core (`ipychat.testing.http`), routes it
 (`/v1/chat/completions` and Azure's deployment path, `/v1/models`, the Files and Batch API
 of `ipychat.testing.batchapi`, the `/_fake/` control API), applies auth, validation, the rate
 limiter and the fault script, keeps the request log and the counters, and writes the chat
@@ -22,24 +22,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ipychat.core.keys import mask
-from ipychat.testing import FAULT_KINDS, Fault, RecordedRequest, ServerStats, _Options
 from ipychat.testing.batchapi import BatchAPI
+from ipychat.testing.faults import FAULT_KINDS, Fault
 from ipychat.testing.http import Exchange, HTTPServerCore, Request
+from ipychat.testing.options import ServerOptions
+from ipychat.testing.records import RecordedRequest, ServerStats, mask
 from ipychat.testing.rules import (
-    _BAD_JSON,
-    _ERROR_MESSAGES,
-    _ERROR_TYPES,
-    _NO_KEY,
-    _dumps,
-    _echo,
-    _error_body,
-    _prompt_tokens,
-    _RateLimiter,
-    _Reject,
-    _split,
-    _truncate,
+    BAD_JSON,
+    ERROR_MESSAGES,
+    ERROR_TYPES,
+    NO_KEY,
+    RateLimiter,
+    Reject,
+    count_prompt_tokens,
+    dumps,
+    echo,
+    error_body,
+    split_deltas,
+    truncate,
+    validate_chat,
 )
+
+__all__ = ["Engine"]
 
 # Kinds that need the reply text: they send part of it before failing.
 _CONTENT_KINDS = frozenset(FAULT_KINDS) - {"status", "reset"}
@@ -66,7 +70,7 @@ class _Turn:
 
     @property
     def error_message(self) -> str:
-        return (self.fault.message if self.fault else None) or _ERROR_MESSAGES[500]
+        return (self.fault.message if self.fault else None) or ERROR_MESSAGES[500]
 
     def cut_at(self, n_pieces: int) -> int:
         """How many content pieces go out before the fault strikes."""
@@ -76,14 +80,14 @@ class _Turn:
         return min(n_pieces, after if after is not None else max(1, n_pieces // 2))
 
 
-class _Engine:
+class Engine:
     """The OpenAI imitation: routes requests, applies auth, limits and faults, keeps the log.
 
     Runs on one event loop; the log, the script and the counters are shared with the
     controlling thread under `_lock`.
     """
 
-    def __init__(self, options: _Options) -> None:
+    def __init__(self, options: ServerOptions) -> None:
         self.o = options
         self.core = HTTPServerCore(self.handle)
         self._lock = threading.Lock()
@@ -94,7 +98,7 @@ class _Engine:
         self._latency_rng = random.Random(f"latency:{options.seed}")
         self._limiter = None
         if options.rpm or options.tpm:
-            self._limiter = _RateLimiter(
+            self._limiter = RateLimiter(
                 options.rpm,
                 options.tpm,
                 time.monotonic,
@@ -108,7 +112,7 @@ class _Engine:
         self._connections_before = 0
         self._in_flight = 0
         self._max_in_flight = 0
-        self.batch = BatchAPI(self, options.batch)  # /v1/files and /v1/batches (_fakebatch)
+        self.batch = BatchAPI(options)  # /v1/files and /v1/batches
 
     # ---- state shared with the controlling thread -------------------------------------
     def enqueue(self, faults: Sequence[Fault | None]) -> None:
@@ -165,8 +169,18 @@ class _Engine:
     ) -> None:
         if rec is not None:
             self._record(rec, status)
-        head = [("content-type", "application/json"), ("x-request-id", ex.request_id), *headers]
-        await ex.respond(status, head, _dumps(obj))
+        await ex.respond(status, self._head(ex, "application/json", headers), dumps(obj))
+
+    def _head(
+        self, ex: Exchange, content_type: str, extra: Sequence[tuple[str, str]] = ()
+    ) -> list[tuple[str, str]]:
+        """The headers of an answer: its type, its request id, the flavour's, `extra`."""
+        return [("content-type", content_type), ("x-request-id", ex.request_id),
+                *self.o.flavour.headers, *extra]  # fmt: skip
+
+    def _error(self, status: int, body: dict[str, Any]) -> Any:
+        """An OpenAI-shaped error body in the flavour's shape."""
+        return self.o.flavour.error(status, body["error"])
 
     # ---- routing -----------------------------------------------------------------------
     async def handle(self, request: Request, ex: Exchange) -> None:
@@ -186,14 +200,23 @@ class _Engine:
             self._counts["total"] += 1
         try:
             await self._route(request, ex, rec)
-        except _Reject as reject:
-            await self._json(ex, rec, reject.status, reject.body, reject.headers)
+        except Reject as reject:
+            body = self._error(reject.status, reject.body)
+            await self._json(ex, rec, reject.status, body, reject.headers)
+
+    def _canonical(self, path: str) -> str:
+        """The path as OpenAI spells it: the flavour's prefix (e.g. /v1beta/openai) -> /v1."""
+        prefix = self.o.flavour.prefix
+        if prefix != "/v1" and (path == prefix or path.startswith(prefix + "/")):
+            return "/v1" + path[len(prefix) :]
+        return path
 
     async def _route(self, request: Request, ex: Exchange, rec: RecordedRequest) -> None:
-        azure = _AZURE_CHAT.fullmatch(request.path)
-        if request.path == "/v1/chat/completions" or azure:
+        path = self._canonical(request.path)
+        azure = _AZURE_CHAT.fullmatch(path)
+        if path == "/v1/chat/completions" or azure:
             if request.method != "POST":
-                raise _Reject(405, f"Method {request.method} not allowed; use POST.")
+                raise Reject(405, f"Method {request.method} not allowed; use POST.")
             self._count("chat")
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
@@ -201,27 +224,23 @@ class _Engine:
                 await self._chat(request, ex, rec, azure.group(1) if azure else None)
             finally:
                 self._in_flight -= 1
-        elif request.path == "/v1/models" and request.method == "GET":
+        elif path == "/v1/models" and request.method == "GET":
             self._check_key(request.headers)
             models = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"}
                       for m in self.o.models]  # fmt: skip
             await self._json(ex, rec, 200, {"object": "list", "data": models})
-        elif self.batch.handles(request.path):
+        elif self.batch.handles(path):
             self._check_key(request.headers)
             status, out = await self.batch.handle(
-                request.method, request.path, request.body, request.headers
+                request.method, path, request.body, request.headers
             )
             if isinstance(out, bytes):  # a file's content
                 self._record(rec, status)
-                head = [
-                    ("content-type", "application/octet-stream"),
-                    ("x-request-id", ex.request_id),
-                ]
-                await ex.respond(status, head, out)
+                await ex.respond(status, self._head(ex, "application/octet-stream"), out)
             else:
                 await self._json(ex, rec, status, out)
         else:
-            raise _Reject(404, f"Invalid URL ({request.method} {request.path})")
+            raise Reject(404, f"Invalid URL ({request.method} {request.path})")
 
     def _check_key(self, headers: Mapping[str, str]) -> None:
         """OpenAI's 401 when `require_key` is set and neither header presents it."""
@@ -234,12 +253,12 @@ class _Engine:
             return
         key = next((g for g in given if g), None)
         if key is None:
-            raise _Reject(401, _NO_KEY)
+            raise Reject(401, NO_KEY)
         message = (
             f"Incorrect API key provided: {mask(key)}. You can find your API key at "
             "https://platform.openai.com/account/api-keys."
         )
-        raise _Reject(401, message, code="invalid_api_key")
+        raise Reject(401, message, code="invalid_api_key")
 
     async def _admin(self, request: Request, ex: Exchange) -> None:
         """The control API a spawned server is driven through (and handy from curl)."""
@@ -255,32 +274,9 @@ class _Engine:
             self.enqueue([Fault.parse(s) for s in json.loads(request.body or b"[]")])
             await self._json(ex, None, 200, {"ok": True})
         else:
-            await self._json(ex, None, 404, _error_body("unknown admin endpoint", "not_found"))
+            await self._json(ex, None, 404, error_body("unknown admin endpoint", "not_found"))
 
     # ---- chat completions --------------------------------------------------------------
-    @staticmethod
-    def _validate(body: dict[str, Any], deployment: str | None) -> tuple[str, int | None]:
-        """The model and max_tokens of a request, or OpenAI's 400."""
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            message = (
-                "Missing required parameter: 'messages'." if not messages else "Invalid 'messages'."
-            )
-            raise _Reject(400, message, code="invalid_value", param="messages")
-        model = body.get("model") or deployment  # Azure names the model in the path
-        if not isinstance(model, str):
-            raise _Reject(400, "You must provide a model parameter.")
-        param = (
-            "max_completion_tokens"
-            if body.get("max_completion_tokens") is not None
-            else "max_tokens"
-        )
-        max_tokens = body.get(param)
-        if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
-            message = f"Invalid '{param}': expected an integer >= 1, got {max_tokens!r}."
-            raise _Reject(400, message, code="invalid_value", param=param)
-        return model, max_tokens
-
     def _next_fault(self) -> Fault | None:
         with self._lock:
             if self._script:
@@ -296,7 +292,7 @@ class _Engine:
     async def _reply(self, turn: _Turn) -> str | Fault:
         reply = self.o.reply
         if reply is None:
-            return _echo(turn.body)
+            return echo(turn.body)
         if isinstance(reply, str):
             return reply
         try:
@@ -307,7 +303,7 @@ class _Engine:
                 raise TypeError(f"it returned {type(result).__name__}, not str or Fault")
         except Exception as exc:
             message = f"The fake server's reply callable failed: {type(exc).__name__}: {exc}"
-            raise _Reject(500, message, "server_error", headers=turn.headers) from exc
+            raise Reject(500, message, "server_error", headers=turn.headers) from exc
         return result
 
     async def _chat(
@@ -317,9 +313,10 @@ class _Engine:
         self._check_key(request.headers)
         body = rec.body
         if not isinstance(body, dict):
-            raise _Reject(400, _BAD_JSON)
-        model, max_tokens = self._validate(body, deployment)
-        prompt_tokens = _prompt_tokens(body["messages"], o.count_tokens)
+            raise Reject(400, BAD_JSON)
+        model, max_tokens = validate_chat(body, deployment)
+        o.flavour.check(body, model, o.models)
+        prompt_tokens = count_prompt_tokens(body["messages"], o.count_tokens)
         headers: list[tuple[str, str]] = []
         if self._limiter is not None:
             charge = prompt_tokens + (
@@ -327,7 +324,7 @@ class _Engine:
             )
             try:
                 headers = self._limiter.take(charge, model)
-            except _Reject:
+            except Reject:
                 self._count("rate_limited")
                 raise
 
@@ -359,16 +356,9 @@ class _Engine:
         if turn.kind == "empty_reply":
             turn.text = ""
         if max_tokens is not None:
-            turn.text, cut = _truncate(turn.text, max_tokens, o.count_tokens)
+            turn.text, cut = truncate(turn.text, max_tokens, o.count_tokens)
             turn.finish = "length" if cut else "stop"
-        completion_tokens = o.count_tokens(turn.text) if turn.text else 0
-        turn.usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0},
-        }
+        turn.usage = o.flavour.usage(prompt_tokens, o.count_tokens(turn.text) if turn.text else 0)
         await (self._stream(turn) if body.get("stream") is True else self._complete(turn))
 
     async def _status_fault(self, turn: _Turn, fault: Fault) -> None:
@@ -376,23 +366,25 @@ class _Engine:
         headers = [*turn.headers, *fault.headers.items()]
         if isinstance(fault.body, str):
             self._record(turn.rec, code)
-            head = [("content-type", "text/plain"), ("x-request-id", turn.ex.request_id), *headers]
+            head = self._head(turn.ex, "text/plain", headers)
             await turn.ex.respond(code, head, fault.body.encode())
             return
-        body: dict[str, Any] | None = fault.body
+        body: Any = fault.body
         if body is None:
-            message = fault.message or _ERROR_MESSAGES.get(code) or f"Injected HTTP {code}."
-            type_ = _ERROR_TYPES.get(
+            message = fault.message or ERROR_MESSAGES.get(code) or f"Injected HTTP {code}."
+            type_ = ERROR_TYPES.get(
                 code, "server_error" if code >= 500 else "invalid_request_error"
             )
-            body = _error_body(message, type_, "rate_limit_exceeded" if code == 429 else None)
+            body = self._error(
+                code, error_body(message, type_, "rate_limit_exceeded" if code == 429 else None)
+            )
         await self._json(turn.ex, turn.rec, code, body, headers)
 
     async def _complete(self, turn: _Turn) -> None:
         """A non-streamed reply; the partial fault kinds cut the JSON body in half."""
         ex, kind = turn.ex, turn.kind
         if kind == "error_mid_stream":  # nothing is "mid" here: a plain 500
-            error = _error_body(turn.error_message, "server_error")
+            error = self._error(500, error_body(turn.error_message, "server_error"))
             await self._json(ex, turn.rec, 500, error, turn.headers)
             return
         choice = {
@@ -401,16 +393,12 @@ class _Engine:
             "logprobs": None,
             "finish_reason": turn.finish,
         }
-        data = _dumps({
+        data = dumps({
             "id": f"chatcmpl-{ex.request_id[4:]}", "object": "chat.completion",
             "created": int(time.time()), "model": turn.model, "choices": [choice],
             "usage": turn.usage, "system_fingerprint": "fp_fake",
         })  # fmt: skip
-        head = [
-            ("content-type", "application/json"),
-            ("x-request-id", ex.request_id),
-            *turn.headers,
-        ]
+        head = self._head(ex, "application/json", turn.headers)
         self._record(turn.rec, 200)
         if kind == "truncate":  # a well-framed body that is cut JSON, then a clean close
             ex.keep_alive = False
@@ -439,54 +427,65 @@ class _Engine:
         base = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": turn.model, "system_fingerprint": "fp_fake"}  # fmt: skip
 
-        def event(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        def event(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> bytes:
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
             chunk: dict[str, Any] = {**base, "choices": [choice]}
             if with_usage:
                 chunk["usage"] = None
-            return b"data: " + _dumps(chunk) + b"\n\n"
+            return b"data: " + dumps({**chunk, **extra}) + b"\n\n"
 
-        loop = asyncio.get_running_loop()
-        due = loop.time()
-
-        async def send(pieces: list[str]) -> None:
-            nonlocal due
-            for piece in pieces:
-                if o.tokens_per_second:  # flush what is written, then wait for the next token
-                    await ex.drain()
-                    due += max(1, o.count_tokens(piece)) / o.tokens_per_second
-                    if due > loop.time():
-                        await asyncio.sleep(due - loop.time())
-                ex.write(event({"content": piece}))
-
-        self._record(turn.rec, 200)
-        head = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"),
-                ("x-request-id", ex.request_id), *turn.headers]  # fmt: skip
-        ex.start_stream(200, head)
+        self._open_stream(turn)
         ex.write(event({"role": "assistant", "content": "", "refusal": None}))
-        pieces = _split(turn.text, o.chunk_chars)
+        pieces = split_deltas(turn.text, o.chunk_chars)
         cut = turn.cut_at(len(pieces))
-        await send(pieces[:cut])
+        await self._send(ex, [event({"content": p}) for p in pieces[:cut]], pieces[:cut])
         if kind == "malformed_json":  # one broken line, then the stream goes on
             ex.write(b'data: {"id": "%b", "choices": [{"delta": {"con\n\n' % cid.encode())
-            await send(pieces[cut:])
-        elif kind == "reset_mid_stream":
+            await self._send(ex, [event({"content": p}) for p in pieces[cut:]], pieces[cut:])
+        elif kind is not None and kind != "empty_reply":
+            await self._break_stream(turn)
+            return
+        ex.write(event({}, turn.finish, **o.flavour.finish_extras(turn.usage, ex.request_id)))
+        if with_usage:
+            ex.write(b"data: " + dumps({**base, "choices": [], "usage": turn.usage}) + b"\n\n")
+        ex.write(b"data: [DONE]\n\n")
+        await ex.end_stream()
+
+    def _open_stream(self, turn: _Turn) -> None:
+        """The head of an SSE answer, and what a flavour sends before the first chunk."""
+        ex, flavour = turn.ex, self.o.flavour
+        self._record(turn.rec, 200)
+        head = self._head(ex, "text/event-stream; charset=utf-8",
+                          [("cache-control", "no-cache"), *turn.headers])  # fmt: skip
+        ex.start_stream(200, head)
+        for block in flavour.stream_preamble():
+            ex.write(block)
+
+    async def _send(self, ex: Exchange, events: list[bytes], pieces: list[str]) -> None:
+        """Write content events, paced at tokens_per_second (each piece's tokens)."""
+        o = self.o
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        for data, piece in zip(events, pieces, strict=True):
+            if o.tokens_per_second:  # flush what is written, then wait for the next token
+                await ex.drain()
+                due += max(1, o.count_tokens(piece)) / o.tokens_per_second
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())
+            ex.write(data)
+
+    async def _break_stream(self, turn: _Turn) -> None:
+        """The end of a stream a fault breaks (after the pieces sent before it)."""
+        ex, kind = turn.ex, turn.kind
+        if kind == "reset_mid_stream":
             await ex.drain()
             ex.abort(reset=False)
-            return
         elif kind == "hang":
             await ex.hold()
-            return
         elif kind == "truncate":
             ex.keep_alive = False
             await ex.end_stream()
-            return
         elif kind == "error_mid_stream":
-            ex.write(b"data: " + _dumps(_error_body(turn.error_message, "server_error")) + b"\n\n")
+            error = self._error(500, error_body(turn.error_message, "server_error"))
+            ex.write(b"data: " + dumps(error) + b"\n\n")
             await ex.end_stream()
-            return
-        ex.write(event({}, turn.finish))
-        if with_usage:
-            ex.write(b"data: " + _dumps({**base, "choices": [], "usage": turn.usage}) + b"\n\n")
-        ex.write(b"data: [DONE]\n\n")
-        await ex.end_stream()

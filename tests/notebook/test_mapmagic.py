@@ -10,7 +10,7 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
-from ipychat.notebook import mapmagic
+from ipychat.notebook import progress
 from ipychat.notebook.mapmagic import ChatMapMagics
 from ipychat.testing import FakeOpenAIServer
 
@@ -123,14 +123,14 @@ def test_failures_are_counted_and_pointed_to(shell: Any) -> None:
 def test_interrupt_keeps_finished_rows_and_says_how_to_resume(
     shell: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    update = mapmagic._ProgressView.update
+    update = progress.ProgressView.update
 
     def interrupting(self: Any, progress: Any) -> None:
         update(self, progress)
         if progress.done >= 5:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(mapmagic._ProgressView, "update", interrupting)
+    monkeypatch.setattr(progress.ProgressView, "update", interrupting)
     with FakeOpenAIServer(latency=0.05) as server:
         shell.run_line_magic("chat", f"endpoint {server.base_url}")
         shell.user_ns["reviews"] = reviews(40)
@@ -138,7 +138,7 @@ def test_interrupt_keeps_finished_rows_and_says_how_to_resume(
             run(shell, "reviews -o x --concurrency 2", "{text}")
         written = shell.user_ns["reviews"]["x"].notna().sum()
         assert 5 <= written < 40
-        monkeypatch.setattr(mapmagic._ProgressView, "update", update)
+        monkeypatch.setattr(progress.ProgressView, "update", update)
         shown = run(shell, "reviews -o x", "{text}")
         assert f"({40 - written} sent, {written} cached, 0 failed)" in shown
 
@@ -150,7 +150,7 @@ def test_help_is_real(shell: Any) -> None:
 def test_the_notebook_progress_bar_is_a_widget_replaced_by_a_static_summary() -> None:
     from ipychat.map.job import MapProgress
 
-    view = mapmagic._ProgressView(notebook=True)
+    view = progress.ProgressView(notebook=True)
     with capture_output() as out:
         view.update(MapProgress(3, 8, 1, 0.0012, 2.0, 1.5, 3.3))
         bar, label = view._bar, view._label
@@ -172,7 +172,7 @@ def test_the_notebook_progress_bar_is_a_widget_replaced_by_a_static_summary() ->
 def test_a_terminal_gets_a_text_line(capsys: pytest.CaptureFixture[str]) -> None:
     from ipychat.map.job import MapProgress
 
-    view = mapmagic._ProgressView(notebook=False)
+    view = progress.ProgressView(notebook=False)
     view.update(MapProgress(8, 8, 0, 0.0012, 2.0, 4.0, 0.0))
     view.finish(True)
     assert "8/8 · 4 rows/s" in capsys.readouterr().out

@@ -23,7 +23,7 @@ from ipychat.notebook import warmup as _warmup
 from ipychat.session import ChatSession
 from ipychat.testing import FakeOpenAIServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _warm_up_threads() -> list[threading.Thread]:
@@ -61,7 +61,7 @@ def test_load_ext_loads_the_tokenizer_in_a_background_thread(
     for module in ("ipychat.map.job", "ipychat.net.client", "ipychat.engine.cache", "aiohttp"):
         assert module in sys.modules
     # Nothing the user may still change was turned into state: no client, no cache opened.
-    assert session._client is None and not session._cache_opened
+    assert session.engine.current_client is None and not session.engine.cache_opened
 
 
 def test_load_ext_returns_while_the_warm_up_is_still_working(

@@ -1,4 +1,4 @@
-"""ipychat as people see it: a real JupyterLab, a real kernel, headless Chromium.
+"""ipychat as people see it: a real JupyterLab (and Notebook 7), a real kernel, headless Chromium.
 
 JupyterLab runs on 127.0.0.1 with temporary notebooks; its kernel (a separate process)
 reaches the in-test FakeOpenAIServer through OPENAI_BASE_URL. Playwright drives Debian's
@@ -40,7 +40,7 @@ from ipychat.testing import FakeOpenAIServer
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -157,22 +157,31 @@ def _isolated_env(home: Path, fake: FakeOpenAIServer) -> dict[str, str]:
 
 
 class Lab:
-    """A JupyterLab server in its own process group."""
+    """A JupyterLab (or, with app="notebook", a Notebook 7) server in its own process group.
 
-    def __init__(self, root: Path, home: Path, env: dict[str, str]) -> None:
+    Both are jupyter_server applications started the same way; Notebook 7 is built from
+    JupyterLab's components (the same notebook widget, output areas and settings), so the
+    same settings directory and DOM classes apply; it opens a notebook at /notebooks/NAME.
+    """
+
+    def __init__(
+        self, root: Path, home: Path, env: dict[str, str], app: str = "jupyterlab"
+    ) -> None:
+        self.app = app
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = home / "lab.log"
+        self.log_path = home / f"{app}.log"
         command = [
             sys.executable,
             "-m",
-            "jupyterlab",
+            app,
             "--no-browser",
             "--ServerApp.ip=127.0.0.1",
             f"--ServerApp.port={self.port}",
             "--ServerApp.port_retries=0",
             f"--ServerApp.root_dir={root}",
             f"--IdentityProvider.token={TOKEN}",
+            # JupyterLab's server extension runs beside Notebook 7 too, when both are installed.
             "--LabApp.news_url=None",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
             "--LabApp.extension_manager=readonly",
@@ -194,7 +203,7 @@ class Lab:
 
     def ready(self) -> bool:
         if self.process.poll() is not None:
-            raise AssertionError(f"jupyter-lab exited:\n{self.log()}")
+            raise AssertionError(f"{self.app} exited:\n{self.log()}")
         try:
             self.api("/api/status")
             return True
@@ -289,7 +298,7 @@ def _replies(attacker: str) -> Callable[[dict[str, Any]], str]:
 
 @contextmanager
 def _lab(
-    tmp_path: Path, notebooks: dict[str, dict[str, Any]], **server: Any
+    tmp_path: Path, notebooks: dict[str, dict[str, Any]], app: str = "jupyterlab", **server: Any
 ) -> Iterator[tuple[Lab, FakeOpenAIServer, Attacker]]:
     attacker = Attacker()
     try:
@@ -299,9 +308,9 @@ def _lab(
             root.mkdir()
             for name, notebook in notebooks.items():
                 (root / name).write_text(json.dumps(notebook))
-            lab = Lab(root, home, _isolated_env(home, fake))
+            lab = Lab(root, home, _isolated_env(home, fake), app)
             try:
-                _wait(lab.ready, "jupyter-lab to answer /api/status", timeout=30)
+                _wait(lab.ready, f"{app} to answer /api/status", timeout=30)
                 yield lab, fake, attacker
             finally:
                 lab.stop()
@@ -347,12 +356,14 @@ def _publish(shot: str, name: str) -> None:
 
 
 def _open(page: Any, lab: Lab, name: str) -> Any:
-    page.goto(f"{lab.url}/lab/tree/{name}?token={TOKEN}")
+    path = "notebooks" if lab.app == "notebook" else "lab/tree"
+    page.goto(f"{lab.url}/{path}/{name}?token={TOKEN}")
     cells = page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell")
     cells.first.wait_for(timeout=30_000)
-    page.locator(
-        '.jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator[data-status="idle"]'
-    ).wait_for(timeout=30_000)
+    if lab.app == "jupyterlab":  # Notebook 7 shows the kernel's state elsewhere
+        page.locator(
+            '.jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator[data-status="idle"]'
+        ).wait_for(timeout=30_000)
     _wait(lab.kernel_idle, "the kernel to start", timeout=30)
     return cells
 
@@ -589,3 +600,133 @@ def _drive_panel(page: Any, lab: Lab, fake: FakeOpenAIServer, shots: Callable[[s
     panel.scroll_into_view_if_needed()
     panel.screenshot(path=shots("panel.png"))
     _publish(shots("panel.png"), "panel.png")
+
+
+# ----- the panel in the sidebar ----------------------------------------------------------------------
+
+SIDE = _notebook(
+    "%load_ext ipychat",
+    "%chat panel --side",
+    "\n".join(f"print('line {i}')" for i in range(60)),  # a tall cell to scroll past
+)
+
+
+def test_panel_docked_in_the_sidebar(tmp_path: Path, shots: Callable[[str], str]) -> None:
+    """`%chat panel --side`: the panel in JupyterLab's right-hand area, beside the notebook
+    however far it scrolls."""
+    with (
+        _lab(tmp_path, {"side.ipynb": SIDE}, tokens_per_second=30) as (lab, fake, attacker),
+        _browser(lab) as (page, _),
+    ):
+        try:
+            _drive_side_panel(page, lab, fake)
+        finally:
+            page.screenshot(path=shots("sidebar.png"))
+
+    assert attacker.hits == [], f"the page fetched a reply's images: {attacker.hits}"
+    assert not _server_tracebacks(lab.log()), lab.log()
+
+
+def _drive_side_panel(page: Any, lab: Lab, fake: FakeOpenAIServer) -> None:
+    cells = _open(page, lab, "side.ipynb")
+    for index in range(len(SIDE["cells"])):
+        _run(cells, page, index)
+    # Docked: in JupyterLab's right-hand area, not in the cell's output, which says where it is.
+    panel = page.locator("#jp-right-stack .ipychat-panel")
+    panel.wait_for(timeout=20_000)
+    assert page.locator(".ipychat-panel").count() == 1
+    assert _output(cells, 1).inner_text().strip() == "The chat panel is in the right-hand sidebar."
+    notebook_box = page.locator(".jp-NotebookPanel").bounding_box()
+    panel_box = panel.bounding_box()
+    assert panel_box["x"] >= notebook_box["x"] + notebook_box["width"] - 1, (
+        panel_box,
+        notebook_box,
+    )
+
+    # Every control in view, though the sidebar is narrow (the rows wrap).
+    for name in ("send", "stop", "prompt", "spend"):
+        _inside(panel.locator(f".ipychat-{name}"), panel)
+    _inside(panel.locator(".widget-dropdown"), panel)  # the thread picker
+
+    # The notebook scrolled to its end (the panel's cell far out of view): the panel stays.
+    cells.nth(2).locator(".jp-OutputArea").scroll_into_view_if_needed()
+    _wait(lambda: _out_of_view(page, cells.nth(1)), "the %chat panel cell to scroll away")
+    assert panel.is_visible()
+
+    prompt = panel.locator(".ipychat-prompt textarea")
+    prompt.press_sequentially(PANEL_PROMPT, delay=10)
+    panel.locator(".ipychat-send").click()
+    transcript = panel.locator(".ipychat-transcript")
+    _wait(lambda: "thread main (1 turn)" in transcript.inner_text(), "the reply in the sidebar")
+    assert f"Echo: {PANEL_PROMPT}. word0" in transcript.inner_text()
+    assert not panel.locator(".ipychat-error").inner_text().strip()
+    assert [r.body["messages"][-1]["content"] for r in fake.chat_requests] == [PANEL_PROMPT]
+
+
+def _out_of_view(page: Any, element: Any) -> bool:
+    """True when `element` is scrolled out of the notebook's view."""
+    box, view = element.bounding_box(), page.locator(".jp-NotebookPanel").bounding_box()
+    return (
+        box is None or box["y"] + box["height"] < view["y"] or box["y"] > view["y"] + view["height"]
+    )
+
+
+def _inside(element: Any, container: Any) -> None:
+    """`element` is shown whole within `container` (not cut off at its right edge)."""
+    box, outer = element.bounding_box(), container.bounding_box()
+    assert box is not None and outer is not None
+    assert box["width"] > 0 and box["x"] >= outer["x"] - 1, (box, outer)
+    assert box["x"] + box["width"] <= outer["x"] + outer["width"] + 1, (box, outer)
+
+
+# ----- Notebook 7 -----------------------------------------------------------------------------------
+
+NOTEBOOK_7 = _notebook("%load_ext ipychat", "%chat panel")
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("notebook") is None, reason="needs notebook>=7 (the test extra)"
+)
+def test_panel_in_notebook_7(tmp_path: Path, shots: Callable[[str], str]) -> None:
+    """The classic notebook's successor: load, %chat panel, type, send, see the reply."""
+    notebooks = {"panel.ipynb": NOTEBOOK_7}
+    with (
+        _lab(tmp_path, notebooks, app="notebook", tokens_per_second=30) as (lab, fake, attacker),
+        _browser(lab) as (page, _),
+    ):
+        try:
+            _drive_panel_in_notebook_7(page, lab, fake)
+        finally:
+            page.screenshot(path=shots("notebook7.png"))
+
+    assert attacker.hits == [], f"the page fetched a reply's images: {attacker.hits}"
+    assert not _server_tracebacks(lab.log()), lab.log()
+
+
+def _drive_panel_in_notebook_7(page: Any, lab: Lab, fake: FakeOpenAIServer) -> None:
+    cells = _open(page, lab, "panel.ipynb")
+    # Notebook 7's own page (its page config names the application), not JupyterLab's.
+    config = "() => JSON.parse(document.getElementById('jupyter-config-data').textContent)"
+    assert page.evaluate(config)["appName"] == "Jupyter Notebook"
+    assert page.evaluate(config)["appVersion"].startswith("7.")
+    _run(cells, page, 0)
+    _run(cells, page, 1)
+    panel = page.locator(".ipychat-panel")
+    panel.wait_for(timeout=20_000)
+    assert "Error displaying widget" not in page.locator(".jp-Notebook").inner_text()
+
+    prompt = panel.locator(".ipychat-prompt textarea")
+    prompt.press_sequentially(PANEL_PROMPT, delay=10)
+    estimate = panel.locator(".ipychat-estimate")
+    _wait(lambda: "tokens" in estimate.inner_text(), "the estimate of the typed prompt")
+    panel.locator(".ipychat-send").click()
+    transcript = panel.locator(".ipychat-transcript")
+    _wait(lambda: "streaming" in transcript.inner_text(), "the reply to start streaming")
+    _wait(lambda: "thread main (1 turn)" in transcript.inner_text(), "the reply's footer")
+    shown = transcript.inner_text()
+    assert f"Echo: {PANEL_PROMPT}. word0 word1" in shown and "word39" in shown
+    assert "spent $" in panel.locator(".ipychat-spend").inner_text()
+    assert not panel.locator(".ipychat-error").inner_text().strip()
+    assert lab.kernel_idle()
+    assert [r.body["messages"][-1]["content"] for r in fake.chat_requests] == [PANEL_PROMPT]
+    panel.scroll_into_view_if_needed()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # A shell escape that starts a Python tool by its PATH name.
 BARE = re.compile(r"^\s*!\s*(python3?|pip3?|pytest|jupyter|ipython)\b", re.M)

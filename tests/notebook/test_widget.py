@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from ipychat.core import tokens
+from ipychat.core.format import estimate_text
 from ipychat.core.markdown import LITERAL_DOLLAR
 from ipychat.core.types import Estimate
-from ipychat.notebook.widget import ChatPanel, estimate_text, panel
+from ipychat.notebook.widget import ChatPanel, panel
 from ipychat.session import ChatSession, Settings, reset_session
 from ipychat.testing import FakeOpenAIServer
 

@@ -253,6 +253,39 @@ def test_help_is_real(ip) -> None:
     assert "--dry-run" in doc and "--no-interpolate" in doc and "-o VAR" in doc
 
 
+# Settings that are no ChatMagics trait, and why.
+NOT_TRAITS = {
+    "api_key": "a key is never written into config (%chat key, OPENAI_API_KEY)",
+    "cache": "ChatSession(cache=...) and IPYCHAT_CACHE_DIR",
+    "offline": "%chat offline on|off and IPYCHAT_OFFLINE",
+    "key_origins": "%chat endpoint URL --send-key and IPYCHAT_KEY_ORIGINS",
+}
+# ChatMagics traits that are the view's own, not the session's.
+VIEW_TRAITS = {"display_mode", "stream", "allow_remote_images"}
+
+
+def test_every_setting_is_a_magics_trait_of_the_same_name_and_type(ip) -> None:
+    """core.settings.Settings is the one source of configuration: `%config ChatMagics.X`
+    reaches the session's X for every setting a config file may hold."""
+    from dataclasses import fields
+
+    from ipychat.core.settings import Settings
+    from ipychat.notebook.magics import ChatMagics
+
+    traits = set(ChatMagics.class_traits(config=True)) - VIEW_TRAITS
+    defaults = Settings(max_retries=5, redact=True, temperature=0.5, azure_api_version="v1")
+    assert traits == {f.name for f in fields(Settings)} - set(NOT_TRAITS)
+    magics = ip.magics_manager.registry["ChatMagics"]
+    for name in sorted(traits):
+        value = getattr(defaults, name)
+        if value is None:
+            value = {"model": "gpt-4.1-mini", "system": "Be brief.", "base_url": "local"}.get(
+                name, 7
+            )
+        setattr(magics, name, value)  # the trait takes a value of the setting's type
+        assert getattr(get_session().settings, name) == value, name
+
+
 def test_load_twice_is_harmless_and_unload_releases(ip, fake: FakeOpenAIServer) -> None:
     first = get_session()
     assert ip.find_cell_magic("chatmap") is not None
@@ -264,7 +297,7 @@ def test_load_twice_is_harmless_and_unload_releases(ip, fake: FakeOpenAIServer) 
     run(ip, "", "still works")
     second = get_session()
     ip.run_line_magic("unload_ext", "ipychat")
-    assert not second._runner.running and not first._runner.running
+    assert not second.runner.running and not first.runner.running
     assert ip.find_cell_magic("chat") is None and ip.find_cell_magic("chatmap") is None
     ip.run_line_magic("load_ext", "ipychat")
 
@@ -350,13 +383,14 @@ def test_panel_is_displayed_and_replaced_in_a_notebook(ip, fake: FakeOpenAIServe
     with capture_output() as out:
         ip.run_line_magic("chat", "panel")
     assert any("application/vnd.jupyter.widget-view+json" in o.data for o in out.outputs)
-    first = ip.magics_manager.registry["ChatMagics"]._panel
+    first = ip.magics_manager.registry["ChatMagics"].commands.panel
     with capture_output():
         ip.run_line_magic("chat", "panel")
-    assert ip.magics_manager.registry["ChatMagics"]._panel is not first
+    assert ip.magics_manager.registry["ChatMagics"].commands.panel is not first
     run(ip, "", "seen by the panel")
     assert (
-        "seen by the panel" in ip.magics_manager.registry["ChatMagics"]._panel.transcript_markdown()
+        "seen by the panel"
+        in ip.magics_manager.registry["ChatMagics"].commands.panel.transcript_markdown()
     )
 
 

@@ -1,0 +1,110 @@
+"""Where requests go, and which API key may go with them.
+
+`Router.endpoint(settings)` resolves the endpoint in this order: an explicit endpoint
+(`%chat endpoint`, "local" included), OPENAI_BASE_URL, OpenAI when a key is set, the
+embedded local model when its extra is installed, else nothing (a request then says how to
+fix it). A key set with `%chat key` is scoped to the endpoint (origin) it was set for: it is
+sent there, or to an origin the user allowed (`key_origins`), never elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ipychat.core.errors import ConfigError
+from ipychat.core.keys import Secret
+from ipychat.core.settings import LOCAL, OPENAI_URL, Endpoint, Settings, origin
+
+__all__ = ["Router"]
+
+
+class Router:
+    """Endpoint resolution and key scoping for one engine (its state: what was found of the
+    local model, and the origin the explicit key was given for)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.local_available: bool | None = None  # the local extra installed (asked once)
+        self._local_memo: tuple[str | None, Path | None] | None = None
+        # The endpoint (origin) the explicit key was given for: it is sent only there.
+        self.key_origin: str | None = None
+        self.scope_key(settings)
+
+    def endpoint(self, settings: Settings) -> Endpoint:
+        """Where requests go (see the module docstring for the order)."""
+        url = settings.base_url or os.environ.get("OPENAI_BASE_URL")
+        if url == LOCAL:
+            return self._local_endpoint()
+        if url:
+            return Endpoint("custom", url.rstrip("/"))
+        has_key = settings.api_key is not None or any(
+            os.environ.get(name) for name in ("OPENAI_API_KEY", "OPENAI_API_KEYS")
+        )
+        if has_key:
+            return Endpoint("openai", OPENAI_URL)
+        if self.local_available is None:
+            from ipychat.engine import local
+
+            self.local_available = local.available()
+        return self._local_endpoint() if self.local_available else Endpoint("none", OPENAI_URL)
+
+    def host(self, settings: Settings) -> str:
+        """The endpoint as footers and the ledger name it: hostname and port only."""
+        endpoint = self.endpoint(settings)
+        if endpoint.kind == "local":
+            return "local model"
+        parts = urlsplit(endpoint.url)  # hostname and port only: never user:password@
+        return f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname or endpoint.url
+
+    def origin(self, settings: Settings) -> str | None:
+        """scheme://host:port of where requests go now (None: the local model, or none)."""
+        endpoint = self.endpoint(settings)
+        return None if endpoint.kind == "local" else origin(endpoint.url)
+
+    def scope_key(self, settings: Settings) -> None:
+        """Tie the explicit key (if any) to where requests go now: called when it is set."""
+        self.key_origin = self._safe_origin(settings) if settings.api_key is not None else None
+
+    def _safe_origin(self, settings: Settings) -> str | None:
+        """`origin`, or None while the endpoint is unusable (OPENAI_BASE_URL that is not a
+        URL): a key set then goes nowhere, and the request says what is wrong."""
+        try:
+            return self.origin(settings)
+        except ConfigError:
+            return None
+
+    def explicit_key(self, settings: Settings) -> Secret | None:
+        """The key set with %chat key / configure(api_key=...), if it may go where requests
+        go now: the endpoint it was given for, or one the user allowed (key_origins)."""
+        key = settings.api_key
+        if key is None:
+            return None
+        here = self.origin(settings)
+        if here is not None and (here == self.key_origin or here in settings.key_origins):
+            return key
+        return None
+
+    def key_note(self, settings: Settings) -> str:
+        """One line when the key set with %chat key stays behind at this endpoint, else ""."""
+        if settings.api_key is None or self.key_origin is None:
+            return ""
+        here = self.origin(settings)
+        if here is None or self.explicit_key(settings) is not None:
+            return ""
+        home = self.key_origin.split("://", 1)[1]
+        return (
+            f"the API key set with %chat key is for {home} and is not sent here: run "
+            "%chat key to give this endpoint its own, or add --send-key to send that one."
+        )
+
+    def _local_endpoint(self) -> Endpoint:
+        from ipychat.engine import local
+
+        # Finding the model file reads package metadata: remember it per model setting.
+        chosen = os.environ.get("IPYCHAT_LOCAL_MODEL")
+        if self._local_memo is None or self._local_memo[0] != chosen:
+            self._local_memo = (chosen, local.model_path())
+        # Named by content (a remembered sha256), so another file with the same name never
+        # shares this one's cache entries.
+        return Endpoint("local", local.endpoint_url(self._local_memo[1]))

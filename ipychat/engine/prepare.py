@@ -1,0 +1,129 @@
+"""What a request is before it is sent: its options, its body, and the hygiene gate.
+
+`RequestOptions` is the one options object of a request (a %%chat turn, a %%chatmap row);
+`build_body` is the one place a request body is assembled from messages and options; the
+`Gate` is the one place a request's messages are checked before they may leave the kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ipychat.core.errors import ConfigError
+from ipychat.core.hygiene import Cleaned, clean_messages
+from ipychat.core.messages import Thread
+from ipychat.core.types import Estimate
+
+__all__ = ["Gate", "Prepared", "RequestOptions", "allowing_secrets", "build_body"]
+
+# Set by `allowing_secrets()` (e.g. %%chatmap --allow-secrets): prompts that hold something
+# shaped like a credential are sent anyway.
+_ALLOW_SECRETS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "ipychat_allow_secrets", default=False
+)
+
+
+@contextlib.contextmanager
+def allowing_secrets(allow: bool = True) -> Iterator[None]:
+    """Within the block, prompts shaped like credentials are sent (%%chatmap --allow-secrets)."""
+    token = _ALLOW_SECRETS.set(allow)
+    try:
+        yield
+    finally:
+        _ALLOW_SECRETS.reset(token)
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """What a request asks for besides its prompt; None: the setting (or the endpoint's
+    default model). `extra` adds body fields such as `response_format`."""
+
+    model: str | None = None
+    system: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    extra: Mapping[str, Any] | None = None
+    allow_secrets: bool = False
+
+    def check(self, max_cost: float | None = None) -> None:
+        """Refuse values no request can be sent with (ConfigError, saying what fits)."""
+        temperature, max_tokens = self.temperature, self.max_tokens
+        if temperature is not None and not 0 <= temperature <= 2:
+            raise ConfigError(f"temperature must be between 0 and 2, not {temperature}.")
+        if max_tokens is not None and max_tokens < 1:
+            raise ConfigError(f"max_tokens must be a positive whole number, not {max_tokens}.")
+        if max_cost is not None and not 0 <= max_cost < float("inf"):
+            raise ConfigError(f"max cost must be a number of dollars ≥ 0, not {max_cost}.")
+
+
+@dataclass
+class Prepared:
+    """A request ready to send: nothing has left the kernel yet."""
+
+    prompt: str
+    thread: Thread | None  # None: a one-off request (a %%chatmap row) outside any thread
+    body: dict[str, Any]
+    estimate: Estimate
+    dropped_turns: int = 0
+    max_cost: float | None = None
+    label: str = "main"  # the ledger's thread column
+    masked: str = ""  # what the redact setting masked in the prompt ("" when nothing)
+
+
+def build_body(
+    messages: list[dict[str, Any]],
+    model: str,
+    temperature: float | None,
+    max_tokens: int,
+    extra: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """A chat-completions body: model, messages, temperature (when set), max_tokens, then
+    `extra` (the key order is part of the cache key, so it never changes)."""
+    body: dict[str, Any] = {"model": model, "messages": messages}
+    if temperature is not None:
+        body["temperature"] = temperature
+    body["max_tokens"] = max_tokens
+    body.update(extra or {})
+    return body
+
+
+class Gate:
+    """Every text the user wrote (system prompt, history, prompt; map rows and their
+    --fill-null values are prompts too) passes `ipychat.core.hygiene.clean_messages` here.
+    It remembers what `redact` masked (`redactions`, by kind) and the texts sent on an
+    explicit --allow-secrets (resent as history, they are not refused again)."""
+
+    def __init__(self) -> None:
+        self.redactions: Counter[str] = Counter()
+        self._allowed_texts: set[str] = set()
+        self._lock = threading.Lock()
+
+    def clean(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        allow_secrets: bool,
+        redact: bool,
+        threaded: bool = True,
+    ) -> Cleaned:
+        """`messages` as they may leave the kernel (SecretInPromptError if they may not)."""
+        allow = allow_secrets or _ALLOW_SECRETS.get()
+        cleaned = clean_messages(
+            messages, allow_secrets=allow, redact=redact, allowed=self._allowed_texts
+        )
+        with self._lock:
+            if cleaned.counts:
+                self.redactions.update(cleaned.counts)
+            if allow and threaded:  # vouched for by the user: later turns resend them
+                self._allowed_texts.update(
+                    m["content"]
+                    for m in cleaned.messages
+                    if m.get("role") in ("system", "user") and isinstance(m.get("content"), str)
+                )
+        return cleaned
