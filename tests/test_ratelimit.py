@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 
 from ipychat.core.types import RateLimitInfo
-from ipychat.map.ratelimit import ARRIVAL_SKEW, PACE, Bucket, RateLimiter
+from ipychat.map.ratelimit import (
+    ARRIVAL_SKEW,
+    FOUND_MARGIN,
+    PACE,
+    PROBE_QUIET,
+    TEST_GAIN,
+    Bucket,
+    RateLimiter,
+)
 from ipychat.net.retry import retry_after
 from ipychat.testing.rules import RateLimiter as ServerLimiter
 from ipychat.testing.rules import Reject
@@ -31,6 +39,27 @@ def test_bucket_waits_for_the_exact_deficit() -> None:
     assert bucket.wait(1, 0.05) == pytest.approx(0.05)
     assert bucket.wait(1, 0.1) == 0.0
     assert bucket.wait(5, 100.0) == 0.0 and bucket.level == 600  # never above the limit
+
+
+def test_bucket_refills_from_its_stamp_on_any_clock() -> None:
+    bucket = Bucket(limit=600, level=0.0, stamp=100.0)  # a clock that did not start at 0
+    assert bucket.wait(1, 100.05) == pytest.approx(0.05)
+    assert bucket.level == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("gain", [1.5, 64.0])
+def test_a_proven_burst_never_goes_past_the_minutes_limit(gain: float) -> None:
+    # Both documented windows shown to be longer: a burst is bounded by the minute alone,
+    # less the pace's margin while bursting (600 RPM: 588 in any minute, our own count).
+    limiter = RateLimiter(rpm=600, now=100.0)
+    limiter.requests.level = limiter.tokens.level = 2
+    limiter.gain = gain
+    for _ in range(587):
+        limiter.take(1, 100.0)
+    assert limiter.wait(1, 100.0) < 60  # one more fits (the pace's step at this gain)
+    limiter.take(1, 100.0)
+    # The 589th waits for the first to leave the minute (as the server counts it).
+    assert limiter.wait(1, 100.0) == pytest.approx(60.0 + ARRIVAL_SKEW)
 
 
 def test_unknown_limits_never_wait() -> None:
@@ -141,6 +170,82 @@ def test_stray_429s_do_not_slow_the_pace_a_share_of_them_does_once_per_episode()
         now += 0.5
         limiter.accepted(limiter.take(1, now), None, now + 0.1)
     assert low < limiter.gain <= 1.0 and limiter.gain > 0.9
+
+
+def test_a_window_test_bursts_up_to_the_share_and_goes_gently_only_past_it() -> None:
+    # 6,000 RPM told, the 1 s window (share 100) under test, a burst grown to 8× the pace:
+    # it keeps that pace up to the share; past it, the test's gentle pace.
+    limiter = RateLimiter(rpm=6000, now=0.0)
+    limiter.gain = 8.0
+    now = 0.0
+    for _ in range(100):
+        now += limiter.wait(1, now)
+        limiter.take(1, now)
+    # The 101st goes one step of the burst after the 100th: the share is not past yet.
+    assert limiter.wait(1, now) == pytest.approx(1 / (100 * PACE * 8))
+    now += limiter.wait(1, now)
+    limiter.take(1, now)  # past the share: the next one waits a step of the test's pace
+    assert limiter.wait(1, now) == pytest.approx(1 / (100 * PACE * TEST_GAIN))
+
+
+def test_a_window_is_proven_longer_by_what_is_accepted_past_its_share() -> None:
+    # The 1 s window (share 100) needs 3% past it (our count may be off by a request or two
+    # at the window's edge), the 10 s one (share 1,000) 2%.
+    limiter = RateLimiter(rpm=6000, now=0.0)
+    tickets = [limiter.take(1, 0.0) for _ in range(104)]
+    limiter.accepted(tickets[101], None, 0.1)  # the 102nd: 2% past the share
+    assert limiter.requests.level == 0
+    limiter.accepted(tickets[103], None, 0.1)  # the 104th: 4%
+    assert limiter.requests.level == 1
+    tickets = [limiter.take(1, 0.5) for _ in range(1021 - 104)]
+    limiter.accepted(tickets[-3], None, 0.6)  # the 1,019th within 10 s
+    assert limiter.requests.level == 1
+    limiter.accepted(tickets[-1], None, 0.6)  # the 1,021st
+    assert limiter.requests.level == 2
+
+
+@pytest.mark.parametrize(("level", "window"), [(0, 1.0), (1, 10.0), (2, 60.0)])
+def test_a_burst_that_meets_the_windows_edge_ends_bursts_and_keeps_to_the_shares(
+    level: int, window: float
+) -> None:
+    # Told 6,000 RPM: bursts are tested. One meets a 429: no burst nor test for a while,
+    # the sends kept within the shares for as long as its overshoot stays in the window
+    # (the window under test, or a minute once none is left), and the 429s of that
+    # aftermath (twice the retry-after, at least a second) are not news.
+    for retry in (2.0, None):
+        limiter = RateLimiter(rpm=6000, now=0.0)
+        limiter.requests.level = limiter.tokens.level = level
+        limiter.gain = 4.0
+        ticket = limiter.take(1, 7.0)
+        limiter.refused(ticket, None, retry, 7.01)
+        assert limiter.gain == 1.0
+        for dim in (limiter.requests, limiter.tokens):
+            assert dim.quiet_until == pytest.approx(7.01 + PROBE_QUIET)
+            assert dim.bounded_until == pytest.approx(7.01 + window + 1.0)
+        assert limiter._settle_until == pytest.approx(7.01 + (4.0 if retry else 1.0))
+
+
+def test_without_any_limit_many_429s_find_the_rate_the_server_was_accepting() -> None:
+    # No header, no cap: 10 requests went out in the second before the first 429 (the
+    # first exactly a second before it), then 8 more are refused: 16% of the answers, a
+    # limit's doing. The rate found: those 10 over the second they cover, or until the
+    # server has room again (retry-after), less a margin.
+    for retry, span in ((None, 1.0), (0.25, 1.25)):
+        limiter = RateLimiter(now=0.0)
+        for k in range(10):
+            limiter.take(1, 4.5 + k / 16)
+        refused = [limiter.take(1, 5.5) for _ in range(8)]
+        for ticket in refused:
+            assert limiter.requests.found is None  # a few 429s: maybe a flaky server
+            limiter.refused(ticket, None, retry, 5.5625)
+        assert limiter.requests.found == pytest.approx(10 / span * 60 * FOUND_MARGIN)
+    # Fewer than 10 in that second: too few to tell.
+    limiter = RateLimiter(now=0.0)
+    for k in range(1, 10):
+        limiter.take(1, 4.5 + k / 16)
+    for ticket in [limiter.take(1, 5.5) for _ in range(8)]:
+        limiter.refused(ticket, None, None, 5.5625)
+    assert limiter.requests.found is None
 
 
 def test_headers_teach_the_limits_and_anchor_the_minute() -> None:
@@ -353,7 +458,8 @@ def test_a_map_under_an_rpm_limit_with_headers(window: int) -> None:
     assert run.most_in(1.0) <= (125 if window == 1 else 1500)
     assert run.most_in(10.0) <= (1250 if window <= 10 else 1500)
     if window == 60:  # the server proved a minute's capacity: the burst used it
-        assert e > 3 and limiter.gain > 1
+        # (the 10 s window's test, 2% past its share at the test's pace, takes 0.16 s)
+        assert e > 10 and limiter.gain > 1
 
 
 @pytest.mark.parametrize("window", [1, 10, 60])
@@ -365,7 +471,10 @@ def test_a_map_under_a_tpm_limit_with_headers(window: int, tokens: int) -> None:
     # the window's share is kept too.
     run, _ = simulate(600, tpm=120_000, tokens=tokens, window=window, jitter=0.01, seed=3)
     assert run.share_429 < 0.005
-    assert (600 * tokens / 2000 + 0.1) / run.finished >= 0.96
+    e = (600 * tokens / 2000 + 0.1) / run.finished
+    assert e >= 0.96
+    if window == 60:  # the whole map fits in the minute: bursts as fast as it is proven
+        assert e > 16
 
 
 @pytest.mark.parametrize("window", [1, 10, 60])
@@ -376,7 +485,7 @@ def test_a_map_without_headers_paced_by_the_limits_given(window: int) -> None:
     assert run.share_429 < 0.005 and RPM_IDEAL / run.finished >= 0.97
     assert run.most_in(60.0) <= 6000 * PACE
     if window == 60:
-        assert RPM_IDEAL / run.finished > 3
+        assert RPM_IDEAL / run.finished > 10
 
 
 @pytest.mark.parametrize("retry", [True, False])

@@ -47,9 +47,10 @@ lowest of this map's `--rpm`/`--tpm` (caps for this map only), the server's
    headers' bucket, and our own sends of the last minute), never above a cap, never under
    a rate found from 429s (a guess). The documented windows (`WINDOWS`: 1 s, then 10 s)
    are hypotheses, tested in turn: the share of the smallest window not yet disproved
-   (limit × window / 60) is never exceeded but by a gentle test (at most `TEST_ALLOW` of
-   it, at `TEST_GAIN` × the pace); a test accepted past `PROOF` of the share shows the
-   window is longer; a 429 ends testing for `PROBE_QUIET` seconds (no window is longer
+   (limit × window / 60) is never exceeded but by a gentle test (past the share, at
+   `TEST_GAIN` × the pace, at most `TEST_ALLOW` of it); a test accepted past `PROOF` of
+   the share (a margin for where our count of the server's window may be off) shows the
+   window is longer, so a test lasts about (PROOF - 1) × the window; a 429 ends testing for `PROBE_QUIET` seconds (no window is longer
    than a minute), the sends meanwhile kept within the windows' shares. Below the share
    the gain grows × `GROWTH` per accepted request sent at it, up to `MAX_GAIN`. So a 1 s
    window costs one refused test a minute (what goes out during a 429's round trip at the
@@ -101,10 +102,14 @@ CEILING_MARGIN = 0.95
 CREEP = 0.01
 # Bursts (see the module docstring, 3): the documented windows tested in turn, the test's
 # allowance and pace, the proof, the growth below the share, and the quiet after a 429.
+# A test goes at the test's pace from the window's share on, so it takes (PROOF - 1) ×
+# the window / TEST_GAIN: the proof of a window is what is accepted past its share, beyond
+# what our count may differ from the server's: its window ends ARRIVAL_SKEW earlier than
+# ours (a request or two past the 1 s share), and our token counts are scaled estimates.
 WINDOWS = (1.0, 10.0)
 TEST_ALLOW = 1.25
 TEST_GAIN = 1.25
-PROOF = 1.03
+PROOF = (1.03, 1.02)  # per window of WINDOWS
 GROWTH = 2.0
 MAX_GAIN = 64.0
 PROBE_QUIET = 60.0
@@ -261,7 +266,7 @@ class _Dim:
         """Whether sending now goes past the tested window's share (gently)."""
         if not self.testing(now):
             return False
-        return self.sent[self.level].expire(now) >= PACE * self.share(self.level)
+        return self.sent[self.level].expire(now) >= self.share(self.level)
 
     def rate(self, gain: float, now: float | None = None) -> float | None:
         """Server units per second we pace at (now: within a window test, if one is on)."""
@@ -491,7 +496,7 @@ class RateLimiter:
         for dim in self._dims:
             # Accepted past the share of the window under test: the window is longer.
             level, beyond = ticket.beyond[dim.name]
-            if level == dim.level and dim.testing(now) and beyond > PROOF:
+            if level == dim.level and dim.testing(now) and beyond > PROOF[level]:
                 dim.level += 1
         if ticket.sent >= self._event_at:  # sent after the last 429: the way is open
             self.blocked = False
