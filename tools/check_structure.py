@@ -45,7 +45,6 @@ ALLOWED: frozenset[str] = frozenset(
         "module ipychat/engine/cache.py",
         "module ipychat/map/plan.py",
         "module ipychat/map/ratelimit.py",
-        "module ipychat/session.py",
     }
 )
 
