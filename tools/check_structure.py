@@ -43,7 +43,6 @@ ALLOWED: frozenset[str] = frozenset(
         "function ipychat/engine/ledger.py:_plot",
         "module ipychat/core/markdown.py",
         "module ipychat/engine/cache.py",
-        "module ipychat/map/plan.py",
         "module ipychat/map/ratelimit.py",
     }
 )
