@@ -9,12 +9,13 @@ events views listen to, and the private loop thread every request runs on. `ask_
 is the one implementation of a %%chat turn; `ask` waits for it from the calling thread,
 `aask` from another loop, `stream` hands its deltas over as they arrive. `map` calls down
 into `ipychat.map`.
+
+What a session owns (its loop thread, its client) and its closing at exit: `ipychat.lifetime`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import contextlib
 import logging
@@ -26,12 +27,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ipychat.core import tokens
 from ipychat.core.errors import ChatError, ConfigError
-from ipychat.core.messages import Thread, build_messages
+from ipychat.core.messages import Thread, build_messages, check_thread_name
 from ipychat.core.runner import LoopThread, wait, wait_async
 from ipychat.core.settings import Endpoint, Settings, check_model
 from ipychat.core.types import Estimate, Reply
 from ipychat.engine.engine import CacheMode, Engine
 from ipychat.engine.prepare import Prepared, RequestOptions, allowing_secrets
+from ipychat.lifetime import Owned, close_at_exit
 from ipychat.streaming import Progress, ReplyStream, interrupted
 
 if TYPE_CHECKING:
@@ -72,14 +74,14 @@ class ChatSession:
         # The loop thread and the client, released when the session is collected unclosed
         # (a session made in a function): else aiohttp warns "Unclosed client session" and
         # the loop thread runs on with nobody to stop it.
-        self._owned = _Owned()
+        self._owned = Owned()
         self.engine = Engine(settings, transport=transport, cache=cache, retire=self._owned.retire)
         self._owned.engine = self.engine
         weakref.finalize(self, self._owned.release)
         self.threads: dict[str, Thread] = {"main": Thread("main")}
         self.current_thread = "main"
         self.last_reply: Reply | None = None
-        _live.add(self)  # closed at exit, if the owner did not (see _close_at_exit)
+        close_at_exit(self)  # if the owner did not close it
         self._listeners: list[Callable[[Event], None]] = []
         self._lock = threading.RLock()
 
@@ -185,7 +187,7 @@ class ChatSession:
     def thread(self, name: str | None = None, *, create: bool = True) -> Thread:
         name = name or self.current_thread
         if name not in self.threads:
-            _check_thread_name(name)
+            check_thread_name(name)
             if not create:
                 known = ", ".join(sorted(self.threads))
                 raise ConfigError(
@@ -467,49 +469,6 @@ class ChatSession:
             return await mapper.amap_frame(self, df, template, output, **options)
 
 
-def _check_thread_name(name: Any) -> None:
-    """A thread's name is shown in cells, the panel and the ledger: printable text only."""
-    if (
-        not isinstance(name, str)
-        or not name.strip()
-        or len(name) > 200
-        or not name.isprintable()
-        or any(0xD800 <= ord(c) <= 0xDFFF for c in name)
-    ):
-        raise ConfigError(
-            f"{name!r} cannot name a thread: use a short printable name such as 'draft'."
-        )
-
-
-class _Owned:
-    """What a session owns and must release even when nobody closes it: its loop thread and
-    its engine's client. It holds nothing of the session, so the session's finalizer can use it."""
-
-    def __init__(self) -> None:
-        self.runner = LoopThread()
-        self.engine: Engine | None = None
-
-    def retire(self, client: ChatClient) -> None:
-        """Close a client the engine replaced, on the loop it lives on."""
-        if self.runner.running:
-            self.runner.submit(client.aclose())
-
-    def release(self) -> None:
-        """Close the client on its loop, then stop the loop (from any thread)."""
-        if self.runner.in_loop_thread:
-            # Collected on the loop's own thread: it cannot wait for itself.
-            threading.Thread(target=self.release, name="ipychat-release").start()
-            return
-        # The client is taken only after the loop's tasks are cancelled and done: a request
-        # still making or using the client when close() began leaves it to be closed here.
-        self.runner.stop(last=self._close_client)
-
-    async def _close_client(self) -> None:
-        client = self.engine.take_client() if self.engine is not None else None
-        if client is not None:
-            await client.aclose()
-
-
 _session: ChatSession | None = None
 _session_lock = threading.Lock()
 
@@ -521,18 +480,6 @@ def get_session() -> ChatSession:
         if _session is None:
             _session = ChatSession()
         return _session
-
-
-# Every session still alive at exit is closed while its loop still runs; otherwise aiohttp
-# warns about unclosed client sessions when they are collected after the loop is gone.
-_live: weakref.WeakSet[ChatSession] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_at_exit() -> None:
-    for session in list(_live):
-        with contextlib.suppress(Exception):
-            session.close()
 
 
 def reset_session(session: ChatSession | None = None) -> ChatSession | None:

@@ -68,7 +68,7 @@ def backend(
             yield Backend("fake", fake.base_url, "fake-model", usage_chunk=True, capital="France")
         return
     # One real server for the whole module (starting it takes a second or two).
-    server = local.LocalServer(local._bundled_model(), log_dir=tmp_path_factory.mktemp("llama"))
+    server = local.LocalServer(local.bundled_model(), log_dir=tmp_path_factory.mktemp("llama"))
     server.start()
     try:
         assert server.api_key is not None

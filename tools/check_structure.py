@@ -41,12 +41,8 @@ ALLOWED: frozenset[str] = frozenset(
         # Still to split (issue 16): each reads top to bottom as one concern today.
         "function ipychat/core/hygiene.py:clean_messages",
         "function ipychat/engine/ledger.py:_plot",
-        "module ipychat/core/markdown.py",
         "module ipychat/engine/cache.py",
-        "module ipychat/engine/local.py",
-        "module ipychat/map/plan.py",
         "module ipychat/map/ratelimit.py",
-        "module ipychat/session.py",
     }
 )
 

