@@ -10,7 +10,7 @@
   ruff's PLC2701 (import-private-name) does not see this one: it reports private names
   imported from *other* packages only, never from the package being checked.
 
-Today's offenders are listed in ALLOWED, each with who removes it. An entry that no longer
+The few exceptions that stand are listed in ALLOWED, each with why. An entry that no longer
 offends is reported too ("stale"), so the list only shrinks.
 """
 
