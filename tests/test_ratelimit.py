@@ -17,15 +17,8 @@ from typing import Any
 import pytest
 
 from ipychat.core.types import RateLimitInfo
-from ipychat.map.ratelimit import (
-    ARRIVAL_SKEW,
-    FOUND_MARGIN,
-    PACE,
-    PROBE_QUIET,
-    TEST_GAIN,
-    Bucket,
-    RateLimiter,
-)
+from ipychat.map.pacing import ARRIVAL_SKEW, FOUND_MARGIN, PACE, PROBE_QUIET, TEST_GAIN, Bucket
+from ipychat.map.ratelimit import RateLimiter
 from ipychat.net.retry import retry_after
 from ipychat.testing.rules import RateLimiter as ServerLimiter
 from ipychat.testing.rules import Reject

@@ -42,7 +42,6 @@ ALLOWED: frozenset[str] = frozenset(
         "function ipychat/core/hygiene.py:clean_messages",
         "function ipychat/engine/ledger.py:_plot",
         "module ipychat/engine/cache.py",
-        "module ipychat/map/ratelimit.py",
     }
 )
 

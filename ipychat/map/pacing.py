@@ -1,0 +1,252 @@
+"""One dimension of the pacing model of `ipychat.map.ratelimit` (requests or tokens): its
+constants, the per-minute `Bucket`, the steady pace, what was sent in each short window, and
+`Dim`, which decides when the next send may go. Pure: time is passed in, nothing waits.
+The model and its sources are explained in `ipychat.map.ratelimit`'s docstring."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+__all__ = ["Bucket", "Dim"]
+
+# The steady pace: this fraction of the per-minute limit. Evenly spaced at it, the requests
+# of any window of W seconds span W / PACE: arrivals may bunch by W × (1 / PACE - 1)
+# (20 ms in a 1 s window, at any rate) before a window holds more than its share.
+PACE = 0.98
+# On a 429 event at or below the limit, the gain is multiplied by DECREASE when the last
+# event was less than REPEATED seconds ago (another client, a lower limit: the 429s go on),
+# by DECREASE_ISOLATED otherwise (a stall bunched our requests: once is not a trend), never
+# below MIN_GAIN. Then it recovers: quickly (RECOVER: the share of the gap closed per
+# second, as e^-RECOVER·t) to CEILING_MARGIN × the gain the 429 came at, then by CREEP per
+# second up to 1.
+DECREASE = 0.8
+DECREASE_ISOLATED = 0.95
+REPEATED = 10.0
+MIN_GAIN = 0.02
+RECOVER = 1.0
+CEILING_MARGIN = 0.95
+CREEP = 0.01
+# Bursts (see the module docstring, 3): the documented windows tested in turn, the test's
+# allowance and pace, the proof, the growth below the share, and the quiet after a 429.
+# A test goes at the test's pace from the window's share on, so it takes (PROOF - 1) ×
+# the window / TEST_GAIN: the proof of a window is what is accepted past its share, beyond
+# what our count may differ from the server's: its window ends ARRIVAL_SKEW earlier than
+# ours (a request or two past the 1 s share), and our token counts are scaled estimates.
+WINDOWS = (1.0, 10.0)
+TEST_ALLOW = 1.25
+TEST_GAIN = 1.25
+PROOF = (1.03, 1.02)  # per window of WINDOWS
+GROWTH = 2.0
+MAX_GAIN = 64.0
+PROBE_QUIET = 60.0
+# Without a retry-after, the shared pause after a 429: BACKOFF_FIRST, doubling while 429s
+# follow each other, up to BACKOFF_MAX.
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 8.0
+# A limit found from 429s (no headers, no caps): this fraction of the rate at which the
+# server accepted what went out in the FOUND_SPAN seconds before a refusal (if at least
+# FOUND_MIN did; see `_found_estimate`); on each later 429 event, the larger of that and
+# DECREASE × the last; raised by FOUND_RAISE per second of sending once FOUND_QUIET
+# passed since the last slow-down.
+FOUND_MARGIN = 0.9
+FOUND_SPAN = 1.0
+FOUND_MIN = 10
+FOUND_RAISE = 0.02
+FOUND_QUIET = 5.0
+# A 429 slows the pace only once 429s are more than LOSS_TOLERANCE of the last LOSS_SPAN
+# answers (or at once, past the pace): stray ones from a flaky server are not a limit.
+# With no limit known, a rate is found from 429s only past FOUND_LOSS: a server that says
+# nothing may be flaky (a few 429s) rather than limiting (many at once).
+LOSS_TOLERANCE = 0.05
+FOUND_LOSS = 0.15
+LOSS_SPAN = 50
+# A sender woken this late keeps to the schedule; later, the time is lost (never a burst).
+CATCH_UP = 0.010
+# The server charged a request when it arrived, a little after we sent it; counting the
+# refill from our send time would be optimistic by that much. Anchors assume this delay.
+ARRIVAL_SKEW = 0.010
+
+
+@dataclass
+class Bucket:
+    """Holds up to `limit` units, refilling continuously at limit/60 per second: the
+    per-minute budget as the server's headers report it."""
+
+    limit: float
+    level: float
+    stamp: float
+
+    @property
+    def rate(self) -> float:
+        """Units per second."""
+        return self.limit / 60.0
+
+    def refill(self, now: float) -> None:
+        if now > self.stamp:
+            self.level = min(self.limit, self.level + (now - self.stamp) * self.rate)
+            self.stamp = now
+
+    def wait(self, amount: float, now: float) -> float:
+        """Seconds until `amount` is available (0: now). More than the whole bucket waits
+        for a full one (the caller decides whether such a request may go at all)."""
+        self.refill(now)
+        deficit = min(amount, self.limit) - self.level
+        return 0.0 if deficit <= 1e-9 else deficit / self.rate
+
+
+@dataclass
+class _Pace:
+    """An even schedule (GCRA): the next unit may go at `due`; each charge of `amount`
+    at `rate` units per second moves it on by amount / rate."""
+
+    due: float = -math.inf
+
+    def wait(self, now: float) -> float:
+        return max(0.0, self.due - now)
+
+    def busy(self, now: float) -> bool:
+        """Whether a send now follows the schedule (rather than an idle spell)."""
+        return now - self.due <= CATCH_UP
+
+    def take(self, amount: float, rate: float, now: float) -> None:
+        # A sender woken a little late keeps to the schedule; after an idle spell the
+        # schedule starts again from now (no credit: an idle spell is not a burst).
+        start = self.due if self.busy(now) else now
+        self.due = start + amount / rate
+
+
+@dataclass
+class _Sent:
+    """Our own charges within one of the documented windows, oldest first, and their sum."""
+
+    seconds: float
+    log: deque[tuple[float, float]] = field(default_factory=deque)
+    total: float = 0.0
+
+    # A charge leaves the server's window ARRIVAL_SKEW after it leaves ours: the server
+    # counted it when it arrived, a little after we sent it.
+
+    def expire(self, now: float) -> float:
+        # (a hair early: `frees_at` must not name a time at which nothing leaves)
+        while self.log and self.log[0][0] <= now - self.seconds - ARRIVAL_SKEW + 1e-9:
+            self.total -= self.log.popleft()[1]
+        if not self.log:
+            self.total = 0.0  # no drift from float sums
+        return self.total
+
+    def add(self, amount: float, now: float) -> None:
+        self.log.append((now, amount))
+        self.total += amount
+
+    def frees_at(self) -> float:
+        """When the oldest charge leaves the window."""
+        return self.log[0][0] + self.seconds + ARRIVAL_SKEW if self.log else -math.inf
+
+
+@dataclass
+class Dim:
+    """One limited quantity: requests or tokens (see the module docstring)."""
+
+    name: str
+    cap: float | None = None  # this map's --rpm/--tpm
+    server: float | None = None  # x-ratelimit-limit-*
+    found: float | None = None  # a per-minute rate found from 429s (requests only)
+    scale: float = 1.0  # the server's units per unit of ours (tokens: another tokenizer)
+    pace: _Pace = field(default_factory=_Pace)
+    minute: Bucket | None = None  # anchored on x-ratelimit-remaining-*
+    sent: tuple[_Sent, ...] = field(default_factory=lambda: tuple(_Sent(w) for w in WINDOWS))
+    sent_minute: _Sent = field(default_factory=lambda: _Sent(60.0))
+    level: int = 0  # WINDOWS[level]: the smallest window not shown to be longer
+    quiet_until: float = -math.inf  # no window test before (a test met a 429)
+    bounded_until: float = -math.inf  # the shares bound the sends until (a burst met a 429)
+
+    @property
+    def limit(self) -> float | None:
+        known = [v for v in (self.cap, self.server, self.found) if v is not None]
+        return min(known) if known else None
+
+    @property
+    def may_burst(self) -> bool:
+        """Whether bursts may be tested: under a limit told (the server's, or a cap when the
+        server tells none; never past a cap it is below), not a rate guessed from 429s."""
+        if self.found is not None or self.limit is None:
+            return False
+        return self.server is None or self.cap is None or self.cap >= self.server
+
+    def testing(self, now: float) -> bool:
+        """Whether the window WINDOWS[level] may be tested now."""
+        return self.may_burst and self.level < len(WINDOWS) and now >= self.quiet_until
+
+    def share(self, i: int) -> float:
+        """What the server allows within WINDOWS[i] if that is its window."""
+        limit = self.limit
+        assert limit is not None
+        return limit * WINDOWS[i] / 60.0
+
+    def in_test(self, now: float) -> bool:
+        """Whether sending now goes past the tested window's share (gently)."""
+        if not self.testing(now):
+            return False
+        return self.sent[self.level].expire(now) >= self.share(self.level)
+
+    def rate(self, gain: float, now: float | None = None) -> float | None:
+        """Server units per second we pace at (now: within a window test, if one is on)."""
+        limit = self.limit
+        if limit is None:
+            return None
+        if not self.may_burst:
+            gain = min(gain, 1.0)
+        elif now is not None and self.in_test(now):
+            gain = min(gain, TEST_GAIN)
+        return limit / 60.0 * PACE * gain
+
+    def wait(self, amount: float, bursting: bool, now: float) -> float:
+        if self.limit is None:
+            return 0.0
+        charged = amount * self.scale
+        wait = self.pace.wait(now)
+        if self.minute is not None:
+            wait = max(wait, self.minute.wait(charged / PACE, now))
+        test = self.testing(now)
+        # Unproven windows: never past their share but by the test of the smallest. Even
+        # paced, a window may hold one request more than the pace's share (its charge can
+        # be a good part of a second's tokens). Less the pace's margin while bursting (no
+        # even spacing absorbs a stall then), and for a window's length after a burst met
+        # a 429 (its overshoot, the refused requests included, holds its place as long).
+        margin = PACE if bursting or now < self.bounded_until else 1.0
+        for i in range(self.level, len(WINDOWS)):
+            allowed = self.share(i) * (TEST_ALLOW if test and i == self.level else margin)
+            used = self.sent[i].expire(now)
+            if charged <= allowed and used + charged > allowed:
+                wait = max(wait, self.sent[i].frees_at() - now)
+        # And never past the minute's limit (the headers' bucket also counts others' use).
+        allowed = (self.limit or 0.0) * margin
+        if charged <= allowed and self.sent_minute.expire(now) + charged > allowed:
+            wait = max(wait, self.sent_minute.frees_at() - now)
+        return wait
+
+    def paced(self, now: float) -> bool:
+        """Whether this dimension's pace is what holds a send back now."""
+        return self.limit is not None and self.pace.busy(now)
+
+    def beyond(self, now: float) -> float:
+        """How far past the smallest unproven window's share our sends now are (× share)."""
+        if self.limit is None or self.level >= len(WINDOWS):
+            return 0.0
+        return self.sent[self.level].expire(now) / self.share(self.level)
+
+    def take(self, amount: float, gain: float, now: float) -> float:
+        """Charge `amount` of ours; returns what it is in the server's units."""
+        charged = amount * self.scale
+        rate = self.rate(gain, now)
+        if rate is not None:
+            self.pace.take(charged, rate, now)
+        if self.minute is not None:
+            self.minute.refill(now)
+            self.minute.level -= charged
+        for window in (*self.sent, self.sent_minute):
+            window.expire(now)
+            window.add(charged, now)
+        return charged
