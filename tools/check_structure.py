@@ -39,8 +39,6 @@ ALLOWED: frozenset[str] = frozenset(
         # One class built in a cached factory (the trimmed aiohttp transport).
         "function ipychat/net/transport.py:lean_aiohttp_transport",
         # Still to split (issue 16): each reads top to bottom as one concern today.
-        "function ipychat/core/hygiene.py:clean_messages",
-        "function ipychat/engine/ledger.py:_plot",
         "module ipychat/engine/cache.py",
     }
 )

@@ -423,6 +423,20 @@ def _replace_texts(content: Any, replacements: dict[str, str]) -> Any:
     ]
 
 
+# What to do about a credential found in a text of the request, by where the text was.
+_FIX = "nothing was sent. Remove it, or add --allow-secrets if it is not a real secret."
+_FIXES = {
+    "An earlier prompt of this thread": (
+        "nothing was sent. Start afresh with --new (or %chat reset), or add "
+        "--allow-secrets if it is not a real secret."
+    ),
+    "The system prompt": (
+        "nothing was sent. Change it (%chat system), or add --allow-secrets "
+        "if it is not a real secret."
+    ),
+}
+
+
 def clean_messages(
     messages: Sequence[Message],
     *,
@@ -460,21 +474,7 @@ def clean_messages(
                 continue
             found, redaction = _scan(text, redact)
             if written and found and not allow_secrets and text not in allowed:
-                fix = (
-                    "nothing was sent. Remove it, or add --allow-secrets if it is not a real "
-                    "secret."
-                )
-                if where == "An earlier prompt of this thread":
-                    fix = (
-                        "nothing was sent. Start afresh with --new (or %chat reset), or add "
-                        "--allow-secrets if it is not a real secret."
-                    )
-                elif where == "The system prompt":
-                    fix = (
-                        "nothing was sent. Change it (%chat system), or add --allow-secrets "
-                        "if it is not a real secret."
-                    )
-                raise SecretInPromptError(_refusal(list(found), where, fix))
+                raise SecretInPromptError(_refusal(list(found), where, _FIXES.get(where, _FIX)))
             if redaction is not None and redaction.counts:
                 counts.update(redaction.counts)
                 redactions[text] = redaction.text

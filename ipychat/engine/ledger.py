@@ -334,27 +334,32 @@ def _plot(rows: list[LedgerRow], budget: float | None) -> Figure:
     spend.xaxis.set_major_locator(locator)
     spend.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     spend.legend(loc="lower right")
-    # Latency: requests that went out and came back (not cache hits, not Batch API rows).
+    _plot_latency(latency, ordered)
+    return figure
+
+
+def _plot_latency(axes: Any, ordered: list[LedgerRow]) -> None:
+    """Latency per model: requests that went out and came back (not cache hits, not Batch
+    API rows), as a box plot with the requests as dots."""
     by_model: dict[str, list[float]] = {}
     for r in ordered:
         if not r.cached and r.outcome == "ok" and r.thread != "batch":
             by_model.setdefault(r.model, []).append(r.latency)
-    latency.set_title("Latency per model")
+    axes.set_title("Latency per model")
     if by_model:
         models = list(by_model)
         data = [by_model[m] for m in models]
         try:
-            latency.boxplot(data, orientation="horizontal", widths=0.5)
+            axes.boxplot(data, orientation="horizontal", widths=0.5)
         except TypeError:  # matplotlib < 3.10 says it with `vert` (deprecated since)
-            latency.boxplot(data, vert=False, widths=0.5)
+            axes.boxplot(data, vert=False, widths=0.5)
         for i, model in enumerate(models, start=1):
-            latency.scatter(by_model[model], [i] * len(by_model[model]), s=12, alpha=0.6)
-        latency.set_yticks(range(1, len(models) + 1), models)
-        latency.set_xlabel("seconds")
+            axes.scatter(by_model[model], [i] * len(by_model[model]), s=12, alpha=0.6)
+        axes.set_yticks(range(1, len(models) + 1), models)
+        axes.set_xlabel("seconds")
     else:
-        latency.text(0.5, 0.5, "no requests sent yet", ha="center", va="center")
-        latency.set_axis_off()
-    return figure
+        axes.text(0.5, 0.5, "no requests sent yet", ha="center", va="center")
+        axes.set_axis_off()
 
 
 def _tex(amount: float) -> str:
