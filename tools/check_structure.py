@@ -1,4 +1,4 @@
-"""The size and privacy rules of issue 16 that ruff and import-linter do not check.
+"""The size and privacy rules of the package that ruff and import-linter do not check.
 
     python tools/check_structure.py            # exit 1 and one line per offence
 
@@ -38,7 +38,7 @@ ALLOWED: frozenset[str] = frozenset(
         "constructor ipychat/testing/fake.py:FakeOpenAIServer.__init__",
         # One class built in a cached factory (the trimmed aiohttp transport).
         "function ipychat/net/transport.py:lean_aiohttp_transport",
-        # Still to split (issue 16): each reads top to bottom as one concern today.
+        # Still to split: the disk cache reads top to bottom as one concern today.
         "module ipychat/engine/cache.py",
     }
 )
