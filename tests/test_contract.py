@@ -269,15 +269,52 @@ def test_client_streams_each_flavour_with_usage(flavour: str) -> None:
     assert reply.usage is not None and reply.usage.completion_tokens == 2
 
 
-def test_client_streaming_to_mistral_is_refused_for_stream_options() -> None:
-    # GAP: the client always sends stream_options.include_usage with stream=True; Mistral
-    # refuses the field (422) and sends a stream's usage in its last chunk unasked. The
-    # client should not send stream_options to Mistral (it reads that usage already, see
-    # the next test).
+class _ToLoopback(httpx.AsyncHTTPTransport):
+    """Sends every request to a FakeOpenAIServer on 127.0.0.1 whatever host its URL names,
+    so a client built for a provider's real base URL (which the client's host-based quirks
+    key on) is tested over a real socket without leaving this machine."""
+
+    def __init__(self, server: FakeOpenAIServer) -> None:
+        super().__init__()
+        self._target = httpx.URL(server.url)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        target = self._target
+        request.url = request.url.copy_with(scheme=target.scheme, host=target.host,
+                                            port=target.port)  # fmt: skip
+        return await super().handle_async_request(request)
+
+
+def _chat_as(base_url: str, server: FakeOpenAIServer) -> Completion:
+    body = {"model": server.flavour.models[0], "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 50}  # fmt: skip
+
+    async def main() -> Completion:
+        async with ChatClient(base_url, api_key=server.api_key, max_retries=0,
+                              transport=_ToLoopback(server)) as client:  # fmt: skip
+            return await client.chat(body, stream=True)
+
+    return asyncio.run(main())
+
+
+def test_client_streams_to_mistral_without_stream_options() -> None:
+    # Mistral refuses stream_options (422) and sends a stream's usage in its finish chunk
+    # unasked: the client, seeing Mistral's host, leaves the field out and reads that usage.
     with FakeOpenAIServer(flavour="mistral") as server:
-        with pytest.raises(errors.BadRequestError, match=r"HTTP 422.*stream_options"):
-            _flavour_chat(server, stream=True)
-        assert server.chat_requests[-1].body["stream_options"] == {"include_usage": True}
+        reply = _chat_as("https://api.mistral.ai/v1", server)
+        sent = server.chat_requests[-1].body
+    assert sent["stream"] is True and "stream_options" not in sent
+    assert reply.text == "Echo: hi"
+    assert reply.usage is not None and reply.usage.total_tokens == 10
+
+
+def test_client_asks_other_hosts_for_the_usage_chunk() -> None:
+    # Precision of the rule above: only Mistral's host loses stream_options.
+    with FakeOpenAIServer(flavour="openai") as server:
+        reply = _chat_as("https://api.openai.com/v1", server)
+        sent = server.chat_requests[-1].body
+    assert sent["stream_options"] == {"include_usage": True}
+    assert reply.usage is not None and reply.usage.completion_tokens == 2
 
 
 def test_client_reads_usage_from_mistrals_finish_chunk() -> None:
@@ -288,13 +325,14 @@ def test_client_reads_usage_from_mistrals_finish_chunk() -> None:
     assert reply.usage is not None and reply.usage.total_tokens == 10
 
 
-def test_client_misses_usage_only_in_x_groq() -> None:
-    # GAP (small): a Groq stream not asked for usage, or a Groq that ignored include_usage,
-    # carries it only in the finish chunk's `x_groq.usage`; the client reports none. Groq
-    # honours include_usage, which the client sends, so this does not happen today.
+def test_client_reads_usage_only_in_x_groq() -> None:
+    # A Groq stream not asked for usage, or a Groq that ignored include_usage, carries it
+    # only in the finish chunk's `x_groq.usage`; the client reads it there.
     with FakeOpenAIServer(flavour="groq", include_usage_chunk=False) as server:
         reply, _ = _flavour_chat(server, stream=True)
-    assert reply.text == "Echo: hi" and reply.usage is None
+    assert reply.text == "Echo: hi"
+    assert reply.usage is not None and reply.usage.prompt_tokens == 8
+    assert reply.usage.completion_tokens == 2
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
@@ -306,9 +344,5 @@ def test_client_turns_each_flavours_429_into_a_rate_limit_error(flavour: str) ->
     message = str(info.value)
     if flavour == "mistral":  # Mistral's own fixed text replaces the fault's
         assert "Rate limit exceeded" in message
-    elif flavour == "gemini":
-        # GAP: Gemini's error body is a list ([{"error": {...}}]); the client shows the raw
-        # JSON rather than its message. It should read body[0]["error"]["message"].
-        assert '[{"error":{"code":429,"message":"Slow down, please.","status":' in message
-    else:
+    else:  # Gemini's list-wrapped body ([{"error": {...}}]) included
         assert "(HTTP 429): Slow down, please;" in message and "{" not in message

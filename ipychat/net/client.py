@@ -197,16 +197,11 @@ class ChatClient:
 
         `body` is the OpenAI request without `stream`. With `stream=True` the reply is
         read as SSE, `on_delta(text)` is called on the loop for each content delta, and
-        the usage chunk is asked for (servers that ignore it give `usage=None`).
+        the usage chunk is asked for where the endpoint accepts that (servers that ignore
+        it and send no usage elsewhere give `usage=None`; ipychat.net.requests).
         """
-        payload = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
-        if stream:
-            payload["stream"] = True
-            options = dict(body.get("stream_options") or {})
-            options["include_usage"] = True
-            payload["stream_options"] = options
-        content = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        model = str(payload.get("model") or "")
+        content = self._requests.chat_content(body, stream=stream)
+        model = str(body.get("model") or "")
 
         async def read(response: httpx.Response, attempt: Attempt) -> Completion:
             if stream and not is_json(attempt.headers):

@@ -290,7 +290,10 @@ def server_message_of(body: bytes, keys: Sequence[Secret]) -> str:
     """The server's own explanation from an error body, one line, credentials masked.
 
     OpenAI sends {"error": {"message": ...}}; others send {"error": "..."},
-    {"message": ...} or {"detail": ...}, or plain text.
+    {"message": ...} or {"detail": ...}, or plain text. Gemini's OpenAI-compatible
+    endpoint wraps Google's error in a list, [{"error": {"code", "message", "status"}}]
+    (https://ai.google.dev/gemini-api/docs/troubleshooting; seen on the wire in
+    https://github.com/n4ze3m/page-assist/issues/406), so a one-item list is read inside.
     """
     if not body:
         return ""
@@ -305,6 +308,8 @@ def server_message_of(body: bytes, keys: Sequence[Secret]) -> str:
 
 
 def _message_of(data: Any) -> str | None:
+    if isinstance(data, list) and len(data) == 1:
+        data = data[0]  # Gemini's [{"error": {...}}]
     if not isinstance(data, dict):
         return None
     error = data.get("error")

@@ -190,6 +190,8 @@ class ReplyReader:
         usage = chunk.get("usage")
         if usage:
             stream.usage = Usage.from_api(usage)
+        elif stream.usage is None:
+            stream.usage = _groq_usage(chunk)
         for choice in chunk.get("choices") or ():
             if type(choice) is not dict or choice.get("index", 0):
                 continue  # n > 1 is not supported: the text is choice 0's
@@ -225,6 +227,16 @@ class ReplyReader:
             "the reply is incomplete, try again",
             request_id=attempt.request_id,
         )
+
+
+def _groq_usage(chunk: Mapping[str, Any]) -> Usage | None:
+    """Groq's own copy of a stream's usage, in the finish chunk's `x_groq.usage`
+    (https://console.groq.com/docs/openai; on the wire in
+    https://github.com/vercel/ai/issues/1651). A standard usage chunk, when Groq sends one
+    for `include_usage`, comes after it and replaces it."""
+    extra = chunk.get("x_groq")
+    usage = extra.get("usage") if type(extra) is dict else None
+    return Usage.from_api(usage) if type(usage) is dict else None
 
 
 def _meant_as_json(body: bytes, headers: Mapping[str, str]) -> bool:

@@ -22,9 +22,11 @@ like the client it imports httpx.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -33,6 +35,13 @@ from ipychat.core.keys import Secret
 from ipychat.core.settings import is_loopback, origin
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+# Hosts that refuse `stream_options` with a 422 ("Extra inputs are not permitted") and send
+# a stream's usage in its finish chunk unasked: Mistral (https://docs.mistral.ai/api/; the
+# 422 on the wire in https://github.com/dnakov/anon-kode/issues/53, the usage in the last
+# chunk in https://github.com/mistralai/client-python/issues/40). Reproduced by
+# `FakeOpenAIServer(flavour="mistral")`.
+NO_STREAM_OPTIONS_HOSTS = frozenset({"api.mistral.ai"})
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,7 @@ class RequestBuilder:
         "_urls",
         "azure_api_version",
         "base_url",
+        "stream_options",
     )
 
     def __init__(
@@ -89,6 +99,21 @@ class RequestBuilder:
         self._query = {"api-version": azure_api_version} if azure_api_version else {}
         self._urls: dict[str, httpx.URL] = {}
         self._header_cache: dict[tuple[int, bool], httpx.Headers] = {}
+        # Whether a streamed request asks for the usage chunk (`stream_options`).
+        self.stream_options = httpx.URL(base_url).host not in NO_STREAM_OPTIONS_HOSTS
+
+    def chat_content(self, body: Mapping[str, Any], *, stream: bool) -> bytes:
+        """The JSON of a /chat/completions request: `body` with the client's own `stream`
+        and, where the endpoint accepts it, `stream_options.include_usage` (so the usage
+        chunk comes; servers that refuse the field send usage in the finish chunk)."""
+        payload = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        if stream:
+            payload["stream"] = True
+            if self.stream_options:
+                options = dict(body.get("stream_options") or {})
+                options["include_usage"] = True
+                payload["stream_options"] = options
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     def url(self, path: str) -> httpx.URL:
         # Parsed once per path: httpx.URL(str) costs more than the rest of a request build.
