@@ -107,6 +107,8 @@ class CacheStats:
     directory: str
     writes: int = 0
     disabled: bool = False
+    backend: str = "disk"  # or "redis": then `location` is its URL (no password)
+    location: str = ""  # where the entries are: the directory, or the Redis URL
 
 
 def default_cache_dir() -> Path:
@@ -402,6 +404,7 @@ class ResponseCache:
                 misses=self._misses,
                 saved=self._saved,
                 directory=str(self._directory),
+                location=str(self._directory),
                 writes=self._writes,
                 disabled=self._broken is not None,
             )

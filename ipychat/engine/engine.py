@@ -263,9 +263,9 @@ class Engine:
             self._cache_opened = True
             if isinstance(self._cache_arg, bool):
                 if self._cache_arg:
-                    from ipychat.engine.cache import ResponseCache
+                    from ipychat.engine.stores.counted import open_cache
 
-                    self._cache = ResponseCache()
+                    self._cache = open_cache()
             else:
                 self._cache = self._cache_arg
         return self._cache

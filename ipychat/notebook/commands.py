@@ -309,8 +309,9 @@ class ChatCommands:
             raise UsageError("%chat cache [clear [--older-than DAYS] [--model MODEL]]")
         st = cache.stats()
         state = " (disabled: see the warning above)" if st.disabled else ""
+        where = st.directory if st.backend == "disk" else f"{st.backend} {st.location}"
         self.show(
-            f"cache {st.directory}{state} · {fmt.plural(st.entries, 'entry', 'entries')} · "
+            f"cache {where}{state} · {fmt.plural(st.entries, 'entry', 'entries')} · "
             f"{st.size_bytes / 1e6:.1f} MB · this session: {fmt.plural(st.hits, 'hit')}, "
             f"{fmt.plural(st.misses, 'miss', 'misses')}, saved {format_usd(st.saved)}"
         )
