@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -215,7 +216,18 @@ class Lab:
         return bool(sessions) and all(s["kernel"]["execution_state"] == "idle" for s in sessions)
 
     def saved(self, name: str) -> dict[str, Any]:
-        return self.api(f"/api/contents/{name}?content=1")["content"]  # type: ignore[no-any-return]
+        # jupyter_server's "atomic" save (fileio.atomic_writing) keeps a backup copy but
+        # writes the notebook in place, so a read that meets a save finds half a file and is
+        # answered 400 "Unreadable Notebook": such a read is tried again, a bounded number
+        # of times; any other error, or a notebook still unreadable after that, fails.
+        for attempt in range(20):
+            try:
+                return self.api(f"/api/contents/{name}?content=1")["content"]  # type: ignore[no-any-return]
+            except urllib.error.HTTPError as error:
+                if error.code != 400 or attempt == 19:
+                    raise
+                time.sleep(0.05)
+        raise AssertionError("unreachable")
 
     def close_sessions(self) -> None:
         """Shut the kernels down, as closing the notebook and its kernel does."""
