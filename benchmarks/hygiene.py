@@ -5,7 +5,7 @@ in the same run.
 
 The credential check runs on every prompt, every %%chatmap row included; redaction on every
 prompt when `redact` is on. Prints throughput (MB/s) on typical prompt text (prose, a small
-table, code; tests/hygiene_corpus.py) cut into rows, for:
+table, code; tests/core/hygiene_corpus.py) cut into rows, for:
 
 - `find_keys` (the credential check), `redact_pii` (redaction) and `clean_messages` (both,
   on a system prompt plus the row, as `ChatSession.prepare_one` calls it, cache cold);
@@ -14,8 +14,8 @@ table, code; tests/hygiene_corpus.py) cut into rows, for:
   every request does anyway), and the token count of the row (what `prepare_one` also
   spends per row; its cache bypassed, as for a map's distinct rows).
 
-Then the precision and recall figures of tests/test_keys.py (the key check) and
-tests/test_hygiene.py (redaction), on the same corpora.
+Then the precision and recall figures of tests/core/test_keys.py (the key check) and
+tests/core/test_hygiene.py (redaction), on the same corpora.
 Timings on a shared machine are noisy: compare the figures of one run with each other.
 """
 
@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "core"))
 
 import hygiene_corpus as corpus  # noqa: E402
 
@@ -100,7 +100,7 @@ def main() -> None:
         f"redact on (system + row, cold) {count / both:.2f}x a token count"
     )
 
-    print("precision and recall (tests/test_keys.py, tests/test_hygiene.py):")
+    print("precision and recall (tests/core/test_keys.py, tests/core/test_hygiene.py):")
     harmless = corpus.not_keys(random.Random(6), 2000)
     flagged = sum(bool(find_keys(t)) for t in harmless)
     print(

@@ -6,7 +6,7 @@
 genai-prices (https://github.com/pydantic/genai-prices, MIT) is a maintained, offline price
 database: its wheel bundles the data as Python objects (genai_prices/data.py), no network. It
 is not imported at run time: importing it takes about a second and it needs Python 3.11 and
-pydantic, so ipychat ships the prices it needs as JSON and a test (tests/test_pricing.py)
+pydantic, so ipychat ships the prices it needs as JSON and a test (tests/core/test_pricing.py)
 checks that the shipped file is exactly what this script makes from the installed version
 (`pip install -e ".[test]"` installs it). A newer genai-prices therefore fails that test until
 someone runs this script and commits the result: the file cannot go stale unnoticed.

@@ -18,8 +18,8 @@ are only checked for sendability and, with `redact`, masked too):
 
 Redaction must not damage ordinary data (dates, ids, years, prices, tables), so numbers are
 masked only when they have the structure of a phone or card number; see `_card` and `_phone`.
-Precision and recall are measured in tests/test_hygiene.py (redaction) and
-tests/test_keys.py (the key shapes).
+Precision and recall are measured in tests/core/test_hygiene.py (redaction) and
+tests/core/test_keys.py (the key shapes).
 """
 
 from __future__ import annotations

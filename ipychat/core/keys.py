@@ -87,7 +87,7 @@ def looks_random(token: str, *, min_run: int = 16, max_words: float | None = 0.7
     case and digits, switching between those classes on at least a quarter of neighbours
     (random base62: ~62 %), 3.3+ bits of entropy per character, and, unless `max_words` is
     None, at most that share of the characters inside word-like stretches (`_in_words`).
-    Thresholds were set on generated keys and on words: tests/test_keys.py measures both.
+    Thresholds were set on generated keys and on words: tests/core/test_keys.py measures both.
     """
     runs = _RUNS.findall(token)
     if not runs or max(map(len, runs)) < min_run:

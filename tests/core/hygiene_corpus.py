@@ -1,5 +1,5 @@
-"""Corpora for the precision and recall of the key check (tests/test_keys.py) and of
-redaction (tests/test_hygiene.py), and for their speed (benchmarks/hygiene.py).
+"""Corpora for the precision and recall of the key check (tests/core/test_keys.py) and of
+redaction (tests/core/test_hygiene.py), and for their speed (benchmarks/hygiene.py).
 
 Everything credential-shaped is generated at run time from a seeded random generator: no
 real-looking credential literal is committed (secret scanners would flag the repository,

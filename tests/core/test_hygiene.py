@@ -2,7 +2,7 @@
 overrides), the opt-in `redact` setting masks personal data and says what it masked, every
 text that leaves the kernel passes both (system prompt, history, rows, fill values, batch
 files), and neither damages ordinary data: precision and recall measured on corpora
-(tests/hygiene_corpus.py; `python benchmarks/hygiene.py` prints the same figures)."""
+(tests/core/hygiene_corpus.py; `python benchmarks/hygiene.py` prints the same figures)."""
 
 from __future__ import annotations
 

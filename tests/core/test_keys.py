@@ -2,7 +2,7 @@
 
 - KEY_SHAPES / find_keys / redact: the one list of what credentials look like, read by the
   prompt check (ipychat.core.hygiene) and by the scrubbing of server and exception texts;
-  precision and recall measured on the corpora of tests/hygiene_corpus.py, the limits of
+  precision and recall measured on the corpora of tests/core/hygiene_corpus.py, the limits of
   `looks_random` (what tells a key from a word) pinned one by one.
 - cache_key: a key changes with everything that changes the reply, and only that. Never
   with credentials: the key is computed from the endpoint and the JSON body alone, and
@@ -200,7 +200,7 @@ def test_the_key_function_takes_no_credentials() -> None:
 
 
 def _named(corpus_kind: str) -> str:
-    """The KeyShape.kind that a format of tests/hygiene_corpus.py is reported as."""
+    """The KeyShape.kind that a format of tests/core/hygiene_corpus.py is reported as."""
     prefixes = {
         "openai": "an OpenAI API key",
         "deepseek": "an OpenAI API key",  # sk- + hex: OpenAI-compatible services share sk-

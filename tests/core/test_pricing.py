@@ -20,7 +20,7 @@ from ipychat.core.errors import ConfigError
 from ipychat.core.pricing import ModelPrice, PriceTable, cost, estimate_cost_range
 from ipychat.core.types import Usage
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 REQUIRED = [
     "gpt-4o",
