@@ -1,7 +1,7 @@
 """Mutation score of one module against its own unit test file alone.
 
-    python tools/mutation.py net.sse                 # ipychat/net/sse.py vs tests/test_sse.py
-    python tools/mutation.py map.ratelimit --tests tests/test_ratelimit.py --show
+    python tools/mutation.py net.sse                 # ipychat/net/sse.py vs tests/net/test_sse.py
+    python tools/mutation.py map.ratelimit --tests tests/map/test_ratelimit.py --show
 
 A test suite is only as strong as the changes it notices. This runs mutmut (PyPI `mutmut`,
 3.x) in a throw-away copy of the repository, so `mutants/` and mutmut's state never land
@@ -28,16 +28,25 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _copy_repo(into: Path, test_file: Path) -> None:
-    """The package and the one test file, with the modules of tests/ that are not test
-    files: the shared conftest and helpers a test file imports (tests/hygiene_corpus.py)."""
+    """The package and the one test file at its place under tests/, with the modules that
+    are not test files of tests/ and of the test file's own folder: the shared conftest and
+    helpers a test file imports (tests/core/hygiene_corpus.py). pytest puts the test file's
+    folder on sys.path (rootdir conftest, no __init__.py), so its helpers import there."""
     shutil.copytree(
         ROOT / "ipychat", into / "ipychat", ignore=shutil.ignore_patterns("__pycache__")
     )
-    (into / "tests").mkdir()
-    for helper in (ROOT / "tests").glob("*.py"):
-        if not helper.name.startswith("test_"):
-            shutil.copy2(helper, into / "tests" / helper.name)
-    shutil.copy2(ROOT / test_file, into / "tests" / test_file.name)
+    for folder in dict.fromkeys((Path("tests"), test_file.parent)):
+        (into / folder).mkdir(parents=True, exist_ok=True)
+        for helper in (ROOT / folder).glob("*.py"):
+            if not helper.name.startswith("test_"):
+                shutil.copy2(helper, into / folder / helper.name)
+    shutil.copy2(ROOT / test_file, into / test_file)
+
+
+def _default_test_file(stem: str) -> Path | None:
+    """tests/**/test_STEM.py, when exactly one file has that name (tests mirror the package)."""
+    found = sorted((ROOT / "tests").rglob(f"test_{stem}.py"))
+    return found[0].relative_to(ROOT) if len(found) == 1 else None
 
 
 def _config(module: str, test_file: Path) -> str:
@@ -50,7 +59,7 @@ markers = ["browser", "local_model", "slow"]
 [tool.mutmut]
 source_paths = ["ipychat"]
 only_mutate = ["ipychat/{module.replace(".", "/")}.py"]
-pytest_add_cli_args_test_selection = ["tests/{test_file.name}"]
+pytest_add_cli_args_test_selection = ["{test_file.as_posix()}"]
 also_copy = ["tests"]
 """
 
@@ -75,14 +84,18 @@ def _results(work: Path) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("module", help="a module of ipychat, dotted, e.g. net.sse")
-    parser.add_argument("--tests", type=Path, help="its test file (default tests/test_MODULE.py)")
+    parser.add_argument(
+        "--tests", type=Path, help="its test file (default: the one tests/**/test_MODULE.py)"
+    )
     parser.add_argument("--show", action="store_true", help="print every survivor's diff")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     source = Path("ipychat", *args.module.split(".")).with_suffix(".py")
-    test_file = args.tests or Path("tests") / f"test_{source.stem}.py"
     if not (ROOT / source).is_file():
         parser.error(f"no module {source}")
+    test_file = args.tests or _default_test_file(source.stem)
+    if test_file is None:
+        parser.error(f"no single test file tests/**/test_{source.stem}.py; pass one with --tests")
     if not (ROOT / test_file).is_file():
         parser.error(f"no test file {test_file}; pass one with --tests")
 
