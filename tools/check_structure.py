@@ -38,8 +38,6 @@ ALLOWED: frozenset[str] = frozenset(
         "constructor ipychat/testing/fake.py:FakeOpenAIServer.__init__",
         # One class built in a cached factory (the trimmed aiohttp transport).
         "function ipychat/net/transport.py:lean_aiohttp_transport",
-        # Still to split: the disk cache reads top to bottom as one concern today.
-        "module ipychat/engine/cache.py",
     }
 )
 

@@ -1,8 +1,8 @@
 """The persistent response cache: replies on disk, keyed by `ipychat.core.keys.cache_key`.
 
-The only module that imports diskcache. Keys are the sha256 hex strings of `cache_key`
-(stored natively as SQLite text); values are JSON objects, never pickle, so a tampered
-cache file cannot run code. One `ResponseCache` per process: threads and asyncio tasks
+With `cachedisk`, the only modules that import diskcache. Keys are the sha256 hex strings
+of `cache_key` (stored natively as SQLite text); values are JSON objects, never pickle, so
+a tampered cache file cannot run code. One `ResponseCache` per process: threads and asyncio tasks
 share it; processes (several kernels) share the directory, and SQLite in WAL mode does
 the locking between them.
 
@@ -13,52 +13,39 @@ group/world-writable, or inside a folder another user controls; see `ipychat.cor
 the cache is then off with a one-line warning saying why and how to fix it, and chats and
 maps run uncached. `cache.db` and value files are 0600, folders 0700, whatever the umask.
 
-What a row of `cache.db` names is not trusted either: a value file is read, and deleted
-by eviction or `clear`, only if its name is one diskcache generates (`ab/cd/<28 hex>.val`)
-and it is a regular file reached without following a link. Anything else is a miss that
-deletes nothing. Empty replies are never stored (an empty reply is a fault, and a cached
-one would be replayed forever), and one found in the cache counts as a miss.
-
-Layout of a row (diskcache's `Cache` table): `key` = sha256 hex, `value` = JSON bytes
-(zlib-compressed above 4 KiB; files above 32 KiB), `tag` = the model name `clear(model=)`
-matches, `store_time` = the entry's `created` time (so age is a column, not a decode),
-`access_time` = last read, which drives least-recently-used eviction.
-
-Reads bypass `Cache.get`: under LRU it opens a write transaction per hit (3-5x the cost of
-a read, and it makes readers in every kernel queue for the write lock). We SELECT directly
-and write read times in batches, or with the next write. That uses diskcache's `_sql` and
-`_con` (the per-thread connection), unchanged since diskcache 4; the schema is its own.
+The storage itself (the JSON-only diskcache `Disk`, the layout of a row, which value
+files are trusted, the SQL that bypasses `Cache.get`) is `ipychat.engine.cachedisk`; the
+value format and the report types, shared with the Redis store, `ipychat.engine.cacheentry`.
+Every name is importable from here as before.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
-import sqlite3
-import stat
 import sys
 import threading
 import time
 import warnings
-import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import diskcache
-from diskcache.core import MODE_BINARY, MODE_RAW, MODE_TEXT, UNKNOWN
+from diskcache.core import MODE_RAW
 
-from ipychat.core.files import (
-    UnsafeDirectory,
-    UnsafeEntry,
-    private_directory,
-    read_private,
-    remove_private,
-    write_new,
+from ipychat.core.files import UnsafeDirectory, private_directory
+from ipychat.engine.cachedisk import (
+    SELECT_MANY,
+    SELECT_ONE,
+    SET_CREATED,
+    JSONOnlyDisk,
+    delete_where,
+    is_lock_contention,
+    private_database,
+    write_touches,
 )
+from ipychat.engine.cacheentry import CacheStats, CacheWarning, UntrustedEntry, cacheable, decode
 from ipychat.engine.exchange import CachedReply  # the schema of a value (re-exported)
 
 __all__ = [
@@ -68,47 +55,18 @@ __all__ = [
     "CachedReply",
     "JSONOnlyDisk",
     "ResponseCache",
+    "UntrustedEntry",
     "cacheable",
+    "decode",
     "default_cache_dir",
 ]
 
 DEFAULT_SIZE_LIMIT = 1 << 30
 ENV_CACHE_DIR = "IPYCHAT_CACHE_DIR"
 
-_COMPRESS_FROM = 4096  # bytes of JSON; smaller replies stay readable in the database
-_MAX_VALUE = 64 << 20  # a decompressed value larger than this is a zip bomb, not a reply
 _TOUCH_BATCH = 512  # read-time updates are written in batches of this many...
 _TOUCH_EVERY = 5.0  # ...or after this many seconds, or with the next write
 _CHUNK = 500  # keys per SELECT in get_many (SQLite allows 32,766 parameters since 3.32)
-# The only value-file names diskcache's `Disk.filename` makes: 2 + 2 + 28 hex digits.
-_VALUE_FILE = re.compile(
-    r"[0-9a-f]{{2}}{0}[0-9a-f]{{2}}{0}[0-9a-f]{{28}}\.val".format(re.escape(os.sep))
-)
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-
-
-class CacheWarning(UserWarning):
-    """The cache could not be used (it is then disabled) or an entry was ignored."""
-
-
-class UntrustedEntry(Exception):
-    """A stored value ipychat will not decode: pickled, not JSON, or not a reply."""
-
-
-@dataclass(frozen=True)
-class CacheStats:
-    """What `%chat cache` shows. Counters are this process's; entries and size are on disk."""
-
-    entries: int
-    size_bytes: int
-    hits: int
-    misses: int
-    saved: float  # USD the hits of this process saved (as reported via `record_hit`)
-    directory: str
-    writes: int = 0
-    disabled: bool = False
-    backend: str = "disk"  # or "redis": then `location` is its URL (no password)
-    location: str = ""  # where the entries are: the directory, or the Redis URL
 
 
 def default_cache_dir() -> Path:
@@ -116,114 +74,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(ENV_CACHE_DIR) or Path.home() / ".cache" / "ipychat").expanduser()
 
 
-class JSONOnlyDisk(diskcache.Disk):
-    """diskcache serialization that reads and writes JSON objects and nothing else.
-
-    diskcache's default `Disk` pickles whatever is not str/bytes/int/float and unpickles
-    MODE_PICKLE rows on read, so a row planted by anyone who can write the directory would
-    run code. Here keys must be str (stored natively, never pickled), values are JSON bytes,
-    and a pickled key or value is refused before `pickle` is ever reached.
-    """
-
-    def put(self, key: Any) -> tuple[Any, bool]:
-        if type(key) is not str:
-            raise TypeError(f"cache keys are str (sha256 hex), not {type(key).__name__}")
-        return key, True
-
-    def get(self, key: Any, raw: bool) -> Any:
-        if not raw:  # the key itself is a pickle: something else wrote this row
-            raise UntrustedEntry("pickled key")
-        return super().get(key, raw)
-
-    def store(self, value: Any, read: bool, key: Any = UNKNOWN) -> tuple[int, int, Any, Any]:
-        if read or not isinstance(value, dict):
-            raise TypeError("the ipychat cache stores JSON objects only")
-        data = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-        raw = data.encode("utf-8")
-        if len(raw) >= _COMPRESS_FROM:
-            raw = zlib.compress(raw, 1)  # level 1: most of the gain for text, little CPU
-        # A MODE_RAW blob in SQLite, or a MODE_BINARY file from `disk_min_file_size` up, as
-        # `Disk.store` does for bytes, but written 0600 (folders 0700) whatever the umask.
-        if len(raw) < self.min_file_size:
-            return 0, MODE_RAW, None, sqlite3.Binary(raw)
-        filename, _ = self.filename(key, raw)
-        write_new(Path(self._directory), filename, raw)
-        return len(raw), MODE_BINARY, filename, None
-
-    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> dict[str, Any]:
-        # Only the modes that cannot hold a pickle; everything else (MODE_PICKLE) is refused
-        # here, so `Disk.fetch` never gets the chance to call pickle.load.
-        if read or mode not in (MODE_RAW, MODE_BINARY, MODE_TEXT):
-            raise UntrustedEntry(f"stored in diskcache mode {mode}, not JSON")
-        if mode == MODE_RAW:  # in the row itself, no file
-            return decode(super().fetch(mode, filename, value, False))
-        if not isinstance(filename, str) or not _VALUE_FILE.fullmatch(filename):
-            raise UntrustedEntry("its file is not one the cache names")
-        try:  # no link, no FIFO, nothing outside the directory; size-capped
-            return decode(read_private(Path(self._directory), filename, _MAX_VALUE))
-        except UnsafeEntry as exc:
-            raise UntrustedEntry(str(exc)) from None
-
-    def remove(self, file_path: Any) -> None:
-        # diskcache calls this for every row it evicts, culls or clears. Its own version
-        # deletes `directory/filename` and then every emptied folder above it, whatever the
-        # row says; here only a value file the cache itself names, and its two folders.
-        if isinstance(file_path, str) and _VALUE_FILE.fullmatch(file_path):
-            remove_private(Path(self._directory), file_path, prune=2)
-
-
-def decode(data: Any) -> dict[str, Any]:
-    """A stored value back to a reply dict; `UntrustedEntry` for anything else."""
-    try:
-        if isinstance(data, str):
-            data = data.encode("utf-8")
-        if not isinstance(data, bytes):
-            raise UntrustedEntry(f"a {type(data).__name__}, not JSON")
-        if data[:1] != b"{":  # compressed (our JSON always starts with "{")
-            inflate = zlib.decompressobj()
-            data = inflate.decompress(data, _MAX_VALUE)
-            if inflate.unconsumed_tail:
-                raise UntrustedEntry("larger than any reply")
-        value = json.loads(data.decode("utf-8"))  # str: skips json's encoding sniffing
-    except (ValueError, zlib.error, RecursionError) as exc:  # incl. JSON and UTF-8 errors
-        raise UntrustedEntry(f"not JSON ({type(exc).__name__})") from None
-    if not isinstance(value, dict) or not isinstance(value.get("text"), str):
-        raise UntrustedEntry("not a reply object")
-    return value
-
-
-def cacheable(value: Mapping[str, Any]) -> bool:
-    """Whether a reply may be stored (and served): not empty, not an error.
-
-    An empty reply is a fault (a provider hiccup, a filtered or cut reply), and once cached
-    it would be replayed forever instead of being asked again.
-    """
-    text = value.get("text")
-    if not isinstance(text, str) or not text.strip():
-        return False
-    return value.get("finish_reason") not in ("error", "content_filter")
-
-
 def _check_key(key: object) -> None:
     if type(key) is not str:
         raise TypeError(
             f"cache keys are str (ipychat.core.keys.cache_key), not {type(key).__name__}"
         )
-
-
-def _transient(exc: BaseException) -> bool:
-    """Lock contention between processes: skip this read or write, keep the cache."""
-    if isinstance(exc, diskcache.Timeout):
-        return True
-    return isinstance(exc, sqlite3.OperationalError) and any(
-        word in str(exc) for word in ("locked", "busy")
-    )
-
-
-_SELECT_ONE = "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
-_SELECT_MANY = "SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN ({})"
-_TOUCH = "UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1"
-_SET_CREATED = "UPDATE Cache SET store_time = ? WHERE key = ? AND raw = 1"
 
 
 class ResponseCache:
@@ -279,7 +134,7 @@ class ResponseCache:
         if cache is None:
             return None
         try:
-            rows = cache._sql(_SELECT_ONE, (key,)).fetchall()
+            rows = cache._sql(SELECT_ONE, (key,)).fetchall()
             value = self._decode(cache, rows[0]) if rows else None
         except Exception as exc:
             self._failed(exc)
@@ -308,7 +163,7 @@ class ResponseCache:
         try:
             for start in range(0, len(unique), _CHUNK):
                 chunk = unique[start : start + _CHUNK]
-                sql = _SELECT_MANY.format(",".join("?" * len(chunk)))
+                sql = SELECT_MANY.format(",".join("?" * len(chunk)))
                 for key, mode, filename, data in cache._sql(sql, chunk).fetchall():
                     value = self._decode(cache, (mode, filename, data))
                     if value is not None:
@@ -356,10 +211,10 @@ class ResponseCache:
             # One write transaction: pending read times first, so the eviction that
             # `Cache.set` runs sees which entries were used recently.
             with cache.transact():
-                self._write_touches(cache, pending)
+                write_touches(cache, pending)
                 for key, value, tag, created in rows:
                     cache.set(key, value, tag=tag)
-                    cache._sql(_SET_CREATED, (created, key))
+                    cache._sql(SET_CREATED, (created, key))
         except (TypeError, ValueError) as exc:  # from json.dumps: nothing was written
             self._warn_once(
                 "json",
@@ -427,7 +282,7 @@ class ResponseCache:
             where = "store_time < ?"
             if model is not None:
                 where, params = where + " AND tag = ?", [*params, model]
-            return self._delete_where(cache, where, params)
+            return delete_where(cache, where, params)
         except Exception as exc:
             self._failed(exc)
             return 0
@@ -445,7 +300,7 @@ class ResponseCache:
             for start in range(0, len(unique), _CHUNK):
                 chunk = unique[start : start + _CHUNK]
                 where = "raw = 1 AND key IN ({})".format(",".join("?" * len(chunk)))
-                removed += self._delete_where(cache, where, chunk)
+                removed += delete_where(cache, where, chunk)
         except Exception as exc:
             self._failed(exc)
         return removed
@@ -497,7 +352,7 @@ class ResponseCache:
             try:
                 return self._open_once()
             except Exception as exc:
-                if not _transient(exc) or time.monotonic() > deadline:
+                if not is_lock_contention(exc) or time.monotonic() > deadline:
                     raise
             time.sleep(pause)
             pause = min(pause * 2, 0.1)
@@ -508,7 +363,7 @@ class ResponseCache:
         path = private_directory(self._directory)
         if os.name == "posix" and os.stat(path).st_mode & 0o077:
             os.chmod(path, 0o700)  # ours, only readable by others: replies can be private
-        _private_database(path)
+        private_database(path)
         return diskcache.Cache(
             str(path),
             timeout=self._timeout,
@@ -521,10 +376,9 @@ class ResponseCache:
     def _decode(self, cache: diskcache.Cache, row: Any) -> dict[str, Any] | None:
         mode, filename, value = row
         try:
-            if mode == MODE_RAW and type(value) is bytes:  # JSON in the row: most replies
-                reply: dict[str, Any] = decode(
-                    value
-                )  # what JSONOnlyDisk.fetch does, minus two calls
+            # JSON in the row (most replies): what JSONOnlyDisk.fetch does, minus two calls.
+            if mode == MODE_RAW and type(value) is bytes:
+                reply: dict[str, Any] = decode(value)
             else:
                 reply = cache.disk.fetch(mode, filename, value, False)
             # An empty reply an older version stored: a miss, so the next reply replaces it.
@@ -559,36 +413,14 @@ class ResponseCache:
             return
         try:
             with cache.transact():
-                self._write_touches(cache, pending)
+                write_touches(cache, pending)
         except Exception as exc:  # read times are advisory: losing a batch is harmless
-            if not _transient(exc):
+            if not is_lock_contention(exc):
                 self._failed(exc)
-
-    @staticmethod
-    def _write_touches(cache: diskcache.Cache, pending: dict[str, float]) -> None:
-        if pending:
-            cache._con.executemany(_TOUCH, [(when, key) for key, when in pending.items()])
-
-    def _delete_where(self, cache: diskcache.Cache, where: str, params: list[Any]) -> int:
-        """Delete matching rows in batches, like diskcache's own clear: short write locks."""
-        select = f"SELECT rowid, filename FROM Cache WHERE {where} LIMIT 100"
-        removed = 0
-        while True:
-            with cache.transact(retry=True):
-                rows = cache._sql(select, params).fetchall()
-                if rows:
-                    marks = ",".join("?" * len(rows))
-                    cache._sql(f"DELETE FROM Cache WHERE rowid IN ({marks})", [r[0] for r in rows])
-            if not rows:
-                return removed
-            for _, filename in rows:  # files go after the commit, as in diskcache
-                if filename is not None:
-                    cache.disk.remove(filename)
-            removed += len(rows)
 
     def _failed(self, exc: BaseException) -> None:
         """A storage error at run time: skip on lock contention, otherwise disable."""
-        if not _transient(exc):
+        if not is_lock_contention(exc):
             self._disable(exc)
 
     def _refuse(self, reason: str) -> None:
@@ -621,38 +453,6 @@ class ResponseCache:
                 return
             self._warned.add(what)
         _warn(message)
-
-
-def _private_database(directory: Path) -> None:
-    """Create `cache.db` 0600 before SQLite does (its -wal and -shm files then get the same
-    mode), and tighten the ones an older version left readable. A database that is a link,
-    not a file, or someone else's is refused: the rows it holds steer reads and deletes."""
-    me = os.geteuid() if os.name == "posix" else None
-    for name in ("cache.db", "cache.db-wal", "cache.db-shm"):
-        path = directory / name
-        flags = os.O_RDWR | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-        if name == "cache.db":
-            flags |= os.O_CREAT
-        elif not os.path.lexists(path):
-            continue
-        try:
-            fd = os.open(path, flags, 0o600)
-        except OSError as exc:
-            if os.path.islink(path):
-                raise UnsafeDirectory(f"{path} is a symbolic link; delete it.") from None
-            raise exc
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise UnsafeDirectory(f"{path} is not a regular file; delete it.")
-            if me is not None and st.st_uid != me:
-                raise UnsafeDirectory(
-                    f"{path} belongs to another user (uid {st.st_uid}); delete it."
-                )
-            if me is not None and stat.S_IMODE(st.st_mode) != 0o600:
-                os.fchmod(fd, 0o600)
-        finally:
-            os.close(fd)
 
 
 def _warn(message: str) -> None:
