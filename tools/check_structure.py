@@ -32,8 +32,8 @@ MAX_INIT_PARAMETERS = 8
 # so the list only shrinks. Keys are the exact text check() reports before the colon.
 ALLOWED: frozenset[str] = frozenset(
     {
-        # Public APIs whose keyword options are the interface (as httpx.Client's are); each
-        # constructor checks them into one frozen options object.
+        # Public APIs whose keyword options are the interface, as httpx.Client's are
+        # (FakeOpenAIServer checks its own into one frozen ServerOptions).
         "constructor ipychat/net/client.py:ChatClient.__init__",
         "constructor ipychat/testing/fake.py:FakeOpenAIServer.__init__",
         # One class built in a cached factory (the trimmed aiohttp transport).
