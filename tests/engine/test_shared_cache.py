@@ -17,22 +17,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from IPython.utils.capture import capture_output
-from redis_server import EXECUTABLE, RedisServer, free_port
+from redis_server import RedisServer, free_port
 
 from ipychat.engine.cache import CacheWarning, ResponseCache
 from ipychat.engine.stores import ENV_CACHE_URL
 from ipychat.engine.stores.counted import StoreCache
 from ipychat.session import ChatSession, Settings, reset_session
 from ipychat.testing import FakeOpenAIServer
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    if not os.path.exists(EXECUTABLE):
-        pytest.skip("redis-server is not installed (apt install redis-server)")
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

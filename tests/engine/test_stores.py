@@ -53,15 +53,6 @@ def cache_warnings(record: list[warnings.WarningMessage]) -> list[str]:
 # ----- the servers and the stores ----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    if not os.path.exists(EXECUTABLE):
-        pytest.skip("redis-server is not installed (apt install redis-server)")
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     client = redis_server.client()
