@@ -7,8 +7,8 @@ module imports neither IPython nor ipywidgets, so the whole engine runs in a scr
 estimates, prepare, request, ledger). What it adds: named threads and their history, the
 events views listen to, and the private loop thread every request runs on. `ask_on_loop`
 is the one implementation of a %%chat turn; `ask` waits for it from the calling thread,
-`aask` from another loop, `stream` hands its deltas over as they arrive. `map` calls down
-into `ipychat.map`.
+`aask` from another loop, `stream` hands its deltas over as they arrive. The DataFrame
+operations (`map`, `amap`) come from `ipychat.frames`.
 
 What a session owns (its loop thread, its client) and its closing at exit: `ipychat.lifetime`.
 """
@@ -33,6 +33,7 @@ from ipychat.core.settings import Endpoint, Settings, check_model
 from ipychat.core.types import Estimate, Reply
 from ipychat.engine.engine import CacheMode, Engine
 from ipychat.engine.prepare import Prepared, RequestOptions, allowing_secrets
+from ipychat.frames import FrameOperations
 from ipychat.lifetime import Owned, close_at_exit
 from ipychat.streaming import Progress, ReplyStream, interrupted
 
@@ -61,7 +62,7 @@ class Event:
     reply: Reply | None = None
 
 
-class ChatSession:
+class ChatSession(FrameOperations):
     """The one conversation of a kernel, on the engine (see module docstring)."""
 
     def __init__(
@@ -423,50 +424,6 @@ class ChatSession:
         """Release connections and the loop thread (the session is usable again afterwards)."""
         self._owned.release()
         self.engine.close_cache()
-
-    # ----- %%chatmap --------------------------------------------------------------------------
-
-    def map(
-        self,
-        df: Any,
-        template: str,
-        output: str | Sequence[str] = "col",
-        *,
-        allow_secrets: bool = False,
-        batch: bool = False,
-        **options: Any,
-    ) -> Any:
-        """Fill `template`'s {column} placeholders from each row of `df`, send the prompts in
-        parallel at the server's pace, and return the DataFrame (pandas or polars, as given)
-        with each reply in `output`, failures in `_error`; `dry_run=True` returns the plan.
-        Options and behaviour: `ipychat.map.job` (the same as %%chatmap's flags).
-        `batch=True` sends the rows through the provider's Batch API: `ipychat.map.batch`."""
-        from ipychat.map import job as chatmap
-
-        mapper: Any = chatmap
-        if batch:
-            from ipychat.map import batch as mapper
-        with allowing_secrets(allow_secrets):
-            return mapper.map_frame(self, df, template, output, **options)
-
-    async def amap(
-        self,
-        df: Any,
-        template: str,
-        output: str | Sequence[str] = "col",
-        *,
-        allow_secrets: bool = False,
-        batch: bool = False,
-        **options: Any,
-    ) -> Any:
-        """`map` for code that awaits; the requests still go from the session's own loop."""
-        from ipychat.map import job as chatmap
-
-        mapper: Any = chatmap
-        if batch:
-            from ipychat.map import batch as mapper
-        with allowing_secrets(allow_secrets):
-            return await mapper.amap_frame(self, df, template, output, **options)
 
 
 _session: ChatSession | None = None
