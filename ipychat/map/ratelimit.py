@@ -143,13 +143,6 @@ class Ticket:
 
 
 @dataclass
-class _Anchor:
-    seq: int
-    sent: float
-    left: dict[str, float]  # the server's remaining units right after that request
-
-
-@dataclass
 class RateLimiter:
     """Pacing state for one endpoint and model (see the module docstring).
 
@@ -169,7 +162,7 @@ class RateLimiter:
     tokens: Dim = field(init=False, default_factory=lambda: Dim("tokens"))
     _seq: int = field(init=False, default=0)
     _tickets: deque[Ticket] = field(init=False, default_factory=deque)
-    _anchor: _Anchor | None = field(init=False, default=None)
+    _anchored: int = field(init=False, default=0)  # the last reading's ticket (seq; 0: none)
     _event_at: float = field(init=False, default=-math.inf)  # the last 429 event seen
     _raised_at: float = field(init=False, default=-math.inf)  # the gain's last change
     _gain_stamp: float = field(init=False, default=0.0)
@@ -416,7 +409,7 @@ class RateLimiter:
             target = min(1.0, self._ceiling * CEILING_MARGIN)
             if self.gain < target:
                 self.gain = target - (target - self.gain) * math.exp(-RECOVER * elapsed)
-            self.gain = min(1.0, max(self.gain, min(1.0, self.gain + CREEP * elapsed)))
+            self.gain = min(1.0, self.gain + CREEP * elapsed)
             return
         found = self.requests.found
         quiet = now - self._slowed_at
@@ -453,19 +446,17 @@ class RateLimiter:
                 if dim.minute is None:
                     dim.minute = Bucket(float(limit), float(limit), now)
                 dim.minute.limit = float(limit)
-        if self._anchor is not None and ticket.seq <= self._anchor.seq:
+        if ticket.seq <= self._anchored:
             return  # older than what we already know: only its limits are news
         later = [t for t in self._tickets if t.seq > ticket.seq]
-        left: dict[str, float] = {}
         for dim in self._dims:
             _, remaining = readings[dim.name]
             if dim.minute is None or remaining is None:
                 continue
-            left[dim.name] = float(remaining)
             refill = max(0.0, now - ticket.sent - ARRIVAL_SKEW) * dim.minute.rate
             level = min(dim.minute.limit, remaining + refill)
             dim.minute.level = level - sum(t.charged[dim.name] for t in later)
             dim.minute.stamp = now
-        self._anchor = _Anchor(ticket.seq, ticket.sent, left)
+        self._anchored = ticket.seq
         while self._tickets and self._tickets[0].seq < ticket.seq:
             self._tickets.popleft()

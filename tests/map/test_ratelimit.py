@@ -40,11 +40,13 @@ def test_bucket_refills_from_its_stamp_on_any_clock() -> None:
     assert bucket.level == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("limit", ["rpm", "tpm"])
 @pytest.mark.parametrize("gain", [1.5, 64.0])
-def test_a_proven_burst_never_goes_past_the_minutes_limit(gain: float) -> None:
+def test_a_proven_burst_never_goes_past_the_minutes_limit(gain: float, limit: str) -> None:
     # Both documented windows shown to be longer: a burst is bounded by the minute alone,
-    # less the pace's margin while bursting (600 RPM: 588 in any minute, our own count).
-    limiter = RateLimiter(rpm=600, now=100.0)
+    # less the pace's margin while bursting (600 RPM: 588 in any minute, our own count;
+    # the same for 600 TPM and requests of one token).
+    limiter = RateLimiter(**{limit: 600}, now=100.0)
     limiter.requests.level = limiter.tokens.level = 2
     limiter.gain = gain
     for _ in range(587):
@@ -99,10 +101,25 @@ def test_a_maps_caps_apply_to_that_map_only() -> None:
     assert limiter.requests.limit == 600 and limiter.token_limit is None
 
 
+@pytest.mark.parametrize("name", ["rpm", "tpm"])
 @pytest.mark.parametrize("value", [0, -1, math.inf, math.nan])
-def test_nonsense_caps_are_refused(value: float) -> None:
-    with pytest.raises(ValueError, match="positive finite"):
-        RateLimiter(rpm=value, now=0.0)
+def test_nonsense_caps_are_refused(name: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"^{name} must be a positive finite number"):
+        RateLimiter(**{name: value}, now=0.0)
+
+
+def test_any_positive_cap_is_a_limit_even_under_one_a_minute() -> None:
+    limiter = RateLimiter(rpm=0.5, tpm=0.5, now=0.0)
+    assert limiter.requests.limit == 0.5 and limiter.token_limit == 0.5
+
+
+def test_max_rate_weighs_the_token_limit_by_each_requests_tokens() -> None:
+    limiter = RateLimiter(tpm=60, now=0.0)  # 1 token per second
+    assert limiter.max_rate(1) == pytest.approx(PACE)
+    assert limiter.max_rate(0.5) == pytest.approx(2 * PACE)
+    assert limiter.max_rate(0) is None  # requests of no tokens: the token limit bounds none
+    limiter.begin(6000, 60, 0.0)
+    assert limiter.max_rate(0) == pytest.approx(100 * PACE)
 
 
 def test_a_429_with_retry_after_pauses_every_sender_and_refunds_nothing() -> None:
@@ -134,6 +151,31 @@ def test_a_bare_429_blocks_and_backs_off_until_a_request_gets_through() -> None:
     assert pauses == pytest.approx([0.2, 0.4, 0.8, 1.6])
     limiter.accepted(limiter.take(1, now), None, now + 0.1)
     assert not limiter.blocked
+    # The way was open: the next bare 429 starts the backoff again from its first step.
+    limiter.refused(limiter.take(1, now + 0.2), None, None, now + 0.3)
+    assert limiter.blocked and limiter.wait(1, now + 0.3) == pytest.approx(0.1)
+
+
+def test_a_429_with_retry_after_zero_neither_waits_nor_blocks() -> None:
+    limiter = RateLimiter(rpm=6000, now=0.0)
+    limiter.refused(limiter.take(1, 0.0), None, 0.0, 0.05)
+    assert not limiter.blocked and limiter.wait(1, 0.05) == 0.0  # the pace's step is past
+
+
+def test_a_429_carries_headers_that_teach_as_an_answer_does() -> None:
+    limiter = RateLimiter(now=0.0)
+    info = RateLimitInfo(limit_requests=600, remaining_requests=0)
+    limiter.refused(limiter.take(1, 0.0), info, 1.0, 0.05)
+    assert limiter.answered and limiter.headers_seen and limiter.requests.limit == 600
+
+
+def test_another_error_says_nothing_about_the_limits() -> None:
+    limiter = RateLimiter(rpm=6000, now=0.0)
+    ticket = limiter.take(1, 0.0)
+    due = limiter.wait(1, 0.0)
+    limiter.failed(ticket, 0.05)
+    assert limiter.answered and not limiter.blocked and limiter.gain == 1.0
+    assert limiter.wait(1, 0.0) == due
 
 
 def test_stray_429s_do_not_slow_the_pace_a_share_of_them_does_once_per_episode() -> None:
@@ -165,6 +207,53 @@ def test_stray_429s_do_not_slow_the_pace_a_share_of_them_does_once_per_episode()
     assert low < limiter.gain <= 1.0 and limiter.gain > 0.9
 
 
+def _refuse(limiter: RateLimiter, sent: float, seen: float, count: int = 1) -> None:
+    """`count` requests sent at `sent` get a 429 (retry-after 0: no pause) at `seen`."""
+    for _ in range(count):
+        limiter.refused(limiter.take(1, sent), None, 0.0, seen)
+
+
+def _answer(limiter: RateLimiter, sent: float, seen: float) -> None:
+    limiter.accepted(limiter.take(1, sent), None, seen)
+
+
+def test_a_429_episode_slows_the_pace_mildly_when_isolated_more_when_repeated() -> None:
+    limiter = RateLimiter(rpm=6000, now=100.0)
+    _refuse(limiter, 100.0, 100.001, count=3)  # 3 of the last 50 answers: past 5%
+    assert limiter.gain == pytest.approx(0.95)  # the first episode: a stall, maybe
+    _answer(limiter, 101.0, 101.1)
+    before = limiter.gain
+    _refuse(limiter, 103.9, 104.0)  # a new episode 4 s after the last slow-down
+    assert limiter.gain == pytest.approx(before * 0.8)
+    _answer(limiter, 105.0, 105.1)
+    before = limiter.gain
+    _refuse(limiter, 113.9, 114.0)  # 10 s after the last one: isolated again
+    assert limiter.gain == pytest.approx(before * 0.95)
+
+
+def test_after_a_slow_down_the_pace_creeps_back_to_the_limit_and_no_further() -> None:
+    limiter = RateLimiter(rpm=6000, now=100.0)
+    _refuse(limiter, 100.0, 100.5, count=3)
+    assert limiter.gain == pytest.approx(0.95)  # just under the gain the 429s came at
+    _answer(limiter, 101.0, 101.5)  # a second later: 1% of the limit per second more
+    assert limiter.gain == pytest.approx(0.96)
+    _answer(limiter, 102.0, 400.0)
+    assert limiter.gain == 1.0  # the steady pace again, never a burst without proof
+
+
+def test_near_the_pace_that_met_429s_before_one_429_slows_it() -> None:
+    limiter = RateLimiter(rpm=6000, now=100.0)
+    _refuse(limiter, 100.0, 100.001, count=3)
+    _answer(limiter, 101.0, 101.1)
+    _refuse(limiter, 103.9, 104.0)  # the gain these came at: just under 1
+    for k in range(50):  # 50 answers in 5 s: no 429 among the last 50
+        _answer(limiter, 105.0 + k / 10, 105.1 + k / 10)
+    before = limiter.gain  # back near the gain the last 429s came at (0.96), not past it
+    assert 0.9 < before < 0.97
+    _refuse(limiter, 110.0, 110.1)  # 2% of the answers, but at a pace that met 429s
+    assert limiter.gain == pytest.approx(before * 0.8)
+
+
 def test_a_window_test_bursts_up_to_the_share_and_goes_gently_only_past_it() -> None:
     # 6,000 RPM told, the 1 s window (share 100) under test, a burst grown to 8× the pace:
     # it keeps that pace up to the share; past it, the test's gentle pace.
@@ -187,6 +276,7 @@ def test_a_window_is_proven_longer_by_what_is_accepted_past_its_share() -> None:
     limiter = RateLimiter(rpm=6000, now=0.0)
     tickets = [limiter.take(1, 0.0) for _ in range(104)]
     limiter.accepted(tickets[101], None, 0.1)  # the 102nd: 2% past the share
+    limiter.accepted(tickets[102], None, 0.1)  # the 103rd: 3%, not past the proof
     assert limiter.requests.level == 0
     limiter.accepted(tickets[103], None, 0.1)  # the 104th: 4%
     assert limiter.requests.level == 1
@@ -197,9 +287,10 @@ def test_a_window_is_proven_longer_by_what_is_accepted_past_its_share() -> None:
     assert limiter.requests.level == 2
 
 
+@pytest.mark.parametrize("gain", [2.0, 4.0])  # the first step of a burst, a later one
 @pytest.mark.parametrize(("level", "window"), [(0, 1.0), (1, 10.0), (2, 60.0)])
 def test_a_burst_that_meets_the_windows_edge_ends_bursts_and_keeps_to_the_shares(
-    level: int, window: float
+    level: int, window: float, gain: float
 ) -> None:
     # Told 6,000 RPM: bursts are tested. One meets a 429: no burst nor test for a while,
     # the sends kept within the shares for as long as its overshoot stays in the window
@@ -208,7 +299,7 @@ def test_a_burst_that_meets_the_windows_edge_ends_bursts_and_keeps_to_the_shares
     for retry in (2.0, None):
         limiter = RateLimiter(rpm=6000, now=0.0)
         limiter.requests.level = limiter.tokens.level = level
-        limiter.gain = 4.0
+        limiter.gain = gain
         ticket = limiter.take(1, 7.0)
         limiter.refused(ticket, None, retry, 7.01)
         assert limiter.gain == 1.0
@@ -216,6 +307,18 @@ def test_a_burst_that_meets_the_windows_edge_ends_bursts_and_keeps_to_the_shares
             assert dim.quiet_until == pytest.approx(7.01 + PROBE_QUIET)
             assert dim.bounded_until == pytest.approx(7.01 + window + 1.0)
         assert limiter._settle_until == pytest.approx(7.01 + (4.0 if retry else 1.0))
+
+
+def test_a_429_within_the_paces_share_of_the_window_under_test_is_no_burst() -> None:
+    # 6,000 RPM told: the 1 s window (share 100) is under test. At the pace, 98 go out in
+    # its second; a 429 on the 98th is no burst meeting the window (no test was on), one
+    # on the 99th is: window tests stop for a while.
+    limiter = RateLimiter(rpm=6000, now=0.0)
+    tickets = [limiter.take(1, 0.0) for _ in range(99)]
+    limiter.refused(tickets[97], None, 1.0, 0.05)
+    assert limiter.requests.quiet_until == -math.inf and limiter.gain == 1.0
+    limiter.refused(tickets[98], None, 1.0, 0.05)
+    assert limiter.requests.quiet_until == pytest.approx(0.05 + PROBE_QUIET)
 
 
 def test_without_any_limit_many_429s_find_the_rate_the_server_was_accepting() -> None:
@@ -241,6 +344,48 @@ def test_without_any_limit_many_429s_find_the_rate_the_server_was_accepting() ->
     assert limiter.requests.found is None
 
 
+def _found_at_540() -> RateLimiter:
+    """No header, no cap: 10 requests in the second before 8 429s (seen at 5.5625, no
+    retry-after): a limit of 10 a second less the margin is found."""
+    limiter = RateLimiter(now=0.0)
+    for k in range(10):
+        limiter.take(1, 4.5 + k / 16)
+    for ticket in [limiter.take(1, 5.5) for _ in range(8)]:
+        limiter.refused(ticket, None, None, 5.5625)
+    assert limiter.requests.found == pytest.approx(540)
+    return limiter
+
+
+def test_a_found_rate_is_raised_slowly_once_429s_have_stopped() -> None:
+    limiter = _found_at_540()
+    _answer(limiter, 8.0, 8.0)
+    _answer(limiter, 10.5625, 10.5625)  # 5 s since the slow-down: not yet
+    assert limiter.requests.found == pytest.approx(540)
+    _answer(limiter, 12.5625, 12.5625)  # 2% for a second of sending (2 s count as 1)
+    assert limiter.requests.found == pytest.approx(540 * 1.02)
+    _answer(limiter, 13.0625, 13.0625)  # half a second: 1%
+    assert limiter.requests.found == pytest.approx(540 * 1.02 * 1.01)
+
+
+def test_a_later_429_episode_finds_the_rate_again_from_what_went_out() -> None:
+    limiter = _found_at_540()
+    _answer(limiter, 8.0, 8.0)
+    for k in range(20):  # 20 in the second before the next refusal
+        limiter.take(1, 20.0 + k / 20)
+    limiter.refused(limiter.take(1, 21.0), None, 0.25, 21.05)
+    # 20 over the second they span and the retry-after's quarter, less the margin (above
+    # 0.8 times the last rate found, which it replaces).
+    assert limiter.requests.found == pytest.approx(20 / 1.25 * 60 * FOUND_MARGIN)
+
+
+def test_under_a_cap_below_a_found_rate_429s_lower_the_pace_not_the_rate() -> None:
+    limiter = _found_at_540()
+    limiter.begin(100, None, 6.0)  # --rpm 100: the limit now
+    _answer(limiter, 8.0, 8.0)
+    _refuse(limiter, 9.0, 9.1)
+    assert limiter.requests.found == pytest.approx(540) and limiter.gain == pytest.approx(0.95)
+
+
 def test_headers_teach_the_limits_and_anchor_the_minute() -> None:
     limiter = RateLimiter(now=0.0)
     first = limiter.take(100, 0.0)
@@ -257,12 +402,43 @@ def test_headers_teach_the_limits_and_anchor_the_minute() -> None:
     assert minute_r.level == pytest.approx(50 + refill * 10 - 2)
     assert minute_t.level == pytest.approx(5_000 + refill * 1_000 - 200)
     assert limiter.answered and limiter.headers_seen
-    # A reading older than the anchor changes nothing but the limits.
+    # A newer reading anchors the minute again (nothing was sent after `third`).
+    limiter.accepted(third, info, now=1.0)
+    assert minute_r.level == pytest.approx(50 + refill * 10)
+    # A reading older than the anchor (`second` was sent before `third`) changes nothing
+    # but the limits.
     level = minute_r.level
     limiter.accepted(second, RateLimitInfo(limit_requests=300, remaining_requests=0), now=1.0)
-    assert minute_r.limit == 300 and minute_r.level <= level
-    limiter.accepted(third, info, now=1.0)
-    assert minute_r.level == pytest.approx(min(300, 50 + refill * 10))
+    assert minute_r.limit == 300 and minute_r.level == level
+
+
+def test_token_headers_alone_anchor_the_token_minute() -> None:
+    limiter = RateLimiter(now=0.0)
+    first = limiter.take(100, 0.0)
+    limiter.take(100, 0.0)
+    info = RateLimitInfo(limit_tokens=60_000, remaining_tokens=5_000)
+    limiter.accepted(first, info, now=1.0)
+    assert limiter.requests.minute is None and limiter.requests.limit is None
+    assert limiter.tokens.minute is not None
+    assert limiter.tokens.minute.level == pytest.approx(5_000 + (1.0 - ARRIVAL_SKEW) * 1_000 - 100)
+
+
+def test_a_limit_header_without_a_remainder_starts_with_a_full_minute() -> None:
+    limiter = RateLimiter(now=0.0)
+    limiter.accepted(limiter.take(1, 0.0), RateLimitInfo(limit_requests=600), now=0.1)
+    assert limiter.requests.limit == 600
+    assert limiter.wait(1, 0.2) == 0.0
+    minute = limiter.requests.minute
+    assert minute is not None and minute.level == 600
+
+
+def test_a_limit_header_of_zero_is_no_limit_and_one_is_one() -> None:
+    limiter = RateLimiter(now=0.0)
+    zero = RateLimitInfo(limit_requests=0, remaining_requests=0, limit_tokens=0)
+    limiter.accepted(limiter.take(1, 0.0), zero, now=0.1)
+    assert not limiter.limited and limiter.wait(1, 0.1) == 0.0
+    limiter.accepted(limiter.take(1, 0.1), RateLimitInfo(limit_requests=1), now=0.2)
+    assert limiter.requests.limit == 1
 
 
 def test_the_minutes_remainder_is_never_overdrawn() -> None:
@@ -293,6 +469,31 @@ def test_scale_learns_that_the_server_counts_more_tokens_than_we_do() -> None:
     paced = 1_000 * PACE * limiter.gain / 500  # 400 of ours cost 500 of the server's
     assert limiter.max_rate(400) == pytest.approx(paced, rel=0.01)
     assert limiter.too_large(49_000) and not limiter.too_large(47_000)
+
+
+def test_one_answer_moves_the_token_scale_a_fifth_of_the_way() -> None:
+    # The history weighs 0.8: one answer that counts 1.25x ours moves the scale from 1 to
+    # 1.05, not all the way (a prompt the server tokenises oddly is one sample).
+    limiter = RateLimiter(tpm=60_000, now=0.0)
+    limiter.accepted(limiter.take(400, 0.0), None, 0.1, server_tokens=500)
+    assert limiter.tokens.scale == pytest.approx(1.05)
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "scale"),
+    [
+        (0, 5, 1.0),  # a request we counted as nothing: no ratio to learn
+        (2, 0, 1.0),  # a server that reports no tokens: nothing to learn
+        (2, 1, 1.0 + (0.5 - 1.0) * 0.2),  # one token is a count
+        (1, 2, 1.0 + (2.0 - 1.0) * 0.2),
+    ],
+)
+def test_the_token_scale_learns_from_positive_counts_only(
+    ours: float, theirs: float, scale: float
+) -> None:
+    limiter = RateLimiter(tpm=60_000, now=0.0)
+    limiter.accepted(limiter.take(ours, 0.0), None, 0.1, server_tokens=theirs)
+    assert limiter.tokens.scale == pytest.approx(scale)
 
 
 # ----- whole maps on a fake clock, against the fake server's enforcement ---------------------
