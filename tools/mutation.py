@@ -2,6 +2,8 @@
 
     python tools/mutation.py net.sse                 # ipychat/net/sse.py vs tests/net/test_sse.py
     python tools/mutation.py map.ratelimit --tests tests/map/test_ratelimit.py --show
+    python tools/mutation.py core.schema --tests tests/core/test_structured.py \
+        --tests tests/core/test_schema.py      # a module whose tests are in two files
 
 A test suite is only as strong as the changes it notices. This runs mutmut (PyPI `mutmut`,
 3.x) in a throw-away copy of the repository, so `mutants/` and mutmut's state never land
@@ -27,20 +29,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _copy_repo(into: Path, test_file: Path) -> None:
-    """The package and the one test file at its place under tests/, with the modules that
-    are not test files of tests/ and of the test file's own folder: the shared conftest and
+def _copy_repo(into: Path, test_files: list[Path]) -> None:
+    """The package and the test files at their places under tests/, with the modules that
+    are not test files of tests/ and of each test file's own folder: the shared conftest and
     helpers a test file imports (tests/core/hygiene_corpus.py). pytest puts the test file's
     folder on sys.path (rootdir conftest, no __init__.py), so its helpers import there."""
     shutil.copytree(
         ROOT / "ipychat", into / "ipychat", ignore=shutil.ignore_patterns("__pycache__")
     )
-    for folder in dict.fromkeys((Path("tests"), test_file.parent)):
+    for folder in dict.fromkeys((Path("tests"), *(t.parent for t in test_files))):
         (into / folder).mkdir(parents=True, exist_ok=True)
         for helper in (ROOT / folder).glob("*.py"):
             if not helper.name.startswith("test_"):
                 shutil.copy2(helper, into / folder / helper.name)
-    shutil.copy2(ROOT / test_file, into / test_file)
+    for test_file in test_files:
+        shutil.copy2(ROOT / test_file, into / test_file)
 
 
 def _default_test_file(stem: str) -> Path | None:
@@ -49,8 +52,9 @@ def _default_test_file(stem: str) -> Path | None:
     return found[0].relative_to(ROOT) if len(found) == 1 else None
 
 
-def _config(module: str, test_file: Path) -> str:
+def _config(module: str, test_files: list[Path]) -> str:
     """pyproject.toml for the copy: pytest quiet, stop at the first failure, mutmut scoped."""
+    selection = ", ".join(f'"{t.as_posix()}"' for t in test_files)
     return f"""
 [tool.pytest.ini_options]
 addopts = "-x -q -p no:cacheprovider -p no:nbval"
@@ -59,7 +63,7 @@ markers = ["browser", "local_model", "slow"]
 [tool.mutmut]
 source_paths = ["ipychat"]
 only_mutate = ["ipychat/{module.replace(".", "/")}.py"]
-pytest_add_cli_args_test_selection = ["{test_file.as_posix()}"]
+pytest_add_cli_args_test_selection = [{selection}]
 also_copy = ["tests"]
 """
 
@@ -85,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("module", help="a module of ipychat, dotted, e.g. net.sse")
     parser.add_argument(
-        "--tests", type=Path, help="its test file (default: the one tests/**/test_MODULE.py)"
+        "--tests",
+        type=Path,
+        action="append",
+        help="its test file (default: the one tests/**/test_MODULE.py); repeat for several",
     )
     parser.add_argument("--show", action="store_true", help="print every survivor's diff")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -93,16 +100,18 @@ def main(argv: list[str] | None = None) -> int:
     source = Path("ipychat", *args.module.split(".")).with_suffix(".py")
     if not (ROOT / source).is_file():
         parser.error(f"no module {source}")
-    test_file = args.tests or _default_test_file(source.stem)
-    if test_file is None:
+    default = _default_test_file(source.stem)
+    test_files: list[Path] = args.tests or ([default] if default else [])
+    if not test_files:
         parser.error(f"no single test file tests/**/test_{source.stem}.py; pass one with --tests")
-    if not (ROOT / test_file).is_file():
-        parser.error(f"no test file {test_file}; pass one with --tests")
+    for test_file in test_files:
+        if not (ROOT / test_file).is_file():
+            parser.error(f"no test file {test_file}; pass one with --tests")
 
     work = Path(tempfile.mkdtemp(prefix=f"ipychat-mutation-{args.module}-"))
     try:
-        _copy_repo(work, test_file)
-        (work / "pyproject.toml").write_text(_config(args.module, test_file))
+        _copy_repo(work, test_files)
+        (work / "pyproject.toml").write_text(_config(args.module, test_files))
         subprocess.run(
             [sys.executable, "-m", "mutmut", "run"],
             cwd=work,
@@ -116,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         total = len(statuses)
         score = 100.0 * killed / total if total else 0.0
         print(
-            f"{source} vs {test_file}: {total} mutants, {killed} killed, "
+            f"{source} vs {' + '.join(map(str, test_files))}: {total} mutants, {killed} killed, "
             f"{len(survivors)} survived, score {score:.1f}%"
         )
         for name, status in sorted(other.items()):
