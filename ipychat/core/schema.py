@@ -112,7 +112,12 @@ def read_schema(schema: Mapping[str, Any], *, name: str = "the schema") -> Schem
     if nullable or _type_of(node, name, "the top level") != "object":
         raise ConfigError(
             f"{name}: the top level must be an object with named properties (one row's fields), "
-            f"not {_describe(node)}: wrap the value in an object."
+            f"not {_describe(node, nullable)}: "
+            + (
+                "a row cannot be null, drop the null."
+                if nullable
+                else "wrap the value in an object."
+            )
         )
     fields: list[Field] = []
     strict, pruner = root.object(node, (), False, fields)
@@ -148,9 +153,12 @@ def _where(path: Sequence[str]) -> str:
     return f"field {'.'.join(path)!r}" if path else "the top level"
 
 
-def _describe(node: Mapping[str, Any]) -> str:
+def _describe(node: Mapping[str, Any], nullable: bool = False) -> str:
     kind = node.get("type")
-    return f"a {kind}" if isinstance(kind, str) else "that"
+    if not isinstance(kind, str):
+        return "that"
+    article = "an" if kind[:1] in ("a", "e", "i", "o", "u") else "a"
+    return f"{article} {kind}" + (" or null" if nullable else "")
 
 
 def _nullable(node: Mapping[str, Any], name: str, where: str) -> tuple[bool, Mapping[str, Any]]:
@@ -182,8 +190,9 @@ def _nullable(node: Mapping[str, Any], name: str, where: str) -> tuple[bool, Map
 
 def _type_of(node: Mapping[str, Any], name: str, where: str) -> str:
     kind = node.get("type")
-    if kind is None and "enum" in node:
-        kind = _enum_type(list(node["enum"]), name, where)
+    if kind is None and ("enum" in node or "const" in node):  # `const`: an enum of one
+        values = list(node["enum"]) if "enum" in node else [node["const"]]
+        kind = _enum_type(values, name, where)
     elif kind is None and "properties" in node:
         kind = "object"
     if kind not in _JSON_TYPES:
@@ -347,7 +356,9 @@ class _Reader:
             )
         items, pruner = self.value(node["items"], (*path, "[]"), False, False, None)
         plain = _plain_items(self.resolve(node["items"], path))
-        return {"type": "array", "items": items}, pruner, plain
+        # The items' pruner applies to each item of the list, not to the list itself.
+        each = None if pruner is None else _Prune(items=pruner)
+        return {"type": "array", "items": items}, each, plain
 
     def scalar(
         self, node: Mapping[str, Any], kind: str
