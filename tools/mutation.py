@@ -96,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--show", action="store_true", help="print every survivor's diff")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--fail-under",
+        type=float,
+        metavar="SCORE",
+        help="exit 2 when the raw score (killed / all mutants, %%) is below SCORE (for CI)",
+    )
     args = parser.parse_args(argv)
     source = Path("ipychat", *args.module.split(".")).with_suffix(".py")
     if not (ROOT / source).is_file():
@@ -141,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                     check=False,
                 ).stdout
                 print("    " + diff.replace("\n", "\n    "))
-        return 0 if total else 1
+        if not total:
+            return 1
+        return 2 if args.fail_under is not None and score < args.fail_under else 0
     finally:
         if args.keep:
             print(f"work directory kept: {work}")
