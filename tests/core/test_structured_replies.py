@@ -265,3 +265,27 @@ def test_an_optional_property_of_the_objects_in_a_list_may_come_back_null() -> N
     parsed = spec.parse('{"rows": [{"k": "1", "v": null}, {"k": "2", "v": "b"}]}')
     assert parsed.error is None
     assert parsed.value == {"rows": [{"k": "1"}, {"k": "2", "v": "b"}]}
+
+
+@pytest.mark.parametrize(("length", "cut"), [(300, False), (301, True)])
+def test_the_repair_prompt_word_for_word_with_the_error_cut_at_300(length: int, cut: bool) -> None:
+    spec = output_spec(schema=NUMBERS)
+    error = "e" * length
+    shown = "e" * 299 + "…" if cut else error
+    assert spec.repair_messages("{}", error)[1]["content"] == (
+        f"That reply does not fit: {shown}. Reply with only the JSON object, with the "
+        "fields: a, b, c, d, where."
+    )
+    yes_no = output_spec(filter=True).repair_messages("maybe", "'maybe' is not yes or no")
+    assert yes_no[1]["content"] == (
+        "That reply does not fit: 'maybe' is not yes or no. Answer with only yes or no."
+    )
+
+
+def test_an_unknown_kind_for_a_request_fragment_names_the_kinds() -> None:
+    with pytest.raises(ConfigError) as caught:
+        output_spec(filter=True).request_fragment("anthropic")  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        "Unknown structured-output kind 'anthropic': use openai, llama.cpp, vllm, "
+        "vllm-guided, prompt."
+    )
