@@ -210,7 +210,7 @@ def check_endpoint(url: str) -> None:
     the word is not a URL: a misspelt name gets the list, not a URL lecture)."""
     if "://" not in url and "/" not in url and providers.find(url) is None:
         raise ConfigError(
-            f"{url!r} is neither a URL nor a named endpoint: use local, "
+            f"{url!r} is not an endpoint URL or a named endpoint: use local, "
             f"{', '.join(providers.names())}, or a URL such as http://localhost:8000/v1."
         )
     check_url(url)

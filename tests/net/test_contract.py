@@ -233,7 +233,7 @@ def test_concurrent_streams_both_finish(backend: Backend) -> None:
 # today. Where it does not yet handle a quirk, the test states the current behaviour and
 # says GAP: it changes (and must be updated) when the client learns the quirk.
 
-FLAVOURS = ["anthropic", "azure", "gemini", "groq", "mistral", "ollama", "openai",
+FLAVOURS = ["anthropic", "azure", "gemini", "groq", "lmstudio", "mistral", "ollama", "openai",
             "openrouter", "together", "vllm"]  # fmt: skip
 
 
@@ -259,7 +259,7 @@ def test_client_reads_each_flavours_reply_and_usage(flavour: str) -> None:
         assert served.path.startswith(server.base_url.removeprefix(server.url))
 
 
-@pytest.mark.parametrize("flavour", [f for f in FLAVOURS if f != "mistral"])
+@pytest.mark.parametrize("flavour", [f for f in FLAVOURS if f not in ("mistral", "lmstudio")])
 def test_client_streams_each_flavour_with_usage(flavour: str) -> None:
     # Azure's opening prompt_filter_results chunk (no choices), OpenRouter's keep-alive
     # comments and Groq's x_groq finish chunk are all read past.
