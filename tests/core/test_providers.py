@@ -8,6 +8,7 @@ import pytest
 
 from ipychat.core import providers
 from ipychat.core.errors import ConfigError, NoAPIKeyError
+from ipychat.core.pricing import default_table
 from ipychat.core.settings import Settings
 
 NAMES = ["anthropic", "gemini", "mistral", "groq", "openrouter", "together", "azure",
@@ -148,3 +149,17 @@ def test_settings_take_a_name_and_say_the_names_for_a_typo() -> None:
     assert all(name in message for name in NAMES)
     with pytest.raises(ConfigError, match="not an endpoint URL"):
         Settings(base_url="ftp://example.com/v1").validate()
+
+
+def test_every_hosted_provider_is_priced_and_its_default_model_too() -> None:
+    # The price file (tools/update_prices.py, from genai-prices) has a section per provider
+    # the table names, and each provider's default model is listed there: a user's first
+    # `%chat endpoint NAME` and `%%chat` shows a price, not "unknown".
+    table = default_table()
+    for spec in providers.PROVIDERS.values():
+        if spec.local:
+            continue
+        assert spec.prices in table.providers(), spec.name
+        if spec.model is not None:
+            price = table.lookup(spec.model, provider=spec.prices)
+            assert price is not None and price.input > 0, spec.name

@@ -308,6 +308,23 @@ def test_client_streams_to_mistral_without_stream_options() -> None:
     assert reply.usage is not None and reply.usage.total_tokens == 10
 
 
+def test_client_named_mistral_leaves_stream_options_out_at_any_url() -> None:
+    # ChatClient(provider="mistral") (what `%chat endpoint mistral` makes) applies Mistral's
+    # quirk wherever its URL points, a proxy's or this loopback server's.
+    with FakeOpenAIServer(flavour="mistral") as server:
+
+        async def main() -> Completion:
+            async with ChatClient(server.base_url, api_key=server.api_key, max_retries=0,
+                                  provider="mistral") as client:  # fmt: skip
+                return await client.chat(
+                    {"model": "mistral-small-latest", "messages": [{"role": "user",
+                     "content": "hi"}], "max_tokens": 50}, stream=True)  # fmt: skip
+
+        reply = asyncio.run(main())
+        sent = server.chat_requests[-1].body
+    assert "stream_options" not in sent and reply.usage is not None
+
+
 def test_client_asks_other_hosts_for_the_usage_chunk() -> None:
     # Precision of the rule above: only Mistral's host loses stream_options.
     with FakeOpenAIServer(flavour="openai") as server:
