@@ -65,6 +65,8 @@ class Router:
         endpoint = self.endpoint(settings)
         if endpoint.kind == "local":
             return "local model"
+        if endpoint.kind == "none" and endpoint.provider:  # Azure without its endpoint
+            return f"{endpoint.provider} (not set up)"
         parts = urlsplit(endpoint.url)  # hostname and port only: never user:password@
         return f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname or endpoint.url
 

@@ -106,7 +106,10 @@ class ChatCommands:
             f" of {format_usd(session.usage.budget)}" if session.usage.budget is not None else ""
         )
         flags = " · offline" if s.offline else ""
-        if session.endpoint().kind == "none":
+        endpoint = session.endpoint()
+        if endpoint.kind == "none" and endpoint.provider:  # %chat endpoint azure, unset
+            flags += " · not set up: set AZURE_OPENAI_ENDPOINT"
+        elif endpoint.kind == "none":
             flags += " · not configured: set OPENAI_API_KEY or %chat endpoint URL"
         self.show(
             f"ipychat · endpoint {session.host} · model {self._model_name()} · thread "

@@ -91,3 +91,17 @@ def test_a_cell_through_a_named_provider(ip, monkeypatch: pytest.MonkeyPatch) ->
         # Priced from Groq's table (the model is not OpenAI's: unknown at OpenAI's prices).
         assert re.search(r"llama-3\.3-70b-versatile · \d+ → \d+ tokens · \$0\.0\d+ ·", shown)
         assert server.chat_requests[-1].headers["authorization"] == f"Bearer {key}"
+
+
+def test_azure_without_its_endpoint_says_what_to_set(ip, monkeypatch: pytest.MonkeyPatch) -> None:
+    shown = line(ip, "endpoint azure")
+    assert "endpoint: azure · not set up: set AZURE_OPENAI_ENDPOINT" in shown
+    status = line(ip, "")
+    assert "endpoint azure (not set up)" in status and "set AZURE_OPENAI_ENDPOINT" in status
+    assert "api.openai.com" not in status
+    with pytest.raises(UsageError, match="needs AZURE_OPENAI_ENDPOINT"):
+        ip.run_cell_magic("chat", "", "hi")
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "https://res.openai.azure.com")
+    shown = line(ip, "endpoint")
+    assert "endpoint: azure (https://res.openai.azure.com/openai/v1)" in shown
+    assert "no key: set AZURE_OPENAI_API_KEY" in shown and "≈" not in shown

@@ -143,3 +143,33 @@ def test_a_model_the_price_table_lacks_is_unknown_never_free(
     assert "cost unknown" in fmt.estimate_line(
         session.engine.estimate([{"role": "user", "content": "hi"}], model="no-such-model-xyz")
     )
+
+
+@pytest.mark.parametrize("name", ["lmstudio", "anthropic"])
+def test_a_json_map_works_where_json_object_is_refused_or_ignored(
+    name: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    # LM Studio answers response_format json_object with a 400; Anthropic ignores it. The
+    # map's rule in the system prompt asks for JSON; the field is not sent to either.
+    import pandas as pd
+
+    spec = providers.PROVIDERS[name]
+    with FakeOpenAIServer(flavour=name, reply='{"label": "positive"}') as server:
+        moved = dataclasses.replace(spec, url=server.base_url)
+        monkeypatch.setattr(
+            providers, "PROVIDERS", MappingProxyType({**providers.PROVIDERS, name: moved})
+        )
+        for var in spec.key_vars:
+            monkeypatch.setenv(var, key_of(name))
+        session = ChatSession(Settings(model=server.flavour.models[0]), cache=False)
+        try:
+            session.configure(endpoint=name)
+            df = pd.DataFrame({"review": ["great", "lovely"]})
+            out = session.map(df, "Classify: {review}", ["label"], json=True)
+        finally:
+            session.close()
+        bodies = [r.body for r in server.chat_requests]
+    assert list(out["label"]) == ["positive", "positive"]
+    assert "_error" not in out or out["_error"].isna().all()  # the column only when a row failed
+    assert bodies and all("response_format" not in b for b in bodies)
+    assert all("Reply with only a JSON object" in b["messages"][0]["content"] for b in bodies)
