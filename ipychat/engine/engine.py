@@ -314,21 +314,34 @@ class Engine:
         max_tokens: int | None = None,
     ) -> Estimate:
         """What sending `messages` as they are would cost (tokens, cost range, window)."""
-        model = model or self.model
+        return self.estimator(model or self.model, max_tokens)(messages)
+
+    def estimator(
+        self, model: str, max_tokens: int | None
+    ) -> Callable[[Sequence[dict[str, Any]]], Estimate]:
+        """`estimate` for many message lists to one model: its price, context window and reply
+        cap are resolved once (each resolution reads the endpoint from the environment, and
+        %%chatmap estimates thousands of rows)."""
         wanted = self.max_tokens(model, max_tokens)
-        counted = self.count(messages, model)
-        low, high, batch = pricing.estimate_cost_range(counted.tokens, wanted, self.price(model))
-        return Estimate(
-            model=model,
-            messages=len(messages),
-            prompt_tokens=counted.tokens,
-            max_completion_tokens=wanted,
-            approximate=counted.approximate,
-            cost_low=low,
-            cost_high=high,
-            cost_batch=batch,
-            context_window=self.context_window(model),
-        )
+        price = self.price(model)
+        window = self.context_window(model)
+
+        def estimate(messages: Sequence[dict[str, Any]]) -> Estimate:
+            counted = tokens.count_messages(messages, model)
+            low, high, batch = pricing.estimate_cost_range(counted.tokens, wanted, price)
+            return Estimate(
+                model=model,
+                messages=len(messages),
+                prompt_tokens=counted.tokens,
+                max_completion_tokens=wanted,
+                approximate=counted.approximate,
+                cost_low=low,
+                cost_high=high,
+                cost_batch=batch,
+                context_window=window,
+            )
+
+        return estimate
 
     # ----- preparing a request ---------------------------------------------------------------
 
@@ -420,13 +433,21 @@ class Engine:
         return cleaned.messages[0]["content"], cleaned.note
 
     def prepare_body(
-        self, prompt: str, body: dict[str, Any], *, label: str = "map", masked: str = ""
+        self,
+        prompt: str,
+        body: dict[str, Any],
+        *,
+        label: str = "map",
+        masked: str = "",
+        estimator: Callable[[Sequence[dict[str, Any]]], Estimate] | None = None,
     ) -> Prepared:
         """`prepare_one` for a body built around the cleaned `prompt` (`one_body`):
-        estimated, and checked to fit the context window (ContextLengthError if not)."""
+        estimated (by `estimator`, made by `self.estimator` for the body's model and
+        max_tokens, when many bodies share them), and checked to fit the context window
+        (ContextLengthError if not)."""
         model, wanted = body["model"], body["max_tokens"]
-        estimate = self.estimate(body["messages"], model=model, max_tokens=wanted)
-        window = self.context_window(model)
+        estimate = (estimator or self.estimator(model, wanted))(body["messages"])
+        window = estimate.context_window
         if estimate.prompt_tokens + wanted > window:
             raise ContextLengthError(
                 f"A prompt of {estimate.prompt_tokens:,} tokens plus {wanted:,} reply tokens does "
