@@ -2,7 +2,7 @@
 the provider takes it, its prices, and token counts shown as approximate (≈).
 
 Nothing here sends a request: the engine is asked what it would do (endpoint, connection,
-body, estimate); the contract tests (tests/net/test_provider_contract.py) send them."""
+body, estimate); the contract tests (tests/session/test_provider_contract.py) send them."""
 
 from __future__ import annotations
 
