@@ -319,9 +319,9 @@ class Engine:
         """`estimate` for many message lists to one model: its price, context window and reply
         cap are resolved once (each resolution reads the endpoint from the environment, and
         %%chatmap estimates thousands of rows)."""
-        return Estimator(
-            model, self.max_tokens(model, max_tokens), self.price(model), self.context_window(model)
-        )
+        wanted, window = self.max_tokens(model, max_tokens), self.context_window(model)
+        approximate = providers.approximate_tokens(self.endpoint().spec)  # ≈ at non-OpenAI
+        return Estimator(model, wanted, self.price(model), window, approximate)
 
     # ----- preparing a request ---------------------------------------------------------------
 
