@@ -61,6 +61,11 @@ addopts = "-x -q -p no:cacheprovider -p no:nbval"
 markers = ["browser", "local_model", "slow"]
 
 [tool.mutmut]
+# Each mutant runs in a process forked from a server that has only collected the tests:
+# forked from mutmut's own process, which ran them, a mutant hangs in the first polars call
+# (polars' thread pool does not survive a fork: https://docs.pola.rs/user-guide/misc/multiprocessing/)
+# and is reported as a timeout, counted as killed, whatever the tests say.
+process_isolation = "forkserver"
 source_paths = ["ipychat"]
 only_mutate = ["ipychat/{module.replace(".", "/")}.py"]
 pytest_add_cli_args_test_selection = [{selection}]
@@ -126,13 +131,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         statuses = _results(work)
         killed = sum(1 for s in statuses.values() if s in ("killed", "timeout"))
+        timeouts = sum(1 for s in statuses.values() if s == "timeout")
         survivors = sorted(n for n, s in statuses.items() if s == "survived")
         other = {n: s for n, s in statuses.items() if s not in ("killed", "timeout", "survived")}
         total = len(statuses)
         score = 100.0 * killed / total if total else 0.0
         print(
             f"{source} vs {' + '.join(map(str, test_files))}: {total} mutants, {killed} killed, "
-            f"{len(survivors)} survived, score {score:.1f}%"
+            f"{len(survivors)} survived, score {score:.1f}% ({timeouts} of the killed by a timeout)"
         )
         for name, status in sorted(other.items()):
             print(f"  {name}: {status}")
