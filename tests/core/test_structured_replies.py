@@ -289,3 +289,31 @@ def test_an_unknown_kind_for_a_request_fragment_names_the_kinds() -> None:
         "Unknown structured-output kind 'anthropic': use openai, llama.cpp, vllm, "
         "vllm-guided, prompt."
     )
+
+
+def test_a_pydantic_spec_is_named_after_its_class_and_keeps_its_schema() -> None:
+    spec = output_spec(schema=Route)
+    fragment = spec.request_fragment("openai")["response_format"]["json_schema"]
+    assert fragment["name"] == "Route" and spec.name == "Route"
+    assert spec.source == Route.model_json_schema() and spec.model is Route
+    choices = output_spec(choices=["a", "b"])
+    assert (
+        choices.name == "label"
+        and choices.request_fragment("openai")["response_format"]["json_schema"]["name"] == "label"
+    )
+
+    class Loose(BaseModel):
+        data: dict[str, int]
+
+    with pytest.raises(ConfigError) as caught:
+        output_spec(schema=Loose)
+    assert str(caught.value).startswith("Loose: field 'data' is an object without named")
+    with pytest.raises(ConfigError) as caught:
+        output_spec()
+    assert str(caught.value) == "Give exactly one of schema, choices or filter."
+    with pytest.raises(ConfigError) as caught:
+        output_spec(schema=NUMBERS, filter=True)
+    assert (
+        str(caught.value)
+        == "Give exactly one of schema, choices or filter (got schema and filter)."
+    )
