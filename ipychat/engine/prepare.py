@@ -96,6 +96,7 @@ class Prepared:
     label: str = "main"  # the ledger's thread column
     masked: str = ""  # what the redact setting masked in the prompt ("" when nothing)
     cache_salt: str = ""  # part of the cache key besides the body (a typed reply's spec)
+    output: OutputSpec | None = None  # what the reply must be (`engine.typedreply`)
 
 
 def build_body(

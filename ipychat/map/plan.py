@@ -21,17 +21,13 @@ SELECT; `python benchmarks/cache.py` measures it."""
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ipychat.core.errors import ContextLengthError, TemplateError
-from ipychat.core.pricing import (
-    estimate_cost_range,
-    format_tokens,
-    format_usd,
-    format_usd_bound,
-)
+from ipychat.core.pricing import format_tokens, format_usd, format_usd_bound
 from ipychat.engine.prepare import RequestOptions
+from ipychat.engine.typedreply import add_prompt_tokens
 from ipychat.map.rowshape import RowShape, request_key
 
 if TYPE_CHECKING:
@@ -364,14 +360,7 @@ def _render(
 
 def _with_schema(engine: Engine, prepared: Prepared, request: RowRequest) -> Prepared:
     """`prepared` with a typed map's schema tokens in its estimate (tokens and cost)."""
-    extra = request.schema_tokens
-    if not extra:
-        return prepared
-    e = prepared.estimate
-    prompt = e.prompt_tokens + extra
-    low, high, batch = estimate_cost_range(prompt, e.max_completion_tokens, engine.price(e.model))
-    estimate = replace(e, prompt_tokens=prompt, cost_low=low, cost_high=high, cost_batch=batch)
-    return replace(prepared, estimate=estimate)
+    return add_prompt_tokens(engine, prepared, request.schema_tokens)
 
 
 def _request(key: str, prepared: Prepared, rows: list[int]) -> MapRequest:
