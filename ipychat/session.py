@@ -30,10 +30,10 @@ from ipychat.core.errors import ChatError, ConfigError
 from ipychat.core.messages import Thread, build_messages, check_thread_name
 from ipychat.core.runner import LoopThread, wait, wait_async
 from ipychat.core.settings import Endpoint, Settings, check_model
-from ipychat.core.types import Estimate, Reply
-from ipychat.engine.engine import CacheMode, Engine
 from ipychat.core.structured import output_spec
+from ipychat.core.types import Estimate, Reply
 from ipychat.engine import typedreply as typed_reply
+from ipychat.engine.engine import CacheMode, Engine
 from ipychat.engine.prepare import (
     Prepared,
     RequestOptions,
