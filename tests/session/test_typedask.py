@@ -77,7 +77,7 @@ def test_a_reply_that_does_not_fit_is_repaired_once_and_the_thread_keeps_the_fix
     server, session = typed(replies("Here you go: number A-1", json.dumps(GOOD)))
     reply = session.ask("Invoice A-1, 12.50", schema=Invoice)
     assert reply.value == Invoice(**GOOD)
-    first, second = (r.body for r in server.chat_requests)
+    _, second = (r.body for r in server.chat_requests)
     assert second["messages"][-2] == {"role": "assistant", "content": "Here you go: number A-1"}
     assert second["messages"][-1]["content"].startswith("That reply does not fit: the reply")
     # The conversation goes on from the reply that fits, not the one that did not.
