@@ -462,3 +462,38 @@ def test_an_interrupted_typed_map_resumes_with_only_the_missing_rows(make_sessio
     assert again.summary.cached == done
     assert again.frame["s"].tolist() == [LABELS[i % 3] for i in range(40)]
     assert isinstance(again.frame["s"].dtype, pd.CategoricalDtype)
+
+
+# ----- the Batch API -------------------------------------------------------------------------
+
+
+def test_a_typed_batch_map_sends_the_fragment_and_resumes_after_a_restart(tmp_path) -> None:
+    from ipychat.map import batch
+
+    answers = {"invoice A": INVOICES["A"], "invoice B": INVOICES["B"]}
+    with FakeOpenAIServer(reply=answering(answers), batch={"delay": 0.05}) as server:
+
+        def kernel() -> ChatSession:
+            settings = Settings(base_url=server.base_url, api_key=KEY, model="gpt-4o-mini")
+            return ChatSession(settings, cache=ResponseCache(tmp_path / "shared"))
+
+        old = kernel()
+        df = pd.DataFrame({"text": list(answers)})
+        submitted = batch.run(
+            old, df, "Extract from: {text}", schema=Invoice, wait=False, poll_interval=0.01
+        ).job
+        assert submitted is not None
+        old.close()  # the kernel dies; the batch goes on at the provider
+        new = kernel()
+        try:
+            result = batch.resume(new, submitted.batch_ids[0], df, poll_interval=0.01)
+        finally:
+            new.close()
+        files = [f for f in server.batch_api.files.values() if f.purpose == "batch"]
+        lines = [json.loads(line) for line in files[0].data.splitlines()]
+    assert result.attached
+    fragment = output_spec(schema=Invoice).request_fragment("openai")
+    assert all(line["body"]["response_format"] == fragment["response_format"] for line in lines)
+    out = result.frame
+    assert out["number"].tolist() == ["A-1", "B-2"] and str(out["items"].dtype) == "Int64"
+    assert isinstance(out["tier"].dtype, pd.CategoricalDtype)
