@@ -497,3 +497,27 @@ def test_a_typed_batch_map_sends_the_fragment_and_resumes_after_a_restart(tmp_pa
     out = result.frame
     assert out["number"].tolist() == ["A-1", "B-2"] and str(out["items"].dtype) == "Int64"
     assert isinstance(out["tier"].dtype, pd.CategoricalDtype)
+
+
+def test_rows_past_the_limit_keep_what_the_frame_had(make_session) -> None:
+    answers = {f"r{i}": {"label": LABELS[i % 3]} for i in range(4)}
+    with FakeOpenAIServer(reply=answering(answers)) as server:
+        session = make_session(server)
+        df = pd.DataFrame({"t": list(answers), "s": ["x", None, "old", "positive"]})
+        out = session.map(df, "Text: {t}", "s", choices=LABELS, limit=2)
+        assert len(server.chat_requests) == 2
+        fits = pd.DataFrame({"t": list(answers), "s": [None, None, "neutral", None]})
+        typed = session.map(fits, "Text: {t}", "s", choices=LABELS, limit=2)
+        frame_pl = pl.DataFrame({"t": list(answers), "s": ["x", None, "y", None]})
+        polars = session.map(frame_pl, "Text: {t}", "s", choices=LABELS, limit=2)
+        fits_pl = pl.DataFrame({"t": list(answers), "s": [None, None, "neutral", None]})
+        enum_pl = session.map(fits_pl, "Text: {t}", "s", choices=LABELS, limit=2)
+    # "old" is no label: the column keeps it as it was rather than typing it away.
+    assert out["s"].tolist() == ["positive", "negative", "old", "positive"]
+    assert df["s"].tolist()[2:] == ["old", "positive"]  # the caller's frame is not written
+    # Every old value is a label (or null): the column stays categorical.
+    assert typed["s"].tolist()[:3] == ["positive", "negative", "neutral"]
+    assert pd.isna(typed["s"][3]) and list(typed["s"].cat.categories) == LABELS
+    assert polars["s"].to_list() == ["positive", "negative", "y", None]
+    assert enum_pl["s"].to_list() == ["positive", "negative", "neutral", None]
+    assert enum_pl.schema["s"] == pl.Enum(LABELS)
