@@ -57,3 +57,28 @@ def test_choices_on_the_quickstart_reviews_give_only_labels(
         print("\nembedded model, choices:", out["sentiment"].tolist())
     # The wrong label for the plainest reviews would mean the grammar is not what decides.
     assert out["sentiment"][1] == "negative"
+
+
+def test_a_schema_on_the_quickstart_reviews_gives_typed_columns(local_session: ChatSession) -> None:
+    import enum
+
+    from pydantic import BaseModel
+
+    class Sentiment(str, enum.Enum):
+        positive = "positive"
+        negative = "negative"
+        neutral = "neutral"
+
+    class ReviewFacts(BaseModel):
+        sentiment: Sentiment
+        about_food: bool
+        stars: int
+
+    df = pd.DataFrame({"review": REVIEWS})
+    out = local_session.map(df, "Review: {review}", schema=ReviewFacts)
+    # Every row validated (the grammar from the schema, then Pydantic): no error column.
+    assert "_error" not in out, out.get("_error")
+    assert list(out.columns) == ["review", "sentiment", "about_food", "stars"]
+    assert isinstance(out["sentiment"].dtype, pd.CategoricalDtype)
+    assert str(out["about_food"].dtype) == "boolean" and str(out["stars"].dtype) == "Int64"
+    assert out[["sentiment", "about_food", "stars"]].notna().all().all()
