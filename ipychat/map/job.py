@@ -187,6 +187,13 @@ def run(
     `allow_secrets` (send rows holding credential-shaped text; default: the map is
     refused before anything is sent).
 
+    Typed replies (`ipychat.map.options`, `ipychat.core.structured`): `schema` (a Pydantic
+    model class or a JSON-schema dict; leave `output` out: one column per field, named
+    after it) or `choices` (labels; `output` is a categorical of exactly those). Each reply
+    is constrained where the endpoint can, parsed and validated; one that does not fit is
+    asked again once, then the row's error says why; `summary.note` says when the endpoint
+    refused the structured-output fields and the map asked in the prompt instead.
+
     `on_plan(plan)` is called after the check and before anything is sent; `progress` is
     called from this thread about four times a second. Ctrl-C raises MapInterrupted with
     the rows finished so far in `.result`; a global failure (key, model, a long wait
