@@ -1,0 +1,120 @@
+"""The typed-output flags of `%%chatmap` and `%%chatfilter`, read before anything is planned.
+
+`--choices positive,negative,neutral` becomes the label list, `--schema Invoice` the object
+named Invoice in the notebook (a Pydantic model class or a JSON-schema dict), each checked
+here through `ipychat.core.structured.output_spec`, so every unusable one is refused in one
+line (a `UsageError`) before a row is rendered or a request sent. What comes out is the
+keyword arguments `session.map` takes (`choices=[...]`, `schema=...`, `scores=True`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+from IPython.core.error import UsageError
+
+from ipychat.core.errors import ChatError
+
+__all__ = ["choice_labels", "schema_object", "typed_options"]
+
+_CHOICES_EXAMPLE = "--choices positive,negative,neutral"
+
+
+def choice_labels(text: str) -> list[str]:
+    """The labels of `--choices A,B,C`: split at commas, each stripped. An empty label (two
+    commas in a row, a trailing comma) is refused rather than dropped, since it usually means
+    a label was lost to the shell's quoting."""
+    labels = [label.strip() for label in text.split(",")]
+    if not any(labels):
+        raise UsageError(f"--choices needs labels separated by commas, e.g. {_CHOICES_EXAMPLE}.")
+    if not all(labels):
+        raise UsageError(
+            f"--choices {text!r} has an empty label: separate the labels by single commas, "
+            f"e.g. {_CHOICES_EXAMPLE} (quote labels that hold spaces)."
+        )
+    if len(labels) < 2:
+        raise UsageError(
+            f"--choices {text!r} gives one label: give at least two, e.g. {_CHOICES_EXAMPLE}."
+        )
+    return labels
+
+
+def schema_object(name: str, namespace: Mapping[str, Any]) -> Any:
+    """The object `--schema NAME` names in the notebook: `Invoice`, or a dotted path such as
+    `models.Invoice`. It must be a Pydantic model class or a JSON-schema dict."""
+    head, *rest = name.split(".")
+    if not head.isidentifier() or not all(part.isidentifier() for part in rest):
+        raise UsageError(
+            f"--schema needs the name of a Pydantic model or a JSON-schema dict in the "
+            f"notebook, not {name!r}."
+        )
+    if head not in namespace:
+        public = [n for n in namespace if not n.startswith("_")]
+        close = difflib.get_close_matches(head, public, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UsageError(
+            f"--schema {name}: {head} is not defined in the notebook{hint}. Define a Pydantic "
+            "model class or a JSON-schema dict first."
+        )
+    value = namespace[head]
+    for i, part in enumerate(rest):
+        if not hasattr(value, part):
+            where = ".".join([head, *rest[:i]])
+            raise UsageError(f"--schema {name}: {where} has no attribute {part}.")
+        value = getattr(value, part)
+    if isinstance(value, Mapping) or _is_model_class(value):
+        return value
+    if _is_model_class(type(value)):
+        raise UsageError(
+            f"--schema {name} is an instance of {type(value).__name__}: name the model class "
+            f"itself (--schema {type(value).__name__})."
+        )
+    raise UsageError(
+        f"--schema {name} is a {type(value).__name__}, not a Pydantic model class or a "
+        "JSON-schema dict."
+    )
+
+
+def typed_options(
+    args: Any, namespace: Mapping[str, Any], *, name: str = "%%chatmap"
+) -> dict[str, Any]:
+    """The typed keyword arguments for `session.map` from parsed flags (`choices`, `schema`,
+    `scores`, `json`, `output`), checked: only the ones given are returned."""
+    choices = getattr(args, "choices", None)
+    schema = getattr(args, "schema", None)
+    scores = getattr(args, "scores", False)
+    if choices is not None and schema is not None:
+        raise UsageError(
+            f"{name}: --choices and --schema are two kinds of answer: give one (a label "
+            "column, or one column per field)."
+        )
+    if getattr(args, "json", False) and (choices is not None or schema is not None):
+        flag = "--choices" if choices is not None else "--schema"
+        raise UsageError(f"{name}: {flag} replaces --json: leave --json out.")
+    if scores and choices is None:
+        raise UsageError(f"{name}: --scores gives a probability per label: it goes with --choices.")
+    options: dict[str, Any] = {}
+    from ipychat.core.structured import output_spec
+
+    try:
+        if choices is not None:
+            labels = choice_labels(choices)
+            output_spec(choices=labels)  # duplicates, blank or overlong labels: one line
+            options["choices"] = labels
+            if scores:
+                options["scores"] = True
+        if schema is not None:
+            value = schema_object(schema, namespace)
+            output_spec(schema=value)  # a schema that cannot be a set of columns: one line
+            options["schema"] = value
+    except ChatError as exc:
+        flag = "--choices" if choices is not None else f"--schema {schema}"
+        raise UsageError(f"{name} {flag}: {exc}") from None
+    return options
+
+
+def _is_model_class(value: Any) -> bool:
+    """A Pydantic model class (v2: it has `model_json_schema`), not an instance of one."""
+    return isinstance(value, type) and callable(getattr(value, "model_json_schema", None))
