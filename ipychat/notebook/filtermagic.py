@@ -18,6 +18,7 @@ from IPython.core.magic_arguments import argument, argument_group, magic_argumen
 from ipychat.notebook.magicargs import check_variable, help_layout, parse_line, user_errors
 from ipychat.notebook.mapmagic import frame_named, run_options, say_masked
 from ipychat.notebook.progress import ProgressView
+from ipychat.notebook.typedargs import dry_run_note
 
 if TYPE_CHECKING:
     from ipychat.session import ChatSession
@@ -119,6 +120,9 @@ class ChatFilterMagics(Magics):
         view = ProgressView(notebook=notebook)
         if args.dry_run:
             view.plan(chatmap.plan(self.session, df, cell, column, **options))
+            note = dry_run_note(self.session, options)
+            if note is not None:
+                show_markdown(note, notebook=notebook)
             return None
         try:
             result = chatmap.run(

@@ -16,9 +16,10 @@ from IPython.core.magic_arguments import argument, argument_group, magic_argumen
 
 from ipychat.notebook.magicargs import check_variable, help_layout, parse_line, user_errors
 from ipychat.notebook.progress import ProgressView
-from ipychat.notebook.typedargs import typed_options
+from ipychat.notebook.typedargs import dry_run_note, typed_options
 
 if TYPE_CHECKING:
+    from ipychat.core.structured import OutputSpec
     from ipychat.session import ChatSession
 
 __all__ = ["ChatMapMagics"]
@@ -176,8 +177,8 @@ class ChatMapMagics(Magics):
         check_variable(args.into, "--into")
         if (args.no_wait or args.poll is not None) and not args.batch:
             raise UsageError("--no-wait and --poll go with --batch.")
-        typed = typed_options(args, self._namespace())
-        args.output = output_names(args)
+        typed, spec = typed_options(args, self._namespace())
+        args.output = output_names(args, spec)
         df = self._frame(args.df)
         session = self.session
         before = session.redactions.copy()
@@ -259,6 +260,9 @@ class ChatMapMagics(Magics):
 
         plan = chatmap.plan(self.session, df, cell, args.output, **options)
         view.plan(plan)
+        note = dry_run_note(self.session, options)
+        if note is not None:
+            show_markdown(note, notebook=in_notebook(self.shell))
         if plan.first_prompt is not None:
             from ipychat.core.markdown import fenced
 
@@ -341,14 +345,14 @@ def frame_named(name: str, namespace: dict[str, Any]) -> Any:
     return namespace[name]
 
 
-def output_names(args: Any) -> list[str] | None:
+def output_names(args: Any, spec: OutputSpec | None) -> list[str]:
     """The -o columns: required, except with --schema, whose fields name the columns."""
-    if args.schema is not None:
+    if spec is not None and spec.mode == "schema":
         if args.output:
             raise UsageError(
                 "%%chatmap: --schema names the columns after its fields: leave out -o."
             )
-        return None
+        return [f.column for f in spec.fields]
     if not args.output:
         raise UsageError(
             "%%chatmap: -o/--output COL names the column for the replies (or --schema NAME "

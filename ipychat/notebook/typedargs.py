@@ -16,8 +16,9 @@ from typing import Any
 from IPython.core.error import UsageError
 
 from ipychat.core.errors import ChatError
+from ipychat.core.structured import EndpointKind, OutputSpec, output_spec
 
-__all__ = ["choice_labels", "schema_object", "typed_options"]
+__all__ = ["choice_labels", "dry_run_note", "schema_object", "typed_note", "typed_options"]
 
 _CHOICES_EXAMPLE = "--choices positive,negative,neutral"
 
@@ -79,9 +80,9 @@ def schema_object(name: str, namespace: Mapping[str, Any]) -> Any:
 
 def typed_options(
     args: Any, namespace: Mapping[str, Any], *, name: str = "%%chatmap"
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], OutputSpec | None]:
     """The typed keyword arguments for `session.map` from parsed flags (`choices`, `schema`,
-    `scores`, `json`, `output`), checked: only the ones given are returned."""
+    `scores`, `json`), checked (only the ones given are returned), and the spec they make."""
     choices = getattr(args, "choices", None)
     schema = getattr(args, "schema", None)
     scores = getattr(args, "scores", False)
@@ -96,23 +97,53 @@ def typed_options(
     if scores and choices is None:
         raise UsageError(f"{name}: --scores gives a probability per label: it goes with --choices.")
     options: dict[str, Any] = {}
-    from ipychat.core.structured import output_spec
-
+    spec: OutputSpec | None = None
     try:
         if choices is not None:
             labels = choice_labels(choices)
-            output_spec(choices=labels)  # duplicates, blank or overlong labels: one line
+            spec = output_spec(choices=labels)  # duplicate or blank labels: one line
             options["choices"] = labels
             if scores:
                 options["scores"] = True
         if schema is not None:
             value = schema_object(schema, namespace)
-            output_spec(schema=value)  # a schema that cannot be a set of columns: one line
+            spec = output_spec(schema=value)  # a schema that cannot be columns: one line
             options["schema"] = value
     except ChatError as exc:
         flag = "--choices" if choices is not None else f"--schema {schema}"
         raise UsageError(f"{name} {flag}: {exc}") from None
-    return options
+    return options, spec
+
+
+def dry_run_note(session: Any, options: Mapping[str, Any]) -> str | None:
+    """The dry run's line on what a typed map's answer adds to every row's request (None for
+    free text): the endpoint's kind decides where the rule and the schema travel."""
+    if not any(options.get(k) for k in ("choices", "schema", "filter")):
+        return None
+    from ipychat.engine.prepare import structured_kind
+
+    spec = output_spec(
+        schema=options.get("schema"),
+        choices=options.get("choices"),
+        filter=bool(options.get("filter")),
+    )
+    engine = session.engine
+    return typed_note(spec, options.get("model") or engine.model, structured_kind(engine))
+
+
+def typed_note(spec: OutputSpec, model: str, kind: EndpointKind) -> str:
+    """What a typed answer adds to every row's request: `The labels add ≈31 prompt tokens
+    per row (counted above): the rule in the system prompt, ...`."""
+    what = {"choices": "The labels add", "schema": "The schema adds", "filter": "Yes/no adds"}
+    tokens = spec.prompt_tokens(model, kind)
+    carried = "the rule in the system prompt"
+    if spec.schema_tokens(model, kind):
+        carried += " and the schema in response_format"
+    elif kind == "prompt" and spec.mode == "schema":
+        carried = "the rule and the schema in the system prompt"
+    elif kind != "prompt":
+        carried += f", decoding constrained by the server ({kind})"
+    return f"{what[spec.mode]} ≈{tokens:,} prompt tokens per row (counted above): {carried}."
 
 
 def _is_model_class(value: Any) -> bool:
