@@ -39,6 +39,7 @@ from ipychat.core.tokens import count_text
 __all__ = [
     "ENDPOINT_KINDS",
     "EndpointKind",
+    "InvalidReply",
     "OutputSpec",
     "Parsed",
     "endpoint_kind",
@@ -83,6 +84,16 @@ def endpoint_kind(setting: str, *, base_url: str, local: bool) -> EndpointKind:
             f"Unknown structured-output kind {setting!r}: use auto, {', '.join(ENDPOINT_KINDS)}."
         )
     return setting  # type: ignore[return-value]
+
+
+class InvalidReply(ChatError):
+    """A typed reply that does not fit its spec, even when asked again; `reply` is the last
+    reply (its text is what came back), `error` what is wrong with it."""
+
+    def __init__(self, message: str, *, reply: Any = None, error: str = "") -> None:
+        super().__init__(message)
+        self.reply = reply
+        self.error = error
 
 
 @dataclass(frozen=True)

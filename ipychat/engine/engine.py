@@ -157,12 +157,13 @@ class Engine:
     def host(self) -> str:
         return self.router.host(self.settings)
 
-    def cache_key(self, body: dict[str, Any]) -> str:
+    def cache_key(self, body: dict[str, Any], salt: str = "") -> str:
         """The cache key of a request body on this endpoint. The endpoint is its URL plus
-        Azure's api-version (a query parameter the body does not carry; it can change replies)."""
+        Azure's api-version (a query parameter the body does not carry; it can change replies);
+        `salt` is what else decides a reply's use (a typed reply's `OutputSpec.digest`)."""
         version = self.settings.azure_api_version
         endpoint = f"{self.base_url}?api-version={version}" if version else self.base_url
-        return cache_key(endpoint, body)
+        return cache_key(f"{endpoint}#output={salt}" if salt else endpoint, body)
 
     @property
     def model(self) -> str:

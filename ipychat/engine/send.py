@@ -50,7 +50,7 @@ async def request(
 ) -> Exchange:
     """See `Engine.request`."""
     body = prepared.body
-    key = engine.cache_key(body)
+    key = engine.cache_key(body, prepared.cache_salt)
     store = engine.cache if sending.cache != "off" and engine.settings.cache else None
     if store is not None and sending.cache == "use":
         hit = store.get(key)

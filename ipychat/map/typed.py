@@ -35,7 +35,7 @@ from typing import Any, Literal
 from ipychat.core.schema import Field, parse_iso
 from ipychat.core.structured import OutputSpec, Parsed
 
-__all__ = ["TypedColumns", "filter_rows", "typed_columns"]
+__all__ = ["Library", "TypedColumns", "filter_rows", "typed_columns"]
 
 Library = Literal["pandas", "polars"]
 
