@@ -2,9 +2,10 @@
 
 A view over the same engine as `%%chatmap` (`ipychat.map.job` with `filter=True`): the cell
 is a yes/no question with {column} placeholders, asked of every row in parallel, the answer
-constrained to yes or no where the server can and checked always. The kept rows are the
-cell's result, or go to `--into VAR`; DF itself is never changed. A row whose answer failed
-is not kept, and the summary line says so and how to retry it.
+constrained to yes or no where the server can and checked always (`ipychat.map.job.
+run_filter`, what `session.filter` runs). The kept rows are the cell's result, or go to
+`--into VAR`; DF itself is never changed. A row whose answer failed is not kept, and the
+summary line says so, quotes the first error and says how to retry.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
     from ipychat.session import ChatSession
 
 __all__ = ["ChatFilterMagics", "filter_line"]
-
-_ANSWER = "_keep"  # the decision column while the map runs, when --decision names none
 
 
 @magics_class
@@ -62,8 +61,7 @@ class ChatFilterMagics(Magics):
     @argument(
         "--decision",
         metavar="COL",
-        help="Keep each row's answer (True/False) in column COL of DF, so the dropped rows "
-        "can be looked at too.",
+        help="Keep the answers as a boolean column COL of the kept rows (default: not added).",
     )
     @argument("--limit", type=int, metavar="N", help="Only ask of the first N rows.")
     @argument(
@@ -77,7 +75,7 @@ class ChatFilterMagics(Magics):
 
         The answer is constrained to yes or no where the server can, and checked always. The
         plan (rows, cached rows, tokens, cost) is shown before anything is sent; re-running the
-        cell answers from the cache. DF is left as it is, but for --decision's column.
+        cell answers from the cache. DF is left as it is; a row that failed is not kept.
         """
         args = parse_line(self.chatfilter, line, "%%chatfilter")
         if args is None:
@@ -97,12 +95,12 @@ class ChatFilterMagics(Magics):
 
     def _filter(self, args: Any, df: Any, cell: str) -> Any:
         from ipychat.map import job as chatmap
+        from ipychat.map.frame import Frame
         from ipychat.notebook.display import in_notebook, show_markdown
 
+        Frame(df, args.df)  # not a DataFrame: the map's own one-line error, before planning
         notebook = in_notebook(self.shell)
-        column = args.decision or _ANSWER
         options: dict[str, Any] = {
-            "filter": True,
             "model": args.model,
             "system": args.system,
             "temperature": args.temperature,
@@ -119,18 +117,17 @@ class ChatFilterMagics(Magics):
         }
         view = ProgressView(notebook=notebook)
         if args.dry_run:
-            view.plan(chatmap.plan(self.session, df, cell, column, **options))
-            note = dry_run_note(self.session, options)
+            view.plan(chatmap.filter_frame(self.session, df, cell, dry_run=True, **options))
+            note = dry_run_note(self.session, {**options, "filter": True})
             if note is not None:
                 show_markdown(note, notebook=notebook)
             return None
         try:
-            result = chatmap.run(
+            outcome = chatmap.run_filter(
                 self.session,
                 df,
                 cell,
-                column,
-                inplace=False,
+                decision=args.decision,
                 progress=view.update,
                 on_plan=view.plan,
                 **options,
@@ -138,86 +135,40 @@ class ChatFilterMagics(Magics):
         except (chatmap.MapInterrupted, chatmap.MapAborted):
             view.finish(False)
             raise
-        view.finish(result.summary.failed == 0)
-        kept, line = self._kept(args, df, result)
-        show_markdown(line, notebook=notebook)
+        view.finish(outcome.result.summary.failed == 0)
+        show_markdown(filter_line(args.df, outcome, into=args.into), notebook=notebook)
         if args.into is None:
-            return kept
+            return outcome.frame  # the cell's result: shown, and in Out and _
         if self.shell is not None:
-            self.shell.user_ns[args.into] = kept
+            self.shell.user_ns[args.into] = outcome.frame
         from IPython.display import display
 
-        display(kept.head())
+        display(outcome.frame.head())
         return None
 
-    def _kept(self, args: Any, df: Any, result: Any) -> tuple[Any, str]:
-        """The kept rows (DF's columns only) and the summary line; --decision's column is
-        written into DF too (pandas in place, polars rebound)."""
-        from ipychat.map.typed import filter_rows
 
-        frame, column = result.frame, args.decision or _ANSWER
-        decisions = list(frame[column])
-        kept = filter_rows(df, decisions)
-        if args.decision is not None:
-            kept = filter_rows(_with_column(df, frame, column), decisions)
-            if self.shell is not None:
-                self.shell.user_ns[args.df] = _with_column(df, frame, column, inplace=True)
-        errors = list(frame[result.summary.error_column]) if result.summary.failed else []
-        line = filter_line(
-            args.df,
-            decisions,
-            errors,
-            summary=result.summary,
-            into=args.into,
-            decision=args.decision,
-        )
-        return kept, line
-
-
-def _with_column(df: Any, frame: Any, column: str, *, inplace: bool = False) -> Any:
-    """DF with the decision column of the map's frame added (a pandas frame in place when
-    asked; a polars frame is immutable, so a new one)."""
-    if type(df).__module__.split(".")[0] == "polars":
-        return df.with_columns(frame[column])
-    target = df if inplace else df.copy()
-    target[column] = (
-        frame[column].to_numpy() if hasattr(frame[column], "to_numpy") else frame[column]
-    )
-    return target
-
-
-def filter_line(
-    name: str,
-    decisions: list[Any],
-    errors: list[Any],
-    *,
-    summary: Any,
-    into: str | None,
-    decision: str | None,
-) -> str:
-    """`Kept 3 of 5 rows of reviews (2 dropped, 0 failed) in 1.2 s (5 sent, 0 cached) · $0.00 ·
-    written to food_reviews`, and where a failed row's error is and how to retry it."""
+def filter_line(name: str, outcome: Any, *, into: str | None) -> str:
+    """`Kept 3 of 5 rows (2 answered no, 0 without an answer) in 1.2 s (5 sent, 0 cached) ·
+    $0.00 · written to food_reviews`, and for rows that failed, the first error and how to
+    retry them (a failed row is not kept, so its error is quoted here)."""
     from ipychat.core.pricing import format_usd
 
-    yes = sum(1 for d in decisions if d is True)
-    no = sum(1 for d in decisions if d is False)
-    failed = sum(1 for e in errors if isinstance(e, str))
-    rows = len(decisions)
+    summary = outcome.result.summary
     text = (
-        f"Kept {yes:,} of {rows:,} row{'' if rows == 1 else 's'} of {name} ({no:,} dropped, "
-        f"{failed:,} failed"
-        + (f", {summary.skipped:,} skipped" if summary.skipped else "")
-        + f") in {summary.elapsed:.1f} s ({summary.sent:,} sent, {summary.cached:,} cached) · "
-        f"{format_usd(summary.cost)}"
+        f"{outcome.line()} in {summary.elapsed:.1f} s ({summary.sent:,} sent, "
+        f"{summary.cached:,} cached) · {format_usd(summary.cost)}"
     )
     if into is not None:
         text += f" · written to {into}"
-    if decision is not None:
-        text += f" · answers in {name}[{decision!r}]"
-    if failed:
-        first = next(e for e in errors if isinstance(e, str))
+    if summary.failed:
+        frame = outcome.result.frame
+        errors = [e for e in list(frame[summary.error_column]) if isinstance(e, str) and e]
+        first = f" (first: {errors[0]})" if errors else ""
+        noun = "row" if summary.failed == 1 else "rows"
         text += (
-            f" · {failed:,} failed row{'' if failed == 1 else 's'} not kept (first: {first}); "
-            "re-run the cell to retry only those rows."
+            f" · {summary.failed:,} {noun} failed and {'is' if summary.failed == 1 else 'are'} "
+            f"not kept{first}: re-run the cell to retry only those rows."
         )
+    if summary.note:
+        text += f" · {summary.note}"
     return text

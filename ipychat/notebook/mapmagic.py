@@ -137,11 +137,6 @@ class ChatMapMagics(Magics):
         help="A Pydantic model class or JSON-schema dict in the notebook: the reply is one "
         "object, written as one column per field, of the field's dtype.",
     )
-    @argument(
-        "--scores",
-        action="store_true",
-        help="With --choices: a probability column per label, from the server's logprobs.",
-    )
     @run_options
     @argument_group("Batch API")
     @argument(

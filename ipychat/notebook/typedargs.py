@@ -4,7 +4,7 @@
 named Invoice in the notebook (a Pydantic model class or a JSON-schema dict), each checked
 here through `ipychat.core.structured.output_spec`, so every unusable one is refused in one
 line (a `UsageError`) before a row is rendered or a request sent. What comes out is the
-keyword arguments `session.map` takes (`choices=[...]`, `schema=...`, `scores=True`).
+keyword arguments `session.map` takes (`choices=[...]`, `schema=...`).
 """
 
 from __future__ import annotations
@@ -82,10 +82,9 @@ def typed_options(
     args: Any, namespace: Mapping[str, Any], *, name: str = "%%chatmap"
 ) -> tuple[dict[str, Any], OutputSpec | None]:
     """The typed keyword arguments for `session.map` from parsed flags (`choices`, `schema`,
-    `scores`, `json`), checked (only the ones given are returned), and the spec they make."""
+    `json`), checked (only the ones given are returned), and the spec they make."""
     choices = getattr(args, "choices", None)
     schema = getattr(args, "schema", None)
-    scores = getattr(args, "scores", False)
     if choices is not None and schema is not None:
         raise UsageError(
             f"{name}: --choices and --schema are two kinds of answer: give one (a label "
@@ -94,8 +93,6 @@ def typed_options(
     if getattr(args, "json", False) and (choices is not None or schema is not None):
         flag = "--choices" if choices is not None else "--schema"
         raise UsageError(f"{name}: {flag} replaces --json: leave --json out.")
-    if scores and choices is None:
-        raise UsageError(f"{name}: --scores gives a probability per label: it goes with --choices.")
     options: dict[str, Any] = {}
     spec: OutputSpec | None = None
     try:
@@ -103,8 +100,6 @@ def typed_options(
             labels = choice_labels(choices)
             spec = output_spec(choices=labels)  # duplicate or blank labels: one line
             options["choices"] = labels
-            if scores:
-                options["scores"] = True
         if schema is not None:
             value = schema_object(schema, namespace)
             spec = output_spec(schema=value)  # a schema that cannot be columns: one line
@@ -128,21 +123,33 @@ def dry_run_note(session: Any, options: Mapping[str, Any]) -> str | None:
         filter=bool(options.get("filter")),
     )
     engine = session.engine
-    return typed_note(spec, options.get("model") or engine.model, structured_kind(engine))
+    system = options.get("system")
+    base = system if system is not None else engine.settings.system
+    model = options.get("model") or engine.model
+    return typed_note(spec, model, structured_kind(engine), base or "")
 
 
-def typed_note(spec: OutputSpec, model: str, kind: EndpointKind) -> str:
-    """What a typed answer adds to every row's request: `The labels add ≈31 prompt tokens
-    per row (counted above): the rule in the system prompt, ...`."""
+def typed_note(spec: OutputSpec, model: str, kind: EndpointKind, system: str = "") -> str:
+    """What a typed answer adds to every row's request, beside a `system` prompt (none: "");
+    e.g. `The labels add ≈31 prompt tokens per row (counted above): the rule in the system
+    prompt, ...`. Counted as the plan counts: the messages with and without the rule (a
+    system message of its own carries its framing tokens), plus the schema sent beside them."""
+    from ipychat.core.tokens import count_messages
+
+    rule = spec.instruction(kind)
+    user = {"role": "user", "content": ""}
+    typed = [{"role": "system", "content": f"{system}\n\n{rule}" if system else rule}, user]
+    plain = [{"role": "system", "content": system}, user] if system else [user]
+    tokens = count_messages(typed, model).tokens - count_messages(plain, model).tokens
+    tokens += spec.schema_tokens(model, kind)
     what = {"choices": "The labels add", "schema": "The schema adds", "filter": "Yes/no adds"}
-    tokens = spec.prompt_tokens(model, kind)
     carried = "the rule in the system prompt"
     if spec.schema_tokens(model, kind):
         carried += " and the schema in response_format"
     elif kind == "prompt" and spec.mode == "schema":
         carried = "the rule and the schema in the system prompt"
     elif kind != "prompt":
-        carried += f", decoding constrained by the server ({kind})"
+        carried += f"; the server ({kind}) constrains the reply"
     return f"{what[spec.mode]} ≈{tokens:,} prompt tokens per row (counted above): {carried}."
 
 
