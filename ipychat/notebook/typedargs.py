@@ -143,13 +143,14 @@ def typed_note(spec: OutputSpec, model: str, kind: EndpointKind, system: str = "
     tokens = count_messages(typed, model).tokens - count_messages(plain, model).tokens
     tokens += spec.schema_tokens(model, kind)
     what = {"choices": "The labels add", "schema": "The schema adds", "filter": "Yes/no adds"}
-    carried = "the rule in the system prompt"
-    if spec.schema_tokens(model, kind):
-        carried += " and the schema in response_format"
-    elif kind == "prompt" and spec.mode == "schema":
-        carried = "the rule and the schema in the system prompt"
-    elif kind != "prompt":
-        carried += f"; the server ({kind}) constrains the reply"
+    if spec.schema_tokens(model, kind):  # OpenAI bills the response_format schema as input
+        carried = "the rule in the system prompt and the schema in response_format"
+    elif spec.mode == "schema":  # every other kind reads the schema in the prompt too
+        carried = "the rule with the schema in the system prompt"
+    else:
+        carried = "the rule in the system prompt"
+    if kind != "prompt":
+        carried += f"; the server ({kind}) constrains the reply to it"
     return f"{what[spec.mode]} ≈{tokens:,} prompt tokens per row (counted above): {carried}."
 
 
