@@ -214,6 +214,15 @@ class OutputSpec:
     def digest(self) -> str:
         return hashlib.sha256(self.canonical().encode("utf-8")).hexdigest()
 
+    def as_options(self) -> dict[str, Any]:
+        """The spec as JSON-able options of `output_spec` (a Pydantic model as its JSON
+        schema, whose spec has the same wire form and digest): what a Batch job stores."""
+        if self.mode == "choices":
+            return {"choices": list(self.labels)}
+        if self.mode == "filter":
+            return {"filter": True}
+        return {"schema": dict(self.source)}
+
     # ----- what comes back ---------------------------------------------------------------
 
     def parse(self, text: str) -> Parsed:

@@ -23,7 +23,7 @@ from ipychat.core.structured import EndpointKind, OutputSpec, Parsed
 from ipychat.engine.prepare import Prepared, RequestOptions, fall_back, format_refused
 from ipychat.map.frame import cut_note, parse_object
 from ipychat.map.plan import CachedRequest, MapRequest, request_key
-from ipychat.map.typed import Library, typed_columns
+from ipychat.map.typed import Library, keep_tail, typed_columns
 
 if TYPE_CHECKING:
     from ipychat.engine.engine import Engine
@@ -43,6 +43,7 @@ class Answers:
     frame: Frame
     outputs: list[str]
     json: bool
+    n: int  # the rows processed (--limit)
     default_cap: int | None
     counters: Counters
     _dispatcher: Dispatcher
@@ -213,4 +214,9 @@ class Answers:
         for i, problem in enumerate(typed.errors):
             if errors[i] is None and problem is not None:
                 errors[i] = problem
+        n = self.n
+        if n < len(self.frame):  # --limit: the rows past it keep what the frame had
+            for name, column in typed.columns.items():
+                if name in self.frame.columns:
+                    typed.columns[name] = keep_tail(column, self.frame.column(name), n)
         return typed.columns

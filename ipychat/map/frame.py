@@ -76,6 +76,10 @@ class Frame:
             mask = mask | series.is_nan()
         return mask.to_list()
 
+    def column(self, column: str) -> Any:
+        """The column itself (a pandas or polars Series)."""
+        return self.df[column] if self.kind == "pandas" else self.df.get_column(column)
+
     def existing(self, column: str) -> list[Any] | None:
         if column not in self.columns:
             return None

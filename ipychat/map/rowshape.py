@@ -61,6 +61,7 @@ class RowShape:
         self._fixed = count_messages_bound(base["messages"])
         self._room = window - int(base["max_tokens"])
         self._key_parts = self._key_template()
+        self._estimate = engine.estimator(base["model"], base["max_tokens"])
 
     @classmethod
     def probe(cls, engine: Engine, options: RequestOptions, salt: str = "") -> RowShape | None:
@@ -87,7 +88,9 @@ class RowShape:
 
     def prepare(self, prompt: str, masked: str) -> Prepared:
         """The row's request, estimated exactly (ContextLengthError if it does not fit)."""
-        prepared = self.engine.prepare_body(prompt, self.body(prompt), label="map", masked=masked)
+        prepared = self.engine.prepare_body(
+            prompt, self.body(prompt), label="map", masked=masked, estimator=self._estimate
+        )
         prepared.cache_salt = self.salt
         return prepared
 
