@@ -295,3 +295,27 @@ def test_chatfilter_on_a_polars_frame(shell: Any) -> None:
     kept = shell.user_ns["kept"]
     assert type(kept).__module__.startswith("polars")
     assert kept["text"].to_list() == ["great pasta"] and kept["food"].dtype == pl.Boolean
+
+
+def test_choices_on_a_polars_frame_rebind_it_with_an_enum_column(shell: Any) -> None:
+    pl = pytest.importorskip("polars")
+    shell.user_ns["notes"] = pl.DataFrame({"text": ["great pasta", "rude waiter"]})
+    with FakeOpenAIServer(reply=lambda b: "good" if "pasta" in _user(b) else "bad") as server:
+        shell.run_line_magic("chat", f"endpoint {server.base_url}")
+        run(shell, "chatmap", "notes -o mood --choices good,bad", "{text}")
+    out = shell.user_ns["notes"]
+    assert out["mood"].to_list() == ["good", "bad"]
+    assert out["mood"].dtype == pl.Enum(["good", "bad"])
+
+
+def test_typed_flags_reach_the_batch_plan(shell: Any, fake: FakeOpenAIServer) -> None:
+    import re
+
+    def tokens(line: str) -> int:
+        _, shown = run(shell, "chatmap", f"reviews -o mood {line} --batch --dry-run", "{text}")
+        assert "Batch API: 3 requests" in shown
+        return int(re.search(r"([\d,]+) prompt tokens", shown).group(1).replace(",", ""))  # type: ignore[union-attr]
+
+    # the labels' rule and schema are in the batch's requests too (so in its price)
+    assert tokens("--choices good,bad") > tokens("")
+    assert fake.chat_requests == []
