@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from ipychat.core.errors import ChatError, ConfigError
+from ipychat.core.errors import InvalidReply as InvalidReply
 from ipychat.core.keys import canonical_json
 from ipychat.core.schema import Field, SchemaShape, parse_iso, read_schema
 from ipychat.core.tokens import count_text
@@ -84,16 +85,6 @@ def endpoint_kind(setting: str, *, base_url: str, local: bool) -> EndpointKind:
             f"Unknown structured-output kind {setting!r}: use auto, {', '.join(ENDPOINT_KINDS)}."
         )
     return setting  # type: ignore[return-value]
-
-
-class InvalidReply(ChatError):
-    """A typed reply that does not fit its spec, even when asked again; `reply` is the last
-    reply (its text is what came back), `error` what is wrong with it."""
-
-    def __init__(self, message: str, *, reply: Any = None, error: str = "") -> None:
-        super().__init__(message)
-        self.reply = reply
-        self.error = error
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ __all__ = ["RowShape", "request_key"]
 def request_key(engine: Engine, body: dict[str, Any], salt: str = "") -> str:
     """The cache key of a request body (the engine's: it knows the endpoint's every part);
     `salt`: a typed reply's spec digest (`Prepared.cache_salt`)."""
-    return engine.cache_key(body, salt)
+    return engine.cache_key(body, salt) if salt else engine.cache_key(body)
 
 
 # Stands in for a row's prompt while the shared parts are worked out (unique per process, so

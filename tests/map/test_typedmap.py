@@ -521,3 +521,32 @@ def test_rows_past_the_limit_keep_what_the_frame_had(make_session) -> None:
     assert polars["s"].to_list() == ["positive", "negative", "y", None]
     assert enum_pl["s"].to_list() == ["positive", "negative", "neutral", None]
     assert enum_pl.schema["s"] == pl.Enum(LABELS)
+
+
+def test_duplicate_rows_share_one_typed_request(make_session) -> None:
+    answers = {"same": {"label": "negative"}, "other": {"label": "neutral"}}
+    with FakeOpenAIServer(reply=answering(answers)) as server:
+        session = make_session(server)
+        df = pd.DataFrame({"t": ["same", "other", "same", "same"]})
+        out = session.map(df, "Text: {t}", "s", choices=LABELS)
+        assert len(server.chat_requests) == 2
+    assert out["s"].tolist() == ["negative", "neutral", "negative", "negative"]
+
+
+def test_max_cost_and_the_filters_dry_run_count_the_schema(make_session) -> None:
+    with FakeOpenAIServer() as server:
+        session = make_session(server)
+        df = pd.DataFrame({"t": [f"row {i}" for i in range(20)]})
+        plain = session.map(df, "Extract from: {t}", max_tokens=40, dry_run=True)
+        typed = session.map(df, "Extract from: {t}", schema=Invoice, max_tokens=40, dry_run=True)
+        between = (plain.cost_high + typed.cost_high) / 2
+        session.map(df, "Extract from: {t}", max_tokens=40, max_cost=between, dry_run=True)
+        with pytest.raises(Exception, match="This map may cost up to"):
+            session.map(df, "Extract from: {t}", schema=Invoice, max_tokens=40, max_cost=between)
+        filtered = session.filter(df, "Is {t} odd?", dry_run=True)
+        assert server.chat_requests == []
+    asked = session.map(df, "Is {t} odd?", "x", dry_run=True)
+    rule = session.count(
+        [{"role": "system", "content": output_spec(filter=True).instruction("openai")}]
+    ).tokens
+    assert filtered.prompt_tokens > asked.prompt_tokens + 20 * (rule - 3)

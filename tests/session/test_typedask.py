@@ -12,8 +12,9 @@ from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 from pydantic import BaseModel
 
-from ipychat.core.structured import InvalidReply, output_spec
+from ipychat.core.structured import output_spec
 from ipychat.engine.cache import ResponseCache
+from ipychat.errors import InvalidReply
 from ipychat.session import ChatSession, Settings, reset_session
 from ipychat.testing import FakeOpenAIServer, Fault
 
