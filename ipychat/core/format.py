@@ -17,11 +17,13 @@ if TYPE_CHECKING:  # annotations only: `Reply._repr_markdown_` imports this modu
 __all__ = [
     "ModelUsage",
     "UsageRecord",
+    "compare_line",
     "estimate_line",
     "estimate_text",
     "footer",
     "footer_markdown",
     "plural",
+    "replaced_lines",
     "streaming_footer",
     "usage_markdown",
 ]
@@ -87,6 +89,7 @@ def footer(reply: Reply, *, turns: int | None = None) -> str:
     if turns is not None:
         thread += f" ({turns} turn{'s' if turns != 1 else ''})"
     parts.append(thread)
+    parts.extend(replaced_lines(reply))
     if reply.dropped_turns:
         n = reply.dropped_turns
         parts.append(f"{n} early turn{'s' if n != 1 else ''} left out to fit the context")
@@ -99,6 +102,31 @@ def footer(reply: Reply, *, turns: int | None = None) -> str:
     elif reply.finish_reason == "length":
         parts.append("cut at max tokens")
     return " · ".join(parts)
+
+
+def compare_line(reply: Reply) -> str:
+    """One model's figures under its reply in a comparison: `412 → 96 tokens · $0.00012 · 1.8 s`."""
+    parts = [_tokens(reply.usage)]
+    if reply.cached:
+        parts.append(f"cached (saved {format_usd(reply.saved)})")
+    else:
+        parts += [format_usd(reply.cost), f"{reply.latency:.1f} s"]
+    if reply.finish_reason == "length":
+        parts.append("cut at max tokens")
+    return " · ".join(parts)
+
+
+def replaced_lines(reply: Reply) -> list[str]:
+    """A re-run cell's footer: `replaced turn 2 · 1 later turn was answered with the old text`."""
+    if not reply.replaced:
+        return []
+    parts = [f"replaced turn {reply.turn}"]
+    if reply.later_turns:
+        n = reply.later_turns
+        parts.append(
+            f"{plural(n, 'later turn')} {'was' if n == 1 else 'were'} answered with the old text"
+        )
+    return parts
 
 
 def footer_markdown(footer: str) -> str:

@@ -74,6 +74,7 @@ class Prepared:
     max_cost: float | None = None
     label: str = "main"  # the ledger's thread column
     masked: str = ""  # what the redact setting masked in the prompt ("" when nothing)
+    cell: str | None = None  # the notebook cell it came from: its turn replaces the cell's last
 
 
 def build_body(
