@@ -40,6 +40,7 @@ class TurnRecord:
     prompt: str
     reply: str
     cell: str | None = None
+    record: dict[str, Any] | None = None  # how the reply was made (`Reply.record()`)
 
 
 class Conversations:
@@ -97,13 +98,16 @@ class Conversations:
                 thread.clear()
             index = thread.turn_of(cell)
             if index is None:
-                index = thread.add_turn(prepared.prompt, reply.text, cell)
-                return dataclasses.replace(reply, turn=index + 1, cell=cell)
-            thread.replace_turn(index, prepared.prompt, reply.text)
+                index = thread.turns
+                reply = dataclasses.replace(reply, turn=index + 1, cell=cell)
+                thread.add_turn(prepared.prompt, reply.text, cell, reply.record())
+                return reply
             later = thread.turns - index - 1
-        return dataclasses.replace(
-            reply, turn=index + 1, cell=cell, replaced=True, later_turns=later
-        )
+            reply = dataclasses.replace(
+                reply, turn=index + 1, cell=cell, replaced=True, later_turns=later
+            )
+            thread.replace_turn(index, prepared.prompt, reply.text, reply.record())
+        return reply
 
     def restore(self, name: str, turns: Sequence[TurnRecord], *, replace: bool = False) -> Thread:
         """A thread made of `turns` (`%chat import`); an existing non-empty thread is refused
@@ -117,6 +121,6 @@ class Conversations:
                 )
             thread.clear()
             for turn in turns:
-                thread.add_turn(turn.prompt, turn.reply, turn.cell)
+                thread.add_turn(turn.prompt, turn.reply, turn.cell, turn.record)
         self._changed(name)
         return thread

@@ -8,6 +8,7 @@ and turns ipychat's errors into one-line UsageErrors.
 from __future__ import annotations
 
 import getpass
+import json
 import re
 import shlex
 from collections.abc import Callable
@@ -215,11 +216,58 @@ class ChatCommands:
         from ipychat.core.markdown import history_markdown
         from ipychat.notebook.display import show_rendered
 
-        plain = "\n\n".join(f"{m['role']}: {m.get('content') or ''}" for m in thread.messages)
+        plain, markdown = [], []
+        for index in range(thread.turns):  # each turn under the cell it came from, if any
+            pair = thread.messages[2 * index : 2 * index + 2]
+            cell = thread.cell_of(index)
+            head = f"turn {index + 1}" + (f" · cell {cell}" if cell else "")
+            plain.append(f"[{head}]\n" + "\n\n".join(f"{m['role']}: {m['content']}" for m in pair))
+            markdown.append(f"<sub>`{head}`</sub>\n\n{history_markdown(pair)}")
         if self.notebook:
-            show_rendered(history_markdown(thread.messages), plain)
+            show_rendered("\n\n".join(markdown), "\n\n".join(plain))
         else:
-            print(plain)
+            print("\n\n".join(plain))
+
+    def cmd_export(self, rest: list[str]) -> None:
+        from pathlib import Path
+
+        from ipychat.notebook import transcript
+
+        words = [w for w in rest if w != "--force"]
+        if len(words) not in (1, 2):
+            raise UsageError("%chat export [THREAD] FILE.md|FILE.ipynb [--force]")
+        thread = self.session.thread(words[0] if len(words) == 2 else None, create=False)
+        path = Path(words[-1]).expanduser()
+        if path.suffix not in (".md", ".ipynb"):
+            raise UsageError(f"%chat export {path}: name a .md or an .ipynb file.")
+        if not thread.messages:
+            raise UsageError(f"thread {thread.name} is empty: nothing to export.")
+        if path.suffix == ".md":
+            text = transcript.export_markdown(thread)
+        else:
+            text = json.dumps(transcript.export_notebook(thread), indent=1, ensure_ascii=False)
+        transcript.write_new(path, text, force="--force" in rest)
+        self.show(f"thread {thread.name} ({fmt.plural(thread.turns, 'turn')}) written to {path}")
+
+    def cmd_import(self, rest: list[str]) -> None:
+        from pathlib import Path
+
+        from ipychat.notebook import transcript
+
+        words = [w for w in rest if w != "--force"]
+        name = None
+        if "--thread" in words:
+            at = words.index("--thread")
+            if at + 1 >= len(words):
+                raise UsageError("%chat import FILE.ipynb --thread NAME: name the thread.")
+            name = words.pop(at + 1)
+            words.pop(at)
+        if len(words) != 1 or not words[0].endswith(".ipynb"):
+            raise UsageError("%chat import FILE.ipynb [--thread NAME] [--force]")
+        path = Path(words[0]).expanduser()
+        found, turns = transcript.read_notebook(path)
+        thread = self.session.restore(name or found, turns, replace="--force" in rest)
+        self.show(f"thread {thread.name}: {fmt.plural(thread.turns, 'turn')} from {path}")
 
     def cmd_reset(self, rest: list[str]) -> None:
         self.session.reset(rest[0] if rest else None)
