@@ -51,7 +51,7 @@ def test_without_a_cell_id_turns_append(ip, fake, session) -> None:
 
 
 def test_the_terminal_prints_once_and_underscore_holds_the_reply(ip, fake) -> None:
-    result, out = cell(ip, "%%chat\nhello", "c")
+    _, out = cell(ip, "%%chat\nhello", "c")
     assert out.stdout.count("Echo: hello") == 1  # streamed, not printed again as Out[n]
     assert "Out[" not in out.stdout
     reply = ip.user_ns["_"]
@@ -134,7 +134,7 @@ def test_export_refuses_to_overwrite_without_force(ip, fake, tmp_path: Path) -> 
     make_thread(ip)
     target = tmp_path / "notes.md"
     target.write_text("mine")
-    result, out = cell(ip, f"%chat export notes {target}")
+    _, out = cell(ip, f"%chat export notes {target}")
     assert "exists: add --force to overwrite it." in out.stderr + out.stdout
     assert "Traceback" not in out.stdout + out.stderr and target.read_text() == "mine"
     cell(ip, f"%chat export notes {target} --force")
@@ -194,7 +194,7 @@ def test_an_exported_notebook_runs_again_without_re_interpolating(ip, fake, tmp_
 
 
 def test_compare_in_a_cell_sends_one_request_per_model(ip, fake, session) -> None:
-    result, out = cell(ip, "%%chat -m gpt-4o-mini,gpt-4.1-mini -o both\nWhich is better?", "k")
+    _, out = cell(ip, "%%chat -m gpt-4o-mini,gpt-4.1-mini -o both\nWhich is better?", "k")
     assert sorted(r.body["model"] for r in fake.chat_requests) == ["gpt-4.1-mini", "gpt-4o-mini"]
     assert "── gpt-4o-mini (kept) ──" in out.stdout and "── gpt-4.1-mini ──" in out.stdout
     assert out.stdout.count("tokens · $") == 2  # each model's tokens, cost and time
