@@ -86,6 +86,8 @@ def footer(reply: Reply, *, turns: int | None = None) -> str:
         parts.append(format_usd(reply.cost))
         parts.append(f"{reply.latency:.1f} s")
     thread = f"thread {reply.thread}"
+    if turns is None and reply.turn:  # how many turns the thread had when it answered
+        turns = reply.turn + reply.later_turns
     if turns is not None:
         thread += f" ({turns} turn{'s' if turns != 1 else ''})"
     parts.append(thread)
