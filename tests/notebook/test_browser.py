@@ -774,13 +774,12 @@ def test_a_chat_cell_run_three_times_in_jupyterlab(
 def _drive_rerun(page: Any, lab: Lab, fake: FakeOpenAIServer, shots: Callable[[str], str]) -> None:
     cells = _open(page, lab, "rerun.ipynb")
     _run(cells, page, 0)
-    output = _output(cells, 1)
+    output, cell = _output(cells, 1), cells.nth(1)
+    prompt = cell.locator(".jp-InputArea-prompt")
     for run in range(3):
-        cell = cells.nth(1)
         cell.locator(".jp-InputArea-editor").click()
         page.keyboard.press("Shift+Enter")
         _wait(lambda: "streaming" in output.inner_text(), f"run {run + 1} to stream live")
-        prompt = cell.locator(".jp-InputArea-prompt")
         _wait(lambda: re.fullmatch(r"\[\d+\]:", prompt.inner_text().strip()), f"run {run + 1}")
     assert len(fake.chat_requests) == 3
     children = output.locator(".jp-OutputArea-child")
