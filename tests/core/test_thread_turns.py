@@ -77,7 +77,7 @@ def test_the_reply_is_a_result_with_markdown_text_and_metadata() -> None:
     data, metadata = reply()._repr_mimebundle_()
     assert set(data) == {"text/markdown", "text/plain"}
     assert data["text/plain"].startswith("Paris has $5 coffee.\n\n[gpt-4o-mini · 12 → 5 tokens")
-    assert data["text/plain"].endswith("thread geo]")
+    assert data["text/plain"].endswith("thread geo (2 turns)]")  # turn 2, none after it
     assert "Paris has" in data["text/markdown"] and "<sub>`gpt-4o-mini" in data["text/markdown"]
     record = metadata["ipychat"]
     assert record == {
