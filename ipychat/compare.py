@@ -69,7 +69,9 @@ class Comparison:
             for a in self.answers
         )
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+    def _repr_mimebundle_(
+        self, include: Any = None, exclude: Any = None
+    ) -> tuple[dict[str, str], dict[str, Any]]:
         # An HTML table whose cells hold Markdown: CommonMark ends an HTML block at a blank
         # line, so each reply between blank lines is rendered as Markdown, side by side.
         cells = []
@@ -81,7 +83,14 @@ class Comparison:
                 f"{fmt.footer_markdown(answer.line())}\n\n</td>"
             )
         markdown = "<table>\n<tr>\n" + "\n".join(cells) + "\n</tr>\n</table>"
-        return {"text/markdown": markdown, "text/plain": self.text()}
+        data = {"text/markdown": markdown, "text/plain": self.text()}
+        # Saved with the notebook, like a Reply's: how each model answered, and which one the
+        # thread kept.
+        replies = [
+            a.reply.record() if a.reply else {"model": a.model, "error": a.error}
+            for a in self.answers
+        ]
+        return data, {"ipychat": {"kept": self.kept, "compared": replies}}
 
 
 async def compare_on_loop(

@@ -5,7 +5,7 @@ The notebook form is what a notebook of `%%chat` cells saves: one code cell per 
 `%%chat` cell's result (text/markdown, text/plain, metadata `{"ipychat": {...}}`). So
 `%chat import` reads back a notebook written by export and one saved from a session alike:
 the prompt is the cell below its magic line, the reply the output's text/plain without its
-footer line. The notebook is written as nbformat 4.5 JSON by hand (nbformat may not be
+footer line. A comparison's output (`%%chat -m A,B`) is no turn there and is left out. The notebook is written as nbformat 4.5 JSON by hand (nbformat may not be
 installed in a kernel); the tests validate it with nbformat.
 """
 
@@ -134,14 +134,15 @@ def _result(cell: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         if output.get("output_type") not in ("execute_result", "display_data"):
             continue
         plain = output.get("data", {}).get("text/plain")
-        if plain is None:
+        meta = dict(output.get("metadata", {}).get("ipychat") or {})
+        if plain is None or "compared" in meta:  # -m A,B: replies side by side, not a turn
             continue
         plain = "".join(plain) if isinstance(plain, list) else str(plain)
         # Every %%chat output ends with "\n\n[footer]", a line that holds no "\n\n[".
         text, sep, footer = plain.rpartition("\n\n[")
         if not sep or not footer.rstrip().endswith("]"):
             continue
-        return text, dict(output.get("metadata", {}).get("ipychat") or {})
+        return text, meta
     return None
 
 

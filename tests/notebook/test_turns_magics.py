@@ -210,8 +210,34 @@ def test_compare_in_a_cell_sends_one_request_per_model(ip, fake, session) -> Non
 def test_compare_in_notebook_mode_returns_the_comparison(ip, fake) -> None:
     ip.run_line_magic("config", "ChatMagics.display_mode = 'notebook'")
     result, _ = cell(ip, "%%chat -m gpt-4o-mini,gpt-4.1-mini\nhi", "k")
-    markdown = result.result._repr_mimebundle_()["text/markdown"]
+    markdown = result.result._repr_mimebundle_()[0]["text/markdown"]
     assert markdown.count("<td") == 2 and "Echo: hi" in markdown
+
+
+def test_import_leaves_out_a_comparison(ip, fake, session, tmp_path: Path) -> None:
+    # The compared replies end in "\n\n[...]" too: only the metadata tells them apart.
+    cell(ip, "%%chat -m gpt-4o-mini,gpt-4.1-mini\nsecond\n\n[not a footer]", "b")
+    data, metadata = ip.user_ns["_"]._repr_mimebundle_()
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("%%chat\nfirst"),
+        nbformat.v4.new_code_cell("%%chat -m gpt-4o-mini,gpt-4.1-mini\nsecond"),
+    ]
+    nb.cells[0].outputs = [
+        nbformat.v4.new_output(
+            "execute_result",
+            data={"text/plain": "Echo: first\n\n[gpt-4o-mini · thread main (1 turn)]"},
+            metadata={"ipychat": {"thread": "main", "turn": 1}},
+            execution_count=1,
+        )
+    ]
+    nb.cells[1].outputs = [
+        nbformat.v4.new_output("execute_result", data=data, metadata=metadata, execution_count=2)
+    ]
+    path = tmp_path / "saved.ipynb"
+    nbformat.write(nb, path)
+    cell(ip, f"%chat import {path} --thread back")
+    assert [m["content"] for m in session.threads["back"].messages] == ["first", "Echo: first"]
 
 
 @pytest.mark.parametrize(

@@ -136,8 +136,13 @@ def test_compare_sends_one_request_per_model_and_keeps_the_first(
     }
     text = result.text()
     assert "── gpt-4o-mini (kept) ──" in text and "── gpt-4.1-mini ──" in text and "tokens" in text
-    markdown = result._repr_mimebundle_()["text/markdown"]
-    assert markdown.count("<td") == 2 and "**gpt-4o-mini (kept)**" in markdown
+    data, metadata = result._repr_mimebundle_()
+    assert data["text/markdown"].count("<td") == 2
+    assert "**gpt-4o-mini (kept)**" in data["text/markdown"]
+    saved = metadata["ipychat"]
+    assert saved["kept"] == "gpt-4o-mini"
+    assert [r["model"] for r in saved["compared"]] == ["gpt-4o-mini", "gpt-4.1-mini"]
+    assert all(r["usage"]["completion_tokens"] > 0 for r in saved["compared"])
 
 
 def test_compare_keep_names_the_model_the_thread_continues_with(session: ChatSession, fake) -> None:
