@@ -276,31 +276,34 @@ class ChatMagics(Magics):
         }
         from ipychat.notebook.display import LiveReply, show_prompt
 
-        if len(models) > 1 and not args.dry_run:
-            return self._compare(prompt, models, args, options, quiet)
         if args.dry_run:
-            prepared = self.session.prepare(prompt, new=args.new, **options)
-            extra = (
-                f" · {fmt.plural(prepared.dropped_turns, 'early turn')} left out"
-                if prepared.dropped_turns
-                else ""
-            )
-            if prepared.masked:
-                extra += f" · {prepared.masked}"
-            show_prompt(
-                prompt,
-                rendered.spans,
-                fmt.estimate_line(prepared.estimate) + extra,
-                notebook=self.notebook,
-                notes=rendered.notes,
-            )
+            lines = [self._estimate(prompt, args.new, {**options, "model": m}) for m in models]
+            if len(models) > 1:  # -m A,B: one estimate per model, named
+                lines = [f"{m}: {line}" for m, line in zip(models, lines, strict=True)]
+            summary = lines[0] if lines else self._estimate(prompt, args.new, options)
+            notes = (*lines[1:], *rendered.notes)
+            show_prompt(prompt, rendered.spans, summary, notebook=self.notebook, notes=notes)
             return None
+        if len(models) > 1:
+            return self._compare(prompt, models, args, options, quiet)
         live = LiveReply(notebook=self.notebook, code=args.format == "text", quiet=quiet)
         reply = self._stream(prompt, options, _cache_mode(args), args, live)
         if args.format == "text":  # its result shows verbatim too
             reply = replace(reply, extra={**reply.extra, "shown_as": "text"})
         self._deliver(reply, args)
         return self._result(reply, live, quiet)
+
+    def _estimate(self, prompt: str, new: bool, options: dict[str, Any]) -> str:
+        """--dry-run: what sending would cost, and what the history lost to fit."""
+        prepared = self.session.prepare(prompt, new=new, **options)
+        extra = (
+            f" · {fmt.plural(prepared.dropped_turns, 'early turn')} left out"
+            if prepared.dropped_turns
+            else ""
+        )
+        if prepared.masked:
+            extra += f" · {prepared.masked}"
+        return fmt.estimate_line(prepared.estimate) + extra
 
     def _result(self, reply: Reply, live: LiveReply, quiet: bool) -> Reply | None:
         """The cell's result. In a notebook the Reply is returned (Out[n], `_`): the live

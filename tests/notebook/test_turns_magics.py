@@ -254,3 +254,10 @@ def test_compare_errors_are_one_line_and_send_nothing(ip, fake, line: str, error
     _, out = cell(ip, f"%%chat {line}\nhi", "k")
     assert error in out.stderr + out.stdout and "Traceback" not in out.stderr + out.stdout
     assert fake.chat_requests == []
+
+
+def test_compare_dry_run_estimates_each_model_and_sends_nothing(ip, fake) -> None:
+    _, out = cell(ip, "%%chat -m gpt-4o-mini,gpt-4.1-mini --dry-run\nHow much?", "k")
+    assert "gpt-4o-mini: would send 1 message" in out.stdout
+    assert "gpt-4.1-mini: would send 1 message" in out.stdout
+    assert fake.chat_requests == []
