@@ -423,9 +423,12 @@ def _cache_mode(args: Any) -> CacheMode:
 
 def _models(model: str | None, keep: str | None) -> list[str]:
     """-m A,B: the models to compare (one: no comparison); --keep must name one of them."""
-    models = [m.strip() for m in (model or "").split(",") if m.strip()]
-    if model is not None and not models:
-        raise UsageError("-m needs a model name, or several separated by commas.")
+    if model is None or "," not in model:  # one model (or none): checked as ever
+        models = [] if model is None else [model]
+    else:
+        models = [m.strip() for m in model.split(",") if m.strip()]
+        if not models:
+            raise UsageError("-m needs a model name, or several separated by commas.")
     if len(set(models)) != len(models):
         raise UsageError(f"-m {model}: a model is named twice; name each once.")
     if keep is not None and len(models) < 2:
