@@ -8,7 +8,6 @@ and turns ipychat's errors into one-line UsageErrors.
 from __future__ import annotations
 
 import getpass
-import json
 import re
 import shlex
 from collections.abc import Callable
@@ -252,45 +251,14 @@ class ChatCommands:
             print("\n\n".join(plain))
 
     def cmd_export(self, rest: list[str]) -> None:
-        from pathlib import Path
-
         from ipychat.notebook import transcript
 
-        words = [w for w in rest if w != "--force"]
-        if len(words) not in (1, 2):
-            raise UsageError("%chat export [THREAD] FILE.md|FILE.ipynb [--force]")
-        thread = self.session.thread(words[0] if len(words) == 2 else None, create=False)
-        path = Path(words[-1]).expanduser()
-        if path.suffix not in (".md", ".ipynb"):
-            raise UsageError(f"%chat export {path}: name a .md or an .ipynb file.")
-        if not thread.messages:
-            raise UsageError(f"thread {thread.name} is empty: nothing to export.")
-        if path.suffix == ".md":
-            text = transcript.export_markdown(thread)
-        else:
-            text = json.dumps(transcript.export_notebook(thread), indent=1, ensure_ascii=False)
-        transcript.write_new(path, text, force="--force" in rest)
-        self.show(f"thread {thread.name} ({fmt.plural(thread.turns, 'turn')}) written to {path}")
+        self.show(transcript.export_command(self.session, rest))
 
     def cmd_import(self, rest: list[str]) -> None:
-        from pathlib import Path
-
         from ipychat.notebook import transcript
 
-        words = [w for w in rest if w != "--force"]
-        name = None
-        if "--thread" in words:
-            at = words.index("--thread")
-            if at + 1 >= len(words):
-                raise UsageError("%chat import FILE.ipynb --thread NAME: name the thread.")
-            name = words.pop(at + 1)
-            words.pop(at)
-        if len(words) != 1 or not words[0].endswith(".ipynb"):
-            raise UsageError("%chat import FILE.ipynb [--thread NAME] [--force]")
-        path = Path(words[0]).expanduser()
-        found, turns = transcript.read_notebook(path)
-        thread = self.session.restore(name or found, turns, replace="--force" in rest)
-        self.show(f"thread {thread.name}: {fmt.plural(thread.turns, 'turn')} from {path}")
+        self.show(transcript.import_command(self.session, rest))
 
     def cmd_reset(self, rest: list[str]) -> None:
         self.session.reset(rest[0] if rest else None)

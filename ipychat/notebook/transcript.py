@@ -23,8 +23,16 @@ from ipychat.core import format as fmt
 from ipychat.core.errors import ChatError
 from ipychat.core.markdown import prompt_markdown, reply_markdown
 from ipychat.core.messages import Thread
+from ipychat.session import ChatSession
 
-__all__ = ["export_markdown", "export_notebook", "read_notebook", "write_new"]
+__all__ = [
+    "export_command",
+    "export_markdown",
+    "export_notebook",
+    "import_command",
+    "read_notebook",
+    "write_new",
+]
 
 # nbformat 4.5's cell id: 1-64 letters, digits, - and _ (nbformat/v4/nbformat.v4.5.schema.json).
 _CELL_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -177,3 +185,40 @@ def read_notebook(path: Path, thread: str | None = None) -> tuple[str, list[Turn
         known = ", ".join(sorted({t[2] for t in found}))
         raise ChatError(f"{path} has no turn of thread {name!r}; its threads: {known}.")
     return name, [t[3] for t in turns]
+
+
+def export_command(session: ChatSession, rest: list[str]) -> str:
+    """`%chat export [THREAD] FILE.md|FILE.ipynb [--force]`: the line saying what was written."""
+    words = [w for w in rest if w != "--force"]
+    if len(words) not in (1, 2):
+        raise ChatError("%chat export [THREAD] FILE.md|FILE.ipynb [--force]")
+    thread = session.thread(words[0] if len(words) == 2 else None, create=False)
+    path = Path(words[-1]).expanduser()
+    if path.suffix not in (".md", ".ipynb"):
+        raise ChatError(f"%chat export {path}: name a .md or an .ipynb file.")
+    if not thread.messages:
+        raise ChatError(f"thread {thread.name} is empty: nothing to export.")
+    if path.suffix == ".md":
+        text = export_markdown(thread)
+    else:
+        text = json.dumps(export_notebook(thread), indent=1, ensure_ascii=False)
+    write_new(path, text, force="--force" in rest)
+    return f"thread {thread.name} ({fmt.plural(thread.turns, 'turn')}) written to {path}"
+
+
+def import_command(session: ChatSession, rest: list[str]) -> str:
+    """`%chat import FILE.ipynb [--thread NAME] [--force]`: the line saying what was restored."""
+    words = [w for w in rest if w != "--force"]
+    name = None
+    if "--thread" in words:
+        at = words.index("--thread")
+        if at + 1 >= len(words):
+            raise ChatError("%chat import FILE.ipynb --thread NAME: name the thread.")
+        name = words.pop(at + 1)
+        words.pop(at)
+    if len(words) != 1 or not words[0].endswith(".ipynb"):
+        raise ChatError("%chat import FILE.ipynb [--thread NAME] [--force]")
+    path = Path(words[0]).expanduser()
+    found, turns = read_notebook(path)
+    thread = session.restore(name or found, turns, replace="--force" in rest)
+    return f"thread {thread.name}: {fmt.plural(thread.turns, 'turn')} from {path}"
