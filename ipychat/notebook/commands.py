@@ -238,11 +238,27 @@ class ChatCommands:
         from ipychat.core.markdown import history_markdown
         from ipychat.notebook.display import show_rendered
 
-        plain = "\n\n".join(f"{m['role']}: {m.get('content') or ''}" for m in thread.messages)
+        plain, markdown = [], []
+        for index in range(thread.turns):  # each turn under the cell it came from, if any
+            pair = thread.messages[2 * index : 2 * index + 2]
+            cell = thread.cell_of(index)
+            head = f"turn {index + 1}" + (f" · cell {cell}" if cell else "")
+            plain.append(f"[{head}]\n" + "\n\n".join(f"{m['role']}: {m['content']}" for m in pair))
+            markdown.append(f"<sub>`{head}`</sub>\n\n{history_markdown(pair)}")
         if self.notebook:
-            show_rendered(history_markdown(thread.messages), plain)
+            show_rendered("\n\n".join(markdown), "\n\n".join(plain))
         else:
-            print(plain)
+            print("\n\n".join(plain))
+
+    def cmd_export(self, rest: list[str]) -> None:
+        from ipychat.notebook import transcript
+
+        self.show(transcript.export_command(self.session, rest))
+
+    def cmd_import(self, rest: list[str]) -> None:
+        from ipychat.notebook import transcript
+
+        self.show(transcript.import_command(self.session, rest))
 
     def cmd_reset(self, rest: list[str]) -> None:
         self.session.reset(rest[0] if rest else None)

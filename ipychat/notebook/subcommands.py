@@ -100,8 +100,24 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     _one(
         "Conversations",
         "history [NAME]",
-        "show a thread's messages",
+        "show a thread's messages, turn by turn, with the cell each came from",
         ("%chat history", "%chat history experiments"),
+    ),
+    _one(
+        "Conversations",
+        "export [THREAD] FILE [--force]",
+        "write a thread to FILE.md (Markdown) or FILE.ipynb (a notebook of %%chat cells with "
+        "their results); an existing file only with --force",
+        ("%chat export notes.md", "%chat export draft draft.ipynb --force"),
+        ("--force",),
+    ),
+    _one(
+        "Conversations",
+        "import FILE.ipynb [--thread NAME] [--force]",
+        "restore a thread from a notebook of %%chat cells (an export, or a saved notebook); "
+        "a thread that has turns only with --force",
+        ("%chat import draft.ipynb", "%chat import old.ipynb --thread old"),
+        ("--thread", "--force"),
     ),
     _one(
         "Conversations",
