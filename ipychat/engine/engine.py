@@ -35,6 +35,7 @@ from ipychat.core.types import CacheMode, Estimate
 from ipychat.engine.endpoint import Router
 from ipychat.engine.exchange import CachedReply, Exchange, Progress
 from ipychat.engine.ledger import Ledger
+from ipychat.engine.ledgerdb import open_store
 from ipychat.engine.prepare import Gate, Prepared, RequestOptions, build_body
 
 if TYPE_CHECKING:
@@ -79,7 +80,8 @@ class Engine:
     ) -> None:
         self.settings = settings or Settings()
         self.settings.validate()
-        self.usage = Ledger()
+        # In memory, written through to ledger.db in the cache's folder (IPYCHAT_LEDGER=off: not).
+        self.usage = Ledger(store=open_store(cache, lambda: self.settings.log_prompts))
         self.prices = pricing.PriceTable()
         self.router = Router(self.settings)
         self.gate = Gate()
@@ -276,7 +278,9 @@ class Engine:
         return self._cache_opened
 
     def close_cache(self) -> None:
-        """Close the cache; the next use opens it again."""
+        """Close the cache and the usage record (its queue written); the next use opens them."""
+        if self.usage.store is not None:
+            self.usage.store.close()
         if self._cache is not None:
             self._cache.close()
         self._cache, self._cache_opened = None, False

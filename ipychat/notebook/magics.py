@@ -46,6 +46,7 @@ _MIRRORED = (
     "max_retries",
     "azure_api_version",
     "redact",
+    "log_prompts",
 )
 
 
@@ -94,6 +95,12 @@ class ChatMagics(Magics):
         None,
         allow_none=True,
         help="Mask e-mail addresses, phone and card numbers in prompts before they are sent.",
+    ).tag(config=True)
+    log_prompts = Bool(
+        None,
+        allow_none=True,
+        help="Keep each prompt in the persistent usage record (ledger.db in the cache "
+        "folder); off: it records tokens, cost and outcome only.",
     ).tag(config=True)
     allow_remote_images = Bool(
         False,
