@@ -393,9 +393,8 @@ class Ledger:
         import pandas as pd
 
         if all or since is not None or notebook is not None:
-            from ipychat.engine.ledgerdb import COLUMNS
-
-            frame = pd.DataFrame(self._recorded(since, notebook), columns=list(COLUMNS))
+            rows = self._recorded(since, notebook)
+            frame = pd.DataFrame(rows, columns=list(self.store.columns if self.store else ()))
         else:
             frame = pd.DataFrame(
                 [asdict(r) for r in list(self.rows)], columns=list(LedgerRow.__dataclass_fields__)

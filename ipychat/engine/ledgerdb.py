@@ -191,6 +191,8 @@ class LedgerStore:
         self._warned = False
         _live.add(self)
 
+    columns = COLUMNS  # of `rows`' dicts, in order
+
     def __repr__(self) -> str:
         state = f"off: {self._broken}" if self._broken else f"{len(self._pending)} queued"
         return f"LedgerStore({self.path}, {state})"
