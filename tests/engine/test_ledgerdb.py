@@ -225,7 +225,7 @@ def test_bad_budget_words_are_one_line_errors(store: LedgerStore) -> None:
     ledger = Ledger(store=store)
     with pytest.raises(ChatError, match=r"^--per takes day, week or month, not 'year'"):
         ledger.set_period_budget("year", 5)
-    with pytest.raises(ChatError, match="positive number of dollars.*--per month"):
+    with pytest.raises(ChatError, match=r"positive number of dollars.*--per month"):
         ledger.set_period_budget("month", -1)
     with pytest.raises(ChatError, match="no persistent record"):
         Ledger().set_period_budget("month", 5)
