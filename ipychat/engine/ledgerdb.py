@@ -359,25 +359,33 @@ class LedgerStore:
                 raise sqlite3.DatabaseError(
                     f"it was written by a newer ipychat (schema {version}); upgrade ipychat"
                 )
-            connection.executescript(_SCHEMA)
+            if version < SCHEMA_VERSION:  # made once: later opens take no write lock
+                connection.executescript(_SCHEMA)
         except BaseException:
             connection.close()
             raise
         return connection
 
     def _fail(self, exc: BaseException) -> None:
-        """Off for this process: the reason is kept and said once."""
-        if self._broken is None:
-            self._broken = f"{type(exc).__name__}: {exc}".rstrip(".")
+        """Off for this process: the reason (with what to do) is kept and said once."""
+        from ipychat.core.files import UnsafeDirectory
+
+        if self._broken is not None:
+            return
+        if isinstance(exc, UnsafeDirectory):  # its text says why and what to do
+            self._broken = str(exc).rstrip(".")
+        else:
+            self._broken = (
+                f"{self.path} cannot be used ({type(exc).__name__}: {str(exc).rstrip('.')}); "
+                "move it away to start a new record"
+            )
 
     def _warn_once(self) -> None:
         if self._broken is None or self._warned:
             return
         self._warned = True
         warnings.warn(
-            f"ipychat: the usage record in {self.path} cannot be used ({self._broken}); "
-            "this kernel keeps its usage in memory only. Move the file away to start a new "
-            "record.",
+            f"ipychat: this kernel keeps its usage in memory only: {self._broken}.",
             LedgerWarning,
             stacklevel=3,
         )
@@ -387,8 +395,8 @@ class LedgerStore:
         if self._broken is not None:
             self._warn_once()
             raise LedgerUnavailable(
-                f"The persistent usage record is off in this kernel ({self._broken}): "
-                "move that file away and restart the kernel to start a new one."
+                f"The persistent usage record is off in this kernel: {self._broken}, then "
+                "restart the kernel."
             )
         with self._read:
             try:

@@ -248,7 +248,11 @@ def test_a_corrupt_database_degrades_to_memory_with_one_warning(
         said = [w for w in caught if issubclass(w.category, LedgerWarning)]
         assert len(said) == 1
         message = str(said[0].message)
-        assert "\n" not in message and "in memory only" in message and DATABASE in message
+        assert message == (
+            f"ipychat: this kernel keeps its usage in memory only: {folder / DATABASE} cannot "
+            "be used (DatabaseError: file is not a database); move it away to start a new "
+            "record."
+        )
         with pytest.raises(ChatError, match=r"^The persistent usage record is off"):
             session.usage.history()
         assert session.usage.periods() == []  # no persistent budget to check
