@@ -22,7 +22,7 @@ from ipychat.engine.ledger import Ledger
 
 __all__ = ["UsageQuery", "budget_text", "parse_budget", "parse_usage", "usage_text"]
 
-USAGE = "%chat usage [--all | --since 7d] [--notebook [PATH]] [--plot]"
+USAGE = "%chat usage [--plot] [--all | --since 7d] [--notebook [PATH]]"
 BUDGET = "%chat budget [USD|off] [--per day|week|month]"
 
 

@@ -10,6 +10,7 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
+from ipychat.core.pricing import format_usd
 from ipychat.engine.cache import ResponseCache
 from ipychat.session import ChatSession, Settings
 from ipychat.testing import FakeOpenAIServer
@@ -43,6 +44,7 @@ def test_usage_shows_this_kernel_and_the_record_every_kernel(
     folder = session.usage.store.path.parent
     earlier_kernel(fake, folder, "/home/me/work/analysis.ipynb", "one", "two")
     ip.run_cell_magic("chat", "", "three")
+    spent = sum(r["cost"] for r in session.usage.store.rows())
     own = chat(ip, "usage")
     assert re.search(r"\| gpt-4o-mini \| 1 \|", own)  # this kernel: its one request
     every = chat(ip, "usage --all")
@@ -60,6 +62,10 @@ def test_usage_shows_this_kernel_and_the_record_every_kernel(
     )
     session.usage.store.notebook = "/home/me/work/analysis.ipynb"  # as Jupyter would say
     assert re.search(r"\| gpt-4o-mini \| 2 \|", chat(ip, "usage --notebook"))
+    with capture_output() as out:
+        ip.run_line_magic("chat", "usage --all --plot")
+    (chart,) = [o.data for o in out.outputs if "image/png" in o.data]
+    assert chart["text/plain"].startswith(f"<chart: spend and latency; spent {format_usd(spent)}")
 
 
 def test_a_persistent_budget_from_the_magic(
