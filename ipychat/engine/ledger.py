@@ -305,6 +305,11 @@ class Ledger:
         if row is not None and self.store is not None:
             self.store.append((row,), prompt)
 
+    def close(self) -> None:
+        """Write the rows queued for the persistent record and close it (it reopens)."""
+        if self.store is not None:
+            self.store.close()
+
     def record(self, row: LedgerRow, *, prompt: str | None = None) -> None:
         self.settle(0.0, row, prompt=prompt)
 
