@@ -35,7 +35,6 @@ from ipychat.core.types import CacheMode, Estimate
 from ipychat.engine.endpoint import Router
 from ipychat.engine.exchange import CachedReply, Exchange, Progress
 from ipychat.engine.ledger import Ledger
-from ipychat.engine.ledgerdb import open_store
 from ipychat.engine.prepare import Estimator, Gate, Prepared, RequestOptions, build_body
 
 if TYPE_CHECKING:
@@ -80,7 +79,7 @@ class Engine:
     ) -> None:
         self.settings = settings or Settings()
         self.settings.validate()
-        self.usage = Ledger(store=open_store(cache, lambda: self.settings.log_prompts))
+        self.usage = Ledger.kept_beside(cache, log_prompts=lambda: self.settings.log_prompts)
         self.prices = pricing.PriceTable()
         self.router = Router(self.settings)
         self.gate = Gate()

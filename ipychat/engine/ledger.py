@@ -126,6 +126,14 @@ class Ledger:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _alerted: set[str] = field(default_factory=set, repr=False)
 
+    @classmethod
+    def kept_beside(cls, cache: object, *, log_prompts: Callable[[], bool]) -> Ledger:
+        """A session's ledger, written through to ledger.db in `cache`'s folder (the
+        default cache folder for another cache; none under IPYCHAT_LEDGER=off)."""
+        from ipychat.engine.ledgerdb import open_store
+
+        return cls(store=open_store(cache, log_prompts))
+
     def __iter__(self) -> Iterator[LedgerRow]:
         return iter(list(self.rows))
 

@@ -55,6 +55,7 @@ __all__ = [
     "LedgerStore",
     "LedgerUnavailable",
     "LedgerWarning",
+    "default_directory",
     "kernel_id",
     "notebook_path",
     "open_store",
@@ -138,13 +139,16 @@ def open_store(cache: object, log_prompts: Callable[[], bool]) -> LedgerStore | 
     folder = getattr(cache, "directory", None)
     if isinstance(folder, Path):
         return LedgerStore(folder, log_prompts=log_prompts)
-    return LedgerStore(_default_directory, log_prompts=log_prompts)
+    return LedgerStore(default_directory, log_prompts=log_prompts)
 
 
-def _default_directory() -> Path:
-    from ipychat.engine.cache import default_cache_dir  # diskcache: imported when used
-
-    return default_cache_dir()
+def default_directory() -> Path:
+    """`$IPYCHAT_CACHE_DIR`, else ~/.cache/ipychat: `engine.cache.default_cache_dir`, not
+    imported from there (the cache imports the ledger, through `exchange`); a test checks
+    the two agree."""
+    return Path(
+        os.environ.get("IPYCHAT_CACHE_DIR") or Path.home() / ".cache" / "ipychat"
+    ).expanduser()
 
 
 def _is_contention(exc: BaseException) -> bool:

@@ -288,3 +288,25 @@ def test_ipychat_ledger_off_keeps_no_record(
     finally:
         session.close()
     assert not (folder / DATABASE).exists()
+
+
+def test_the_record_sits_in_the_default_cache_folder_without_a_cache_of_its_own(
+    fake: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ipychat.engine.cache import default_cache_dir
+    from ipychat.engine.ledgerdb import default_directory
+
+    monkeypatch.setenv("IPYCHAT_CACHE_DIR", str(tmp_path / "elsewhere"))
+    assert default_directory() == default_cache_dir() == tmp_path / "elsewhere"
+    monkeypatch.delenv("IPYCHAT_CACHE_DIR")
+    assert default_directory() == default_cache_dir()
+    monkeypatch.setenv("IPYCHAT_CACHE_DIR", str(tmp_path / "elsewhere"))
+    session = ChatSession(
+        Settings(base_url=fake.base_url, api_key=KEY, model="gpt-4o-mini"), cache=False
+    )
+    try:
+        session.ask("uncached, still recorded")
+        assert session.usage.store is not None and session.usage.store.flush()
+    finally:
+        session.close()
+    assert count(tmp_path / "elsewhere" / DATABASE) == 1
