@@ -22,10 +22,13 @@ folder someone else can change) turns the store off for this process: one `Ledge
 line, shown at the next request, and the in-kernel ledger carries on in memory as before.
 
 Where the notebook path comes from: jupyter_server starts a notebook's kernel with
-`JPY_SESSION_NAME` set to the notebook's path (`SessionManager.get_kernel_env`, jupyter_server
->= 2.0), and ipykernel copies it into the user's `__session__` (`IPythonKernel.__init__`,
-ipykernel >= 6.?; 7.4 here). Both are the same string, the path when the kernel started (a
-rename later is not seen); the environment variable is read, as it needs no shell.
+`JPY_SESSION_NAME` set to the notebook's full path (`SessionManager.get_kernel_env`;
+jupyter-server/jupyter_server#679 and #1100, jupyter_server 2.x), and ipykernel copies it
+into the user's `__session__` (`IPythonKernel.__init__`; ipython/ipykernel#1078, 7.4 here).
+Both are the same string, the path when the kernel started: a rename is seen at the next
+restart (jupyter-server/jupyter_server#1341). The environment variable is read, as it needs
+no shell. Without it (a terminal; a front end that does not set it: VS Code's own
+`__vsc_ipynb_file__` is not read) rows have no notebook and `--notebook` needs a PATH.
 """
 
 from __future__ import annotations
