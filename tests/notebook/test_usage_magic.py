@@ -116,3 +116,15 @@ def test_bad_words_are_one_line_usage_errors(
     assert re.search(message, str(refused.value)), str(refused.value)
     assert "\n" not in str(refused.value)
     assert fake.chat_requests == []
+
+
+def test_log_prompts_is_a_magic_setting_off_by_default(ip, session: ChatSession) -> None:
+    ip.run_cell_magic("chat", "", "not kept M4RK3R")
+    ip.run_line_magic("config", "ChatMagics.log_prompts = True")
+    assert session.settings.log_prompts is True
+    ip.run_cell_magic("chat", "", "kept K33P")
+    frame = session.usage.to_frame(all=True)
+    assert frame["prompt"].isna().tolist() == [True, False]
+    assert frame["prompt"].iloc[1] == "kept K33P"
+    assert session.usage.store is not None
+    assert b"M4RK3R" not in session.usage.store.path.read_bytes()
