@@ -235,7 +235,9 @@ class LedgerStore:
                     target=self._run, name="ipychat-ledger", daemon=True
                 )
                 self._thread.start()
-            elif len(self._pending) >= self.rows_per_write:
+            elif len(self._pending) == len(rows) or len(self._pending) >= self.rows_per_write:
+                # The first rows start the writer's `interval` (it idles until told); a
+                # full batch goes at once.
                 self._cond.notify_all()
 
     def flush(self, timeout: float = 30.0) -> bool:

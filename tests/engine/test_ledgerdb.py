@@ -128,6 +128,17 @@ def test_rows_are_written_in_batches_not_one_by_one(store: LedgerStore) -> None:
     assert count(store.path) == 13
 
 
+def test_rows_go_within_the_interval_without_a_flush(store: LedgerStore) -> None:
+    store.interval = 0.2
+    store.append([row()])
+    assert store.flush()  # the writer thread now idles, waiting for rows
+    store.append([row()])
+    deadline = time.monotonic() + 5  # the interval, not the writer's 10 s idle time
+    while count(store.path) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert count(store.path) == 2
+
+
 _WRITER = """
 import sys, time
 from pathlib import Path
