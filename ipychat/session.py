@@ -180,9 +180,13 @@ class ChatSession(FrameOperations):
         self.engine.configure(**changes)
         self._emit(Event("settings"))
 
-    def set_budget(self, usd: float | None) -> None:
-        """Set (or with None remove) the spend budget of this session."""
-        self.engine.set_budget(usd)
+    def set_budget(self, usd: float | None, per: str | None = None) -> None:
+        """Set (or with None remove) the spend budget of this session, or with `per` (day,
+        week, month) the persistent one every kernel checks (`Ledger.set_period_budget`)."""
+        if per is None:
+            self.engine.set_budget(usd)
+        else:
+            self.usage.set_period_budget(per, usd)
         self._emit(Event("settings"))
 
     def subscribe(self, listener: Callable[[Event], None]) -> Callable[[], None]:

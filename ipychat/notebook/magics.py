@@ -48,6 +48,7 @@ _MIRRORED = (
     "azure_api_version",
     "redact",
     "structured",
+    "log_prompts",
 )
 
 
@@ -103,6 +104,12 @@ class ChatMagics(Magics):
         None,
         allow_none=True,
         help="Mask e-mail addresses, phone and card numbers in prompts before they are sent.",
+    ).tag(config=True)
+    log_prompts = Bool(
+        None,
+        allow_none=True,
+        help="Keep each prompt in the persistent usage record (ledger.db in the cache "
+        "folder); off: it records tokens, cost and outcome only.",
     ).tag(config=True)
     allow_remote_images = Bool(
         False,

@@ -102,6 +102,8 @@ def test_a_repaired_reply_of_a_re_run_cell_goes_into_that_cells_turn(typed) -> N
         "And the next one?",
         "second answer",
     ]
+    # the repair went as a one-off request: what the model saw of turn 2 is unchanged
+    assert len(server.chat_requests) == 4
 
 
 def test_a_reply_that_never_fits_raises_invalid_reply(typed) -> None:
