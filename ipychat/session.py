@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ipychat.core import tokens
 from ipychat.core.errors import ChatError, ConfigError
-from ipychat.core.messages import Thread, build_messages, check_thread_name
+from ipychat.core.messages import Thread, build_messages, check_thread_name, parts_text
 from ipychat.core.runner import LoopThread, wait, wait_async
 from ipychat.core.settings import Endpoint, Settings, check_model
 from ipychat.core.types import Estimate, Reply
@@ -60,6 +60,11 @@ class Event:
     thread: str = ""
     text: str = ""
     reply: Reply | None = None
+
+
+def _parts(prompt: Any) -> bool:
+    """True for a prompt given as content parts (text and images: `Interpolated.content`)."""
+    return isinstance(prompt, list) and bool(prompt) and all(isinstance(p, dict) for p in prompt)
 
 
 class ChatSession(FrameOperations):
@@ -250,7 +255,7 @@ class ChatSession(FrameOperations):
         A prompt holding something shaped like a credential is refused (SecretInPromptError)
         unless `allow_secrets`; with the `redact` setting, personal data is masked first.
         """
-        if not isinstance(prompt, str) or not prompt.strip():
+        if not (isinstance(prompt, str) and prompt.strip()) and not _parts(prompt):
             raise ChatError("The prompt is empty: write something in the cell below %%chat.")
         options = RequestOptions(
             model=check_model(model) or self.engine.model,
@@ -297,7 +302,7 @@ class ChatSession(FrameOperations):
                 on_delta(text)
             self._emit(Event("delta", thread=thread.name, text=text))
 
-        self._emit(Event("start", thread=thread.name, text=prepared.prompt))
+        self._emit(Event("start", thread=thread.name, text=parts_text(prepared.prompt)))
         try:
             exchange = await self.engine.request(
                 prepared, progress, stream=stream, cache=cache, on_delta=delta

@@ -13,34 +13,42 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ipychat.core.errors import ConfigError, ContextLengthError, TemplateError
+from ipychat.core.errors import ChatError, ConfigError, ContextLengthError, TemplateError
 from ipychat.core.frametext import frame_text, is_frame, is_series, parse_mode
+from ipychat.core.images import Image, as_image, image, image_info
 
 __all__ = [
+    "Content",
     "Interpolated",
     "Thread",
     "build_messages",
     "check_thread_name",
     "interpolate",
     "literal_braces",
+    "parts_text",
     "render_value",
     "trim_history",
     "unfenced_json",
 ]
 
 Message = dict[str, Any]
+# A message's content: text, or OpenAI's list of parts (text and images) when it holds images.
+Content = str | list[dict[str, Any]]
 
 # `{name}`, `{name.attr}`, `{name[0]}`, `{name["key"]}`, `{In[3]}`; nothing else is a placeholder,
 # so JSON (`{"a": 1}`), code (`{ return x; }`) and most LaTeX pass through untouched.
 # `{name:spec}` formats the value: a DataFrame/Series view (`{df:head=20}`, `{df:describe}`,
 # `{df:csv}`; see ipychat.core.frametext) or a Python format spec (`{price:.2f}`, `{n:,}`). A spec
 # has no spaces and is never only digits, so `{name: "x"}` and `{a:1}` stay text.
+# `{fig}` (a matplotlib Figure, a PIL image, an `ipychat.image`) is sent as an image part, and
+# `{path:image}` (or `:image=low`) reads the file (or bytes) the value names as one.
 _PLACEHOLDER = re.compile(
     r"\{\{(?P<escaped>[^{}]*)\}\}|\{(?P<expr>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[(?:-?\d+|'[^'\]]*'|\"[^\"\]]*\")\])*)(?::(?P<spec>[^{}\s]+))?\}"
 )
 # Python's format-spec mini-language: [[fill]align][sign][z][#][0][width][grouping][.precision][type]
 _FORMAT_SPEC = re.compile(r"(?:[^{}]?[<>=^])?[-+ ]?z?#?0?\d*[,_]?(?:\.\d+)?[bcdeEfFgGnosxX%]?")
 _NAME = re.compile(r"[A-Za-z_]\w*")
+_IMAGE_SPEC = re.compile(r"image(?:=(low|high|auto))?")
 # A `{word}` right after one of these is LaTeX or code (`\frac{a}`, `x^{n}`, `f{x}`), not a
 # placeholder the user meant, so an unknown name there is left alone instead of refused.
 _LITERAL_CONTEXT = set("\\^_$}") | set(
@@ -61,6 +69,25 @@ class Interpolated:
     spans: tuple[tuple[int, int], ...] = ()  # (start, end) in `text` of each substituted value
     # What was sent for each DataFrame/Series (`{big}: 1,000 × 8 DataFrame as a summary; …`)
     notes: tuple[str, ...] = ()
+    # The images, each with the span of `text` its label (`[image: 640×480 PNG]`) stands in
+    images: tuple[tuple[int, int, Image], ...] = ()
+
+    @property
+    def content(self) -> Content:
+        """What the user message carries: `text`, or, when it holds images, OpenAI's content
+        parts (the text around each image as text parts, each image as an image part)."""
+        if not self.images:
+            return self.text
+        parts: list[dict[str, Any]] = []
+        last = 0
+        for start, end, picture in self.images:
+            if self.text[last:start].strip():
+                parts.append({"type": "text", "text": self.text[last:start]})
+            parts.append(picture.part())
+            last = end
+        if self.text[last:].strip():
+            parts.append({"type": "text", "text": self.text[last:]})
+        return parts
 
 
 def _lookup(expr: str, namespace: Mapping[str, Any]) -> tuple[bool, Any]:
@@ -132,6 +159,7 @@ def interpolate(
     names: list[str] = []
     spans: list[tuple[int, int]] = []
     notes: list[str] = []
+    images: list[tuple[int, int, Image]] = []
     out: list[str] = []
     size = 0  # length of "".join(out), kept to record spans without re-joining
     last = 0
@@ -152,7 +180,12 @@ def interpolate(
         found, value = _lookup(expr, namespace)
         if found:
             names.append(expr)
-            text, note = _value_text(token, expr, spec, value, max_value_chars)
+            picture = _image_value(token, expr, spec, value)
+            if picture is not None:
+                text, note = picture.label, f"sent as an image ({picture.label[8:-1]})"
+                images.append((size, size + len(text), picture))
+            else:
+                text, note = _value_text(token, expr, spec, value, max_value_chars)
             out.append(text)
             if note:
                 notes.append(f"{token}: {note}")
@@ -167,7 +200,21 @@ def interpolate(
             continue
         raise _undefined(_NAME.match(expr).group(0), namespace)  # type: ignore[union-attr]
     out.append(template[last:])
-    return Interpolated("".join(out), tuple(names), tuple(spans), tuple(notes))
+    return Interpolated("".join(out), tuple(names), tuple(spans), tuple(notes), tuple(images))
+
+
+def _image_value(token: str, expr: str, spec: str | None, value: Any) -> Image | None:
+    """The image `{expr}` sends: a Figure, PIL image or `ipychat.image` as it is, or with
+    `:image` the file or bytes the value names; None for any other value (text)."""
+    wanted = _IMAGE_SPEC.fullmatch(spec) if spec is not None else None
+    if spec is not None and wanted is None:
+        return None
+    try:
+        if wanted is not None:
+            return image(value, detail=wanted.group(1))
+        return as_image(value)
+    except ChatError as exc:
+        raise TemplateError(f"{token}: {exc}") from None
 
 
 def _undefined(name: str, namespace: Mapping[str, Any]) -> TemplateError:
@@ -206,7 +253,7 @@ def _rendered(expr: str, value: Any, max_chars: int) -> str:
 
 
 def _is_spec(spec: str) -> bool:
-    if parse_mode(spec) is not None:
+    if parse_mode(spec) is not None or _IMAGE_SPEC.fullmatch(spec):
         return True
     return _FORMAT_SPEC.fullmatch(spec) is not None and not spec.isdigit()
 
@@ -273,7 +320,9 @@ class Thread:
     def turns(self) -> int:
         return sum(1 for m in self.messages if m["role"] == "user")
 
-    def add_turn(self, prompt: str, reply: str) -> None:
+    def add_turn(self, prompt: Content, reply: str) -> None:
+        """Remember a turn; a prompt with images keeps them (each later turn resends them,
+        and their tokens are counted and paid each time)."""
         self.messages.append({"role": "user", "content": prompt})
         self.messages.append({"role": "assistant", "content": reply})
 
@@ -295,12 +344,34 @@ def check_thread_name(name: Any) -> None:
         )
 
 
-def build_messages(system: str | None, history: Sequence[Message], prompt: str) -> list[Message]:
+def build_messages(
+    system: str | None, history: Sequence[Message], prompt: Content
+) -> list[Message]:
     """The messages of a request: the system prompt, the thread's history, the new prompt."""
     messages: list[Message] = [{"role": "system", "content": system}] if system else []
     messages.extend(history)
     messages.append({"role": "user", "content": prompt})
     return messages
+
+
+def parts_text(content: Any) -> str:
+    """A message's content as a person reads it: its text, an image part as its label
+    (`[image: 640×480]`). For history, the panel, --dry-run and logs: never the image's bytes."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return "" if content is None else str(content)
+    texts: list[str] = []
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif part.get("type") in ("image_url", "input_image"):
+            info = image_info(part)
+            size = f": {info.width}×{info.height}" if info.width and info.height else ""
+            texts.append(f"[image{size}]")
+    return "".join(texts)
 
 
 def _turn_starts(messages: Sequence[Message]) -> list[int]:

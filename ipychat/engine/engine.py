@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 from ipychat.core import pricing, tokens
 from ipychat.core.errors import ConfigError, ContextLengthError
 from ipychat.core.hygiene import Cleaned, check_sendable
+from ipychat.core.images import check_can_send, has_images
 from ipychat.core.keys import Secret, cache_key
-from ipychat.core.messages import build_messages, trim_history
+from ipychat.core.messages import Content, build_messages, trim_history
 from ipychat.core.settings import (
     DEFAULT_MODEL,
     LOCAL_CONTEXT_WINDOW,
@@ -333,8 +334,11 @@ class Engine:
     # ----- preparing a request ---------------------------------------------------------------
 
     def body(self, messages: list[dict[str, Any]], options: RequestOptions) -> dict[str, Any]:
-        """The one body builder: `messages` with the options, settings filling the gaps."""
+        """The one body builder: `messages` with the options, settings filling the gaps.
+        Images for a model that cannot read them are refused here (ImageError)."""
         model = check_model(options.model) or self.model
+        if has_images(messages):
+            check_can_send(messages, model, local=self.is_local)
         temperature = options.temperature
         return build_body(
             messages,
@@ -346,7 +350,7 @@ class Engine:
 
     def outgoing(
         self,
-        prompt: str,
+        prompt: Content,
         options: RequestOptions,
         history: Sequence[dict[str, Any]] = (),
         *,
@@ -392,7 +396,7 @@ class Engine:
         return Prepared(prompt, None, body, estimate, dropped, max_cost, label, cleaned.note)
 
     def prepare_one(
-        self, prompt: str, options: RequestOptions = _DEFAULTS, *, label: str = "map"
+        self, prompt: Content, options: RequestOptions = _DEFAULTS, *, label: str = "map"
     ) -> Prepared:
         """A request outside any thread (no history), e.g. one row of %%chatmap. No
         trimming: a prompt that does not fit the context window raises ContextLengthError."""

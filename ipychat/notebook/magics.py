@@ -235,7 +235,7 @@ class ChatMagics(Magics):
 
     def _chat(self, args: Any, cell: str) -> Reply | None:
         rendered = self._render(cell, args.no_interpolate)
-        prompt = rendered.text
+        prompt = rendered.content  # text, or text and image parts ({fig})
         options = {
             "thread": args.thread,
             "model": args.model,
@@ -257,7 +257,7 @@ class ChatMagics(Magics):
             if prepared.masked:
                 extra += f" · {prepared.masked}"
             show_prompt(
-                prompt,
+                rendered.text,
                 rendered.spans,
                 fmt.estimate_line(prepared.estimate) + extra,
                 notebook=self.notebook,
