@@ -221,16 +221,16 @@ def _png_of(value: Any) -> bytes | None:
 def _sniff(data: bytes, name: str = "") -> tuple[str, int, int]:
     """(MIME type, width, height) from the file's header, or ImageError."""
     size: tuple[int, int] | None = None
-    mime = ""
+    mime = _mime(data)
     try:
-        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
-            mime, size = "image/png", struct.unpack(">II", data[16:24])
-        elif data[:6] in (b"GIF87a", b"GIF89a"):
-            mime, size = "image/gif", struct.unpack("<HH", data[6:10])
-        elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-            mime, size = "image/webp", _webp_size(data)
-        elif data[:3] == b"\xff\xd8\xff":
-            mime, size = "image/jpeg", _jpeg_size(data)
+        if mime == "image/png":
+            size = struct.unpack(">II", data[16:24])
+        elif mime == "image/gif":
+            size = struct.unpack("<HH", data[6:10])
+        elif mime == "image/webp":
+            size = _webp_size(data)
+        elif mime == "image/jpeg":
+            size = _jpeg_size(data)
     except struct.error:
         size = None
     what = name or "The image"
@@ -241,6 +241,19 @@ def _sniff(data: bytes, name: str = "") -> tuple[str, int, int]:
     if size is None or min(size) < 1:
         raise ImageError(f"{what} is a damaged {mime.split('/')[1].upper()}: its size is unreadable.")
     return mime, size[0], size[1]
+
+
+def _mime(data: bytes) -> str:
+    """The image format the magic bytes say ("" when none of the four)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image/png"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:3] == b"\xff\xd8\xff":
+        return "image/jpeg"
+    return ""
 
 
 def _webp_size(data: bytes) -> tuple[int, int] | None:
