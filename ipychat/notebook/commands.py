@@ -213,9 +213,10 @@ class ChatCommands:
             self.show(f"thread {thread.name} is empty.")
             return
         from ipychat.core.markdown import history_markdown
+        from ipychat.core.messages import parts_text
         from ipychat.notebook.display import show_rendered
 
-        plain = "\n\n".join(f"{m['role']}: {m.get('content') or ''}" for m in thread.messages)
+        plain = "\n\n".join(f"{m['role']}: {parts_text(m.get('content'))}" for m in thread.messages)
         if self.notebook:
             show_rendered(history_markdown(thread.messages), plain)
         else:

@@ -31,6 +31,7 @@ from ipychat.core import format as fmt
 from ipychat.core import tokens
 from ipychat.core.errors import ChatError
 from ipychat.core.markdown import escape_dollars, prompt_markdown, reply_markdown
+from ipychat.core.messages import parts_text
 from ipychat.core.pricing import format_usd
 from ipychat.core.types import Estimate, Reply
 from ipychat.notebook.footers import ReplyFooters
@@ -328,7 +329,7 @@ class ChatPanel(w.VBox):
         thread = self.session.threads.get(name)
         blocks: list[tuple[str, str]] = []
         for message in list(thread.messages) if thread else []:
-            content = str(message.get("content") or "")
+            content = parts_text(message.get("content"))  # an image as its label
             if message["role"] == "user":
                 blocks.append((prompt_markdown(content), "> " + content))
             elif message["role"] == "assistant":
