@@ -150,3 +150,28 @@ def test_the_fake_refuses_what_openai_refuses(fake: FakeOpenAIServer) -> None:
         )
         assert r.status_code == 400, messages
         assert (r.json()["error"]["code"], r.json()["error"]["param"]) == (code, param)
+
+
+@pytest.mark.local_model
+def test_the_local_model_refuses_images_before_sending(tmp_path) -> None:
+    """SmolLM2 reads text only: an image is refused before the request is built, with the
+    real llama.cpp server up (so a request could have gone), and nothing is recorded."""
+    from ipychat.engine import local
+
+    server = local.get_server()
+    try:
+        s = ChatSession(Settings(temperature=0.0), cache=ResponseCache(tmp_path / "cache"))
+        try:
+            assert s.endpoint().kind == "local"
+            with pytest.raises(ImageError) as info:
+                s.ask(prompt("What is in {p}?", p=images.image(png(16, 16))), max_tokens=5)
+            assert str(info.value).startswith("The local model reads text only, so the image")
+            assert s.usage.rows == [] and s.threads["main"].messages == []
+            with pytest.raises(ImageError):
+                s.prepare(prompt("{p}", p=images.image(png(16, 16))))  # --dry-run too
+            assert s.ask("Say hi.", max_tokens=5).text  # the server was there all along
+            assert server.base_url
+        finally:
+            s.close()
+    finally:
+        local.stop_server()
