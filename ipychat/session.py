@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ipychat.core import tokens
 from ipychat.core.errors import ChatError, ConfigError
-from ipychat.core.messages import Thread, build_messages, check_thread_name, parts_text
+from ipychat.core.messages import (
+    Content,
+    Thread,
+    build_messages,
+    check_thread_name,
+    parts_text,
+)
 from ipychat.core.runner import LoopThread, wait, wait_async
 from ipychat.core.settings import Endpoint, Settings, check_model
 from ipychat.core.types import Estimate, Reply
@@ -239,7 +245,7 @@ class ChatSession(FrameOperations):
 
     def prepare(
         self,
-        prompt: str,
+        prompt: Content,
         *,
         thread: str | None = None,
         model: str | None = None,
@@ -330,7 +336,7 @@ class ChatSession(FrameOperations):
 
     async def ask_on_loop(
         self,
-        prompt: str,
+        prompt: Content,
         progress: Progress,
         *,
         stream: bool = False,
@@ -351,7 +357,7 @@ class ChatSession(FrameOperations):
 
     def ask(
         self,
-        prompt: str,
+        prompt: Content,
         *,
         thread: str | None = None,
         model: str | None = None,
@@ -390,11 +396,11 @@ class ChatSession(FrameOperations):
         except KeyboardInterrupt:
             raise interrupted(progress) from None
 
-    async def aask(self, prompt: str, **options: Any) -> Reply:
+    async def aask(self, prompt: Content, **options: Any) -> Reply:
         """`ask` for code that awaits; the request still runs on the session's own loop."""
         return await wait_async(self.runner, self.ask_on_loop(prompt, Progress(), **options))
 
-    def stream(self, prompt: str, **options: Any) -> ReplyStream:
+    def stream(self, prompt: Content, **options: Any) -> ReplyStream:
         """Iterate over the text deltas of a streamed reply; `.reply` is the Reply afterwards."""
         return ReplyStream(self, prompt, options)
 

@@ -40,10 +40,10 @@ from typing import Any, Final
 from ipychat.core.errors import ImageError
 
 __all__ = [
+    "MAX_IMAGE_BYTES",
     "DataURL",
     "Image",
     "ImageInfo",
-    "MAX_IMAGE_BYTES",
     "as_image",
     "check_can_send",
     "has_images",
@@ -114,10 +114,14 @@ class Image:
         return {"type": "image_url", "image_url": body}
 
     @property
+    def describe(self) -> str:
+        """`640×480 PNG`."""
+        return f"{self.width}×{self.height} {self.mime.removeprefix('image/').upper()}"
+
+    @property
     def label(self) -> str:
         """How the image shows in a prompt's text (--dry-run, the panel, history)."""
-        kind = self.mime.removeprefix("image/").upper()
-        return f"[image: {self.width}×{self.height} {kind}]"
+        return f"[image: {self.describe}]"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Image):
@@ -239,7 +243,9 @@ def _sniff(data: bytes, name: str = "") -> tuple[str, int, int]:
             f"{what} is not a PNG, JPEG, GIF or WebP image (the formats vision models take)."
         )
     if size is None or min(size) < 1:
-        raise ImageError(f"{what} is a damaged {mime.split('/')[1].upper()}: its size is unreadable.")
+        raise ImageError(
+            f"{what} is a damaged {mime.split('/')[1].upper()}: its size is unreadable."
+        )
     return mime, size[0], size[1]
 
 
@@ -385,8 +391,10 @@ def image_tokens(
                 return math.ceil(_MAX_PATCHES * multiplier), False
             return math.ceil(_patches(width, height) * multiplier), True
     base, tile = next(((b, t) for p, b, t in _TILES if _match(name, p)), _GPT_4O)
-    known = any(_match(name, p) for p, _, _ in _TILES) or _match(name, "gpt-4o") or any(
-        _match(name, p) for p in ("gpt-4.1", "gpt-4.5", "gpt-4-turbo", "chatgpt-4o")
+    known = (
+        any(_match(name, p) for p, _, _ in _TILES)
+        or _match(name, "gpt-4o")
+        or any(_match(name, p) for p in ("gpt-4.1", "gpt-4.5", "gpt-4-turbo", "chatgpt-4o"))
     )
     if detail == "low":
         return base, known

@@ -180,17 +180,12 @@ def interpolate(
         found, value = _lookup(expr, namespace)
         if found:
             names.append(expr)
-            picture = _image_value(token, expr, spec, value)
-            if picture is not None:
-                text, note = picture.label, f"sent as an image ({picture.label[8:-1]})"
-                images.append((size, size + len(text), picture))
-            else:
-                text, note = _value_text(token, expr, spec, value, max_value_chars)
+            text, note, picture = _substituted(token, expr, spec, value, max_value_chars)
             out.append(text)
-            if note:
-                notes.append(f"{token}: {note}")
-            spans.append((size, size + len(out[-1])))
-            size += len(out[-1])
+            notes.extend([f"{token}: {note}"] if note else [])
+            spans.append((size, size + len(text)))
+            images.extend([(size, size + len(text), picture)] if picture is not None else [])
+            size += len(text)
             continue
         # With a spec, an unknown name is left alone: `{x:.2f}` is as likely an f-string
         # being discussed as a placeholder.
@@ -201,6 +196,17 @@ def interpolate(
         raise _undefined(_NAME.match(expr).group(0), namespace)  # type: ignore[union-attr]
     out.append(template[last:])
     return Interpolated("".join(out), tuple(names), tuple(spans), tuple(notes), tuple(images))
+
+
+def _substituted(
+    token: str, expr: str, spec: str | None, value: Any, max_chars: int
+) -> tuple[str, str, Image | None]:
+    """What `{expr}` becomes: (text, a note for --dry-run, the image it stands for)."""
+    picture = _image_value(token, expr, spec, value)
+    if picture is not None:
+        return picture.label, f"sent as an image ({picture.describe})", picture
+    text, note = _value_text(token, expr, spec, value, max_chars)
+    return text, note, None
 
 
 def _image_value(token: str, expr: str, spec: str | None, value: Any) -> Image | None:

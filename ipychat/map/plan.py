@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ipychat.core.errors import ContextLengthError, TemplateError
+from ipychat.core.messages import Content
 from ipychat.core.pricing import format_tokens, format_usd, format_usd_bound
 from ipychat.engine.prepare import RequestOptions
 from ipychat.map.images import ImageSlots
@@ -143,7 +144,7 @@ class MapRequest:
     limited: int = 0
 
     @property
-    def prompt(self) -> str:
+    def prompt(self) -> Content:
         return self.prepared.prompt
 
     @property

@@ -19,7 +19,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Int, TraitError, Unicode, ob
 
 from ipychat.core import format as fmt
 from ipychat.core.errors import ChatError, Interrupted
-from ipychat.core.messages import Interpolated, interpolate, unfenced_json
+from ipychat.core.messages import Content, Interpolated, interpolate, unfenced_json
 from ipychat.core.types import Reply
 from ipychat.notebook.commands import ChatCommands
 from ipychat.notebook.magicargs import check_variable, help_layout, parse_line, user_errors
@@ -273,7 +273,7 @@ class ChatMagics(Magics):
         return self._deliver(reply, args)
 
     def _stream(
-        self, prompt: str, options: dict[str, Any], cache: CacheMode, args: Any, live: LiveReply
+        self, prompt: Content, options: dict[str, Any], cache: CacheMode, args: Any, live: LiveReply
     ) -> Reply:
         session = self.session
         if args.no_stream or not self.stream:

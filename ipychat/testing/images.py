@@ -28,7 +28,14 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["REMOTE_IMAGE_TOKENS", "ImageRejected", "SentImage", "check_parts", "image_tokens", "sent_images"]
+__all__ = [
+    "REMOTE_IMAGE_TOKENS",
+    "ImageRejected",
+    "SentImage",
+    "check_parts",
+    "image_tokens",
+    "sent_images",
+]
 
 REMOTE_IMAGE_TOKENS = 765  # a 1024×1024 image at gpt-4o's rate: the fake cannot fetch URLs
 _FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "gif": "image/gif", "webp": "image/webp"}

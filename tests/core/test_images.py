@@ -235,7 +235,7 @@ def test_who_is_refused_before_sending() -> None:
         "gpt-3.5-turbo cannot read images, so nothing was sent: use a vision model "
         "(-m gpt-4o-mini), or leave the image out."
     )
-    with pytest.raises(ImageError, match="^The local model reads text only"):
+    with pytest.raises(ImageError, match=r"^The local model reads text only"):
         images.check_can_send(with_image, "gpt-4o", local=True)
     images.check_can_send(with_image, "gpt-4o", local=False)
     images.check_can_send(with_image, "my-finetune", local=False)  # unknown: sent, "≈"

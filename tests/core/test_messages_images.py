@@ -35,7 +35,7 @@ def test_a_figure_becomes_an_image_part_between_text_parts() -> None:
     label = picture.label
     assert rendered.text == f"What trend does {label} show?\nOne sentence."
     assert rendered.names == ("fig",)
-    assert rendered.notes == (f"{{fig}}: sent as an image ({label[8:-1]})",)
+    assert rendered.notes == (f"{{fig}}: sent as an image ({picture.describe})",)
     content = rendered.content
     assert isinstance(content, list)
     assert content[0] == {"type": "text", "text": "What trend does "}

@@ -93,7 +93,7 @@ def test_a_text_only_model_refuses_the_map_before_sending(
     vision: ChatSession, fake: FakeOpenAIServer
 ) -> None:
     df = pd.DataFrame({"img": [pil((1, 1, 1))]})
-    with pytest.raises(ImageError, match="^gpt-3.5-turbo cannot read images"):
+    with pytest.raises(ImageError, match=r"^gpt-3\.5-turbo cannot read images"):
         vision.map(df, "{img}", model="gpt-3.5-turbo")
     assert fake.chat_requests == []
 
