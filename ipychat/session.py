@@ -69,8 +69,13 @@ class Event:
 
 
 def _parts(prompt: Any) -> bool:
-    """True for a prompt given as content parts (text and images: `Interpolated.content`)."""
-    return isinstance(prompt, list) and bool(prompt) and all(isinstance(p, dict) for p in prompt)
+    """True for a prompt given as content parts (text and images: `Interpolated.content`),
+    not a list of messages."""
+    return (
+        isinstance(prompt, list)
+        and bool(prompt)
+        and all(isinstance(p, dict) and "type" in p and "role" not in p for p in prompt)
+    )
 
 
 class ChatSession(FrameOperations):
@@ -233,7 +238,7 @@ class ChatSession(FrameOperations):
     ) -> Estimate:
         """What sending would cost: a prompt is estimated with the thread's history and the
         system prompt, as it would be sent; a message list as it is."""
-        if isinstance(prompt_or_messages, str):
+        if isinstance(prompt_or_messages, str) or _parts(prompt_or_messages):
             name = thread or self.current_thread
             history = self.threads[name].messages if name in self.threads else []
             messages = build_messages(

@@ -376,7 +376,8 @@ def parts_text(content: Any) -> str:
         elif part.get("type") in ("image_url", "input_image"):
             info = image_info(part)
             size = f": {info.width}×{info.height}" if info.width and info.height else ""
-            texts.append(f"[image{size}]")
+            space = " " if texts and not texts[-1][-1:].isspace() else ""
+            texts.append(f"{space}[image{size}]")
     return "".join(texts)
 
 

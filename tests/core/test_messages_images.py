@@ -51,7 +51,7 @@ def test_pil_images_and_ipychat_image_and_two_of_them() -> None:
     kinds = [p["type"] for p in rendered.content]
     assert kinds == ["image_url", "image_url", "text"]
     assert rendered.content[1]["image_url"]["detail"] == "low"
-    assert parts_text(rendered.content) == "[image: 12×10][image: 40×30] compare them"
+    assert parts_text(rendered.content) == "[image: 12×10] [image: 40×30] compare them"
 
 
 def test_a_path_is_text_unless_asked_for_as_an_image(tmp_path: Path) -> None:
