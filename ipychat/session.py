@@ -23,7 +23,7 @@ import threading
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ipychat.core import tokens
 from ipychat.core.errors import ChatError, ConfigError
@@ -237,12 +237,14 @@ class ChatSession(FrameOperations):
         system: str | None = None,
     ) -> Estimate:
         """What sending would cost: a prompt is estimated with the thread's history and the
-        system prompt, as it would be sent; a message list as it is."""
+        system prompt, as it would be sent (text, or text and image parts); a message list
+        as it is."""
         if isinstance(prompt_or_messages, str) or _parts(prompt_or_messages):
             name = thread or self.current_thread
             history = self.threads[name].messages if name in self.threads else []
+            prompt = cast(Content, prompt_or_messages)  # text, or parts (`_parts`)
             messages = build_messages(
-                system if system is not None else self.settings.system, history, prompt_or_messages
+                system if system is not None else self.settings.system, history, prompt
             )
         else:
             messages = list(prompt_or_messages)

@@ -30,8 +30,8 @@ import ipywidgets as w
 from ipychat.core import format as fmt
 from ipychat.core import tokens
 from ipychat.core.errors import ChatError
-from ipychat.core.markdown import escape_dollars, prompt_markdown, reply_markdown
 from ipychat.core.images import Image
+from ipychat.core.markdown import escape_dollars, prompt_markdown, reply_markdown
 from ipychat.core.messages import parts_text
 from ipychat.core.pricing import format_usd
 from ipychat.core.types import Estimate, Reply

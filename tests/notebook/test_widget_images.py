@@ -72,9 +72,7 @@ def test_picked_images_go_with_the_next_message(
     assert "base64" not in shown
 
 
-def test_an_image_alone_can_be_sent(
-    chat_panel: ChatPanel, fake: FakeOpenAIServer
-) -> None:
+def test_an_image_alone_can_be_sent(chat_panel: ChatPanel, fake: FakeOpenAIServer) -> None:
     pick(chat_panel, ("only.png", png(8, 8)))
     chat_panel.send.click()
     wait_for(lambda: fake.chat_requests, "the request")
