@@ -107,3 +107,28 @@ def test_image_placeholders_in_the_template() -> None:
     # Braces that are not a column stay text: JSON, and a spec on a non-identifier.
     t = compile_template('{p} {"kind": "image"} {a b:image}', ["p"])
     assert t.render(["x"]) == 'x {"kind": "image"} {a b:image}'
+
+
+def test_a_batch_carries_the_images_in_its_jsonl(tmp_path) -> None:
+    """--batch: each JSONL line's body holds the row's image part, as the chat endpoint
+    takes it, and the Batch API's replies fill the frame."""
+    import json
+
+    from ipychat.map import batch
+
+    with FakeOpenAIServer(batch={"delay": 0.01}) as server:
+        s = ChatSession(
+            Settings(base_url=server.base_url, api_key="sk-test-" + "k" * 20, model="gpt-4o"),
+            cache=ResponseCache(tmp_path / "cache"),
+        )
+        try:
+            df = pd.DataFrame({"img": [pil((1, 2, 3)), pil((4, 5, 6))]})
+            result = batch.run(s, df, "Colour of {img}?", "reply", poll_interval=0.01)
+        finally:
+            s.close()
+        files = [f for f in server.batch_api.files.values() if f.purpose == "batch"]
+    assert result.frame["reply"].tolist() == ["Echo: Colour of  ?"] * 2  # the text parts
+    lines = [json.loads(line) for f in files for line in f.data.splitlines()]
+    sent = [line["body"]["messages"][-1]["content"][1]["image_url"]["url"] for line in lines]
+    assert sorted(u[:22] for u in sent) == ["data:image/png;base64,"] * 2
+    assert {images.image(pil(c)).url for c in ((1, 2, 3), (4, 5, 6))} == set(sent)

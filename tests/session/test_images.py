@@ -175,3 +175,23 @@ def test_the_local_model_refuses_images_before_sending(tmp_path) -> None:
             s.close()
     finally:
         local.stop_server()
+
+
+def test_the_credential_check_reads_text_parts_never_an_images_base64(
+    vision: ChatSession, fake: FakeOpenAIServer
+) -> None:
+    """Precision: base64 is made of letters, digits, `+` and `/`, so an image's data URL can
+    spell a key shape by chance; only the text the user wrote is checked."""
+    import base64
+
+    rng = random.Random(3)
+    aws = "AKIA" + "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") for _ in range(16))
+    data = png(8, 8)
+    data += b"\0" * (-len(data) % 3)  # so what follows starts a base64 quantum
+    data += base64.b64decode("//" + aws + "//")  # bytes after IEND: decoders ignore them
+    picture = images.image(data)
+    assert f"//{aws}//" in picture.url
+    vision.ask(prompt("What is {p}?", p=picture))
+    assert fake.requests[-1].images[0].sha256 == picture.sha256
+    with pytest.raises(SecretInPromptError):
+        vision.ask(prompt(f"What is {aws} in {{p}}?", p=picture))
