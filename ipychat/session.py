@@ -30,6 +30,7 @@ from ipychat.core.errors import ChatError, ConfigError
 from ipychat.core.messages import (
     Content,
     Thread,
+    as_content,
     build_messages,
     check_thread_name,
     parts_text,
@@ -239,6 +240,7 @@ class ChatSession(FrameOperations):
         """What sending would cost: a prompt is estimated with the thread's history and the
         system prompt, as it would be sent (text, or text and image parts); a message list
         as it is."""
+        prompt_or_messages = as_content(prompt_or_messages)
         if isinstance(prompt_or_messages, str) or _parts(prompt_or_messages):
             name = thread or self.current_thread
             history = self.threads[name].messages if name in self.threads else []
@@ -268,6 +270,7 @@ class ChatSession(FrameOperations):
         A prompt holding something shaped like a credential is refused (SecretInPromptError)
         unless `allow_secrets`; with the `redact` setting, personal data is masked first.
         """
+        prompt = as_content(prompt)  # ["text", ipychat.image(...)] from Python
         if not (isinstance(prompt, str) and prompt.strip()) and not _parts(prompt):
             raise ChatError("The prompt is empty: write something in the cell below %%chat.")
         options = RequestOptions(

@@ -21,6 +21,7 @@ __all__ = [
     "Content",
     "Interpolated",
     "Thread",
+    "as_content",
     "build_messages",
     "check_thread_name",
     "interpolate",
@@ -358,6 +359,22 @@ def build_messages(
     messages.extend(history)
     messages.append({"role": "user", "content": prompt})
     return messages
+
+
+def as_content(prompt: Any) -> Any:
+    """A prompt given from Python as a list of texts and images (`["What does this show?",
+    ipychat.image(fig)]`, a Figure or a PIL image as it is) as OpenAI's content parts; a
+    part already a dict, and any other prompt, is left as it is."""
+    if not isinstance(prompt, (list, tuple)):
+        return prompt
+    parts: list[Any] = []
+    for item in prompt:
+        if isinstance(item, str):
+            parts.extend([{"type": "text", "text": item}] if item.strip() else [])
+        else:
+            picture = as_image(item)
+            parts.append(picture.part() if picture is not None else item)
+    return parts
 
 
 def parts_text(content: Any) -> str:

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image as PILImage
 
 from ipychat.core import images
-from ipychat.core.errors import ImageError, SecretInPromptError
+from ipychat.core.errors import ChatError, ImageError, SecretInPromptError
 from ipychat.core.messages import interpolate
 from ipychat.engine.cache import ResponseCache
 from ipychat.session import ChatSession, Settings, reset_session
@@ -195,3 +195,21 @@ def test_the_credential_check_reads_text_parts_never_an_images_base64(
     assert fake.requests[-1].images[0].sha256 == picture.sha256
     with pytest.raises(SecretInPromptError):
         vision.ask(prompt(f"What is {aws} in {{p}}?", p=picture))
+
+
+def test_from_python_a_list_of_texts_and_images_is_a_prompt(
+    vision: ChatSession, fake: FakeOpenAIServer
+) -> None:
+    picture = images.image(png(30, 30))
+    pil = PILImage.new("RGB", (5, 5))
+    estimate = vision.estimate(["What are these?", picture, pil])
+    reply = vision.ask(["What are these?", picture, pil], new=True)
+    content = fake.requests[-1].body["messages"][-1]["content"]
+    assert content[0] == {"type": "text", "text": "What are these?"}
+    assert [i.width for i in fake.requests[-1].images] == [30, 5]
+    assert estimate.prompt_tokens == vision.prepare(content, new=True).estimate.prompt_tokens
+    assert reply.text.startswith("Echo: What are these?")
+    with pytest.raises(ChatError, match="The prompt is empty"):
+        vision.ask(["  "])
+    with pytest.raises(ChatError, match="The prompt is empty"):
+        vision.ask(42)  # type: ignore[arg-type]
