@@ -36,7 +36,7 @@ from ipychat.core.types import CacheMode, Estimate
 from ipychat.engine.endpoint import Router
 from ipychat.engine.exchange import CachedReply, Exchange, Progress
 from ipychat.engine.ledger import Ledger
-from ipychat.engine.prepare import Gate, Prepared, RequestOptions, build_body
+from ipychat.engine.prepare import Estimator, Gate, Prepared, RequestOptions, build_body
 
 if TYPE_CHECKING:
     import httpx
@@ -315,20 +315,14 @@ class Engine:
         max_tokens: int | None = None,
     ) -> Estimate:
         """What sending `messages` as they are would cost (tokens, cost range, window)."""
-        model = model or self.model
-        wanted = self.max_tokens(model, max_tokens)
-        counted = self.count(messages, model)
-        low, high, batch = pricing.estimate_cost_range(counted.tokens, wanted, self.price(model))
-        return Estimate(
-            model=model,
-            messages=len(messages),
-            prompt_tokens=counted.tokens,
-            max_completion_tokens=wanted,
-            approximate=counted.approximate,
-            cost_low=low,
-            cost_high=high,
-            cost_batch=batch,
-            context_window=self.context_window(model),
+        return self.estimator(model or self.model, max_tokens)(messages)
+
+    def estimator(self, model: str, max_tokens: int | None) -> Estimator:
+        """`estimate` for many message lists to one model: its price, context window and reply
+        cap are resolved once (each resolution reads the endpoint from the environment, and
+        %%chatmap estimates thousands of rows)."""
+        return Estimator(
+            model, self.max_tokens(model, max_tokens), self.price(model), self.context_window(model)
         )
 
     # ----- preparing a request ---------------------------------------------------------------
@@ -424,13 +418,21 @@ class Engine:
         return cleaned.messages[0]["content"], cleaned.note
 
     def prepare_body(
-        self, prompt: str, body: dict[str, Any], *, label: str = "map", masked: str = ""
+        self,
+        prompt: str,
+        body: dict[str, Any],
+        *,
+        label: str = "map",
+        masked: str = "",
+        estimator: Estimator | None = None,
     ) -> Prepared:
         """`prepare_one` for a body built around the cleaned `prompt` (`one_body`):
-        estimated, and checked to fit the context window (ContextLengthError if not)."""
+        estimated (by `estimator`, made by `self.estimator` for the body's model and
+        max_tokens, when many bodies share them), and checked to fit the context window
+        (ContextLengthError if not)."""
         model, wanted = body["model"], body["max_tokens"]
-        estimate = self.estimate(body["messages"], model=model, max_tokens=wanted)
-        window = self.context_window(model)
+        estimate = (estimator or self.estimator(model, wanted))(body["messages"])
+        window = estimate.context_window
         if estimate.prompt_tokens + wanted > window:
             raise ContextLengthError(
                 f"A prompt of {estimate.prompt_tokens:,} tokens plus {wanted:,} reply tokens does "
@@ -478,6 +480,7 @@ class Engine:
         reserve: bool = True,
         max_retries: int | None = None,
         write_cache: bool = True,
+        key: str | None = None,
     ) -> Exchange:
         """Send a prepared request through cache, budget, client and ledger.
 
@@ -486,6 +489,8 @@ class Engine:
         `write_cache=False` the caller stores `exchange.to_cache()` when `exchange.store`
         (in batches: `ResponseCache.set_many`). A cancel records what arrived (ledger,
         `progress.reply`) before CancelledError propagates; a ChatError is in the ledger.
+        `key` is `cache_key(prepared.body)` when the caller has it already (%%chatmap's plan
+        keyed every row at once).
         """
         from ipychat.engine import send
 
@@ -493,5 +498,5 @@ class Engine:
             self,
             prepared,
             progress or Progress(),
-            send.Sending(stream, cache, on_delta, reserve, max_retries, write_cache),
+            send.Sending(stream, cache, on_delta, reserve, max_retries, write_cache, key),
         )
