@@ -33,7 +33,7 @@ import math
 import os
 import re
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -461,12 +461,15 @@ def takes_images(model: str) -> bool | None:
     return None
 
 
-def check_can_send(messages: Iterable[Mapping[str, Any]], model: str, *, local: bool) -> None:
+def check_can_send(
+    messages: Iterable[Mapping[str, Any]], model: str, *, local: Callable[[], bool]
+) -> None:
     """Refuse, before anything is sent, images for a model that cannot read them (ImageError):
-    the embedded local model (text-only), or a model `takes_images` knows as text-only."""
+    the embedded local model (text-only), or a model `takes_images` knows as text-only.
+    `local()` (is the endpoint the local model?) is asked only when there are images."""
     if not has_images(messages):
         return
-    if local:
+    if local():
         raise ImageError(
             "The local model reads text only, so the image was not sent: set OPENAI_API_KEY "
             "or %chat endpoint URL to use a vision model, or leave the image out."

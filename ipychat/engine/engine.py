@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ipychat.core import pricing, tokens
 from ipychat.core.errors import ConfigError, ContextLengthError
 from ipychat.core.hygiene import Cleaned, check_sendable
-from ipychat.core.images import check_can_send, has_images
+from ipychat.core.images import check_can_send
 from ipychat.core.keys import Secret, cache_key
 from ipychat.core.messages import Content, build_messages, trim_history
 from ipychat.core.settings import (
@@ -328,11 +328,9 @@ class Engine:
     # ----- preparing a request ---------------------------------------------------------------
 
     def body(self, messages: list[dict[str, Any]], options: RequestOptions) -> dict[str, Any]:
-        """The one body builder: `messages` with the options, settings filling the gaps.
-        Images for a model that cannot read them are refused here (ImageError)."""
+        """The one body builder: `messages` with the options, settings filling the gaps."""
         model = check_model(options.model) or self.model
-        if has_images(messages):
-            check_can_send(messages, model, local=self.is_local)
+        check_can_send(messages, model, local=lambda: self.is_local)  # images: who reads them
         temperature = options.temperature
         return build_body(
             messages,

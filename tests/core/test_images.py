@@ -230,16 +230,16 @@ def test_who_is_refused_before_sending() -> None:
     with_image = [{"role": "user", "content": [{"type": "text", "text": "hi"}, part]}]
     text = [{"role": "user", "content": "hi"}]
     with pytest.raises(ImageError) as info:
-        images.check_can_send(with_image, "gpt-3.5-turbo", local=False)
+        images.check_can_send(with_image, "gpt-3.5-turbo", local=lambda: False)
     assert str(info.value) == (
         "gpt-3.5-turbo cannot read images, so nothing was sent: use a vision model "
         "(-m gpt-4o-mini), or leave the image out."
     )
     with pytest.raises(ImageError, match=r"^The local model reads text only"):
-        images.check_can_send(with_image, "gpt-4o", local=True)
-    images.check_can_send(with_image, "gpt-4o", local=False)
-    images.check_can_send(with_image, "my-finetune", local=False)  # unknown: sent, "≈"
-    images.check_can_send(text, "gpt-3.5-turbo", local=True)  # no image: nothing to refuse
+        images.check_can_send(with_image, "gpt-4o", local=lambda: True)
+    images.check_can_send(with_image, "gpt-4o", local=lambda: False)
+    images.check_can_send(with_image, "my-finetune", local=lambda: False)  # unknown: sent, "≈"
+    images.check_can_send(text, "gpt-3.5-turbo", local=lambda: True)  # no image: nothing to refuse
 
 
 # ----- the cache key -------------------------------------------------------------------------
