@@ -62,6 +62,9 @@ def test_the_server_gets_the_png_and_bills_what_the_estimate_counted(
     billed = reply.usage.prompt_tokens - plain.usage.prompt_tokens
     assert counted == billed == images.image_tokens(*size, None, model)[0]
     assert with_image.cost_high > text_only.cost_high
+    # The ledger records tokens and cost, never the image (nor any prompt).
+    assert "base64" not in repr(vision.usage.rows) and picture.sha256 not in repr(vision.usage.rows)
+    assert vision.usage.rows[-1].prompt_tokens == reply.usage.prompt_tokens
 
 
 def test_the_same_image_is_a_cache_hit_another_is_not(
