@@ -151,6 +151,7 @@ class Estimator:
     max_completion_tokens: int
     price: pricing.ModelPrice | None
     context_window: int
+    approximate: bool = False  # the endpoint's tokenizer is not OpenAI's: every count ≈
 
     def __call__(self, messages: Sequence[dict[str, Any]]) -> Estimate:
         counted = tokens.count_messages(messages, self.model)
@@ -161,7 +162,7 @@ class Estimator:
             messages=len(messages),
             prompt_tokens=counted.tokens,
             max_completion_tokens=wanted,
-            approximate=counted.approximate,
+            approximate=counted.approximate or self.approximate,
             cost_low=low,
             cost_high=high,
             cost_batch=batch,
