@@ -33,13 +33,23 @@ from ipychat.core.messages import (
     as_content,
     build_messages,
     check_thread_name,
+    is_parts,
     parts_text,
 )
 from ipychat.core.runner import LoopThread, wait, wait_async
 from ipychat.core.settings import Endpoint, Settings, check_model
+from ipychat.core.structured import output_spec
 from ipychat.core.types import Estimate, Reply
+from ipychat.engine import typedreply as typed_reply
 from ipychat.engine.engine import CacheMode, Engine
-from ipychat.engine.prepare import Prepared, RequestOptions, allowing_secrets
+from ipychat.engine.prepare import (
+    Prepared,
+    RequestOptions,
+    allowing_secrets,
+    structured_kind,
+    typed_options,
+)
+from ipychat.engine.typedreply import with_spec
 from ipychat.frames import FrameOperations
 from ipychat.lifetime import Owned, close_at_exit
 from ipychat.streaming import Progress, ReplyStream, interrupted
@@ -67,16 +77,6 @@ class Event:
     thread: str = ""
     text: str = ""
     reply: Reply | None = None
-
-
-def _parts(prompt: Any) -> bool:
-    """True for a prompt given as content parts (text and images: `Interpolated.content`),
-    not a list of messages."""
-    return (
-        isinstance(prompt, list)
-        and bool(prompt)
-        and all(isinstance(p, dict) and "type" in p and "role" not in p for p in prompt)
-    )
 
 
 class ChatSession(FrameOperations):
@@ -241,10 +241,10 @@ class ChatSession(FrameOperations):
         system prompt, as it would be sent (text, or text and image parts); a message list
         as it is."""
         prompt_or_messages = as_content(prompt_or_messages)
-        if isinstance(prompt_or_messages, str) or _parts(prompt_or_messages):
+        if isinstance(prompt_or_messages, str) or is_parts(prompt_or_messages):
             name = thread or self.current_thread
             history = self.threads[name].messages if name in self.threads else []
-            prompt = cast(Content, prompt_or_messages)  # text, or parts (`_parts`)
+            prompt = cast(Content, prompt_or_messages)  # text, or parts (`is_parts`)
             messages = build_messages(
                 system if system is not None else self.settings.system, history, prompt
             )
@@ -264,14 +264,17 @@ class ChatSession(FrameOperations):
         max_cost: float | None = None,
         new: bool = False,
         allow_secrets: bool = False,
+        schema: Any = None,
+        choices: Sequence[str] | None = None,
     ) -> Prepared:
         """Build, trim and estimate a turn of a thread without sending it (--dry-run).
 
         A prompt holding something shaped like a credential is refused (SecretInPromptError)
         unless `allow_secrets`; with the `redact` setting, personal data is masked first.
+        `schema`/`choices`: a typed reply (see `ask`), its rule and fragment added.
         """
         prompt = as_content(prompt)  # ["text", ipychat.image(...)] from Python
-        if not (isinstance(prompt, str) and prompt.strip()) and not _parts(prompt):
+        if not (isinstance(prompt, str) and prompt.strip()) and not is_parts(prompt):
             raise ChatError("The prompt is empty: write something in the cell below %%chat.")
         options = RequestOptions(
             model=check_model(model) or self.engine.model,
@@ -281,6 +284,10 @@ class ChatSession(FrameOperations):
             allow_secrets=allow_secrets,
         )
         options.check(max_cost)
+        spec = output_spec(schema=schema, choices=choices) if schema or choices else None
+        if spec is not None:
+            kind = structured_kind(self.engine)
+            options = typed_options(options, spec, kind, self.settings.system)
         name = thread or self.current_thread
         existing = self.threads.get(name)
         history = [] if new or existing is None else existing.messages
@@ -288,7 +295,7 @@ class ChatSession(FrameOperations):
         the_thread = self.thread(name)  # created only once the prompt may leave
         prepared = self.engine.fit_turn(cleaned, options, label=the_thread.name, max_cost=max_cost)
         prepared.thread = the_thread
-        return prepared
+        return with_spec(self.engine, prepared, spec, kind) if spec is not None else prepared
 
     # ----- sending ------------------------------------------------------------------------------
 
@@ -361,8 +368,15 @@ class ChatSession(FrameOperations):
         prepared = self.prepare(prompt, new=new, **options)
         progress.estimate = prepared.estimate
         mode: CacheMode = "use" if cache is True else "off" if cache is False else cache
-        return await self.request(
-            prepared, progress, stream=stream, cache=mode, on_delta=on_delta, new=new
+
+        def send(prepared: Prepared) -> Coroutine[Any, Any, Reply]:
+            return self.request(
+                prepared, progress, stream=stream, cache=mode, on_delta=on_delta, new=new
+            )
+
+        # A typed reply is checked (and repaired once) there; a plain one is sent as it is.
+        return await typed_reply.sent(
+            self.engine, prepared, send, lambda: self.prepare(prompt, new=new, **options), mode
         )
 
     def ask(
@@ -380,11 +394,19 @@ class ChatSession(FrameOperations):
         new: bool = False,
         on_delta: Callable[[str], None] | None = None,
         allow_secrets: bool = False,
+        schema: Any = None,
+        choices: Sequence[str] | None = None,
     ) -> Reply:
         """Send `prompt` on a thread and wait for the reply. `cache`: True/"use", "refresh"
         (skip the read, store the new reply) or False/"off". Ctrl-C raises Interrupted, whose
         `.reply` holds what arrived. A prompt shaped like a credential is refused unless
-        `allow_secrets`."""
+        `allow_secrets`.
+
+        A typed reply: `schema` (a Pydantic model class or a JSON-schema dict) or `choices`
+        (labels). The reply is constrained where the endpoint can (the `structured` setting)
+        and validated always; `reply.value` is the answer (a model instance, a dict, or the
+        label as given in `choices`). A reply that does not fit is asked again once; if that
+        does not fit either, InvalidReply (its `.reply` is what came back)."""
         progress = Progress()
         coro = self.ask_on_loop(
             prompt,
@@ -400,6 +422,8 @@ class ChatSession(FrameOperations):
             max_tokens=max_tokens,
             max_cost=max_cost,
             allow_secrets=allow_secrets,
+            schema=schema,
+            choices=choices,
         )
         try:
             return wait(self.runner, coro)

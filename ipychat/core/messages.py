@@ -25,6 +25,7 @@ __all__ = [
     "build_messages",
     "check_thread_name",
     "interpolate",
+    "is_parts",
     "literal_braces",
     "parts_text",
     "render_value",
@@ -359,6 +360,16 @@ def build_messages(
     messages.extend(history)
     messages.append({"role": "user", "content": prompt})
     return messages
+
+
+def is_parts(prompt: Any) -> bool:
+    """True for a prompt given as content parts (text and images: `Interpolated.content`),
+    not a list of messages."""
+    return (
+        isinstance(prompt, list)
+        and bool(prompt)
+        and all(isinstance(p, dict) and "type" in p and "role" not in p for p in prompt)
+    )
 
 
 def as_content(prompt: Any) -> Any:

@@ -159,6 +159,8 @@ class Reply:
     time_to_first_token: float | None = None
     retries: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    # A typed reply's answer (ask(schema=...) / choices=): the model instance, dict or label
+    value: Any = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return self.text

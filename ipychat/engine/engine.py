@@ -18,10 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from ipychat.core import pricing, providers, tokens
+from ipychat.core import images, pricing, providers, tokens
 from ipychat.core.errors import ConfigError, ContextLengthError
 from ipychat.core.hygiene import Cleaned, check_sendable
-from ipychat.core.images import check_can_send
 from ipychat.core.keys import Secret, cache_key
 from ipychat.core.messages import Content, build_messages, trim_history
 from ipychat.core.settings import (
@@ -149,12 +148,13 @@ class Engine:
     def host(self) -> str:
         return self.router.host(self.settings)
 
-    def cache_key(self, body: dict[str, Any]) -> str:
+    def cache_key(self, body: dict[str, Any], salt: str = "") -> str:
         """The cache key of a request body on this endpoint. The endpoint is its URL plus
-        Azure's api-version (a query parameter the body does not carry; it can change replies)."""
+        Azure's api-version (a query parameter the body does not carry; it can change replies);
+        `salt` is what else decides a reply's use (a typed reply's `OutputSpec.digest`)."""
         version = self.settings.azure_api_version
         endpoint = f"{self.base_url}?api-version={version}" if version else self.base_url
-        return cache_key(endpoint, body)
+        return cache_key(f"{endpoint}#output={salt}" if salt else endpoint, body)
 
     @property
     def model(self) -> str:
@@ -329,7 +329,7 @@ class Engine:
     def body(self, messages: list[dict[str, Any]], options: RequestOptions) -> dict[str, Any]:
         """The one body builder: `messages` with the options, settings filling the gaps."""
         model = check_model(options.model) or self.model
-        check_can_send(messages, model, local=lambda: self.is_local)  # images: who reads them
+        images.check_can_send(messages, model, local=lambda: self.is_local)  # who reads images
         temperature = options.temperature
         body = build_body(
             messages,
@@ -398,7 +398,7 @@ class Engine:
             cleaned.messages[-1]["content"], body, label=label, masked=cleaned.note
         )
 
-    def one_body(self, prompt: str, options: RequestOptions = _DEFAULTS) -> dict[str, Any]:
+    def one_body(self, prompt: Content, options: RequestOptions = _DEFAULTS) -> dict[str, Any]:
         """The body `prepare_one` sends for a prompt already cleaned (`clean_prompt`); the
         system prompt is checked and cleaned here, nothing is counted (%%chatmap builds one,
         then its rows' bodies from it)."""
@@ -417,7 +417,7 @@ class Engine:
 
     def prepare_body(
         self,
-        prompt: str,
+        prompt: Content,
         body: dict[str, Any],
         *,
         label: str = "map",

@@ -51,7 +51,7 @@ async def request(
 ) -> Exchange:
     """See `Engine.request`."""
     body = prepared.body
-    key = sending.key or engine.cache_key(body)
+    key = sending.key or engine.cache_key(body, prepared.cache_salt)
     store = engine.cache if sending.cache != "off" and engine.settings.cache else None
     if store is not None and sending.cache == "use":
         hit = store.get(key)

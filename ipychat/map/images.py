@@ -32,6 +32,7 @@ class ImageSlots:
     def __init__(self) -> None:
         self._images: list[Image] = []
         self._marks: dict[Image, str] = {}
+        self.failed: set[int] = set()  # rows whose image could not be read
 
     def __bool__(self) -> bool:
         return bool(self._images)
@@ -59,6 +60,7 @@ class ImageSlots:
                 marks.append(self._mark(image(value, detail=detail)))
             except ChatError as exc:
                 row_errors.setdefault(i, f"column {column!r}: {exc}")
+                self.failed.add(i)
                 marks.append("")
         return marks
 

@@ -28,6 +28,7 @@ from ipychat.core.errors import ContextLengthError, TemplateError
 from ipychat.core.messages import Content
 from ipychat.core.pricing import format_tokens, format_usd, format_usd_bound
 from ipychat.engine.prepare import RequestOptions
+from ipychat.engine.typedreply import add_prompt_tokens
 from ipychat.map.images import ImageSlots
 from ipychat.map.rowshape import RowShape, request_key
 
@@ -89,6 +90,7 @@ class MapPlan:
     first_prompt: str | None = None
     default_cap: int | None = None  # the map's own reply cap, when the user set none
     note: str | None = None  # e.g. the local model answers a map naming another model
+    unreadable: int = 0  # rows whose image could not be read (not in `skipped`)
 
     def line(self) -> str:
         """`1,000 rows · 212 cached · 788 to send · 61,203 prompt tokens · up to 3,940 reply
@@ -101,6 +103,8 @@ class MapPlan:
         if self.skipped:
             cols = ", ".join(self.null_columns)
             parts.append(f"{self.skipped:,} skipped (null in {cols}; --fill-null TEXT sends them)")
+        if self.unreadable:
+            parts.append(f"{self.unreadable:,} with an unreadable image (see _error)")
         if self.invalid:
             parts.append(f"{self.invalid:,} too long for the context window")
         parts.append(f"{format_tokens(self.prompt_tokens, self.approximate)} prompt tokens")
@@ -142,6 +146,7 @@ class MapRequest:
     reask: bool = False
     failures: int = 0
     limited: int = 0
+    fell_back: bool = False  # re-sent in the prompt kind after the server refused the fields
 
     @property
     def prompt(self) -> Content:
@@ -202,6 +207,10 @@ class RowRequest:
     extra: dict[str, Any] | None = None  # e.g. --json's response_format
     allow_secrets: bool = False
     default_cap: int | None = None  # the map's own reply cap, when the user set none
+    salt: str = ""  # a typed map's spec digest: part of every cache key
+    # Prompt tokens a typed map's request carries outside the messages (a schema sent in
+    # `response_format` is billed as input): added to every estimate.
+    schema_tokens: int = 0
 
     def options(self) -> RequestOptions:
         """The options of `Engine.one_body`/`prepare_one` for every row."""
@@ -251,7 +260,7 @@ def plan_requests(
         send=len(to_send),
         send_rows=sum(len(job.rows) for job in to_send),
         duplicates=processed - invalid - len(jobs) if processed else 0,
-        skipped=skipped,
+        skipped=skipped - len(slots.failed),
         null_columns=tuple(null_cols),
         invalid=invalid,
         prompt_tokens=sum(e.prompt_tokens for e in estimates),
@@ -264,6 +273,7 @@ def plan_requests(
         offline=engine.settings.offline,
         first_prompt=next((slots.text(p) for p in by_prompt), None),
         default_cap=request.default_cap,
+        unreadable=len(slots.failed),
     )
     return Planned(plan, hits, to_send, skipped, row_errors)
 
@@ -281,12 +291,12 @@ def _lookup(
     Rows with images are prepared one by one (`RowShape` is for text rows)."""
     options = request.options()
     allow_secrets = request.allow_secrets
-    shape = RowShape.probe(engine, options) if by_prompt and not slots else None
+    shape = RowShape.probe(engine, options, request.salt) if by_prompt and not slots else None
     jobs: list[MapRequest | CachedRequest] = []
     found: dict[str, dict[str, Any]] = {}
     invalid = 0
     if shape is None:
-        invalid = _prepare(engine, by_prompt, row_errors, options, jobs, slots)
+        invalid = _prepare(engine, by_prompt, row_errors, request, jobs, slots)
         if store is not None and jobs:
             found = store.get_many([job.key for job in jobs])
         return jobs, found, invalid
@@ -305,7 +315,7 @@ def _lookup(
         except ContextLengthError as exc:  # this row only (a credential refuses the map)
             invalid += _too_long(row_errors, rows, exc)
             continue
-        jobs.append(_request(key, prepared, rows))
+        jobs.append(_request(key, _with_schema(engine, prepared, request), rows))
     return jobs, found, invalid
 
 
@@ -361,6 +371,11 @@ def _render(
     return by_prompt, len(row_errors), null_cols  # every row with an error is skipped
 
 
+def _with_schema(engine: Engine, prepared: Prepared, request: RowRequest) -> Prepared:
+    """`prepared` with a typed map's schema tokens in its estimate (tokens and cost)."""
+    return add_prompt_tokens(engine, prepared, request.schema_tokens)
+
+
 def _request(key: str, prepared: Prepared, rows: list[int]) -> MapRequest:
     estimate = prepared.estimate
     return MapRequest(key, prepared, rows, estimate.prompt_tokens + estimate.max_completion_tokens)
@@ -376,20 +391,23 @@ def _prepare(
     engine: Engine,
     by_prompt: dict[str, list[int]],
     row_errors: dict[int, str],
-    options: RequestOptions,
+    request: RowRequest,
     jobs: list[MapRequest | CachedRequest],
     slots: ImageSlots,
 ) -> int:
     """Each unique prompt through `Engine.prepare_one`, into `jobs` (when no `RowShape`
     could be had); returns the rows too long for the context window."""
     invalid = 0
+    options = request.options()
     for prompt, rows in by_prompt.items():
         try:
             prepared = engine.prepare_one(slots.content(prompt), options, label="map")
         except ContextLengthError as exc:  # this row only (a credential refuses the map)
             invalid += _too_long(row_errors, rows, exc)
             continue
-        jobs.append(_request(request_key(engine, prepared.body), prepared, rows))
+        prepared.cache_salt = request.salt
+        key = request_key(engine, prepared.body, request.salt)
+        jobs.append(_request(key, _with_schema(engine, prepared, request), rows))
     return invalid
 
 

@@ -20,6 +20,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Int, TraitError, Unicode, ob
 from ipychat.core import format as fmt
 from ipychat.core.errors import ChatError, Interrupted
 from ipychat.core.messages import Content, Interpolated, interpolate, unfenced_json
+from ipychat.core.structured import ENDPOINT_KINDS
 from ipychat.core.types import Reply
 from ipychat.notebook.commands import ChatCommands
 from ipychat.notebook.magicargs import check_variable, help_layout, parse_line, user_errors
@@ -46,6 +47,7 @@ _MIRRORED = (
     "max_retries",
     "azure_api_version",
     "redact",
+    "structured",
 )
 
 
@@ -81,6 +83,13 @@ class ChatMagics(Magics):
     )
     azure_api_version = Unicode(
         None, allow_none=True, help="Azure OpenAI api-version; switches to the api-key header."
+    ).tag(config=True)
+    structured = CaselessStrEnum(
+        ["auto", *ENDPOINT_KINDS],
+        None,
+        allow_none=True,
+        help="How the endpoint constrains typed replies (--schema, --choices): auto (from the "
+        "endpoint), openai, llama.cpp, vllm, vllm-guided, or prompt (validated only).",
     ).tag(config=True)
     display_mode = CaselessStrEnum(
         ["auto", "notebook", "terminal"],
@@ -169,6 +178,9 @@ class ChatMagics(Magics):
 
         %%chat --dry-run
         How many tokens is {notes}?
+
+        %%chat --schema Invoice -o invoice
+        Extract the invoice from: {email}
         """,
     )
     @argument_group("Request")
@@ -193,6 +205,12 @@ class ChatMagics(Magics):
         metavar="FORMAT",
         help="markdown (default); text; code: the first code block goes into the next cell; "
         "json: parse the reply (with -o VAR, the object).",
+    )
+    @argument(
+        "--schema",
+        metavar="NAME",
+        help="The reply is one object of this Pydantic model or JSON-schema dict (a notebook "
+        "variable), constrained where the endpoint can and validated; -o VAR keeps the object.",
     )
     @argument("--no-stream", action="store_true", help="Wait for the whole reply.")
     @argument_group("Cache")
@@ -245,6 +263,8 @@ class ChatMagics(Magics):
             "max_cost": args.max_cost,
             "allow_secrets": args.allow_secrets,
         }
+        if args.schema:
+            options["schema"] = self._schema(args.schema)
         from ipychat.notebook.display import LiveReply, show_prompt
 
         if args.dry_run:
@@ -276,7 +296,7 @@ class ChatMagics(Magics):
         self, prompt: Content, options: dict[str, Any], cache: CacheMode, args: Any, live: LiveReply
     ) -> Reply:
         session = self.session
-        if args.no_stream or not self.stream:
+        if args.no_stream or not self.stream or args.schema:  # a typed reply is checked whole
             return session.ask(prompt, cache=cache, new=args.new, **options)
         text = ""
         model = options["model"] or session.model
@@ -307,9 +327,20 @@ class ChatMagics(Magics):
         assert stream.reply is not None
         return stream.reply
 
+    def _schema(self, name: str) -> Any:
+        """The --schema variable: a Pydantic model class or a JSON-schema dict."""
+        if name not in self._user_ns:
+            raise UsageError(
+                f"--schema {name}: no variable named {name!r}; define the Pydantic model (or "
+                "JSON-schema dict) in a cell above first."
+            )
+        return self._user_ns[name]
+
     def _deliver(self, reply: Reply, args: Any) -> Any:
         value: Any = reply
-        if args.format == "json":
+        if args.schema:
+            value = reply.value
+        elif args.format == "json":
             value = _parse_json(reply.text)
         elif args.format == "code":
             blocks = _CODE_BLOCK.findall(reply.text)

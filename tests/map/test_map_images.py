@@ -77,6 +77,9 @@ def test_a_column_of_paths_is_text_unless_marked_image(
     out = vision.map(df, "Describe {path:image=low}", "r")
     assert out["_error"].isna().tolist() == [True, True, False]
     assert out["_error"][2].startswith("column 'path': Cannot read the image")
+    plan = vision.map(df, "Describe {path:image=low}", "r", dry_run=True)
+    assert (plan.unreadable, plan.skipped) == (1, 0)
+    assert "1 with an unreadable image (see _error)" in plan.line()
     with_images = [r for r in fake.chat_requests if r.images]
     assert len(with_images) == 2 and {r.images[0].detail for r in with_images} == {"low"}
 

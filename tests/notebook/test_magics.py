@@ -544,8 +544,15 @@ def help_of(ip, cell: str) -> str:
         ),
         (
             "%%chatmap?\n",
-            "Usage: %%chatmap DF -o COL [COL ...] [OPTIONS]",
-            ("What to map:", "Request:", "Pace:", "Cache and cost:", "Batch API:"),
+            "Usage: %%chatmap DF (-o COL [COL ...] | --schema NAME) [OPTIONS]",
+            (
+                "What to map:",
+                "Typed answers:",
+                "Request:",
+                "Pace:",
+                "Cache and cost:",
+                "Batch API:",
+            ),
             "  %%chatmap reviews -o sentiment --max-tokens 5\n",
         ),
         (
