@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ipychat.core import format as fmt
 from ipychat.core.errors import ChatError
 from ipychat.core.markdown import reply_markdown
+from ipychat.core.messages import Content, parts_text
 from ipychat.core.types import CacheMode, Reply
 from ipychat.streaming import Progress
 
@@ -44,7 +45,7 @@ class Answer:
 class Comparison:
     """The replies of several models to one turn; `reply` is the one the thread kept."""
 
-    prompt: str
+    prompt: str  # its text (an image shows as its label)
     answers: tuple[Answer, ...]
     kept: str
 
@@ -95,7 +96,7 @@ class Comparison:
 
 async def compare_on_loop(
     session: ChatSession,
-    prompt: str,
+    prompt: Content,
     models: Sequence[str],
     *,
     keep: str | None = None,
@@ -125,4 +126,4 @@ async def compare_on_loop(
             answers.append(Answer(model, result))
     if all(answer.reply is None for answer in answers):
         raise ChatError(f"Every model failed; {answers[0].model}: {answers[0].error}")
-    return Comparison(prompt, tuple(answers), kept)
+    return Comparison(parts_text(prompt), tuple(answers), kept)

@@ -24,26 +24,18 @@ import threading
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ipychat.conversation import Conversations, TurnRecord
 from ipychat.core import tokens
 from ipychat.core.errors import ChatError
-from ipychat.core.messages import Thread, build_messages
+from ipychat.core.messages import Content, Thread, as_content, build_messages, is_parts, parts_text
 from ipychat.core.runner import LoopThread, wait, wait_async
 from ipychat.core.settings import Endpoint, Settings, check_model
-from ipychat.core.structured import output_spec
 from ipychat.core.types import Estimate, Reply
 from ipychat.engine import typedreply as typed_reply
 from ipychat.engine.engine import CacheMode, Engine
-from ipychat.engine.prepare import (
-    Prepared,
-    RequestOptions,
-    allowing_secrets,
-    structured_kind,
-    typed_options,
-)
-from ipychat.engine.typedreply import with_spec
+from ipychat.engine.prepare import Prepared, RequestOptions, allowing_secrets
 from ipychat.frames import FrameOperations
 from ipychat.lifetime import Owned, close_at_exit
 from ipychat.streaming import Progress, ReplyStream, interrupted
@@ -239,20 +231,20 @@ class ChatSession(FrameOperations):
         system: str | None = None,
     ) -> Estimate:
         """What sending would cost: a prompt is estimated with the thread's history and the
-        system prompt, as it would be sent; a message list as it is."""
-        if isinstance(prompt_or_messages, str):
-            name = thread or self.current_thread
-            history = self.threads[name].messages if name in self.threads else []
-            messages = build_messages(
-                system if system is not None else self.settings.system, history, prompt_or_messages
-            )
+        system prompt, as it would be sent (text, or text and image parts); a message list
+        as it is."""
+        content = as_content(prompt_or_messages)
+        if isinstance(content, str) or is_parts(content):  # a prompt: text, or parts
+            history = self.conversations.history(thread)
+            system = system if system is not None else self.settings.system
+            messages = build_messages(system, history, cast(Content, content))
         else:
-            messages = list(prompt_or_messages)
+            messages = list(content)
         return self.engine.estimate(messages, model=model, max_tokens=max_tokens)
 
     def prepare(
         self,
-        prompt: str,
+        prompt: Content,
         *,
         thread: str | None = None,
         model: str | None = None,
@@ -274,7 +266,8 @@ class ChatSession(FrameOperations):
         unless `allow_secrets`; with the `redact` setting, personal data is masked first.
         `schema`/`choices`: a typed reply (see `ask`), its rule and fragment added.
         """
-        if not isinstance(prompt, str) or not prompt.strip():
+        prompt = as_content(prompt)  # ["text", ipychat.image(...)] from Python
+        if not (isinstance(prompt, str) and prompt.strip()) and not is_parts(prompt):
             raise ChatError("The prompt is empty: write something in the cell below %%chat.")
         options = RequestOptions(
             model=check_model(model) or self.engine.model,
@@ -284,17 +277,16 @@ class ChatSession(FrameOperations):
             allow_secrets=allow_secrets,
         )
         options.check(max_cost)
-        spec = output_spec(schema=schema, choices=choices) if schema or choices else None
-        if spec is not None:
-            kind = structured_kind(self.engine)
-            options = typed_options(options, spec, kind, self.settings.system)
+        turn = typed_reply.turn_options(self.engine, options, schema, choices)
         name = thread or self.current_thread
         history = self.conversations.history(name, cell=cell, new=new)
-        cleaned = self.engine.outgoing(prompt, options, history)
+        cleaned = self.engine.outgoing(prompt, turn.options, history)
         the_thread = self.thread(name)  # created only once the prompt may leave
-        prepared = self.engine.fit_turn(cleaned, options, label=the_thread.name, max_cost=max_cost)
+        prepared = self.engine.fit_turn(
+            cleaned, turn.options, label=the_thread.name, max_cost=max_cost
+        )
         prepared.thread, prepared.cell = the_thread, cell
-        return with_spec(self.engine, prepared, spec, kind) if spec is not None else prepared
+        return turn.mark(self.engine, prepared)
 
     # ----- sending ------------------------------------------------------------------------------
 
@@ -325,7 +317,7 @@ class ChatSession(FrameOperations):
                 on_delta(text)
             self._emit(Event("delta", thread=thread.name, text=text))
 
-        self._emit(Event("start", thread=thread.name, text=prepared.prompt))
+        self._emit(Event("start", thread=thread.name, text=parts_text(prepared.prompt)))
         try:
             exchange = await self.engine.request(
                 prepared, progress, stream=stream, cache=cache, on_delta=delta
@@ -350,7 +342,7 @@ class ChatSession(FrameOperations):
 
     async def ask_on_loop(
         self,
-        prompt: str,
+        prompt: Content,
         progress: Progress,
         *,
         stream: bool = False,
@@ -378,7 +370,7 @@ class ChatSession(FrameOperations):
 
     def ask(
         self,
-        prompt: str,
+        prompt: Content,
         *,
         thread: str | None = None,
         model: str | None = None,
@@ -429,15 +421,15 @@ class ChatSession(FrameOperations):
         except KeyboardInterrupt:
             raise interrupted(progress) from None
 
-    async def aask(self, prompt: str, **options: Any) -> Reply:
+    async def aask(self, prompt: Content, **options: Any) -> Reply:
         """`ask` for code that awaits; the request still runs on the session's own loop."""
         return await wait_async(self.runner, self.ask_on_loop(prompt, Progress(), **options))
 
-    def stream(self, prompt: str, **options: Any) -> ReplyStream:
+    def stream(self, prompt: Content, **options: Any) -> ReplyStream:
         """Iterate over the text deltas of a streamed reply; `.reply` is the Reply afterwards."""
         return ReplyStream(self, prompt, options)
 
-    def compare(self, prompt: str, models: Sequence[str], **options: Any) -> Comparison:
+    def compare(self, prompt: Content, models: Sequence[str], **options: Any) -> Comparison:
         """Send one turn to each of `models` at once and wait for every reply; the thread
         continues with `keep`'s (default the first's). See `ipychat.compare`."""
         from ipychat.compare import compare_on_loop

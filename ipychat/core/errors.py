@@ -9,6 +9,7 @@ ChatError                      anything ipychat raises on purpose (magics show i
 ├── BudgetExceeded             sending could take spend past a budget or --max-cost
 ├── OfflineCacheMiss           offline mode and the reply is not in the cache
 ├── SecretInPromptError        the prompt contains something shaped like a credential
+├── ImageError                 an image is unreadable, or the model cannot read images
 ├── Interrupted                the user stopped a request (partial results are kept)
 └── APIError                   the server or the network failed us
     ├── APIConnectionError     could not connect, or the connection dropped
@@ -44,6 +45,7 @@ __all__ = [
     "ChatError",
     "ConfigError",
     "ContextLengthError",
+    "ImageError",
     "Interrupted",
     "InvalidReply",
     "NoAPIKeyError",
@@ -98,6 +100,11 @@ class OfflineCacheMiss(ChatError):
 
 class SecretInPromptError(ChatError):
     """The prompt contains something shaped like a credential; nothing was sent."""
+
+
+class ImageError(ChatError):
+    """An image cannot be read or sent (format, size), or the model cannot read images;
+    nothing was sent."""
 
 
 class Interrupted(ChatError):

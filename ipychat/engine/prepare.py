@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ipychat.core import pricing, tokens
 from ipychat.core.errors import BadRequestError, ChatError, ConfigError
 from ipychat.core.hygiene import Cleaned, clean_messages
-from ipychat.core.messages import Thread
+from ipychat.core.messages import Content, Thread
 from ipychat.core.structured import EndpointKind, OutputSpec, endpoint_kind
 from ipychat.core.types import Estimate
 
@@ -90,7 +90,7 @@ class RequestOptions:
 class Prepared:
     """A request ready to send: nothing has left the kernel yet."""
 
-    prompt: str
+    prompt: Content  # text, or text and image parts
     thread: Thread | None  # None: a one-off request (a %%chatmap row) outside any thread
     body: dict[str, Any]
     estimate: Estimate
@@ -118,6 +118,15 @@ def build_body(
     body["max_tokens"] = max_tokens
     body.update(extra or {})
     return body
+
+
+def _texts(content: Any) -> list[str]:
+    """A message's texts: its content, or the text parts beside its images."""
+    if isinstance(content, str):
+        return [content]
+    if not isinstance(content, list):
+        return []
+    return [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
 
 
 class Gate:
@@ -149,9 +158,10 @@ class Gate:
                 self.redactions.update(cleaned.counts)
             if allow and threaded:  # vouched for by the user: later turns resend them
                 self._allowed_texts.update(
-                    m["content"]
+                    text
                     for m in cleaned.messages
-                    if m.get("role") in ("system", "user") and isinstance(m.get("content"), str)
+                    if m.get("role") in ("system", "user")
+                    for text in _texts(m.get("content"))
                 )
         return cleaned
 

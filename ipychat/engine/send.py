@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ipychat.core import pricing, tokens
 from ipychat.core.errors import ChatError, OfflineCacheMiss
+from ipychat.core.messages import parts_text
 from ipychat.core.types import CacheMode, Completion, Reply, Usage
 from ipychat.engine.exchange import Exchange, Progress
 from ipychat.engine.ledger import max_tokens_within
@@ -71,7 +72,7 @@ async def request(
     )
     reply = await _sent(engine, prepared, key, progress, sending, held)
     exchange = _exchange(engine, prepared, key, reply, store=store is not None)
-    engine.usage.settle(held, exchange.ledger_row(), prompt=prepared.prompt)
+    engine.usage.settle(held, exchange.ledger_row(), prompt=parts_text(prepared.prompt))
     if store is not None and sending.write_cache:
         store.set(key, exchange.to_cache())
     return exchange
@@ -95,7 +96,7 @@ def _replayed(
         prepared=prepared,
     )
     store.record_hit(exchange.reply.saved)
-    engine.usage.record(exchange.ledger_row(), prompt=prepared.prompt)
+    engine.usage.record(exchange.ledger_row(), prompt=parts_text(prepared.prompt))
     return exchange
 
 
@@ -121,7 +122,7 @@ async def _sent(
 
     def settled(reply: Reply, outcome: str, error: str | None = None) -> None:
         exchange = _exchange(engine, prepared, key, reply, outcome=outcome, error=error)
-        engine.usage.settle(held, exchange.ledger_row(), prompt=prepared.prompt)
+        engine.usage.settle(held, exchange.ledger_row(), prompt=parts_text(prepared.prompt))
 
     try:
         completion = await (await engine.client()).chat(

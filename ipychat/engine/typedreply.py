@@ -2,7 +2,8 @@
 added to the request, the reply parsed, and asked again once when it does not fit.
 
 The same `OutputSpec` a typed map uses (`ipychat.core.structured`), through the same
-pipeline: `engine.prepare.typed_options` puts its rule in the system prompt and its fragment
+pipeline: `turn_options` makes the spec and the endpoint's kind; `engine.prepare.typed_options`
+puts its rule in the system prompt and its fragment
 in the body; `with_spec` marks the prepared request (the spec, the cache-key salt, the tokens
 a schema sent outside the messages adds to the estimate); `checked` parses the reply and makes
 the one repair request through `Engine.request` (cache, budget, ledger as any request).
@@ -11,15 +12,21 @@ the one repair request through `Engine.request` (cache, budget, ledger as any re
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from ipychat.core.errors import ChatError
 from ipychat.core.pricing import estimate_cost_range
-from ipychat.core.structured import EndpointKind, InvalidReply, OutputSpec
+from ipychat.core.structured import EndpointKind, InvalidReply, OutputSpec, output_spec
 from ipychat.core.types import CacheMode, Reply
-from ipychat.engine.prepare import fall_back, format_refused, structured_kind
+from ipychat.engine.prepare import (
+    RequestOptions,
+    fall_back,
+    format_refused,
+    structured_kind,
+    typed_options,
+)
 
 if TYPE_CHECKING:
     from ipychat.engine.engine import Engine
@@ -27,7 +34,34 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("ipychat")
 
-__all__ = ["add_prompt_tokens", "checked", "sent", "with_spec"]
+__all__ = ["TurnOptions", "add_prompt_tokens", "checked", "sent", "turn_options", "with_spec"]
+
+
+@dataclass(frozen=True)
+class TurnOptions:
+    """A turn's request options, and what its reply must be (`spec` None: free text)."""
+
+    options: RequestOptions
+    spec: OutputSpec | None = None
+    kind: EndpointKind = "prompt"
+
+    def mark(self, engine: Engine, prepared: Prepared) -> Prepared:
+        """`prepared`, marked as typed when it is (`with_spec`)."""
+        if self.spec is None:
+            return prepared
+        return with_spec(engine, prepared, self.spec, self.kind)
+
+
+def turn_options(
+    engine: Engine, options: RequestOptions, schema: Any, choices: Sequence[str] | None
+) -> TurnOptions:
+    """`options` for a reply that must fit `schema` or `choices` (when given) on this
+    engine's endpoint: the spec's rule and fragment added (`typed_options`)."""
+    if not schema and not choices:
+        return TurnOptions(options)
+    spec = output_spec(schema=schema, choices=choices)
+    kind = structured_kind(engine)
+    return TurnOptions(typed_options(options, spec, kind, engine.settings.system), spec, kind)
 
 
 def add_prompt_tokens(engine: Engine, prepared: Prepared, extra: int) -> Prepared:

@@ -237,6 +237,7 @@ class ChatCommands:
             self.show(f"thread {thread.name} is empty.")
             return
         from ipychat.core.markdown import history_markdown
+        from ipychat.core.messages import parts_text
         from ipychat.notebook.display import show_rendered
 
         plain, markdown = [], []
@@ -244,7 +245,8 @@ class ChatCommands:
             pair = thread.messages[2 * index : 2 * index + 2]
             cell = thread.cell_of(index)
             head = f"turn {index + 1}" + (f" · cell {cell}" if cell else "")
-            plain.append(f"[{head}]\n" + "\n\n".join(f"{m['role']}: {m['content']}" for m in pair))
+            said = "\n\n".join(f"{m['role']}: {parts_text(m.get('content'))}" for m in pair)
+            plain.append(f"[{head}]\n{said}")
             markdown.append(f"<sub>`{head}`</sub>\n\n{history_markdown(pair)}")
         if self.notebook:
             show_rendered("\n\n".join(markdown), "\n\n".join(plain))

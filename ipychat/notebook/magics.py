@@ -19,7 +19,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Int, TraitError, Unicode, ob
 
 from ipychat.core import format as fmt
 from ipychat.core.errors import ChatError, Interrupted
-from ipychat.core.messages import Interpolated, interpolate, unfenced_json
+from ipychat.core.messages import Content, Interpolated, interpolate, unfenced_json
 from ipychat.core.structured import ENDPOINT_KINDS
 from ipychat.core.types import Reply
 from ipychat.notebook.commands import ChatCommands
@@ -287,7 +287,7 @@ class ChatMagics(Magics):
 
     def _chat(self, args: Any, cell: str, quiet: bool) -> Any:
         rendered = self._render(cell, args.no_interpolate)
-        prompt = rendered.text
+        prompt = rendered.content  # text, or text and image parts ({fig})
         models = _models(args.model, args.keep)
         options = {
             "thread": args.thread,
@@ -309,7 +309,7 @@ class ChatMagics(Magics):
                 lines = [f"{m}: {line}" for m, line in zip(models, lines, strict=True)]
             summary = lines[0] if lines else self._estimate(prompt, args.new, options)
             notes = (*lines[1:], *rendered.notes)
-            show_prompt(prompt, rendered.spans, summary, notebook=self.notebook, notes=notes)
+            show_prompt(rendered.text, rendered.spans, summary, notebook=self.notebook, notes=notes)
             return None
         if len(models) > 1:
             return self._compare(prompt, models, args, options, quiet)
@@ -320,7 +320,7 @@ class ChatMagics(Magics):
         self._deliver(reply, args)
         return self._result(reply, live, quiet)
 
-    def _estimate(self, prompt: str, new: bool, options: dict[str, Any]) -> str:
+    def _estimate(self, prompt: Content, new: bool, options: dict[str, Any]) -> str:
         """--dry-run: what sending would cost, and what the history lost to fit."""
         prepared = self.session.prepare(prompt, new=new, **options)
         extra = (
@@ -350,7 +350,7 @@ class ChatMagics(Magics):
         return reply
 
     def _compare(
-        self, prompt: str, models: list[str], args: Any, options: dict[str, Any], quiet: bool
+        self, prompt: Content, models: list[str], args: Any, options: dict[str, Any], quiet: bool
     ) -> Any:
         """-m A,B: the same turn to each model at once, the replies side by side."""
         if args.format != "markdown":
@@ -371,7 +371,7 @@ class ChatMagics(Magics):
         return comparison
 
     def _stream(
-        self, prompt: str, options: dict[str, Any], cache: CacheMode, args: Any, live: LiveReply
+        self, prompt: Content, options: dict[str, Any], cache: CacheMode, args: Any, live: LiveReply
     ) -> Reply:
         session = self.session
         if args.no_stream or not self.stream or args.schema:  # a typed reply is checked whole

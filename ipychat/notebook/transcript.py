@@ -22,7 +22,7 @@ from ipychat.conversation import TurnRecord
 from ipychat.core import format as fmt
 from ipychat.core.errors import ChatError
 from ipychat.core.markdown import prompt_markdown, reply_markdown
-from ipychat.core.messages import Thread
+from ipychat.core.messages import Thread, parts_text
 from ipychat.session import ChatSession
 
 __all__ = [
@@ -40,11 +40,13 @@ _MAGIC = "%%chat"
 
 
 def _turns(thread: Thread) -> list[tuple[str, str, str | None, dict[str, Any] | None]]:
+    """Each turn's prompt text (an image shows as its label: an export holds no image
+    bytes), its reply, its cell and its record."""
     messages = thread.messages
     return [
         (
-            str(messages[2 * i]["content"]),
-            str(messages[2 * i + 1]["content"]),
+            parts_text(messages[2 * i]["content"]),
+            parts_text(messages[2 * i + 1]["content"]),
             thread.cell_of(i),
             thread.record_of(i),
         )

@@ -343,7 +343,7 @@ class BatchAPI:
         if max_tokens is not None:
             text, cut = rules.truncate(text, max_tokens, o.count_tokens)
             finish = "length" if cut else "stop"
-        prompt = rules.count_prompt_tokens(body["messages"], o.count_tokens)
+        prompt = rules.count_prompt_tokens(body["messages"], o.count_tokens, model)
         completion = o.count_tokens(text) if text else 0
         choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
                   "logprobs": None, "finish_reason": finish}  # fmt: skip

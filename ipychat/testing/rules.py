@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ipychat.testing.images import ImageRejected, check_parts, image_tokens, sent_images
+
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "invalid_request_error",
@@ -75,10 +77,13 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def count_prompt_tokens(messages: list[Any], count: Callable[[str], int]) -> int:
+def count_prompt_tokens(
+    messages: list[Any], count: Callable[[str], int], model: str = "gpt-4o"
+) -> int:
     """OpenAI's chat accounting (the cookbook's formula): 3 per message, the tokens of each
-    string field (role, content, name), 1 more for a name, and 3 to prime the reply."""
-    total = 3
+    string field (role, content, name), 1 more for a name, and 3 to prime the reply; each
+    image as `ipychat.testing.images.image_tokens` bills it for `model`."""
+    total = 3 + sum(image_tokens(image, model) for image in sent_images({"messages": messages}))
     for message in messages:
         total += 3
         if not isinstance(message, dict):
@@ -169,6 +174,10 @@ def validate_chat(body: dict[str, Any], deployment: str | None) -> tuple[str, in
     model = body.get("model") or deployment
     if not isinstance(model, str):
         raise Reject(400, "You must provide a model parameter.")
+    try:
+        check_parts(messages)
+    except ImageRejected as exc:
+        raise Reject(400, str(exc), code=exc.code, param=exc.param) from None
     param = (
         "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     )

@@ -316,7 +316,7 @@ class Engine:
             raise Reject(400, BAD_JSON)
         model, max_tokens = validate_chat(body, deployment)
         o.flavour.check(body, model, o.models)
-        prompt_tokens = count_prompt_tokens(body["messages"], o.count_tokens)
+        prompt_tokens = count_prompt_tokens(body["messages"], o.count_tokens, model)
         headers: list[tuple[str, str]] = []
         if self._limiter is not None:
             charge = prompt_tokens + (
