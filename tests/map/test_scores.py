@@ -245,3 +245,33 @@ def test_scores_survive_the_fallback_to_the_prompt(make_session) -> None:
         resent = [r.body for r in server.chat_requests if "response_format" not in r.body]
     assert resent and all(body.get("logprobs") is True for body in resent)
     assert column(result.frame, "s_score_negative") == pytest.approx([0.06, 0.7, 0.2])
+
+
+def test_a_batch_map_with_scores_resumes_with_them(tmp_path) -> None:
+    from ipychat.map import batch
+
+    with FakeOpenAIServer(reply=json_reply, logprobs=alternatives, batch={"delay": 0.05}) as srv:
+
+        def kernel() -> ChatSession:
+            settings = Settings(base_url=srv.base_url, api_key=KEY, model="gpt-4o-mini")
+            return ChatSession(settings, cache=ResponseCache(tmp_path / "shared"))
+
+        old = kernel()
+        df = frame("pandas")
+        submitted = batch.run(
+            old, df, "Review: {review}", "s", choices=LABELS, scores=True, wait=False,
+            poll_interval=0.01,
+        ).job  # fmt: skip
+        assert submitted is not None
+        old.close()  # the kernel dies; the batch goes on at the provider
+        new = kernel()
+        try:
+            result = batch.resume(new, submitted.batch_ids[0], df, poll_interval=0.01)
+        finally:
+            new.close()
+        files = [f for f in srv.batch_api.files.values() if f.purpose == "batch"]
+        lines = [json.loads(line) for line in files[0].data.splitlines()]
+    assert result.attached
+    assert all(line["body"]["logprobs"] is True for line in lines)
+    wanted = [PROBABILITIES[r]["positive"] for r in REVIEWS]
+    assert column(result.frame, "s_score_positive") == pytest.approx(wanted)

@@ -182,6 +182,8 @@ class BatchRun:
             job.options["allow_secrets"] = True
         if mapper.spec is not None:  # a typed map: re-planned with the same spec on resume
             job.options.update(mapper.spec.as_options())
+            if mapper.options.scores:  # the bodies ask for logprobs: so do the re-planned ones
+                job.options["scores"] = True
         self.registry.save(job)  # before the upload: a crash leaves a job to attach to
         return job
 
