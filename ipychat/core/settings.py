@@ -161,6 +161,7 @@ class Settings:
     # from the endpoint (`core.structured.endpoint_kind`), else openai | llama.cpp | vllm |
     # vllm-guided | prompt (no constraint: the schema goes into the prompt).
     structured: str = "auto"
+    log_prompts: bool = False  # keep prompts in the persistent usage record (ledger.db)
     # Endpoints (scheme://host:port) the user allows the API key to go to beyond its own:
     # OPENAI_API_KEY goes only to OpenAI or OPENAI_BASE_URL, a %chat key only to the
     # endpoint it was given for, and a key never crosses plain http to another machine
@@ -183,8 +184,9 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < inf:
                 raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}.")
-        if not isinstance(self.redact, bool):
-            raise ConfigError(f"redact is True or False, not {self.redact!r}.")
+        for name in ("redact", "log_prompts"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} is True or False, not {getattr(self, name)!r}.")
         if (
             isinstance(self.max_retries, bool)
             or not isinstance(self.max_retries, int)

@@ -68,7 +68,7 @@ class Engine:
     ) -> None:
         self.settings = settings or Settings()
         self.settings.validate()
-        self.usage = Ledger()
+        self.usage = Ledger.kept_beside(cache, log_prompts=lambda: self.settings.log_prompts)
         self.prices = pricing.PriceTable()
         self.router = Router(self.settings)
         self.gate = Gate()
@@ -267,7 +267,8 @@ class Engine:
         return self._cache_opened
 
     def close_cache(self) -> None:
-        """Close the cache; the next use opens it again."""
+        """Close the cache and the usage record (its queue written); the next use opens them."""
+        self.usage.close()  # its queue written to ledger.db
         if self._cache is not None:
             self._cache.close()
         self._cache, self._cache_opened = None, False

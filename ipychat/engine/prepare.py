@@ -100,6 +100,7 @@ class Prepared:
     masked: str = ""  # what the redact setting masked in the prompt ("" when nothing)
     cache_salt: str = ""  # part of the cache key besides the body (a typed reply's spec)
     output: OutputSpec | None = None  # what the reply must be (`engine.typedreply`)
+    cell: str | None = None  # the notebook cell it came from: its turn replaces the cell's last
 
 
 def build_body(

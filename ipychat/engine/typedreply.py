@@ -98,7 +98,15 @@ async def sent(
         return reply
     typed = await checked(engine, prepared, reply, cache)
     thread = prepared.thread
-    if typed.text != reply.text and thread is not None and thread.messages:
-        # the thread remembers the repaired reply, which the next turn builds on
-        thread.messages[-1] = {"role": "assistant", "content": typed.text}
+    if typed.text != reply.text and thread is not None and reply.turn:
+        # The thread remembers the repaired reply in the turn this one answered (a re-run
+        # cell's turn may be anywhere in the thread): the next turns build on it.
+        thread.messages[2 * reply.turn - 1] = {"role": "assistant", "content": typed.text}
+        typed = replace(
+            typed,
+            turn=reply.turn,
+            cell=reply.cell,
+            replaced=reply.replaced,
+            later_turns=reply.later_turns,
+        )
     return typed

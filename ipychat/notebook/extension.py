@@ -35,6 +35,7 @@ def load(ipython: Any) -> None:
     if magics not in ipython.configurables:
         ipython.configurables.append(magics)  # so %config ChatMagics.x works
     magics.session.subscribe(magics.on_event)
+    ipython.events.register("pre_run_cell", magics.note_cell)  # which cell a turn came from
     _loaded = magics
     _prestart_local(magics.session)
     from ipychat.notebook import warmup as _warmup
@@ -65,6 +66,8 @@ def unload(ipython: Any) -> None:
     if _loaded is not None:
         if _loaded in ipython.configurables:
             ipython.configurables.remove(_loaded)
+        with contextlib.suppress(ValueError):  # registered by `load` on this shell
+            ipython.events.unregister("pre_run_cell", _loaded.note_cell)
         for kind in ("line", "cell"):
             ipython.magics_manager.magics[kind].pop("chat", None)
         for name in ("chatmap", "chatfilter"):

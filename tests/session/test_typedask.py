@@ -86,6 +86,26 @@ def test_a_reply_that_does_not_fit_is_repaired_once_and_the_thread_keeps_the_fix
     assert len(session.usage.rows) == 2  # both requests are in the ledger
 
 
+def test_a_repaired_reply_of_a_re_run_cell_goes_into_that_cells_turn(typed) -> None:
+    # Cell "a" answers turn 1, cell "b" turn 2; "a" runs again, needs a repair: the fix
+    # lands in turn 1 (the cell's own), and turn 2 keeps its text.
+    bad, fixed = "number A-2 I think", json.dumps({"number": "A-2", "total": 3.0})
+    server, session = typed(replies(json.dumps(GOOD), "second answer", bad, fixed))
+    session.ask("Invoice A-1, 12.50", schema=Invoice, cell="a")
+    session.ask("And the next one?", cell="b")
+    reply = session.ask("Invoice A-2, 3.00", schema=Invoice, cell="a")
+    assert reply.value == Invoice(number="A-2", total=3.0)
+    assert (reply.turn, reply.cell, reply.replaced, reply.later_turns) == (1, "a", True, 1)
+    assert [m["content"] for m in session.threads["main"].messages] == [
+        "Invoice A-2, 3.00",
+        fixed,
+        "And the next one?",
+        "second answer",
+    ]
+    # the repair went as a one-off request: what the model saw of turn 2 is unchanged
+    assert len(server.chat_requests) == 4
+
+
 def test_a_reply_that_never_fits_raises_invalid_reply(typed) -> None:
     server, session = typed(replies("maybe", "perhaps"))
     with pytest.raises(InvalidReply) as info:
