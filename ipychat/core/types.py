@@ -114,6 +114,9 @@ class Completion:
     latency: float = 0.0
     time_to_first_token: float | None = None
     rate_limit: RateLimitInfo | None = None
+    # choices[0].logprobs.content, trimmed (core/labelscores.trim_logprobs): only when the
+    # request asked for logprobs and the server sent them
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

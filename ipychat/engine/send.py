@@ -213,7 +213,8 @@ def _reply(
 
 def _extra(prepared: Prepared, completion: Completion, note: str | None) -> dict[str, Any]:
     """What a Reply carries beyond the basics: what the redact setting masked, the response's
-    x-ratelimit-* headers (which calibrate %%chatmap's limiter), and a note for the footer
+    x-ratelimit-* headers (which calibrate %%chatmap's limiter), the token log probabilities
+    when the request asked for them, and a note for the footer
     (the local model answered a request naming another model)."""
     extra: dict[str, Any] = {}
     if prepared.masked:
@@ -222,4 +223,6 @@ def _extra(prepared: Prepared, completion: Completion, note: str | None) -> dict
         extra["note"] = note
     if completion.rate_limit is not None:
         extra["rate_limit"] = completion.rate_limit
+    if completion.logprobs is not None:  # asked for (--scores): kept, and cached with the text
+        extra["logprobs"] = completion.logprobs
     return extra

@@ -19,16 +19,19 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ipychat.core.errors import ChatError, ContextLengthError
+from ipychat.core.labelscores import label_scores
 from ipychat.core.structured import EndpointKind, OutputSpec, Parsed
 from ipychat.engine.prepare import Prepared, RequestOptions, fall_back, format_refused
 from ipychat.map.frame import cut_note, parse_object
 from ipychat.map.plan import CachedRequest, MapRequest, request_key
+from ipychat.map.scores import score_columns
 from ipychat.map.typed import Library, keep_tail, typed_columns
 
 if TYPE_CHECKING:
     from ipychat.engine.engine import Engine
     from ipychat.map.dispatch import Counters, Dispatcher
     from ipychat.map.frame import Frame
+    from ipychat.map.options import MapOptions
 
 __all__ = ["Answers"]
 
@@ -40,6 +43,7 @@ class Answers:
     annotated here; `spec` is None for a free-text or --json map."""
 
     engine: Engine
+    options: MapOptions
     frame: Frame
     outputs: list[str]
     json: bool
@@ -55,6 +59,11 @@ class Answers:
     parsed: list[Parsed | None]
     typed_note: str | None
     row_options: RequestOptions  # a typed map's options before its spec was added
+    # --scores (ipychat.map.scores): per row, each label's probability; the fields asking
+    # for them (None: not asked); whether an answered reply came without log probabilities
+    scores: list[dict[str, float] | None]
+    score_fields: dict[str, Any] | None
+    logprobs_missing: bool
 
     if TYPE_CHECKING:  # MapJob's own
 
@@ -77,13 +86,14 @@ class Answers:
         *,
         cached: bool,
         finish_reason: str | None = None,
+        logprobs: list[dict[str, Any]] | None = None,
     ) -> None:
         # A reply cut at the cap the user never chose must not lose text silently: the text
         # is kept and the row says so in the error column (a note, not a failure).
         cut = self.default_cap is not None and finish_reason == "length"
         note = cut_note(self.default_cap) if cut and self.default_cap is not None else None
         if self.spec is not None:
-            self._typed(job, text, cached=cached, cut=cut, note=note)
+            self._typed(job, text, cached=cached, cut=cut, note=note, logprobs=logprobs)
             return
         if not self.json:
             for i in job.rows:
@@ -116,13 +126,27 @@ class Answers:
         for i in job.rows:
             self._finish(i, values, error or note, cached=cached, failed=error is not None)
 
-    def _typed(self, job: Job, text: str, *, cached: bool, cut: bool, note: str | None) -> None:
+    def _typed(
+        self,
+        job: Job,
+        text: str,
+        *,
+        cached: bool,
+        cut: bool,
+        note: str | None,
+        logprobs: list[dict[str, Any]] | None = None,
+    ) -> None:
         """A typed reply: parsed and validated; asked again once when it does not fit."""
         assert self.spec is not None
         parsed = self.spec.parse(text)
         if parsed.ok:
+            scores = None
+            if self.score_fields is not None:
+                scores = label_scores(logprobs, self.spec.labels)
+                self.logprobs_missing |= logprobs is None
             for i in job.rows:
                 self.parsed[i] = parsed
+                self.scores[i] = scores
                 self._finish(i, {}, None, cached=cached, failed=False)
             return
         if cut:  # asking again would be cut at the same place
@@ -190,7 +214,7 @@ class Answers:
             system,
             options.temperature,
             options.max_tokens,
-            None,
+            self.score_fields,  # --scores still asks for log probabilities
             options.allow_secrets,
         )
         body = self.engine.one_body(job.prompt, prompt_options)
@@ -214,6 +238,10 @@ class Answers:
         for i, problem in enumerate(typed.errors):
             if errors[i] is None and problem is not None:
                 errors[i] = problem
+        if self.options.scores:
+            polars = library == "polars"
+            labels, scores = self.spec.labels, self.scores
+            typed.columns.update(score_columns(self.outputs[0], labels, scores, polars=polars))
         n = self.n
         if n < len(self.frame):  # --limit: the rows past it keep what the frame had
             for name, column in typed.columns.items():

@@ -55,8 +55,8 @@ class Frame:
             raise TemplateError(f"{name} is a polars LazyFrame: collect() it into a DataFrame.")
         else:
             raise TemplateError(
-                f"{name} is a {type(df).__name__}, not a DataFrame: %%chatmap maps the rows of a "
-                "pandas (or polars) DataFrame."
+                f"{name} is a {type(df).__name__}, not a DataFrame: map and filter work on the "
+                "rows of a pandas (or polars) DataFrame."
             )
 
     def __len__(self) -> int:

@@ -45,6 +45,7 @@ from ipychat.map.dispatch import MAX_CONCURRENCY as MAX_CONCURRENCY
 from ipychat.map.dispatch import SLOW_START as SLOW_START
 from ipychat.map.dispatch import guarded, wait_on_loop
 from ipychat.map.frame import (
+    Frame,
     MapAborted,
     MapInterrupted,
     MapProgress,
@@ -268,11 +269,13 @@ class FilterResult:
         )
 
 
-def _decision_column(df: Any, decision: str | None, error_column: str) -> str:
-    """Where the decisions go: `decision`, else a name no column of `df` has."""
+def _decision_column(df: Any, decision: str | None, options: dict[str, Any]) -> str:
+    """Where the decisions go: `decision`, else a name no column of `df` has. `df` is checked
+    first: anything but a DataFrame is the map's one-line error, not an AttributeError."""
+    frame = Frame(df, options.get("name") or "the DataFrame")
     if decision is not None:
         return decision
-    taken = {str(c) for c in df.columns} | {error_column}
+    taken = {str(c) for c in frame.columns} | {options.get("error_column", "_error")}
     name = "_keep"
     while name in taken:
         name = "_" + name
@@ -293,8 +296,7 @@ def run_filter(
     without an answer (failed, skipped) is not kept; `result.frame` has every row."""
     if options.get("inplace"):
         raise ConfigError("A filter returns the kept rows as a new frame: leave out inplace.")
-    error_column = options.get("error_column", "_error")
-    column = _decision_column(df, decision, error_column)
+    column = _decision_column(df, decision, options)
     result = run(session, df, template, column, filter=True, **options)
     return _filtered(df, result, column, keep_column=decision is not None)
 
@@ -328,6 +330,6 @@ def filter_frame(
 ) -> Any:
     """`ChatSession.filter`: the kept rows, or the MapPlan of a dry run."""
     if dry_run:
-        column = _decision_column(df, decision, options.get("error_column", "_error"))
+        column = _decision_column(df, decision, options)
         return plan(session, df, template, column, filter=True, **options)
     return run_filter(session, df, template, decision=decision, **options).frame

@@ -23,6 +23,7 @@ from ipychat.map.plan import (
     default_reply_cap,
     plan_requests,
 )
+from ipychat.map.scores import missing_note, score_request
 from ipychat.map.template import compile_template
 
 if TYPE_CHECKING:
@@ -104,11 +105,18 @@ class MapJob(Answers):
         self.row_options = RequestOptions(
             self.model, base_system, self.temperature, self.max_tokens, None, self.allow_secrets
         )
+        self.scores: list[dict[str, float] | None] = [None] * len(self.frame)
+        self.score_fields: dict[str, Any] | None = None
+        self.score_note: str | None = None
+        self.logprobs_missing = False
         if self.spec is not None:
             self.kind = structured_kind(self.engine)
             self.salt = self.spec.digest()
             typed = typed_options(self.row_options, self.spec, self.kind, None)
             self.system, self.extra = typed.system, dict(typed.extra or {})
+            if self.options.scores:  # the fields are in the body, so in the cache key too
+                self.score_fields, self.score_note = score_request(self.engine, self.kind)
+                self.extra.update(self.score_fields or {})
         if self.json:
             keys = ", ".join(self.outputs)
             rule = f"Reply with only a JSON object with the keys: {keys}."
@@ -274,7 +282,9 @@ class MapJob(Answers):
         if self.json or self.spec is not None:
             for job, hit in self.hits:
                 text, reason = str(hit.get("text", "")), hit.get("finish_reason")
-                self._answered(job, text, cached=True, finish_reason=reason)
+                self._answered(
+                    job, text, cached=True, finish_reason=reason, logprobs=hit.get("logprobs")
+                )
             return
         # Plain text: each row gets the reply (what `_answered` does, without its per-row
         # calls: a cached map of 10,000 rows spends its time here).
@@ -307,10 +317,17 @@ class MapJob(Answers):
         else:
             self.counters.cost += reply.cost
 
-    def answer(self, request: MapRequest, text: str, finish_reason: str | None = None) -> None:
+    def answer(
+        self,
+        request: MapRequest,
+        text: str,
+        finish_reason: str | None = None,
+        logprobs: list[dict[str, Any]] | None = None,
+    ) -> None:
         """A reply to `request` (not from the cache): its rows are written (or re-asked).
-        `finish_reason` "length" marks a reply cut at the map's default cap."""
-        self._answered(request, text, cached=False, finish_reason=finish_reason)
+        `finish_reason` "length" marks a reply cut at the map's default cap; `logprobs` (the
+        reply's token log probabilities, when asked for) give a --scores map its scores."""
+        self._answered(request, text, cached=False, finish_reason=finish_reason, logprobs=logprobs)
 
     def fail(self, request: MapRequest, error: ChatError) -> None:
         """`request` is given up: `error` goes into its rows' error column (unless the
@@ -425,6 +442,14 @@ class MapJob(Answers):
             pending=pending,
             cut=cut,
             default_cap=self.default_cap,
-            note=self.typed_note,
+            note=self._note(),
         )
         return MapResult(frame, summary, self.plan)
+
+    def _note(self) -> str | None:
+        """The summary's note: the endpoint's fall-back, why a --scores map has no scores."""
+        scores = self.score_note
+        if scores is None and self.logprobs_missing:
+            scores = missing_note(self.engine.host)
+        notes = [note for note in (self.typed_note, scores) if note]
+        return " ".join(notes) or None

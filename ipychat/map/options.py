@@ -9,7 +9,8 @@ a `MapJob` takes one.
 A typed map names what each reply must be with exactly one of `schema` (a Pydantic model or
 a JSON-schema dict: one column per field, named after it), `choices` (labels: one categorical
 column) or `filter` (yes/no: one boolean column, `ChatSession.filter`); `spec` is its
-`ipychat.core.structured.OutputSpec`.
+`ipychat.core.structured.OutputSpec`. With `choices`, `scores=True` adds each label's
+probability from the reply's log probabilities (`ipychat.map.scores`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class MapOptions:
     schema: Any = None
     choices: Sequence[str] | None = None
     filter: bool = False
+    scores: bool = False  # with choices: each label's probability (ipychat.map.scores)
 
     def __post_init__(self) -> None:
         # Normalised in place (the dataclass is frozen once built): a str or a list of
@@ -66,6 +68,11 @@ class MapOptions:
             raise ConfigError(
                 f"--json and {_typed_flag(spec)} ask for different replies: keep "
                 f"{_typed_flag(spec)} (its columns are typed)."
+            )
+        if self.scores and (spec is None or spec.mode != "choices"):
+            raise ConfigError(
+                "scores gives each label's probability: it needs choices "
+                "(e.g. --choices positive,negative --scores)."
             )
         if spec is not None and spec.mode == "schema":
             object.__setattr__(self, "outputs", _schema_columns(spec, self.outputs))

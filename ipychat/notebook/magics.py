@@ -25,6 +25,7 @@ from ipychat.core.types import Reply
 from ipychat.notebook.commands import ChatCommands
 from ipychat.notebook.magicargs import check_variable, help_layout, parse_line, user_errors
 from ipychat.notebook.subcommands import chat_help
+from ipychat.notebook.typedargs import schema_object
 from ipychat.session import CacheMode, ChatSession, Event, get_session
 
 if TYPE_CHECKING:
@@ -300,7 +301,8 @@ class ChatMagics(Magics):
             "cell": self.cell_id,
         }
         if args.schema:
-            options["schema"] = self._schema(args.schema)
+            # the one lookup %%chatmap uses too: dotted names, did-you-mean, the instance hint
+            options["schema"] = schema_object(args.schema, self._user_ns)
         from ipychat.notebook.display import LiveReply, show_prompt
 
         if args.dry_run:
@@ -404,15 +406,6 @@ class ChatMagics(Magics):
             raise
         assert stream.reply is not None
         return stream.reply
-
-    def _schema(self, name: str) -> Any:
-        """The --schema variable: a Pydantic model class or a JSON-schema dict."""
-        if name not in self._user_ns:
-            raise UsageError(
-                f"--schema {name}: no variable named {name!r}; define the Pydantic model (or "
-                "JSON-schema dict) in a cell above first."
-            )
-        return self._user_ns[name]
 
     def _deliver(self, reply: Reply, args: Any) -> None:
         value: Any = reply

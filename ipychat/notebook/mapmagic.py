@@ -137,6 +137,12 @@ class ChatMapMagics(Magics):
         help="A Pydantic model class or JSON-schema dict in the notebook: the reply is one "
         "object, written as one column per field, of the field's dtype.",
     )
+    @argument(
+        "--scores",
+        action="store_true",
+        help="With --choices: each label's probability from the reply's logprobs, in "
+        "Float64 columns COL_score_LABEL (NA where the server gives none).",
+    )
     @run_options
     @argument_group("Batch API")
     @argument(

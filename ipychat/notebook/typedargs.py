@@ -82,7 +82,7 @@ def typed_options(
     args: Any, namespace: Mapping[str, Any], *, name: str = "%%chatmap"
 ) -> tuple[dict[str, Any], OutputSpec | None]:
     """The typed keyword arguments for `session.map` from parsed flags (`choices`, `schema`,
-    `json`), checked (only the ones given are returned), and the spec they make."""
+    `json`, `scores`), checked (only the ones given are returned), and the spec they make."""
     choices = getattr(args, "choices", None)
     schema = getattr(args, "schema", None)
     if choices is not None and schema is not None:
@@ -94,6 +94,13 @@ def typed_options(
         flag = "--choices" if choices is not None else "--schema"
         raise UsageError(f"{name}: {flag} replaces --json: leave --json out.")
     options: dict[str, Any] = {}
+    if getattr(args, "scores", False):
+        if choices is None:
+            raise UsageError(
+                f"{name}: --scores gives each label's probability: it needs --choices "
+                f"(e.g. {_CHOICES_EXAMPLE} --scores)."
+            )
+        options["scores"] = True
     spec: OutputSpec | None = None
     try:
         if choices is not None:

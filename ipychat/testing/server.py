@@ -38,6 +38,7 @@ from ipychat.testing.rules import (
     dumps,
     echo,
     error_body,
+    logprobs_of,
     split_deltas,
     truncate,
     validate_chat,
@@ -390,7 +391,7 @@ class Engine:
         choice = {
             "index": 0,
             "message": {"role": "assistant", "content": turn.text, "refusal": None},
-            "logprobs": None,
+            "logprobs": logprobs_of(turn.body, turn.text, self.o.logprobs),
             "finish_reason": turn.finish,
         }
         data = dumps({

@@ -307,6 +307,10 @@ CASES: dict[str, tuple[Act, str]] = {
         api(lambda s: s.map([1, 2], "{x}", "out")),
         "is a list, not a DataFrame",
     ),
+    "filter not a DataFrame": (
+        api(lambda s: s.filter(3, "Keep? {x}")),
+        "is a int, not a DataFrame",
+    ),
     "map unknown column": (
         api(lambda s: s.map(pd.DataFrame({"text": ["a"]}), "{nope}", "out")),
         "is not a column",
