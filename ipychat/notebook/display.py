@@ -10,9 +10,13 @@ One of the two modules (with magics.py) that import IPython.
 
 from __future__ import annotations
 
+import contextlib
 import html
+import logging
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from IPython.display import clear_output, display
@@ -20,7 +24,14 @@ from IPython.display import clear_output, display
 from ipychat.core import format as fmt
 from ipychat.core.markdown import escape_dollars, reply_markdown
 
-__all__ = ["LiveReply", "in_notebook", "show_markdown", "show_prompt", "show_rendered"]
+__all__ = [
+    "LiveReply",
+    "held_warnings",
+    "in_notebook",
+    "show_markdown",
+    "show_prompt",
+    "show_rendered",
+]
 
 # At most this many display updates a second while streaming: more only costs the front end.
 REFRESH_HZ = 20
@@ -144,3 +155,34 @@ def show_prompt(
         },
         raw=True,
     )
+
+
+class _Held(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def held_warnings(active: bool) -> Iterator[None]:
+    """Warnings (and the "ipychat" logger's warnings) raised inside the block, shown when it
+    ends. A notebook's %%chat clears its live display as its result arrives
+    (`LiveReply.hand_over`), which would also clear a warning printed while it streamed."""
+    if not active:
+        yield
+        return
+    logger = logging.getLogger("ipychat")
+    held = _Held()
+    logger.addHandler(held)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            yield
+    finally:
+        logger.removeHandler(held)
+        for w in caught:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        for record in held.records:
+            logger.handle(record)

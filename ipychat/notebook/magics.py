@@ -303,7 +303,7 @@ class ChatMagics(Magics):
         if args.schema:
             # the one lookup %%chatmap uses too: dotted names, did-you-mean, the instance hint
             options["schema"] = schema_object(args.schema, self._user_ns)
-        from ipychat.notebook.display import LiveReply, show_prompt
+        from ipychat.notebook.display import LiveReply, held_warnings, show_prompt
 
         if args.dry_run:
             lines = [self._estimate(prompt, args.new, {**options, "model": m}) for m in models]
@@ -316,11 +316,12 @@ class ChatMagics(Magics):
         if len(models) > 1:
             return self._compare(prompt, models, args, options, quiet)
         live = LiveReply(notebook=self.notebook, code=args.format == "text", quiet=quiet)
-        reply = self._stream(prompt, options, _cache_mode(args), args, live)
-        if args.format == "text":  # its result shows verbatim too
-            reply = replace(reply, extra={**reply.extra, "shown_as": "text"})
-        self._deliver(reply, args)
-        return self._result(reply, live, quiet)
+        with held_warnings(self.notebook):  # shown after the result clears the live display
+            reply = self._stream(prompt, options, _cache_mode(args), args, live)
+            if args.format == "text":  # its result shows verbatim too
+                reply = replace(reply, extra={**reply.extra, "shown_as": "text"})
+            self._deliver(reply, args)
+            return self._result(reply, live, quiet)
 
     def _estimate(self, prompt: Content, new: bool, options: dict[str, Any]) -> str:
         """--dry-run: what sending would cost, and what the history lost to fit."""

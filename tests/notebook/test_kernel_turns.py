@@ -170,3 +170,27 @@ def test_out_of_order_export_import_and_compare_in_a_real_kernel(tmp_path: Path)
     exported = nbformat.read(export, as_version=4)
     nbformat.validate(exported)
     assert [c.id for c in exported.cells if c.cell_type == "code"] == ids
+
+
+def test_a_warning_raised_while_a_chat_streams_outlives_the_cleared_live_display(
+    tmp_path: Path,
+) -> None:
+    # The live display is cleared when the result arrives (clear_output(wait=True)); a
+    # warning printed meanwhile (here: the cache folder cannot be made, found on the first
+    # request) must still be in the cell afterwards, after the clear.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with FakeOpenAIServer() as server:
+        nb = notebook(
+            f"import os; os.environ['IPYCHAT_CACHE_DIR'] = {str(blocker / 'cache')!r}",
+            "%load_ext ipychat",
+            f"%chat endpoint {server.base_url}",
+            "%%chat\nHello",
+        )
+        with FrontEnd(nb, tmp_path) as front:
+            front.run(0, 1, 2, 3)
+        assert len(server.chat_requests) == 1
+    cell = nb.cells[3]
+    assert [o.output_type for o in cell.outputs][-1] == "execute_result"
+    assert "Echo: Hello" in cell.outputs[-1].data["text/markdown"]
+    assert "CacheWarning" in printed(cell), cell.outputs
