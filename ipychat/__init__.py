@@ -13,12 +13,14 @@ __version__ = "0.1.0"  # the one place the version is written (pyproject.toml re
 __all__ = [
     "__version__",
     "get_session",
+    "image",
     "load_ipython_extension",
     "panel",
     "unload_ipython_extension",
 ]
 
 if TYPE_CHECKING:
+    from ipychat.core.images import Image
     from ipychat.notebook.widget import ChatPanel
     from ipychat.session import ChatSession
 
@@ -28,6 +30,15 @@ def get_session() -> ChatSession:
     from ipychat.session import get_session as _get
 
     return _get()
+
+
+def image(source: Any, *, detail: str | None = None) -> Image:
+    """An image for a prompt: `{img}` in %%chat, a column in %%chatmap. `source` is a path
+    to a PNG, JPEG, GIF or WebP file, its bytes, a PIL image or a matplotlib Figure (a Figure
+    or a PIL image also works as `{fig}` directly). `detail`: "low", "high" or "auto"."""
+    from ipychat.core.images import image as _image
+
+    return _image(source, detail=detail)
 
 
 def panel() -> ChatPanel:

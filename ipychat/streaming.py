@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ipychat.core.errors import Interrupted
+from ipychat.core.messages import Content
 from ipychat.core.types import Estimate, Reply
 from ipychat.engine.exchange import Progress
 
@@ -32,7 +33,7 @@ class ReplyStream:
     the block early cancels the request.
     """
 
-    def __init__(self, session: ChatSession, prompt: str, options: dict[str, Any]) -> None:
+    def __init__(self, session: ChatSession, prompt: Content, options: dict[str, Any]) -> None:
         self._session = session
         self._prompt = prompt
         self._options = options

@@ -12,6 +12,7 @@ def test_top_level_all_is_pinned() -> None:
     assert sorted(ipychat.__all__) == [
         "__version__",
         "get_session",
+        "image",
         "load_ipython_extension",
         "panel",
         "unload_ipython_extension",

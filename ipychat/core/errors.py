@@ -9,6 +9,7 @@ ChatError                      anything ipychat raises on purpose (magics show i
 ├── BudgetExceeded             sending could take spend past a budget or --max-cost
 ├── OfflineCacheMiss           offline mode and the reply is not in the cache
 ├── SecretInPromptError        the prompt contains something shaped like a credential
+├── ImageError                 an image is unreadable, or the model cannot read images
 ├── Interrupted                the user stopped a request (partial results are kept)
 └── APIError                   the server or the network failed us
     ├── APIConnectionError     could not connect, or the connection dropped
@@ -44,7 +45,9 @@ __all__ = [
     "ChatError",
     "ConfigError",
     "ContextLengthError",
+    "ImageError",
     "Interrupted",
+    "InvalidReply",
     "NoAPIKeyError",
     "NotFoundError",
     "OfflineCacheMiss",
@@ -63,6 +66,16 @@ class ChatError(Exception):
 
 class ConfigError(ChatError):
     """A setting is missing or invalid."""
+
+
+class InvalidReply(ChatError):
+    """A typed reply (schema, choices) that does not fit, even when asked again; `reply` is
+    the last reply (its text is what came back), `error` what is wrong with it."""
+
+    def __init__(self, message: str, *, reply: object | None = None, error: str = "") -> None:
+        super().__init__(message)
+        self.reply = reply
+        self.error = error
 
 
 class NoAPIKeyError(ConfigError):
@@ -87,6 +100,11 @@ class OfflineCacheMiss(ChatError):
 
 class SecretInPromptError(ChatError):
     """The prompt contains something shaped like a credential; nothing was sent."""
+
+
+class ImageError(ChatError):
+    """An image cannot be read or sent (format, size), or the model cannot read images;
+    nothing was sent."""
 
 
 class Interrupted(ChatError):

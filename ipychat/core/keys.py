@@ -27,6 +27,7 @@ from itertools import pairwise
 from typing import Any
 
 from ipychat.core.errors import ConfigError
+from ipychat.core.images import has_images, image_info
 
 __all__ = [
     "KEY_SHAPES",
@@ -424,10 +425,37 @@ def cache_key(endpoint: str, request: Mapping[str, Any]) -> str:
     parameters, response format). Fields that do not change the reply (`stream`,
     `stream_options`, `user`) are dropped, so a streamed and a non-streamed request
     share an entry. Credentials never reach this function: they live in headers.
+
+    An image sent inline (a `data:` URL) is keyed by the sha256 of its bytes, not its base64:
+    the same picture is the same key, and the base64 is not copied into a second string.
     """
     body = {k: v for k, v in request.items() if k not in _NOT_IN_KEY}
+    messages = body.get("messages")
+    if isinstance(messages, list) and has_images(messages):
+        body["messages"] = [_keyed_images(m) for m in messages]
     payload = canonical_json({"endpoint": endpoint.rstrip("/"), "request": body})
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 _NOT_IN_KEY = frozenset({"stream", "stream_options", "user"})
+
+
+def _keyed_images(message: Any) -> Any:
+    """`message` with each inline image's URL as `sha256:<hex of its bytes>` (a copy)."""
+    content = message.get("content") if isinstance(message, Mapping) else None
+    if not isinstance(content, list):
+        return message
+    parts = []
+    for part in content:
+        info = image_info(part) if isinstance(part, Mapping) else None
+        if info is None or info.sha256 is None or part.get("type") not in _IMAGE_PARTS:
+            parts.append(part)
+            continue
+        inner = part.get("image_url")
+        url = f"sha256:{info.sha256}"
+        keyed = {**inner, "url": url} if isinstance(inner, Mapping) else url
+        parts.append({**part, "image_url": keyed})
+    return {**message, "content": parts}
+
+
+_IMAGE_PARTS = frozenset({"image_url", "input_image"})

@@ -33,6 +33,7 @@ from ipychat.core.mdcode import (
     fenced,
     is_escaped,
 )
+from ipychat.core.messages import parts_text
 
 __all__ = [
     "LITERAL_DOLLAR",
@@ -394,5 +395,8 @@ def turn_markdown(role: str, content: str) -> str:
 
 
 def history_markdown(messages: list[dict[str, object]]) -> str:
-    """A thread as Markdown, each turn rendered on its own (`turn_markdown`)."""
-    return "\n\n".join(turn_markdown(str(m["role"]), str(m.get("content") or "")) for m in messages)
+    """A thread as Markdown, each turn rendered on its own (`turn_markdown`); an image as
+    its label (`[image: 640×480]`), never its bytes."""
+    return "\n\n".join(
+        turn_markdown(str(m["role"]), parts_text(m.get("content"))) for m in messages
+    )

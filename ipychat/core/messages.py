@@ -13,34 +13,44 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ipychat.core.errors import ConfigError, ContextLengthError, TemplateError
+from ipychat.core.errors import ChatError, ConfigError, ContextLengthError, TemplateError
 from ipychat.core.frametext import frame_text, is_frame, is_series, parse_mode
+from ipychat.core.images import Image, as_image, image, image_info
 
 __all__ = [
+    "Content",
     "Interpolated",
     "Thread",
+    "as_content",
     "build_messages",
     "check_thread_name",
     "interpolate",
+    "is_parts",
     "literal_braces",
+    "parts_text",
     "render_value",
     "trim_history",
     "unfenced_json",
 ]
 
 Message = dict[str, Any]
+# A message's content: text, or OpenAI's list of parts (text and images) when it holds images.
+Content = str | list[dict[str, Any]]
 
 # `{name}`, `{name.attr}`, `{name[0]}`, `{name["key"]}`, `{In[3]}`; nothing else is a placeholder,
 # so JSON (`{"a": 1}`), code (`{ return x; }`) and most LaTeX pass through untouched.
 # `{name:spec}` formats the value: a DataFrame/Series view (`{df:head=20}`, `{df:describe}`,
 # `{df:csv}`; see ipychat.core.frametext) or a Python format spec (`{price:.2f}`, `{n:,}`). A spec
 # has no spaces and is never only digits, so `{name: "x"}` and `{a:1}` stay text.
+# `{fig}` (a matplotlib Figure, a PIL image, an `ipychat.image`) is sent as an image part, and
+# `{path:image}` (or `:image=low`) reads the file (or bytes) the value names as one.
 _PLACEHOLDER = re.compile(
     r"\{\{(?P<escaped>[^{}]*)\}\}|\{(?P<expr>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[(?:-?\d+|'[^'\]]*'|\"[^\"\]]*\")\])*)(?::(?P<spec>[^{}\s]+))?\}"
 )
 # Python's format-spec mini-language: [[fill]align][sign][z][#][0][width][grouping][.precision][type]
 _FORMAT_SPEC = re.compile(r"(?:[^{}]?[<>=^])?[-+ ]?z?#?0?\d*[,_]?(?:\.\d+)?[bcdeEfFgGnosxX%]?")
 _NAME = re.compile(r"[A-Za-z_]\w*")
+_IMAGE_SPEC = re.compile(r"image(?:=(low|high|auto))?")
 # A `{word}` right after one of these is LaTeX or code (`\frac{a}`, `x^{n}`, `f{x}`), not a
 # placeholder the user meant, so an unknown name there is left alone instead of refused.
 _LITERAL_CONTEXT = set("\\^_$}") | set(
@@ -61,6 +71,25 @@ class Interpolated:
     spans: tuple[tuple[int, int], ...] = ()  # (start, end) in `text` of each substituted value
     # What was sent for each DataFrame/Series (`{big}: 1,000 × 8 DataFrame as a summary; …`)
     notes: tuple[str, ...] = ()
+    # The images, each with the span of `text` its label (`[image: 640×480 PNG]`) stands in
+    images: tuple[tuple[int, int, Image], ...] = ()
+
+    @property
+    def content(self) -> Content:
+        """What the user message carries: `text`, or, when it holds images, OpenAI's content
+        parts (the text around each image as text parts, each image as an image part)."""
+        if not self.images:
+            return self.text
+        parts: list[dict[str, Any]] = []
+        last = 0
+        for start, end, picture in self.images:
+            if self.text[last:start].strip():
+                parts.append({"type": "text", "text": self.text[last:start]})
+            parts.append(picture.part())
+            last = end
+        if self.text[last:].strip():
+            parts.append({"type": "text", "text": self.text[last:]})
+        return parts
 
 
 def _lookup(expr: str, namespace: Mapping[str, Any]) -> tuple[bool, Any]:
@@ -132,6 +161,7 @@ def interpolate(
     names: list[str] = []
     spans: list[tuple[int, int]] = []
     notes: list[str] = []
+    images: list[tuple[int, int, Image]] = []
     out: list[str] = []
     size = 0  # length of "".join(out), kept to record spans without re-joining
     last = 0
@@ -152,12 +182,12 @@ def interpolate(
         found, value = _lookup(expr, namespace)
         if found:
             names.append(expr)
-            text, note = _value_text(token, expr, spec, value, max_value_chars)
+            text, note, picture = _substituted(token, expr, spec, value, max_value_chars)
             out.append(text)
-            if note:
-                notes.append(f"{token}: {note}")
-            spans.append((size, size + len(out[-1])))
-            size += len(out[-1])
+            notes.extend([f"{token}: {note}"] if note else [])
+            spans.append((size, size + len(text)))
+            images.extend([(size, size + len(text), picture)] if picture is not None else [])
+            size += len(text)
             continue
         # With a spec, an unknown name is left alone: `{x:.2f}` is as likely an f-string
         # being discussed as a placeholder.
@@ -167,7 +197,32 @@ def interpolate(
             continue
         raise _undefined(_NAME.match(expr).group(0), namespace)  # type: ignore[union-attr]
     out.append(template[last:])
-    return Interpolated("".join(out), tuple(names), tuple(spans), tuple(notes))
+    return Interpolated("".join(out), tuple(names), tuple(spans), tuple(notes), tuple(images))
+
+
+def _substituted(
+    token: str, expr: str, spec: str | None, value: Any, max_chars: int
+) -> tuple[str, str, Image | None]:
+    """What `{expr}` becomes: (text, a note for --dry-run, the image it stands for)."""
+    picture = _image_value(token, expr, spec, value)
+    if picture is not None:
+        return picture.label, f"sent as an image ({picture.describe})", picture
+    text, note = _value_text(token, expr, spec, value, max_chars)
+    return text, note, None
+
+
+def _image_value(token: str, expr: str, spec: str | None, value: Any) -> Image | None:
+    """The image `{expr}` sends: a Figure, PIL image or `ipychat.image` as it is, or with
+    `:image` the file or bytes the value names; None for any other value (text)."""
+    wanted = _IMAGE_SPEC.fullmatch(spec) if spec is not None else None
+    if spec is not None and wanted is None:
+        return None
+    try:
+        if wanted is not None:
+            return image(value, detail=wanted.group(1))
+        return as_image(value)
+    except ChatError as exc:
+        raise TemplateError(f"{token}: {exc}") from None
 
 
 def _undefined(name: str, namespace: Mapping[str, Any]) -> TemplateError:
@@ -206,7 +261,7 @@ def _rendered(expr: str, value: Any, max_chars: int) -> str:
 
 
 def _is_spec(spec: str) -> bool:
-    if parse_mode(spec) is not None:
+    if parse_mode(spec) is not None or _IMAGE_SPEC.fullmatch(spec):
         return True
     return _FORMAT_SPEC.fullmatch(spec) is not None and not spec.isdigit()
 
@@ -264,21 +319,79 @@ def render_value(value: Any, *, max_chars: int = DEFAULT_VALUE_CHARS) -> str:
 
 @dataclass
 class Thread:
-    """One named conversation: the user/assistant messages exchanged so far."""
+    """One named conversation: the user/assistant messages exchanged so far, one pair a turn.
+
+    `messages` are the plain dicts sent to the API, a user message then its assistant reply
+    for every turn. Beside the turns run `cells`, the notebook cell each turn came from (None
+    from a terminal, the panel or Python), and `records`, how each reply was made
+    (`Reply.record()`: model, tokens, cost; None when unknown). A cell owns at most one turn of a thread:
+    running it again replaces that turn in place (`replace_turn`) and the turns after it stay.
+    """
 
     name: str
     messages: list[Message] = field(default_factory=list)
+    cells: list[str | None] = field(default_factory=list)
+    records: list[dict[str, Any] | None] = field(default_factory=list)
 
     @property
     def turns(self) -> int:
         return sum(1 for m in self.messages if m["role"] == "user")
 
-    def add_turn(self, prompt: str, reply: str) -> None:
+    def cell_of(self, index: int) -> str | None:
+        """The cell turn `index` (0-based) came from, or None."""
+        return self.cells[index] if index < len(self.cells) else None
+
+    def record_of(self, index: int) -> dict[str, Any] | None:
+        """How turn `index`'s reply was made (`Reply.record()`), or None."""
+        return self.records[index] if index < len(self.records) else None
+
+    def turn_of(self, cell: str | None) -> int | None:
+        """The 0-based index of the turn `cell` last answered in this thread, or None."""
+        if cell is None:
+            return None
+        for index in range(min(len(self.cells), self.turns) - 1, -1, -1):
+            if self.cells[index] == cell:
+                return index
+        return None
+
+    def history_before(self, index: int | None) -> list[Message]:
+        """What the model sees before turn `index` (every message when None: a new turn)."""
+        if index is None:
+            return list(self.messages)
+        return self.messages[: 2 * index]
+
+    def add_turn(
+        self,
+        prompt: Content,
+        reply: str,
+        cell: str | None = None,
+        record: dict[str, Any] | None = None,
+    ) -> int:
+        """Append a turn; returns its 0-based index. A prompt with images keeps them (each
+        later turn resends them, and their tokens are counted and paid each time)."""
+        index = self.turns
+        self.cells[index:] = [None] * (index - len(self.cells)) + [cell]
+        self.records[index:] = [None] * (index - len(self.records)) + [record]
         self.messages.append({"role": "user", "content": prompt})
         self.messages.append({"role": "assistant", "content": reply})
+        return index
+
+    def replace_turn(
+        self, index: int, prompt: Content, reply: str, record: dict[str, Any] | None = None
+    ) -> None:
+        """Put a new prompt and reply in turn `index`: new dicts, so a view that keyed the old
+        reply (the panel's footers) does not show its footer under the new one."""
+        self.records[index:] = [None] * (index - len(self.records)) + self.records[index:]
+        self.records[index] = record
+        self.messages[2 * index : 2 * index + 2] = [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": reply},
+        ]
 
     def clear(self) -> None:
         self.messages.clear()
+        self.cells.clear()
+        self.records.clear()
 
 
 def check_thread_name(name: Any) -> None:
@@ -295,12 +408,61 @@ def check_thread_name(name: Any) -> None:
         )
 
 
-def build_messages(system: str | None, history: Sequence[Message], prompt: str) -> list[Message]:
+def build_messages(
+    system: str | None, history: Sequence[Message], prompt: Content
+) -> list[Message]:
     """The messages of a request: the system prompt, the thread's history, the new prompt."""
     messages: list[Message] = [{"role": "system", "content": system}] if system else []
     messages.extend(history)
     messages.append({"role": "user", "content": prompt})
     return messages
+
+
+def is_parts(prompt: Any) -> bool:
+    """True for a prompt given as content parts (text and images: `Interpolated.content`),
+    not a list of messages."""
+    return (
+        isinstance(prompt, list)
+        and bool(prompt)
+        and all(isinstance(p, dict) and "type" in p and "role" not in p for p in prompt)
+    )
+
+
+def as_content(prompt: Any) -> Any:
+    """A prompt given from Python as a list of texts and images (`["What does this show?",
+    ipychat.image(fig)]`, a Figure or a PIL image as it is) as OpenAI's content parts; a
+    part already a dict, and any other prompt, is left as it is."""
+    if not isinstance(prompt, (list, tuple)):
+        return prompt
+    parts: list[Any] = []
+    for item in prompt:
+        if isinstance(item, str):
+            parts.extend([{"type": "text", "text": item}] if item.strip() else [])
+        else:
+            picture = as_image(item)
+            parts.append(picture.part() if picture is not None else item)
+    return parts
+
+
+def parts_text(content: Any) -> str:
+    """A message's content as a person reads it: its text, an image part as its label
+    (`[image: 640×480]`). For history, the panel, --dry-run and logs: never the image's bytes."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return "" if content is None else str(content)
+    texts: list[str] = []
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif part.get("type") in ("image_url", "input_image"):
+            info = image_info(part)
+            size = f": {info.width}×{info.height}" if info.width and info.height else ""
+            space = " " if texts and not texts[-1][-1:].isspace() else ""
+            texts.append(f"{space}[image{size}]")
+    return "".join(texts)
 
 
 def _turn_starts(messages: Sequence[Message]) -> list[int]:

@@ -36,6 +36,7 @@ import tiktoken
 from tiktoken.model import encoding_name_for_model
 
 from ipychat.core.errors import ChatError
+from ipychat.core.images import image_info, image_tokens, takes_images
 
 __all__ = [
     "DEFAULT_ENCODING",
@@ -60,9 +61,9 @@ MESSAGE_OVERHEAD: Final = 3  # <|start|>{role}\n ... <|end|> around every messag
 NAME_OVERHEAD: Final = 1  # a `name` field costs one token beyond its text
 REPLY_PRIMING: Final = 3  # every reply is primed with <|start|>assistant<|message|>
 
-# Images are billed by size, which a message does not carry. "low" detail is a flat 85 tokens;
-# anything else is counted at the largest gpt-4o tiling (85 + 170 x 8 tiles) so that a budget
-# check made from the estimate errs on the safe side. The count is flagged approximate.
+# Images are billed by size and model with the provider's formula (ipychat.core.images). An
+# image whose size is not known (a remote URL) is counted at the most it can cost, gpt-4o's
+# largest tiling (85 + 170 x 8 tiles), so a budget check errs on the safe side, and "≈".
 IMAGE_TOKENS_LOW: Final = 85
 IMAGE_TOKENS_HIGH: Final = 85 + 170 * 8
 
@@ -355,8 +356,9 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
-def _content_tokens(enc: tiktoken.Encoding, content: Any) -> tuple[int, bool]:
-    """Tokens of a message's content: a string, or a list of parts (OpenAI's multi-part form)."""
+def _content_tokens(enc: tiktoken.Encoding, content: Any, model: str) -> tuple[int, bool]:
+    """Tokens of a message's content: a string, or a list of parts (OpenAI's multi-part form);
+    an image by its size and `model`'s formula (`ipychat.core.images.image_tokens`)."""
     if isinstance(content, str):
         return _count(enc, content), False
     if not isinstance(content, Sequence):
@@ -379,10 +381,11 @@ def _content_tokens(enc: tiktoken.Encoding, content: Any) -> tuple[int, bool]:
             total += _count(enc, part["refusal"])
             texts += 1
         elif kind in ("image_url", "input_image"):
-            image = part.get("image_url")
-            detail = image.get("detail") if isinstance(image, Mapping) else part.get("detail")
-            total += IMAGE_TOKENS_LOW if detail == "low" else IMAGE_TOKENS_HIGH
-            approximate = True
+            info = image_info(part)
+            n, exact = image_tokens(info.width, info.height, info.detail, model)
+            total += n
+            # A model not known to take images may bill them some other way (or refuse).
+            approximate = approximate or not exact or takes_images(model) is not True
         else:  # audio, files, anything newer: its JSON text is a stand-in
             total += _count(enc, _json(part))
             approximate = True
@@ -395,7 +398,8 @@ def count_messages(messages: Sequence[Mapping[str, Any]], model: str) -> TokenCo
     """Prompt tokens of a chat request: per message 3 + its fields (+1 for a `name`), plus 3.
 
     Content may be a string or a list of parts; one text part is counted exactly, several text
-    parts, images and other parts approximately. Non-string fields (`tool_calls`, ...) are
+    parts and other parts approximately; an image by the model's published formula (exactly
+    when the formula and the image's size are known). Non-string fields (`tool_calls`, ...) are
     counted as their JSON text and make the count approximate. `None` fields (an assistant's
     content beside tool calls) are skipped.
     """
@@ -410,7 +414,7 @@ def count_messages(messages: Sequence[Mapping[str, Any]], model: str) -> TokenCo
             if value is None:
                 continue
             if key == "content":
-                n, approx = _content_tokens(enc, value)
+                n, approx = _content_tokens(enc, value, model)
                 total += n
                 approximate = approximate or approx
             elif isinstance(value, str):

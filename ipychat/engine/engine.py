@@ -18,11 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from ipychat.core import pricing, providers, tokens
+from ipychat.core import images, pricing, providers, tokens
 from ipychat.core.errors import ConfigError, ContextLengthError
 from ipychat.core.hygiene import Cleaned, check_sendable
 from ipychat.core.keys import Secret, cache_key
-from ipychat.core.messages import build_messages, trim_history
+from ipychat.core.messages import Content, build_messages, trim_history
 from ipychat.core.settings import (
     LOCAL_CONTEXT_WINDOW,
     LOCAL_MODEL,
@@ -68,7 +68,7 @@ class Engine:
     ) -> None:
         self.settings = settings or Settings()
         self.settings.validate()
-        self.usage = Ledger()
+        self.usage = Ledger.kept_beside(cache, log_prompts=lambda: self.settings.log_prompts)
         self.prices = pricing.PriceTable()
         self.router = Router(self.settings)
         self.gate = Gate()
@@ -148,12 +148,13 @@ class Engine:
     def host(self) -> str:
         return self.router.host(self.settings)
 
-    def cache_key(self, body: dict[str, Any]) -> str:
+    def cache_key(self, body: dict[str, Any], salt: str = "") -> str:
         """The cache key of a request body on this endpoint. The endpoint is its URL plus
-        Azure's api-version (a query parameter the body does not carry; it can change replies)."""
+        Azure's api-version (a query parameter the body does not carry; it can change replies);
+        `salt` is what else decides a reply's use (a typed reply's `OutputSpec.digest`)."""
         version = self.settings.azure_api_version
         endpoint = f"{self.base_url}?api-version={version}" if version else self.base_url
-        return cache_key(endpoint, body)
+        return cache_key(f"{endpoint}#output={salt}" if salt else endpoint, body)
 
     @property
     def model(self) -> str:
@@ -266,7 +267,8 @@ class Engine:
         return self._cache_opened
 
     def close_cache(self) -> None:
-        """Close the cache; the next use opens it again."""
+        """Close the cache and the usage record (its queue written); the next use opens them."""
+        self.usage.close()  # its queue written to ledger.db
         if self._cache is not None:
             self._cache.close()
         self._cache, self._cache_opened = None, False
@@ -328,19 +330,17 @@ class Engine:
     def body(self, messages: list[dict[str, Any]], options: RequestOptions) -> dict[str, Any]:
         """The one body builder: `messages` with the options, settings filling the gaps."""
         model = check_model(options.model) or self.model
+        images.check_can_send(messages, model, local=lambda: self.is_local)  # who reads images
         temperature = options.temperature
-        body = build_body(
-            messages,
-            model,
-            temperature if temperature is not None else self.settings.temperature,
-            self.max_tokens(model, options.max_tokens),
-            options.extra,
-        )
+        if temperature is None:
+            temperature = self.settings.temperature
+        wanted = self.max_tokens(model, options.max_tokens)
+        body = build_body(messages, model, temperature, wanted, options.extra)
         return providers.adapt_body(self.endpoint().spec, body)  # the provider's quirks
 
     def outgoing(
         self,
-        prompt: str,
+        prompt: Content,
         options: RequestOptions,
         history: Sequence[dict[str, Any]] = (),
         *,
@@ -386,7 +386,7 @@ class Engine:
         return Prepared(prompt, None, body, estimate, dropped, max_cost, label, cleaned.note)
 
     def prepare_one(
-        self, prompt: str, options: RequestOptions = _DEFAULTS, *, label: str = "map"
+        self, prompt: Content, options: RequestOptions = _DEFAULTS, *, label: str = "map"
     ) -> Prepared:
         """A request outside any thread (no history), e.g. one row of %%chatmap. No
         trimming: a prompt that does not fit the context window raises ContextLengthError."""
@@ -396,7 +396,7 @@ class Engine:
             cleaned.messages[-1]["content"], body, label=label, masked=cleaned.note
         )
 
-    def one_body(self, prompt: str, options: RequestOptions = _DEFAULTS) -> dict[str, Any]:
+    def one_body(self, prompt: Content, options: RequestOptions = _DEFAULTS) -> dict[str, Any]:
         """The body `prepare_one` sends for a prompt already cleaned (`clean_prompt`); the
         system prompt is checked and cleaned here, nothing is counted (%%chatmap builds one,
         then its rows' bodies from it)."""
@@ -415,7 +415,7 @@ class Engine:
 
     def prepare_body(
         self,
-        prompt: str,
+        prompt: Content,
         body: dict[str, Any],
         *,
         label: str = "map",

@@ -35,6 +35,7 @@ class CachedReply(TypedDict, total=False):
     cost: float | None  # what the reply cost when it was paid for
     created: float
     host: str
+    logprobs: list[dict[str, Any]]  # only when the request asked for them (--scores)
 
 
 @dataclass
@@ -93,6 +94,10 @@ class Exchange:
         `model` is the answering model's label (`Engine.model_label`)."""
         raw = entry.get("usage")
         usage = Usage(**raw) if raw else None
+        extra: dict[str, Any] = {"masked": masked} if masked else {}
+        logprobs = entry.get("logprobs")
+        if isinstance(logprobs, list):  # a cached --scores reply keeps its scores
+            extra["logprobs"] = logprobs
         reply = Reply(
             text=entry["text"],
             model=model,
@@ -104,14 +109,14 @@ class Exchange:
             finish_reason=entry.get("finish_reason"),
             thread=label,
             dropped_turns=dropped_turns,
-            extra={"masked": masked} if masked else {},
+            extra=extra,
         )
         return cls(reply, key, request_model, host)
 
     def to_cache(self) -> CachedReply:
         """The cache entry of this reply (the schema `from_cache` reads)."""
         reply, usage = self.reply, self.reply.usage
-        return {
+        entry: CachedReply = {
             "text": reply.text,
             "model": reply.model,
             "request_model": self.request_model,  # what `%chat cache clear --model` matches
@@ -128,6 +133,10 @@ class Exchange:
             "created": time.time(),
             "host": self.host,
         }
+        logprobs = reply.extra.get("logprobs")
+        if logprobs is not None:
+            entry["logprobs"] = logprobs
+        return entry
 
     def ledger_row(self, *, model: str | None = None) -> LedgerRow:
         """The ledger's row for this request. `model`: the name to record instead of the

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ipychat.core import pricing, tokens
 from ipychat.core.errors import ChatError, OfflineCacheMiss
+from ipychat.core.messages import parts_text
 from ipychat.core.types import CacheMode, Completion, Reply, Usage
 from ipychat.engine.exchange import Exchange, Progress
 from ipychat.engine.ledger import max_tokens_within
@@ -51,7 +52,7 @@ async def request(
 ) -> Exchange:
     """See `Engine.request`."""
     body = prepared.body
-    key = sending.key or engine.cache_key(body)
+    key = sending.key or engine.cache_key(body, prepared.cache_salt)
     store = engine.cache if sending.cache != "off" and engine.settings.cache else None
     if store is not None and sending.cache == "use":
         hit = store.get(key)
@@ -71,7 +72,7 @@ async def request(
     )
     reply = await _sent(engine, prepared, key, progress, sending, held)
     exchange = _exchange(engine, prepared, key, reply, store=store is not None)
-    engine.usage.settle(held, exchange.ledger_row())
+    engine.usage.settle(held, exchange.ledger_row(), prompt=parts_text(prepared.prompt))
     if store is not None and sending.write_cache:
         store.set(key, exchange.to_cache())
     return exchange
@@ -95,7 +96,7 @@ def _replayed(
         prepared=prepared,
     )
     store.record_hit(exchange.reply.saved)
-    engine.usage.record(exchange.ledger_row())
+    engine.usage.record(exchange.ledger_row(), prompt=parts_text(prepared.prompt))
     return exchange
 
 
@@ -121,7 +122,7 @@ async def _sent(
 
     def settled(reply: Reply, outcome: str, error: str | None = None) -> None:
         exchange = _exchange(engine, prepared, key, reply, outcome=outcome, error=error)
-        engine.usage.settle(held, exchange.ledger_row())
+        engine.usage.settle(held, exchange.ledger_row(), prompt=parts_text(prepared.prompt))
 
     try:
         completion = await (await engine.client()).chat(
@@ -212,7 +213,8 @@ def _reply(
 
 def _extra(prepared: Prepared, completion: Completion, note: str | None) -> dict[str, Any]:
     """What a Reply carries beyond the basics: what the redact setting masked, the response's
-    x-ratelimit-* headers (which calibrate %%chatmap's limiter), and a note for the footer
+    x-ratelimit-* headers (which calibrate %%chatmap's limiter), the token log probabilities
+    when the request asked for them, and a note for the footer
     (the local model answered a request naming another model)."""
     extra: dict[str, Any] = {}
     if prepared.masked:
@@ -221,4 +223,6 @@ def _extra(prepared: Prepared, completion: Completion, note: str | None) -> dict
         extra["note"] = note
     if completion.rate_limit is not None:
         extra["rate_limit"] = completion.rate_limit
+    if completion.logprobs is not None:  # asked for (--scores): kept, and cached with the text
+        extra["logprobs"] = completion.logprobs
     return extra

@@ -132,7 +132,13 @@ class Sink(Protocol):
 
     counters: Counters
 
-    def answer(self, request: MapRequest, text: str, finish_reason: str | None = None) -> None: ...
+    def answer(
+        self,
+        request: MapRequest,
+        text: str,
+        finish_reason: str | None = None,
+        logprobs: list[dict[str, Any]] | None = None,
+    ) -> None: ...
 
     def fail(self, request: MapRequest, error: ChatError) -> None: ...
 
@@ -301,7 +307,7 @@ class Dispatcher:
             if not reply.cached:
                 self._latency = 0.8 * self._latency + 0.2 * reply.latency
             self.sink.spend(reply)
-            self.sink.answer(job, reply.text, reply.finish_reason)
+            self.sink.answer(job, reply.text, reply.finish_reason, reply.extra.get("logprobs"))
             if len(self._cache_writes) >= CACHE_BATCH or time.monotonic() > self._flush_due:
                 self._flush_cache()
 

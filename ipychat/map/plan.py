@@ -25,8 +25,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ipychat.core.errors import ContextLengthError, TemplateError
+from ipychat.core.messages import Content
 from ipychat.core.pricing import format_tokens, format_usd, format_usd_bound
 from ipychat.engine.prepare import RequestOptions
+from ipychat.engine.typedreply import add_prompt_tokens
+from ipychat.map.images import ImageSlots
 from ipychat.map.rowshape import RowShape, request_key
 
 if TYPE_CHECKING:
@@ -87,6 +90,7 @@ class MapPlan:
     first_prompt: str | None = None
     default_cap: int | None = None  # the map's own reply cap, when the user set none
     note: str | None = None  # e.g. the local model answers a map naming another model
+    unreadable: int = 0  # rows whose image could not be read (not in `skipped`)
 
     def line(self) -> str:
         """`1,000 rows · 212 cached · 788 to send · 61,203 prompt tokens · up to 3,940 reply
@@ -99,6 +103,8 @@ class MapPlan:
         if self.skipped:
             cols = ", ".join(self.null_columns)
             parts.append(f"{self.skipped:,} skipped (null in {cols}; --fill-null TEXT sends them)")
+        if self.unreadable:
+            parts.append(f"{self.unreadable:,} with an unreadable image (see _error)")
         if self.invalid:
             parts.append(f"{self.invalid:,} too long for the context window")
         parts.append(f"{format_tokens(self.prompt_tokens, self.approximate)} prompt tokens")
@@ -140,9 +146,10 @@ class MapRequest:
     reask: bool = False
     failures: int = 0
     limited: int = 0
+    fell_back: bool = False  # re-sent in the prompt kind after the server refused the fields
 
     @property
-    def prompt(self) -> str:
+    def prompt(self) -> Content:
         return self.prepared.prompt
 
     @property
@@ -200,6 +207,10 @@ class RowRequest:
     extra: dict[str, Any] | None = None  # e.g. --json's response_format
     allow_secrets: bool = False
     default_cap: int | None = None  # the map's own reply cap, when the user set none
+    salt: str = ""  # a typed map's spec digest: part of every cache key
+    # Prompt tokens a typed map's request carries outside the messages (a schema sent in
+    # `response_format` is billed as input): added to every estimate.
+    schema_tokens: int = 0
 
     def options(self) -> RequestOptions:
         """The options of `Engine.one_body`/`prepare_one` for every row."""
@@ -232,9 +243,10 @@ def plan_requests(
     and, only for the prompts to send, the token count.
     """
     row_errors: dict[int, str] = {}
-    by_prompt, skipped, null_cols = _render(frame, template, n, fill_null, row_errors)
+    slots = ImageSlots()  # image columns: each image a marker in the row's text
+    by_prompt, skipped, null_cols = _render(frame, template, n, fill_null, row_errors, slots)
     store = engine.cache if engine.settings.cache and cache_mode == "use" else None
-    jobs, found, invalid = _lookup(engine, by_prompt, row_errors, request, store)
+    jobs, found, invalid = _lookup(engine, by_prompt, row_errors, request, store, slots)
     hits = [(job, found[job.key]) for job in jobs if job.key in found]
     to_send = [job for job in jobs if job.key not in found and isinstance(job, MapRequest)]
     processed = n - skipped
@@ -248,7 +260,7 @@ def plan_requests(
         send=len(to_send),
         send_rows=sum(len(job.rows) for job in to_send),
         duplicates=processed - invalid - len(jobs) if processed else 0,
-        skipped=skipped,
+        skipped=skipped - len(slots.failed),
         null_columns=tuple(null_cols),
         invalid=invalid,
         prompt_tokens=sum(e.prompt_tokens for e in estimates),
@@ -259,8 +271,9 @@ def plan_requests(
         model=request.model,
         approximate=any(e.approximate for e in estimates),
         offline=engine.settings.offline,
-        first_prompt=next(iter(by_prompt), None),
+        first_prompt=next((slots.text(p) for p in by_prompt), None),
         default_cap=request.default_cap,
+        unreadable=len(slots.failed),
     )
     return Planned(plan, hits, to_send, skipped, row_errors)
 
@@ -271,17 +284,19 @@ def _lookup(
     row_errors: dict[int, str],
     request: RowRequest,
     store: Any,
+    slots: ImageSlots,
 ) -> tuple[list[MapRequest | CachedRequest], dict[str, dict[str, Any]], int]:
     """Each unique prompt's request and cache key, the cache read for all of them at once:
-    (the requests, the cache entries found by key, the rows too long for the context)."""
+    (the requests, the cache entries found by key, the rows too long for the context).
+    Rows with images are prepared one by one (`RowShape` is for text rows)."""
     options = request.options()
     allow_secrets = request.allow_secrets
-    shape = RowShape.probe(engine, options) if by_prompt else None
+    shape = RowShape.probe(engine, options, request.salt) if by_prompt and not slots else None
     jobs: list[MapRequest | CachedRequest] = []
     found: dict[str, dict[str, Any]] = {}
     invalid = 0
     if shape is None:
-        invalid = _prepare(engine, by_prompt, row_errors, options, jobs)
+        invalid = _prepare(engine, by_prompt, row_errors, request, jobs, slots)
         if store is not None and jobs:
             found = store.get_many([job.key for job in jobs])
         return jobs, found, invalid
@@ -300,7 +315,7 @@ def _lookup(
         except ContextLengthError as exc:  # this row only (a credential refuses the map)
             invalid += _too_long(row_errors, rows, exc)
             continue
-        jobs.append(_request(key, prepared, rows))
+        jobs.append(_request(key, _with_schema(engine, prepared, request), rows))
     return jobs, found, invalid
 
 
@@ -310,29 +325,33 @@ def _render(
     n: int,
     fill_null: str | None,
     row_errors: dict[int, str],
+    slots: ImageSlots,
 ) -> tuple[dict[str, list[int]], int, list[str]]:
     """Each row's prompt, rendered once: {prompt: its rows}, rows skipped, null columns.
 
     Column by column (one list per column, one `str.format` per row); only the rows with a
-    null in a placeholder column go one by one.
+    null in a placeholder column go one by one. An image column's values become markers
+    (`slots`); a row whose image cannot be read is skipped with its error.
     """
-    columns = [
-        [v if type(v) is str else _text(v, c) for v in frame.values(c, n)] for c in template.columns
-    ]
+    masks = [frame.nulls(c, n) for c in template.columns]
+    columns = []
+    for k, c in enumerate(template.columns):
+        values = frame.values(c, n)
+        marks = slots.column(values, masks[k], template.kind(k), c, row_errors)
+        columns.append(
+            marks if marks is not None else [v if type(v) is str else _text(v, c) for v in values]
+        )
     nulls: dict[int, list[int]] = {}  # row → its placeholder columns that are null
-    for k, column in enumerate(template.columns):
-        mask = frame.nulls(column, n)
+    for k, mask in enumerate(masks):
         if any(mask):
             for i in itertools.compress(range(n), mask):
                 nulls.setdefault(i, []).append(k)
     render = template.format_string.format
     prompts = [render(*row) for row in zip(*columns, strict=True)]
-    skipped = 0
     null_cols: list[str] = []
     for i in sorted(nulls):
         names = [str(template.columns[k]) for k in nulls[i]]
         if fill_null is None:
-            skipped += 1
             row_errors[i] = f"skipped: null in {', '.join(names)} (use --fill-null TEXT to send it)"
             null_cols.extend(c for c in names if c not in null_cols)
             continue
@@ -349,7 +368,12 @@ def _render(
             by_prompt[prompt] = [i]
         elif i not in row_errors:
             rows.append(i)
-    return by_prompt, skipped, null_cols
+    return by_prompt, len(row_errors), null_cols  # every row with an error is skipped
+
+
+def _with_schema(engine: Engine, prepared: Prepared, request: RowRequest) -> Prepared:
+    """`prepared` with a typed map's schema tokens in its estimate (tokens and cost)."""
+    return add_prompt_tokens(engine, prepared, request.schema_tokens)
 
 
 def _request(key: str, prepared: Prepared, rows: list[int]) -> MapRequest:
@@ -367,19 +391,23 @@ def _prepare(
     engine: Engine,
     by_prompt: dict[str, list[int]],
     row_errors: dict[int, str],
-    options: RequestOptions,
+    request: RowRequest,
     jobs: list[MapRequest | CachedRequest],
+    slots: ImageSlots,
 ) -> int:
     """Each unique prompt through `Engine.prepare_one`, into `jobs` (when no `RowShape`
     could be had); returns the rows too long for the context window."""
     invalid = 0
+    options = request.options()
     for prompt, rows in by_prompt.items():
         try:
-            prepared = engine.prepare_one(prompt, options, label="map")
+            prepared = engine.prepare_one(slots.content(prompt), options, label="map")
         except ContextLengthError as exc:  # this row only (a credential refuses the map)
             invalid += _too_long(row_errors, rows, exc)
             continue
-        jobs.append(_request(request_key(engine, prepared.body), prepared, rows))
+        prepared.cache_salt = request.salt
+        key = request_key(engine, prepared.body, request.salt)
+        jobs.append(_request(key, _with_schema(engine, prepared, request), rows))
     return invalid
 
 

@@ -1,6 +1,10 @@
 """A map's row template: `{column}` placeholders compiled once into one `str.format` per
 row, brace-safe like `ipychat.core.messages.interpolate` (JSON, code and LaTeX braces stay
-as written; a `{name}` that names no column is refused before anything is sent)."""
+as written; a `{name}` that names no column is refused before anything is sent).
+
+`{column:image}` (or `:image=low`/`high`/`auto`) reads each row's value, a path or bytes, as
+an image (`ipychat.map.images`); a column of images (PIL, `ipychat.image`, Figures) is one
+as `{column}` already."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ __all__ = ["RowTemplate", "compile_template"]
 
 _PLACEHOLDER = re.compile(r"\{\{(?P<escaped>[^{}]*)\}\}|\{(?P<name>[^{}\n]+)\}")
 _IDENT = re.compile(r"[A-Za-z_]\w*")
+_IMAGE = re.compile(r"(?P<name>.+):(?P<kind>image(?:=(?:low|high|auto))?)")
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,12 @@ class RowTemplate:
     text: str
     columns: tuple[Any, ...]  # the column labels used, in order of first use
     format_string: str
+    # Per entry of `columns`: "text", or "image"/"image=low"… for `{column:image…}` (the
+    # same column may be used both ways, so a label may appear twice in `columns`)
+    kinds: tuple[str, ...] = ()
+
+    def kind(self, k: int) -> str:
+        return self.kinds[k] if self.kinds else "text"
 
     def render(self, values: Sequence[str]) -> str:
         return self.format_string.format(*values)
@@ -55,7 +66,8 @@ def compile_template(
     is_literal = literal_braces(text)  # `\frac{x}`, `x^{n}`, code: not placeholders
     parts: list[str] = []
     used: list[Any] = []
-    index: dict[str, int] = {}
+    kinds: list[str] = []
+    index: dict[tuple[str, str], int] = {}
     unknown: list[str] = []
     last = 0
     for m in _PLACEHOLDER.finditer(text):
@@ -65,18 +77,28 @@ def compile_template(
         if escaped is not None:
             parts.append(_escape("{" + escaped + "}"))
             continue
+        name, kind = _kind(name, known)
         if name in known:
-            if name not in index:
-                index[name] = len(used)
+            if (name, kind) not in index:
+                index[name, kind] = len(used)
                 used.append(known[name])
-            parts.append(f"{{{index[name]}}}")
+                kinds.append(kind)
+            parts.append(f"{{{index[name, kind]}}}")
             continue
         if _IDENT.fullmatch(name) and not is_literal(m.start()) and name not in unknown:
             unknown.append(name)
         parts.append(_escape(m.group(0)))
     parts.append(_escape(text[last:]))
     _check_used(known, used, unknown, frame)
-    return RowTemplate(text, tuple(used), "".join(parts))
+    return RowTemplate(text, tuple(used), "".join(parts), tuple(kinds))
+
+
+def _kind(name: str, known: dict[str, Any]) -> tuple[str, str]:
+    """(column, "text") or, for `{column:image…}` naming a column, (column, "image…")."""
+    image = _IMAGE.fullmatch(name)
+    if image is not None and name not in known:  # `{nme:image}`: an unknown column
+        return image.group("name"), image.group("kind")
+    return name, "text"
 
 
 def _check_used(known: dict[str, Any], used: list[Any], unknown: list[str], frame: str) -> None:

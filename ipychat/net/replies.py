@@ -27,6 +27,7 @@ import httpx
 
 from ipychat.core.errors import APIError, StreamError
 from ipychat.core.keys import Secret
+from ipychat.core.labelscores import trim_logprobs
 from ipychat.core.types import Completion, RateLimitInfo, Usage
 from ipychat.net.failures import body_snippet, clean_cause, server_message_of, short_cause
 from ipychat.net.sse import SSEDecoder
@@ -120,6 +121,7 @@ class ReplyReader:
             retries=attempt.retries,
             latency=latency,
             rate_limit=attempt.rate_limit,
+            logprobs=trim_logprobs(first.get("logprobs")),
         )
 
     async def read_stream(

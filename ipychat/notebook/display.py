@@ -10,17 +10,28 @@ One of the two modules (with magics.py) that import IPython.
 
 from __future__ import annotations
 
+import contextlib
 import html
+import logging
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
-from IPython.display import display
+from IPython.display import clear_output, display
 
 from ipychat.core import format as fmt
 from ipychat.core.markdown import escape_dollars, reply_markdown
 
-__all__ = ["LiveReply", "in_notebook", "show_markdown", "show_prompt", "show_rendered"]
+__all__ = [
+    "LiveReply",
+    "held_warnings",
+    "in_notebook",
+    "show_markdown",
+    "show_prompt",
+    "show_rendered",
+]
 
 # At most this many display updates a second while streaming: more only costs the front end.
 REFRESH_HZ = 20
@@ -42,9 +53,10 @@ def _footer_text(footer: str) -> str:
 class LiveReply:
     """A reply that grows while it streams and is re-rendered at most REFRESH_HZ times a second."""
 
-    def __init__(self, *, notebook: bool, code: bool = False) -> None:
+    def __init__(self, *, notebook: bool, code: bool = False, quiet: bool = False) -> None:
         self.notebook = notebook
         self.code = code  # -f text: show as preformatted text rather than Markdown
+        self.quiet = quiet  # `%%chat ... ;`: show nothing
         self._handle: Any = None
         self._last = 0.0
         self._printed = 0
@@ -61,6 +73,8 @@ class LiveReply:
         return not self.notebook or time.monotonic() - self._last >= 1 / REFRESH_HZ
 
     def update(self, text: str, footer: str, *, force: bool = False) -> None:
+        if self.quiet:
+            return
         if not self.notebook:
             sys.stdout.write(text[self._printed :])  # a terminal shows the deltas as they come
             sys.stdout.flush()
@@ -75,7 +89,16 @@ class LiveReply:
         else:
             self._handle.update(self._body(text, footer), raw=True)
 
+    def hand_over(self) -> None:
+        """The cell's result is about to show the whole reply: clear the live display when
+        it arrives (`wait=True`: no flicker between the two). Only the Reply stays in the
+        saved notebook, as the cell's execute_result with its metadata."""
+        if self._handle is not None:
+            clear_output(wait=True)
+
     def finish(self, text: str, footer: str) -> None:
+        if self.quiet:
+            return
         if not self.notebook:
             if self._printed == 0 and text:
                 sys.stdout.write(text)
@@ -132,3 +155,34 @@ def show_prompt(
         },
         raw=True,
     )
+
+
+class _Held(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def held_warnings(active: bool) -> Iterator[None]:
+    """Warnings (and the "ipychat" logger's warnings) raised inside the block, shown when it
+    ends. A notebook's %%chat clears its live display as its result arrives
+    (`LiveReply.hand_over`), which would also clear a warning printed while it streamed."""
+    if not active:
+        yield
+        return
+    logger = logging.getLogger("ipychat")
+    held = _Held()
+    logger.addHandler(held)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            yield
+    finally:
+        logger.removeHandler(held)
+        for w in caught:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        for record in held.records:
+            logger.handle(record)

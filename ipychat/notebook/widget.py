@@ -30,9 +30,12 @@ import ipywidgets as w
 from ipychat.core import format as fmt
 from ipychat.core import tokens
 from ipychat.core.errors import ChatError
+from ipychat.core.images import Image
 from ipychat.core.markdown import escape_dollars, prompt_markdown, reply_markdown
+from ipychat.core.messages import parts_text
 from ipychat.core.pricing import format_usd
 from ipychat.core.types import Estimate, Reply
+from ipychat.notebook.attach import Attachments
 from ipychat.notebook.footers import ReplyFooters
 from ipychat.session import ChatSession, Event, get_session
 
@@ -154,6 +157,8 @@ class ChatPanel(w.VBox):
         self.max_tokens = field("max tokens", "model max", "12em")
         self.spend = w.HTML(layout=w.Layout(margin="0 0 0 auto"))
         self.error = w.HTML()
+        # Images picked for the next message (ipychat.notebook.attach)
+        self.attachments = Attachments(self.show_error, lambda: self._post(self._schedule_estimate))
         for name in ("transcript", "prompt", "send", "stop", "estimate", "spend", "error"):
             getattr(self, name).add_class(f"ipychat-{name}")  # stable selectors for tests
         self.send.on_click(lambda _: self.submit())
@@ -180,7 +185,9 @@ class ChatPanel(w.VBox):
             ),
         )
         self.scroller.add_class("ipychat-scroller")
-        actions = w.HBox([self.estimate, self.send, self.stop], layout=row)
+        actions = w.HBox(
+            [self.estimate, *self.attachments.widgets, self.send, self.stop], layout=row
+        )
         settings = w.HBox([self.temperature, self.max_tokens, self.spend], layout=row)
         return [header, self.scroller, self.prompt, actions, settings, self.error]
 
@@ -328,7 +335,7 @@ class ChatPanel(w.VBox):
         thread = self.session.threads.get(name)
         blocks: list[tuple[str, str]] = []
         for message in list(thread.messages) if thread else []:
-            content = str(message.get("content") or "")
+            content = parts_text(message.get("content"))  # an image as its label
             if message["role"] == "user":
                 blocks.append((prompt_markdown(content), "> " + content))
             elif message["role"] == "assistant":
@@ -369,11 +376,12 @@ class ChatPanel(w.VBox):
     def _update_estimate(self) -> None:
         self._update_spend()  # %chat budget changes the ledger without an event
         prompt = self.prompt.value
-        if not prompt.strip():
+        if not prompt.strip() and not self.attachments.images:
             self.estimate.value = ""
             return
         thread = self.session.threads.get(self.session.current_thread)
-        estimate = self.session.estimate(prompt, thread=self.session.current_thread)
+        content = self.attachments.content(prompt)  # attached images are counted too
+        estimate = self.session.estimate(content, thread=self.session.current_thread)
         text = fmt.estimate_text(estimate, history=bool(thread and thread.messages))
         self.estimate.value = html.escape(text)
 
@@ -398,7 +406,7 @@ class ChatPanel(w.VBox):
     def submit(self) -> None:
         """Send the prompt on the current thread; the reply streams in through events."""
         prompt = self.prompt.value.strip()
-        if not prompt:
+        if not prompt and not self.attachments.images:
             self.show_error("Write a prompt first.")
             return
         if self._future is not None and not self._future.done():
@@ -407,13 +415,23 @@ class ChatPanel(w.VBox):
         self.show_error("")
         session, thread = self.session, self.session.current_thread
         self.prompt.value = ""
+        images = self.attachments.take()
+        content = self.attachments.content(prompt, images)
         self.send.disabled, self.stop.disabled = True, False
         # The session's own `aask`, as `%%chat` uses `stream`: refusals are raised before
         # anything is sent, and the reply streams into the panel through events.
-        self._future = future = session.submit(session.aask(prompt, thread=thread, stream=True))
-        future.add_done_callback(lambda f: self._post(lambda: self._finished(f, prompt, thread)))
+        self._future = future = session.submit(session.aask(content, thread=thread, stream=True))
+        future.add_done_callback(
+            lambda f: self._post(lambda: self._finished(f, prompt, thread, images))
+        )
 
-    def _finished(self, future: concurrent.futures.Future[Reply], prompt: str, thread: str) -> None:
+    def _finished(
+        self,
+        future: concurrent.futures.Future[Reply],
+        prompt: str,
+        thread: str,
+        images: list[Image],
+    ) -> None:
         self.send.disabled, self.stop.disabled = False, True
         if future.cancelled():
             return  # the interrupted reply arrives as an event, marked
@@ -425,6 +443,8 @@ class ChatPanel(w.VBox):
         self._render_transcript()
         if not self.prompt.value:
             self.prompt.value = prompt  # give the prompt back so nothing typed is lost
+        if not self.attachments.images:
+            self.attachments.set(images)  # and the images picked
         if isinstance(exc, ChatError):
             self.show_error(str(exc))
         else:

@@ -343,10 +343,14 @@ class BatchAPI:
         if max_tokens is not None:
             text, cut = rules.truncate(text, max_tokens, o.count_tokens)
             finish = "length" if cut else "stop"
-        prompt = rules.count_prompt_tokens(body["messages"], o.count_tokens)
+        prompt = rules.count_prompt_tokens(body["messages"], o.count_tokens, model)
         completion = o.count_tokens(text) if text else 0
+        try:
+            logprobs = rules.logprobs_of(body, text, o.logprobs)
+        except rules.Reject as reject:
+            return reject.status, reject.body
         choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                  "logprobs": None, "finish_reason": finish}  # fmt: skip
+                  "logprobs": logprobs, "finish_reason": finish}  # fmt: skip
         usage = {"prompt_tokens": prompt, "completion_tokens": completion,
                  "total_tokens": prompt + completion,
                  "prompt_tokens_details": {"cached_tokens": 0}}  # fmt: skip

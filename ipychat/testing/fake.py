@@ -33,6 +33,12 @@ class FakeOpenAIServer:
     - `reply`: the reply text, or a callable `(request_body) -> str | Fault` (may be
       async; runs on the server's loop, so it must not block). Default: `"Echo: "` + the
       last user message.
+    - `logprobs`: what a request with `logprobs: true` gets in `choices[0].logprobs` (OpenAI's
+      shape; non-streamed replies): `{reply token: {alternative token: probability}}` for
+      the top alternatives at that token's position, or a callable `(request_body) -> that
+      map` (default: each token its only alternative); False: the fields are ignored, no
+      `logprobs` in any reply (a gateway that drops them). Tokens are words with their leading
+      space and single punctuation marks (`ipychat.testing.rules.logprobs_of`).
     - `flavour`: a provider's OpenAI-compatible endpoint, with its documented differences
       (`"openai"`, the default, `"anthropic"`, `"gemini"`, `"mistral"`, `"groq"`,
       `"openrouter"`, `"together"`, `"azure"`, `"ollama"`, `"vllm"`, `"lmstudio"`; see
@@ -67,6 +73,7 @@ class FakeOpenAIServer:
         self,
         *,
         reply: str | ReplyFunc | None = None,
+        logprobs: Mapping[str, Mapping[str, float]] | Callable[..., Any] | bool | None = None,
         flavour: str | Flavour = "openai",
         models: Sequence[str] | None = None,
         latency: float | tuple[float, float] = 0.0,
@@ -96,7 +103,7 @@ class FakeOpenAIServer:
         if include_usage_chunk is None:
             include_usage_chunk = imitated.usage_chunk
         self._options = ServerOptions(
-            reply=reply, models=tuple(imitated.models if models is None else models),
+            reply=reply, logprobs=logprobs, models=tuple(imitated.models if models is None else models),
             latency=latency, tokens_per_second=tokens_per_second, chunk_chars=chunk_chars,
             include_usage_chunk=include_usage_chunk, count_tokens=count_tokens or approx_tokens,
             require_key=require_key, rpm=rpm, tpm=tpm, assumed_max_tokens=assumed_max_tokens,

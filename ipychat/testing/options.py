@@ -71,6 +71,10 @@ class ServerOptions:
 
     reply: str | ReplyFunc | None = None
     models: tuple[str, ...] = ("fake-model",)
+    # what a `logprobs: true` request gets (ipychat.testing.rules.logprobs_of)
+    logprobs: Mapping[str, Mapping[str, float]] | Callable[[dict[str, Any]], Any] | bool | None = (
+        None
+    )
 
     latency: float | tuple[float, float] = 0.0
     tokens_per_second: float | None = None

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ipychat.testing.faults import Fault
+from ipychat.testing.images import SentImage, sent_images
 
 __all__ = ["CREDENTIAL_HEADERS", "RecordedRequest", "ServerStats", "mask", "redact_headers"]
 
@@ -52,6 +53,11 @@ class RecordedRequest:
             f"RecordedRequest({self.method} {self.path}, status={self.status}{fault}, "
             f"headers={redact_headers(self.headers)!r})"
         )
+
+    @property
+    def images(self) -> list[SentImage]:
+        """The image parts of a chat request, decoded: format, size, detail, sha256."""
+        return sent_images(self.body)
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}

@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ipychat.testing.images import ImageRejected, check_parts, image_tokens, sent_images
+
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "invalid_request_error",
@@ -75,10 +77,13 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def count_prompt_tokens(messages: list[Any], count: Callable[[str], int]) -> int:
+def count_prompt_tokens(
+    messages: list[Any], count: Callable[[str], int], model: str = "gpt-4o"
+) -> int:
     """OpenAI's chat accounting (the cookbook's formula): 3 per message, the tokens of each
-    string field (role, content, name), 1 more for a name, and 3 to prime the reply."""
-    total = 3
+    string field (role, content, name), 1 more for a name, and 3 to prime the reply; each
+    image as `ipychat.testing.images.image_tokens` bills it for `model`."""
+    total = 3 + sum(image_tokens(image, model) for image in sent_images({"messages": messages}))
     for message in messages:
         total += 3
         if not isinstance(message, dict):
@@ -169,6 +174,10 @@ def validate_chat(body: dict[str, Any], deployment: str | None) -> tuple[str, in
     model = body.get("model") or deployment
     if not isinstance(model, str):
         raise Reject(400, "You must provide a model parameter.")
+    try:
+        check_parts(messages)
+    except ImageRejected as exc:
+        raise Reject(400, str(exc), code=exc.code, param=exc.param) from None
     param = (
         "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     )
@@ -177,6 +186,55 @@ def validate_chat(body: dict[str, Any], deployment: str | None) -> tuple[str, in
         message = f"Invalid '{param}': expected an integer >= 1, got {max_tokens!r}."
         raise Reject(400, message, code="invalid_value", param=param)
     return model, max_tokens
+
+
+# ----- log probabilities ---------------------------------------------------------------------
+#
+# OpenAI's chat completions take `logprobs: true` and `top_logprobs` (an integer 0 to 20)
+# and answer with `choices[0].logprobs = {"content": [{token, logprob, bytes, top_logprobs:
+# [{token, logprob, bytes}, ...]}, ...], "refusal": null}`; a token outside the top 20 has
+# logprob -9999.0 (https://platform.openai.com/docs/api-reference/chat/create and
+# https://platform.openai.com/docs/api-reference/chat/object). The fake splits a reply into
+# word-like tokens (a leading space kept with its word, as BPE tokenisers do); the test says
+# which alternatives a token has (`FakeOpenAIServer(logprobs=...)`).
+
+Alternatives = Mapping[str, Mapping[str, float]]
+_TOKEN = re.compile(r"\s*\w+|\s*[^\w\s]|\s+")
+
+
+def logprobs_of(
+    body: Mapping[str, Any],
+    text: str,
+    alternatives: Alternatives | Callable[[dict[str, Any]], Alternatives] | bool | None,
+) -> dict[str, Any] | None:
+    """`choices[0].logprobs` for a reply `text`: None unless the request has `logprobs: true`.
+    `alternatives` maps a reply token to {token: probability} at its position (default: the
+    token alone, probability 1); a callable takes the request body and returns that map;
+    False imitates a server that ignores the fields (None, always)."""
+    if body.get("logprobs") is not True or alternatives is False:
+        return None
+    top = body.get("top_logprobs", 0)
+    if type(top) is not int or not 0 <= top <= 20:
+        message = f"Invalid 'top_logprobs': expected an integer from 0 to 20, got {top!r}."
+        raise Reject(400, message, code="invalid_value", param="top_logprobs")
+    try:
+        table = alternatives(dict(body)) if callable(alternatives) else alternatives or {}
+        assert isinstance(table, Mapping)
+    except Exception as exc:
+        message = f"The fake server's logprobs callable failed: {type(exc).__name__}: {exc}"
+        raise Reject(500, message, "server_error") from exc
+
+    def entry(token: str, probability: float) -> dict[str, Any]:
+        logprob = math.log(probability) if probability > 0 else -9999.0
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    content = []
+    for token in _TOKEN.findall(text):
+        options = table.get(token) or {token: 1.0}
+        ranked = sorted(options.items(), key=lambda item: -item[1])[:top]
+        own = entry(token, options.get(token, 0.0))
+        content.append({**own, "top_logprobs": [entry(t, p) for t, p in ranked if p > 0]})
+    return {"content": content, "refusal": None}
 
 
 # ----- rate limits ---------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from ipychat.testing.rules import (
     dumps,
     echo,
     error_body,
+    logprobs_of,
     split_deltas,
     truncate,
     validate_chat,
@@ -316,7 +317,7 @@ class Engine:
             raise Reject(400, BAD_JSON)
         model, max_tokens = validate_chat(body, deployment)
         o.flavour.check(body, model, o.models)
-        prompt_tokens = count_prompt_tokens(body["messages"], o.count_tokens)
+        prompt_tokens = count_prompt_tokens(body["messages"], o.count_tokens, model)
         headers: list[tuple[str, str]] = []
         if self._limiter is not None:
             charge = prompt_tokens + (
@@ -390,7 +391,7 @@ class Engine:
         choice = {
             "index": 0,
             "message": {"role": "assistant", "content": turn.text, "refusal": None},
-            "logprobs": None,
+            "logprobs": logprobs_of(turn.body, turn.text, self.o.logprobs),
             "finish_reason": turn.finish,
         }
         data = dumps({

@@ -16,6 +16,7 @@ PACKAGE = Path(ipychat.testing.__file__).parent
 # Bottom to top: a module may import only those before it (and `__init__` only lazily).
 ORDER = [
     "http",
+    "images",
     "rules",
     "faults",
     "records",

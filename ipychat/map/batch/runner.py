@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ipychat.core import pricing
 from ipychat.core.errors import ChatError, ConfigError, OfflineCacheMiss
+from ipychat.core.labelscores import trim_logprobs
 from ipychat.core.types import Reply, Usage
 from ipychat.engine.exchange import Exchange
 from ipychat.map.batch.jsonl import (
@@ -179,6 +180,10 @@ class BatchRun:
         )
         if mapper.allow_secrets:  # the rows were sent on that say-so
             job.options["allow_secrets"] = True
+        if mapper.spec is not None:  # a typed map: re-planned with the same spec on resume
+            job.options.update(mapper.spec.as_options())
+            if mapper.options.scores:  # the bodies ask for logprobs: so do the re-planned ones
+                job.options["scores"] = True
         self.registry.save(job)  # before the upload: a crash leaves a job to attach to
         return job
 
@@ -277,6 +282,7 @@ class BatchRun:
         message = (choices[0] or {}).get("message") or {}
         engine, model = self.engine, job.model
         usage = Usage.from_api(body.get("usage"))
+        logprobs = trim_logprobs((choices[0] or {}).get("logprobs"))  # --scores
         reply = Reply(
             text=str(message.get("content") or ""),
             model=str(body.get("model") or model),
@@ -285,6 +291,7 @@ class BatchRun:
             finish_reason=(choices[0] or {}).get("finish_reason"),
             thread=THREAD,
             saved=0.0,  # nothing saved: sent (the ledger's 0.0)
+            extra={"logprobs": logprobs} if logprobs is not None else {},
         )
         exchange = Exchange(reply, ref.key, model, engine.host)
         if first:  # the ledger names the model asked for, as the batch was priced for it
@@ -297,7 +304,7 @@ class BatchRun:
         if mapper is not None and mjob is not None:
             if first:
                 mapper.spend(reply)
-            mapper.answer(mjob, reply.text, reply.finish_reason)
+            mapper.answer(mjob, reply.text, reply.finish_reason, logprobs)
         return True
 
     def _fail(self, job: BatchJob, ref: RequestRef, message: str, *, record: bool) -> None:

@@ -1,0 +1,269 @@
+"""Images in prompts (issue 18 item 5), the pure parts: reading images, their content part,
+their tokens by OpenAI's published formula, which models take them, and the cache key."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import pickle
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import pytest
+from PIL import Image as PILImage
+
+from ipychat.core import images, tokens
+from ipychat.core.errors import ImageError
+from ipychat.core.keys import cache_key
+
+matplotlib.use("Agg")
+
+
+def encoded(width: int, height: int, fmt: str = "PNG", **save: Any) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.new("RGB", (width, height), (200, 30, 30)).save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+# ----- reading ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mime", "save"),
+    [
+        ("PNG", "image/png", {}),
+        ("JPEG", "image/jpeg", {}),
+        ("JPEG", "image/jpeg", {"progressive": True}),  # SOF2, not SOF0
+        ("GIF", "image/gif", {}),
+        ("WEBP", "image/webp", {}),  # lossy: VP8
+        ("WEBP", "image/webp", {"lossless": True}),  # VP8L
+    ],
+)
+@pytest.mark.parametrize(("width", "height"), [(1, 1), (640, 480), (333, 1999), (4000, 17)])
+def test_every_format_is_read_with_its_size(
+    fmt: str, mime: str, save: dict[str, Any], width: int, height: int
+) -> None:
+    """Recall: the size every format's header gives is the size PIL made (the formula
+    depends on it)."""
+    picture = images.image(encoded(width, height, fmt, **save))
+    assert (picture.mime, picture.width, picture.height) == (mime, width, height)
+
+
+def test_extended_webp_with_alpha_is_read() -> None:
+    buffer = io.BytesIO()
+    PILImage.new("RGBA", (300, 200), (0, 0, 0, 0)).save(buffer, format="WEBP")
+    picture = images.image(buffer.getvalue())
+    assert (picture.width, picture.height) == (300, 200)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"just some text, not an image",
+        b"<svg xmlns='http://www.w3.org/2000/svg' width='10' height='10'/>",
+        b"BM" + b"\0" * 60,  # a BMP: providers do not take it
+        b"%PDF-1.7\n",
+    ],
+)
+def test_what_is_not_an_image_is_refused_in_one_line(data: bytes) -> None:
+    """Precision: nothing but the four formats vision models take is sent as an image."""
+    with pytest.raises(ImageError) as info:
+        images.image(data)
+    assert str(info.value) == (
+        "The image is not a PNG, JPEG, GIF or WebP image (the formats vision models take)."
+    )
+
+
+def test_a_truncated_png_says_it_is_damaged() -> None:
+    with pytest.raises(ImageError, match=r"^The image is a damaged PNG: its size is unreadable\.$"):
+        images.image(encoded(10, 10)[:18])
+
+
+def test_paths_bytes_pil_and_figures(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    data = encoded(64, 32)
+    path = tmp_path / "chart.png"
+    path.write_bytes(data)
+    from_path = images.image(path)
+    assert from_path == images.image(str(path)) == images.image(data)
+    assert from_path.name == "chart.png" and from_path.data == data
+    pil = images.image(PILImage.new("L", (20, 10)))
+    assert (pil.mime, pil.width, pil.height) == ("image/png", 20, 10)
+    fig, ax = plt.subplots(figsize=(4, 3), dpi=50)
+    ax.plot([1, 2, 3])
+    drawn = images.image(fig)
+    plt.close(fig)
+    assert drawn.mime == "image/png" and 0 < drawn.width <= 200 and 0 < drawn.height <= 150
+    assert images.as_image(fig) is not None and images.is_image(fig)
+    assert images.as_image("chart.png") is None  # a string is text unless asked (:image)
+    assert images.image(from_path) is from_path
+    assert images.image(from_path, detail="low").detail == "low"
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("https://example.com/cat.png", "is a URL: ipychat sends images from this machine"),
+        ("/nonexistent/cat.png", "Cannot read the image /nonexistent/cat.png: No such file"),
+        (12, "ipychat.image takes a path, bytes, a PIL image or a matplotlib Figure, not a int."),
+    ],
+)
+def test_sources_that_cannot_be_read(source: Any, message: str) -> None:
+    with pytest.raises(ImageError, match=message.replace(".", r"\.")):
+        images.image(source)
+
+
+def test_detail_and_size_are_checked() -> None:
+    with pytest.raises(ImageError, match="detail must be 'low', 'high' or 'auto', not 'max'"):
+        images.image(encoded(2, 2), detail="max")
+    huge = encoded(2, 2) + b"\0" * images.MAX_IMAGE_BYTES
+    with pytest.raises(ImageError, match=r"is 20\.0 MB; providers take at most 20 MB"):
+        images.image(huge)
+
+
+def test_the_part_is_openai_s_and_its_url_remembers_the_image() -> None:
+    picture = images.image(encoded(30, 20), detail="low")
+    part = picture.part()
+    assert part == {"type": "image_url", "image_url": {"url": picture.url, "detail": "low"}}
+    url = part["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,iVBORw0KGgo")
+    assert picture.part()["image_url"]["url"] is url  # built once, shared by every turn
+    for copied in (copy.copy(url), copy.deepcopy(url), pickle.loads(pickle.dumps(url))):
+        assert isinstance(copied, images.DataURL) and copied == url
+        assert (copied.sha256, copied.width, copied.height) == (picture.sha256, 30, 20)
+    assert images.image(encoded(30, 20)).part() == {
+        "type": "image_url",
+        "image_url": {"url": picture.url},
+    }
+
+
+def test_image_info_from_a_plain_data_url_and_a_remote_one() -> None:
+    picture = images.image(encoded(50, 40))
+    plain = {"type": "image_url", "image_url": {"url": str(picture.url), "detail": "high"}}
+    assert images.image_info(plain) == images.ImageInfo(picture.sha256, 50, 40, "high")
+    remote = {"type": "input_image", "image_url": "https://x/y.png", "detail": "low"}
+    assert images.image_info(remote) == images.ImageInfo(None, None, None, "low")
+
+
+# ----- tokens (https://platform.openai.com/docs/guides/images-vision#calculating-costs) --------
+
+
+@pytest.mark.parametrize(
+    ("model", "width", "height", "detail", "expected"),
+    [
+        # The guide's own examples for gpt-4o: 1024² → 768² → 4 tiles; 2048×4096 → 1024×2048
+        # → 768×1536 → 6 tiles; low detail is the base whatever the size.
+        ("gpt-4o", 1024, 1024, None, 85 + 170 * 4),
+        ("gpt-4o", 2048, 4096, "high", 85 + 170 * 6),
+        ("gpt-4o", 4096, 8192, "low", 85),
+        ("gpt-4o-2024-08-06", 512, 512, "auto", 85 + 170),  # auto counted as high
+        ("gpt-4o", 513, 100, None, 85 + 170 * 2),  # a pixel over a tile is a second tile
+        ("gpt-4.1", 1024, 1024, None, 765),
+        # gpt-4o-mini: base 2833, tile 5667 (the same dollars per image as gpt-4o).
+        ("gpt-4o-mini", 1024, 1024, None, 2833 + 5667 * 4),
+        ("gpt-4o-mini-2024-07-18", 10, 10, "low", 2833),
+        ("o1", 1024, 1024, None, 75 + 150 * 4),
+        ("o3", 10, 10, "low", 75),
+        ("gpt-5", 1024, 1024, None, 70 + 140 * 4),
+        ("openai/gpt-4o", 1024, 1024, None, 765),  # a provider path changes nothing
+        # Patch models: ceil(w/32) × ceil(h/32) patches (at most 1536) × the multiplier. The
+        # guide's examples: 1024² is 1024 patches; 1800×2400 is scaled to 1452 patches.
+        ("gpt-4.1-mini", 1024, 1024, None, math.ceil(1024 * 1.62)),
+        ("gpt-4.1-mini", 1800, 2400, None, math.ceil(1452 * 1.62)),
+        ("gpt-4.1-nano", 1024, 1024, "low", math.ceil(1024 * 2.46)),
+        ("o4-mini", 100, 100, None, math.ceil(16 * 1.72)),
+    ],
+)
+def test_the_published_formula(
+    model: str, width: int, height: int, detail: str | None, expected: int
+) -> None:
+    assert images.image_tokens(width, height, detail, model) == (expected, True)
+
+
+def test_unknown_models_and_sizes_are_counted_high_and_marked() -> None:
+    assert images.image_tokens(1024, 1024, None, "llava-13b") == (765, False)
+    assert images.image_tokens(None, None, None, "gpt-4o") == (85 + 170 * 8, False)
+    assert images.image_tokens(None, None, None, "gpt-4.1-mini") == (math.ceil(1536 * 1.62), False)
+    # No image the formula can be given costs more than the unknown-size count.
+    worst = max(images.image_tokens(w, h, None, "gpt-4o")[0] for w in (1, 768, 2048, 9000)
+                for h in (1, 768, 2048, 9000))  # fmt: skip
+    assert worst <= images.image_tokens(None, None, None, "gpt-4o")[0]
+
+
+def test_count_messages_adds_the_images_tokens() -> None:
+    picture = images.image(encoded(1024, 1024))
+    text = [{"type": "text", "text": "What is in this picture?"}]
+
+    def counted(content: Any, model: str) -> tokens.TokenCount:
+        return tokens.count_messages([{"role": "user", "content": content}], model)
+
+    for model, image_cost in (("gpt-4o", 765), ("gpt-4o-mini", 2833 + 4 * 5667)):
+        alone = counted(text, model)
+        both = counted([*text, picture.part()], model)
+        assert both.tokens - alone.tokens == image_cost
+        assert not both.approximate  # one text part, a known formula and size
+    assert counted([picture.part()], "some-local-vlm").approximate
+
+
+# ----- who takes images ----------------------------------------------------------------------
+
+VISION = ["gpt-4o", "gpt-4o-mini-2024-07-18", "gpt-4.1-nano", "gpt-4-turbo", "gpt-4-turbo-2024-04-09",
+          "o1", "o3", "o4-mini", "gpt-5-mini", "openai/gpt-4o", "claude-3-5-sonnet-latest",
+          "gemini-2.0-flash", "llava"]  # fmt: skip
+TEXT_ONLY = ["gpt-3.5-turbo", "gpt-3.5-turbo-0125", "gpt-4", "gpt-4-0613", "gpt-4-turbo-preview",
+             "o1-mini", "o3-mini", "SmolLM2-135M-Instruct", "text-embedding-3-small",
+             "gpt-oss-20b"]  # fmt: skip
+
+
+def test_the_capability_table() -> None:
+    assert {m: images.takes_images(m) for m in VISION} == dict.fromkeys(VISION, True)
+    assert {m: images.takes_images(m) for m in TEXT_ONLY} == dict.fromkeys(TEXT_ONLY, False)
+    assert images.takes_images("my-finetune") is None
+
+
+def test_who_is_refused_before_sending() -> None:
+    part = images.image(encoded(4, 4)).part()
+    with_image = [{"role": "user", "content": [{"type": "text", "text": "hi"}, part]}]
+    text = [{"role": "user", "content": "hi"}]
+    with pytest.raises(ImageError) as info:
+        images.check_can_send(with_image, "gpt-3.5-turbo", local=lambda: False)
+    assert str(info.value) == (
+        "gpt-3.5-turbo cannot read images, so nothing was sent: use a vision model "
+        "(-m gpt-4o-mini), or leave the image out."
+    )
+    with pytest.raises(ImageError, match=r"^The local model reads text only"):
+        images.check_can_send(with_image, "gpt-4o", local=lambda: True)
+    images.check_can_send(with_image, "gpt-4o", local=lambda: False)
+    images.check_can_send(with_image, "my-finetune", local=lambda: False)  # unknown: sent, "≈"
+    images.check_can_send(text, "gpt-3.5-turbo", local=lambda: True)  # no image: nothing to refuse
+
+
+# ----- the cache key -------------------------------------------------------------------------
+
+
+def _body(*parts: dict[str, Any]) -> dict[str, Any]:
+    return {"model": "gpt-4o", "messages": [{"role": "user", "content": list(parts)}]}
+
+
+def test_the_cache_key_holds_the_images_hash_not_its_base64() -> None:
+    text = {"type": "text", "text": "Describe it"}
+    red = images.image(encoded(8, 8))
+    plain_url = {"type": "image_url", "image_url": {"url": str(red.url)}}
+    key = cache_key("https://api.openai.com/v1", _body(text, red.part()))
+    # The same bytes in a plain str URL (a restored thread): the same key.
+    assert key == cache_key("https://api.openai.com/v1", _body(text, plain_url))
+    # What is hashed names the image by its bytes' sha256.
+    by_hash = {"type": "image_url", "image_url": {"url": f"sha256:{red.sha256}"}}
+    assert key == cache_key("https://api.openai.com/v1", _body(text, by_hash))
+    other = images.image(encoded(8, 9))
+    assert key != cache_key("https://api.openai.com/v1", _body(text, other.part()))
+    low = images.image(red, detail="low")
+    assert key != cache_key("https://api.openai.com/v1", _body(text, low.part()))
+    # The body given is not changed.
+    body = _body(text, red.part())
+    cache_key("https://api.openai.com/v1", body)
+    assert body == _body(text, red.part())
