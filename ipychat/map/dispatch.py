@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from ipychat.engine.engine import Engine
     from ipychat.engine.exchange import CachedReply
     from ipychat.map.plan import MapRequest
+    from ipychat.map.sharedpace import SharedPace
 
 __all__ = [
     "Counters",
@@ -119,6 +120,8 @@ class SendOptions:
     local: bool = False  # the embedded llama.cpp server: one request at a time
     retries: int = 0
     cache_mode: CacheMode = "use"
+    pace: SharedPace | None = None  # the turn taken with other workers (map/sharedpace)
+    cache_batch: int = CACHE_BATCH  # replies per cache write (1: each as it comes)
 
 
 def session_limiter(engine: Engine, model: str) -> RateLimiter | None:
@@ -159,6 +162,8 @@ class Dispatcher:
         self.local = sending.local
         self.retries = sending.retries
         self.cache_mode: CacheMode = sending.cache_mode
+        self.pace = sending.pace
+        self.cache_batch = sending.cache_batch
         self.ready: deque[MapRequest] = deque()
         self.delayed: list[tuple[float, int, MapRequest]] = []
         self.abort: ChatError | None = None
@@ -275,6 +280,14 @@ class Dispatcher:
         mode: CacheMode = "off" if self.cache_mode == "off" else "refresh"
         if job.reask and self.cache_mode == "use":
             mode = "use"  # a re-ask may have been answered by an earlier run
+        if self.pace is not None:  # one quota with other workers: wait for our turn
+            tokens = self.limiter.tokens
+            await self.pace.acquire(
+                f"{self.engine.base_url} {self.model}",
+                job.tokens * tokens.scale,
+                self.limiter.requests.limit,
+                tokens.limit,
+            )
         try:
             exchange = await self.engine.request(
                 job.prepared, cache=mode, reserve=job.reask, max_retries=0, write_cache=False
@@ -297,7 +310,8 @@ class Dispatcher:
                 self._latency = 0.8 * self._latency + 0.2 * reply.latency
             self.sink.spend(reply)
             self.sink.answer(job, reply.text, reply.finish_reason)
-            if len(self._cache_writes) >= CACHE_BATCH or time.monotonic() > self._flush_due:
+            full = len(self._cache_writes) >= self.cache_batch
+            if full or time.monotonic() > self._flush_due:
                 self._flush_cache()
 
     def _flush_cache(self) -> None:
