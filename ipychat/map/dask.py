@@ -26,7 +26,8 @@ partition, and `compute()` raises it as a `ChatError` in one line.
 The workers share the caller's cache: a Redis cache (`IPYCHAT_CACHE_URL`) is shared by
 every machine; a cache directory by the workers of this machine (a LocalCluster). With a
 Redis cache the workers also share one pace (`sharedpace.RedisPace` on the same server),
-so together they stay within the endpoint's limits. A key set with `%chat key` stays in
+so together they stay within the endpoint's limits; `pace=RedisPace(url)` names another
+server, `pace=False` lets each worker pace alone. A key set with `%chat key` stays in
 this kernel (a `Secret` never pickles): workers send the key in their own environment
 (OPENAI_API_KEY), as the Dask docs advise for credentials.
 
@@ -280,8 +281,9 @@ def map_dask(
         options = {**options, "limit": None}
     engine = host.engine
     cache = CacheSpec.of(None if options.get("cache") in ("off", False) else engine.cache)
-    opts = MapOptions.of(output, **options)
-    if opts.pace is None and cache.redis is not None:
+    shared = options.pop("pace", None)  # False: each worker paces alone
+    opts = MapOptions.of(output, pace=shared or None, **options)
+    if shared is None and cache.redis is not None:
         from ipychat.map.sharedpace import RedisPace
 
         opts = dataclasses.replace(opts, pace=RedisPace(cache.redis))

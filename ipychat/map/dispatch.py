@@ -82,6 +82,8 @@ MAX_OUTAGE = 600.0
 # every CACHE_FLUSH_EVERY seconds, and always when the run ends (interrupts included).
 CACHE_BATCH = 64
 CACHE_FLUSH_EVERY = 1.0
+# How long every worker sharing a pace waits after a 429 that does not say (a window).
+SHARED_PAUSE = 1.0
 
 
 @dataclass
@@ -280,13 +282,11 @@ class Dispatcher:
         mode: CacheMode = "off" if self.cache_mode == "off" else "refresh"
         if job.reask and self.cache_mode == "use":
             mode = "use"  # a re-ask may have been answered by an earlier run
+        scope = f"{self.engine.base_url} {self.model}"
         if self.pace is not None:  # one quota with other workers: wait for our turn
             tokens = self.limiter.tokens
             await self.pace.acquire(
-                f"{self.engine.base_url} {self.model}",
-                job.tokens * tokens.scale,
-                self.limiter.requests.limit,
-                tokens.limit,
+                scope, job.tokens * tokens.scale, self.limiter.requests.limit, tokens.limit
             )
         try:
             exchange = await self.engine.request(
@@ -294,6 +294,8 @@ class Dispatcher:
             )
         except RateLimitError as exc:
             self._rate_limited(job, ticket, exc, time.monotonic())
+            if self.pace is not None:  # every worker waits, not only this one
+                await self.pace.refused(scope, exc.retry_after or SHARED_PAUSE)
         except ChatError as exc:
             self.limiter.failed(ticket, time.monotonic())
             self._failed(job, exc)

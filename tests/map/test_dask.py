@@ -171,3 +171,24 @@ def test_a_killed_worker_costs_no_answered_row_twice(dask_client: Any, redis_ser
     twice = [p for p, rs in sent.items() if len(rs) > 1]
     assert len(twice) <= 4  # at most the dead worker's window
     assert any(r.time > killed_at for r in fake.chat_requests)  # the partition was retried
+
+
+@pytest.mark.redis
+def test_two_workers_share_one_quota(dask_client: Any, redis_server: Any) -> None:
+    # The fake enforces 2,400 RPM over 1-second windows (40 requests in any second) and
+    # counts refused requests, as OpenAI does; alone, each worker would take all of it.
+    rows, rpm = 240, 2400
+    store = RedisStore(redis_server.url + "?prefix=quota:")
+    with FakeOpenAIServer.spawn(rpm=rpm, latency=0.05) as fake:
+        session = new_session(fake, StoreCache(store))
+        try:
+            started = time.monotonic()
+            out = session.map(frame(rows), "Describe {name}", output="d").compute()
+            elapsed = time.monotonic() - started
+        finally:
+            session.close()
+        stats = fake.stats()
+    assert out["_error"].isna().all() and out["d"].notna().sum() == rows  # no row lost
+    # Each worker pacing alone (pace=False): 47 of 287 requests refused in one run.
+    assert stats.rate_limited <= 0.03 * rows
+    assert elapsed >= rows / (rpm / 60) * 0.9  # within the limit, not around it
