@@ -191,6 +191,15 @@ class ChatMapMagics(Magics):
             "name": args.df,
         }
         view = ProgressView(notebook=notebook)
+        from ipychat.map.dask import is_dask_frame
+
+        if is_dask_frame(df):  # mapped on the cluster's workers: ipychat.notebook.daskcell
+            from ipychat.notebook.daskcell import run_dask_cell
+
+            persisted = run_dask_cell(session, args, df, cell, options, view)
+            if persisted is not None:
+                self._store(args, persisted)
+            return
         if args.batch:
             self._batch(args, df, cell, options, view)
             return

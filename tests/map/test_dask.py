@@ -192,3 +192,35 @@ def test_two_workers_share_one_quota(dask_client: Any, redis_server: Any) -> Non
     # Each worker pacing alone (pace=False): 47 of 287 requests refused in one run.
     assert stats.rate_limited <= 0.03 * rows
     assert elapsed >= rows / (rpm / 60) * 0.9  # within the limit, not around it
+
+
+def test_chatmap_maps_a_dask_frame_on_the_workers(
+    dask_client: Any, tmp_path: Any, capsys: Any
+) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from ipychat.session import reset_session
+
+    with FakeOpenAIServer() as fake:
+        session = new_session(fake, ResponseCache(tmp_path / "cache"))
+        reset_session(session)
+        shell = InteractiveShell.instance()
+        try:
+            shell.run_line_magic("load_ext", "ipychat")
+            shell.user_ns["ddf"] = frame()
+            shell.run_cell_magic("chatmap", "ddf -o d --dry-run", "Describe {name}")
+            dry = capsys.readouterr().out
+            assert fake.chat_requests == []
+            shell.run_cell_magic("chatmap", "ddf -o d", "Describe {name}")
+            done = capsys.readouterr().out
+            result = shell.user_ns["ddf"]
+            assert is_dask_frame(result)
+            computed = result.compute()
+        finally:
+            reset_session(None)
+            session.close()
+    assert dry.startswith("Dask: 4 partitions on 2 workers · sampled partition 1 of 4: 30 rows")
+    assert done.splitlines()[0].startswith("Dask: 4 partitions on 2 workers")
+    assert "Done: 120 rows on 2 workers (4 partitions), 0 failed · column d in ddf" in done
+    assert computed["d"].tolist() == [f"Echo: Describe item {i}" for i in range(ROWS)]
+    assert len(fake.chat_requests) == ROWS  # computed once, on the workers; read back after
