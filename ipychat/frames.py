@@ -63,12 +63,20 @@ class FrameOperations:
         Options and behaviour: `ipychat.map.job` (the same as %%chatmap's flags).
         `batch=True` sends the rows through the provider's Batch API: `ipychat.map.batch`.
         A Dask DataFrame gives a Dask DataFrame, mapped on the workers when computed
-        (`ipychat.map.dask`; `dry_run=True` plans its first partition)."""
+        (`ipychat.map.dask`; `dry_run=True` plans its first partition). Parquet bigger
+        than memory (a path or glob, a pyarrow dataset, a polars LazyFrame) is mapped batch
+        by batch into Parquet parts in `to=` (`ipychat.map.stream`), resuming where a
+        stopped run left off."""
         from ipychat.map import job as chatmap
         from ipychat.map.dask import is_dask_frame
+        from ipychat.map.stream import is_stream_source, map_to_parquet
 
         if is_dask_frame(df):
             return self._map_dask(df, template, output, allow_secrets, batch, options)
+        if is_stream_source(df) or "to" in options:
+            host: Any = self
+            with allowing_secrets(allow_secrets):
+                return map_to_parquet(host, df, template, output, **options)
 
         mapper: Any = chatmap
         if batch:
