@@ -10,11 +10,33 @@ resumes from the cache.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ipychat.notebook.display import show_markdown
 
-__all__ = ["run_dask_cell"]
+__all__ = ["map_dask_cell", "run_dask_cell"]
+
+
+def map_dask_cell(
+    session: Any,
+    args: Any,
+    df: Any,
+    cell: str,
+    options: dict[str, Any],
+    view: Any,
+    store: Callable[[Any, Any], None],
+) -> bool:
+    """`%%chatmap`'s turn for a Dask DataFrame (False: `df` is not one); `store(args,
+    frame)` binds the persisted frame to DF or --into, as for any map."""
+    from ipychat.map.dask import is_dask_frame
+
+    if not is_dask_frame(df):
+        return False
+    persisted = run_dask_cell(session, args, df, cell, options, view)
+    if persisted is not None:
+        store(args, persisted)
+    return True
 
 
 def run_dask_cell(

@@ -14,6 +14,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, argument_group, magic_arguments
 
+from ipychat.notebook.daskcell import map_dask_cell
 from ipychat.notebook.magicargs import check_variable, help_layout, parse_line, user_errors
 from ipychat.notebook.progress import ProgressView
 
@@ -191,14 +192,7 @@ class ChatMapMagics(Magics):
             "name": args.df,
         }
         view = ProgressView(notebook=notebook)
-        from ipychat.map.dask import is_dask_frame
-
-        if is_dask_frame(df):  # mapped on the cluster's workers: ipychat.notebook.daskcell
-            from ipychat.notebook.daskcell import run_dask_cell
-
-            persisted = run_dask_cell(session, args, df, cell, options, view)
-            if persisted is not None:
-                self._store(args, persisted)
+        if map_dask_cell(session, args, df, cell, options, view, self._store):  # on workers
             return
         if args.batch:
             self._batch(args, df, cell, options, view)

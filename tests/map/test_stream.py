@@ -132,7 +132,7 @@ def test_what_cannot_be_streamed_is_refused_in_one_line(data: Path, tmp_path: Pa
     with FakeOpenAIServer() as fake:
         session = new_session(fake, tmp_path)
         try:
-            with pytest.raises(ConfigError, match="give to='out.parquet'"):
+            with pytest.raises(ConfigError, match=r"give to='out\.parquet'"):
                 session.map(source, "Describe {name}", "d")
             with pytest.raises(ConfigError, match="No Parquet file at"):
                 session.map(
