@@ -13,6 +13,7 @@ from collections.abc import Generator, Iterator
 
 import pytest
 
+from ipychat.core.providers import PROVIDERS
 from ipychat.engine.cache import ResponseCache
 from ipychat.session import ChatSession, Settings, reset_session
 from ipychat.testing import FakeOpenAIServer
@@ -87,6 +88,8 @@ def _isolated_env(
         "IPYCHAT_MODEL",
         "IPYCHAT_OFFLINE",
         "IPYCHAT_LOCAL_MODEL",
+        "AZURE_OPENAI_ENDPOINT",
+        *(var for spec in PROVIDERS.values() for var in spec.key_vars),  # ANTHROPIC_API_KEY...
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("IPYCHAT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))

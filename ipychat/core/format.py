@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 from ipychat.core.pricing import format_tokens, format_usd, format_usd_bound
 
 if TYPE_CHECKING:  # annotations only: `Reply._repr_markdown_` imports this module
+    from ipychat.core.providers import Provider
     from ipychat.core.types import Estimate, Reply, Usage
 
 __all__ = [
@@ -21,7 +22,9 @@ __all__ = [
     "estimate_text",
     "footer",
     "footer_markdown",
+    "named_endpoints",
     "plural",
+    "provider_line",
     "streaming_footer",
     "usage_markdown",
 ]
@@ -184,3 +187,25 @@ def usage_markdown(ledger: UsageRecord, summaries: Sequence[ModelUsage] | None =
     budget = f"of {format_usd(ledger.budget)}" if ledger.budget is not None else "(no budget set)"
     lines.append(f"\nspent {format_usd(ledger.spent)} {budget}")
     return "\n".join(lines)
+
+
+def named_endpoints(names: Sequence[str]) -> str:
+    """What `%chat endpoint` lists under the current endpoint."""
+    return (
+        f"named endpoints: {', '.join(names)}, local (%chat endpoint NAME; the README's "
+        "providers table says what each needs), or any OpenAI-compatible URL."
+    )
+
+
+def provider_line(spec: Provider, url: str, model: str, key_var: str | None) -> str:
+    """`endpoint: anthropic (https://api.anthropic.com/v1) · key ANTHROPIC_API_KEY · model
+    claude-haiku-4-5`, or what to set when the key variable is not set."""
+    head = f"endpoint: {spec.name} ({url})"
+    if spec.local:
+        keyed = "no key needed"
+    elif key_var is not None:
+        keyed = f"key from {key_var}"
+    else:
+        keyed = f"no key: set {' or '.join(spec.key_vars)}, or run %chat key"
+    tokens = " · token counts ≈ (not OpenAI's tokenizer)" if spec.approximate_tokens else ""
+    return f"{head} · {keyed} · model {model}{tokens}"

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from math import inf
 from urllib.parse import urlsplit
 
+from ipychat.core import providers
 from ipychat.core.errors import ConfigError
 from ipychat.core.keys import Secret, find_keys
 
@@ -22,6 +23,7 @@ __all__ = [
     "TICK",
     "Endpoint",
     "Settings",
+    "check_endpoint",
     "check_model",
     "check_url",
     "is_loopback",
@@ -139,7 +141,8 @@ class Settings:
     """Everything that shapes a request. Validated on every change (`ChatSession.configure`)."""
 
     model: str | None = field(default_factory=lambda: os.environ.get("IPYCHAT_MODEL") or None)
-    base_url: str | None = None  # None: OPENAI_BASE_URL, else OpenAI or local; "local"
+    # None: OPENAI_BASE_URL, else OpenAI or local; "local"; a provider's name ("anthropic")
+    base_url: str | None = None
     api_key: Secret | None = None  # None: OPENAI_API_KEY
     system: str | None = None
     temperature: float | None = None  # None: the server's default
@@ -188,7 +191,8 @@ class Settings:
         if self.base_url is not None and self.base_url != LOCAL:
             if not isinstance(self.base_url, str):
                 raise ConfigError(f"The endpoint is a URL, not {self.base_url!r}.")
-            check_url(self.base_url)
+            if providers.find(self.base_url) is None:
+                check_endpoint(self.base_url)
         version = self.azure_api_version
         if version is not None and not (isinstance(version, str) and _API_VERSION.match(version)):
             raise ConfigError(
@@ -201,10 +205,43 @@ class Settings:
             check_url(url)
 
 
+def check_endpoint(url: str) -> None:
+    """An endpoint as `%chat endpoint` takes it: a URL, or a provider's name (said so when
+    the word is not a URL: a misspelt name gets the list, not a URL lecture)."""
+    if "://" not in url and "/" not in url and providers.find(url) is None:
+        raise ConfigError(
+            f"{url!r} is not an endpoint URL or a named endpoint: use local, "
+            f"{', '.join(providers.names())}, or a URL such as http://localhost:8000/v1."
+        )
+    check_url(url)
+
+
 @dataclass(frozen=True)
 class Endpoint:
-    """A resolved endpoint. kind: custom | openai | local | none. For the local server `url`
-    is a stable name, not its port, so its cache entries survive a kernel restart."""
+    """A resolved endpoint. kind: custom | provider (named: %chat endpoint anthropic) |
+    openai | local | none. For the local server `url` is a stable name, not its port, so its
+    cache entries survive a kernel restart. `provider`: the named provider requests go to
+    ("" for none), by name or by its URL (`ipychat.core.providers`)."""
 
     kind: str
     url: str
+    provider: str = ""
+
+    @property
+    def spec(self) -> providers.Provider | None:
+        """The provider's row of `ipychat.core.providers` (None: not a named provider)."""
+        return providers.find(self.provider) if self.provider else None
+
+    @property
+    def default_model(self) -> str:
+        """The model asked for when none is set: the provider's, else ipychat's default."""
+        spec = self.spec
+        return (spec.model if spec else None) or DEFAULT_MODEL
+
+    @property
+    def prices(self) -> tuple[bool, str | None]:
+        """(free, price provider) for `PriceTable.lookup`: the embedded model and local
+        servers cost 0; a provider's models are priced from its section of the table."""
+        spec = self.spec
+        free = self.kind == "local" or (spec is not None and spec.local)
+        return free, spec.prices if spec else None

@@ -1,10 +1,12 @@
 """Where requests go, and which API key may go with them.
 
 `Router.endpoint(settings)` resolves the endpoint in this order: an explicit endpoint
-(`%chat endpoint`, "local" included), OPENAI_BASE_URL, OpenAI when a key is set, the
-embedded local model when its extra is installed, else nothing (a request then says how to
-fix it). A key set with `%chat key` is scoped to the endpoint (origin) it was set for: it is
-sent there, or to an origin the user allowed (`key_origins`), never elsewhere.
+(`%chat endpoint`: a URL, "local", or a provider's name such as "anthropic"),
+OPENAI_BASE_URL, OpenAI when a key is set, the embedded local model when its extra is
+installed, else nothing (a request then says how to fix it). A key set with `%chat key` is
+scoped to the endpoint (origin) it was set for: it is sent there, or to an origin the user
+allowed (`key_origins`), never elsewhere. A provider's key variable (ANTHROPIC_API_KEY, ...)
+is read only for requests to that provider's own URL (`Router.connection`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ipychat.core import providers
 from ipychat.core.errors import ConfigError
 from ipychat.core.keys import Secret
 from ipychat.core.settings import LOCAL, OPENAI_URL, Endpoint, Settings, origin
@@ -36,8 +39,16 @@ class Router:
         url = settings.base_url or os.environ.get("OPENAI_BASE_URL")
         if url == LOCAL:
             return self._local_endpoint()
+        named = providers.find(settings.base_url)
+        if named is not None:
+            try:
+                return Endpoint("provider", providers.base_url(named), named.name)
+            except ConfigError:  # Azure without AZURE_OPENAI_ENDPOINT: a request says so
+                return Endpoint("none", OPENAI_URL, named.name)
         if url:
-            return Endpoint("custom", url.rstrip("/"))
+            url = url.rstrip("/")
+            found = providers.for_url(url)
+            return Endpoint("custom", url, found.name if found else "")
         has_key = settings.api_key is not None or any(
             os.environ.get(name) for name in ("OPENAI_API_KEY", "OPENAI_API_KEYS")
         )
@@ -54,6 +65,8 @@ class Router:
         endpoint = self.endpoint(settings)
         if endpoint.kind == "local":
             return "local model"
+        if endpoint.kind == "none" and endpoint.provider:  # Azure without its endpoint
+            return f"{endpoint.provider} (not set up)"
         parts = urlsplit(endpoint.url)  # hostname and port only: never user:password@
         return f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname or endpoint.url
 
@@ -84,6 +97,25 @@ class Router:
         if here is not None and (here == self.key_origin or here in settings.key_origins):
             return key
         return None
+
+    def connection(self, settings: Settings, endpoint: Endpoint) -> tuple[str, Secret | None]:
+        """(URL, key) of a request to `endpoint` (not the local model): the key set with %chat
+        key where it may go; else, at a provider's URL, its key variable (ANTHROPIC_API_KEY,
+        ...); else None, and the client applies OPENAI_API_KEY's own rules. A named provider
+        without its key, or an endpoint that is not set up, is a one-line ConfigError."""
+        spec = endpoint.spec
+        if endpoint.kind == "none":
+            if spec is not None:
+                providers.base_url(spec)  # raises: what the provider's URL needs
+            from ipychat.engine.local import NOT_CONFIGURED
+
+            raise ConfigError(NOT_CONFIGURED)
+        key = self.explicit_key(settings)
+        if key is None and spec is not None and not spec.local:
+            key = providers.key_for(spec)
+            if key is None and endpoint.kind == "provider":
+                raise providers.missing_key(spec)
+        return endpoint.url, key
 
     def key_note(self, settings: Settings) -> str:
         """One line when the key set with %chat key stays behind at this endpoint, else ""."""

@@ -18,13 +18,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from ipychat.core import pricing, tokens
+from ipychat.core import pricing, providers, tokens
 from ipychat.core.errors import ConfigError, ContextLengthError
 from ipychat.core.hygiene import Cleaned, check_sendable
 from ipychat.core.keys import Secret, cache_key
 from ipychat.core.messages import build_messages, trim_history
 from ipychat.core.settings import (
-    DEFAULT_MODEL,
     LOCAL_CONTEXT_WINDOW,
     LOCAL_MODEL,
     Endpoint,
@@ -35,7 +34,7 @@ from ipychat.core.types import CacheMode, Estimate
 from ipychat.engine.endpoint import Router
 from ipychat.engine.exchange import CachedReply, Exchange, Progress
 from ipychat.engine.ledger import Ledger
-from ipychat.engine.prepare import Gate, Prepared, RequestOptions, build_body
+from ipychat.engine.prepare import Estimator, Gate, Prepared, RequestOptions, build_body
 
 if TYPE_CHECKING:
     import httpx
@@ -46,18 +45,8 @@ if TYPE_CHECKING:
 __all__ = ["CacheMode", "Engine"]
 
 # The settings a client is made with: changing one makes a new client.
-_CONNECTION = frozenset(
-    {
-        "base_url",
-        "api_key",
-        "connect_timeout",
-        "read_timeout",
-        "reply_timeout",
-        "max_retries",
-        "azure_api_version",
-        "key_origins",
-    }
-)
+_CONNECTION = frozenset({"base_url", "api_key", "connect_timeout", "read_timeout", "reply_timeout",
+                         "max_retries", "azure_api_version", "key_origins"})  # fmt: skip
 
 _DEFAULTS = RequestOptions()  # every option from the settings (frozen: safe to share)
 
@@ -97,6 +86,8 @@ class Engine:
 
     def configure(self, **changes: Any) -> None:
         """Change settings (validated as a whole first: a bad value changes nothing)."""
+        if "endpoint" in changes:  # configure(endpoint="anthropic"), as %chat endpoint
+            changes["base_url"] = changes.pop("endpoint")
         unknown = set(changes) - set(Settings.__dataclass_fields__)
         if unknown:
             raise ConfigError(
@@ -169,7 +160,8 @@ class Engine:
         """The default model: the setting, else the endpoint's own default."""
         if self.settings.model:
             return self.settings.model
-        return LOCAL_MODEL if self.is_local else DEFAULT_MODEL
+        endpoint = self.endpoint()
+        return LOCAL_MODEL if endpoint.kind == "local" else endpoint.default_model
 
     def model_label(self, model: str | None = None, answered: str | None = None) -> str:
         """The model that answers (or answered) a request for `model`, as footers, the
@@ -202,11 +194,6 @@ class Engine:
     async def client(self) -> ChatClient:
         """The client for the current endpoint, starting the local server if it is the one."""
         endpoint = self.endpoint()
-        if endpoint.kind == "none":
-            from ipychat.engine.local import NOT_CONFIGURED
-
-            raise ConfigError(NOT_CONFIGURED)
-        url, key = endpoint.url, self.router.explicit_key(self.settings)
         if endpoint.kind == "local":
             from ipychat.engine import local
 
@@ -214,14 +201,16 @@ class Engine:
             server = await asyncio.to_thread(local.get_server)
             # The server's own per-start key, never the user's (OPENAI_API_KEY is not for it).
             url, key = server.base_url, server.api_key
+        else:  # the key meant for this endpoint only (a provider's: its own variable)
+            url, key = self.router.connection(self.settings, endpoint)
         with self._lock:
             if self._client is None or self._client.base_url != url or self._client_key != key:
                 self.drop_client()
                 self._client_key = key
-                self._client = self._new_client(url, key)
+                self._client = self._new_client(url, key, endpoint.provider)
             return self._client
 
-    def _new_client(self, url: str, key: Secret | None) -> ChatClient:
+    def _new_client(self, url: str, key: Secret | None, provider: str) -> ChatClient:
         from ipychat.net.client import ChatClient, Timeouts
 
         s = self.settings
@@ -237,6 +226,7 @@ class Engine:
             ),
             max_retries=s.max_retries,
             transport=self._transport,
+            provider=provider or None,
         )
 
     @property
@@ -284,18 +274,26 @@ class Engine:
     # ----- estimates -------------------------------------------------------------------------
 
     def price(self, model: str) -> pricing.ModelPrice | None:
-        """`model`'s price at this endpoint (the local model is free; None: unknown)."""
-        return self.prices.lookup(model, is_local=self.is_local)
+        """`model`'s price at this endpoint, from its provider's prices (local: free; None:
+        unknown, never $0)."""
+        free, provider = self.endpoint().prices
+        return self.prices.lookup(model, is_local=free, provider=provider)
 
     def context_window(self, model: str) -> int:
-        if self.is_local:
+        endpoint = self.endpoint()
+        if endpoint.kind == "local":
             return LOCAL_CONTEXT_WINDOW
-        return self.prices.context_window(model)
+        return self.prices.context_window(model, provider=endpoint.prices[1])
 
     def count(
         self, messages: Sequence[dict[str, Any]], model: str | None = None
     ) -> tokens.TokenCount:
-        return tokens.count_messages(messages, model or self.model)
+        """Prompt tokens by OpenAI's tokenizer (offline): approximate (≈) for other models and
+        at providers whose tokenizer is not OpenAI's (`core.providers.approximate_tokens`)."""
+        counted = tokens.count_messages(messages, model or self.model)
+        if counted.approximate or not providers.approximate_tokens(self.endpoint().spec):
+            return counted
+        return replace(counted, approximate=True)
 
     def max_tokens(self, model: str, max_tokens: int | None) -> int:
         """The reply cap of a request: asked, else the setting, else what the model allows
@@ -303,7 +301,8 @@ class Engine:
         if max_tokens is not None:
             return max_tokens
         return self.settings.max_tokens or min(
-            self.prices.max_output_tokens(model), self.context_window(model) // 2
+            self.prices.max_output_tokens(model, provider=self.endpoint().prices[1]),
+            self.context_window(model) // 2,
         )
 
     def estimate(
@@ -314,21 +313,15 @@ class Engine:
         max_tokens: int | None = None,
     ) -> Estimate:
         """What sending `messages` as they are would cost (tokens, cost range, window)."""
-        model = model or self.model
-        wanted = self.max_tokens(model, max_tokens)
-        counted = self.count(messages, model)
-        low, high, batch = pricing.estimate_cost_range(counted.tokens, wanted, self.price(model))
-        return Estimate(
-            model=model,
-            messages=len(messages),
-            prompt_tokens=counted.tokens,
-            max_completion_tokens=wanted,
-            approximate=counted.approximate,
-            cost_low=low,
-            cost_high=high,
-            cost_batch=batch,
-            context_window=self.context_window(model),
-        )
+        return self.estimator(model or self.model, max_tokens)(messages)
+
+    def estimator(self, model: str, max_tokens: int | None) -> Estimator:
+        """`estimate` for many message lists to one model: its price, context window and reply
+        cap are resolved once (each resolution reads the endpoint from the environment, and
+        %%chatmap estimates thousands of rows)."""
+        wanted, window = self.max_tokens(model, max_tokens), self.context_window(model)
+        approximate = providers.approximate_tokens(self.endpoint().spec)  # ≈ at non-OpenAI
+        return Estimator(model, wanted, self.price(model), window, approximate)
 
     # ----- preparing a request ---------------------------------------------------------------
 
@@ -336,13 +329,14 @@ class Engine:
         """The one body builder: `messages` with the options, settings filling the gaps."""
         model = check_model(options.model) or self.model
         temperature = options.temperature
-        return build_body(
+        body = build_body(
             messages,
             model,
             temperature if temperature is not None else self.settings.temperature,
             self.max_tokens(model, options.max_tokens),
             options.extra,
         )
+        return providers.adapt_body(self.endpoint().spec, body)  # the provider's quirks
 
     def outgoing(
         self,
@@ -420,13 +414,21 @@ class Engine:
         return cleaned.messages[0]["content"], cleaned.note
 
     def prepare_body(
-        self, prompt: str, body: dict[str, Any], *, label: str = "map", masked: str = ""
+        self,
+        prompt: str,
+        body: dict[str, Any],
+        *,
+        label: str = "map",
+        masked: str = "",
+        estimator: Estimator | None = None,
     ) -> Prepared:
         """`prepare_one` for a body built around the cleaned `prompt` (`one_body`):
-        estimated, and checked to fit the context window (ContextLengthError if not)."""
+        estimated (by `estimator`, made by `self.estimator` for the body's model and
+        max_tokens, when many bodies share them), and checked to fit the context window
+        (ContextLengthError if not)."""
         model, wanted = body["model"], body["max_tokens"]
-        estimate = self.estimate(body["messages"], model=model, max_tokens=wanted)
-        window = self.context_window(model)
+        estimate = (estimator or self.estimator(model, wanted))(body["messages"])
+        window = estimate.context_window
         if estimate.prompt_tokens + wanted > window:
             raise ContextLengthError(
                 f"A prompt of {estimate.prompt_tokens:,} tokens plus {wanted:,} reply tokens does "
@@ -474,6 +476,7 @@ class Engine:
         reserve: bool = True,
         max_retries: int | None = None,
         write_cache: bool = True,
+        key: str | None = None,
     ) -> Exchange:
         """Send a prepared request through cache, budget, client and ledger.
 
@@ -482,6 +485,8 @@ class Engine:
         `write_cache=False` the caller stores `exchange.to_cache()` when `exchange.store`
         (in batches: `ResponseCache.set_many`). A cancel records what arrived (ledger,
         `progress.reply`) before CancelledError propagates; a ChatError is in the ledger.
+        `key` is `cache_key(prepared.body)` when the caller has it already (%%chatmap's plan
+        keyed every row at once).
         """
         from ipychat.engine import send
 
@@ -489,5 +494,5 @@ class Engine:
             self,
             prepared,
             progress or Progress(),
-            send.Sending(stream, cache, on_delta, reserve, max_retries, write_cache),
+            send.Sending(stream, cache, on_delta, reserve, max_retries, write_cache, key),
         )

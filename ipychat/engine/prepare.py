@@ -2,7 +2,8 @@
 
 `RequestOptions` is the one options object of a request (a %%chat turn, a %%chatmap row);
 `build_body` is the one place a request body is assembled from messages and options; the
-`Gate` is the one place a request's messages are checked before they may leave the kernel.
+`Gate` is the one place a request's messages are checked before they may leave the kernel;
+an `Estimator` is what sending message lists to one model would cost.
 """
 
 from __future__ import annotations
@@ -11,16 +12,17 @@ import contextlib
 import contextvars
 import threading
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ipychat.core import pricing, tokens
 from ipychat.core.errors import ConfigError
 from ipychat.core.hygiene import Cleaned, clean_messages
 from ipychat.core.messages import Thread
 from ipychat.core.types import Estimate
 
-__all__ = ["Gate", "Prepared", "RequestOptions", "allowing_secrets", "build_body"]
+__all__ = ["Estimator", "Gate", "Prepared", "RequestOptions", "allowing_secrets", "build_body"]
 
 # Set by `allowing_secrets()` (e.g. %%chatmap --allow-secrets): prompts that hold something
 # shaped like a credential are sent anyway.
@@ -127,3 +129,32 @@ class Gate:
                     if m.get("role") in ("system", "user") and isinstance(m.get("content"), str)
                 )
         return cleaned
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """What sending message lists to `model` would cost, with the model's price, context
+    window and reply cap resolved once (`Engine.estimator`): %%chatmap estimates thousands
+    of rows, and each resolution reads the endpoint from the environment."""
+
+    model: str
+    max_completion_tokens: int
+    price: pricing.ModelPrice | None
+    context_window: int
+    approximate: bool = False  # the endpoint's tokenizer is not OpenAI's: every count ≈
+
+    def __call__(self, messages: Sequence[dict[str, Any]]) -> Estimate:
+        counted = tokens.count_messages(messages, self.model)
+        wanted = self.max_completion_tokens
+        low, high, batch = pricing.estimate_cost_range(counted.tokens, wanted, self.price)
+        return Estimate(
+            model=self.model,
+            messages=len(messages),
+            prompt_tokens=counted.tokens,
+            max_completion_tokens=wanted,
+            approximate=counted.approximate or self.approximate,
+            cost_low=low,
+            cost_high=high,
+            cost_batch=batch,
+            context_window=self.context_window,
+        )

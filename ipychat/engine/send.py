@@ -43,6 +43,7 @@ class Sending:
     reserve: bool = True
     max_retries: int | None = None
     write_cache: bool = True
+    key: str | None = None  # the body's cache key, when the caller computed it already
 
 
 async def request(
@@ -50,7 +51,7 @@ async def request(
 ) -> Exchange:
     """See `Engine.request`."""
     body = prepared.body
-    key = engine.cache_key(body)
+    key = sending.key or engine.cache_key(body)
     store = engine.cache if sending.cache != "off" and engine.settings.cache else None
     if store is not None and sending.cache == "use":
         hit = store.get(key)

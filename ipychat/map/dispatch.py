@@ -290,7 +290,12 @@ class Dispatcher:
             )
         try:
             exchange = await self.engine.request(
-                job.prepared, cache=mode, reserve=job.reask, max_retries=0, write_cache=False
+                job.prepared,
+                cache=mode,
+                reserve=job.reask,
+                max_retries=0,
+                write_cache=False,
+                key=job.key,
             )
         except RateLimitError as exc:
             self._rate_limited(job, ticket, exc, time.monotonic())

@@ -170,7 +170,7 @@ class MapJob:
     def _fit(self, limit: float) -> str | None:
         """What brings the map's bound under `limit` dollars: `--max-tokens N` (the largest
         reply cap that does), else `--limit N` (the most rows that do at this cap)."""
-        price = self.engine.prices.lookup(self.model, is_local=self.local)
+        price = self.engine.price(self.model)  # the endpoint's provider's price
         if price is None or not self.to_send:
             return None
         wanted = max(job.prepared.estimate.max_completion_tokens for job in self.to_send)

@@ -59,6 +59,7 @@ class RowShape:
         self._fixed = count_messages_bound(base["messages"])
         self._room = window - int(base["max_tokens"])
         self._key_parts = self._key_template()
+        self._estimate = engine.estimator(base["model"], base["max_tokens"])
 
     @classmethod
     def probe(cls, engine: Engine, options: RequestOptions) -> RowShape | None:
@@ -85,7 +86,9 @@ class RowShape:
 
     def prepare(self, prompt: str, masked: str) -> Prepared:
         """The row's request, estimated exactly (ContextLengthError if it does not fit)."""
-        return self.engine.prepare_body(prompt, self.body(prompt), label="map", masked=masked)
+        return self.engine.prepare_body(
+            prompt, self.body(prompt), label="map", masked=masked, estimator=self._estimate
+        )
 
     def keys(self, prompts: Sequence[str]) -> list[str]:
         """The cache key of each prompt's request, as `request_key` gives it."""

@@ -114,7 +114,8 @@ class ChatClient:
     Create it anywhere; the connection pool (an httpx transport, by default httpx_aiohttp's)
     is built lazily on first use inside the running event loop, and rebuilt if a later
     call runs in another loop. An injected `transport` is used as is and never closed
-    by the client: it belongs to the caller.
+    by the client: it belongs to the caller. `provider` names a row of
+    `ipychat.core.providers` whose quirks apply (else the one the URL is under, if any).
     """
 
     def __init__(
@@ -133,6 +134,7 @@ class ChatClient:
         headers: Mapping[str, str] | None = None,
         sleep: Sleep | None = None,
         rand: Callable[[], float] = random.random,
+        provider: str | None = None,
     ) -> None:
         self.base_url = normalize_base_url(base_url)
         url = httpx.URL(self.base_url)
@@ -162,6 +164,7 @@ class ChatClient:
             self._keys,
             self.azure_api_version,
             {"User-Agent": USER_AGENT, **(headers or {})},
+            provider,  # a named provider's request quirks (ipychat.core.providers)
         )
         # Injected so tests can assert the waits the client asked for without waiting.
         self._sleep: Sleep = sleep if sleep is not None else asyncio.sleep

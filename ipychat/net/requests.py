@@ -30,18 +30,12 @@ from typing import Any
 
 import httpx
 
+from ipychat.core import providers
 from ipychat.core.errors import ConfigError
 from ipychat.core.keys import Secret
 from ipychat.core.settings import is_loopback, origin
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-
-# Hosts that refuse `stream_options` with a 422 ("Extra inputs are not permitted") and send
-# a stream's usage in its finish chunk unasked: Mistral (https://docs.mistral.ai/api/; the
-# 422 on the wire in https://github.com/dnakov/anon-kode/issues/53, the usage in the last
-# chunk in https://github.com/mistralai/client-python/issues/40). Reproduced by
-# `FakeOpenAIServer(flavour="mistral")`.
-NO_STREAM_OPTIONS_HOSTS = frozenset({"api.mistral.ai"})
 
 
 @dataclass(frozen=True)
@@ -91,6 +85,7 @@ class RequestBuilder:
         keys: Sequence[Secret],
         azure_api_version: str | None,
         headers: Mapping[str, str],
+        provider: str | None = None,
     ) -> None:
         self.base_url = base_url
         self._keys = keys
@@ -99,8 +94,11 @@ class RequestBuilder:
         self._query = {"api-version": azure_api_version} if azure_api_version else {}
         self._urls: dict[str, httpx.URL] = {}
         self._header_cache: dict[tuple[int, bool], httpx.Headers] = {}
-        # Whether a streamed request asks for the usage chunk (`stream_options`).
-        self.stream_options = httpx.URL(base_url).host not in NO_STREAM_OPTIONS_HOSTS
+        # Whether a streamed request asks for the usage chunk (`stream_options`): not where
+        # the provider (named, or found by its URL) refuses the field and sends usage
+        # unasked, as Mistral does (`ipychat.core.providers`; FakeOpenAIServer's flavour).
+        spec = providers.find(provider) or providers.for_url(base_url)
+        self.stream_options = providers.stream_usage(spec)
 
     def chat_content(self, body: Mapping[str, Any], *, stream: bool) -> bytes:
         """The JSON of a /chat/completions request: `body` with the client's own `stream`

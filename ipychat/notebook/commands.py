@@ -17,6 +17,7 @@ from typing import Any
 from IPython.core.error import UsageError
 
 from ipychat.core import format as fmt
+from ipychat.core import providers
 from ipychat.core.hygiene import check_magic_line
 from ipychat.core.pricing import format_usd
 from ipychat.core.settings import LOCAL_MODEL
@@ -105,7 +106,10 @@ class ChatCommands:
             f" of {format_usd(session.usage.budget)}" if session.usage.budget is not None else ""
         )
         flags = " · offline" if s.offline else ""
-        if session.endpoint().kind == "none":
+        endpoint = session.endpoint()
+        if endpoint.kind == "none" and endpoint.provider:  # %chat endpoint azure, unset
+            flags += " · not set up: set AZURE_OPENAI_ENDPOINT"
+        elif endpoint.kind == "none":
             flags += " · not configured: set OPENAI_API_KEY or %chat endpoint URL"
         self.show(
             f"ipychat · endpoint {session.host} · model {self._model_name()} · thread "
@@ -130,17 +134,24 @@ class ChatCommands:
 
     def cmd_endpoint(self, rest: list[str]) -> None:
         if not rest:
-            self.show(f"endpoint: {self.session.base_url}")
+            self.show(f"{self._endpoint_line()}\n\n{fmt.named_endpoints(providers.names())}")
             return
         send_key = "--send-key" in rest
         words = [w for w in rest if w != "--send-key"]
         if len(words) != 1 or words[0].startswith("-"):
-            raise UsageError("%chat endpoint URL|local [--send-key]")
+            raise UsageError(f"%chat endpoint URL|local|NAME [--send-key]; NAME is one of "
+                             f"{', '.join(providers.names())}")  # fmt: skip
         url = words[0]
+        named = providers.find(url)
+        if named is not None:
+            url = named.name
         changes: dict[str, Any] = {"base_url": url}
         if send_key:
-            if url == "local":
-                raise UsageError("--send-key is for a URL: the local model needs no API key.")
+            if url == "local" or named is not None:
+                raise UsageError(
+                    "--send-key is for a URL: the local model needs no API key, and a named "
+                    "endpoint reads its own key variable (%chat endpoint NAME alone)."
+                )
             from ipychat.core.settings import origin
 
             trusted = origin(url)
@@ -148,7 +159,19 @@ class ChatCommands:
             changes["key_origins"] = known if trusted in known else (*known, trusted)
         self.session.configure(**changes)
         note = self.session.key_note()
-        self.show(f"endpoint: {self.session.base_url}" + (f" · {note}" if note else ""))
+        self.show(self._endpoint_line() + (f" · {note}" if note else ""))
+
+    def _endpoint_line(self) -> str:
+        """`endpoint: URL`, and for a named provider its name, its key variable (or that it
+        is missing) and the model asked for."""
+        session = self.session
+        endpoint = session.endpoint()
+        spec = endpoint.spec
+        if spec is None:
+            return f"endpoint: {session.base_url}"
+        if endpoint.kind == "none":  # Azure without AZURE_OPENAI_ENDPOINT
+            return f"endpoint: {spec.name} · not set up: set AZURE_OPENAI_ENDPOINT"
+        return fmt.provider_line(spec, endpoint.url, session.model, providers.key_var(spec))
 
     def cmd_key(self, rest: list[str]) -> None:
         if rest:

@@ -12,6 +12,7 @@ import difflib
 import textwrap
 from dataclasses import dataclass
 
+from ipychat.core import providers
 from ipychat.core.markdown import fenced
 
 __all__ = [
@@ -46,9 +47,11 @@ def _one(
 
 
 _ENDPOINT = (
-    "show or set the endpoint: an OpenAI-compatible URL (https://…/v1), or the embedded "
-    "local model; --send-key sends the API key there too (OPENAI_API_KEY goes only to "
-    "OpenAI and OPENAI_BASE_URL; plain http to another machine needs it)"
+    "show or set the endpoint: an OpenAI-compatible URL (https://…/v1), the embedded "
+    "local model, or a named provider (NAME: " + ", ".join(providers.names()) + "), which "
+    "reads its own key variable (ANTHROPIC_API_KEY, …); --send-key sends the API key to a "
+    "URL too (OPENAI_API_KEY goes only to OpenAI and OPENAI_BASE_URL; plain http to another "
+    "machine needs it)"
 )
 
 SUBCOMMANDS: tuple[Subcommand, ...] = (
@@ -60,10 +63,12 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     ),
     _one(
         "Settings",
-        "endpoint [URL|local] [--send-key]",
+        "endpoint [URL|local|NAME] [--send-key]",
         _ENDPOINT,
         (
             "%chat endpoint",
+            "%chat endpoint anthropic",
+            "%chat endpoint ollama",
             "%chat endpoint http://localhost:11434/v1",
             "%chat endpoint local",
             "%chat endpoint https://llm.example.com/v1 --send-key",

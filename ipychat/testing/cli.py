@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fault_rate=args.fault_rate,
         faults=[f.strip() for f in args.faults.split(",") if f.strip()],
         seed=args.seed,
-        include_usage_chunk=not args.no_usage_chunk,
+        include_usage_chunk=False if args.no_usage_chunk else None,  # None: the flavour's
         host=args.host,
         port=args.port,
     ).start()

@@ -35,7 +35,7 @@ class FakeOpenAIServer:
       last user message.
     - `flavour`: a provider's OpenAI-compatible endpoint, with its documented differences
       (`"openai"`, the default, `"anthropic"`, `"gemini"`, `"mistral"`, `"groq"`,
-      `"openrouter"`, `"together"`, `"azure"`, `"ollama"`, `"vllm"`; see
+      `"openrouter"`, `"together"`, `"azure"`, `"ollama"`, `"vllm"`, `"lmstudio"`; see
       `ipychat.testing.flavours`): where it lives (`base_url`), its model names, error
       shapes, rate-limit headers, stream usage. The options below override it.
     - `models`: ids listed by `GET /v1/models` (default: the flavour's).
@@ -43,8 +43,9 @@ class FakeOpenAIServer:
       seeded uniform draw. Auth, validation and rate-limit rejections are immediate.
     - `tokens_per_second`: streaming pace (None: all chunks at once); `chunk_chars`:
       characters per delta (default: one word per delta).
-    - `include_usage_chunk`: honour `stream_options.include_usage` (False imitates
-      servers such as llama.cpp that never send the usage chunk).
+    - `include_usage_chunk`: honour `stream_options.include_usage` (default the flavour's,
+      True for OpenAI; False imitates servers such as llama.cpp or LM Studio that never send
+      the usage chunk).
     - `count_tokens`: token counter for `usage`, `max_tokens` and tpm (default `approx_tokens`).
     - `require_key`: answer 401 unless `Authorization: Bearer <key>` or `api-key: <key>`.
     - `rpm`, `tpm`, `assumed_max_tokens`: rate limits, see the module docstring; how they
@@ -71,7 +72,7 @@ class FakeOpenAIServer:
         latency: float | tuple[float, float] = 0.0,
         tokens_per_second: float | None = None,
         chunk_chars: int | None = None,
-        include_usage_chunk: bool = True,
+        include_usage_chunk: bool | None = None,
         count_tokens: Callable[[str], int] | None = None,
         require_key: str | None = None,
         rpm: int | None = None,
@@ -92,6 +93,8 @@ class FakeOpenAIServer:
         imitated = find_flavour(flavour)  # what it imitates, unless an option says otherwise
         if ratelimit_headers is None:
             ratelimit_headers = imitated.ratelimit_headers
+        if include_usage_chunk is None:
+            include_usage_chunk = imitated.usage_chunk
         self._options = ServerOptions(
             reply=reply, models=tuple(imitated.models if models is None else models),
             latency=latency, tokens_per_second=tokens_per_second, chunk_chars=chunk_chars,

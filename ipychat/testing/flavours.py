@@ -43,7 +43,8 @@ class Flavour:
     models: tuple[str, ...] = ("fake-model",)
     # "openai" {"error": {message, type, param, code}}, "gemini" [{"error": {code,
     # message, status}}], "mistral" and "vllm" {"object": "error", message, type, param,
-    # code} at the top level, "openrouter" {"error": {code: <int>, message, metadata}}.
+    # code} at the top level, "openrouter" {"error": {code: <int>, message, metadata}},
+    # "string" {"error": "<message>"} (LM Studio).
     error_shape: str = "openai"
     ratelimit_headers: bool = True  # x-ratelimit-* on every answer
     headers: tuple[tuple[str, str], ...] = ()  # sent with every answer
@@ -58,6 +59,9 @@ class Flavour:
     prompt_filter_chunk: bool = False
     keepalive_comment: str | None = None
     usage_timing: bool = False  # Groq's queue_time, prompt_time, ... in `usage`
+    usage_chunk: bool = True  # a stream asked for include_usage sends the usage chunk
+    # response_format types answered with a 400 (LM Studio takes json_schema and text only)
+    refused_formats: tuple[str, ...] = ()
 
     def check(self, body: Mapping[str, Any], model: str, models: tuple[str, ...]) -> None:
         """Raise the `Reject` this provider answers a chat request OpenAI accepts with."""
@@ -65,6 +69,10 @@ class Flavour:
             if name in body:  # pydantic's extra="forbid" answer, as Mistral sends it
                 raise Reject(422, f"Extra inputs are not permitted: body.{name}", param=name,
                              code="extra_forbidden")  # fmt: skip
+        kind = (body.get("response_format") or {}).get("type")
+        if kind in self.refused_formats:
+            raise Reject(400, "'response_format.type' must be 'json_schema' or 'text'",
+                         param="response_format")  # fmt: skip
         if self.n_must_be_1 and body.get("n", 1) != 1:
             raise Reject(400, "n: Must be exactly 1.", param="n", code="invalid_value")
         if self.unknown_model_404 and model not in models:
@@ -131,6 +139,8 @@ class Flavour:
                     "param": error.get("param"), "code": error.get("code")}  # fmt: skip
         if self.error_shape == "openrouter":
             return {"error": {"code": status, "message": message, "metadata": {}}}
+        if self.error_shape == "string":
+            return {"error": message}
         return {"error": dict(error)}
 
 
@@ -214,10 +224,14 @@ FLAVOURS: dict[str, Flavour] = {
         "together",
         models=("meta-llama/Llama-3.3-70B-Instruct-Turbo", "Qwen/Qwen2.5-7B-Instruct-Turbo"),
     ),
-    # Azure OpenAI: the deployment path and api-version (served by every flavour), and
-    # content filtering: a stream opens with a chunk of `prompt_filter_results` and no
-    # choices (https://learn.microsoft.com/azure/ai-foundry/openai/concepts/content-filter).
-    "azure": Flavour("azure", models=("gpt-4o-mini",), prompt_filter_chunk=True),
+    # Azure OpenAI: the v1 API under /openai/v1
+    # (https://learn.microsoft.com/azure/ai-foundry/openai/api-version-lifecycle; the older
+    # deployment path with api-version is served by every flavour), and content filtering:
+    # a stream opens with a chunk of `prompt_filter_results` and no choices
+    # (https://learn.microsoft.com/azure/ai-foundry/openai/concepts/content-filter).
+    "azure": Flavour(
+        "azure", prefix="/openai/v1", models=("gpt-4o-mini",), prompt_filter_chunk=True
+    ),
     # https://github.com/ollama/ollama/blob/main/docs/openai.md (base URL
     # http://localhost:11434/v1): local, no rate limits and no such headers; an unknown
     # model is a 404 ("model ... not found").
@@ -237,6 +251,19 @@ FLAVOURS: dict[str, Flavour] = {
         error_shape="vllm",
         ratelimit_headers=False,
         unknown_model_404=True,
+    ),
+    # https://lmstudio.ai/docs/api/openai-api (base URL http://localhost:1234/v1): local, no
+    # rate-limit headers; errors as {"error": "<message>"}, and response_format json_object
+    # refused ("'response_format.type' must be 'json_schema' or 'text'":
+    # https://github.com/Zazza/sd-ai/issues/2); a stream carries no usage even when asked
+    # (https://github.com/lmstudio-ai/lmstudio-bug-tracker/issues/713).
+    "lmstudio": Flavour(
+        "lmstudio",
+        models=("qwen2.5-7b-instruct",),
+        error_shape="string",
+        ratelimit_headers=False,
+        usage_chunk=False,
+        refused_formats=("json_object",),
     ),
 }
 

@@ -141,7 +141,13 @@ class ProcessBackend:
             what, value = parent.recv()
         except EOFError:  # the child died before it could report
             process.join(5)
-            what, value = "error", f"the child exited with code {process.exitcode}"
+            what, value = (
+                "error",
+                (
+                    f"the child exited with code {process.exitcode} (a script that starts a "
+                    'spawned server needs `if __name__ == "__main__":` around its code)'
+                ),
+            )
         if what != "port":
             self.stop()
             raise RuntimeError(f"the spawned FakeOpenAIServer failed to start: {value}")
@@ -152,8 +158,9 @@ class ProcessBackend:
         process, conn = self._process, self._conn
         if process is None or conn is None:
             return
-        with contextlib.suppress(OSError):  # keep the log readable after stop, as in-process
-            self._final = (self.requests(), self.stats())
+        if self._url:  # started: keep the log readable after stop, as in-process
+            with contextlib.suppress(OSError):
+                self._final = (self.requests(), self.stats())
         with contextlib.suppress(OSError):
             conn.send("stop")
         process.join(5)

@@ -233,7 +233,7 @@ def test_concurrent_streams_both_finish(backend: Backend) -> None:
 # today. Where it does not yet handle a quirk, the test states the current behaviour and
 # says GAP: it changes (and must be updated) when the client learns the quirk.
 
-FLAVOURS = ["anthropic", "azure", "gemini", "groq", "mistral", "ollama", "openai",
+FLAVOURS = ["anthropic", "azure", "gemini", "groq", "lmstudio", "mistral", "ollama", "openai",
             "openrouter", "together", "vllm"]  # fmt: skip
 
 
@@ -259,7 +259,7 @@ def test_client_reads_each_flavours_reply_and_usage(flavour: str) -> None:
         assert served.path.startswith(server.base_url.removeprefix(server.url))
 
 
-@pytest.mark.parametrize("flavour", [f for f in FLAVOURS if f != "mistral"])
+@pytest.mark.parametrize("flavour", [f for f in FLAVOURS if f not in ("mistral", "lmstudio")])
 def test_client_streams_each_flavour_with_usage(flavour: str) -> None:
     # Azure's opening prompt_filter_results chunk (no choices), OpenRouter's keep-alive
     # comments and Groq's x_groq finish chunk are all read past.
@@ -306,6 +306,23 @@ def test_client_streams_to_mistral_without_stream_options() -> None:
     assert sent["stream"] is True and "stream_options" not in sent
     assert reply.text == "Echo: hi"
     assert reply.usage is not None and reply.usage.total_tokens == 10
+
+
+def test_client_named_mistral_leaves_stream_options_out_at_any_url() -> None:
+    # ChatClient(provider="mistral") (what `%chat endpoint mistral` makes) applies Mistral's
+    # quirk wherever its URL points, a proxy's or this loopback server's.
+    with FakeOpenAIServer(flavour="mistral") as server:
+
+        async def main() -> Completion:
+            async with ChatClient(server.base_url, api_key=server.api_key, max_retries=0,
+                                  provider="mistral") as client:  # fmt: skip
+                return await client.chat(
+                    {"model": "mistral-small-latest", "messages": [{"role": "user",
+                     "content": "hi"}], "max_tokens": 50}, stream=True)  # fmt: skip
+
+        reply = asyncio.run(main())
+        sent = server.chat_requests[-1].body
+    assert "stream_options" not in sent and reply.usage is not None
 
 
 def test_client_asks_other_hosts_for_the_usage_chunk() -> None:

@@ -46,7 +46,8 @@ def events(response: httpx.Response) -> tuple[list[str], list[dict[str, Any]]]:
 
 
 def test_every_flavour_answers_at_its_own_base_url(servers: dict[str, FakeOpenAIServer]) -> None:
-    prefixes = {"gemini": "/v1beta/openai", "groq": "/openai/v1", "openrouter": "/api/v1"}
+    prefixes = {"gemini": "/v1beta/openai", "groq": "/openai/v1", "openrouter": "/api/v1",
+                "azure": "/openai/v1"}  # fmt: skip
     for name, server in servers.items():
         assert server.base_url == server.url + prefixes.get(name, "/v1")
         r = chat(server)
@@ -89,6 +90,8 @@ def test_error_bodies_take_the_providers_shape(
         assert error["object"] == "error" and error["code"] == 429 and "error" not in error
     elif name == "openrouter":
         assert error["error"]["code"] == 429 and error["error"]["metadata"] == {}
+    elif name == "lmstudio":  # a bare message string
+        assert isinstance(error["error"], str) and error["error"]
     else:
         assert error["error"]["code"] == "rate_limit_exceeded"
         assert error["error"]["type"] == "requests"
@@ -192,3 +195,19 @@ def test_local_servers_refuse_a_model_they_do_not_serve(
     # Cloud providers the fake imitates do not check model names.
     groq = servers["groq"].base_url + "/chat/completions"
     assert HTTP.post(groq, json={**BODY, "model": "gpt-4o"}).status_code == 200
+
+
+def test_lmstudio(servers: dict[str, FakeOpenAIServer]) -> None:
+    server = servers["lmstudio"]
+    # json_object is refused with LM Studio's 400; json_schema and text are taken.
+    r = chat(server, {"response_format": {"type": "json_object"}})
+    assert r.status_code == 400
+    assert r.json() == {"error": "'response_format.type' must be 'json_schema' or 'text'"}
+    assert chat(server, {"response_format": {"type": "text"}}).status_code == 200
+    # A stream asked for its usage sends none (no usage chunk, no usage anywhere).
+    _, chunks = events(chat(server, {"stream": True, "stream_options": {"include_usage": True}}))
+    assert all(c["choices"] for c in chunks) and not any(c.get("usage") for c in chunks)
+    # The option still wins over the flavour.
+    with FakeOpenAIServer(flavour="lmstudio", include_usage_chunk=True) as other:
+        _, chunks = events(chat(other, {"stream": True, "stream_options": {"include_usage": True}}))
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0

@@ -68,6 +68,31 @@ def test_spawn_refuses_unpicklable_options() -> None:
         FakeOpenAIServer(reply=lambda body: "x", process=True)
 
 
+def test_a_script_without_a_main_guard_is_told_why_the_server_did_not_start(
+    tmp_path: Path,
+) -> None:
+    # With the spawn start method the child re-runs the script's top level, which starts a
+    # server again and fails (multiprocessing's "safe importing of main module" rule); the
+    # parent must say so, not fail on reading the log of a server that never started.
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from ipychat.testing import FakeOpenAIServer\n"
+        "with FakeOpenAIServer.spawn() as server:\n"
+        "    print(server.base_url)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=project_env(),
+        timeout=120,
+    )
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: the spawned FakeOpenAIServer failed to start"), last
+    assert 'if __name__ == "__main__":' in last
+
+
 # ----- command line and pytest plugin --------------------------------------------------------
 
 
