@@ -287,14 +287,21 @@ def map_dask(
         from ipychat.map.sharedpace import RedisPace
 
         opts = dataclasses.replace(opts, pace=RedisPace(cache.redis))
-    plan = None
-    if dry_run or on_plan is not None or opts.max_cost is not None:
+    budget = engine.usage.budget
+    if dry_run or on_plan is not None or opts.max_cost is not None or budget is not None:
         plan = plan_dask(host, ddf, template, opts)
-        if on_plan is not None:
-            on_plan(plan)
         if dry_run:
             return plan
-        _check_cost(plan, opts.max_cost)
+        # max_cost and the session's budget, against the first partition's bound scaled
+        # (the workers' spend is not in this session's ledger: they have their own).
+        high = plan.sample.cost_high
+        engine.usage.check(
+            high * plan.partitions if high is not None else None,
+            max_cost=opts.max_cost,
+            what=f"This map (partition 1 of {plan.partitions} planned, scaled)",
+        )
+        if on_plan is not None:
+            on_plan(plan)
     settings = _worker_settings(engine.settings)
     # Each worker writes its replies one by one (a killed worker loses none), and checks no
     # cost of its own: the caller checked the whole frame's estimate.
@@ -302,16 +309,3 @@ def map_dask(
     meta, dtypes = _meta(ddf, opts)
     spec = WorkerSpec(make_host, settings, cache, template, opts, dtypes)
     return ddf.map_partitions(map_partition, spec, meta=meta, align_dataframes=False)
-
-
-def _check_cost(plan: DaskPlan, max_cost: float | None) -> None:
-    high = plan.sample.cost_high
-    if max_cost is None or high is None:
-        return
-    total = high * plan.partitions
-    if total > max_cost:
-        raise ConfigError(
-            f"This map may cost up to ~{format_usd(total)} (partition 1 of {plan.partitions} "
-            f"sampled, scaled), above max_cost {format_usd(max_cost)}: raise max_cost or map "
-            "fewer rows."
-        )

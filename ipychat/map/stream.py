@@ -206,6 +206,25 @@ def _write(frame: Any, path: Path, dtypes: Sequence[tuple[str, str]]) -> None:
 # ----- the map ---------------------------------------------------------------------------------
 
 
+def _check(source: Any, to: Any, dry_run: bool, batch_rows: int, options: dict[str, Any]) -> None:
+    """What `map_to_parquet` refuses before reading anything, each in one line."""
+    if not is_stream_source(source):
+        raise ConfigError(
+            f"to= goes with a Parquet source (a path or glob, a pyarrow dataset, a polars "
+            f"LazyFrame), not a {type(source).__name__}: map the frame, then write it with "
+            "to_parquet."
+        )
+    if to is None and not dry_run:
+        raise ConfigError(
+            "A Parquet source is mapped batch by batch into Parquet parts: give "
+            "to='out.parquet' (a directory)."
+        )
+    if type(batch_rows) is not int or batch_rows < 1:
+        raise ConfigError(f"batch_rows must be a positive whole number, not {batch_rows!r}.")
+    if options.get("limit") is not None or options.get("inplace"):
+        raise ConfigError("limit and inplace go with DataFrames, not with a Parquet source.")
+
+
 def map_to_parquet(
     host: Host,
     source: Any,
@@ -221,15 +240,7 @@ def map_to_parquet(
     run plans the first batch and says so."""
     from ipychat.map.job import plan, run
 
-    if to is None and not dry_run:
-        raise ConfigError(
-            "A Parquet source is mapped batch by batch into Parquet parts: give "
-            "to='out.parquet' (a directory)."
-        )
-    if type(batch_rows) is not int or batch_rows < 1:
-        raise ConfigError(f"batch_rows must be a positive whole number, not {batch_rows!r}.")
-    if options.get("limit") is not None or options.get("inplace"):
-        raise ConfigError("limit and inplace go with DataFrames, not with a Parquet source.")
+    _check(source, to, dry_run, batch_rows, options)
     opts = MapOptions.of(output, **options)
     reader = _Source(source, batch_rows)
     if dry_run:

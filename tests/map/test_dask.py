@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from ipychat.core.errors import ChatError, ConfigError
+from ipychat.core.errors import BudgetExceeded, ChatError, ConfigError
 from ipychat.engine.cache import ResponseCache
 from ipychat.engine.stores.counted import StoreCache
 from ipychat.engine.stores.redis import RedisStore
@@ -94,8 +94,11 @@ def test_the_dry_run_plans_one_partition_and_says_so(dask_client: Any, tmp_path:
         session = new_session(fake, ResponseCache(tmp_path / "cache"))
         try:
             plan = session.map(frame(), "Describe {name}", output="d", dry_run=True)
-            with pytest.raises(ConfigError, match="above max_cost"):
+            with pytest.raises(BudgetExceeded, match=r"partition 1 of 4 planned, scaled"):
                 session.map(frame(), "Describe {name}", output="d", max_cost=1e-9)
+            session.set_budget(1e-6)
+            with pytest.raises(BudgetExceeded, match="Budget: spent"):
+                session.map(frame(), "Describe {name}", output="d")
         finally:
             session.close()
     assert fake.chat_requests == []

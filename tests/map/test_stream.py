@@ -138,6 +138,10 @@ def test_what_cannot_be_streamed_is_refused_in_one_line(data: Path, tmp_path: Pa
                 session.map(
                     str(tmp_path / "nothing.parquet"), "Describe {name}", "d", to=tmp_path / "o"
                 )
+            with pytest.raises(ConfigError, match="to= goes with a Parquet source"):
+                session.map(
+                    pd.DataFrame({"name": ["a"]}), "Describe {name}", "d", to=tmp_path / "o"
+                )
             (tmp_path / "file").write_text("x")
             with pytest.raises(ConfigError, match="is a file"):
                 session.map(source, "Describe {name}", "d", to=tmp_path / "file")
