@@ -102,3 +102,16 @@ def test_a_bad_url_is_refused_at_once_without_its_password() -> None:
     with pytest.raises(CacheURLError) as caught:
         RedisPace("redis://:hunter2secret@127.0.0.1:99999/0")
     assert "hunter2secret" not in str(caught.value) and "port" in str(caught.value)
+
+
+def test_map_options_take_a_shared_pace_and_a_cache_batch(redis_server: Any) -> None:
+    from ipychat.core.errors import ConfigError
+    from ipychat.map.options import MapOptions
+
+    pace = RedisPace(redis_server.url)
+    assert MapOptions.of("x", pace=pace, cache_batch=1).pace is pace
+    with pytest.raises(ConfigError, match="pace is a shared pace such as"):
+        MapOptions.of("x", pace="redis://127.0.0.1:6379/0")
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="cache_batch must be a positive whole number"):
+            MapOptions.of("x", cache_batch=bad)
