@@ -5,7 +5,6 @@ once and paces nobody."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import pickle
 import time
 from typing import Any
@@ -35,13 +34,11 @@ def test_two_paces_share_one_schedule(redis_server: Any) -> None:
     async def main() -> list[float]:
         return list(await asyncio.gather(*(take(p) for p in (a, b) * 4)))
 
-    started = time.monotonic()
     times = sorted(run(main()))
-    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     step = 60 / (600 * HEADROOM)
-    assert times[0] - started < 0.5
-    assert all(gap > step * 0.8 for gap in gaps), gaps
-    assert times[-1] - times[0] == pytest.approx(7 * step, abs=0.15)
+    # Lower bounds prove the pacing (alone, each pace would give 4 slots in 3 steps);
+    # the upper ones only leave room for a loaded machine's late wake-ups.
+    assert 7 * step * 0.97 <= times[-1] - times[0] < 7 * step + 1.0
 
 
 def test_tokens_are_paced_too(redis_server: Any) -> None:
@@ -53,7 +50,7 @@ def test_tokens_are_paced_too(redis_server: Any) -> None:
             await pace.acquire("scope", 600, rpm=None, tpm=60_000)
         return time.monotonic() - started
 
-    assert run(main()) == pytest.approx(2 * 0.6 / HEADROOM, abs=0.2)
+    assert 2 * 0.6 / HEADROOM * 0.97 <= run(main()) < 2 * 0.6 / HEADROOM + 1.0
 
 
 def test_a_refusal_holds_back_every_worker(redis_server: Any) -> None:
@@ -67,7 +64,7 @@ def test_a_refusal_holds_back_every_worker(redis_server: Any) -> None:
         await b.acquire("scope", 1, rpm=6000, tpm=None)
         return time.monotonic() - started
 
-    assert run(main()) == pytest.approx(0.5, abs=0.15)
+    assert 0.45 <= run(main()) < 1.5
 
 
 def test_requests_sent_before_the_limit_was_known_count(redis_server: Any) -> None:
@@ -80,7 +77,8 @@ def test_requests_sent_before_the_limit_was_known_count(redis_server: Any) -> No
         await pace.acquire("scope", 1, rpm=600, tpm=None)  # now it is known: 0.1 s a slot
         return time.monotonic() - started
 
-    assert run(main()) == pytest.approx(5 * 60 / (600 * HEADROOM), abs=0.15)
+    step = 60 / (600 * HEADROOM)
+    assert 5 * step * 0.97 <= run(main()) < 5 * step + 1.0
 
 
 def test_a_redis_that_is_down_warns_once_and_paces_nobody(redis_server: Any) -> None:
