@@ -1,4 +1,5 @@
-"""The DataFrame operations of a session: `map` and `amap` (what %%chatmap runs).
+"""The DataFrame operations of a session: `map` and `amap` (what %%chatmap runs), typed with
+`schema=` or `choices=`, and `filter` (what %%chatfilter runs).
 
 A mixin of `ChatSession`, kept apart so the session's conversation code and the frame
 operations each stay readable; both call down into `ipychat.map`. Nothing here holds state:
@@ -62,6 +63,22 @@ class FrameOperations:
         with each reply in `output`, failures in `_error`; `dry_run=True` returns the plan.
         Options and behaviour: `ipychat.map.job` (the same as %%chatmap's flags).
         `batch=True` sends the rows through the provider's Batch API: `ipychat.map.batch`.
+
+        Typed replies (constrained where the endpoint can, see the `structured` setting;
+        validated always; a reply that does not fit is asked again once, then the row's
+        `_error` says what was wrong):
+
+        - `schema=Model` (a Pydantic model class) or `schema={...}` (a JSON schema whose root
+          is an object): one column per field, named after it (`parent.child` for nested
+          objects), of the field's dtype: Int64, Float64, boolean, string, datetime64,
+          category for an enum, object for a list (polars: the matching dtypes);
+        - `choices=["positive", "negative"]`: `output` is a categorical column whose
+          categories are exactly the labels (a reply is matched ignoring case, spaces,
+          quotes and a final period; anything else is an error, never a wrong label).
+
+        The schema or label list is part of every row's cache key, and the tokens it adds
+        to each request are in the dry run's estimate.
+
         A Dask DataFrame gives a Dask DataFrame, mapped on the workers when computed
         (`ipychat.map.dask`; `dry_run=True` plans its first partition). Parquet bigger
         than memory (a path or glob, a pyarrow dataset, a polars LazyFrame) is mapped batch
@@ -135,3 +152,26 @@ class FrameOperations:
                 allow_secrets=allow_secrets,
                 **options,
             )
+
+    def filter(
+        self,
+        df: Any,
+        template: str,
+        *,
+        decision: str | None = None,
+        allow_secrets: bool = False,
+        **options: Any,
+    ) -> Any:
+        """The rows of `df` for which the model answers yes to `template` (a yes/no question
+        with {column} placeholders), index and order kept; `dry_run=True` returns the plan.
+
+        Each row's answer is constrained to yes/no where the endpoint can and validated
+        always; a row whose answer is missing (failed, skipped for a null) is not kept.
+        `decision="col"` adds the answers as a boolean column of the kept rows. Options
+        are `map`'s (model, system, cache, limit, max_cost, ...). Counts and every row's
+        decision and error: `ipychat.map.job.run_filter`."""
+        from ipychat.map import job as chatmap
+
+        host: Any = self  # a ChatSession: its engine and loop (`ipychat.map.host.Host`)
+        with allowing_secrets(allow_secrets):
+            return chatmap.filter_frame(host, df, template, decision=decision, **options)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import threading
 import weakref
@@ -25,14 +26,24 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ipychat.conversation import Conversations, TurnRecord
 from ipychat.core import tokens
-from ipychat.core.errors import ChatError, ConfigError
-from ipychat.core.messages import Thread, build_messages, check_thread_name
+from ipychat.core.errors import ChatError
+from ipychat.core.messages import Thread, build_messages
 from ipychat.core.runner import LoopThread, wait, wait_async
 from ipychat.core.settings import Endpoint, Settings, check_model
+from ipychat.core.structured import output_spec
 from ipychat.core.types import Estimate, Reply
+from ipychat.engine import typedreply as typed_reply
 from ipychat.engine.engine import CacheMode, Engine
-from ipychat.engine.prepare import Prepared, RequestOptions, allowing_secrets
+from ipychat.engine.prepare import (
+    Prepared,
+    RequestOptions,
+    allowing_secrets,
+    structured_kind,
+    typed_options,
+)
+from ipychat.engine.typedreply import with_spec
 from ipychat.frames import FrameOperations
 from ipychat.lifetime import Owned, close_at_exit
 from ipychat.streaming import Progress, ReplyStream, interrupted
@@ -42,6 +53,7 @@ if TYPE_CHECKING:
 
     import httpx
 
+    from ipychat.compare import Comparison
     from ipychat.core.pricing import PriceTable
     from ipychat.engine.cache import ResponseCache
     from ipychat.engine.ledger import Ledger
@@ -79,8 +91,8 @@ class ChatSession(FrameOperations):
         self.engine = Engine(settings, transport=transport, cache=cache, retire=self._owned.retire)
         self._owned.engine = self.engine
         weakref.finalize(self, self._owned.release)
-        self.threads: dict[str, Thread] = {"main": Thread("main")}
-        self.current_thread = "main"
+        # Threads and turns (which turn a re-run cell replaces): ipychat.conversation.
+        self.conversations = Conversations(lambda name: self._emit(Event("threads", thread=name)))
         self.last_reply: Reply | None = None
         close_at_exit(self)  # if the owner did not close it
         self._listeners: list[Callable[[Event], None]] = []
@@ -168,9 +180,13 @@ class ChatSession(FrameOperations):
         self.engine.configure(**changes)
         self._emit(Event("settings"))
 
-    def set_budget(self, usd: float | None) -> None:
-        """Set (or with None remove) the spend budget of this session."""
-        self.engine.set_budget(usd)
+    def set_budget(self, usd: float | None, per: str | None = None) -> None:
+        """Set (or with None remove) the spend budget of this session, or with `per` (day,
+        week, month) the persistent one every kernel checks (`Ledger.set_period_budget`)."""
+        if per is None:
+            self.engine.set_budget(usd)
+        else:
+            self.usage.set_period_budget(per, usd)
         self._emit(Event("settings"))
 
     def subscribe(self, listener: Callable[[Event], None]) -> Callable[[], None]:
@@ -185,29 +201,31 @@ class ChatSession(FrameOperations):
             except Exception:  # a broken view must not break the request
                 logging.getLogger("ipychat").exception("listener failed on %s", event.kind)
 
+    @property
+    def threads(self) -> dict[str, Thread]:
+        return self.conversations.threads
+
+    @property
+    def current_thread(self) -> str:
+        return self.conversations.current
+
+    @current_thread.setter
+    def current_thread(self, name: str) -> None:
+        self.conversations.current = name
+
     def thread(self, name: str | None = None, *, create: bool = True) -> Thread:
-        name = name or self.current_thread
-        if name not in self.threads:
-            check_thread_name(name)
-            if not create:
-                known = ", ".join(sorted(self.threads))
-                raise ConfigError(
-                    f"No thread named {name!r}; threads: {known}. Start it with --thread {name}."
-                )
-            self.threads[name] = Thread(name)
-            self._emit(Event("threads", thread=name))
-        return self.threads[name]
+        return self.conversations.thread(name, create=create)
 
     def switch_thread(self, name: str) -> Thread:
-        thread = self.thread(name)
-        self.current_thread = name
-        self._emit(Event("threads", thread=name))
-        return thread
+        return self.conversations.switch(name)
 
     def reset(self, name: str | None = None) -> None:
         """Forget the messages of a thread (the current one by default)."""
-        self.thread(name, create=False).clear()
-        self._emit(Event("threads", thread=name or self.current_thread))
+        self.conversations.reset(name)
+
+    def restore(self, name: str, turns: list[TurnRecord], *, replace: bool = False) -> Thread:
+        """A thread made of `turns` (`%chat import`); see `Conversations.restore`."""
+        return self.conversations.restore(name, turns, replace=replace)
 
     # ----- estimates and preparing -------------------------------------------------------------
 
@@ -244,11 +262,17 @@ class ChatSession(FrameOperations):
         max_cost: float | None = None,
         new: bool = False,
         allow_secrets: bool = False,
+        schema: Any = None,
+        choices: Sequence[str] | None = None,
+        cell: str | None = None,
     ) -> Prepared:
         """Build, trim and estimate a turn of a thread without sending it (--dry-run).
+        `cell`: the notebook cell it comes from; if that cell answered on this thread
+        before, the history stops before its turn (ipychat.conversation says why).
 
         A prompt holding something shaped like a credential is refused (SecretInPromptError)
         unless `allow_secrets`; with the `redact` setting, personal data is masked first.
+        `schema`/`choices`: a typed reply (see `ask`), its rule and fragment added.
         """
         if not isinstance(prompt, str) or not prompt.strip():
             raise ChatError("The prompt is empty: write something in the cell below %%chat.")
@@ -260,14 +284,17 @@ class ChatSession(FrameOperations):
             allow_secrets=allow_secrets,
         )
         options.check(max_cost)
+        spec = output_spec(schema=schema, choices=choices) if schema or choices else None
+        if spec is not None:
+            kind = structured_kind(self.engine)
+            options = typed_options(options, spec, kind, self.settings.system)
         name = thread or self.current_thread
-        existing = self.threads.get(name)
-        history = [] if new or existing is None else existing.messages
+        history = self.conversations.history(name, cell=cell, new=new)
         cleaned = self.engine.outgoing(prompt, options, history)
         the_thread = self.thread(name)  # created only once the prompt may leave
         prepared = self.engine.fit_turn(cleaned, options, label=the_thread.name, max_cost=max_cost)
-        prepared.thread = the_thread
-        return prepared
+        prepared.thread, prepared.cell = the_thread, cell
+        return with_spec(self.engine, prepared, spec, kind) if spec is not None else prepared
 
     # ----- sending ------------------------------------------------------------------------------
 
@@ -290,7 +317,8 @@ class ChatSession(FrameOperations):
             sent = self.engine.request(
                 prepared, progress, stream=stream, cache=cache, on_delta=on_delta
             )
-            return (await sent).reply
+            done = await sent
+            return dataclasses.replace(done.reply, cache_key=done.key)
 
         def delta(text: str) -> None:
             if on_delta is not None:
@@ -307,21 +335,18 @@ class ChatSession(FrameOperations):
             raise
         except asyncio.CancelledError:  # what arrived is kept, marked interrupted
             if progress.reply is not None:
-                self._remember(prepared, progress.reply, new)
+                progress.reply = self._remember(prepared, progress.reply, new)
             raise
-        self._remember(prepared, exchange.reply, new)
-        return exchange.reply
+        reply = dataclasses.replace(exchange.reply, cache_key=exchange.key)
+        return self._remember(prepared, reply, new)
 
-    def _remember(self, prepared: Prepared, reply: Reply, new: bool) -> None:
-        thread = prepared.thread
-        if thread is None:
-            return
+    def _remember(self, prepared: Prepared, reply: Reply, new: bool) -> Reply:
+        """The turn into its thread (appended, or in place of its cell's earlier turn)."""
         with self._lock:
-            if new:
-                thread.clear()
-            thread.add_turn(prepared.prompt, reply.text)
+            reply = self.conversations.remember(prepared, reply, new=new)
             self.last_reply = reply
-        self._emit(Event("reply", thread=thread.name, text=reply.text, reply=reply))
+        self._emit(Event("reply", thread=reply.thread, text=reply.text, reply=reply))
+        return reply
 
     async def ask_on_loop(
         self,
@@ -340,8 +365,15 @@ class ChatSession(FrameOperations):
         prepared = self.prepare(prompt, new=new, **options)
         progress.estimate = prepared.estimate
         mode: CacheMode = "use" if cache is True else "off" if cache is False else cache
-        return await self.request(
-            prepared, progress, stream=stream, cache=mode, on_delta=on_delta, new=new
+
+        def send(prepared: Prepared) -> Coroutine[Any, Any, Reply]:
+            return self.request(
+                prepared, progress, stream=stream, cache=mode, on_delta=on_delta, new=new
+            )
+
+        # A typed reply is checked (and repaired once) there; a plain one is sent as it is.
+        return await typed_reply.sent(
+            self.engine, prepared, send, lambda: self.prepare(prompt, new=new, **options), mode
         )
 
     def ask(
@@ -359,11 +391,20 @@ class ChatSession(FrameOperations):
         new: bool = False,
         on_delta: Callable[[str], None] | None = None,
         allow_secrets: bool = False,
+        schema: Any = None,
+        choices: Sequence[str] | None = None,
+        cell: str | None = None,
     ) -> Reply:
         """Send `prompt` on a thread and wait for the reply. `cache`: True/"use", "refresh"
         (skip the read, store the new reply) or False/"off". Ctrl-C raises Interrupted, whose
         `.reply` holds what arrived. A prompt shaped like a credential is refused unless
-        `allow_secrets`."""
+        `allow_secrets`.
+
+        A typed reply: `schema` (a Pydantic model class or a JSON-schema dict) or `choices`
+        (labels). The reply is constrained where the endpoint can (the `structured` setting)
+        and validated always; `reply.value` is the answer (a model instance, a dict, or the
+        label as given in `choices`). A reply that does not fit is asked again once; if that
+        does not fit either, InvalidReply (its `.reply` is what came back)."""
         progress = Progress()
         coro = self.ask_on_loop(
             prompt,
@@ -379,6 +420,9 @@ class ChatSession(FrameOperations):
             max_tokens=max_tokens,
             max_cost=max_cost,
             allow_secrets=allow_secrets,
+            schema=schema,
+            choices=choices,
+            cell=cell,
         )
         try:
             return wait(self.runner, coro)
@@ -392,6 +436,13 @@ class ChatSession(FrameOperations):
     def stream(self, prompt: str, **options: Any) -> ReplyStream:
         """Iterate over the text deltas of a streamed reply; `.reply` is the Reply afterwards."""
         return ReplyStream(self, prompt, options)
+
+    def compare(self, prompt: str, models: Sequence[str], **options: Any) -> Comparison:
+        """Send one turn to each of `models` at once and wait for every reply; the thread
+        continues with `keep`'s (default the first's). See `ipychat.compare`."""
+        from ipychat.compare import compare_on_loop
+
+        return wait(self.runner, compare_on_loop(self, prompt, models, **options))
 
     def models(self) -> list[str]:
         """The model ids the endpoint lists."""

@@ -45,6 +45,7 @@ __all__ = [
     "ConfigError",
     "ContextLengthError",
     "Interrupted",
+    "InvalidReply",
     "NoAPIKeyError",
     "NotFoundError",
     "OfflineCacheMiss",
@@ -63,6 +64,16 @@ class ChatError(Exception):
 
 class ConfigError(ChatError):
     """A setting is missing or invalid."""
+
+
+class InvalidReply(ChatError):
+    """A typed reply (schema, choices) that does not fit, even when asked again; `reply` is
+    the last reply (its text is what came back), `error` what is wrong with it."""
+
+    def __init__(self, message: str, *, reply: object | None = None, error: str = "") -> None:
+        super().__init__(message)
+        self.reply = reply
+        self.error = error
 
 
 class NoAPIKeyError(ConfigError):

@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # annotations only: `Reply._repr_markdown_` imports this modu
 __all__ = [
     "ModelUsage",
     "UsageRecord",
+    "compare_line",
     "estimate_line",
     "estimate_text",
     "footer",
@@ -25,6 +26,7 @@ __all__ = [
     "named_endpoints",
     "plural",
     "provider_line",
+    "replaced_lines",
     "streaming_footer",
     "usage_markdown",
 ]
@@ -87,9 +89,12 @@ def footer(reply: Reply, *, turns: int | None = None) -> str:
         parts.append(format_usd(reply.cost))
         parts.append(f"{reply.latency:.1f} s")
     thread = f"thread {reply.thread}"
+    if turns is None and reply.turn:  # how many turns the thread had when it answered
+        turns = reply.turn + reply.later_turns
     if turns is not None:
         thread += f" ({turns} turn{'s' if turns != 1 else ''})"
     parts.append(thread)
+    parts.extend(replaced_lines(reply))
     if reply.dropped_turns:
         n = reply.dropped_turns
         parts.append(f"{n} early turn{'s' if n != 1 else ''} left out to fit the context")
@@ -102,6 +107,31 @@ def footer(reply: Reply, *, turns: int | None = None) -> str:
     elif reply.finish_reason == "length":
         parts.append("cut at max tokens")
     return " · ".join(parts)
+
+
+def compare_line(reply: Reply) -> str:
+    """One model's figures under its reply in a comparison: `412 → 96 tokens · $0.00012 · 1.8 s`."""
+    parts = [_tokens(reply.usage)]
+    if reply.cached:
+        parts.append(f"cached (saved {format_usd(reply.saved)})")
+    else:
+        parts += [format_usd(reply.cost), f"{reply.latency:.1f} s"]
+    if reply.finish_reason == "length":
+        parts.append("cut at max tokens")
+    return " · ".join(parts)
+
+
+def replaced_lines(reply: Reply) -> list[str]:
+    """A re-run cell's footer: `replaced turn 2 · 1 later turn was answered with the old text`."""
+    if not reply.replaced:
+        return []
+    parts = [f"replaced turn {reply.turn}"]
+    if reply.later_turns:
+        n = reply.later_turns
+        parts.append(
+            f"{plural(n, 'later turn')} {'was' if n == 1 else 'were'} answered with the old text"
+        )
+    return parts
 
 
 def footer_markdown(footer: str) -> str:

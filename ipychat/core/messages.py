@@ -264,21 +264,78 @@ def render_value(value: Any, *, max_chars: int = DEFAULT_VALUE_CHARS) -> str:
 
 @dataclass
 class Thread:
-    """One named conversation: the user/assistant messages exchanged so far."""
+    """One named conversation: the user/assistant messages exchanged so far, one pair a turn.
+
+    `messages` are the plain dicts sent to the API, a user message then its assistant reply
+    for every turn. Beside the turns run `cells`, the notebook cell each turn came from (None
+    from a terminal, the panel or Python), and `records`, how each reply was made
+    (`Reply.record()`: model, tokens, cost; None when unknown). A cell owns at most one turn of a thread:
+    running it again replaces that turn in place (`replace_turn`) and the turns after it stay.
+    """
 
     name: str
     messages: list[Message] = field(default_factory=list)
+    cells: list[str | None] = field(default_factory=list)
+    records: list[dict[str, Any] | None] = field(default_factory=list)
 
     @property
     def turns(self) -> int:
         return sum(1 for m in self.messages if m["role"] == "user")
 
-    def add_turn(self, prompt: str, reply: str) -> None:
+    def cell_of(self, index: int) -> str | None:
+        """The cell turn `index` (0-based) came from, or None."""
+        return self.cells[index] if index < len(self.cells) else None
+
+    def record_of(self, index: int) -> dict[str, Any] | None:
+        """How turn `index`'s reply was made (`Reply.record()`), or None."""
+        return self.records[index] if index < len(self.records) else None
+
+    def turn_of(self, cell: str | None) -> int | None:
+        """The 0-based index of the turn `cell` last answered in this thread, or None."""
+        if cell is None:
+            return None
+        for index in range(min(len(self.cells), self.turns) - 1, -1, -1):
+            if self.cells[index] == cell:
+                return index
+        return None
+
+    def history_before(self, index: int | None) -> list[Message]:
+        """What the model sees before turn `index` (every message when None: a new turn)."""
+        if index is None:
+            return list(self.messages)
+        return self.messages[: 2 * index]
+
+    def add_turn(
+        self,
+        prompt: str,
+        reply: str,
+        cell: str | None = None,
+        record: dict[str, Any] | None = None,
+    ) -> int:
+        """Append a turn; returns its 0-based index."""
+        index = self.turns
+        self.cells[index:] = [None] * (index - len(self.cells)) + [cell]
+        self.records[index:] = [None] * (index - len(self.records)) + [record]
         self.messages.append({"role": "user", "content": prompt})
         self.messages.append({"role": "assistant", "content": reply})
+        return index
+
+    def replace_turn(
+        self, index: int, prompt: str, reply: str, record: dict[str, Any] | None = None
+    ) -> None:
+        """Put a new prompt and reply in turn `index`: new dicts, so a view that keyed the old
+        reply (the panel's footers) does not show its footer under the new one."""
+        self.records[index:] = [None] * (index - len(self.records)) + self.records[index:]
+        self.records[index] = record
+        self.messages[2 * index : 2 * index + 2] = [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": reply},
+        ]
 
     def clear(self) -> None:
         self.messages.clear()
+        self.cells.clear()
+        self.records.clear()
 
 
 def check_thread_name(name: Any) -> None:

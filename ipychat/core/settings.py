@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from ipychat.core import providers
 from ipychat.core.errors import ConfigError
 from ipychat.core.keys import Secret, find_keys
+from ipychat.core.structured import ENDPOINT_KINDS
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -156,6 +157,11 @@ class Settings:
     cache: bool = True
     offline: bool = field(default_factory=lambda: _env_flag("IPYCHAT_OFFLINE"))
     redact: bool = False  # mask e-mail addresses, phone and card numbers in prompts
+    # How the endpoint constrains typed replies (schema=, choices=, filter): "auto" picks
+    # from the endpoint (`core.structured.endpoint_kind`), else openai | llama.cpp | vllm |
+    # vllm-guided | prompt (no constraint: the schema goes into the prompt).
+    structured: str = "auto"
+    log_prompts: bool = False  # keep prompts in the persistent usage record (ledger.db)
     # Endpoints (scheme://host:port) the user allows the API key to go to beyond its own:
     # OPENAI_API_KEY goes only to OpenAI or OPENAI_BASE_URL, a %chat key only to the
     # endpoint it was given for, and a key never crosses plain http to another machine
@@ -178,8 +184,9 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < inf:
                 raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}.")
-        if not isinstance(self.redact, bool):
-            raise ConfigError(f"redact is True or False, not {self.redact!r}.")
+        for name in ("redact", "log_prompts"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} is True or False, not {getattr(self, name)!r}.")
         if (
             isinstance(self.max_retries, bool)
             or not isinstance(self.max_retries, int)
@@ -198,6 +205,10 @@ class Settings:
             raise ConfigError(
                 f"azure_api_version is a version such as 2024-10-21 or 2024-08-01-preview, "
                 f"not {version!r}."
+            )
+        if self.structured != "auto" and self.structured not in ENDPOINT_KINDS:
+            raise ConfigError(
+                f"structured must be auto, {', '.join(ENDPOINT_KINDS)}; not {self.structured!r}."
             )
         if not isinstance(self.key_origins, tuple):
             raise ConfigError("key_origins is a tuple of endpoint URLs.")

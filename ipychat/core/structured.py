@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from ipychat.core.errors import ChatError, ConfigError
+from ipychat.core.errors import InvalidReply as InvalidReply
 from ipychat.core.keys import canonical_json
 from ipychat.core.schema import Field, SchemaShape, parse_iso, read_schema
 from ipychat.core.tokens import count_text
@@ -39,6 +40,7 @@ from ipychat.core.tokens import count_text
 __all__ = [
     "ENDPOINT_KINDS",
     "EndpointKind",
+    "InvalidReply",
     "OutputSpec",
     "Parsed",
     "endpoint_kind",
@@ -202,6 +204,15 @@ class OutputSpec:
 
     def digest(self) -> str:
         return hashlib.sha256(self.canonical().encode("utf-8")).hexdigest()
+
+    def as_options(self) -> dict[str, Any]:
+        """The spec as JSON-able options of `output_spec` (a Pydantic model as its JSON
+        schema, whose spec has the same wire form and digest): what a Batch job stores."""
+        if self.mode == "choices":
+            return {"choices": list(self.labels)}
+        if self.mode == "filter":
+            return {"filter": True}
+        return {"schema": dict(self.source)}
 
     # ----- what comes back ---------------------------------------------------------------
 

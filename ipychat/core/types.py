@@ -159,12 +159,59 @@ class Reply:
     time_to_first_token: float | None = None
     retries: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    # A typed reply's answer (ask(schema=...) / choices=): the model instance, dict or label
+    value: Any = field(default=None, compare=False)
+    cache_key: str | None = None  # the request's key in the response cache
+    turn: int = 0  # its place in the thread, from 1; 0 when it is in no thread
+    cell: str | None = None  # the notebook cell it answered (None outside a notebook)
+    replaced: bool = False  # the cell ran before: this turn replaced the cell's earlier one
+    later_turns: int = 0  # when replaced: the turns after it, answered with the old text
 
     def __str__(self) -> str:
         return self.text
 
     def _repr_markdown_(self) -> str:
+        return self._repr_mimebundle_()[0]["text/markdown"]
+
+    def _repr_mimebundle_(
+        self, include: Any = None, exclude: Any = None
+    ) -> tuple[dict[str, str], dict[str, Any]]:
+        """What a notebook shows for a Reply (the result of a %%chat cell): Markdown with the
+        footer, a readable text/plain (the text, then the footer in brackets: what
+        `%chat import` reads back), and metadata saying how the answer was made."""
         from ipychat.core.format import footer, footer_markdown  # local: keep types import-light
         from ipychat.core.markdown import reply_markdown
 
-        return f"{reply_markdown(self.text)}\n\n{footer_markdown(footer(self))}"
+        line = footer(self)
+        data = {
+            "text/markdown": f"{reply_markdown(self.text)}\n\n{footer_markdown(line)}",
+            "text/plain": f"{self.text}\n\n[{line}]",
+        }
+        if self.extra.get("shown_as") == "text":  # %%chat -f text: verbatim, as it streamed
+            import html
+
+            data["text/html"] = (
+                f"<pre>{html.escape(self.text)}</pre><sub><code>{html.escape(line)}</code></sub>"
+            )
+        return data, {"ipychat": self.record()}
+
+    def record(self) -> dict[str, Any]:
+        """How this reply was made, as JSON (a notebook output's metadata)."""
+        usage = self.usage
+        return {
+            "model": self.model,
+            "usage": None
+            if usage is None
+            else {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "cached_tokens": usage.cached_tokens,
+                "estimated": usage.estimated,
+            },
+            "cost": self.cost,
+            "cached": self.cached,
+            "cache_key": self.cache_key,
+            "thread": self.thread,
+            "turn": self.turn,
+            "cell": self.cell,
+        }

@@ -150,15 +150,16 @@ def delete_where(cache: diskcache.Cache, where: str, params: list[Any]) -> int:
         removed += len(rows)
 
 
-def private_database(directory: Path) -> None:
-    """Create `cache.db` 0600 before SQLite does (its -wal and -shm files then get the same
-    mode), and tighten the ones an older version left readable. A database that is a link,
-    not a file, or someone else's is refused: the rows it holds steer reads and deletes."""
+def private_database(directory: Path, database: str = "cache.db") -> None:
+    """Create `database` (`cache.db`; the ledger's `ledger.db`) 0600 before SQLite does (its
+    -wal and -shm files then get the same mode), and tighten the ones an older version left
+    readable. A database that is a link, not a file, or someone else's is refused: the rows
+    it holds steer reads and deletes."""
     me = os.geteuid() if os.name == "posix" else None
-    for name in ("cache.db", "cache.db-wal", "cache.db-shm"):
+    for name in (database, f"{database}-wal", f"{database}-shm"):
         path = directory / name
         flags = os.O_RDWR | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-        if name == "cache.db":
+        if name == database:
             flags |= os.O_CREAT
         elif not os.path.lexists(path):
             continue

@@ -68,7 +68,7 @@ class Engine:
     ) -> None:
         self.settings = settings or Settings()
         self.settings.validate()
-        self.usage = Ledger()
+        self.usage = Ledger.kept_beside(cache, log_prompts=lambda: self.settings.log_prompts)
         self.prices = pricing.PriceTable()
         self.router = Router(self.settings)
         self.gate = Gate()
@@ -148,12 +148,13 @@ class Engine:
     def host(self) -> str:
         return self.router.host(self.settings)
 
-    def cache_key(self, body: dict[str, Any]) -> str:
+    def cache_key(self, body: dict[str, Any], salt: str = "") -> str:
         """The cache key of a request body on this endpoint. The endpoint is its URL plus
-        Azure's api-version (a query parameter the body does not carry; it can change replies)."""
+        Azure's api-version (a query parameter the body does not carry; it can change replies);
+        `salt` is what else decides a reply's use (a typed reply's `OutputSpec.digest`)."""
         version = self.settings.azure_api_version
         endpoint = f"{self.base_url}?api-version={version}" if version else self.base_url
-        return cache_key(endpoint, body)
+        return cache_key(f"{endpoint}#output={salt}" if salt else endpoint, body)
 
     @property
     def model(self) -> str:
@@ -266,7 +267,8 @@ class Engine:
         return self._cache_opened
 
     def close_cache(self) -> None:
-        """Close the cache; the next use opens it again."""
+        """Close the cache and the usage record (its queue written); the next use opens them."""
+        self.usage.close()  # its queue written to ledger.db
         if self._cache is not None:
             self._cache.close()
         self._cache, self._cache_opened = None, False

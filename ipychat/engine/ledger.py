@@ -1,7 +1,14 @@
 """The usage ledger: one row per request (cached ones too), summaries, alerts and the budget.
 
-Pure and thread-safe: rows are appended from the session's loop thread and read from the
+Thread-safe: rows are appended from the session's loop thread and read from the
 notebook's main thread. pandas is imported only by `to_frame`.
+
+The rows of this session stay in memory (`rows`), as they always did; with a `store`
+(`ipychat.engine.ledgerdb.LedgerStore`, which the engine gives it) each row is also written
+through to the persistent record in the cache directory, which `history` and
+`to_frame(all=True)` read, and which holds the persistent budgets (`%chat budget 20 --per
+month`): checked by `reserve` and `check` beside the session's budget, against what every
+kernel spent in the period.
 """
 
 from __future__ import annotations
@@ -9,15 +16,25 @@ from __future__ import annotations
 import math
 import statistics
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from ipychat.core.errors import BudgetExceeded, ChatError
+from ipychat.core.errors import BudgetExceeded, ChatError, ConfigError
+from ipychat.core.periods import (
+    PERIODS,
+    check_period,
+    period_name,
+    period_start,
+    this_period,
+)
 from ipychat.core.pricing import format_usd, format_usd_bound, round_up_usd
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from ipychat.engine.ledgerdb import LedgerStore
 
 __all__ = ["Fit", "Ledger", "LedgerRow", "ModelSummary", "max_tokens_within"]
 
@@ -104,9 +121,18 @@ class Ledger:
 
     budget: float | None = None
     rows: list[LedgerRow] = field(default_factory=list)
+    store: LedgerStore | None = None  # the persistent record rows are written through to
     _reserved: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _alerted: set[str] = field(default_factory=set, repr=False)
+
+    @classmethod
+    def kept_beside(cls, cache: object, *, log_prompts: Callable[[], bool]) -> Ledger:
+        """A session's ledger, written through to ledger.db in `cache`'s folder (the
+        default cache folder for another cache; none under IPYCHAT_LEDGER=off)."""
+        from ipychat.engine.ledgerdb import open_store
+
+        return cls(store=open_store(cache, log_prompts))
 
     def __iter__(self) -> Iterator[LedgerRow]:
         return iter(list(self.rows))
@@ -178,8 +204,9 @@ class Ledger:
                 f"{format_usd(max_cost)}: {fix}, or raise it to --max-cost "
                 f"{round_up_usd(upper_bound)}."
             )
-        if self.budget is None:
-            return None
+        periodic = self._period_refusal(upper_bound, what, fit)
+        if periodic is not None or self.budget is None:
+            return periodic
         if upper_bound is None:
             return (
                 "Budget: the cost of this model is unknown, so it cannot be kept under the "
@@ -200,21 +227,107 @@ class Ledger:
             f"{fix[:1].upper()}{fix[1:]} with %chat budget {need}."
         )
 
-    def settle(self, held: float, row: LedgerRow | None) -> None:
-        """Release a reservation and record what the request really cost."""
+    def _period_refusal(self, upper_bound: float | None, what: str, fit: Fit | None) -> str | None:
+        """Why a persistent budget (day, week, month: every kernel's spend) refuses
+        `upper_bound`, or None."""
+        for period, limit, spent in self.periods():
+            if upper_bound is None:
+                return (
+                    f"Budget: the cost of this model is unknown, so it cannot be kept under the "
+                    f"{period_name(period)} budget. Set its price with %chat price MODEL INPUT "
+                    f"OUTPUT, or remove the budget with %chat budget off --per {period}."
+                )
+            if spent + self._reserved + upper_bound <= limit + 1e-12:
+                continue
+            in_flight = f" ({format_usd(self._reserved)} in flight)" if self._reserved else ""
+            room = limit - spent - self._reserved
+            lever = fit(room) if fit is not None and room > 0 else None
+            need = round_up_usd(spent + self._reserved + upper_bound)
+            fix = f"{lever} fits, or raise the budget" if lever else "Raise it"
+            return (
+                f"Budget: every kernel spent {format_usd(spent)} {this_period(period)} of the "
+                f"{period_name(period)} budget of {format_usd(limit)}{in_flight}; "
+                f"{what[:1].lower()}{what[1:]} may cost up to {format_usd_bound(upper_bound)}. "
+                f"{fix[:1].upper()}{fix[1:]} with %chat budget {need} --per {period}."
+            )
+        return None
+
+    def periods(self) -> list[tuple[str, float, float]]:
+        """The persistent budgets as (period, limit, spent so far in it by every kernel),
+        day first; empty without a store (or while it is off: it warned)."""
+        if self.store is None:
+            return []
+        try:
+            budgets = self.store.budgets()
+            if not budgets:
+                return []
+            now, out = time.time(), []
+            for period in PERIODS:
+                if period in budgets:
+                    start = period_start(period, now)
+                    # This session's own rows from memory (written or still queued), the
+                    # rest from the record: each row counted once.
+                    own = sum(r.cost for r in self.rows if r.cost and r.time >= start)
+                    out.append((period, budgets[period], own + self.store.spent_by_others(start)))
+            return out
+        except ChatError:  # the record is off: it said so once
+            return []
+
+    def set_period_budget(self, period: str, usd: float | None) -> None:
+        """Set (None: remove) a persistent budget: every kernel's spend in the current day,
+        week or month, checked before sending from any kernel using this cache directory."""
+        period = check_period(period)
+        if usd is not None and not 0 < usd < float("inf"):
+            raise ConfigError(
+                f"The budget must be a positive number of dollars, e.g. %chat budget 20 --per "
+                f"{period} (%chat budget off --per {period} removes it)."
+            )
+        if self.store is None:
+            raise ConfigError(
+                "This session keeps no persistent record, so it has no persistent budget: "
+                "%chat budget USD sets this session's."
+            )
+        self.store.set_budget(period, usd)
+
+    def history(self, since: float | None = None, notebook: str | None = None) -> Ledger:
+        """The persistent record (every kernel's rows) since `since`, of `notebook` (a path,
+        or its end: "analysis.ipynb"), as a Ledger of its own to summarise or plot."""
+        rows = self._recorded(since, notebook)
+        return Ledger(rows=LedgerRow.many({}, ({k: r[k] for k in _FIELDS} for r in rows)))
+
+    def _recorded(self, since: float | None, notebook: str | None) -> list[dict[str, Any]]:
+        if self.store is None:
+            raise ChatError("This session keeps no persistent record: %chat usage shows it.")
+        rows = self.store.rows(since)
+        if notebook is not None:
+            rows = [r for r in rows if _same_notebook(r["notebook"], notebook)]
+        return rows
+
+    def settle(self, held: float, row: LedgerRow | None, *, prompt: str | None = None) -> None:
+        """Release a reservation and record what the request really cost. `prompt` goes to
+        the persistent record only when the `log_prompts` setting is on."""
         with self._lock:
             self._reserved = max(0.0, self._reserved - held)
             if row is not None:
                 self.rows.append(row)
+        if row is not None and self.store is not None:
+            self.store.append((row,), prompt)
 
-    def record(self, row: LedgerRow) -> None:
-        self.settle(0.0, row)
+    def close(self) -> None:
+        """Write the rows queued for the persistent record and close it (it reopens)."""
+        if self.store is not None:
+            self.store.close()
+
+    def record(self, row: LedgerRow, *, prompt: str | None = None) -> None:
+        self.settle(0.0, row, prompt=prompt)
 
     def record_many(self, rows: Iterable[LedgerRow]) -> None:
-        """`record` for many rows at once (one lock, one extend)."""
+        """`record` for many rows at once (one lock, one extend, one queueing)."""
         rows = list(rows)
         with self._lock:
             self.rows.extend(rows)
+        if self.store is not None:
+            self.store.append(rows)
 
     def summary(self) -> list[ModelSummary]:
         by_model: dict[str, list[LedgerRow]] = {}
@@ -280,91 +393,36 @@ class Ledger:
     def plot(self) -> Figure:
         """`%chat usage --plot`: cumulative spend over time against the budget, and the
         latency of each model's requests, as a matplotlib Figure (imported only here)."""
-        return _plot(list(self.rows), self.budget)
+        from ipychat.engine.ledgerplot import plot
 
-    def to_frame(self) -> Any:
-        """Every row as a pandas DataFrame (time as datetimes)."""
+        return plot(list(self.rows), self.budget)
+
+    def to_frame(
+        self, all: bool = False, *, since: float | None = None, notebook: str | None = None
+    ) -> Any:
+        """Every row of this session as a pandas DataFrame (time as datetimes). With
+        `all=True` (or `since`/`notebook`): the persistent record of every kernel, with its
+        notebook, kernel, session and prompt (None unless `log_prompts`) columns."""
         import pandas as pd
 
-        frame = pd.DataFrame(
-            [asdict(r) for r in list(self.rows)], columns=list(LedgerRow.__dataclass_fields__)
-        )
+        if all or since is not None or notebook is not None:
+            rows = self._recorded(since, notebook)
+            frame = pd.DataFrame(rows, columns=list(self.store.columns if self.store else ()))
+        else:
+            frame = pd.DataFrame(
+                [asdict(r) for r in list(self.rows)], columns=list(LedgerRow.__dataclass_fields__)
+            )
         frame["time"] = pd.to_datetime(frame["time"], unit="s")
         return frame
 
 
-def _plot(rows: list[LedgerRow], budget: float | None) -> Figure:
-    if not rows:
-        raise ChatError("No requests yet in this session: nothing to plot.")
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import FuncFormatter
-    except ImportError:
-        raise ChatError(
-            "Charts need matplotlib, which is not installed: pip install matplotlib"
-        ) from None
-    from datetime import datetime
-
-    # A Figure of its own with the Agg canvas: no pyplot, so no global figure state and
-    # no backend switch in the user's session.
-    figure = Figure(figsize=(10, 3.6), layout="constrained")
-    FigureCanvasAgg(figure)
-    spend, latency = figure.subplots(1, 2, width_ratios=(3, 2))
-    ordered = sorted(rows, key=lambda r: r.time)
-    # From nothing spent at the first request, one step up at each request's cost.
-    times = [datetime.fromtimestamp(ordered[0].time)]
-    total, cumulative = 0.0, [0.0]
-    for r in ordered:
-        total += r.cost or 0.0
-        times.append(datetime.fromtimestamp(r.time))
-        cumulative.append(total)
-    spend.step(times, cumulative, where="post", label="spent")
-    title = f"Spent {format_usd(total)}"
-    if budget is not None:
-        spend.axhline(budget, color="tab:red", linestyle="--", label=f"budget {_tex(budget)}")
-        title += f" of {format_usd(budget)}"
-    if any(r.cost is None for r in ordered):
-        title += " (some costs unknown)"
-    spend.set_title(title.replace("$", r"\$"))  # two "$" would be typeset as math
-    spend.set_ylim(bottom=0)
-    spend.yaxis.set_major_formatter(FuncFormatter(lambda y, _: _tex(y)))  # never 1e-05
-    locator = AutoDateLocator()
-    spend.xaxis.set_major_locator(locator)
-    spend.xaxis.set_major_formatter(ConciseDateFormatter(locator))
-    spend.legend(loc="lower right")
-    _plot_latency(latency, ordered)
-    return figure
-
-
-def _plot_latency(axes: Any, ordered: list[LedgerRow]) -> None:
-    """Latency per model: requests that went out and came back (not cache hits, not Batch
-    API rows), as a box plot with the requests as dots."""
-    by_model: dict[str, list[float]] = {}
-    for r in ordered:
-        if not r.cached and r.outcome == "ok" and r.thread != "batch":
-            by_model.setdefault(r.model, []).append(r.latency)
-    axes.set_title("Latency per model")
-    if by_model:
-        models = list(by_model)
-        data = [by_model[m] for m in models]
-        try:
-            axes.boxplot(data, orientation="horizontal", widths=0.5)
-        except TypeError:  # matplotlib < 3.10 says it with `vert` (deprecated since)
-            axes.boxplot(data, vert=False, widths=0.5)
-        for i, model in enumerate(models, start=1):
-            axes.scatter(by_model[model], [i] * len(by_model[model]), s=12, alpha=0.6)
-        axes.set_yticks(range(1, len(models) + 1), models)
-        axes.set_xlabel("seconds")
-    else:
-        axes.text(0.5, 0.5, "no requests sent yet", ha="center", va="center")
-        axes.set_axis_off()
-
-
-def _tex(amount: float) -> str:
-    """Money in a matplotlib text: "$" escaped, or a pair of them is typeset as math."""
-    return format_usd(amount).replace("$", r"\$")
+def _same_notebook(recorded: str | None, wanted: str) -> bool:
+    """`--notebook analysis.ipynb` matches /home/me/work/analysis.ipynb (a path's end, at a
+    folder boundary) as well as the whole path."""
+    if not recorded:
+        return False
+    wanted = wanted.rstrip("/")
+    return recorded == wanted or recorded.endswith("/" + wanted.lstrip("/"))
 
 
 def max_tokens_within(

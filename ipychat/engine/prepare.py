@@ -4,6 +4,12 @@
 `build_body` is the one place a request body is assembled from messages and options; the
 `Gate` is the one place a request's messages are checked before they may leave the kernel;
 an `Estimator` is what sending message lists to one model would cost.
+
+Typed replies (`ipychat.core.structured.OutputSpec`) go through the same pipeline:
+`typed_options` adds the spec's rule to the system prompt and its fragment (e.g.
+`response_format`) to the body's extra fields, for the endpoint's kind (`structured_kind`);
+an endpoint that refuses those fields (HTTP 400/422 naming them, `format_refused`) is
+asked in the prompt from then on (`fall_back`), once per engine and endpoint.
 """
 
 from __future__ import annotations
@@ -11,18 +17,34 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from ipychat.core import pricing, tokens
-from ipychat.core.errors import ConfigError
+from ipychat.core.errors import BadRequestError, ChatError, ConfigError
 from ipychat.core.hygiene import Cleaned, clean_messages
 from ipychat.core.messages import Thread
+from ipychat.core.structured import EndpointKind, OutputSpec, endpoint_kind
 from ipychat.core.types import Estimate
 
-__all__ = ["Estimator", "Gate", "Prepared", "RequestOptions", "allowing_secrets", "build_body"]
+if TYPE_CHECKING:
+    from ipychat.engine.engine import Engine
+
+__all__ = [
+    "Estimator",
+    "Gate",
+    "Prepared",
+    "RequestOptions",
+    "allowing_secrets",
+    "build_body",
+    "fall_back",
+    "format_refused",
+    "structured_kind",
+    "typed_options",
+]
 
 # Set by `allowing_secrets()` (e.g. %%chatmap --allow-secrets): prompts that hold something
 # shaped like a credential are sent anyway.
@@ -76,6 +98,9 @@ class Prepared:
     max_cost: float | None = None
     label: str = "main"  # the ledger's thread column
     masked: str = ""  # what the redact setting masked in the prompt ("" when nothing)
+    cache_salt: str = ""  # part of the cache key besides the body (a typed reply's spec)
+    output: OutputSpec | None = None  # what the reply must be (`engine.typedreply`)
+    cell: str | None = None  # the notebook cell it came from: its turn replaces the cell's last
 
 
 def build_body(
@@ -158,3 +183,53 @@ class Estimator:
             cost_batch=batch,
             context_window=self.context_window,
         )
+
+
+# ----- typed replies -------------------------------------------------------------------------
+
+# The endpoints (by engine, then base_url) that refused the structured-output fields: asked in
+# the prompt from then on. Weak: an engine that is gone forgets.
+_FELL_BACK: weakref.WeakKeyDictionary[Engine, set[str]] = weakref.WeakKeyDictionary()
+# What a 400/422 names when the server does not know a structured-output field.
+_FORMAT_FIELDS = ("response_format", "json_schema", "grammar", "guided_", "structured_outputs")
+
+
+def structured_kind(engine: Engine) -> EndpointKind:
+    """How this engine's endpoint constrains a typed reply: the `structured` setting ("auto":
+    from the endpoint), or "prompt" where the endpoint refused the fields once."""
+    url = engine.base_url
+    if url in _FELL_BACK.get(engine, ()):
+        return "prompt"
+    return endpoint_kind(engine.settings.structured, base_url=url, local=engine.is_local)
+
+
+def typed_options(
+    options: RequestOptions, spec: OutputSpec, kind: EndpointKind, system: str | None
+) -> RequestOptions:
+    """`options` for a reply that must fit `spec` on a `kind` endpoint: its rule after the
+    system prompt (`options.system`, else `system`, the setting), its fragment in the body."""
+    base = options.system if options.system is not None else system
+    rule = spec.instruction(kind)
+    extra = {**(options.extra or {}), **spec.request_fragment(kind)}
+    return replace(options, system=f"{base}\n\n{rule}" if base else rule, extra=extra)
+
+
+def format_refused(error: ChatError) -> bool:
+    """True when the server refused a request (400/422) because of a structured-output field
+    it does not take: its message names the field (OpenAI: "Unrecognized request argument
+    supplied: response_format"; pydantic servers: "Extra inputs are not permitted:
+    body.guided_json"; llama-cpp-python: "Input should be 'text' or 'json_object'" at
+    `response_format.type`)."""
+    if not isinstance(error, BadRequestError):
+        return False
+    said = f"{error.server_message or ''} {error}".lower()
+    return any(name in said for name in _FORMAT_FIELDS)
+
+
+def fall_back(engine: Engine, kind: EndpointKind) -> str:
+    """Remember that this engine's endpoint refused the `kind` fields; the one-line note."""
+    _FELL_BACK.setdefault(engine, set()).add(engine.base_url)
+    return (
+        f"{engine.host} refused the {kind} structured-output fields: typed replies are asked "
+        "for in the prompt and checked instead (set structured = 'prompt' to start there)."
+    )

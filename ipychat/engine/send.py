@@ -51,7 +51,7 @@ async def request(
 ) -> Exchange:
     """See `Engine.request`."""
     body = prepared.body
-    key = sending.key or engine.cache_key(body)
+    key = sending.key or engine.cache_key(body, prepared.cache_salt)
     store = engine.cache if sending.cache != "off" and engine.settings.cache else None
     if store is not None and sending.cache == "use":
         hit = store.get(key)
@@ -71,7 +71,7 @@ async def request(
     )
     reply = await _sent(engine, prepared, key, progress, sending, held)
     exchange = _exchange(engine, prepared, key, reply, store=store is not None)
-    engine.usage.settle(held, exchange.ledger_row())
+    engine.usage.settle(held, exchange.ledger_row(), prompt=prepared.prompt)
     if store is not None and sending.write_cache:
         store.set(key, exchange.to_cache())
     return exchange
@@ -95,7 +95,7 @@ def _replayed(
         prepared=prepared,
     )
     store.record_hit(exchange.reply.saved)
-    engine.usage.record(exchange.ledger_row())
+    engine.usage.record(exchange.ledger_row(), prompt=prepared.prompt)
     return exchange
 
 
@@ -121,7 +121,7 @@ async def _sent(
 
     def settled(reply: Reply, outcome: str, error: str | None = None) -> None:
         exchange = _exchange(engine, prepared, key, reply, outcome=outcome, error=error)
-        engine.usage.settle(held, exchange.ledger_row())
+        engine.usage.settle(held, exchange.ledger_row(), prompt=prepared.prompt)
 
     try:
         completion = await (await engine.client()).chat(

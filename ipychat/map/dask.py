@@ -283,6 +283,11 @@ def map_dask(
     cache = CacheSpec.of(None if options.get("cache") in ("off", False) else engine.cache)
     shared = options.pop("pace", None)  # False: each worker paces alone
     opts = MapOptions.of(output, pace=shared or None, **options)
+    if opts.schema is not None or opts.choices is not None or opts.filter:
+        raise ConfigError(
+            "Typed maps (schema=, choices=, filter) do not run on Dask yet: map text (or "
+            "--json) columns, or compute() a pandas frame first."
+        )
     if shared is None and cache.redis is not None:
         from ipychat.map.sharedpace import RedisPace
 

@@ -76,12 +76,16 @@ class Frame:
             mask = mask | series.is_nan()
         return mask.to_list()
 
+    def column(self, column: str) -> Any:
+        """The column itself (a pandas or polars Series)."""
+        return self.df[column] if self.kind == "pandas" else self.df.get_column(column)
+
     def existing(self, column: str) -> list[Any] | None:
         if column not in self.columns:
             return None
         return self.values(column, len(self))
 
-    def write(self, columns: dict[str, list[Any]], *, inplace: bool, json_columns: set[str]) -> Any:
+    def write(self, columns: dict[str, Any], *, inplace: bool, json_columns: set[str]) -> Any:
         if self.kind == "pandas":
             import pandas as pd
 
@@ -92,7 +96,10 @@ class Frame:
             return target
         import polars as pl
 
-        series = [pl.Series(name, _polars_values(values)) for name, values in columns.items()]
+        series = [  # a typed map's columns come as Series of their dtype (`map.typed`)
+            v if isinstance(v, pl.Series) else pl.Series(name, _polars_values(v))
+            for name, v in columns.items()
+        ]
         return self.df.with_columns(series)
 
 
@@ -173,6 +180,7 @@ class MapSummary:
     pending: int = 0  # rows not done when the run stopped
     cut: int = 0  # replies cut at the map's default cap (text kept, noted in error_column)
     default_cap: int | None = None
+    note: str | None = None  # e.g. a typed map's fallback to asking in the prompt
 
     def line(self, frame: str = "the DataFrame", *, added: str | None = None) -> str:
         cols = ", ".join(self.outputs)
@@ -196,6 +204,8 @@ class MapSummary:
                 f"tokens (marked in {frame}[{self.error_column!r}]): add --max-tokens N for "
                 "longer replies."
             )
+        if self.note:
+            text += f" · {self.note}"
         return text
 
 

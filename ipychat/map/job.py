@@ -17,6 +17,8 @@ run(session, df, template, ...)          sync: plan, then execute on the session
   │                                      pause + row retries; replies come back to the job
   └── MapJob.result()                    frame.Frame.write: outputs by row position
                                          (order, index kept), `_error`, MapSummary
+run_filter(session, df, template, ...)   a yes/no map (`filter=True`), then the rows
+                                         answered yes (`map.typed.filter_rows`)
 ```
 
 Rows never abort a run: a row's failure (after `retries`) lands in the `_error` column,
@@ -32,9 +34,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ipychat.core.errors import ChatError
+from ipychat.core.errors import ChatError, ConfigError
 from ipychat.core.runner import wait_async
 from ipychat.core.settings import TICK
 from ipychat.map.dispatch import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY
@@ -53,11 +56,13 @@ from ipychat.map.mapper import MapJob
 from ipychat.map.options import MapOptions
 from ipychat.map.plan import MapPlan, MapRequest
 from ipychat.map.template import RowTemplate, compile_template
+from ipychat.map.typed import filter_rows
 
 if TYPE_CHECKING:
     from ipychat.map.host import Host
 
 __all__ = [
+    "FilterResult",
     "MapAborted",
     "MapInterrupted",
     "MapJob",
@@ -71,11 +76,13 @@ __all__ = [
     "amap_frame",
     "arun",
     "compile_template",
+    "filter_frame",
     "format_seconds",
     "guarded",
     "map_frame",
     "plan",
     "run",
+    "run_filter",
     "wait_on_loop",
 ]
 
@@ -180,6 +187,13 @@ def run(
     `allow_secrets` (send rows holding credential-shaped text; default: the map is
     refused before anything is sent).
 
+    Typed replies (`ipychat.map.options`, `ipychat.core.structured`): `schema` (a Pydantic
+    model class or a JSON-schema dict; leave `output` out: one column per field, named
+    after it) or `choices` (labels; `output` is a categorical of exactly those). Each reply
+    is constrained where the endpoint can, parsed and validated; one that does not fit is
+    asked again once, then the row's error says why; `summary.note` says when the endpoint
+    refused the structured-output fields and the map asked in the prompt instead.
+
     `on_plan(plan)` is called after the check and before anything is sent; `progress` is
     called from this thread about four times a second. Ctrl-C raises MapInterrupted with
     the rows finished so far in `.result`; a global failure (key, model, a long wait
@@ -229,3 +243,91 @@ async def arun(
     if mapper.abort is not None:
         raise _aborted(mapper, mapper.abort)
     return mapper.result()
+
+
+# ----- filter --------------------------------------------------------------------------------
+
+
+@dataclass
+class FilterResult:
+    """What `run_filter` returns: the kept rows, and the yes/no map behind them (`result`:
+    every row with its decision and `_error`)."""
+
+    frame: Any  # the rows answered yes (index and order kept)
+    result: MapResult
+    kept: int
+    dropped: int  # answered no
+    unanswered: int  # failed or skipped: not kept (their reason is in result.frame's _error)
+
+    def line(self) -> str:
+        """`Kept 3 of 5 rows (2 answered no, 0 without an answer)`"""
+        total = self.kept + self.dropped + self.unanswered
+        return (
+            f"Kept {self.kept:,} of {total:,} row{'' if total == 1 else 's'} "
+            f"({self.dropped:,} answered no, {self.unanswered:,} without an answer)"
+        )
+
+
+def _decision_column(df: Any, decision: str | None, error_column: str) -> str:
+    """Where the decisions go: `decision`, else a name no column of `df` has."""
+    if decision is not None:
+        return decision
+    taken = {str(c) for c in df.columns} | {error_column}
+    name = "_keep"
+    while name in taken:
+        name = "_" + name
+    return name
+
+
+def run_filter(
+    session: Host,
+    df: Any,
+    template: str,
+    *,
+    decision: str | None = None,
+    **options: Any,
+) -> FilterResult:
+    """Ask `template` of every row as a yes/no question and keep the rows answered yes; the
+    options are `run`'s (`progress`, `on_plan` too). `decision` names a column for the
+    answers (a nullable boolean) in the kept rows; without it they are not added. A row
+    without an answer (failed, skipped) is not kept; `result.frame` has every row."""
+    if options.get("inplace"):
+        raise ConfigError("A filter returns the kept rows as a new frame: leave out inplace.")
+    error_column = options.get("error_column", "_error")
+    column = _decision_column(df, decision, error_column)
+    result = run(session, df, template, column, filter=True, **options)
+    return _filtered(df, result, column, keep_column=decision is not None)
+
+
+def _filtered(df: Any, result: MapResult, column: str, *, keep_column: bool) -> FilterResult:
+    mapped = result.frame
+    polars = type(mapped).__module__.split(".")[0] == "polars"
+    answers = (mapped.get_column(column) if polars else mapped[column]).to_list()
+    # True, False, or a missing answer (None, pandas' NA): only a real bool is a decision
+    decisions = [bool(a) if type(a).__name__ in ("bool", "bool_") else None for a in answers]
+    kept = filter_rows(mapped, decisions)
+    drop = [] if keep_column else [column]
+    error_column = result.summary.error_column
+    if error_column in mapped.columns and error_column not in df.columns:
+        drop.append(error_column)
+    if drop:
+        kept = kept.drop(drop) if polars else kept.drop(columns=drop)
+    yes = sum(1 for d in decisions if d is True)
+    no = sum(1 for d in decisions if d is False)
+    return FilterResult(kept, result, yes, no, result.summary.rows - yes - no)
+
+
+def filter_frame(
+    session: Host,
+    df: Any,
+    template: str,
+    *,
+    decision: str | None = None,
+    dry_run: bool = False,
+    **options: Any,
+) -> Any:
+    """`ChatSession.filter`: the kept rows, or the MapPlan of a dry run."""
+    if dry_run:
+        column = _decision_column(df, decision, options.get("error_column", "_error"))
+        return plan(session, df, template, column, filter=True, **options)
+    return run_filter(session, df, template, decision=decision, **options).frame

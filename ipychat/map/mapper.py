@@ -11,17 +11,10 @@ from typing import TYPE_CHECKING, Any
 from ipychat.core.errors import ChatError, OfflineCacheMiss
 from ipychat.core.types import CacheMode, Reply, Usage
 from ipychat.engine.ledger import LedgerRow, max_tokens_within
-from ipychat.engine.prepare import Prepared
+from ipychat.engine.prepare import RequestOptions, structured_kind, typed_options
+from ipychat.map.answers import Answers
 from ipychat.map.dispatch import CACHE_BATCH, Counters, Dispatcher, SendOptions
-from ipychat.map.frame import (
-    CUT,
-    Frame,
-    MapProgress,
-    MapResult,
-    MapSummary,
-    cut_note,
-    parse_object,
-)
+from ipychat.map.frame import CUT, Frame, MapProgress, MapResult, MapSummary
 from ipychat.map.options import MapOptions
 from ipychat.map.plan import (
     CachedRequest,
@@ -29,7 +22,6 @@ from ipychat.map.plan import (
     RowRequest,
     default_reply_cap,
     plan_requests,
-    request_key,
 )
 from ipychat.map.template import compile_template
 
@@ -46,7 +38,7 @@ _USAGE_FIELDS = frozenset(Usage.__dataclass_fields__)
 # ----- the job ------------------------------------------------------------------------------
 
 
-class MapJob:
+class MapJob(Answers):
     """One map: planned in the constructor (nothing sent), executed on the session loop.
 
     `execute()` is the online run. Another engine (ipychat.map.batch sends the requests
@@ -83,14 +75,15 @@ class MapJob:
         self.model: str = options.model or engine.model
         # No cap chosen: the map's own small one (see MAP_MAX_TOKENS), so that its bound
         # is near what it will cost; a reply cut there is marked in the error column.
-        columns = len(self.outputs) if self.json else 1
+        self.spec = options.spec
+        columns = len(self.outputs) if self.json or self.spec is not None else 1
         self.default_cap = default_reply_cap(engine, options.max_tokens, columns)
         self.max_tokens = options.max_tokens if options.max_tokens is not None else self.default_cap
         self.rpm, self.tpm = options.rpm, options.tpm
         self.pace = options.pace
         self.cache_batch = options.cache_batch
-        self._set_system(options.system)
         self.temperature = options.temperature
+        self._set_system(options.system)
         self.fill_null = options.fill_null
         self.template = compile_template(template, self.frame.columns, self.frame.name)
         limit = options.limit
@@ -101,11 +94,23 @@ class MapJob:
         self._dispatcher = self._new_dispatcher()
 
     def _set_system(self, system: str | None) -> None:
-        """The system prompt (with --json, its rule added) and the body's extra fields."""
+        """The system prompt (with --json or a spec, its rule added) and the body's extra
+        fields (a spec's fragment for the endpoint's kind, `engine.prepare.typed_options`)."""
         base_system = system if system is not None else self.engine.settings.system
         self.base_system: str = base_system or ""
         self.extra: dict[str, Any] | None = None
         self.system = base_system
+        self.parsed = [None] * len(self.frame)
+        self.typed_note = None
+        self.salt = ""
+        self.row_options = RequestOptions(
+            self.model, base_system, self.temperature, self.max_tokens, None, self.allow_secrets
+        )
+        if self.spec is not None:
+            self.kind = structured_kind(self.engine)
+            self.salt = self.spec.digest()
+            typed = typed_options(self.row_options, self.spec, self.kind, None)
+            self.system, self.extra = typed.system, dict(typed.extra or {})
         if self.json:
             keys = ", ".join(self.outputs)
             rule = f"Reply with only a JSON object with the keys: {keys}."
@@ -138,6 +143,8 @@ class MapJob:
             extra=self.extra,
             allow_secrets=self.allow_secrets,
             default_cap=self.default_cap,
+            salt=self.salt,
+            schema_tokens=self.spec.schema_tokens(self.model, self.kind) if self.spec else 0,
         )
         planned = plan_requests(
             engine,
@@ -268,7 +275,7 @@ class MapJob:
         if engine.cache is not None:
             engine.cache.record_hits(savings)
         engine.usage.record_many(LedgerRow.many({}, ledger))
-        if self.json:
+        if self.json or self.spec is not None:
             for job, hit in self.hits:
                 text, reason = str(hit.get("text", "")), hit.get("finish_reason")
                 self._answered(job, text, cached=True, finish_reason=reason)
@@ -310,8 +317,10 @@ class MapJob:
         self._answered(request, text, cached=False, finish_reason=finish_reason)
 
     def fail(self, request: MapRequest, error: ChatError) -> None:
-        """`request` is given up: `error` goes into its rows' error column."""
-        self._fail(request, error)
+        """`request` is given up: `error` goes into its rows' error column (unless the
+        endpoint refused a typed map's fields: then it is asked again in the prompt)."""
+        if not self._fell_back(request, error):
+            self._fail(request, error)
 
     async def send_queued(self) -> None:
         """Send online what is queued (session loop): the re-asks of invalid JSON replies."""
@@ -348,74 +357,6 @@ class MapJob:
             message = message.removesuffix(stop) + after + stop
         for i in job.rows:
             self._finish(i, {}, message)
-
-    def _answered(
-        self,
-        job: MapRequest | CachedRequest,
-        text: str,
-        *,
-        cached: bool,
-        finish_reason: str | None = None,
-    ) -> None:
-        # A reply cut at the cap the user never chose must not lose text silently: the text
-        # is kept and the row says so in the error column (a note, not a failure).
-        cut = self.default_cap is not None and finish_reason == "length"
-        note = cut_note(self.default_cap) if cut and self.default_cap is not None else None
-        if not self.json:
-            for i in job.rows:
-                self._finish(i, {self.outputs[0]: text}, note, cached=cached, failed=False)
-            return
-        parsed, problem = parse_object(text)
-        if parsed is None:
-            if cut:  # asking again would be cut at the same place
-                again = f"The reply is not a JSON object ({problem}): {note}"
-                for i in job.rows:
-                    self._finish(i, {}, again)
-            elif job.reask:
-                again = f"The reply is not a JSON object ({problem}), even when asked again."
-                for i in job.rows:
-                    self._finish(i, {}, again)
-            else:
-                self._reask(job, text, problem, cached)
-            return
-        missing = [col for col in self.outputs if col not in parsed]
-        error: str | None = None
-        if missing:
-            keys = ", ".join(repr(k) for k in missing)
-            error = f"The reply has no {keys} key{'s' if len(missing) > 1 else ''}."
-        values = {col: parsed.get(col) for col in self.outputs}
-        for i in job.rows:
-            self._finish(i, values, error or note, cached=cached, failed=error is not None)
-
-    def _reask(
-        self, job: MapRequest | CachedRequest, text: str, problem: str, cached: bool
-    ) -> None:
-        """Invalid JSON is asked for once more, in the same conversation, first in line."""
-        body = dict(job.body)
-        keys = ", ".join(self.outputs)
-        body["messages"] = [
-            *body["messages"],
-            {"role": "assistant", "content": text},
-            {
-                "role": "user",
-                "content": f"That is not a valid JSON object ({problem}). Reply with only "
-                f"the JSON object, with the keys: {keys}.",
-            },
-        ]
-        estimate = self.engine.estimate(
-            body["messages"], model=body["model"], max_tokens=body.get("max_tokens")
-        )
-        prepared = Prepared(job.prompt, None, body, estimate, label="map")
-        again = MapRequest(
-            request_key(self.engine, body),
-            prepared,
-            job.rows,
-            estimate.prompt_tokens + estimate.max_completion_tokens,
-            reask=True,
-        )
-        if cached:  # its rows were counted as cached: now they are to send
-            self.counters.total += len(job.rows)
-        self._dispatcher.ready.appendleft(again)
 
     def _finish(
         self,
@@ -458,7 +399,9 @@ class MapJob:
         )
 
     def result(self, *, interrupted: bool = False) -> MapResult:
-        columns = dict(self.values)
+        columns: dict[str, Any] = dict(self.values)
+        if self.spec is not None:
+            columns = self._typed_columns(self.errors)
         notes = ("skipped:", CUT)
         failed = sum(1 for error in self.errors[: self.n] if error and not error.startswith(notes))
         cut = sum(1 for error in self.errors[: self.n] if error and error.startswith(CUT))
@@ -486,5 +429,6 @@ class MapJob:
             pending=pending,
             cut=cut,
             default_cap=self.default_cap,
+            note=self.typed_note,
         )
         return MapResult(frame, summary, self.plan)

@@ -5,6 +5,11 @@ Every check of a map's options is here (`MapOptions.__post_init__`), each refusi
 line that names the option and what to give instead. The entry points (`ipychat.map.job`,
 `ipychat.map.batch`) turn their keyword arguments into a `MapOptions` with `MapOptions.of`;
 a `MapJob` takes one.
+
+A typed map names what each reply must be with exactly one of `schema` (a Pydantic model or
+a JSON-schema dict: one column per field, named after it), `choices` (labels: one categorical
+column) or `filter` (yes/no: one boolean column, `ChatSession.filter`); `spec` is its
+`ipychat.core.structured.OutputSpec`.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import Any, cast
 
 from ipychat.core.errors import ConfigError
+from ipychat.core.structured import OutputSpec, output_spec
 from ipychat.core.types import CacheMode
 from ipychat.map.dispatch import MAX_CONCURRENCY
 from ipychat.map.sharedpace import SharedPace
@@ -48,6 +55,9 @@ class MapOptions:
     error_column: str = "_error"
     name: str | None = None
     allow_secrets: bool = False
+    schema: Any = None
+    choices: Sequence[str] | None = None
+    filter: bool = False
     # A pace shared with other kernels or workers (`ipychat.map.sharedpace`): one quota.
     pace: SharedPace | None = None
     # Replies per cache write (None: dispatch.CACHE_BATCH, or every second). 1 writes each
@@ -57,7 +67,19 @@ class MapOptions:
     def __post_init__(self) -> None:
         # Normalised in place (the dataclass is frozen once built): a str or a list of
         # column names becomes a tuple, and a bool cache the mode it stands for.
-        object.__setattr__(self, "outputs", tuple(output_columns(self.outputs, self.json)))
+        spec = self.spec
+        if spec is not None and self.json:
+            raise ConfigError(
+                f"--json and {_typed_flag(spec)} ask for different replies: keep "
+                f"{_typed_flag(spec)} (its columns are typed)."
+            )
+        if spec is not None and spec.mode == "schema":
+            object.__setattr__(self, "outputs", _schema_columns(spec, self.outputs))
+        elif spec is not None:
+            object.__setattr__(self, "choices", spec.labels or None)
+            object.__setattr__(self, "outputs", tuple(output_columns(self.outputs, False)))
+        else:
+            object.__setattr__(self, "outputs", tuple(output_columns(self.outputs, self.json)))
         cache: Any = self.cache
         mode = "use" if cache is True else "off" if cache is False else cache
         if mode not in ("use", "refresh", "off"):
@@ -95,12 +117,35 @@ class MapOptions:
             raise TypeError(f"map() got an unexpected keyword argument {unknown[0]!r}")
         return cls(outputs=cast("tuple[str, ...]", output), **options)
 
+    @cached_property
+    def spec(self) -> OutputSpec | None:
+        """What each reply must be (schema, choices or filter), or None: free text."""
+        if self.schema is None and self.choices is None and not self.filter:
+            return None
+        return output_spec(schema=self.schema, choices=self.choices, filter=self.filter)
+
     def as_dict(self) -> dict[str, Any]:
         """The options but `outputs`, as keyword arguments (`MapOptions.of(outputs, **…)`)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "outputs"}
 
 
 _NAMES = frozenset(f.name for f in fields(MapOptions)) - {"outputs"}
+
+
+def _typed_flag(spec: OutputSpec) -> str:
+    return {"schema": "--schema", "choices": "--choices", "filter": "a filter"}[spec.mode]
+
+
+def _schema_columns(spec: OutputSpec, outputs: str | Sequence[str]) -> tuple[str, ...]:
+    """A schema's columns: its fields (`parent.child` for nested objects), in order."""
+    columns = tuple(f.column for f in spec.fields)
+    given = (outputs,) if isinstance(outputs, str) else tuple(outputs)
+    if given not in (("col",), columns):
+        raise ConfigError(
+            f"With a schema the columns are its fields ({', '.join(columns)}): leave out the "
+            "output column names (or rename the fields in the schema)."
+        )
+    return columns
 
 
 def output_columns(output: str | Sequence[str], json: bool) -> list[str]:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ipychat.core.errors import ContextLengthError, TemplateError
 from ipychat.core.pricing import format_tokens, format_usd, format_usd_bound
 from ipychat.engine.prepare import RequestOptions
+from ipychat.engine.typedreply import add_prompt_tokens
 from ipychat.map.rowshape import RowShape, request_key
 
 if TYPE_CHECKING:
@@ -140,6 +141,7 @@ class MapRequest:
     reask: bool = False
     failures: int = 0
     limited: int = 0
+    fell_back: bool = False  # re-sent in the prompt kind after the server refused the fields
 
     @property
     def prompt(self) -> str:
@@ -200,6 +202,10 @@ class RowRequest:
     extra: dict[str, Any] | None = None  # e.g. --json's response_format
     allow_secrets: bool = False
     default_cap: int | None = None  # the map's own reply cap, when the user set none
+    salt: str = ""  # a typed map's spec digest: part of every cache key
+    # Prompt tokens a typed map's request carries outside the messages (a schema sent in
+    # `response_format` is billed as input): added to every estimate.
+    schema_tokens: int = 0
 
     def options(self) -> RequestOptions:
         """The options of `Engine.one_body`/`prepare_one` for every row."""
@@ -276,12 +282,12 @@ def _lookup(
     (the requests, the cache entries found by key, the rows too long for the context)."""
     options = request.options()
     allow_secrets = request.allow_secrets
-    shape = RowShape.probe(engine, options) if by_prompt else None
+    shape = RowShape.probe(engine, options, request.salt) if by_prompt else None
     jobs: list[MapRequest | CachedRequest] = []
     found: dict[str, dict[str, Any]] = {}
     invalid = 0
     if shape is None:
-        invalid = _prepare(engine, by_prompt, row_errors, options, jobs)
+        invalid = _prepare(engine, by_prompt, row_errors, request, jobs)
         if store is not None and jobs:
             found = store.get_many([job.key for job in jobs])
         return jobs, found, invalid
@@ -300,7 +306,7 @@ def _lookup(
         except ContextLengthError as exc:  # this row only (a credential refuses the map)
             invalid += _too_long(row_errors, rows, exc)
             continue
-        jobs.append(_request(key, prepared, rows))
+        jobs.append(_request(key, _with_schema(engine, prepared, request), rows))
     return jobs, found, invalid
 
 
@@ -352,6 +358,11 @@ def _render(
     return by_prompt, skipped, null_cols
 
 
+def _with_schema(engine: Engine, prepared: Prepared, request: RowRequest) -> Prepared:
+    """`prepared` with a typed map's schema tokens in its estimate (tokens and cost)."""
+    return add_prompt_tokens(engine, prepared, request.schema_tokens)
+
+
 def _request(key: str, prepared: Prepared, rows: list[int]) -> MapRequest:
     estimate = prepared.estimate
     return MapRequest(key, prepared, rows, estimate.prompt_tokens + estimate.max_completion_tokens)
@@ -367,19 +378,22 @@ def _prepare(
     engine: Engine,
     by_prompt: dict[str, list[int]],
     row_errors: dict[int, str],
-    options: RequestOptions,
+    request: RowRequest,
     jobs: list[MapRequest | CachedRequest],
 ) -> int:
     """Each unique prompt through `Engine.prepare_one`, into `jobs` (when no `RowShape`
     could be had); returns the rows too long for the context window."""
     invalid = 0
+    options = request.options()
     for prompt, rows in by_prompt.items():
         try:
             prepared = engine.prepare_one(prompt, options, label="map")
         except ContextLengthError as exc:  # this row only (a credential refuses the map)
             invalid += _too_long(row_errors, rows, exc)
             continue
-        jobs.append(_request(request_key(engine, prepared.body), prepared, rows))
+        prepared.cache_salt = request.salt
+        key = request_key(engine, prepared.body, request.salt)
+        jobs.append(_request(key, _with_schema(engine, prepared, request), rows))
     return invalid
 
 

@@ -23,9 +23,10 @@ if TYPE_CHECKING:
 __all__ = ["RowShape", "request_key"]
 
 
-def request_key(engine: Engine, body: dict[str, Any]) -> str:
-    """The cache key of a request body (the engine's: it knows the endpoint's every part)."""
-    return engine.cache_key(body)
+def request_key(engine: Engine, body: dict[str, Any], salt: str = "") -> str:
+    """The cache key of a request body (the engine's: it knows the endpoint's every part);
+    `salt`: a typed reply's spec digest (`Prepared.cache_salt`)."""
+    return engine.cache_key(body, salt) if salt else engine.cache_key(body)
 
 
 # Stands in for a row's prompt while the shared parts are worked out (unique per process, so
@@ -51,8 +52,9 @@ class RowShape:
       would be if it were not cached.
     """
 
-    def __init__(self, engine: Engine, base: dict[str, Any], window: int) -> None:
+    def __init__(self, engine: Engine, base: dict[str, Any], window: int, salt: str = "") -> None:
         self.engine = engine
+        self.salt = salt  # part of every row's cache key (`request_key`)
         self._base = base
         self.model = str(base["model"])
         self._head = base["messages"][:-1]
@@ -62,7 +64,7 @@ class RowShape:
         self._estimate = engine.estimator(base["model"], base["max_tokens"])
 
     @classmethod
-    def probe(cls, engine: Engine, options: RequestOptions) -> RowShape | None:
+    def probe(cls, engine: Engine, options: RequestOptions, salt: str = "") -> RowShape | None:
         """The shape of the rows `Engine.prepare_one` would prepare with these options, or
         None when the body is not the prompt as its last message (each row then goes
         through `prepare_one`)."""
@@ -70,7 +72,7 @@ class RowShape:
         messages = base.get("messages")
         if not messages or messages[-1] != {"role": "user", "content": ""}:
             return None
-        return cls(engine, base, engine.context_window(base["model"]))
+        return cls(engine, base, engine.context_window(base["model"]), salt)
 
     def body(self, prompt: str) -> dict[str, Any]:
         return {**self._base, "messages": [*self._head, {"role": "user", "content": prompt}]}
@@ -86,15 +88,17 @@ class RowShape:
 
     def prepare(self, prompt: str, masked: str) -> Prepared:
         """The row's request, estimated exactly (ContextLengthError if it does not fit)."""
-        return self.engine.prepare_body(
+        prepared = self.engine.prepare_body(
             prompt, self.body(prompt), label="map", masked=masked, estimator=self._estimate
         )
+        prepared.cache_salt = self.salt
+        return prepared
 
     def keys(self, prompts: Sequence[str]) -> list[str]:
         """The cache key of each prompt's request, as `request_key` gives it."""
         parts = self._key_parts
         if parts is None:
-            return [request_key(self.engine, self.body(p)) for p in prompts]
+            return [request_key(self.engine, self.body(p), self.salt) for p in prompts]
         prefix, suffix = parts
         sha256 = hashlib.sha256
         keys = [
@@ -102,7 +106,8 @@ class RowShape:
             for p in prompts
         ]
         sample = {*range(0, len(keys), _KEY_CHECK_EVERY), len(keys) - 1} if keys else set()
-        if any(keys[i] != request_key(self.engine, self.body(prompts[i])) for i in sample):
+        check = self.engine, self.salt
+        if any(keys[i] != request_key(check[0], self.body(prompts[i]), check[1]) for i in sample):
             self._key_parts = None  # not the engine's key after all: the slow, sure way
             return self.keys(prompts)
         return keys
@@ -114,6 +119,8 @@ class RowShape:
         version = engine.settings.azure_api_version
         if version:  # as Engine.cache_key: the api-version is part of the endpoint
             endpoint = f"{endpoint}?api-version={version}"
+        if self.salt:
+            endpoint = f"{endpoint}#output={self.salt}"
         marked = canonical_json({"endpoint": endpoint.rstrip("/"), "request": self.body(_MARK)})
         mark = encode_basestring(_MARK)
         if marked.count(mark) != 1:

@@ -35,7 +35,7 @@ from typing import Any, Literal
 from ipychat.core.schema import Field, parse_iso
 from ipychat.core.structured import OutputSpec, Parsed
 
-__all__ = ["TypedColumns", "filter_rows", "typed_columns"]
+__all__ = ["Library", "TypedColumns", "filter_rows", "keep_tail", "typed_columns"]
 
 Library = Literal["pandas", "polars"]
 
@@ -83,6 +83,38 @@ def filter_rows(frame: Any, decisions: Any) -> Any:
 
     mask = pd.array(list(decisions), dtype="boolean").fillna(False)
     return frame[mask.to_numpy(dtype=bool)]
+
+
+def keep_tail(new: Any, old: Any, n: int) -> Any:
+    """Column `new` (a typed column, pandas array or polars Series) for its first `n` rows and
+    `old` (the frame's column of that name) after them: a map with --limit leaves the rows it
+    did not process as they were. The typed dtype is kept where every old value converts
+    without loss; otherwise the column holds both as they are (object / the old dtype)."""
+    if type(new).__module__.split(".")[0] == "polars":
+        import polars as pl
+
+        tail = old.slice(n)
+        try:
+            tail = tail.cast(new.dtype, strict=True)
+        except (pl.exceptions.PolarsError, TypeError, ValueError):
+            return pl.Series(new.name, [*new.head(n).to_list(), *tail.to_list()], dtype=pl.Object)
+        return pl.concat([new.head(n), tail.rename(new.name)])
+    import pandas as pd
+
+    head = pd.Series(new[:n], dtype=new.dtype)
+    tail = pd.Series(old).iloc[n:].reset_index(drop=True)
+    categories = getattr(new.dtype, "categories", None)
+    lossless = categories is None or set(tail.dropna()) <= set(categories)
+    converted = tail
+    if lossless:  # an astype that would turn a value into NA is not taken
+        try:
+            converted = tail.astype(new.dtype)
+            lossless = bool((converted.isna() == tail.isna()).all())
+        except (TypeError, ValueError):
+            lossless = False
+    if not lossless:
+        return _object_array([*head.tolist(), *tail.tolist()])
+    return pd.concat([head, converted], ignore_index=True).astype(new.dtype).array
 
 
 def _value(f: Field, row: Any, i: int, errors: list[str | None]) -> Any:

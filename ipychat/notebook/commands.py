@@ -21,6 +21,7 @@ from ipychat.core import providers
 from ipychat.core.hygiene import check_magic_line
 from ipychat.core.pricing import format_usd
 from ipychat.core.settings import LOCAL_MODEL
+from ipychat.notebook import usage
 from ipychat.notebook.magicargs import unknown_word, user_errors
 from ipychat.notebook.subcommands import (
     Subcommand,
@@ -238,11 +239,27 @@ class ChatCommands:
         from ipychat.core.markdown import history_markdown
         from ipychat.notebook.display import show_rendered
 
-        plain = "\n\n".join(f"{m['role']}: {m.get('content') or ''}" for m in thread.messages)
+        plain, markdown = [], []
+        for index in range(thread.turns):  # each turn under the cell it came from, if any
+            pair = thread.messages[2 * index : 2 * index + 2]
+            cell = thread.cell_of(index)
+            head = f"turn {index + 1}" + (f" · cell {cell}" if cell else "")
+            plain.append(f"[{head}]\n" + "\n\n".join(f"{m['role']}: {m['content']}" for m in pair))
+            markdown.append(f"<sub>`{head}`</sub>\n\n{history_markdown(pair)}")
         if self.notebook:
-            show_rendered(history_markdown(thread.messages), plain)
+            show_rendered("\n\n".join(markdown), "\n\n".join(plain))
         else:
-            print(plain)
+            print("\n\n".join(plain))
+
+    def cmd_export(self, rest: list[str]) -> None:
+        from ipychat.notebook import transcript
+
+        self.show(transcript.export_command(self.session, rest))
+
+    def cmd_import(self, rest: list[str]) -> None:
+        from ipychat.notebook import transcript
+
+        self.show(transcript.import_command(self.session, rest))
 
     def cmd_reset(self, rest: list[str]) -> None:
         self.session.reset(rest[0] if rest else None)
@@ -281,19 +298,20 @@ class ChatCommands:
     # ----- Spend and cache ---------------------------------------------------------------------
 
     def cmd_usage(self, rest: list[str]) -> None:
-        if [w for w in rest if w != "--plot"]:
-            raise UsageError("%chat usage [--plot]")
-        if not rest:
-            self.show(fmt.usage_markdown(self.session.usage))
+        store = self.session.usage.store
+        query = usage.parse_usage(rest, store.notebook if store is not None else None)
+        ledger, text = usage.usage_text(self.session.usage, query)
+        if not query.plot:
+            self.show(text)
             return
-        figure = self.session.usage.plot()
+        figure = ledger.plot()
         import io
 
         from IPython.display import display
 
         png = io.BytesIO()
         figure.savefig(png, format="png", dpi=100)
-        summary = fmt.usage_markdown(self.session.usage).rsplit("\n", 1)[-1]
+        summary = fmt.usage_markdown(ledger).rsplit("\n", 1)[-1]
         # PNG with a text line beside it: a saved notebook's text views (nbconvert --to
         # markdown, a terminal) still say what the chart showed.
         display(
@@ -302,12 +320,12 @@ class ChatCommands:
         )
 
     def cmd_budget(self, rest: list[str]) -> None:
-        if rest:
-            off = rest[0].lower() in ("off", "none")
-            self.session.set_budget(None if off else _float(rest[0].lstrip("$"), "The budget"))
-        ledger = self.session.usage
-        budget = format_usd(ledger.budget) if ledger.budget is not None else "no budget"
-        self.show(f"spent {format_usd(ledger.spent)} of {budget}")
+        amount, per = usage.parse_budget(rest)
+        if amount is not None:
+            off = amount.lower() in ("off", "none")
+            usd = None if off else _float(amount.lstrip("$"), "The budget")
+            self.session.set_budget(usd, per=per)
+        self.show(usage.budget_text(self.session.usage))
 
     def cmd_price(self, rest: list[str]) -> None:
         if len(rest) != 3:

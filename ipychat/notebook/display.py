@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from IPython.display import display
+from IPython.display import clear_output, display
 
 from ipychat.core import format as fmt
 from ipychat.core.markdown import escape_dollars, reply_markdown
@@ -42,9 +42,10 @@ def _footer_text(footer: str) -> str:
 class LiveReply:
     """A reply that grows while it streams and is re-rendered at most REFRESH_HZ times a second."""
 
-    def __init__(self, *, notebook: bool, code: bool = False) -> None:
+    def __init__(self, *, notebook: bool, code: bool = False, quiet: bool = False) -> None:
         self.notebook = notebook
         self.code = code  # -f text: show as preformatted text rather than Markdown
+        self.quiet = quiet  # `%%chat ... ;`: show nothing
         self._handle: Any = None
         self._last = 0.0
         self._printed = 0
@@ -61,6 +62,8 @@ class LiveReply:
         return not self.notebook or time.monotonic() - self._last >= 1 / REFRESH_HZ
 
     def update(self, text: str, footer: str, *, force: bool = False) -> None:
+        if self.quiet:
+            return
         if not self.notebook:
             sys.stdout.write(text[self._printed :])  # a terminal shows the deltas as they come
             sys.stdout.flush()
@@ -75,7 +78,16 @@ class LiveReply:
         else:
             self._handle.update(self._body(text, footer), raw=True)
 
+    def hand_over(self) -> None:
+        """The cell's result is about to show the whole reply: clear the live display when
+        it arrives (`wait=True`: no flicker between the two). Only the Reply stays in the
+        saved notebook, as the cell's execute_result with its metadata."""
+        if self._handle is not None:
+            clear_output(wait=True)
+
     def finish(self, text: str, footer: str) -> None:
+        if self.quiet:
+            return
         if not self.notebook:
             if self._printed == 0 and text:
                 sys.stdout.write(text)

@@ -23,6 +23,7 @@ def load(ipython: Any) -> None:
     if _loaded is not None and _loaded.shell is ipython:
         return
     from ipychat.core.markdown import allow_remote_images
+    from ipychat.notebook.filtermagic import ChatFilterMagics
     from ipychat.notebook.mapmagic import ChatMapMagics
 
     magics = ChatMagics(shell=ipython)
@@ -30,9 +31,11 @@ def load(ipython: Any) -> None:
     ipython.register_magics(magics)
     # Both magics are views of the one session (%%chatmap rows are priced in %chat usage).
     ipython.register_magics(ChatMapMagics(shell=ipython, session=magics.session))
+    ipython.register_magics(ChatFilterMagics(shell=ipython, session=magics.session))
     if magics not in ipython.configurables:
         ipython.configurables.append(magics)  # so %config ChatMagics.x works
     magics.session.subscribe(magics.on_event)
+    ipython.events.register("pre_run_cell", magics.note_cell)  # which cell a turn came from
     _loaded = magics
     _prestart_local(magics.session)
     from ipychat.notebook import warmup as _warmup
@@ -63,9 +66,12 @@ def unload(ipython: Any) -> None:
     if _loaded is not None:
         if _loaded in ipython.configurables:
             ipython.configurables.remove(_loaded)
+        with contextlib.suppress(ValueError):  # registered by `load` on this shell
+            ipython.events.unregister("pre_run_cell", _loaded.note_cell)
         for kind in ("line", "cell"):
             ipython.magics_manager.magics[kind].pop("chat", None)
-        ipython.magics_manager.magics["cell"].pop("chatmap", None)
+        for name in ("chatmap", "chatfilter"):
+            ipython.magics_manager.magics["cell"].pop(name, None)
         _loaded = None
     reset_session(None)
     from ipychat.core.markdown import allow_remote_images

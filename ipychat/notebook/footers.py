@@ -46,7 +46,11 @@ class ReplyFooters:
         thread = session.threads.get(event.thread) if session is not None else None
         if event.kind != "reply" or event.reply is None or thread is None:
             return
-        message = next((m for m in reversed(thread.messages) if m["role"] == "assistant"), None)
+        turn = event.reply.turn  # a re-run cell's reply replaced a turn in the middle
+        if 0 < turn <= thread.turns:
+            message: dict[str, Any] | None = thread.messages[2 * turn - 1]
+        else:
+            message = next((m for m in reversed(thread.messages) if m["role"] == "assistant"), None)
         if message is not None:
             footer = fmt.footer(event.reply, turns=thread.turns)
             self._footers[id(message)] = (message, event.reply, footer)

@@ -17,11 +17,60 @@ from IPython.core.magic_arguments import argument, argument_group, magic_argumen
 from ipychat.notebook.daskcell import map_dask_cell
 from ipychat.notebook.magicargs import check_variable, help_layout, parse_line, user_errors
 from ipychat.notebook.progress import ProgressView
+from ipychat.notebook.typedargs import dry_run_note, typed_options
 
 if TYPE_CHECKING:
+    from ipychat.core.structured import OutputSpec
     from ipychat.session import ChatSession
 
 __all__ = ["ChatMapMagics"]
+
+
+def run_options(func: Any) -> Any:
+    """The flags every map-shaped magic shares (%%chatmap, %%chatfilter): the request, the
+    pace, the cache and the cost, as @magic_arguments groups in this order."""
+    for decorator in reversed(_RUN_OPTIONS):
+        func = decorator(func)
+    return func
+
+
+_RUN_OPTIONS: list[Any] = [
+    argument_group("Request"),
+    argument("-m", "--model", help="Model (default: the session's, %%chat model)."),
+    argument("-s", "--system", help="System prompt for every row."),
+    argument("-t", "--temperature", type=float, metavar="T", help="Sampling temperature, 0–2."),
+    argument(
+        "--max-tokens",
+        type=int,
+        metavar="N",
+        help="Most reply tokens per row (default: 64, per column with --json; a reply cut "
+        "there is marked in _error).",
+    ),
+    argument_group("Pace"),
+    argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="Requests in flight (default: from limits and latency).",
+    ),
+    argument("--rpm", type=float, metavar="N", help="Requests per minute (default: the server's)."),
+    argument("--tpm", type=float, metavar="N", help="Tokens per minute (default: the server's)."),
+    argument("--retries", type=int, metavar="N", help="Retries per row on 5xx and network errors."),
+    argument_group("Cache and cost"),
+    argument("--max-cost", type=float, metavar="USD", help="Refuse if it may cost more than USD."),
+    argument(
+        "--dry-run",
+        action="store_true",
+        help="Show rows, cache hits, tokens and cost; send nothing.",
+    ),
+    argument("--no-cache", action="store_true", help="Neither read nor write the response cache."),
+    argument("--refresh", action="store_true", help="Skip the cache read; store the new replies."),
+    argument(
+        "--allow-secrets",
+        action="store_true",
+        help="Send rows even if they hold something shaped like an API key or private key.",
+    ),
+]
 
 
 @magics_class
@@ -39,10 +88,17 @@ class ChatMapMagics(Magics):
 
     @magic_arguments(name="%%chatmap")
     @help_layout(
-        "%(prog)s DF -o COL [COL ...] [OPTIONS]  (the template is the rest of the cell)",
+        "%(prog)s DF (-o COL [COL ...] | --schema NAME) [OPTIONS]  (the template is the rest "
+        "of the cell)",
         """
         %%chatmap reviews -o sentiment --max-tokens 5
         Classify the sentiment of this review as positive, negative or neutral: {text}
+
+        %%chatmap reviews -o sentiment --choices positive,negative,neutral
+        Classify the sentiment of this review: {text}
+
+        %%chatmap invoices --schema Invoice
+        Extract the invoice's fields from: {text}
 
         %%chatmap reviews -o product price --json
         From this review, extract the product and its price: {text}
@@ -57,9 +113,9 @@ class ChatMapMagics(Magics):
         "-o",
         "--output",
         nargs="+",
-        required=True,
         metavar="COL",
-        help="Column for the replies; with --json one column per key of the reply.",
+        help="Column for the replies; with --json one column per key of the reply "
+        "(not with --schema, whose fields name the columns).",
     )
     @argument(
         "--json", action="store_true", help="The reply is a JSON object filling the -o columns."
@@ -69,41 +125,20 @@ class ChatMapMagics(Magics):
     @argument(
         "--fill-null", metavar="TEXT", help="Send TEXT for null values (default: skip those rows)."
     )
-    @argument_group("Request")
-    @argument("-m", "--model", help="Model (default: the session's, %%chat model).")
-    @argument("-s", "--system", help="System prompt for every row.")
-    @argument("-t", "--temperature", type=float, metavar="T", help="Sampling temperature, 0–2.")
+    @argument_group("Typed answers")
     @argument(
-        "--max-tokens",
-        type=int,
-        metavar="N",
-        help="Most reply tokens per row (default: 64, per column with --json; a reply cut "
-        "there is marked in _error).",
+        "--choices",
+        metavar="A,B,...",
+        help="The reply is exactly one of these comma-separated labels: a categorical column "
+        "(constrained decoding where the server has it, checked always).",
     )
-    @argument_group("Pace")
     @argument(
-        "--concurrency",
-        type=int,
-        metavar="N",
-        help="Requests in flight (default: from limits and latency).",
+        "--schema",
+        metavar="NAME",
+        help="A Pydantic model class or JSON-schema dict in the notebook: the reply is one "
+        "object, written as one column per field, of the field's dtype.",
     )
-    @argument("--rpm", type=float, metavar="N", help="Requests per minute (default: the server's).")
-    @argument("--tpm", type=float, metavar="N", help="Tokens per minute (default: the server's).")
-    @argument("--retries", type=int, metavar="N", help="Retries per row on 5xx and network errors.")
-    @argument_group("Cache and cost")
-    @argument("--max-cost", type=float, metavar="USD", help="Refuse if it may cost more than USD.")
-    @argument(
-        "--dry-run",
-        action="store_true",
-        help="Show rows, cache hits, tokens and cost; send nothing.",
-    )
-    @argument("--no-cache", action="store_true", help="Neither read nor write the response cache.")
-    @argument("--refresh", action="store_true", help="Skip the cache read; store the new replies.")
-    @argument(
-        "--allow-secrets",
-        action="store_true",
-        help="Send rows even if they hold something shaped like an API key or private key.",
-    )
+    @run_options
     @argument_group("Batch API")
     @argument(
         "--batch",
@@ -138,38 +173,25 @@ class ChatMapMagics(Magics):
         check_variable(args.into, "--into")
         if (args.no_wait or args.poll is not None) and not args.batch:
             raise UsageError("--no-wait and --poll go with --batch.")
+        typed, spec = typed_options(args, self._namespace())
+        args.output = output_names(args, spec)
         df = self._frame(args.df)
         session = self.session
         before = session.redactions.copy()
         try:
             with user_errors(), session.allowing_secrets(args.allow_secrets):
-                self._map(args, df, cell)
+                self._map(args, df, cell, typed)
         finally:
-            self._say_masked(session.redactions - before)
+            say_masked(self.shell, session.redactions - before)
         return None
 
-    def _say_masked(self, counts: Any) -> None:
-        """What the redact setting masked in this map's prompts, in one line."""
-        if not counts:
-            return
-        from ipychat.core.hygiene import Redaction
-        from ipychat.notebook.display import in_notebook, show_markdown
-
-        note = Redaction("", dict(counts)).note
-        show_markdown(
-            f"ipychat {note} in the prompts before sending.", notebook=in_notebook(self.shell)
-        )
+    def _namespace(self) -> dict[str, Any]:
+        return self.shell.user_ns if self.shell is not None else {}
 
     def _frame(self, name: str) -> Any:
-        namespace = self.shell.user_ns if self.shell is not None else {}
-        if name not in namespace:
-            public = [n for n in namespace if not n.startswith("_")]
-            close = difflib.get_close_matches(name, public, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise UsageError(f"{name} is not defined in the notebook{hint}: name a DataFrame.")
-        return namespace[name]
+        return frame_named(name, self._namespace())
 
-    def _map(self, args: Any, df: Any, cell: str) -> None:
+    def _map(self, args: Any, df: Any, cell: str, typed: dict[str, Any]) -> None:
         from ipychat.map import job as chatmap
         from ipychat.notebook.display import in_notebook, show_markdown
 
@@ -190,6 +212,7 @@ class ChatMapMagics(Magics):
             "limit": args.limit,
             "fill_null": args.fill_null,
             "name": args.df,
+            **typed,
         }
         view = ProgressView(notebook=notebook)
         if map_dask_cell(session, args, df, cell, options, view, self._store):  # on workers
@@ -235,6 +258,9 @@ class ChatMapMagics(Magics):
 
         plan = chatmap.plan(self.session, df, cell, args.output, **options)
         view.plan(plan)
+        note = dry_run_note(self.session, options)
+        if note is not None:
+            show_markdown(note, notebook=in_notebook(self.shell))
         if plan.first_prompt is not None:
             from ipychat.core.markdown import fenced
 
@@ -293,6 +319,44 @@ class ChatMapMagics(Magics):
     def _store(self, args: Any, frame: Any) -> None:
         if self.shell is not None:
             self.shell.user_ns[args.into or args.df] = frame
+
+
+def say_masked(shell: Any, counts: Any) -> None:
+    """What the redact setting masked in a map's prompts, in one line."""
+    if not counts:
+        return
+    from ipychat.core.hygiene import Redaction
+    from ipychat.notebook.display import in_notebook, show_markdown
+
+    note = Redaction("", dict(counts)).note
+    show_markdown(f"ipychat {note} in the prompts before sending.", notebook=in_notebook(shell))
+
+
+def frame_named(name: str, namespace: dict[str, Any]) -> Any:
+    """The notebook variable a map or filter line names (its DataFrame), or a one-line
+    UsageError with the nearest name."""
+    if name not in namespace:
+        public = [n for n in namespace if not n.startswith("_")]
+        close = difflib.get_close_matches(name, public, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UsageError(f"{name} is not defined in the notebook{hint}: name a DataFrame.")
+    return namespace[name]
+
+
+def output_names(args: Any, spec: OutputSpec | None) -> list[str]:
+    """The -o columns: required, except with --schema, whose fields name the columns."""
+    if spec is not None and spec.mode == "schema":
+        if args.output:
+            raise UsageError(
+                "%%chatmap: --schema names the columns after its fields: leave out -o."
+            )
+        return [f.column for f in spec.fields]
+    if not args.output:
+        raise UsageError(
+            "%%chatmap: -o/--output COL names the column for the replies (or --schema NAME "
+            "writes one column per field of a model)."
+        )
+    return list(args.output)
 
 
 def batch_note(job: Any, attached: bool, frame: str) -> str:

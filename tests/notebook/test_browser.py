@@ -742,3 +742,71 @@ def _drive_panel_in_notebook_7(page: Any, lab: Lab, fake: FakeOpenAIServer) -> N
     assert lab.kernel_idle()
     assert [r.body["messages"][-1]["content"] for r in fake.chat_requests] == [PANEL_PROMPT]
     panel.scroll_into_view_if_needed()
+
+
+# ----- a %%chat cell run again, and its result (issue 18) ---------------------------------------
+
+RERUN = _notebook(
+    "%load_ext ipychat",
+    f"%%chat --no-cache\n{PANEL_PROMPT}",
+    "import ipychat; t = ipychat.get_session().threads['main']; print(t.turns, t.cells)",
+    "%%chat -m gpt-4o-mini,fake-model\nCompare these two",
+)
+
+
+def test_a_chat_cell_run_three_times_in_jupyterlab(
+    tmp_path: Path, shots: Callable[[str], str]
+) -> None:
+    """JupyterLab sends the cell's id with each run: three runs leave one turn; the reply
+    streams, then shows once, as the cell's result (Out prompt), saved with its metadata."""
+    notebooks = {"rerun.ipynb": RERUN}
+    with (
+        _lab(tmp_path, notebooks, tokens_per_second=30) as (lab, fake, _attacker),
+        _browser(lab) as (page, _),
+    ):
+        try:
+            _drive_rerun(page, lab, fake, shots)
+        finally:
+            page.screenshot(path=shots("rerun.png"))
+    assert not _server_tracebacks(lab.log()), lab.log()
+
+
+def _drive_rerun(page: Any, lab: Lab, fake: FakeOpenAIServer, shots: Callable[[str], str]) -> None:
+    cells = _open(page, lab, "rerun.ipynb")
+    _run(cells, page, 0)
+    output, cell = _output(cells, 1), cells.nth(1)
+    prompt = cell.locator(".jp-InputArea-prompt")
+    for run in range(3):
+        cell.locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Shift+Enter")
+        _wait(lambda: "streaming" in output.inner_text(), f"run {run + 1} to stream live")
+        _wait(lambda: re.fullmatch(r"\[\d+\]:", prompt.inner_text().strip()), f"run {run + 1}")
+    assert len(fake.chat_requests) == 3
+    children = output.locator(".jp-OutputArea-child")
+    assert children.count() == 1, output.inner_text()  # the live display gave way
+    shown = output.inner_text()
+    assert f"Echo: {PANEL_PROMPT}. word0" in shown and "word39" in shown
+    assert "replaced turn 1" in shown and "streaming" not in shown
+    out_prompt = output.locator(".jp-OutputPrompt").inner_text().strip()
+    assert re.fullmatch(r"\[\d+\]:", out_prompt), out_prompt  # an execute_result: Out[n]
+    cells.nth(1).screenshot(path=shots("rerun-cell.png"))
+    _run(cells, page, 2)
+    assert _output(cells, 2).inner_text().strip() == "1 ['cell-1']"
+    page.keyboard.press("Control+s")
+    _wait(lambda: lab.saved("rerun.ipynb")["cells"][2]["outputs"], "the saved notebook")
+    outputs = lab.saved("rerun.ipynb")["cells"][1]["outputs"]
+    assert [o["output_type"] for o in outputs] == ["execute_result"]
+    meta = outputs[0]["metadata"]["ipychat"]
+    assert meta["cell"] == "cell-1" and meta["turn"] == 1 and meta["thread"] == "main"
+    # -m A,B: the two replies side by side, each with its figures.
+    _run(cells, page, 3)
+    compared = _output(cells, 3)
+    columns = compared.locator("td")
+    assert columns.count() == 2, compared.inner_text()
+    left, right = columns.nth(0).bounding_box(), columns.nth(1).bounding_box()
+    assert left and right and right["x"] >= left["x"] + left["width"] - 1  # beside, not below
+    assert "gpt-4o-mini (kept)" in columns.nth(0).inner_text()
+    assert "Echo: Compare these two" in columns.nth(1).inner_text()
+    assert "tokens · $" in columns.nth(0).inner_text()  # its price is known
+    assert "tokens · unknown" in columns.nth(1).inner_text()  # never shown as $0
+    cells.nth(3).screenshot(path=shots("compare-cell.png"))

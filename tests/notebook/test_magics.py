@@ -39,13 +39,17 @@ def test_chat_cell_streams_a_reply_with_a_footer(ip, fake: FakeOpenAIServer) -> 
     assert fake.chat_requests[0].body["stream"] is True
 
 
-def test_notebook_mode_updates_markdown_in_place(ip, fake: FakeOpenAIServer) -> None:
+def test_notebook_mode_returns_the_reply_as_the_cells_result(ip, fake: FakeOpenAIServer) -> None:
     ip.run_line_magic("config", "ChatMagics.display_mode = 'notebook'")
-    out = run(ip, "", "Render me as markdown please")
-    markdown = [o.data["text/markdown"] for o in out.outputs if "text/markdown" in o.data]
-    assert markdown, "a Markdown display was published"
-    assert "Echo: Render me as markdown please" in markdown[-1]
-    assert "$" in markdown[-1] and "thread main" in markdown[-1]
+    with capture_output():
+        result = ip.run_cell("%%chat\nRender me as markdown please")
+    reply = result.result
+    assert isinstance(reply, Reply) and ip.user_ns["_"] is reply
+    data, metadata = reply._repr_mimebundle_()
+    assert "Echo: Render me as markdown please" in data["text/markdown"]
+    assert "$" in data["text/markdown"] and "thread main" in data["text/markdown"]
+    assert data["text/plain"].startswith("Echo: Render me as markdown please\n\n[gpt-4o-mini")
+    assert metadata["ipychat"]["thread"] == "main" and metadata["ipychat"]["turn"] == 1
 
 
 def test_multi_turn_threads_and_new(ip, fake: FakeOpenAIServer) -> None:
@@ -398,12 +402,21 @@ def test_streaming_footer_shows_the_estimate_live(ip, session: ChatSession) -> N
     with FakeOpenAIServer(tokens_per_second=40) as slow:
         ip.run_line_magic("chat", f"endpoint {slow.base_url}")
         ip.run_line_magic("config", "ChatMagics.display_mode = 'notebook'")
-        out = run(ip, "", "word " * 30)
-    frames = [o.data["text/markdown"] for o in out.outputs if "text/markdown" in o.data]
+        frames: list[str] = []
+        with capture_output():
+            publish = ip.display_pub.publish
+
+            def seen(data, *args, **kwargs):  # every frame, also those cleared at the end
+                frames.extend([data["text/markdown"]] if "text/markdown" in data else [])
+                publish(data, *args, **kwargs)
+
+            ip.display_pub.publish = seen
+            result = ip.run_cell("%%chat\n" + "word " * 30).result
     live = [f for f in frames if "streaming" in f]
     assert live, "the footer showed the estimate while the reply streamed"
     assert "≤ $" in live[0] and "… tokens" in live[0]
-    assert "streaming" not in frames[-1] and "thread main" in frames[-1]
+    final = result._repr_mimebundle_()[0]["text/markdown"]  # the cell's result: the Reply
+    assert "streaming" not in final and "thread main" in final
 
 
 def test_alerts_are_shown_as_a_visible_line(ip, fake: FakeOpenAIServer) -> None:
@@ -544,8 +557,15 @@ def help_of(ip, cell: str) -> str:
         ),
         (
             "%%chatmap?\n",
-            "Usage: %%chatmap DF -o COL [COL ...] [OPTIONS]",
-            ("What to map:", "Request:", "Pace:", "Cache and cost:", "Batch API:"),
+            "Usage: %%chatmap DF (-o COL [COL ...] | --schema NAME) [OPTIONS]",
+            (
+                "What to map:",
+                "Typed answers:",
+                "Request:",
+                "Pace:",
+                "Cache and cost:",
+                "Batch API:",
+            ),
             "  %%chatmap reviews -o sentiment --max-tokens 5\n",
         ),
         (

@@ -25,6 +25,8 @@ NAMES = (
     "threads",
     "thread",
     "history",
+    "export",
+    "import",
     "reset",
     "panel",
     "usage",

@@ -216,7 +216,7 @@ CASES: dict[str, tuple[Act, str]] = {
     "%%chatmap undefined frame": (chatmap("dff -o out"), "did you mean df?"),
     "%%chatmap not a DataFrame": (chatmap("items -o out"), "is a list, not a DataFrame"),
     "%%chatmap unknown column": (chatmap("df -o out", "Rate {txt}"), "did you mean {text}?"),
-    "%%chatmap no -o": (chatmap("df"), "the following arguments are required: -o/--output"),
+    "%%chatmap no -o": (chatmap("df"), "-o/--output COL names the column for the replies"),
     "%%chatmap --concurrency 0": (chatmap("df -o out --concurrency 0"), "positive whole"),
     "%%chatmap --retries 99": (chatmap("df -o out --retries 99"), "from 0 to 20"),
     "%%chatmap --rpm negative": (chatmap("df -o out --rpm -1"), "rpm must be a positive"),
@@ -228,6 +228,15 @@ CASES: dict[str, tuple[Act, str]] = {
     "%%chatmap -o _error": (chatmap("df -o _error"), "is where row errors go"),
     "%%chatmap -t not a number": (chatmap("df -o out -t warm"), "invalid float value"),
     "%%chatmap huge rows": (huge_rows, "does not fit the 128,000-token context"),
+    # typed answers (issue 17)
+    "%%chatmap --choices empty label": (chatmap("df -o out --choices a,,b"), "an empty label"),
+    "%%chatmap --schema undefined": (chatmap("df --schema Nope"), "Nope is not defined"),
+    "%%chatmap --schema not a model": (chatmap("df --schema items"), "is a list, not a Pydantic"),
+    "%%chatmap --choices and --schema": (chatmap("df --schema x --choices a,b"), "give one"),
+    "%%chatfilter not a DataFrame": (
+        cell("items", "Keep? {text}", "chatfilter"),
+        "not a DataFrame",
+    ),
     # issue 15, item 12: each was a raw traceback (or was sent, or accepted)
     "%%chat lone surrogate": (cell("", "hi \ud800 there"), "lone surrogate"),
     "%%chat {value} whose repr raises": (

@@ -179,6 +179,8 @@ class BatchRun:
         )
         if mapper.allow_secrets:  # the rows were sent on that say-so
             job.options["allow_secrets"] = True
+        if mapper.spec is not None:  # a typed map: re-planned with the same spec on resume
+            job.options.update(mapper.spec.as_options())
         self.registry.save(job)  # before the upload: a crash leaves a job to attach to
         return job
 
