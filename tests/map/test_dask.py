@@ -116,7 +116,7 @@ def test_what_cannot_go_to_workers_is_refused_in_one_line(dask_client: Any) -> N
             session.map(frame(), "Describe {name}", output="d")
         with pytest.raises(ConfigError, match="not changed in place"):
             session.map(frame(), "Describe {name}", output="d", inplace=True)
-        with pytest.raises(ConfigError, match="Typed maps .* do not run on Dask yet"):
+        with pytest.raises(ConfigError, match=r"Typed maps .* do not run on Dask yet"):
             session.map(frame(), "Is {name} good?", output="d", choices=["yes", "no"])
         with pytest.raises(ConfigError, match="Batch API takes one file"):
             session.map(frame(), "Describe {name}", output="d", batch=True)
@@ -222,6 +222,7 @@ def test_chatmap_maps_a_dask_frame_on_the_workers(
             assert is_dask_frame(result)
             computed = result.compute()
         finally:
+            shell.run_line_magic("unload_ext", "ipychat")  # as the `ip` fixture leaves it
             reset_session(None)
             session.close()
     assert dry.startswith("Dask: 4 partitions on 2 workers · sampled partition 1 of 4: 30 rows")
