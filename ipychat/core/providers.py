@@ -28,6 +28,7 @@ Pure: reads the environment, nothing else.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -225,17 +226,33 @@ def for_url(url: str) -> Provider | None:
     AZURE_OPENAI_ENDPOINT names it), so `%chat endpoint https://api.groq.com/openai/v1`
     gets Groq's quirks and prices too. Local servers are never guessed from a port."""
     here = _origin(url)
-    for provider in PROVIDERS.values():
-        if provider.local or (provider.name == "azure" and not os.environ.get(_AZURE_ENDPOINT)):
-            continue
-        try:
-            if here is not None and _origin(base_url(provider)) == here:
-                return provider
-        except ConfigError:
-            continue
-    return None
+    return None if here is None else _by_origin().get(here)
 
 
+# (the table it was built from, AZURE_OPENAI_ENDPOINT then, {origin: provider}): every
+# request asks `for_url`, several times, so the providers' origins are worked out once.
+_ORIGINS: tuple[Mapping[str, Provider], str | None, dict[str, Provider]] | None = None
+
+
+def _by_origin() -> dict[str, Provider]:
+    global _ORIGINS
+    azure = os.environ.get(_AZURE_ENDPOINT)
+    if _ORIGINS is None or _ORIGINS[0] is not PROVIDERS or _ORIGINS[1] != azure:
+        table: dict[str, Provider] = {}
+        for provider in PROVIDERS.values():
+            if provider.local or (provider.name == "azure" and not azure):
+                continue
+            try:
+                origin = _origin(base_url(provider))
+            except ConfigError:
+                continue
+            if origin is not None:
+                table.setdefault(origin, provider)  # the first in the table's order wins
+        _ORIGINS = (PROVIDERS, azure, table)
+    return _ORIGINS[2]
+
+
+@functools.lru_cache(maxsize=256)
 def _origin(url: str) -> str | None:
     parts = urlsplit(url.strip())
     try:

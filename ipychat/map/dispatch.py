@@ -288,7 +288,8 @@ class Dispatcher:
         mode: CacheMode = "off" if self.cache_mode == "off" else "refresh"
         if job.reask and self.cache_mode == "use":
             mode = "use"  # a re-ask may have been answered by an earlier run
-        scope = f"{self.engine.base_url} {self.model}"
+        # The shared pace's scope is only worked out when there is one (it reads the endpoint).
+        scope = f"{self.engine.base_url} {self.model}" if self.pace is not None else ""
         if self.pace is not None:  # one quota with other workers: wait for our turn
             tokens = self.limiter.tokens
             await self.pace.acquire(
