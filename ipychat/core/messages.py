@@ -255,9 +255,7 @@ def _rendered(expr: str, value: Any, max_chars: int) -> str:
             f"{{{expr}}} could not be turned into text ({_describe(exc)}). Interpolate "
             f"something printable instead, or use {{{{{expr}}}}} to send the braces as text."
         ) from None
-    if not isinstance(text, str):  # a __repr__ returning bytes or None is caught by repr()
-        raise TemplateError(f"{{{expr}}} did not turn into text.")
-    return text
+    return text  # always a str: repr() itself refuses a __repr__ that returns anything else
 
 
 def _is_spec(spec: str) -> bool:

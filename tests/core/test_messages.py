@@ -388,3 +388,101 @@ def test_unfenced_json_takes_the_json_out_of_its_fence_only() -> None:
     assert unfenced_json("```\n[1, 2]```") == "[1, 2]"
     assert unfenced_json(' {"a": "```"} ') == '{"a": "```"}'
     assert unfenced_json("text ```json\n{}\n``` more") == "text ```json\n{}\n``` more"
+
+
+# ----- what mutation testing showed no test pinned (tests/mutation/README.md) ------------------
+
+
+def test_spans_stay_right_after_escaped_braces_non_specs_and_unknown_names_with_a_spec() -> None:
+    # each kind of brace left as text advances the position the next span is measured from
+    result = interpolate("{{a}} {x} {a:1} {x} {zz:.2f} {x}", NS)
+    assert result.text == "{a} XX {a:1} XX {zz:.2f} XX"
+    assert result.spans == ((4, 6), (13, 15), (25, 27))
+    assert result.names == ("x", "x", "x") and result.notes == ()
+
+
+def test_an_attribute_may_start_with_a_capital() -> None:
+    class Shape:
+        Width = 7
+
+    assert interpolate("{s.Width}", {"s": Shape()}).text == "7"
+
+
+def test_a_brace_right_after_inline_code_is_a_placeholder_again() -> None:
+    with pytest.raises(TemplateError, match=r"^\{nope\} is not defined in the notebook\. Use"):
+        interpolate("`code`{nope}", {})
+
+
+def test_an_unknown_name_with_no_close_public_match_gets_no_suggestion() -> None:
+    message = "{secret} is not defined in the notebook. Use {{secret}} to send the braces as text."
+    with pytest.raises(TemplateError) as refused:
+        interpolate("{secret}", {"_secret": 1, "zzz": 2})  # private names are not suggested
+    assert str(refused.value) == message
+
+
+class _Says:
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __repr__(self) -> str:
+        raise ValueError("y" * self.length)
+
+
+@pytest.mark.parametrize(("length", "shown"), [(120, "y" * 120), (121, "y" * 119 + "…")])
+def test_an_error_of_120_characters_is_said_whole_and_a_longer_one_cut(
+    length: int, shown: str
+) -> None:
+    with pytest.raises(TemplateError) as refused:
+        interpolate("{v}", {"v": _Says(length)})
+    assert f"(ValueError: {shown}). Interpolate" in str(refused.value)
+
+
+def test_shortening_keeps_both_ends_and_counts_what_it_left_out() -> None:
+    assert render_value("x" * 10, max_chars=10) == "x" * 10
+    text = "a" * 10 + "m" * 4 + "b" * 10
+    assert render_value(text, max_chars=10) == "aaaaa\n… [14 characters left out] …\nbbbbb"
+    assert interpolate("{t}", {"t": text}, max_value_chars=10).text == render_value(
+        text, max_chars=10
+    )
+    assert interpolate("{v}", {"v": list(range(100))}, max_value_chars=10).text == (
+        "[0, 1\n… [380 characters left out] …\n, 99]"
+    )
+
+
+@pytest.mark.parametrize("kind", ["pandas", "polars"])
+def test_the_notes_name_the_placeholder_and_only_frames_get_one(kind: str) -> None:
+    columns = {"a": list(range(1_000)), "b": [i / 3 for i in range(1_000)]}
+    big = pd.DataFrame(columns) if kind == "pandas" else pl.DataFrame(columns)
+    choose = "{big:head=N}, {big:describe} or {big:csv} choose"
+    assert interpolate("{big}", {"big": big}).notes == (
+        f"{{big}}: 1,000 × 2 DataFrame as a summary; {choose}",
+    )
+    assert interpolate("{big:summary}", {"big": big}).notes == (
+        f"{{big:summary}}: 1,000 × 2 DataFrame as a summary; {choose}",
+    )
+    series = pd.Series([1, 2, 3], name="s") if kind == "pandas" else pl.Series("s", [1, 2, 3])
+    assert interpolate("{s:head=2}", {"s": series}).notes == ("{s:head=2}: head 2 of 3 rows (3)",)
+    assert interpolate("{n:,} {x}", NS).notes == ()
+
+
+def test_a_format_error_names_the_value_s_type() -> None:
+    with pytest.raises(TemplateError, match=r"^\{n:\.2x\}: .* \(n is a int\)\. Fix the format"):
+        interpolate("{n:.2x}", NS)
+
+
+def test_trim_drops_the_last_old_turn_and_stops_at_an_exact_fit() -> None:
+    history = [{"role": "user", "content": "q w w"}, {"role": "assistant", "content": "a w w"}]
+    messages = build_messages("be brief", history, "the new prompt")  # 5 + 6 + 6 + 6 tokens
+    kept, dropped = trim_history(messages, 11, _count)
+    assert dropped == 1 and kept == [messages[0], messages[-1]]  # 11 tokens: fits exactly
+    assert trim_history(messages, 23, _count) == (messages, 0)
+
+
+class _BytesRepr:
+    def __repr__(self) -> str:
+        return b"raw"  # type: ignore[return-value]
+
+
+def test_a_repr_that_returns_no_text_is_one_line_naming_the_error() -> None:
+    with pytest.raises(TemplateError, match=r"^\{b\} could not be turned into text \(TypeError: "):
+        interpolate("{b}", {"b": _BytesRepr()})
