@@ -379,7 +379,8 @@ class Thread:
     ) -> None:
         """Put a new prompt and reply in turn `index`: new dicts, so a view that keyed the old
         reply (the panel's footers) does not show its footer under the new one."""
-        self.records[index:] = [None] * (index - len(self.records)) + self.records[index:]
+        # `records` may be shorter than the turns (a Thread built from its messages alone)
+        self.records.extend([None] * (index + 1 - len(self.records)))
         self.records[index] = record
         self.messages[2 * index : 2 * index + 2] = [
             {"role": "user", "content": prompt},

@@ -11,12 +11,16 @@ import polars as pl
 import pytest
 
 from ipychat.core import tokens
-from ipychat.core.errors import ContextLengthError, TemplateError
+from ipychat.core.errors import ConfigError, ContextLengthError, TemplateError
 from ipychat.core.messages import (
     Thread,
+    as_content,
     build_messages,
+    check_thread_name,
     interpolate,
+    is_parts,
     literal_braces,
+    parts_text,
     render_value,
     trim_history,
     unfenced_json,
@@ -486,3 +490,70 @@ class _BytesRepr:
 def test_a_repr_that_returns_no_text_is_one_line_naming_the_error() -> None:
     with pytest.raises(TemplateError, match=r"^\{b\} could not be turned into text \(TypeError: "):
         interpolate("{b}", {"b": _BytesRepr()})
+
+
+# ----- content parts, thread names, and a thread built from its messages alone ----------------
+
+
+def test_replacing_a_turn_of_a_thread_built_from_its_messages_alone() -> None:
+    # regression: the padding of `records` stopped one short, an IndexError
+    turn = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    thread = Thread("t", messages=turn * 3)
+    thread.replace_turn(2, "Q", "A", {"model": "m"})
+    assert thread.records == [None, None, {"model": "m"}]
+    assert thread.record_of(2) == {"model": "m"} and thread.record_of(3) is None
+    assert thread.messages[4:] == [
+        {"role": "user", "content": "Q"},
+        {"role": "assistant", "content": "A"},
+    ]
+    assert thread.messages[:4] == turn * 2 and thread.cell_of(0) is None
+    thread.replace_turn(0, "Q0", "A0")
+    assert thread.records == [None, None, {"model": "m"}] and thread.turns == 3
+
+
+@pytest.mark.parametrize("name", ["draft", "a b", "x" * 200, "é"])
+def test_a_thread_name_is_short_printable_text(name: str) -> None:
+    check_thread_name(name)
+
+
+@pytest.mark.parametrize("name", [None, 3, "", "  ", "x" * 201, "a\nb", "\ud800"])
+def test_any_other_thread_name_is_refused_in_one_line(name: object) -> None:
+    expected = f"{name!r} cannot name a thread: use a short printable name such as 'draft'."
+    with pytest.raises(ConfigError) as refused:
+        check_thread_name(name)
+    assert str(refused.value) == expected
+
+
+def test_content_parts_are_told_from_messages() -> None:
+    text = {"type": "text", "text": "hi"}
+    assert is_parts([text, {"type": "image_url", "image_url": {"url": "data:,"}}])
+    assert not is_parts([])
+    assert not is_parts([{"role": "user", "content": "hi", "type": "x"}])
+    assert not is_parts([text, "hi"])
+    assert not is_parts([text, {"text": "no type"}])
+    assert not is_parts((text,)) and not is_parts("hi")
+
+
+def test_a_python_list_of_texts_becomes_text_parts() -> None:
+    part = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}
+    assert as_content(["What is", "  ", part, ("kept",)]) == [
+        {"type": "text", "text": "What is"},
+        part,
+        ("kept",),
+    ]
+    assert as_content(("one",)) == [{"type": "text", "text": "one"}]
+    assert as_content("plain") == "plain" and as_content(None) is None
+
+
+def test_parts_read_as_text() -> None:
+    parts = [
+        "skipped",
+        {"type": "text", "text": "Look:"},
+        {"type": "text", "text": None},
+        {"text": "no type"},
+        {"type": "input_image", "image_url": "data:,"},
+        {"type": "text", "text": " and "},
+        {"type": "image_url", "image_url": {"url": "data:,"}},
+    ]
+    assert parts_text(parts) == "Look: [image] and [image]"
+    assert parts_text(None) == "" and parts_text(3) == "3" and parts_text("s") == "s"
