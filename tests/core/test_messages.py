@@ -557,3 +557,14 @@ def test_parts_read_as_text() -> None:
     ]
     assert parts_text(parts) == "Look: [image] and [image]"
     assert parts_text(None) == "" and parts_text(3) == "3" and parts_text("s") == "s"
+
+
+def test_an_image_in_a_python_list_becomes_its_part_and_a_turn_knows_its_cell() -> None:
+    from PIL import Image as PILImage
+
+    picture = PILImage.new("RGB", (4, 3))
+    (part,) = as_content([picture])
+    assert part["type"] == "image_url" and part["image_url"]["url"].startswith("data:image/")
+    thread = Thread("t")
+    thread.add_turn("q", "a", "cell-1")
+    assert thread.cell_of(0) == "cell-1" and thread.cell_of(1) is None

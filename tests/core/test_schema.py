@@ -129,6 +129,10 @@ UNSUPPORTED = "which structured replies do not support: describe the field with 
             "Invoice: field 'a' combines schemas with allOf: write the combined object out as one.",
         ),
         (_object({"a": {}}), f"Invoice: field 'a' has no type: {WHAT_TYPES}"),
+        (  # an item's field is named with "[]" for the list
+            _object({"a": {"type": "array", "items": {}}}),
+            f"Invoice: field 'a.[]' has no type: {WHAT_TYPES}",
+        ),
         (_object({"a": {"type": "null"}}), f"Invoice: field 'a' has the type 'null': {WHAT_TYPES}"),
         (_object({"a": 3}), "Invoice: field 'a' is not a schema object."),
         (
