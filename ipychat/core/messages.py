@@ -399,8 +399,7 @@ def check_thread_name(name: Any) -> None:
         not isinstance(name, str)
         or not name.strip()
         or len(name) > 200
-        or not name.isprintable()
-        or any(0xD800 <= ord(c) <= 0xDFFF for c in name)
+        or not name.isprintable()  # also refuses lone surrogates (category Cs)
     ):
         raise ConfigError(
             f"{name!r} cannot name a thread: use a short printable name such as 'draft'."

@@ -516,7 +516,9 @@ def test_a_thread_name_is_short_printable_text(name: str) -> None:
     check_thread_name(name)
 
 
-@pytest.mark.parametrize("name", [None, 3, "", "  ", "x" * 201, "a\nb", "\ud800"])
+@pytest.mark.parametrize(
+    "name", [None, 3, "", "  ", "x" * 201, "a\nb", "\ud800", "a\udfff", "\udc00"]
+)
 def test_any_other_thread_name_is_refused_in_one_line(name: object) -> None:
     expected = f"{name!r} cannot name a thread: use a short printable name such as 'draft'."
     with pytest.raises(ConfigError) as refused:
@@ -568,3 +570,12 @@ def test_an_image_in_a_python_list_becomes_its_part_and_a_turn_knows_its_cell() 
     thread = Thread("t")
     thread.add_turn("q", "a", "cell-1")
     assert thread.cell_of(0) == "cell-1" and thread.cell_of(1) is None
+
+
+def test_a_thread_with_fewer_records_than_turns_pads_them_once() -> None:
+    turn = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    thread = Thread("t", messages=turn * 2, records=[{"model": "m0"}])
+    assert thread.add_turn("q2", "a2", record={"model": "m2"}) == 2
+    assert thread.records == [{"model": "m0"}, None, {"model": "m2"}]
+    thread.replace_turn(1, "Q1", "A1")
+    assert [m["content"] for m in thread.messages] == ["q", "a", "Q1", "A1", "q2", "a2"]
