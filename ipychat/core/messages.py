@@ -204,14 +204,14 @@ def _substituted(
     token: str, expr: str, spec: str | None, value: Any, max_chars: int
 ) -> tuple[str, str, Image | None]:
     """What `{expr}` becomes: (text, a note for --dry-run, the image it stands for)."""
-    picture = _image_value(token, expr, spec, value)
+    picture = _image_value(token, spec, value)
     if picture is not None:
         return picture.label, f"sent as an image ({picture.describe})", picture
     text, note = _value_text(token, expr, spec, value, max_chars)
     return text, note, None
 
 
-def _image_value(token: str, expr: str, spec: str | None, value: Any) -> Image | None:
+def _image_value(token: str, spec: str | None, value: Any) -> Image | None:
     """The image `{expr}` sends: a Figure, PIL image or `ipychat.image` as it is, or with
     `:image` the file or bytes the value names; None for any other value (text)."""
     wanted = _IMAGE_SPEC.fullmatch(spec) if spec is not None else None

@@ -403,6 +403,8 @@ def test_spans_stay_right_after_escaped_braces_non_specs_and_unknown_names_with_
     assert result.text == "{a} XX {a:1} XX {zz:.2f} XX"
     assert result.spans == ((4, 6), (13, 15), (25, 27))
     assert result.names == ("x", "x", "x") and result.notes == ()
+    later = interpolate("n {{a}} {x}", NS)  # an escape after other text
+    assert later.text == "n {a} XX" and later.spans == ((6, 8),)
 
 
 def test_an_attribute_may_start_with_a_capital() -> None:
