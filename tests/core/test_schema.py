@@ -326,3 +326,11 @@ def test_parse_iso_says_what_it_expected(value: Any, kind: Any, message: str) ->
     with pytest.raises(ValueError) as caught:
         parse_iso(value, kind)
     assert str(caught.value) == message
+
+
+def test_an_object_without_a_type_is_read_by_its_properties_and_nested_lists_are_named() -> None:
+    shape = read_schema(
+        {"properties": {"o": {"properties": {"tags": ARRAY}, "required": ["tags"]}}},
+        name="Invoice",
+    )
+    assert shape.fields == (Field("o.tags", ("o", "tags"), "list", True, items="string"),)
