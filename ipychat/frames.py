@@ -9,11 +9,40 @@ every method works through the session it is mixed into.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ipychat.core.errors import ConfigError
 from ipychat.engine.prepare import allowing_secrets
 
-__all__ = ["FrameOperations"]
+if TYPE_CHECKING:
+    from ipychat.core.runner import LoopThread
+    from ipychat.core.settings import Settings
+    from ipychat.engine.cache import ResponseCache
+
+__all__ = ["FrameOperations", "WorkerHost"]
+
+
+class WorkerHost:
+    """A Dask worker's host (`ipychat.map.dask`): the caller's settings and cache on an
+    engine of this process, with its own loop and connections, as a session holds them
+    (`ipychat.lifetime.Owned`) but without a conversation; closed at exit."""
+
+    def __init__(self, settings: Settings, cache: ResponseCache | bool) -> None:
+        from ipychat.engine.engine import Engine
+        from ipychat.lifetime import Owned, close_at_exit
+
+        self._owned = Owned()
+        self.engine = Engine(settings, cache=cache, retire=self._owned.retire)
+        self._owned.engine = self.engine
+        close_at_exit(self)
+
+    @property
+    def runner(self) -> LoopThread:
+        return self._owned.runner
+
+    def close(self) -> None:
+        self._owned.release()
+        self.engine.close_cache()
 
 
 class FrameOperations:
@@ -48,8 +77,23 @@ class FrameOperations:
           quotes and a final period; anything else is an error, never a wrong label).
 
         The schema or label list is part of every row's cache key, and the tokens it adds
-        to each request are in the dry run's estimate."""
+        to each request are in the dry run's estimate.
+
+        A Dask DataFrame gives a Dask DataFrame, mapped on the workers when computed
+        (`ipychat.map.dask`; `dry_run=True` plans its first partition). Parquet bigger
+        than memory (a path or glob, a pyarrow dataset, a polars LazyFrame) is mapped batch
+        by batch into Parquet parts in `to=` (`ipychat.map.stream`), resuming where a
+        stopped run left off."""
         from ipychat.map import job as chatmap
+        from ipychat.map.dask import is_dask_frame
+        from ipychat.map.stream import is_stream_source, map_to_parquet
+
+        if is_dask_frame(df):
+            return self._map_dask(df, template, output, allow_secrets, batch, options)
+        if is_stream_source(df) or "to" in options:
+            host: Any = self
+            with allowing_secrets(allow_secrets):
+                return map_to_parquet(host, df, template, output, **options)
 
         mapper: Any = chatmap
         if batch:
@@ -67,14 +111,47 @@ class FrameOperations:
         batch: bool = False,
         **options: Any,
     ) -> Any:
-        """`map` for code that awaits; the requests still go from the session's own loop."""
+        """`map` for code that awaits; the requests still go from the session's own loop.
+        A Dask DataFrame: as `map` (nothing is sent until it is computed)."""
         from ipychat.map import job as chatmap
+        from ipychat.map.dask import is_dask_frame
+
+        if is_dask_frame(df):
+            return self._map_dask(df, template, output, allow_secrets, batch, options)
 
         mapper: Any = chatmap
         if batch:
             from ipychat.map import batch as mapper
         with allowing_secrets(allow_secrets):
             return await mapper.amap_frame(self, df, template, output, **options)
+
+    def _map_dask(
+        self,
+        ddf: Any,
+        template: str,
+        output: str | Sequence[str],
+        allow_secrets: bool,
+        batch: bool,
+        options: dict[str, Any],
+    ) -> Any:
+        from ipychat.map.dask import map_dask
+
+        if batch:
+            raise ConfigError(
+                "The Batch API takes one file of rows, not a Dask DataFrame: map it without "
+                "batch=True, or compute() a pandas frame first."
+            )
+        host: Any = self
+        with allowing_secrets(allow_secrets):
+            return map_dask(
+                host,
+                ddf,
+                template,
+                output,
+                make_host=WorkerHost,
+                allow_secrets=allow_secrets,
+                **options,
+            )
 
     def filter(
         self,

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from ipychat.engine.engine import Engine
     from ipychat.engine.exchange import CachedReply
     from ipychat.map.plan import MapRequest
+    from ipychat.map.sharedpace import SharedPace
 
 __all__ = [
     "Counters",
@@ -81,6 +82,8 @@ MAX_OUTAGE = 600.0
 # every CACHE_FLUSH_EVERY seconds, and always when the run ends (interrupts included).
 CACHE_BATCH = 64
 CACHE_FLUSH_EVERY = 1.0
+# How long every worker sharing a pace waits after a 429 that does not say (a window).
+SHARED_PAUSE = 1.0
 
 
 @dataclass
@@ -119,6 +122,8 @@ class SendOptions:
     local: bool = False  # the embedded llama.cpp server: one request at a time
     retries: int = 0
     cache_mode: CacheMode = "use"
+    pace: SharedPace | None = None  # the turn taken with other workers (map/sharedpace)
+    cache_batch: int = CACHE_BATCH  # replies per cache write (1: each as it comes)
 
 
 def session_limiter(engine: Engine, model: str) -> RateLimiter | None:
@@ -165,6 +170,8 @@ class Dispatcher:
         self.local = sending.local
         self.retries = sending.retries
         self.cache_mode: CacheMode = sending.cache_mode
+        self.pace = sending.pace
+        self.cache_batch = sending.cache_batch
         self.ready: deque[MapRequest] = deque()
         self.delayed: list[tuple[float, int, MapRequest]] = []
         self.abort: ChatError | None = None
@@ -281,6 +288,12 @@ class Dispatcher:
         mode: CacheMode = "off" if self.cache_mode == "off" else "refresh"
         if job.reask and self.cache_mode == "use":
             mode = "use"  # a re-ask may have been answered by an earlier run
+        scope = f"{self.engine.base_url} {self.model}"
+        if self.pace is not None:  # one quota with other workers: wait for our turn
+            tokens = self.limiter.tokens
+            await self.pace.acquire(
+                scope, job.tokens * tokens.scale, self.limiter.requests.limit, tokens.limit
+            )
         try:
             exchange = await self.engine.request(
                 job.prepared,
@@ -292,6 +305,8 @@ class Dispatcher:
             )
         except RateLimitError as exc:
             self._rate_limited(job, ticket, exc, time.monotonic())
+            if self.pace is not None:  # every worker waits, not only this one
+                await self.pace.refused(scope, exc.retry_after or SHARED_PAUSE)
         except ChatError as exc:
             self.limiter.failed(ticket, time.monotonic())
             self._failed(job, exc)
@@ -308,7 +323,8 @@ class Dispatcher:
                 self._latency = 0.8 * self._latency + 0.2 * reply.latency
             self.sink.spend(reply)
             self.sink.answer(job, reply.text, reply.finish_reason, reply.extra.get("logprobs"))
-            if len(self._cache_writes) >= CACHE_BATCH or time.monotonic() > self._flush_due:
+            full = len(self._cache_writes) >= self.cache_batch
+            if full or time.monotonic() > self._flush_due:
                 self._flush_cache()
 
     def _flush_cache(self) -> None:

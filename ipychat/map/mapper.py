@@ -13,7 +13,7 @@ from ipychat.core.types import CacheMode, Reply, Usage
 from ipychat.engine.ledger import LedgerRow, max_tokens_within
 from ipychat.engine.prepare import RequestOptions, structured_kind, typed_options
 from ipychat.map.answers import Answers
-from ipychat.map.dispatch import Counters, Dispatcher, SendOptions
+from ipychat.map.dispatch import CACHE_BATCH, Counters, Dispatcher, SendOptions
 from ipychat.map.frame import CUT, Frame, MapProgress, MapResult, MapSummary
 from ipychat.map.options import MapOptions
 from ipychat.map.plan import (
@@ -81,6 +81,8 @@ class MapJob(Answers):
         self.default_cap = default_reply_cap(engine, options.max_tokens, columns)
         self.max_tokens = options.max_tokens if options.max_tokens is not None else self.default_cap
         self.rpm, self.tpm = options.rpm, options.tpm
+        self.pace = options.pace
+        self.cache_batch = options.cache_batch
         self.temperature = options.temperature
         self._set_system(options.system)
         self.fill_null = options.fill_null
@@ -241,6 +243,8 @@ class MapJob(Answers):
             local=self.local,
             retries=self.retries,
             cache_mode=self.cache_mode,
+            pace=self.pace,
+            cache_batch=self.cache_batch or CACHE_BATCH,
         )
         return Dispatcher(self, self.engine, self.to_send, sending)
 

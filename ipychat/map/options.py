@@ -25,6 +25,7 @@ from ipychat.core.errors import ConfigError
 from ipychat.core.structured import OutputSpec, output_spec
 from ipychat.core.types import CacheMode
 from ipychat.map.dispatch import MAX_CONCURRENCY
+from ipychat.map.sharedpace import SharedPace
 
 __all__ = ["MapOptions", "check_options", "output_columns"]
 
@@ -59,6 +60,11 @@ class MapOptions:
     choices: Sequence[str] | None = None
     filter: bool = False
     scores: bool = False  # with choices: each label's probability (ipychat.map.scores)
+    # A pace shared with other kernels or workers (`ipychat.map.sharedpace`): one quota.
+    pace: SharedPace | None = None
+    # Replies per cache write (None: dispatch.CACHE_BATCH, or every second). 1 writes each
+    # reply as it comes: a Dask worker killed mid-map loses no answered row.
+    cache_batch: int | None = None
 
     def __post_init__(self) -> None:
         # Normalised in place (the dataclass is frozen once built): a str or a list of
@@ -96,6 +102,14 @@ class MapOptions:
             self.max_tokens,
             self.temperature,
         )
+        if self.pace is not None and not isinstance(self.pace, SharedPace):
+            raise ConfigError(
+                f"pace is a shared pace such as ipychat.map.sharedpace.RedisPace(url), not "
+                f"{type(self.pace).__name__}."
+            )
+        batch = self.cache_batch
+        if batch is not None and (type(batch) is not int or batch < 1):
+            raise ConfigError(f"cache_batch must be a positive whole number, not {batch!r}.")
         if self.error_column in self.outputs:
             raise ConfigError(
                 f"{self.error_column!r} is where row errors go: pick another -o name."

@@ -14,6 +14,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, argument_group, magic_arguments
 
+from ipychat.notebook.daskcell import map_dask_cell
 from ipychat.notebook.magicargs import check_variable, help_layout, parse_line, user_errors
 from ipychat.notebook.progress import ProgressView
 from ipychat.notebook.typedargs import dry_run_note, typed_options
@@ -220,6 +221,8 @@ class ChatMapMagics(Magics):
             **typed,
         }
         view = ProgressView(notebook=notebook)
+        if map_dask_cell(session, args, df, cell, options, view, self._store):  # on workers
+            return
         if args.batch:
             self._batch(args, df, cell, options, view)
             return

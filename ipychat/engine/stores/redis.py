@@ -21,6 +21,9 @@ A server that is down, or refuses the password, turns the cache off with one war
 the session runs uncached, as with an unsafe cache directory; so does an error at run
 time (a server restarted mid-map: restart the kernel to use the cache again). The
 password is never shown: `location`, `repr` and messages print `:***@`.
+
+A store pickles as its URL and timeout (for Dask workers, `ipychat.map.dask`): the copy
+connects on first use, so a pickle carries the password but no connection or state.
 """
 
 from __future__ import annotations
@@ -197,6 +200,13 @@ class RedisStore:
         self._warned: set[str] = set()
         self._names = _GLOB.sub(r"\\\1", self._target.prefix) + "?" * 64  # SCAN MATCH
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as what opens it again (its parsed URL and timeout), never its lock or
+        # connection: a Dask worker that unpickles it connects on first use, to the same
+        # server, database and prefix. The URL holds the password, as IPYCHAT_CACHE_URL
+        # does: it travels wherever the pickle goes (see the module docstring).
+        return (_reopen, (self._target, self._timeout))
+
     def __repr__(self) -> str:
         state = "disabled" if self._broken else "connected" if self._client else "not connected"
         return f"RedisStore({self.location!r}, {state})"
@@ -208,6 +218,12 @@ class RedisStore:
     @property
     def ttl(self) -> int | None:
         return self._target.ttl
+
+    @property
+    def target(self) -> RedisTarget:
+        """The server, database and prefix (with the password: for other connections to the
+        same server, e.g. the shared pace of `ipychat.map.sharedpace`)."""
+        return self._target
 
     @property
     def disabled(self) -> bool:
@@ -450,3 +466,8 @@ class RedisStore:
                 return
             self._warned.add(what)
         warn(message)
+
+
+def _reopen(target: RedisTarget, timeout: float) -> RedisStore:
+    """A `RedisStore` unpickled: a fresh one on the same target (`RedisStore.__reduce__`)."""
+    return RedisStore(target, timeout=timeout)

@@ -1,0 +1,51 @@
+"""Fixtures of the map's tests that start real components: a Dask cluster, a redis-server.
+
+`cluster`: `distributed.LocalCluster` with two worker processes (one thread each), started
+once per module and closed after it, its workers spawned without the developer's keys or
+endpoint (the same names `_isolated_env` clears). `redis_server`: as in tests/engine.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# The redis-server helper lives beside the engine's tests (tests/engine/redis_server.py);
+# test directories are not packages, so its folder is put on the path to share it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+from redis_server import EXECUTABLE, RedisServer
+
+_CLEARED = ("OPENAI_API_KEY", "OPENAI_API_KEYS", "OPENAI_BASE_URL", "IPYCHAT_MODEL")
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server on 127.0.0.1 (random port, a password, nothing saved), stopped after."""
+    if not os.path.exists(EXECUTABLE):
+        pytest.skip("redis-server is not installed (apt install redis-server)")
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def dask_client() -> Iterator[Any]:
+    """A `distributed.Client` on a LocalCluster of 2 worker processes, closed after."""
+    distributed = pytest.importorskip("distributed")
+    with pytest.MonkeyPatch.context() as env:
+        for name in _CLEARED:
+            env.delenv(name, raising=False)
+        cluster = distributed.LocalCluster(
+            processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None
+        )
+    client = distributed.Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()

@@ -1,0 +1,115 @@
+"""The shared pace (ipychat.map.sharedpace.RedisPace) on a real redis-server: slots of one
+schedule for every process, a 429 seen by one holds back all, a Redis that is down warns
+once and paces nobody."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import time
+from typing import Any
+
+import pytest
+
+from ipychat.engine.stores.base import CacheURLError
+from ipychat.map.sharedpace import HEADROOM, PaceWarning, RedisPace
+
+pytestmark = pytest.mark.redis
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_two_paces_share_one_schedule(redis_server: Any) -> None:
+    # Two RedisPace objects stand for two workers: between them, the slots of 600 RPM
+    # (10 a second, at HEADROOM) are handed out in turn, never two at once.
+    a = RedisPace(redis_server.url, prefix="t1:")
+    b = pickle.loads(pickle.dumps(a))  # as a Dask worker gets it
+
+    async def take(pace: RedisPace) -> float:
+        await pace.acquire("http://x gpt", 10, rpm=600, tpm=None)
+        return time.monotonic()
+
+    async def main() -> list[float]:
+        return list(await asyncio.gather(*(take(p) for p in (a, b) * 4)))
+
+    times = sorted(run(main()))
+    step = 60 / (600 * HEADROOM)
+    # Lower bounds prove the pacing (alone, each pace would give 4 slots in 3 steps);
+    # the upper ones only leave room for a loaded machine's late wake-ups.
+    assert 7 * step * 0.97 <= times[-1] - times[0] < 7 * step + 1.0
+
+
+def test_tokens_are_paced_too(redis_server: Any) -> None:
+    pace = RedisPace(redis_server.url, prefix="t2:")
+
+    async def main() -> float:
+        started = time.monotonic()
+        for _ in range(3):  # 600 tokens each under 60,000 TPM: 0.6 s apiece (+ headroom)
+            await pace.acquire("scope", 600, rpm=None, tpm=60_000)
+        return time.monotonic() - started
+
+    assert 2 * 0.6 / HEADROOM * 0.97 <= run(main()) < 2 * 0.6 / HEADROOM + 1.0
+
+
+def test_a_refusal_holds_back_every_worker(redis_server: Any) -> None:
+    a = RedisPace(redis_server.url, prefix="t3:")
+    b = RedisPace(redis_server.url, prefix="t3:")
+
+    async def main() -> float:
+        await a.acquire("scope", 1, rpm=6000, tpm=None)
+        await a.refused("scope", 0.5)  # worker a saw a 429 asking for half a second
+        started = time.monotonic()
+        await b.acquire("scope", 1, rpm=6000, tpm=None)
+        return time.monotonic() - started
+
+    assert 0.45 <= run(main()) < 1.5
+
+
+def test_requests_sent_before_the_limit_was_known_count(redis_server: Any) -> None:
+    pace = RedisPace(redis_server.url, prefix="t4:")
+
+    async def main() -> float:
+        for _ in range(5):  # the first answers have not told the limit yet
+            await pace.acquire("scope", 1, rpm=None, tpm=None)
+        started = time.monotonic()
+        await pace.acquire("scope", 1, rpm=600, tpm=None)  # now it is known: 0.1 s a slot
+        return time.monotonic() - started
+
+    step = 60 / (600 * HEADROOM)
+    assert 5 * step * 0.97 <= run(main()) < 5 * step + 1.0
+
+
+def test_a_redis_that_is_down_warns_once_and_paces_nobody(redis_server: Any) -> None:
+    port = redis_server.port
+    pace = RedisPace(f"redis://127.0.0.1:{port + 1 if port < 65535 else port - 1}/0")
+
+    async def main() -> float:
+        started = time.monotonic()
+        for _ in range(3):
+            await pace.acquire("scope", 1, rpm=60, tpm=None)  # 1 a second, were it up
+        return time.monotonic() - started
+
+    with pytest.warns(PaceWarning, match="cannot be used") as warned:
+        assert run(main()) < 1.0
+    assert len(warned) == 1 and pace.disabled
+
+
+def test_a_bad_url_is_refused_at_once_without_its_password() -> None:
+    with pytest.raises(CacheURLError) as caught:
+        RedisPace("redis://:hunter2secret@127.0.0.1:99999/0")
+    assert "hunter2secret" not in str(caught.value) and "port" in str(caught.value)
+
+
+def test_map_options_take_a_shared_pace_and_a_cache_batch(redis_server: Any) -> None:
+    from ipychat.core.errors import ConfigError
+    from ipychat.map.options import MapOptions
+
+    pace = RedisPace(redis_server.url)
+    assert MapOptions.of("x", pace=pace, cache_batch=1).pace is pace
+    with pytest.raises(ConfigError, match="pace is a shared pace such as"):
+        MapOptions.of("x", pace="redis://127.0.0.1:6379/0")
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="cache_batch must be a positive whole number"):
+            MapOptions.of("x", cache_batch=bad)
