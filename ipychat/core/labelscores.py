@@ -109,8 +109,9 @@ def _label_start(text: str) -> tuple[int | None, bool]:
     if text.lstrip().startswith("{"):
         found = _JSON_LABEL.search(text)
         return (found.end() if found else None), False
-    stripped = text.lstrip(_LEAD)
-    return (len(text) - len(stripped) if stripped else None), True
+    # A reply of nothing but spaces and quotes starts its label at its end: no token covers
+    # that, and label_scores answers None.
+    return len(text) - len(text.lstrip(_LEAD)), True
 
 
 def _attribute(

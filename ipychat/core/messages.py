@@ -204,14 +204,14 @@ def _substituted(
     token: str, expr: str, spec: str | None, value: Any, max_chars: int
 ) -> tuple[str, str, Image | None]:
     """What `{expr}` becomes: (text, a note for --dry-run, the image it stands for)."""
-    picture = _image_value(token, expr, spec, value)
+    picture = _image_value(token, spec, value)
     if picture is not None:
         return picture.label, f"sent as an image ({picture.describe})", picture
     text, note = _value_text(token, expr, spec, value, max_chars)
     return text, note, None
 
 
-def _image_value(token: str, expr: str, spec: str | None, value: Any) -> Image | None:
+def _image_value(token: str, spec: str | None, value: Any) -> Image | None:
     """The image `{expr}` sends: a Figure, PIL image or `ipychat.image` as it is, or with
     `:image` the file or bytes the value names; None for any other value (text)."""
     wanted = _IMAGE_SPEC.fullmatch(spec) if spec is not None else None
@@ -255,9 +255,7 @@ def _rendered(expr: str, value: Any, max_chars: int) -> str:
             f"{{{expr}}} could not be turned into text ({_describe(exc)}). Interpolate "
             f"something printable instead, or use {{{{{expr}}}}} to send the braces as text."
         ) from None
-    if not isinstance(text, str):  # a __repr__ returning bytes or None is caught by repr()
-        raise TemplateError(f"{{{expr}}} did not turn into text.")
-    return text
+    return text  # always a str: repr() itself refuses a __repr__ that returns anything else
 
 
 def _is_spec(spec: str) -> bool:
@@ -381,7 +379,8 @@ class Thread:
     ) -> None:
         """Put a new prompt and reply in turn `index`: new dicts, so a view that keyed the old
         reply (the panel's footers) does not show its footer under the new one."""
-        self.records[index:] = [None] * (index - len(self.records)) + self.records[index:]
+        # `records` may be shorter than the turns (a Thread built from its messages alone)
+        self.records.extend([None] * (index + 1 - len(self.records)))
         self.records[index] = record
         self.messages[2 * index : 2 * index + 2] = [
             {"role": "user", "content": prompt},
@@ -400,8 +399,7 @@ def check_thread_name(name: Any) -> None:
         not isinstance(name, str)
         or not name.strip()
         or len(name) > 200
-        or not name.isprintable()
-        or any(0xD800 <= ord(c) <= 0xDFFF for c in name)
+        or not name.isprintable()  # also refuses lone surrogates (category Cs)
     ):
         raise ConfigError(
             f"{name!r} cannot name a thread: use a short printable name such as 'draft'."

@@ -68,8 +68,8 @@ def parse_since(text: str, now: float) -> float:
         when = datetime.fromisoformat(value)
     except ValueError:
         raise ChatError(f"{_SINCE_HELP}; not {text!r}.") from None
-    if when.tzinfo is None:
-        when = when.astimezone()  # a date without a zone is the user's local time
+    # A date without a zone is the user's local time: that is how a naive datetime's
+    # timestamp() reads it (https://docs.python.org/3/library/datetime.html#datetime.datetime.timestamp).
     if when.timestamp() > now:
         raise ChatError(f"--since {text} is in the future: give a past date or a duration.")
     return when.timestamp()

@@ -153,11 +153,11 @@ def _where(path: Sequence[str]) -> str:
     return f"field {'.'.join(path)!r}" if path else "the top level"
 
 
-def _describe(node: Mapping[str, Any], nullable: bool = False) -> str:
+def _describe(node: Mapping[str, Any], nullable: bool) -> str:
     kind = node.get("type")
     if not isinstance(kind, str):
         return "that"
-    article = "an" if kind[:1] in ("a", "e", "i", "o", "u") else "a"
+    article = "an" if kind[:1] in "aeiou" else "a"
     return f"{article} {kind}" + (" or null" if nullable else "")
 
 

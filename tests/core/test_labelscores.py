@@ -90,3 +90,105 @@ def test_trim_keeps_tokens_and_logprobs_only() -> None:
     ]
     assert trim_logprobs(None) is None
     assert trim_logprobs({"content": None}) is None
+
+
+def test_the_chosen_token_counts_when_the_top_list_leaves_it_out() -> None:
+    # the reply's own token need not be among its top_logprobs (a sampled, unlikely token)
+    content = [
+        {
+            "token": "positive",
+            "logprob": math.log(0.5),
+            "top_logprobs": [{"token": "negative", "logprob": math.log(0.2)}],
+        }
+    ]
+    assert label_scores(content, LABELS) == pytest.approx(
+        {"positive": 5 / 7, "negative": 2 / 7, "neutral": 0.0}
+    )
+    without_list = [{"token": "neutral", "logprob": -0.5}]
+    assert label_scores(without_list, LABELS) == {"positive": 0, "negative": 0, "neutral": 1}
+
+
+def test_malformed_and_unmatched_alternatives_are_skipped_not_the_rest() -> None:
+    bare = position(" Pos", {" Pos": 0.5, "Neg": 0.25})
+    bare["top_logprobs"] = [
+        {"token": "Neu", "logprob": None},  # no number: skipped
+        {"token": None, "logprob": -0.1},  # no text: skipped
+        {"token": " ", "logprob": math.log(0.2)},  # only spaces: starts no label yet
+        "junk",
+        *bare["top_logprobs"],  # type: ignore[misc]
+    ]
+    assert label_scores([bare, *plain("itive")], LABELS) == pytest.approx(
+        {"positive": 2 / 3, "negative": 1 / 3, "neutral": 0.0}
+    )
+    # in the JSON form an alternative that does not start like the chosen token is skipped,
+    # and so is one that is only that start
+    json_form = [
+        *plain('{"', "label"),
+        position('":"neg', {'": "neu': 0.3, '":"': 0.1, '":"neg': 0.6, '":"pos': 0.2}),
+        *plain("ative", '"}'),
+    ]
+    assert label_scores(json_form, LABELS) == pytest.approx(
+        {"positive": 0.25, "negative": 0.75, "neutral": 0.0}
+    )
+
+
+def test_alternatives_spelling_the_same_label_add_up() -> None:
+    content = [position(" Pos", {" Pos": 0.3, "pos": 0.3, "Neg": 0.4})]
+    assert label_scores(content, LABELS) == pytest.approx(
+        {"positive": 0.6, "negative": 0.4, "neutral": 0.0}
+    )
+
+
+def test_quotes_and_stars_before_a_bare_label_in_a_token_of_their_own_or_not() -> None:
+    own_token = [*plain("**"), position("Pos", {"Pos": 0.7, "Neg": 0.3}), *plain("itive")]
+    assert label_scores(own_token, LABELS) == pytest.approx(
+        {"positive": 0.7, "negative": 0.3, "neutral": 0.0}
+    )
+    in_the_label_s = [position('"pos', {'"pos': 0.6, '"neg': 0.4}), *plain('itive"')]
+    assert label_scores(in_the_label_s, LABELS) == pytest.approx(
+        {"positive": 0.6, "negative": 0.4, "neutral": 0.0}
+    )
+
+
+def test_a_json_reply_after_a_newline_is_read_as_json() -> None:
+    content = [*plain("\n", '{"label": "'), position("neg", {"neg": 0.8, "pos": 0.2})]
+    content += plain('ative"}')
+    assert label_scores(content, LABELS) == pytest.approx(
+        {"positive": 0.2, "negative": 0.8, "neutral": 0.0}
+    )
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        (position("positive", {"positive": 1.0}),),  # a tuple: not what JSON gives
+        ["positive"],
+        [None],
+        plain(" ", '"'),  # nothing but what may come before a label
+        plain('{"label": "'),  # cut off where the label starts
+    ],
+)
+def test_content_that_is_no_token_list_or_ends_before_the_label_is_none(content: object) -> None:
+    assert label_scores(content, LABELS) is None
+
+
+def test_trim_refuses_entries_that_are_no_token_and_keeps_a_missing_top_list_empty() -> None:
+    assert trim_logprobs({"content": [{"token": "pos", "logprob": -0.2}]}) == [
+        {"token": "pos", "logprob": -0.2, "top_logprobs": []}
+    ]
+    assert trim_logprobs({"content": ["pos"]}) is None
+    assert trim_logprobs({"content": [{"token": 3, "logprob": -0.2}]}) is None
+
+
+def test_a_shared_start_the_reply_did_not_choose_is_not_followed() -> None:
+    labels = ["very good", "very bad", "fine"]
+    content = [
+        position("fine", {"fine": 0.6, "very": 0.4}),
+        position(" indeed", {" indeed": 0.5, " good": 0.5}),
+    ]
+    assert label_scores(content, labels) == {"very good": 0.0, "very bad": 0.0, "fine": 1.0}
+    chosen = [position("very", {"fine": 0.6, "very": 0.4}), position(" good", {" good": 0.5})]
+    chosen[1]["top_logprobs"].append({"token": " bad", "logprob": math.log(0.25)})  # type: ignore[union-attr]
+    assert label_scores(chosen, labels) == pytest.approx(
+        {"very good": 0.2 / 0.9, "very bad": 0.1 / 0.9, "fine": 0.6 / 0.9}
+    )

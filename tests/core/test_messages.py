@@ -11,12 +11,16 @@ import polars as pl
 import pytest
 
 from ipychat.core import tokens
-from ipychat.core.errors import ContextLengthError, TemplateError
+from ipychat.core.errors import ConfigError, ContextLengthError, TemplateError
 from ipychat.core.messages import (
     Thread,
+    as_content,
     build_messages,
+    check_thread_name,
     interpolate,
+    is_parts,
     literal_braces,
+    parts_text,
     render_value,
     trim_history,
     unfenced_json,
@@ -388,3 +392,192 @@ def test_unfenced_json_takes_the_json_out_of_its_fence_only() -> None:
     assert unfenced_json("```\n[1, 2]```") == "[1, 2]"
     assert unfenced_json(' {"a": "```"} ') == '{"a": "```"}'
     assert unfenced_json("text ```json\n{}\n``` more") == "text ```json\n{}\n``` more"
+
+
+# ----- what mutation testing showed no test pinned (tests/mutation/README.md) ------------------
+
+
+def test_spans_stay_right_after_escaped_braces_non_specs_and_unknown_names_with_a_spec() -> None:
+    # each kind of brace left as text advances the position the next span is measured from
+    result = interpolate("{{a}} {x} {a:1} {x} {zz:.2f} {x}", NS)
+    assert result.text == "{a} XX {a:1} XX {zz:.2f} XX"
+    assert result.spans == ((4, 6), (13, 15), (25, 27))
+    assert result.names == ("x", "x", "x") and result.notes == ()
+    later = interpolate("n {{a}} {x}", NS)  # an escape after other text
+    assert later.text == "n {a} XX" and later.spans == ((6, 8),)
+
+
+def test_an_attribute_may_start_with_a_capital() -> None:
+    class Shape:
+        Width = 7
+
+    assert interpolate("{s.Width}", {"s": Shape()}).text == "7"
+
+
+def test_a_brace_right_after_inline_code_is_a_placeholder_again() -> None:
+    with pytest.raises(TemplateError, match=r"^\{nope\} is not defined in the notebook\. Use"):
+        interpolate("`code`{nope}", {})
+
+
+def test_an_unknown_name_with_no_close_public_match_gets_no_suggestion() -> None:
+    message = "{secret} is not defined in the notebook. Use {{secret}} to send the braces as text."
+    with pytest.raises(TemplateError) as refused:
+        interpolate("{secret}", {"_secret": 1, "zzz": 2})  # private names are not suggested
+    assert str(refused.value) == message
+
+
+class _Says:
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __repr__(self) -> str:
+        raise ValueError("y" * self.length)
+
+
+@pytest.mark.parametrize(("length", "shown"), [(120, "y" * 120), (121, "y" * 119 + "…")])
+def test_an_error_of_120_characters_is_said_whole_and_a_longer_one_cut(
+    length: int, shown: str
+) -> None:
+    with pytest.raises(TemplateError) as refused:
+        interpolate("{v}", {"v": _Says(length)})
+    assert f"(ValueError: {shown}). Interpolate" in str(refused.value)
+
+
+def test_shortening_keeps_both_ends_and_counts_what_it_left_out() -> None:
+    assert render_value("x" * 10, max_chars=10) == "x" * 10
+    text = "a" * 10 + "m" * 4 + "b" * 10
+    assert render_value(text, max_chars=10) == "aaaaa\n… [14 characters left out] …\nbbbbb"
+    assert interpolate("{t}", {"t": text}, max_value_chars=10).text == render_value(
+        text, max_chars=10
+    )
+    assert interpolate("{v}", {"v": list(range(100))}, max_value_chars=10).text == (
+        "[0, 1\n… [380 characters left out] …\n, 99]"
+    )
+
+
+@pytest.mark.parametrize("kind", ["pandas", "polars"])
+def test_the_notes_name_the_placeholder_and_only_frames_get_one(kind: str) -> None:
+    columns = {"a": list(range(1_000)), "b": [i / 3 for i in range(1_000)]}
+    big = pd.DataFrame(columns) if kind == "pandas" else pl.DataFrame(columns)
+    choose = "{big:head=N}, {big:describe} or {big:csv} choose"
+    assert interpolate("{big}", {"big": big}).notes == (
+        f"{{big}}: 1,000 × 2 DataFrame as a summary; {choose}",
+    )
+    assert interpolate("{big:summary}", {"big": big}).notes == (
+        f"{{big:summary}}: 1,000 × 2 DataFrame as a summary; {choose}",
+    )
+    series = pd.Series([1, 2, 3], name="s") if kind == "pandas" else pl.Series("s", [1, 2, 3])
+    assert interpolate("{s:head=2}", {"s": series}).notes == ("{s:head=2}: head 2 of 3 rows (3)",)
+    assert interpolate("{n:,} {x}", NS).notes == ()
+
+
+def test_a_format_error_names_the_value_s_type() -> None:
+    with pytest.raises(TemplateError, match=r"^\{n:\.2x\}: .* \(n is a int\)\. Fix the format"):
+        interpolate("{n:.2x}", NS)
+
+
+def test_trim_drops_the_last_old_turn_and_stops_at_an_exact_fit() -> None:
+    history = [{"role": "user", "content": "q w w"}, {"role": "assistant", "content": "a w w"}]
+    messages = build_messages("be brief", history, "the new prompt")  # 5 + 6 + 6 + 6 tokens
+    kept, dropped = trim_history(messages, 11, _count)
+    assert dropped == 1 and kept == [messages[0], messages[-1]]  # 11 tokens: fits exactly
+    assert trim_history(messages, 23, _count) == (messages, 0)
+
+
+class _BytesRepr:
+    def __repr__(self) -> str:
+        return b"raw"  # type: ignore[return-value]
+
+
+def test_a_repr_that_returns_no_text_is_one_line_naming_the_error() -> None:
+    with pytest.raises(TemplateError, match=r"^\{b\} could not be turned into text \(TypeError: "):
+        interpolate("{b}", {"b": _BytesRepr()})
+
+
+# ----- content parts, thread names, and a thread built from its messages alone ----------------
+
+
+def test_replacing_a_turn_of_a_thread_built_from_its_messages_alone() -> None:
+    # regression: the padding of `records` stopped one short, an IndexError
+    turn = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    thread = Thread("t", messages=turn * 3)
+    thread.replace_turn(2, "Q", "A", {"model": "m"})
+    assert thread.records == [None, None, {"model": "m"}]
+    assert thread.record_of(2) == {"model": "m"} and thread.record_of(3) is None
+    assert thread.messages[4:] == [
+        {"role": "user", "content": "Q"},
+        {"role": "assistant", "content": "A"},
+    ]
+    assert thread.messages[:4] == turn * 2 and thread.cell_of(0) is None
+    thread.replace_turn(0, "Q0", "A0")
+    assert thread.records == [None, None, {"model": "m"}] and thread.turns == 3
+
+
+@pytest.mark.parametrize("name", ["draft", "a b", "x" * 200, "é"])
+def test_a_thread_name_is_short_printable_text(name: str) -> None:
+    check_thread_name(name)
+
+
+@pytest.mark.parametrize(
+    "name", [None, 3, "", "  ", "x" * 201, "a\nb", "\ud800", "a\udfff", "\udc00"]
+)
+def test_any_other_thread_name_is_refused_in_one_line(name: object) -> None:
+    expected = f"{name!r} cannot name a thread: use a short printable name such as 'draft'."
+    with pytest.raises(ConfigError) as refused:
+        check_thread_name(name)
+    assert str(refused.value) == expected
+
+
+def test_content_parts_are_told_from_messages() -> None:
+    text = {"type": "text", "text": "hi"}
+    assert is_parts([text, {"type": "image_url", "image_url": {"url": "data:,"}}])
+    assert not is_parts([])
+    assert not is_parts([{"role": "user", "content": "hi", "type": "x"}])
+    assert not is_parts([text, "hi"])
+    assert not is_parts([text, {"text": "no type"}])
+    assert not is_parts((text,)) and not is_parts("hi")
+
+
+def test_a_python_list_of_texts_becomes_text_parts() -> None:
+    part = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}
+    assert as_content(["What is", "  ", part, ("kept",)]) == [
+        {"type": "text", "text": "What is"},
+        part,
+        ("kept",),
+    ]
+    assert as_content(("one",)) == [{"type": "text", "text": "one"}]
+    assert as_content("plain") == "plain" and as_content(None) is None
+
+
+def test_parts_read_as_text() -> None:
+    parts = [
+        "skipped",
+        {"type": "text", "text": "Look:"},
+        {"type": "text", "text": None},
+        {"text": "no type"},
+        {"type": "input_image", "image_url": "data:,"},
+        {"type": "text", "text": " and "},
+        {"type": "image_url", "image_url": {"url": "data:,"}},
+    ]
+    assert parts_text(parts) == "Look: [image] and [image]"
+    assert parts_text(None) == "" and parts_text(3) == "3" and parts_text("s") == "s"
+
+
+def test_an_image_in_a_python_list_becomes_its_part_and_a_turn_knows_its_cell() -> None:
+    from PIL import Image as PILImage
+
+    picture = PILImage.new("RGB", (4, 3))
+    (part,) = as_content([picture])
+    assert part["type"] == "image_url" and part["image_url"]["url"].startswith("data:image/")
+    thread = Thread("t")
+    thread.add_turn("q", "a", "cell-1")
+    assert thread.cell_of(0) == "cell-1" and thread.cell_of(1) is None
+
+
+def test_a_thread_with_fewer_records_than_turns_pads_them_once() -> None:
+    turn = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    thread = Thread("t", messages=turn * 2, records=[{"model": "m0"}])
+    assert thread.add_turn("q2", "a2", record={"model": "m2"}) == 2
+    assert thread.records == [{"model": "m0"}, None, {"model": "m2"}]
+    thread.replace_turn(1, "Q1", "A1")
+    assert [m["content"] for m in thread.messages] == ["q", "a", "Q1", "A1", "q2", "a2"]

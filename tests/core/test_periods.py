@@ -8,7 +8,14 @@ from datetime import datetime
 import pytest
 
 from ipychat.core.errors import ChatError
-from ipychat.core.periods import check_period, parse_since, period_start
+from ipychat.core.periods import (
+    PERIODS,
+    check_period,
+    parse_since,
+    period_name,
+    period_start,
+    this_period,
+)
 
 # A Wednesday afternoon, local time (the periods are the user's days, weeks, months).
 NOW = datetime(2026, 11, 18, 15, 30, 12).timestamp()
@@ -53,3 +60,33 @@ def test_period_words() -> None:
     assert check_period(" Month ") == "month"
     with pytest.raises(ChatError, match=r"^--per takes day, week or month, not 'monthly': e\.g\."):
         check_period("monthly")
+
+
+def test_period_names_in_sentences() -> None:
+    assert [period_name(p) for p in PERIODS] == ["daily", "weekly", "monthly"]
+    assert [this_period(p) for p in PERIODS] == ["today", "this week", "this month"]
+
+
+@pytest.mark.parametrize("period", [None, 3, "year"])
+def test_a_period_that_is_no_word_is_refused_in_one_line(period: object) -> None:
+    with pytest.raises(ChatError, match=rf"^--per takes day, week or month, not {period!r}:"):
+        check_period(period)  # type: ignore[arg-type]
+    with pytest.raises(ChatError, match=rf"not {period!r}:"):
+        period_start(period, NOW)  # type: ignore[arg-type]
+
+
+def test_since_refuses_a_value_that_is_no_text() -> None:
+    with pytest.raises(ChatError, match=r"^--since takes a duration .*; not None\.$"):
+        parse_since(None, NOW)  # type: ignore[arg-type]
+
+
+def test_since_takes_the_present_instant_and_a_zoned_time() -> None:
+    assert parse_since("2026-11-18T15:30:12", NOW) == NOW  # now itself is not the future
+    zoned = datetime(2026, 11, 2, 9).astimezone()
+    assert parse_since(zoned.isoformat(), NOW) == zoned.timestamp()
+
+
+def test_periods_start_on_the_whole_second_even_when_now_has_a_fraction() -> None:
+    now = datetime(2026, 11, 18, 15, 30, 12, 654321).timestamp()
+    assert period_start("day", now) == datetime(2026, 11, 18).timestamp()
+    assert period_start("month", now) == datetime(2026, 11, 1).timestamp()

@@ -39,6 +39,7 @@ UNSUPPORTED = "which structured replies do not support: describe the field with 
     [
         (ARRAY, f"Invoice: {TOP} an array: wrap the value in an object."),
         ({"type": "string"}, f"Invoice: {TOP} a string: wrap the value in an object."),
+        ({"type": "integer"}, f"Invoice: {TOP} an integer: wrap the value in an object."),
         ({"enum": ["a"]}, f"Invoice: {TOP} that: wrap the value in an object."),
         (
             {"type": ["object", "null"], "properties": {"a": {"type": "string"}}},
@@ -128,6 +129,10 @@ UNSUPPORTED = "which structured replies do not support: describe the field with 
             "Invoice: field 'a' combines schemas with allOf: write the combined object out as one.",
         ),
         (_object({"a": {}}), f"Invoice: field 'a' has no type: {WHAT_TYPES}"),
+        (  # an item's field is named with "[]" for the list
+            _object({"a": {"type": "array", "items": {}}}),
+            f"Invoice: field 'a.[]' has no type: {WHAT_TYPES}",
+        ),
         (_object({"a": {"type": "null"}}), f"Invoice: field 'a' has the type 'null': {WHAT_TYPES}"),
         (_object({"a": 3}), "Invoice: field 'a' is not a schema object."),
         (
@@ -210,13 +215,28 @@ def test_the_fields_of_each_kind() -> None:
                 "ints": {"type": "array", "items": {"type": "integer"}},
                 "texts": {"type": "array", "items": {"type": "string"}},
                 "flags": {"type": "array", "items": {"type": "boolean"}},
+                "ratios": {"type": "array", "items": {"type": "number"}},
+                "moods": {"type": "array", "items": {"type": "string", "enum": ["up", "down"]}},
                 "days": {"type": "array", "items": {"type": "string", "format": "date"}},
                 "tags": {"type": "array", "items": {"enum": ["a", "b"]}},
                 "codes": {"type": "array", "items": {"type": "integer", "enum": [1, 2]}},
                 "rows": {"type": "array", "items": _object({"k": {"type": "string"}})},
                 "ref": {"$ref": "#/$defs/Day", "description": "when"},
             },
-            required=["s", "i", "c", "t", "ints", "texts", "flags", "days", "tags", "codes"],
+            required=[
+                "s",
+                "i",
+                "c",
+                "t",
+                "ints",
+                "texts",
+                "flags",
+                "ratios",
+                "moods",
+                "days",
+                "tags",
+                "codes",
+            ],
             **{"$defs": {"Day": {"type": "string", "format": "date"}}},
         )
     )
@@ -228,6 +248,8 @@ def test_the_fields_of_each_kind() -> None:
         Field("ints", ("ints",), "list", False, items="integer"),
         Field("texts", ("texts",), "list", False, items="string"),
         Field("flags", ("flags",), "list", False, items="boolean"),
+        Field("ratios", ("ratios",), "list", False, items="number"),
+        Field("moods", ("moods",), "list", False, items=None),
         Field("days", ("days",), "list", False, items=None),
         Field("tags", ("tags",), "list", False, items=None),
         Field("codes", ("codes",), "list", False, items=None),
@@ -304,3 +326,11 @@ def test_parse_iso_says_what_it_expected(value: Any, kind: Any, message: str) ->
     with pytest.raises(ValueError) as caught:
         parse_iso(value, kind)
     assert str(caught.value) == message
+
+
+def test_an_object_without_a_type_is_read_by_its_properties_and_nested_lists_are_named() -> None:
+    shape = read_schema(
+        {"properties": {"o": {"properties": {"tags": ARRAY}, "required": ["tags"]}}},
+        name="Invoice",
+    )
+    assert shape.fields == (Field("o.tags", ("o", "tags"), "list", True, items="string"),)
