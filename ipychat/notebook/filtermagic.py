@@ -17,7 +17,7 @@ from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, argument_group, magic_arguments
 
 from ipychat.notebook.magicargs import check_variable, help_layout, parse_line, user_errors
-from ipychat.notebook.mapmagic import frame_named, run_options, say_masked
+from ipychat.notebook.mapmagic import frame_named, run_options, run_values, say_masked
 from ipychat.notebook.progress import ProgressView
 from ipychat.notebook.typedargs import dry_run_note
 
@@ -100,21 +100,7 @@ class ChatFilterMagics(Magics):
 
         Frame(df, args.df)  # not a DataFrame: the map's own one-line error, before planning
         notebook = in_notebook(self.shell)
-        options: dict[str, Any] = {
-            "model": args.model,
-            "system": args.system,
-            "temperature": args.temperature,
-            "max_tokens": args.max_tokens,
-            "concurrency": args.concurrency,
-            "rpm": args.rpm,
-            "tpm": args.tpm,
-            "retries": args.retries,
-            "max_cost": args.max_cost,
-            "cache": "off" if args.no_cache else "refresh" if args.refresh else "use",
-            "limit": args.limit,
-            "fill_null": args.fill_null,
-            "name": args.df,
-        }
+        options = run_values(args)
         view = ProgressView(notebook=notebook)
         if args.dry_run:
             view.plan(chatmap.filter_frame(self.session, df, cell, dry_run=True, **options))

@@ -73,6 +73,25 @@ _RUN_OPTIONS: list[Any] = [
 ]
 
 
+def run_values(args: Any) -> dict[str, Any]:
+    """The map options the `run_options` flags give (and the frame's name, for messages)."""
+    return {
+        "model": args.model,
+        "system": args.system,
+        "temperature": args.temperature,
+        "max_tokens": args.max_tokens,
+        "concurrency": args.concurrency,
+        "rpm": args.rpm,
+        "tpm": args.tpm,
+        "retries": args.retries,
+        "max_cost": args.max_cost,
+        "cache": "off" if args.no_cache else "refresh" if args.refresh else "use",
+        "limit": args.limit,
+        "fill_null": args.fill_null,
+        "name": args.df,
+    }
+
+
 @magics_class
 class ChatMapMagics(Magics):
     """`%%chatmap`: one prompt per DataFrame row, in parallel, at the server's pace."""
@@ -203,23 +222,7 @@ class ChatMapMagics(Magics):
 
         session = self.session
         notebook = in_notebook(self.shell)
-        options: dict[str, Any] = {
-            "json": args.json,
-            "model": args.model,
-            "system": args.system,
-            "temperature": args.temperature,
-            "max_tokens": args.max_tokens,
-            "concurrency": args.concurrency,
-            "rpm": args.rpm,
-            "tpm": args.tpm,
-            "retries": args.retries,
-            "max_cost": args.max_cost,
-            "cache": "off" if args.no_cache else "refresh" if args.refresh else "use",
-            "limit": args.limit,
-            "fill_null": args.fill_null,
-            "name": args.df,
-            **typed,
-        }
+        options: dict[str, Any] = {"json": args.json, **run_values(args), **typed}
         view = ProgressView(notebook=notebook)
         if map_dask_cell(session, args, df, cell, options, view, self._store):  # on workers
             return
