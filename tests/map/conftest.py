@@ -1,4 +1,8 @@
-"""Fixtures of the map's tests that start real components: a Dask cluster, a redis-server.
+"""Fixtures of the map's tests: sessions on a FakeOpenAIServer, and real components (a Dask
+cluster, a redis-server).
+
+`make_session(server, **settings)`: a session on that server with a cache of its own
+(model gpt-4o-mini unless given), closed after the test.
 
 `cluster`: `distributed.LocalCluster` with two worker processes (one thread each), started
 once per module and closed after it, its workers spawned without the developer's keys or
@@ -9,16 +13,42 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ipychat.engine.cache import ResponseCache
+from ipychat.session import ChatSession, Settings, reset_session
+from ipychat.testing import FakeOpenAIServer
+
 # The redis-server helper lives beside the engine's tests (tests/engine/redis_server.py);
 # test directories are not packages, so its folder is put on the path to share it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 from redis_server import EXECUTABLE, RedisServer
+
+KEY = "sk-test-" + "k" * 20
+
+
+@pytest.fixture
+def make_session(tmp_path: Path) -> Iterator[Callable[..., ChatSession]]:
+    made: list[ChatSession] = []
+
+    def make(server: FakeOpenAIServer, **settings: Any) -> ChatSession:
+        settings = {"model": "gpt-4o-mini", **settings}
+        s = ChatSession(
+            Settings(base_url=server.base_url, api_key=KEY, **settings),
+            cache=ResponseCache(tmp_path / f"cache{len(made)}"),
+        )
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+    reset_session(None)
+
 
 _CLEARED = ("OPENAI_API_KEY", "OPENAI_API_KEYS", "OPENAI_BASE_URL", "IPYCHAT_MODEL")
 

@@ -12,35 +12,13 @@ import pandas as pd
 import pytest
 
 from ipychat.core.errors import BudgetExceeded, ConfigError, TemplateError
-from ipychat.engine.cache import ResponseCache
 from ipychat.engine.engine import Engine
 from ipychat.map import job as chatmap
 from ipychat.map.dispatch import session_limiter
 from ipychat.map.job import MapAborted, MapInterrupted, MapPlan, compile_template
 from ipychat.map.plan import MAP_MAX_TOKENS
-from ipychat.session import ChatSession, Settings, reset_session
+from ipychat.session import ChatSession
 from ipychat.testing import FakeOpenAIServer, Fault
-
-KEY = "sk-test-" + "k" * 20
-
-
-@pytest.fixture
-def make_session(tmp_path) -> Iterator[Any]:
-    """A session on a given server, with a fresh cache (closed after the test)."""
-    made: list[ChatSession] = []
-
-    def make(server: FakeOpenAIServer, **settings: Any) -> ChatSession:
-        s = ChatSession(
-            Settings(base_url=server.base_url, api_key=KEY, model="gpt-4o-mini", **settings),
-            cache=ResponseCache(tmp_path / f"cache{len(made)}"),
-        )
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
-    reset_session(None)
 
 
 def frame(n: int, **extra: list[Any]) -> pd.DataFrame:

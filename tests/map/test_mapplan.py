@@ -48,25 +48,6 @@ TRICKY = [
 ]
 
 
-@pytest.fixture
-def make_session(tmp_path) -> Iterator[Any]:
-    made: list[ChatSession] = []
-
-    def make(server: FakeOpenAIServer, **settings: Any) -> ChatSession:
-        settings = {"model": "gpt-4o-mini", **settings}
-        s = ChatSession(
-            Settings(base_url=server.base_url, api_key=KEY, **settings),
-            cache=ResponseCache(tmp_path / f"cache{len(made)}"),
-        )
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
-    reset_session(None)
-
-
 def frame(texts: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"text": texts})
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pandas as pd
@@ -20,7 +19,7 @@ import pytest
 from ipychat.core.errors import ConfigError
 from ipychat.engine.cache import ResponseCache
 from ipychat.map import job as chatmap
-from ipychat.session import ChatSession, Settings, reset_session
+from ipychat.session import ChatSession, Settings
 from ipychat.testing import FakeOpenAIServer
 
 KEY = "sk-test-" + "t" * 20
@@ -33,24 +32,6 @@ PROBABILITIES = {
     "Cold soup": {"negative": 0.7, "neutral": 0.2, "positive": 0.1},
     "It was fine": {"neutral": 0.5, "positive": 0.3, "negative": 0.2},
 }
-
-
-@pytest.fixture
-def make_session(tmp_path) -> Iterator[Callable[..., ChatSession]]:
-    made: list[ChatSession] = []
-
-    def make(server: FakeOpenAIServer, **settings: Any) -> ChatSession:
-        s = ChatSession(
-            Settings(base_url=server.base_url, api_key=KEY, model="gpt-4o-mini", **settings),
-            cache=ResponseCache(tmp_path / f"cache{len(made)}"),
-        )
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
-    reset_session(None)
 
 
 def review_of(body: dict[str, Any]) -> str:

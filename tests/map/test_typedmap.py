@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -22,29 +22,11 @@ from ipychat.core.errors import ConfigError
 from ipychat.core.structured import output_spec
 from ipychat.engine.cache import ResponseCache
 from ipychat.map import job as chatmap
-from ipychat.session import ChatSession, Settings, reset_session
+from ipychat.session import ChatSession, Settings
 from ipychat.testing import FakeOpenAIServer, Fault
 
 KEY = "sk-test-" + "t" * 20
 LABELS = ["positive", "negative", "neutral"]
-
-
-@pytest.fixture
-def make_session(tmp_path) -> Iterator[Callable[..., ChatSession]]:
-    made: list[ChatSession] = []
-
-    def make(server: FakeOpenAIServer, **settings: Any) -> ChatSession:
-        s = ChatSession(
-            Settings(base_url=server.base_url, api_key=KEY, model="gpt-4o-mini", **settings),
-            cache=ResponseCache(tmp_path / f"cache{len(made)}"),
-        )
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
-    reset_session(None)
 
 
 def row_text(body: dict[str, Any]) -> str:
