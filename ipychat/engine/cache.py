@@ -38,11 +38,12 @@ from ipychat.core.files import UnsafeDirectory, private_directory
 from ipychat.engine.cachedisk import (
     SELECT_MANY,
     SELECT_ONE,
-    SET_CREATED,
     JSONOnlyDisk,
+    Row,
     delete_where,
     is_lock_contention,
     private_database,
+    write_rows,
     write_touches,
 )
 from ipychat.engine.cacheentry import CacheStats, CacheWarning, UntrustedEntry, cacheable, decode
@@ -189,7 +190,7 @@ class ResponseCache:
     def set_many(self, items: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
         """`set` for many replies in one write transaction (a %%chatmap writes its rows in
         batches: one commit instead of one per row is most of a cached row's CPU)."""
-        rows = []
+        rows: list[Row] = []
         for key, value in items:
             _check_key(key)
             if not isinstance(value, dict) or not isinstance(value.get("text"), str):
@@ -208,13 +209,8 @@ class ResponseCache:
         with self._lock:
             pending, self._touched = self._touched, {}
         try:
-            # One write transaction: pending read times first, so the eviction that
-            # `Cache.set` runs sees which entries were used recently.
-            with cache.transact():
-                write_touches(cache, pending)
-                for key, value, tag, created in rows:
-                    cache.set(key, value, tag=tag)
-                    cache._sql(SET_CREATED, (created, key))
+            # One write transaction, pending read times first (`write_rows`).
+            write_rows(cache, rows, pending)
         except (TypeError, ValueError) as exc:  # from json.dumps: nothing was written
             self._warn_once(
                 "json",
