@@ -7,11 +7,18 @@ installed, else nothing (a request then says how to fix it). A key set with `%ch
 scoped to the endpoint (origin) it was set for: it is sent there, or to an origin the user
 allowed (`key_origins`), never elsewhere. A provider's key variable (ANTHROPIC_API_KEY, ...)
 is read only for requests to that provider's own URL (`Router.connection`).
+
+A %%chatmap run resolves this once (`Router.pin`): its thousands of requests each ask for
+the endpoint, its host and its key several times, and working them out again from the
+settings and the environment was a tenth of a map's CPU per row. While pinned, a request
+with the same endpoint setting and key gets the pinned answers; the environment
+(OPENAI_BASE_URL, the key variables) is read when the run starts, not at every request.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,6 +30,27 @@ from ipychat.core.settings import LOCAL, OPENAI_URL, Endpoint, Settings, origin
 __all__ = ["Router"]
 
 
+class _Pin:
+    """Where requests went when a run started: its endpoint, and its host and connection
+    once asked for, valid for settings with the same endpoint setting, key and origins."""
+
+    __slots__ = ("api_key", "base_url", "connection", "endpoint", "host", "key_origins")
+
+    def __init__(self, settings: Settings, endpoint: Endpoint) -> None:
+        self.base_url, self.api_key = settings.base_url, settings.api_key
+        self.key_origins = settings.key_origins
+        self.endpoint = endpoint
+        self.host: str | None = None
+        self.connection: tuple[str, Secret | None] | None = None
+
+    def fits(self, settings: Settings) -> bool:
+        return (
+            settings.api_key is self.api_key
+            and settings.base_url == self.base_url
+            and settings.key_origins == self.key_origins
+        )
+
+
 class Router:
     """Endpoint resolution and key scoping for one engine (its state: what was found of the
     local model, and the origin the explicit key was given for)."""
@@ -32,10 +60,32 @@ class Router:
         self._local_memo: tuple[str | None, Path | None] | None = None
         # The endpoint (origin) the explicit key was given for: it is sent only there.
         self.key_origin: str | None = None
+        self._pins: tuple[_Pin, ...] = ()  # the runs under way (a tuple: read by any thread)
         self.scope_key(settings)
+
+    def pin(self, settings: Settings) -> Callable[[], None]:
+        """Resolve the endpoint once for a run (a %%chatmap) with these settings; returns
+        the function that ends the pin (see the module docstring)."""
+        pin = _Pin(settings, self._resolve(settings))
+        self._pins = (*self._pins, pin)
+
+        def release() -> None:
+            self._pins = tuple(p for p in self._pins if p is not pin)
+
+        return release
+
+    def _pinned(self, settings: Settings) -> _Pin | None:
+        for pin in self._pins:
+            if pin.fits(settings):
+                return pin
+        return None
 
     def endpoint(self, settings: Settings) -> Endpoint:
         """Where requests go (see the module docstring for the order)."""
+        pin = self._pinned(settings) if self._pins else None
+        return pin.endpoint if pin is not None else self._resolve(settings)
+
+    def _resolve(self, settings: Settings) -> Endpoint:
         url = settings.base_url or os.environ.get("OPENAI_BASE_URL")
         if url == LOCAL:
             return self._local_endpoint()
@@ -62,7 +112,15 @@ class Router:
 
     def host(self, settings: Settings) -> str:
         """The endpoint as footers and the ledger name it: hostname and port only."""
-        endpoint = self.endpoint(settings)
+        pin = self._pinned(settings) if self._pins else None
+        if pin is None:
+            return self._host(self.endpoint(settings))
+        if pin.host is None:
+            pin.host = self._host(pin.endpoint)
+        return pin.host
+
+    @staticmethod
+    def _host(endpoint: Endpoint) -> str:
         if endpoint.kind == "local":
             return "local model"
         if endpoint.kind == "none" and endpoint.provider:  # Azure without its endpoint
@@ -103,6 +161,14 @@ class Router:
         key where it may go; else, at a provider's URL, its key variable (ANTHROPIC_API_KEY,
         ...); else None, and the client applies OPENAI_API_KEY's own rules. A named provider
         without its key, or an endpoint that is not set up, is a one-line ConfigError."""
+        pin = self._pinned(settings) if self._pins else None
+        if pin is None or pin.endpoint is not endpoint:
+            return self._connection(settings, endpoint)
+        if pin.connection is None:
+            pin.connection = self._connection(settings, endpoint)
+        return pin.connection
+
+    def _connection(self, settings: Settings, endpoint: Endpoint) -> tuple[str, Secret | None]:
         spec = endpoint.spec
         if endpoint.kind == "none":
             if spec is not None:

@@ -205,6 +205,14 @@ class Dispatcher:
     async def run(self) -> None:
         """Send what is queued until nothing is left or something global stops the run."""
         loop = asyncio.get_running_loop()
+        # Where requests go, worked out once for the run, not several times per request.
+        unpin = self.engine.router.pin(self.engine.settings)
+        try:
+            await self._run(loop)
+        finally:
+            unpin()
+
+    async def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         self.limiter = self._limiter()
         self._latency = 1.0 if self.limiter.max_rate(1) is None else 0.5
         self._mean_tokens = sum(j.tokens for j in self.requests) / max(1, len(self.requests))
