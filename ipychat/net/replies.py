@@ -81,6 +81,12 @@ class ReplyReader:
             if is_transport_error(exc):
                 raise Dropped(exc) from exc
             raise
+        return self.parse_json(body, response.status_code, attempt, retry_cut=retry_cut)
+
+    def parse_json(
+        self, body: bytes, status: int, attempt: Attempt, *, retry_cut: bool = False
+    ) -> Any:
+        """`read_json` for a body read already."""
         try:
             data = json.loads(body)
         except ValueError:
@@ -88,7 +94,7 @@ class ReplyReader:
                 cut = httpx.RemoteProtocolError("the reply ended early or is not valid JSON")
                 raise Dropped(cut) from None
             raise APIError(
-                f"{self.host} answered HTTP {response.status_code} with something that is not "
+                f"{self.host} answered HTTP {status} with something that is not "
                 f"JSON ({body_snippet(body, self._keys)}); check that the base URL "
                 f"({self.base_url}) points at an OpenAI-compatible API",
                 request_id=attempt.request_id,
@@ -101,7 +107,14 @@ class ReplyReader:
         return data
 
     async def read_completion(self, response: httpx.Response, attempt: Attempt) -> Completion:
-        data = await self.read_json(response, attempt, retry_cut=True)
+        return self.completion(await self.read_json(response, attempt, retry_cut=True), attempt)
+
+    def completion_of(self, body: bytes, status: int, attempt: Attempt) -> Completion:
+        """`read_completion` for a body read already (the client's direct path)."""
+        return self.completion(self.parse_json(body, status, attempt, retry_cut=True), attempt)
+
+    def completion(self, data: Any, attempt: Attempt) -> Completion:
+        """A chat completion's JSON → `Completion`."""
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list):
             raise APIError(

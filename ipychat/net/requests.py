@@ -23,19 +23,24 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import httpx
 
 from ipychat.core import providers
 from ipychat.core.errors import ConfigError
-from ipychat.core.keys import Secret
+from ipychat.core.keys import Secret, redact_headers
 from ipychat.core.settings import is_loopback, origin
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+log = logging.getLogger("ipychat")
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class RequestBuilder:
     """The request builder of one client (its base URL, keys and extra headers)."""
 
     __slots__ = (
+        "_direct",
         "_extra",
         "_header_cache",
         "_keys",
@@ -94,6 +100,7 @@ class RequestBuilder:
         self._query = {"api-version": azure_api_version} if azure_api_version else {}
         self._urls: dict[str, httpx.URL] = {}
         self._header_cache: dict[tuple[int, bool], httpx.Headers] = {}
+        self._direct: dict[tuple[str, int], tuple[str, Mapping[str, str]]] = {}
         # Whether a streamed request asks for the usage chunk (`stream_options`): not where
         # the provider (named, or found by its URL) refuses the field and sends usage
         # unasked, as Mistral does (`ipychat.core.providers`; FakeOpenAIServer's flavour).
@@ -145,6 +152,17 @@ class RequestBuilder:
             headers = self._header_cache[key_index, body] = httpx.Headers(values)
             headers.encoding  # noqa: B018 - probed once here, then passed to every copy
         return headers
+
+    def direct(self, path: str, key_index: int) -> tuple[str, Mapping[str, str]]:
+        """The URL and headers of a JSON POST to `path` as `build` makes them, for the lean
+        transport's `send_direct` (no httpx models). Content-Length, the one header `build`
+        adds per request, aiohttp sets from the body: the same value."""
+        made = self._direct.get((path, key_index))
+        if made is None:
+            url = self.url(path)
+            headers = MappingProxyType(dict(self._base_headers(key_index, url, True).items()))
+            made = self._direct[path, key_index] = (str(url), headers)
+        return made
 
     def build(
         self,
@@ -299,3 +317,29 @@ def multipart_body(boundary: str, fields: Mapping[str, str], file: tuple[str, st
     ).encode()
     out += content + f"\r\n--{boundary}--\r\n".encode()
     return bytes(out)
+
+
+# ----- debug lines ------------------------------------------------------------------------
+
+
+def log_request(request: httpx.Request, model: str, retries: int) -> None:
+    """The debug line of a request about to go (its secret headers masked)."""
+    log.debug(
+        "-> %s %s model=%s retries=%d headers=%s",
+        request.method,
+        request.url,
+        model or "-",
+        retries,
+        redact_headers(dict(request.headers)),
+    )
+
+
+def log_reply(
+    method: str, path: str, model: str, status: int, request_id: str | None, started: float,
+    retries: int,
+) -> None:  # fmt: skip
+    """The debug line of a request answered."""
+    log.debug(
+        "%s %s model=%s status=%d request_id=%s latency=%.3fs retries=%d",
+        method, path, model or "-", status, request_id, time.perf_counter() - started, retries,
+    )  # fmt: skip

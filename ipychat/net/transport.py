@@ -13,8 +13,8 @@ Part of the client's network boundary (docs/architecture.md): used only by
   expects when a request is made, it warns once (`TransportWarning`) and serves that
   request and every later one with the stock `AiohttpTransport` (see `_shape_problem`).
   `IPYCHAT_STOCK_TRANSPORT=1` chooses the stock transport from the start.
-- Body helpers: `header_dict`, `body_chunks`, `read_body`, `aclose_iterator`,
-  `close_response`, `is_json`.
+- Body helpers: `header_dict`, `raw_header_dict`, `body_chunks`, `read_body`,
+  `aclose_iterator`, `close_response`, `is_json`.
 - Failure classification: `is_transport_error` (retryable network trouble), and
   `root_cause`, `timeout_kind`, `is_connect_failure`, which see through httpx_aiohttp's
   mapping of aiohttp exceptions to name the failure right in the error message.
@@ -32,7 +32,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, NoReturn
 
 import httpx
@@ -191,6 +191,9 @@ def _httpx_aiohttp_version() -> str:
         return "(version unknown)"
 
 
+ExcMap = Mapping[type[BaseException], type[Exception]]
+
+
 @functools.cache
 def lean_aiohttp_transport() -> Callable[..., httpx.AsyncBaseTransport]:
     """httpx_aiohttp's AiohttpTransport with its per-request work trimmed.
@@ -208,14 +211,11 @@ def lean_aiohttp_transport() -> Callable[..., httpx.AsyncBaseTransport]:
     (`_shape_problem`), and a TypeError or AttributeError while preparing a request (before
     anything is sent) counts as a changed shape too: either way the transport warns once
     and hands that request and all later ones to the stock `handle_async_request`, which
-    matches whatever its own release looks like.
-
-    Built on first use: importing aiohttp costs ~150 ms, and unit tests never need it.
+    matches whatever its own release looks like. Built on first use: importing aiohttp
+    costs ~150 ms, and unit tests never need it. `send_direct` serves ChatClient._direct.
     """
     import aiohttp
     from httpx_aiohttp import AiohttpTransport
-
-    ExcMap = Mapping[type[BaseException], type[Exception]]
 
     def to_httpx(exc: Exception, exc_map: ExcMap) -> Exception:
         """httpx_aiohttp's mapping: the most specific httpx exception for an aiohttp one."""
@@ -272,8 +272,8 @@ def lean_aiohttp_transport() -> Callable[..., httpx.AsyncBaseTransport]:
                 "without this warning."
             )
 
-        def _timeout(self, request: httpx.Request) -> aiohttp.ClientTimeout:
-            wanted = request.extensions.get("timeout") or {}
+        def _timeout(self, wanted: Mapping[str, Any] | None) -> aiohttp.ClientTimeout:
+            wanted = wanted or {}
             key = (wanted.get("connect"), wanted.get("read"), wanted.get("pool"))
             timeout = self._timeouts.get(key)
             if timeout is None:
@@ -283,7 +283,8 @@ def lean_aiohttp_transport() -> Callable[..., httpx.AsyncBaseTransport]:
                 self._timeouts[key] = timeout
             return timeout
 
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        def _ready(self) -> ExcMap | None:
+            """The exception map, after the first request's shape check; None: stock."""
             if self._exc_map is None and not self._stock:
                 module = sys.modules[AiohttpTransport.__module__]
                 problem = _shape_problem(self, module)
@@ -291,31 +292,46 @@ def lean_aiohttp_transport() -> Callable[..., httpx.AsyncBaseTransport]:
                     self._exc_map = _exception_map(module)
                 else:
                     self._use_stock(problem)
-            exc_map = self._exc_map
-            if self._stock or exc_map is None:
+            return None if self._stock else self._exc_map
+
+        def _open(
+            self, method: str, url: str, headers: Any, data: Any, timeout: Any, sni: Any
+        ) -> Any:
+            """The aiohttp request, not yet sent (its coroutine starts at __aenter__)."""
+            if not isinstance(self.client, aiohttp.ClientSession):
+                self.client = self.get_client()
+            proxy = self.proxy
+            return self.client.request(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                auto_decompress=False,  # httpx decodes, as with the original transport
+                compress=False,
+                timeout=self._timeout(timeout),
+                server_hostname=sni,
+                proxy=str(proxy.url) if proxy else None,
+                proxy_auth=aiohttp.BasicAuth(*proxy.auth) if proxy and proxy.auth else None,
+                proxy_headers=proxy.headers if proxy else None,
+            )
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            exc_map = self._ready()
+            if exc_map is None:
                 return await super().handle_async_request(request)
             try:
                 data: bytes | None = request.content or None
             except httpx.RequestNotRead:  # a streamed upload: the general path
                 return await super().handle_async_request(request)
             try:
-                if not isinstance(self.client, aiohttp.ClientSession):
-                    self.client = self.get_client()
-                proxy = self.proxy
-                # Calling request() sends nothing: its coroutine starts at __aenter__.
-                pending = self.client.request(
+                pending = self._open(
                     request.method,
                     str(request.url),
-                    headers=request.headers,
-                    data=data,
-                    allow_redirects=False,
-                    auto_decompress=False,  # httpx decodes, as with the original transport
-                    compress=False,
-                    timeout=self._timeout(request),
-                    server_hostname=request.extensions.get("sni_hostname"),
-                    proxy=str(proxy.url) if proxy else None,
-                    proxy_auth=aiohttp.BasicAuth(*proxy.auth) if proxy and proxy.auth else None,
-                    proxy_headers=proxy.headers if proxy else None,
+                    request.headers,
+                    data,
+                    request.extensions.get("timeout"),
+                    request.extensions.get("sni_hostname"),
                 )
             except (AttributeError, TypeError) as exc:  # a shape the check did not foresee
                 self._use_stock(f"{type(exc).__name__}: {exc}")
@@ -324,13 +340,42 @@ def lean_aiohttp_transport() -> Callable[..., httpx.AsyncBaseTransport]:
                 response = await pending.__aenter__()
             except Exception as exc:
                 raise_mapped(exc, exc_map)
+            return self.as_httpx(response, request)
+
+        async def send_direct(
+            self, url: str, headers: Any, data: bytes, timeout: Mapping[str, Any]
+        ) -> aiohttp.ClientResponse | None:
+            """POST `data` without httpx's models (ChatClient._direct): the aiohttp response,
+            or None when the stock code serves (the caller takes the general path)."""
+            exc_map = self._ready()
+            if exc_map is None:
+                return None
+            try:
+                pending = self._open("POST", url, headers, data, timeout, None)
+            except (AttributeError, TypeError) as exc:
+                self._use_stock(f"{type(exc).__name__}: {exc}")
+                return None
+            try:
+                response: aiohttp.ClientResponse = await pending.__aenter__()
+            except Exception as exc:
+                raise_mapped(exc, exc_map)
+            return response
+
+        async def read_direct(self, response: aiohttp.ClientResponse) -> bytes:
+            """The whole body of a `send_direct` response (errors as httpx's)."""
+            return await LeanBody(response, self._exc_map or {}).read_all()
+
+        def as_httpx(
+            self, response: aiohttp.ClientResponse, request: httpx.Request
+        ) -> httpx.Response:
+            """The httpx.Response of an aiohttp response, its body read as it arrives."""
             extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
             if response.reason:
                 extensions["reason_phrase"] = response.reason.encode()
             return httpx.Response(
                 status_code=response.status,
                 headers=response.raw_headers,
-                stream=LeanBody(response, exc_map),
+                stream=LeanBody(response, self._exc_map or {}),
                 request=request,
                 extensions=extensions,
             )
@@ -378,12 +423,14 @@ async def aclose_iterator(chunks: AsyncIterator[bytes]) -> None:
 
 
 def header_dict(response: httpx.Response) -> dict[str, str]:
-    """The response headers as one plain dict with lower-case names, decoded once.
+    """The response headers as one plain dict with lower-case names, decoded once
+    (httpx.Headers decodes and scans its list on every lookup; the client reads a dozen)."""
+    return raw_header_dict(response.headers.raw)
 
-    httpx.Headers decodes and scans its whole list on every lookup; the client reads
-    a dozen of them per response.
-    """
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers.raw}
+
+def raw_header_dict(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """`header_dict` of raw (name, value) pairs (aiohttp's `raw_headers`)."""
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
 
 
 async def close_response(response: httpx.Response) -> None:
