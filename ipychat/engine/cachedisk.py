@@ -50,6 +50,8 @@ __all__ = [
     "write_touches",
 ]
 
+# json.dumps with options builds an encoder per call; one, shared (encode keeps no state).
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _COMPRESS_FROM = 4096  # bytes of JSON; smaller replies stay readable in the database
 # The only value-file names diskcache's `Disk.filename` makes: 2 + 2 + 28 hex digits.
 _VALUE_FILE = re.compile(
@@ -100,7 +102,7 @@ class JSONOnlyDisk(diskcache.Disk):
     def store(self, value: Any, read: bool, key: Any = UNKNOWN) -> tuple[int, int, Any, Any]:
         if read or not isinstance(value, dict):
             raise TypeError("the ipychat cache stores JSON objects only")
-        data = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        data = _JSON.encode(value)
         raw = data.encode("utf-8")
         if len(raw) >= _COMPRESS_FROM:
             raw = zlib.compress(raw, 1)  # level 1: most of the gain for text, little CPU

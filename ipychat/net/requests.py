@@ -41,6 +41,8 @@ from ipychat.core.settings import is_loopback, origin
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 log = logging.getLogger("ipychat")
+# json.dumps with options builds an encoder per call; one, shared (encode keeps no state).
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ class RequestBuilder:
                 options = dict(body.get("stream_options") or {})
                 options["include_usage"] = True
                 payload["stream_options"] = options
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return _JSON.encode(payload).encode("utf-8")
 
     def url(self, path: str) -> httpx.URL:
         # Parsed once per path: httpx.URL(str) costs more than the rest of a request build.

@@ -363,7 +363,10 @@ def lean_aiohttp_transport() -> Callable[..., httpx.AsyncBaseTransport]:
 
         async def read_direct(self, response: aiohttp.ClientResponse) -> bytes:
             """The whole body of a `send_direct` response (errors as httpx's)."""
-            return await LeanBody(response, self._exc_map or {}).read_all()
+            try:
+                return await response.read()
+            except Exception as exc:
+                raise_mapped(exc, self._exc_map or {})
 
         def as_httpx(
             self, response: aiohttp.ClientResponse, request: httpx.Request
