@@ -43,6 +43,7 @@ from ipychat.core.runner import guarded as guarded
 from ipychat.core.runner import wait
 from ipychat.core.settings import TICK
 from ipychat.core.types import CacheMode
+from ipychat.map.heap import frozen_heap
 from ipychat.map.ratelimit import RateLimiter, Ticket
 from ipychat.net.retry import DEFAULT_MAX_WAIT, backoff_delay, format_wait
 
@@ -161,7 +162,9 @@ class Dispatcher:
         requests: list[MapRequest],
         sending: SendOptions,
     ) -> None:
-        self.sink = sink
+        # Weak: the MapJob (the sink) holds its dispatcher, and a cycle between them would
+        # keep a finished map's rows (plan, requests, bodies) alive until a full collection.
+        self._sink = weakref.ref(sink)
         self.engine = engine
         self.requests = requests  # all the run may send (their mean size sizes the window)
         self.model = sending.model
@@ -175,6 +178,12 @@ class Dispatcher:
         self.ready: deque[MapRequest] = deque()
         self.delayed: list[tuple[float, int, MapRequest]] = []
         self.abort: ChatError | None = None
+
+    @property
+    def sink(self) -> Sink:
+        sink = self._sink()
+        assert sink is not None, "a map's dispatcher outlived its job"
+        return sink
 
     def _limiter(self) -> RateLimiter:
         now = time.monotonic()
@@ -205,10 +214,12 @@ class Dispatcher:
     async def run(self) -> None:
         """Send what is queued until nothing is left or something global stops the run."""
         loop = asyncio.get_running_loop()
-        # Where requests go, worked out once for the run, not several times per request.
+        # Where requests go, worked out once for the run, not several times per request;
+        # the collector kept off the kernel's heap while it runs (ipychat.map.heap).
         unpin = self.engine.router.pin(self.engine.settings)
         try:
-            await self._run(loop)
+            with frozen_heap():
+                await self._run(loop)
         finally:
             unpin()
 
