@@ -13,8 +13,9 @@ __all__ = ["Bucket", "Dim"]
 
 # The steady pace: this fraction of the per-minute limit. Evenly spaced at it, the requests
 # of any window of W seconds span W / PACE: arrivals may bunch by W × (1 / PACE - 1)
-# (20 ms in a 1 s window, at any rate) before a window holds more than its share.
-PACE = 0.98
+# (10 ms in a 1 s window, at any rate; a loopback or a LAN moves arrivals by far less)
+# before a window holds more than its share.
+PACE = 0.99
 # On a 429 event at or below the limit, the gain is multiplied by DECREASE when the last
 # event was less than REPEATED seconds ago (another client, a lower limit: the 429s go on),
 # by DECREASE_ISOLATED otherwise (a stall bunched our requests: once is not a trend), never

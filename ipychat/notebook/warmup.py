@@ -6,7 +6,9 @@ A fresh kernel pays, on its first request or map, for things loaded on first use
   file; a map counts every prompt it sends before sending any);
 - the modules a request imports when it is made: the client (httpx) and its aiohttp
   transport (aiohttp also builds its TLS contexts on import), ~0.3 s together;
-- the map engine (`ipychat.map.job` and its parts) and the cache's diskcache.
+- the map engine (`ipychat.map.job` and its parts) and the cache's diskcache;
+- the shipped price table (`ipychat.core.pricing`: read and checked on first use, ~0.1 s;
+  a map looks up its model's price and context window before sending).
 
 `start(session)` does these in a daemon thread and returns at once: `%load_ext` is not
 slowed, and the user's first cells run while it works (a map that starts before it is done
@@ -43,9 +45,10 @@ _log = logging.getLogger("ipychat")
 
 def warm(session: ChatSession) -> None:
     """Load what the first request and map of `session` would load (see the module doc)."""
-    from ipychat.core import tokens
+    from ipychat.core import pricing, tokens
 
     tokens.warm([session.model])
+    pricing.context_window(session.model)  # reads the shipped table (not the user's overrides)
     for name in _MODULES:
         importlib.import_module(name)
     from ipychat.net.transport import lean_aiohttp_transport
