@@ -39,7 +39,7 @@ WINDOWS = (1.0, 10.0)
 TEST_ALLOW = 1.25
 TEST_GAIN = 1.25
 PROOF = (1.03, 1.02)  # per window of WINDOWS
-GROWTH = 2.0
+GROWTH = 4.0
 MAX_GAIN = 64.0
 PROBE_QUIET = 60.0
 # Without a retry-after, the shared pause after a 429: BACKOFF_FIRST, doubling while 429s
