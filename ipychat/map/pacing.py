@@ -165,8 +165,12 @@ class Dim:
 
     @property
     def limit(self) -> float | None:
-        known = [v for v in (self.cap, self.server, self.found) if v is not None]
-        return min(known) if known else None
+        """The lowest of the cap, the server's limit and a rate found (None: none known)."""
+        limit = self.cap
+        for value in (self.server, self.found):
+            if value is not None and (limit is None or value < limit):
+                limit = value
+        return limit
 
     @property
     def may_burst(self) -> bool:
