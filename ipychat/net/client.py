@@ -13,6 +13,8 @@ base URL and key settings).
 ```
 ChatClient.chat(body)            one request, retried by the rules of ipychat.net.retry
   └── _call(...)                 the retry loop: build → send → classify → wait → again
+        ├── _direct(...)         non-streamed, on ipychat's own transport: straight to
+        │                        aiohttp, no httpx Request/Response (else `_attempt`)
         ├── _requests.build(...)  the httpx.Request (ipychat.net.requests)
         ├── _pools.current()     the lazily built transport (connection pool) of the loop
         │                        (ipychat.net.pool)
