@@ -24,9 +24,9 @@ know its exact total first (`RowRequest.count_later`: no --max-cost, no budget, 
 --rpm/--tpm, no token limit learnt yet) then estimates each prompt that surely fits the
 context by its byte bound (`tokens.count_messages_bound`, never fewer than its tokens),
 marks the request `counted=False` and the plan `counting`, and sends at once;
-`ipychat.map.counting` recounts exactly once the encoding is loaded (pacing charges, the
-plan's totals). A prompt whose bound does not fit is counted exactly here (it waits): a
-bound never refuses a row."""
+`ipychat.map.counting` counts exactly where the count comes to matter (a token limit
+learnt, a reply without usage). A prompt whose bound does not fit is counted exactly here
+(it waits): a bound never refuses a row."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from ipychat.core.tokens import count_messages_bound
 
 if TYPE_CHECKING:
     from ipychat.engine.engine import Engine
-    from ipychat.engine.prepare import Estimator, Prepared, RequestOptions
+    from ipychat.engine.prepare import Prepared, RequestOptions
 
 __all__ = ["RowShape", "request_key"]
 
@@ -53,7 +53,7 @@ class RowShape:
       would be if it were not cached;
     - `prepare(prompt, masked, exact=False)`: the request estimated with that bound for its
       prompt tokens, for a prompt that `fits` (so never refused for a bound): a map that
-      starts while the encoding still loads sends at once and recounts later (`map.plan`).
+      starts while the encoding still loads sends at once, counted later (`map.counting`).
     """
 
     def __init__(self, engine: Engine, base: dict[str, Any], window: int, salt: str = "") -> None:
@@ -90,11 +90,6 @@ class RowShape:
         return fixed + 4 * len(prompt) <= self._room or (
             fixed + len(prompt.encode("utf-8")) <= self._room
         )
-
-    @property
-    def estimator(self) -> Estimator:
-        """What every row's request is estimated with (exactly)."""
-        return self._estimate
 
     def prepare(self, prompt: str, masked: str, *, exact: bool = True) -> Prepared:
         """The row's request, estimated exactly (ContextLengthError if it does not fit), or

@@ -23,6 +23,7 @@ from ipychat.map import job as chatmap
 from ipychat.map.dispatch import wait_on_loop
 from ipychat.map.mapper import MapJob
 from ipychat.map.options import MapOptions
+from ipychat.map.ratelimit import RateLimiter
 from ipychat.session import ChatSession
 from ipychat.testing import FakeOpenAIServer
 
@@ -108,10 +109,20 @@ def test_a_map_sends_while_the_encoding_loads_and_never_waits_for_it(
 
 
 def test_counts_become_exact_once_a_token_limit_is_known(
-    loading: threading.Lock, make_session: Callable[..., ChatSession]
+    loading: threading.Lock,
+    make_session: Callable[..., ChatSession],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The server sends OpenAI's x-ratelimit-* headers: the first reply teaches a token limit,
     # and from then on the rate limiter's charges must be tokens, not bytes.
+    learnt: list[tuple[float, float | None]] = []  # (charged, the server's count) per reply
+    real_accepted = RateLimiter.accepted
+
+    def accepted(self: RateLimiter, ticket: Any, info: Any, now: float, server: Any = None) -> None:
+        learnt.append((ticket.tokens, server))
+        real_accepted(self, ticket, info, now, server)
+
+    monkeypatch.setattr(RateLimiter, "accepted", accepted)
     with FakeOpenAIServer(tpm=10_000_000, rpm=1_000_000, latency=0.05) as server:
         session = make_session(server)
         options = MapOptions.of("out", max_tokens=MAX_TOKENS, cache="off", concurrency=4)
@@ -135,6 +146,11 @@ def test_counts_become_exact_once_a_token_limit_is_known(
     plan = mapper.plan
     assert not plan.counting
     assert plan.prompt_tokens == sum(job.prepared.estimate.prompt_tokens for job in mapper.to_send)
+    # The limiter learns how the server counts against our count from exact charges only:
+    # a reply to a request charged its bytes teaches it nothing.
+    charged = {job.tokens for job in mapper.to_send}
+    assert any(server is None for _, server in learnt)  # the first, charged a bound
+    assert all(tokens_ in charged for tokens_, server in learnt if server is not None)
 
 
 @pytest.mark.parametrize(
