@@ -6,6 +6,11 @@ A fresh kernel pays, on its first request or map, for things loaded on first use
   its parts), the cache's diskcache, the client (httpx) and its aiohttp transport (aiohttp
   also builds its TLS contexts on import): ~0.4 s together, all needed before a map's
   first request;
+- the shipped price table (`ipychat.core.pricing`: read and checked on first use, ~0.1 s;
+  a map looks up its model's price and context window before sending);
+- the garbage collector's first full pass over what all this imported (pandas, aiohttp,
+  tiktoken: hundreds of thousands of objects, ~0.1-0.2 s that the first map would
+  otherwise pause for, holding the GIL, once its allocations trigger it);
 - the tokenizer of the model (`ipychat.core.tokens`: ~0.5 s of CPU to build o200k_base from
   the bundled file, ~0.3 s of it one call that holds the GIL).
 
@@ -27,6 +32,7 @@ warm-up, and reports any real problem itself.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import threading
@@ -47,13 +53,15 @@ _log = logging.getLogger("ipychat")
 
 def warm(session: ChatSession) -> None:
     """Load what the first request and map of `session` would load (see the module doc)."""
+    from ipychat.core import pricing, tokens
+
     for name in _MODULES:
         importlib.import_module(name)
     from ipychat.net.transport import lean_aiohttp_transport
 
     lean_aiohttp_transport()  # imports aiohttp (and its TLS contexts) and httpx_aiohttp
-    from ipychat.core import tokens
-
+    pricing.context_window(session.model)  # reads the shipped table (not the user's overrides)
+    gc.collect()  # now, rather than in the first map (see the module docstring)
     tokens.warm([session.model], when_idle=True)  # not while a map runs (core.foreground)
 
 
