@@ -35,6 +35,7 @@ from typing import Any, Final
 import tiktoken
 from tiktoken.model import encoding_name_for_model
 
+from ipychat.core import foreground
 from ipychat.core.errors import ChatError
 from ipychat.core.images import image_info, image_tokens, takes_images
 
@@ -53,6 +54,7 @@ __all__ = [
     "encoding_name_for",
     "get_encoding",
     "is_exact",
+    "is_loaded",
     "truncate",
     "warm",
 ]
@@ -213,11 +215,16 @@ def get_encoding(name: str) -> tiktoken.Encoding:
     return enc
 
 
-def warm(models: Iterable[str] = ("gpt-4o",)) -> None:
+def warm(models: Iterable[str] = ("gpt-4o",), *, when_idle: bool = False) -> None:
     """Load the encodings of `models` now (e.g. in a background thread at session start), so
-    the first keystroke in the panel does not pay the ~0.1-0.25 s load."""
+    the first keystroke in the panel does not pay the ~0.1-0.25 s load. `when_idle`: each
+    load waits until no map has run for a moment (`ipychat.core.foreground`; in a thread of
+    its own only: it may wait long). Loading on demand (`get_encoding`) never waits."""
     for model in models:
-        get_encoding(encoding_name_for(model)[0])
+        name = encoding_name_for(model)[0]
+        if when_idle and name not in _encodings:
+            foreground.wait_idle()
+        get_encoding(name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,6 +269,12 @@ def encoding_for(model: str) -> tuple[tiktoken.Encoding, bool]:
     """(Encoding, exact) for a model name; loads the encoding on first use."""
     name, exact = encoding_name_for(model)
     return get_encoding(name), exact
+
+
+def is_loaded(model: str) -> bool:
+    """True when `model`'s encoding is loaded: counting for it now waits for nothing. Loads
+    nothing (%%chatmap sends while a fresh kernel's encoding still loads, ipychat.map.plan)."""
+    return encoding_name_for(model)[0] in _encodings
 
 
 def is_exact(model: str) -> bool:

@@ -177,9 +177,16 @@ class Estimator:
     price: pricing.ModelPrice | None
     context_window: int
     approximate: bool = False  # the endpoint's tokenizer is not OpenAI's: every count ≈
+    # Bytes for tokens (`tokens.count_messages_bound`: never fewer than the count), so that
+    # nothing waits for the encoding to load; %%chatmap recounts exactly once it is loaded.
+    bound: bool = False
 
     def __call__(self, messages: Sequence[dict[str, Any]]) -> Estimate:
-        counted = tokens.count_messages(messages, self.model)
+        bound = tokens.count_messages_bound(messages) if self.bound else None
+        if bound is None:
+            counted = tokens.count_messages(messages, self.model)
+        else:  # an upper bound, not a count: "≈" wherever it is shown
+            counted = tokens.TokenCount(bound, approximate=True)
         wanted = self.max_completion_tokens
         low, high, batch = pricing.estimate_cost_range(counted.tokens, wanted, self.price)
         return Estimate(

@@ -85,6 +85,9 @@ CACHE_BATCH = 64
 CACHE_FLUSH_EVERY = 1.0
 # How long every worker sharing a pace waits after a 429 that does not say (a window).
 SHARED_PAUSE = 1.0
+# How long a request estimated by a byte bound that looks too large for the token limit
+# waits for its count before it is looked at again (`recounted` wakes it sooner).
+RECOUNT_WAIT = 0.5
 
 
 @dataclass
@@ -244,13 +247,15 @@ class Dispatcher:
                 timeout: float | None = None
                 if self.ready and len(inflight) < self._window():
                     job = self.ready[0]
-                    if self.limiter.too_large(job.tokens):
+                    too_large = self.limiter.too_large(job.tokens)
+                    if too_large and job.counted:
                         self.ready.popleft()
                         self.sink.fail(
                             job, RateLimitError(_too_large(job, self.limiter), status_code=429)
                         )
                         continue
-                    wait = self.limiter.wait(job.tokens, now)
+                    # A byte bound too large for the limit: it waits for its count (map.plan).
+                    wait = RECOUNT_WAIT if too_large else self.limiter.wait(job.tokens, now)
                     if wait <= 0:
                         self.ready.popleft()
                         ticket = self.limiter.take(job.tokens, now)
@@ -289,6 +294,14 @@ class Dispatcher:
             if handle is not None:
                 handle.cancel()
             self._waiter = loop.create_future()
+
+    def recounted(self) -> None:
+        """The requests estimated by a byte bound are counted now (`ipychat.map.counting`):
+        their charges are exact from here on."""
+        if self.requests:
+            self._mean_tokens = sum(j.tokens for j in self.requests) / len(self.requests)
+        if hasattr(self, "_waiter"):
+            self._wake()
 
     def _wake(self) -> None:
         if not self._waiter.done():
@@ -336,9 +349,10 @@ class Dispatcher:
                 self._cache_writes.append((exchange.key, exchange.to_cache()))
             # the x-ratelimit-* headers of this very response calibrate the limiter
             self._answered_at = now = time.monotonic()
-            self.limiter.accepted(
-                ticket, reply.extra.get("rate_limit"), now, _server_tokens(job, reply)
-            )
+            # Charged a byte bound (map.plan): no ratio of the server's count to ours to learn.
+            exact = job.counted and ticket.tokens == job.tokens
+            server = _server_tokens(job, reply) if exact else None
+            self.limiter.accepted(ticket, reply.extra.get("rate_limit"), now, server)
             if not reply.cached:
                 self._latency = 0.8 * self._latency + 0.2 * reply.latency
             self.sink.spend(reply)

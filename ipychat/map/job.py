@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ipychat.core import foreground
 from ipychat.core.errors import ChatError, ConfigError
 from ipychat.core.runner import wait_async
 from ipychat.core.settings import TICK
@@ -200,18 +201,21 @@ def run(
     the rows finished so far in `.result`; a global failure (key, model, a long wait
     demanded by the server) raises MapAborted, also with `.result`.
     """
-    mapper = MapJob(session.engine, df, template, MapOptions.of(output, **options))
-    mapper.check_budget()
-    if on_plan is not None:
-        on_plan(mapper.plan)
-    try:
-        wait_on_loop(
-            session.runner,
-            mapper.execute(),
-            lambda: progress(mapper.progress()) if progress else None,
+    with foreground.busy():  # no encoding built by the warm-up meanwhile (map.counting)
+        mapper = MapJob(
+            session.engine, df, template, MapOptions.of(output, **options), count_later=True
         )
-    except KeyboardInterrupt:
-        raise _interrupted(mapper) from None
+        mapper.check_budget()
+        if on_plan is not None:
+            on_plan(mapper.plan)
+        try:
+            wait_on_loop(
+                session.runner,
+                mapper.execute(),
+                lambda: progress(mapper.progress()) if progress else None,
+            )
+        except KeyboardInterrupt:
+            raise _interrupted(mapper) from None
     if progress is not None:
         progress(mapper.progress())
     if mapper.abort is not None:
@@ -230,15 +234,18 @@ async def arun(
     **options: Any,
 ) -> MapResult:
     """`run` for code that awaits; the requests still go from the session's own loop."""
-    mapper = MapJob(session.engine, df, template, MapOptions.of(output, **options))
-    mapper.check_budget()
-    if on_plan is not None:
-        on_plan(mapper.plan)
-    tick = (lambda: progress(mapper.progress())) if progress is not None else None
-    try:
-        await wait_async(session.runner, mapper.execute(), tick=tick, every=TICK)
-    except asyncio.CancelledError:
-        raise _interrupted(mapper) from None
+    with foreground.busy():  # no encoding built by the warm-up meanwhile (map.counting)
+        mapper = MapJob(
+            session.engine, df, template, MapOptions.of(output, **options), count_later=True
+        )
+        mapper.check_budget()
+        if on_plan is not None:
+            on_plan(mapper.plan)
+        tick = (lambda: progress(mapper.progress())) if progress is not None else None
+        try:
+            await wait_async(session.runner, mapper.execute(), tick=tick, every=TICK)
+        except asyncio.CancelledError:
+            raise _interrupted(mapper) from None
     if progress is not None:
         progress(mapper.progress())
     if mapper.abort is not None:

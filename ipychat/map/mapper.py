@@ -13,6 +13,7 @@ from ipychat.core.types import CacheMode, Reply, Usage
 from ipychat.engine.ledger import LedgerRow, max_tokens_within
 from ipychat.engine.prepare import RequestOptions, structured_kind, typed_options
 from ipychat.map.answers import Answers
+from ipychat.map.counting import Recount, may_count_later
 from ipychat.map.dispatch import CACHE_BATCH, Counters, Dispatcher, SendOptions
 from ipychat.map.frame import CUT, Frame, MapProgress, MapResult, MapSummary
 from ipychat.map.options import MapOptions
@@ -22,6 +23,7 @@ from ipychat.map.plan import (
     RowRequest,
     default_reply_cap,
     plan_requests,
+    totals,
 )
 from ipychat.map.scores import missing_note, score_request
 from ipychat.map.template import compile_template
@@ -57,9 +59,19 @@ class MapJob(Answers):
     - from any thread: `progress()`, `result(interrupted=...)`.
     """
 
-    def __init__(self, engine: Engine, df: Any, template: str, options: MapOptions) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        df: Any,
+        template: str,
+        options: MapOptions,
+        *,
+        count_later: bool = False,
+    ) -> None:
         """Plan the map of `template` over `df` with `options` (checked when they were
-        built): nothing is sent; `plan` says what `execute()` would send."""
+        built): nothing is sent; `plan` says what `execute()` would send. `count_later`:
+        a run that `execute()`s at once may count its prompts while it sends, when nothing
+        needs its exact total first (`ipychat.map.plan`, "counted later")."""
         self.engine = engine
         self.options = options
         self.allow_secrets = options.allow_secrets
@@ -91,7 +103,10 @@ class MapJob(Answers):
         self.n = len(self.frame) if limit is None else min(limit, len(self.frame))
         self._set_rows()
         self.counters = Counters()
-        self._set_plan()
+        typed = self.spec is not None  # its schema is counted anyway
+        caps = self.max_cost, self.rpm, self.tpm
+        self._set_plan(count_later and may_count_later(engine, self.model, typed, *caps))
+        self._recount: Recount | None = None
         self._dispatcher = self._new_dispatcher()
 
     def _set_system(self, system: str | None) -> None:
@@ -140,7 +155,7 @@ class MapJob(Answers):
         self.errors[:n] = [None] * n
         self.finished = [False] * n
 
-    def _set_plan(self) -> None:
+    def _set_plan(self, count_later: bool = False) -> None:
         """Plan the rows (nothing sent): cache hits, requests to send, rows finished early."""
         engine = self.engine
         request = RowRequest(
@@ -153,6 +168,7 @@ class MapJob(Answers):
             default_cap=self.default_cap,
             salt=self.salt,
             schema_tokens=self.spec.schema_tokens(self.model, self.kind) if self.spec else 0,
+            count_later=count_later,
         )
         planned = plan_requests(
             engine,
@@ -316,6 +332,8 @@ class MapJob(Answers):
 
     def spend(self, reply: Reply) -> None:
         """Count a reply's cost in the progress and the summary."""
+        if self._recount is not None:  # sent with byte bounds: does this need the counts?
+            self._recount.check(reply, getattr(self._dispatcher, "limiter", None))
         if reply.cost is None:
             self.counters.cost_known = False
         else:
@@ -353,6 +371,10 @@ class MapJob(Answers):
             if self.to_send and not engine.settings.offline
             else 0.0
         )
+        # Sent with byte bounds (plan.counting: the encoding was loading), counted if needed.
+        recount = self._recount = (
+            Recount(engine, self.to_send, self._counted) if self.plan.counting else None
+        )
         try:
             self._apply_hits()
             if engine.settings.offline:
@@ -362,8 +384,17 @@ class MapJob(Answers):
                 self._dispatcher.ready.extend(self.to_send)
             if self._dispatcher.ready:
                 await self._dispatcher.run()
+            if recount is not None:
+                await recount.finish()
         finally:
+            if recount is not None:
+                recount.cancel()  # interrupted: the plan keeps its bounds ("counting")
             engine.usage.settle(held, None)
+
+    def _counted(self) -> None:
+        """The exact counts are in place of the bounds (`ipychat.map.counting`)."""
+        self.plan = totals(self.plan, self.to_send)
+        self._dispatcher.recounted()
 
     def _fail(self, job: MapRequest, exc: ChatError) -> None:
         message = str(exc)

@@ -16,14 +16,26 @@ MapPlan                            the dry run and the check printed before ever
 ```
 
 A cached re-run of a map costs per row the secret check, a sha256 and its share of one
-SELECT; `python benchmarks/cache.py` measures it."""
+SELECT; `python benchmarks/cache.py` measures it.
+
+Counted later: in a fresh kernel the encoding (~0.5 s to load, ~0.3 s of it holding the
+GIL) may still be loading when the first map is planned. A run that nothing obliges to
+know its exact total first (`RowRequest.count_later`: no --max-cost, no budget, no
+--rpm/--tpm, no token limit learnt yet) then estimates each prompt that surely fits the
+context by its byte bound (`tokens.count_messages_bound`, never fewer than its tokens),
+marks the request `counted=False` and the plan `counting`, and sends at once;
+`ipychat.map.counting` counts exactly where the count comes to matter (a token limit
+learnt, a reply without usage). A prompt whose bound does not fit is counted exactly here
+(it waits): a bound never refuses a row."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ipychat.core import tokens
 from ipychat.core.errors import ContextLengthError, TemplateError
 from ipychat.core.messages import Content
 from ipychat.core.pricing import format_tokens, format_usd, format_usd_bound
@@ -49,6 +61,7 @@ __all__ = [
     "default_reply_cap",
     "plan_requests",
     "request_key",
+    "totals",
 ]
 
 # The reply cap of a map whose user set none (per output column with --json). A map's
@@ -91,6 +104,7 @@ class MapPlan:
     default_cap: int | None = None  # the map's own reply cap, when the user set none
     note: str | None = None  # e.g. the local model answers a map naming another model
     unreadable: int = 0  # rows whose image could not be read (not in `skipped`)
+    counting: bool = False  # prompt tokens and cost are upper bounds until counted (above)
 
     def line(self) -> str:
         """`1,000 rows · 212 cached · 788 to send · 61,203 prompt tokens · up to 3,940 reply
@@ -107,7 +121,10 @@ class MapPlan:
             parts.append(f"{self.unreadable:,} with an unreadable image (see _error)")
         if self.invalid:
             parts.append(f"{self.invalid:,} too long for the context window")
-        parts.append(f"{format_tokens(self.prompt_tokens, self.approximate)} prompt tokens")
+        if self.counting:  # byte bounds until the encoding is loaded (the module doc)
+            parts.append(f"up to {self.prompt_tokens:,} prompt tokens (counting)")
+        else:
+            parts.append(f"{format_tokens(self.prompt_tokens, self.approximate)} prompt tokens")
         reply = f"up to {self.completion_tokens:,} reply tokens"
         if self.default_cap is not None and self.send:
             reply += f" ({self.default_cap:,} per reply by default; --max-tokens N for longer)"
@@ -116,6 +133,8 @@ class MapPlan:
             parts.append("$0.00")
         elif self.cost_high is None:
             parts.append(f"cost unknown (no price for {self.model}: %chat price MODEL IN OUT)")
+        elif self.counting:  # no low end: the prompt tokens are a bound
+            parts.append(f"up to {format_usd_bound(self.cost_high)}")
         else:
             cost = f"{format_usd(self.cost_low)}–{format_usd_bound(self.cost_high)}"
             if self.cost_batch is not None:
@@ -144,6 +163,7 @@ class MapRequest:
     rows: list[int]
     tokens: int  # what the rate limiter charges: prompt tokens + max_tokens
     reask: bool = False
+    counted: bool = True  # False: `tokens` and the estimate hold a byte bound (module doc)
     failures: int = 0
     limited: int = 0
     fell_back: bool = False  # re-sent in the prompt kind after the server refused the fields
@@ -211,6 +231,10 @@ class RowRequest:
     # Prompt tokens a typed map's request carries outside the messages (a schema sent in
     # `response_format` is billed as input): added to every estimate.
     schema_tokens: int = 0
+    # Prompts that surely fit may be estimated by their byte bound while the model's
+    # encoding still loads, and counted later (the module doc): a run that needs no exact
+    # total before sending.
+    count_later: bool = False
 
     def options(self) -> RequestOptions:
         """The options of `Engine.one_body`/`prepare_one` for every row."""
@@ -250,10 +274,6 @@ def plan_requests(
     hits = [(job, found[job.key]) for job in jobs if job.key in found]
     to_send = [job for job in jobs if job.key not in found and isinstance(job, MapRequest)]
     processed = n - skipped
-    estimates = [job.prepared.estimate for job in to_send]
-    lows = [e.cost_low for e in estimates]
-    highs = [e.cost_high for e in estimates]
-    batches = [e.cost_batch for e in estimates]
     plan = MapPlan(
         rows=n,
         cached=sum(len(job.rows) for job, _ in hits),
@@ -263,19 +283,33 @@ def plan_requests(
         skipped=skipped - len(slots.failed),
         null_columns=tuple(null_cols),
         invalid=invalid,
-        prompt_tokens=sum(e.prompt_tokens for e in estimates),
-        completion_tokens=sum(e.max_completion_tokens for e in estimates),
-        cost_low=_total(lows),
-        cost_high=_total(highs),
-        cost_batch=_total(batches),
+        prompt_tokens=0,
+        completion_tokens=0,
+        cost_low=None,
+        cost_high=None,
+        cost_batch=None,
         model=request.model,
-        approximate=any(e.approximate for e in estimates),
         offline=engine.settings.offline,
         first_prompt=next((slots.text(p) for p in by_prompt), None),
         default_cap=request.default_cap,
         unreadable=len(slots.failed),
     )
-    return Planned(plan, hits, to_send, skipped, row_errors)
+    return Planned(totals(plan, to_send), hits, to_send, skipped, row_errors)
+
+
+def totals(plan: MapPlan, to_send: list[MapRequest]) -> MapPlan:
+    """`plan` with the tokens and cost of `to_send` (again, once they are counted)."""
+    estimates = [job.prepared.estimate for job in to_send]
+    return dataclasses.replace(
+        plan,
+        prompt_tokens=sum(e.prompt_tokens for e in estimates),
+        completion_tokens=sum(e.max_completion_tokens for e in estimates),
+        cost_low=_total([e.cost_low for e in estimates]),
+        cost_high=_total([e.cost_high for e in estimates]),
+        cost_batch=_total([e.cost_batch for e in estimates]),
+        approximate=any(e.approximate for e in estimates),
+        counting=any(not job.counted for job in to_send),
+    )
 
 
 def _lookup(
@@ -306,16 +340,22 @@ def _lookup(
     keys = shape.keys([text for text, _ in cleaned])
     if store is not None:
         found = store.get_many(keys)
+    # Decided once, before the rows (the encoding loads in another thread meanwhile).
+    later = request.count_later and not request.schema_tokens and not tokens.is_loaded(shape.model)
     for (text, masked), key, rows in zip(cleaned, keys, by_prompt.values(), strict=True):
-        if key in found and shape.fits(text):
+        fits = shape.fits(text)
+        if key in found and fits:
             jobs.append(CachedRequest(key, text, rows, shape))
             continue
+        bound = later and fits  # the byte bound stands in for the count (module doc)
         try:
-            prepared = shape.prepare(text, masked)
+            prepared = shape.prepare(text, masked, exact=not bound)
         except ContextLengthError as exc:  # this row only (a credential refuses the map)
             invalid += _too_long(row_errors, rows, exc)
             continue
-        jobs.append(_request(key, _with_schema(engine, prepared, request), rows))
+        job = _request(key, _with_schema(engine, prepared, request), rows)
+        job.counted = not bound
+        jobs.append(job)
     return jobs, found, invalid
 
 

@@ -7,6 +7,7 @@ surely fit the context window.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 from collections.abc import Sequence
@@ -49,7 +50,10 @@ class RowShape:
     - `fits(prompt)`: True when the prompt surely fits the context window, from
       `tokens.count_messages_bound` (no tokenizer needed). Only cache hits use it: a hit
       that does not surely fit is counted exactly, and refused if it does not fit, as it
-      would be if it were not cached.
+      would be if it were not cached;
+    - `prepare(prompt, masked, exact=False)`: the request estimated with that bound for its
+      prompt tokens, for a prompt that `fits` (so never refused for a bound): a map that
+      starts while the encoding still loads sends at once, counted later (`map.counting`).
     """
 
     def __init__(self, engine: Engine, base: dict[str, Any], window: int, salt: str = "") -> None:
@@ -62,6 +66,7 @@ class RowShape:
         self._room = window - int(base["max_tokens"])
         self._key_parts = self._key_template()
         self._estimate = engine.estimator(base["model"], base["max_tokens"])
+        self._bound = dataclasses.replace(self._estimate, bound=True)
 
     @classmethod
     def probe(cls, engine: Engine, options: RequestOptions, salt: str = "") -> RowShape | None:
@@ -86,10 +91,12 @@ class RowShape:
             fixed + len(prompt.encode("utf-8")) <= self._room
         )
 
-    def prepare(self, prompt: str, masked: str) -> Prepared:
-        """The row's request, estimated exactly (ContextLengthError if it does not fit)."""
+    def prepare(self, prompt: str, masked: str, *, exact: bool = True) -> Prepared:
+        """The row's request, estimated exactly (ContextLengthError if it does not fit), or
+        with `exact` False by the byte bound (only for a prompt that `fits`)."""
+        estimator = self._estimate if exact else self._bound
         prepared = self.engine.prepare_body(
-            prompt, self.body(prompt), label="map", masked=masked, estimator=self._estimate
+            prompt, self.body(prompt), label="map", masked=masked, estimator=estimator
         )
         prepared.cache_salt = self.salt
         return prepared

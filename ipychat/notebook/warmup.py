@@ -2,21 +2,25 @@
 
 A fresh kernel pays, on its first request or map, for things loaded on first use:
 
-- the tokenizer of the model (`ipychat.core.tokens`: ~0.25 s to build o200k_base from the bundled
-  file; a map counts every prompt it sends before sending any);
-- the modules a request imports when it is made: the client (httpx) and its aiohttp
-  transport (aiohttp also builds its TLS contexts on import), ~0.3 s together;
-- the map engine (`ipychat.map.job` and its parts) and the cache's diskcache;
+- the modules a request imports when it is made: the map engine (`ipychat.map.job` and
+  its parts), the cache's diskcache, the client (httpx) and its aiohttp transport (aiohttp
+  also builds its TLS contexts on import): ~0.4 s together, all needed before a map's
+  first request;
 - the shipped price table (`ipychat.core.pricing`: read and checked on first use, ~0.1 s;
   a map looks up its model's price and context window before sending);
 - the garbage collector's first full pass over what all this imported (pandas, aiohttp,
   tiktoken: hundreds of thousands of objects, ~0.1-0.2 s that the first map would
-  otherwise pause for, holding the GIL, once its allocations trigger it).
+  otherwise pause for, holding the GIL, once its allocations trigger it);
+- the tokenizer of the model (`ipychat.core.tokens`: ~0.5 s of CPU to build o200k_base from
+  the bundled file, ~0.3 s of it one call that holds the GIL).
 
 `start(session)` does these in a daemon thread and returns at once: `%load_ext` is not
 slowed, and the user's first cells run while it works (a map that starts before it is done
 waits only for what is still loading; the encoding has a lock per file, imports a lock per
-module, so nothing is loaded twice).
+module, so nothing is loaded twice). The imports come first: a map needs them to send.
+The tokenizer it does not need to send (ipychat.map.counting: it sends with byte bounds
+while the encoding is not loaded), so the tokenizer is built only in a quiet moment, when
+no map runs (`ipychat.core.foreground`): built during one, it would only slow it down.
 
 What it does not do, on purpose: nothing touches the network (no connection is opened, no
 file downloaded: the encodings are bundled), no file or directory is created, and nothing
@@ -51,14 +55,14 @@ def warm(session: ChatSession) -> None:
     """Load what the first request and map of `session` would load (see the module doc)."""
     from ipychat.core import pricing, tokens
 
-    tokens.warm([session.model])
-    pricing.context_window(session.model)  # reads the shipped table (not the user's overrides)
     for name in _MODULES:
         importlib.import_module(name)
     from ipychat.net.transport import lean_aiohttp_transport
 
     lean_aiohttp_transport()  # imports aiohttp (and its TLS contexts) and httpx_aiohttp
+    pricing.context_window(session.model)  # reads the shipped table (not the user's overrides)
     gc.collect()  # now, rather than in the first map (see the module docstring)
+    tokens.warm([session.model], when_idle=True)  # not while a map runs (core.foreground)
 
 
 def _run(session: ChatSession) -> None:

@@ -99,7 +99,7 @@ def test_a_failing_warm_up_never_reaches_the_shell(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    def broken(models: Any) -> None:
+    def broken(models: Any, **options: Any) -> None:
         raise RuntimeError("the tokenizer file is unreadable")
 
     uncaught: list[Any] = []
