@@ -36,6 +36,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,9 @@ def out_of_core(rows: int, batch_rows: int) -> None:
         f"row: {report['before'] / 1e6:,.0f} MB) · {report['rows'] / report['wall']:,.0f} rows/s · "
         f"{report['wall']:,.1f} s · {report['parts']:,} parts · {report['failed']:,} failed"
     )
+    # Bounded memory is flat memory: the RSS as the parts were written, a quarter at a time.
+    along = " · ".join(f"{q}%: {mb:,.0f} MB" for q, mb in report["along"])
+    print(f"RSS along the map (parts written): {along}; ledger rows kept {report['kept']:,}")
 
 
 def rss_now() -> int:
@@ -197,6 +201,40 @@ def write_parquet(path: Path, rows: int) -> None:
             writer.write_table(pa.table({"text": texts}))
 
 
+class RssAlong:
+    """RSS samples (every 0.2 s) against the number of parts written so far, in a thread;
+    every 2 s it also empties the fake server's request log (`forget`): the server keeps
+    every request it answered (~2 KB each), which would grow without bound in its process,
+    and hand them all over to this one when it stops (the peak RSS would be the log's)."""
+
+    def __init__(self, directory: Path, forget: Any) -> None:
+        self.directory = directory
+        self.forget = forget
+        self.samples: list[tuple[int, int]] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        last = time.monotonic()
+        while not self.done.wait(0.2):
+            parts = len(list(self.directory.glob("part-*.parquet")))
+            self.samples.append((parts, rss_now()))
+            if time.monotonic() - last > 2.0:
+                self.forget()
+                last = time.monotonic()
+
+    def stop(self, parts: int) -> list[tuple[int, float]]:
+        """The highest RSS seen while each quarter of the parts was being written, in MB."""
+        self.done.set()
+        self.thread.join()
+        out = []
+        for q in (25, 50, 75, 100):
+            upto = [rss for n, rss in self.samples if n <= parts * q // 100]
+            out.append((q, max(upto, default=0) / 1e6))
+        return out
+
+
 def child_out_of_core(data: str, batch_rows: int, tmp: str) -> None:
     with FakeOpenAIServer.spawn() as fake:
         from ipychat.engine.cache import ResponseCache
@@ -206,13 +244,17 @@ def child_out_of_core(data: str, batch_rows: int, tmp: str) -> None:
         )
         chat.map(pd.DataFrame({"text": ["warm"]}), "Sum up: {text}", "s")  # imports, client
         before = rss_now()
+        along = RssAlong(Path(tmp) / "out", fake.reset_log)
         started = time.perf_counter()
         result: Any = chat.map(
             data, "Sum up: {text}", "s", to=Path(tmp) / "out", batch_rows=batch_rows
         )
         wall = time.perf_counter() - started
+        marks = along.stop(result.parts)
+        kept = len(chat.usage.rows)
         chat.close()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        fake.reset_log()  # nothing to hand over when it stops: see RssAlong
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     sample = pd.read_parquet(Path(tmp) / "out" / "part-00000.parquet")
     in_memory = int(sample.memory_usage(deep=True).sum() * result.rows / max(1, len(sample)))
     print(
@@ -225,6 +267,8 @@ def child_out_of_core(data: str, batch_rows: int, tmp: str) -> None:
                 "parts": result.parts,
                 "failed": result.failed,
                 "in_memory": in_memory,
+                "along": marks,
+                "kept": kept,
             }
         )
     )

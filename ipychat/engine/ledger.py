@@ -3,10 +3,14 @@
 Thread-safe: rows are appended from the session's loop thread and read from the
 notebook's main thread. pandas is imported only by `to_frame`.
 
-The rows of this session stay in memory (`rows`), as they always did; with a `store`
+The newest rows of this session stay in memory (`rows`); past `fold_at` of them the oldest
+half are folded into running totals (`ipychat.engine.ledgerfold`), so that a map of a million
+rows does not keep a million rows in the kernel, while every total, summary, alert and budget
+stays what the rows say. With a `store`
 (`ipychat.engine.ledgerdb.LedgerStore`, which the engine gives it) each row is also written
 through to the persistent record in the cache directory, which `history` and
-`to_frame(all=True)` read, and which holds the persistent budgets (`%chat budget 20 --per
+`to_frame(all=True)` read (and `to_frame()`
+and `plot()`, for this session's rows, once some were folded), and which holds the persistent budgets (`%chat budget 20 --per
 month`): checked by `reserve` and `check` beside the session's budget, against what every
 kernel spent in the period.
 """
@@ -30,6 +34,7 @@ from ipychat.core.periods import (
     this_period,
 )
 from ipychat.core.pricing import format_usd, format_usd_bound, round_up_usd
+from ipychat.engine.ledgerfold import Folded, alert_latency, percentile, summary_latency
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -103,25 +108,26 @@ class ModelSummary:
         return self.errors / self.requests if self.requests else 0.0
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
-
-
 _FIELDS = tuple(f.name for f in fields(LedgerRow))
 _DEFAULTS = {f.name: f.default for f in fields(LedgerRow) if f.default is not MISSING}
+
+# Rows kept in memory before the oldest half are folded into totals: ~13 MB of rows at most,
+# and the views that read the newest rows (the error alert's last 50) always find them.
+FOLD_AT = 20_000
 
 
 @dataclass
 class Ledger:
-    """Every request of the session, the spend so far and the money in flight."""
+    """Every request of the session, the spend so far and the money in flight.
+
+    `rows` holds the newest requests (all of them until `fold_at`); `len(ledger)` counts
+    every request, iterating yields the rows kept."""
 
     budget: float | None = None
     rows: list[LedgerRow] = field(default_factory=list)
     store: LedgerStore | None = None  # the persistent record rows are written through to
+    fold_at: int = FOLD_AT
+    _folded: Folded = field(default_factory=Folded, repr=False)
     _reserved: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _alerted: set[str] = field(default_factory=set, repr=False)
@@ -138,15 +144,20 @@ class Ledger:
         return iter(list(self.rows))
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self._folded.count + len(self.rows)
+
+    @property
+    def folded(self) -> int:
+        """How many of the oldest requests are kept as totals only (not in `rows`)."""
+        return self._folded.count
 
     @property
     def spent(self) -> float:
-        return sum(r.cost for r in self.rows if r.cost)
+        return sum((r.cost for r in list(self.rows) if r.cost), self._folded.spent)
 
     @property
     def saved(self) -> float:
-        return sum(r.saved for r in self.rows if r.cached and r.saved)
+        return sum((r.saved for r in list(self.rows) if r.cached and r.saved), self._folded.saved)
 
     def reserve(
         self,
@@ -267,7 +278,9 @@ class Ledger:
                     start = period_start(period, now)
                     # This session's own rows from memory (written or still queued), the
                     # rest from the record: each row counted once.
-                    own = sum(r.cost for r in self.rows if r.cost and r.time >= start)
+                    own = self._folded.spent_since(start) + sum(
+                        r.cost for r in list(self.rows) if r.cost and r.time >= start
+                    )
                     out.append((period, budgets[period], own + self.store.spent_by_others(start)))
             return out
         except ChatError:  # the record is off: it said so once
@@ -310,6 +323,8 @@ class Ledger:
             self._reserved = max(0.0, self._reserved - held)
             if row is not None:
                 self.rows.append(row)
+                if len(self.rows) > self.fold_at:
+                    self._fold()
         if row is not None and self.store is not None:
             self.store.append((row,), prompt)
 
@@ -326,41 +341,59 @@ class Ledger:
         rows = list(rows)
         with self._lock:
             self.rows.extend(rows)
+            if len(self.rows) > self.fold_at:
+                self._fold()
         if self.store is not None:
             self.store.append(rows)
 
+    def _fold(self) -> None:
+        """Fold the oldest rows into the totals, keeping the newest `fold_at // 2` (under
+        the lock: the views read totals and rows together)."""
+        keep = self.fold_at // 2
+        old = self.rows[: len(self.rows) - keep]
+        self._folded.fold(old)
+        del self.rows[: len(old)]
+
     def summary(self) -> list[ModelSummary]:
-        by_model: dict[str, list[LedgerRow]] = {}
-        for row in list(self.rows):
+        with self._lock:
+            rows, folded = list(self.rows), self._folded.models
+        by_model: dict[str, list[LedgerRow]] = {model: [] for model in folded}
+        for row in rows:
             by_model.setdefault(row.model, []).append(row)
         out = []
         for model, rows in by_model.items():
-            # Batch API rows have no request latency of their own: they would drag p50/p95 to 0.
-            latencies = sorted(
-                r.latency
-                for r in rows
-                if not r.cached and r.outcome == "ok" and r.thread != "batch"
-            )
+            old = folded.get(model)
+            latencies = sorted(r.latency for r in rows if summary_latency(r))
             costs = [r.cost for r in rows]
+            if old is not None:
+                latencies = sorted([*old.latencies, *latencies])
+            unpriced = any(c is None for c in costs) or (old is not None and old.unpriced)
             out.append(
                 ModelSummary(
                     model=model,
-                    requests=len(rows),
-                    cached=sum(r.cached for r in rows),
-                    errors=sum(r.outcome == "error" for r in rows),
-                    prompt_tokens=sum(r.prompt_tokens for r in rows),
-                    completion_tokens=sum(r.completion_tokens for r in rows),
-                    cost=None if any(c is None for c in costs) else sum(c or 0.0 for c in costs),
-                    saved=sum(r.saved or 0.0 for r in rows if r.cached),
-                    p50_latency=_percentile(latencies, 50),
-                    p95_latency=_percentile(latencies, 95),
+                    requests=len(rows) + (old.requests if old else 0),
+                    cached=sum((r.cached for r in rows), old.cached if old else 0),
+                    errors=sum((r.outcome == "error" for r in rows), old.errors if old else 0),
+                    prompt_tokens=sum(
+                        (r.prompt_tokens for r in rows), old.prompt_tokens if old else 0
+                    ),
+                    completion_tokens=sum(
+                        (r.completion_tokens for r in rows), old.completion_tokens if old else 0
+                    ),
+                    cost=None
+                    if unpriced
+                    else sum((c or 0.0 for c in costs), old.cost if old else 0),
+                    saved=sum((r.saved or 0.0 for r in rows if r.cached), old.saved if old else 0),
+                    p50_latency=percentile(latencies, 50),
+                    p95_latency=percentile(latencies, 95),
                 )
             )
         return out
 
     def alerts(self) -> list[str]:
         """One-line warnings that are new since the last call (each shown once per state)."""
-        rows = list(self.rows)
+        with self._lock:
+            rows, folded = list(self.rows), self._folded.latencies
         found: dict[str, str] = {}
         recent = [r for r in rows[-50:] if not r.cached]
         if len(recent) >= 10:
@@ -370,10 +403,10 @@ class Ledger:
                     f"{rate:.0%} of the last {len(recent)} requests failed: check %chat usage "
                     "and the endpoint."
                 )
-        latencies = [r.latency for r in rows if not r.cached and r.outcome == "ok"]
+        latencies = [*folded, *(r.latency for r in rows if alert_latency(r))]
         if len(latencies) >= 20:
             median = statistics.median(latencies)
-            p95_recent = _percentile(sorted(latencies[-20:]), 95)
+            p95_recent = percentile(sorted(latencies[-20:]), 95)
             if median > 0 and p95_recent is not None and p95_recent > 2 * median:
                 found["latency"] = (
                     f"Latency is up: p95 of the last 20 requests is {p95_recent:.1f} s against "
@@ -395,12 +428,27 @@ class Ledger:
         latency of each model's requests, as a matplotlib Figure (imported only here)."""
         from ipychat.engine.ledgerplot import plot
 
-        return plot(list(self.rows), self.budget)
+        return plot(self._session_rows(), self.budget)
+
+    def _session_rows(self) -> list[LedgerRow]:
+        """Every row of this session: the kept ones, or, once some were folded, all of them
+        from the persistent record (when there is none, the kept rows: the newest)."""
+        with self._lock:
+            rows, folded = list(self.rows), self._folded.count
+        if not folded or self.store is None:
+            return rows
+        try:
+            recorded = self.store.rows(session=self.store.session)
+        except ChatError:  # the record is off: it said so once
+            return rows
+        return LedgerRow.many({}, ({k: r[k] for k in _FIELDS} for r in recorded))
 
     def to_frame(
         self, all: bool = False, *, since: float | None = None, notebook: str | None = None
     ) -> Any:
-        """Every row of this session as a pandas DataFrame (time as datetimes). With
+        """Every row of this session as a pandas DataFrame (time as datetimes; once the
+        oldest rows were folded, read back from the persistent record, or without one only
+        the newest `fold_at // 2` or more). With
         `all=True` (or `since`/`notebook`): the persistent record of every kernel, with its
         notebook, kernel, session and prompt (None unless `log_prompts`) columns."""
         import pandas as pd
@@ -410,7 +458,8 @@ class Ledger:
             frame = pd.DataFrame(rows, columns=list(self.store.columns if self.store else ()))
         else:
             frame = pd.DataFrame(
-                [asdict(r) for r in list(self.rows)], columns=list(LedgerRow.__dataclass_fields__)
+                [asdict(r) for r in self._session_rows()],
+                columns=list(LedgerRow.__dataclass_fields__),
             )
         frame["time"] = pd.to_datetime(frame["time"], unit="s")
         return frame

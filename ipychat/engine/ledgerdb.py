@@ -423,11 +423,21 @@ class LedgerStore:
 
     # ----- questions -------------------------------------------------------------------------
 
-    def rows(self, since: float | None = None) -> list[dict[str, Any]]:
-        """Every recorded row (of every kernel) since `since`, oldest first, as dicts of
-        `COLUMNS`; this store's queued rows are written first."""
+    def rows(
+        self, since: float | None = None, *, session: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every recorded row (of every kernel, or of `session` only) since `since`, oldest
+        first, as dicts of `COLUMNS`; this store's queued rows are written first."""
         self.flush()
-        where, params = ("WHERE time >= ?", (since,)) if since is not None else ("", ())
+        terms: list[str] = []
+        params: list[Any] = []
+        if since is not None:
+            terms.append("time >= ?")
+            params.append(since)
+        if session is not None:
+            terms.append("session = ?")
+            params.append(session)
+        where = f"WHERE {' AND '.join(terms)}" if terms else ""
         found = self.query(f"SELECT {', '.join(COLUMNS)} FROM requests {where} ORDER BY id", params)
         out = []
         for values in found:

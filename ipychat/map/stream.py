@@ -136,7 +136,9 @@ class _Source:
         assert self.dataset is not None
         pending: list[Any] = []
         held, index = 0, 0
-        for batch in self.dataset.to_batches(batch_size=self.batch_rows):
+        for batch in self.dataset.to_batches(
+            batch_size=self.batch_rows, batch_readahead=1, fragment_readahead=1
+        ):
             pending.append(batch)
             held += batch.num_rows
             while held >= self.batch_rows:
