@@ -116,8 +116,8 @@ def test_what_cannot_go_to_workers_is_refused_in_one_line(dask_client: Any) -> N
             session.map(frame(), "Describe {name}", output="d")
         with pytest.raises(ConfigError, match="not changed in place"):
             session.map(frame(), "Describe {name}", output="d", inplace=True)
-        with pytest.raises(ConfigError, match=r"Typed maps .* do not run on Dask yet"):
-            session.map(frame(), "Is {name} good?", output="d", choices=["yes", "no"])
+        with pytest.raises(ConfigError, match=r"use session.filter\(ddf"):
+            session.map(frame(), "Is {name} good?", output="d", filter=True)
         with pytest.raises(ConfigError, match="Batch API takes one file"):
             session.map(frame(), "Describe {name}", output="d", batch=True)
     finally:
