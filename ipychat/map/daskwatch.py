@@ -56,7 +56,6 @@ class _Partition:
 class MapWatch:
     """One Dask map's reports (see the module docstring)."""
 
-
     def __init__(
         self,
         ledger: Ledger,
