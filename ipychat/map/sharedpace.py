@@ -235,7 +235,10 @@ class RedisPace:
                 socket_connect_timeout=self._timeout,
                 client_name="ipychat-pace",
                 max_connections=_CONNECTIONS,
-                timeout=self._timeout,
+                # Waiting for a free connection is not Redis failing (its sockets time out
+                # on their own): on a loaded machine a stalled loop waited past 5 s ("No
+                # connection available") and turned the shared pace off for good.
+                timeout=None,
                 **tls,
             )
             client = self._clients[loop] = redis.asyncio.Redis(connection_pool=pool)
