@@ -129,7 +129,7 @@ def _host(spec: WorkerSpec) -> Host:
         if host is None:
             host = _HOSTS[key] = spec.make_host(spec.settings, spec.cache.open())
             if len(_HOSTS) == 1:
-                atexit.register(_exit_quickly, spec.settings.model)
+                atexit.register(_exit_quickly, spec.options.model or spec.settings.model)
             # The kernel records the rows this worker reports (in its ledger, and its
             # ledger.db): written here too, a shared cache folder would count them twice.
             host.engine.usage.close()
@@ -137,7 +137,7 @@ def _host(spec: WorkerSpec) -> Host:
     return host
 
 
-def _exit_quickly(model: str) -> None:
+def _exit_quickly(model: str | None) -> None:
     """At this process's exit: leave its heap to the OS instead of collecting it.
 
     Why `cluster.close()` waited 4 s and then killed the workers: a worker process that
@@ -157,7 +157,7 @@ def _exit_quickly(model: str) -> None:
     from ipychat.core.tokens import encoding_for
 
     with contextlib.suppress(Exception):
-        encoding, _ = encoding_for(model)
+        encoding, _ = encoding_for(model or "")
         ctypes.pythonapi.Py_IncRef(ctypes.py_object(encoding))
     gc.freeze()
 
