@@ -277,7 +277,8 @@ def _launch(
     engine = host.engine
     usage = engine.usage
     plan = None
-    if how.dry_run or how.on_plan is not None or opts.max_cost is not None or usage.budget:
+    checked = opts.max_cost is not None or usage.budget is not None
+    if how.dry_run or how.on_plan is not None or checked:
         plan, first = _planned(host, ddf, template, opts)
         if how.dry_run:
             return plan
