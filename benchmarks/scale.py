@@ -5,10 +5,14 @@ fresh quota, per run), with a real redis-server (random port) as the shared cach
 
   rate-limited   ROWS_LIMITED rows, RPM_LIMIT enforced over 1-second windows (refused
                  requests count, as at OpenAI), 100 ms latency, headers on. The single
-                 kernel (session.map on pandas) beside a Dask map on a LocalCluster of 4
-                 worker processes that share one pace through Redis. E = T_ideal / T,
-                 T_ideal = rows / (RPM / 60) + one latency; the share of requests answered
-                 429; rows lost (not answered).
+                 kernel (session.map on pandas), cold (its first map: imports, the
+                 tokenizer, the connections) and warm (as after %load_ext and a first
+                 map), beside a Dask map on a LocalCluster of 4 worker processes that
+                 share one pace through Redis. E = T_ideal / T, T_ideal = rows / (RPM /
+                 60) + one latency; the share of requests answered 429; rows lost (not
+                 answered); from the server's log: seconds from the call to the first
+                 request ("start"), from the last request to the return ("tail"), and
+                 the steady E between them.
   unlimited      ROWS_FREE rows, no limits, zero latency: rows per second of the single
                  kernel and of Dask maps on 1, 2 and 4 worker processes, and CPU seconds
                  per row (the mapping processes: the kernel, or the workers and the kernel).
@@ -81,9 +85,12 @@ class Cluster:
     def cpu(self) -> float:
         return sum(self.client.run(time.process_time).values())
 
-    def close(self) -> None:
+    def close(self) -> float:
+        """Close; the seconds it took (a worker its nanny had to kill: 4 s and more)."""
+        started = time.perf_counter()
         self.client.close()
         self.cluster.close()
+        return time.perf_counter() - started
 
 
 def dask_map(chat: ChatSession, df: pd.DataFrame, partitions: int) -> pd.DataFrame:
@@ -102,14 +109,39 @@ def measure(run: Any, cluster: Cluster | None) -> tuple[Any, float, float]:
     return result, wall, cpu
 
 
+def warm_kernel(chat: ChatSession, fake: Any) -> None:
+    """As a notebook's kernel is when it maps: `%load_ext`'s warm-up (tokenizer, client
+    modules), and one small map on this server (the client's connections, the limits learnt
+    from the headers), then its requests out of the server's window and log."""
+    from ipychat.notebook import warmup
+
+    warmup.warm(chat)
+    chat.map(frame(8, "warm"), "Sum up: {text}", "s")
+    time.sleep(1.5)
+    fake.reset_log()
+
+
+def timeline(fake: Any, started: float, ended: float) -> tuple[float, float, float]:
+    """From the server's log: seconds from the map's start to its first request, from its
+    last request to the map's end, and the steady rate between them (requests/s)."""
+    times = sorted(r.time for r in fake.chat_requests)
+    if len(times) < 2:
+        return 0.0, 0.0, 0.0
+    steady = (len(times) - 1) / (times[-1] - times[0])
+    return times[0] - started, ended - times[-1], steady
+
+
 def limited(url: str, rows: int, workers: int) -> None:
     print(f"\nRate-limited: {rows:,} rows, {RPM_LIMIT:,} RPM over 1 s windows, {LATENCY} s latency")
-    print(f"{'':<28}{'E':>7}{'429 share':>11}{'lost':>6}{'wall s':>9}")
+    print(
+        f"{'':<28}{'E':>7}{'429 share':>11}{'lost':>6}{'wall s':>9}"
+        f"{'start s':>9}{'tail s':>8}{'steady E':>10}"
+    )
     ideal = rows / (RPM_LIMIT / 60) + LATENCY
-    for label in ("single kernel", f"Dask, {workers} workers"):
+    for label in ("single kernel, cold", "single kernel", f"Dask, {workers} workers"):
         cluster = Cluster(workers) if label.startswith("Dask") else None
         try:
-            with FakeOpenAIServer.spawn(rpm=RPM_LIMIT, latency=LATENCY) as fake:
+            with FakeOpenAIServer.spawn(rpm=RPM_LIMIT, latency=LATENCY, window=1) as fake:
                 chat = session(fake, url, f"limited-{label[:4]}-{time.time_ns()}")
                 df = frame(rows, "limited")
                 if cluster is not None:  # warm: workers started, imported, connected
@@ -118,16 +150,24 @@ def limited(url: str, rows: int, workers: int) -> None:
                     fake.reset_log()
                     run = lambda chat=chat, df=df: dask_map(chat, df, workers * 4)  # noqa: E731
                 else:
+                    if not label.endswith("cold"):
+                        warm_kernel(chat, fake)
                     run = lambda chat=chat, df=df: chat.map(df, "Sum up: {text}", "s")  # noqa: E731
+                started = time.monotonic()
                 out, wall, _ = measure(run, None)
+                start, tail, steady = timeline(fake, started, time.monotonic())
                 stats = fake.stats()
                 chat.close()
         finally:
             if cluster is not None:
-                cluster.close()
+                closing = cluster.close()
         lost = int(out["s"].isna().sum())
         share = stats.rate_limited / max(1, stats.chat)
-        print(f"{label:<28}{ideal / wall:>7.3f}{share:>11.2%}{lost:>6}{wall:>9.2f}")
+        print(
+            f"{label:<28}{ideal / wall:>7.3f}{share:>11.2%}{lost:>6}{wall:>9.2f}"
+            f"{start:>9.2f}{tail:>8.2f}{steady / (RPM_LIMIT / 60):>10.3f}"
+        )
+    print(f"(the {workers}-worker cluster closed in {closing:.1f} s)")
 
 
 def unlimited(url: str, rows: int, counts: list[int]) -> None:

@@ -171,7 +171,18 @@ class FrameOperations:
         are `map`'s (model, system, cache, limit, max_cost, ...). Counts and every row's
         decision and error: `ipychat.map.job.run_filter`."""
         from ipychat.map import job as chatmap
+        from ipychat.map.dask import filter_dask, is_dask_frame
 
         host: Any = self  # a ChatSession: its engine and loop (`ipychat.map.host.Host`)
         with allowing_secrets(allow_secrets):
+            if is_dask_frame(df):  # the kept rows, lazily, filtered on the workers
+                return filter_dask(
+                    host,
+                    df,
+                    template,
+                    decision=decision,
+                    make_host=WorkerHost,
+                    allow_secrets=allow_secrets,
+                    **options,
+                )
             return chatmap.filter_frame(host, df, template, decision=decision, **options)

@@ -2,16 +2,22 @@
 
 ```
 map_dask(host, ddf, template, output, make_host=..., **options)       on the caller
+filter_dask(host, ddf, template, decision=..., make_host=..., **options)
   ├── MapOptions.of(output, **options)   every option checked once, nothing sent
-  ├── WorkerSpec                         what a worker needs to map a partition, picklable:
+  ├── the first partition planned        with a budget, max_cost or a plan to show: read
+  │                                      once, and put back into the frame as read
+  ├── MapWatch (map/daskwatch.py)        the workers' reports: their ledger rows into this
+  │                                      session's ledger, progress, the budget's stop
+  ├── WorkerSpec (map/daskworker.py)     what a worker needs to map a partition, picklable:
   │                                      the settings (no key), the cache (a Redis store
   │                                      pickles as its URL; a directory as its path), the
-  │                                      template and options, the shared pace
+  │                                      template and options, the shared pace, the topic
   └── ddf.map_partitions(map_partition, spec, meta=...)     lazy: a Dask DataFrame with
-        │                                the output columns and `_error` (dtypes in `meta`)
+        │                                the output columns and `_error` (dtypes in `meta`:
+        │                                text, --json objects, typed columns as in a kernel)
         ▼                                on a worker, when computed
       map_partition(part, spec)          ipychat.map.job.run on the worker's own host (an
-                                         engine and a loop, made once per worker process by
+      filter_partition(part, spec)       engine and a loop, made once per worker process by
                                          `spec.make_host`): the same plan, cache read,
                                          pacing, retries and `_error` as in a kernel
 ```
@@ -33,32 +39,45 @@ this kernel (a `Secret` never pickles): workers send the key in their own enviro
 
 The dry run (and the plan line before `%%chatmap ddf` runs) plans the first partition
 only and says so: how many rows the frame has is not known without reading it all.
+
+Typed maps: `choices=` gives a category of exactly the labels, `schema=` one column per
+field (`a.b` for nested ones) of its nullable dtype (Int64, Float64, boolean, string,
+category, object for lists), as in a kernel (`ipychat.map.typed`), but for datetimes: a
+Dask column has one dtype for every partition, so datetimes are `datetime64[us]`, and a
+value with a UTC offset is converted to UTC (a kernel's map keeps the offsets of a column
+whose values all have one).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import pickle
-import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ipychat.core.errors import ChatError, ConfigError
+from ipychat.core.errors import ConfigError
 from ipychat.core.pricing import format_usd
 from ipychat.core.settings import LOCAL, Settings
+from ipychat.map.daskwatch import MapWatch
+from ipychat.map.daskworker import (
+    CacheSpec,
+    MakeHost,
+    WorkerSpec,
+    filter_partition,
+    map_partition,
+)
 from ipychat.map.options import MapOptions
 from ipychat.map.plan import MapPlan
 
 if TYPE_CHECKING:
-    from ipychat.engine.cache import ResponseCache
     from ipychat.map.host import Host
 
 __all__ = [
     "CacheSpec",
     "DaskPlan",
     "WorkerSpec",
+    "filter_dask",
     "is_dask_frame",
     "map_dask",
     "map_partition",
@@ -66,103 +85,10 @@ __all__ = [
     "workers",
 ]
 
-MakeHost = Callable[[Settings, "ResponseCache | bool"], "Host"]
-
 
 def is_dask_frame(df: Any) -> bool:
     """True for a `dask.dataframe.DataFrame` (without importing dask when it is not one)."""
     return type(df).__module__.startswith("dask.") and type(df).__name__ == "DataFrame"
-
-
-# ----- what a worker needs ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CacheSpec:
-    """The caller's cache as a worker opens it: "off", "directory" (`value`: its path) or
-    "store" (`value`: a `CacheStore` that pickles, the Redis one)."""
-
-    kind: str
-    value: Any = None
-
-    @classmethod
-    def of(cls, cache: ResponseCache | None) -> CacheSpec:
-        if cache is None:
-            return cls("off")
-        store = getattr(cache, "store", None)
-        if store is not None:
-            return cls("store", store)
-        return cls("directory", str(cache.directory))
-
-    def open(self) -> ResponseCache | bool:
-        if self.kind == "off":
-            return False
-        if self.kind == "store":
-            from ipychat.engine.stores.counted import StoreCache
-
-            return StoreCache(self.value)
-        from ipychat.engine.cache import ResponseCache
-
-        return ResponseCache(self.value)
-
-    @property
-    def redis(self) -> Any:
-        """A Redis cache's `RedisTarget` (the shared pace goes to the same server), or None."""
-        return getattr(self.value, "target", None) if self.kind == "store" else None
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """A map as a worker runs it on one partition (see the module docstring)."""
-
-    make_host: MakeHost
-    settings: Settings
-    cache: CacheSpec
-    template: str
-    options: MapOptions
-    dtypes: tuple[tuple[str, str], ...]  # the new columns and their dtypes, as in `meta`
-
-    def host_key(self) -> bytes:
-        return pickle.dumps((self.make_host, self.settings, self.cache))
-
-
-# One host (engine, loop, cache connection) per worker process and thread, made on the
-# first partition and reused by the next ones: a partition must not pay for a new
-# connection pool, nor the pace learnt by the last one be lost.
-_HOSTS: dict[tuple[bytes, int], Any] = {}
-_HOSTS_LOCK = threading.Lock()
-
-
-def _host(spec: WorkerSpec) -> Host:
-    key = (spec.host_key(), threading.get_ident())
-    with _HOSTS_LOCK:
-        host = _HOSTS.get(key)
-        if host is None:
-            host = _HOSTS[key] = spec.make_host(spec.settings, spec.cache.open())
-    return host
-
-
-def map_partition(part: Any, spec: WorkerSpec) -> Any:
-    """Map one partition (a pandas DataFrame) on this worker: `ipychat.map.job.run`."""
-    from ipychat.map.job import MapAborted, run
-
-    options = spec.options
-    try:
-        result = run(_host(spec), part, spec.template, options.outputs, **options.as_dict())
-    except MapAborted as exc:
-        aborted = str(exc)
-    else:
-        aborted = ""
-    if aborted:
-        # Raised outside the `except`: Dask pickles an error with its context (tblib), and
-        # a MapAborted (with its partial frame) does not unpickle; this one line does.
-        raise ChatError(aborted)
-    frame = result.frame
-    for name, dtype in spec.dtypes:  # `_error` too, which a kernel's map adds only if needed
-        if name not in frame:
-            frame[name] = None
-        frame[name] = frame[name].astype(dtype)
-    return frame
 
 
 # ----- the caller's side ----------------------------------------------------------------------
@@ -198,18 +124,51 @@ def _worker_settings(settings: Settings) -> Settings:
     return dataclasses.replace(settings, api_key=None)
 
 
-def _meta(ddf: Any, options: MapOptions) -> tuple[Any, tuple[tuple[str, str], ...]]:
-    """The result's empty frame: the input's columns, then the outputs and the error column
-    (text as pandas' "string" dtype; --json values as objects: numbers, lists, dicts)."""
+def _client() -> Any:
+    """The default `distributed.Client`, or None (Dask's local scheduler)."""
+    try:
+        from distributed import default_client
+    except ImportError:
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+def _meta(
+    host: Host, ddf: Any, template: str, options: MapOptions, decision: str | None
+) -> tuple[Any, tuple[tuple[str, Any], ...]]:
+    """The result's empty frame and the dtypes of its new columns. Text: pandas' "string"
+    dtype; --json values: objects (numbers, lists, dicts); typed columns as a kernel's map
+    writes them (`map.typed`: the same job run on the empty meta, which sends nothing),
+    datetimes in microseconds (a partition's UTC offsets: see `daskworker`); `_error`: string.
+    A filter keeps the input's columns, and the decision column (boolean) if asked for."""
     import pandas as pd
 
-    text = "object" if options.json else "string"
-    dtypes = tuple((name, text) for name in options.outputs)
-    dtypes += ((options.error_column, "string"),)
+    from ipychat.map.mapper import MapJob
+
+    dtypes: tuple[tuple[str, Any], ...]
+    if options.filter:
+        dtypes = ((decision, pd.BooleanDtype()),) if decision else ()
+    else:
+        if options.spec is not None:
+            typed = MapJob(host.engine, ddf._meta, template, options).result().frame
+            new = [c for c in typed.columns if c not in ddf.columns and c != options.error_column]
+            dtypes = tuple((c, _unit(typed[c].dtype)) for c in new)
+        else:
+            text = "object" if options.json else "string"
+            dtypes = tuple((name, text) for name in options.outputs)
+        dtypes += ((options.error_column, "string"),)
     meta = ddf._meta.copy()
     for name, dtype in dtypes:
         meta[name] = pd.Series([], dtype=dtype, index=meta.index)
     return meta, dtypes
+
+
+def _unit(dtype: Any) -> Any:
+    """An empty typed column's datetimes come in seconds: a reply's, in microseconds."""
+    return "datetime64[us]" if str(dtype).startswith("datetime64") else dtype
 
 
 @dataclass(frozen=True)
@@ -224,6 +183,12 @@ class DaskPlan:
     @property
     def estimated_rows(self) -> int:
         return self.sample.rows * self.partitions
+
+    @property
+    def request_high(self) -> float:
+        """One request's upper bound (the sample's mean), 0 when nothing is sent or unknown."""
+        high, send = self.sample.cost_high, self.sample.send
+        return high / send if high is not None and send else 0.0
 
     def line(self) -> str:
         where = (
@@ -253,11 +218,99 @@ class DaskPlan:
 
 def plan_dask(host: Host, ddf: Any, template: str, options: MapOptions) -> DaskPlan:
     """The dry run: the first partition planned (read, not sent), scaled in words."""
+    return _planned(host, ddf, template, options)[0]
+
+
+def _planned(host: Host, ddf: Any, template: str, options: MapOptions) -> tuple[DaskPlan, Any]:
+    """The dry run's plan, and the first partition it read (a pandas DataFrame)."""
     from ipychat.map.mapper import MapJob
 
     first = ddf.get_partition(0).compute()
     sample = MapJob(host.engine, first, template, options).plan
-    return DaskPlan(sample, ddf.npartitions, workers(), options.pace is not None)
+    return DaskPlan(sample, ddf.npartitions, workers(), options.pace is not None), first
+
+
+def _with_first(ddf: Any, first: Any) -> Any:
+    """`ddf` with its first partition the frame already read: computing the map does not
+    read it again (the divisions are kept: those of `first` are the first division's)."""
+    import dask.dataframe as dd
+
+    head = dd.from_pandas(first, npartitions=1, sort=ddf.known_divisions)
+    if ddf.npartitions == 1:
+        return head
+    return dd.concat([head, ddf.partitions[1:]])
+
+
+def _options(
+    host: Host, ddf: Any, output: str | Sequence[str], options: dict[str, Any]
+) -> tuple[Any, MapOptions, CacheSpec]:
+    """The frame (its first `limit` rows), the options checked, and the cache workers open."""
+    if options.get("inplace"):
+        raise ConfigError("A Dask DataFrame is not changed in place: use the frame map returns.")
+    if options.get("limit") is not None:
+        ddf = ddf.head(options["limit"], npartitions=-1, compute=False)
+        options = {**options, "limit": None}
+    cache = CacheSpec.of(None if options.get("cache") in ("off", False) else host.engine.cache)
+    shared = options.pop("pace", None)  # False: each worker paces alone
+    opts = MapOptions.of(output, pace=shared or None, **options)
+    if shared is None and cache.redis is not None:
+        from ipychat.map.sharedpace import RedisPace
+
+        opts = dataclasses.replace(opts, pace=RedisPace(cache.redis))
+    return ddf, opts, cache
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """What `map_dask` and `filter_dask` share past their options."""
+
+    make_host: MakeHost
+    dry_run: bool
+    on_plan: Callable[[DaskPlan], None] | None
+    on_watch: Callable[[MapWatch], None] | None
+    decision: str | None = None
+
+
+def _launch(
+    host: Host, ddf: Any, template: str, opts: MapOptions, cache: CacheSpec, how: _Launch
+) -> Any:
+    engine = host.engine
+    usage = engine.usage
+    plan = None
+    checked = opts.max_cost is not None or usage.budget is not None
+    if how.dry_run or how.on_plan is not None or checked:
+        plan, first = _planned(host, ddf, template, opts)
+        if how.dry_run:
+            return plan
+        # max_cost and the budget first against the first partition's bound scaled; then,
+        # as the workers report their spend, against what they spent (`MapWatch`).
+        high = plan.sample.cost_high
+        usage.check(
+            high * plan.partitions if high is not None else None,
+            max_cost=opts.max_cost,
+            what=f"This map (partition 1 of {plan.partitions} planned, scaled)",
+        )
+        if how.on_plan is not None:
+            how.on_plan(plan)
+        ddf = _with_first(ddf, first)
+    settings = _worker_settings(engine.settings)
+    watch = MapWatch(
+        usage,
+        ddf.npartitions,
+        row_high=plan.request_high if plan is not None else 0.0,
+        max_cost=opts.max_cost,
+    ).start(_client())
+    if how.on_watch is not None:
+        how.on_watch(watch)
+    # Each worker writes its replies one by one (a killed worker loses none), and checks no
+    # cost of its own: the kernel's watch does, on the spend the workers report.
+    opts = dataclasses.replace(opts, cache_batch=1, max_cost=None)
+    meta, dtypes = _meta(host, ddf, template, opts, how.decision)
+    spec = WorkerSpec(
+        how.make_host, settings, cache, template, opts, dtypes, watch.topic, how.decision
+    )
+    work = filter_partition if opts.filter else map_partition
+    return ddf.map_partitions(work, spec, meta=meta, align_dataframes=False)
 
 
 def map_dask(
@@ -269,48 +322,37 @@ def map_dask(
     make_host: MakeHost,
     dry_run: bool = False,
     on_plan: Callable[[DaskPlan], None] | None = None,
+    on_watch: Callable[[MapWatch], None] | None = None,
     **options: Any,
 ) -> Any:
-    """`session.map(ddf, …)`: a lazy Dask DataFrame with the output columns and `_error`,
-    or the `DaskPlan` of a dry run. `make_host(settings, cache)` makes a worker's host
-    (pickled by reference: a module-level function)."""
-    if options.get("inplace"):
-        raise ConfigError("A Dask DataFrame is not changed in place: use the frame map returns.")
-    if options.get("limit") is not None:
-        ddf = ddf.head(options["limit"], npartitions=-1, compute=False)
-        options = {**options, "limit": None}
-    engine = host.engine
-    cache = CacheSpec.of(None if options.get("cache") in ("off", False) else engine.cache)
-    shared = options.pop("pace", None)  # False: each worker paces alone
-    opts = MapOptions.of(output, pace=shared or None, **options)
-    if opts.schema is not None or opts.choices is not None or opts.filter:
-        raise ConfigError(
-            "Typed maps (schema=, choices=, filter) do not run on Dask yet: map text (or "
-            "--json) columns, or compute() a pandas frame first."
-        )
-    if shared is None and cache.redis is not None:
-        from ipychat.map.sharedpace import RedisPace
+    """`session.map(ddf, …)`: a lazy Dask DataFrame with the output columns (typed with
+    `schema=`/`choices=`, as in a kernel) and `_error`, or the `DaskPlan` of a dry run.
+    `make_host(settings, cache)` makes a worker's host (pickled by reference: a
+    module-level function); `on_watch(watch)` gets the map's `MapWatch` (its progress)."""
+    if options.get("filter"):
+        raise ConfigError("A filter returns the kept rows: use session.filter(ddf, …).")
+    ddf, opts, cache = _options(host, ddf, output, options)
+    return _launch(host, ddf, template, opts, cache, _Launch(make_host, dry_run, on_plan, on_watch))
 
-        opts = dataclasses.replace(opts, pace=RedisPace(cache.redis))
-    budget = engine.usage.budget
-    if dry_run or on_plan is not None or opts.max_cost is not None or budget is not None:
-        plan = plan_dask(host, ddf, template, opts)
-        if dry_run:
-            return plan
-        # max_cost and the session's budget, against the first partition's bound scaled
-        # (the workers' spend is not in this session's ledger: they have their own).
-        high = plan.sample.cost_high
-        engine.usage.check(
-            high * plan.partitions if high is not None else None,
-            max_cost=opts.max_cost,
-            what=f"This map (partition 1 of {plan.partitions} planned, scaled)",
-        )
-        if on_plan is not None:
-            on_plan(plan)
-    settings = _worker_settings(engine.settings)
-    # Each worker writes its replies one by one (a killed worker loses none), and checks no
-    # cost of its own: the caller checked the whole frame's estimate.
-    opts = dataclasses.replace(opts, cache_batch=1, max_cost=None)
-    meta, dtypes = _meta(ddf, opts)
-    spec = WorkerSpec(make_host, settings, cache, template, opts, dtypes)
-    return ddf.map_partitions(map_partition, spec, meta=meta, align_dataframes=False)
+
+def filter_dask(
+    host: Host,
+    ddf: Any,
+    template: str,
+    *,
+    make_host: MakeHost,
+    decision: str | None = None,
+    dry_run: bool = False,
+    on_plan: Callable[[DaskPlan], None] | None = None,
+    on_watch: Callable[[MapWatch], None] | None = None,
+    **options: Any,
+) -> Any:
+    """`session.filter(ddf, …)`: a lazy Dask DataFrame of the rows answered yes (index and
+    order kept; `decision`: their answers as a boolean column), or the dry run's plan."""
+    if options.get("inplace"):
+        raise ConfigError("A filter returns the kept rows as a new frame: leave out inplace.")
+    taken = {str(c) for c in ddf.columns} | {options.get("error_column", "_error")}
+    column = decision or next(n for n in ("_keep", "__keep", "___keep") if n not in taken)
+    ddf, opts, cache = _options(host, ddf, column, {**options, "filter": True})
+    how = _Launch(make_host, dry_run, on_plan, on_watch, decision)
+    return _launch(host, ddf, template, opts, cache, how)

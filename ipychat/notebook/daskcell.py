@@ -1,11 +1,14 @@
-"""`%%chatmap DF` when DF is a Dask DataFrame: the map runs on the cluster's workers.
+"""`%%chatmap DF` and `%%chatfilter DF` when DF is a Dask DataFrame: the rows are asked on
+the cluster's workers.
 
 The plan line comes first (partitions, workers, the first partition planned: see
 `ipychat.map.dask`), then the map runs: the result is persisted (on the cluster's workers
-with a `distributed.Client`, else in this process) and bound to DF (or --into), so the
-notebook holds a Dask DataFrame whose new columns are computed, as a pandas DataFrame's
-would be written. A row's failure is in DF["_error"], as for pandas; re-running the cell
-resumes from the cache.
+with a `distributed.Client`, else in this process) while a progress bar (a text line in a
+terminal) shows the rows the workers reported, their errors and their spend
+(`ipychat.map.daskwatch`). The persisted frame is bound to DF (or --into), so the notebook
+holds a Dask DataFrame whose new columns are computed, as a pandas DataFrame's would be
+written; a filter's kept rows are the cell's result (or go to --into). A row's failure is in
+DF["_error"], as for pandas; re-running the cell resumes from the cache.
 """
 
 from __future__ import annotations
@@ -15,7 +18,11 @@ from typing import Any
 
 from ipychat.notebook.display import show_markdown
 
-__all__ = ["map_dask_cell", "run_dask_cell"]
+__all__ = ["filter_dask_cell", "map_dask_cell", "run_dask_cell"]
+
+# How long the cell waits, after the frame is computed, for the workers' last reports (they
+# travel through the scheduler: usually within a few milliseconds).
+SETTLE = 5.0
 
 
 def map_dask_cell(
@@ -39,29 +46,44 @@ def map_dask_cell(
     return True
 
 
+def _where() -> str:
+    from ipychat.map.dask import workers
+
+    count = workers()
+    return f"{count} worker{'' if count == 1 else 's'}" if count else "Dask's local scheduler"
+
+
+def _spend(watch: Any) -> str:
+    from ipychat.core.pricing import format_usd
+
+    return (
+        f"{format_usd(watch.cost)} ({watch.requests:,} request"
+        f"{'' if watch.requests == 1 else 's'}, {watch.cached:,} cached)"
+    )
+
+
 def run_dask_cell(
     session: Any, args: Any, df: Any, cell: str, options: dict[str, Any], view: Any
 ) -> Any:
     """Map `df` for the magic; the persisted frame, or None for --dry-run (the plan shown)."""
-    from ipychat.map.dask import workers
-
     if args.batch:
         session.map(df, cell, args.output, batch=True)  # refused, in one line
     options = {**options, "allow_secrets": args.allow_secrets}
     if args.dry_run:
         view.plan(session.map(df, cell, args.output, dry_run=True, **options))
         return None
-    result = session.map(df, cell, args.output, on_plan=view.plan, **options)
-    persisted = _persist(result)
+    watches: list[Any] = []
+    result = session.map(
+        df, cell, args.output, on_plan=view.plan, on_watch=watches.append, **options
+    )
+    persisted = _persist(result, watches[0], view)
     error_column = "_error"
     failed = int(persisted[error_column].count().compute())  # count(): non-null values
     rows = len(persisted)
-    count = workers()
-    where = f"{count} worker{'' if count == 1 else 's'}" if count else "Dask's local scheduler"
     target = args.into or args.df
     line = (
-        f"Done: {rows:,} row{'' if rows == 1 else 's'} on {where} "
-        f"({persisted.npartitions:,} partitions), {failed:,} failed · "
+        f"Done: {rows:,} row{'' if rows == 1 else 's'} on {_where()} "
+        f"({persisted.npartitions:,} partitions), {failed:,} failed · {_spend(watches[0])} · "
         f"column {args.output if isinstance(args.output, str) else ', '.join(args.output)} "
         f"in {target} (persisted)"
     )
@@ -71,19 +93,62 @@ def run_dask_cell(
     return persisted
 
 
-def _persist(frame: Any) -> Any:
-    """`frame.persist()`, waited for; Ctrl-C cancels the partitions still running."""
+def filter_dask_cell(
+    session: Any, args: Any, df: Any, cell: str, options: dict[str, Any], view: Any
+) -> tuple[bool, Any]:
+    """`%%chatfilter`'s turn for a Dask DataFrame: (False, None) when `df` is not one, else
+    (True, the persisted kept rows or None for --dry-run and --into)."""
+    from ipychat.map.dask import is_dask_frame
+
+    if not is_dask_frame(df):
+        return False, None
+    options = {**options, "allow_secrets": args.allow_secrets}
+    if args.dry_run:
+        view.plan(session.filter(df, cell, decision=args.decision, dry_run=True, **options))
+        return True, None
+    watches: list[Any] = []
+    kept = session.filter(
+        df, cell, decision=args.decision, on_plan=view.plan, on_watch=watches.append, **options
+    )
+    persisted = _persist(kept, watches[0], view)
+    count = len(persisted)
+    asked = watches[0].progress().done
+    line = (
+        f"Kept {count:,} of {asked:,} row{'' if asked == 1 else 's'} on {_where()} "
+        f"({persisted.npartitions:,} partitions; without an answer: "
+        f"{watches[0].progress().errors:,}, not kept) · {_spend(watches[0])}"
+    )
+    if args.into is not None:
+        line += f" · written to {args.into} (persisted)"
+    show_markdown(line, notebook=view.notebook)
+    return True, persisted
+
+
+def _persist(frame: Any, watch: Any, view: Any) -> Any:
+    """`frame.persist()`, waited for with the workers' progress on `view`; Ctrl-C cancels
+    the partitions still running."""
     from ipychat.map.dask import workers
 
     if workers() is None:
-        return frame.persist()
-    from distributed import default_client, wait
+        persisted = frame.persist()
+    else:
+        from distributed import default_client, wait
 
-    client = default_client()
-    persisted = client.persist(frame)
-    try:
-        wait(persisted)
-    except KeyboardInterrupt:
-        client.cancel(persisted)
-        raise
+        client = default_client()
+        persisted = client.persist(frame)
+        try:
+            while True:
+                try:
+                    wait(persisted, timeout=0.25)
+                    break
+                except TimeoutError:
+                    view.update(watch.progress())
+        except BaseException:
+            client.cancel(persisted)
+            view.finish(False)
+            raise
+    watch.settled(SETTLE)
+    progress = watch.progress()
+    view.update(progress)
+    view.finish(progress.errors == 0)
     return persisted

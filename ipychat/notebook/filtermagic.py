@@ -16,6 +16,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, argument_group, magic_arguments
 
+from ipychat.notebook.daskcell import filter_dask_cell
 from ipychat.notebook.magicargs import check_variable, help_layout, parse_line, user_errors
 from ipychat.notebook.mapmagic import frame_named, run_options, run_values, say_masked
 from ipychat.notebook.progress import ProgressView
@@ -98,10 +99,13 @@ class ChatFilterMagics(Magics):
         from ipychat.map.frame import Frame
         from ipychat.notebook.display import in_notebook, show_markdown
 
-        Frame(df, args.df)  # not a DataFrame: the map's own one-line error, before planning
         notebook = in_notebook(self.shell)
         options = run_values(args)
         view = ProgressView(notebook=notebook)
+        dask, kept = filter_dask_cell(self.session, args, df, cell, options, view)
+        if dask:  # asked on the cluster's workers
+            return self._kept(args, kept)
+        Frame(df, args.df)  # not a DataFrame: the map's own one-line error, before planning
         if args.dry_run:
             view.plan(chatmap.filter_frame(self.session, df, cell, dry_run=True, **options))
             note = dry_run_note(self.session, {**options, "filter": True})
@@ -123,13 +127,17 @@ class ChatFilterMagics(Magics):
             raise
         view.finish(outcome.result.summary.failed == 0)
         show_markdown(filter_line(args.df, outcome, into=args.into), notebook=notebook)
-        if args.into is None:
-            return outcome.frame  # the cell's result: shown, and in Out and _
+        return self._kept(args, outcome.frame)
+
+    def _kept(self, args: Any, kept: Any) -> Any:
+        """The cell's result: the kept rows, or (with --into) None, the rows stored."""
+        if kept is None or args.into is None:
+            return kept  # the cell's result: shown, and in Out and _
         if self.shell is not None:
-            self.shell.user_ns[args.into] = outcome.frame
+            self.shell.user_ns[args.into] = kept
         from IPython.display import display
 
-        display(outcome.frame.head())
+        display(kept.head())
         return None
 
 

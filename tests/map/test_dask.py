@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from ipychat.core.errors import BudgetExceeded, ChatError, ConfigError
+from ipychat.core.pricing import format_usd
 from ipychat.engine.cache import ResponseCache
 from ipychat.engine.stores.counted import StoreCache
 from ipychat.engine.stores.redis import RedisStore
@@ -116,8 +117,8 @@ def test_what_cannot_go_to_workers_is_refused_in_one_line(dask_client: Any) -> N
             session.map(frame(), "Describe {name}", output="d")
         with pytest.raises(ConfigError, match="not changed in place"):
             session.map(frame(), "Describe {name}", output="d", inplace=True)
-        with pytest.raises(ConfigError, match=r"Typed maps .* do not run on Dask yet"):
-            session.map(frame(), "Is {name} good?", output="d", choices=["yes", "no"])
+        with pytest.raises(ConfigError, match=r"use session.filter\(ddf"):
+            session.map(frame(), "Is {name} good?", output="d", filter=True)
         with pytest.raises(ConfigError, match="Batch API takes one file"):
             session.map(frame(), "Describe {name}", output="d", batch=True)
     finally:
@@ -227,6 +228,303 @@ def test_chatmap_maps_a_dask_frame_on_the_workers(
             session.close()
     assert dry.startswith("Dask: 4 partitions on 2 workers · sampled partition 1 of 4: 30 rows")
     assert done.splitlines()[0].startswith("Dask: 4 partitions on 2 workers")
-    assert "Done: 120 rows on 2 workers (4 partitions), 0 failed · column d in ddf" in done
+    assert "Done: 120 rows on 2 workers (4 partitions), 0 failed · $" in done
+    assert "(120 requests, 0 cached) · column d in ddf (persisted)" in done
     assert computed["d"].tolist() == [f"Echo: Describe item {i}" for i in range(ROWS)]
     assert len(fake.chat_requests) == ROWS  # computed once, on the workers; read back after
+
+
+# ----- the workers' usage and progress in the kernel ------------------------------------------
+
+
+def wait_until(condition: Any, timeout: float = 20.0) -> None:
+    """Reports travel worker -> scheduler -> this client: they land shortly after compute()."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the workers' reports did not come"
+        time.sleep(0.05)
+
+
+def test_the_workers_spend_is_in_the_kernels_ledger(dask_client: Any, tmp_path: Any) -> None:
+    with FakeOpenAIServer() as fake:
+        session = new_session(fake, ResponseCache(tmp_path / "cache"))
+        try:
+            session.map(frame(), "Describe {name}", output="d").compute()
+            wait_until(lambda: len(session.usage) >= ROWS)
+            first = list(session.usage)
+            session.map(frame(), "Describe {name}", output="d").compute()  # all cached
+            wait_until(lambda: len(session.usage) >= 2 * ROWS)
+            again = list(session.usage)[ROWS:]
+            summary = session.usage.summary()
+            # The same rows mapped by a kernel (no cache): what its own ledger records.
+            kernel = new_session(fake, False)
+            kernel.map(frame().compute(), "Describe {name}", output="d")
+            mine = list(kernel.usage)
+            kernel.close()
+        finally:
+            session.close()
+    assert len(first) == ROWS and not any(r.cached for r in first)
+    for field in ("prompt_tokens", "completion_tokens", "cost"):
+        assert sum(getattr(r, field) for r in first) == pytest.approx(
+            sum(getattr(r, field) for r in mine)
+        ), field
+    assert session.usage.spent > 0 and all(r.model == "gpt-4o-mini" for r in first)
+    assert len(again) == ROWS and all(r.cached and r.cost == 0 for r in again)
+    assert summary[0].requests == 2 * ROWS and summary[0].cached == ROWS
+
+
+def uneven_frame(small: int, big: int, partitions: int) -> Any:
+    """A first partition of `small` rows, then `partitions - 1` of `big` rows each: the
+    first partition's estimate scaled is far below what the frame costs."""
+    head = pd.DataFrame({"name": [f"item {i}" for i in range(small)]})
+    rest = pd.DataFrame(
+        {"name": [f"item {i}" for i in range(small, small + big * (partitions - 1))]},
+        index=range(small, small + big * (partitions - 1)),
+    )
+    return dd.concat([dd.from_pandas(head, npartitions=1), dd.from_pandas(rest, partitions - 1)])
+
+
+def test_the_budget_stops_the_workers(dask_client: Any, tmp_path: Any) -> None:
+    # Each request costs ~5e-6 USD (gpt-4o-mini's price, the fake's token counts): 452
+    # rows cost ~2.4e-3, the budget holds ~75 of them. The check before the map passes
+    # (the 2-row first partition scaled is ~1e-4); the workers' reported spend stops it.
+    budget = 4e-4
+    with FakeOpenAIServer(latency=0.2) as fake:  # 2 workers x 4 in flight: ~40 rows/s
+        session = new_session(fake, ResponseCache(tmp_path / "cache"))
+        session.set_budget(budget)
+        try:
+            out = session.map(
+                uneven_frame(2, 150, 4), "Describe {name}", "d", max_tokens=20, concurrency=4
+            )
+            with pytest.raises(BudgetExceeded, match="Dask map stopped sending") as caught:
+                out.compute()
+            time.sleep(1.0)  # the last reports of the partitions that stopped
+            spent = session.usage.spent
+        finally:
+            session.close()
+    sent = len(fake.chat_requests)
+    assert "\n" not in str(caught.value)
+    assert 0 < sent < 452 * 0.5  # stopped well before the end
+    assert len(session.usage) == sent  # every request the workers made is in the ledger
+    # Reached, and overrun by what the workers answer in about a second (a report
+    # interval, the stop's way to them, the requests in flight): ~40 rows, ~2e-4 USD.
+    assert budget <= spent <= budget * 2
+
+
+def test_chatmap_shows_progress_and_the_spend(dask_client: Any, tmp_path: Any, capsys: Any) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from ipychat.session import reset_session
+
+    with FakeOpenAIServer(latency=0.05) as fake:
+        session = new_session(fake, ResponseCache(tmp_path / "cache"))
+        reset_session(session)
+        shell = InteractiveShell.instance()
+        try:
+            shell.run_line_magic("load_ext", "ipychat")
+            shell.user_ns["ddf"] = frame(240)
+            shell.run_cell_magic("chatmap", "ddf -o d --concurrency 4", "Describe {name}")
+            out = capsys.readouterr().out
+            spent = session.usage.spent
+            requests = len(session.usage)
+        finally:
+            shell.run_line_magic("unload_ext", "ipychat")
+            reset_session(None)
+            session.close()
+    # The text progress line, rewritten as the workers report (the last one: all rows).
+    assert "\r240/240 · " in out and " 0 errors · $" in out
+    assert requests == 240 and spent > 0
+    assert f"0 failed · {format_usd(spent)} (240 requests, 0 cached)" in out
+
+
+# ----- typed maps and filters on the workers --------------------------------------------------
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "age": {"type": ["integer", "null"]},
+        "ok": {"type": "boolean"},
+        "when": {"type": "string", "format": "date-time"},
+        "place": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+        "tone": {"enum": ["calm", "loud"]},
+    },
+    "required": ["age", "ok", "when", "place", "tone"],
+}
+
+
+def typed_reply(body: dict[str, Any]) -> Any:
+    # The row's prompt is the first user message (a re-ask adds the reply and a note).
+    text = next(str(m["content"]) for m in body["messages"] if m["role"] == "user")
+    n = int(text.split()[-1])
+    if text.startswith("Sentiment"):
+        return "maybe" if n == 5 else ("positive" if n % 2 else "Negative.")
+    if text.startswith("Good"):
+        return "yes" if n % 3 == 0 else "no"
+    if n == 7:
+        return "not an object"
+    age = "null" if n % 4 == 0 else str(n)
+    return (
+        f'{{"age": {age}, "ok": {"true" if n % 2 else "false"}, '
+        f'"when": "2024-01-02T03:04:{n % 60:02d}", "place": {{"city": "C{n}"}}, '
+        f'"tone": "{"calm" if n % 2 else "loud"}"}}'
+    )
+
+
+def numbers(rows: int = 40) -> Any:
+    return dd.from_pandas(pd.DataFrame({"n": range(rows)}), npartitions=4)
+
+
+def test_typed_maps_on_dask_are_typed_as_in_the_kernel(dask_client: Any, tmp_path: Any) -> None:
+    with FakeOpenAIServer(reply=typed_reply) as fake:
+        session = new_session(fake, ResponseCache(tmp_path / "cache"))
+        try:
+            labels = session.map(
+                numbers(), "Sentiment of {n}", output="s", choices=["positive", "negative"]
+            )
+            typed = session.map(numbers(), "Describe {n}", schema=SCHEMA)
+            metas = (labels.dtypes.to_dict(), typed.dtypes.to_dict())
+            got_labels, got_typed = labels.compute(), typed.compute()
+            kernel_labels = session.map(
+                numbers().compute(),
+                "Sentiment of {n}",
+                output="s",
+                choices=["positive", "negative"],
+            )
+            kernel_typed = session.map(numbers().compute(), "Describe {n}", schema=SCHEMA)
+        finally:
+            session.close()
+    assert str(metas[0]["s"]) == "category"
+    assert list(metas[0]["s"].categories) == ["positive", "negative"]
+    assert got_labels.dtypes.to_dict() == metas[0]  # the meta told the truth
+    assert got_labels["s"].tolist()[:5] == [
+        "negative",
+        "positive",
+        "negative",
+        "positive",
+        "negative",
+    ]
+    assert pd.isna(got_labels.loc[5, "s"]) and "maybe" in got_labels.loc[5, "_error"]
+    assert got_labels["s"].tolist()[:5] == kernel_labels["s"].tolist()[:5]
+    assert got_labels.loc[5, "_error"] == kernel_labels.loc[5, "_error"]
+
+    assert list(typed.columns) == ["n", "age", "ok", "when", "place.city", "tone", "_error"]
+    assert {k: str(v) for k, v in metas[1].items()} == {
+        "n": "int64",
+        "age": "Int64",
+        "ok": "boolean",
+        "when": "datetime64[us]",
+        "place.city": "string",
+        "tone": "category",
+        "_error": "string",
+    }
+    assert got_typed.dtypes.to_dict() == metas[1]
+    assert pd.isna(got_typed.loc[4, "age"]) and got_typed.loc[5, "age"] == 5
+    assert got_typed.loc[3, "place.city"] == "C3" and bool(got_typed.loc[3, "ok"]) is True
+    assert got_typed.loc[3, "when"] == pd.Timestamp("2024-01-02 03:04:03")
+    assert (
+        pd.isna(got_typed.loc[7, "age"])
+        and got_typed.loc[7, "_error"] == kernel_typed.loc[7, "_error"]
+    )
+    for column in ("age", "ok", "place.city", "tone"):
+        assert got_typed[column].tolist() == kernel_typed[column].tolist(), column
+
+
+def test_filter_on_dask_keeps_the_rows_answered_yes(dask_client: Any, tmp_path: Any) -> None:
+    with FakeOpenAIServer(reply=typed_reply) as fake:
+        session = new_session(fake, ResponseCache(tmp_path / "cache"))
+        try:
+            kept = session.filter(numbers(), "Good {n}", decision="good")
+            meta = kept.dtypes.to_dict()
+            got = kept.compute()
+            plain = session.filter(numbers(), "Good {n}").compute()
+            kernel = session.filter(numbers().compute(), "Good {n}", decision="good")
+        finally:
+            session.close()
+    assert {k: str(v) for k, v in meta.items()} == {"n": "int64", "good": "boolean"}
+    assert got.dtypes.to_dict() == meta
+    assert got.index.tolist() == list(range(0, 40, 3)) and got["good"].all()
+    assert got.equals(kernel)
+    assert list(plain.columns) == ["n"] and plain.index.tolist() == list(range(0, 40, 3))
+
+
+def test_chatfilter_filters_a_dask_frame(dask_client: Any, tmp_path: Any, capsys: Any) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from ipychat.session import reset_session
+
+    with FakeOpenAIServer(reply=typed_reply) as fake:
+        session = new_session(fake, ResponseCache(tmp_path / "cache"))
+        reset_session(session)
+        shell = InteractiveShell.instance()
+        try:
+            shell.run_line_magic("load_ext", "ipychat")
+            shell.user_ns["ddf"] = numbers()
+            shell.run_cell_magic("chatfilter", "ddf --into good", "Good {n}")
+            out = capsys.readouterr().out
+            good = shell.user_ns["good"]
+            computed = good.compute()
+        finally:
+            shell.run_line_magic("unload_ext", "ipychat")
+            reset_session(None)
+            session.close()
+    assert is_dask_frame(good) and computed.index.tolist() == list(range(0, 40, 3))
+    assert "Kept 14 of 40 rows on 2 workers (4 partitions" in out
+    assert "written to good (persisted)" in out
+
+
+# ----- reading and closing ----------------------------------------------------------------------
+
+
+def read_part(i: int, log: str) -> pd.DataFrame:
+    """A partition read from "storage": each read leaves a line in `log` (any process)."""
+    with open(log, "a") as f:
+        f.write(f"{i}\n")
+    return pd.DataFrame(
+        {"name": [f"item {i}-{j}" for j in range(5)]}, index=range(i * 5, i * 5 + 5)
+    )
+
+
+def test_the_first_partition_is_read_once(dask_client: Any, tmp_path: Any) -> None:
+    log = str(tmp_path / "reads")
+    with FakeOpenAIServer() as fake:
+        session = new_session(fake, ResponseCache(tmp_path / "cache"))
+        session.set_budget(1.0)  # a budget: the first partition is planned before the map
+        try:
+            # meta and divisions given: Dask reads nothing to infer them (from_map's docs).
+            meta = pd.DataFrame({"name": pd.Series([], dtype="string")})
+            ddf = dd.from_map(read_part, range(3), log=log, meta=meta, divisions=[0, 5, 10, 14])
+            out = session.map(ddf, "Describe {name}", output="d").compute()
+        finally:
+            session.close()
+    with open(log) as f:
+        reads = collections.Counter(f.read().split())
+    assert len(out) == 15 and out["_error"].isna().all()
+    assert reads == {"0": 1, "1": 1, "2": 1}
+
+
+def test_workers_exit_without_the_nannys_kill(tmp_path: Any, caplog: Any) -> None:
+    # A worker that mapped used to spend seconds finalizing (a full garbage collection, the
+    # token encoding's tables) and, on a loaded machine, was killed by its nanny after 4 s
+    # ("Worker process still alive after 4.0 seconds, killing"). Closing with a shorter
+    # timeout (its kill comes after 0.8 of it) makes the test see it on a less loaded one.
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None
+    )
+    client = distributed.Client(cluster)
+    try:
+        with FakeOpenAIServer() as fake:
+            session = new_session(fake, ResponseCache(tmp_path / "cache"))
+            try:
+                session.map(frame(40), "Describe {name}", output="d").compute()
+            finally:
+                session.close()
+    finally:
+        client.close()
+        with caplog.at_level("WARNING", logger="distributed.nanny"):
+            cluster.close(timeout=2.5)
+    assert not [r for r in caplog.records if "still alive" in r.getMessage()]

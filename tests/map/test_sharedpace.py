@@ -113,3 +113,53 @@ def test_map_options_take_a_shared_pace_and_a_cache_batch(redis_server: Any) -> 
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ConfigError, match="cache_batch must be a positive whole number"):
             MapOptions.of("x", cache_batch=bad)
+
+
+def test_a_refusal_costs_its_pause_not_the_slots_reserved_past_it(redis_server: Any) -> None:
+    # Eight requests take their turns at 600 RPM (a slot every ~0.1 s); a 429 after the
+    # first asks for 10 ms. The slots reserved after that pause stand: the eight still
+    # span about seven steps. (Before, every waiting request took a new slot after the
+    # 429: the span doubled, one 429 costing as many slots as there were requests waiting.)
+    pace = RedisPace(redis_server.url, prefix="t7:")
+
+    async def take() -> float:
+        await pace.acquire("scope", 1, rpm=600, tpm=None)
+        return time.monotonic()
+
+    async def main() -> list[float]:
+        tasks = [asyncio.ensure_future(take()) for _ in range(8)]
+        await asyncio.sleep(0.05)
+        await pace.refused("scope", 0.01)
+        return list(await asyncio.gather(*tasks))
+
+    times = sorted(run(main()))
+    step = 60 / (600 * HEADROOM)
+    assert 7 * step * 0.97 <= times[-1] - times[0] < 10 * step
+
+
+def test_a_request_woken_late_takes_a_new_slot(redis_server: Any) -> None:
+    # Slots every ~0.1 s (600 RPM): five requests, then the watched one (~0.5 s), then
+    # twelve more (~0.6 s to ~1.7 s). The loop then stalls for a second, as a busy
+    # process does: the watched request wakes ~0.5 s after its slot. Sent then, it would
+    # land on top of the next window's slots; it takes a new slot, after the twelve.
+    # (Before, it went at once, at ~1.0 s.)
+    pace = RedisPace(redis_server.url, prefix="t8:")
+
+    async def take() -> float:
+        await pace.acquire("scope", 1, rpm=600, tpm=None)
+        return time.monotonic()
+
+    async def main() -> float:
+        started = time.monotonic()
+        ahead = [asyncio.ensure_future(take()) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        watched = asyncio.ensure_future(take())
+        await asyncio.sleep(0.05)
+        behind = [asyncio.ensure_future(take()) for _ in range(12)]
+        await asyncio.sleep(0.05)
+        time.sleep(1.0)  # the stall (blocking on purpose)
+        went = await watched
+        await asyncio.gather(*ahead, *behind)
+        return went - started
+
+    assert run(main()) >= 1.5
