@@ -280,7 +280,7 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     """Width and height from a JPEG's start-of-frame segment (SOF0…SOF15 but DHT/JPG/DAC)."""
     i = 2
-    while i + 9 < len(data):
+    while i + 9 <= len(data):  # a frame's size is its bytes i+5 … i+8
         if data[i] != 0xFF:
             return None
         marker = data[i + 1]

@@ -7,6 +7,7 @@ import copy
 import io
 import math
 import pickle
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +268,119 @@ def test_the_cache_key_holds_the_images_hash_not_its_base64() -> None:
     body = _body(text, red.part())
     cache_key("https://api.openai.com/v1", body)
     assert body == _body(text, red.part())
+
+
+# ----- JPEG headers the encoders above do not write (mutation run, issue 22) ----------------
+# The layout is ITU T.81 (https://www.w3.org/Graphics/JPEG/itu-t81.pdf), B.1.1: a marker is
+# 0xFF then a code; any number of 0xFF fill bytes may precede it (B.1.1.2); SOI (D8), TEM
+# (01) and RSTn (D0-D7) stand alone, every other marker is followed by a 2-byte big-endian
+# length that counts itself; SOFn (C0-CF but DHT C4, JPG C8, DAC CC) holds the sample
+# precision, then the height Y and the width X, 16 bits each.
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def _sof(width: int, height: int, marker: int = 0xC0) -> bytes:
+    return _segment(marker, b"\x08" + struct.pack(">HH", height, width) + b"\x01\x01\x11\x00")
+
+
+def _jpeg(*parts: bytes) -> bytes:
+    return b"\xff\xd8" + b"".join(parts) + b"\xff\xd9"
+
+
+APP0 = _segment(0xE0, b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00")
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        b"",
+        APP0,
+        b"\xff",  # one fill byte before the SOF marker
+        b"\xff\xff",  # two
+        APP0 + b"\xff",
+        b"\xff\xd8",  # a standalone SOI
+        b"\xff\x01",  # TEM
+        b"\xff\xd0",  # RST0
+        b"\xff\xd7",  # RST7
+        _segment(0xC4, b"\x00" * 20),  # DHT: not a frame, though its code is within C0-CF
+        _segment(0xC8, b"\x00" * 20),  # JPG
+        _segment(0xCC, b"\x00" * 20),  # DAC
+        _segment(0xFE, b"c" * 0x8000),  # a comment longer than a signed 16-bit length
+    ],
+)
+def test_jpeg_segments_before_the_frame_are_skipped(before: bytes) -> None:
+    picture = images.image(_jpeg(APP0, before, _sof(321, 123)))
+    assert (picture.mime, picture.width, picture.height) == ("image/jpeg", 321, 123)
+
+
+@pytest.mark.parametrize("marker", [0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB,
+                                    0xCD, 0xCE, 0xCF])  # fmt: skip
+def test_every_start_of_frame_gives_the_size(marker: int) -> None:
+    picture = images.image(_jpeg(APP0, _sof(40, 30, marker)))
+    assert (picture.width, picture.height) == (40, 30)
+
+
+def test_jpeg_sizes_up_to_65535_are_read_unsigned() -> None:
+    picture = images.image(_jpeg(_sof(50_000, 40_000)))
+    assert (picture.width, picture.height) == (50_000, 40_000)
+
+
+def test_a_jpeg_cut_right_after_its_size_is_read() -> None:
+    """The frame's height and width are its bytes 5-8: nothing after them is needed."""
+    header = b"\xff\xd8" + APP0 + _sof(64, 48)[:9]
+    assert images.image(header).width == 64 and images.image(header).height == 48
+    with pytest.raises(ImageError, match=r"^The image is a damaged JPEG"):
+        images.image(header[:-1])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _jpeg(APP0, APP0),  # no frame at all
+        _jpeg(APP0, b"\x00\x00", _sof(10, 10)),  # a segment that is not a marker
+        _jpeg(_sof(0, 10)),  # a frame of no size
+    ],
+)
+def test_a_jpeg_without_a_readable_frame_is_damaged(data: bytes) -> None:
+    with pytest.raises(ImageError) as info:
+        images.image(data)
+    assert str(info.value) == "The image is a damaged JPEG: its size is unreadable."
+
+
+# ----- which messages hold images ------------------------------------------------------------
+
+
+def test_has_images_finds_either_apis_image_part_and_nothing_else() -> None:
+    text = {"type": "text", "text": "hi"}
+    responses_api = {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}
+    chat_api = images.image(encoded(2, 2)).part()
+    assert images.has_images([{"role": "user", "content": [text, chat_api]}])
+    assert images.has_images([{"role": "user", "content": "hi"}, {"content": [responses_api]}])
+    assert not images.has_images([{"role": "user", "content": [text]}])
+    assert not images.has_images([{"role": "user", "content": "hi"}])
+    assert not images.has_images([{"role": "assistant", "content": None}])
+    assert not images.has_images([{"role": "user", "content": ["a bare string part"]}])
+    assert not images.has_images([{"role": "user", "content": [{"type": "INPUT_IMAGE"}]}])
+    assert not images.has_images([])
+
+
+# ----- patches: sizes that are not multiples of 32 -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "patches"),
+    [
+        (33, 33, 4),  # a pixel over 32 is a second patch either way
+        (33, 64, 4),
+        (64, 33, 4),
+        (1248, 1248, 1521),  # 39 × 39: under the 1536 cap, not scaled
+        (1280, 1216, 1520),  # 40 × 38
+        (2400, 1800, 1452),  # the guide's example, turned: the formula is symmetric
+        (1800, 2400, 1452),
+    ],
+)
+def test_patches_of_sizes_off_the_grid(width: int, height: int, patches: int) -> None:
+    assert images.image_tokens(width, height, None, "o4-mini") == (math.ceil(patches * 1.72), True)
