@@ -384,3 +384,67 @@ def test_has_images_finds_either_apis_image_part_and_nothing_else() -> None:
 )
 def test_patches_of_sizes_off_the_grid(width: int, height: int, patches: int) -> None:
     assert images.image_tokens(width, height, None, "o4-mini") == (math.ceil(patches * 1.72), True)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "tiles"),
+    [
+        (2049, 300, 4),  # a pixel over 2048: fitted to 2048 × 299.9, 4 × 1 tiles (not 5)
+        (4000, 500, 4),  # fitted to 2048 × 256: 4 × 1
+        (1025, 769, 4),  # shortest side to 768: 1023.7 × 768, 2 × 2 (not 3 × 2)
+        (2048, 2048, 4),  # neither fit changes a side at its bound: 768 × 768
+        (700, 1100, 6),  # shortest side under 768: not scaled, 2 × 3
+    ],
+)
+def test_the_tiles_at_the_scaling_bounds(width: int, height: int, tiles: int) -> None:
+    assert images.image_tokens(width, height, "high", "gpt-4o") == (85 + 170 * tiles, True)
+
+
+def test_an_unknown_side_counts_the_most_for_patch_models_too() -> None:
+    most = (math.ceil(1536 * 1.62), False)
+    assert images.image_tokens(None, 100, None, "gpt-4.1-mini") == most
+    assert images.image_tokens(100, None, None, "gpt-4.1-mini") == most
+    assert images.image_tokens(None, 100, None, "gpt-4o") == (85 + 170 * 8, False)
+
+
+def test_image_info_keeps_the_detail_whatever_the_url() -> None:
+    picture = images.image(encoded(50, 40), detail="low")
+    assert images.image_info(picture.part()) == images.ImageInfo(picture.sha256, 50, 40, "low")
+    broken = {"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD", "detail": "high"}}
+    assert images.image_info(broken) == images.ImageInfo(None, None, None, "high")
+    not_base64 = {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@="}}
+    assert images.image_info(not_base64) == images.ImageInfo(None, None, None, None)
+
+
+def test_image_info_decodes_base64_written_in_lines() -> None:
+    """A data URL saved in a notebook may carry its base64 in 76-character lines (RFC 2045):
+    the line breaks are skipped, as b64decode does without `validate`."""
+    picture = images.image(encoded(30, 20))
+    payload = str(picture.url).split(",", 1)[1]
+    lines = "\n".join(payload[i : i + 76] for i in range(0, len(payload), 76))
+    part = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + lines}}
+    assert images.image_info(part) == images.ImageInfo(picture.sha256, 30, 20, None)
+
+
+def test_the_base64_marker_is_looked_for_in_the_urls_first_100_characters() -> None:
+    picture = images.image(encoded(30, 20))
+    payload = str(picture.url).split(",", 1)[1]
+
+    def info(header: str) -> images.ImageInfo:
+        return images.image_info({"type": "image_url", "image_url": {"url": header + payload}})
+
+    # `data:image/png;name=…;base64,`: the marker's last character at index 99, then 100.
+    within = "data:image/png;name=" + "n" * (100 - len("data:image/png;name=;base64,")) + ";base64,"
+    assert len(within) == 100 and info(within).sha256 == picture.sha256
+    beyond = within.replace(";name=", ";name=n")
+    assert len(beyond) == 101 and info(beyond) == images.ImageInfo(None, None, None, None)
+
+
+def test_the_local_models_refusal_word_for_word() -> None:
+    with_image = [{"role": "user", "content": [images.image(encoded(4, 4)).part()]}]
+    with pytest.raises(ImageError) as info:
+        images.check_can_send(with_image, "gpt-4o", local=lambda: True)
+    assert str(info.value) == (
+        "The local model reads text only, so the image was not sent: set OPENAI_API_KEY "
+        "or %chat endpoint URL to use a vision model, or leave the image out."
+    )
