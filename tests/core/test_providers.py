@@ -210,3 +210,11 @@ def test_for_url_reads_the_table_in_use_in_its_order(monkeypatch: pytest.MonkeyP
     assert providers.for_url("https://other.example.com/v1") is table["other"]
     assert providers.for_url("http://localhost:9/v1") is None
     assert providers.for_url("https://api.groq.com/openai/v1") is None  # not in this table
+
+
+def test_a_temperature_at_the_cap_is_sent_as_written() -> None:
+    # 1 stays the int 1 (not the cap's 1.0): the body, so its cache key, is unchanged.
+    adapted = providers.adapt_body(providers.PROVIDERS["anthropic"], {**BODY, "temperature": 1})
+    assert type(adapted["temperature"]) is int and adapted == {**BODY, "temperature": 1}
+    capped = providers.adapt_body(providers.PROVIDERS["anthropic"], {**BODY, "temperature": 2})
+    assert type(capped["temperature"]) is float and capped["temperature"] == 1.0
