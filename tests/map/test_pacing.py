@@ -49,6 +49,7 @@ def test_a_bucket_refills_at_its_limit_a_minute_from_its_stamp_only_forwards() -
         (25.0, 0.0, 7.5),  # (25 - 10) / 2 a second
         (10.0, 0.0, 0.0),  # exactly what is there
         (10.0 + 1e-10, 0.0, 0.0),  # a float hair is no wait
+        (10.0 + 2**-30, 0.0, 0.0),  # (under 1e-9)
         (10.5, 0.0, 0.25),
         (500.0, 0.0, 55.0),  # more than the bucket: waits for a full one, (120 - 10) / 2
         (25.0, 5.0, 2.5),  # refilled to 20 first
@@ -57,6 +58,11 @@ def test_a_bucket_refills_at_its_limit_a_minute_from_its_stamp_only_forwards() -
 def test_a_bucket_waits_for_its_deficit_at_its_rate(amount: float, now: float, expected: float) -> None:
     bucket = Bucket(limit=120.0, level=10.0, stamp=0.0)
     assert bucket.wait(amount, now) == approx(expected)
+
+
+def test_a_deficit_of_exactly_the_tolerance_is_no_wait() -> None:
+    assert Bucket(limit=120.0, level=0.0, stamp=0.0).wait(1e-9, 0.0) == 0.0
+    assert Bucket(limit=120.0, level=0.0, stamp=0.0).wait(2e-9, 0.0) == 1e-9
 
 
 # ----- the even schedule --------------------------------------------------------------------
