@@ -448,3 +448,14 @@ def test_the_local_models_refusal_word_for_word() -> None:
         "The local model reads text only, so the image was not sent: set OPENAI_API_KEY "
         "or %chat endpoint URL to use a vision model, or leave the image out."
     )
+
+
+@pytest.mark.parametrize("model", ["gpt-4.5-preview", "gpt-4-turbo", "gpt-4-turbo-2024-04-09",
+                                   "chatgpt-4o-latest", "gpt-4.1", "gpt-4o"])  # fmt: skip
+def test_gpt_4o_s_formula_is_published_for_these_families(model: str) -> None:
+    assert images.image_tokens(1024, 1024, None, model) == (765, True)
+
+
+def test_the_family_is_the_name_after_the_last_slash() -> None:
+    assert images.image_tokens(10, 10, "low", "proxy/openai/gpt-4o-mini") == (2833, True)
+    assert images.takes_images("hub/vendor/gpt-3.5-turbo") is False
