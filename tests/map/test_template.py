@@ -108,3 +108,9 @@ def test_a_long_list_of_columns_is_cut_at_thirty() -> None:
     assert "Its columns: " + ", ".join(thirty) + ". Use" in message
     message = _refusal("{zzz}", [*thirty, "c30", "c31"])
     assert "Its columns: " + ", ".join(thirty) + ", … (2 more). Use" in message
+
+
+def test_the_frame_is_called_the_dataframe_unless_named() -> None:
+    with pytest.raises(TemplateError) as info:
+        compile_template("No placeholder", ["text"])
+    assert str(info.value).endswith("Use the columns of the DataFrame: text.")
