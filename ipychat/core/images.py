@@ -213,8 +213,9 @@ def _png_of(value: Any) -> bytes | None:
         else:
             return None
     except Exception as exc:  # user objects: a broken figure says so in one line
+        said = " ".join(str(exc).split())  # (mathtext errors span lines: one line here)
         raise ImageError(
-            f"{_object_name(value)} could not be written as PNG ({type(exc).__name__}: {exc})."
+            f"{_object_name(value)} could not be written as PNG ({type(exc).__name__}: {said})."
         ) from None
     return buffer.getvalue()
 

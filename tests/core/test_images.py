@@ -459,3 +459,68 @@ def test_gpt_4o_s_formula_is_published_for_these_families(model: str) -> None:
 def test_the_family_is_the_name_after_the_last_slash() -> None:
     assert images.image_tokens(10, 10, "low", "proxy/openai/gpt-4o-mini") == (2833, True)
     assert images.takes_images("hub/vendor/gpt-3.5-turbo") is False
+
+
+# ----- what is an image, and a figure or PIL image that cannot be written -------------------
+
+
+def test_images_are_equal_by_their_bytes_and_their_detail() -> None:
+    red = images.image(encoded(2, 2))
+    assert red == images.image(encoded(2, 2)) and hash(red) == hash(images.image(encoded(2, 2)))
+    assert red != images.image(encoded(2, 3))  # the same detail, other bytes
+    assert red != images.image(red, detail="low")  # the same bytes, another detail
+    assert red.__eq__("not an image") is NotImplemented
+
+
+def test_figures_and_pil_images_are_named_by_what_they_are() -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1, 1), dpi=20)
+    try:
+        drawn = images.image(fig)
+    finally:
+        plt.close(fig)
+    assert drawn.name == "a Figure" and repr(drawn).endswith("image/png from a Figure>")
+    pil = images.image(PILImage.new("RGB", (3, 2)))
+    assert pil.name == "a PIL image" and images.is_image(PILImage.new("L", (1, 1)))
+
+
+def test_a_figure_that_cannot_be_drawn_says_so_in_one_line() -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1, 1), dpi=20)
+    ax.set_title(r"$\notacommand$")  # matplotlib's mathtext refuses it when drawing
+    try:
+        with pytest.raises(ImageError) as info:
+            images.image(fig)
+    finally:
+        plt.close(fig)
+    message = str(info.value)
+    assert message.startswith("a Figure could not be written as PNG (ValueError: ")
+    assert "Unknown symbol: \\notacommand" in message and "\n" not in message
+    with pytest.raises(ImageError) as info:
+        images.image(PILImage.new("CMYK", (2, 2)))  # PNG has no CMYK
+    assert str(info.value) == (
+        "a PIL image could not be written as PNG (OSError: cannot write mode CMYK as PNG)."
+    )
+
+
+class _Plot:
+    """Has savefig and save like a Figure and a PIL image, but is neither."""
+
+    def savefig(self, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError("never asked")
+
+    save = savefig
+
+
+def test_only_matplotlib_figures_and_pil_images_are_images() -> None:
+    import matplotlib.colors
+    from PIL import ImageFilter
+
+    assert not images.is_image(_Plot()) and images.as_image(_Plot()) is None
+    # From matplotlib and PIL, but without savefig / save: not images either.
+    assert not images.is_image(matplotlib.colors.Normalize())
+    assert not images.is_image(ImageFilter.GaussianBlur())
+    with pytest.raises(ImageError, match="not a _Plot"):
+        images.image(_Plot())
