@@ -410,7 +410,10 @@ def test_an_unknown_side_counts_the_most_for_patch_models_too() -> None:
 def test_image_info_keeps_the_detail_whatever_the_url() -> None:
     picture = images.image(encoded(50, 40), detail="low")
     assert images.image_info(picture.part()) == images.ImageInfo(picture.sha256, 50, 40, "low")
-    broken = {"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD", "detail": "high"}}
+    broken = {
+        "type": "image_url",
+        "image_url": {"url": "data:image/png;base64,QUJD", "detail": "high"},
+    }
     assert images.image_info(broken) == images.ImageInfo(None, None, None, "high")
     not_base64 = {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@="}}
     assert images.image_info(not_base64) == images.ImageInfo(None, None, None, None)
@@ -475,7 +478,7 @@ def test_images_are_equal_by_their_bytes_and_their_detail() -> None:
 def test_figures_and_pil_images_are_named_by_what_they_are() -> None:
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(1, 1), dpi=20)
+    fig, _ax = plt.subplots(figsize=(1, 1), dpi=20)
     try:
         drawn = images.image(fig)
     finally:

@@ -415,7 +415,10 @@ def test_recursion_through_optional_references_is_caught_where_it_closes() -> No
     schema = _object({"n": optional_ref}, **{"$defs": {"Node": OPTIONAL_NODE}})
     with pytest.raises(ConfigError) as info:
         read_schema(schema)
-    assert str(info.value) == f"the schema: field 'n.next' refers to itself (#/$defs/Node); {RECURSIVE}"
+    assert (
+        str(info.value)
+        == f"the schema: field 'n.next' refers to itself (#/$defs/Node); {RECURSIVE}"
+    )
     # Two levels down: A holds B, B optionally A again.
     defs = {
         "A": _object({"b": {"$ref": "#/$defs/B"}}),

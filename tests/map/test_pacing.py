@@ -55,7 +55,9 @@ def test_a_bucket_refills_at_its_limit_a_minute_from_its_stamp_only_forwards() -
         (25.0, 5.0, 2.5),  # refilled to 20 first
     ],
 )
-def test_a_bucket_waits_for_its_deficit_at_its_rate(amount: float, now: float, expected: float) -> None:
+def test_a_bucket_waits_for_its_deficit_at_its_rate(
+    amount: float, now: float, expected: float
+) -> None:
     bucket = Bucket(limit=120.0, level=10.0, stamp=0.0)
     assert bucket.wait(amount, now) == approx(expected)
 
@@ -139,7 +141,9 @@ def test_the_limit_is_the_lowest_known_and_none_without_one() -> None:
         (50.0, 100.0, None, False),  # never past a cap below the server's limit
     ],
 )
-def test_who_may_burst(cap: float | None, server: float | None, found: float | None, may: bool) -> None:
+def test_who_may_burst(
+    cap: float | None, server: float | None, found: float | None, may: bool
+) -> None:
     assert Dim("requests", cap=cap, server=server, found=found).may_burst is may
 
 

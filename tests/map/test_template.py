@@ -85,8 +85,7 @@ def test_an_unknown_column_is_refused_with_the_closest_one() -> None:
 
 def test_several_unknown_columns_are_listed_once_each() -> None:
     assert _refusal("{a} and {b} and {a} {text}", ["text"], "reviews") == (
-        "{a}, {b} are not columns of reviews. Its columns: text. Use {{a}} to send braces "
-        "as text."
+        "{a}, {b} are not columns of reviews. Its columns: text. Use {{a}} to send braces as text."
     )
 
 
