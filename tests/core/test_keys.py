@@ -37,6 +37,7 @@ from IPython.utils.capture import capture_output
 from ipychat.core.errors import ChatError, ConfigError
 from ipychat.core.images import image
 from ipychat.core.keys import (
+    _NEEDLES,
     KEY_SHAPES,
     FoundKey,
     Secret,
@@ -244,6 +245,13 @@ def test_bodies_without_a_list_of_messages_are_keyed_as_written() -> None:
     for request in ({"model": "m", "input": "hi"}, {"model": "m", "messages": None}):
         expected = canonical_json({"endpoint": ENDPOINT, "request": request})
         assert cache_key(ENDPOINT, request) == hashlib.sha256(expected.encode()).hexdigest()
+
+
+def test_a_key_is_found_in_a_text_holding_every_needle() -> None:
+    """The fast path ("no shape's needle in the text: nothing to find") looks for any needle;
+    a text holding all of them is searched like any other."""
+    text = " ".join(_NEEDLES) + " and the key " + ENV_KEY
+    assert [(f.kind, f.text) for f in find_keys(text)] == [("an OpenAI API key", ENV_KEY)]
 
 
 def test_the_key_function_takes_no_credentials() -> None:
