@@ -110,6 +110,13 @@ def test_a_window_forgets_a_charge_as_the_server_would() -> None:
     assert sent.expire(20.0) == 0.0 and sent.frees_at() == -math.inf
 
 
+def test_a_charge_exactly_at_the_windows_edge_has_left() -> None:
+    sent = _Sent(1.0)
+    edge = 2.0 - 1.0 - ARRIVAL_SKEW + 1e-9  # as `expire` works it out for now = 2
+    sent.add(1.0, edge)
+    assert sent.expire(2.0) == 0.0
+
+
 def test_an_empty_window_sums_to_exactly_zero() -> None:
     sent = _Sent(10.0)
     sent.add(0.1, 0.0)
@@ -281,6 +288,14 @@ def test_never_past_the_minutes_limit() -> None:
     bursting.sent_minute.add(588.0, -30.0)  # 588 + 1 is within 600, not within 588
     assert bursting.wait(1.0, False, 0.0) == 0.0
     assert bursting.wait(1.0, True, 0.0) == approx(30.0 + ARRIVAL_SKEW)
+
+
+def test_the_minutes_limit_at_another_time_and_a_charge_of_all_of_it() -> None:
+    dim = Dim("requests", server=600.0, level=len(WINDOWS))
+    dim.sent_minute.add(0.5, 100.0)
+    assert dim.wait(1.0, False, 130.0) == 0.0
+    assert dim.wait(600.0, False, 130.0) == approx(100.0 + 60.0 + ARRIVAL_SKEW - 130.0)
+    assert dim.wait(600.5, False, 130.0) == 0.0  # more than the limit: not held here
 
 
 def test_the_longest_of_the_waits_wins() -> None:
