@@ -241,6 +241,20 @@ def test_what_is_not_an_inline_image_is_keyed_as_written() -> None:
     assert cache_key(ENDPOINT, broken) == hashlib.sha256(expected.encode()).hexdigest()
 
 
+def test_parts_that_are_not_objects_are_keyed_as_written() -> None:
+    picture = image(_png(4, 4))
+
+    def request(url: str) -> dict[str, Any]:
+        part = {"type": "image_url", "image_url": {"url": url}}
+        return {"model": "m", "messages": [{"content": "hi"}, {"content": ["a bare part", part]}]}
+
+    by_hash = request(f"sha256:{picture.sha256}")
+    expected = canonical_json({"endpoint": ENDPOINT, "request": by_hash})
+    assert (
+        cache_key(ENDPOINT, request(picture.url)) == hashlib.sha256(expected.encode()).hexdigest()
+    )
+
+
 def test_bodies_without_a_list_of_messages_are_keyed_as_written() -> None:
     for request in ({"model": "m", "input": "hi"}, {"model": "m", "messages": None}):
         expected = canonical_json({"endpoint": ENDPOINT, "request": request})
