@@ -340,6 +340,7 @@ def test_a_jpeg_cut_right_after_its_size_is_read() -> None:
     "data",
     [
         _jpeg(APP0, APP0),  # no frame at all
+        b"\xff\xd8" + APP0 + APP0,  # no frame, and no end-of-image marker either
         _jpeg(APP0, b"\x00\x00", _sof(10, 10)),  # a segment that is not a marker
         _jpeg(_sof(0, 10)),  # a frame of no size
     ],
@@ -394,6 +395,7 @@ def test_patches_of_sizes_off_the_grid(width: int, height: int, patches: int) ->
         (1025, 769, 4),  # shortest side to 768: 1023.7 × 768, 2 × 2 (not 3 × 2)
         (2048, 2048, 4),  # neither fit changes a side at its bound: 768 × 768
         (700, 1100, 6),  # shortest side under 768: not scaled, 2 × 3
+        (100, 513, 2),  # a pixel over a tile down is a second tile too
     ],
 )
 def test_the_tiles_at_the_scaling_bounds(width: int, height: int, tiles: int) -> None:
@@ -473,6 +475,12 @@ def test_images_are_equal_by_their_bytes_and_their_detail() -> None:
     assert red != images.image(encoded(2, 3))  # the same detail, other bytes
     assert red != images.image(red, detail="low")  # the same bytes, another detail
     assert red.__eq__("not an image") is NotImplemented
+
+
+def test_the_repr_says_where_an_image_came_from_if_anywhere() -> None:
+    assert repr(images.image(encoded(3, 2))) == "<ipychat.Image 3×2 image/png>"
+    named = images.Image(encoded(3, 2), name="cat.png")
+    assert repr(named) == "<ipychat.Image 3×2 image/png from cat.png>"
 
 
 def test_figures_and_pil_images_are_named_by_what_they_are() -> None:
