@@ -13,8 +13,9 @@ __all__ = ["Bucket", "Dim"]
 
 # The steady pace: this fraction of the per-minute limit. Evenly spaced at it, the requests
 # of any window of W seconds span W / PACE: arrivals may bunch by W × (1 / PACE - 1)
-# (20 ms in a 1 s window, at any rate) before a window holds more than its share.
-PACE = 0.98
+# (10 ms in a 1 s window, at any rate; a loopback or a LAN moves arrivals by far less)
+# before a window holds more than its share.
+PACE = 0.99
 # On a 429 event at or below the limit, the gain is multiplied by DECREASE when the last
 # event was less than REPEATED seconds ago (another client, a lower limit: the 429s go on),
 # by DECREASE_ISOLATED otherwise (a stall bunched our requests: once is not a trend), never
@@ -38,7 +39,7 @@ WINDOWS = (1.0, 10.0)
 TEST_ALLOW = 1.25
 TEST_GAIN = 1.25
 PROOF = (1.03, 1.02)  # per window of WINDOWS
-GROWTH = 2.0
+GROWTH = 4.0
 MAX_GAIN = 64.0
 PROBE_QUIET = 60.0
 # Without a retry-after, the shared pause after a 429: BACKOFF_FIRST, doubling while 429s
@@ -164,8 +165,12 @@ class Dim:
 
     @property
     def limit(self) -> float | None:
-        known = [v for v in (self.cap, self.server, self.found) if v is not None]
-        return min(known) if known else None
+        """The lowest of the cap, the server's limit and a rate found (None: none known)."""
+        limit = self.cap
+        for value in (self.server, self.found):
+            if value is not None and (limit is None or value < limit):
+                limit = value
+        return limit
 
     @property
     def may_burst(self) -> bool:

@@ -135,6 +135,9 @@ class Ticket:
     sent: float
     tokens: float  # our count: prompt tokens + max_tokens
     charged: dict[str, float]  # per dimension, in the server's units at the time
+    # Per dimension: all our charges so far, this one's included (what went out after a
+    # ticket is the running total less its own: `_learn` needs it for every answer).
+    through: dict[str, float] = field(default_factory=dict)
     probe: bool = False  # sent alone after a bare 429, to see whether the way is open
     paced: bool = False  # sent on the pace's schedule (not after an idle spell)
     # Per dimension: the smallest unproven window then, and how far past its share our
@@ -162,6 +165,9 @@ class RateLimiter:
     tokens: Dim = field(init=False, default_factory=lambda: Dim("tokens"))
     _seq: int = field(init=False, default=0)
     _tickets: deque[Ticket] = field(init=False, default_factory=deque)
+    _charged: dict[str, float] = field(  # the running total of our charges, per dimension
+        init=False, default_factory=lambda: {"requests": 0.0, "tokens": 0.0}
+    )
     _anchored: int = field(init=False, default=0)  # the last reading's ticket (seq; 0: none)
     _event_at: float = field(init=False, default=-math.inf)  # the last 429 event seen
     _raised_at: float = field(init=False, default=-math.inf)  # the gain's last change
@@ -245,11 +251,15 @@ class RateLimiter:
             "tokens": self.tokens.take(tokens, self.gain, now),
         }
         beyond = {dim.name: (dim.level, dim.beyond(now)) for dim in self._dims}
+        total = self._charged
+        total["requests"] += charged["requests"]
+        total["tokens"] += charged["tokens"]
         ticket = Ticket(
             self._seq,
             now,
             tokens,
             charged,
+            through=dict(total),
             probe=self.blocked,
             paced=paced,
             beyond=beyond,
@@ -448,14 +458,14 @@ class RateLimiter:
                 dim.minute.limit = float(limit)
         if ticket.seq <= self._anchored:
             return  # older than what we already know: only its limits are news
-        later = [t for t in self._tickets if t.seq > ticket.seq]
         for dim in self._dims:
             _, remaining = readings[dim.name]
             if dim.minute is None or remaining is None:
                 continue
             refill = max(0.0, now - ticket.sent - ARRIVAL_SKEW) * dim.minute.rate
             level = min(dim.minute.limit, remaining + refill)
-            dim.minute.level = level - sum(t.charged[dim.name] for t in later)
+            since = self._charged[dim.name] - ticket.through[dim.name]
+            dim.minute.level = level - since
             dim.minute.stamp = now
         self._anchored = ticket.seq
         while self._tickets and self._tickets[0].seq < ticket.seq:

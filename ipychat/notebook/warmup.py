@@ -6,7 +6,12 @@ A fresh kernel pays, on its first request or map, for things loaded on first use
   file; a map counts every prompt it sends before sending any);
 - the modules a request imports when it is made: the client (httpx) and its aiohttp
   transport (aiohttp also builds its TLS contexts on import), ~0.3 s together;
-- the map engine (`ipychat.map.job` and its parts) and the cache's diskcache.
+- the map engine (`ipychat.map.job` and its parts) and the cache's diskcache;
+- the shipped price table (`ipychat.core.pricing`: read and checked on first use, ~0.1 s;
+  a map looks up its model's price and context window before sending);
+- the garbage collector's first full pass over what all this imported (pandas, aiohttp,
+  tiktoken: hundreds of thousands of objects, ~0.1-0.2 s that the first map would
+  otherwise pause for, holding the GIL, once its allocations trigger it).
 
 `start(session)` does these in a daemon thread and returns at once: `%load_ext` is not
 slowed, and the user's first cells run while it works (a map that starts before it is done
@@ -23,6 +28,7 @@ warm-up, and reports any real problem itself.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import threading
@@ -43,14 +49,16 @@ _log = logging.getLogger("ipychat")
 
 def warm(session: ChatSession) -> None:
     """Load what the first request and map of `session` would load (see the module doc)."""
-    from ipychat.core import tokens
+    from ipychat.core import pricing, tokens
 
     tokens.warm([session.model])
+    pricing.context_window(session.model)  # reads the shipped table (not the user's overrides)
     for name in _MODULES:
         importlib.import_module(name)
     from ipychat.net.transport import lean_aiohttp_transport
 
     lean_aiohttp_transport()  # imports aiohttp (and its TLS contexts) and httpx_aiohttp
+    gc.collect()  # now, rather than in the first map (see the module docstring)
 
 
 def _run(session: ChatSession) -> None:

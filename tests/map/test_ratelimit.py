@@ -44,16 +44,17 @@ def test_bucket_refills_from_its_stamp_on_any_clock() -> None:
 @pytest.mark.parametrize("gain", [1.5, 64.0])
 def test_a_proven_burst_never_goes_past_the_minutes_limit(gain: float, limit: str) -> None:
     # Both documented windows shown to be longer: a burst is bounded by the minute alone,
-    # less the pace's margin while bursting (600 RPM: 588 in any minute, our own count;
-    # the same for 600 TPM and requests of one token).
+    # less the pace's margin while bursting (600 RPM: 600 × PACE in any minute, our own
+    # count; the same for 600 TPM and requests of one token).
+    most = round(600 * PACE)
     limiter = RateLimiter(**{limit: 600}, now=100.0)
     limiter.requests.level = limiter.tokens.level = 2
     limiter.gain = gain
-    for _ in range(587):
+    for _ in range(most - 1):
         limiter.take(1, 100.0)
     assert limiter.wait(1, 100.0) < 60  # one more fits (the pace's step at this gain)
     limiter.take(1, 100.0)
-    # The 589th waits for the first to leave the minute (as the server counts it).
+    # The next waits for the first to leave the minute (as the server counts it).
     assert limiter.wait(1, 100.0) == pytest.approx(60.0 + ARRIVAL_SKEW)
 
 
@@ -310,14 +311,15 @@ def test_a_burst_that_meets_the_windows_edge_ends_bursts_and_keeps_to_the_shares
 
 
 def test_a_429_within_the_paces_share_of_the_window_under_test_is_no_burst() -> None:
-    # 6,000 RPM told: the 1 s window (share 100) is under test. At the pace, 98 go out in
-    # its second; a 429 on the 98th is no burst meeting the window (no test was on), one
-    # on the 99th is: window tests stop for a while.
+    # 6,000 RPM told: the 1 s window (share 100) is under test. At the pace, 100 × PACE go
+    # out in its second; a 429 on the last of them is no burst meeting the window (no test
+    # was on), one on the next is: window tests stop for a while.
+    paced = round(100 * PACE)
     limiter = RateLimiter(rpm=6000, now=0.0)
-    tickets = [limiter.take(1, 0.0) for _ in range(99)]
-    limiter.refused(tickets[97], None, 1.0, 0.05)
+    tickets = [limiter.take(1, 0.0) for _ in range(paced + 1)]
+    limiter.refused(tickets[paced - 1], None, 1.0, 0.05)
     assert limiter.requests.quiet_until == -math.inf and limiter.gain == 1.0
-    limiter.refused(tickets[98], None, 1.0, 0.05)
+    limiter.refused(tickets[paced], None, 1.0, 0.05)
     assert limiter.requests.quiet_until == pytest.approx(0.05 + PROBE_QUIET)
 
 

@@ -4,6 +4,7 @@ of its failures. Real IPython InteractiveShell; timings are for benchmarks/colds
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
-from ipychat.core import tokens
+from ipychat.core import pricing, tokens
 from ipychat.notebook import warmup as _warmup
 from ipychat.session import ChatSession
 from ipychat.testing import FakeOpenAIServer
@@ -46,6 +47,11 @@ def test_load_ext_loads_the_tokenizer_in_a_background_thread(
     shell: Any, session: ChatSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(tokens, "_encodings", {})  # as in a fresh kernel: nothing loaded
+    pricing._package_data.cache_clear()  # the shipped price table too
+    monkeypatch.setattr(pricing.default_table(), "_table", None)
+    collections: list[int] = []
+    real_collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *a: collections.append(1) or real_collect(*a))
     started: list[threading.Thread] = []
     real_start = _warmup.start
     monkeypatch.setattr(_warmup, "start", lambda s: started.append(real_start(s)) or started[-1])
@@ -58,6 +64,8 @@ def test_load_ext_loads_the_tokenizer_in_a_background_thread(
     assert not thread.is_alive()
     name, _ = tokens.encoding_name_for(session.model)
     assert name in tokens._encodings  # loaded by the thread: the first map will not wait
+    assert pricing.default_table()._table is not None  # a map looks up its price
+    assert collections  # the full pass over what it imported, not in the first map
     for module in ("ipychat.map.job", "ipychat.net.client", "ipychat.engine.cache", "aiohttp"):
         assert module in sys.modules
     # Nothing the user may still change was turned into state: no client, no cache opened.
