@@ -88,10 +88,7 @@ class Image:
         if detail is not None and detail not in DETAILS:
             raise ImageError(f"detail must be 'low', 'high' or 'auto', not {detail!r}.")
         if len(data) > MAX_IMAGE_BYTES:
-            raise ImageError(
-                f"{name or 'The image'} is {len(data) / 2**20:.1f} MB; providers take at most "
-                f"20 MB. Save it smaller (a lower dpi, or JPEG) and try again."
-            )
+            raise _too_large(name, len(data))
         self.mime, self.width, self.height = _sniff(data, name)
         self.data, self.detail, self.name = data, detail, name
         self.sha256 = hashlib.sha256(data).hexdigest()
@@ -165,12 +162,22 @@ def _from_path(path: str, detail: str | None) -> Image:
             f"{path} is a URL: ipychat sends images from this machine only. Download it and "
             "pass the file's path."
         )
+    name = os.path.basename(path)
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_IMAGE_BYTES + 1)
+            data = f.read(MAX_IMAGE_BYTES + 1)  # no more: a larger file is refused unread
+            if len(data) > MAX_IMAGE_BYTES:
+                raise _too_large(name, os.fstat(f.fileno()).st_size)
     except OSError as exc:
         raise ImageError(f"Cannot read the image {path}: {exc.strerror or exc}.") from None
-    return Image(data, detail=detail, name=os.path.basename(path))
+    return Image(data, detail=detail, name=name)
+
+
+def _too_large(name: str, size: int) -> ImageError:
+    return ImageError(
+        f"{name or 'The image'} is {size / 2**20:.1f} MB; providers take at most 20 MB. "
+        "Save it smaller (a lower dpi, or JPEG) and try again."
+    )
 
 
 def _object_name(value: Any) -> str:

@@ -535,3 +535,74 @@ def test_only_matplotlib_figures_and_pil_images_are_images() -> None:
     assert not images.is_image(ImageFilter.GaussianBlur())
     with pytest.raises(ImageError, match="not a _Plot"):
         images.image(_Plot())
+
+
+# ----- sizes, names and paths -------------------------------------------------------------------
+
+
+def test_an_image_of_exactly_the_limit_is_taken_one_byte_more_is_not() -> None:
+    data = encoded(2, 2)
+    data += b"\0" * (images.MAX_IMAGE_BYTES - len(data))
+    assert len(images.image(data).data) == images.MAX_IMAGE_BYTES
+    with pytest.raises(ImageError) as info:
+        images.Image(data + b"\0", name="big.png")
+    assert str(info.value) == (
+        "big.png is 20.0 MB; providers take at most 20 MB. Save it smaller (a lower dpi, or "
+        "JPEG) and try again."
+    )
+    with pytest.raises(ImageError, match=r"^The image is 20\.0 MB; providers"):
+        images.image(data + b"\0")
+
+
+def test_a_file_is_read_whole_up_to_the_limit_and_a_larger_one_says_its_size(
+    tmp_path: Path,
+) -> None:
+    exact = tmp_path / "exact.png"
+    data = encoded(2, 2)
+    exact.write_bytes(data + b"\0" * (images.MAX_IMAGE_BYTES - len(data)))
+    assert images.image(exact).data == exact.read_bytes()
+    huge = tmp_path / "huge.png"
+    with open(huge, "wb") as f:  # 25 MB, sparse: only its first 20 MB + 1 byte are read
+        f.write(data)
+        f.truncate(25 * 2**20)
+    with pytest.raises(ImageError) as info:
+        images.image(huge)
+    assert str(info.value).startswith("huge.png is 25.0 MB; providers take at most 20 MB.")
+
+
+def test_a_file_keeps_its_name_and_detail(tmp_path: Path) -> None:
+    path = tmp_path / "chart.png"
+    path.write_bytes(encoded(4, 4))
+    picture = images.image(path, detail="low")
+    assert (picture.name, picture.detail) == ("chart.png", "low")
+    assert images.image(picture, detail="high").name == "chart.png"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    with pytest.raises(ImageError, match=r"^notes\.txt is not a PNG, JPEG, GIF or WebP image"):
+        images.image(notes)
+
+
+def test_a_url_in_any_case_is_refused_word_for_word() -> None:
+    for url in ("https://example.com/cat.png", "HTTPS://EXAMPLE.COM/CAT.PNG", "s3://b/k.png"):
+        with pytest.raises(ImageError) as info:
+            images.image(url)
+        assert str(info.value) == (
+            f"{url} is a URL: ipychat sends images from this machine only. Download it and "
+            "pass the file's path."
+        )
+
+
+def test_a_figure_is_written_as_a_tight_png_whatever_the_users_settings() -> None:
+    import matplotlib.pyplot as plt
+
+    with matplotlib.rc_context({"savefig.format": "jpg"}):
+        fig = plt.figure(figsize=(4, 3), dpi=50)  # 200 × 150 pixels...
+        axes = fig.add_axes((0.4, 0.4, 0.2, 0.2))  # ...of which the axes take 40 × 30
+        axes.set_axis_off()
+        axes.plot([0, 1], [0, 1])
+        try:
+            drawn = images.image(fig)
+        finally:
+            plt.close(fig)
+    assert drawn.mime == "image/png"
+    assert drawn.width < 100 and drawn.height < 100  # the margins are not sent
