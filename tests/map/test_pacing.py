@@ -242,7 +242,7 @@ def test_a_window_under_test_allows_its_share_times_test_allow() -> None:
 def test_bursting_or_after_a_burst_met_a_429_the_shares_lose_the_paces_margin() -> None:
     quiet = {"quiet_until": 10.0}
     assert _filled(9.0, **quiet).wait(1.0, False, 0.0) == 0.0  # 10 of 10
-    assert _filled(9.0, **quiet).wait(1.0, True, 0.0) == approx(1.0 + ARRIVAL_SKEW)  # of 9.8
+    assert _filled(9.0, **quiet).wait(1.0, True, 0.0) == approx(1.0 + ARRIVAL_SKEW)  # of 10 × PACE
     bounded = {"quiet_until": 10.0, "bounded_until": 5.0}
     assert _filled(9.0, **bounded).wait(1.0, False, 0.0) == approx(1.0 + ARRIVAL_SKEW)
     assert _filled(9.0, **bounded).wait(1.0, False, 0.5) == approx(0.51)
@@ -285,7 +285,7 @@ def test_never_past_the_minutes_limit() -> None:
     assert dim.wait(1.0, True, 0.0) == approx(-30.0 + 60.0 + ARRIVAL_SKEW)
     assert dim.wait(601.0, False, 0.0) == 0.0  # more than a minute's worth: not held here
     bursting = Dim("requests", server=600.0, level=len(WINDOWS))
-    bursting.sent_minute.add(588.0, -30.0)  # 588 + 1 is within 600, not within 588
+    bursting.sent_minute.add(600.0 * PACE, -30.0)  # one more is within 600, not 600 × PACE
     assert bursting.wait(1.0, False, 0.0) == 0.0
     assert bursting.wait(1.0, True, 0.0) == approx(30.0 + ARRIVAL_SKEW)
 
