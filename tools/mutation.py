@@ -30,18 +30,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _copy_repo(into: Path, test_files: list[Path]) -> None:
-    """The package and the test files at their places under tests/, with the modules that
-    are not test files of tests/ and of each test file's own folder: the shared conftest and
-    helpers a test file imports (tests/core/hygiene_corpus.py). pytest puts the test file's
-    folder on sys.path (rootdir conftest, no __init__.py), so its helpers import there."""
+    """The package and the test files at their places under tests/, with every module of
+    tests/ that is not a test file: the conftests and the helpers a test file imports
+    (tests/core/hygiene_corpus.py), also from another folder (tests/map/conftest.py puts
+    tests/engine on sys.path for redis_server.py). pytest puts the test file's folder on
+    sys.path (rootdir conftest, no __init__.py), so its helpers import there."""
     shutil.copytree(
         ROOT / "ipychat", into / "ipychat", ignore=shutil.ignore_patterns("__pycache__")
     )
-    for folder in dict.fromkeys((Path("tests"), *(t.parent for t in test_files))):
-        (into / folder).mkdir(parents=True, exist_ok=True)
-        for helper in (ROOT / folder).glob("*.py"):
-            if not helper.name.startswith("test_"):
-                shutil.copy2(helper, into / folder / helper.name)
+    for helper in (ROOT / "tests").rglob("*.py"):
+        if not helper.name.startswith("test_") and "__pycache__" not in helper.parts:
+            place = into / helper.relative_to(ROOT)
+            place.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(helper, place)
     for test_file in test_files:
         shutil.copy2(ROOT / test_file, into / test_file)
 

@@ -88,10 +88,7 @@ class Image:
         if detail is not None and detail not in DETAILS:
             raise ImageError(f"detail must be 'low', 'high' or 'auto', not {detail!r}.")
         if len(data) > MAX_IMAGE_BYTES:
-            raise ImageError(
-                f"{name or 'The image'} is {len(data) / 2**20:.1f} MB; providers take at most "
-                f"20 MB. Save it smaller (a lower dpi, or JPEG) and try again."
-            )
+            raise _too_large(name, len(data))
         self.mime, self.width, self.height = _sniff(data, name)
         self.data, self.detail, self.name = data, detail, name
         self.sha256 = hashlib.sha256(data).hexdigest()
@@ -165,12 +162,22 @@ def _from_path(path: str, detail: str | None) -> Image:
             f"{path} is a URL: ipychat sends images from this machine only. Download it and "
             "pass the file's path."
         )
+    name = os.path.basename(path)
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_IMAGE_BYTES + 1)
+            data = f.read(MAX_IMAGE_BYTES + 1)  # no more: a larger file is refused unread
+            if len(data) > MAX_IMAGE_BYTES:
+                raise _too_large(name, os.fstat(f.fileno()).st_size)
     except OSError as exc:
         raise ImageError(f"Cannot read the image {path}: {exc.strerror or exc}.") from None
-    return Image(data, detail=detail, name=os.path.basename(path))
+    return Image(data, detail=detail, name=name)
+
+
+def _too_large(name: str, size: int) -> ImageError:
+    return ImageError(
+        f"{name or 'The image'} is {size / 2**20:.1f} MB; providers take at most 20 MB. "
+        "Save it smaller (a lower dpi, or JPEG) and try again."
+    )
 
 
 def _object_name(value: Any) -> str:
@@ -213,8 +220,9 @@ def _png_of(value: Any) -> bytes | None:
         else:
             return None
     except Exception as exc:  # user objects: a broken figure says so in one line
+        said = " ".join(str(exc).split())  # (mathtext errors span lines: one line here)
         raise ImageError(
-            f"{_object_name(value)} could not be written as PNG ({type(exc).__name__}: {exc})."
+            f"{_object_name(value)} could not be written as PNG ({type(exc).__name__}: {said})."
         ) from None
     return buffer.getvalue()
 
@@ -280,7 +288,7 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     """Width and height from a JPEG's start-of-frame segment (SOF0…SOF15 but DHT/JPG/DAC)."""
     i = 2
-    while i + 9 < len(data):
+    while i + 9 <= len(data):  # a frame's size is its bytes i+5 … i+8
         if data[i] != 0xFF:
             return None
         marker = data[i + 1]

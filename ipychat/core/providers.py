@@ -240,11 +240,11 @@ def _by_origin() -> dict[str, Provider]:
     if _ORIGINS is None or _ORIGINS[0] is not PROVIDERS or _ORIGINS[1] != azure:
         table: dict[str, Provider] = {}
         for provider in PROVIDERS.values():
-            if provider.local or (provider.name == "azure" and not azure):
+            if provider.local:
                 continue
             try:
                 origin = _origin(base_url(provider))
-            except ConfigError:
+            except ConfigError:  # Azure without AZURE_OPENAI_ENDPOINT: nowhere yet
                 continue
             if origin is not None:
                 table.setdefault(origin, provider)  # the first in the table's order wins

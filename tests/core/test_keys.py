@@ -23,6 +23,7 @@ import pickle
 import random
 import re
 import string
+import struct
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,7 +35,9 @@ from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
 from ipychat.core.errors import ChatError, ConfigError
+from ipychat.core.images import image
 from ipychat.core.keys import (
+    _NEEDLES,
     KEY_SHAPES,
     FoundKey,
     Secret,
@@ -189,6 +192,80 @@ def test_canonical_json_is_sorted_compact_and_keeps_unicode() -> None:
     assert canonical_json(value) == '{"a":[1.5,"é 東"],"b":1,"c":{"y":true,"z":null}}'
     with pytest.raises(ValueError):
         canonical_json({"temperature": float("nan")})  # not JSON: no key for it
+
+
+# A PNG header is all `ipychat.image` reads: the signature, then the IHDR chunk's size.
+def _png(width: int, height: int) -> bytes:
+    return b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + struct.pack(">II", width, height) + b"\0" * 5
+
+
+def _with_image(url: str, *, form: str = "image_url", detail: str | None = None) -> dict[str, Any]:
+    part: dict[str, Any]
+    if form == "image_url":
+        part = {
+            "type": "image_url",
+            "image_url": {"url": url, **({"detail": detail} if detail else {})},
+        }
+    else:  # the Responses API's form
+        part = {"type": "input_image", "image_url": url, **({"detail": detail} if detail else {})}
+    text = {"type": "text", "text": "What is it?"}
+    return {"model": "m", "messages": [{"role": "system", "content": "Be brief."},
+                                       {"role": "user", "content": [text, part]}]}  # fmt: skip
+
+
+def test_an_inline_image_is_keyed_by_the_sha256_of_its_bytes() -> None:
+    picture = image(_png(8, 8))
+    by_hash = f"sha256:{picture.sha256}"
+    for form in ("image_url", "input_image"):
+        for detail in (None, "low"):
+            key = cache_key(ENDPOINT, _with_image(picture.url, form=form, detail=detail))
+            assert key == cache_key(ENDPOINT, _with_image(by_hash, form=form, detail=detail))
+            # The same bytes as a plain str data URL (a thread restored from a notebook).
+            plain = _with_image(str(picture.url), form=form, detail=detail)
+            assert cache_key(ENDPOINT, plain) == key
+    other = image(_png(8, 9))
+    assert cache_key(ENDPOINT, _with_image(other.url)) != cache_key(
+        ENDPOINT, _with_image(picture.url)
+    )
+    sent = _with_image(picture.url)
+    cache_key(ENDPOINT, sent)
+    assert sent == _with_image(picture.url)  # the body given is not changed
+
+
+def test_what_is_not_an_inline_image_is_keyed_as_written() -> None:
+    remote = _with_image("https://example.com/cat.png")
+    expected = canonical_json({"endpoint": ENDPOINT, "request": remote})
+    assert cache_key(ENDPOINT, remote) == hashlib.sha256(expected.encode()).hexdigest()
+    broken = _with_image("data:image/png;base64,QUJD")  # no image in it: as written
+    expected = canonical_json({"endpoint": ENDPOINT, "request": broken})
+    assert cache_key(ENDPOINT, broken) == hashlib.sha256(expected.encode()).hexdigest()
+
+
+def test_parts_that_are_not_objects_are_keyed_as_written() -> None:
+    picture = image(_png(4, 4))
+
+    def request(url: str) -> dict[str, Any]:
+        part = {"type": "image_url", "image_url": {"url": url}}
+        return {"model": "m", "messages": [{"content": "hi"}, {"content": ["a bare part", part]}]}
+
+    by_hash = request(f"sha256:{picture.sha256}")
+    expected = canonical_json({"endpoint": ENDPOINT, "request": by_hash})
+    assert (
+        cache_key(ENDPOINT, request(picture.url)) == hashlib.sha256(expected.encode()).hexdigest()
+    )
+
+
+def test_bodies_without_a_list_of_messages_are_keyed_as_written() -> None:
+    for request in ({"model": "m", "input": "hi"}, {"model": "m", "messages": None}):
+        expected = canonical_json({"endpoint": ENDPOINT, "request": request})
+        assert cache_key(ENDPOINT, request) == hashlib.sha256(expected.encode()).hexdigest()
+
+
+def test_a_key_is_found_in_a_text_holding_every_needle() -> None:
+    """The fast path ("no shape's needle in the text: nothing to find") looks for any needle;
+    a text holding all of them is searched like any other."""
+    text = " ".join(_NEEDLES) + " and the key " + ENV_KEY
+    assert [(f.kind, f.text) for f in find_keys(text)] == [("an OpenAI API key", ENV_KEY)]
 
 
 def test_the_key_function_takes_no_credentials() -> None:

@@ -163,3 +163,58 @@ def test_every_hosted_provider_is_priced_and_its_default_model_too() -> None:
         if spec.model is not None:
             price = table.lookup(spec.model, provider=spec.prices)
             assert price is not None and price.input > 0, spec.name
+
+
+# ----- pins of the mutation run (issue 22) ---------------------------------------------------
+
+
+def test_azure_without_its_endpoint_says_what_to_set_word_for_word() -> None:
+    with pytest.raises(ConfigError) as info:
+        providers.base_url(providers.PROVIDERS["azure"])
+    assert str(info.value) == (
+        "%chat endpoint azure needs AZURE_OPENAI_ENDPOINT: set it to your resource's URL, "
+        "e.g. https://RESOURCE.openai.azure.com (and AZURE_OPENAI_API_KEY)."
+    )
+
+
+def test_only_slashes_and_spaces_are_trimmed_from_the_azure_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    azure = providers.PROVIDERS["azure"]
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", " https://gateway.example.com/AOAIX// ")
+    assert providers.base_url(azure) == "https://gateway.example.com/AOAIX/openai/v1"
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "   ")
+    with pytest.raises(ConfigError, match="needs AZURE_OPENAI_ENDPOINT"):
+        providers.base_url(azure)
+    assert providers.for_url("https://api.groq.com/openai/v1") is providers.PROVIDERS["groq"]
+
+
+def test_for_url_reads_the_table_in_use_in_its_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The origins are worked out once per table: a table swapped in (a test's, a future
+    one) is read afresh, local servers anywhere in it are skipped, Azure without its
+    endpoint too, and the first provider of an origin wins."""
+    assert providers.for_url("https://api.example.com/v1") is None  # the shipped table, cached
+    first = providers.Provider("first", "https://api.example.com/v1", "https://x")
+    table = {
+        p.name: p
+        for p in (
+            providers.Provider("box", "http://localhost:9/v1", "https://x", local=True),
+            providers.PROVIDERS["azure"],
+            first,
+            providers.Provider("second", "https://api.example.com/v2", "https://x"),
+            providers.Provider("other", "https://other.example.com/v1", "https://x"),
+        )
+    }
+    monkeypatch.setattr(providers, "PROVIDERS", table)
+    assert providers.for_url("https://api.example.com/v1") is first
+    assert providers.for_url("https://other.example.com/v1") is table["other"]
+    assert providers.for_url("http://localhost:9/v1") is None
+    assert providers.for_url("https://api.groq.com/openai/v1") is None  # not in this table
+
+
+def test_a_temperature_at_the_cap_is_sent_as_written() -> None:
+    # 1 stays the int 1 (not the cap's 1.0): the body, so its cache key, is unchanged.
+    adapted = providers.adapt_body(providers.PROVIDERS["anthropic"], {**BODY, "temperature": 1})
+    assert type(adapted["temperature"]) is int and adapted == {**BODY, "temperature": 1}
+    capped = providers.adapt_body(providers.PROVIDERS["anthropic"], {**BODY, "temperature": 2})
+    assert type(capped["temperature"]) is float and capped["temperature"] == 1.0

@@ -334,3 +334,111 @@ def test_an_object_without_a_type_is_read_by_its_properties_and_nested_lists_are
         name="Invoice",
     )
     assert shape.fields == (Field("o.tags", ("o", "tags"), "list", True, items="string"),)
+
+
+# ----- pins the last mutation run listed as unpinned (issue 22) ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        (
+            {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+            "Invoice: the top level may be one of several types (anyOf): give it one type, or "
+            "one type or null.",
+        ),
+        (
+            {"oneOf": [_object({"a": ARRAY}), _object({"b": ARRAY})]},
+            "Invoice: the top level may be one of several types (oneOf): give it one type, or "
+            "one type or null.",
+        ),
+        (
+            {"type": ["object", "string"]},
+            "Invoice: the top level has the types ['object', 'string']: give it one type, or "
+            "one type or null.",
+        ),
+        ({}, f"Invoice: the top level has no type: {WHAT_TYPES}"),
+        ({"type": "dict"}, f"Invoice: the top level has the type 'dict': {WHAT_TYPES}"),
+        ({"enum": []}, "Invoice: the top level has an empty enum: list at least one value."),
+        (
+            {"enum": [1.5]},
+            "Invoice: the top level has enum values of mixed or unsupported types [1.5]: use "
+            "strings (or integers) only.",
+        ),
+    ],
+)
+def test_the_top_levels_refusals_name_the_schema_and_the_top_level(
+    schema: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        read_schema(schema, name="Invoice")
+    assert str(info.value) == message
+
+
+def test_an_any_of_with_one_type_and_no_null_is_not_nullable_and_keeps_its_siblings() -> None:
+    shape = read_schema(
+        _object(
+            {
+                "a": {"anyOf": [{"type": "string", "description": "inner"}], "description": "d"},
+                "b": {"anyOf": [{"type": "integer"}, {"type": "null"}], "title": "B"},
+            },
+            required=["a", "b"],
+        )
+    )
+    assert [(f.column, f.nullable) for f in shape.fields] == [("a", False), ("b", True)]
+    props = shape.strict["properties"]
+    assert props["a"] == {"type": "string", "description": "d"}  # the anyOf's own wins
+    assert props["b"] == {"type": ["integer", "null"]}
+
+
+def test_a_reference_chain_that_comes_back_is_recursive_at_the_field_that_names_it() -> None:
+    defs = {"A": {"$ref": "#/$defs/B"}, "B": {"$ref": "#/$defs/A"}}
+    with pytest.raises(ConfigError) as info:
+        read_schema(_object({"p": _object({"x": {"$ref": "#/$defs/A"}})}, **{"$defs": defs}))
+    assert str(info.value) == f"the schema: field 'p.x' refers to itself (#/$defs/A); {RECURSIVE}"
+    # A chain that ends is read through, however long.
+    defs = {"A": {"$ref": "#/$defs/B"}, "B": {"$ref": "#/$defs/C"}, "C": {"type": "integer"}}
+    shape = read_schema(_object({"x": {"$ref": "#/$defs/A"}}, **{"$defs": defs}))
+    assert [(f.column, f.type) for f in shape.fields] == [("x", "integer")]
+
+
+def test_a_bad_reference_inside_all_of_names_its_field() -> None:
+    schema = _object({"p": _object({"x": {"allOf": [{"$ref": "#/$defs/Nope"}]}})})
+    with pytest.raises(ConfigError) as info:
+        read_schema(schema, name="Invoice")
+    assert str(info.value) == f"Invoice: field 'p.x' refers to '#/$defs/Nope'; {ONLY_OWN_DEFS}"
+
+
+def test_recursion_through_optional_references_is_caught_where_it_closes() -> None:
+    # The first reference is itself optional: its $ref is found inside the anyOf.
+    optional_ref = {"anyOf": [{"$ref": "#/$defs/Node"}, {"type": "null"}]}
+    schema = _object({"n": optional_ref}, **{"$defs": {"Node": OPTIONAL_NODE}})
+    with pytest.raises(ConfigError) as info:
+        read_schema(schema)
+    assert (
+        str(info.value)
+        == f"the schema: field 'n.next' refers to itself (#/$defs/Node); {RECURSIVE}"
+    )
+    # Two levels down: A holds B, B optionally A again.
+    defs = {
+        "A": _object({"b": {"$ref": "#/$defs/B"}}),
+        "B": _object({"c": {"anyOf": [{"$ref": "#/$defs/A"}, {"type": "null"}]}}),
+    }
+    with pytest.raises(ConfigError) as info:
+        read_schema(_object({"a": {"$ref": "#/$defs/A"}}, **{"$defs": defs}))
+    assert str(info.value) == f"the schema: field 'a.b.c' refers to itself (#/$defs/A); {RECURSIVE}"
+    # The same definition used twice side by side, optional or not, is no recursion.
+    leaf = _object({"v": {"type": "integer"}})
+    twice = _object(
+        {"x": {"$ref": "#/$defs/L"}, "y": {"anyOf": [{"$ref": "#/$defs/L"}, {"type": "null"}]}},
+        **{"$defs": {"L": leaf}},
+    )
+    assert read_schema(twice).columns == ["x.v", "y.v"]
+
+
+def test_const_beside_an_enum_keeps_the_enum() -> None:
+    shape = read_schema(
+        _object({"k": {"type": "string", "const": "a", "enum": ["a", "b"]}}, required=["k"])
+    )
+    assert shape.strict["properties"]["k"] == {"type": "string", "enum": ["a", "b"]}
+    assert shape.fields[0].categories == ("a", "b")

@@ -764,3 +764,32 @@ def test_messages_bound_gives_up_on_content_parts() -> None:
     parts = [{"type": "text", "text": "hi"}]
     assert tokens.count_messages_bound([{"role": "user", "content": parts}]) is None
     assert tokens.count_messages_bound([]) == tokens.REPLY_PRIMING
+
+
+def test_messages_bound_skips_a_none_field_and_reads_on() -> None:
+    messages = [{"role": "assistant", "content": None, "name": "bo"}, {"role": "user"}]
+    expected = (
+        tokens.REPLY_PRIMING + 2 * tokens.MESSAGE_OVERHEAD
+        + len(b"assistant") + len(b"bo") + tokens.NAME_OVERHEAD + len(b"user")
+    )  # fmt: skip
+    assert tokens.count_messages_bound(messages) == expected
+
+
+def test_an_inline_image_is_counted_by_its_width_and_height() -> None:
+    """OpenAI's formula for a 1024 × 512 PNG: gpt-4o scales it to 1024 × 512 (shortest side
+    under 768), 2 × 1 tiles: 85 + 2 × 170 (https://platform.openai.com/docs/guides/images-vision)."""
+    import struct
+
+    from ipychat.core.images import image
+
+    png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + struct.pack(">II", 1024, 512) + b"\0" * 5
+    part = image(png).part()
+    text = {"type": "text", "text": "What is it?"}
+
+    def counted(content: list[dict[str, Any]]) -> tokens.TokenCount:
+        return tokens.count_messages([{"role": "user", "content": content}], "gpt-4o")
+
+    both, alone = counted([text, part]), counted([text])
+    assert both.tokens - alone.tokens == 85 + 2 * 170 and not both.approximate
+    tall = image(png[:16] + struct.pack(">II", 512, 1024) + b"\0" * 5).part()
+    assert counted([text, tall]).tokens == both.tokens  # turned: the same tiles
