@@ -48,7 +48,9 @@ def test_load_ext_loads_the_tokenizer_in_a_background_thread(
 ) -> None:
     monkeypatch.setattr(tokens, "_encodings", {})  # as in a fresh kernel: nothing loaded
     pricing._package_data.cache_clear()  # the shipped price table too
-    monkeypatch.setattr(pricing.default_table(), "_table", None)
+    table = pricing.default_table()
+    monkeypatch.setattr(table, "_table", None)
+    monkeypatch.setattr(table, "_memo", (table._overrides, {}))  # no lookup made yet
     collections: list[int] = []
     real_collect = gc.collect
     monkeypatch.setattr(gc, "collect", lambda *a: collections.append(1) or real_collect(*a))
