@@ -532,6 +532,24 @@ def test_chatmap_batch_magic_fills_in_place_and_says_how_to_attach(
     assert fake.chat_requests == []
 
 
+def test_the_submission_is_announced_with_its_batch_id_however_slow_the_upload(
+    ip: Any, fake: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A display tick between the job's making and its upload (a slow POST /files) must not
+    # announce a submission that has not happened yet ("Submitted batch … (none yet)").
+    real_submit = batch_runner.BatchRun._submit_missing
+
+    async def slow_submit(self: Any, client: Any, job: BatchJob) -> None:
+        await asyncio.sleep(0.6)  # more than two display ticks (TICK = 0.25 s)
+        await real_submit(self, client, job)
+
+    monkeypatch.setattr(batch_runner.BatchRun, "_submit_missing", slow_submit)
+    ip.user_ns["reviews"] = frame(2)
+    out = shown(ip, "cell", "reviews -o reply --batch --poll 0.01", "Say {text}")
+    (job,) = batch.jobs(batch_session(ip), refresh=False)
+    assert f"Submitted batch {job.id} (batch_" in out and "none yet" not in out
+
+
 def batch_session(ip: Any) -> ChatSession:
     """The kernel session the magics of `ip` use."""
     from ipychat.session import get_session

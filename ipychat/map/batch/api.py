@@ -283,7 +283,10 @@ def _drive(
 
     def tick() -> None:
         nonlocal announced
-        if not announced and batch_run.job is not None:
+        job = batch_run.job
+        # Announced once submitted (a batch id to name) or attached; between the job's
+        # making and its upload, a tick would announce a submission that has not happened.
+        if not announced and job is not None and (batch_run.attached or job.batch_ids):
             announced = True
             if on_submit is not None:
                 on_submit(batch_run.job, batch_run.attached)
