@@ -619,3 +619,7 @@ def test_a_riff_file_that_is_not_webp_is_not_an_image() -> None:
     wave = b"RIFF" + struct.pack("<I", 36) + b"WAVEfmt " + b"\0" * 24
     with pytest.raises(ImageError, match=r"^The image is not a PNG, JPEG, GIF or WebP image"):
         images.image(wave)
+
+
+def test_a_pil_image_keeps_the_detail_asked_for() -> None:
+    assert images.image(PILImage.new("RGB", (3, 2)), detail="low").detail == "low"
