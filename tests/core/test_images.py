@@ -606,3 +606,20 @@ def test_a_figure_is_written_as_a_tight_png_whatever_the_users_settings() -> Non
             plt.close(fig)
     assert drawn.mime == "image/png"
     assert drawn.width < 100 and drawn.height < 100  # the margins are not sent
+
+
+def test_gif_headers_of_either_version_and_any_width_up_to_65535() -> None:
+    # GIF's logical screen: two little-endian 16-bit fields after the 6-byte signature.
+    for signature in (b"GIF87a", b"GIF89a"):
+        picture = images.image(signature + struct.pack("<HH", 40_000, 3) + b"\0" * 20)
+        assert (picture.mime, picture.width, picture.height) == ("image/gif", 40_000, 3)
+
+
+def test_a_riff_file_that_is_not_webp_is_not_an_image() -> None:
+    wave = b"RIFF" + struct.pack("<I", 36) + b"WAVEfmt " + b"\0" * 24
+    with pytest.raises(ImageError, match=r"^The image is not a PNG, JPEG, GIF or WebP image"):
+        images.image(wave)
+
+
+def test_a_pil_image_keeps_the_detail_asked_for() -> None:
+    assert images.image(PILImage.new("RGB", (3, 2)), detail="low").detail == "low"
