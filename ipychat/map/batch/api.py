@@ -289,7 +289,7 @@ def _drive(
         if not announced and job is not None and (batch_run.attached or job.batch_ids):
             announced = True
             if on_submit is not None:
-                on_submit(batch_run.job, batch_run.attached)
+                on_submit(job, batch_run.attached)
         _tick(batch_run, progress)
 
     try:
