@@ -70,8 +70,10 @@ def dask_client() -> Iterator[Any]:
     with pytest.MonkeyPatch.context() as env:
         for name in _CLEARED:
             env.delenv(name, raising=False)
+        # Any free port for the scheduler's HTTP server (it binds one even without a
+        # dashboard: 8787 by default, taken by another test's cluster).
         cluster = distributed.LocalCluster(
-            processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None
+            processes=True, n_workers=2, threads_per_worker=1, dashboard_address=":0"
         )
     client = distributed.Client(cluster)
     try:

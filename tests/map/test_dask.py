@@ -513,7 +513,7 @@ def test_workers_exit_without_the_nannys_kill(tmp_path: Any, caplog: Any) -> Non
     # timeout (its kill comes after 0.8 of it) makes the test see it on a less loaded one.
     distributed = pytest.importorskip("distributed")
     cluster = distributed.LocalCluster(
-        processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None
+        processes=True, n_workers=2, threads_per_worker=1, dashboard_address=":0"
     )
     client = distributed.Client(cluster)
     try:
