@@ -290,14 +290,20 @@ def measure(
     cell: Cell,
     mapper: str,
     work: Workload,
-    run: Callable[[str], list[str | None]],
+    run: Callable[[str], list[str | None]] | None,
     *,
     goal: bool = True,
     server_options: dict[str, Any],
+    prepare: Callable[[str], Callable[[str], list[str | None]]] | None = None,
 ) -> Outcome:
-    """One mapper on a fresh server: wall time, this process's CPU time, what the server saw."""
+    """One mapper on a fresh server: wall time, this process's CPU time, what the server saw.
+    `prepare(url)`, when given, runs before the clock starts and returns what to time
+    (ipychat's session and its warm-up: what a notebook has before its map cell runs)."""
     with FakeOpenAIServer.spawn(**server_options) as server:
         url = server.base_url
+        if prepare is not None:
+            run = prepare(url)
+        assert run is not None
         cpu0, t0 = time.process_time(), time.perf_counter()
         answers = run(url)
         seconds = time.perf_counter() - t0
@@ -321,9 +327,12 @@ def limited_cell(cell: Cell, args: argparse.Namespace) -> list[Outcome]:
     rpm, tpm = work.limits["rpm"], work.limits["tpm"]
     outcomes: list[Outcome] = []
 
-    def ipychat_run(given: bool) -> Callable[[str], list[str | None]]:
-        def go(url: str) -> list[str | None]:
-            session = ipychat_session(url)
+    def ipychat_run(given: bool) -> Callable[[str], Callable[[str], list[str | None]]]:
+        def prepare(url: str) -> Callable[[str], list[str | None]]:
+            session = ipychat_session(url)  # before the clock, as %load_ext is
+            return lambda _url: go(session)
+
+        def go(session: ChatSession) -> list[str | None]:
             try:
                 caps = {"rpm": rpm, "tpm": tpm} if given else {}
                 frame = session.map(
@@ -338,11 +347,18 @@ def limited_cell(cell: Cell, args: argparse.Namespace) -> list[Outcome]:
             finally:
                 session.close()
 
-        return go
+        return prepare
 
     if "ipychat" in args.mappers:
         outcomes.append(
-            measure(cell, "ipychat", work, ipychat_run(not cell.headers), server_options=options)
+            measure(
+                cell,
+                "ipychat",
+                work,
+                None,
+                server_options=options,
+                prepare=ipychat_run(not cell.headers),
+            )
         )
         report(outcomes[-1], given=not cell.headers)
         if not cell.headers and args.aimd and cell.window == 1:
@@ -351,9 +367,10 @@ def limited_cell(cell: Cell, args: argparse.Namespace) -> list[Outcome]:
                     cell,
                     "ipychat, no limits given",
                     work,
-                    ipychat_run(False),
+                    None,
                     goal=False,
                     server_options=options,
+                    prepare=ipychat_run(False),
                 )
             )
             report(outcomes[-1])
