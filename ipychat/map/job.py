@@ -202,12 +202,7 @@ def run(
     demanded by the server) raises MapAborted, also with `.result`.
     """
     with foreground.busy():  # no encoding built by the warm-up meanwhile (map.counting)
-        mapper = MapJob(
-            session.engine, df, template, MapOptions.of(output, **options), count_later=True
-        )
-        mapper.check_budget()
-        if on_plan is not None:
-            on_plan(mapper.plan)
+        mapper = _checked_job(session, df, template, output, on_plan, options)
         try:
             wait_on_loop(
                 session.runner,
@@ -223,6 +218,24 @@ def run(
     return mapper.result()
 
 
+def _checked_job(
+    session: Host,
+    df: Any,
+    template: str,
+    output: str | Sequence[str],
+    on_plan: Callable[[MapPlan], None] | None,
+    options: dict[str, Any],
+) -> MapJob:
+    """`run`'s and `arun`'s job, planned and past the budget check, its plan shown."""
+    mapper = MapJob(
+        session.engine, df, template, MapOptions.of(output, **options), count_later=True
+    )
+    mapper.check_budget()
+    if on_plan is not None:
+        on_plan(mapper.plan)
+    return mapper
+
+
 async def arun(
     session: Host,
     df: Any,
@@ -235,12 +248,7 @@ async def arun(
 ) -> MapResult:
     """`run` for code that awaits; the requests still go from the session's own loop."""
     with foreground.busy():  # no encoding built by the warm-up meanwhile (map.counting)
-        mapper = MapJob(
-            session.engine, df, template, MapOptions.of(output, **options), count_later=True
-        )
-        mapper.check_budget()
-        if on_plan is not None:
-            on_plan(mapper.plan)
+        mapper = _checked_job(session, df, template, output, on_plan, options)
         tick = (lambda: progress(mapper.progress())) if progress is not None else None
         try:
             await wait_async(session.runner, mapper.execute(), tick=tick, every=TICK)
