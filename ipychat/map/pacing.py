@@ -165,6 +165,8 @@ class Dim:
     level: int = 0  # WINDOWS[level]: the smallest window not shown to be longer
     quiet_until: float = -math.inf  # no window test before (a test met a 429)
     bounded_until: float = -math.inf  # the shares bound the sends until (a burst met a 429)
+    fresh: bool = True  # no 429 seen yet: the 1 s window's test may start with its share
+    head_ok: float = 0.0  # what the head start's test has had accepted past the share
 
     @property
     def limit(self) -> float | None:
@@ -193,6 +195,10 @@ class Dim:
         assert limit is not None
         return limit * WINDOWS[i] / 60.0
 
+    def heading(self, now: float) -> bool:
+        """Whether the 1 s window is under test: its share goes at once, then the test."""
+        return self.fresh and self.level == 0 and self.testing(now)
+
     def in_test(self, now: float) -> bool:
         """Whether sending now goes past the tested window's share (gently)."""
         if not self.testing(now):
@@ -214,10 +220,11 @@ class Dim:
         if self.limit is None:
             return 0.0
         charged = amount * self.scale
-        wait = self.pace.wait(now)
+        test = self.testing(now)
+        head = self.heading(now)
+        wait = 0.0 if head else self.pace.wait(now)
         if self.minute is not None:
             wait = max(wait, self.minute.wait(charged / PACE, now))
-        test = self.testing(now)
         # Unproven windows: never past their share but by the test of the smallest. Even
         # paced, a window may hold one request more than the pace's share (its charge can
         # be a good part of a second's tokens). Less the pace's margin while bursting (no
@@ -225,7 +232,10 @@ class Dim:
         # a 429 (its overshoot, the refused requests included, holds its place as long).
         margin = PACE if bursting or now < self.bounded_until else 1.0
         for i in range(self.level, len(WINDOWS)):
-            allowed = self.share(i) * (TEST_ALLOW if test and i == self.level else margin)
+            if head and i == 0:  # the share, then one test at a time
+                allowed = max(self.share(i), self.head_ok) + charged
+            else:
+                allowed = self.share(i) * (TEST_ALLOW if test and i == self.level else margin)
             used = self.sent[i].expire(now)
             if charged <= allowed and used + charged > allowed:
                 wait = max(wait, self.sent[i].frees_at() - now)
@@ -249,7 +259,7 @@ class Dim:
         """Charge `amount` of ours; returns what it is in the server's units."""
         charged = amount * self.scale
         rate = self.rate(gain, now)
-        if rate is not None:
+        if rate is not None and not self.heading(now):
             self.pace.take(charged, rate, now)
         if self.minute is not None:
             self.minute.refill(now)
