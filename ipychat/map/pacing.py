@@ -39,10 +39,11 @@ WINDOWS = (1.0, 10.0)
 TEST_ALLOW = 1.25
 TEST_GAIN = 1.25
 PROOF = (1.03, 1.02)  # per window of WINDOWS
-# Doubling per round trip, not faster: a burst grown ×4 at a time sent a 10 s window's
-# share within half a second, its writes lagging their send stamps, and the window's
-# refill ten seconds later met them (25-98 429s of 1,500 against FakeOpenAIServer; 1-2 at ×2).
-GROWTH = 2.0
+# ×4 per round trip: a 10 s window's share is reached in a few round trips. Safe only
+# because each request of a burst is written before the next is stamped (map.dispatch):
+# with a burst's writes lagging their stamps, the window's refill ten seconds later met
+# them (25-98 429s of 1,500 in the 10 s RPM cell against FakeOpenAIServer; 1-2 with it).
+GROWTH = 4.0
 MAX_GAIN = 64.0
 PROBE_QUIET = 60.0
 # Without a retry-after, the shared pause after a 429: BACKOFF_FIRST, doubling while 429s
