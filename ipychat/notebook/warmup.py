@@ -19,10 +19,10 @@ and the tokenizer in a daemon thread. A thread cannot load the first three soone
 map needs them: in a notebook run top to bottom the first map comes straight after
 `%load_ext`, and would wait for them while competing with the thread for the GIL (a first
 map 0.4-0.5 s slower than a later one). So they are paid where users expect a set-up
-cost. The tokenizer a map does not
-need to send (ipychat.map.counting: it sends with byte bounds while the encoding is not
-loaded), so it is built in the thread, only in a quiet moment, when no map runs
-(`ipychat.core.foreground`): built during one, it would only slow it down.
+cost. The tokenizer a map does not need to send (ipychat.map.counting: it sends with byte
+bounds while the encoding is not loaded), so it is built in the thread, only in a quiet
+moment, when no map runs (`ipychat.core.foreground`): built during one, it would only
+slow it down.
 
 What it does not do, on purpose: nothing touches the network (no connection is opened, no
 file downloaded: the encodings are bundled), no file or directory is created, and nothing
