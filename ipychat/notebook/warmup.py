@@ -4,8 +4,9 @@ A fresh kernel pays, on its first request or map, for things loaded on first use
 
 - the modules a request imports when it is made: the map engine (`ipychat.map.job` and
   its parts), the cache's diskcache, the client (httpx) and its aiohttp transport (aiohttp
-  also builds its TLS contexts on import): ~0.25 s together, all needed before a map's
-  first request;
+  also builds its TLS contexts on import) with the TLS context it uses (`ipychat.net.tls`:
+  the CA bundle read once per process): ~0.25 s together, all needed before a map's first
+  request;
 - the shipped price table (`ipychat.core.pricing`: read and checked on first use, ~0.1 s;
   a map looks up its model's price and context window before sending);
 - the garbage collector's first full pass over what all this imported (pandas, aiohttp,
@@ -48,7 +49,14 @@ __all__ = ["THREAD_NAME", "prepare", "start", "warm"]
 THREAD_NAME = "ipychat-warm-up"
 
 # Imported by a first map or request, in this order (the cheap ones first).
-_MODULES = ("ipychat.map.job", "ipychat.engine.cache", "ipychat.net.client")
+_MODULES = (
+    "ipychat.map.job",
+    "ipychat.map.dask",  # only its frame check: dask itself is not imported
+    "ipychat.engine.cache",
+    "ipychat.engine.stores.counted",
+    "ipychat.engine.send",
+    "ipychat.net.client",
+)
 
 _log = logging.getLogger("ipychat")
 
@@ -57,12 +65,14 @@ def prepare(session: ChatSession) -> None:
     """What a first map needs before its first request (see the module doc): imported and
     read now, so that the map finds them loaded."""
     from ipychat.core import pricing
+    from ipychat.net import tls
 
     for name in _MODULES:
         importlib.import_module(name)
     from ipychat.net.transport import lean_aiohttp_transport
 
     lean_aiohttp_transport()  # imports aiohttp (and its TLS contexts) and httpx_aiohttp
+    tls.default_context()  # reads the CA bundle: every client's transport shares it
     pricing.context_window(session.model)  # reads the shipped table (not the user's overrides)
     gc.collect()  # now, rather than in the first map (see the module docstring)
 
