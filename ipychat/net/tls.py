@@ -16,6 +16,8 @@ from functools import lru_cache
 
 import httpx
 
+from ipychat.core.errors import ConfigError
+
 __all__ = ["default_context"]
 
 
@@ -26,5 +28,15 @@ def default_context() -> ssl.SSLContext:
 
 @lru_cache(maxsize=4)
 def _context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
-    del cert_file, cert_dir  # the cache key: httpx reads them from the environment
-    return httpx.create_ssl_context(verify=True, trust_env=True)
+    # The arguments are the cache key: httpx reads the same variables itself.
+    try:
+        return httpx.create_ssl_context(verify=True, trust_env=True)
+    except (OSError, ssl.SSLError) as exc:
+        name, value = ("SSL_CERT_FILE", cert_file) if cert_file else ("SSL_CERT_DIR", cert_dir)
+        if not value:
+            raise  # certifi's own bundle: a broken install, not a setting
+        why = "no PEM certificate in it" if isinstance(exc, ssl.SSLError) else exc.strerror
+        raise ConfigError(
+            f"{name} is set to {value}, which holds no CA certificates ipychat can read "
+            f"({why}): point it at a CA bundle (PEM) or unset it"
+        ) from exc

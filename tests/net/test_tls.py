@@ -20,7 +20,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from ipychat.core.errors import UntrustedCertificateError
+from ipychat.core.errors import ConfigError, UntrustedCertificateError
 from ipychat.map import job as chatmap
 from ipychat.map.frame import MapAborted
 from ipychat.net import tls
@@ -160,3 +160,20 @@ def test_a_map_stops_at_an_untrusted_certificate(
     assert isinstance(caught.value.cause, UntrustedCertificateError)
     assert "Stopped after 0 of 20 rows" in str(caught.value)
     assert _servers[-1].handshakes <= 4  # the first few in flight, none retried
+
+
+@pytest.mark.parametrize("content", [None, b"not a certificate\n"])
+def test_an_unreadable_ssl_cert_file_is_a_one_line_config_error(
+    fresh_contexts: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes | None
+) -> None:
+    bundle = tmp_path / "ca.pem"
+    if content is not None:
+        bundle.write_bytes(content)
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    with pytest.raises(ConfigError) as caught:
+        default_transport(2, "https://api.openai.com/v1")
+    message = str(caught.value)
+    assert message.startswith(f"SSL_CERT_FILE is set to {bundle}, which holds no CA")
+    assert "point it at a CA bundle (PEM) or unset it" in message and "\n" not in message
+    monkeypatch.delenv("SSL_CERT_FILE")
+    assert default_transport(2, "https://api.openai.com/v1") is not None  # unset: fine again
