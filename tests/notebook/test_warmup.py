@@ -135,7 +135,9 @@ def test_import_ipychat_loads_none_of_what_the_warm_up_loads() -> None:
     assert modules == [] and threads == ["MainThread"]  # only %load_ext starts the warm-up
 
 
-def test_load_ext_has_loaded_what_a_first_map_needs_to_send_when_it_returns() -> None:
+def test_load_ext_has_loaded_what_a_first_map_needs_to_send_when_it_returns(
+    tmp_path: Path,
+) -> None:
     # A fresh process, the warm-up thread left out: what is loaded when %load_ext returns
     # was loaded by %load_ext itself (a map in the next cell finds it there).
     code = (
@@ -150,7 +152,7 @@ def test_load_ext_has_loaded_what_a_first_map_needs_to_send_when_it_returns() ->
         "if m in sys.modules and m not in before), "
         "pricing.default_table()._table is not None]))"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "IPYTHONDIR": str(ROOT / ".no-ipython-dir")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "IPYTHONDIR": str(tmp_path / "ipython")}
     env.pop("IPYCHAT_CACHE_DIR", None)
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
