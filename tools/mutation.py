@@ -48,6 +48,9 @@ def _copy_repo(into: Path, test_files: list[Path]) -> None:
             shutil.copy2(helper, place)
     for test_file in test_files:
         shutil.copy2(ROOT / test_file, into / test_file)
+    # Scripts some tests run or import (test_pricing.py checks the price file against
+    # tools/update_prices.py): without them the unmutated run fails and nothing is checked.
+    shutil.copytree(ROOT / "tools", into / "tools", ignore=shutil.ignore_patterns("__pycache__"))
 
 
 def _default_test_file(stem: str) -> Path | None:
@@ -73,7 +76,7 @@ process_isolation = "forkserver"
 source_paths = ["ipychat"]
 only_mutate = ["ipychat/{module.replace(".", "/")}.py"]
 pytest_add_cli_args_test_selection = [{selection}]
-also_copy = ["tests"]
+also_copy = ["tests", "tools"]
 """
 
 
@@ -134,23 +137,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _copy_repo(work, test_files)
         (work / "pyproject.toml").write_text(_config(args.module, test_files))
-        subprocess.run(
+        run = subprocess.run(
             [sys.executable, "-m", "mutmut", "run", *(args.only or ())],
             cwd=work,
             check=False,
-            stdout=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
         )
         statuses = _results(work)
         if args.only:
             # mutmut lists every mutant of the module; those not selected are "not checked".
-            statuses = {
-                n: s for n, s in statuses.items() if any(fnmatch(n, p) for p in args.only)
-            }
+            statuses = {n: s for n, s in statuses.items() if any(fnmatch(n, p) for p in args.only)}
         killed = sum(1 for s in statuses.values() if s in ("killed", "timeout"))
         timeouts = sum(1 for s in statuses.values() if s == "timeout")
         survivors = sorted(n for n, s in statuses.items() if s == "survived")
         other = {n: s for n, s in statuses.items() if s not in ("killed", "timeout", "survived")}
         total = len(statuses)
+        if total and len(other) == total and all(s == "not checked" for s in other.values()):
+            # mutmut runs the tests on the unmutated code first and stops if they fail.
+            tail = (run.stdout + run.stderr).strip().splitlines()[-25:]
+            print(f"{source}: no mutant was checked; mutmut said:", *tail, sep="\n  ")
+            return 1
         score = 100.0 * killed / total if total else 0.0
         print(
             f"{source} vs {' + '.join(map(str, test_files))}: {total} mutants, {killed} killed, "
