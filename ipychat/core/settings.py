@@ -219,7 +219,9 @@ class Settings:
 def check_endpoint(url: str) -> None:
     """An endpoint as `%chat endpoint` takes it: a URL, or a provider's name (said so when
     the word is not a URL: a misspelt name gets the list, not a URL lecture)."""
-    if "://" not in url and "/" not in url and providers.find(url) is None:
+    if "://" not in url and "/" not in url:
+        if providers.find(url) is not None:
+            return
         raise ConfigError(
             f"{url!r} is not an endpoint URL or a named endpoint: use local, "
             f"{', '.join(providers.names())}, or a URL such as http://localhost:8000/v1."

@@ -134,6 +134,8 @@ def test_a_url_with_a_user_or_password_is_refused_without_showing_it(url: str) -
 
 def test_an_at_sign_in_the_path_is_no_user_name() -> None:
     check_url("http://localhost:8000/v1/@models")  # the @ is after the host: accepted
+    check_url("http://localhost:8000/a@b/c")
+    check_url("http://localhost:8000/v1/x://a@b")  # only the first "://" ends the scheme
     assert origin("http://localhost:8000/@x") == "http://localhost:8000"
 
 
@@ -149,6 +151,7 @@ def test_an_at_sign_in_the_path_is_no_user_name() -> None:
         ("::1", True),
         ("notlocalhost", False),
         ("localhost.example.com", False),
+        ("localhostX", False),
         ("128.0.0.1", False),
         ("10.0.0.1", False),
         ("example.com", False),
@@ -339,6 +342,8 @@ def test_key_origins_from_the_environment_skip_typos(monkeypatch: pytest.MonkeyP
     )
     assert key_origins_from_env() == ("http://localhost:8000", "https://example.com:443")
     assert Settings().key_origins == ("http://localhost:8000", "https://example.com:443")
+    monkeypatch.setenv("IPYCHAT_KEY_ORIGINS", "http://a.example:1,http://b.example:2")
+    assert key_origins_from_env() == ("http://a.example:1", "http://b.example:2")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,6 +365,12 @@ def test_check_endpoint_gives_a_misspelt_name_the_list() -> None:
             check_endpoint(url)
         assert str(caught.value) == f"{url!r} is not an endpoint URL: {EXAMPLE}"
     check_endpoint("http://localhost:8000/v1")
+
+
+def test_check_endpoint_takes_a_providers_name() -> None:
+    # As its docstring says: `%chat endpoint anthropic` names a provider, which is no URL.
+    check_endpoint("anthropic")
+    check_endpoint(" Groq ")
 
 
 def test_an_endpoint_knows_its_provider_default_model_and_prices() -> None:
