@@ -500,7 +500,10 @@ def test_own_lines_wrap_every_amount_outside_code() -> None:
             "`![x](https://a.example/1)` ![y](https://b.example/2)",
             "`![x](https://a.example/1)` [image: y (b.example)](https://b.example/2)",
         ),
-        ("![nope] ![y](https://b.example/2)", "![nope] [image: y (b.example)](https://b.example/2)"),
+        (
+            "![nope] ![y](https://b.example/2)",
+            "![nope] [image: y (b.example)](https://b.example/2)",
+        ),
         (
             "![a](local.png) ![b](https://b.example/2)",
             "![a](local.png) [image: b (b.example)](https://b.example/2)",
@@ -520,7 +523,10 @@ def test_own_lines_wrap_every_amount_outside_code() -> None:
             "[image: x (attacker.example)][1]\n\n[1]: <//attacker.example/a>",
         ),
         # A relative path is on the notebook server, whatever its first letter.
-        ("![x][1]\n\n[1]: <X//attacker.example/a>", "![x][1]\n\n[1]: &lt;X//attacker.example/a&gt;"),
+        (
+            "![x][1]\n\n[1]: <X//attacker.example/a>",
+            "![x][1]\n\n[1]: &lt;X//attacker.example/a&gt;",
+        ),
         ("[x]: https://attacker.example/a\n\n![x][y", None),
         ("![x][1\n\nb]\n\n[1 b]: https://attacker.example/a", None),
         ("![nothing] here", None),
@@ -573,8 +579,14 @@ def test_which_images_become_links(text: str, expected: str | None) -> None:
         ("<img src='X.png'>", "![](<X.png>)"),
         # A remote candidate of srcset, after a comma with or without a space, is fetched too
         # (the label names no host: the destination is the local src).
-        ('<img src="a.png" srcset="a.png 1x,https://attacker.example/b.png 2x">', "[image](<a.png>)"),
-        ('<img src="a.png" srcset="a.png 1x, https://attacker.example/b.png 2x">', "[image](<a.png>)"),
+        (
+            '<img src="a.png" srcset="a.png 1x,https://attacker.example/b.png 2x">',
+            "[image](<a.png>)",
+        ),
+        (
+            '<img src="a.png" srcset="a.png 1x, https://attacker.example/b.png 2x">',
+            "[image](<a.png>)",
+        ),
     ],
 )
 def test_raw_html_and_img_tags(text: str, expected: str) -> None:

@@ -447,7 +447,9 @@ def test_const_beside_an_enum_keeps_the_enum() -> None:
 def test_a_type_list_of_one_type_without_null_is_not_nullable() -> None:
     # {"type": ["string"]} is the list form of "string": required, never null.
     shape = read_schema(
-        _object({"a": {"type": ["string"]}, "b": {"type": ["integer", "null"]}}, required=["a", "b"])
+        _object(
+            {"a": {"type": ["string"]}, "b": {"type": ["integer", "null"]}}, required=["a", "b"]
+        )
     )
     assert [(f.column, f.nullable) for f in shape.fields] == [("a", False), ("b", True)]
     assert shape.strict["properties"]["a"] == {"type": "string"}

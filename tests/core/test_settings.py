@@ -158,7 +158,9 @@ def test_an_at_sign_in_the_path_is_no_user_name() -> None:
         ("", False),
     ],
 )
-def test_is_loopback_knows_the_hosts_that_never_leave_the_machine(host: str, loopback: bool) -> None:
+def test_is_loopback_knows_the_hosts_that_never_leave_the_machine(
+    host: str, loopback: bool
+) -> None:
     assert is_loopback(host) is loopback
 
 
@@ -295,7 +297,10 @@ def test_every_refusal_of_validate_is_one_line(changes: dict[str, Any], message:
         {"azure_api_version": "2024-08-01-preview"},
         {"azure_api_version": "a" * 64},
         {"structured": "auto"},
-        *({"structured": kind} for kind in ("openai", "llama.cpp", "vllm", "vllm-guided", "prompt")),
+        *(
+            {"structured": kind}
+            for kind in ("openai", "llama.cpp", "vllm", "vllm-guided", "prompt")
+        ),
         {"key_origins": ("http://localhost:8000", "https://example.com/v1")},
     ],
 )
@@ -387,4 +392,3 @@ def test_an_endpoint_knows_its_provider_default_model_and_prices() -> None:
     assert Endpoint("provider", "http://localhost:11434/v1", "ollama").prices == (True, None)
     assert Endpoint("local", LOCAL).prices == (True, None)
     assert Endpoint("openai", "https://api.openai.com/v1").prices == (False, None)
-
