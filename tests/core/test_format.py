@@ -182,6 +182,9 @@ def test_estimate_line() -> None:
         "cost unknown (no price for this model: %chat price MODEL INPUT OUTPUT)"
     )
     assert "context" not in estimate_line(_estimate(context_window=0))
+    assert estimate_line(_estimate(approximate=True)).startswith(
+        "would send 3 messages · ≈412 tokens ·"
+    )
 
 
 def test_estimate_text() -> None:
@@ -265,6 +268,10 @@ def test_usage_total_is_unknown_when_one_cost_is_and_given_rows_win() -> None:
     assert lines[2].startswith("| a |") and lines[3].startswith("| b |")
     assert lines[4] == "| **total** | 2 | 0 | 0 | 2 | 2 | unknown | $0.00 | | |"
     assert lines[-1] == "spent $0.50 (no budget set)"
+    # A free model (the local one) costs $0: the total adds it as 0.
+    free = _Row("local", 1, 0, 0, 1, 1, 0.0, 0.0, None, None)
+    lines = usage_markdown(_Ledger([free, known], 0.5, None)).split("\n")
+    assert lines[4] == "| **total** | 2 | 0 | 0 | 2 | 2 | $0.50 | $0.00 | | |"
     # An empty list given is "no requests", not the ledger's rows.
     assert usage_markdown(_Ledger([known], 0.5, None), []) == "No requests yet in this session."
 
