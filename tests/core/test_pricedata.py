@@ -232,3 +232,39 @@ def test_a_minimal_table_has_defaults() -> None:
     assert table.names == [""]
     assert table.provider("") == ProviderPrices("", {}, {}, ())
     assert table.maker("gpt-4o") is None
+
+
+def test_every_field_of_a_tier_and_its_refusals() -> None:
+    entry = {
+        "input": 1,
+        "output": 2,
+        "tiers": [
+            {
+                "above": "128,000",
+                "input": 2,
+                "output": 4,
+                "cached_input": 0.2,
+                "batch_input": 1,
+                "batch_output": 2,
+            },
+            {"input": 1.5, "output": 3},  # no threshold: from the first token on
+        ],
+    }
+    price = parse_table({"models": {"t": entry}}).provider("").models["t"]
+    assert price.tiers == (
+        PriceTier(0, 1.5, 3.0),
+        PriceTier(128_000, 2.0, 4.0, 0.2, 1.0, 2.0),
+    )
+    for field, said, bad in [
+        ("above", "tier threshold", 0),
+        ("input", "tier input price", -1),
+        ("output", "tier output price", -1),
+        ("cached_input", "tier cached input price", -1),
+        ("batch_input", "tier batch input price", -1),
+        ("batch_output", "tier batch output price", -1),
+    ]:
+        tier = {"above": 10, "input": 1, "output": 1, field: bad}
+        with pytest.raises(ConfigError) as caught:
+            parse_table({"models": {"t": {"input": 1, "output": 1, "tiers": [tier]}}})
+        hint = WINDOW_HINT if field == "above" else PRICE_HINT
+        assert str(caught.value) == f"Invalid {said} for t: {bad!r}; {hint}"
