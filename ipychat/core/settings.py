@@ -198,8 +198,7 @@ class Settings:
         if self.base_url is not None and self.base_url != LOCAL:
             if not isinstance(self.base_url, str):
                 raise ConfigError(f"The endpoint is a URL, not {self.base_url!r}.")
-            if providers.find(self.base_url) is None:
-                check_endpoint(self.base_url)
+            check_endpoint(self.base_url)  # a URL, or a provider's name
         version = self.azure_api_version
         if version is not None and not (isinstance(version, str) and _API_VERSION.match(version)):
             raise ConfigError(
