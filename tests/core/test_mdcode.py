@@ -23,6 +23,8 @@ from ipychat.core.mdcode import CodeMap, close_fences, code_regions, fenced, is_
         ("a ` b", []),
         ("`a\nb`", [(0, 5)]),  # a line break does not end a span
         ("`a\n\nb` `c`", [(5, 8)]),  # a blank line does
+        ("`a `` b\n\nc` d", []),  # nor does a longer run in between
+        ("`a\n```\nx`\n```\n\nz `y`", [(3, 13), (17, 20)]),  # nor into a block
         # A backslash escapes a backtick outside code; an escaped backslash does not.
         ("a \\`x` b `y`", [(5, 10)]),
         ("\\``x`", [(2, 5)]),
@@ -39,6 +41,8 @@ from ipychat.core.mdcode import CodeMap, close_fences, code_regions, fenced, is_
         ("```\r\nx\r\n```\r\nafter `y`", [(0, 11), (19, 22)]),
         ("x  \n```\ncode\n```", [(4, 16)]),
         (" ```\nx\n ```", [(0, 11)]),
+        ("```\nx\n```  \nafter", [(0, 11)]),  # a closing fence's trailing spaces are in
+        ("```\nx\n```X\ny\n```", [(0, 16)]),  # "```X" closes nothing
         # Indented blocks: four spaces after a blank line (or at the start), not in a list.
         ("text\n\n    code\n    more\nafter", [(6, 24)]),
         ("text\n    not code", []),
@@ -82,6 +86,8 @@ def test_the_fence_a_text_ends_inside(text: str, fence: str | None) -> None:
         ("a\\\\\\$", 4, True),
         ("\\\\\\\\$", 4, False),
         ("a\\b\\$", 4, True),
+        ("$x\\", 0, False),  # a backslash at the end of the text is not before it
+        ("\\$x\\", 1, True),
     ],
 )
 def test_is_escaped_counts_the_backslashes(text: str, pos: int, escaped: bool) -> None:
