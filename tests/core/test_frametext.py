@@ -21,6 +21,7 @@ from ipychat.core.frametext import (
     is_series,
     parse_mode,
 )
+from ipychat.core.frametext import _fit as fit  # the budget's unit: a line and its newline
 from ipychat.core.frametext import _number as number  # the number format is the contract
 
 # Five rows: pandas (linear) and polars (nearest) quantiles agree at whole positions.
@@ -213,7 +214,7 @@ def test_a_frame_is_sent_whole_up_to_its_limits() -> None:
     assert frame_text(more, None, "df").note.startswith("101 × 1 DataFrame as a summary")
     wide = pd.DataFrame({"v": ["x" * 1_500]})  # the CSV is over 1,500 characters
     assert frame_text(wide, None, "df").note.startswith("1 × 1 DataFrame as a summary")
-    fits = pd.DataFrame({"v": ["x" * 1_497]})  # "v\n" + 1,497: exactly 1,500
+    fits = pd.DataFrame({"v": ["x" * 1_498]})  # "v\n" + 1,498: exactly 1,500
     assert frame_text(fits, None, "df").note == "1 × 1 DataFrame, sent whole"
 
 
@@ -241,6 +242,9 @@ def test_a_frame_is_sent_whole_up_to_its_limits() -> None:
         (np.float32(1.5), "1.5"),
         (np.float64(2.25), "2.25"),
         (np.int64(7), "7"),
+        (np.float32(1.23456), "1.235"),  # numpy floats are rounded too
+        (np.int64(123456789012345678), "123456789012345678"),  # numpy integers are not
+        (np.bool_(True), "True"),
     ],
 )
 def test_the_number_format_of_summaries(value: Any, text: str) -> None:
@@ -283,3 +287,85 @@ def test_frames_and_series_are_known_by_their_shape_and_methods() -> None:
     assert not is_series(_Shaped([3], *series_attrs)) and not is_series(
         _Shaped((3, 1), *series_attrs)
     )
+
+
+def test_cells_of_rows_at_full_precision_and_rounded() -> None:
+    df = pd.DataFrame({"k": ["New York", None, "x" * 60], "v": [1.0, float("nan"), 2.5]})
+    head = frame_text(df, ("head", 3), "df").text.split("\n")[-3:]
+    assert head == ["New York,1.0", ",", "x" * 60 + ",2.5"]  # a missing value is empty
+    summary = frame_text(df, ("summary", 0), "df").text.split("\n")
+    assert summary[4:7] == ["New York,1", ",", "x" * 60 + ",2.5"]  # 60 characters: not cut
+    for last in ("Oslo ", "OsloX"):  # the last cell of the last row, kept as it is
+        rows = frame_text(pd.DataFrame({"k": ["a", last]}), ("tail", 1), "df").text
+        assert rows.endswith("\n" + last)
+
+
+def test_value_counts_cut_long_texts_and_count_null_as_distinct() -> None:
+    long = "y" * 70
+    df = pd.DataFrame({"k": [long, long, "b"]})
+    counts = frame_text(df, ("describe", 0), "df").text.split("\n")[-1]
+    assert counts == f"k: {'y' * 59}… 2, b 1"
+    values = [None, float("nan"), "a", "b", "c", "d", "e", "f"]
+    counts = frame_text(pd.DataFrame({"k": values}), ("describe", 0), "df").text.split("\n")[-1]
+    assert counts == "k: null 2, a 1, b 1, c 1, d 1 (7 distinct)"
+
+
+def test_a_date_column_is_neither_numeric_nor_categorical() -> None:
+    df = pd.DataFrame({"t": pd.to_datetime(["2024-01-01", "2024-01-02"]), "k": ["a", "b"]})
+    lines = frame_text(df, ("describe", 0), "df").text.split("\n")
+    assert lines[2:] == ["most frequent values (top 5):", "k: a 1, b 1"]
+
+
+@pytest.mark.parametrize("kind", ["pandas", "polars"])
+def test_every_view_of_a_series_is_titled_as_a_series(kind: str) -> None:
+    values = [1.5, 2.25, 1.5]
+    series = pd.Series(values, name="x") if kind == "pandas" else pl.Series("x", values)
+    dtype = "float64" if kind == "pandas" else "Float64"
+    title = f"Series x of length 3 ({dtype})"
+    for mode in (("csv", 0), ("describe", 0), ("head", 2), ("tail", 1), ("summary", 0)):
+        assert frame_text(series, mode, "s").text.split("\n")[0] == title, mode
+    assert frame_text(series, ("csv", 0), "s").text == f"{title}\nx\n1.5\n2.25\n1.5"
+
+
+def test_fit_keeps_the_lines_that_fit_with_their_newlines() -> None:
+    assert fit(["ab", "cd"], 6) == (["ab", "cd"], 0)  # 3 + 3 characters
+    assert fit(["ab", "cd"], 5) == (["ab"], 1)
+    assert fit(["ab"], 2) == ([], 1)
+    assert fit(["ab"], 3) == (["ab"], 0)
+    assert fit([], 0) == ([], 0)
+
+
+def test_the_summary_of_a_wide_mixed_frame_shares_its_budget() -> None:
+    """80 columns, 8 rows: the budget's shares (a quarter of what is left for the column
+    list, a third for the rows, two thirds of the rest for the statistics, the rest for the
+    value counts) pinned on one frame: each section says what it left out, and the whole
+    stays within SUMMARY_CHARS. A change to the shares shows here."""
+    columns: dict[str, list[Any]] = {}
+    for i in range(40):
+        columns[f"num{i}"] = [float(i) + j / 7 for j in range(8)]
+    for i in range(40):
+        columns[f"cat{i}"] = [f"value {j % (3 + i % 5)} of column {i}" for j in range(8)]
+    text = frame_text(pd.DataFrame(columns), ("summary", 0), "df").text
+    assert len(text) == 1964
+    lines = text.split("\n")
+    assert lines[0] == "DataFrame with 8 rows × 80 columns"
+    assert lines[1].endswith(", num32: float64, … 47 more")  # 33 of 80 named
+    # A row does not fit in its third, so no rows (the header alone is not shown).
+    assert lines[2] == "describe() of the numeric columns (4 significant digits):"
+    assert lines[4] == "num0,8,0.5,0.3499,0,0.25,0.5,0.75,1"
+    assert lines[23:26] == [
+        "num19,8,19.5,0.3499,19,19.25,19.5,19.75,20",
+        "(… 20 more numeric columns)",
+        "most frequent values (top 5):",
+    ]
+    assert [line.split(":")[0] for line in lines[26:30]] == ["cat0", "cat1", "cat2", "cat3"]
+    assert lines[30:] == ["(… 36 more columns)"]
+
+
+def test_the_counts_of_left_out_columns_add_up_when_lines_are_long() -> None:
+    # Each count line is long (five 60-character values), so fewer fit than are computed.
+    texts = pd.DataFrame({f"t{i}": [f"{c * 60}" for c in "abcdeab"] for i in range(60)})
+    lines = frame_text(texts, ("summary", 0), "df").text.split("\n")
+    counted = [line for line in lines if line.startswith("t") and ": " in line]
+    assert counted
+    assert lines[-1] == f"(… {60 - len(counted):,} more columns)"
