@@ -23,7 +23,7 @@ from ipychat.core.mdcode import CodeMap, close_fences, code_regions, fenced, is_
         ("a ` b", []),
         ("`a\nb`", [(0, 5)]),  # a line break does not end a span
         ("`a\n\nb` `c`", [(5, 8)]),  # a blank line does
-        ("`a `` b\n\nc` d", []),  # nor does a longer run in between
+        ("`a `` b\n\nc` d", []),  # a run of another length closes nothing
         ("`a\n```\nx`\n```\n\nz `y`", [(3, 13), (17, 20)]),  # nor into a block
         # A backslash escapes a backtick outside code; an escaped backslash does not.
         ("a \\`x` b `y`", [(5, 10)]),
