@@ -151,7 +151,7 @@ def _currency(text: str) -> str:
                 math.append((pos, dollars[j + 1]))
             i = j + 2 if closed else i + 2  # the whole block, or just an unclosed `$$`
             continue
-        if i + 1 < len(dollars) and _closes(text, pos, dollars[i + 1], dollars):
+        if i + 1 < len(dollars) and _closes(text, pos, dollars[i + 1]):
             math.append((pos, dollars[i + 1]))
             i += 2  # a math span (whatever its first character): both dollars stay
             continue
@@ -162,7 +162,7 @@ def _currency(text: str) -> str:
     return _literal_dollars(text, sorted(literal + escaped))
 
 
-def _closes(text: str, start: int, end: int, dollars: list[int]) -> bool:
+def _closes(text: str, start: int, end: int) -> bool:
     """Whether the `$` at `end` closes inline math opened by the `$` at `start`."""
     if end + 1 < len(text) and text[end + 1] == "$":
         return False  # the start of `$$`

@@ -460,6 +460,10 @@ def shown(expected: str) -> str:
         ("$$a$$ $b$ $$c$$ $1", "$$a$$ $b$ $$c$$ «$»1"),
         ("$a$ $b$ $1", "$a$ $b$ «$»1"),
         ("$$a \\$ b$$ \\$ $$c \\$ d$$ \\$", "$$a \\$ b$$ «$» $$c \\$ d$$ «$»"),
+        ("$$ a $b \\$ c $5", "$$ a $b «$» c «$»5"),  # an unclosed `$$` pairs nothing
+        ("$$a \\$ b$$\n\nc", "$$a \\$ b$$\n\nc"),  # a blank line after the block is no matter
+        ("$a$ \\$ $b$", "$a$ «$» $b$"),  # between two math spans is outside both
+        ("$a$ $5", "$a$ «$»5"),  # the dollar right after a math span is read
     ],
 )
 def test_how_dollars_pair(text: str, expected: str) -> None:
@@ -548,6 +552,11 @@ def test_own_lines_wrap_every_amount_outside_code() -> None:
         # What a browser reads as a scheme: Markdown escapes, tabs and DEL are dropped, a
         # space is not.
         ("![x](https\\://attacker.example/a)", "[image: x](https\\://attacker.example/a)"),
+        (  # backslashes are slashes to a browser, in the host too
+            "![x](https:\\\\attacker.example/a)",
+            "[image: x (attacker.example)](https:\\\\attacker.example/a)",
+        ),
+        ("![x](ht\x7ftps://attacker.example/a)", "[image: x](ht\x7ftps://attacker.example/a)"),
         (
             '<img src="ht&#9;tps://attacker.example/a">',
             "[image (attacker.example)](<ht\ttps://attacker.example/a>)",
