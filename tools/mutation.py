@@ -4,6 +4,8 @@
     python tools/mutation.py map.ratelimit --tests tests/map/test_ratelimit.py --show
     python tools/mutation.py core.schema --tests tests/core/test_structured.py \
         --tests tests/core/test_schema.py      # a module whose tests are in two files
+    python tools/mutation.py net.sse --only 'ipychat.net.sse.x_decode*' --show
+                                               # re-check some mutants (a run's survivors)
 
 A test suite is only as strong as the changes it notices. This runs mutmut (PyPI `mutmut`,
 3.x) in a throw-away copy of the repository, so `mutants/` and mutmut's state never land
@@ -24,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from fnmatch import fnmatch
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +48,9 @@ def _copy_repo(into: Path, test_files: list[Path]) -> None:
             shutil.copy2(helper, place)
     for test_file in test_files:
         shutil.copy2(ROOT / test_file, into / test_file)
+    # Scripts some tests run or import (test_pricing.py checks the price file against
+    # tools/update_prices.py): without them the unmutated run fails and nothing is checked.
+    shutil.copytree(ROOT / "tools", into / "tools", ignore=shutil.ignore_patterns("__pycache__"))
 
 
 def _default_test_file(stem: str) -> Path | None:
@@ -70,7 +76,7 @@ process_isolation = "forkserver"
 source_paths = ["ipychat"]
 only_mutate = ["ipychat/{module.replace(".", "/")}.py"]
 pytest_add_cli_args_test_selection = [{selection}]
-also_copy = ["tests"]
+also_copy = ["tests", "tools"]
 """
 
 
@@ -101,6 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         help="its test file (default: the one tests/**/test_MODULE.py); repeat for several",
     )
     parser.add_argument("--show", action="store_true", help="print every survivor's diff")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="MUTANT",
+        help="run only these mutants (a name or an fnmatch pattern, as the survivors are "
+        "printed; repeat for several): re-checks a run's survivors after new tests",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
         "--fail-under",
@@ -124,18 +137,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _copy_repo(work, test_files)
         (work / "pyproject.toml").write_text(_config(args.module, test_files))
-        subprocess.run(
-            [sys.executable, "-m", "mutmut", "run"],
+        run = subprocess.run(
+            [sys.executable, "-m", "mutmut", "run", *(args.only or ())],
             cwd=work,
             check=False,
-            stdout=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
         )
         statuses = _results(work)
+        if args.only:
+            # mutmut lists every mutant of the module; those not selected are "not checked".
+            statuses = {n: s for n, s in statuses.items() if any(fnmatch(n, p) for p in args.only)}
         killed = sum(1 for s in statuses.values() if s in ("killed", "timeout"))
         timeouts = sum(1 for s in statuses.values() if s == "timeout")
         survivors = sorted(n for n, s in statuses.items() if s == "survived")
         other = {n: s for n, s in statuses.items() if s not in ("killed", "timeout", "survived")}
         total = len(statuses)
+        if total and len(other) == total and all(s == "not checked" for s in other.values()):
+            # mutmut runs the tests on the unmutated code first and stops if they fail.
+            tail = (run.stdout + run.stderr).strip().splitlines()[-25:]
+            print(f"{source}: no mutant was checked; mutmut said:", *tail, sep="\n  ")
+            return 1
         score = 100.0 * killed / total if total else 0.0
         print(
             f"{source} vs {' + '.join(map(str, test_files))}: {total} mutants, {killed} killed, "

@@ -178,7 +178,9 @@ def estimate_text(estimate: Estimate, *, history: bool) -> str:
     share = estimate.context_share
     if share is not None and estimate.context_window:
         window = format_tokens(estimate.context_window, compact=True)
-        parts.append(f"{'<1%' if share < 0.005 else f'{share:.0%}'} of {window}")
+        # Under half a percent, and exactly half (which rounds half to even), is "0%".
+        shown = f"{share:.0%}"
+        parts.append(f"{'<1%' if shown == '0%' else shown} of {window}")
     if estimate.cost_high is None:
         parts.append("cost unknown (set it with %chat price MODEL INPUT OUTPUT)")
     else:

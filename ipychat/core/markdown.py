@@ -151,7 +151,7 @@ def _currency(text: str) -> str:
                 math.append((pos, dollars[j + 1]))
             i = j + 2 if closed else i + 2  # the whole block, or just an unclosed `$$`
             continue
-        if i + 1 < len(dollars) and _closes(text, pos, dollars[i + 1], dollars):
+        if i + 1 < len(dollars) and _closes(text, pos, dollars[i + 1]):
             math.append((pos, dollars[i + 1]))
             i += 2  # a math span (whatever its first character): both dollars stay
             continue
@@ -162,11 +162,11 @@ def _currency(text: str) -> str:
     return _literal_dollars(text, sorted(literal + escaped))
 
 
-def _closes(text: str, start: int, end: int, dollars: list[int]) -> bool:
+def _closes(text: str, start: int, end: int) -> bool:
     """Whether the `$` at `end` closes inline math opened by the `$` at `start`."""
     if end + 1 < len(text) and text[end + 1] == "$":
         return False  # the start of `$$`
-    if start + 1 >= len(text) or text[start + 1].isspace():
+    if text[start + 1].isspace():  # start < end: text[start + 1] exists
         return False
     if text[end - 1].isspace() or (end + 1 < len(text) and text[end + 1].isdigit()):
         return False
@@ -215,9 +215,11 @@ def _is_remote(url: str) -> bool:
 
 
 def _host(url: str) -> str:
+    """The host a remote URL names, or "" (a `data:` URL names none, nor does a local path:
+    the `src` of an `<img>` whose `srcset` is remote)."""
     try:
         target = html.unescape(url).strip().strip("<>").replace("\\", "/")
-        return urlsplit(target if "//" in target else "//" + target).hostname or ""
+        return urlsplit(target).hostname or ""
     except ValueError:
         return ""
 

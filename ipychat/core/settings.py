@@ -198,8 +198,7 @@ class Settings:
         if self.base_url is not None and self.base_url != LOCAL:
             if not isinstance(self.base_url, str):
                 raise ConfigError(f"The endpoint is a URL, not {self.base_url!r}.")
-            if providers.find(self.base_url) is None:
-                check_endpoint(self.base_url)
+            check_endpoint(self.base_url)  # a URL, or a provider's name
         version = self.azure_api_version
         if version is not None and not (isinstance(version, str) and _API_VERSION.match(version)):
             raise ConfigError(
@@ -219,7 +218,9 @@ class Settings:
 def check_endpoint(url: str) -> None:
     """An endpoint as `%chat endpoint` takes it: a URL, or a provider's name (said so when
     the word is not a URL: a misspelt name gets the list, not a URL lecture)."""
-    if "://" not in url and "/" not in url and providers.find(url) is None:
+    if "://" not in url and "/" not in url:
+        if providers.find(url) is not None:
+            return
         raise ConfigError(
             f"{url!r} is not an endpoint URL or a named endpoint: use local, "
             f"{', '.join(providers.names())}, or a URL such as http://localhost:8000/v1."

@@ -421,3 +421,197 @@ def test_the_panel_and_history_use_the_same_rules() -> None:
         "> [image: x (attacker.example)](https://attacker.example/?d=1) from \\$5"
     )
     assert "[image: x" in history_markdown([{"role": "assistant", "content": text}])
+
+
+# ----- the pairing rules in detail (`python tools/mutation.py core.markdown`) -----------------
+
+
+def shown(expected: str) -> str:
+    """Expected Markdown written with «$» for each dollar shown as written (a `\\$` written
+    as such stays: inside math it is LaTeX's)."""
+    return expected.replace("«$»", D)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Inline math must open on a non-space and close on a non-space not followed by a
+        # digit or by `$$`, within the paragraph; a `\$` inside math is LaTeX's, outside text.
+        ("$ a \\$ b$", "$ a «$» b$"),
+        ("$a \\$b$", "$a \\$b$"),
+        ("$a\\$$ b", "$a\\$$ b"),
+        ("$a\\$b$$", "$a«$»b$$"),
+        ("$a \\$ b$$ $5", "$a «$» b$$ «$»5"),
+        ("$x$5", "$x«$»5"),
+        ("$a \\$ b$\n\nc", "$a \\$ b$\n\nc"),
+        ("$a\n\nb$ \\$", "$a\n\nb$ «$»"),
+        # Display math `$$…$$` is kept whole, whatever it holds; what follows it is read on.
+        ("$$a\\$b$$", "$$a\\$b$$"),
+        ("$$a$b$$ \\$ $$c$$ \\$", "$$a$b$$ «$» $$c$$ «$»"),
+        ("$$a \\$ b$$$$c \\$ d$$", "$$a \\$ b$$$$c \\$ d$$"),
+        ("$$ x $$ \\$ $$ y $$", "$$ x $$ «$» $$ y $$"),
+        ("$$a$$ \\$ $5", "$$a$$ «$» «$»5"),
+        ("$$a\n\nb$$ \\$ c$", "$$a\n\nb$$ «$» c$"),
+        ("$$a $b $c$$ \\$", "$$a $b $c$$ «$»"),
+        ("$$ \\$", "$$ «$»"),
+        ("$$a$$$$b$$ \\$", "$$a$$$$b$$ «$»"),
+        ("$$ $1 $$ $2", "$$ $1 $$ «$»2"),
+        ("$$x$$ $y$ \\$z$", "$$x$$ $y$ «$»z$"),
+        ("$$a$$ $b$ $$c$$ $1", "$$a$$ $b$ $$c$$ «$»1"),
+        ("$a$ $b$ $1", "$a$ $b$ «$»1"),
+        ("$$a \\$ b$$ \\$ $$c \\$ d$$ \\$", "$$a \\$ b$$ «$» $$c \\$ d$$ «$»"),
+        ("$$ a $b \\$ c $5", "$$ a $b «$» c «$»5"),  # an unclosed `$$` pairs nothing
+        ("$$a \\$ b$$\n\nc", "$$a \\$ b$$\n\nc"),  # a blank line after the block is no matter
+        ("$a$ \\$ $b$", "$a$ «$» $b$"),  # between two math spans is outside both
+        ("$a$ $5", "$a$ «$»5"),  # the dollar right after a math span is read
+    ],
+)
+def test_how_dollars_pair(text: str, expected: str) -> None:
+    assert reply_markdown(text) == shown(expected)
+
+
+def test_own_lines_wrap_every_amount_outside_code() -> None:
+    assert escape_dollars("`$1` and $2 and $3") == "`$1` and `$2` and `$3`"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Nested in a link: the image inside is the one made a link.
+        (
+            "[![x](https://attacker.example/a)](https://ok.example)",
+            "[[image: x (attacker.example)](https://attacker.example/a)](https://ok.example)",
+        ),
+        # An angle-bracket destination is read whole, spaces and all.
+        (
+            "![x](< https://attacker.example/a>)",
+            "[image: x (attacker.example)](< https://attacker.example/a>)",
+        ),
+        (
+            "![x](<//attacker.example/a>)",
+            "[image: x (attacker.example)](<//attacker.example/a>)",
+        ),
+        # Every image is read, also after one in code, one that is no image and a local one.
+        (
+            "![a](https://x.example/1) ![b](https://y.example/2)",
+            "[image: a (x.example)](https://x.example/1) [image: b (y.example)](https://y.example/2)",
+        ),
+        (
+            "![![x](https://attacker.example/a)",
+            "![[image: x (attacker.example)](https://attacker.example/a)",
+        ),
+        (
+            "`![x](https://a.example/1)` ![y](https://b.example/2)",
+            "`![x](https://a.example/1)` [image: y (b.example)](https://b.example/2)",
+        ),
+        (
+            "![nope] ![y](https://b.example/2)",
+            "![nope] [image: y (b.example)](https://b.example/2)",
+        ),
+        (
+            "![a](local.png) ![b](https://b.example/2)",
+            "![a](local.png) [image: b (b.example)](https://b.example/2)",
+        ),
+        # Reference definitions: in angle brackets, beside code, and not inside code.
+        (
+            "![x][1] `code`\n\n[1]: https://attacker.example/a",
+            "[image: x (attacker.example)][1] `code`\n\n[1]: https://attacker.example/a",
+        ),
+        ("![x][1]\n\n```\n[1]: https://attacker.example/a\n```", None),
+        (
+            "![x][1]\n\n[1]: <https://attacker.X>",
+            "[image: x (attacker.x)][1]\n\n[1]: <https://attacker.X>",
+        ),
+        (
+            "![x][1]\n\n[1]: <//attacker.example/a>",
+            "[image: x (attacker.example)][1]\n\n[1]: <//attacker.example/a>",
+        ),
+        # A relative path is on the notebook server, whatever its first letter.
+        (
+            "![x][1]\n\n[1]: <X//attacker.example/a>",
+            "![x][1]\n\n[1]: &lt;X//attacker.example/a&gt;",
+        ),
+        ("[x]: https://attacker.example/a\n\n![x][y", None),
+        ("![x][1\n\nb]\n\n[1 b]: https://attacker.example/a", None),
+        ("![nothing] here", None),
+        ("![abc", None),
+        # Escaped brackets in the alt text; a paragraph break ends it, a line break does not.
+        (
+            "![a\\]](https://attacker.example/y)",
+            "[image: a\\] (attacker.example)](https://attacker.example/y)",
+        ),
+        (
+            "![a\\]b](https://attacker.example/x)",
+            "[image: a\\]b (attacker.example)](https://attacker.example/x)",
+        ),
+        ("![a\n\nb](https://attacker.example/x)", None),
+        (
+            "![ab\nc](https://attacker.example/x)",
+            "[image: ab\nc (attacker.example)](https://attacker.example/x)",
+        ),
+        # What a browser reads as a scheme: Markdown escapes, tabs and DEL are dropped, a
+        # space is not.
+        ("![x](https\\://attacker.example/a)", "[image: x](https\\://attacker.example/a)"),
+        (  # backslashes are slashes to a browser, in the host too
+            "![x](https:\\\\attacker.example/a)",
+            "[image: x (attacker.example)](https:\\\\attacker.example/a)",
+        ),
+        ("![x](ht\x7ftps://attacker.example/a)", "[image: x](ht\x7ftps://attacker.example/a)"),
+        (
+            '<img src="ht&#9;tps://attacker.example/a">',
+            "[image (attacker.example)](<ht\ttps://attacker.example/a>)",
+        ),
+        (
+            '<img src="ht&#127;tps://attacker.example/a">',
+            "[image (attacker.example)](<https://attacker.example/a>)",
+        ),
+        ('<img src="htt ps://attacker.example/a">', "![](<htt ps://attacker.example/a>)"),
+        # A remote URL without a host is labelled without one.
+        ("![x](https:///a)", "[image: x](https:///a)"),
+        ("![x](http://[bad/a)", "[image: x](http://[bad/a)"),
+        ("![x](data:text/html,hi)", "[image: x](data:text/html,hi)"),
+    ],
+)
+def test_which_images_become_links(text: str, expected: str | None) -> None:
+    assert reply_markdown(text, allow_images=False) == (text if expected is None else expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('<img alt="x">', "&lt;img alt=&quot;x&quot;&gt;"),  # no source: shown as text
+        ('<a href="x">y</a>', '&lt;a href="x"&gt;y&lt;/a&gt;'),
+        ("`<b>` <script> `<i>` <style>", "`<b>` &lt;script&gt; `<i>` &lt;style&gt;"),
+        ('<img src="a.png" alt>', "![](<a.png>)"),
+        ('<img src="a.png" alt="a [b]\nc">', "![a  b  c](<a.png>)"),
+        ('<img src="a<b>.png">', "![](<a%3Cb%3E.png>)"),
+        ("<img src='X.png'>", "![](<X.png>)"),
+        # A remote candidate of srcset, after a comma with or without a space, is fetched too
+        # (the label names no host: the destination is the local src).
+        (
+            '<img src="a.png" srcset="a.png 1x,https://attacker.example/b.png 2x">',
+            "[image](<a.png>)",
+        ),
+        (
+            '<img src="a.png" srcset="a.png 1x, https://attacker.example/b.png 2x">',
+            "[image](<a.png>)",
+        ),
+    ],
+)
+def test_raw_html_and_img_tags(text: str, expected: str) -> None:
+    assert reply_markdown(text, allow_images=False) == expected
+
+
+def test_prompts_keep_line_breaks_outside_code_only_and_their_image_policy() -> None:
+    text = "first line\nsecond\n```\ncode a\ncode b\n```\nafter\nend"
+    assert prompt_markdown(text) == (
+        "> first line  \n> second  \n> ```\n> code a\n> code b\n> ```  \n> after  \n> end"
+    )
+    image = "![x](https://attacker.example/a)"
+    assert prompt_markdown(image, allow_images=True) == "> " + image
+    assert prompt_markdown(image, allow_images=False).startswith("> [image: x")
+
+
+def test_an_empty_turn_says_so() -> None:
+    assert md.turn_markdown("assistant", "") == "**assistant:**\n\n*(no text)*"
+    assert md.turn_markdown("user", "hi") == "**user:**\n\n> hi"

@@ -442,3 +442,33 @@ def test_const_beside_an_enum_keeps_the_enum() -> None:
     )
     assert shape.strict["properties"]["k"] == {"type": "string", "enum": ["a", "b"]}
     assert shape.fields[0].categories == ("a", "b")
+
+
+def test_a_type_list_of_one_type_without_null_is_not_nullable() -> None:
+    # {"type": ["string"]} is the list form of "string": required, never null.
+    shape = read_schema(
+        _object(
+            {"a": {"type": ["string"]}, "b": {"type": ["integer", "null"]}}, required=["a", "b"]
+        )
+    )
+    assert [(f.column, f.nullable) for f in shape.fields] == [("a", False), ("b", True)]
+    assert shape.strict["properties"]["a"] == {"type": "string"}
+    assert shape.strict["properties"]["b"] == {"type": ["integer", "null"]}
+
+
+def test_a_definition_that_wraps_a_reference_to_itself_in_all_of_is_recursive() -> None:
+    # Older writers wrap a $ref in a one-element allOf; the chain A -> allOf[A] comes back.
+    defs = {"A": {"allOf": [{"$ref": "#/$defs/A"}]}}
+    with pytest.raises(ConfigError) as info:
+        read_schema(_object({"x": {"$ref": "#/$defs/A"}}, **{"$defs": defs}), name="Invoice")
+    assert str(info.value) == f"Invoice: field 'x' refers to itself (#/$defs/A); {RECURSIVE}"
+
+
+def test_a_date_format_on_a_type_that_is_not_a_string_is_ignored() -> None:
+    # JSON Schema's "format" annotates strings; on an integer it does not make a date column.
+    shape = read_schema(
+        _object({"n": {"type": "integer", "format": "date"}, "d": {"type": "string", "format": "date"}},
+                required=["n", "d"])
+    )  # fmt: skip
+    assert [(f.column, f.type) for f in shape.fields] == [("n", "integer"), ("d", "date")]
+    assert shape.strict["properties"]["n"] == {"type": "integer"}
