@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from ipychat.engine.stores.redis import RedisTarget
 
-__all__ = ["HEADROOM", "PaceWarning", "RedisPace", "SharedPace"]
+__all__ = ["HEADROOM", "PaceWarning", "RedisPace", "SharedPace", "late_turns"]
 
 # The share of the limit the shared pace uses (see the module docstring).
 HEADROOM = 0.97
@@ -155,6 +155,7 @@ class RedisPace:
         self._clients: dict[int, Any] = {}  # one asyncio client per event loop
         self._scripts: dict[tuple[int, str], Any] = {}  # per client: its scripts, registered
         self._broken = False
+        self.late = 0  # turns taken again because this process woke late (LATE)
         # Per scope: when the pause the last 429 this process saw asked for ends (monotonic).
         self._paused_until: dict[str, float] = {}
         # Per scope, while this process knows no limit (see the module docstring): the
@@ -209,6 +210,7 @@ class RedisPace:
                 await asyncio.sleep(wait)
             if not late_again and time.monotonic() - due > LATE:
                 late_again = True  # see the module docstring
+                self.late += 1
                 continue
             # A 429 seen here while this slot waited asks everyone to hold back until
             # `_paused_until`: a slot that comes before then takes a new one (after the
@@ -311,3 +313,9 @@ def _reopen(target: RedisTarget, prefix: str, timeout: float) -> RedisPace:
     if pace is None:
         pace = _REOPENED[key] = RedisPace(target, prefix=prefix, timeout=timeout)
     return pace
+
+
+def late_turns() -> int:
+    """Turns the paces of this process (a Dask worker's) took again because it woke late
+    for them: each cost the quota one slot (`benchmarks/scale.py` reports them)."""
+    return sum(pace.late for pace in _REOPENED.values())
