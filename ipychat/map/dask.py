@@ -77,8 +77,8 @@ if TYPE_CHECKING:
     from ipychat.map.host import Host
 
 __all__ = [
-    "CacheSpec",
     "WORKER_CACHE_BATCH",
+    "CacheSpec",
     "DaskPlan",
     "WorkerSpec",
     "filter_dask",

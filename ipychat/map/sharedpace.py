@@ -26,8 +26,9 @@ refused requests, so a full window stays full while anyone keeps sending.
 A process that knows no limit yet (the first answers teach it: `x-ratelimit-*` headers,
 or 429s) sends without asking Redis, so an unlimited map pays no round trip per request.
 Whatever limit one process knows it publishes with each reservation; the others look it
-up at most every `CHECK_EVERY` seconds (and see a 429's pause there), so the first
-header or 429 any of them sees puts every worker on the shared pace within that time.
+up at most every `CHECK_EVERY` seconds, so the first limit any of them learns (a header,
+a cap, or one found from 429s) puts every worker on the shared pace within that time; a
+429's pause, seen there too, holds them all back.
 What each sent unpaced in the last `UNPACED_WINDOW` seconds took slots of the window:
 its first reservation moves the schedule past them.
 
@@ -198,8 +199,8 @@ class RedisPace:
                     sent.popleft()
                 return
             rpm, tpm = published
-        sent = self._unpaced.pop(scope, None)
-        unpaced = sum(1 for t in sent if t >= time.monotonic() - UNPACED_WINDOW) if sent else 0
+        recent = time.monotonic() - UNPACED_WINDOW
+        unpaced = sum(1 for t in self._unpaced.pop(scope, ()) if t >= recent)
         args = [rpm or 0, tpm or 0, max(0.0, tokens), unpaced, HEADROOM]
         late_again = False
         while True:
