@@ -9,10 +9,10 @@ a notebook run top to bottom; each gap given is a table of its own, 0 and 1 by d
 then `%%chatmap df1 -o out --concurrency 64` and the same on `df2` (other prompts, so
 nothing is cached), each timed as the whole cell.
 
-- `ipychat`: as shipped (`%load_ext` loads the first-use imports, then the tokenizer when
-  no map runs, in a background thread, ipychat.notebook.warmup; a map that starts before
-  the tokenizer is loaded sends with byte bounds, ipychat.map.counting);
-- `ipychat, no warm-up`: the same with that thread left out, for comparison;
+- `ipychat`: as shipped (`%load_ext` loads the first-use imports itself, then the
+  tokenizer in a background thread when no map runs, ipychat.notebook.warmup; a map that
+  starts before the tokenizer is loaded sends with byte bounds, ipychat.map.counting);
+- `ipychat, no warm-up`: the same with the warm-up left out, for comparison;
 - `aiohttp gather+Semaphore(64)`: the same rows by hand, first batch with the
   ClientSession created inside the clock, second batch on the same session: the floor.
 
@@ -21,9 +21,8 @@ the next) of the `%load_ext` time,
 the first and the second map, first − second (the cold penalty), and T_ideal =
 rows / 64 × latency. Goal (issue 14, item 5): the first map as quick as a later one, i.e.
 a cold penalty under 3% of T_ideal. `%load_ext` is shown beside the run without the
-warm-up: the thread is started there, never waited for. With `--gap 0` the map starts
-while the warm-up is still importing: the first request waits for the imports it needs
-(~0.4 s of CPU), and no thread can do them sooner than the map needs them.
+warm-up: it pays there the imports a first map would pay (~0.3 s), and starts the thread
+without waiting for it.
 """
 
 from __future__ import annotations

@@ -42,13 +42,17 @@ def busy() -> Iterator[None]:
 
 
 def wait_idle(quiet: float | None = None) -> None:
-    """Return once no `busy()` block runs and none has for `quiet` seconds (IDLE_AFTER)."""
+    """Return once no `busy()` block runs and none has for `quiet` seconds (IDLE_AFTER),
+    counted from this call at the earliest: in a fresh kernel no map has run yet, and the
+    next cell may be the first one."""
+    called = time.monotonic()
     with _changed:
         while True:
             if _running:
                 _changed.wait()
                 continue
-            left = _ended + (IDLE_AFTER if quiet is None else quiet) - time.monotonic()
+            quiet_since = max(_ended, called)
+            left = quiet_since + (IDLE_AFTER if quiet is None else quiet) - time.monotonic()
             if left <= 0:
                 return
             _changed.wait(left)

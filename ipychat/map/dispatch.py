@@ -212,7 +212,8 @@ class Dispatcher:
         if rate is None:
             return DEFAULT_CONCURRENCY
         needed = math.ceil(rate * self._latency * LATENCY_HEADROOM) + 4
-        return max(4, min(MAX_CONCURRENCY, needed))
+        head = self.limiter.head_start(self._mean_tokens, time.monotonic())
+        return max(4, min(MAX_CONCURRENCY, max(needed, math.ceil(head) + 2)))
 
     async def run(self) -> None:
         """Send what is queued until nothing is left or something global stops the run."""
@@ -262,6 +263,11 @@ class Dispatcher:
                         task = loop.create_task(self._send(job, ticket))
                         inflight.add(task)
                         task.add_done_callback(self._done)
+                        if self.ready and len(inflight) < self._window():
+                            # More may go now: let this one be written first, so that its
+                            # arrival keeps close to its stamp (a burst of stamps written
+                            # late would land on the window's refill).
+                            await asyncio.sleep(0)
                         continue
                     timeout = wait
                 if self.delayed:

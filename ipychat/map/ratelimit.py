@@ -30,9 +30,10 @@ The model, per dimension (requests, tokens), each with a per-minute limit that i
 lowest of this map's `--rpm`/`--tpm` (caps for this map only), the server's
 `x-ratelimit-limit-*`, or, with neither, a rate found from 429s:
 
-1. A steady pace from the first request: requests are spaced evenly at `PACE` (a little
-   under the limit) × limit / 60 per second (a GCRA schedule, `_Pace`), so a window of
-   any length sees at most its share. No burst is assumed.
+1. A steady pace: requests are spaced evenly at `PACE` (a little under the limit) × limit
+   / 60 per second (a GCRA schedule, `_Pace`), so a window of any length sees at most its
+   share. No burst past the 1 s window's share is assumed. The one exception is the head
+   start (3): under a limit told, before any 429, that share goes at once.
 2. `gain` multiplies that pace. 429s lower it (× `DECREASE`, or mildly for an isolated
    episode) once they are a real share of the answers (`LOSS_TOLERANCE`: a flaky
    server's stray 429s are no limit's doing), at once near a pace that met 429s before;
@@ -59,6 +60,13 @@ lowest of this map's `--rpm`/`--tpm` (caps for this map only), the server's
    capacity, bounded by what the headers say is left of it. (A server counting fixed
    windows, not sliding ones, may let a test through across a window's boundary: the
    burst that follows then meets a 429, and bursts stop for `PROBE_QUIET`.)
+   The head start: the 1 s window's first test starts with its share sent at once (to a
+   1 s window that is the same as the share spread over the second, and no longer
+   window's share is smaller), then goes past it one request at a time, each once the
+   last was accepted (`Dim.heading`): a 1 s window refuses that one request, and a longer
+   one is shown within a few round trips, not a second; the rate then proven (a second's
+   share within a round trip) is where the burst grows from. The first 429 ends it for
+   good (`Dim.fresh`): another client may be using the quota.
 4. A 429 is never refunded (the server charged it). Every sender waits: the server's
    `retry-after` when given; after a burst met the window, until the windows' shares
    have room again (the overshoot is ours: it leaves the window as it came); else a
@@ -223,6 +231,18 @@ class RateLimiter:
             rates.append(rate / (tokens_per_request * self.tokens.scale))
         return min(rates) if rates else None
 
+    def head_start(self, tokens_per_request: float, now: float) -> float:
+        """Requests the 1 s window's share holds while it may go at once (`Dim.heading`;
+        0: not now): the requests in flight must have room for them."""
+        counts = []
+        for dim, per in ((self.requests, 1.0), (self.tokens, tokens_per_request)):
+            if dim.limit is None:
+                continue
+            if not dim.heading(now):
+                return 0.0
+            counts.append(dim.share(0) / max(per * dim.scale, 1e-9))
+        return min(counts, default=0.0)
+
     def too_large(self, tokens: float) -> bool:
         """True when one request needs more tokens than the whole per-minute limit."""
         limit = self.tokens.limit
@@ -297,8 +317,14 @@ class RateLimiter:
         for dim in self._dims:
             # Accepted past the share of the window under test: the window is longer.
             level, beyond = ticket.beyond[dim.name]
+            if level == 0 and dim.heading(now):
+                dim.head_ok = max(dim.head_ok, beyond * dim.share(0))
             if level == dim.level and dim.testing(now) and beyond > PROOF[level]:
                 dim.level += 1
+                if level == 0:
+                    # A second's share was taken within a round trip: that rate is proven.
+                    rtt = max(now - ticket.sent, 1e-3)
+                    self._set_gain(max(self.gain, min(MAX_GAIN, 1.0 / (PACE * rtt))), now)
         if ticket.sent >= self._event_at:  # sent after the last 429: the way is open
             self.blocked = False
             self._backoffs = 0
@@ -315,6 +341,8 @@ class RateLimiter:
         self.answered = True
         self._outcomes.append(False)
         self._learn(ticket, info, now)
+        for dim in self._dims:
+            dim.fresh = False
         # A new congestion event: not an echo of the last one (sent before it was seen),
         # not a probe of a blocked way. An episode: 429s with no answer in between (the
         # way is still shut, which the pauses see to, not news about the pace).

@@ -4,7 +4,7 @@ A fresh kernel pays, on its first request or map, for things loaded on first use
 
 - the modules a request imports when it is made: the map engine (`ipychat.map.job` and
   its parts), the cache's diskcache, the client (httpx) and its aiohttp transport (aiohttp
-  also builds its TLS contexts on import): ~0.4 s together, all needed before a map's
+  also builds its TLS contexts on import): ~0.25 s together, all needed before a map's
   first request;
 - the shipped price table (`ipychat.core.pricing`: read and checked on first use, ~0.1 s;
   a map looks up its model's price and context window before sending);
@@ -14,13 +14,15 @@ A fresh kernel pays, on its first request or map, for things loaded on first use
 - the tokenizer of the model (`ipychat.core.tokens`: ~0.5 s of CPU to build o200k_base from
   the bundled file, ~0.3 s of it one call that holds the GIL).
 
-`start(session)` does these in a daemon thread and returns at once: `%load_ext` is not
-slowed, and the user's first cells run while it works (a map that starts before it is done
-waits only for what is still loading; the encoding has a lock per file, imports a lock per
-module, so nothing is loaded twice). The imports come first: a map needs them to send.
-The tokenizer it does not need to send (ipychat.map.counting: it sends with byte bounds
-while the encoding is not loaded), so the tokenizer is built only in a quiet moment, when
-no map runs (`ipychat.core.foreground`): built during one, it would only slow it down.
+`start(session)` does the first three at once, in `%load_ext` (~0.3 s on two idle cores),
+and the tokenizer in a daemon thread. A thread cannot load the first three sooner than a
+map needs them: in a notebook run top to bottom the first map comes straight after
+`%load_ext`, and would wait for them while competing with the thread for the GIL (a first
+map 0.4-0.5 s slower than a later one). So they are paid where users expect a set-up
+cost. The tokenizer a map does not
+need to send (ipychat.map.counting: it sends with byte bounds while the encoding is not
+loaded), so it is built in the thread, only in a quiet moment, when no map runs
+(`ipychat.core.foreground`): built during one, it would only slow it down.
 
 What it does not do, on purpose: nothing touches the network (no connection is opened, no
 file downloaded: the encodings are bundled), no file or directory is created, and nothing
@@ -41,7 +43,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ipychat.session import ChatSession
 
-__all__ = ["THREAD_NAME", "start", "warm"]
+__all__ = ["THREAD_NAME", "prepare", "start", "warm"]
 
 THREAD_NAME = "ipychat-warm-up"
 
@@ -51,9 +53,10 @@ _MODULES = ("ipychat.map.job", "ipychat.engine.cache", "ipychat.net.client")
 _log = logging.getLogger("ipychat")
 
 
-def warm(session: ChatSession) -> None:
-    """Load what the first request and map of `session` would load (see the module doc)."""
-    from ipychat.core import pricing, tokens
+def prepare(session: ChatSession) -> None:
+    """What a first map needs before its first request (see the module doc): imported and
+    read now, so that the map finds them loaded."""
+    from ipychat.core import pricing
 
     for name in _MODULES:
         importlib.import_module(name)
@@ -62,6 +65,13 @@ def warm(session: ChatSession) -> None:
     lean_aiohttp_transport()  # imports aiohttp (and its TLS contexts) and httpx_aiohttp
     pricing.context_window(session.model)  # reads the shipped table (not the user's overrides)
     gc.collect()  # now, rather than in the first map (see the module docstring)
+
+
+def warm(session: ChatSession) -> None:
+    """Load what the first request and map of `session` would load (see the module doc)."""
+    from ipychat.core import tokens
+
+    prepare(session)  # already done by `start`: a no-op then
     tokens.warm([session.model], when_idle=True)  # not while a map runs (core.foreground)
 
 
@@ -73,7 +83,12 @@ def _run(session: ChatSession) -> None:
 
 
 def start(session: ChatSession) -> threading.Thread:
-    """Warm up in a daemon thread (started here, never joined by ipychat)."""
+    """Prepare now (never raising into the shell), then warm the rest in a daemon thread
+    (started here, never joined by ipychat)."""
+    try:
+        prepare(session)
+    except Exception:  # the first request pays, and says what is wrong
+        _log.debug("ipychat warm-up failed; the first request loads what it needs", exc_info=True)
     thread = threading.Thread(target=_run, args=(session,), name=THREAD_NAME, daemon=True)
     thread.start()
     return thread

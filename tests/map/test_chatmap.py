@@ -17,6 +17,7 @@ from ipychat.map import job as chatmap
 from ipychat.map.dispatch import session_limiter
 from ipychat.map.job import MapAborted, MapInterrupted, MapPlan, compile_template
 from ipychat.map.plan import MAP_MAX_TOKENS
+from ipychat.map.ratelimit import RateLimiter
 from ipychat.session import ChatSession
 from ipychat.testing import FakeOpenAIServer, Fault
 
@@ -337,6 +338,36 @@ def test_a_map_without_headers_is_paced_by_the_limit_given(make_session) -> None
         session = make_session(server)
         result = chatmap.run(session, frame(200), "{text}", "out", rpm=6000)
         assert result.summary.failed == 0 and result.summary.rate_limited <= 6
+
+
+def test_each_request_of_a_burst_starts_out_before_the_next_is_stamped(
+    make_session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The head start sends the 1 s share at once. Stamped all at once and written after,
+    # the last of a burst would arrive well after their stamps, and the pacing, which
+    # counts the window from the stamps, would send into the server's window before the
+    # burst had left it (refused at every refill).
+    events: list[str] = []
+    real_take = RateLimiter.take
+
+    def take(self: RateLimiter, tokens: float, now: float) -> Any:
+        events.append("stamp")
+        return real_take(self, tokens, now)
+
+    monkeypatch.setattr(RateLimiter, "take", take)
+    with FakeOpenAIServer(latency=0.05) as server:
+        session = make_session(server)
+        real_request = session.engine.request
+
+        async def request(*args: Any, **options: Any) -> Any:
+            events.append("send")
+            return await real_request(*args, **options)
+
+        monkeypatch.setattr(session.engine, "request", request)
+        result = chatmap.run(session, frame(40), "{text}", "out", rpm=6000)
+    assert result.summary.failed == 0
+    assert len(server.chat_requests) == 40
+    assert events == ["stamp", "send"] * 40  # the 40 went at once (a share is 100)
 
 
 def test_a_429_never_fails_a_row(make_session) -> None:

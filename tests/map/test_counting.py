@@ -257,3 +257,22 @@ def test_the_warm_up_does_not_build_an_encoding_while_a_map_runs(
     monkeypatch.setattr(tokens, "_encodings", {})
     with foreground.busy():
         assert tokens.count_text("hello", "gpt-4o-mini") == 1
+
+
+def test_the_warm_up_waits_a_quiet_moment_even_before_any_map_ran(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A fresh kernel: no map has run, and the next cell (a notebook run top to bottom) may be
+    # the first one. Building the encoding at once would compete with it for the GIL.
+    monkeypatch.setattr(foreground, "_ended", float("-inf"))
+    monkeypatch.setattr(foreground, "IDLE_AFTER", 0.3)
+    thread, out = _in_thread(lambda: foreground.wait_idle() or time.monotonic())
+    time.sleep(0.1)
+    assert thread.is_alive()  # no map yet, but no quiet moment either
+    with foreground.busy():  # the first map starts before the quiet moment came
+        time.sleep(0.3)
+        assert thread.is_alive()
+        ended = time.monotonic()
+    thread.join(30)
+    assert not thread.is_alive() and "error" not in out
+    assert out["result"] - ended >= 0.3  # a quiet moment after the map, as after any map

@@ -9,6 +9,7 @@ server; this file pins each rule where it is written (`python tools/mutation.py 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -208,7 +209,7 @@ def test_without_a_limit_nothing_waits() -> None:
 
 
 def test_the_wait_is_the_schedules() -> None:
-    dim = Dim("requests", server=600.0)
+    dim = Dim("requests", server=600.0, fresh=False)  # past the head start
     dim.take(1.0, 1.0, 0.0)
     assert dim.wait(1.0, False, 0.0) == approx(1 / (10.0 * PACE))
     assert dim.wait(1.0, False, 0.05) == approx(1 / (10.0 * PACE) - 0.05)
@@ -223,8 +224,9 @@ def test_the_minutes_bucket_holds_back_a_charge_it_cannot_cover_at_the_pace() ->
     assert dim.wait(3.0, False, 0.0) == 0.0
 
 
-def _filled(used: float, at: float = 0.0, **fields: float) -> Dim:
-    dim = Dim("requests", server=600.0, **fields)  # shares: 10 a second, 100 in 10 s
+def _filled(used: float, at: float = 0.0, **fields: Any) -> Dim:
+    # Shares: 10 a second, 100 in 10 s; past the head start (a 429 was seen) unless told.
+    dim = Dim("requests", server=600.0, **{"fresh": False, **fields})
     dim.sent[0].add(used, at)
     return dim
 
@@ -316,7 +318,7 @@ def test_the_longest_of_the_waits_wins() -> None:
 
 
 def test_taking_charges_the_schedule_the_minute_and_every_window() -> None:
-    dim = Dim("tokens", server=600.0, scale=2.0)
+    dim = Dim("tokens", server=600.0, scale=2.0, fresh=False)
     dim.minute = Bucket(limit=600.0, level=100.0, stamp=0.0)
     assert dim.take(3.0, 1.0, 1.0) == 6.0  # the server's units
     assert dim.pace.due == approx(1.0 + 6.0 / (10.0 * PACE))
@@ -328,7 +330,7 @@ def test_taking_charges_the_schedule_the_minute_and_every_window() -> None:
 
 
 def test_taking_past_the_share_goes_at_the_tests_gain() -> None:
-    dim = Dim("requests", server=600.0)
+    dim = Dim("requests", server=600.0, fresh=False)
     dim.sent[0].add(10.0, 0.0)
     dim.take(1.0, 2.0, 0.0)
     assert dim.pace.due == approx(1.0 / (10.0 * PACE * TEST_GAIN))
@@ -343,7 +345,7 @@ def test_without_a_limit_taking_only_counts() -> None:
 
 def test_paced_is_whether_the_schedule_holds_a_send_back() -> None:
     assert not Dim("requests").paced(0.0)
-    dim = Dim("requests", server=600.0)
+    dim = Dim("requests", server=600.0, fresh=False)
     assert not dim.paced(0.0)
     dim.take(1.0, 1.0, 0.0)
     assert dim.paced(0.0) and not dim.paced(100.0)
@@ -362,3 +364,27 @@ def test_beyond_is_the_share_of_the_smallest_unproven_window_sent() -> None:
     assert dim.beyond(0.0) == 0.2
     dim.level = len(WINDOWS)
     assert dim.beyond(0.0) == 0.0
+
+
+def test_a_fresh_dimension_under_a_limit_told_heads_the_first_windows_test() -> None:
+    assert Dim("requests", server=600.0).heading(0.0)
+    assert Dim("requests", cap=600.0).heading(0.0)  # a cap with no headers: a limit told
+    assert not Dim("requests").heading(0.0)  # no limit
+    assert not Dim("requests", found=600.0).heading(0.0)  # a guess from 429s
+    assert not Dim("requests", server=600.0, fresh=False).heading(0.0)  # a 429 was seen
+    assert not Dim("requests", server=600.0, level=1).heading(0.0)  # 1 s shown longer
+    assert not Dim("requests", server=600.0, quiet_until=5.0).heading(0.0)
+
+
+def test_the_head_start_sends_the_share_and_one_test_with_no_pace_owed() -> None:
+    dim = Dim("requests", server=600.0)  # a share of 10 a second
+    for _ in range(11):
+        assert dim.wait(1.0, False, 0.0) == 0.0
+        dim.take(1.0, 1.0, 0.0)
+    assert dim.pace.due == -math.inf
+    assert dim.wait(1.0, False, 0.0) == approx(1.0 + ARRIVAL_SKEW)
+    dim.head_ok = 11.0  # the test was accepted: one more may go
+    assert dim.wait(1.0, False, 0.0) == 0.0
+    # The 10 s window still holds it to its share.
+    dim.sent[1].add(89.0, 0.0)
+    assert dim.wait(1.0, False, 0.0) == approx(10.0 + ARRIVAL_SKEW)

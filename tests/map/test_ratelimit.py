@@ -66,9 +66,11 @@ def test_unknown_limits_never_wait() -> None:
     assert limiter.wait(10_000, 0.0) == 0.0 and limiter.max_rate(100) is None
 
 
-def test_a_known_limit_is_paced_evenly_from_the_first_request() -> None:
-    # 6,000 RPM: 100 per second, paced at 98. No burst, however long nothing was sent.
+def test_past_the_head_start_a_known_limit_is_paced_evenly() -> None:
+    # 6,000 RPM: 100 per second, paced at 99. Once a 429 was seen (no head start), no
+    # burst, however long nothing was sent.
     limiter = RateLimiter(rpm=6000, now=0.0)
+    limiter.requests.fresh = False
     step = 1 / (100 * PACE)
     now = 1000.0
     for _ in range(50):
@@ -81,6 +83,7 @@ def test_a_known_limit_is_paced_evenly_from_the_first_request() -> None:
 
 def test_the_token_limit_paces_by_each_requests_charge() -> None:
     limiter = RateLimiter(tpm=6_000, now=0.0)  # 100 tokens per second
+    limiter.tokens.fresh = False  # past the head start
     limiter.take(300, 0.0)
     assert limiter.wait(50, 0.0) == pytest.approx(300 / (100 * PACE))
     assert limiter.max_rate(300) == pytest.approx(100 * PACE / 300)
@@ -125,6 +128,7 @@ def test_max_rate_weighs_the_token_limit_by_each_requests_tokens() -> None:
 
 def test_a_429_with_retry_after_pauses_every_sender_and_refunds_nothing() -> None:
     limiter = RateLimiter(rpm=6000, now=0.0)
+    limiter.requests.fresh = False  # past the head start: on the pace's schedule
     tickets = [limiter.take(1, 0.01 * i) for i in range(3)]
     due = limiter.wait(1, 0.03)
     limiter.refused(tickets[0], None, 0.5, 0.031)
@@ -256,9 +260,11 @@ def test_near_the_pace_that_met_429s_before_one_429_slows_it() -> None:
 
 
 def test_a_window_test_bursts_up_to_the_share_and_goes_gently_only_past_it() -> None:
-    # 6,000 RPM told, the 1 s window (share 100) under test, a burst grown to 8× the pace:
-    # it keeps that pace up to the share; past it, the test's gentle pace.
+    # 6,000 RPM told, the 1 s window (share 100) under test again (past the head start), a
+    # burst grown to 8× the pace: it keeps that pace up to the share; past it, the test's
+    # gentle pace.
     limiter = RateLimiter(rpm=6000, now=0.0)
+    limiter.requests.fresh = False
     limiter.gain = 8.0
     now = 0.0
     for _ in range(100):
@@ -269,6 +275,61 @@ def test_a_window_test_bursts_up_to_the_share_and_goes_gently_only_past_it() -> 
     now += limiter.wait(1, now)
     limiter.take(1, now)  # past the share: the next one waits a step of the test's pace
     assert limiter.wait(1, now) == pytest.approx(1 / (100 * PACE * TEST_GAIN))
+
+
+def test_a_fresh_limit_sends_a_seconds_share_at_once_then_tests_one_request_at_a_time() -> None:
+    # 6,000 RPM told: the 1 s window's share (100) goes at once (to a 1 s window, as good
+    # as spread over the second), and one request past it, the test; each next one past it
+    # waits until the last was accepted (a 1 s window refuses only that one).
+    limiter = RateLimiter(rpm=6000, now=0.0)
+    tickets = []
+    for _ in range(101):
+        assert limiter.wait(1, 0.0) == 0.0
+        tickets.append(limiter.take(1, 0.0))
+    assert limiter.wait(1, 0.0) == pytest.approx(1.0 + ARRIVAL_SKEW)
+    limiter.accepted(tickets[0], None, 0.1)  # within the share: no news
+    assert limiter.wait(1, 0.1) == pytest.approx(0.9 + ARRIVAL_SKEW)
+    now = 0.1
+    for _ in range(3):  # the 101st to the 103rd accepted: 1% to 3% past, not the proof
+        limiter.accepted(tickets[-1], None, now)
+        assert limiter.requests.level == 0 and limiter.wait(1, now) == 0.0
+        tickets.append(limiter.take(1, now))
+        assert limiter.wait(1, now) > 0.5
+        now += 0.1
+    limiter.accepted(tickets[-1], None, now)  # the 104th: 4% past the share
+    assert limiter.requests.level == 1
+    # A second's share within one round trip (0.1 s) was taken: the burst starts there.
+    assert limiter.gain == pytest.approx(1 / (PACE * 0.1))
+    assert limiter.requests.pace.due == -math.inf  # the head start owed the pace nothing
+
+
+def test_a_429_ends_the_head_start_and_the_pace_holds_from_then_on() -> None:
+    limiter = RateLimiter(rpm=6000, now=0.0)
+    tickets = [limiter.take(1, 0.0) for _ in range(101)]
+    limiter.refused(tickets[100], None, 0.5, 0.1)  # the test: the window is 1 s
+    assert not limiter.requests.fresh and limiter.requests.level == 0
+    # What went at once leaves the window as it came, past the server's retry-after; then
+    # the even pace, never the share at once again (another client may use the quota).
+    assert limiter.wait(1, 0.6) == pytest.approx(0.4 + ARRIVAL_SKEW)
+    now = 1.0 + ARRIVAL_SKEW
+    assert limiter.wait(1, now) == 0.0
+    limiter.take(1, now)
+    assert limiter.wait(1, now) == pytest.approx(1 / (100 * PACE))
+
+
+def test_the_head_start_is_what_the_requests_in_flight_must_make_room_for() -> None:
+    assert RateLimiter(now=0.0).head_start(80, 0.0) == 0.0  # no limit known
+    assert RateLimiter(rpm=6000, now=0.0).head_start(80, 0.0) == pytest.approx(100)
+    # 120,000 TPM: 2,000 tokens a second, 25 requests of 80 (the fewer of the two).
+    both = RateLimiter(rpm=6000, tpm=120_000, now=0.0)
+    assert both.head_start(80, 0.0) == pytest.approx(25)
+    both.tokens.scale = 2.0  # the server counts twice our tokens
+    assert both.head_start(80, 0.0) == pytest.approx(12.5)
+    both.requests.fresh = False  # one dimension past it: no head start at all
+    assert both.head_start(80, 0.0) == 0.0
+    found = RateLimiter(now=0.0)
+    found.requests.found = 600.0  # a rate guessed from 429s: never a burst
+    assert found.head_start(80, 0.0) == 0.0
 
 
 def test_a_window_is_proven_longer_by_what_is_accepted_past_its_share() -> None:
@@ -591,7 +652,10 @@ def simulate(
         if not lim.answered and not lim.limited:
             return 4
         rate = lim.max_rate(tokens)
-        return 64 if rate is None else max(4, min(256, math.ceil(rate * latency * 2) + 4))
+        if rate is None:
+            return 64
+        head = math.ceil(lim.head_start(tokens, clock.now)) + 2
+        return max(4, min(256, max(math.ceil(rate * latency * 2) + 4, head)))
 
     queue, inflight = rows, 0
     wake_at = start  # the one timer the dispatcher sleeps on

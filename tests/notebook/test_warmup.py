@@ -1,6 +1,6 @@
-"""`%load_ext ipychat` warms up in the background (ipychat.notebook.warmup): the tokenizer and the
-first-use imports are loaded by a daemon thread; the shell never waits for it nor hears
-of its failures. Real IPython InteractiveShell; timings are for benchmarks/coldstart.py."""
+"""`%load_ext ipychat` warms up (ipychat.notebook.warmup): the first-use imports before it
+returns, the tokenizer in a daemon thread; the shell never waits for the thread, nor hears
+of either's failures. Real IPython InteractiveShell; timings are for benchmarks/coldstart.py."""
 
 from __future__ import annotations
 
@@ -133,3 +133,44 @@ def test_import_ipychat_loads_none_of_what_the_warm_up_loads() -> None:
     )
     modules, threads = json.loads(out.stdout)
     assert modules == [] and threads == ["MainThread"]  # only %load_ext starts the warm-up
+
+
+def test_load_ext_has_loaded_what_a_first_map_needs_to_send_when_it_returns() -> None:
+    # A fresh process, the warm-up thread left out: what is loaded when %load_ext returns
+    # was loaded by %load_ext itself (a map in the next cell finds it there).
+    code = (
+        "import json, os, sys; os.environ['OPENAI_API_KEY'] = 'sk-none'; "
+        "from IPython.core.interactiveshell import InteractiveShell; "
+        "from ipychat.notebook import warmup; warmup._run = lambda session: None; "
+        "shell = InteractiveShell.instance(); before = set(sys.modules); "
+        "shell.run_line_magic('load_ext', 'ipychat'); "
+        "from ipychat.core import pricing; "
+        "print(json.dumps([sorted(m for m in ('aiohttp', 'httpx', 'httpx_aiohttp', "
+        "'ipychat.map.job', 'ipychat.net.client', 'ipychat.engine.cache') "
+        "if m in sys.modules and m not in before), "
+        "pricing.default_table()._table is not None]))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "IPYTHONDIR": str(ROOT / ".no-ipython-dir")}
+    env.pop("IPYCHAT_CACHE_DIR", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    modules, priced = json.loads(out.stdout.strip().splitlines()[-1])
+    expected = ["aiohttp", "httpx", "httpx_aiohttp", "ipychat.engine.cache"]
+    assert modules == sorted([*expected, "ipychat.map.job", "ipychat.net.client"])
+    assert priced  # the shipped price table read: a map looks up its model's price
+
+
+def test_a_failing_preparation_never_reaches_the_shell(
+    shell: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(session: ChatSession) -> None:
+        raise RuntimeError("aiohttp is broken")
+
+    monkeypatch.setattr(_warmup, "prepare", broken)
+    monkeypatch.setattr(_warmup, "_run", lambda session: None)
+    with caplog.at_level(logging.DEBUG, logger="ipychat"), capture_output() as out:
+        shell.run_line_magic("load_ext", "ipychat")
+    assert out.stdout == "" and out.stderr == ""
+    assert "warm-up failed" in caplog.text and "aiohttp is broken" in caplog.text
+    assert "chatmap" in shell.magics_manager.magics["cell"]
