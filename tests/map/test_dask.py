@@ -217,6 +217,32 @@ def test_workers_write_the_cache_in_batches(dask_client: Any, redis_server: Any)
 
 
 @pytest.mark.redis
+def test_an_unlimited_map_takes_no_turn_from_redis(dask_client: Any, redis_server: Any) -> None:
+    # No limit told (no header, no 429, no rpm): the workers send without asking the shared
+    # pace, but for a look-up of a limit another published, at most every CHECK_EVERY s
+    # per worker. (Before: one script per request, 240 here.)
+    from ipychat.map.sharedpace import CHECK_EVERY
+
+    rows = 240
+    store = RedisStore(redis_server.url + "?prefix=free:")
+    client = redis_server.client()
+    with FakeOpenAIServer() as fake:
+        session = new_session(fake, StoreCache(store))
+        try:
+            out = session.map(frame(rows), "Describe {name}", output="d")
+            client.config_resetstat()
+            started = time.monotonic()
+            result = out.compute()
+            elapsed = time.monotonic() - started
+        finally:
+            session.close()
+    assert result["d"].notna().all() and len(fake.chat_requests) == rows
+    stats = client.info("commandstats")
+    scripts = sum(stats.get(f"cmdstat_{n}", {}).get("calls", 0) for n in ("eval", "evalsha"))
+    assert scripts <= 2 * (elapsed / CHECK_EVERY + 1) and scripts < rows // 4
+
+
+@pytest.mark.redis
 def test_two_workers_share_one_quota(dask_client: Any, redis_server: Any) -> None:
     # The fake enforces 2,400 RPM over 1-second windows (40 requests in any second) and
     # counts refused requests, as OpenAI does; alone, each worker would take all of it.
