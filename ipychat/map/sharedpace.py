@@ -25,10 +25,12 @@ refused requests, so a full window stays full while anyone keeps sending.
 
 A process that knows no limit yet (the first answers teach it: `x-ratelimit-*` headers,
 or 429s) sends without asking Redis, so an unlimited map pays no round trip per request.
-Whatever limit one process knows it publishes with each reservation; the others look it
-up at most every `CHECK_EVERY` seconds, so the first limit any of them learns (a header,
-a cap, or one found from 429s) puts every worker on the shared pace within that time; a
-429's pause, seen there too, holds them all back.
+Whatever limit one process knows (a header, a cap, or one found from 429s) it publishes
+with each reservation, for `PUBLISHED_FOR` seconds; the others look it up at most every
+`CHECK_EVERY` seconds, so the first limit any of them learns puts every worker on the
+shared pace within that time; a 429's pause, seen there too, holds them all back. A
+limit only borrowed is not published again: once no process that knows it sends (a
+map's own `rpm` cap ended), the next map is not held to it.
 What each sent unpaced in the last `UNPACED_WINDOW` seconds took slots of the window:
 its first reservation moves the schedule past them.
 
@@ -68,9 +70,12 @@ _CONNECTIONS = 4  # to Redis, per worker and loop: a turn is one short script
 CHECK_EVERY = 0.1
 # Requests sent unpaced this recently still count in the window (see the module docstring).
 UNPACED_WINDOW = 2.0
+# How long a limit stays published after the last turn of a process that knew it.
+PUBLISHED_FOR = 2.0
 
 # KEYS: the requests and tokens schedules, the published limits; ARGV: rpm, tpm (0: no
-# limit), this request's tokens, this process's requests sent unpaced lately, the headroom.
+# limit), this request's tokens, this process's requests sent unpaced lately, the headroom,
+# how long to publish the limits (ms; 0: borrowed, not published again).
 # Returns the seconds until the reserved slot (a string: Lua numbers are cut to integers
 # in a reply).
 _RESERVE = """
@@ -95,7 +100,9 @@ for i = 1, 2 do
     redis.call('SET', KEYS[i], tostring(tat), 'PX', 60000 + math.ceil((tat - now) * 1000))
   end
 end
-redis.call('SET', KEYS[3], ARGV[1] .. ' ' .. ARGV[2], 'PX', 60000)
+if tonumber(ARGV[6]) > 0 then
+  redis.call('SET', KEYS[3], ARGV[1] .. ' ' .. ARGV[2], 'PX', tonumber(ARGV[6]))
+end
 return tostring(start - now)
 """
 
@@ -159,10 +166,10 @@ class RedisPace:
         self.late = 0  # turns taken again because this process woke late (LATE)
         # Per scope: when the pause the last 429 this process saw asked for ends (monotonic).
         self._paused_until: dict[str, float] = {}
-        # Per scope, while this process knows no limit (see the module docstring): the
-        # limits another one published, when to look again, and what it sent unpaced.
-        self._published: dict[str, tuple[float | None, float | None]] = {}
-        self._look_at: dict[str, float] = {}
+        # Per scope, while this process knows no limit (see the module docstring): when
+        # the next look-up is due and the limits another one published (None: none), and
+        # what it sent unpaced.
+        self._published: dict[str, tuple[float, tuple[float | None, float | None] | None]] = {}
         self._unpaced: dict[str, deque[float]] = {}
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -189,6 +196,7 @@ class RedisPace:
         the request goes at once, without a round trip to Redis (see the module docstring)."""
         if self._broken:
             return
+        publish = PUBLISHED_FOR * 1000  # this process's own limits: the others may borrow
         if rpm is None and tpm is None:
             published = await self._lookup(scope)
             if published is None:
@@ -198,10 +206,10 @@ class RedisPace:
                 while sent[0] < now - UNPACED_WINDOW:
                     sent.popleft()
                 return
-            rpm, tpm = published
+            (rpm, tpm), publish = published, 0
         recent = time.monotonic() - UNPACED_WINDOW
         unpaced = sum(1 for t in self._unpaced.pop(scope, ()) if t >= recent)
-        args = [rpm or 0, tpm or 0, max(0.0, tokens), unpaced, HEADROOM]
+        args = [rpm or 0, tpm or 0, max(0.0, tokens), unpaced, HEADROOM, publish]
         late_again = False
         while True:
             wait = float(await self._call(_RESERVE, scope, args))
@@ -222,18 +230,19 @@ class RedisPace:
                 return
 
     async def _lookup(self, scope: str) -> tuple[float | None, float | None] | None:
-        """The limits another process published for `scope` (None: none yet), looked up at
+        """The limits another process published for `scope` (None: none now), looked up at
         most every CHECK_EVERY seconds; a 429's pause, seen there or here, waited out."""
-        published = self._published.get(scope)
         now = time.monotonic()
-        if published is None and now >= self._look_at.get(scope, -math.inf):
-            self._look_at[scope] = now + CHECK_EVERY
+        due, published = self._published.get(scope, (-math.inf, None))
+        if now >= due:
             reply = str(await self._call(_LOOKUP, scope, []))
             limits, _, pause = reply.partition("|")
+            published = None
             if limits:
                 rpm, tpm = (float(x) or None for x in limits.split())
-                published = self._published[scope] = (rpm, tpm)
-            elif pause and float(pause) > 0:
+                published = (rpm, tpm)
+            self._published[scope] = (now + CHECK_EVERY, published)
+            if published is None and pause and float(pause) > 0:
                 await asyncio.sleep(float(pause))
         paused = self._paused_until.get(scope, -math.inf) - time.monotonic()
         if published is None and paused > 0:

@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 from ipychat.engine.stores.base import CacheURLError
-from ipychat.map.sharedpace import CHECK_EVERY, HEADROOM, PaceWarning, RedisPace
+from ipychat.map.sharedpace import (
+    CHECK_EVERY,
+    HEADROOM,
+    PUBLISHED_FOR,
+    PaceWarning,
+    RedisPace,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -204,6 +210,29 @@ def test_unpaced_requests_ask_redis_nothing_until_a_limit_is_known(redis_server:
     times = run(b_learns_then_c_paces())
     step = 60 / (600 * HEADROOM)
     assert 3 * step * 0.97 <= times[-1] - times[0] < 3 * step + 1.0
+
+
+def test_a_limit_ends_with_the_turns_of_those_who_know_it(redis_server: Any) -> None:
+    # Worker b caps its map at 600 RPM (or learnt it); worker c borrows that limit. Once b
+    # stops sending, the limit is gone PUBLISHED_FOR later, though c kept taking turns
+    # under it (a borrower does not publish it again): a next map is not held to a cap
+    # that only the last one had. (Before: c's turns kept it published for good.)
+    b = RedisPace(redis_server.url, prefix="t11:")
+    c = RedisPace(redis_server.url, prefix="t11:")
+    step = 60 / (600 * HEADROOM)
+
+    async def main() -> float:
+        await b.acquire("scope", 1, rpm=600, tpm=None)
+        deadline = time.monotonic() + PUBLISHED_FOR + 2 * CHECK_EVERY
+        while time.monotonic() < deadline:  # c goes on, under the borrowed limit
+            await c.acquire("scope", 1, rpm=None, tpm=None)
+        await asyncio.sleep(step * 30)  # the turns c reserved have passed
+        started = time.monotonic()
+        for _ in range(5):
+            await c.acquire("scope", 1, rpm=None, tpm=None)
+        return time.monotonic() - started
+
+    assert run(main()) < 2 * step  # five requests at once: no limit known any more
 
 
 def test_a_429_holds_back_a_worker_that_knows_no_limit(redis_server: Any) -> None:
