@@ -235,6 +235,9 @@ class RedisPace:
         now = time.monotonic()
         due, published = self._published.get(scope, (-math.inf, None))
         if now >= due:
+            # Due again in CHECK_EVERY, from now: the requests that come while this one
+            # waits for Redis go as the last look-up said, without a look-up of their own.
+            self._published[scope] = (now + CHECK_EVERY, published)
             reply = str(await self._call(_LOOKUP, scope, []))
             limits, _, pause = reply.partition("|")
             published = None
