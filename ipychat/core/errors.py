@@ -13,7 +13,8 @@ ChatError                      anything ipychat raises on purpose (magics show i
 ├── Interrupted                the user stopped a request (partial results are kept)
 └── APIError                   the server or the network failed us
     ├── APIConnectionError     could not connect, or the connection dropped
-    │   └── APITimeoutError    connect or read timeout
+    │   ├── APITimeoutError    connect or read timeout
+    │   └── UntrustedCertificateError  the server's TLS certificate failed verification
     ├── StreamError            a stream broke: no [DONE], malformed chunk, error mid-stream
     └── APIStatusError         the server answered with an error status
         ├── BadRequestError    400 / 422
@@ -56,6 +57,7 @@ __all__ = [
     "ServerError",
     "StreamError",
     "TemplateError",
+    "UntrustedCertificateError",
     "status_error",
 ]
 
@@ -129,6 +131,11 @@ class APIConnectionError(APIError):
 
 class APITimeoutError(APIConnectionError):
     """A connect or read timeout expired."""
+
+
+class UntrustedCertificateError(APIConnectionError):
+    """The server's TLS certificate failed verification: the same again on every request
+    (not retried), until the machine trusts it (SSL_CERT_FILE) or the URL changes."""
 
 
 class StreamError(APIError):

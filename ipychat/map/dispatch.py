@@ -30,22 +30,15 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from ipychat.core.errors import (
-    APIError,
-    AuthError,
-    BadRequestError,
-    ChatError,
-    ConfigError,
-    NotFoundError,
-    RateLimitError,
-)
+from ipychat.core.errors import ChatError, RateLimitError
 from ipychat.core.runner import guarded as guarded
 from ipychat.core.runner import wait
 from ipychat.core.settings import TICK
 from ipychat.core.types import CacheMode
+from ipychat.map.failed import QUOTA_GONE, bug, classify, outage
 from ipychat.map.heap import frozen_heap
 from ipychat.map.ratelimit import RateLimiter, Ticket
-from ipychat.net.retry import DEFAULT_MAX_WAIT, backoff_delay, format_wait
+from ipychat.net.retry import DEFAULT_MAX_WAIT, backoff_delay
 
 if TYPE_CHECKING:
     from ipychat.core.runner import LoopThread
@@ -349,6 +342,10 @@ class Dispatcher:
         except ChatError as exc:
             self.limiter.failed(ticket, time.monotonic())
             self._failed(job, exc)
+        except Exception as exc:  # a bug of ours: the run stops, saying so, the row kept
+            self.limiter.failed(ticket, time.monotonic())
+            self._stop(bug(exc))
+            self.ready.appendleft(job)
         else:
             reply = exchange.reply
             if exchange.store:  # written in batches (`_flush_cache`)
@@ -388,7 +385,7 @@ class Dispatcher:
             self.sink.fail(job, exc)
             return
         self.ready.appendleft(job)  # first in line again
-        if any(words in server for words in _QUOTA_GONE):  # billing, not pace
+        if any(words in server for words in QUOTA_GONE):  # billing, not pace
             self.limiter.failed(ticket, now)
             self._stop(exc)
             return
@@ -404,10 +401,10 @@ class Dispatcher:
         """Stop the run when nothing but refusals and failures came for MAX_OUTAGE."""
         limit = MAX_OUTAGE  # read at each check: a changed setting applies at once
         if now - self._answered_at > limit:
-            self._stop(_outage(exc, limit))
+            self._stop(outage(exc, limit))
 
     def _failed(self, job: MapRequest, exc: ChatError) -> None:
-        kind = _classify(exc)
+        kind = classify(exc)
         if kind == "fatal":
             self._stop(exc)
             self.ready.appendleft(job)
@@ -434,35 +431,6 @@ class Dispatcher:
     def _stop(self, exc: ChatError) -> None:
         if self.abort is None:
             self.abort = exc
-
-
-def _classify(exc: ChatError) -> str:
-    """limit (a 429) | retry (may work next time) | row (this row is wrong) | fatal (all are)."""
-    if isinstance(exc, RateLimitError):
-        return "limit"
-    if isinstance(exc, AuthError | NotFoundError | ConfigError):
-        return "fatal"
-    if isinstance(exc, BadRequestError):
-        return "row"
-    if isinstance(exc, APIError):  # 5xx, 408/409, connection, timeout, broken or odd body
-        return "retry"
-    return "row"
-
-
-# A 429 that is about billing, not pace (OpenAI's `insufficient_quota`): waiting cannot help.
-_QUOTA_GONE = ("exceeded your current quota", "insufficient_quota")
-
-
-def _outage(last: ChatError, limit: float) -> ChatError:
-    """What stops a run after `limit` seconds without an answer."""
-    message = (
-        f"No request was answered for {format_wait(limit)} (the outage limit, "
-        f"ipychat.map.dispatch.MAX_OUTAGE): the server kept refusing or failing. The last "
-        f"answer: {last}"
-    )
-    if isinstance(last, RateLimitError):
-        return RateLimitError(message, status_code=429)
-    return APIError(message)
 
 
 def _server_tokens(job: MapRequest, reply: Reply) -> float | None:

@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import socket
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from ipychat.core.errors import (
     APIStatusError,
     APITimeoutError,
     RateLimitError,
+    UntrustedCertificateError,
     status_error,
 )
 from ipychat.core.keys import Secret, redact
@@ -196,6 +198,13 @@ def connection_error(
             f"{host} sent a response header longer than the {limit:,} bytes the HTTP client "
             f"accepts{after}; check the server (or the proxy in front of it)"
         )
+    untrusted = untrusted_certificate(exc)
+    if untrusted is not None:
+        return UntrustedCertificateError(
+            f"The server at {base_url} presented a TLS certificate this machine does not "
+            f"trust ({untrusted}): if your network inspects TLS, set SSL_CERT_FILE to its CA "
+            "bundle and restart the kernel; else check the URL (%chat endpoint URL)"
+        )
     if is_connect_failure(exc):
         # One line in our words: aiohttp's own ("Cannot connect to host …
         # ssl:default [Connect call failed (…)]") stays in __cause__ for debugging.
@@ -224,8 +233,20 @@ def _header_limit(exc: BaseException) -> int | None:
     return None
 
 
-def _unreachable(exc: BaseException) -> str:
-    """Why nothing answered, in a few words: refused, unknown host name, or neither."""
+def untrusted_certificate(exc: BaseException) -> str | None:
+    """Why the server's certificate failed verification ("self-signed certificate",
+    "unable to get local issuer certificate", ...), or None when that is not the failure.
+    httpx_aiohttp maps aiohttp's certificate error to a ConnectTimeout: the cause tells."""
+    found = [e for e in _causes(exc) if isinstance(e, ssl.SSLCertVerificationError)]
+    for e in found:  # aiohttp's own error is one too, without the details
+        why = getattr(e, "verify_message", None) or getattr(e, "reason", None)
+        if why:
+            return str(why)
+    return "certificate verify failed" if found else None
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc`, its causes and contexts, and the OS errors aiohttp wraps, each once."""
     seen: list[BaseException] = []
     todo: list[BaseException | None] = [exc, root_cause(exc)]
     while todo:
@@ -234,6 +255,13 @@ def _unreachable(exc: BaseException) -> str:
             continue
         seen.append(item)
         todo += [getattr(item, "os_error", None), item.__cause__, item.__context__]
+        todo.append(getattr(item, "certificate_error", None))
+    return seen
+
+
+def _unreachable(exc: BaseException) -> str:
+    """Why nothing answered, in a few words: refused, unknown host name, or neither."""
+    seen = _causes(exc)
     if any(isinstance(e, socket.gaierror) or "DNS" in type(e).__name__ for e in seen):
         return "host name not found"
     if any(isinstance(e, ConnectionRefusedError) for e in seen):
@@ -362,6 +390,8 @@ def transport_failure(
         timeouts=endpoint.timeouts,
     )
     error.__cause__ = clean_cause(exc, endpoint.keys)
+    if isinstance(error, UntrustedCertificateError):  # the same certificate again: no retry
+        return Failed(error, policy.RetryDecision(False, reason=short_reason(error)))
     reason = (
         UNREACHABLE
         if is_connect_failure(exc) and timeout_kind(exc) is None

@@ -8,11 +8,11 @@ Part of the client's network boundary (docs/architecture.md): used only by
 - `Pool`: one transport (its connections) with the loop it belongs to and the requests
   using it; `close_pool` closes it when the client built it.
 - `default_transport`: httpx_aiohttp's transport trimmed for CPU per request
-  (`lean_aiohttp_transport`), with the proxy the environment sets (`_env_proxy`).
-  The trimmed transport leans on httpx_aiohttp's private names; if they are not what it
-  expects when a request is made, it warns once (`TransportWarning`) and serves that
-  request and every later one with the stock `AiohttpTransport` (see `_shape_problem`).
-  `IPYCHAT_STOCK_TRANSPORT=1` chooses the stock transport from the start.
+  (`lean_aiohttp_transport`), with the proxy the environment sets (`_env_proxy`) and the
+  process's one TLS context (`ipychat.net.tls`). It leans on httpx_aiohttp's private
+  names; if they are not what it expects when a request is made, it warns once
+  (`TransportWarning`) and serves every request from then on with the stock
+  `AiohttpTransport` (`_shape_problem`); `IPYCHAT_STOCK_TRANSPORT=1` chooses it at once.
 - Body helpers: `header_dict`, `raw_header_dict`, `body_chunks`, `read_body`,
   `aclose_iterator`, `close_response`, `is_json`.
 - Failure classification: `is_transport_error` (retryable network trouble), and
@@ -38,6 +38,7 @@ from typing import Any, NoReturn
 import httpx
 
 from ipychat.core.keys import SECRET_HEADERS
+from ipychat.net.tls import default_context
 
 log = logging.getLogger("ipychat")
 
@@ -100,14 +101,12 @@ def scrub(exc: BaseException) -> BaseException:
     return exc
 
 
-# The environment switch for httpx_aiohttp's own transport (CI runs the protocol tests
-# with it, so the stock transport the fallback relies on is known to work).
+# Chooses httpx_aiohttp's own transport (CI runs the protocol tests with it: the fallback's).
 STOCK_TRANSPORT_ENV = "IPYCHAT_STOCK_TRANSPORT"
 _ON = frozenset({"1", "true", "yes", "on"})
 _OFF = frozenset({"", "0", "false", "no", "off"})
 
-# Warnings already given in this process: each is worth saying once, not per pool.
-_warned: set[str] = set()
+_warned: set[str] = set()  # warnings given in this process: each once, not once per pool
 
 
 class TransportWarning(RuntimeWarning):
@@ -149,7 +148,8 @@ def default_transport(max_connections: int, base_url: str) -> httpx.AsyncBaseTra
         from httpx_aiohttp import AiohttpTransport as transport_class
     else:
         transport_class = lean_aiohttp_transport()
-    return transport_class(limits=limits, proxy=httpx.Proxy(proxy) if proxy else None)
+    proxied = httpx.Proxy(proxy) if proxy else None
+    return transport_class(limits=limits, proxy=proxied, verify=default_context())
 
 
 def _exception_map(module: Any) -> Mapping[type[BaseException], type[Exception]] | None:

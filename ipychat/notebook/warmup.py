@@ -4,8 +4,9 @@ A fresh kernel pays, on its first request or map, for things loaded on first use
 
 - the modules a request imports when it is made: the map engine (`ipychat.map.job` and
   its parts), the cache's diskcache, the client (httpx) and its aiohttp transport (aiohttp
-  also builds its TLS contexts on import): ~0.25 s together, all needed before a map's
-  first request;
+  also builds its TLS contexts on import) with the TLS context it uses (`ipychat.net.tls`:
+  the CA bundle read once per process): ~0.25 s together, all needed before a map's first
+  request;
 - the shipped price table (`ipychat.core.pricing`: read and checked on first use, ~0.1 s;
   a map looks up its model's price and context window before sending);
 - the garbage collector's first full pass over what all this imported (pandas, aiohttp,
@@ -19,10 +20,10 @@ and the tokenizer in a daemon thread. A thread cannot load the first three soone
 map needs them: in a notebook run top to bottom the first map comes straight after
 `%load_ext`, and would wait for them while competing with the thread for the GIL (a first
 map 0.4-0.5 s slower than a later one). So they are paid where users expect a set-up
-cost. The tokenizer a map does not
-need to send (ipychat.map.counting: it sends with byte bounds while the encoding is not
-loaded), so it is built in the thread, only in a quiet moment, when no map runs
-(`ipychat.core.foreground`): built during one, it would only slow it down.
+cost. The tokenizer a map does not need to send (ipychat.map.counting: it sends with byte
+bounds while the encoding is not loaded), so it is built in the thread, only in a quiet
+moment, when no map runs (`ipychat.core.foreground`): built during one, it would only
+slow it down.
 
 What it does not do, on purpose: nothing touches the network (no connection is opened, no
 file downloaded: the encodings are bundled), no file or directory is created, and nothing
@@ -48,7 +49,14 @@ __all__ = ["THREAD_NAME", "prepare", "start", "warm"]
 THREAD_NAME = "ipychat-warm-up"
 
 # Imported by a first map or request, in this order (the cheap ones first).
-_MODULES = ("ipychat.map.job", "ipychat.engine.cache", "ipychat.net.client")
+_MODULES = (
+    "ipychat.map.job",
+    "ipychat.map.dask",  # only its frame check: dask itself is not imported
+    "ipychat.engine.cache",
+    "ipychat.engine.stores.counted",
+    "ipychat.engine.send",
+    "ipychat.net.client",
+)
 
 _log = logging.getLogger("ipychat")
 
@@ -57,12 +65,14 @@ def prepare(session: ChatSession) -> None:
     """What a first map needs before its first request (see the module doc): imported and
     read now, so that the map finds them loaded."""
     from ipychat.core import pricing
+    from ipychat.net import tls
 
     for name in _MODULES:
         importlib.import_module(name)
     from ipychat.net.transport import lean_aiohttp_transport
 
     lean_aiohttp_transport()  # imports aiohttp (and its TLS contexts) and httpx_aiohttp
+    tls.default_context()  # reads the CA bundle: every client's transport shares it
     pricing.context_window(session.model)  # reads the shipped table (not the user's overrides)
     gc.collect()  # now, rather than in the first map (see the module docstring)
 

@@ -370,6 +370,33 @@ def test_each_request_of_a_burst_starts_out_before_the_next_is_stamped(
     assert events == ["stamp", "send"] * 40  # the 40 went at once (a share is 100)
 
 
+def test_a_bug_while_sending_stops_the_map_and_says_so_never_a_silent_empty_row(
+    make_session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: the row's task died with the exception, the row had neither an answer nor an
+    # _error, and the map returned as if all was well.
+    with FakeOpenAIServer(latency=0.01) as server:
+        session = make_session(server)
+        real_request = session.engine.request
+        calls: list[int] = []
+
+        async def request(*args: Any, **options: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 3:
+                raise AttributeError("'NoneType' object has no attribute 'x'")
+            return await real_request(*args, **options)
+
+        monkeypatch.setattr(session.engine, "request", request)
+        with pytest.raises(MapAborted) as caught:
+            chatmap.run(session, frame(6), "{text}", "out", concurrency=1)
+    message = str(caught.value)
+    assert "(AttributeError): this is a bug in ipychat" in message and "\n" not in message
+    assert "NoneType" not in message  # its text may quote a request: only its type is said
+    assert isinstance(caught.value.cause.__cause__, AttributeError)
+    out = caught.value.result.frame["out"].tolist()
+    assert out[:2] == ["Echo: item 0", "Echo: item 1"] and "Stopped after 2 of 6" in message
+
+
 def test_a_429_never_fails_a_row(make_session) -> None:
     # Told to slow down 30 times in a row, the row waits its turn each time.
     with FakeOpenAIServer(latency=0.001) as server:
