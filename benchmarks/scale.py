@@ -34,6 +34,7 @@ Run: python benchmarks/scale.py             (about 15 minutes, most of it out-of
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import resource
@@ -54,6 +55,7 @@ from redis_server import RedisServer  # noqa: E402
 
 from ipychat.engine.stores.counted import StoreCache  # noqa: E402
 from ipychat.engine.stores.redis import RedisStore  # noqa: E402
+from ipychat.map.sharedpace import HEADROOM, late_turns  # noqa: E402
 from ipychat.session import ChatSession, Settings  # noqa: E402
 from ipychat.testing import FakeOpenAIServer  # noqa: E402
 
@@ -84,6 +86,10 @@ class Cluster:
 
     def cpu(self) -> float:
         return sum(self.client.run(time.process_time).values())
+
+    def late(self) -> int:
+        """The workers' shared-pace turns taken again after a late wake-up, so far."""
+        return sum(self.client.run(late_turns).values())
 
     def close(self) -> float:
         """Close; the seconds it took (a worker its nanny had to kill: 4 s and more)."""
@@ -121,21 +127,23 @@ def warm_kernel(chat: ChatSession, fake: Any) -> None:
     fake.reset_log()
 
 
-def timeline(fake: Any, started: float, ended: float) -> tuple[float, float, float]:
+def timeline(fake: Any, started: float, ended: float) -> tuple[float, float, float, int]:
     """From the server's log: seconds from the map's start to its first request, from its
-    last request to the map's end, and the steady rate between them (requests/s)."""
+    last request to the map's end, the steady rate between them (requests/s), and the most
+    requests that arrived within one second (the server's window)."""
     times = sorted(r.time for r in fake.chat_requests)
     if len(times) < 2:
-        return 0.0, 0.0, 0.0
+        return 0.0, 0.0, 0.0, len(times)
     steady = (len(times) - 1) / (times[-1] - times[0])
-    return times[0] - started, ended - times[-1], steady
+    peak = max(bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times))
+    return times[0] - started, ended - times[-1], steady, peak
 
 
 def limited(url: str, rows: int, workers: int) -> None:
     print(f"\nRate-limited: {rows:,} rows, {RPM_LIMIT:,} RPM over 1 s windows, {LATENCY} s latency")
     print(
         f"{'':<28}{'E':>7}{'429 share':>11}{'lost':>6}{'wall s':>9}"
-        f"{'start s':>9}{'tail s':>8}{'steady E':>10}"
+        f"{'start s':>9}{'tail s':>8}{'steady E':>10}{'peak 1 s':>10}"
     )
     ideal = rows / (RPM_LIMIT / 60) + LATENCY
     for label in ("single kernel, cold", "single kernel", f"Dask, {workers} workers"):
@@ -153,9 +161,11 @@ def limited(url: str, rows: int, workers: int) -> None:
                     if not label.endswith("cold"):
                         warm_kernel(chat, fake)
                     run = lambda chat=chat, df=df: chat.map(df, "Sum up: {text}", "s")  # noqa: E731
+                late = cluster.late() if cluster is not None else 0
                 started = time.monotonic()
                 out, wall, _ = measure(run, None)
-                start, tail, steady = timeline(fake, started, time.monotonic())
+                start, tail, steady, peak = timeline(fake, started, time.monotonic())
+                late = cluster.late() - late if cluster is not None else 0
                 stats = fake.stats()
                 chat.close()
         finally:
@@ -166,33 +176,67 @@ def limited(url: str, rows: int, workers: int) -> None:
         print(
             f"{label:<28}{ideal / wall:>7.3f}{share:>11.2%}{lost:>6}{wall:>9.2f}"
             f"{start:>9.2f}{tail:>8.2f}{steady / (RPM_LIMIT / 60):>10.3f}"
+            f"{peak / (RPM_LIMIT / 60):>10.0%}"
         )
-    print(f"(the {workers}-worker cluster closed in {closing:.1f} s)")
+    print(
+        f"(peak 1 s: the most requests in one second, of the limit's; the shared pace runs at "
+        f"{HEADROOM:.0%}. Dask: {late} turns taken again after a late wake-up; the "
+        f"{workers}-worker cluster closed in {closing:.1f} s)"
+    )
 
 
-def unlimited(url: str, rows: int, counts: list[int]) -> None:
+def process_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) of another process so far (the server, Redis)."""
+    import psutil
+
+    if pid is None:
+        return 0.0
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def unlimited(url: str, rows: int, counts: list[int], redis_pid: int | None) -> None:
     print(f"\nUnlimited, zero latency: {rows:,} rows")
-    print(f"{'':<28}{'rows/s':>9}{'CPU ms/row':>12}{'wall s':>9}")
+    print(
+        f"{'':<28}{'rows/s':>9}{'CPU ms/row':>12}{'wall s':>9}"
+        f"{'server ms':>11}{'Redis ms':>10}{'cores busy':>12}"
+    )
     with FakeOpenAIServer.spawn() as fake:
+
+        def row(label: str, run: Any, cluster: Cluster | None) -> Any:
+            others = process_cpu(fake.pid), process_cpu(redis_pid)
+            out, wall, cpu = measure(run, cluster)
+            server = process_cpu(fake.pid) - others[0]
+            redis = process_cpu(redis_pid) - others[1]
+            print(
+                f"{label:<28}{rows / wall:>9,.0f}{cpu / rows * 1e3:>12.2f}{wall:>9.2f}"
+                f"{server / rows * 1e3:>11.2f}{redis / rows * 1e3:>10.2f}"
+                f"{(cpu + server + redis) / wall:>12.2f}"
+            )
+            return out
+
         chat = session(fake, url, f"free-single-{time.time_ns()}")
         df = frame(rows, "single")
         chat.map(frame(50, "warm-single"), "Sum up: {text}", "s")
-        out, wall, cpu = measure(lambda: chat.map(df, "Sum up: {text}", "s"), None)
+        row("single kernel", lambda: chat.map(df, "Sum up: {text}", "s"), None)
         chat.close()
-        print(f"{'single kernel':<28}{rows / wall:>9,.0f}{cpu / rows * 1e3:>12.2f}{wall:>9.2f}")
         for n in counts:
             cluster = Cluster(n)
             try:
                 chat = session(fake, url, f"free-{n}-{time.time_ns()}")
                 dask_map(chat, frame(n * 2, f"warm-{n}"), n)
                 df = frame(rows, f"dask-{n}")
-                out, wall, cpu = measure(lambda: dask_map(chat, df, n * 4), cluster)  # noqa: B023
+                label = f"Dask, {n} worker{'s' if n > 1 else ''}"
+                out = row(label, lambda: dask_map(chat, df, n * 4), cluster)  # noqa: B023
                 chat.close()
             finally:
                 cluster.close()
             assert out["s"].notna().all()
-            label = f"Dask, {n} worker{'s' if n > 1 else ''}"
-            print(f"{label:<28}{rows / wall:>9,.0f}{cpu / rows * 1e3:>12.2f}{wall:>9.2f}")
+    print(
+        "(CPU ms/row: the mapping processes, the kernel with Dask's scheduler and the "
+        "workers; server and Redis ms: theirs per row; cores busy: all of it over the wall "
+        f"time, of this machine's {os.cpu_count()})"
+    )
 
 
 def out_of_core(rows: int, batch_rows: int) -> None:
@@ -334,7 +378,8 @@ def main() -> None:
             if args.only in (None, "limited"):
                 limited(redis.url, 1_000 if quick else 3_000, 4)
             if args.only in (None, "unlimited"):
-                unlimited(redis.url, 2_000 if quick else 6_000, [1, 2, 4])
+                pid = redis.process.pid if redis.process else None
+                unlimited(redis.url, 2_000 if quick else 6_000, [1, 2, 4], pid)
         finally:
             redis.stop()
     if args.only in (None, "out-of-core"):

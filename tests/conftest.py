@@ -9,7 +9,10 @@ missing browser, model or server can never turn CI green by skipping.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +20,10 @@ from ipychat.core.providers import PROVIDERS
 from ipychat.engine.cache import ResponseCache
 from ipychat.session import ChatSession, Settings, reset_session
 from ipychat.testing import FakeOpenAIServer
+
+# The redis-server helper lives beside the engine's tests (tests/engine/redis_server.py,
+# also used by benchmarks/): test folders are not packages, so its folder goes on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "engine"))
 
 # A key that must never show up anywhere: tests search outputs and logs for it.
 CANARY_KEY = "sk-canary-" + "Zx9" * 14
@@ -93,6 +100,19 @@ def _isolated_env(
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("IPYCHAT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A redis-server on 127.0.0.1 (random port, a password, nothing saved), stopped after
+    the module (tests/engine/redis_server.py: the store's, the shared pace's, Dask's tests)."""
+    from redis_server import EXECUTABLE, RedisServer
+
+    if not os.path.exists(EXECUTABLE):
+        pytest.skip("redis-server is not installed (apt install redis-server)")
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _copy_repo(into: Path, test_files: list[Path]) -> None:
     """The package and the test files at their places under tests/, with every module of
     tests/ that is not a test file: the conftests and the helpers a test file imports
-    (tests/core/hygiene_corpus.py), also from another folder (tests/map/conftest.py puts
+    (tests/core/hygiene_corpus.py), also from another folder (tests/conftest.py puts
     tests/engine on sys.path for redis_server.py). pytest puts the test file's folder on
     sys.path (rootdir conftest, no __init__.py), so its helpers import there."""
     shutil.copytree(

@@ -24,9 +24,12 @@ filter_dask(host, ddf, template, decision=..., make_host=..., **options)
 
 Dask schedules, retries and moves the partitions; nothing here talks to a worker
 ("Dask retries tasks whose worker died", https://distributed.dask.org/en/stable/
-killed.html). A partition whose worker dies is mapped again elsewhere: the rows answered
-before are read back from the shared cache (written reply by reply, `cache_batch=1`), so
-no answered row is sent twice. A global failure on a worker (key, model, quota) fails the
+killed.html). A partition whose worker dies is mapped again elsewhere: the rows whose
+replies were written are read back from the shared cache, so they are not sent twice.
+A worker writes its replies in batches of `WORKER_CACHE_BATCH` (or at least every second;
+one pipelined round trip to Redis each, not one per reply): a worker killed between two
+writes costs the replies since the last one (fewer than a batch) and what it had in
+flight; `cache_batch=1` writes each reply as it comes, at a round trip per reply. A global failure on a worker (key, model, quota) fails the
 partition, and `compute()` raises it as a `ChatError` in one line.
 
 The workers share the caller's cache: a Redis cache (`IPYCHAT_CACHE_URL`) is shared by
@@ -74,6 +77,7 @@ if TYPE_CHECKING:
     from ipychat.map.host import Host
 
 __all__ = [
+    "WORKER_CACHE_BATCH",
     "CacheSpec",
     "DaskPlan",
     "WorkerSpec",
@@ -84,6 +88,11 @@ __all__ = [
     "plan_dask",
     "workers",
 ]
+
+
+# Replies a worker writes to the cache at once (see the module docstring): a 2-core
+# machine's unlimited map spent a quarter of a worker's time writing replies one by one.
+WORKER_CACHE_BATCH = 16
 
 
 def is_dask_frame(df: Any) -> bool:
@@ -302,9 +311,10 @@ def _launch(
     ).start(_client())
     if how.on_watch is not None:
         how.on_watch(watch)
-    # Each worker writes its replies one by one (a killed worker loses none), and checks no
-    # cost of its own: the kernel's watch does, on the spend the workers report.
-    opts = dataclasses.replace(opts, cache_batch=1, max_cost=None)
+    # Each worker writes its replies in small batches (see the module docstring), and
+    # checks no cost of its own: the kernel's watch does, on the spend the workers report.
+    batch = opts.cache_batch or WORKER_CACHE_BATCH
+    opts = dataclasses.replace(opts, cache_batch=batch, max_cost=None)
     meta, dtypes = _meta(host, ddf, template, opts, how.decision)
     spec = WorkerSpec(
         how.make_host, settings, cache, template, opts, dtypes, watch.topic, how.decision

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import dataclasses
 import pickle
 import threading
 import time
@@ -229,7 +228,9 @@ class Report:
             "done": p.done if p else 0,
             "total": p.total if p else None,
             "errors": p.errors if p else 0,
-            "rows": [dataclasses.asdict(r) for r in rows],
+            # Each row's fields as they are (all plain values): `dataclasses.asdict` deep-
+            # copied every value, 5 % of an unlimited map's worker time.
+            "rows": [dict(vars(r)) for r in rows],
             "final": final,
         }
         _emit(self.topic, message)

@@ -1,18 +1,17 @@
 """Fixtures of the map's tests: sessions on a FakeOpenAIServer, and real components (a Dask
 cluster, a redis-server).
 
-`make_session(server, **settings)`: a session on that server with a cache of its own
-(model gpt-4o-mini unless given), closed after the test.
+`make_session(server, cache=None, **settings)`: a session on that server (model
+gpt-4o-mini unless given) with a cache of its own, or the cache folder `cache` names
+(the same name: the same folder, as a kernel restarted), closed after the test.
 
-`cluster`: `distributed.LocalCluster` with two worker processes (one thread each), started
+`dask_client`: a `distributed.Client` on a `LocalCluster` with two worker processes (one thread each), started
 once per module and closed after it, its workers spawned without the developer's keys or
-endpoint (the same names `_isolated_env` clears). `redis_server`: as in tests/engine.
+endpoint (the same names `_isolated_env` clears). `redis_server`: tests/conftest.py.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,6 @@ from ipychat.engine.cache import ResponseCache
 from ipychat.session import ChatSession, Settings, reset_session
 from ipychat.testing import FakeOpenAIServer
 
-# The redis-server helper lives beside the engine's tests (tests/engine/redis_server.py);
-# test directories are not packages, so its folder is put on the path to share it.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from redis_server import EXECUTABLE, RedisServer
-
 KEY = "sk-test-" + "k" * 20
 
 
@@ -35,11 +29,11 @@ KEY = "sk-test-" + "k" * 20
 def make_session(tmp_path: Path) -> Iterator[Callable[..., ChatSession]]:
     made: list[ChatSession] = []
 
-    def make(server: FakeOpenAIServer, **settings: Any) -> ChatSession:
+    def make(server: FakeOpenAIServer, cache: str | None = None, **settings: Any) -> ChatSession:
         settings = {"model": "gpt-4o-mini", **settings}
         s = ChatSession(
             Settings(base_url=server.base_url, api_key=KEY, **settings),
-            cache=ResponseCache(tmp_path / f"cache{len(made)}"),
+            cache=ResponseCache(tmp_path / (cache or f"cache{len(made)}")),
         )
         made.append(s)
         return s
@@ -51,16 +45,6 @@ def make_session(tmp_path: Path) -> Iterator[Callable[..., ChatSession]]:
 
 
 _CLEARED = ("OPENAI_API_KEY", "OPENAI_API_KEYS", "OPENAI_BASE_URL", "IPYCHAT_MODEL")
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A redis-server on 127.0.0.1 (random port, a password, nothing saved), stopped after."""
-    if not os.path.exists(EXECUTABLE):
-        pytest.skip("redis-server is not installed (apt install redis-server)")
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

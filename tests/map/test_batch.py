@@ -5,45 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
-from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
 import pytest
 
 from ipychat.core.errors import BudgetExceeded, ConfigError
-from ipychat.engine.cache import ResponseCache
 from ipychat.map import batch
 from ipychat.map import job as chatmap
 from ipychat.map.batch import BatchJob, BatchProgress
 from ipychat.map.batch import runner as batch_runner
 from ipychat.map.job import MapAborted, MapInterrupted
 from ipychat.map.plan import MAP_MAX_TOKENS
-from ipychat.session import ChatSession, Settings, reset_session
+from ipychat.session import ChatSession
 from ipychat.testing import FakeOpenAIServer, Fault
 
-KEY = "sk-test-" + "b" * 20
 FAST = {"poll_interval": 0.01}  # the fake's phases take tens of ms
-
-
-@pytest.fixture
-def make_session(tmp_path) -> Iterator[Any]:
-    """Sessions on a server; `cache=` names the cache directory (same name: same directory,
-    which is what a kernel restart looks like)."""
-    made: list[ChatSession] = []
-
-    def make(server: FakeOpenAIServer, cache: str = "cache", **settings: Any) -> ChatSession:
-        s = ChatSession(
-            Settings(base_url=server.base_url, api_key=KEY, model="gpt-4o-mini", **settings),
-            cache=ResponseCache(tmp_path / cache),
-        )
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
-    reset_session(None)
 
 
 def frame(n: int) -> pd.DataFrame:
@@ -95,7 +72,8 @@ def test_submits_one_jsonl_line_per_row_to_send_and_fills_the_frame(make_session
         assert job is not None and post.body["metadata"] == {"ipychat_job": job.id, "part": "1/1"}
         upload = next(r for r in server.requests if r.path == "/v1/files")
         assert upload.headers["content-type"].startswith("multipart/form-data; boundary=")
-        assert upload.headers["authorization"] == f"Bearer {KEY}"
+        key = session.settings.api_key
+        assert key is not None and upload.headers["authorization"] == f"Bearer {key.reveal()}"
 
         # The ledger has every reply at the batch price (half of gpt-4o-mini's).
         rows = [r for r in session.usage if r.thread == "batch"]
@@ -119,7 +97,7 @@ def test_the_registry_is_private_and_maps_custom_ids_to_rows_and_keys(
     make_session, tmp_path
 ) -> None:
     with FakeOpenAIServer(batch={"delay": 0.01}) as server:
-        session = make_session(server)
+        session = make_session(server, cache="cache")
         df = pd.DataFrame({"text": ["a", "b", "a", "c"]})  # a duplicate: one request, two rows
         result = batch.run(session, df, "{text}", "out", **FAST)
         assert result.frame["out"].tolist() == ["Echo: a", "Echo: b", "Echo: a", "Echo: c"]
@@ -138,7 +116,7 @@ def test_the_registry_is_private_and_maps_custom_ids_to_rows_and_keys(
                 "max_tokens": MAP_MAX_TOKENS}  # fmt: skip
         assert saved["requests"]["row-0"]["key"] == session.cache_key(body)
         assert saved["parts"][0]["batch_id"] == result.job.batch_ids[0]
-        assert KEY not in path.read_text()
+        assert session.settings.api_key.reveal() not in path.read_text()
         # A job is found by its own id or by its provider batch id.
         assert batch.Registry.of(session).load(result.job.batch_ids[0]).id == result.job.id
         with pytest.raises(ConfigError, match="%chat batches lists them"):

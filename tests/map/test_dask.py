@@ -23,7 +23,7 @@ from ipychat.core.pricing import format_usd
 from ipychat.engine.cache import ResponseCache
 from ipychat.engine.stores.counted import StoreCache
 from ipychat.engine.stores.redis import RedisStore
-from ipychat.map.dask import DaskPlan, is_dask_frame
+from ipychat.map.dask import WORKER_CACHE_BATCH, DaskPlan, is_dask_frame
 from ipychat.session import ChatSession, Settings
 from ipychat.testing import FakeOpenAIServer, Fault
 
@@ -150,8 +150,14 @@ def test_a_redis_store_pickles_as_its_url(redis_server: Any) -> None:
     copy.close()
 
 
+def cached(redis_server: Any, store: RedisStore, prefix: str) -> dict[str, dict[str, Any]]:
+    """Every entry under `prefix`, by key (without the prefix), as the store reads it."""
+    names = [n.decode() for n in redis_server.client().scan_iter(match=prefix + "*")]
+    return store.get_many([n.removeprefix(prefix) for n in names])
+
+
 @pytest.mark.redis
-def test_a_killed_worker_costs_no_answered_row_twice(dask_client: Any, redis_server: Any) -> None:
+def test_a_killed_worker_costs_no_written_row_twice(dask_client: Any, redis_server: Any) -> None:
     store = RedisStore(redis_server.url + "?prefix=kill:")
     with FakeOpenAIServer(latency=0.1) as fake:
         session = new_session(fake, StoreCache(store))
@@ -160,6 +166,9 @@ def test_a_killed_worker_costs_no_answered_row_twice(dask_client: Any, redis_ser
             future = dask_client.compute(out)
             fake.wait_for_requests(60, timeout=60)
             victim = next(iter(dask_client.run(os.getpid).values()))
+            # What the workers had written when the kill came (a subset: more may land
+            # between this read and the kill).
+            written = {v["text"] for v in cached(redis_server, store, "kill:").values()}
             os.kill(victim, signal.SIGKILL)
             killed_at = time.monotonic()
             result = future.result(timeout=120)
@@ -170,13 +179,67 @@ def test_a_killed_worker_costs_no_answered_row_twice(dask_client: Any, redis_ser
     sent = collections.defaultdict(list)
     for request in fake.chat_requests:
         sent[prompt_of(request)].append(request)
-    # Answered well before the kill (arrived, answered 0.1 s later, cached at once):
-    # never sent again. Only what was in flight on the dead worker may go twice.
-    answered = [p for p, rs in sent.items() if rs[0].status == 200 and rs[0].time < killed_at - 0.5]
-    assert answered and all(len(sent[p]) == 1 for p in answered)
+    # A row whose reply was in the cache is never sent again: the retried partition reads it.
+    assert written and all(len(sent[text.removeprefix("Echo: ")]) == 1 for text in written)
+    # Sent twice: at most what the dead worker had in flight (its window of 4) and what it
+    # had answered since its last write (less than a batch).
     twice = [p for p, rs in sent.items() if len(rs) > 1]
-    assert len(twice) <= 4  # at most the dead worker's window
+    assert len(twice) <= 4 + WORKER_CACHE_BATCH
     assert any(r.time > killed_at for r in fake.chat_requests)  # the partition was retried
+
+
+@pytest.mark.redis
+def test_workers_write_the_cache_in_batches(dask_client: Any, redis_server: Any) -> None:
+    # Written reply by reply (cache_batch=1) and in batches (the default), a map leaves
+    # the same entries; the batches take a few MSETs (round trips), not one per reply.
+    client = redis_server.client()
+    entries, writes = {}, {}
+    with FakeOpenAIServer() as fake:
+        for prefix, options in (("each:", {"cache_batch": 1}), ("batched:", {})):
+            store = RedisStore(redis_server.url + f"?prefix={prefix}")
+            session = new_session(fake, StoreCache(store))
+            client.config_resetstat()
+            try:
+                out = session.map(frame(), "Describe {name}", output="d", **options).compute()
+            finally:
+                session.close()
+            assert out["d"].notna().all()
+            writes[prefix] = client.info("commandstats").get("cmdstat_mset", {}).get("calls", 0)
+            entries[prefix] = {
+                key: {k: v for k, v in value.items() if k != "created"}
+                for key, value in cached(redis_server, store, prefix).items()
+            }
+            store.close()
+    assert len(entries["each:"]) == ROWS and entries["batched:"] == entries["each:"]
+    assert writes["each:"] == ROWS
+    # 4 partitions of 30 rows: two batches each (a late second may flush a third).
+    assert writes["batched:"] <= 4 * 3
+
+
+@pytest.mark.redis
+def test_an_unlimited_map_takes_no_turn_from_redis(dask_client: Any, redis_server: Any) -> None:
+    # No limit told (no header, no 429, no rpm): the workers send without asking the shared
+    # pace, but for a look-up of a limit another published, at most every CHECK_EVERY s
+    # per worker. (Before: one script per request, 240 here.)
+    from ipychat.map.sharedpace import CHECK_EVERY
+
+    rows = 240
+    store = RedisStore(redis_server.url + "?prefix=free:")
+    client = redis_server.client()
+    with FakeOpenAIServer() as fake:
+        session = new_session(fake, StoreCache(store))
+        try:
+            out = session.map(frame(rows), "Describe {name}", output="d")
+            client.config_resetstat()
+            started = time.monotonic()
+            result = out.compute()
+            elapsed = time.monotonic() - started
+        finally:
+            session.close()
+    assert result["d"].notna().all() and len(fake.chat_requests) == rows
+    stats = client.info("commandstats")
+    scripts = sum(stats.get(f"cmdstat_{n}", {}).get("calls", 0) for n in ("eval", "evalsha"))
+    assert scripts <= 2 * (elapsed / CHECK_EVERY + 1) and scripts < rows // 4
 
 
 @pytest.mark.redis

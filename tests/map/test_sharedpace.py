@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 from ipychat.engine.stores.base import CacheURLError
-from ipychat.map.sharedpace import HEADROOM, PaceWarning, RedisPace
+from ipychat.map.sharedpace import (
+    CHECK_EVERY,
+    HEADROOM,
+    PUBLISHED_FOR,
+    PaceWarning,
+    RedisPace,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -163,3 +169,82 @@ def test_a_request_woken_late_takes_a_new_slot(redis_server: Any) -> None:
         return went - started
 
     assert run(main()) >= 1.5
+
+
+def script_calls(redis_server: Any) -> int:
+    """Scripts the server ran since the last CONFIG RESETSTAT (every pace call is one)."""
+    stats = redis_server.client().info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("eval", "evalsha"))
+
+
+def test_unpaced_requests_ask_redis_nothing_until_a_limit_is_known(redis_server: Any) -> None:
+    # Worker a knows no limit (an unlimited server, or no answer yet): a hundred requests
+    # cost it one look-up, not a round trip each (before: 100 scripts, one per request).
+    # Then worker b learns 600 RPM (a header): within CHECK_EVERY, a paces under it too.
+    a = RedisPace(redis_server.url, prefix="t9:")
+    b = RedisPace(redis_server.url, prefix="t9:")
+
+    async def unpaced() -> float:
+        started = time.monotonic()
+        for _ in range(100):
+            await a.acquire("scope", 1, rpm=None, tpm=None)
+        return time.monotonic() - started
+
+    redis_server.client().config_resetstat()
+    elapsed = run(unpaced())
+    assert elapsed < CHECK_EVERY  # the test's premise: all within one look-up's time
+    assert script_calls(redis_server) == 1
+
+    # Worker c (no request of its own yet, so no unpaced ones to count) looks up the
+    # limit b published and takes its turns: four requests span three slots.
+    c = RedisPace(redis_server.url, prefix="t9:")
+
+    async def b_learns_then_c_paces() -> list[float]:
+        await b.acquire("scope", 1, rpm=600, tpm=None)  # b's first answer told it
+        times = []
+        for _ in range(4):
+            await c.acquire("scope", 1, rpm=None, tpm=None)  # c knows none itself
+            times.append(time.monotonic())
+        return times
+
+    times = run(b_learns_then_c_paces())
+    step = 60 / (600 * HEADROOM)
+    assert 3 * step * 0.97 <= times[-1] - times[0] < 3 * step + 1.0
+
+
+def test_a_limit_ends_with_the_turns_of_those_who_know_it(redis_server: Any) -> None:
+    # Worker b caps its map at 600 RPM (or learnt it); worker c borrows that limit. Once b
+    # stops sending, the limit is gone PUBLISHED_FOR later, though c kept taking turns
+    # under it (a borrower does not publish it again): a next map is not held to a cap
+    # that only the last one had. (Before: c's turns kept it published for good.)
+    b = RedisPace(redis_server.url, prefix="t11:")
+    c = RedisPace(redis_server.url, prefix="t11:")
+    step = 60 / (600 * HEADROOM)
+
+    async def main() -> float:
+        await b.acquire("scope", 1, rpm=600, tpm=None)
+        deadline = time.monotonic() + PUBLISHED_FOR + 2 * CHECK_EVERY
+        while time.monotonic() < deadline:  # c goes on, under the borrowed limit
+            await c.acquire("scope", 1, rpm=None, tpm=None)
+        await asyncio.sleep(step * 30)  # the turns c reserved have passed
+        started = time.monotonic()
+        for _ in range(5):
+            await c.acquire("scope", 1, rpm=None, tpm=None)
+        return time.monotonic() - started
+
+    assert run(main()) < 2 * step  # five requests at once: no limit known any more
+
+
+def test_a_429_holds_back_a_worker_that_knows_no_limit(redis_server: Any) -> None:
+    # Worker a got a bare 429 asking for half a second; worker b has seen no limit at all.
+    # Its next look-up finds the pause and waits it out (before: it sent at once).
+    a = RedisPace(redis_server.url, prefix="t10:")
+    b = RedisPace(redis_server.url, prefix="t10:")
+
+    async def main() -> float:
+        await a.refused("scope", 0.5)
+        started = time.monotonic()
+        await b.acquire("scope", 1, rpm=None, tpm=None)
+        return time.monotonic() - started
+
+    assert 0.45 <= run(main()) < 1.5

@@ -7,7 +7,8 @@ An entry is one Redis string: the key is `prefix` + the sha256 hex key (prefix `
 unless given, so several teams or projects can share a database), the value the entry's
 JSON (zlib-compressed from 4 KiB, as on disk), read back through the same decoder as the
 disk cache, which never unpickles and refuses anything that is not a reply. Batches are
-pipelined: `get_many` is one round trip of MGETs, `set_many` one of SETs.
+pipelined: `get_many` is one round trip of MGETs, `set_many` one of MSETs (of SET ... EX
+with a ttl).
 
 Policy. `ttl` (seconds, or with a unit: `90s`, `30m`, `12h`, `7d`) makes every entry
 expire that long after its write (SET ... EX); without it entries live until cleared.
@@ -273,11 +274,15 @@ class RedisStore:
             )
             return
         try:
+            pipe = client.pipeline(transaction=False)
             for start in range(0, len(blobs), _CHUNK):
-                pipe = client.pipeline(transaction=False)
-                for name, blob in blobs[start : start + _CHUNK]:
-                    pipe.set(name, blob, ex=self._target.ttl)
-                pipe.execute()
+                chunk = blobs[start : start + _CHUNK]
+                if self._target.ttl is None:  # one command for the chunk
+                    pipe.mset(dict(chunk))
+                else:  # MSET sets no expiry: a SET ... EX each
+                    for name, blob in chunk:
+                        pipe.set(name, blob, ex=self._target.ttl)
+            pipe.execute()  # one round trip
         except OutOfMemoryError as exc:
             self._warn_once(
                 "full",
