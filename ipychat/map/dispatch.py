@@ -256,10 +256,10 @@ class Dispatcher:
                         task = loop.create_task(self._send(job, ticket))
                         inflight.add(task)
                         task.add_done_callback(self._done)
-                        if self.ready and len(inflight) < self._window():
+                        if self.limiter.limited and self.ready and len(inflight) < self._window():
                             # More may go now: let this one be written first, so that its
-                            # arrival keeps close to its stamp (a burst of stamps written
-                            # late would land on the window's refill).
+                            # arrival keeps close to its stamp, which the pacing counts the
+                            # windows from (a burst written late would meet their refill).
                             await asyncio.sleep(0)
                         continue
                     timeout = wait
