@@ -26,11 +26,12 @@ Dask schedules, retries and moves the partitions; nothing here talks to a worker
 ("Dask retries tasks whose worker died", https://distributed.dask.org/en/stable/
 killed.html). A partition whose worker dies is mapped again elsewhere: the rows whose
 replies were written are read back from the shared cache, so they are not sent twice.
-A worker writes its replies in batches of `WORKER_CACHE_BATCH` (or at least every second;
-one pipelined round trip to Redis each, not one per reply): a worker killed between two
-writes costs the replies since the last one (fewer than a batch) and what it had in
-flight; `cache_batch=1` writes each reply as it comes, at a round trip per reply. A global failure on a worker (key, model, quota) fails the
-partition, and `compute()` raises it as a `ChatError` in one line.
+A worker writes each reply as it comes (`WORKER_CACHE_BATCH`), so a worker killed mid-map
+costs only what it had in flight: no row answered and written is sent twice.
+`cache_batch=N` writes N at a time instead (one pipelined round trip to Redis each, less
+CPU per row), at the price of up to N - 1 answered replies sent again after a kill.
+A global failure on a worker (key, model, quota) fails the partition, and `compute()`
+raises it as a `ChatError` in one line.
 
 The workers share the caller's cache: a Redis cache (`IPYCHAT_CACHE_URL`) is shared by
 every machine; a cache directory by the workers of this machine (a LocalCluster). With a
@@ -90,9 +91,11 @@ __all__ = [
 ]
 
 
-# Replies a worker writes to the cache at once (see the module docstring): a 2-core
-# machine's unlimited map spent a quarter of a worker's time writing replies one by one.
-WORKER_CACHE_BATCH = 16
+# Replies a worker writes to the cache at once, unless the map says (see the module
+# docstring): one, so that a killed worker never costs an answered row twice. Batches of 16
+# save CPU (a 2-core machine's unlimited map spent a quarter of a worker's time writing
+# replies one by one), and `cache_batch=16` asks for them.
+WORKER_CACHE_BATCH = 1
 
 
 def is_dask_frame(df: Any) -> bool:
@@ -311,7 +314,7 @@ def _launch(
     ).start(_client())
     if how.on_watch is not None:
         how.on_watch(watch)
-    # Each worker writes its replies in small batches (see the module docstring), and
+    # Each worker writes its replies as the map says (see the module docstring), and
     # checks no cost of its own: the kernel's watch does, on the spend the workers report.
     batch = opts.cache_batch or WORKER_CACHE_BATCH
     opts = dataclasses.replace(opts, cache_batch=batch, max_cost=None)
