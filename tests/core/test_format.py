@@ -5,7 +5,6 @@ the module showed unpinned (`python tools/mutation.py core.format`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -25,6 +24,7 @@ from ipychat.core.format import (
     usage_markdown,
 )
 from ipychat.core.types import Estimate, Reply, Usage
+from ipychat.engine.ledger import ModelSummary
 
 USAGE = Usage(prompt_tokens=412, completion_tokens=96)
 
@@ -210,27 +210,14 @@ def test_estimate_text() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Row:
-    model: str
-    requests: int
-    cached: int
-    errors: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost: float | None
-    saved: float
-    p50_latency: float | None
-    p95_latency: float | None
-
-
 class _Ledger:
-    """The shape `usage_markdown` reads (`ipychat.engine.ledger.Ledger` is the real one)."""
+    """The shape `usage_markdown` reads (`ipychat.engine.ledger.Ledger` is the real one),
+    with the real ledger's rows."""
 
-    def __init__(self, rows: list[_Row], spent: float, budget: float | None) -> None:
+    def __init__(self, rows: list[ModelSummary], spent: float, budget: float | None) -> None:
         self.rows, self.spent, self.budget = rows, spent, budget
 
-    def summary(self) -> list[_Row]:
+    def summary(self) -> list[ModelSummary]:
         return self.rows
 
 
@@ -247,8 +234,8 @@ def test_usage_with_no_requests() -> None:
 
 def test_usage_table_totals_and_budget() -> None:
     rows = [
-        _Row("gpt-4o", 1200, 3, 1, 15000, 2500, 0.5, 0.25, 1.234, 2.5),
-        _Row("gpt-4o-mini", 2, 0, 0, 10, 20, 0.25, 0.0, None, None),
+        ModelSummary("gpt-4o", 1200, 3, 1, 15000, 2500, 0.5, 0.25, 1.234, 2.5),
+        ModelSummary("gpt-4o-mini", 2, 0, 0, 10, 20, 0.25, 0.0, None, None),
     ]
     assert usage_markdown(_Ledger(rows, 0.75, 5.0)).split("\n") == [
         *HEAD.split("\n"),
@@ -261,15 +248,15 @@ def test_usage_table_totals_and_budget() -> None:
 
 
 def test_usage_total_is_unknown_when_one_cost_is_and_given_rows_win() -> None:
-    known = _Row("a", 1, 0, 0, 1, 1, 0.5, 0.0, None, None)
-    unknown = _Row("b", 1, 0, 0, 1, 1, None, 0.0, None, None)
+    known = ModelSummary("a", 1, 0, 0, 1, 1, 0.5, 0.0, None, None)
+    unknown = ModelSummary("b", 1, 0, 0, 1, 1, None, 0.0, None, None)
     text = usage_markdown(_Ledger([known], 0.5, None), [known, unknown])
     lines = text.split("\n")
     assert lines[2].startswith("| a |") and lines[3].startswith("| b |")
     assert lines[4] == "| **total** | 2 | 0 | 0 | 2 | 2 | unknown | $0.00 | | |"
     assert lines[-1] == "spent $0.50 (no budget set)"
     # A free model (the local one) costs $0: the total adds it as 0.
-    free = _Row("local", 1, 0, 0, 1, 1, 0.0, 0.0, None, None)
+    free = ModelSummary("local", 1, 0, 0, 1, 1, 0.0, 0.0, None, None)
     lines = usage_markdown(_Ledger([free, known], 0.5, None)).split("\n")
     assert lines[4] == "| **total** | 2 | 0 | 0 | 2 | 2 | $0.50 | $0.00 | | |"
     # An empty list given is "no requests", not the ledger's rows.

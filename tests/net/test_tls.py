@@ -122,41 +122,40 @@ def test_an_untrusted_certificate_is_refused_and_ssl_cert_file_set_later_trusts_
     assert tls.default_context() is refused_with  # built once per setting
 
 
-def _session(url: str) -> ChatSession:
-    key = "sk-test-" + "k" * 20
-    return ChatSession(Settings(base_url=url + "v1", api_key=key, model="gpt-4o-mini"), cache=False)
-
-
-def test_an_untrusted_certificate_is_one_line_that_says_what_to_do_and_is_not_retried(
+@pytest.fixture
+def untrusted(
     fresh_contexts: None, tls_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> Iterator[tuple[str, ChatSession]]:
+    """A session pointed at the TLS server, on a machine that does not trust it."""
     url, _ = tls_server
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
-    session = _session(url)
+    key = "sk-test-" + "k" * 20
+    session = ChatSession(
+        Settings(base_url=url + "v1", api_key=key, model="gpt-4o-mini"), cache=False
+    )
     try:
-        with pytest.raises(UntrustedCertificateError) as caught:
-            session.ask("hello")
+        yield url, session
     finally:
         session.close()
+
+
+def test_an_untrusted_certificate_is_one_line_that_says_what_to_do_and_is_not_retried(
+    untrusted: tuple[str, ChatSession],
+) -> None:
+    url, session = untrusted
+    with pytest.raises(UntrustedCertificateError) as caught:
+        session.ask("hello")
     message = str(caught.value)
     assert "\n" not in message and "self-signed certificate" in message
     assert "SSL_CERT_FILE" in message and url in message
     assert _servers[-1].handshakes == 1  # the same certificate again would fail again
 
 
-def test_a_map_stops_at_an_untrusted_certificate(
-    fresh_contexts: None, tls_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    url, _ = tls_server
-    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
-    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
-    session = _session(url)
-    try:
-        with pytest.raises(MapAborted) as caught:
-            chatmap.run(session, pd.DataFrame({"t": [f"row {i}" for i in range(20)]}), "{t}")
-    finally:
-        session.close()
+def test_a_map_stops_at_an_untrusted_certificate(untrusted: tuple[str, ChatSession]) -> None:
+    _, session = untrusted
+    with pytest.raises(MapAborted) as caught:
+        chatmap.run(session, pd.DataFrame({"t": [f"row {i}" for i in range(20)]}), "{t}")
     assert isinstance(caught.value.cause, UntrustedCertificateError)
     assert "Stopped after 0 of 20 rows" in str(caught.value)
     assert _servers[-1].handshakes <= 4  # the first few in flight, none retried
