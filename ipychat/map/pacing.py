@@ -223,7 +223,7 @@ class Dim:
         charged = amount * self.scale
         test = self.testing(now)
         head = self.heading(now)
-        wait = 0.0 if head else self.pace.wait(now)
+        wait = self.pace.wait(now)  # none while heading: the pace is not charged then (`take`)
         if self.minute is not None:
             wait = max(wait, self.minute.wait(charged / PACE, now))
         # Unproven windows: never past their share but by the test of the smallest. Even
