@@ -37,6 +37,7 @@ from ipychat.core.pricing import format_usd
 from ipychat.core.types import Estimate, Reply
 from ipychat.notebook.attach import Attachments
 from ipychat.notebook.footers import ReplyFooters
+from ipychat.notebook.typed import TypedPrompt
 from ipychat.session import ChatSession, Event, get_session
 
 __all__ = ["ChatPanel", "panel"]
@@ -161,10 +162,11 @@ class ChatPanel(w.VBox):
         self.attachments = Attachments(self.show_error, lambda: self._post(self._schedule_estimate))
         for name in ("transcript", "prompt", "send", "stop", "estimate", "spend", "error"):
             getattr(self, name).add_class(f"ipychat-{name}")  # stable selectors for tests
-        self.send.on_click(lambda _: self.submit())
+        self._typed = TypedPrompt(self.prompt)  # Send waits for the last keystrokes
+        self.send.on_click(lambda _: self._typed.then(self.submit, self.session.loop, self._guard))
         self.stop.on_click(lambda _: self.cancel())
         self.new_thread.on_click(lambda _: self._guard(self._create_thread))
-        self.prompt.observe(lambda _: self._post(self._schedule_estimate), "value")
+        self.prompt.observe(self._on_prompt, "value")
         self.model.observe(self._on_model, "value")
         self.thread.observe(self._on_thread, "value")
         self.temperature.observe(self._on_number, "value")
@@ -402,6 +404,10 @@ class ChatPanel(w.VBox):
         self.session.submit(fetch()).add_done_callback(done)
 
     # ----- panel → session ---------------------------------------------------------------
+
+    def _on_prompt(self, change: dict[str, Any]) -> None:
+        self._typed.seen()
+        self._post(self._schedule_estimate)
 
     def submit(self) -> None:
         """Send the prompt on the current thread; the reply streams in through events."""

@@ -470,3 +470,31 @@ def test_closing_a_panel_unsubscribes_it(session: ChatSession) -> None:
     before = len(session._listeners)
     p.close()
     assert len(session._listeners) == before - 1
+
+
+def test_send_right_after_typing_sends_the_keystrokes_the_browser_still_held(
+    tmp_path: Any,
+) -> None:
+    # A browser syncs the textarea one message at a time and holds the rest while one is
+    # unanswered; the click on Send comes first (ipychat.notebook.typed). `set_state` is the
+    # path a browser's message takes.
+    with FakeOpenAIServer() as server:
+        session = slow_session(server, tmp_path)
+        p = panel(session)
+        try:
+            p.prompt.set_state({"value": "Tell me about"})  # synced while typing
+            p.send.click()
+            time.sleep(0.1)  # the kernel answered; the browser sends what it held back
+            p.prompt.set_state({"value": "Tell me about the panel"})
+            wait_for(lambda: server.chat_requests, "the request")
+            sent = [r.body["messages"][-1]["content"] for r in server.chat_requests]
+            assert sent == ["Tell me about the panel"]
+            wait_for(lambda: not p.send.disabled, "the reply done")
+            assert p.prompt.value == ""
+            # Typed by code (or long enough ago), the value is taken at once.
+            p.prompt.value = "and now?"
+            p.send.click()
+            assert p.prompt.value == "" and p.send.disabled
+        finally:
+            p.close()
+            reset_session(None)
