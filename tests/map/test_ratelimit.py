@@ -320,6 +320,7 @@ def test_a_429_ends_the_head_start_and_the_pace_holds_from_then_on() -> None:
 def test_the_head_start_is_what_the_requests_in_flight_must_make_room_for() -> None:
     assert RateLimiter(now=0.0).head_start(80, 0.0) == 0.0  # no limit known
     assert RateLimiter(rpm=6000, now=0.0).head_start(80, 0.0) == pytest.approx(100)
+    assert RateLimiter(tpm=120_000, now=0.0).head_start(80, 0.0) == pytest.approx(25)
     # 120,000 TPM: 2,000 tokens a second, 25 requests of 80 (the fewer of the two).
     both = RateLimiter(rpm=6000, tpm=120_000, now=0.0)
     assert both.head_start(80, 0.0) == pytest.approx(25)
