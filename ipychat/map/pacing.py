@@ -39,6 +39,14 @@ WINDOWS = (1.0, 10.0)
 TEST_ALLOW = 1.25
 TEST_GAIN = 1.25
 PROOF = (1.03, 1.02)  # per window of WINDOWS
+# A test whose window holds nothing sent near its edge (sent more than EDGE before the
+# window's start: a network's arrival jitter) is counted by the server as by us, so its
+# proof is any request past the share when we count as the server does: requests, or
+# tokens once an answer's `usage` measured `scale` (to within MEASURED_PROOF). The head
+# start's test and a 10 s window's test in a map's first seconds are such: each is shown
+# one request past the share, and the head start sends that far at once.
+EDGE = 0.1
+MEASURED_PROOF = 1.01
 # ×4 per round trip: a 10 s window's share is reached in a few round trips. Safe only
 # because each request of a burst is written before the next is stamped (map.dispatch):
 # with a burst's writes lagging their stamps, the window's refill ten seconds later met
@@ -67,6 +75,10 @@ FOUND_QUIET = 5.0
 LOSS_TOLERANCE = 0.05
 FOUND_LOSS = 0.15
 LOSS_SPAN = 50
+# Learning `scale` (the server's token count against ours): weight of the history,
+# plausible range.
+SCALE_DECAY = 0.8
+SCALE_RANGE = (0.2, 5.0)
 # A sender woken this late keeps to the schedule; later, the time is lost (never a burst).
 CATCH_UP = 0.010
 # The server charged a request when it arrived, a little after we sent it; counting the
@@ -145,6 +157,10 @@ class _Sent:
         self.log.append((now, amount))
         self.total += amount
 
+    def compact(self, now: float) -> bool:
+        """Whether nothing in the window was sent near its start (see EDGE)."""
+        return not self.log or self.log[0][0] > now - self.seconds + EDGE
+
     def frees_at(self) -> float:
         """When the oldest charge leaves the window."""
         return self.log[0][0] + self.seconds + ARRIVAL_SKEW if self.log else -math.inf
@@ -159,6 +175,7 @@ class Dim:
     server: float | None = None  # x-ratelimit-limit-*
     found: float | None = None  # a per-minute rate found from 429s (requests only)
     scale: float = 1.0  # the server's units per unit of ours (tokens: another tokenizer)
+    measured: bool = False  # `scale` was measured from an answer's usage (tokens)
     pace: _Pace = field(default_factory=_Pace)
     minute: Bucket | None = None  # anchored on x-ratelimit-remaining-*
     sent: tuple[_Sent, ...] = field(default_factory=lambda: tuple(_Sent(w) for w in WINDOWS))
@@ -200,6 +217,18 @@ class Dim:
         """Whether the 1 s window is under test: its share goes at once, then the test."""
         return self.fresh and self.level == 0 and self.testing(now)
 
+    def proof(self, now: float) -> float:
+        """How far past the share of the window under test (× share) a test sent now must
+        go, once accepted, to show the window is longer (PROOF, EDGE)."""
+        if self.level >= len(WINDOWS):
+            return math.inf
+        if self.sent[self.level].compact(now):
+            if self.name == "requests":
+                return 1.0  # counted exactly: one request past the share
+            if self.measured:
+                return MEASURED_PROOF
+        return PROOF[self.level]
+
     def in_test(self, now: float) -> bool:
         """Whether sending now goes past the tested window's share (gently)."""
         if not self.testing(now):
@@ -233,8 +262,10 @@ class Dim:
         # a 429 (its overshoot, the refused requests included, holds its place as long).
         margin = PACE if bursting or now < self.bounded_until else 1.0
         for i in range(self.level, len(WINDOWS)):
-            if head and i == 0:  # the share, then one test at a time
-                allowed = max(self.share(i), self.head_ok) + charged
+            if head and i == 0:  # the share, and its test as far as a proof needs
+                reach = self.proof(now)
+                reach = reach if reach < PROOF[0] else 1.0  # else one request at a time
+                allowed = max(self.share(i) * reach, self.head_ok) + charged
             else:
                 allowed = self.share(i) * (TEST_ALLOW if test and i == self.level else margin)
             used = self.sent[i].expire(now)
@@ -245,6 +276,14 @@ class Dim:
         if charged <= allowed and self.sent_minute.expire(now) + charged > allowed:
             wait = max(wait, self.sent_minute.frees_at() - now)
         return wait
+
+    def measure(self, ratio: float) -> None:
+        """An answer's charge as the server counts it, over ours: learn `scale` from it."""
+        ratio = min(SCALE_RANGE[1], max(SCALE_RANGE[0], ratio))
+        if self.measured:
+            self.scale += (ratio - self.scale) * (1.0 - SCALE_DECAY)
+        else:  # the first measure replaces the guess (1.0): it is all we know
+            self.scale, self.measured = ratio, True
 
     def paced(self, now: float) -> bool:
         """Whether this dimension's pace is what holds a send back now."""
