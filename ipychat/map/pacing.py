@@ -1,7 +1,8 @@
 """One dimension of the pacing model of `ipychat.map.ratelimit` (requests or tokens): its
-constants, the per-minute `Bucket`, the steady pace, what was sent in each short window, and
-`Dim`, which decides when the next send may go. Pure: time is passed in, nothing waits.
-The model and its sources are explained in `ipychat.map.ratelimit`'s docstring."""
+constants, the per-minute `Bucket`, the steady pace, what was sent in each short window,
+`Dim`, which decides when the next send may go, and the `Ticket` of a request sent. Pure:
+time is passed in, nothing waits. The model and its sources are explained in
+`ipychat.map.ratelimit`'s docstring."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-__all__ = ["Bucket", "Dim"]
+__all__ = ["Bucket", "Dim", "Ticket"]
 
 # The steady pace: this fraction of the per-minute limit. Evenly spaced at it, the requests
 # of any window of W seconds span W / PACE: arrivals may bunch by W × (1 / PACE - 1)
@@ -185,6 +186,9 @@ class Dim:
     bounded_until: float = -math.inf  # the shares bound the sends until (a burst met a 429)
     fresh: bool = True  # no 429 seen yet: the 1 s window's test may start with its share
     head_ok: float = 0.0  # what the head start's test has had accepted past the share
+    # What the server accepted of ours in the longest documented window, since when (`kept`)
+    accepted: _Sent = field(default_factory=lambda: _Sent(WINDOWS[-1]))
+    accepting_since: float = math.inf
 
     @property
     def limit(self) -> float | None:
@@ -277,6 +281,22 @@ class Dim:
             wait = max(wait, self.sent_minute.frees_at() - now)
         return wait
 
+    def kept(self, now: float) -> float | None:
+        """The gain at which we sent what the server accepted of ours lately (the last
+        10 s, or since the first answer, a second at least): what a quota shared with
+        another client leaves us. None without a limit."""
+        limit = self.limit
+        if limit is None:
+            return None
+        span = min(self.accepted.seconds, max(1.0, now - self.accepting_since))
+        return self.accepted.expire(now) / span / (limit / 60.0 * PACE)
+
+    def accept(self, charged: float, now: float) -> None:
+        """The server accepted a request of ours charged `charged` (see `kept`)."""
+        self.accepting_since = min(self.accepting_since, now)
+        self.accepted.expire(now)
+        self.accepted.add(charged, now)
+
     def measure(self, ratio: float) -> None:
         """An answer's charge as the server counts it, over ours: learn `scale` from it."""
         ratio = min(SCALE_RANGE[1], max(SCALE_RANGE[0], ratio))
@@ -308,3 +328,22 @@ class Dim:
             window.expire(now)
             window.add(charged, now)
         return charged
+
+
+@dataclass
+class Ticket:
+    """One request as charged: what `accepted()` and `refused()` need to know about it."""
+
+    seq: int
+    sent: float
+    tokens: float  # our count: prompt tokens + max_tokens
+    charged: dict[str, float]  # per dimension, in the server's units at the time
+    # Per dimension: all our charges so far, this one's included (what went out after a
+    # ticket is the running total less its own: `_learn` needs it for every answer).
+    through: dict[str, float] = field(default_factory=dict)
+    probe: bool = False  # sent alone after a bare 429, to see whether the way is open
+    paced: bool = False  # sent on the pace's schedule (not after an idle spell)
+    held: bool = False  # paced, or sent as a pause ended: we had more to send than went
+    # Per dimension: the smallest unproven window then, how far past its share our sends
+    # were with this one (see Dim.beyond), and how far a proof needed (Dim.proof).
+    beyond: dict[str, tuple[int, float, float]] = field(default_factory=dict)

@@ -38,8 +38,14 @@ lowest of this map's `--rpm`/`--tpm` (caps for this map only), the server's
    episode) once they are a real share of the answers (`LOSS_TOLERANCE`: a flaky
    server's stray 429s are no limit's doing), at once near a pace that met 429s before;
    once per episode (429s with no answer in between: the way is still shut, which the
-   pauses handle); and success brings it back (`RECOVER`). So another client sharing the
-   quota, or a limit lower than told, costs a few 429s, not a storm. Without any known
+   pauses handle) unless they go on for as long as the window's feedback takes; and
+   success brings it back (`RECOVER`, then `CREEP`, slower by as much as that window is
+   longer). A repeated episode while we had more to send lowers it to the rate the
+   server accepted of ours lately (`Dim.kept`): what another client sharing the quota
+   leaves us. So that client, or a limit lower than told, costs a few 429s, not a storm
+   (`tests/map/test_ratelimit.simulate`, another client at 60% of the limit: 4-6% of the
+   requests answered 429 in 1 s and 10 s windows, against 8-35% by × DECREASE steps;
+   cut at 30%: 1-3%). Without any known
    limit, many 429s at once (`FOUND_LOSS`) set one (`found`): the rate at which the
    server accepted what went out in the second before the first of them; it is lowered
    on later episodes and raised slowly while none comes (AIMD).
@@ -60,19 +66,16 @@ lowest of this map's `--rpm`/`--tpm` (caps for this map only), the server's
    the gain grows × `GROWTH` per accepted request sent at it, up to `MAX_GAIN`; once the
    1 s window is disproved it is `MAX_GAIN` at once, the 10 s window's share bounding the
    burst (to a window, its share sent at once is the same as spread over it). So a 1 s
-   window costs one refused test a minute (what goes out during a 429's round trip at the
-   test's pace: one or two requests on a loopback, a dozen at 6,000 RPM 100 ms away), a
-   10 s window is filled, then tested, and a minute-long one is used as a minute's
-   capacity, bounded by what the headers say is left of it. (A server counting fixed
-   windows, not sliding ones, may let a test through across a window's boundary: the
-   burst that follows then meets a 429, and bursts stop for `PROBE_QUIET`.)
+   window costs one refused test a minute, a 10 s window is filled, then tested, and a
+   minute-long one is used as a minute's capacity, bounded by what the headers say is
+   left of it. (A server counting fixed windows, not sliding ones, may let a test through
+   across a window's boundary: the burst that follows then meets a 429, and bursts stop.)
    The head start: the 1 s window's first test starts with its share sent at once (to a
    1 s window that is the same as the share spread over the second, and no longer
    window's share is smaller) and goes as far past it as the proof needs (one request
    when counted exactly; else one request at a time, each once the last was accepted):
    a 1 s window refuses that one request, and a longer one is shown within a round trip
-   or a few, not a second. The first 429 ends it for good (`Dim.fresh`): another client
-   may be using the quota.
+   or a few. The first 429 ends it for good (`Dim.fresh`): another client may be there.
 4. A 429 is never refunded (the server charged it). Every sender waits: the server's
    `retry-after` when given; after a burst met the window, until the windows' shares
    have room again (the overshoot is ours: it leaves the window as it came); else a
@@ -98,6 +101,7 @@ from ipychat.map.pacing import (
     ARRIVAL_SKEW,
     BACKOFF_FIRST,
     BACKOFF_MAX,
+    CATCH_UP,
     CEILING_MARGIN,
     CREEP,
     DECREASE,
@@ -121,30 +125,13 @@ from ipychat.map.pacing import (
     WINDOWS,
     Bucket,
     Dim,
+    Ticket,
 )
 
 # The pacing constants the tests and benchmarks read from here, re-exported.
 __all__ = ["FOUND_MARGIN", "PACE", "PROBE_QUIET", "TEST_GAIN", "RateLimiter", "Ticket"]
 
 _MAX_TICKETS = 4096  # tickets kept for anchoring (bounded memory)
-
-
-@dataclass
-class Ticket:
-    """One request as charged: what `accepted()` and `refused()` need to know about it."""
-
-    seq: int
-    sent: float
-    tokens: float  # our count: prompt tokens + max_tokens
-    charged: dict[str, float]  # per dimension, in the server's units at the time
-    # Per dimension: all our charges so far, this one's included (what went out after a
-    # ticket is the running total less its own: `_learn` needs it for every answer).
-    through: dict[str, float] = field(default_factory=dict)
-    probe: bool = False  # sent alone after a bare 429, to see whether the way is open
-    paced: bool = False  # sent on the pace's schedule (not after an idle spell)
-    # Per dimension: the smallest unproven window then, how far past its share our sends
-    # were with this one (see Dim.beyond), and how far a proof needed (Dim.proof).
-    beyond: dict[str, tuple[int, float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -260,6 +247,7 @@ class RateLimiter:
         """Charge a request that is being sent now."""
         self._seq += 1
         paced = self.requests.paced(now) or self.tokens.paced(now)
+        held = paced or 0.0 <= now - self.paused_until <= CATCH_UP
         charged = {
             "requests": self.requests.take(1.0, self.gain, now),
             "tokens": self.tokens.take(tokens, self.gain, now),
@@ -276,6 +264,7 @@ class RateLimiter:
             through=dict(total),
             probe=self.blocked,
             paced=paced,
+            held=held,
             beyond=beyond,
         )
         self._tickets.append(ticket)
@@ -301,6 +290,8 @@ class RateLimiter:
         plus max_tokens), when it told."""
         self.answered = True
         self._outcomes.append(True)
+        for dim in self._dims:
+            dim.accept(ticket.charged[dim.name], now)
         if ticket.sent >= self._event_at:
             self._answered_since = True
         self._learn(ticket, info, now)
@@ -352,7 +343,8 @@ class RateLimiter:
         near = self._ceiling < 1.0 and self.gain >= self._ceiling * CEILING_MARGIN
         tolerance = LOSS_TOLERANCE if self.limited else FOUND_LOSS
         sure = self._bursting(ticket, now) or near or self._loss() > tolerance
-        if sure and not self._slowed and now >= self._settle_until:
+        again = self._slowed and event and now - self._slowed_at > self._feedback()
+        if sure and (not self._slowed or again) and now >= self._settle_until:
             self._slow_down(ticket, retry_after, now)
             self._slowed = True
             self._slowed_at = now
@@ -409,8 +401,14 @@ class RateLimiter:
             self._ceiling = self.gain
             repeated = now - self._decreased_at < REPEATED
             self._decreased_at = now
-            decrease = DECREASE if repeated else DECREASE_ISOLATED
-            self._set_gain(max(MIN_GAIN, self.gain * decrease), now)
+            gain = self.gain * (DECREASE if repeated else DECREASE_ISOLATED)
+            if repeated and ticket.held:  # 429s go on while we had more to send: down
+                # to what the server accepted of ours lately
+                kept = [k for d in self._dims if (k := d.kept(now)) is not None]
+                if kept and min(kept) < gain:
+                    gain = min(kept)
+                    self._ceiling = gain / CEILING_MARGIN
+            self._set_gain(max(MIN_GAIN, gain), now)
 
     def _found_estimate(self, ticket: Ticket, retry_after: float | None) -> float | None:
         """A per-minute rate from a 429: what went out in the second before the refused
@@ -439,7 +437,7 @@ class RateLimiter:
             target = min(1.0, self._ceiling * CEILING_MARGIN)
             if self.gain < target:
                 self.gain = target - (target - self.gain) * math.exp(-RECOVER * elapsed)
-            self.gain = min(1.0, self.gain + CREEP * elapsed)
+            self.gain = min(1.0, self.gain + CREEP * elapsed / self._feedback())
             return
         found = self.requests.found
         quiet = now - self._slowed_at
@@ -451,14 +449,19 @@ class RateLimiter:
             self.gain = min(MAX_GAIN, self.gain * GROWTH)
             self._raised_at = now
 
+    def _feedback(self) -> float:
+        """Seconds a pace too fast may go on before its 429s show it: the smallest window
+        not shown longer (10 s past the documented ones)."""
+        levels = [d.level for d in self._dims if d.limit is not None]
+        return WINDOWS[min(min(levels, default=0), len(WINDOWS) - 1)]
+
     def _may_burst(self, now: float) -> bool:
         """Whether the gain may grow past 1: only under the server's own limits, and while
         testing the 1 s window or once it is shown to be longer (then the share of the
         next unproven window bounds the burst; at 1 s, only the even pace has the margin
-        that timing jitter needs); never while testing is quiet after a burst met a 429:
-        another client may be using the share (a burst back to it each time the window
-        refills was a 429 storm: 27% of the requests with a third of a 10 s window's
-        share used by another client, in `tests/map/test_ratelimit.simulate`)."""
+        that timing jitter needs); not while testing is quiet after a burst met a 429:
+        another client may use the share (a burst back to it as the window refilled was a
+        storm: 27% 429s, a third of a 10 s window's share used by another, in `simulate`)."""
         dims = [d for d in self._dims if d.limit is not None]
         return bool(dims) and all(
             d.may_burst and now >= d.quiet_until and (d.level or d.testing(now)) for d in dims

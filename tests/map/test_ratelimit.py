@@ -244,6 +244,29 @@ def test_a_429_episode_slows_the_pace_mildly_when_isolated_more_when_repeated() 
     assert limiter.gain == pytest.approx(before * 0.95)
 
 
+def test_a_repeated_episode_after_an_idle_spell_slows_by_the_step_only() -> None:
+    # Few requests (an idle spell before each): what was accepted is low because we sent
+    # little, not what the server leaves us: the usual step (x0.8), as before.
+    limiter = RateLimiter(rpm=6000, now=100.0)
+    _refuse(limiter, 100.0, 100.001, count=3)
+    _answer(limiter, 101.0, 101.1)
+    before = limiter.gain
+    _refuse(limiter, 103.9, 104.0)
+    assert limiter.gain == pytest.approx(before * 0.8)
+
+
+def test_after_a_10s_window_bounded_a_slow_down_the_pace_creeps_back_ten_times_slower() -> None:
+    # The feedback of a 10 s window comes up to 10 s late: creeping at 1% a second would
+    # overshoot what another client leaves us by 10% before the first 429 could say so.
+    for level, step in ((0, 0.01), (1, 0.001)):
+        limiter = RateLimiter(rpm=6000, now=100.0)
+        limiter.requests.level = limiter.tokens.level = level
+        limiter.gain, limiter._ceiling = 0.5, 0.5 / 0.95  # back at the ceiling's margin
+        limiter._gain_stamp = 100.0
+        _answer(limiter, 100.5, 101.0)
+        assert limiter.gain == pytest.approx(0.5 + step)
+
+
 def test_after_a_slow_down_the_pace_creeps_back_to_the_limit_and_no_further() -> None:
     limiter = RateLimiter(rpm=6000, now=100.0)
     _refuse(limiter, 100.0, 100.5, count=3)
@@ -866,6 +889,34 @@ def test_another_client_sharing_a_10s_windows_quota(headers: bool, retry: bool) 
     assert run.share_429 < 0.05
     assert limiter.gain <= 1.0
     assert (3000 / 70 + 0.1) / run.finished > 0.85
+
+
+@pytest.mark.parametrize("window", [1, 10])
+@pytest.mark.parametrize(("headers", "retry"), [(True, True), (False, True), (False, False)])
+@pytest.mark.parametrize("bound", ["rpm", "tpm"])
+def test_another_client_using_most_of_the_quota(
+    bound: str, headers: bool, retry: bool, window: int
+) -> None:
+    # Another client takes 60% of the limit. Once 429s go on while we had more to send, the
+    # pace goes down to what the server accepted of ours lately, not x0.8 a step (7.9% of
+    # the requests were answered 429 in a 1 s window, 33% in a 10 s one); in a 10 s
+    # window, the creep back up is ten times slower (its 429s come up to 10 s late).
+    if bound == "rpm":
+        caps = (None, None) if headers else (6000, None)
+        run, _ = simulate(
+            3000, rpm=6000, window=window, headers=headers, retry=retry, caps=caps,
+            other_rate=60,
+        )  # fmt: skip
+        fair = 3000 / 40 + 0.1
+    else:  # 82 tokens a request, 120,000 TPM: 24.4 requests a second, 14.6 the other's
+        caps = (None, None) if headers else (None, 120_000)
+        run, _ = simulate(
+            1200, tpm=120_000, tokens=82, window=window, headers=headers, retry=retry,
+            caps=caps, other_rate=14.6, jitter=0.01, seed=3,
+        )  # fmt: skip
+        fair = 1200 / (120_000 / 60 / 82 - 14.6) + 0.1
+    assert run.share_429 < 0.065
+    assert fair / run.finished > 0.8
 
 
 def test_a_second_map_goes_on_at_the_pace_the_first_one_learnt() -> None:
