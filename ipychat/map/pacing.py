@@ -318,6 +318,10 @@ class Dim:
     def take(self, amount: float, gain: float, now: float) -> float:
         """Charge `amount` of ours; returns what it is in the server's units."""
         charged = amount * self.scale
+        if self.testing(now) and self.sent[self.level].expire(now) + charged > self.share(
+            self.level
+        ):  # the request that goes past the share is the test's: the next waits its pace
+            gain = min(gain, TEST_GAIN)
         rate = self.rate(gain, now)
         if rate is not None and not self.heading(now):
             self.pace.take(charged, rate, now)

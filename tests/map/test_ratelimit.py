@@ -401,6 +401,23 @@ def test_the_head_start_is_what_the_requests_in_flight_must_make_room_for() -> N
     assert found.head_start(80, 0.0) == 0.0
 
 
+def test_the_request_that_goes_past_a_share_is_the_tests_and_the_next_waits_its_pace() -> None:
+    # The 10 s window (20,000 tokens at 120,000 TPM) under test at 64x the pace, 300 tokens
+    # a request: the 67th takes our sends past the share (20,100), and the next one waits a
+    # step of the test's pace (in a 10 s window that one request is refused, not every one
+    # sent at 64x until its 429 is seen).
+    limiter = RateLimiter(tpm=120_000, now=0.0)
+    limiter.requests.level = limiter.tokens.level = 1
+    limiter.requests.fresh = limiter.tokens.fresh = False
+    limiter.gain = MAX_GAIN
+    now = 0.0
+    for _ in range(67):
+        now += limiter.wait(300, now)
+        limiter.take(300, now)
+    assert limiter.tokens.beyond(now) == pytest.approx(1.005)
+    assert limiter.wait(300, now) == pytest.approx(300 / (2000 * PACE * TEST_GAIN))
+
+
 def test_a_window_is_proven_longer_by_what_is_accepted_past_its_share() -> None:
     # Paced near a window's edge (sent a second or more ago), our count of the window may
     # be off by a request or two: the 1 s window (share 100) needs 3% past it, the 10 s
