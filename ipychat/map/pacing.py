@@ -291,6 +291,11 @@ class Dim:
         span = min(self.accepted.seconds, max(1.0, now - self.accepting_since))
         return self.accepted.expire(now) / span / (limit / 60.0 * PACE)
 
+    def forget_accepted(self) -> None:
+        """A map starts: what `kept` measures is from its own answers."""
+        self.accepted = _Sent(WINDOWS[-1])
+        self.accepting_since = math.inf
+
     def accept(self, charged: float, now: float) -> None:
         """The server accepted a request of ours charged `charged` (see `kept`)."""
         self.accepting_since = min(self.accepting_since, now)

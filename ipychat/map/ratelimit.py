@@ -43,12 +43,11 @@ lowest of this map's `--rpm`/`--tpm` (caps for this map only), the server's
    longer). A repeated episode while we had more to send lowers it to the rate the
    server accepted of ours lately (`Dim.kept`): what another client sharing the quota
    leaves us. So that client, or a limit lower than told, costs a few 429s, not a storm
-   (`tests/map/test_ratelimit.simulate`, another client at 60% of the limit: 4-6% of the
-   requests answered 429 in 1 s and 10 s windows, against 8-35% by × DECREASE steps;
-   cut at 30%: 1-3%). Without any known
-   limit, many 429s at once (`FOUND_LOSS`) set one (`found`): the rate at which the
-   server accepted what went out in the second before the first of them; it is lowered
-   on later episodes and raised slowly while none comes (AIMD).
+   (in `tests/map/test_ratelimit.simulate`, another client at 60% of the limit: 4-6% of
+   requests answered 429 in 1 s and 10 s windows; by × DECREASE steps, 8-35%). Without
+   any known limit, many 429s at once (`FOUND_LOSS`) set one (`found`): the rate at which
+   the server accepted what went out in the second before the first of them; it is
+   lowered on later episodes and raised slowly while none comes (AIMD).
 3. A burst is grown only as the server proves it, and only under a limit told (by the
    headers, or a cap when there are none), never past a minute's worth of it (the
    headers' bucket, and our own sends of the last minute), never above a cap, never under
@@ -191,6 +190,8 @@ class RateLimiter:
         self.rpm, self.tpm = rpm, tpm
         self.requests.cap, self.tokens.cap = rpm, tpm
         self.blocked = False
+        for dim in self._dims:
+            dim.forget_accepted()
 
     @property
     def limited(self) -> bool:
@@ -450,8 +451,7 @@ class RateLimiter:
             self._raised_at = now
 
     def _feedback(self) -> float:
-        """Seconds a pace too fast may go on before its 429s show it: the smallest window
-        not shown longer (10 s past the documented ones)."""
+        """Seconds a pace too fast may go on before its 429s show: the window tested."""
         levels = [d.level for d in self._dims if d.limit is not None]
         return WINDOWS[min(min(levels, default=0), len(WINDOWS) - 1)]
 

@@ -255,6 +255,20 @@ def test_a_repeated_episode_after_an_idle_spell_slows_by_the_step_only() -> None
     assert limiter.gain == pytest.approx(before * 0.8)
 
 
+def test_what_the_server_accepted_of_ours_is_measured_from_the_maps_own_answers() -> None:
+    # `kept`: accepted requests over the last 10 s, or since this map's first answer (a
+    # second at least), in gains of the pace (99 a second at 6,000 RPM).
+    limiter = RateLimiter(rpm=6000, now=0.0)
+    for k in range(200):  # the last map: 200 answers in its first 2 s, long ago
+        _answer(limiter, k / 100, k / 100 + 0.1)
+    assert limiter.requests.kept(2.1) == pytest.approx(200 / 2.0 / 99)  # since 0.1 s
+    limiter.begin(6000, None, 100.0)  # a new map
+    for k in range(50):
+        _answer(limiter, 100.0 + k / 100, 100.1 + k / 100)
+    assert limiter.requests.kept(100.6) == pytest.approx(50 / 1.0 / 99)
+    assert limiter.requests.kept(105.0) == pytest.approx(50 / 4.9 / 99)
+
+
 def test_after_a_10s_window_bounded_a_slow_down_the_pace_creeps_back_ten_times_slower() -> None:
     # The feedback of a 10 s window comes up to 10 s late: creeping at 1% a second would
     # overshoot what another client leaves us by 10% before the first 429 could say so.
