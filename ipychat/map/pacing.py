@@ -327,7 +327,7 @@ class Dim:
             self.level
         ):  # the request that goes past the share is the test's: the next waits its pace
             gain = min(gain, TEST_GAIN)
-        rate = self.rate(gain, now)
+        rate = self.rate(gain)  # (past the share already: the line above)
         if rate is not None and not self.heading(now):
             self.pace.take(charged, rate, now)
         if self.minute is not None:
