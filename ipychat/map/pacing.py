@@ -298,6 +298,8 @@ class Dim:
 
     def accept(self, charged: float, now: float) -> None:
         """The server accepted a request of ours charged `charged` (see `kept`)."""
+        if self.limit is None:
+            return  # nothing to keep to (a map with no limit: no cost per row)
         self.accepting_since = min(self.accepting_since, now)
         self.accepted.expire(now)
         self.accepted.add(charged, now)

@@ -291,14 +291,13 @@ class RateLimiter:
         plus max_tokens), when it told."""
         self.answered = True
         self._outcomes.append(True)
-        for dim in self._dims:
-            dim.accept(ticket.charged[dim.name], now)
         if ticket.sent >= self._event_at:
             self._answered_since = True
         self._learn(ticket, info, now)
         if server_tokens is not None and ticket.tokens > 0 and server_tokens > 0:
             self.tokens.measure(server_tokens / ticket.tokens)
         for dim in self._dims:
+            dim.accept(ticket.charged[dim.name], now)  # (a limit its headers told counts)
             # Accepted past the share of the window under test: the window is longer.
             level, beyond, proof = ticket.beyond[dim.name]
             if level == 0 and dim.heading(now):

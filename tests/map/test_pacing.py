@@ -388,3 +388,17 @@ def test_the_head_start_sends_the_share_and_one_test_with_no_pace_owed() -> None
     # The 10 s window still holds it to its share.
     dim.sent[1].add(89.0, 0.0)
     assert dim.wait(1.0, False, 0.0) == approx(10.0 + ARRIVAL_SKEW)
+
+
+def test_what_was_accepted_is_kept_only_under_a_limit() -> None:
+    # `kept` needs a limit to be a gain: with none known, an answer costs nothing to count
+    # (a map with no limit pays no bookkeeping per row), and the span starts at the first
+    # answer counted under one.
+    free = Dim("requests")
+    free.accept(1.0, 5.0)
+    assert free.accepted.total == 0.0 and free.accepting_since == math.inf
+    told = Dim("requests", cap=6000.0)
+    told.accept(1.0, 5.0)
+    told.accept(1.0, 5.5)
+    assert told.accepted.total == 2.0 and told.accepting_since == 5.0
+    assert told.kept(6.0) == pytest.approx(2 / 1.0 / (100 * PACE))
