@@ -19,7 +19,10 @@ import pytest
 from ipychat.core.types import RateLimitInfo
 from ipychat.map.pacing import (
     ARRIVAL_SKEW,
+    CATCH_UP,
+    CEILING_MARGIN,
     FOUND_MARGIN,
+    GROWTH,
     MAX_GAIN,
     PACE,
     PROBE_QUIET,
@@ -302,6 +305,88 @@ def test_near_the_pace_that_met_429s_before_one_429_slows_it() -> None:
     assert 0.9 < before < 0.97
     _refuse(limiter, 110.0, 110.1)  # 2% of the answers, but at a pace that met 429s
     assert limiter.gain == pytest.approx(before * 0.8)
+
+
+def _on_schedule(limiter: RateLimiter, until: float) -> Any:
+    """Requests sent on the pace's schedule until `until`; the last one's ticket."""
+    ticket = limiter.take(1, until)
+    while limiter.requests.pace.due < until + 0.05:
+        ticket = limiter.take(1, limiter.requests.pace.due)
+    return ticket
+
+
+def test_a_burst_grows_on_a_paced_request_accepted_and_not_while_testing_is_quiet() -> None:
+    # Told 6,000 RPM, the 1 s window shown longer (level 1): a request sent on the pace's
+    # schedule at the current gain, accepted, grows the burst xGROWTH; after a burst met a
+    # 429 it does not grow again until testing resumes (another client may use the share).
+    limiter = RateLimiter(rpm=6000, now=0.0)
+    limiter.requests.level = limiter.tokens.level = 1
+    limiter.requests.fresh = limiter.tokens.fresh = False
+    first = limiter.take(1, 0.0)
+    assert not first.paced
+    limiter.accepted(first, None, 0.1)
+    assert limiter.gain == 1.0  # not paced: a trickle proves nothing
+    paced = _on_schedule(limiter, 0.2)
+    assert paced.paced
+    limiter.accepted(paced, None, 0.3)
+    assert limiter.gain == GROWTH
+    limiter.requests.quiet_until = limiter.tokens.quiet_until = 1.0
+    paced = _on_schedule(limiter, 0.4)
+    limiter.accepted(paced, None, 0.5)
+    assert limiter.gain == GROWTH  # quiet: no growth
+    paced = _on_schedule(limiter, 0.9)
+    limiter.accepted(paced, None, 1.0)  # the quiet ends then
+    assert limiter.gain == GROWTH * GROWTH
+
+
+def test_the_1s_windows_test_after_a_429_grows_the_burst_as_it_goes() -> None:
+    # Level 0 under test again (no head start after a 429): growing the burst is the test.
+    limiter = RateLimiter(rpm=6000, now=0.0)
+    limiter.requests.fresh = limiter.tokens.fresh = False
+    paced = _on_schedule(limiter, 0.1)
+    limiter.accepted(paced, None, 0.2)
+    assert limiter.requests.level == 0 and limiter.gain == GROWTH
+
+
+def test_a_request_sent_as_a_pause_ends_was_held_back_one_after_an_idle_spell_was_not() -> None:
+    limiter = RateLimiter(rpm=6000, now=0.0)
+    limiter.pause(10.0, 0.0)
+    assert limiter.take(1, 10.0).held  # the pause held it back: we had more to send
+    late = RateLimiter(rpm=6000, now=0.0)
+    late.pause(0.5, -0.5)  # until 0.0 s (exact in floats: the edge is CATCH_UP itself)
+    assert late.take(1, CATCH_UP).held  # woken a little late: still the pause's
+    idle = RateLimiter(rpm=6000, now=0.0)
+    idle.pause(10.0, 0.0)
+    assert not idle.take(1, 10.5).held  # long after: an idle spell, not held back
+    assert not RateLimiter(rpm=6000, now=0.0).take(1, 5.0).held  # no pause, no schedule
+
+
+def test_after_slowing_to_what_the_server_accepted_the_pace_recovers_to_there() -> None:
+    # 429s go on while we had more to send (repeated): the gain goes down to what the
+    # server accepted of ours lately, and that is where it recovers to quickly (its
+    # ceiling's margin), creeping on from there.
+    limiter = RateLimiter(rpm=6000, now=100.0)
+    _refuse(limiter, 100.0, 100.001, count=3)  # an isolated episode first: x0.95
+    for k in range(30):  # 30 accepted in 3 s: 10 a second, a tenth of the pace
+        _answer(limiter, 100.1 + k / 10, 100.2 + k / 10)
+    limiter.pause(0.0, 103.0)
+    held = limiter.take(1, 103.0)
+    assert held.held
+    limiter.refused(held, None, 0.0, 103.05)  # repeated: within 10 s of the last one
+    kept = 30 / (103.05 - 100.2) / (100 * PACE)
+    assert limiter.gain == pytest.approx(kept, rel=0.01)
+    assert limiter._ceiling * CEILING_MARGIN == pytest.approx(limiter.gain)
+
+
+def test_the_feedback_window_is_the_smallest_one_not_shown_longer() -> None:
+    limiter = RateLimiter(now=0.0)
+    assert limiter._feedback() == 1.0  # no limit: the shortest documented window
+    limiter = RateLimiter(rpm=6000, now=0.0)
+    assert limiter._feedback() == 1.0
+    limiter.requests.level = 1
+    assert limiter._feedback() == 10.0
+    limiter.requests.level = 2  # shown longer than 10 s: 10 s, the longest documented
+    assert limiter._feedback() == 10.0
 
 
 def test_a_window_test_bursts_up_to_the_share_and_goes_gently_only_past_it() -> None:
