@@ -150,6 +150,13 @@ def streaming_footer(model: str, estimate: Estimate, completion_tokens: int) -> 
     )
 
 
+def context_share(share: float) -> str:
+    """`12%`; a prompt is never "0%" of the window: under half a percent, and exactly half
+    (which rounds half to even), is `<1%`."""
+    shown = f"{share:.0%}"
+    return "<1%" if shown == "0%" else shown
+
+
 def estimate_line(estimate: Estimate) -> str:
     """`would send 3 messages · 412 tokens · up to 1,024 reply tokens · $0.00006–$0.00068`"""
     n = estimate.messages
@@ -160,7 +167,8 @@ def estimate_line(estimate: Estimate) -> str:
     )
     share = ""
     if estimate.context_share is not None and estimate.context_window:
-        share = f" ({estimate.context_share:.0%} of {format_tokens(estimate.context_window, compact=True)} context)"
+        window = format_tokens(estimate.context_window, compact=True)
+        share = f" ({context_share(estimate.context_share)} of {window} context)"
     return (
         f"would send {n} message{'s' if n != 1 else ''} · "
         f"{format_tokens(estimate.prompt_tokens, estimate.approximate)} tokens{share} · "
@@ -178,9 +186,7 @@ def estimate_text(estimate: Estimate, *, history: bool) -> str:
     share = estimate.context_share
     if share is not None and estimate.context_window:
         window = format_tokens(estimate.context_window, compact=True)
-        # Under half a percent, and exactly half (which rounds half to even), is "0%".
-        shown = f"{share:.0%}"
-        parts.append(f"{'<1%' if shown == '0%' else shown} of {window}")
+        parts.append(f"{context_share(share)} of {window}")
     if estimate.cost_high is None:
         parts.append("cost unknown (set it with %chat price MODEL INPUT OUTPUT)")
     else:

@@ -1,7 +1,8 @@
 """One dimension of the pacing model of `ipychat.map.ratelimit` (requests or tokens): its
-constants, the per-minute `Bucket`, the steady pace, what was sent in each short window, and
-`Dim`, which decides when the next send may go. Pure: time is passed in, nothing waits.
-The model and its sources are explained in `ipychat.map.ratelimit`'s docstring."""
+constants, the per-minute `Bucket`, the steady pace, what was sent in each short window,
+`Dim`, which decides when the next send may go, and the `Ticket` of a request sent. Pure:
+time is passed in, nothing waits. The model and its sources are explained in
+`ipychat.map.ratelimit`'s docstring."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-__all__ = ["Bucket", "Dim"]
+__all__ = ["Bucket", "Dim", "Ticket"]
 
 # The steady pace: this fraction of the per-minute limit. Evenly spaced at it, the requests
 # of any window of W seconds span W / PACE: arrivals may bunch by W × (1 / PACE - 1)
@@ -39,6 +40,14 @@ WINDOWS = (1.0, 10.0)
 TEST_ALLOW = 1.25
 TEST_GAIN = 1.25
 PROOF = (1.03, 1.02)  # per window of WINDOWS
+# A test whose window holds nothing sent near its edge (sent more than EDGE before the
+# window's start: a network's arrival jitter) is counted by the server as by us, so its
+# proof is any request past the share when we count as the server does: requests, or
+# tokens once an answer's `usage` measured `scale` (to within MEASURED_PROOF). The head
+# start's test and a 10 s window's test in a map's first seconds are such: each is shown
+# one request past the share, and the head start sends that far at once.
+EDGE = 0.1
+MEASURED_PROOF = 1.01
 # ×4 per round trip: a 10 s window's share is reached in a few round trips. Safe only
 # because each request of a burst is written before the next is stamped (map.dispatch):
 # with a burst's writes lagging their stamps, the window's refill ten seconds later met
@@ -67,6 +76,10 @@ FOUND_QUIET = 5.0
 LOSS_TOLERANCE = 0.05
 FOUND_LOSS = 0.15
 LOSS_SPAN = 50
+# Learning `scale` (the server's token count against ours): weight of the history,
+# plausible range.
+SCALE_DECAY = 0.8
+SCALE_RANGE = (0.2, 5.0)
 # A sender woken this late keeps to the schedule; later, the time is lost (never a burst).
 CATCH_UP = 0.010
 # The server charged a request when it arrived, a little after we sent it; counting the
@@ -145,6 +158,10 @@ class _Sent:
         self.log.append((now, amount))
         self.total += amount
 
+    def compact(self, now: float) -> bool:
+        """Whether nothing in the window was sent near its start (see EDGE)."""
+        return not self.log or self.log[0][0] > now - self.seconds + EDGE
+
     def frees_at(self) -> float:
         """When the oldest charge leaves the window."""
         return self.log[0][0] + self.seconds + ARRIVAL_SKEW if self.log else -math.inf
@@ -159,6 +176,7 @@ class Dim:
     server: float | None = None  # x-ratelimit-limit-*
     found: float | None = None  # a per-minute rate found from 429s (requests only)
     scale: float = 1.0  # the server's units per unit of ours (tokens: another tokenizer)
+    measured: bool = False  # `scale` was measured from an answer's usage (tokens)
     pace: _Pace = field(default_factory=_Pace)
     minute: Bucket | None = None  # anchored on x-ratelimit-remaining-*
     sent: tuple[_Sent, ...] = field(default_factory=lambda: tuple(_Sent(w) for w in WINDOWS))
@@ -168,6 +186,9 @@ class Dim:
     bounded_until: float = -math.inf  # the shares bound the sends until (a burst met a 429)
     fresh: bool = True  # no 429 seen yet: the 1 s window's test may start with its share
     head_ok: float = 0.0  # what the head start's test has had accepted past the share
+    # What the server accepted of ours in the longest documented window, since when (`kept`)
+    accepted: _Sent = field(default_factory=lambda: _Sent(WINDOWS[-1]))
+    accepting_since: float = math.inf
 
     @property
     def limit(self) -> float | None:
@@ -199,6 +220,18 @@ class Dim:
     def heading(self, now: float) -> bool:
         """Whether the 1 s window is under test: its share goes at once, then the test."""
         return self.fresh and self.level == 0 and self.testing(now)
+
+    def proof(self, now: float) -> float:
+        """How far past the share of the window under test (× share) a test sent now must
+        go, once accepted, to show the window is longer (PROOF, EDGE)."""
+        if self.level >= len(WINDOWS):
+            return math.inf
+        if self.sent[self.level].compact(now):
+            if self.name == "requests":
+                return 1.0  # counted exactly: one request past the share
+            if self.measured:
+                return MEASURED_PROOF
+        return PROOF[self.level]
 
     def in_test(self, now: float) -> bool:
         """Whether sending now goes past the tested window's share (gently)."""
@@ -233,8 +266,10 @@ class Dim:
         # a 429 (its overshoot, the refused requests included, holds its place as long).
         margin = PACE if bursting or now < self.bounded_until else 1.0
         for i in range(self.level, len(WINDOWS)):
-            if head and i == 0:  # the share, then one test at a time
-                allowed = max(self.share(i), self.head_ok) + charged
+            if head and i == 0:  # the share, and its test as far as a proof needs
+                reach = self.proof(now)
+                reach = reach if reach < PROOF[0] else 1.0  # else one request at a time
+                allowed = max(self.share(i) * reach, self.head_ok) + charged
             else:
                 allowed = self.share(i) * (TEST_ALLOW if test and i == self.level else margin)
             used = self.sent[i].expire(now)
@@ -245,6 +280,35 @@ class Dim:
         if charged <= allowed and self.sent_minute.expire(now) + charged > allowed:
             wait = max(wait, self.sent_minute.frees_at() - now)
         return wait
+
+    def kept(self, now: float) -> float | None:
+        """The gain at which we sent what the server accepted of ours lately (the last
+        10 s, or since the first answer, a second at least): what a quota shared with
+        another client leaves us. None without a limit."""
+        limit = self.limit
+        if limit is None:
+            return None
+        span = min(self.accepted.seconds, max(1.0, now - self.accepting_since))
+        return self.accepted.expire(now) / span / (limit / 60.0 * PACE)
+
+    def forget_accepted(self) -> None:
+        """A map starts: what `kept` measures is from its own answers."""
+        self.accepted = _Sent(WINDOWS[-1])
+        self.accepting_since = math.inf
+
+    def accept(self, charged: float, now: float) -> None:
+        """The server accepted a request of ours charged `charged` (see `kept`)."""
+        self.accepting_since = min(self.accepting_since, now)
+        self.accepted.expire(now)
+        self.accepted.add(charged, now)
+
+    def measure(self, ratio: float) -> None:
+        """An answer's charge as the server counts it, over ours: learn `scale` from it."""
+        ratio = min(SCALE_RANGE[1], max(SCALE_RANGE[0], ratio))
+        if self.measured:
+            self.scale += (ratio - self.scale) * (1.0 - SCALE_DECAY)
+        else:  # the first measure replaces the guess (1.0): it is all we know
+            self.scale, self.measured = ratio, True
 
     def paced(self, now: float) -> bool:
         """Whether this dimension's pace is what holds a send back now."""
@@ -259,6 +323,10 @@ class Dim:
     def take(self, amount: float, gain: float, now: float) -> float:
         """Charge `amount` of ours; returns what it is in the server's units."""
         charged = amount * self.scale
+        if self.testing(now) and self.sent[self.level].expire(now) + charged > self.share(
+            self.level
+        ):  # the request that goes past the share is the test's: the next waits its pace
+            gain = min(gain, TEST_GAIN)
         rate = self.rate(gain, now)
         if rate is not None and not self.heading(now):
             self.pace.take(charged, rate, now)
@@ -269,3 +337,22 @@ class Dim:
             window.expire(now)
             window.add(charged, now)
         return charged
+
+
+@dataclass
+class Ticket:
+    """One request as charged: what `accepted()` and `refused()` need to know about it."""
+
+    seq: int
+    sent: float
+    tokens: float  # our count: prompt tokens + max_tokens
+    charged: dict[str, float]  # per dimension, in the server's units at the time
+    # Per dimension: all our charges so far, this one's included (what went out after a
+    # ticket is the running total less its own: `_learn` needs it for every answer).
+    through: dict[str, float] = field(default_factory=dict)
+    probe: bool = False  # sent alone after a bare 429, to see whether the way is open
+    paced: bool = False  # sent on the pace's schedule (not after an idle spell)
+    held: bool = False  # paced, or sent as a pause ended: we had more to send than went
+    # Per dimension: the smallest unproven window then, how far past its share our sends
+    # were with this one (see Dim.beyond), and how far a proof needed (Dim.proof).
+    beyond: dict[str, tuple[int, float, float]] = field(default_factory=dict)

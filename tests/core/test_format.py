@@ -182,6 +182,9 @@ def test_estimate_line() -> None:
         "cost unknown (no price for this model: %chat price MODEL INPUT OUTPUT)"
     )
     assert "context" not in estimate_line(_estimate(context_window=0))
+    # A short prompt in a long window is "<1%" of it, never "0%" (as in the panel).
+    line = estimate_line(_estimate(prompt_tokens=412, context_window=128_000))
+    assert "412 tokens (<1% of 128k context)" in line
     assert estimate_line(_estimate(approximate=True)).startswith(
         "would send 3 messages · ≈412 tokens ·"
     )

@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 
 from ipychat.core.types import RateLimitInfo
-from ipychat.map.pacing import ARRIVAL_SKEW, FOUND_MARGIN, PACE, PROBE_QUIET, TEST_GAIN, Bucket
+from ipychat.map.pacing import (
+    ARRIVAL_SKEW,
+    FOUND_MARGIN,
+    MAX_GAIN,
+    PACE,
+    PROBE_QUIET,
+    TEST_GAIN,
+    Bucket,
+)
 from ipychat.map.ratelimit import RateLimiter
 from ipychat.net.retry import retry_after
 from ipychat.testing.rules import RateLimiter as ServerLimiter
@@ -236,6 +244,43 @@ def test_a_429_episode_slows_the_pace_mildly_when_isolated_more_when_repeated() 
     assert limiter.gain == pytest.approx(before * 0.95)
 
 
+def test_a_repeated_episode_after_an_idle_spell_slows_by_the_step_only() -> None:
+    # Few requests (an idle spell before each): what was accepted is low because we sent
+    # little, not what the server leaves us: the usual step (x0.8), as before.
+    limiter = RateLimiter(rpm=6000, now=100.0)
+    _refuse(limiter, 100.0, 100.001, count=3)
+    _answer(limiter, 101.0, 101.1)
+    before = limiter.gain
+    _refuse(limiter, 103.9, 104.0)
+    assert limiter.gain == pytest.approx(before * 0.8)
+
+
+def test_what_the_server_accepted_of_ours_is_measured_from_the_maps_own_answers() -> None:
+    # `kept`: accepted requests over the last 10 s, or since this map's first answer (a
+    # second at least), in gains of the pace (99 a second at 6,000 RPM).
+    limiter = RateLimiter(rpm=6000, now=0.0)
+    for k in range(200):  # the last map: 200 answers in its first 2 s, long ago
+        _answer(limiter, k / 100, k / 100 + 0.1)
+    assert limiter.requests.kept(2.1) == pytest.approx(200 / 2.0 / 99)  # since 0.1 s
+    limiter.begin(6000, None, 100.0)  # a new map
+    for k in range(50):
+        _answer(limiter, 100.0 + k / 100, 100.1 + k / 100)
+    assert limiter.requests.kept(100.6) == pytest.approx(50 / 1.0 / 99)
+    assert limiter.requests.kept(105.0) == pytest.approx(50 / 4.9 / 99)
+
+
+def test_after_a_10s_window_bounded_a_slow_down_the_pace_creeps_back_ten_times_slower() -> None:
+    # The feedback of a 10 s window comes up to 10 s late: creeping at 1% a second would
+    # overshoot what another client leaves us by 10% before the first 429 could say so.
+    for level, step in ((0, 0.01), (1, 0.001)):
+        limiter = RateLimiter(rpm=6000, now=100.0)
+        limiter.requests.level = limiter.tokens.level = level
+        limiter.gain, limiter._ceiling = 0.5, 0.5 / 0.95  # back at the ceiling's margin
+        limiter._gain_stamp = 100.0
+        _answer(limiter, 100.5, 101.0)
+        assert limiter.gain == pytest.approx(0.5 + step)
+
+
 def test_after_a_slow_down_the_pace_creeps_back_to_the_limit_and_no_further() -> None:
     limiter = RateLimiter(rpm=6000, now=100.0)
     _refuse(limiter, 100.0, 100.5, count=3)
@@ -277,30 +322,67 @@ def test_a_window_test_bursts_up_to_the_share_and_goes_gently_only_past_it() -> 
     assert limiter.wait(1, now) == pytest.approx(1 / (100 * PACE * TEST_GAIN))
 
 
-def test_a_fresh_limit_sends_a_seconds_share_at_once_then_tests_one_request_at_a_time() -> None:
+def test_a_fresh_limit_sends_a_seconds_share_at_once_and_its_test_with_it() -> None:
     # 6,000 RPM told: the 1 s window's share (100) goes at once (to a 1 s window, as good
-    # as spread over the second), and one request past it, the test; each next one past it
-    # waits until the last was accepted (a 1 s window refuses only that one).
+    # as spread over the second), and one request past it, the test: requests are counted
+    # exactly and the burst is far from any window's edge, so that one request is the
+    # proof (a 1 s window refuses only it). Nothing more goes before its answer.
     limiter = RateLimiter(rpm=6000, now=0.0)
     tickets = []
     for _ in range(101):
         assert limiter.wait(1, 0.0) == 0.0
         tickets.append(limiter.take(1, 0.0))
     assert limiter.wait(1, 0.0) == pytest.approx(1.0 + ARRIVAL_SKEW)
-    limiter.accepted(tickets[0], None, 0.1)  # within the share: no news
+    limiter.accepted(tickets[99], None, 0.1)  # the 100th, within the share: no news
+    assert limiter.requests.level == 0 and limiter.gain == 1.0
     assert limiter.wait(1, 0.1) == pytest.approx(0.9 + ARRIVAL_SKEW)
-    now = 0.1
-    for _ in range(3):  # the 101st to the 103rd accepted: 1% to 3% past, not the proof
-        limiter.accepted(tickets[-1], None, now)
-        assert limiter.requests.level == 0 and limiter.wait(1, now) == 0.0
-        tickets.append(limiter.take(1, now))
-        assert limiter.wait(1, now) > 0.5
-        now += 0.1
-    limiter.accepted(tickets[-1], None, now)  # the 104th: 4% past the share
+    limiter.accepted(tickets[100], None, 0.1)  # the 101st: past the share, accepted
     assert limiter.requests.level == 1
-    # A second's share within one round trip (0.1 s) was taken: the burst starts there.
-    assert limiter.gain == pytest.approx(1 / (PACE * 0.1))
+    # The 10 s window's share bounds the burst from here, however fast it goes out.
+    assert limiter.gain == MAX_GAIN
     assert limiter.requests.pace.due == -math.inf  # the head start owed the pace nothing
+    now, sent = 0.1, 101
+    while (wait := limiter.wait(1, now)) < 0.001:  # at 64× the pace
+        now += wait
+        limiter.take(1, now)
+        sent += 1
+    assert sent == pytest.approx(1000, abs=2) and now < 0.3
+    # then the 10 s window's test, at the test's pace
+    assert limiter.wait(1, now) == pytest.approx(1 / (100 * PACE * TEST_GAIN), rel=0.05)
+
+
+def test_a_head_start_of_tokens_not_yet_measured_tests_one_request_at_a_time() -> None:
+    # 120,000 TPM told, no answer yet: our token count is an estimate, so the share (2,000)
+    # goes at once, then one request past it at a time, until 3% past it was accepted.
+    limiter = RateLimiter(tpm=120_000, now=0.0)
+    tickets = []
+    while limiter.wait(60, 0.0) == 0.0:
+        tickets.append(limiter.take(60, 0.0))
+    assert len(tickets) == 34  # 33 × 60 = 1,980, the 34th past the share: the test
+    now = 0.1
+    for past in (2040, 2100):  # 2% and 5% past
+        limiter.accepted(tickets[-1], None, now)
+        assert limiter.tokens.level == (0 if past == 2040 else 1)
+        if past == 2040:
+            assert limiter.wait(60, now) == 0.0
+            tickets.append(limiter.take(60, now))
+            assert limiter.wait(60, now) > 0.5
+        now += 0.1
+
+
+def test_measured_tokens_prove_the_head_start_one_request_past_the_share() -> None:
+    # The first answer measured how the server counts our tokens (a whole-number ratio
+    # here, 1.0): the test goes 1% past the share at once, and its answer is the proof.
+    limiter = RateLimiter(tpm=120_000, now=0.0)
+    first = limiter.take(60, 0.0)
+    limiter.accepted(first, None, 0.1, server_tokens=60)
+    assert limiter.tokens.measured and limiter.tokens.scale == 1.0
+    tickets = []
+    while limiter.wait(60, 0.1) == 0.0:
+        tickets.append(limiter.take(60, 0.1))
+    assert 60 * (len(tickets) + 1) == 2040  # the share and 2% past it: one request
+    limiter.accepted(tickets[-1], None, 0.2)
+    assert limiter.tokens.level == 1
 
 
 def test_a_429_ends_the_head_start_and_the_pace_holds_from_then_on() -> None:
@@ -333,20 +415,56 @@ def test_the_head_start_is_what_the_requests_in_flight_must_make_room_for() -> N
     assert found.head_start(80, 0.0) == 0.0
 
 
+def test_the_request_that_goes_past_a_share_is_the_tests_and_the_next_waits_its_pace() -> None:
+    # The 10 s window (20,000 tokens at 120,000 TPM) under test at 64x the pace, 300 tokens
+    # a request: the 67th takes our sends past the share (20,100), and the next one waits a
+    # step of the test's pace (in a 10 s window that one request is refused, not every one
+    # sent at 64x until its 429 is seen).
+    limiter = RateLimiter(tpm=120_000, now=0.0)
+    limiter.requests.level = limiter.tokens.level = 1
+    limiter.requests.fresh = limiter.tokens.fresh = False
+    limiter.gain = MAX_GAIN
+    now = 0.0
+    for _ in range(67):
+        now += limiter.wait(300, now)
+        limiter.take(300, now)
+    assert limiter.tokens.beyond(now) == pytest.approx(1.005)
+    assert limiter.wait(300, now) == pytest.approx(300 / (2000 * PACE * TEST_GAIN))
+
+
 def test_a_window_is_proven_longer_by_what_is_accepted_past_its_share() -> None:
-    # The 1 s window (share 100) needs 3% past it (our count may be off by a request or two
-    # at the window's edge), the 10 s one (share 1,000) 2%.
+    # Paced near a window's edge (sent a second or more ago), our count of the window may
+    # be off by a request or two: the 1 s window (share 100) needs 3% past it, the 10 s
+    # one (share 1,000) 2%. Told 6,000 RPM after a 429 (no head start).
     limiter = RateLimiter(rpm=6000, now=0.0)
-    tickets = [limiter.take(1, 0.0) for _ in range(104)]
-    limiter.accepted(tickets[101], None, 0.1)  # the 102nd: 2% past the share
-    limiter.accepted(tickets[102], None, 0.1)  # the 103rd: 3%, not past the proof
+    limiter.requests.fresh = limiter.tokens.fresh = False
+    for i in range(50):  # half the 1 s share, sent 0.95 s before the test: near the edge
+        limiter.requests.sent[0].add(1.0, i / 1000)
+        limiter.requests.sent[1].add(1.0, i / 1000)
+    tickets = [limiter.take(1, 0.95) for _ in range(54)]
+    limiter.accepted(tickets[51], None, 1.0)  # the 102nd: 2% past the share
+    limiter.accepted(tickets[52], None, 1.0)  # the 103rd: 3%, not past the proof
     assert limiter.requests.level == 0
-    limiter.accepted(tickets[103], None, 0.1)  # the 104th: 4%
+    limiter.accepted(tickets[53], None, 1.0)  # the 104th: 4%
     assert limiter.requests.level == 1
-    tickets = [limiter.take(1, 0.5) for _ in range(1021 - 104)]
-    limiter.accepted(tickets[-3], None, 0.6)  # the 1,019th within 10 s
+    clock = 10.9  # the 10 s window's oldest sends (at 0.95 s) are near its edge now
+    tickets = [limiter.take(1, clock) for _ in range(1021 - 54)]
+    limiter.accepted(tickets[-3], None, 11.0)  # the 1,019th within 10 s
     assert limiter.requests.level == 1
-    limiter.accepted(tickets[-1], None, 0.6)  # the 1,021st
+    limiter.accepted(tickets[-1], None, 11.0)  # the 1,021st
+    assert limiter.requests.level == 2
+
+
+def test_a_window_holding_nothing_near_its_edge_is_proven_one_request_past_its_share() -> None:
+    # In a map's first seconds, the 10 s window holds every send: counted exactly, one
+    # request accepted past its share (1,000) shows the window is longer.
+    limiter = RateLimiter(rpm=6000, now=0.0)
+    limiter.requests.level = limiter.tokens.level = 1
+    limiter.requests.fresh = limiter.tokens.fresh = False
+    tickets = [limiter.take(1, 0.5) for _ in range(1001)]
+    limiter.accepted(tickets[999], None, 0.6)
+    assert limiter.requests.level == 1
+    limiter.accepted(tickets[1000], None, 0.6)
     assert limiter.requests.level == 2
 
 
@@ -535,12 +653,15 @@ def test_scale_learns_that_the_server_counts_more_tokens_than_we_do() -> None:
     assert limiter.too_large(49_000) and not limiter.too_large(47_000)
 
 
-def test_one_answer_moves_the_token_scale_a_fifth_of_the_way() -> None:
-    # The history weighs 0.8: one answer that counts 1.25x ours moves the scale from 1 to
-    # 1.05, not all the way (a prompt the server tokenises oddly is one sample).
+def test_the_first_answer_sets_the_token_scale_and_later_ones_move_it_a_fifth() -> None:
+    # The first measure replaces the guess (1.0); then the history weighs 0.8: one answer
+    # that counts 1.5x moves the scale from 1.25 to 1.30, not all the way (a prompt the
+    # server tokenises oddly is one sample).
     limiter = RateLimiter(tpm=60_000, now=0.0)
     limiter.accepted(limiter.take(400, 0.0), None, 0.1, server_tokens=500)
-    assert limiter.tokens.scale == pytest.approx(1.05)
+    assert limiter.tokens.scale == pytest.approx(1.25)
+    limiter.accepted(limiter.take(400, 0.2), None, 0.3, server_tokens=600)
+    assert limiter.tokens.scale == pytest.approx(1.30)
 
 
 @pytest.mark.parametrize(
@@ -548,8 +669,8 @@ def test_one_answer_moves_the_token_scale_a_fifth_of_the_way() -> None:
     [
         (0, 5, 1.0),  # a request we counted as nothing: no ratio to learn
         (2, 0, 1.0),  # a server that reports no tokens: nothing to learn
-        (2, 1, 1.0 + (0.5 - 1.0) * 0.2),  # one token is a count
-        (1, 2, 1.0 + (2.0 - 1.0) * 0.2),
+        (2, 1, 0.5),  # one token is a count (the first measure: the scale)
+        (1, 2, 2.0),
     ],
 )
 def test_the_token_scale_learns_from_positive_counts_only(
@@ -784,6 +905,49 @@ def test_another_client_sharing_the_quota(headers: bool, retry: bool) -> None:
     assert run.share_429 < 0.03
     assert limiter.gain < 0.85  # slowed down to what is left
     assert (3000 / 70 + 0.1) / run.finished > 0.85
+
+
+@pytest.mark.parametrize(("headers", "retry"), [(True, True), (False, True), (False, False)])
+def test_another_client_sharing_a_10s_windows_quota(headers: bool, retry: bool) -> None:
+    # The same in a 10 s window: the head start shows the 1 s window is not the limit, a
+    # burst fills our share of the 10 s one and meets the other client's use of it. The
+    # burst is not grown again while testing is quiet: growing it back each time the
+    # window refilled was a storm (27% of the requests answered 429).
+    caps = (None, None) if headers else (6000, None)
+    run, limiter = simulate(
+        3000, rpm=6000, window=10, headers=headers, retry=retry, caps=caps, other_rate=30
+    )
+    assert run.share_429 < 0.05
+    assert limiter.gain <= 1.0
+    assert (3000 / 70 + 0.1) / run.finished > 0.85
+
+
+@pytest.mark.parametrize("window", [1, 10])
+@pytest.mark.parametrize(("headers", "retry"), [(True, True), (False, True), (False, False)])
+@pytest.mark.parametrize("bound", ["rpm", "tpm"])
+def test_another_client_using_most_of_the_quota(
+    bound: str, headers: bool, retry: bool, window: int
+) -> None:
+    # Another client takes 60% of the limit. Once 429s go on while we had more to send, the
+    # pace goes down to what the server accepted of ours lately, not x0.8 a step (7.9% of
+    # the requests were answered 429 in a 1 s window, 33% in a 10 s one); in a 10 s
+    # window, the creep back up is ten times slower (its 429s come up to 10 s late).
+    if bound == "rpm":
+        caps = (None, None) if headers else (6000, None)
+        run, _ = simulate(
+            3000, rpm=6000, window=window, headers=headers, retry=retry, caps=caps,
+            other_rate=60,
+        )  # fmt: skip
+        fair = 3000 / 40 + 0.1
+    else:  # 82 tokens a request, 120,000 TPM: 24.4 requests a second, 14.6 the other's
+        caps = (None, None) if headers else (None, 120_000)
+        run, _ = simulate(
+            1200, tpm=120_000, tokens=82, window=window, headers=headers, retry=retry,
+            caps=caps, other_rate=14.6, jitter=0.01, seed=3,
+        )  # fmt: skip
+        fair = 1200 / (120_000 / 60 / 82 - 14.6) + 0.1
+    assert run.share_429 < 0.065
+    assert fair / run.finished > 0.8
 
 
 def test_a_second_map_goes_on_at_the_pace_the_first_one_learnt() -> None:
