@@ -95,7 +95,14 @@ class Recount:
             self._task.cancel()
 
     async def _run(self) -> None:
-        await self._needed.wait()
+        try:
+            await self._needed.wait()
+        except asyncio.CancelledError:
+            # Never needed. The cancelled task keeps the error, its traceback this frame,
+            # and the frame `self`, which holds the task: a cycle that kept the map's whole
+            # plan alive until a full collection. Without `self` here, it is freed at once.
+            del self
+            raise
         if await count_exactly(self.engine, self.to_send):
             self._done()
 

@@ -389,6 +389,7 @@ class MapJob(Answers):
         finally:
             if recount is not None:
                 recount.cancel()  # interrupted: the plan keeps its bounds ("counting")
+                self._recount = None  # it holds `_counted`, a method of this job: no cycle
             engine.usage.settle(held, None)
 
     def _counted(self) -> None:
