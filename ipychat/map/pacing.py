@@ -48,10 +48,12 @@ PROOF = (1.03, 1.02)  # per window of WINDOWS
 # one request past the share, and the head start sends that far at once.
 EDGE = 0.1
 MEASURED_PROOF = 1.01
-# ×4 per round trip: a 10 s window's share is reached in a few round trips. Safe only
-# because each request of a burst is written before the next is stamped (map.dispatch):
-# with a burst's writes lagging their stamps, the window's refill ten seconds later met
-# them (25-98 429s of 1,500 in the 10 s RPM cell against FakeOpenAIServer; 1-2 with it).
+# ×4 per round trip while a window is tested past the head start (after a 429, once
+# testing resumes); once the 1 s window is disproved the gain is MAX_GAIN at once, the
+# 10 s share bounding the burst. Bursts that fast are safe only because each request of
+# one is written before the next is stamped (map.dispatch): with a burst's writes lagging
+# their stamps, the window's refill ten seconds later met them (25-98 429s of 1,500 in
+# the 10 s RPM cell against FakeOpenAIServer; 1-2 with it).
 GROWTH = 4.0
 MAX_GAIN = 64.0
 PROBE_QUIET = 60.0
